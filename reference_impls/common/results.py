@@ -1,0 +1,118 @@
+"""Reproduced results: the JSON files that benchmarks write and the site renders.
+
+Numbers our code produced are *reproduced*; every file records the exact command that made it,
+the software versions and the machine, so a reader can run it again. Numbers a paper reports
+live in ``papers/*.yaml`` under ``reported`` and are never written here.
+
+A results file is ``reference_impls/results/<id>.json``::
+
+    {
+      "id": "tokens-toyvlm",
+      "title": "ToyVLM accuracy vs retained visual tokens",
+      "command": "python -m reference_impls.bench.tokens",
+      "produced": "2026-11-26",
+      "environment": {"python": "3.11.7", "torch": "2.13.0+cpu", ...},
+      "families": ["prefilling-attention-guided", ...],
+      "columns": [{"key": "method", "label": "Method"}, {"key": "accuracy", "label": "Accuracy", "unit": "%"}],
+      "rows": [{"method": "fastv", "family": "prefilling-attention-guided", "accuracy": 93.1}],
+      "plots": [{"x": "budget", "y": "accuracy", "group": "method", "title": "..."}],
+      "notes": "free text (Markdown)"
+    }
+
+The site shows a file on every family page listed in ``families``; when rows carry a
+``family`` key, a family page shows only its own rows (plus rows whose ``family`` is empty,
+such as baselines).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Column", "Plot", "Results", "RESULTS_DIR", "environment", "load_results", "save_results"]
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+@dataclass
+class Column:
+    key: str
+    label: str
+    unit: str = ""
+    digits: int | None = None
+    """Decimal places when rendering floats (None: three significant digits)."""
+
+
+@dataclass
+class Plot:
+    x: str
+    y: str
+    group: str = ""
+    title: str = ""
+    logx: bool = False
+
+
+@dataclass
+class Results:
+    id: str
+    title: str
+    command: str
+    families: list[str]
+    columns: list[Column]
+    rows: list[dict[str, Any]]
+    plots: list[Plot] = field(default_factory=list)
+    notes: str = ""
+    produced: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine facts recorded with every reproduced number."""
+    facts = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": str(os.cpu_count()),
+    }
+    for module_name in ("torch", "transformers", "diffusers", "peft"):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            facts[module_name] = getattr(module, "__version__", "")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        facts["torch_threads"] = str(torch.get_num_threads())
+        facts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return facts
+
+
+def save_results(results: Results, directory: Path | None = None) -> Path:
+    """Write ``results`` as ``<directory>/<id>.json`` (atomically), filling date and environment."""
+    directory = Path(directory) if directory is not None else RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    if not results.produced:
+        results.produced = _dt.date.today().isoformat()
+    if not results.environment:
+        results.environment = environment()
+    keys = {column.key for column in results.columns}
+    for index, row in enumerate(results.rows):
+        missing = keys - row.keys()
+        if missing:
+            raise ValueError(f"results {results.id!r} row {index} lacks columns {sorted(missing)}")
+    path = directory / f"{results.id}.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(asdict(results), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def load_results(path: Path) -> Results:
+    """Read a results file written by :func:`save_results`."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data["columns"] = [Column(**column) for column in data.get("columns", [])]
+    data["plots"] = [Plot(**plot) for plot in data.get("plots", [])]
+    return Results(**data)
