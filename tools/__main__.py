@@ -1,0 +1,68 @@
+"""``python -m tools <command>``: the LVLM Atlas command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import commands
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools", description="LVLM Atlas data and site tools.")
+    parser.add_argument("--root", type=Path, default=None, help="repository root (default: this checkout)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    validate = sub.add_parser("validate", help="check papers/ and taxonomy/; report every problem, exit 1 on any error")
+    validate.add_argument("paths", nargs="*", type=Path, help="paper files to report on (default: all)")
+    validate.add_argument("--quiet", action="store_true", help="do not print warnings")
+
+    sub.add_parser("schema", help="rewrite papers/paper.schema.json from the taxonomy")
+
+    build = sub.add_parser("build", help="validate, generate the docs pages and run mkdocs build --strict")
+    build.add_argument("--no-mkdocs", action="store_true", help="only generate the pages")
+    build.add_argument("--no-execute", action="store_true", help="do not execute notebooks; use rendered outputs or a placeholder")
+    build.add_argument("--site-dir", type=Path, default=None)
+
+    serve = sub.add_parser("serve", help="build, then serve on http://127.0.0.1:8000 and rebuild on changes")
+    serve.add_argument("--address", default="127.0.0.1:8000")
+    serve.add_argument("--no-execute", action="store_true")
+
+    importer = sub.add_parser("import-tsv", help="create entries from the shared paper table")
+    importer.add_argument("tsv", type=Path)
+    importer.add_argument("--overwrite", action="store_true", help="rewrite entries that already exist")
+
+    bib = sub.add_parser("bib", help="BibTeX export and import")
+    bib_sub = bib.add_subparsers(dest="bib_command", required=True, metavar="bib-command")
+    export = bib_sub.add_parser("export", help="write every entry as BibTeX")
+    export.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    bib_import = bib_sub.add_parser("import", help="create entries from a .bib file, skipping ones already present")
+    bib_import.add_argument("file", type=Path)
+    bib_import.add_argument("--placement", required=True, nargs="+", help="taxonomy id(s) for the new entries")
+    bib_import.add_argument("--dry-run", action="store_true")
+
+    new = sub.add_parser("new", help="scaffold a new entry")
+    new.add_argument("key")
+    new.add_argument("--title", required=True)
+    new.add_argument("--placement", required=True, nargs="+")
+    new.add_argument("--year", type=int, required=True)
+    new.add_argument("--venue", default="arXiv")
+    new.add_argument("--arxiv", default="")
+    new.add_argument("--author", action="append", default=[], help="repeat per author, 'First Last'")
+
+    sub.add_parser("stats", help="counts by topic, stage, family, year and venue")
+
+    bench = sub.add_parser("bench-site", help="time validate and build on N synthetic entries")
+    bench.add_argument("--n", type=int, default=10000)
+    bench.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return commands.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""BibTeX out of the entries and into new entries (bibtexparser v2).
+
+Fields kept both ways: key, title, authors (with truncation as ``and others``), year, venue, arXiv
+id, DOI and URL. Export then import then export gives identical text (tested).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import bibtexparser
+from bibtexparser import model
+from bibtexparser.library import Library
+from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
+from bibtexparser.writer import BibtexFormat
+
+from .catalog import Catalog, normalise_title
+
+__all__ = ["JOURNAL_VENUES", "BibImportError", "entry_to_bibtex", "entries_to_bibtex", "bibtex_to_entries", "new_entries_from_bibtex"]
+
+# Venues written as @article{journal=...}; every other non-arXiv venue is @inproceedings{booktitle=...}.
+JOURNAL_VENUES = {
+    "TPAMI", "IJCV", "TIP", "TMLR", "TCSVT", "TMM", "TNNLS", "TOMM", "JMLR", "Pattern Recognition",
+    "Neurocomputing", "Information Fusion", "Neural Networks", "Knowledge-Based Systems", "Nature",
+    "Transactions on Machine Learning Research", "ACM Computing Surveys", "IEEE Access",
+}
+_LATEX_SPECIALS = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_"}
+_ARXIV_IN_TEXT = re.compile(r"(?:arXiv:|arxiv\.org/(?:abs|pdf)/)(\d{4}\.\d{4,5})", re.IGNORECASE)
+
+
+class BibImportError(ValueError):
+    """A BibTeX file that cannot be imported; the message names the file and line."""
+
+
+def _escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
+
+
+def _unescape(text: str) -> str:
+    for char, escaped in _LATEX_SPECIALS.items():
+        text = text.replace(escaped, char)
+    return text
+
+
+def _protect_title(title: str) -> str:
+    # Braces keep BibTeX styles from lower-casing acronyms and names ("{ViT}", "{LLaVA}").
+    return re.sub(r"\b([A-Za-z]*[A-Z][A-Za-z0-9]*[A-Z0-9][A-Za-z0-9]*)\b", r"{\1}", _escape(title))
+
+
+def _unprotect_title(title: str) -> str:
+    return _unescape(re.sub(r"[{}]", "", title)).strip()
+
+
+def entry_to_bibtex(data: dict[str, Any]) -> model.Entry:
+    venue = data.get("venue", "")
+    fields = [model.Field("title", _protect_title(data["title"]))]
+    authors = list(data.get("authors") or [])
+    if data.get("authors_truncated"):
+        authors.append("others")
+    if authors:
+        fields.append(model.Field("author", " and ".join(_escape(name) for name in authors)))
+    fields.append(model.Field("year", str(data["year"])))
+    if venue == "arXiv":
+        entry_type = "misc"
+    elif venue in JOURNAL_VENUES:
+        entry_type = "article"
+        fields.append(model.Field("journal", _escape(venue)))
+    else:
+        entry_type = "inproceedings"
+        fields.append(model.Field("booktitle", _escape(venue)))
+    if data.get("arxiv"):
+        fields += [model.Field("eprint", data["arxiv"]), model.Field("archiveprefix", "arXiv")]
+    if data.get("doi"):
+        fields.append(model.Field("doi", data["doi"]))
+    if data.get("url"):
+        fields.append(model.Field("url", data["url"]))
+    return model.Entry(entry_type, data["key"], fields)
+
+
+def entries_to_bibtex(entries: Iterable[dict[str, Any]]) -> str:
+    """Deterministic BibTeX text for the given entry data, sorted by key."""
+    library = Library()
+    for data in sorted(entries, key=lambda item: item["key"]):
+        library.add(entry_to_bibtex(data))
+    bibtex_format = BibtexFormat()
+    bibtex_format.indent = "  "
+    bibtex_format.trailing_comma = True
+    return bibtexparser.write_string(library, bibtex_format=bibtex_format)
+
+
+def _name_first_last(parts) -> str:
+    words = [" ".join(parts.first), " ".join(parts.von), " ".join(parts.last)]
+    name = " ".join(word for word in words if word)
+    return f"{name}, {' '.join(parts.jr)}" if parts.jr else name
+
+
+def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any]]:
+    """Entry data (without placement/added) for every entry in a BibTeX text.
+
+    Raises:
+        BibImportError: on any block bibtexparser could not parse, duplicate keys or fields, or an
+            entry without title or year.
+    """
+    library = bibtexparser.parse_string(text, append_middleware=[SeparateCoAuthors(), SplitNameParts()])
+    problems = [f"{source}:{block.start_line + 1}: {block.error}" for block in library.failed_blocks]
+    entries = []
+    for entry in library.entries:
+        fields = {name.lower(): value for name, value in entry.fields_dict.items()}
+        line = f"{source}:{entry.start_line + 1}: {entry.key}"
+        title = fields.get("title")
+        year = fields.get("year")
+        if title is None or year is None or not str(year.value).strip().isdigit():
+            problems.append(f"{line}: an entry needs a title and a numeric year")
+            continue
+        names = fields["author"].value if "author" in fields else []
+        authors = [_unescape(_name_first_last(parts)) for parts in names]
+        truncated = bool(authors) and authors[-1].lower() == "others"
+        if truncated:
+            authors.pop()
+        text_fields = " ".join(str(fields[name].value) for name in ("journal", "url", "note", "eprint") if name in fields)
+        arxiv = str(fields["eprint"].value) if "eprint" in fields and re.fullmatch(r"\d{4}\.\d{4,5}(v\d+)?", str(fields["eprint"].value)) else ""
+        if not arxiv and (match := _ARXIV_IN_TEXT.search(text_fields)):
+            arxiv = match.group(1)
+        venue_field = fields.get("booktitle") or fields.get("journal")
+        venue = _unprotect_title(str(venue_field.value)) if venue_field else ""
+        if not venue or venue.lower().startswith("arxiv"):
+            venue = "arXiv" if arxiv or entry.entry_type.lower() == "misc" else venue
+        data: dict[str, Any] = {"key": entry.key, "title": _unprotect_title(str(title.value)), "authors": authors}
+        if truncated:
+            data["authors_truncated"] = True
+        data["year"] = int(str(year.value).strip())
+        data["venue"] = venue
+        for name, value in (("arxiv", arxiv), ("doi", str(fields["doi"].value).strip() if "doi" in fields else ""),
+                            ("url", str(fields["url"].value).strip() if "url" in fields else "")):
+            if value:
+                data[name] = value
+        entries.append(data)
+    if problems:
+        raise BibImportError("\n".join(problems))
+    return entries
+
+
+def new_entries_from_bibtex(path: Path, catalog: Catalog, placement: list[str], added: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Entries from a .bib file that are not already in the catalog; returns (new entries, skip messages).
+
+    A BibTeX entry is a duplicate when its key, arXiv id, DOI or normalised title matches an
+    existing entry (or an earlier entry of the same file).
+    """
+    imported = bibtex_to_entries(Path(path).read_text(encoding="utf-8"), source=str(path))
+    seen: dict[tuple[str, str], str] = {}
+    for entry in catalog.entries:
+        for identity in _identities(entry.data):
+            seen.setdefault(identity, entry.key)
+    fresh, skipped = [], []
+    for data in imported:
+        clash = next((seen[identity] for identity in _identities(data) if identity in seen), None)
+        if clash:
+            skipped.append(f"skipped {data['key']}: already in the catalog as {clash}")
+            continue
+        for identity in _identities(data):
+            seen[identity] = data["key"]
+        data["placement"] = list(placement)
+        data["added"] = added or dt.date.today().isoformat()
+        fresh.append(data)
+    return fresh, skipped
+
+
+def _identities(data: dict[str, Any]) -> list[tuple[str, str]]:
+    identities = [("key", str(data.get("key", "")))]
+    if data.get("arxiv"):
+        identities.append(("arxiv", str(data["arxiv"]).split("v")[0]))
+    if data.get("doi"):
+        identities.append(("doi", str(data["doi"]).lower()))
+    if isinstance(data.get("title"), str):
+        identities.append(("title", normalise_title(data["title"])))
+    return identities

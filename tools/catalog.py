@@ -1,0 +1,319 @@
+"""Load and check everything: the taxonomy, every paper entry and the links between them.
+
+:func:`load_catalog` never raises on bad input; it collects every problem with its file, line and
+field so ``validate`` can report them all at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from jsonschema import Draft202012Validator
+
+from .schema import paper_schema, schema_text
+from .taxonomy import Taxonomy, load_taxonomy
+from .yamlio import LoadedYaml, YamlLoadError, load_yaml
+
+__all__ = ["Problem", "Entry", "Catalog", "load_catalog", "normalise_title", "SCHEMA_HINT", "ROOT"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_HINT = "# yaml-language-server: $schema=paper.schema.json"
+TAXONOMY_SCHEMA_HINT = "# yaml-language-server: $schema=taxonomy.schema.json"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    field: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.path}:{self.line}: {prefix}{where}{self.message}"
+
+
+@dataclass
+class Entry:
+    """One paper entry (only entries that loaded as a mapping)."""
+
+    loaded: LoadedYaml
+    relpath: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.loaded.data
+
+    @property
+    def key(self) -> str:
+        return str(self.data.get("key", ""))
+
+
+@dataclass
+class Catalog:
+    root: Path
+    taxonomy: Taxonomy
+    entries: list[Entry]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [problem for problem in self.problems if problem.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [problem for problem in self.problems if problem.severity == "warning"]
+
+    def by_key(self) -> dict[str, Entry]:
+        return {entry.key: entry for entry in self.entries}
+
+
+def normalise_title(title: str) -> str:
+    """Lower-case ASCII letters and digits only: 'SnapKV: LLM Knows...' -> 'snapkvllmknows...'."""
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]", "", ascii_title.lower())
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _field_name(location: Iterable[Any]) -> str:
+    name = ""
+    for part in location:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
+
+
+def _describe_misread(value: Any) -> str | None:
+    """Why YAML 1.1 produced a non-string where the schema wants a string, if that is the cause."""
+    if isinstance(value, bool):
+        return "a boolean (YAML 1.1 reads yes/no/on/off as booleans)"
+    if isinstance(value, (dt.date, dt.datetime)):
+        return "a date object (YAML reads unquoted YYYY-MM-DD as a date)"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return None
+
+
+def _schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath: str) -> list[Problem]:
+    problems = []
+    errors = sorted(validator.iter_errors(loaded.data), key=lambda error: [str(part) for part in error.absolute_path])
+    for error in errors:
+        location = tuple(error.absolute_path)
+        line = loaded.line_of(location)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            for name in extra:
+                known = difflib.get_close_matches(name, list(error.schema.get("properties", {})), n=1)
+                hint = f"; did you mean '{known[0]}'?" if known else ""
+                problems.append(Problem(relpath, loaded.line_of(location + (name,)), _field_name(location + (name,)), f"unknown field{hint}"))
+            continue
+        if error.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", error.message)
+            name = _field_name(location + tuple(missing))
+            problems.append(Problem(relpath, line, name, "required field is missing"))
+            continue
+        message = error.message
+        if error.validator == "type" and "string" in _as_list(error.validator_value):
+            misread = _describe_misread(error.instance)
+            if misread:
+                raw = _raw_value(loaded, line)
+                message = f"expected a string, but YAML read {raw!r} as {misread}; quote it: \"{raw}\""
+        elif error.validator == "pattern":
+            message = f"{error.instance!r} does not match the expected format {error.validator_value}"
+        elif error.validator == "enum" and len(error.validator_value) > 8:
+            message = f"{error.instance!r} is not an allowed value"
+        elif error.validator in ("oneOf", "anyOf", "allOf", "if", "not"):
+            message = _composite_message(error)
+        problems.append(Problem(relpath, line, _field_name(location), message))
+    return problems
+
+
+def _composite_message(error) -> str:
+    if error.context:
+        best = min(error.context, key=lambda sub: len(list(sub.absolute_path)))
+        return best.message
+    return error.message
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _raw_value(loaded: LoadedYaml, line: int) -> str:
+    try:
+        text = loaded.path.read_text(encoding="utf-8").splitlines()[line - 1]
+    except (OSError, IndexError):
+        return ""
+    return text.split(":", 1)[1].strip() if ":" in text else text.strip().lstrip("- ").strip()
+
+
+def _module_exists(root: Path, module: str) -> bool:
+    base = root.joinpath(*module.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _load_file(path: Path, root: Path, problems: list[Problem]) -> LoadedYaml | None:
+    relpath = _relative(path, root)
+    try:
+        loaded = load_yaml(path)
+    except YamlLoadError as error:
+        problems.append(Problem(relpath, error.line, "", error.message))
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        problems.append(Problem(relpath, 1, "", f"cannot read the file: {error}"))
+        return None
+    if not isinstance(loaded.data, dict):
+        problems.append(Problem(relpath, 1, "", f"expected a mapping of fields at the top level, found {type(loaded.data).__name__}"))
+        return None
+    return loaded
+
+
+def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[Problem]) -> Taxonomy:
+    schema = json.loads((root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8"))
+    validator = Draft202012Validator(schema)
+    valid = []
+    for loaded in loaded_files:
+        relpath = _relative(loaded.path, root)
+        found = _schema_problems(validator, loaded, relpath)
+        problems += found
+        if loaded.first_line.strip() != TAXONOMY_SCHEMA_HINT:
+            problems.append(Problem(relpath, 1, "", f"first line should be '{TAXONOMY_SCHEMA_HINT}' so editors validate", "warning"))
+        if not found:
+            valid.append(loaded)
+    taxonomy = load_taxonomy(root / "taxonomy", valid)
+    seen: dict[str, Any] = {}
+    for topic in taxonomy.topics:
+        axes = {axis["id"] for axis in topic_data(taxonomy, topic).get("axes", [])}
+        for node in topic.descendants():
+            relpath = _relative(node.file, root) if node.file else "taxonomy"
+            if node.id in seen:
+                other = seen[node.id]
+                problems.append(Problem(relpath, node.line, "id", f"duplicate taxonomy id '{node.id}' (also {_relative(other.file, root)}:{other.line})"))
+            seen[node.id] = node
+            if node.level == "stage" and node.axis and node.axis not in axes:
+                problems.append(Problem(relpath, node.line, "axis", f"unknown axis '{node.axis}'; the topic defines {sorted(axes)}"))
+            for module in node.implementations:
+                if not _module_exists(root, module):
+                    problems.append(Problem(relpath, node.line, "implementation", f"module '{module}' does not exist under {root.name}/"))
+            for notebook in node.notebooks:
+                if not (root / notebook).is_file():
+                    problems.append(Problem(relpath, node.line, "notebook", f"notebook '{notebook}' does not exist"))
+    return taxonomy
+
+
+def topic_data(taxonomy: Taxonomy, topic) -> dict[str, Any]:
+    for loaded in taxonomy.files:
+        if loaded.data.get("id") == topic.id:
+            return loaded.data
+    return {}
+
+
+def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *, check_schema_file: bool = True) -> Catalog:
+    """Load the taxonomy and the paper entries under ``root`` and check them; never raises on bad data.
+
+    ``paper_paths`` restricts which entries are reported on, but cross-file checks (duplicates)
+    always consider every entry in ``papers/``.
+    """
+    root = Path(root).resolve()
+    problems: list[Problem] = []
+    taxonomy_files = [loaded for path in sorted((root / "taxonomy").glob("*.yaml")) if (loaded := _load_file(path, root, problems))]
+    taxonomy = _check_taxonomy(root, taxonomy_files, problems)
+
+    all_paths = sorted((root / "papers").glob("*.yaml"))
+    selected = {path.resolve() for path in paper_paths} if paper_paths is not None else None
+    for path in selected or ():
+        if not path.is_file():
+            problems.append(Problem(_relative(path, root), 1, "", "no such file"))
+    validator = Draft202012Validator(paper_schema(None))
+    entries: list[Entry] = []
+    for path in all_paths:
+        reported = selected is None or path.resolve() in selected
+        sink: list[Problem] = problems if reported else []
+        loaded = _load_file(path, root, sink)
+        if loaded is None:
+            continue
+        entry = Entry(loaded=loaded, relpath=_relative(path, root))
+        entries.append(entry)
+        if reported:
+            problems += _schema_problems(validator, loaded, entry.relpath)
+            problems += _entry_problems(entry, root, taxonomy)
+    problems += _cross_entry_problems(entries, selected)
+
+    known_keys = {entry.key for entry in entries}
+    for topic in taxonomy.topics:
+        if topic.source and topic.source not in known_keys:
+            problems.append(Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'"))
+    if check_schema_file:
+        schema_path = root / "papers" / "paper.schema.json"
+        if not schema_path.is_file() or schema_path.read_text(encoding="utf-8") != schema_text(taxonomy):
+            problems.append(Problem("papers/paper.schema.json", 1, "", "out of date with taxonomy/ (run: python -m tools schema)"))
+    return Catalog(root=root, taxonomy=taxonomy, entries=entries, problems=problems)
+
+
+def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Problem]:
+    problems = []
+    data, loaded, relpath = entry.data, entry.loaded, entry.relpath
+    stem = Path(relpath).stem
+    if isinstance(data.get("key"), str) and data["key"] != stem:
+        problems.append(Problem(relpath, loaded.line_of(("key",)), "key", f"key '{data['key']}' differs from the file name '{stem}.yaml'"))
+    if loaded.first_line.strip() != SCHEMA_HINT:
+        problems.append(Problem(relpath, 1, "", f"first line should be '{SCHEMA_HINT}' so editors validate", "warning"))
+    for index, node_id in enumerate(data.get("placement") or []):
+        if isinstance(node_id, str) and node_id not in taxonomy.by_id:
+            close = difflib.get_close_matches(node_id, list(taxonomy.by_id), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(Problem(relpath, loaded.line_of(("placement", index)), f"placement[{index}]", f"unknown taxonomy id '{node_id}'{hint}"))
+    module = data.get("implementation")
+    if isinstance(module, str) and module.startswith("reference_impls") and not _module_exists(root, module):
+        problems.append(Problem(relpath, loaded.line_of(("implementation",)), "implementation", f"module '{module}' does not exist"))
+    return problems
+
+
+def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> list[Problem]:
+    problems = []
+
+    def report(entry: Entry) -> bool:
+        return selected is None or entry.loaded.path.resolve() in selected
+
+    checks = (
+        ("key", "key", lambda data: data.get("key") if isinstance(data.get("key"), str) else None),
+        ("arxiv", "arXiv id", lambda data: str(data.get("arxiv")).split("v")[0] if isinstance(data.get("arxiv"), str) else None),
+        ("doi", "DOI", lambda data: data.get("doi").lower() if isinstance(data.get("doi"), str) else None),
+        ("title", "title (near-duplicate)", lambda data: normalise_title(data["title"]) if isinstance(data.get("title"), str) else None),
+        ("title", "title words (near-duplicate)", lambda data: " ".join(sorted(set(re.findall(r"[a-z0-9]+", data["title"].lower())))) if isinstance(data.get("title"), str) else None),
+    )
+    reported_pairs: set[tuple[str, str]] = set()
+    for field_name, label, value_of in checks:
+        first: dict[str, Entry] = {}
+        for entry in entries:
+            value = value_of(entry.data)
+            if not value:
+                continue
+            if value in first:
+                other = first[value]
+                pair = (other.relpath, entry.relpath)
+                if pair in reported_pairs and field_name == "title":
+                    continue
+                reported_pairs.add(pair)
+                # Report on the entry being validated; with a full run that is the later file.
+                this, that = (entry, other) if report(entry) or not report(other) else (other, entry)
+                if report(this):
+                    line = this.loaded.line_of((field_name,))
+                    problems.append(Problem(this.relpath, line, field_name, f"duplicate {label}: same as {that.relpath}:{that.loaded.line_of((field_name,))}"))
+            else:
+                first[value] = entry
+    return problems

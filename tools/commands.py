@@ -1,0 +1,172 @@
+"""The command implementations behind ``python -m tools``; each returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .catalog import ROOT, Catalog, load_catalog
+
+__all__ = ["run"]
+
+
+def _print_problems(catalog: Catalog, quiet: bool = False) -> None:
+    for problem in catalog.problems:
+        if problem.severity == "error" or not quiet:
+            print(problem, file=sys.stderr)
+
+
+def _validated(root: Path, quiet: bool = True) -> Catalog | None:
+    catalog = load_catalog(root)
+    if catalog.errors:
+        _print_problems(catalog, quiet=True)
+        print(f"validate: {len(catalog.errors)} error(s); nothing was written", file=sys.stderr)
+        return None
+    return catalog
+
+
+def cmd_validate(args: argparse.Namespace, root: Path) -> int:
+    paths = [path if path.is_absolute() else Path.cwd() / path for path in args.paths] or None
+    catalog = load_catalog(root, paths)
+    _print_problems(catalog, quiet=args.quiet)
+    errors, warnings = len(catalog.errors), len(catalog.warnings)
+    print(f"validate: {len(catalog.entries)} entries, {len(catalog.taxonomy.nodes())} taxonomy nodes, "
+          f"{errors} error(s), {warnings} warning(s)", file=sys.stderr if errors else sys.stdout)
+    return 1 if errors else 0
+
+
+def cmd_schema(args: argparse.Namespace, root: Path) -> int:
+    from .schema import schema_text
+    from .yamlio import write_text_atomic
+
+    catalog = load_catalog(root, check_schema_file=False)
+    taxonomy_errors = [p for p in catalog.errors if p.path.startswith("taxonomy") and p.field != "source"]
+    if taxonomy_errors:
+        for problem in taxonomy_errors:
+            print(problem, file=sys.stderr)
+        return 1
+    write_text_atomic(root / "papers" / "paper.schema.json", schema_text(catalog.taxonomy))
+    print("wrote papers/paper.schema.json")
+    return 0
+
+
+def cmd_import_tsv(args: argparse.Namespace, root: Path) -> int:
+    from .importer import import_tsv
+
+    try:
+        written, messages = import_tsv(args.tsv, root=root, overwrite=args.overwrite)
+    except (OSError, ValueError) as error:
+        print(f"import-tsv: {error}", file=sys.stderr)
+        return 1
+    for message in messages:
+        print(message)
+    print(f"import-tsv: wrote {len(written)} entries, kept {len(messages)} existing")
+    return 0
+
+
+def cmd_bib(args: argparse.Namespace, root: Path) -> int:
+    from .bib import BibImportError, entries_to_bibtex, new_entries_from_bibtex
+    from .entries import write_entry
+    from .yamlio import write_text_atomic
+
+    catalog = _validated(root)
+    if catalog is None:
+        return 1
+    if args.bib_command == "export":
+        text = entries_to_bibtex(entry.data for entry in catalog.entries)
+        if args.out:
+            write_text_atomic(args.out, text)
+            print(f"wrote {len(catalog.entries)} entries to {args.out}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    unknown = [node_id for node_id in args.placement if node_id not in catalog.taxonomy.by_id]
+    if unknown:
+        print(f"bib import: unknown taxonomy id(s) {unknown} for --placement", file=sys.stderr)
+        return 1
+    try:
+        fresh, skipped = new_entries_from_bibtex(args.file, catalog, args.placement)
+    except (OSError, BibImportError) as error:
+        print(f"bib import: {error}", file=sys.stderr)
+        return 1
+    for message in skipped:
+        print(message)
+    if not args.dry_run:
+        for data in fresh:
+            write_entry(root / "papers", data)
+    print(f"bib import: {len(fresh)} new, {len(skipped)} already present" + (" (dry run)" if args.dry_run else ""))
+    return 0
+
+
+def cmd_new(args: argparse.Namespace, root: Path) -> int:
+    import datetime as dt
+
+    from .entries import write_entry
+
+    path = root / "papers" / f"{args.key}.yaml"
+    if path.exists():
+        print(f"new: {path.relative_to(root)} already exists", file=sys.stderr)
+        return 1
+    data = {"key": args.key, "title": args.title, "authors": args.author, "year": args.year, "venue": args.venue,
+            "arxiv": args.arxiv, "url": f"https://arxiv.org/abs/{args.arxiv}" if args.arxiv else "",
+            "placement": args.placement, "added": dt.date.today().isoformat()}
+    written = write_entry(root / "papers", data)
+    catalog = load_catalog(root, [written])
+    if catalog.errors:
+        _print_problems(catalog, quiet=True)
+        written.unlink()
+        print("new: the entry would not validate; nothing was written", file=sys.stderr)
+        return 1
+    print(f"wrote {written.relative_to(root)}; fill in the remaining fields, then run: python -m tools validate")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, root: Path) -> int:
+    from .site.data import SiteData
+
+    catalog = _validated(root)
+    if catalog is None:
+        return 1
+    data = SiteData(catalog)
+    print(f"{len(catalog.entries)} papers, {len(catalog.taxonomy.families())} families")
+    for topic in catalog.taxonomy.topics:
+        print(f"\n{topic.name}: {len(data.papers_under(topic))}")
+        for node in topic.descendants()[1:]:
+            depth = len(node.ancestors) - 1
+            print(f"  {'  ' * depth}{node.name} [{node.id}]: {len(data.papers_under(node))}")
+    years = Counter(entry.data["year"] for entry in catalog.entries)
+    print("\nby year: " + ", ".join(f"{year}: {count}" for year, count in sorted(years.items())))
+    venues = Counter(entry.data["venue"] for entry in catalog.entries)
+    print("top venues: " + ", ".join(f"{venue}: {count}" for venue, count in venues.most_common(12)))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, root: Path) -> int:
+    from .site.build import build_site
+
+    return build_site(root, run_mkdocs=not args.no_mkdocs, execute_notebooks=not args.no_execute, site_dir=args.site_dir)
+
+
+def cmd_serve(args: argparse.Namespace, root: Path) -> int:
+    from .site.build import serve_site
+
+    return serve_site(root, address=args.address, execute_notebooks=not args.no_execute)
+
+
+def cmd_bench_site(args: argparse.Namespace, root: Path) -> int:
+    from .bench_site import bench_site
+
+    return bench_site(root, n=args.n, keep=args.keep)
+
+
+_COMMANDS = {
+    "validate": cmd_validate, "schema": cmd_schema, "import-tsv": cmd_import_tsv, "bib": cmd_bib, "new": cmd_new,
+    "stats": cmd_stats, "build": cmd_build, "serve": cmd_serve, "bench-site": cmd_bench_site,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    root = (args.root or ROOT).resolve()
+    return _COMMANDS[args.command](args, root)

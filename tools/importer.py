@@ -1,0 +1,115 @@
+"""``import-tsv``: turn the rows of the shared paper table into entries (nothing invented).
+
+Empty TSV fields stay absent. The heuristic stage/family label is mapped to taxonomy ids through
+``tools/import_map.yaml`` (defaults, reviewed per-key overrides, and duplicate merges).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+from .catalog import ROOT
+from .entries import write_entry
+from .yamlio import load_yaml
+
+__all__ = ["row_to_entry", "import_tsv"]
+
+_DOI_URL = re.compile(r"^https?://(?:dx\.)?doi\.org/(10\..+)$")
+_TRUNCATION = " and others"
+
+
+def _authors(field: str) -> tuple[list[str], bool]:
+    field = field.strip()
+    truncated = field.endswith(_TRUNCATION) or field == "others"
+    if truncated:
+        field = field[: -len(_TRUNCATION)] if field.endswith(_TRUNCATION) else ""
+    names = [name.strip() for name in field.split(" and ") if name.strip()] if field else []
+    return names, truncated
+
+
+def _tags(row: dict[str, str]) -> list[str]:
+    tags = []
+    title = row["title"].lower()
+    if "video" in title:
+        tags.append("video")
+    if re.search(r"training[- ]free", title):
+        tags.append("training-free")
+    if row.get("family"):
+        tags.append(row["family"].strip().lower())
+    return list(dict.fromkeys(tags))
+
+
+def row_to_entry(row: dict[str, str], placement: list[str], added: str) -> dict[str, Any]:
+    """One TSV row as entry data (fields in canonical order, empty ones omitted)."""
+    authors, truncated = _authors(row.get("authors", ""))
+    url = row.get("url", "").strip()
+    doi_match = _DOI_URL.match(url)
+    tags = _tags(row)
+    entry: dict[str, Any] = {
+        "key": row["key"].strip(),
+        "title": row["title"].strip(),
+        "authors": authors,
+        "authors_truncated": truncated or None,
+        "year": int(row["year"]) if row.get("year", "").strip() else None,
+        "venue": row.get("venue", "").strip(),
+        "arxiv": row.get("arxiv", "").strip(),
+        "doi": doi_match.group(1) if doi_match else "",
+        "url": url,
+        "code": row.get("code", "").strip(),
+        "placement": placement,
+        "tags": tags,
+        "training": "training-free" if "training-free" in tags else None,
+        "sources": [source.strip() for source in row.get("source", "").split(";") if source.strip()],
+        "added": added,
+    }
+    return {name: value for name, value in entry.items() if name == "authors" or value not in (None, "", [])}
+
+
+def _merge(kept: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(kept)
+    for name, value in dropped.items():
+        if name in ("sources", "tags"):
+            merged[name] = list(dict.fromkeys(kept.get(name, []) + value))
+        elif name not in merged or merged[name] in ("", [], None):
+            merged[name] = value
+    return merged
+
+
+def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+    """Write one entry per row into ``root/papers``; returns (written paths, messages).
+
+    Raises ``ValueError`` (before writing anything) when a row's label has no mapping or a row
+    is malformed, naming the TSV line.
+    """
+    added = added or dt.date.today().isoformat()
+    mapping = load_yaml(root / "tools" / "import_map.yaml").data
+    defaults, overrides, merges = mapping["defaults"], mapping.get("overrides") or {}, mapping.get("merge") or {}
+    with open(tsv_path, encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
+    entries: dict[str, dict[str, Any]] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row.get("key") or not row.get("title") or None in row.values():
+            raise ValueError(f"{tsv_path}:{line}: malformed row (missing key/title or wrong number of columns)")
+        key = row["key"].strip()
+        label = f"{row.get('stage', '').strip()}/{row.get('family', '').strip()}"
+        placement = overrides.get(key) or defaults.get(label)
+        if not placement:
+            raise ValueError(f"{tsv_path}:{line}: {key}: no placement for label '{label}' (add it to tools/import_map.yaml)")
+        if key in entries:
+            raise ValueError(f"{tsv_path}:{line}: duplicate key '{key}'")
+        entries[key] = row_to_entry(row, list(placement), added)
+    for dropped_key, kept_key in merges.items():
+        if dropped_key in entries and kept_key in entries:
+            entries[kept_key] = _merge(entries[kept_key], entries.pop(dropped_key))
+    written, messages = [], []
+    papers_dir = root / "papers"
+    for key, entry in entries.items():
+        if (papers_dir / f"{key}.yaml").exists() and not overwrite:
+            messages.append(f"kept existing papers/{key}.yaml")
+            continue
+        written.append(write_entry(papers_dir, entry))
+    return written, messages

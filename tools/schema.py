@@ -1,0 +1,96 @@
+"""The paper entry JSON Schema (Draft 2020-12), generated from the taxonomy so ids have one source.
+
+``papers/paper.schema.json`` is the committed copy that editors use (with the taxonomy ids as an
+enum for completion); ``python -m tools schema`` rewrites it and ``validate`` reports it when stale.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .taxonomy import Taxonomy
+
+__all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN"]
+
+SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
+ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
+DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+URL_PATTERN = r"^https?://\S+$"
+TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
+
+
+def _string(description: str, *, pattern: str | None = None, examples: list[str] | None = None, min_length: int = 1) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "minLength": min_length, "description": description}
+    if pattern:
+        schema["pattern"] = pattern
+    if examples:
+        schema["examples"] = examples
+    schema["markdownDescription"] = description
+    return schema
+
+
+def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+    """The schema; with a taxonomy, ``placement`` items are restricted to its ids (enum)."""
+    placement_item: dict[str, Any] = {"type": "string", "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"}
+    if taxonomy is not None:
+        placement_item["enum"] = sorted(taxonomy.by_id)
+    reported = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["metric", "value", "source"],
+        "description": "A number the paper (or the seed survey about it) reports. Never a number our code produced.",
+        "properties": {
+            "metric": _string("What is measured.", examples=["KV cache memory", "decode latency", "image A-AUROC"]),
+            "value": {"type": "number", "description": "The reported value (a plain number; put the unit in `unit`)."},
+            "unit": {"type": "string", "description": "Unit of the value.", "examples": ["GB", "ms/token", "x", "%"]},
+            "setting": {"type": "string", "description": "Model, benchmark and budget the number belongs to."},
+            "source": _string("Where in the paper (or survey) the number is stated.", examples=["abstract", "Table 8 of arXiv 2604.05546"]),
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "LVLM Atlas paper entry",
+        "description": "One paper: papers/<key>.yaml. Unknown values stay empty; never invent metadata.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["key", "title", "authors", "year", "placement", "added"],
+        "properties": {
+            "key": _string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN, examples=["zeng2026hybridkv"]),
+            "title": _string("Title as the paper gives it.", min_length=3),
+            "authors": {
+                "type": "array",
+                "description": "Authors as 'First Last', in paper order. Empty when no source lists them.",
+                "items": _string("One author, 'First Last'."),
+            },
+            "authors_truncated": {"type": "boolean", "description": "True when the source truncated the author list (et al.)."},
+            "year": {"type": "integer", "minimum": 1950, "maximum": 2100, "description": "Publication year (venue year for published papers)."},
+            "venue": _string("Short venue name; 'arXiv' for preprints.", examples=["CVPR", "NeurIPS", "arXiv"]),
+            "arxiv": _string("arXiv id as a quoted string.", pattern=ARXIV_PATTERN, examples=["2604.05887"]),
+            "doi": _string("DOI without the https://doi.org/ prefix.", pattern=DOI_PATTERN, examples=["10.1609/aaai.v39i4.32417"]),
+            "url": _string("Link to the paper (arXiv abstract, proceedings or OpenReview page).", pattern=URL_PATTERN),
+            "code": _string("Code repository given by the authors or a curated list.", pattern=URL_PATTERN),
+            "placement": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "description": "Taxonomy ids (topic, stage or family) where the paper belongs; one or more.",
+                "items": placement_item,
+            },
+            "tags": {"type": "array", "uniqueItems": True, "items": _string("Lower-case tag; '/' nests.", pattern=TAG_PATTERN)},
+            "training": {"enum": ["training-free", "training-aware", "n/a"], "description": "Whether the method needs training."},
+            "models": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Models the paper evaluates."},
+            "benchmarks": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Benchmarks the paper evaluates on."},
+            "reported": {"type": "array", "items": reported},
+            "implementation": _string("Module path of our reference implementation.", pattern=r"^reference_impls(\.[a-z_][a-z0-9_]*)+$", examples=["reference_impls.decoding.hybridkv"]),
+            "sources": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Where the metadata came from (curated lists, verified pages)."},
+            "added": _string("Date the entry was added, as a quoted ISO date string.", pattern=DATE_PATTERN, examples=["2026-11-26"]),
+        },
+    }
+
+
+def schema_text(taxonomy: Taxonomy) -> str:
+    return json.dumps(paper_schema(taxonomy), indent=2, ensure_ascii=False) + "\n"

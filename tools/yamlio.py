@@ -1,0 +1,129 @@
+"""Safe YAML loading that remembers where every value came from, and canonical YAML writing.
+
+PyYAML implements YAML 1.1, so ``2401.10`` loads as a float and ``2026-01-02`` as a date; the
+schema types catch both and the messages say to quote the value. Unknown tags such as
+``!!python/object`` are refused by the safe loader and reported with their line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["LoadedYaml", "YamlLoadError", "load_yaml", "dump_yaml", "write_text_atomic"]
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+Path_ = tuple[str | int, ...]
+
+
+class YamlLoadError(Exception):
+    """The file is not valid YAML, or uses a tag the safe loader refuses."""
+
+    def __init__(self, path: Path, line: int, message: str):
+        super().__init__(f"{path}:{line}: {message}")
+        self.path, self.line, self.message = path, line, message
+
+
+@dataclass
+class LoadedYaml:
+    path: Path
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+    first_line: str = ""
+
+    def line_of(self, location: Path_) -> int:
+        """Line (1-based) of the value at ``location``, or of its nearest ancestor."""
+        location = tuple(location)
+        while location not in self.lines and location:
+            location = location[:-1]
+        return self.lines.get(location, 1)
+
+
+def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> None:
+    lines[location] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[location + (key,)] = key_node.start_mark.line + 1
+            _record_lines(value_node, location + (key,), lines)
+            # A key's own line is more useful than the line where a block value starts.
+            lines[location + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, location + (index,), lines)
+
+
+def _duplicate_key(node: yaml.Node) -> tuple[str, int] | None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                return key_node.value, key_node.start_mark.line + 1
+            seen.add(key_node.value)
+            found = _duplicate_key(value_node)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_key(item)
+            if found:
+                return found
+    return None
+
+
+def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
+    """Load one YAML document safely, recording the line of every mapping key and list item."""
+    path = Path(path)
+    if text is None:
+        text = path.read_text(encoding="utf-8")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise YamlLoadError(path, 1, "the file is empty; expected a mapping of fields")
+        duplicate = _duplicate_key(node)
+        if duplicate:
+            raise YamlLoadError(path, duplicate[1], f"{duplicate[0]}: the key appears twice in one mapping")
+        data = loader.construct_document(node)
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = error.problem or str(error)
+        raise YamlLoadError(path, line, f"unsafe or unknown YAML tag refused ({problem}); plain values only") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else 1
+        raise YamlLoadError(path, line, f"invalid YAML: {error.problem or error}") from None
+    finally:
+        loader.dispose()
+    lines: dict[Path_, int] = {}
+    _record_lines(node, (), lines)
+    first_line = text.split("\n", 1)[0]
+    return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line)
+
+
+def dump_yaml(data: Any, header: str = "") -> str:
+    """YAML text with keys in the given (insertion) order; strings that YAML 1.1 would misread are quoted."""
+    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, default_flow_style=False)
+    return (header + "\n" if header else "") + body
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
