@@ -185,16 +185,14 @@ def _load_file(path: Path, root: Path, problems: list[Problem]) -> LoadedYaml | 
 def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[Problem]) -> Taxonomy:
     schema = json.loads((root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8"))
     validator = Draft202012Validator(schema)
-    valid = []
     for loaded in loaded_files:
         relpath = _relative(loaded.path, root)
-        found = _schema_problems(validator, loaded, relpath)
-        problems += found
+        problems += _schema_problems(validator, loaded, relpath)
         if loaded.first_line.strip() != TAXONOMY_SCHEMA_HINT:
             problems.append(Problem(relpath, 1, "", f"first line should be '{TAXONOMY_SCHEMA_HINT}' so editors validate", "warning"))
-        if not found:
-            valid.append(loaded)
-    taxonomy = load_taxonomy(root / "taxonomy", valid)
+    # Built from schema-invalid files too (best effort), so one bad node does not make every
+    # paper's placement "unknown".
+    taxonomy = load_taxonomy(root / "taxonomy", loaded_files)
     seen: dict[str, Any] = {}
     for topic in taxonomy.topics:
         axes = {axis["id"] for axis in topic_data(taxonomy, topic).get("axes", [])}
@@ -257,6 +255,10 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
     for topic in taxonomy.topics:
         if topic.source and topic.source not in known_keys:
             problems.append(Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'"))
+    if (root / "mkdocs.yml").is_file():
+        from .site.nav import check_nav
+
+        problems += [Problem("mkdocs.yml", 1, "nav", message) for message in check_nav(root, taxonomy)]
     if check_schema_file:
         schema_path = root / "papers" / "paper.schema.json"
         if not schema_path.is_file() or schema_path.read_text(encoding="utf-8") != schema_text(taxonomy):
@@ -296,7 +298,7 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
         ("title", "title (near-duplicate)", lambda data: normalise_title(data["title"]) if isinstance(data.get("title"), str) else None),
         ("title", "title words (near-duplicate)", lambda data: " ".join(sorted(set(re.findall(r"[a-z0-9]+", data["title"].lower())))) if isinstance(data.get("title"), str) else None),
     )
-    reported_pairs: set[tuple[str, str]] = set()
+    reported_pairs: set[tuple[str, tuple[str, str]]] = set()
     for field_name, label, value_of in checks:
         first: dict[str, Entry] = {}
         for entry in entries:
@@ -306,9 +308,9 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
             if value in first:
                 other = first[value]
                 pair = (other.relpath, entry.relpath)
-                if pair in reported_pairs and field_name == "title":
-                    continue
-                reported_pairs.add(pair)
+                if (field_name, pair) in reported_pairs:
+                    continue  # both title checks matched the same pair
+                reported_pairs.add((field_name, pair))
                 # Report on the entry being validated; with a full run that is the later file.
                 this, that = (entry, other) if report(entry) or not report(other) else (other, entry)
                 if report(this):
