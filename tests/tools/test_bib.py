@@ -1,0 +1,80 @@
+"""BibTeX: export -> import -> export is lossless on the fields we keep; import de-duplicates."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.bib import BibImportError, bibtex_to_entries, entries_to_bibtex
+from tools.catalog import load_catalog
+
+from .conftest import ROOT
+
+KEPT = ("key", "title", "authors", "authors_truncated", "year", "venue", "arxiv", "doi", "url")
+
+
+def kept_fields(data: dict) -> dict:
+    return {name: data[name] for name in KEPT if data.get(name) not in (None, "", [], False)}
+
+
+def test_round_trip_of_every_entry_is_lossless():
+    entries = [entry.data for entry in load_catalog(ROOT).entries]
+    text = entries_to_bibtex(entries)
+    imported = bibtex_to_entries(text)
+    assert len(imported) == len(entries)
+    by_key = {data["key"]: data for data in imported}
+    for data in entries:
+        assert kept_fields(by_key[data["key"]]) == kept_fields(data), data["key"]
+    assert entries_to_bibtex(imported) == text
+
+
+def test_hard_titles_and_names_survive():
+    tricky = {"key": "x2026tricky", "title": "R&D of ViT-L/14 at 100% — LLaVA_1.5 #tokens", "authors": ["José Ñúñez", "Jean-Luc van der Berg"],
+              "authors_truncated": True, "year": 2026, "venue": "NeurIPS", "doi": "10.1000/xyz_1", "url": "https://example.org/a_b"}
+    text = entries_to_bibtex([tricky])
+    assert r"R\&D" in text and "{ViT}" in text and "and others" in text and "booktitle = {NeurIPS}" in text
+    assert kept_fields(bibtex_to_entries(text)[0]) == kept_fields(tricky)
+
+
+def test_import_reads_common_bibtex_shapes():
+    text = (ROOT.parent / "shared" / "data" / "lvlm_efficiency_papers.bib").read_text()
+    entries = {data["key"]: data for data in bibtex_to_entries(text)}
+    survey = entries["zhang2026efficientinferencelargevisionlanguage"]
+    assert survey["arxiv"] == "2604.05546" and survey["venue"] == "arXiv" and survey["authors"][0] == "Jun Zhang"
+    kong = entries["kong2025token"]
+    assert kong["authors"][:2] == ["Zhenglun Kong", "Yize Li"]  # "Last, First" becomes "First Last"
+    assert kong["arxiv"] == "2505.18227" and kong["venue"] == "arXiv"  # from "arXiv preprint arXiv:2505.18227"
+    assert entries["shao2026a"]["venue"] == "Transactions on Machine Learning Research"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("@article{a, title={x}\n@article{b, title={y}, year={2020}}", "<string>:1:"),
+    ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}", "Duplicate"),
+    ("@misc{a, title={x}, title={z}, year={2020}}", "Duplicate field"),
+    ("@misc{a, title={No year}}", "<string>:1: a: an entry needs a title and a numeric year"),
+])
+def test_bad_bibtex_is_refused_with_its_line(text, message):
+    with pytest.raises(BibImportError, match=message.replace("(", r"\(")):
+        bibtex_to_entries(text)
+
+
+def test_bib_import_command_skips_known_papers_and_writes_new_ones(repo, run_tools, tmp_path):
+    bib = tmp_path / "mine.bib"
+    bib.write_text(
+        "@inproceedings{someone2025hybrid, title={{HybridKV}: Hybrid {KV} Cache Compression for Efficient Multimodal Large Language Model Inference},"
+        " author={Zeng, Bowen}, booktitle={Somewhere}, year={2026}}\n"
+        "@misc{doe2026fresh, title={A Fresh Paper on Visual Tokens}, author={Doe, Jane and others}, year={2026}, eprint={2611.04321}, archivePrefix={arXiv}}\n")
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "prefilling-token-compression")
+    assert status == 0, err
+    assert "skipped someone2025hybrid: already in the catalog as zeng2026hybridkv" in out
+    new = (repo / "papers" / "doe2026fresh.yaml").read_text()
+    assert "authors_truncated: true" in new and "arxiv: '2611.04321'" in new
+    assert run_tools(repo, "validate")[0] == 0
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "no-such-node")
+    assert status == 1 and "unknown taxonomy id" in err
+
+
+def test_bib_export_command_writes_every_entry(repo, run_tools, tmp_path):
+    out_file = tmp_path / "all.bib"
+    status, out, err = run_tools(repo, "bib", "export", "--out", str(out_file))
+    assert status == 0, err
+    assert out_file.read_text().count("\n@") + 1 == len(list((repo / "papers").glob("*.yaml")))

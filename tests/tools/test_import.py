@@ -1,0 +1,52 @@
+"""``import-tsv`` turns every row of the shared table into an entry, inventing nothing."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from tools.catalog import load_catalog
+from tools.importer import import_tsv
+
+from .conftest import SHARED_TSV, make_repo
+
+pytestmark = pytest.mark.skipif(not SHARED_TSV.is_file(), reason="../shared/data is not beside this checkout")
+
+
+def test_import_creates_one_valid_entry_per_row(tmp_path):
+    repo = make_repo(tmp_path / "repo", paper_keys=())
+    written, messages = import_tsv(SHARED_TSV, root=repo, added="2026-11-26")
+    with open(SHARED_TSV, encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert len(rows) == 599
+    assert len(written) == 598  # the known G-Prune duplicate is merged into jiang2025kind
+    catalog = load_catalog(repo, check_schema_file=False)
+    source_problems = [p for p in catalog.errors if p.field != "source"]
+    assert source_problems == []
+    by_key = catalog.by_key()
+    merged = by_key["jiang2025kind"].data
+    assert merged["doi"] == "10.1609/aaai.v39i4.32427" and "SuDIS-ZJU/Efficient-LVLMs-Inference" in merged["sources"]
+    for row in rows:
+        if row["key"] == "g-prune-training-free-2025":
+            continue
+        data = by_key[row["key"]].data
+        assert data["title"] == row["title"]
+        assert data.get("arxiv", "") == row["arxiv"]
+        assert data.get("code", "") == row["code"]
+        assert data.get("venue", "") == row["venue"]
+        expected_authors = [a for a in row["authors"].split(" and ") if a and a != "others"] if row["authors"] else []
+        assert data["authors"] == expected_authors
+        assert data.get("authors_truncated", False) == row["authors"].endswith(" and others")
+
+
+def test_import_keeps_existing_entries_and_rejects_unmapped_labels(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    before = (repo / "papers" / "zeng2026hybridkv.yaml").read_text()
+    import_tsv(SHARED_TSV, root=repo)
+    assert (repo / "papers" / "zeng2026hybridkv.yaml").read_text() == before  # hand-added reported numbers stay
+    bad = tmp_path / "bad.tsv"
+    header = SHARED_TSV.read_text(encoding="utf-8").split("\n", 1)[0]
+    bad.write_text(header + "\nx2026a\tA Title\t\t2026\tarXiv\t\t\t\tnowhere\tnothing\tme\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.tsv:2: x2026a: no placement for label 'nowhere/nothing'"):
+        import_tsv(bad, root=repo)

@@ -1,0 +1,104 @@
+"""Build the whole site from a copy of the data; open the pages and check every internal link."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from tools.site.build import build_site, generate_pages
+
+from .conftest import GOOD_ENTRY, make_repo
+
+EVIL = GOOD_ENTRY.replace("good2026entry", "evil2026entry").replace("2611.00001", "2611.00066").replace(
+    "A Perfectly Good Entry About Visual Token Pruning", "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'")
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("href", "src") and value:
+                self.links.append(value)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    repo = make_repo(tmp_path_factory.mktemp("site") / "repo", paper_keys=None)
+    (repo / "papers" / "evil2026entry.yaml").write_text(EVIL)
+    status = build_site(repo, execute_notebooks=False)
+    assert status == 0
+    return repo
+
+
+def test_pages_exist_for_every_entry_and_node(built):
+    site = built / "site"
+    entries = list((built / "papers").glob("*.yaml"))
+    assert len(list((site / "papers").glob("*/index.html"))) == len(entries)
+    for page in ("index.html", "taxonomy/efficiency/decoding/kv-cache-compression/kv-head-level/index.html",
+                 "taxonomy/hallucination/hallucination-unlearning/index.html", "taxonomy/continual-ad/parameter-isolation/index.html",
+                 "implementations/index.html", "notebooks/index.html", "results/index.html", "tags/index.html",
+                 "references.bib", "papers.json", "schemas/paper.schema.json", "about/index.html", "contributing/index.html"):
+        assert (site / page).is_file(), page
+    assert len(json.loads((site / "papers.json").read_text())) == len(entries)
+    home = (site / "index.html").read_text()
+    assert "papers-by-year.svg" in home and f"<strong>{len(entries)}</strong>" in home
+
+
+def test_paper_page_shows_metadata_reported_numbers_and_bibtex(built):
+    page = (built / "site" / "papers" / "zeng2026hybridkv" / "index.html").read_text()
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "Bowen Zeng" in text and "@misc{zeng2026hybridkv," in text
+    assert "58.94" in page and "Table 8 of the seed survey" in page  # reported values are not rounded
+    assert "md-nav--primary" not in page  # the paper template leaves the nav out
+    family = (built / "site" / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level" / "index.html").read_text()
+    assert "zeng2026hybridkv" in family and "Reported by papers" in family
+
+
+def test_entry_text_is_escaped(built):
+    page = (built / "site" / "papers" / "evil2026entry" / "index.html").read_text()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'href="javascript:x"' not in page
+    family = (built / "site" / "taxonomy" / "efficiency" / "prefilling" / "prefilling-token-compression" / "prefilling-attention-guided" / "index.html").read_text()
+    assert "<script>alert(1)" not in family and "&lt;script&gt;" in family
+
+
+def test_every_internal_link_resolves(built):
+    site = built / "site"
+    broken = []
+    pages = list(site.rglob("*.html"))
+    assert len(pages) > 600
+    for page in pages:
+        if page.name == "404.html":
+            continue  # served from any depth, so mkdocs writes site-absolute links there
+        parser = _Links()
+        parser.feed(page.read_text(encoding="utf-8"))
+        for link in parser.links:
+            parsed = urlparse(link)
+            if parsed.scheme or link.startswith(("#", "mailto:", "//")):
+                continue
+            target = (page.parent / unquote(parsed.path)).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(site)} -> {link}")
+    assert broken == [], broken[:20]
+
+
+def test_bad_data_stops_the_build_and_writes_nothing(tmp_path, capsys):
+    repo = make_repo(tmp_path / "repo")
+    assert generate_pages(repo, execute_notebooks=False) == 0
+    before = {path: path.stat().st_mtime_ns for path in (repo / "docs").rglob("*") if path.is_file()}
+    (repo / "papers" / "evil2026entry.yaml").write_text(EVIL.replace("year: 2026", "year: soon"))
+    assert generate_pages(repo, execute_notebooks=False) == 1
+    assert "nothing was written" in capsys.readouterr().err
+    after = {path: path.stat().st_mtime_ns for path in (repo / "docs").rglob("*") if path.is_file()}
+    assert after == before
