@@ -1,13 +1,13 @@
-"""A throw-away copy of the repository's data (taxonomy, a few papers, site config) per test."""
+"""Fixtures: a throw-away copy of the repository's data per test, and an in-process CLI runner."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tools.__main__ import main
+from tools.sandbox import make_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_TSV = ROOT.parent / "shared" / "data" / "lvlm_efficiency_papers.tsv"
@@ -30,24 +30,7 @@ added: '2026-11-26'
 
 
 def make_repo(target: Path, paper_keys: tuple[str, ...] | None = SEED_KEYS) -> Path:
-    """Copy the data the tools read into ``target``; code folders are symlinked (read only)."""
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "taxonomy", target / "taxonomy")
-    shutil.copytree(ROOT / "tools", target / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "papers").mkdir()
-    shutil.copy(ROOT / "papers" / "paper.schema.json", target / "papers")
-    sources = sorted((ROOT / "papers").glob("*.yaml")) if paper_keys is None else [ROOT / "papers" / f"{key}.yaml" for key in paper_keys]
-    for path in sources:
-        shutil.copy(path, target / "papers")
-    shutil.copy(ROOT / "mkdocs.yml", target)
-    shutil.copy(ROOT / "CONTRIBUTING.md", target)
-    (target / "docs").mkdir()
-    for name in ("about.md", "contributing.md", "javascripts", "stylesheets", "overrides"):
-        source = ROOT / "docs" / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, target / "docs" / name)
-    for name in ("reference_impls", "notebooks"):
-        (target / name).symlink_to(ROOT / name, target_is_directory=True)
-    return target
+    return make_sandbox(target, paper_keys)
 
 
 @pytest.fixture
