@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 
 from .schema import paper_schema, schema_text
@@ -84,10 +85,12 @@ def normalise_title(title: str) -> str:
 
 
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root))
-    except ValueError:
-        return str(path)
+    for candidate in (path, path.resolve()):
+        try:
+            return str(candidate.relative_to(root))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def _field_name(location: Iterable[Any]) -> str:
@@ -108,7 +111,14 @@ def _describe_misread(value: Any) -> str | None:
     return None
 
 
-def _schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath: str) -> list[Problem]:
+def _schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath: str, fast_check=None) -> list[Problem]:
+    """Every schema error of one file. ``fast_check`` (a compiled validator) skips valid files quickly."""
+    if fast_check is not None:
+        try:
+            fast_check(loaded.data)
+            return []
+        except fastjsonschema.JsonSchemaException:
+            pass  # invalid: let jsonschema explain every error with its path
     problems = []
     errors = sorted(validator.iter_errors(loaded.data), key=lambda error: [str(part) for part in error.absolute_path])
     for error in errors:
@@ -236,7 +246,11 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
     for path in selected or ():
         if not path.is_file():
             problems.append(Problem(_relative(path, root), 1, "", "no such file"))
-    validator = Draft202012Validator(paper_schema(None))
+    schema = paper_schema(None)
+    validator = Draft202012Validator(schema)
+    # The paper schema uses only draft-07 keywords, so a compiled draft-07 validator can clear
+    # valid files ~20x faster; jsonschema still produces every message for the invalid ones.
+    fast_check = fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
     entries: list[Entry] = []
     for path in all_paths:
         reported = selected is None or path.resolve() in selected
@@ -247,7 +261,7 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
         entry = Entry(loaded=loaded, relpath=_relative(path, root))
         entries.append(entry)
         if reported:
-            problems += _schema_problems(validator, loaded, entry.relpath)
+            problems += _schema_problems(validator, loaded, entry.relpath, fast_check)
             problems += _entry_problems(entry, root, taxonomy)
     problems += _cross_entry_problems(entries, selected)
 

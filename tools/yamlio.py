@@ -46,36 +46,24 @@ class LoadedYaml:
         return self.lines.get(location, 1)
 
 
-def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> None:
-    lines[location] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            lines[location + (key,)] = key_node.start_mark.line + 1
-            _record_lines(value_node, location + (key,), lines)
-            # A key's own line is more useful than the line where a block value starts.
-            lines[location + (key,)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, location + (index,), lines)
-
-
-def _duplicate_key(node: yaml.Node) -> tuple[str, int] | None:
+def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> tuple[str, int] | None:
+    """Fill ``lines`` for every key and item below ``node``; return the first repeated key, if any."""
+    lines.setdefault(location, node.start_mark.line + 1)
+    repeated = None
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            if key_node.value in seen:
-                return key_node.value, key_node.start_mark.line + 1
-            seen.add(key_node.value)
-            found = _duplicate_key(value_node)
-            if found:
-                return found
+            key = key_node.value
+            if key in seen and repeated is None:
+                repeated = (key, key_node.start_mark.line + 1)
+            seen.add(key)
+            # A key's own line is more useful than the line where a block value starts.
+            lines[location + (key,)] = key_node.start_mark.line + 1
+            repeated = _record_lines(value_node, location + (key,), lines) or repeated
     elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            found = _duplicate_key(item)
-            if found:
-                return found
-    return None
+        for index, item in enumerate(node.value):
+            repeated = _record_lines(item, location + (index,), lines) or repeated
+    return repeated
 
 
 def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
@@ -88,7 +76,8 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
         node = loader.get_single_node()
         if node is None:
             raise YamlLoadError(path, 1, "the file is empty; expected a mapping of fields")
-        duplicate = _duplicate_key(node)
+        lines: dict[Path_, int] = {}
+        duplicate = _record_lines(node, (), lines)
         if duplicate:
             raise YamlLoadError(path, duplicate[1], f"{duplicate[0]}: the key appears twice in one mapping")
         data = loader.construct_document(node)
@@ -103,8 +92,6 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
         raise YamlLoadError(path, line, f"invalid YAML: {error.problem or error}") from None
     finally:
         loader.dispose()
-    lines: dict[Path_, int] = {}
-    _record_lines(node, (), lines)
     first_line = text.split("\n", 1)[0]
     return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line)
 
