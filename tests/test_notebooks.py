@@ -1,0 +1,32 @@
+"""Every notebook runs as a plain script in its quick setting (ATLAS_QUICK=1)."""
+
+from __future__ import annotations
+
+import os
+import runpy
+from pathlib import Path
+
+import pytest
+
+from tools.site.notebooks import discover_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = discover_notebooks(ROOT)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_runs_in_quick_mode(notebook, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("ATLAS_QUICK", "1")
+    monkeypatch.chdir(ROOT)
+    try:
+        runpy.run_path(str(ROOT / notebook), run_name="__main__")
+    finally:
+        plt.close("all")
+
+
