@@ -214,6 +214,10 @@ def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[P
             seen[node.id] = node
             if node.level == "stage" and node.axis and node.axis not in axes:
                 problems.append(Problem(relpath, node.line, "axis", f"unknown axis '{node.axis}'; the topic defines {sorted(axes)}"))
+            if node.is_leaf_method:
+                for field_name in ("implementation", "notebook"):
+                    if getattr(node, field_name) == "planned":
+                        problems.append(Problem(relpath, node.line, field_name, f"method family '{node.id}' has no {field_name} yet (planned)", "warning"))
             for module in node.implementations:
                 if not _module_exists(root, module):
                     problems.append(Problem(relpath, node.line, "implementation", f"module '{module}' does not exist under {root.name}/"))

@@ -1,0 +1,75 @@
+"""Indexes over the validated catalog that the pages need: papers per node, URLs of every page."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cached_property
+from pathlib import Path
+
+from ..catalog import Catalog, Entry
+from ..taxonomy import Node
+
+__all__ = ["SiteData", "node_page", "paper_page", "module_page", "notebook_page"]
+
+
+def node_page(node: Node) -> str:
+    """Docs-relative path of a taxonomy node's page."""
+    parts = [ancestor.id for ancestor in node.ancestors] + [node.id]
+    if node.level in ("topic", "stage") or node.children:
+        return "taxonomy/" + "/".join(parts) + "/index.md"
+    return "taxonomy/" + "/".join(parts) + ".md"
+
+
+def paper_page(key: str) -> str:
+    return f"papers/{key}.md"
+
+
+def module_page(module: str) -> str:
+    return f"implementations/{module}.md"
+
+
+def notebook_page(notebook: str) -> str:
+    """``notebooks/decoding/hybridkv.py`` -> ``notebooks/decoding/hybridkv.md``."""
+    return str(Path(notebook).with_suffix(".md"))
+
+
+def relative(from_page: str, to_page: str) -> str:
+    """Relative link between two docs-relative page paths (mkdocs resolves .md links)."""
+    from_dir = Path(from_page).parent
+    up = len(from_dir.parts)
+    return "../" * up + to_page if up else to_page
+
+
+class SiteData:
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.taxonomy = catalog.taxonomy
+        self.entries = sorted(catalog.entries, key=lambda entry: (-entry.data["year"], entry.data["title"].lower()))
+
+    @cached_property
+    def _direct(self) -> dict[str, list[Entry]]:
+        placed: dict[str, list[Entry]] = defaultdict(list)
+        for entry in self.entries:
+            for node_id in entry.data["placement"]:
+                placed[node_id].append(entry)
+        return placed
+
+    def papers_at(self, node: Node) -> list[Entry]:
+        """Entries placed exactly on ``node``."""
+        return self._direct.get(node.id, [])
+
+    def papers_under(self, node: Node) -> list[Entry]:
+        """Entries placed on ``node`` or anywhere below it, each once, newest first."""
+        seen: dict[str, Entry] = {}
+        for descendant in node.descendants():
+            for entry in self.papers_at(descendant):
+                seen.setdefault(entry.key, entry)
+        return sorted(seen.values(), key=lambda entry: (-entry.data["year"], entry.data["title"].lower()))
+
+    def stage_of(self, entry: Entry) -> str:
+        """Stage (or topic, for topics without stages) name of an entry's first placement."""
+        node = self.taxonomy.by_id[entry.data["placement"][0]]
+        stage = node.stage
+        if stage is not None and node.topic.id == "efficiency" and stage.id != "efficiency-resources":
+            return stage.name
+        return node.topic.name if node.topic.id != "efficiency" else "Resources"

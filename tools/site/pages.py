@@ -1,0 +1,228 @@
+"""Markdown for every generated page. Each function returns the page text; nothing here writes files."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from ..catalog import Entry
+from ..bib import entries_to_bibtex
+from ..taxonomy import Node
+from . import markdown as md
+from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
+
+__all__ = ["paper_md", "node_md", "home_md", "taxonomy_index_md", "papers_table", "reported_table"]
+
+
+def _authors(entry: Entry) -> str:
+    authors = entry.data.get("authors") or []
+    if not authors:
+        return "*not listed by any of our sources*"
+    names = ", ".join(md.text(name) for name in authors)
+    return names + (", et al." if entry.data.get("authors_truncated") else "")
+
+
+def _links(entry: Entry) -> list[str]:
+    data, links = entry.data, []
+    if data.get("arxiv"):
+        links.append(md.link(f"arXiv {md.text(data['arxiv'])}", f"https://arxiv.org/abs/{data['arxiv']}"))
+    if data.get("doi"):
+        links.append(md.link("DOI", f"https://doi.org/{data['doi']}"))
+    if data.get("url") and "arxiv.org/abs" not in data["url"]:
+        links.append(md.link("paper", data["url"]))
+    if data.get("code"):
+        links.append(md.link("code", data["code"]))
+    return links
+
+
+def reported_table(entries: list[Entry], page: str, with_paper: bool = False) -> str:
+    rows = []
+    for entry in entries:
+        for item in entry.data.get("reported") or []:
+            row = [md.link(md.text(entry.key), relative(page, paper_page(entry.key)))] if with_paper else []
+            # Reported values are shown exactly as stored, never rounded.
+            row += [md.cell(item["metric"]), md.cell(repr(item["value"])), md.cell(item.get("unit", "")),
+                    md.cell(item.get("setting", "")), md.cell(item["source"])]
+            rows.append(row)
+    if not rows:
+        return ""
+    headers = (["Paper"] if with_paper else []) + ["Metric", "Value", "Unit", "Setting", "Source"]
+    return md.table(headers, rows)
+
+
+def paper_md(entry: Entry, site: SiteData) -> str:
+    data = entry.data
+    page = paper_page(entry.key)
+    # The paper template drops the navigation, which would be most of each page's bytes at 10k entries.
+    lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags")), f"# {md.text(data['title'])}", ""]
+    venue = " ".join(part for part in (md.text(data.get("venue", "")), str(data["year"])) if part)
+    lines += [f"**Authors:** {_authors(entry)}  ", f"**Venue:** {venue}  "]
+    links = _links(entry)
+    if links:
+        lines.append("**Links:** " + " · ".join(links) + "  ")
+    placements = []
+    for node_id in data["placement"]:
+        node = site.taxonomy.by_id[node_id]
+        trail = " › ".join(md.text(n.name) for n in node.ancestors + [node])
+        placements.append(md.link(trail, relative(page, node_page(node))))
+    lines.append("**Placement:** " + "; ".join(placements) + "  ")
+    if data.get("training"):
+        lines.append(f"**Training:** {md.text(data['training'])}  ")
+    for field, label in (("models", "Models"), ("benchmarks", "Benchmarks")):
+        if data.get(field):
+            lines.append(f"**{label}:** " + ", ".join(md.text(value) for value in data[field]) + "  ")
+    if data.get("implementation"):
+        module = data["implementation"]
+        lines.append(f"**Reference implementation:** {md.link(f'`{module}`', relative(page, module_page(module)))}  ")
+    reported = reported_table([entry], page)
+    if reported:
+        lines += ["", "## Reported numbers", "",
+                  "Numbers as the paper (or the source named in each row) reports them; not reproduced by us.", "", reported]
+    lines += ["", "## BibTeX", "", "```bibtex", entries_to_bibtex([data]).strip(), "```", ""]
+    if data.get("sources"):
+        lines.append("<small>Metadata from: " + ", ".join(md.text(source) for source in data["sources"]) + "</small>")
+    return "\n".join(lines) + "\n"
+
+
+def papers_table(entries: list[Entry], page: str) -> str:
+    rows = []
+    for entry in entries:
+        data = entry.data
+        code = md.link("code", data["code"]) if data.get("code") else ""
+        arxiv = md.link(md.text(data["arxiv"]), f"https://arxiv.org/abs/{data['arxiv']}") if data.get("arxiv") else ""
+        rows.append([str(data["year"]), md.link(md.text(data["title"]), relative(page, paper_page(entry.key))),
+                     md.cell(data.get("venue", "")), arxiv, code])
+    return md.table(["Year", "Title", "Venue", "arXiv", "Code"], rows, sortable=True)
+
+
+def _implementation_block(node: Node, page: str, module_summaries: dict[str, str]) -> list[str]:
+    if node.kind == "resource":
+        return ["!!! note \"Not a method family\"", f"    {md.text(node.exempt_reason)}", ""]
+    if node.children:
+        return []
+    lines = ["## Reference implementation", ""]
+    if node.implementations:
+        for module in node.implementations:
+            summary = module_summaries.get(module, "")
+            lines.append(f"- {md.link(f'`{module}`', relative(page, module_page(module)))}" + (f": {md.text(summary)}" if summary else ""))
+    else:
+        lines.append("*Planned: no reference implementation yet.*")
+    if node.notebooks:
+        lines.append("")
+        for notebook in node.notebooks:
+            lines.append(f"- Notebook: {md.link(f'`{notebook}`', relative(page, notebook_page(notebook)))}")
+    else:
+        lines += ["", "*Planned: no notebook yet.*"]
+    return lines + [""]
+
+
+def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], results_md: str = "") -> str:
+    page = node_page(node)
+    lines = [md.front_matter(title=node.name), f"# {md.text(node.name)}", "", md.text(node.summary), ""]
+    context = []
+    if node.stage is not None and node.stage is not node:
+        context.append(f"Stage: {md.link(md.text(node.stage.name), relative(page, node_page(node.stage)))}")
+    axis = node.axis or (node.stage.axis if node.stage else "")
+    if axis:
+        axis_name = next((a["name"] for a in _axes(site, node.topic) if a["id"] == axis), axis)
+        context.append(f"Axis: *{md.text(axis_name)}*")
+    if node.parent is not None:
+        context.append(f"Topic: {md.link(md.text(node.topic.name), relative(page, node_page(node.topic)))}")
+    if context:
+        lines += [" · ".join(context), ""]
+    if node.level == "topic":
+        source = site.catalog.by_key().get(node.source)
+        if source is not None:
+            lines += [f"The tree follows {md.link(md.text(source.data['title']), relative(page, paper_page(source.key)))}.", ""]
+        axes = _axes(site, node)
+        if axes:
+            lines += ["## Axes", ""] + [f"- **{md.text(a['name'])}**: {md.text(a['summary'])}" for a in axes] + [""]
+    if node.children:
+        heading = {"topic": "Stages" if node.children[0].level == "stage" else "Families", "stage": "Families", "family": "Sub-families"}[node.level]
+        rows = []
+        for child in node.children:
+            status = _status(child)
+            rows.append([md.link(md.text(child.name), relative(page, node_page(child))), md.text(child.summary),
+                         str(len(site.papers_under(child))), status])
+        lines += [f"## {heading}", "", md.table(["Name", "Summary", "Papers", "Implementation"], rows), ""]
+    lines += _implementation_block(node, page, module_summaries)
+    if results_md:
+        lines += ["## Reproduced results", "", results_md, ""]
+    under = site.papers_under(node)
+    reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
+    if reported:
+        lines += ["## Reported by papers", "", "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
+    lines += [f"## Papers ({len(under)})", ""]
+    if under:
+        if node.children or node.level != "family":
+            lines += ["Papers placed here or in any node below.", ""]
+        lines += [papers_table(under, page), ""]
+    else:
+        lines += ["*No papers placed here yet.*", ""]
+    return "\n".join(lines)
+
+
+def _status(node: Node) -> str:
+    leaves = [n for n in node.descendants() if n.is_leaf_method]
+    if node.kind == "resource" or not leaves:
+        return "—"
+    done = sum(1 for leaf in leaves if leaf.implementations)
+    return f"{done}/{len(leaves)}" if len(leaves) > 1 else ("yes" if done else "planned")
+
+
+def _axes(site: SiteData, topic: Node) -> list[dict[str, Any]]:
+    for loaded in site.taxonomy.files:
+        if loaded.data.get("id") == topic.id:
+            return loaded.data.get("axes", [])
+    return []
+
+
+def taxonomy_index_md(site: SiteData) -> str:
+    page = "taxonomy/index.md"
+    lines = [md.front_matter(title="Taxonomy"), "# Taxonomy", "",
+             "Three topic trees. The first follows the seed survey stage by stage; every method family "
+             "names its reference implementation and notebook.", ""]
+    for topic in site.taxonomy.topics:
+        lines += [f"## {md.link(md.text(topic.name), relative(page, node_page(topic)))}", "", md.text(topic.summary), ""]
+        for node in topic.descendants()[1:]:
+            indent = "    " * (len(node.ancestors) - 1)
+            count = len(site.papers_under(node))
+            lines.append(f"{indent}- {md.link(md.text(node.name), relative(page, node_page(node)))} ({count})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
+    by_stage = Counter((site.stage_of(entry), entry.data["year"]) for entry in site.entries)
+    lines = [
+        md.front_matter(title="LVLM Atlas"),
+        "# LVLM Atlas",
+        "",
+        "A living literature repository on efficient and reliable inference of large vision-language models. "
+        "Papers are organised by the taxonomy of the seed survey; method families are backed by tested "
+        "reference implementations and notebooks that run on a CPU.",
+        "",
+        '<div class="atlas-counts" markdown>',
+        "",
+    ]
+    for label, value in counts.items():
+        lines.append(f"<div><strong>{value}</strong>{label}</div>")
+    lines += ["", "</div>", "", "## Papers by year and stage", "", f"![Papers per year, by stage]({chart_path})", "", "## Topics", ""]
+    for topic in site.taxonomy.topics:
+        lines.append(f"- {md.link(md.text(topic.name), node_page(topic))}: {len(site.papers_under(topic))} papers")
+    lines += [
+        "",
+        "## Downloads",
+        "",
+        "- [`references.bib`](references.bib): every entry as BibTeX",
+        "- [`papers.json`](papers.json): every entry as JSON, for your own filtering",
+        "- [`paper.schema.json`](schemas/paper.schema.json): the JSON Schema entries follow",
+        "",
+        f"Reported numbers come from the papers; reproduced numbers come from our code, with the command that made them. "
+        f"See {md.link('About', 'about.md')} for the conventions and {md.link('Contributing', 'contributing.md')} to add a paper.",
+        "",
+        f"*Counts by stage:* " + ", ".join(f"{md.text(stage)} {sum(v for (s, _), v in by_stage.items() if s == stage)}"
+                                          for stage in dict.fromkeys(stage for stage, _ in sorted(by_stage))),
+        "",
+    ]
+    return "\n".join(lines)
