@@ -159,11 +159,12 @@ def _snapshot(root: Path) -> dict[str, float]:
 
 
 def serve_site(root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks: bool = True) -> int:
-    """Build, then serve with live reload; regenerate pages when papers, taxonomy or notebooks change."""
-    status = build_site(root, execute_notebooks=execute_notebooks)
+    """Generate, then let ``mkdocs serve --strict`` build and serve with live reload; regenerate the
+    pages when papers, taxonomy, notebooks or results change."""
+    status = generate_pages(root, execute_notebooks=execute_notebooks)
     if status:
         return status
-    server = subprocess.Popen(_mkdocs(root, "serve", "--no-strict", "-a", address), cwd=root, env=_environment())
+    server = subprocess.Popen(_mkdocs(root, "serve", "--strict", "-a", address), cwd=root, env=_environment())
     print(f"serving on http://{address}/ (Ctrl+C stops)", flush=True)
     seen = _snapshot(root)
     try:
