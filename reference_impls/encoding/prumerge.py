@@ -1,0 +1,114 @@
+"""LLaVA-PruMerge: keep the outlier tokens, merge the rest into them.
+
+PruMerge observes that a CLIP encoder's class-token attention over the patches is sparse: a few
+patches get far more attention than the rest. It keeps those patches, found adaptively as the
+*outliers* of the score distribution by the interquartile-range rule (score above
+``Q3 + 1.5 * IQR``), so a simple image keeps fewer tokens than a busy one. The pruned patches are
+not thrown away: each kept token absorbs its most similar pruned neighbours (key similarity),
+weighted by their scores, so their information survives in a shorter sequence. PruMerge+ adds
+spatially uniform samples to the outliers to recover accuracy at a larger token count.
+
+Paper: arXiv 2403.15388 (public code: Unicorn-3965/LLaVA-PruMerge).
+
+Example:
+    >>> import torch
+    >>> from reference_impls.encoding.prumerge import iqr_outliers
+    >>> iqr_outliers(torch.tensor([1.0, 1.1, 0.9, 1.0, 9.0, 1.05, 0.95, 1.0])).nonzero().flatten().tolist()
+    [4]
+
+Deviations / guesses:
+    - Score: Qwen2.5-VL has no class token, and this family is the attention-agnostic one, so the
+      default score is how far a token's feature lies from the image's mean feature (L2 distance);
+      ``score="attention"`` uses the attention a token receives in the last full-attention vision
+      block instead (the VisionZip score, closer to the paper's CLS attention).
+    - Budget: the registry's visual-token interface fixes a budget, so the kept count is exactly
+      ``ceil(budget * n)``: the IQR outliers in score order first (cut to the budget when there are
+      more), then, as in PruMerge+, spatially uniform samples in raster order to fill it.
+      ``budget=None`` keeps only the outliers (the paper's adaptive count, at least one token).
+    - Merge: every pruned token goes to its single most similar kept token (cosine of the
+      post-merger features) and the kept token becomes the score-weighted mean of itself and its
+      assigned tokens; the paper updates each kept token from its k nearest neighbours instead.
+    - Applied to the post-merger features in raster order; a kept token keeps its own position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["iqr_outliers", "distinctiveness", "prumerge_select", "merge_into_kept"]
+
+
+def iqr_outliers(scores: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of high outliers: ``scores > Q3 + 1.5 * (Q3 - Q1)``. ``(N,) -> (N,)``."""
+    q1, q3 = torch.quantile(scores.float(), torch.tensor([0.25, 0.75], device=scores.device))
+    return scores.float() > q3 + 1.5 * (q3 - q1)
+
+
+def distinctiveness(x: torch.Tensor) -> torch.Tensor:
+    """Attention-free importance score: L2 distance of each row of ``x (N, D)`` from the mean row."""
+    return (x.float() - x.float().mean(dim=0, keepdim=True)).norm(dim=-1)
+
+
+def prumerge_select(scores: torch.Tensor, keep: int | None) -> torch.Tensor:
+    """Indices of the kept tokens, ascending.
+
+    Args:
+        scores: ``(N,)`` importance of each token.
+        keep: exact number to keep, or ``None`` for the IQR outliers only (at least one).
+
+    Returns:
+        ``(K,)`` long indices: outliers by descending score, then uniform fill (see module doc).
+    """
+    n = scores.shape[0]
+    outliers = iqr_outliers(scores).nonzero().flatten()
+    outliers = outliers[scores[outliers].argsort(descending=True, stable=True)]
+    if keep is None:
+        chosen = outliers if outliers.numel() else scores.argmax().view(1)
+        return chosen.sort().values
+    if not 1 <= keep <= n:
+        raise ValueError(f"keep must be in [1, {n}], got {keep}")
+    chosen = outliers[:keep]
+    missing = keep - chosen.numel()
+    if missing > 0:
+        taken = torch.zeros(n, dtype=torch.bool, device=scores.device)
+        taken[chosen] = True
+        rest = (~taken).nonzero().flatten()
+        # uniform stride over the remaining tokens in raster order (PruMerge+'s spatial samples)
+        pick = (torch.arange(missing, device=scores.device) * rest.numel()) // missing
+        chosen = torch.cat([chosen, rest[pick]])
+    return chosen.sort().values
+
+
+def merge_into_kept(x: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Fold every pruned row of ``x`` into its most similar kept row (weighted mean).
+
+    Args:
+        x: ``(N, D)`` features.
+        kept: ``(K,)`` indices of the kept rows.
+        weights: ``(N,)`` positive weight of every row in the means.
+
+    Returns:
+        ``(K, D)``: kept row ``j`` becomes ``sum_i w_i x_i / sum_i w_i`` over itself and the pruned
+        rows assigned to it.
+    """
+    n = x.shape[0]
+    pruned_mask = torch.ones(n, dtype=torch.bool, device=x.device)
+    pruned_mask[kept] = False
+    pruned = pruned_mask.nonzero().flatten()
+    w = weights.float().clamp_min(1e-6)
+    mass = x[kept].float() * w[kept, None]  # (K, D)
+    total = w[kept].clone()  # (K,)
+    if pruned.numel():
+        similarity = F.normalize(x[pruned].float(), dim=-1) @ F.normalize(x[kept].float(), dim=-1).T  # (P, K)
+        target = similarity.argmax(dim=-1)
+        mass = mass.index_add(0, target, x[pruned].float() * w[pruned, None])
+        total = total.index_add(0, target, w[pruned])
+    return (mass / total[:, None]).to(x.dtype)
+
+
+def _keep_count(n: int, budget: float) -> int:
+    # one rounding rule for every exact-count method of this package: ceil, at least one
+    return max(1, min(n, math.ceil(budget * n - 1e-9)))
