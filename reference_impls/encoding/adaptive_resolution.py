@@ -19,6 +19,9 @@ Example:
     >>> choose_grid(edge_density(flat), (4, 4), budget=0.25), choose_grid(edge_density(busy), (4, 4), budget=0.25)
     ((2, 2), (4, 4))
 
+    With a model: ``with AdaptiveResolution(budget=0.25)(model): model.generate(**inputs)``;
+    ``method.grids`` then lists the merged-token grid chosen for each image.
+
 Deviations / guesses:
     - Selector: a hand-made edge-density rule instead of the papers' learned selectors or RL
       policies; ``edge_threshold`` and ``saturation`` (the density that earns full resolution)
@@ -36,12 +39,17 @@ Deviations / guesses:
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
-from reference_impls.encoding.pooling import pooled_grid
+from reference_impls.encoding._base import EncodingMethod, Item, keep_all
+from reference_impls.encoding.pooling import pooled_grid, window_centres
+from reference_impls.registry import register
 
-__all__ = ["patches_to_image", "image_to_patches", "edge_density", "choose_grid"]
+__all__ = ["patches_to_image", "image_to_patches", "edge_density", "choose_grid", "AdaptiveResolution"]
 
 
 def patches_to_image(rows: torch.Tensor, grid_hw: tuple[int, int], channels: int, patch: int, merge: int) -> torch.Tensor:
@@ -63,9 +71,16 @@ def image_to_patches(image: torch.Tensor, patch: int, merge: int, temporal: int)
     return x.reshape(h * w, c * temporal * patch * patch)
 
 
-def edge_density(image: torch.Tensor, edge_threshold: float = 0.1) -> float:
-    """Fraction of pixels whose gradient magnitude ``|dx| + |dy|`` of the channel mean exceeds the threshold."""
-    gray = image.float().mean(dim=0)  # (H, W)
+def edge_density(image: torch.Tensor, edge_threshold: float = 0.1, smooth: int = 1) -> float:
+    """Fraction of pixels whose gradient magnitude ``|dx| + |dy|`` of the channel mean exceeds the threshold.
+
+    Args:
+        image: ``(C, H, W)``.
+        edge_threshold: gradient magnitude that counts as an edge.
+        smooth: average-pool the grey image by this factor first (ignores pixel noise).
+    """
+    gray = image.float().mean(dim=0, keepdim=True)  # (1, H, W)
+    gray = F.avg_pool2d(gray, smooth)[0] if smooth > 1 else gray[0]
     dx = (gray[:, 1:] - gray[:, :-1]).abs()[:-1, :]
     dy = (gray[1:, :] - gray[:-1, :]).abs()[:, :-1]
     return float(((dx + dy) > edge_threshold).float().mean())
@@ -79,3 +94,68 @@ def choose_grid(density: float, grid_hw: tuple[int, int], budget: float, saturat
     """
     fraction = budget + (1.0 - budget) * min(1.0, density / saturation)
     return pooled_grid(grid_hw[0], grid_hw[1], min(1.0, fraction))
+
+
+@register("adaptive-resolution", family="adaptive-resolution", kind="visual-token")
+@dataclass
+class AdaptiveResolution(EncodingMethod):
+    """Re-encode every image at a grid chosen from its edge density (``budget``: flat-image fraction).
+
+    Attributes:
+        edge_threshold: gradient magnitude (normalised pixel units) that counts as an edge.
+        saturation: edge density that earns the full resolution.
+        smooth: pooling factor applied before the gradient, against pixel noise.
+        grids: after a prefill, the ``(h', w')`` merged-token grid chosen for each image.
+    """
+
+    edge_threshold: float = 0.1
+    saturation: float = 0.1
+    smooth: int = 1
+    grids: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False, compare=False)
+    _reps: list[torch.Tensor] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def choose(self, image: torch.Tensor, grid_hw: tuple[int, int]) -> tuple[int, int]:
+        """The merged-token grid for one ``(C, H, W)`` image of ``grid_hw`` merged tokens."""
+        return choose_grid(edge_density(image, self.edge_threshold, self.smooth), grid_hw, self.budget, self.saturation)
+
+    def install(self, model, stack: ExitStack) -> None:
+        inner = model.model
+        vision = model.config.vision_config
+        patch, merge, temporal, channels = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size, vision.in_channels
+        original = inner.get_image_features
+
+        def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+            self.grids, self._reps = [], []
+            if self.budget >= 1.0:
+                return original(pixel_values, image_grid_thw, **kwargs)
+            rows, grids = [], []
+            for pixels, (t, h, w) in zip(pixel_values.split(image_grid_thw.prod(-1).tolist()), image_grid_thw.tolist()):
+                hm, wm = h // merge, w // merge
+                image = patches_to_image(pixels, (h, w), channels, patch, merge)  # (C, H, W)
+                oh, ow = self.choose(image, (hm, wm))
+                self.grids.append((oh, ow))
+                if (oh, ow) == (hm, wm):
+                    rows.append(pixels)
+                    self._reps.append(torch.arange(hm * wm))
+                else:
+                    size = (oh * merge * patch, ow * merge * patch)
+                    small = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+                    rows.append(image_to_patches(small.to(pixels.dtype), patch, merge, temporal))
+                    self._reps.append((window_centres(hm, oh)[:, None] * wm + window_centres(wm, ow)[None, :]).reshape(-1))
+                grids.append([t, oh * merge, ow * merge])
+            output = original(torch.cat(rows), image_grid_thw.new_tensor(grids), **kwargs)
+            full = []
+            for features, rep, (t, h, w) in zip(output.pooler_output, self._reps, image_grid_thw.tolist()):
+                placed = features.new_zeros(h * w // merge**2, features.shape[-1])  # cells without a token stay zero, never read
+                placed[rep.to(features.device)] = features
+                full.append(placed)
+            output.pooler_output = tuple(full)
+            return output
+
+        inner.get_image_features = get_image_features
+        stack.callback(inner.__dict__.pop, "get_image_features", None)
+
+    def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if item.modality != "image" or self.budget >= 1.0:
+            return keep_all(item)
+        return None, self._reps[item.index].to(item.features.device)

@@ -21,6 +21,15 @@ Example:
     >>> feats.shape, rep[:3].tolist()
     (torch.Size([16, 16]), [0, 2, 4])
 
+    With a model (any Qwen2.5-VL, here a tiny random one)::
+
+        from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
+        model = tiny_qwen25vl(); inputs = tiny_inputs(model, grids=((8, 8),))
+        method = ProjectorPooling(budget=0.25)
+        with method(model):
+            out = model.generate(**inputs, max_new_tokens=3)
+        method.stats  # {'visual_in': 16, 'visual_kept': 4}
+
 Deviations / guesses:
     - The papers train their projector with the pooling in place; we pool the features of a
       model trained without it (the training-free use of the idea), so accuracy drops sooner.
@@ -36,11 +45,15 @@ Deviations / guesses:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pooled_grid", "window_centres", "pool_tokens"]
+from reference_impls.encoding._base import EncodingMethod, Item, keep_all
+from reference_impls.registry import register
+
+__all__ = ["pooled_grid", "window_centres", "pool_tokens", "ProjectorPooling"]
 
 
 def pooled_grid(h: int, w: int, budget: float) -> tuple[int, int]:
@@ -87,3 +100,20 @@ def pool_tokens(x: torch.Tensor, grid: tuple[int, int, int], out_hw: tuple[int, 
     frame = torch.arange(t, device=x.device).view(t, 1, 1) * (h * w)
     rep = (frame + rows.view(1, oh, 1) * w + cols.view(1, 1, ow)).reshape(-1)
     return pooled, rep
+
+
+@register("projector-pooling", family="modality-adapters", kind="visual-token")
+@dataclass
+class ProjectorPooling(EncodingMethod):
+    """Adaptive average pooling of every image's (and video frame's) merged tokens.
+
+    ``budget`` sets the pooled grid per item (:func:`pooled_grid`); ``with method(model):``
+    applies it and sets ``method.stats``.
+    """
+
+    def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
+        t, h, w = item.grid
+        out_hw = pooled_grid(h, w, self.budget)
+        if out_hw == (h, w):
+            return keep_all(item)
+        return pool_tokens(item.features, item.grid, out_hw)

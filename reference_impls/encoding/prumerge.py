@@ -16,6 +16,9 @@ Example:
     >>> iqr_outliers(torch.tensor([1.0, 1.1, 0.9, 1.0, 9.0, 1.05, 0.95, 1.0])).nonzero().flatten().tolist()
     [4]
 
+    With a model: ``with PruMerge(budget=0.25)(model): model.generate(**inputs)``;
+    ``PruMerge(adaptive=True)`` keeps only the outliers of each image.
+
 Deviations / guesses:
     - Score: Qwen2.5-VL has no class token, and this family is the attention-agnostic one, so the
       default score is how far a token's feature lies from the image's mean feature (L2 distance);
@@ -24,7 +27,7 @@ Deviations / guesses:
     - Budget: the registry's visual-token interface fixes a budget, so the kept count is exactly
       ``ceil(budget * n)``: the IQR outliers in score order first (cut to the budget when there are
       more), then, as in PruMerge+, spatially uniform samples in raster order to fill it.
-      ``budget=None`` keeps only the outliers (the paper's adaptive count, at least one token).
+      ``adaptive=True`` keeps only the outliers (the paper's adaptive count, at least one token).
     - Merge: every pruned token goes to its single most similar kept token (cosine of the
       post-merger features) and the kept token becomes the score-weighted mean of itself and its
       assigned tokens; the paper updates each kept token from its k nearest neighbours instead.
@@ -33,12 +36,18 @@ Deviations / guesses:
 
 from __future__ import annotations
 
-import math
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["iqr_outliers", "distinctiveness", "prumerge_select", "merge_into_kept"]
+from reference_impls.common.visual_tokens import Selection, VisualContext, keep_count
+from reference_impls.encoding._base import EncodingMethod, Item, keep_all
+from reference_impls.encoding.visionzip import AttentionRecorder
+from reference_impls.registry import register
+
+__all__ = ["iqr_outliers", "distinctiveness", "prumerge_select", "merge_into_kept", "PruMerge"]
 
 
 def iqr_outliers(scores: torch.Tensor) -> torch.Tensor:
@@ -109,6 +118,40 @@ def merge_into_kept(x: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor) 
     return (mass / total[:, None]).to(x.dtype)
 
 
-def _keep_count(n: int, budget: float) -> int:
-    # one rounding rule for every exact-count method of this package: ceil, at least one
-    return max(1, min(n, math.ceil(budget * n - 1e-9)))
+@register("prumerge", family="encoding-compression-attention-agnostic", kind="visual-token")
+@dataclass
+class PruMerge(EncodingMethod):
+    """IQR-outlier selection plus score-weighted merging, per image (and per video).
+
+    Attributes:
+        score: ``"distinctiveness"`` (attention-free, default) or ``"attention"`` (attention
+            received in the last full-attention vision block).
+        adaptive: keep only the IQR outliers (ignores ``budget``).
+    """
+
+    score: str = "distinctiveness"
+    adaptive: bool = False
+    _recorder: AttentionRecorder | None = field(default=None, init=False, repr=False, compare=False)
+
+    def install(self, model, stack: ExitStack) -> None:
+        if self.score not in ("distinctiveness", "attention"):
+            raise ValueError(f"unknown score {self.score!r}")
+        self._recorder = AttentionRecorder.attach(model, stack) if self.score == "attention" else None
+
+    def select(self, ctx: VisualContext) -> Selection:
+        try:
+            return super().select(ctx)
+        finally:
+            if self._recorder is not None:
+                self._recorder.clear()
+
+    def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
+        keep = None if self.adaptive else keep_count(item.count, self.budget)
+        if keep == item.count:
+            return keep_all(item)
+        if self._recorder is not None:
+            scores = self._recorder.item_scores(item)[0]
+        else:
+            scores = distinctiveness(item.features)
+        kept = prumerge_select(scores, keep)
+        return merge_into_kept(item.features, kept, scores), kept

@@ -18,6 +18,9 @@ Example:
     >>> merged.shape, int(size.sum())
     (torch.Size([6, 8]), 16)
 
+    With a model: ``with ToMe(budget=0.25)(model): model.generate(**inputs)`` keeps
+    ``keep_count(n, 0.25)`` merged tokens of every image.
+
 Deviations / guesses:
     - Where: ToMe merges inside every ViT block (between attention and MLP). Qwen2.5-VL's windowed
       blocks and the 2x2 patch merger make in-block merging break ``cu_seqlens`` and the 2x2
@@ -40,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.registry import register
 
 __all__ = ["bipartite_soft_matching", "tome_reduce", "ToMe"]
@@ -99,3 +104,20 @@ def tome_reduce(x: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor,
     while x.shape[0] > keep:
         x, size, rep = bipartite_soft_matching(x, size, rep, x.shape[0] - keep)
     return x, size, rep
+
+
+@register("tome", family="encoding-compression-attention-agnostic", kind="visual-token")
+@dataclass
+class ToMe(EncodingMethod):
+    """Bipartite soft matching of every image's merged tokens down to ``keep_count(n, budget)``.
+
+    Videos are merged as one raster sequence over all their frames (so similar tokens of
+    different frames can merge).
+    """
+
+    def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
+        keep = keep_count(item.count, self.budget)
+        if keep == item.count:
+            return keep_all(item)
+        merged, _, rep = tome_reduce(item.features, keep)
+        return merged, rep

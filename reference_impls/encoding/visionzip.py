@@ -17,8 +17,10 @@ Example:
     >>> x, keys = torch.randn(16, 8), torch.randn(16, 4)
     >>> scores = torch.zeros(16); scores[[3, 7]] = 1.0
     >>> feats, rep = visionzip_reduce(x, scores, keys, n_dominant=2, n_contextual=2)
-    >>> rep.tolist()[:2] if 3 in rep.tolist() else None
-    [0, 3]
+    >>> 3 in rep.tolist() and 7 in rep.tolist()
+    True
+
+    With a model: ``with VisionZip(budget=0.25)(model): model.generate(**inputs)``.
 
 Deviations / guesses:
     - Score (design note section 10): Qwen2.5-VL has no class token, so a patch's score is the
@@ -36,10 +38,19 @@ Deviations / guesses:
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_window_index
 
-__all__ = ["received_attention", "visionzip_split", "visionzip_reduce"]
+from reference_impls.common.visual_tokens import Selection, VisualContext, keep_count
+from reference_impls.encoding._base import EncodingMethod, Item, keep_all
+from reference_impls.registry import register
+
+__all__ = ["received_attention", "visionzip_split", "visionzip_reduce", "window_to_raster", "AttentionRecorder", "VisionZip"]
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
@@ -107,3 +118,110 @@ def visionzip_reduce(
     features, rep = torch.cat(feats), torch.cat(reps)
     order = rep.argsort()
     return features[order], rep[order]
+
+
+def window_to_raster(x: torch.Tensor, grid_thw: torch.Tensor, config) -> torch.Tensor:
+    """Group patch rows of a vision block (window order) by merged token, in raster order.
+
+    Args:
+        x: ``(L, ...)`` one row per patch, in the order the vision blocks see them.
+        grid_thw: ``(items, 3)`` the call's grids in patch units.
+        config: the vision config.
+
+    Returns:
+        ``(L / merge**2, merge**2, ...)``: row ``i`` holds the patches of the ``i``-th merged
+        token in raster order, the order of the tower's ``pooler_output``.
+    """
+    unit = config.spatial_merge_size**2
+    # the merger fuses `unit` consecutive rows; argsort(window_index) is the reordering the
+    # tower applies to its merged output
+    window_index, _ = get_vision_window_index(grid_thw, config.spatial_merge_size, config.window_size, config.patch_size)
+    return x.reshape(-1, unit, *x.shape[1:])[torch.argsort(window_index)]
+
+
+class AttentionRecorder:
+    """Hooks on a Qwen2.5-VL vision tower that record, per merged token, the attention received
+    in the last full-attention block and the head-averaged keys (raster order, per item).
+
+    One record per vision-tower call (``build_context`` encodes images, then videos);
+    :meth:`item_scores` looks an item up, :meth:`clear` forgets them after a prefill.
+    """
+
+    def __init__(self, visual) -> None:
+        self.visual = visual
+        self.block = max(visual.config.fullatt_block_indexes)
+        self.calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        self._grid: torch.Tensor | None = None
+        self._patch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def attach(cls, model, stack: ExitStack) -> "AttentionRecorder":
+        """Register the hooks on ``model.model.visual``; ``stack`` removes them."""
+        visual = model.model.visual
+        recorder = cls(visual)
+        attention = visual.blocks[recorder.block].attn
+        for handle in (
+            visual.register_forward_pre_hook(recorder._on_tower, with_kwargs=True),
+            attention.register_forward_pre_hook(recorder._on_attention, with_kwargs=True),
+            visual.register_forward_hook(recorder._on_tower_done),
+        ):
+            stack.callback(handle.remove)
+        return recorder
+
+    def _on_tower(self, module, args, kwargs) -> None:
+        self._grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+
+    @torch.no_grad()
+    def _on_attention(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]  # (L, C) normed block input, window order
+        length = hidden.shape[0]
+        q, k, _ = module.qkv(hidden).reshape(length, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = kwargs["position_embeddings"]
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # (L, H, d)
+        self._patch = (received_attention(q, k, kwargs["cu_seqlens"], module.scaling), k.float().mean(dim=1))
+
+    @torch.no_grad()
+    def _on_tower_done(self, module, args, output) -> None:
+        scores, keys = self._patch
+        scores = window_to_raster(scores, self._grid, module.config).sum(dim=1)  # (M,)
+        keys = window_to_raster(keys, self._grid, module.config).mean(dim=1)  # (M, d)
+        sizes = (self._grid.prod(-1) // module.config.spatial_merge_size**2).tolist()
+        self.calls.append(list(zip(scores.split(sizes), keys.split(sizes))))
+
+    def item_scores(self, item: Item) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores (n,), keys (n, d))`` of ``item`` from the current prefill's records."""
+        call = self.calls[0] if item.modality == "image" else self.calls[-1]
+        return call[item.index]
+
+    def clear(self) -> None:
+        self.calls = []
+
+
+@register("visionzip", family="encoding-compression-attention-aware", kind="visual-token")
+@dataclass
+class VisionZip(EncodingMethod):
+    """Dominant tokens by received attention plus contextual merging, per image (and video).
+
+    Attributes:
+        contextual_ratio: share of the kept tokens that are contextual (README: 10 of 64).
+    """
+
+    contextual_ratio: float = 10 / 64
+    _recorder: AttentionRecorder | None = field(default=None, init=False, repr=False, compare=False)
+
+    def install(self, model, stack: ExitStack) -> None:
+        self._recorder = AttentionRecorder.attach(model, stack)
+
+    def select(self, ctx: VisualContext) -> Selection:
+        try:
+            return super().select(ctx)
+        finally:
+            self._recorder.clear()
+
+    def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
+        keep = keep_count(item.count, self.budget)
+        if keep == item.count:
+            return keep_all(item)
+        scores, keys = self._recorder.item_scores(item)
+        n_dominant, n_contextual = visionzip_split(keep, item.count, self.contextual_ratio)
+        return visionzip_reduce(item.features, scores, keys, n_dominant, n_contextual)
