@@ -100,9 +100,9 @@ def test_kept_tokens_keep_their_positions_and_generate_runs(model, inputs, spec,
     assert method.stats == {"visual_in": n_visual, "visual_kept": selection.keep[0].numel()}
     assert logits.shape[1] == inputs["input_ids"].shape[1] - n_visual + method.stats["visual_kept"]
     with torch.no_grad(), method(model):
-        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
     assert out.sequences.shape == (batch, inputs["input_ids"].shape[1] + 4)
-    torch.testing.assert_close(out.scores[0], logits[:, -1])  # generate() prefills exactly like forward()
+    torch.testing.assert_close(out.logits[0], logits[:, -1])  # generate() prefills exactly like forward()
 
 
 @pytest.mark.parametrize("cls", [ToMe, PruMerge, VisionZip, lambda budget: PruMerge(budget=budget, score="attention")])
