@@ -19,9 +19,9 @@ Example:
     >>> select_keyframes(frames, 3).tolist()
     [0, 2, 3]
 
-    With a model: ``with KeyframeSelection(budget=0.5)(model): model.generate(**video_inputs)``
-    keeps half of every video's frames; ``images_as_frames=True`` treats the images of one
-    prompt as the frames (for pipelines that feed a clip as separate images).
+    With a model: ``with KeyframeSelection(budget=0.5)(model): model.generate(**inputs)`` keeps
+    half of every video's frames and half of the images of every prompt (the images of a prompt
+    count as the frames of one clip unless ``images_as_frames=False``).
 
 Deviations / guesses:
     - The rule (greedy max-min on Euclidean distance, first frame as seed) is our generic
@@ -36,9 +36,10 @@ Deviations / guesses:
       saves language-model cost only).
     - Kept frames keep their original 3-D positions (their temporal ids included), so the
       language model still sees the time gaps.
-    - The budget applies per video: ``keep_count(t, budget)`` frames (round, at least one);
-      images pass through unchanged unless ``images_as_frames`` (then the budget applies to the
-      images of each prompt, all images are encoded, and dropped images lose all their tokens).
+    - The budget applies per video: ``keep_count(t, budget)`` frames (round, at least one),
+      and, with ``images_as_frames`` (default), per prompt to its images: ``keep_count(images,
+      budget)`` images survive whole, the others lose all their tokens. Images are all encoded
+      (their selection runs after the tower), so only videos save vision-tower time.
 """
 
 from __future__ import annotations
@@ -121,12 +122,13 @@ class KeyframeSelection(EncodingMethod):
             which then encodes only the kept frames) or ``"features"`` (mean post-merger
             feature of each frame, after encoding every frame).
         thumb: thumbnail side for ``"thumbnail"``.
-        images_as_frames: treat the images of each prompt as the frames of one clip.
+        images_as_frames: treat the images of each prompt as the frames of one clip (default:
+            many pipelines, ToyVLM's included, feed a clip as separate images).
     """
 
     embed: str = "thumbnail"
     thumb: int = 4
-    images_as_frames: bool = False
+    images_as_frames: bool = True
     _video_frames: list[torch.Tensor] = field(default_factory=list, init=False, repr=False, compare=False)
     _image_thumbs: list[torch.Tensor] = field(default_factory=list, init=False, repr=False, compare=False)
     _kept_images: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
