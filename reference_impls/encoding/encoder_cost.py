@@ -15,7 +15,7 @@ Example:
     >>> from reference_impls.encoding.encoder_cost import QWEN25VL_7B_VISION, vision_flops
     >>> windowed = vision_flops(QWEN25VL_7B_VISION, (1, 96, 96))
     >>> full = vision_flops(QWEN25VL_7B_VISION, (1, 96, 96), full_attention=True)
-    >>> full["attention"] > 10 * windowed["attention"]
+    >>> full["attention"] > 5 * windowed["attention"]
     True
 
 Deviations / guesses:

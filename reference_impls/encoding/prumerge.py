@@ -24,9 +24,10 @@ Deviations / guesses:
       default score is how far a token's feature lies from the image's mean feature (L2 distance);
       ``score="attention"`` uses the attention a token receives in the last full-attention vision
       block instead (the VisionZip score, closer to the paper's CLS attention).
-    - Budget: the registry's visual-token interface fixes a budget, so the kept count is exactly
-      ``ceil(budget * n)``: the IQR outliers in score order first (cut to the budget when there are
-      more), then, as in PruMerge+, spatially uniform samples in raster order to fill it.
+    - Budget: the registry's visual-token interface fixes a budget, so the kept count per image
+      is exactly ``keep_count(n, budget)`` (``round(n * budget)``, at least 1): the IQR outliers
+      in score order first (cut to the budget when there are more), then, as in PruMerge+,
+      evenly spaced samples (raster order) among the other tokens to fill it.
       ``adaptive=True`` keeps only the outliers (the paper's adaptive count, at least one token).
     - Merge: every pruned token goes to its single most similar kept token (cosine of the
       post-merger features) and the kept token becomes the score-weighted mean of itself and its
