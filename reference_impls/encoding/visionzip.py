@@ -50,7 +50,7 @@ from reference_impls.common.visual_tokens import Selection, VisualContext, keep_
 from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.registry import register
 
-__all__ = ["received_attention", "visionzip_split", "visionzip_reduce", "window_to_raster", "AttentionRecorder", "VisionZip"]
+__all__ = ["received_attention", "visionzip_split", "visionzip_reduce", "rotated_qkv", "window_to_raster", "AttentionRecorder", "VisionZip"]
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
@@ -120,6 +120,15 @@ def visionzip_reduce(
     return features[order], rep[order]
 
 
+def rotated_qkv(module, hidden: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries and keys (rotated) and values of a Qwen2.5-VL vision attention, as its forward
+    computes them. ``hidden (L, C)`` -> three ``(L, H, d)``."""
+    length = hidden.shape[0]
+    q, k, v = module.qkv(hidden).reshape(length, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *position_embeddings)
+    return q, k, v
+
+
 def window_to_raster(x: torch.Tensor, grid_thw: torch.Tensor, config) -> torch.Tensor:
     """Group patch rows of a vision block (window order) by merged token, in raster order.
 
@@ -174,10 +183,7 @@ class AttentionRecorder:
     @torch.no_grad()
     def _on_attention(self, module, args, kwargs) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]  # (L, C) normed block input, window order
-        length = hidden.shape[0]
-        q, k, _ = module.qkv(hidden).reshape(length, 3, module.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        cos, sin = kwargs["position_embeddings"]
-        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # (L, H, d)
+        q, k, _ = rotated_qkv(module, hidden, kwargs["position_embeddings"])
         self._patch = (received_attention(q, k, kwargs["cu_seqlens"], module.scaling), k.float().mean(dim=1))
 
     @torch.no_grad()

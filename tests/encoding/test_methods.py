@@ -160,3 +160,38 @@ def test_adaptive_resolution_spends_fewer_tokens_on_a_flat_image(model):
     _, _, _, selection = run_recording(model, method, inputs)
     assert method.grids == [(2, 2), (4, 4)]
     assert selection.keep[0].numel() == 4 + 16
+
+
+def test_visionzip_recomputes_the_block_attention_exactly(model):
+    """Our q/k/v recipe reproduces the last full-attention block's output, and the merged-token
+    grouping reproduces the merger's (so the scores belong to the right tokens)."""
+    from reference_impls.encoding.visionzip import rotated_qkv, window_to_raster
+
+    visual = model.model.visual
+    attention = visual.blocks[max(visual.config.fullatt_block_indexes)].attn
+    seen = {}
+
+    def pre(module, args, kwargs):
+        seen.update(hidden=args[0], cu=kwargs["cu_seqlens"], pos=kwargs["position_embeddings"])
+
+    def post(module, args, kwargs, output):
+        seen["out"] = output
+
+    handles = [attention.register_forward_pre_hook(pre, with_kwargs=True), attention.register_forward_hook(post, with_kwargs=True)]
+    inputs = tiny_inputs(model, grids=((16, 16), (8, 12)))
+    try:
+        with torch.no_grad():
+            out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+            q, k, v = rotated_qkv(attention, seen["hidden"], seen["pos"])
+            bounds = seen["cu"].tolist()
+            parts = []
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                qs, ks, vs = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (H, n, d)
+                probs = torch.softmax(qs @ ks.transpose(1, 2) * attention.scaling, dim=-1)
+                parts.append((probs @ vs).transpose(0, 1).reshape(end - start, -1))
+            torch.testing.assert_close(attention.proj(torch.cat(parts)), seen["out"], rtol=1e-4, atol=1e-5)
+            grouped = window_to_raster(out.last_hidden_state, inputs["image_grid_thw"], visual.config)
+            assert torch.equal(visual.merger(grouped.reshape(-1, grouped.shape[-1])), out.pooler_output)
+    finally:
+        for handle in handles:
+            handle.remove()
