@@ -13,7 +13,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.encoding.encoder_cost import QWEN25VL_7B_VISION, VisionSize, vision_cost
+from reference_impls.encoding.encoder_cost import QWEN25VL_7B_VISION, SMALL_TOWERS, vision_cost
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
@@ -40,10 +40,7 @@ plt.show()
 # ## Measured CPU time of random-init towers of a few sizes
 
 # %%
-sizes = {
-    "tiny (h64, d4)": VisionSize(hidden=64, depth=4, heads=4, intermediate=128, out_hidden=64, fullatt_blocks=(3,)),
-    "small (h128, d8)": VisionSize(hidden=128, depth=8, heads=8, intermediate=256, out_hidden=128, fullatt_blocks=(3, 7)),
-}
+sizes = dict(SMALL_TOWERS)
 if QUICK:
     sizes = dict(list(sizes.items())[:1])
 measure_sides = [112, 224, 448] if QUICK else [112, 224, 448, 672]
