@@ -28,14 +28,16 @@ print("ToyVLM checkpoint loaded" if trained else "no ToyVLM checkpoint: random-i
 # %%
 from dataclasses import replace
 
+import numpy as np
+
 from reference_impls.common.toyvlm import patchify_video
 
 clip = bundle.samples(1, seed=5, spec=replace(bundle.spec, video_frames=4, image_size=112))[0].scene
-frames = clip.images + [clip.images[1]]  # frame 4 repeats frame 1
-pixels, (t, h, w) = patchify_video(__import__("numpy").stack(frames + [frames[-1]]), temporal=1)
-thumbs = frame_thumbnails(pixels.view(len(frames) + 1, h * w, -1).repeat_interleave(2, -1).reshape(-1, pixels.shape[-1] * 2), (len(frames) + 1, h, w), channels=3)
+frames = np.stack(clip.images + [clip.images[1]])  # frame 4 repeats frame 1
+pixels, grid = patchify_video(frames, temporal=1)  # one row per patch and frame
+thumbs = frame_thumbnails(pixels, tuple(grid), channels=3)
 for keep in range(1, len(frames) + 1):
-    print(f"keep {keep} of {len(frames)}: frames {select_keyframes(thumbs[: len(frames)], keep).tolist()}")
+    print(f"keep {keep} of {len(frames)}: frames {select_keyframes(thumbs, keep).tolist()}")
 
 # %%
 budgets = [0.5] if QUICK else [0.75, 0.5, 0.25]
