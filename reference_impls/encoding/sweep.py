@@ -17,7 +17,7 @@ from reference_impls.common.harness import evaluate
 from reference_impls.common.random_pruning import RandomPruning
 from reference_impls.common.toyvlm import ToyVLM, build_vocab, load_toyvlm, toyvlm_config
 
-__all__ = ["load_bundle", "budget_sweep", "print_sweep", "plot_sweep"]
+__all__ = ["load_bundle", "budget_sweep", "print_sweep", "plot_sweep", "object_recall"]
 
 
 def load_bundle() -> tuple[ToyVLM, bool]:
@@ -91,3 +91,35 @@ def plot_sweep(rows: list[dict[str, Any]], title: str = ""):
     ax.set(xlabel="visual tokens kept (mean per prompt)", ylabel="accuracy (%)", title=title)
     ax.legend(fontsize=8)
     return fig
+
+
+@torch.no_grad()
+def object_recall(bundle: ToyVLM, method, samples) -> float:
+    """Fraction of the scenes' objects whose own token is among the kept (or representative) tokens.
+
+    ToyVLM objects fill exactly one merged-token cell, so this asks whether a method's scores
+    find the objects; random pruning scores the budget itself on average. For merging methods
+    a kept token may also carry merged neighbours, so this is a proxy, not the whole story.
+    """
+    chosen: dict[str, Any] = {}
+    select = method.select
+
+    def recording_select(ctx):
+        selection = select(ctx)
+        chosen.update(ctx=ctx, keep=set(selection.keep[0].tolist()))
+        return selection
+
+    method.select = recording_select
+    hits = total = 0
+    try:
+        with method(bundle.model):
+            for sample in samples:
+                bundle.model(**bundle.collate([sample]))
+                items = chosen["ctx"].items[0]
+                for obj in sample.scene.objects:
+                    start, _, _, w = items[obj.image]
+                    hits += (start + obj.row * w + obj.col) in chosen["keep"]
+                    total += 1
+    finally:
+        del method.select
+    return hits / max(1, total)
