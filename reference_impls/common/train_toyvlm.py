@@ -239,7 +239,7 @@ def _micro() -> None:
     spec = SceneSpec(n_images=1, image_size=56, min_objects=1, max_objects=2, n_distractors=1)
     batch = make_samples(spec, 8, seed=0, kinds=KINDS)
     _, history = train(
-        phases=(Phase(n_images=1, steps=30, max_objects=2),),
+        phases=(Phase(n_images=1, steps=30, image_size=56, max_objects=2),),
         spec=spec,
         config_kwargs=dict(hidden_size=32, num_layers=2, intermediate_size=64, vision_depth=1, vision_hidden=32),
         batch_size=8,
