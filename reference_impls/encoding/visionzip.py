@@ -9,7 +9,7 @@ tokens, every other remaining token is merged into its most similar target by ke
 and each target becomes the average of its group. It needs no training and ignores the text
 (the README's default keeps 54 dominant + 10 contextual = 64 of 576 tokens).
 
-Paper: arXiv 2412.04467 (public code: dvlab-research/VisionZip).
+Paper: arXiv 2412.04467 (public code: github.com/VILA-Lab/VisionZip, as listed in the paper table).
 
 Example:
     >>> import torch
