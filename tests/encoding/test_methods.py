@@ -195,3 +195,30 @@ def test_visionzip_recomputes_the_block_attention_exactly(model):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _left_pad_batch(model, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    length = max(part["input_ids"].shape[1] for part in parts)
+    def pad(x, value):
+        return torch.cat([x.new_full((1, length - x.shape[1]), value), x], dim=1)
+    batch = {key: torch.cat([pad(part[key], value) for part in parts]) for key, value in (("input_ids", IDS.pad), ("attention_mask", 0), ("mm_token_type_ids", 0))}
+    batch["pixel_values"] = torch.cat([part["pixel_values"] for part in parts])
+    batch["image_grid_thw"] = torch.cat([part["image_grid_thw"] for part in parts])
+    return batch
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=lambda spec: spec.name)
+def test_left_padded_batch_matches_single_prompts(model, spec):
+    """Items are looked up per sequence and per modality index: a batch of prompts with
+    different images gives each prompt the answer it gets alone."""
+    parts = [tiny_inputs(model, grids=((8, 8),), seed=1), tiny_inputs(model, grids=((4, 4), (4, 8)), seed=2, prompt_before=2)]
+    parts[1]["pixel_values"][:16] = 0.5  # a flat image, for adaptive resolution
+    singles = []
+    for part in parts:
+        method = spec.target(budget=0.5)
+        with torch.no_grad(), method(model):
+            singles.append(model(**part).logits[0, -1])
+    method = spec.target(budget=0.5)
+    with torch.no_grad(), method(model):
+        batched = model(**_left_pad_batch(model, parts)).logits[:, -1]
+    torch.testing.assert_close(batched, torch.stack(singles), rtol=1e-4, atol=1e-4)
