@@ -36,5 +36,7 @@ plot_sweep(rows, "Projector pooling vs random pruning (ToyVLM)")
 plt.show()
 
 # %% [markdown]
-# With few samples the accuracies move by several points between runs; the benchmark
-# `python -m reference_impls.encoding.sweep` evaluates 200 samples per point.
+# With few samples the accuracies move by several points between runs; the shared benchmark
+# `python -m reference_impls.bench.tokens` evaluates 200 samples per point. The papers train
+# their projector with pooling in place; pooling a model trained without it blends each
+# one-cell object with its background neighbours, which ToyVLM never saw.

@@ -70,3 +70,10 @@ for obj in sample.scene.objects:
         ax.scatter(obj.col, obj.row, marker="x", color="red")
 ax.set(title="received attention, image 1 (x: objects)")
 plt.show()
+
+# %% [markdown]
+# Reading: an object share below random pruning's means the tower's attention goes to the
+# background. Mean *received* attention rewards tokens that many queries resemble, and in
+# ToyVLM scenes the background is most of the image; VisionZip's premise (a class token that
+# attends to the informative patches) has no counterpart in a tower without a class token, which
+# is the weak point of this reconstruction (design note, section 10).
