@@ -19,6 +19,7 @@ torch.set_num_threads(1)
 
 NUM_LAYERS = 4
 PREFILL_METHODS = [spec for spec in all_methods("visual-token") if spec.module.startswith("reference_impls.prefilling")]
+TOKEN_DROPPING = [spec for spec in PREFILL_METHODS if spec.family != "sparse-attention"]
 # Configurations that prune at different depths, including before the LLM (DivPrune layer 0).
 CONFIGS = {
     "fastv": lambda b: FastV(budget=b, layer=2),
@@ -40,9 +41,11 @@ def two_images(model):
 
 
 def test_every_prefilling_method_is_covered():
-    assert {spec.name for spec in PREFILL_METHODS} == {"fastv", "pyramiddrop", "sparsevlm", "divprune"}
+    assert {spec.name for spec in TOKEN_DROPPING} == {"fastv", "pyramiddrop", "sparsevlm", "divprune"}
+    assert {spec.name for spec in PREFILL_METHODS} - {spec.name for spec in TOKEN_DROPPING} == {"block-sparse"}
     for spec in PREFILL_METHODS:
-        assert 0 < spec.target().budget <= 1
+        method = spec.target()
+        assert 0 < method.budget <= 1 and callable(method)
 
 
 def _kept_positions(model, inputs, method, layer: int) -> torch.Tensor:
