@@ -315,13 +315,6 @@ def keep_top_visual(scores: torch.Tensor, visual: torch.Tensor, k: int) -> torch
     return keep.nonzero()[:, 1].view(scores.shape[0], -1)
 
 
-def visual_count(budget: float, n_visual: int) -> int:
-    """Visual tokens kept for a budget fraction (at least one when there are any)."""
-    if not 0 < budget <= 1:
-        raise ValueError(f"budget must lie in (0, 1], got {budget}")
-    return min(n_visual, max(1, round(budget * n_visual))) if n_visual else 0
-
-
 class DropMethod:
     """Mixin for the method dataclasses: ``with method(model): ...`` attaches the plan ``self``."""
 

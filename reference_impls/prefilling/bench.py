@@ -19,14 +19,18 @@ from typing import Any, Callable
 
 import torch
 
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, keep_top_visual, visual_count
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling._layer_drop import DropContext, DropMethod, keep_top_visual
 
 __all__ = ["RandomDrop", "load_data", "method_factories", "evaluate", "sweep", "sparse_cost", "plot_sweep", "print_sweep", "main"]
 
 
 @dataclass
 class RandomDrop(DropMethod):
-    """Baseline: keep a uniformly random subset of the visual tokens at layer ``layer``."""
+    """Baseline: keep a uniformly random subset of the visual tokens at layer ``layer`` (> 0).
+
+    Before the LLM the shared ``random-pruning`` baseline (reference_impls.common) is used.
+    """
 
     budget: float = 0.5
     layer: int = 0
@@ -42,7 +46,7 @@ class RandomDrop(DropMethod):
     def select(self, ctx: DropContext) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(ctx.visual.shape, generator=generator).to(ctx.visual.device)
-        return keep_top_visual(scores, ctx.visual, visual_count(self.budget, ctx.n_visual_in))
+        return keep_top_visual(scores, ctx.visual, keep_count(ctx.n_visual_in, self.budget))
 
 
 @dataclass
@@ -119,6 +123,7 @@ def evaluate(data: Data, method: Callable | None) -> dict[str, float]:
 
 def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], Any]]]:
     """name -> (family, budget -> method) for the sweep."""
+    from reference_impls.common.random_pruning import RandomPruning
     from reference_impls.prefilling.block_sparse import BlockSparseAttention
     from reference_impls.prefilling.divprune import DivPrune
     from reference_impls.prefilling.fastv import FastV
@@ -133,7 +138,7 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
         "sparsevlm+recycle": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b, recycle=True)),
         "divprune": ("prefilling-diversity-guided", lambda b: DivPrune(budget=b)),
         "block-sparse": ("sparse-attention", lambda b: BlockSparseAttention(budget=b, block_size=16)),
-        "random@0": ("", lambda b: RandomDrop(budget=b, layer=0)),
+        "random@0": ("", lambda b: RandomPruning(budget=b)),
         f"random@{k}": ("", lambda b: RandomDrop(budget=b, layer=k)),
     }
 
@@ -244,8 +249,7 @@ def main() -> None:
                Plot(x="budget", y="prefill_ms", group="method", title="Prefill time vs visual budget")],
         notes=(f"Data: {data.source}, {sum(a.numel() for _, a in data.batches)} held-out samples, batch 16, 1 thread, shared CPU "
                "(timings noisy). Budget = fraction of visual tokens left after the last pruning stage; for block-sparse it is the "
-               "fraction of causal key blocks a visual query block reads (no token is dropped). random@K keeps a uniformly random "
-               "subset at layer K."),
+               "fraction of causal key blocks a visual query block reads (no token is dropped). "),
     ))
     cost = sparse_cost()
     for row in cost:

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, visual_count
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling._layer_drop import DropContext, DropMethod
 from reference_impls.registry import register
 
 __all__ = ["DivPrune", "max_min_select"]
@@ -89,7 +90,7 @@ class DivPrune(DropMethod):
         return set()
 
     def select(self, ctx: DropContext) -> torch.Tensor:
-        k = visual_count(self.budget, ctx.n_visual_in)
+        k = keep_count(ctx.n_visual_in, self.budget)
         rows = []
         for b in range(ctx.hidden.shape[0]):
             visual = ctx.visual[b].nonzero()[:, 0]  # (n_visual,)

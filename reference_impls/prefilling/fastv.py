@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, attention_rows, keep_top_visual, visual_count
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling._layer_drop import DropContext, DropMethod, attention_rows, keep_top_visual
 from reference_impls.registry import register
 
 __all__ = ["FastV", "fastv_scores"]
@@ -80,4 +81,4 @@ class FastV(DropMethod):
 
     def select(self, ctx: DropContext) -> torch.Tensor:
         scores = fastv_scores(ctx, self.layer - 1)  # (B, n)
-        return keep_top_visual(scores, ctx.visual, visual_count(self.budget, ctx.n_visual_in))
+        return keep_top_visual(scores, ctx.visual, keep_count(ctx.n_visual_in, self.budget))

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, attention_rows, keep_top_visual, visual_count
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling._layer_drop import DropContext, DropMethod, attention_rows, keep_top_visual
 from reference_impls.registry import register
 
 __all__ = ["PyramidDrop", "stage_layers"]
@@ -74,4 +75,4 @@ class PyramidDrop(DropMethod):
         fraction = self.budget ** (stage / len(self._layers))
         # The boundary layer's own q/k on its incoming hidden states, last instruction token.
         scores = attention_rows(ctx.layers[ctx.layer_idx], ctx.hidden, ctx.cos, ctx.sin, ctx.last[:, None], ctx.valid)[:, 0]
-        return keep_top_visual(scores, ctx.visual, visual_count(fraction, ctx.n_visual_in))
+        return keep_top_visual(scores, ctx.visual, keep_count(ctx.n_visual_in, fraction))

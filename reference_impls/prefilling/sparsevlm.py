@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, _gather, attention_rows, keep_top_visual, visual_count
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling._layer_drop import DropContext, DropMethod, _gather, attention_rows, keep_top_visual
 from reference_impls.prefilling.pyramiddrop import stage_layers
 from reference_impls.registry import register
 
@@ -121,7 +122,7 @@ class SparseVLM(DropMethod):
 
     def select(self, ctx: DropContext) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         stage = self._layers.index(ctx.layer_idx) + 1
-        k = visual_count(self.budget ** (stage / len(self._layers)), ctx.n_visual_in)
+        k = keep_count(ctx.n_visual_in, self.budget ** (stage / len(self._layers)))
         hidden, cos, sin = ctx.inputs[ctx.layer_idx - 1]
         rows = (~ctx.visual).nonzero()[:, 1].view(ctx.visual.shape[0], -1)  # (B, r) text rows
         probs = attention_rows(ctx.layers[ctx.layer_idx - 1], hidden, cos, sin, rows, ctx.valid)

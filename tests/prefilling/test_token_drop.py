@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl, visual_mask
-from reference_impls.prefilling._layer_drop import DropMethod, _LogicalLayer, keep_top_visual, visual_count
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling._layer_drop import DropMethod, _LogicalLayer, keep_top_visual
 from reference_impls.prefilling.divprune import DivPrune, max_min_select
 from reference_impls.prefilling.fastv import FastV
 from reference_impls.prefilling.pyramiddrop import PyramidDrop, stage_layers
@@ -91,7 +92,7 @@ def test_kept_count_positions_and_cache(model, two_images, name, budget):
     ids = two_images["input_ids"][0]
     n_prompt, n_visual = ids.numel(), int(visual_mask(ids, model.config).sum())
     kept = _kept_positions(model, two_images, method, NUM_LAYERS - 1)
-    expected = visual_count(budget, n_visual)
+    expected = keep_count(n_visual, budget)
     assert method.stats == {**method.stats, "visual_in": n_visual, "visual_kept": expected}
     # Every text token survives, the visual ones are exactly the budget, in the original order.
     assert int(visual_mask(ids[kept], model.config).sum()) == expected
@@ -161,7 +162,7 @@ class _TwoStage(DropMethod):
 
     def select(self, ctx):
         fraction = 0.75 if ctx.layer_idx == 0 else self.budget
-        return keep_top_visual(ctx.hidden[..., 0], ctx.visual, visual_count(fraction, ctx.n_visual_in))
+        return keep_top_visual(ctx.hidden[..., 0], ctx.visual, keep_count(ctx.n_visual_in, fraction))
 
 
 @pytest.mark.parametrize("method", [FastV(budget=0.25, layer=1), _TwoStage()], ids=["fastv", "two-stage"])
@@ -215,7 +216,7 @@ def test_fastv_keeps_the_top_attended(model, eager_model, layout):
     method = FastV(budget=0.3, layer=2)
     row = _eager_attentions(eager_model, inputs)[1][0, :, -1].mean(0)  # layer K-1, last prompt token
     kept = _kept_positions(model, inputs, method, 2)
-    expected = _top_visual(row, visual, visual_count(0.3, int(visual.sum())))
+    expected = _top_visual(row, visual, keep_count(int(visual.sum()), 0.3))
     assert set(kept[visual[kept]].tolist()) == expected
 
 
@@ -227,7 +228,7 @@ def test_pyramiddrop_first_stage_keeps_the_top_attended(model, eager_model, two_
     # The boundary layer's own attention on its incoming hidden states (no pruning before it).
     row = _eager_attentions(eager_model, two_images)[first][0, :, -1].mean(0)
     kept = _kept_positions(model, two_images, method, first)
-    k = visual_count(0.125 ** (1 / len(stage_layers(method.boundaries_frac, NUM_LAYERS))), int(visual.sum()))
+    k = keep_count(int(visual.sum()), 0.125 ** (1 / len(stage_layers(method.boundaries_frac, NUM_LAYERS))))
     assert set(kept[visual[kept]].tolist()) == _top_visual(row, visual, k)
 
 
@@ -241,7 +242,7 @@ def test_sparsevlm_first_stage_uses_text_raters(model, eager_model):
     text_rows = (~visual).nonzero()[:, 0]
     scores = rater_scores(probs[text_rows][None], visual[None], torch.ones(1, text_rows.numel(), dtype=torch.bool))[0]
     kept = _kept_positions(model, inputs, method, first)
-    k = visual_count(0.25 ** (1 / len(stage_layers(method.layers_frac, NUM_LAYERS))), int(visual.sum()))
+    k = keep_count(int(visual.sum()), 0.25 ** (1 / len(stage_layers(method.layers_frac, NUM_LAYERS))))
     assert set(kept[visual[kept]].tolist()) == _top_visual(scores, visual, k)
 
 
@@ -283,7 +284,7 @@ def test_divprune_keeps_the_max_min_subset_of_llm_inputs(model, two_images):
     visual = visual_mask(ids, model.config)
     with torch.no_grad():
         embeds = model.model(**two_images, output_hidden_states=True).hidden_states[0][0]  # entering layer 0
-    k = visual_count(0.2, int(visual.sum()))
+    k = keep_count(int(visual.sum()), 0.2)
     expected = set(visual.nonzero()[:, 0][max_min_select(embeds[visual], k)].tolist())
     kept = _kept_positions(model, two_images, DivPrune(budget=0.2), 0)
     assert set(kept[visual[kept]].tolist()) == expected
@@ -294,4 +295,4 @@ def test_invalid_configs_raise(model, two_images):
         with FastV(budget=0.5, layer=0)(model):
             pass
     with pytest.raises(ValueError):
-        visual_count(0.0, 10)
+        keep_count(10, 0.0)
