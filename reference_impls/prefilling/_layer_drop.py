@@ -72,6 +72,7 @@ class DropContext:
     sin: torch.Tensor  # (B, n, hd)
     visual: torch.Tensor  # (B, n) bool
     valid: torch.Tensor  # (B, n) bool, False on padding
+    text: torch.Tensor  # (B, n) bool, prompt text: valid, neither visual nor a vision start/end marker
     last: torch.Tensor  # (B,) index of the last prompt token
     n_visual_in: int  # visual tokens per row in the prompt
     layers: nn.ModuleList
@@ -107,6 +108,7 @@ class _State:
     n_prompt: int = 0
     visual: torch.Tensor | None = None  # (B, N) original coordinates
     valid: torch.Tensor | None = None
+    text: torch.Tensor | None = None
     n_visual_in: int = 0
     cur: torch.Tensor | None = None  # (B, n) absolute indices kept so far; None = all
     layer_keep: dict[int, torch.Tensor | None] = field(default_factory=dict)
@@ -130,7 +132,9 @@ def _on_model(state: _State, module, args, kwargs) -> None:
         raise ValueError(f"every row must hold the same number of visual tokens, got {counts.tolist()}")
     mask2d = kwargs.get("attention_mask")
     valid = mask2d.bool() if isinstance(mask2d, torch.Tensor) and mask2d.dim() == 2 else torch.ones_like(visual)
+    markers = (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
     state.visual, state.valid, state.n_visual_in = visual, valid, int(counts[0])
+    state.text = valid & ~visual & ~markers
     state.n_prompt = input_ids.shape[1]
     state.cur, state.layer_keep, state.inputs, state.kept_per_layer = None, {}, {}, []
 
@@ -175,6 +179,7 @@ def _on_layer(state: _State, layer_idx: int, module, args, kwargs):
             sin=sin,
             visual=_gather(state.visual, cur, 1),
             valid=_gather(state.valid, cur, 1),
+            text=_gather(state.text, cur, 1),
             last=_last_valid(_gather(state.valid, cur, 1)),
             n_visual_in=state.n_visual_in,
             layers=state.layers,

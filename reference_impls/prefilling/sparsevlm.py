@@ -22,8 +22,10 @@ Example:
 Deviations / guesses:
     - Scores are read from layer K-1's attention (as FastV), recomputed from q/k in a hook.
     - Relevance of a text token = its attention mass on the visual tokens (head-averaged,
-      causal: a question placed before the image cannot rate it). Raters are the valid text
-      tokens above the mean relevance; with none, the last prompt token rates alone.
+      causal: a question placed before the image cannot rate it). Raters are the prompt text
+      tokens (not padding, not the vision start/end markers, which sit next to the image and
+      would otherwise dominate) above the mean relevance; with none, the last prompt token
+      rates alone.
     - The paper's layers [2, 6, 15] of 32 are scaled to the model's depth. Its per-target keep
       schedules (e.g. 576 -> 66/30/17 for the "64" setting) are replaced by a geometric schedule
       ending exactly at ``budget`` (``budget ** (s/S)`` of the visual tokens after stage s).
@@ -54,7 +56,7 @@ def rater_scores(probs: torch.Tensor, visual_cols: torch.Tensor, rater_ok: torch
     Args:
         probs: (B, r, n) head-averaged attention of the r text tokens.
         visual_cols: (B, n) bool, visual columns.
-        rater_ok: (B, r) bool, text rows that may rate (valid, non-padding).
+        rater_ok: (B, r) bool, rows that may rate (prompt text: no padding, no vision markers).
 
     Returns:
         (B, n) mean attention of the raters (zero outside visual columns).
@@ -126,7 +128,7 @@ class SparseVLM(DropMethod):
         hidden, cos, sin = ctx.inputs[ctx.layer_idx - 1]
         rows = (~ctx.visual).nonzero()[:, 1].view(ctx.visual.shape[0], -1)  # (B, r) text rows
         probs = attention_rows(ctx.layers[ctx.layer_idx - 1], hidden, cos, sin, rows, ctx.valid)
-        scores = rater_scores(probs, ctx.visual, _gather(ctx.valid, rows, 1))
+        scores = rater_scores(probs, ctx.visual, _gather(ctx.text, rows, 1))
         if self.recycle and k < int(ctx.visual[0].sum()):
             return _recycle(ctx.hidden, scores, ctx.visual, k)
         return keep_top_visual(scores, ctx.visual, k)

@@ -240,7 +240,8 @@ def test_sparsevlm_first_stage_uses_text_raters(model, eager_model):
     visual = visual_mask(ids, model.config)
     probs = _eager_attentions(eager_model, inputs)[first - 1][0].mean(0)  # (N, N) layer K-1
     text_rows = (~visual).nonzero()[:, 0]
-    scores = rater_scores(probs[text_rows][None], visual[None], torch.ones(1, text_rows.numel(), dtype=torch.bool))[0]
+    markers = (ids == model.config.vision_start_token_id) | (ids == model.config.vision_end_token_id)
+    scores = rater_scores(probs[text_rows][None], visual[None], ~markers[text_rows][None])[0]  # markers never rate
     kept = _kept_positions(model, inputs, method, first)
     k = keep_count(int(visual.sum()), 0.25 ** (1 / len(stage_layers(method.layers_frac, NUM_LAYERS))))
     assert set(kept[visual[kept]].tolist()) == _top_visual(scores, visual, k)
