@@ -299,7 +299,8 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, si
     scores = (q @ k.transpose(-1, -2)).float() * attn.scaling  # (B, Hq, r, n)
     allowed = (torch.arange(n, device=rows.device)[None, None, :] <= rows[:, :, None]) & valid[:, None, :]
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-    return scores.softmax(-1).mean(1)
+    # A padding query row has no allowed key: give it zeros rather than NaN.
+    return scores.softmax(-1).nan_to_num(0.0).mean(1)
 
 
 def keep_top_visual(scores: torch.Tensor, visual: torch.Tensor, k: int) -> torch.Tensor:

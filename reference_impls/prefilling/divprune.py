@@ -91,6 +91,8 @@ class DivPrune(DropMethod):
 
     def select(self, ctx: DropContext) -> torch.Tensor:
         k = keep_count(ctx.n_visual_in, self.budget)
+        if k == ctx.n_visual_in:  # nothing to drop: skip the O(k n) greedy loop
+            return torch.arange(ctx.hidden.shape[1], device=ctx.hidden.device).expand(ctx.hidden.shape[0], -1)
         rows = []
         for b in range(ctx.hidden.shape[0]):
             visual = ctx.visual[b].nonzero()[:, 0]  # (n_visual,)

@@ -165,7 +165,11 @@ class _TwoStage(DropMethod):
         return keep_top_visual(ctx.hidden[..., 0], ctx.visual, keep_count(ctx.n_visual_in, fraction))
 
 
-@pytest.mark.parametrize("method", [FastV(budget=0.25, layer=1), _TwoStage()], ids=["fastv", "two-stage"])
+@pytest.mark.parametrize(
+    "method",
+    [FastV(budget=0.25, layer=1), SparseVLM(budget=0.25), PyramidDrop(budget=0.25), _TwoStage()],
+    ids=["fastv", "sparsevlm", "pyramiddrop", "two-stage"],
+)
 def test_padded_batch_matches_single_rows(model, method):
     """Left padding: the pruned layers select the right mask columns in prefill and decode."""
     single = tiny_inputs(model, grids=((8, 8),), prompt_before=3, prompt_after=4, seed=5)
