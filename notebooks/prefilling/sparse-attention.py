@@ -66,7 +66,7 @@ plt.show()
 
 # %%
 data = bench.load_data(n=16 if QUICK else 64, batch_size=16)
-rows = bench.sweep(data, (0.1,) if QUICK else (1.0, 0.5, 0.25, 0.1), ("block-sparse", "random@0"))
+rows = bench.sweep(data, (0.1,) if QUICK else (0.5, 0.25, 0.1), ("block-sparse", "random@0"))
 bench.print_sweep(rows)
 bench.plot_sweep(rows, f"Block-sparse attention on {data.source}")
 plt.show()
