@@ -37,7 +37,7 @@ plt.show()
 
 # %%
 data = bench.load_data(n=16 if QUICK else 64, batch_size=16)
-budgets = (0.5, 0.1) if QUICK else (0.5, 0.25, 0.1, 0.05)
+budgets = (0.1,) if QUICK else (0.5, 0.25, 0.1, 0.05)
 rows = bench.sweep(data, budgets, ("divprune", "random@0") if QUICK else ("divprune", "fastv", "random@0"))
 bench.print_sweep(rows)
 
