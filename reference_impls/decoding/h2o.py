@@ -17,7 +17,8 @@ Example::
 Deviations / guesses: the prefill scores are the column sums over all prompt queries (computed
 block-wise from q/k), summed over the query heads of each KV head; the budget is split evenly
 between heavy hitters and recent entries (``recent_ratio = 0.5``, the paper's common setting);
-the accumulated scores are kept as float32 metadata and counted in the resident bytes.
+an int budget is a fixed cache size, a float budget a fraction of
+the current logical length (budget 1.0 is the full cache); the accumulated scores are kept as float32 metadata and counted in the resident bytes.
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ class _H2OLayer(CompressedLayer):
         self.scores = self.scores.gather(1, index)
 
     def _trim(self):
+        self.size = resolve_budget(self.method.budget, self.logical_length, minimum=2)
         if self.physical_length() > self.size:
             recent = int(round(self.size * self.method.recent_ratio))
             self.keep(heavy_recent_index(self.scores, self.size, recent))
 
     def after_prefill(self, module, query, scaling):
         self.scores = accumulated_attention(query, self.keys, scaling)
-        self.size = resolve_budget(self.method.budget, self.physical_length(), minimum=2)
         self._trim()
 
     def decode_attention(self, module, query, key, value, scaling):
@@ -90,7 +91,7 @@ class H2O(KVCacheMethod):
     """H2O configuration.
 
     Args:
-        budget: cache size per KV head (float: fraction of the prompt; int: count).
+        budget: cache size per KV head (float: fraction of the logical length; int: count).
         recent_ratio: share of the budget reserved for the most recent entries.
     """
 

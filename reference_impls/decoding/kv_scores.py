@@ -20,6 +20,7 @@ __all__ = [
     "allocate_with_floor",
     "pyramid_budgets",
     "observation_scores",
+    "merge_evicted",
 ]
 
 
@@ -171,3 +172,29 @@ def observation_scores(query: torch.Tensor, key: torch.Tensor, window: int, scal
     scores = pooled_scores(window_attention(query, key, rows, scaling), kernel)
     scores[:, n - window :] = float("inf")
     return scores
+
+
+def merge_evicted(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, evicted: torch.Tensor, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LOOK-M averaging merge: each evicted visual entry is averaged into its most cosine-similar kept key.
+
+    Args:
+        keys, values: ``(N, D)`` of one KV head.
+        kept, evicted: 1-D position indices.
+        text: optional ``(N,)`` bool; evicted text entries are dropped, not merged.
+
+    Returns:
+        ``(keys, values)`` copies where each kept row ``i`` is the mean of itself and the evicted
+        rows assigned to it (other rows unchanged).
+    """
+    if text is not None:
+        evicted = evicted[~text[evicted]]
+    if evicted.numel() == 0 or kept.numel() == 0:
+        return keys, values
+    kept, evicted = kept.to(keys.device), evicted.to(keys.device)
+    k_kept = F.normalize(keys[kept].float(), dim=-1)
+    k_ev = F.normalize(keys[evicted].float(), dim=-1)
+    target = kept[(k_ev @ k_kept.T).argmax(dim=-1)]  # (E,) kept row each evicted entry joins
+    count = torch.ones(keys.shape[0], device=keys.device).index_add_(0, target, torch.ones_like(target, dtype=torch.float))
+    new_k = keys.float().index_add(0, target, keys[evicted].float()) / count[:, None]
+    new_v = values.float().index_add(0, target, values[evicted].float()) / count[:, None]
+    return new_k.to(keys.dtype), new_v.to(values.dtype)

@@ -15,9 +15,10 @@ Example::
         model.generate(**inputs, max_new_tokens=8, do_sample=False)
 
 Deviations / guesses: the original re-assigns positions *within the cache*; our keys are stored
-after RoPE, so entries keep their original (M-RoPE) positions. The budget, fixed at the prefill
-from the prompt length, includes the sinks and covers generated tokens too (the cache never
-grows past it).
+after RoPE, so entries keep their original (M-RoPE) positions. The budget includes the sinks and
+covers generated tokens too: an int is a fixed cache size; a float is a fraction of the current
+logical length, so the cache grows by one entry every ``1 / budget`` generated tokens and budget
+1.0 is the full cache.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ class _StreamingLayer(CompressedLayer):
 
     def _trim(self):
         n = self.physical_length()
+        self.size = resolve_budget(self.method.budget, self.logical_length, minimum=self.method.n_sink + 1)
         if n > self.size:
             index = sink_window_index(n, self.size, self.method.n_sink).to(self.device)
             self.keep(index.expand(self.keys.shape[1], -1))
 
     def after_prefill(self, module, query, scaling):
-        self.size = resolve_budget(self.method.budget, self.physical_length(), minimum=self.method.n_sink + 1)
         self._trim()
 
     def after_decode(self, module, query, scaling):
@@ -64,7 +65,7 @@ class StreamingLLM(KVCacheMethod):
     """StreamingLLM configuration.
 
     Args:
-        budget: cache size per KV head (float: fraction of the prompt; int: count), sinks included.
+        budget: cache size per KV head (float: fraction of the logical length; int: count), sinks included.
         n_sink: number of initial entries always kept.
     """
 
