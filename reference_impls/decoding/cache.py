@@ -58,6 +58,7 @@ __all__ = [
     "CompressedCache",
     "KVCacheMethod",
     "tensor_bytes",
+    "greedy_decode",
 ]
 
 ATTN_NAME = "atlas_kv"
@@ -500,3 +501,37 @@ class KVCacheMethod:
             for module in _text_attention_modules(model):
                 if hasattr(module, "_atlas_kv_layer"):
                     del module._atlas_kv_layer
+
+
+@torch.no_grad()
+def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explicit_positions: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference greedy decoder for Qwen2.5-VL with an explicit cache (batch 1, no EOS stop).
+
+    With ``explicit_positions`` the M-RoPE ids come from ``get_rope_index`` at the prefill and
+    grow by one per step; without, the model derives them from ``cache.get_seq_length()`` (the
+    logical length) plus its stored ``rope_deltas``. Both must match ``model.generate``.
+
+    Returns:
+        ``(tokens (1, T), logits (T, vocab))``.
+    """
+    position_ids = None
+    if explicit_positions:
+        position_ids, _ = model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
+            attention_mask=inputs.get("attention_mask"),
+        )  # (3, 1, N)
+    out = model(**inputs, cache=cache, use_cache=True, position_ids=position_ids)
+    tokens, logits = [], []
+    last = None if position_ids is None else position_ids[..., -1:]
+    for step in range(max_new_tokens):
+        step_logits = out.logits[:, -1]
+        token = step_logits.argmax(-1, keepdim=True)  # (1, 1)
+        tokens.append(token)
+        logits.append(step_logits[0])
+        if step == max_new_tokens - 1:
+            break
+        if last is not None:
+            last = last + 1
+        out = model(input_ids=token, cache=cache, use_cache=True, position_ids=last)
+    return torch.cat(tokens, dim=1), torch.stack(logits)
