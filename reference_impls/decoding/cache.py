@@ -504,8 +504,12 @@ class KVCacheMethod:
 
 
 @torch.no_grad()
-def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explicit_positions: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explicit_positions: bool = True,
+                  forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference greedy decoder for Qwen2.5-VL with an explicit cache (batch 1, no EOS stop).
+
+    ``forced`` (``(1, T)``) feeds those tokens instead of the argmax (teacher forcing), e.g. the
+    full cache's continuation, so that logits of two caches compare step by step.
 
     With ``explicit_positions`` the M-RoPE ids come from ``get_rope_index`` at the prefill and
     grow by one per step; without, the model derives them from ``cache.get_seq_length()`` (the
@@ -528,6 +532,8 @@ def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explic
         step_logits = out.logits[:, -1]
         token = step_logits.argmax(-1, keepdim=True)  # (1, 1)
         tokens.append(token)
+        if forced is not None:
+            token = forced[:, step : step + 1]
         logits.append(step_logits[0])
         if step == max_new_tokens - 1:
             break

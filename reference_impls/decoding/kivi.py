@@ -17,8 +17,8 @@ Example::
     method.cache.resident_bytes()  # packed codes + scales + zero points + residual
 
 Deviations / guesses: pure torch, codes packed into uint8 along the channel axis; the residual
-holds between ``residual_length`` and ``residual_length + group_size - 1`` tokens (the oldest
-``group_size`` are quantised whenever it would exceed that); the prefill attention uses full
+holds between ``residual_length`` and ``residual_length + group_size - 1`` tokens (whole groups
+of the oldest tokens are quantised whenever it would exceed that); the prefill attention uses full
 precision, quantisation happens right after it; attention dequantises the whole cache each step
 (the dequantised copy is reported as transient bytes). ``budget`` picks the bit width as a
 fraction of 16-bit storage: 1.0 = no quantisation, >= 0.25 -> 4 bits, lower -> 2 bits;
@@ -76,12 +76,18 @@ class _KIVILayer(CompressedLayer):
         super().__init__(layer_idx)
         self.method = method
         self.bits = method.resolved_bits()
-        self.groups: list[tuple[torch.Tensor, ...]] = []  # per quantised group: kc, ks, kz, vc, vs, vz
+        # Quantised part, concatenated over groups: key codes (1, H, Sq, D*bits/8), key scale and
+        # zero (1, H, Sq/G, D), value codes (1, H, Sq, D*bits/8), value scale and zero (1, H, Sq, D/Gv).
+        self.quantized: list[torch.Tensor] | None = None
+
+    @property
+    def n_quantized(self) -> int:
+        return 0 if self.quantized is None else self.quantized[0].shape[-2]
 
     def _append(self, k, v, pos):
         self.keys = torch.cat([self.keys, k], dim=-2) if self.keys.numel() else k
         self.values = torch.cat([self.values, v], dim=-2) if self.values.numel() else v
-        if not self.groups:
+        if self.quantized is None:
             return self.keys, self.values
         deq_k, deq_v = self.dequantized()
         keys, values = torch.cat([deq_k, self.keys], dim=-2), torch.cat([deq_v, self.values], dim=-2)
@@ -89,14 +95,14 @@ class _KIVILayer(CompressedLayer):
         return keys, values
 
     def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The quantised part of the cache in the model dtype, ``(1, H, n_groups * G, D)`` each."""
-        b, d = self.bits, self.keys.shape[-1]
-        ks, vs = [], []
-        for kc, kscale, kzero, vc, vscale, vzero in self.groups:
-            ks.append(dequantize(kc, kscale, kzero, b))
-            v = dequantize(vc.reshape(*vc.shape[:3], d // self.vgroup, -1), vscale, vzero, b)
-            vs.append(v.reshape(*v.shape[:3], d))
-        return torch.cat(ks, dim=-2), torch.cat(vs, dim=-2)
+        """The quantised part of the cache in the model dtype, ``(1, H, Sq, D)`` each."""
+        kc, ks, kz, vc, vs, vz = self.quantized
+        g, d = self.method.group_size, self.keys.shape[-1]
+        shape = (*kc.shape[:2], -1, g, d)
+        keys = unpack_codes(kc, self.bits).to(ks.dtype).reshape(shape) * ks[..., None, :] + kz[..., None, :]
+        values = unpack_codes(vc, self.bits).to(vs.dtype).reshape(*vc.shape[:3], d // self.vgroup, self.vgroup)
+        values = values * vs[..., None] + vz[..., None]
+        return keys.reshape(*kc.shape[:2], -1, d), values.reshape(*vc.shape[:3], d)
 
     def _flush(self):
         if self.bits is None:
@@ -104,13 +110,16 @@ class _KIVILayer(CompressedLayer):
         g, r = self.method.group_size, self.method.residual_length
         d = self.keys.shape[-1]
         self.vgroup = min(self.method.value_channel_group or d, d)
-        while self.keys.shape[-2] >= r + g:
-            k, v = self.keys[:, :, :g], self.values[:, :, :g]  # (1, H, G, D)
-            kc, kscale, kzero = quantize(k, self.bits, dim=2)  # per channel over G tokens
-            v = v.reshape(*v.shape[:3], d // self.vgroup, self.vgroup)
-            vc, vscale, vzero = quantize(v, self.bits, dim=-1)  # per token over channel groups
-            self.groups.append((kc, kscale, kzero, vc.reshape(*vc.shape[:3], -1), vscale, vzero))
-            self.keys, self.values = self.keys[:, :, g:].contiguous(), self.values[:, :, g:].contiguous()
+        n_groups = max(0, (self.keys.shape[-2] - r) // g)
+        if n_groups == 0:
+            return
+        m = n_groups * g
+        k, v = self.keys[:, :, :m], self.values[:, :, :m]  # (1, H, m, D)
+        kc, kscale, kzero = quantize(k.reshape(*k.shape[:2], n_groups, g, d), self.bits, dim=3)  # per channel over G tokens
+        vc, vscale, vzero = quantize(v.reshape(*v.shape[:3], d // self.vgroup, self.vgroup), self.bits, dim=-1)  # per token
+        new = [kc.reshape(*k.shape[:2], m, -1), kscale[..., 0, :], kzero[..., 0, :], vc.reshape(*v.shape[:3], -1), vscale[..., 0], vzero[..., 0]]
+        self.quantized = new if self.quantized is None else [torch.cat([a, b], dim=2) for a, b in zip(self.quantized, new)]
+        self.keys, self.values = self.keys[:, :, m:].contiguous(), self.values[:, :, m:].contiguous()
 
     def after_prefill(self, module, query, scaling):
         self._flush()
@@ -119,12 +128,11 @@ class _KIVILayer(CompressedLayer):
         self._flush()
 
     def physical_length(self):
-        return super().physical_length() + len(self.groups) * self.method.group_size
+        return super().physical_length() + self.n_quantized
 
     def resident_tensors(self):
         yield from (self.keys, self.values)
-        for group in self.groups:
-            yield from group
+        yield from self.quantized or ()
 
 
 @register("kivi", family="kv-bit-level", kind="kv-cache")
