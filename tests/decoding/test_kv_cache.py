@@ -172,3 +172,26 @@ def test_resolve_budget():
     for bad in (0.0, 1.5, 0, True):
         with pytest.raises((ValueError, TypeError)):
             resolve_budget(bad, 100)
+
+
+@pytest.mark.parametrize("name", ["snapkv", "pyramidkv", "adakv", "hybridkv", "lookm"])
+def test_multi_token_step_matches_single_steps(name, model, inputs):
+    """Several tokens in one forward (speculative verification) equal the same tokens one by one.
+
+    Not KIVI: it quantises a group as soon as it fills, so one-by-one steps see quantised keys
+    that a block of tokens sees in full precision. Not H2O/StreamingLLM: they evict per step.
+    """
+    method = small(registry.get_method(name), 0.4)
+    extra = torch.tensor([[11, 12, 13]])
+    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                              image_grid_thw=inputs["image_grid_thw"])
+    last = positions[..., -1:]
+    with method(model), torch.no_grad():
+        one = method.make_cache(model, inputs["input_ids"])
+        model(**inputs, cache=one, use_cache=True, position_ids=positions)
+        singles = [model(input_ids=extra[:, i : i + 1], cache=one, use_cache=True, position_ids=last + 1 + i).logits[0, -1] for i in range(3)]
+        many = method.make_cache(model, inputs["input_ids"])
+        model(**inputs, cache=many, use_cache=True, position_ids=positions)
+        block = model(input_ids=extra, cache=many, use_cache=True, position_ids=last + torch.arange(1, 4)).logits[0]
+    torch.testing.assert_close(block, torch.stack(singles), atol=1e-5, rtol=0)
+    assert many.get_seq_length() == one.get_seq_length() == inputs["input_ids"].shape[1] + 3
