@@ -10,8 +10,10 @@ full cache (greedy token agreement) is reported instead.
 
 Protocol (``shared/design/hybridkv.md`` §9): batch 1, greedy, EOS off, fixed ``T`` decode steps;
 decode ms/token = mean and median wall time of steps 2..T (prefill and first step excluded),
-1 warm-up plus ``--repeats`` runs on copies of the same post-prefill cache, median of run means
-reported with min-max. Bytes are exact tensor sizes after the prefill and after the last step.
+1 warm-up round plus ``--repeats`` rounds; in each round every method decodes once from a copy
+of its post-prefill cache (interleaved, so CPU contention hits all alike); ms/token is the median
+of the round means (min-max given), the speed-up the median over rounds of the within-round
+ratio full / method. Bytes are exact tensor sizes after the prefill and after the last step.
 
 Run from the repository root::
 
@@ -105,43 +107,61 @@ def _decode(model, cache, token, last_pos, steps):
 
 
 @torch.no_grad()
-def run(name: str, model, inputs, budget: float, steps: int, repeats: int) -> dict:
+def prefill(name: str, model, inputs, budget: float) -> dict:
+    """Prefill once with ``name``'s cache; returns the post-prefill state the decode rounds copy."""
     method = _method(name, budget)
     positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
-    if method is None:
-        model.set_attn_implementation({"text_config": "sdpa"})
-        cache = DynamicCache()
-    else:
-        model.set_attn_implementation({"text_config": ATTN_NAME})
-        cache = method.make_cache(model, inputs["input_ids"])
+    _set_attention(model, method)
+    cache = DynamicCache() if method is None else method.make_cache(model, inputs["input_ids"])
     start = time.perf_counter()
     out = model(**inputs, cache=cache, use_cache=True, position_ids=positions)
-    prefill_s = time.perf_counter() - start
-    token = out.logits[:, -1].argmax(-1, keepdim=True)
-    resident_prefill, offloaded_prefill = _bytes(cache)
-    run_means, run_medians, tokens, final = [], [], None, None
-    for r in range(repeats + 1):  # the first run is the warm-up
-        work = _copy(cache, model)
-        times, toks = _decode(model, work, token, positions[..., -1:], steps)
-        if r:
-            run_means.append(1000 * statistics.mean(times[1:]))
-            run_medians.append(1000 * statistics.median(times[1:]))
-        tokens, final = [int(token)] + toks, work
+    seconds = time.perf_counter() - start
+    resident, offloaded = _bytes(cache)
+    return {"name": name, "method": method, "cache": cache, "token": out.logits[:, -1].argmax(-1, keepdim=True),
+            "last": positions[..., -1:], "prefill_s": seconds, "resident_prefill": resident, "offloaded_prefill": offloaded,
+            "means": [], "medians": []}
+
+
+def _set_attention(model, method) -> None:
+    model.set_attn_implementation({"text_config": "sdpa" if method is None else ATTN_NAME})
+
+
+@torch.no_grad()
+def decode_round(state: dict, model, steps: int, record: bool) -> None:
+    """One decode run of ``steps`` tokens on a fresh copy of the post-prefill cache."""
+    _set_attention(model, state["method"])
+    work = _copy(state["cache"], model)
+    times, tokens = _decode(model, work, state["token"], state["last"], steps)
+    if record:
+        state["means"].append(1000 * statistics.mean(times[1:]))
+        state["medians"].append(1000 * statistics.median(times[1:]))
+    state["tokens"], state["final"] = [int(state["token"])] + tokens, work
+
+
+def summarise(state: dict, full: dict) -> dict:
+    final = state["final"]
     resident, offloaded = _bytes(final)
+    ratios = [f / m for f, m in zip(full["means"], state["means"])]  # same round, same CPU conditions
     row = {
-        "method": name, "budget": budget if method else 1.0, "prompt_tokens": inputs["input_ids"].shape[1],
-        "prefill_s": round(prefill_s, 2),
-        "resident_bytes_prefill": resident_prefill, "offloaded_bytes_prefill": offloaded_prefill,
-        "resident_bytes": resident, "offloaded_bytes": offloaded,
-        "transient_bytes": getattr(final, "transient_bytes", 0),
-        "decode_ms": round(statistics.median(run_means), 2), "decode_ms_min": round(min(run_means), 2),
-        "decode_ms_max": round(max(run_means), 2), "decode_ms_median_step": round(statistics.median(run_medians), 2),
-        "tokens": tokens,
+        "method": state["name"], "budget": 1.0 if state["method"] is None else state["method"].budget,
+        "prefill_s": round(state["prefill_s"], 2),
+        "resident_bytes_prefill": state["resident_prefill"], "offloaded_bytes_prefill": state["offloaded_prefill"],
+        "resident_bytes": resident, "offloaded_bytes": offloaded, "transient_bytes": getattr(final, "transient_bytes", 0),
+        "decode_ms": round(statistics.median(state["means"]), 2), "decode_ms_min": round(min(state["means"]), 2),
+        "decode_ms_max": round(max(state["means"]), 2), "decode_ms_median_step": round(statistics.median(state["medians"]), 2),
+        "memory_reduction": round(full_resident(full) / resident, 2),
+        "speedup": round(statistics.median(ratios), 2), "speedup_min": round(min(ratios), 2), "speedup_max": round(max(ratios), 2),
+        "token_agreement": round(sum(a == b for a, b in zip(state["tokens"], full["tokens"])) / len(full["tokens"]), 3),
+        "family": "" if state["method"] is None else get_method(state["name"].split("-")[0]).family,
     }
     if isinstance(final, CompressedCache) and getattr(final, "plan", None):
         row["dynamic_heads"] = int((~final.plan["static"]).sum())
         row["effective_ratio"] = round(final.plan["effective_ratio"], 4)
     return row
+
+
+def full_resident(full: dict) -> int:
+    return _bytes(full["final"])[0]
 
 
 def main() -> None:
@@ -162,26 +182,22 @@ def main() -> None:
     model = tiny_qwen25vl(seed=0, vocab_size=256, **dims)
     inputs = build_inputs(model, n_images, grid, text_before=40, text_after=60)
     wall, load_start = time.perf_counter(), os.getloadavg()
-    rows = [run("full", model, inputs, 1.0, steps, repeats)]
-    print(f"full: N={rows[0]['prompt_tokens']} resident={rows[0]['resident_bytes']} decode={rows[0]['decode_ms']} ms", flush=True)
-    for name in args.methods:
-        row = run(name, model, inputs, args.budget, steps, repeats)
-        rows.append(row)
-        print(f"{name}: resident={row['resident_bytes']} offloaded={row['offloaded_bytes']} decode={row['decode_ms']} ms", flush=True)
-    # The full cache again at the end: the gap between both runs shows how much the shared CPU drifted.
-    end = run("full", model, inputs, 1.0, steps, repeats)
+    states = [prefill(name, model, inputs, args.budget) for name in ["full", *args.methods]]
+    print(f"prefills done in {time.perf_counter() - wall:.0f} s", flush=True)
+    # Rounds: every method decodes once per round, so CPU contention drifts hit all of them alike;
+    # round 0 is the warm-up. Speed-ups are full/method ratios within a round, median over rounds.
+    for r in range(repeats + 1):
+        order = states if r % 2 == 0 else [states[0], *reversed(states[1:])]
+        for state in order:
+            decode_round(state, model, steps, record=r > 0)
+        print(f"round {r}: " + ", ".join(f"{s['name']} {s['means'][-1]:.1f}" for s in states if s["means"]), flush=True)
     load_end = os.getloadavg()
-    end["method"] = "full (repeated last)"
-    rows.append(end)
-    full = rows[0]
-    full_tokens = full["tokens"]
+    rows = [summarise(state, states[0]) for state in states]
+    n_prompt = inputs["input_ids"].shape[1]
     for row in rows:
-        row["memory_reduction"] = round(full["resident_bytes"] / row["resident_bytes"], 2)
-        row["speedup"] = round(full["decode_ms"] / row["decode_ms"], 2)
-        row["token_agreement"] = round(sum(a == b for a, b in zip(row["tokens"], full_tokens)) / len(full_tokens), 3)
-        row["family"] = "" if row["method"].startswith("full") else get_method(row["method"].split("-")[0]).family
-        del row["tokens"]
-        print({k: row[k] for k in ("method", "resident_bytes", "offloaded_bytes", "memory_reduction", "decode_ms", "decode_ms_min", "decode_ms_max", "speedup", "token_agreement")})
+        row["prompt_tokens"] = n_prompt
+        print({k: row[k] for k in ("method", "resident_bytes", "offloaded_bytes", "memory_reduction", "decode_ms", "speedup", "speedup_min", "speedup_max", "token_agreement")})
+    full = rows[0]
     elapsed = time.perf_counter() - wall
     print(f"total {elapsed:.0f} s")
     if args.quick:
@@ -196,15 +212,16 @@ def main() -> None:
             Column("offloaded_bytes", "Offloaded KV", "B"), Column("memory_reduction", "Memory reduction", "x", 2),
             Column("decode_ms", "Decode", "ms/token", 2), Column("decode_ms_min", "min", "ms", 2),
             Column("decode_ms_max", "max", "ms", 2), Column("speedup", "Speed-up", "x", 2),
+            Column("speedup_min", "min", "x", 2), Column("speedup_max", "max", "x", 2),
             Column("token_agreement", "Greedy agreement with full", "", 3),
         ],
         rows=rows,
         plots=[Plot(x="memory_reduction", y="speedup", group="method", title="Memory reduction vs decode speed-up")],
         notes=(
             f"Random-init model ({dims}), float32, one CPU thread on a 2-core machine shared with other jobs "
-            f"(load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; timings are noisy, "
-            "the full cache was measured first and again last to show the drift; speed-ups are against the first). "
-            f"All methods in the same run, {elapsed:.0f} s. Vision tower bypassed via inputs_embeds "
+            f"(load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; timings are noisy). "
+            f"All methods in the same run ({elapsed:.0f} s), decoded in interleaved rounds; the speed-up is the "
+            "median over rounds of full/method ms within a round (min-max in speedup_min/max). Vision tower bypassed via inputs_embeds "
             "(visual ids kept for positions and spans). Decode ms/token = median over repeats of the mean of "
             f"steps 2..{steps}; min/max over {repeats} repeats after one warm-up. Resident bytes are every tensor "
             "the cache keeps for attention (entries, int32 positions, chunk metadata, quantisation scales); "

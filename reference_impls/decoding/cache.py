@@ -18,7 +18,8 @@ Methods subclass :class:`KVCacheMethod`, a dataclass with a ``budget`` (a float 
 the prompt length, an int an absolute number of entries, per KV head), and implement
 ``make_layer``. ``with method(model): model.generate(...)`` switches the text model to the
 ``"atlas_kv"`` attention function (sdpa math, plus the layer's prefill scoring and decode
-hooks), installs a fresh cache per ``generate`` call and restores the model on exit.
+hooks), installs a fresh cache per ``generate`` call (and per direct ``model(..., use_cache=True)``
+call made without a cache) and restores the model on exit.
 
 Example::
 
@@ -36,6 +37,7 @@ implementations, which refuse batches); the attention function receives no cache
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -492,11 +494,23 @@ class KVCacheMethod:
                 self.stats = cache.byte_report()
             return output
 
+        original_forward = model.forward
+
+        @functools.wraps(original_forward)
+        def forward(*args, **kwargs):
+            # A direct prefill call (e.g. an evaluation harness) without a cache gets ours too.
+            if kwargs.get("use_cache") and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                kwargs["cache"] = self.make_cache(model, ids, kwargs.get("mm_token_type_ids"))
+            return original_forward(*args, **kwargs)
+
         model.generate = generate
+        model.forward = forward
         try:
             yield self
         finally:
             del model.generate
+            del model.forward
             model.set_attn_implementation({"text_config": previous})
             for module in _text_attention_modules(model):
                 if hasattr(module, "_atlas_kv_layer"):

@@ -65,6 +65,31 @@ __all__ = ["HybridKV", "HybridKVLayer", "HybridKVCache", "calibrate_head_types"]
 log = logging.getLogger(__name__)
 
 
+def attend_two(query: torch.Tensor, retrieved: tuple[torch.Tensor, torch.Tensor], resident: tuple[torch.Tensor, torch.Tensor], scaling: float, n_new: int) -> torch.Tensor:
+    """Exact softmax attention over retrieved ∪ resident entries without concatenating K/V.
+
+    Args:
+        query: ``(1, G, q, D)``.
+        retrieved, resident: ``(keys (n, D), values (n, D))``; the last ``n_new`` resident
+            entries are the queries' own tokens (causal among themselves).
+
+    Returns:
+        ``(1, q, G, D)``.
+    """
+    q = query[0].float()  # (G, q, D)
+    logits_r = q @ retrieved[0].float().T * scaling  # (G, q, n_r)
+    logits_s = q @ resident[0].float().T * scaling  # (G, q, n_s)
+    if q.shape[1] > 1:
+        n_s = logits_s.shape[-1]
+        causal = torch.ones(q.shape[1], n_s, dtype=torch.bool, device=q.device)
+        causal[:, n_s - n_new :] = torch.tril(torch.ones(q.shape[1], n_new, dtype=torch.bool, device=q.device))
+        logits_s = logits_s.masked_fill(~causal, float("-inf"))
+    probs = torch.cat([logits_r, logits_s], dim=-1).softmax(-1)
+    n_r = logits_r.shape[-1]
+    out = probs[..., :n_r] @ retrieved[1].float() + probs[..., n_r:] @ resident[1].float()  # (G, q, D)
+    return out.to(query.dtype).transpose(0, 1)[None]
+
+
 class HybridKVLayer(RaggedLayer):
     """Ragged per-head storage plus, for dynamic heads, a chunked retrieval pool."""
 
@@ -79,6 +104,7 @@ class HybridKVLayer(RaggedLayer):
         self.selection: dict[int, torch.Tensor] = {}  # dynamic head -> chunk ids of the last refresh
         self.steps = 0
         self.last_retrieved: dict[int, torch.Tensor] = {}  # dynamic head -> retrieved prompt positions
+        self._n_resident: dict[int, int] = {}
 
     # --- prefill: record scores ----------------------------------------------------------------
     def after_prefill(self, module, query, scaling):
@@ -153,7 +179,10 @@ class HybridKVLayer(RaggedLayer):
         return pool["keys"][idx].to(device), pool["values"][idx].to(device)
 
     def resident_prompt(self, h: int) -> int:
-        return int((self.head_pos[h] < self.prompt_length).sum())
+        """Prompt entries head ``h`` keeps resident (fixed after finalisation, so cached)."""
+        if h not in self._n_resident:
+            self._n_resident[h] = int((self.head_pos[h] < self.prompt_length).sum())
+        return self._n_resident[h]
 
     def decode_attention(self, module, query, key, value, scaling):
         if not self.ragged:
@@ -167,9 +196,9 @@ class HybridKVLayer(RaggedLayer):
             if h in self.pool:
                 k_r, v_r = self._retrieve(h, q_h[0])
                 transient += 2 * k_r.element_size() * k_r.nelement()
-                # Retrieved entries go first so that the new tokens stay last (causal mask).
-                keys_h, values_h = torch.cat([k_r, keys_h]), torch.cat([v_r, values_h])
-            outs.append(attend(q_h, keys_h[None, None], values_h[None, None], scaling, n_new=query.shape[2]))
+                outs.append(attend_two(q_h, (k_r, v_r), (keys_h, values_h), scaling, n_new=query.shape[2]))
+            else:
+                outs.append(attend(q_h, keys_h[None, None], values_h[None, None], scaling, n_new=query.shape[2]))
         self.steps += 1
         # Working buffers are reused layer after layer: report the largest one.
         self.cache.transient_bytes = max(self.cache.transient_bytes, transient)

@@ -195,3 +195,11 @@ def test_multi_token_step_matches_single_steps(name, model, inputs):
         block = model(input_ids=extra, cache=many, use_cache=True, position_ids=last + torch.arange(1, 4)).logits[0]
     torch.testing.assert_close(block, torch.stack(singles), atol=1e-5, rtol=0)
     assert many.get_seq_length() == one.get_seq_length() == inputs["input_ids"].shape[1] + 3
+
+
+def test_direct_forward_gets_the_compressed_cache(model, inputs):
+    method = small(registry.get_method("snapkv"), 0.3)
+    with method(model), torch.no_grad():
+        out = model(**inputs, use_cache=True)
+    assert out.cache is method.cache and method.cache.resident_bytes() < method.cache.byte_report()["full_bytes"]
+    assert "forward" not in vars(model) and "generate" not in vars(model)
