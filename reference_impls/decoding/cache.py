@@ -128,7 +128,6 @@ def prompt_layout(config, input_ids: torch.Tensor | None = None, mm_token_type_i
     starts = visual & torch.cat([torch.tensor([True]), kind[1:] != kind[:-1]])
     item = torch.cumsum(starts.long(), 0) - 1
     item = torch.where(visual, item, torch.full_like(item, -1))
-    # Renumber items 0..K-1 (cumsum counted nothing for text, so values are already dense).
     return PromptLayout(visual=visual.cpu(), item=item.cpu())
 
 

@@ -18,7 +18,7 @@ def demo_model_and_prompt(n_images: int = 2, seed: int = 7) -> tuple[torch.nn.Mo
     try:
         from reference_impls.common.toyvlm import CHECKPOINT_DIR, load_toyvlm
 
-        if not (CHECKPOINT_DIR / "config.json").exists():
+        if not (CHECKPOINT_DIR / "manifest.json").exists():
             raise FileNotFoundError(CHECKPOINT_DIR)
         toy = load_toyvlm()
         sample = toy.samples(1, seed=seed)[0]
