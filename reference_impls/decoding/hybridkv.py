@@ -44,7 +44,6 @@ import torch
 
 from reference_impls.decoding.cache import CompressedCache, KVCacheMethod, RaggedLayer, attend
 from reference_impls.decoding.hybridkv_plan import (
-    chunk_upper_bounds,
     dynamic_split,
     hierarchical_budgets,
     load_head_types,
@@ -52,7 +51,7 @@ from reference_impls.decoding.hybridkv_plan import (
     mean_budget,
     reserved_positions,
     save_head_types,
-    select_chunks,
+    select_chunks_batched,
     static_order,
     text_centric_attention,
     type_heads,
@@ -101,10 +100,14 @@ class HybridKVLayer(RaggedLayer):
         self.static: list[bool] = []
         self.budgets: list[int] = []
         self.pool: dict[int, dict[str, torch.Tensor]] = {}  # dynamic head -> pool tensors
-        self.selection: dict[int, torch.Tensor] = {}  # dynamic head -> chunk ids of the last refresh
+        self.selection: tuple[torch.Tensor, torch.Tensor] | None = None  # (row, chunk id) of the last refresh
         self.steps = 0
         self.last_retrieved: dict[int, torch.Tensor] = {}  # dynamic head -> retrieved prompt positions
         self._n_resident: dict[int, int] = {}
+        self._chunks: list = []  # per dynamic head, until stacked
+        self.dynamic: list[int] = []  # dynamic heads, in the row order of the chunk tensors
+        self.chunk_start = self.chunk_len = self.chunk_kmin = self.chunk_kmax = None
+        self.pool_keys = self.pool_values = self.pool_positions = None  # flat cold store of the layer
 
     # --- prefill: record scores ----------------------------------------------------------------
     def after_prefill(self, module, query, scaling):
@@ -138,6 +141,7 @@ class HybridKVLayer(RaggedLayer):
         for h, kept, evicted in merged:
             keys[h], values[h] = merge_evicted(keys[h], values[h], kept, evicted, pos.text)
         self.keep_per_head(index)
+        self._stack_chunks()
         self.scores = None  # only the counts and storage survive the prefill
 
     def _build_pool(self, h: int, keys: torch.Tensor, values: torch.Tensor, pool: torch.Tensor, budget: int) -> None:
@@ -149,34 +153,69 @@ class HybridKVLayer(RaggedLayer):
         idx = pool.to(keys.device)
         pool_k, pool_v = keys.index_select(0, idx), values.index_select(0, idx)
         chunk_id = torch.repeat_interleave(torch.arange(len(starts)), lengths.long()).to(keys.device)
-        n_chunks = len(starts)
-        kmin = torch.full((n_chunks, keys.shape[-1]), float("inf"), dtype=keys.dtype, device=keys.device)
+        kmin = torch.full((len(starts), keys.shape[-1]), float("inf"), dtype=keys.dtype, device=keys.device)
         kmax = torch.full_like(kmin, float("-inf"))
         kmin = kmin.scatter_reduce(0, chunk_id[:, None].expand_as(pool_k), pool_k, "amin")
         kmax = kmax.scatter_reduce(0, chunk_id[:, None].expand_as(pool_k), pool_k, "amax")
         store = "cpu" if m.memory_mode == "offload" else keys.device  # host memory on accelerators
-        self.pool[h] = {
-            "keys": pool_k.to(store), "values": pool_v.to(store), "positions": pool.to(torch.int32),
-            "starts": starts.to(keys.device), "lengths": lengths.to(keys.device), "kmin": kmin, "kmax": kmax,
-        }
+        self.pool[h] = {"keys": pool_k.to(store), "values": pool_v.to(store), "positions": pool.to(torch.int32)}
+        self._chunks.append((h, starts, lengths, kmin, kmax))
+
+    def _stack_chunks(self) -> None:
+        """Chunk metadata of all dynamic heads as ``(Hd, C_max, ...)`` tensors (padding: length 0)."""
+        if not self._chunks:
+            return
+        heads, starts, lengths, kmins, kmaxs = zip(*self._chunks)
+        c_max, d = max(len(s) for s in starts), kmins[0].shape[-1]
+        device, dtype = kmins[0].device, kmins[0].dtype
+        self.dynamic = list(heads)
+        self.chunk_start = torch.zeros(len(heads), c_max, dtype=torch.int32, device=device)
+        self.chunk_len = torch.zeros_like(self.chunk_start)
+        self.chunk_kmin = torch.zeros(len(heads), c_max, d, dtype=dtype, device=device)
+        self.chunk_kmax = torch.zeros_like(self.chunk_kmin)
+        for i, (s, n, lo, hi) in enumerate(zip(starts, lengths, kmins, kmaxs)):
+            self.chunk_start[i, : len(s)], self.chunk_len[i, : len(s)] = s, n
+            self.chunk_kmin[i, : len(s)], self.chunk_kmax[i, : len(s)] = lo, hi
+        self._chunks = []
+        self._rooms = torch.tensor([self.budgets[h] - self.resident_prompt(h) for h in heads])
+        # One flat cold store per layer, so each step gathers every head's chunks in one indexing op;
+        # pool[h] keeps views of its rows and chunk starts become offsets into the flat store.
+        sizes = [self.pool[h]["positions"].numel() for h in heads]
+        offsets = torch.cumsum(torch.tensor([0] + sizes[:-1]), 0)
+        self.chunk_start += offsets.to(device=device, dtype=torch.int32)[:, None]
+        self.pool_keys = torch.cat([self.pool[h]["keys"] for h in heads])
+        self.pool_values = torch.cat([self.pool[h]["values"] for h in heads])
+        self.pool_positions = torch.cat([self.pool[h]["positions"] for h in heads])
+        for h, start, size in zip(heads, offsets.tolist(), sizes):
+            rows = slice(start, start + size)
+            self.pool[h] = {"keys": self.pool_keys[rows], "values": self.pool_values[rows], "positions": self.pool_positions[rows]}
 
     # --- decode --------------------------------------------------------------------------------
-    def _retrieve(self, h: int, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pool = self.pool[h]
-        room = self.budgets[h] - self.resident_prompt(h)
-        if self.steps % self.method.refresh_every == 0 or h not in self.selection:
-            bounds = chunk_upper_bounds(query, pool["kmin"], pool["kmax"], self.method.group_agg)
-            self.selection[h] = select_chunks(bounds.cpu(), pool["lengths"].cpu(), room)
-            if self.selection[h].numel() == 0 and len(pool["lengths"]):
-                log.info("layer %d head %d: no chunk fits in %d free entries", self.layer_idx, h, room)
-        chosen = self.selection[h]
-        lengths = pool["lengths"].cpu()[chosen].long()
-        offsets = torch.cumsum(lengths, 0) - lengths
-        idx = torch.repeat_interleave(pool["starts"].cpu()[chosen].long() - offsets, lengths) + torch.arange(int(lengths.sum()))
-        self.last_retrieved[h] = pool["positions"][idx]
-        device = self.head_keys[h].device
-        # The working buffer: a copy of the chosen chunks on the compute device.
-        return pool["keys"][idx].to(device), pool["values"][idx].to(device)
+    def _select(self, query: torch.Tensor) -> None:
+        """Chunk choice of every dynamic head for this step (§4.5 step 5), batched over heads."""
+        n_heads = len(self.head_keys)
+        q = query[0].reshape(n_heads, -1, query.shape[2], query.shape[3])[self.dynamic]  # (Hd, G, q, D)
+        q = q.reshape(len(self.dynamic), -1, 1, q.shape[-1]).float()  # (Hd, Gq, 1, D)
+        u = torch.maximum(q * self.chunk_kmin.float()[:, None], q * self.chunk_kmax.float()[:, None]).sum(-1)  # (Hd, Gq, C)
+        u = u.max(1).values if self.method.group_agg == "max" else u.mean(1)
+        u = u.masked_fill(self.chunk_len == 0, float("-inf"))
+        self.selection = select_chunks_batched(u, self.chunk_len, self._rooms)
+
+    def _retrieve_all(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Copy every dynamic head's chosen chunks from the cold store into working buffers."""
+        rows, cols = self.selection
+        starts, lengths = self.chunk_start[rows, cols].long(), self.chunk_len[rows, cols].long()
+        offsets = torch.arange(self.method.chunk_size, device=starts.device)
+        idx = (starts[:, None] + offsets)[offsets < lengths[:, None]].cpu()  # flat pool rows, chunk by chunk
+        counts = torch.zeros(len(self.dynamic), dtype=torch.long).index_add_(0, rows.cpu(), lengths.cpu()).tolist()
+        device = self.head_keys[0].device
+        keys, values = self.pool_keys[idx].to(device), self.pool_values[idx].to(device)
+        positions = self.pool_positions[idx]
+        out = {}
+        for h, k, v, p in zip(self.dynamic, keys.split(counts), values.split(counts), positions.split(counts)):
+            out[h] = (k, v)
+            self.last_retrieved[h] = p
+        return out
 
     def resident_prompt(self, h: int) -> int:
         """Prompt entries head ``h`` keeps resident (fixed after finalisation, so cached)."""
@@ -189,12 +228,16 @@ class HybridKVLayer(RaggedLayer):
             return super().decode_attention(module, query, key, value, scaling)
         n_heads = len(self.head_keys)
         groups = query.shape[1] // n_heads
-        outs, transient = [], 0
+        outs, transient, retrieved = [], 0, {}
+        if self.pool:
+            if self.steps % self.method.refresh_every == 0 or self.selection is None:
+                self._select(query)
+            retrieved = self._retrieve_all()
         for h in range(n_heads):
             q_h = query[:, h * groups : (h + 1) * groups]
             keys_h, values_h = self.head_keys[h], self.head_values[h]
-            if h in self.pool:
-                k_r, v_r = self._retrieve(h, q_h[0])
+            if h in retrieved:
+                k_r, v_r = retrieved[h]
                 transient += 2 * k_r.element_size() * k_r.nelement()
                 outs.append(attend_two(q_h, (k_r, v_r), (keys_h, values_h), scaling, n_new=query.shape[2]))
             else:
@@ -219,11 +262,10 @@ class HybridKVLayer(RaggedLayer):
 
     # --- bytes ---------------------------------------------------------------------------------
     def _pool_tensors(self, resident: bool):
-        for pool in self.pool.values():
-            if resident:
-                yield from (pool["starts"], pool["lengths"], pool["kmin"], pool["kmax"])
-            if resident == (self.method.memory_mode == "resident_pool"):
-                yield from (pool["keys"], pool["values"], pool["positions"])
+        if resident:
+            yield from (self.chunk_start, self.chunk_len, self.chunk_kmin, self.chunk_kmax)
+        if self.pool and resident == (self.method.memory_mode == "resident_pool"):
+            yield from (self.pool_keys, self.pool_values, self.pool_positions)
 
     def resident_tensors(self):
         yield from super().resident_tensors()

@@ -31,6 +31,7 @@ __all__ = [
     "make_chunks",
     "chunk_upper_bounds",
     "select_chunks",
+    "select_chunks_batched",
     "save_head_types",
     "load_head_types",
 ]
@@ -289,6 +290,33 @@ def select_chunks(bounds: torch.Tensor, lengths: torch.Tensor, room: int) -> tor
             chosen.append(c)
             room -= length
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def select_chunks_batched(bounds: torch.Tensor, lengths: torch.Tensor, rooms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`select_chunks` for several heads at once (rows of ``(Hd, C)``; padded chunks have length 0).
+
+    The leading run of fitting chunks is found for all rows together; only rows where a later,
+    shorter chunk could still fit walk the rest one by one.
+
+    Returns:
+        ``(rows, chunk ids)``: flat long tensors, row-major, each row in selection order.
+    """
+    order = torch.sort(bounds, dim=-1, descending=True, stable=True).indices  # (Hd, C)
+    sorted_len = lengths.gather(1, order).long()
+    csum = torch.cumsum(sorted_len, 1)
+    take = (csum <= rooms[:, None]) & (sorted_len > 0)  # csum is monotone: a prefix per row
+    left = rooms - torch.where(take, sorted_len, 0).sum(1)
+    # Chunks after the prefix that could still fit (a short chunk after a long one that did not).
+    candidates = (sorted_len > 0) & (sorted_len <= left[:, None]) & (csum > rooms[:, None])
+    if bool(candidates.any()):
+        rows_c, cols_c = candidates.nonzero(as_tuple=True)
+        room = dict(enumerate(left.tolist()))
+        for row, j, length in zip(rows_c.tolist(), cols_c.tolist(), sorted_len[rows_c, cols_c].tolist()):
+            if length <= room[row]:
+                take[row, j] = True
+                room[row] -= length
+    rows, cols = take.nonzero(as_tuple=True)
+    return rows, order[rows, cols]
 
 
 def save_head_types(path: str | Path, tca: torch.Tensor, static: torch.Tensor, *, model_id: str, tau: float, calibration: str) -> None:

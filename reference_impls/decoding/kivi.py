@@ -72,6 +72,8 @@ def dequantize(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
 class _KIVILayer(CompressedLayer):
     """Quantised groups (keys per channel, values per token) plus a full-precision residual in ``keys``/``values``."""
 
+    is_croppable = False  # quantised groups cannot be un-quantised
+
     def __init__(self, layer_idx: int, method: "KIVI"):
         super().__init__(layer_idx)
         self.method = method
@@ -129,6 +131,9 @@ class _KIVILayer(CompressedLayer):
 
     def physical_length(self):
         return super().physical_length() + self.n_quantized
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("KIVI cannot roll back: the oldest tokens are already quantised")
 
     def resident_tensors(self):
         yield from (self.keys, self.values)

@@ -14,6 +14,7 @@ from reference_impls.decoding.hybridkv_plan import (
     make_chunks,
     reserved_positions,
     select_chunks,
+    select_chunks_batched,
     static_order,
     text_centric_attention,
     type_heads,
@@ -164,6 +165,11 @@ def test_chunk_bounds_and_greedy_selection(seed):
                 chosen.append(c)
                 left -= int(lengths[c])
         assert select_chunks(bounds, lengths, room).tolist() == chosen
+        padded = torch.cat([lengths, torch.zeros(3, dtype=torch.int32)])
+        rows, ids = select_chunks_batched(torch.stack([torch.cat([bounds, torch.full((3,), float("-inf"))])] * 2),
+                                          torch.stack([padded, padded]), torch.tensor([room, room // 2]))
+        assert sorted(ids[rows == 0].tolist()) == sorted(chosen)
+        assert sorted(ids[rows == 1].tolist()) == sorted(select_chunks(bounds, lengths, room // 2).tolist())
 
 
 def test_retrieval_picks_the_needle_chunk():
@@ -223,9 +229,10 @@ def test_byte_accounting_and_memory_modes(model, inputs):
         resident = offloaded = 0
         for layer in cache.layers:
             resident += sum(layer.head_lengths()) * entry
+            n_dynamic, c_max = layer.chunk_len.shape  # chunk metadata, padded to the longest head
+            resident += n_dynamic * c_max * (2 * d * 4 + 2 * 4)  # kmin, kmax + int32 start, length
             for pool in layer.pool.values():
-                n_chunks, n_pool = len(pool["starts"]), pool["positions"].numel()
-                resident += n_chunks * (2 * d * 4 + 2 * 4)  # kmin, kmax + int32 start, length
+                n_pool = pool["positions"].numel()
                 if mode == "offload":
                     offloaded += n_pool * entry
                 else:

@@ -203,3 +203,25 @@ def test_direct_forward_gets_the_compressed_cache(model, inputs):
         out = model(**inputs, use_cache=True)
     assert out.cache is method.cache and method.cache.resident_bytes() < method.cache.byte_report()["full_bytes"]
     assert "forward" not in vars(model) and "generate" not in vars(model)
+
+
+@pytest.mark.parametrize("name", ["snapkv", "adakv", "hybridkv"])
+def test_crop_rolls_back_generated_tokens(name, model, inputs):
+    """Speculative decoding rolls rejected tokens back with ``cache.crop(-n)``."""
+    method = small(registry.get_method(name), 0.4)
+    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                              image_grid_thw=inputs["image_grid_thw"])
+    last = positions[..., -1:]
+    with method(model), torch.no_grad():
+        cache = method.make_cache(model, inputs["input_ids"])
+        model(**inputs, cache=cache, use_cache=True, position_ids=positions)
+        before = [layer.head_lengths() for layer in cache.layers]
+        model(input_ids=torch.tensor([[11, 12]]), cache=cache, use_cache=True, position_ids=last + torch.arange(1, 3))
+        cache.crop(-2)
+        assert [layer.head_lengths() for layer in cache.layers] == before
+        assert cache.get_seq_length() == inputs["input_ids"].shape[1]
+        again = model(input_ids=torch.tensor([[13]]), cache=cache, use_cache=True, position_ids=last + 1).logits
+        fresh = method.make_cache(model, inputs["input_ids"])
+        model(**inputs, cache=fresh, use_cache=True, position_ids=positions)
+        direct = model(input_ids=torch.tensor([[13]]), cache=fresh, use_cache=True, position_ids=last + 1).logits
+    torch.testing.assert_close(again, direct, atol=1e-6, rtol=0)
