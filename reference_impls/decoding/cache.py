@@ -61,6 +61,7 @@ __all__ = [
     "KVCacheMethod",
     "tensor_bytes",
     "greedy_decode",
+    "flat_attention",
 ]
 
 ATTN_NAME = "atlas_kv"
@@ -155,6 +156,30 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scalin
         query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=query.shape[1] != keys.shape[1]
     )
     return out.transpose(1, 2).contiguous()
+
+
+def flat_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, head_of_entry: torch.Tensor, scaling: float) -> torch.Tensor:
+    """One-token attention over the entries of all KV heads packed in one tensor.
+
+    Each query head attends only to the entries of its own KV head (a mask on one matmul), so
+    heads of different lengths need no padding and no per-head loop.
+
+    Args:
+        query: ``(1, Hq, 1, D)``.
+        keys, values: ``(T, D)``, entries of every KV head in any order.
+        head_of_entry: ``(T,)`` KV head of each entry.
+        scaling: softmax scale.
+
+    Returns:
+        ``(1, 1, Hq, D)``.
+    """
+    n_q = query.shape[1]
+    groups = n_q // (int(head_of_entry.max()) + 1)
+    q = query[0, :, 0].float()  # (Hq, D)
+    logits = q @ keys.float().T * scaling  # (Hq, T)
+    own = head_of_entry[None, :] == (torch.arange(n_q, device=q.device) // groups)[:, None]
+    probs = logits.masked_fill(~own, float("-inf")).softmax(-1)
+    return (probs @ values.float()).to(query.dtype)[None, None]
 
 
 class CompressedLayer(DynamicLayer):
@@ -349,9 +374,16 @@ class RaggedLayer(CompressedLayer):
             self.head_pos = [t[:-n] for t in self.head_pos]
             self.logical_length -= n
 
+    def head_ids(self) -> torch.Tensor:
+        """``(T,)`` KV head of every entry of ``torch.cat(self.head_keys)``."""
+        lengths = torch.tensor(self.head_lengths(), device=self.device)
+        return torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
+
     def decode_attention(self, module, query, key, value, scaling):
         if not self.ragged:
             return super().decode_attention(module, query, key, value, scaling)
+        if query.shape[2] == 1:  # one token: all heads in one masked matmul
+            return flat_attention(query, torch.cat(self.head_keys), torch.cat(self.head_values), self.head_ids(), scaling)
         groups = query.shape[1] // len(self.head_keys)
         outs = [
             attend(query[:, h * groups : (h + 1) * groups], self.head_keys[h][None, None],

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from reference_impls.decoding.cache import CompressedCache, KVCacheMethod, RaggedLayer, attend
+from reference_impls.decoding.cache import CompressedCache, KVCacheMethod, RaggedLayer, attend, flat_attention
 from reference_impls.decoding.hybridkv_plan import (
     dynamic_split,
     hierarchical_budgets,
@@ -171,11 +171,12 @@ class HybridKVLayer(RaggedLayer):
         self.dynamic = list(heads)
         self.chunk_start = torch.zeros(len(heads), c_max, dtype=torch.int32, device=device)
         self.chunk_len = torch.zeros_like(self.chunk_start)
-        self.chunk_kmin = torch.zeros(len(heads), c_max, d, dtype=dtype, device=device)
+        # Stored channel-major, (Hd, D, C_max), ready for the bound's matrix products.
+        self.chunk_kmin = torch.zeros(len(heads), d, c_max, dtype=dtype, device=device)
         self.chunk_kmax = torch.zeros_like(self.chunk_kmin)
         for i, (s, n, lo, hi) in enumerate(zip(starts, lengths, kmins, kmaxs)):
             self.chunk_start[i, : len(s)], self.chunk_len[i, : len(s)] = s, n
-            self.chunk_kmin[i, : len(s)], self.chunk_kmax[i, : len(s)] = lo, hi
+            self.chunk_kmin[i, :, : len(s)], self.chunk_kmax[i, :, : len(s)] = lo.T, hi.T
         self._chunks = []
         self._rooms = torch.tensor([self.budgets[h] - self.resident_prompt(h) for h in heads])
         # One flat cold store per layer, so each step gathers every head's chunks in one indexing op;
@@ -195,27 +196,29 @@ class HybridKVLayer(RaggedLayer):
         """Chunk choice of every dynamic head for this step (§4.5 step 5), batched over heads."""
         n_heads = len(self.head_keys)
         q = query[0].reshape(n_heads, -1, query.shape[2], query.shape[3])[self.dynamic]  # (Hd, G, q, D)
-        q = q.reshape(len(self.dynamic), -1, 1, q.shape[-1]).float()  # (Hd, Gq, 1, D)
-        u = torch.maximum(q * self.chunk_kmin.float()[:, None], q * self.chunk_kmax.float()[:, None]).sum(-1)  # (Hd, Gq, C)
+        q = q.reshape(len(self.dynamic), -1, q.shape[-1]).float()  # (Hd, Gq, D)
+        # sum_d max(q kmin, q kmax) = q+ . kmax + q- . kmin: two batched matmuls instead of a (Hd, Gq, C, D) tensor.
+        u = q.clamp(min=0) @ self.chunk_kmax.float() + q.clamp(max=0) @ self.chunk_kmin.float()  # (Hd, Gq, C)
         u = u.max(1).values if self.method.group_agg == "max" else u.mean(1)
         u = u.masked_fill(self.chunk_len == 0, float("-inf"))
         self.selection = select_chunks_batched(u, self.chunk_len, self._rooms)
 
-    def _retrieve_all(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Copy every dynamic head's chosen chunks from the cold store into working buffers."""
+    def _retrieve_all(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Copy every dynamic head's chosen chunks from the cold store into one working buffer.
+
+        Returns ``(keys (R, D), values (R, D), entries per dynamic head)``, head after head.
+        """
         rows, cols = self.selection
         starts, lengths = self.chunk_start[rows, cols].long(), self.chunk_len[rows, cols].long()
-        offsets = torch.arange(self.method.chunk_size, device=starts.device)
-        idx = (starts[:, None] + offsets)[offsets < lengths[:, None]].cpu()  # flat pool rows, chunk by chunk
+        first = torch.cumsum(lengths, 0) - lengths  # where each chunk starts in the working buffer
+        idx = torch.repeat_interleave(starts - first, lengths) + torch.arange(int(first[-1] + lengths[-1]) if len(lengths) else 0)
+        idx = idx.cpu()  # flat pool rows, chunk by chunk
         counts = torch.zeros(len(self.dynamic), dtype=torch.long).index_add_(0, rows.cpu(), lengths.cpu()).tolist()
         device = self.head_keys[0].device
-        keys, values = self.pool_keys[idx].to(device), self.pool_values[idx].to(device)
-        positions = self.pool_positions[idx]
-        out = {}
-        for h, k, v, p in zip(self.dynamic, keys.split(counts), values.split(counts), positions.split(counts)):
-            out[h] = (k, v)
+        keys, values = self.pool_keys.index_select(0, idx).to(device), self.pool_values.index_select(0, idx).to(device)
+        for h, p in zip(self.dynamic, self.pool_positions.index_select(0, idx).split(counts)):
             self.last_retrieved[h] = p
-        return out
+        return keys, values, counts
 
     def resident_prompt(self, h: int) -> int:
         """Prompt entries head ``h`` keeps resident (fixed after finalisation, so cached)."""
@@ -232,16 +235,25 @@ class HybridKVLayer(RaggedLayer):
         if self.pool:
             if self.steps % self.method.refresh_every == 0 or self.selection is None:
                 self._select(query)
-            retrieved = self._retrieve_all()
-        for h in range(n_heads):
-            q_h = query[:, h * groups : (h + 1) * groups]
-            keys_h, values_h = self.head_keys[h], self.head_values[h]
-            if h in retrieved:
-                k_r, v_r = retrieved[h]
-                transient += 2 * k_r.element_size() * k_r.nelement()
-                outs.append(attend_two(q_h, (k_r, v_r), (keys_h, values_h), scaling, n_new=query.shape[2]))
-            else:
-                outs.append(attend(q_h, keys_h[None, None], values_h[None, None], scaling, n_new=query.shape[2]))
+            k_r, v_r, counts = self._retrieve_all()
+            transient = 2 * k_r.element_size() * k_r.nelement()
+            retrieved = dict(zip(self.dynamic, zip(k_r.split(counts), v_r.split(counts))))
+        if query.shape[2] == 1:  # one token: all heads in one masked matmul over a packed working buffer
+            ids = self.head_ids()
+            keys, values = torch.cat(self.head_keys), torch.cat(self.head_values)
+            if retrieved:
+                owner = torch.repeat_interleave(torch.tensor(self.dynamic, device=ids.device), torch.tensor(counts, device=ids.device))
+                keys, values, ids = torch.cat([k_r, keys]), torch.cat([v_r, values]), torch.cat([owner, ids])
+            outs.append(flat_attention(query, keys, values, ids, scaling))
+            transient = 2 * keys.element_size() * keys.nelement()
+        else:
+            for h in range(n_heads):
+                q_h = query[:, h * groups : (h + 1) * groups]
+                keys_h, values_h = self.head_keys[h], self.head_values[h]
+                if h in retrieved:
+                    outs.append(attend_two(q_h, retrieved[h], (keys_h, values_h), scaling, n_new=query.shape[2]))
+                else:
+                    outs.append(attend(q_h, keys_h[None, None], values_h[None, None], scaling, n_new=query.shape[2]))
         self.steps += 1
         # Working buffers are reused layer after layer: report the largest one.
         self.cache.transient_bytes = max(self.cache.transient_bytes, transient)

@@ -267,8 +267,9 @@ def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tens
     Returns:
         ``(n_chunks,)``; ``u_c >= q . k`` for every key of chunk ``c`` and every query row (max).
     """
-    q = query.reshape(-1, query.shape[-1]).float()[:, None, :]  # (Gq, 1, D)
-    u = torch.maximum(q * kmin.float()[None], q * kmax.float()[None]).sum(-1)  # (Gq, n_chunks)
+    q = query.reshape(-1, query.shape[-1]).float()  # (Gq, D)
+    # max(q kmin, q kmax) per channel = q+ kmax + q- kmin, so the bound is two matrix products.
+    u = q.clamp(min=0) @ kmax.float().T + q.clamp(max=0) @ kmin.float().T  # (Gq, n_chunks)
     return u.max(0).values if group_agg == "max" else u.mean(0)
 
 
