@@ -1,8 +1,8 @@
 """KV-cache memory and decode speed at long context, every method against the full cache in one run.
 
 Model: a random-init Qwen2.5-VL-architecture text model, larger than the test models (default
-4 layers, hidden 512, 8 query / 4 KV heads of 64 dims, float32), on CPU. Prompt: about 8K tokens,
-most of them visual (four images of 1,600 merged tokens, text around them). The vision tower is
+4 layers, hidden 512, 8 query / 4 KV heads of 64 dims, float32), on CPU. Prompt: about 9.8K tokens,
+most of them visual (five images of 1,936 merged tokens, text around them). The vision tower is
 bypassed: the prompt holds real image token ids (so M-RoPE positions, ``mm_token_type_ids`` and
 the visual spans are the real ones) but the embeddings are fed as ``inputs_embeds``, with random
 vectors at visual positions. Quality numbers mean nothing on a random model; fidelity to the
@@ -178,7 +178,7 @@ def main() -> None:
         n_images, grid, steps, repeats = 2, 16, 8, 1
     else:
         dims = dict(num_layers=4, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=1024)
-        n_images, grid, steps, repeats = 4, 80, args.steps, args.repeats
+        n_images, grid, steps, repeats = 5, 88, args.steps, args.repeats
     model = tiny_qwen25vl(seed=0, vocab_size=256, **dims)
     inputs = build_inputs(model, n_images, grid, text_before=40, text_after=60)
     wall, load_start = time.perf_counter(), os.getloadavg()

@@ -463,6 +463,12 @@ class CompressedCache(Cache):
         }
 
 
+def _require_token_types(kwargs: dict) -> None:
+    # Without mm_token_type_ids Qwen2.5-VL silently falls back to 1-D positions.
+    if kwargs.get("mm_token_type_ids") is None and any(kwargs.get(k) is not None for k in ("image_grid_thw", "video_grid_thw")):
+        raise ValueError("pass mm_token_type_ids with image/video inputs (without it Qwen2.5-VL uses 1-D positions)")
+
+
 def _text_attention_modules(model) -> list[torch.nn.Module]:
     language_model = model.model.language_model if hasattr(model, "model") and hasattr(model.model, "language_model") else model.model
     return [decoder_layer.self_attn for decoder_layer in language_model.layers]
@@ -516,6 +522,7 @@ class KVCacheMethod:
         original_generate = model.generate
 
         def generate(*args, **kwargs):
+            _require_token_types(kwargs)
             if kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
                 ids = kwargs.get("input_ids", args[0] if args else None)
                 kwargs["cache"] = self.make_cache(model, ids, kwargs.get("mm_token_type_ids"))
@@ -531,6 +538,7 @@ class KVCacheMethod:
         def forward(*args, **kwargs):
             # A direct prefill call (e.g. an evaluation harness) without a cache gets ours too.
             if kwargs.get("use_cache") and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+                _require_token_types(kwargs)
                 ids = kwargs.get("input_ids", args[0] if args else None)
                 kwargs["cache"] = self.make_cache(model, ids, kwargs.get("mm_token_type_ids"))
             return original_forward(*args, **kwargs)

@@ -225,3 +225,10 @@ def test_crop_rolls_back_generated_tokens(name, model, inputs):
         model(**inputs, cache=fresh, use_cache=True, position_ids=positions)
         direct = model(input_ids=torch.tensor([[13]]), cache=fresh, use_cache=True, position_ids=last + 1).logits
     torch.testing.assert_close(again, direct, atol=1e-6, rtol=0)
+
+
+def test_missing_token_types_fail_loudly(model, inputs):
+    method = small(registry.get_method("snapkv"), 0.3)
+    without = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    with method(model), pytest.raises(ValueError, match="mm_token_type_ids"):
+        model.generate(**without, max_new_tokens=2, do_sample=False)
