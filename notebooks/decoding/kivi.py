@@ -48,8 +48,8 @@ for label, dim in {"per channel (over 16 tokens)": 3, "per token (over channels)
 # ## Exact bytes and drift from the full cache
 
 # %%
-steps = 4 if QUICK else 8
-ref = model.generate(**inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+steps = 3 if QUICK else 8
+ref = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
 ref_tokens, ref_logp = ref.sequences[:, n:], torch.stack(ref.logits)[:, 0].log_softmax(-1)
 for bits in (2, 4):
     method = KIVI(bits=bits, group_size=16, residual_length=16)
