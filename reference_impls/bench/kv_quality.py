@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 
 import torch
@@ -35,7 +36,7 @@ from transformers import DynamicCache
 
 from reference_impls.common.results import Column, Plot, Results, save_results
 from reference_impls.decoding.cache import CompressedCache
-from reference_impls.registry import all_methods
+from reference_impls.registry import all_methods, get_method
 
 __all__ = ["answer_accuracy"]
 
@@ -115,18 +116,22 @@ def main() -> None:
     n = 12 if args.quick else args.n
     samples = toy.samples(n, seed=args.seed)
     specs = all_methods(kind="kv-cache")
+    # Ablation: Quest-size chunks (16) exceed a 10% head budget of ToyVLM's ~270-token prompts.
+    variants = [(spec.name, spec) for spec in specs] + [("hybridkv-chunk4", get_method("hybridkv"))]
     rows, start = [], time.perf_counter()
     for layout in args.layouts:
         prepared = prepare(toy, samples, layout)
         full = answer_accuracy(toy, None, prepared)
         rows.append({"method": "full", "family": "", "layout": layout, "budget": 1.0, **full})
         print(rows[-1], flush=True)
-        for spec in specs:
+        for name, spec in variants:
             for budget in BUDGETS[:1] if args.quick else BUDGETS:
                 method = _configure(spec, budget, args.window)
+                if name == "hybridkv-chunk4":
+                    method.chunk_size = 4
                 with method(toy.model):
                     result = answer_accuracy(toy, method, prepared)
-                rows.append({"method": spec.name, "family": spec.family, "layout": layout, "budget": budget, **result})
+                rows.append({"method": name, "family": spec.family, "layout": layout, "budget": budget, **result})
                 print(rows[-1], flush=True)
     elapsed = time.perf_counter() - start
     for row in rows:
@@ -138,7 +143,7 @@ def main() -> None:
     save_results(Results(
         id="kv-quality-toyvlm",
         title="ToyVLM accuracy of KV-cache methods at 10/20/40% budgets",
-        command=COMMAND,
+        command=" ".join([COMMAND, *sys.argv[1:]]),
         families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
         columns=[Column("method", "Method"), Column("layout", "Prompt layout"), Column("budget", "Budget"),
                  Column("accuracy", "Accuracy", "%", 1), Column("resident_ratio", "Resident KV / full", "", 3)],

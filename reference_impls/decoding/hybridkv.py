@@ -28,9 +28,9 @@ the TCA formula and ``tau = 0.5`` (``typing``, ``tau``, ``rho``, ``tca_exclude_s
 typing per request by default (``types_source``; offline masks via :func:`calibrate_head_types`);
 SnapKV window scores (``window``, ``window_min``, ``pool_kernel``) feed every stage; the two
 allocation levels with floors ``alpha`` and score normalisation across layers; dynamic heads keep
-text resident and leave room for one chunk, and a head whose free room is smaller than
-``chunk_size`` cuts its chunks to that room (else nothing could ever be retrieved at small
-budgets); ``chunk_size = 16``, ``refresh_every = 1``,
+text resident and leave room for one chunk (a head whose budget is below ``r + chunk_size``
+can retrieve nothing: chunks are never cut to fit, since smaller chunks cost more metadata);
+``chunk_size = 16``, ``refresh_every = 1``,
 ``group_agg = "max"`` from Quest; the ``offload`` default (it matches the survey's reported byte
 ratios, resident mode does not); batch size 1; the whole prefill runs uncompressed and the
 cache is compressed once after it (prefill peak memory is the full cache's).
@@ -107,7 +107,6 @@ class HybridKVLayer(RaggedLayer):
         self.last_retrieved: dict[int, torch.Tensor] = {}  # dynamic head -> retrieved prompt positions
         self._n_resident: dict[int, int] = {}
         self._chunks: list = []  # per dynamic head, until stacked
-        self._free: dict[int, int] = {}  # dynamic head -> prompt entries left for retrieval
         self.dynamic: list[int] = []  # dynamic heads, in the row order of the chunk tensors
         self.chunk_start = self.chunk_len = self.chunk_kmin = self.chunk_kmax = None
         self.pool_keys = self.pool_values = self.pool_positions = None  # flat cold store of the layer
@@ -140,7 +139,6 @@ class HybridKVLayer(RaggedLayer):
             else:
                 resident, pool = dynamic_split(self.scores[h], pos, b, m.chunk_size)
                 index.append(resident)
-                self._free[h] = b - resident.numel()
                 self._build_pool(h, keys[h], values[h], pool, b)
         for h, kept, evicted in merged:
             keys[h], values[h] = merge_evicted(keys[h], values[h], kept, evicted, pos.text)
@@ -153,9 +151,7 @@ class HybridKVLayer(RaggedLayer):
         if m.memory_mode == "resident_pool" and m.pool_cap is not None and pool.numel() > m.pool_cap * budget:
             best = torch.sort(self.scores[h][pool], descending=True, stable=True).indices[: m.pool_cap * budget]
             pool = pool[best].sort().values
-        # Room left for retrieval; chunks are capped at it so that at least one chunk fits (ours).
-        chunk = max(1, min(m.chunk_size, self._free.get(h, budget)))
-        starts, lengths = make_chunks(pool, pos.segment, chunk, break_on_gap=m.memory_mode == "offload")
+        starts, lengths = make_chunks(pool, pos.segment, m.chunk_size, break_on_gap=m.memory_mode == "offload")
         idx = pool.to(keys.device)
         pool_k, pool_v = keys.index_select(0, idx), values.index_select(0, idx)
         chunk_id = torch.repeat_interleave(torch.arange(len(starts)), lengths.long()).to(keys.device)

@@ -223,7 +223,6 @@ def test_budgets_reserved_and_gqa(model, inputs, typing):
 def test_byte_accounting_and_memory_modes(model, inputs):
     reports = {}
     for mode in ("offload", "resident_pool"):
-        # budget 0.3: room for full 4-entry chunks (smaller rooms shrink chunks and grow their metadata)
         cache, _ = _run(model, inputs, budget=0.3, typing="all_dynamic", memory_mode=mode, pool_cap=2)
         d = cache.layers[0].head_keys[0].shape[1]
         entry = 2 * d * 4 + 4  # K + V float32 + int32 position
