@@ -1,0 +1,1 @@
+"""Benchmarks that write reproduced-results JSON (``python -m reference_impls.bench.<name>``)."""

@@ -1,0 +1,418 @@
+"""HybridKV: Hybrid KV Cache Compression for Efficient Multimodal Large Language Model Inference.
+
+A reference implementation of the described method, not a reproduction of the authors' code
+(there is none public, and only the abstract is available to us). The abstract's idea: heads
+of a multimodal model behave differently, so one compression rule for all of them wastes
+budget. HybridKV (1) types every attention head as *static* or *dynamic* by its text-centric
+attention, (2) allocates the KV budget top-down, model -> layers -> heads, and (3) compresses
+static heads by text-prior pruning (text first, then the best visual entries) and serves
+dynamic heads by chunk-wise retrieval: their visual entries are cut into chunks that never
+cross an image boundary, and at every decode step the chunks whose key bounds promise the
+highest attention for the current query are fetched (Quest's bound). Budgets are per KV head,
+stored for real (one tensor per head), and the dynamic heads' pools live in a cold store
+(``memory_mode="offload"``) or stay resident capped at ``pool_cap`` times the budget
+(``memory_mode="resident_pool"``).
+
+Paper: arXiv 2604.05887
+
+Example::
+
+    from reference_impls.decoding.hybridkv import HybridKV
+    method = HybridKV(budget=0.1)
+    with method(model):
+        model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    method.cache.byte_report(), method.cache.plan["static"]
+
+Deviations / guesses (ours, every one a named parameter; see ``shared/design/hybridkv.md``):
+the TCA formula and ``tau = 0.5`` (``typing``, ``tau``, ``rho``, ``tca_exclude_sink``); online
+typing per request by default (``types_source``; offline masks via :func:`calibrate_head_types`);
+SnapKV window scores (``window``, ``window_min``, ``pool_kernel``) feed every stage; the two
+allocation levels with floors ``alpha`` and score normalisation across layers; dynamic heads keep
+text resident and leave room for one chunk (a head whose budget is below ``r + chunk_size``
+can retrieve nothing: chunks are never cut to fit, since smaller chunks cost more metadata);
+``chunk_size = 16``, ``refresh_every = 1``,
+``group_agg = "max"`` from Quest; the ``offload`` default (it matches the survey's reported byte
+ratios, resident mode does not); batch size 1; the whole prefill runs uncompressed and the
+cache is compressed once after it (prefill peak memory is the full cache's).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from reference_impls.decoding.cache import CompressedCache, KVCacheMethod, RaggedLayer, attend, flat_attention
+from reference_impls.decoding.hybridkv_plan import (
+    dynamic_split,
+    hierarchical_budgets,
+    load_head_types,
+    make_chunks,
+    mean_budget,
+    reserved_positions,
+    save_head_types,
+    select_chunks_batched,
+    static_order,
+    text_centric_attention,
+    type_heads,
+)
+from reference_impls.decoding.kv_scores import merge_evicted, pooled_scores, window_attention
+from reference_impls.registry import register
+
+__all__ = ["HybridKV", "HybridKVLayer", "HybridKVCache", "calibrate_head_types"]
+
+log = logging.getLogger(__name__)
+
+
+def attend_two(query: torch.Tensor, retrieved: tuple[torch.Tensor, torch.Tensor], resident: tuple[torch.Tensor, torch.Tensor], scaling: float, n_new: int) -> torch.Tensor:
+    """Exact softmax attention over retrieved ∪ resident entries without concatenating K/V.
+
+    Args:
+        query: ``(1, G, q, D)``.
+        retrieved, resident: ``(keys (n, D), values (n, D))``; the last ``n_new`` resident
+            entries are the queries' own tokens (causal among themselves).
+
+    Returns:
+        ``(1, q, G, D)``.
+    """
+    q = query[0].float()  # (G, q, D)
+    logits_r = q @ retrieved[0].float().T * scaling  # (G, q, n_r)
+    logits_s = q @ resident[0].float().T * scaling  # (G, q, n_s)
+    if q.shape[1] > 1:
+        n_s = logits_s.shape[-1]
+        causal = torch.ones(q.shape[1], n_s, dtype=torch.bool, device=q.device)
+        causal[:, n_s - n_new :] = torch.tril(torch.ones(q.shape[1], n_new, dtype=torch.bool, device=q.device))
+        logits_s = logits_s.masked_fill(~causal, float("-inf"))
+    probs = torch.cat([logits_r, logits_s], dim=-1).softmax(-1)
+    n_r = logits_r.shape[-1]
+    out = probs[..., :n_r] @ retrieved[1].float() + probs[..., n_r:] @ resident[1].float()  # (G, q, D)
+    return out.to(query.dtype).transpose(0, 1)[None]
+
+
+class HybridKVLayer(RaggedLayer):
+    """Ragged per-head storage plus, for dynamic heads, a chunked retrieval pool."""
+
+    def __init__(self, layer_idx: int, method: "HybridKV"):
+        super().__init__(layer_idx)
+        self.method = method
+        self.scores: torch.Tensor | None = None  # (H, N) window scores, dropped after finalisation
+        self.tca: torch.Tensor | None = None  # (H,)
+        self.static: list[bool] = []
+        self.budgets: list[int] = []
+        self.pool: dict[int, dict[str, torch.Tensor]] = {}  # dynamic head -> pool tensors
+        self.selection: tuple[torch.Tensor, torch.Tensor] | None = None  # (row, chunk id) of the last refresh
+        self.steps = 0
+        self.last_retrieved: dict[int, torch.Tensor] = {}  # dynamic head -> retrieved prompt positions
+        self._n_resident: dict[int, int] = {}
+        self._chunks: list = []  # per dynamic head, until stacked
+        self.dynamic: list[int] = []  # dynamic heads, in the row order of the chunk tensors
+        self.chunk_start = self.chunk_len = self.chunk_kmin = self.chunk_kmax = None
+        self.pool_keys = self.pool_values = self.pool_positions = None  # flat cold store of the layer
+
+    # --- prefill: record scores ----------------------------------------------------------------
+    def after_prefill(self, module, query, scaling):
+        cache = self.cache
+        pos = cache.positions
+        rows = pos.window.nonzero().view(-1).to(query.device)
+        attn = window_attention(query, self.keys, rows, scaling)  # (H, w, N)
+        self.scores = pooled_scores(attn, self.method.pool_kernel).cpu()
+        self.tca = text_centric_attention(attn, rows, pos, self.method.tca_exclude_sink).cpu()
+
+    # --- finalisation: build the storage -------------------------------------------------------
+    def finalize(self, static: torch.Tensor, budgets: torch.Tensor) -> None:
+        m, pos = self.method, self.cache.positions
+        n = self.physical_length()
+        keys, values = self.keys[0], self.values[0]  # (H, N, D)
+        self.static, self.budgets = static.tolist(), budgets.tolist()
+        index, merged = [], []
+        for h in range(keys.shape[0]):
+            b = self.budgets[h]
+            if b >= n and self.static[h]:
+                index.append(torch.arange(n))
+            elif self.static[h]:
+                order = static_order(self.scores[h], pos)
+                index.append(order[:b])
+                if m.merge_evicted:
+                    merged.append((h, order[:b], order[b:]))
+            else:
+                resident, pool = dynamic_split(self.scores[h], pos, b, m.chunk_size)
+                index.append(resident)
+                self._build_pool(h, keys[h], values[h], pool, b)
+        for h, kept, evicted in merged:
+            keys[h], values[h] = merge_evicted(keys[h], values[h], kept, evicted, pos.text)
+        self.keep_per_head(index)
+        self._stack_chunks()
+        self.scores = None  # only the counts and storage survive the prefill
+
+    def _build_pool(self, h: int, keys: torch.Tensor, values: torch.Tensor, pool: torch.Tensor, budget: int) -> None:
+        m, pos = self.method, self.cache.positions
+        if m.memory_mode == "resident_pool" and m.pool_cap is not None and pool.numel() > m.pool_cap * budget:
+            best = torch.sort(self.scores[h][pool], descending=True, stable=True).indices[: m.pool_cap * budget]
+            pool = pool[best].sort().values
+        starts, lengths = make_chunks(pool, pos.segment, m.chunk_size, break_on_gap=m.memory_mode == "offload")
+        idx = pool.to(keys.device)
+        pool_k, pool_v = keys.index_select(0, idx), values.index_select(0, idx)
+        chunk_id = torch.repeat_interleave(torch.arange(len(starts)), lengths.long()).to(keys.device)
+        kmin = torch.full((len(starts), keys.shape[-1]), float("inf"), dtype=keys.dtype, device=keys.device)
+        kmax = torch.full_like(kmin, float("-inf"))
+        kmin = kmin.scatter_reduce(0, chunk_id[:, None].expand_as(pool_k), pool_k, "amin")
+        kmax = kmax.scatter_reduce(0, chunk_id[:, None].expand_as(pool_k), pool_k, "amax")
+        store = "cpu" if m.memory_mode == "offload" else keys.device  # host memory on accelerators
+        self.pool[h] = {"keys": pool_k.to(store), "values": pool_v.to(store), "positions": pool.to(torch.int32)}
+        self._chunks.append((h, starts, lengths, kmin, kmax))
+
+    def _stack_chunks(self) -> None:
+        """Chunk metadata of all dynamic heads as ``(Hd, C_max, ...)`` tensors (padding: length 0)."""
+        if not self._chunks:
+            return
+        heads, starts, lengths, kmins, kmaxs = zip(*self._chunks)
+        c_max, d = max(len(s) for s in starts), kmins[0].shape[-1]
+        device, dtype = kmins[0].device, kmins[0].dtype
+        self.dynamic = list(heads)
+        self.chunk_start = torch.zeros(len(heads), c_max, dtype=torch.int32, device=device)
+        self.chunk_len = torch.zeros_like(self.chunk_start)
+        # Stored channel-major, (Hd, D, C_max), ready for the bound's matrix products.
+        self.chunk_kmin = torch.zeros(len(heads), d, c_max, dtype=dtype, device=device)
+        self.chunk_kmax = torch.zeros_like(self.chunk_kmin)
+        for i, (s, n, lo, hi) in enumerate(zip(starts, lengths, kmins, kmaxs)):
+            self.chunk_start[i, : len(s)], self.chunk_len[i, : len(s)] = s, n
+            self.chunk_kmin[i, :, : len(s)], self.chunk_kmax[i, :, : len(s)] = lo.T, hi.T
+        self._chunks = []
+        self._rooms = torch.tensor([self.budgets[h] - self.resident_prompt(h) for h in heads])
+        # One flat cold store per layer, so each step gathers every head's chunks in one indexing op;
+        # pool[h] keeps views of its rows and chunk starts become offsets into the flat store.
+        sizes = [self.pool[h]["positions"].numel() for h in heads]
+        offsets = torch.cumsum(torch.tensor([0] + sizes[:-1]), 0)
+        self.chunk_start += offsets.to(device=device, dtype=torch.int32)[:, None]
+        self.pool_keys = torch.cat([self.pool[h]["keys"] for h in heads])
+        self.pool_values = torch.cat([self.pool[h]["values"] for h in heads])
+        self.pool_positions = torch.cat([self.pool[h]["positions"] for h in heads])
+        for h, start, size in zip(heads, offsets.tolist(), sizes):
+            rows = slice(start, start + size)
+            self.pool[h] = {"keys": self.pool_keys[rows], "values": self.pool_values[rows], "positions": self.pool_positions[rows]}
+
+    # --- decode --------------------------------------------------------------------------------
+    def _select(self, query: torch.Tensor) -> None:
+        """Chunk choice of every dynamic head for this step (§4.5 step 5), batched over heads."""
+        n_heads = len(self.head_keys)
+        q = query[0].reshape(n_heads, -1, query.shape[2], query.shape[3])[self.dynamic]  # (Hd, G, q, D)
+        q = q.reshape(len(self.dynamic), -1, q.shape[-1]).float()  # (Hd, Gq, D)
+        # sum_d max(q kmin, q kmax) = q+ . kmax + q- . kmin: two batched matmuls instead of a (Hd, Gq, C, D) tensor.
+        u = q.clamp(min=0) @ self.chunk_kmax.float() + q.clamp(max=0) @ self.chunk_kmin.float()  # (Hd, Gq, C)
+        u = u.max(1).values if self.method.group_agg == "max" else u.mean(1)
+        u = u.masked_fill(self.chunk_len == 0, float("-inf"))
+        self.selection = select_chunks_batched(u, self.chunk_len, self._rooms)
+
+    def _retrieve_all(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Copy every dynamic head's chosen chunks from the cold store into one working buffer.
+
+        Returns ``(keys (R, D), values (R, D), entries per dynamic head)``, head after head.
+        """
+        rows, cols = self.selection
+        starts, lengths = self.chunk_start[rows, cols].long(), self.chunk_len[rows, cols].long()
+        first = torch.cumsum(lengths, 0) - lengths  # where each chunk starts in the working buffer
+        idx = torch.repeat_interleave(starts - first, lengths) + torch.arange(int(first[-1] + lengths[-1]) if len(lengths) else 0)
+        idx = idx.cpu()  # flat pool rows, chunk by chunk
+        counts = torch.zeros(len(self.dynamic), dtype=torch.long).index_add_(0, rows.cpu(), lengths.cpu()).tolist()
+        device = self.head_keys[0].device
+        keys, values = self.pool_keys.index_select(0, idx).to(device), self.pool_values.index_select(0, idx).to(device)
+        for h, p in zip(self.dynamic, self.pool_positions.index_select(0, idx).split(counts)):
+            self.last_retrieved[h] = p
+        return keys, values, counts
+
+    def resident_prompt(self, h: int) -> int:
+        """Prompt entries head ``h`` keeps resident (fixed after finalisation, so cached)."""
+        if h not in self._n_resident:
+            self._n_resident[h] = int((self.head_pos[h] < self.prompt_length).sum())
+        return self._n_resident[h]
+
+    def decode_attention(self, module, query, key, value, scaling):
+        if not self.ragged:
+            return super().decode_attention(module, query, key, value, scaling)
+        n_heads = len(self.head_keys)
+        groups = query.shape[1] // n_heads
+        outs, transient, retrieved = [], 0, {}
+        if self.pool:
+            if self.steps % self.method.refresh_every == 0 or self.selection is None:
+                self._select(query)
+            k_r, v_r, counts = self._retrieve_all()
+            transient = 2 * k_r.element_size() * k_r.nelement()
+            retrieved = dict(zip(self.dynamic, zip(k_r.split(counts), v_r.split(counts))))
+        if query.shape[2] == 1:  # one token: all heads in one masked matmul over a packed working buffer
+            ids = self.head_ids()
+            keys, values = torch.cat(self.head_keys), torch.cat(self.head_values)
+            if retrieved:
+                owner = torch.repeat_interleave(torch.tensor(self.dynamic, device=ids.device), torch.tensor(counts, device=ids.device))
+                keys, values, ids = torch.cat([k_r, keys]), torch.cat([v_r, values]), torch.cat([owner, ids])
+            outs.append(flat_attention(query, keys, values, ids, scaling))
+            transient = 2 * keys.element_size() * keys.nelement()
+        else:
+            for h in range(n_heads):
+                q_h = query[:, h * groups : (h + 1) * groups]
+                keys_h, values_h = self.head_keys[h], self.head_values[h]
+                if h in retrieved:
+                    outs.append(attend_two(q_h, retrieved[h], (keys_h, values_h), scaling, n_new=query.shape[2]))
+                else:
+                    outs.append(attend(q_h, keys_h[None, None], values_h[None, None], scaling, n_new=query.shape[2]))
+        self.steps += 1
+        # Working buffers are reused layer after layer: report the largest one.
+        self.cache.transient_bytes = max(self.cache.transient_bytes, transient)
+        return torch.cat(outs, dim=2)
+
+    def after_decode(self, module, query, scaling):
+        cap = self.method.static_max_generated
+        if cap is None or not self.ragged:
+            return
+        for h in range(len(self.head_keys)):
+            generated = (self.head_pos[h] >= self.prompt_length).nonzero().view(-1)
+            if self.static[h] and generated.numel() > cap:
+                drop = generated[: generated.numel() - cap]
+                keep = torch.ones(self.head_pos[h].numel(), dtype=torch.bool, device=drop.device)
+                keep[drop] = False
+                self.head_keys[h], self.head_values[h] = self.head_keys[h][keep], self.head_values[h][keep]
+                self.head_pos[h] = self.head_pos[h][keep]
+
+    # --- bytes ---------------------------------------------------------------------------------
+    def _pool_tensors(self, resident: bool):
+        if resident:
+            yield from (self.chunk_start, self.chunk_len, self.chunk_kmin, self.chunk_kmax)
+        if self.pool and resident == (self.method.memory_mode == "resident_pool"):
+            yield from (self.pool_keys, self.pool_values, self.pool_positions)
+
+    def resident_tensors(self):
+        yield from super().resident_tensors()
+        yield from self._pool_tensors(resident=True)
+        yield from (t for t in (self.scores, self.tca) if t is not None and not self.ragged)
+
+    def offloaded_tensors(self):
+        yield from self._pool_tensors(resident=False)
+
+
+class HybridKVCache(CompressedCache):
+    """Runs typing and allocation over all layers once the prefill has scored them."""
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self.positions = None
+        self.plan: dict = {}
+
+    def set_prompt(self, layout):
+        super().set_prompt(layout)
+        m = self.method
+        self.positions = reserved_positions(layout, m.n_sink, m.window, m.window_min)
+
+    def after_prefill_all(self) -> None:
+        m, pos = self.method, self.positions
+        n, r = self.layout.n, pos.r
+        tca = torch.stack([layer.tca for layer in self.layers])  # (L, H)
+        if m.types_source == "offline":
+            static = load_head_types(m.types_path, *tca.shape)
+        else:
+            static = type_heads(tca, m.typing, m.tau, m.rho)
+        if not self.layout.visual.any():
+            static = torch.ones_like(static)  # no visual token: nothing to retrieve
+        b = mean_budget(m.budget, n, r)
+        budgets, layer_alloc = hierarchical_budgets(
+            torch.stack([layer.scores for layer in self.layers]), pos.candidates, b, r, m.alpha, tuple(m.full_layers)
+        )
+        self.plan = {"tca": tca, "static": static, "budgets": budgets, "layer_alloc": layer_alloc,
+                     "b": b, "r": r, "n": n, "effective_ratio": b / n}
+        for l, layer in enumerate(self.layers):
+            layer.finalize(static[l], budgets[l])
+
+
+@register("hybridkv", family="kv-head-level", kind="kv-cache")
+@dataclass
+class HybridKV(KVCacheMethod):
+    """HybridKV configuration (defaults: ``shared/design/hybridkv.md`` §5; all but ``budget`` are ours).
+
+    Args:
+        budget: float = ratio beta of the prompt length, int = absolute mean entries per KV head.
+        n_sink, window, window_min: reserved sinks and observation window (kept in every head).
+        pool_kernel: smoothing of the window scores.
+        typing: ``"threshold"`` (TCA >= tau is static), ``"rank"`` (lowest rho dynamic),
+            ``"all_static"``, ``"all_dynamic"``.
+        tau, rho: typing thresholds. tca_exclude_sink: sinks leave the TCA ratio.
+        types_source: ``"online"`` (per request) or ``"offline"`` (``types_path`` JSON mask).
+        alpha: floor fraction of the layer and head allocations. full_layers: layers kept whole.
+        chunk_size, refresh_every, group_agg: retrieval granularity, cadence, GQA aggregation.
+        memory_mode: ``"offload"`` (pools in a cold store) or ``"resident_pool"`` (pools resident,
+            capped at ``pool_cap`` times the head budget; ``None`` keeps them whole, Quest-like).
+        merge_evicted: LOOK-M-style merging of evicted visual entries in static heads.
+        static_max_generated: cap on generated entries in static heads (None: no cap).
+    """
+
+    budget: float | int = 0.1
+    n_sink: int = 4
+    window: int = 32
+    window_min: int = 8
+    pool_kernel: int = 7
+    typing: str = "threshold"
+    tau: float = 0.5
+    rho: float = 0.25
+    tca_exclude_sink: bool = True
+    types_source: str = "online"
+    types_path: str | None = None
+    alpha: float = 0.2
+    full_layers: tuple[int, ...] = field(default_factory=tuple)
+    chunk_size: int = 16
+    refresh_every: int = 1
+    group_agg: str = "max"
+    memory_mode: str = "offload"
+    pool_cap: int | None = 4
+    merge_evicted: bool = False
+    static_max_generated: int | None = None
+
+    def __post_init__(self):
+        if self.typing not in ("threshold", "rank", "all_static", "all_dynamic"):
+            raise ValueError(f"unknown typing {self.typing!r}")
+        if self.types_source not in ("online", "offline") or (self.types_source == "offline" and not self.types_path):
+            raise ValueError("types_source must be 'online' or 'offline' (the latter with types_path)")
+        if self.memory_mode not in ("offload", "resident_pool"):
+            raise ValueError(f"memory_mode must be 'offload' or 'resident_pool', got {self.memory_mode!r}")
+        if self.group_agg not in ("max", "mean"):
+            raise ValueError(f"group_agg must be 'max' or 'mean', got {self.group_agg!r}")
+        if not 0 <= self.alpha <= 1 or not 0 <= self.tau <= 1 or not 0 <= self.rho <= 1:
+            raise ValueError("alpha, tau and rho must lie in [0, 1]")
+        if self.chunk_size < 1 or self.refresh_every < 1 or self.window < 1:
+            raise ValueError("chunk_size, refresh_every and window must be >= 1")
+
+    def make_layer(self, layer_idx, config):
+        return HybridKVLayer(layer_idx, self)
+
+    def cache_class(self):
+        return HybridKVCache
+
+    def make_cache(self, model, input_ids=None, mm_token_type_ids=None):
+        if input_ids is None and mm_token_type_ids is None:
+            raise ValueError("HybridKV needs the prompt's input_ids (or mm_token_type_ids) to find text and visual positions")
+        return super().make_cache(model, input_ids, mm_token_type_ids)
+
+
+@torch.no_grad()
+def calibrate_head_types(model, samples: list[dict], method: HybridKV, path: str | Path | None = None, *, model_id: str = "", calibration: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Offline typing: mean TCA over calibration prompts, thresholded/ranked as ``method`` says.
+
+    Args:
+        model: a Qwen2.5-VL model.
+        samples: model inputs (batch 1 each, with ``input_ids`` and ``mm_token_type_ids``).
+        method: supplies window, sinks and typing parameters.
+        path: where to write the JSON mask (optional).
+
+    Returns:
+        ``(tca (L, H), static (L, H))``.
+    """
+    tcas = []
+    probe = HybridKV(**{**method.__dict__, "types_source": "online", "types_path": None})
+    with probe(model):
+        for inputs in samples:
+            cache = probe.make_cache(model, inputs["input_ids"], inputs.get("mm_token_type_ids"))
+            model(**inputs, cache=cache, use_cache=True)
+            tcas.append(cache.plan["tca"])
+    tca = torch.stack(tcas).mean(0)
+    static = type_heads(tca, method.typing, method.tau, method.rho)
+    if path is not None:
+        save_head_types(path, tca, static, model_id=model_id, tau=method.tau, calibration=calibration or f"{len(samples)} prompts")
+    return tca, static
