@@ -33,6 +33,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.nn.utils import parametrize
 
+from reference_impls.continual_ad.subspace import Moments
+
 __all__ = ["LayerSpec", "adapted_layers", "LoRABanks", "input_covariances"]
 
 _ADAPTED = re.compile(r"(resnets\.\d+\.(conv1|conv2|time_emb_proj)|attentions\.\d+\.(to_q|to_k|to_v|to_out\.0))$")
@@ -209,8 +211,8 @@ def _layer_inputs(spec: LayerSpec, x: torch.Tensor, positions: int, g: torch.Gen
 @torch.no_grad()
 def input_covariances(model: nn.Module, layers: dict[str, LayerSpec], images: torch.Tensor, schedule, *,
                       t_max: int, n_tau: int = 4, positions: int = 256, seed: int = 0,
-                      batch: int = 32) -> dict[str, torch.Tensor]:
-    """``C_l = Σ x xᵀ / n`` (float64) of every layer's input while ``model`` denoises noised ``images``.
+                      batch: int = 32) -> dict[str, Moments]:
+    """``C_l = Σ x xᵀ / n`` (float64, as :class:`Moments`) of every layer's input while ``model`` denoises noised ``images``.
 
     Args:
         model: the current ε-predictor (banks active as they should be).
@@ -223,14 +225,21 @@ def input_covariances(model: nn.Module, layers: dict[str, LayerSpec], images: to
         seed: seeds timesteps, noise and positions.
     """
     g = torch.Generator().manual_seed(seed)
-    sums = {name: torch.zeros(spec.d_in, spec.d_in, dtype=torch.float64) for name, spec in layers.items()}
+    rows_seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}  # kept while n <= d_in
+    sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(layers, 0)
 
     def hook(name):
         def fn(module, args):
             rows = _layer_inputs(layers[name], args[0], positions, g).double()
-            sums[name] += rows.T @ rows
             counts[name] += rows.shape[0]
+            if name in sums:
+                sums[name] += rows.T @ rows
+            elif counts[name] > layers[name].d_in:  # more samples than dimensions: switch to the covariance
+                stacked = torch.cat(rows_seen.pop(name) + [rows])
+                sums[name] = stacked.T @ stacked
+            else:
+                rows_seen[name].append(rows)
         return fn
 
     handles = [spec.module.register_forward_pre_hook(hook(name)) for name, spec in layers.items()]
@@ -244,4 +253,8 @@ def input_covariances(model: nn.Module, layers: dict[str, LayerSpec], images: to
     finally:
         for handle in handles:
             handle.remove()
-    return {name: sums[name] / max(counts[name], 1) for name in layers}
+    out = {}
+    for name in layers:
+        n = max(counts[name], 1)
+        out[name] = Moments(cov=sums[name] / n) if name in sums else Moments(rows=torch.cat(rows_seen[name]) / n**0.5)
+    return out

@@ -170,7 +170,7 @@ class HFOLB(ContinualMethod):
         for l, spec in self.banks.layers.items():
             U = self.U[l]
             if C is not None:
-                U, _ = gpm_extend(U, C[l].float(), self._eps(n))
+                U, _ = gpm_extend(U, C[l], self._eps(n))
             if name is not None and l in self.banks.ranks[name] and self.mode in ("param", "both"):
                 A, B = self.banks.factors(name, l)
                 U = extend_basis(U, A.detach().T)

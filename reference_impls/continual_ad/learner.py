@@ -114,6 +114,8 @@ class ContinualResult:
     """(C,) AUPRO in points after the last task."""
     routing_accuracy: float | None
     logs: list[dict] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)
+    """Final-task figures of evaluation variants (e.g. other routings of the same trained model)."""
 
     def summary(self) -> dict:
         image, pixel = continual_summary(self.image, self.task_of), continual_summary(self.pixel, self.task_of)
@@ -124,7 +126,8 @@ class ContinualResult:
 
 
 def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, CategoryData], unet: torch.nn.Module,
-                  schedule, scorer, *, seed: int = 0, evaluate_every_task: bool = True) -> ContinualResult:
+                  schedule, scorer, *, seed: int = 0, evaluate_every_task: bool = True,
+                  final_variants: dict[str, dict] | None = None) -> ContinualResult:
     """Train ``method`` over ``setting`` and evaluate every seen category after every task.
 
     Args:
@@ -136,6 +139,8 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
         scorer: e.g. :class:`~reference_impls.continual_ad.scorer.DiffusionScorer`.
         seed: run seed.
         evaluate_every_task: False evaluates only after the last task (FM is then NaN).
+        final_variants: ``{name: {attribute: value}}`` set on the method for an extra evaluation after
+            the last task (image/pixel A-AUROC and routing accuracy per variant); attributes are restored.
     """
     torch.manual_seed(seed)
     cats = list(setting.categories)
@@ -171,4 +176,26 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
         image, pixel = image[-1:], pixel[-1:]
         task_of = [0] * len(cats)
     routing = routed_right / routed_total if routed_total else None
-    return ContinualResult(cats, task_of, image, pixel, final_aupro, routing, logs)
+    variants = {name: _evaluate_variant(method, attrs, cats, setting, data, scorer)
+                for name, attrs in (final_variants or {}).items()}
+    return ContinualResult(cats, task_of, image, pixel, final_aupro, routing, logs, variants)
+
+
+def _evaluate_variant(method, attrs: dict, cats, setting, data, scorer) -> dict:
+    saved = {k: getattr(method, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(method, k, v)
+    try:
+        image, pixel, right, total = [], [], 0, 0
+        for c in cats:
+            d, t = data[c], setting.task_of(c)
+            maps, scores, routed = method.score(d.test, scorer, task_hint=t)
+            image.append(100 * auroc(scores, d.labels))
+            pixel.append(100 * pixel_auroc(maps, d.masks))
+            if routed is not None:
+                right, total = right + int((routed == t).sum()), total + routed.numel()
+        return {"image_a_auroc": float(np.mean(image)), "pixel_a_auroc": float(np.mean(pixel)),
+                "routing_accuracy": right / total if total else None}
+    finally:
+        for k, v in saved.items():
+            setattr(method, k, v)

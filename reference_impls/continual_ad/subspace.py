@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["gpm_epsilon", "complement", "extend_basis", "gpm_extend", "residual_share", "novelty", "Novelty",
+__all__ = ["gpm_epsilon", "complement", "extend_basis", "Moments", "gpm_extend", "residual_share", "novelty", "Novelty",
            "allocate_ranks"]
 
 _EIG_TOL = 1e-10
@@ -68,19 +68,57 @@ def _eig_desc(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values[keep], vectors[:, keep]
 
 
-def gpm_extend(U: torch.Tensor, C: torch.Tensor, eps: float) -> tuple[torch.Tensor, int]:
+@dataclass
+class Moments:
+    """Second moments of a layer's inputs: the covariance ``cov`` (d, d), or scaled rows ``rows``
+    (n, d) with ``C = rowsᵀ rows`` when there are fewer samples than dimensions (then every
+    spectrum is an SVD of n rows instead of an eigen-decomposition of a d x d matrix)."""
+
+    cov: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+
+    def trace(self) -> float:
+        return float(torch.trace(self.cov.double())) if self.cov is not None else float(self.rows.double().pow(2).sum())
+
+    def captured(self, U: torch.Tensor) -> float:
+        """tr(Uᵀ C U)."""
+        U64 = U.double()
+        if self.cov is not None:
+            return float(torch.trace(U64.T @ self.cov.double() @ U64))
+        return float((self.rows.double() @ U64).pow(2).sum())
+
+    def residual_spectrum(self, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues (descending, above tolerance) and eigenvectors (d, k) of ``P C P``, P = I − U Uᵀ."""
+        P = complement(U.double())
+        if self.cov is not None:
+            return _eig_desc(P @ self.cov.double() @ P)
+        R = self.rows.double() @ P  # (n, d)
+        _, S, Vh = torch.linalg.svd(R, full_matrices=False)
+        values = S**2
+        keep = values > _EIG_TOL * values[:1].clamp_min(1e-300).max()
+        return values[keep], Vh[keep].T
+
+
+def _moments(C) -> Moments:
+    return C if isinstance(C, Moments) else Moments(cov=C)
+
+
+def gpm_extend(U: torch.Tensor, C, eps: float) -> tuple[torch.Tensor, int]:
     """Grow ``U`` (d, k) with the fewest eigenvectors of ``P C P`` reaching energy ``eps · tr(C)``.
+
+    Args:
+        U: current orthonormal basis.
+        C: covariance (d, d) or :class:`Moments`.
+        eps: energy threshold.
 
     Returns:
         (new basis (d, k + m), m).
     """
-    U64, C64 = U.double(), C.double()
-    total = torch.trace(C64)
-    captured = torch.trace(U64.T @ C64 @ U64)
+    C = _moments(C)
+    total, captured = C.trace(), C.captured(U)
     if captured >= eps * total:
         return U, 0
-    P = complement(U64)
-    values, vectors = _eig_desc(P @ C64 @ P)
+    values, vectors = C.residual_spectrum(U)
     if values.numel() == 0:
         return U, 0
     reached = captured + torch.cumsum(values, 0) >= eps * total
@@ -88,11 +126,11 @@ def gpm_extend(U: torch.Tensor, C: torch.Tensor, eps: float) -> tuple[torch.Tens
     return extend_basis(U, vectors[:, :m].to(U.dtype)), m
 
 
-def residual_share(C: torch.Tensor, U: torch.Tensor) -> float:
+def residual_share(C, U: torch.Tensor) -> float:
     """ν = tr(P C P) / tr(C) = 1 − tr(Uᵀ C U) / tr(C), without an eigen-decomposition."""
-    C64, U64 = C.double(), U.double()
-    total = float(torch.trace(C64))
-    return 1.0 - float(torch.trace(U64.T @ C64 @ U64)) / total if total > 0 else 0.0
+    C = _moments(C)
+    total = C.trace()
+    return 1.0 - C.captured(U) / total if total > 0 else 0.0
 
 
 @dataclass
@@ -106,14 +144,11 @@ class Novelty:
     directions: torch.Tensor
 
 
-def novelty(C: torch.Tensor, U: torch.Tensor, tau_rank: float = 0.9) -> Novelty:
-    """ν = tr(Ĉ)/tr(C) with Ĉ = P C P, and ρ = min{k : Σ_{i≤k} λ_i ≥ τ_rank Σ λ}."""
-    C64 = C.double()
-    P = complement(U.double())
-    C_hat = P @ C64 @ P
-    total = float(torch.trace(C64))
-    values, vectors = _eig_desc(C_hat)
-    nu = float(torch.trace(C_hat)) / total if total > 0 else 0.0
+def novelty(C, U: torch.Tensor, tau_rank: float = 0.9) -> Novelty:
+    """ν = tr(Ĉ)/tr(C) with Ĉ = P C P, and ρ = min{k : Σ_{i≤k} λ_i ≥ τ_rank Σ λ} (C: tensor or :class:`Moments`)."""
+    C = _moments(C)
+    values, vectors = C.residual_spectrum(U)
+    nu = residual_share(C, U)
     if values.numel() == 0:
         return Novelty(nu, 0, 0, vectors)
     cumulative = torch.cumsum(values, 0)

@@ -143,7 +143,7 @@ def test_old_inputs_unchanged_after_new_task(procad_data, tiny_unet, schedule, l
     C = input_covariances(banks.model, {layer: spec}, old, schedule, t_max=60, n_tau=1, positions=256, seed=1)
     handle.remove()
     X = stored[0]
-    U, _ = gpm_extend(torch.zeros(spec.d_in, 0), C[layer].float(), eps)
+    U, _ = gpm_extend(torch.zeros(spec.d_in, 0), C[layer], eps)
     assert U.shape[1] < spec.d_in
     params = banks.add("task1", {layer: 2}, owner=1, P_in={layer: complement(U)})
     opt = torch.optim.AdamW(params, lr=0.05, weight_decay=0.0)
