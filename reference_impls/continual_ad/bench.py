@@ -9,7 +9,7 @@ seeds, plus HF-OLB's routing variants (R0 sum-all, R2 reconstruction prefix, ora
 after the last task. ``--ablations`` adds one-seed HF-OLB ablations (no HNABG, projection
 modes, frozen A). Results: ``reference_impls/results/continual-ad-procad.json`` and
 ``continual-ad-procad-curve.json`` (the per-task curve). Sized for a shared 2-core machine
-(short training, 5 DDIM steps, one noise draw); the design-note defaults are larger.
+(short training, 4 DDIM steps, one noise draw); the design-note defaults are larger.
 """
 
 from __future__ import annotations
@@ -117,15 +117,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="HF-OLB vs continual baselines on ProcAD 1x6")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--gpm-lr", type=float, default=0.02)
-    parser.add_argument("--n-train", type=int, default=48)
+    parser.add_argument("--n-train", type=int, default=32)
     parser.add_argument("--n-per-defect", type=int, default=4)
-    parser.add_argument("--ddim-steps", type=int, default=5)
-    parser.add_argument("--positions", type=int, default=32)
-    parser.add_argument("--stat-images", type=int, default=16)
+    parser.add_argument("--ddim-steps", type=int, default=4)
+    parser.add_argument("--positions", type=int, default=16)
+    parser.add_argument("--stat-images", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ablations", action="store_true", help="also run one-seed HF-OLB ablations")
     parser.add_argument("--checkpoint", default=None, help="U-Net folder (default: the committed checkpoint)")

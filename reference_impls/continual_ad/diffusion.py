@@ -74,11 +74,14 @@ def denoising_loss(unet: torch.nn.Module, x: torch.Tensor, schedule: DDPMSchedul
 
 @torch.no_grad()
 def ddim_reconstruct(unet: torch.nn.Module, x: torch.Tensor, schedule: DDPMScheduler, *, t0: int, steps: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise ``x`` (B, 3, H, W) to step ``t0`` and run ``steps`` deterministic DDIM steps (η = 0) back to 0."""
+                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise ``x`` (B, 3, H, W) to step ``t0`` and run ``steps`` deterministic DDIM steps (η = 0) back to 0.
+
+    ``noise`` (broadcastable to ``x``) overrides the draw from ``generator``.
+    """
     abar = schedule.alphas_cumprod.to(x.dtype)  # (T,)
     times = torch.linspace(t0, 0, steps + 1).round().long().tolist()  # t0 > ... > 0
-    noise = torch.randn(x.shape, generator=generator)
+    noise = torch.randn(x.shape, generator=generator) if noise is None else noise
     sample = abar[t0].sqrt() * x + (1 - abar[t0]).sqrt() * noise
     for t, t_next in zip(times[:-1], times[1:]):
         eps = unet(sample, torch.full((x.shape[0],), t)).sample

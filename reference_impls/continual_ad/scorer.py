@@ -19,7 +19,8 @@ Example:
 Paper: arXiv 2606.02042 (a diffusion U-Net detector; its scoring function is not described in
 the abstract, so this is a DDAD-style reconstruction of ours, design note section 4.7).
 
-Deviations / guesses: no DDAD conditioning guidance (w = 0); the feature term uses the outputs
+Deviations / guesses: each noise draw is shared by all images (so a score never depends on
+which batch or routing group an image is scored in); no DDAD conditioning guidance (w = 0); the feature term uses the outputs
 of every down block of the frozen base at τ = 0 (off by default, λ_f = 0).
 """
 
@@ -96,10 +97,11 @@ class DiffusionScorer:
         t0 = int(round(self.t0_frac * schedule.config.num_train_timesteps))
         maps = torch.zeros(images.shape[0], *images.shape[-2:])
         for s in range(self.n_seeds):
-            g = torch.Generator().manual_seed(self.seed + s)  # the same noise for every method and image order
+            # one noise draw per seed, shared by every image: scores do not depend on batching or routing groups
+            noise = torch.randn((1, *images.shape[1:]), generator=torch.Generator().manual_seed(self.seed + s))
             for start in range(0, images.shape[0], self.batch):
                 x = images[start : start + self.batch]
-                recon = ddim_reconstruct(model, x, schedule, t0=t0, steps=self.ddim_steps, generator=g)
+                recon = ddim_reconstruct(model, x, schedule, t0=t0, steps=self.ddim_steps, noise=noise)
                 m = (recon - x).pow(2).mean(1)  # (B, H, W)
                 if self.lambda_f > 0:
                     with (base() if base is not None else contextlib.nullcontext(model)) as frozen:

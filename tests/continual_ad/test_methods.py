@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from reference_impls.continual_ad.data import Setting
+from reference_impls.continual_ad.diffusion import load_pretrained
 from reference_impls.continual_ad.gpm_projection import project_gradient
 from reference_impls.continual_ad.learner import TrainConfig, run_continual
 from reference_impls.continual_ad.olora import olora_penalty
@@ -40,7 +41,8 @@ def test_method_runs_two_tasks(spec, procad_data, tiny_unet, schedule):
     assert s["params_per_task"][0] > 0
 
 
-def test_prototype_routing_is_exact_on_distinct_categories(procad_data, tiny_unet, schedule):
+def test_prototype_routing_is_exact_on_distinct_categories(procad_data, schedule):
+    tiny_unet = load_pretrained()  # R1 features come from the frozen pretrained base
     router = PrototypeRouter(k=3, seed=0)
     cats = list(procad_data)
     for t, c in enumerate(cats):
