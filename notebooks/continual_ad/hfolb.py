@@ -57,7 +57,7 @@ plt.show()
 
 # %%
 schedule = make_schedule()
-scorer = DiffusionScorer(ddim_steps=3, n_seeds=1)
+scorer = DiffusionScorer(ddim_steps=2 if QUICK else 3, n_seeds=1)
 train = TrainConfig(steps=STEPS, batch=8, lr=3e-3)
 hfolb = HFOLB(train=train, positions=16, n_tau=2, stat_images=8)
 res_h = run_continual(hfolb, setting, data, load_pretrained(), schedule, scorer, seed=0)

@@ -26,7 +26,7 @@ from reference_impls.continual_ad.data import CategoryData, Setting
 from reference_impls.continual_ad.diffusion import denoising_loss
 from reference_impls.continual_ad.metrics import aupro, auroc, continual_summary, pixel_auroc
 
-__all__ = ["TrainConfig", "ContinualMethod", "train_denoiser", "run_continual", "ContinualResult"]
+__all__ = ["TrainConfig", "ContinualMethod", "train_denoiser", "batches", "run_continual", "ContinualResult"]
 
 
 @dataclass
@@ -98,7 +98,7 @@ def train_denoiser(model: torch.nn.Module, params: list[torch.nn.Parameter], sam
 
 
 def batches(images: torch.Tensor, batch: int) -> Callable[[torch.Generator], torch.Tensor]:
-    """Sampler of random batches (with horizontal flips of nothing: textures are not flip-invariant)."""
+    """Sampler of uniformly drawn batches of ``batch`` images (no augmentation)."""
     return lambda g: images[torch.randint(0, images.shape[0], (batch,), generator=g)]
 
 
