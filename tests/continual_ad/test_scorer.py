@@ -23,3 +23,10 @@ def test_gaussian_blur_keeps_constants_and_spreads_peaks():
     peak[0, 4, 4] = 1.0
     out = gaussian_blur(peak, 1.0)
     assert out[0, 4, 4] < 1.0 and out[0, 4, 5] > 0 and abs(float(out.sum()) - 1.0) < 1e-5
+
+
+def test_feature_term_adds_a_nonnegative_distance(procad_data, tiny_unet, schedule):
+    images = procad_data["checker"].test[:3]
+    plain, _ = DiffusionScorer(ddim_steps=2, n_seeds=1, sigma=1.0)(tiny_unet, images, schedule)
+    feats, _ = DiffusionScorer(ddim_steps=2, n_seeds=1, sigma=1.0, lambda_f=0.5)(tiny_unet, images, schedule)
+    assert (feats >= plain - 1e-6).all() and (feats > plain + 1e-6).any()
