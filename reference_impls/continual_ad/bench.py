@@ -90,7 +90,9 @@ def _run(args, seeds, ablations: bool, log) -> dict:
 
 def _mean_std(values) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None and not np.isnan(v)]
-    return (float(np.mean(vals)), float(np.std(vals))) if vals else (None, None)
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals)) if len(vals) > 1 else None)  # no std from one seed
 
 
 def _rows(out: dict) -> list[dict]:
