@@ -1,0 +1,184 @@
+"""Benchmark: HF-OLB against continual baselines on ProcAD 1x6 (six one-category tasks), CPU.
+
+Run ``python -m reference_impls.continual_ad.bench`` from the repository root. Every method
+shares the frozen pretrained U-Net, the scorer and the per-task LoRA budget (HF-OLB's budget Π
+is the naive rank-8 LoRA's size). For each of three seeds it writes ProcAD at 16 px, trains the
+six tasks in turn, evaluates every learned category after every task (image and pixel AUROC),
+and reports A-AUROC, FM, AUPRO, parameters added and routing accuracy as mean ± std over
+seeds, plus HF-OLB's routing variants (R0 sum-all, R2 reconstruction prefix, oracle prefix)
+after the last task. ``--ablations`` adds one-seed HF-OLB ablations (no HNABG, projection
+modes, frozen A). Results: ``reference_impls/results/continual-ad-procad.json`` and
+``continual-ad-procad-curve.json`` (the per-task curve). Sized for a shared 2-core machine
+(short training, 4 DDIM steps, one noise draw); the design-note defaults are larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.continual_ad.banks import adapted_layers
+from reference_impls.continual_ad.data import PRESETS, load_setting
+from reference_impls.continual_ad.diffusion import load_pretrained, make_schedule
+from reference_impls.continual_ad.gpm_projection import GPMProjection
+from reference_impls.continual_ad.hfolb import HFOLB
+from reference_impls.continual_ad.joint import JointLoRA
+from reference_impls.continual_ad.learner import TrainConfig, run_continual
+from reference_impls.continual_ad.naive_lora import NaiveLoRA
+from reference_impls.continual_ad.olora import OLoRA
+from reference_impls.continual_ad.oracle_lora import OracleLoRA
+from reference_impls.continual_ad.procad import write_procad
+from reference_impls.continual_ad.replay import Replay
+from reference_impls.continual_ad.scorer import DiffusionScorer
+
+__all__ = ["main"]
+
+FAMILY = {"naive-lora": "", "replay": "continual-replay", "hf-olb": "parameter-isolation", "oracle-lora": "",
+          "joint-lora": "", "o-lora": "continual-regularization", "gpm-projection": "continual-regularization"}
+
+
+def _methods(args, budget: int, n_tasks: int, ablations: bool) -> dict:
+    train = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr)
+    stats = dict(positions=args.positions, n_tau=2, stat_images=args.stat_images)
+    hf = lambda **kw: HFOLB(train=train, budget=budget, **stats, **kw)  # noqa: E731
+    if ablations:
+        return {"hf-olb no-HNABG": hf(hnabg=False), "hf-olb mode=activation": hf(mode="activation"),
+                "hf-olb mode=param": hf(mode="param"), "hf-olb train_A=off": hf(train_A=False)}
+    return {"naive-lora": NaiveLoRA(train=train), "replay": Replay(train=train), "hf-olb": hf(),
+            "oracle-lora": OracleLoRA(train=train), "joint-lora": JointLoRA(train=train, n_tasks=n_tasks),
+            "o-lora": OLoRA(train=train),
+            "gpm-projection": GPMProjection(train=TrainConfig(args.steps, args.batch, args.gpm_lr), **stats)}
+
+
+def _run(args, seeds, ablations: bool, log) -> dict:
+    torch.set_num_threads(args.threads)
+    setting = PRESETS["procad_1x6"]
+    base, schedule = load_pretrained(args.checkpoint), make_schedule()
+    budget = sum(8 * (s.d_in + s.d_out) for s in adapted_layers(base).values())
+    scorer = DiffusionScorer(ddim_steps=args.ddim_steps, n_seeds=1)
+    out = {}
+    for seed in seeds:
+        root = write_procad(tempfile.mkdtemp(prefix="procad_"), size=args.size, n_train=args.n_train, n_test_good=8,
+                            n_per_defect=args.n_per_defect, seed=seed)
+        data = load_setting(root, setting)
+        for name, method in _methods(args, budget, len(setting.groups), ablations).items():
+            if args.methods and not ablations and name not in args.methods:
+                continue
+            start = time.time()
+            variants = {"R0 sum_all": {"routing": "sum_all"}, "R2 reconstruction": {"routing": "reconstruction_prefix"},
+                        "oracle prefix": {"routing": "oracle"}} if name == "hf-olb" else None
+            res = run_continual(method, setting, data, copy.deepcopy(base), schedule, scorer, seed=seed,
+                                final_variants=variants)
+            summary = res.summary()
+            summary["variants"] = res.variants
+            summary["seconds"] = time.time() - start
+            out.setdefault(name, []).append(summary)
+            log(f"seed {seed} {name}: image A-AUROC {summary['image_a_auroc']:.1f} FM {summary['image_fm']:.1f} | "
+                f"pixel A-AUROC {summary['pixel_a_auroc']:.1f} FM {summary['pixel_fm']:.1f} | "
+                f"params {summary['params_per_task']} | routing {summary['routing_accuracy']} | "
+                f"{summary['seconds']:.0f} s")
+    return out
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and not np.isnan(v)]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals)) if len(vals) > 1 else None)  # no std from one seed
+
+
+def _rows(out: dict) -> list[dict]:
+    rows = []
+    for name, runs in out.items():
+        row = {"method": name, "family": FAMILY.get(name, "parameter-isolation"), "seeds": len(runs)}
+        for key in ("image_a_auroc", "image_fm", "pixel_a_auroc", "pixel_fm", "aupro", "routing_accuracy"):
+            row[key], row[key + "_std"] = _mean_std([r[key] for r in runs])
+        row["params_per_task"] = float(np.mean([np.mean(r["params_per_task"]) for r in runs]))
+        row["images_stored"] = 48 if name == "replay" else 0  # 8 per past category, 6 categories
+        rows.append(row)
+        for variant in runs[0].get("variants", {}):
+            v = {"method": f"{name} [{variant}]", "family": FAMILY.get(name, "parameter-isolation"), "seeds": len(runs),
+                 "params_per_task": row["params_per_task"], "images_stored": 0}
+            for key in ("image_a_auroc", "pixel_a_auroc", "routing_accuracy"):
+                v[key], v[key + "_std"] = _mean_std([r["variants"][variant][key] for r in runs])
+            for key in ("image_fm", "pixel_fm", "aupro"):
+                v[key], v[key + "_std"] = None, None
+            rows.append(v)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="HF-OLB vs continual baselines on ProcAD 1x6")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--gpm-lr", type=float, default=0.02)
+    parser.add_argument("--n-train", type=int, default=32)
+    parser.add_argument("--n-per-defect", type=int, default=4)
+    parser.add_argument("--ddim-steps", type=int, default=4)
+    parser.add_argument("--positions", type=int, default=16)
+    parser.add_argument("--stat-images", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ablations", action="store_true", help="also run one-seed HF-OLB ablations")
+    parser.add_argument("--checkpoint", default=None, help="U-Net folder (default: the committed checkpoint)")
+    parser.add_argument("--methods", nargs="+", default=None, help="run only these main-comparison methods")
+    parser.add_argument("--out", default=None, help="results directory (default reference_impls/results)")
+    args = parser.parse_args(argv)
+    command = "python -m reference_impls.continual_ad.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    out = _run(args, args.seeds, False, log)
+    if args.ablations:
+        out.update(_run(args, args.seeds[:1], True, log))
+    rows = _rows(out)
+    keys = [("method", "Method", ""), ("family", "Family", ""), ("image_a_auroc", "Image A-AUROC", "pt"),
+            ("image_a_auroc_std", "± std", "pt"), ("image_fm", "Image FM", "pt"), ("image_fm_std", "± std", "pt"),
+            ("pixel_a_auroc", "Pixel A-AUROC", "pt"), ("pixel_a_auroc_std", "± std", "pt"),
+            ("pixel_fm", "Pixel FM", "pt"), ("pixel_fm_std", "± std", "pt"), ("aupro", "AUPRO@0.3", "pt"),
+            ("routing_accuracy", "Routing acc.", ""), ("params_per_task", "Params added / task", ""),
+            ("images_stored", "Images stored", ""), ("seeds", "Seeds", "")]
+    notes = ("ProcAD 1x6 (stripes_h, stripes_diag, checker, dots, waves, blobs; one category per task), "
+             f"{args.size} px, {args.n_train} train normals, 8 good + 2x{args.n_per_defect} defective test images per "
+             f"category; {args.steps} steps x batch {args.batch} per task (lr {args.lr}, AdamW wd 0; GPM: SGD lr "
+             f"{args.gpm_lr}); scorer: t0 = 0.3 T, {args.ddim_steps} DDIM steps, 1 noise draw, image score = max. "
+             "Metrics per category, unweighted means; FM over categories of tasks 1-5. Rows in brackets are HF-OLB's "
+             "routing variants after the last task (no FM). joint-lora trains once on all categories (no FM). "
+             "Timings on a 2-core machine shared with other jobs. Paper numbers (VisA 2x6) are not here: they are "
+             "reported numbers and live in papers data.")
+    save_results(Results(id="continual-ad-procad", title="Continual AD on ProcAD 1x6: HF-OLB vs baselines",
+                         command=command, families=["parameter-isolation", "continual-replay",
+                                                    "continual-regularization", "diffusion-detectors"],
+                         columns=[Column(k, l, u, 1 if u == "pt" else None) for k, l, u in keys], rows=rows,
+                         notes=notes), args.out)
+    curve_rows = []
+    for name, runs in out.items():
+        n_points = len(runs[0]["image_curve"])
+        for t in range(n_points):
+            task = t + 1 if n_points > 1 else 6  # joint training: one point, after all six categories
+            curve_rows.append({"method": name, "family": FAMILY.get(name, "parameter-isolation"), "task": task,
+                               "image_auroc": float(np.mean([r["image_curve"][t] for r in runs])),
+                               "pixel_auroc": float(np.mean([r["pixel_curve"][t] for r in runs]))})
+    save_results(Results(id="continual-ad-procad-curve", title="ProcAD 1x6: mean AUROC over learned categories per task",
+                         command=command, families=["parameter-isolation", "continual-replay",
+                                                    "continual-regularization", "diffusion-detectors"],
+                         columns=[Column("method", "Method"), Column("task", "After task"),
+                                  Column("image_auroc", "Image AUROC", "pt", 1),
+                                  Column("pixel_auroc", "Pixel AUROC", "pt", 1)],
+                         rows=curve_rows, plots=[Plot("task", "image_auroc", "method", "Image AUROC after each task"),
+                                                 Plot("task", "pixel_auroc", "method", "Pixel AUROC after each task")],
+                         notes="Mean over seeds of mean_{c learned so far} AUROC after each task; joint-lora is one "
+                               "point (trained once). " + notes), args.out)
+    log("saved results: " + json.dumps({r["method"]: round(r["image_a_auroc"] or 0, 1) for r in rows}))
+
+
+if __name__ == "__main__":
+    main()
