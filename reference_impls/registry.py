@@ -35,6 +35,8 @@ KINDS = (
     "analysis",
 )
 _METHOD_PACKAGES = ("encoding", "prefilling", "decoding", "hallucination", "continual_ad")
+# Methods that live outside the stage packages (the random-pruning baseline is shared by all stages).
+_METHOD_MODULES = ("reference_impls.common.random_pruning",)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ def register(name: str, *, family: str, kind: str) -> Callable[[T], T]:
 
 
 def _import_all_methods() -> None:
+    for module_name in _METHOD_MODULES:
+        importlib.import_module(module_name)
     for package_name in _METHOD_PACKAGES:
         try:
             package = importlib.import_module(f"reference_impls.{package_name}")
