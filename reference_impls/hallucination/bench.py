@@ -69,6 +69,7 @@ def methods(rho: float, steps: int) -> dict[str, tuple[object, int]]:
         "npo": (NPO(beta=0.5, lr=5e-4), steps),
         "efuf": (EFUF(lr=1e-4), steps),
         "sare": (SARE(rho=rho, beta=0.5, lr=5e-4), steps),
+        "sare-ga": (SARE(rho=rho, forget="ga", lr=1e-4), steps),
         "sam-untargeted": (SARE(rho=rho, beta=0.5, lr=5e-4, scope="all"), steps),
         "npo-same-compute": (NPO(beta=0.5, lr=5e-4), int(1.5 * steps)),
     }
