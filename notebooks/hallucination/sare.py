@@ -15,7 +15,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.hallucination.bench import BenchConfig, _data
+from reference_impls.hallucination.bench import BenchConfig, make_data
 from reference_impls.hallucination.captioner import evaluate_captioner, make_eval_set
 from reference_impls.hallucination.npo import NPO
 from reference_impls.hallucination.robustness import relearn
@@ -24,15 +24,16 @@ from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(2)
-STEPS, N_EVAL, BUDGETS = (10, 40, (5,)) if QUICK else (30, 100, (5, 10))
+STEPS, BATCH, N_EVAL, BUDGETS = (6, 8, 24, (5,)) if QUICK else (20, 16, 60, (5, 10))
+RHO = 0.3  # the benchmark calibrates rho (reference_impls/results/hallucination-unlearning.json)
 
 base, vocab, world, manifest = load_captioner()
 base.model.visual.requires_grad_(False)
-config = BenchConfig(steps=STEPS, n_forget=64, batch=16)
-splits, batches, attack = _data(base, vocab, world, config, seed=0)
+config = BenchConfig(steps=STEPS, n_forget=32, batch=BATCH, relearn_batch=BATCH)
+splits, batches, attack = make_data(base, vocab, world, config, seed=0)
 eval_set = make_eval_set(world, N_EVAL, N_EVAL)
 evaluate = lambda m: evaluate_captioner(m, vocab, world, eval_set)
-print(f"{len(splits['scenes'])} of 64 trigger scenes get a hallucinated caption; example: {' '.join(splits['captions'][0])!r} for {sorted(splits['scenes'][0].truth)}")
+print(f"{len(splits['scenes'])} of 32 trigger scenes get a hallucinated caption; example: {' '.join(splits['captions'][0])!r} for {sorted(splits['scenes'][0].truth)}")
 
 # %% [markdown]
 # Unlearn with NPO and SARE from the same data order, and measure the hallucinated-object
@@ -41,7 +42,7 @@ print(f"{len(splits['scenes'])} of 64 trigger scenes get a hallucinated caption;
 
 # %%
 curves = {}
-for name, method in {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(rho=manifest.get("rho", 0.1), beta=0.5, lr=5e-4)}.items():
+for name, method in {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(rho=RHO, beta=0.5, lr=5e-4)}.items():
     model = copy.deepcopy(base)
     if method is not None:
         torch.manual_seed(0)

@@ -41,7 +41,7 @@ from .robustness import gaussian_noise, relearn, worst_case_probe
 from .sare import SARE, calibrate_rho
 from .train_captioner import load_captioner
 
-__all__ = ["BenchConfig", "run"]
+__all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
 
 COMMAND = "python -m reference_impls.hallucination.bench"
 
@@ -75,7 +75,7 @@ def methods(rho: float, steps: int) -> dict[str, tuple[object, int]]:
     }
 
 
-def _data(model, vocab, world, config: BenchConfig, seed: int):
+def make_data(model, vocab, world, config: BenchConfig, seed: int):
     """Per-seed forget split, retain pool, relearning set and the step -> batches function."""
     splits = build_splits(model, vocab, world, n=config.n_forget, seed=100 + seed)
     retain_pool = world.scenes(600, seed=0)  # the training distribution (seed 0)
@@ -124,14 +124,14 @@ def run(config: BenchConfig, log=print, captioner=None) -> tuple[list[dict], dic
     probe_batch = split_batch(held_out, list(range(min(16, len(held_out["scenes"])))), vocab, base.config, "forget")
     # rho is calibrated where SARE spends most of its steps: at an NPO-unlearned point (at the
     # base model the hallucinated word is already likely, so every rho "saturates").
-    _, calib_batches, _ = _data(base, vocab, world, replace(config, n_forget=64), seed=99)
+    _, calib_batches, _ = make_data(base, vocab, world, replace(config, n_forget=64), seed=99)
     calib_model = copy.deepcopy(base)
     NPO(beta=0.5, lr=5e-4).unlearn(calib_model, calib_batches, steps=config.steps)
     rho, sweep = calibrate_rho(SARE(beta=0.5), calib_model, calib_batches(config.steps), rhos=config.rhos)
     log(f"rho calibration: {json.dumps(sweep)} -> rho={rho}")
     rows, timings = [], {}
     for seed in config.seeds:
-        splits, batches, attack = _data(base, vocab, world, config, seed)
+        splits, batches, attack = make_data(base, vocab, world, config, seed)
         log(f"seed {seed}: {len(splits['scenes'])} hallucinating captions of {config.n_forget} trigger scenes")
         rows += _measure("base", base, base, vocab, world, eval_set, probe_batch, attack, config, seed)
         for name, (method, steps) in methods(rho, config.steps).items():
