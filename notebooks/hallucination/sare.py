@@ -28,7 +28,7 @@ from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(2)
-STEPS, BATCH, N_EVAL, BUDGETS = (3, 8, 12, (3,)) if QUICK else (10, 8, 32, (5, 10))
+STEPS, BATCH, N_EVAL, BUDGETS = (3, 8, 12, (3,)) if QUICK else (12, 8, 32, (5, 10))
 RHO = 0.3  # the value the benchmark's calibration picked
 
 base, vocab, world, manifest = load_captioner()
