@@ -1,0 +1,123 @@
+"""Objective terms for :class:`~reference_impls.hallucination.trainer.UnlearningTrainer`.
+
+A :class:`Term` names the batch it reads (``"forget"``, ``"grounded"``, ``"retain"``, or any key
+a caller chooses), a weight (a number or a schedule ``step -> weight``), whether the trainer's
+sharpness-aware perturbation targets it (``adversarial``), and a loss callable
+``loss(trainer, batch) -> (scalar, stats)``. Calling back into the trainer gives a loss access
+to :meth:`~UnlearningTrainer.logits` and the frozen reference's
+:meth:`~UnlearningTrainer.reference_logits`, which is all DPO-style or KL terms need.
+
+A batch is a dict of model inputs (``input_ids``, ``attention_mask``, ``mm_token_type_ids``,
+``pixel_values``, ``image_grid_thw``) plus ``labels`` (B, T) and ``mask`` (B, T) (see
+:mod:`~reference_impls.hallucination.unlearning_losses` for the alignment) and, for EFUF,
+``scores`` (B,).
+
+Example:
+    >>> terms = [npo_term(beta=0.5), nll_term("grounded"), nll_term("retain")]
+    >>> [t.name for t in terms]
+    ['forget_npo', 'grounded_nll', 'retain_nll']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Union
+
+import torch
+
+from .unlearning_losses import (
+    efuf_weights,
+    ga_loss,
+    kl_to_reference,
+    mean_nll,
+    npo_loss,
+    sequence_logprob,
+    token_logprobs,
+    weighted_ga_loss,
+)
+
+if TYPE_CHECKING:
+    from .trainer import UnlearningTrainer
+
+__all__ = ["Term", "LossFn", "nll_term", "ga_term", "npo_term", "efuf_term", "kl_term", "target_probability"]
+
+LossFn = Callable[["UnlearningTrainer", dict], "tuple[torch.Tensor, dict[str, float]]"]
+Weight = Union[float, Callable[[int], float]]
+
+
+@dataclass
+class Term:
+    """One weighted loss term of a training objective."""
+
+    name: str
+    batch: str
+    loss: LossFn
+    weight: Weight = 1.0
+    adversarial: bool = False
+    """Whether the sharpness-aware step evaluates this term at the perturbed weights."""
+    needs_reference: bool = False
+
+    def weight_at(self, step: int) -> float:
+        return float(self.weight(step)) if callable(self.weight) else float(self.weight)
+
+
+def target_probability(logits: torch.Tensor, batch: dict) -> float:
+    """Mean probability the model gives the masked target tokens (``p_hal`` for a forget batch)."""
+    logp = token_logprobs(logits.detach(), batch["labels"], batch["mask"])
+    keep = batch["mask"][:, 1:].bool()
+    return float(logp.exp()[keep].mean()) if keep.any() else float("nan")
+
+
+def nll_term(batch: str = "retain", weight: Weight = 1.0) -> Term:
+    """Token-mean NLL on the masked tokens (retain, grounded or relearning data)."""
+
+    def loss(trainer: "UnlearningTrainer", data: dict):
+        value = mean_nll(trainer.logits(data), data["labels"], data["mask"])
+        return value, {}
+
+    return Term(f"{batch}_nll", batch, loss, weight)
+
+
+def ga_term(batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True) -> Term:
+    """Gradient ascent on the masked (hallucinated) tokens."""
+
+    def loss(trainer: "UnlearningTrainer", data: dict):
+        logits = trainer.logits(data)
+        return ga_loss(logits, data["labels"], data["mask"]), {"p_target": target_probability(logits, data)}
+
+    return Term("forget_ga", batch, loss, weight, adversarial)
+
+
+def npo_term(beta: float = 0.5, batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True) -> Term:
+    """NPO against the trainer's frozen reference model."""
+
+    def loss(trainer: "UnlearningTrainer", data: dict):
+        logits = trainer.logits(data)
+        ref = trainer.reference_seq_logprob(data)  # (B,)
+        value = npo_loss(sequence_logprob(logits, data["labels"], data["mask"]), ref, beta)
+        return value, {"p_target": target_probability(logits, data)}
+
+    return Term("forget_npo", batch, loss, weight, adversarial, needs_reference=True)
+
+
+def efuf_term(batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True, t_hal: float = 23.0, t_norm: float = 32.0) -> Term:
+    """EFUF's score-weighted GA; uniform weights when the batch carries no ``scores``."""
+
+    def loss(trainer: "UnlearningTrainer", data: dict):
+        logits = trainer.logits(data)
+        scores = data.get("scores")
+        if scores is None:
+            scores = torch.zeros(logits.shape[0])
+        weights = efuf_weights(scores, t_hal, t_norm)
+        return weighted_ga_loss(logits, data["labels"], data["mask"], weights), {"p_target": target_probability(logits, data)}
+
+    return Term("forget_efuf", batch, loss, weight, adversarial)
+
+
+def kl_term(batch: str = "retain", weight: Weight = 1.0) -> Term:
+    """KL(reference || model) on the masked positions of a retain batch."""
+
+    def loss(trainer: "UnlearningTrainer", data: dict):
+        return kl_to_reference(trainer.logits(data), trainer.reference_logits(data), data["mask"]), {}
+
+    return Term(f"{batch}_kl", batch, loss, weight, needs_reference=True)
