@@ -73,7 +73,7 @@ class CompareConfig:
     vcd: tuple[dict, ...] = ({"alpha": 1.0, "mode": "noise"}, {"alpha": 1.0, "mode": "mask", "mask_ratio": 1.0})
     pai_alpha: tuple[float, ...] = (0.5, 1.0)
     steer_layer: int = 1
-    steer_strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
+    steer_strengths: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     rhos: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
 
 
