@@ -13,7 +13,8 @@ evaluation set,
   (:mod:`.preference_optimization`), grounded instruction tuning (:mod:`.grounded_tuning`) and,
   from the unlearning family, GA, NPO and SARE (:mod:`.bench` data, rho calibrated as there),
   each also after the relearning attack of :mod:`.robustness` at one budget, next to the
-  never-unlearned captioner relearned with the same budget.
+  never-unlearned captioner relearned with the same budget -- and VCD applied to that relearned
+  captioner (a decode-time method is re-applied at inference, so it is not "relearned away").
 
 Metrics (percent): targeted hallucination rate (captions naming B on A-without-B scenes),
 CHAIR_s / CHAIR_i over trigger and clean scenes, object recall, clean-caption object F1 and
@@ -82,6 +83,10 @@ def _row(method: str, family: str, setting: str, condition: str, scores: dict, s
             **{k: scores[k] for k in METRICS}}
 
 
+def _setting(kw: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
 def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
     """All methods and seeds; returns per-seed rows and run facts."""
     base, vocab, world, _ = load_captioner()
@@ -101,7 +106,7 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
     for kw in config.vcd:
         method = VisualContrastiveDecoding(**kw)
         with method(base):
-            timed("vcd", "contrastive-decoding", ", ".join(f"{k}={v}" for k, v in kw.items()), lambda: evaluate(base))
+            timed("vcd", "contrastive-decoding", _setting(kw), lambda: evaluate(base))
     for alpha in config.pai_alpha:
         with VisualAttentionAmplification(alpha=alpha)(base):
             timed("pai", "attention-intervention", f"alpha={alpha}, all layers", lambda: evaluate(base))
@@ -139,7 +144,20 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         }
         budget = (config.relearn_steps,)
         attacked = lambda m: relearn(m, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=evaluate)[0]
-        timed("base", "", "greedy", lambda: attacked(base), seed, "relearned")
+        # Decode-time methods keep working on a relearned model: VCD on the attacked base.
+        on_attacked: dict[str, dict] = {}
+
+        def probe(model) -> dict:
+            for kw in config.vcd:
+                start = time.time()
+                with VisualContrastiveDecoding(**kw)(model):
+                    on_attacked[_setting(kw)] = (evaluate(model), time.time() - start)
+            return evaluate(model)
+
+        timed("base", "", "greedy", lambda: relearn(base, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=probe)[0], seed, "relearned")
+        for setting, (scores, seconds) in on_attacked.items():
+            timed("vcd", "contrastive-decoding", setting, lambda: scores, seed, "relearned")
+            rows[-1]["seconds"] = seconds
         for name, (family, setting, train) in trainers.items():
             torch.manual_seed(seed)
             model = copy.deepcopy(base)
@@ -197,7 +215,7 @@ def main() -> None:
              f"Evaluation: {config.n_eval} A-without-B scenes and {config.n_eval} ordinary scenes, POPE on random probes plus 'is there a square?' on every trigger scene. "
              f"Decode-time rows use the unchanged model (deterministic, one evaluation). Training rows: {len(config.seeds)} seeds (paired data order), "
              f"{config.steps} steps, batch {config.batch}, language model trained, vision frozen; SARE rho calibrated as in the unlearning benchmark: {facts['rho']}. "
-             f"'relearned': fine-tuned on 32 hallucinated captions for {config.relearn_steps} steps, lr {config.relearn_lr}; the 'base' relearned row is the never-trained captioner with the same budget. "
+             f"'relearned': fine-tuned on 32 hallucinated captions for {config.relearn_steps} steps, lr {config.relearn_lr}; the 'base' relearned row is the never-trained captioner with the same budget, and the 'vcd' relearned rows decode that relearned captioner with VCD. "
              f"Decode-time settings were chosen in small exploratory runs on this evaluation distribution (optimistic). Seconds: training time for trained rows, evaluation time otherwise; 2 shared CPU cores, noisy. "
              f"Wall time {wall:.0f}s.")
     results = Results(id="hallucination-mitigation", title="Object-hallucination mitigation families on a biased ToyVLM captioner",
