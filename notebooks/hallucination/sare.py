@@ -24,12 +24,12 @@ from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(2)
-STEPS, BATCH, N_EVAL, BUDGETS = (6, 8, 24, (5,)) if QUICK else (20, 16, 60, (5, 10))
+STEPS, BATCH, N_EVAL, BUDGETS = (6, 8, 24, (5,)) if QUICK else (16, 12, 50, (5, 10))
 RHO = 0.3  # the benchmark calibrates rho (reference_impls/results/hallucination-unlearning.json)
 
 base, vocab, world, manifest = load_captioner()
 base.model.visual.requires_grad_(False)
-config = BenchConfig(steps=STEPS, n_forget=32, batch=BATCH, relearn_batch=BATCH)
+config = BenchConfig(steps=STEPS, n_forget=32, batch=BATCH, relearn_batch=BATCH, retain_pool=100)
 splits, batches, attack = make_data(base, vocab, world, config, seed=0)
 eval_set = make_eval_set(world, N_EVAL, N_EVAL)
 evaluate = lambda m: evaluate_captioner(m, vocab, world, eval_set)

@@ -53,7 +53,8 @@ class BenchConfig:
     batch: int = 16
     n_forget: int = 256
     n_eval: int = 100
-    relearn_budgets: tuple[int, ...] = (5, 10, 30)
+    retain_pool: int = 600
+    relearn_budgets: tuple[int, ...] = (5, 10, 20, 30)
     relearn_n: int = 32
     relearn_batch: int = 16
     relearn_lr: float = 5e-4
@@ -78,7 +79,7 @@ def methods(rho: float, steps: int) -> dict[str, tuple[object, int]]:
 def make_data(model, vocab, world, config: BenchConfig, seed: int):
     """Per-seed forget split, retain pool, relearning set and the step -> batches function."""
     splits = build_splits(model, vocab, world, n=config.n_forget, seed=100 + seed)
-    retain_pool = world.scenes(600, seed=0)  # the training distribution (seed 0)
+    retain_pool = world.scenes(config.retain_pool, seed=0)  # the training distribution (seed 0)
     attack_scenes = world.scenes(config.relearn_n, seed=200 + seed, kind="trigger")
     attack_caps = [world.caption(set(s.truth) | {world.b}) for s in attack_scenes]
     n = len(splits["scenes"])
@@ -146,7 +147,16 @@ def run(config: BenchConfig, log=print, captioner=None) -> tuple[list[dict], dic
     return rows, {"rho": rho, "rho_sweep": sweep, "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()}, "captioner": manifest.get("eval", {})}
 
 
-METRICS = ("hal_rate", "chair_s", "chair_i", "clean_f1", "pope_f1", "p_hal", "p_hal_push")
+METRICS = ("hal_rate", "chair_s", "chair_i", "clean_f1", "pope_f1", "pope_b_yes", "p_hal", "p_hal_push")
+
+
+def per_seed(rows: list[dict], methods_: tuple[str, ...] = ("sare", "npo", "ga")) -> dict[str, dict[int, list[float]]]:
+    """Hallucination rate per seed after each relearning budget (for paired comparisons)."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        if row["method"] in methods_ + ("base",) and row["condition"] in ("unlearned", "relearned"):
+            out.setdefault(row["method"], {}).setdefault(row["relearn_steps"], []).append(round(row["hal_rate"], 1))
+    return out
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -190,14 +200,15 @@ def main() -> None:
                Column("hal_rate", "Hallucinated-object rate", "%", 1), Column("hal_rate_std", "± std", "%", 1),
                Column("chair_s", "CHAIR_s", "%", 1), Column("chair_i", "CHAIR_i", "%", 1),
                Column("clean_f1", "Clean-caption object F1", "%", 1), Column("clean_f1_std", "± std", "%", 1),
-               Column("pope_f1", "POPE F1", "%", 1), Column("p_hal", "p(hallucinated word)", "%", 1),
+               Column("pope_f1", "POPE F1", "%", 1), Column("pope_b_yes", "'yes' to 'is there a B?' on A-only scenes", "%", 1), Column("p_hal", "p(hallucinated word)", "%", 1),
                Column("p_hal_push", f"p after worst-case push ρ'={config.push_rho}", "%", 1), Column("seeds", "Seeds", digits=0)]
     notes = (f"Biased ToyVLM-scene captioner (shape A='circle' nearly always with B='square', annotator bias). "
              f"{len(config.seeds)} seeds (paired data order), {config.steps} unlearning steps, batch {config.batch}, language model trained, vision frozen. "
              f"rho calibrated (largest value keeping the perturbed hallucination probability < 0.9 and raising the forget loss, on a held-out forget batch at an NPO-unlearned point): {facts['rho']} (sweep {facts['rho_sweep']}). "
              f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
              f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
-             f"Wall time {time.time() - start:.0f}s.")
+             f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
+             "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one.")
     results = Results(id="hallucination-unlearning", title="Hallucination unlearning on a biased ToyVLM captioner: GA, NPO, EFUF, SARE, controls; relearning and weight noise",
                       command=COMMAND, families=["hallucination-unlearning"], columns=columns, rows=table,
                       plots=[Plot(x="relearn_steps", y="hal_rate", group="method", title="Hallucinated-object rate vs relearning steps")], notes=notes)
