@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt
 import torch
 
 from reference_impls.hallucination.attention_intervention import VisualAttentionAmplification
-from reference_impls.hallucination.bench import BenchConfig, make_data
 from reference_impls.hallucination.captioner import build_splits, evaluate_captioner, generate_captions, make_eval_set
 from reference_impls.hallucination.contrastive_decoding import VisualContrastiveDecoding
 from reference_impls.hallucination.grounded_tuning import GroundedInstructionTuning
@@ -30,8 +29,8 @@ from reference_impls.hallucination.representation_steering import SteeringVector
 from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
-torch.set_num_threads(2)
-N_EVAL, STEPS, BATCH, N_FORGET = (20, 5, 8, 32) if QUICK else (80, 30, 16, 128)
+torch.set_num_threads(1)
+N_EVAL, STEPS, BATCH, N_FORGET = (16, 5, 8, 32) if QUICK else (80, 30, 16, 128)
 
 base, vocab, world, _ = load_captioner()
 base.model.visual.requires_grad_(False)
@@ -42,8 +41,9 @@ print(f"scene with {sorted(example.truth)} -> caption {' '.join(generate_caption
 
 # %% [markdown]
 # Decode-time methods: each is a context manager around the unchanged model (the self-check
-# correction edits the captions instead). The steering vector is fitted on a separate set of
-# hallucinated captions and their grounded counterparts.
+# correction edits the captions instead). The steering vector is fitted on the model's own
+# hallucinated captions of fresh scenes and their grounded counterparts (the same pairs DPO
+# trains on below).
 
 # %%
 results = {"base": evaluate(base)}
@@ -51,8 +51,9 @@ with VisualContrastiveDecoding(alpha=1.0, mode="noise")(base):
     results["VCD (noise)"] = evaluate(base)
 with VisualAttentionAmplification(alpha=1.0)(base):
     results["PAI alpha=1"] = evaluate(base)
-held_out = build_splits(base, vocab, world, n=N_FORGET, seed=99)
-pairs = preference_batch(held_out, list(range(len(held_out["scenes"]))), vocab, base.config, world)
+splits = build_splits(base, vocab, world, n=N_FORGET, seed=0)  # hallucinated captions of fresh scenes
+n = len(splits["scenes"])
+pairs = preference_batch(splits, list(range(n)), vocab, base.config, world)
 with SteeringVector(layer=1, strength=2.0).fit(base, pairs["chosen"], pairs["rejected"])(base):
     results["steering s=2"] = evaluate(base)
 results["self-check"] = evaluate(base, SelfCheckCorrection().captioner(world.shapes))
@@ -63,14 +64,12 @@ results["self-check"] = evaluate(base, SelfCheckCorrection().captioner(world.sha
 # rebalanced captions and probes.
 
 # %%
-splits, batches, _ = make_data(base, vocab, world, BenchConfig(steps=STEPS, batch=BATCH, n_forget=N_FORGET), seed=0)
-n = len(splits["scenes"])
-dpo_batches = lambda step: {"preference": preference_batch(splits, [(step * BATCH + i) % n for i in range(BATCH)], vocab, base.config, world), "retain": batches(step)["retain"]}
+dpo_batches = lambda step: {"preference": preference_batch(splits, [(step * BATCH + i) % n for i in range(BATCH)], vocab, base.config, world)}
 model = copy.deepcopy(base)
-HallucinationDPO(beta=0.5, steps=STEPS).train(model, dpo_batches)
+HallucinationDPO(beta=0.5, steps=STEPS, weight_retain=0.0).train(model, dpo_batches)  # the benchmark adds a retain term
 results["DPO"] = evaluate(model)
 model = copy.deepcopy(base)
-grounded = GroundedInstructionTuning(steps=STEPS, batch=BATCH)
+grounded = GroundedInstructionTuning(steps=STEPS, batch=BATCH, pool=4 * STEPS * BATCH)
 grounded.train(model, grounded.batches(world, vocab, base.config))
 results["grounded tuning"] = evaluate(model)
 
