@@ -30,8 +30,12 @@ patches), not on raw pixels; the noise follows a linear-beta diffusion schedule 
 step ``noise_step`` (we did not check the paper's exact schedule); greedy decoding instead of the
 paper's sampling. On ToyVLM the target hallucination (B named on A-without-B scenes) comes from
 annotator bias the model has learnt *conditioned on seeing A*; the noised image still shows A
-to a degree, so the prior VCD subtracts is not the bias itself -- see the comparison benchmark
-for whether it helped.
+to a degree, so the prior VCD subtracts is not the bias itself.
+
+Measured on ToyVLM (``python -m reference_impls.hallucination.compare``): it helped. The
+targeted rate fell from 91% to 24% (noise, alpha 1) and to 0% (all patches masked), with clean
+captions unchanged and POPE F1 up (66.7 to 77-81). It did not survive the relearning attack:
+decoding the relearned captioner with VCD left the rate at 100%.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ Deviations / guesses: 60 steps, batch 16, lr 5e-4 (language model only, as for t
 methods); the balance target 0.5 is a parameter. In the committed ToyVLM world about 40% of the
 A scenes already lack B, so most of the bias this removes is the *annotation* bias (captions and
 answers that name an absent B), not the scene statistics.
+
+Measured on ToyVLM (comparison benchmark, 2 seeds): the targeted rate fell from 91% to 0%, with
+clean captions intact and the best POPE F1 of all methods (84). It was not robust to relearning
+(100% after 10 steps). A 5-step run (the notebook's quick mode) is not enough (44%).
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ Deviations / guesses: the chosen caption is the ground-truth caption of the scen
 GPT-4 rewrite the hallucinated description); pairs come from the model's own greedy captions of
 trigger scenes (the forget split of the unlearning benchmark); beta 0.5, lr 5e-4 and 60 steps
 fit the tiny model and are not tuned.
+
+Measured on ToyVLM (comparison benchmark, 2 seeds): the targeted rate fell from 91% to 0%,
+CHAIR_i to 0, with clean captions intact and POPE F1 up (66.7 to 73). It was not robust: after
+10 relearning steps the rate was back at 95% (the never-trained captioner relearned: 100%).
 """
 
 from __future__ import annotations

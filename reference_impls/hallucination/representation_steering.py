@@ -23,6 +23,11 @@ encoder) and from caption pairs (text decoder), taking the principal direction a
 we use one layer and the plain mean difference of the caption-token hidden states between
 pairs that share the image and prompt (:func:`mean_difference`). Layer and strength are
 parameters chosen by a sweep in the comparison benchmark, not findings.
+
+Measured on ToyVLM (comparison benchmark, layer 1 of 3): the targeted rate fell from 91% to
+44 / 35 / 30 / 0% at strengths 1 / 2 / 4 / 8. Clean captions were intact up to strength 2
+(F1 100) but broke at larger strengths (F1 93.5 at 4, 57.6 at 8). POPE F1 did not improve
+(66.7 falling to 58-65). A vector at the last layer barely acted below strength 4 (exploratory).
 """
 
 from __future__ import annotations
