@@ -35,7 +35,7 @@ N_EVAL, STEPS, BATCH, N_FORGET = (16, 5, 8, 32) if QUICK else (80, 30, 16, 128)
 base, vocab, world, _ = load_captioner()
 base.model.visual.requires_grad_(False)
 eval_set = make_eval_set(world, N_EVAL, N_EVAL)
-evaluate = lambda model, captioner=None: evaluate_captioner(model, vocab, world, eval_set, captioner)
+evaluate = lambda model, captioner=None: evaluate_captioner(model, vocab, world, eval_set, captioner=captioner)
 example = eval_set.trigger[0]
 print(f"scene with {sorted(example.truth)} -> caption {' '.join(generate_captions(base, [example], vocab)[0])!r}")
 

@@ -1,20 +1,24 @@
 # %% [markdown]
 # # SARE vs NPO: erasing a co-occurrence hallucination, then attacking it
 #
-# A small Qwen2.5-VL captioner (trained on ToyVLM scenes, see
+# A small Qwen2.5-VL captioner (trained on ToyVLM scenes by
 # `reference_impls/hallucination/train_captioner.py`) has learnt from biased annotations to
 # name a square whenever it sees a circle. We build forget data from its own hallucinated
-# captions, unlearn with NPO and with SARE (NPO plus a targeted sharpness-aware step), and then
-# run a short relearning attack on a few hallucinated captions. The never-unlearned captioner,
-# relearned with the same budget, is the reference. Set ATLAS_QUICK=1 for a smaller run.
+# captions, unlearn with NPO and with SARE (NPO plus a targeted sharpness-aware step), and run
+# a short relearning attack on a few hallucinated captions; the never-unlearned captioner,
+# relearned with the same budget, is the reference. The live run is deliberately short (CPU
+# budget), so it shows the mechanics; the last cell plots the 3-seed benchmark
+# (`python -m reference_impls.hallucination.bench`). Set ATLAS_QUICK=1 for a smaller run.
 
 # %%
 import copy
+import json
 import os
 
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.results import RESULTS_DIR
 from reference_impls.hallucination.bench import BenchConfig, make_data
 from reference_impls.hallucination.captioner import evaluate_captioner, make_eval_set
 from reference_impls.hallucination.npo import NPO
@@ -24,21 +28,21 @@ from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(2)
-STEPS, BATCH, N_EVAL, BUDGETS = (6, 8, 24, (5,)) if QUICK else (16, 12, 50, (5, 10))
-RHO = 0.3  # the benchmark calibrates rho (reference_impls/results/hallucination-unlearning.json)
+STEPS, BATCH, N_EVAL, BUDGETS = (3, 8, 12, (3,)) if QUICK else (10, 8, 32, (5, 10))
+RHO = 0.3  # the value the benchmark's calibration picked
 
 base, vocab, world, manifest = load_captioner()
 base.model.visual.requires_grad_(False)
-config = BenchConfig(steps=STEPS, n_forget=32, batch=BATCH, relearn_batch=BATCH, retain_pool=100)
+config = BenchConfig(steps=STEPS, n_forget=16, batch=BATCH, relearn_n=16, relearn_batch=BATCH, retain_pool=32)
 splits, batches, attack = make_data(base, vocab, world, config, seed=0)
 eval_set = make_eval_set(world, N_EVAL, N_EVAL)
-evaluate = lambda m: evaluate_captioner(m, vocab, world, eval_set)
-print(f"{len(splits['scenes'])} of 32 trigger scenes get a hallucinated caption; example: {' '.join(splits['captions'][0])!r} for {sorted(splits['scenes'][0].truth)}")
+evaluate = lambda m: evaluate_captioner(m, vocab, world, eval_set, with_pope=False)
+print(f"{len(splits['scenes'])} of 16 trigger scenes get a hallucinated caption; example: {' '.join(splits['captions'][0])!r} for {sorted(splits['scenes'][0].truth)}")
 
 # %% [markdown]
-# Unlearn with NPO and SARE from the same data order, and measure the hallucinated-object
-# rate (captions that name the square on circle-without-square scenes) and the clean-caption
-# object F1, before and after relearning.
+# Unlearn with NPO and SARE from the same data order; measure the hallucinated-object rate
+# (captions naming the square on circle-without-square scenes) and the clean-caption object
+# F1, then relearn.
 
 # %%
 curves = {}
@@ -50,13 +54,24 @@ for name, method in {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(r
     scores = evaluate(model)
     rows = relearn(model, attack, checkpoints=BUDGETS, evaluate=evaluate)
     curves[name] = [(0, scores["hal_rate"])] + [(r["steps"], r["hal_rate"]) for r in rows]
-    print(f"{name:5s} hal {scores['hal_rate']:5.1f}%  clean F1 {scores['clean_f1']:5.1f}  POPE F1 {scores['pope_f1']:5.1f}  after relearning: " + ", ".join(f"{r['steps']} steps {r['hal_rate']:.1f}%" for r in rows))
+    print(f"{name:5s} hal {scores['hal_rate']:5.1f}%  clean F1 {scores['clean_f1']:5.1f}  after relearning: " + ", ".join(f"{r['steps']} steps {r['hal_rate']:.1f}%" for r in rows))
+
+# %% [markdown]
+# Left: this short live run. Right: the committed benchmark (60 unlearning steps, 3 seeds,
+# mean over seeds), where SARE delays the relapse at 5-10 relearning steps but not at 20-30.
 
 # %%
+figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
 for name, points in curves.items():
-    plt.plot(*zip(*points), marker="o", label=name)
-plt.xlabel("relearning steps")
-plt.ylabel("hallucinated-object rate (%)")
-plt.legend()
-plt.title("Relapse under the relearning attack")
+    left.plot(*zip(*points), marker="o", label=name)
+left.set(title=f"live run ({STEPS} unlearning steps)", xlabel="relearning steps", ylabel="hallucinated-object rate (%)")
+left.legend()
+path = RESULTS_DIR / "hallucination-unlearning.json"
+if path.exists():
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["condition"] in ("unlearned", "relearned")]
+    for name in ("base", "ga", "npo", "sare", "sam-untargeted", "npo-same-compute"):
+        points = sorted((r["relearn_steps"], r["hal_rate"]) for r in rows if r["method"] == name)
+        right.plot(*zip(*points), marker="o", label=name)
+    right.set(title="benchmark (3 seeds)", xlabel="relearning steps")
+    right.legend()
 plt.show()

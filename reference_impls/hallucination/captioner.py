@@ -185,7 +185,7 @@ def make_eval_set(world: CaptionWorld, n_trigger: int = 300, n_clean: int = 300,
     return EvalSet(trigger, clean, probes)
 
 
-def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, captioner=None) -> dict[str, float]:
+def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, with_pope: bool = True, captioner=None) -> dict[str, float]:
     """Targeted hallucination rate, CHAIR, caption quality on clean scenes and POPE (percent).
 
     ``captioner(model, scenes, vocab) -> captions`` replaces :func:`generate_captions` (for
@@ -200,11 +200,7 @@ def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, 
     c_all = chair(trig + clean, [s.truth for s in data.trigger + data.clean])
     quality = object_f1(clean, [s.truth for s in data.clean])
     exact = np.mean([" ".join(c) == world.caption(s.truth) for c, s in zip(clean_caps, data.clean)])
-    pool = data.clean + data.trigger
-    answers = answer_yes(model, [pool[i] for i, _, _ in data.pope], [o for _, o, _ in data.pope], vocab)
-    probe = pope(answers, [y for *_, y in data.pope])
-    b_probe = [a for a, (i, o, _) in zip(answers, data.pope) if i >= len(data.clean)]
-    return {
+    scores = {
         "hal_rate": 100 * mention_rate(trig, world.b),
         "chair_s": 100 * c_all["chair_s"],
         "chair_i": 100 * c_all["chair_i"],
@@ -212,6 +208,15 @@ def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, 
         "recall": 100 * c_all["recall"],
         "clean_f1": 100 * quality["f1"],
         "clean_exact": 100 * float(exact),
+    }
+    if not with_pope:
+        return scores
+    pool = data.clean + data.trigger
+    answers = answer_yes(model, [pool[i] for i, _, _ in data.pope], [o for _, o, _ in data.pope], vocab)
+    probe = pope(answers, [y for *_, y in data.pope])
+    b_probe = [a for a, (i, o, _) in zip(answers, data.pope) if i >= len(data.clean)]
+    return {
+        **scores,
         "pope_acc": 100 * probe["accuracy"],
         "pope_f1": 100 * probe["f1"],
         "pope_b_yes": 100 * float(np.mean(b_probe)) if b_probe else float("nan"),

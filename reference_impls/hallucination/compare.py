@@ -92,7 +92,7 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
     base, vocab, world, _ = load_captioner()
     base.model.visual.requires_grad_(False)  # training-based methods train the language model only
     eval_set = make_eval_set(world, config.n_eval, config.n_eval)
-    evaluate = lambda model, captioner=None: evaluate_captioner(model, vocab, world, eval_set, captioner)
+    evaluate = lambda model, captioner=None: evaluate_captioner(model, vocab, world, eval_set, captioner=captioner)
     rows: list[dict] = []
 
     def timed(name, family, setting, fn, seed=None, condition="applied"):
