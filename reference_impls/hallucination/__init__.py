@@ -11,6 +11,11 @@ Modules:
 - :mod:`.robustness`: relearning attack, Gaussian weight noise, worst-case perturbation probe.
 - :mod:`.captioner`, :mod:`.train_captioner`, :mod:`.bench`: the ToyVLM co-occurrence
   hallucination benchmark.
+- Other mitigation families (``kind="hallucination"``): :mod:`.contrastive_decoding` (VCD),
+  :mod:`.attention_intervention` (PAI-style), :mod:`.representation_steering`,
+  :mod:`.post_hoc_correction` (decode-time or post-hoc, ``with method(model): ...`` or a
+  captioner function) and :mod:`.preference_optimization` (DPO), :mod:`.grounded_tuning`
+  (training through the shared trainer); :mod:`.compare` benchmarks all families.
 
 Interface of ``kind="unlearning"`` registry entries: a dataclass subclassing
 :class:`~.base.UnlearningMethod`; ``method.unlearn(model, batches)`` changes ``model`` in place,

@@ -185,11 +185,16 @@ def make_eval_set(world: CaptionWorld, n_trigger: int = 300, n_clean: int = 300,
     return EvalSet(trigger, clean, probes)
 
 
-def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, with_pope: bool = True) -> dict[str, float]:
-    """Targeted hallucination rate, CHAIR, caption quality on clean scenes and POPE (percent)."""
+def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, with_pope: bool = True, captioner=None) -> dict[str, float]:
+    """Targeted hallucination rate, CHAIR, caption quality on clean scenes and POPE (percent).
+
+    ``captioner(model, scenes, vocab) -> captions`` replaces :func:`generate_captions` (for
+    post-hoc methods that edit the captions); POPE always asks the model directly.
+    """
     model.eval()
-    trig = [extract_objects(c, world.shapes) for c in generate_captions(model, data.trigger, vocab)]
-    clean_caps = generate_captions(model, data.clean, vocab)
+    captioner = captioner or generate_captions
+    trig = [extract_objects(c, world.shapes) for c in captioner(model, data.trigger, vocab)]
+    clean_caps = captioner(model, data.clean, vocab)
     clean = [extract_objects(c, world.shapes) for c in clean_caps]
     c_trig = chair(trig, [s.truth for s in data.trigger])
     c_all = chair(trig + clean, [s.truth for s in data.trigger + data.clean])
