@@ -116,8 +116,9 @@ class SceneSpec:
     """Std of the per-pixel background noise (0-255 scale)."""
     aligned: bool = True
     cooccur: tuple[str, str, float] | None = None
-    """``(shape_a, shape_b, p)``: when ``shape_a`` is drawn, a ``shape_b`` is added with
-    probability ``p``, and ``shape_b`` is otherwise drawn only half as often."""
+    """``(shape_a, shape_b, p)``: each time ``shape_a`` is drawn and the scene still has room, a
+    ``shape_b`` is added with probability ``p``; ``shape_b`` is otherwise drawn half as often. When
+    ``shape_a`` is the last object there is no room, so P(B | A) ends up below ``p``."""
     video_frames: int = 0
     """> 0: make a video of this many frames instead of ``n_images`` images."""
 
@@ -217,13 +218,11 @@ def _draw_attributes(spec: SceneSpec, rng: np.random.Generator, n: int) -> list[
             colour = spec.colours[rng.integers(len(spec.colours))]
         shape = shapes[rng.choice(len(shapes), p=weights)]
         attributes.append((colour, shape))
-    if spec.cooccur is not None:
-        a, b, p = spec.cooccur
-        names = [shape for _, shape in attributes]
-        others = [i for i, shape in enumerate(names) if shape != a]
-        if a in names and b not in names and others and rng.random() < p:
-            i = others[rng.integers(len(others))]  # turn another object into the companion
-            attributes[i] = (attributes[i][0], b)
+        # The hallucination captioner (and its committed results) were made with this rule; a
+        # rule that forces the nominal P(B | A) would change that benchmark's scenes.
+        if spec.cooccur is not None and shape == spec.cooccur[0] and len(attributes) < n:
+            if rng.random() < spec.cooccur[2]:
+                attributes.append((spec.colours[rng.integers(len(spec.colours))], spec.cooccur[1]))
     return attributes
 
 

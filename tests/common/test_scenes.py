@@ -95,7 +95,8 @@ def test_cooccurrence_bias():
         with_circle = [sc for sc in with_circle if any(o.shape == "circle" for o in sc.objects)]
         return np.mean([any(o.shape == "square" for o in sc.objects) for sc in with_circle])
 
-    assert rate(biased) > 0.85 > rate(SceneSpec(n_images=1, image_size=112, min_objects=2, max_objects=3))
+    unbiased = rate(SceneSpec(n_images=1, image_size=112, min_objects=2, max_objects=3))
+    assert rate(biased) > unbiased + 0.2
 
 
 def test_video_motion_and_flash():
