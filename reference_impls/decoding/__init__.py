@@ -1,0 +1,1 @@
+"""Decoding-stage methods: KV-cache compression, speculative decoding and efficient reasoning."""
