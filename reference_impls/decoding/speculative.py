@@ -40,6 +40,7 @@ Deviations / guesses:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +177,7 @@ class SpeculativeDecoding:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int = 32) -> DecodeResult:
+        start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         prompt = encode_prompt(model, inputs)
         draft_model = self.draft_model if self.draft_model is not None else model
@@ -184,6 +186,7 @@ class SpeculativeDecoding:
 
         cache, logits = prefill(model, prompt)
         draft = _Draft(draft_model, draft_prompt, self.draft_layers)
+        prefilled = time.perf_counter()
         generated, stop = [int(logits.argmax())], eos_ids(model)
         lengths, proposed, relaxed_total = [], 0, 0
         while not stop.intersection(generated) and len(generated) < max_new_tokens:
@@ -211,6 +214,8 @@ class SpeculativeDecoding:
             relaxed_total += int(relaxed[:n].sum())
         tokens = _until_stop(generated, stop)
         self.stats = {
+            "prefill_seconds": prefilled - start,  # vision tower, target and draft prefill
+            "decode_seconds": time.perf_counter() - prefilled,
             "new_tokens": len(tokens),
             "target_forwards": len(lengths),
             "accepted_lengths": lengths,
@@ -240,5 +245,10 @@ def _until_stop(tokens: list[int], stop: set[int]) -> list[int]:
 @torch.no_grad()
 def greedy_decode(model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int = 32) -> DecodeResult:
     """Plain greedy decoding with the same explicit-position loop (the speculative baseline)."""
-    tokens, _ = decode(model, encode_prompt(model, inputs), max_new_tokens)
-    return DecodeResult(tokens, {"new_tokens": len(tokens), "target_forwards": len(tokens) - 1})
+    start = time.perf_counter()
+    prompt = encode_prompt(model, inputs)
+    cache, logits = prefill(model, prompt)
+    prefilled = time.perf_counter()
+    tokens, _ = decode(model, prompt, max_new_tokens, cache=cache, first_logits=logits)
+    stats = {"prefill_seconds": prefilled - start, "decode_seconds": time.perf_counter() - prefilled}
+    return DecodeResult(tokens, stats | {"new_tokens": len(tokens), "target_forwards": len(tokens) - 1})

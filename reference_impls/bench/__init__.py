@@ -1,0 +1,1 @@
+"""Benchmarks: each module reproduces one results file (``python -m reference_impls.bench.<name>``)."""
