@@ -1,0 +1,67 @@
+# %% [markdown]
+# # Confidence-gated answering (CAR-style routing)
+#
+# Answer cheaply and spend more only when unsure. The cheap pass answers from a quarter of the
+# visual tokens; if the first answer token's probability is below a threshold, the question is
+# re-asked with all visual tokens (or answered by self-consistency over sampled answers). This
+# notebook shows, on ToyVLM (or a random-init Qwen2.5-VL when no checkpoint is available),
+# whether the cheap pass's confidence separates its right answers from its wrong ones, and the
+# accuracy against compute curve traced by the threshold.
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import torch
+
+from reference_impls.bench.reasoning import FIRST_KEEP, MAX_NEW, sweep
+from reference_impls.bench.speculative import load_setting
+from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
+from reference_impls.decoding.speculative import greedy_decode
+
+QUICK = os.environ.get("ATLAS_QUICK") == "1"
+torch.set_num_threads(1)
+setting = load_setting(8 if QUICK else 48, seed=2)
+model = setting.model
+truth = setting.answers or [greedy_decode(model, x, MAX_NEW).tokens[0] for x in setting.inputs]
+print(setting.name, "|", len(setting.inputs), "questions")
+
+# %% [markdown]
+# ## Is the cheap pass's confidence informative?
+# Confidence (top probability of the first answer token) of the cheap pass, split by whether
+# its answer was right.
+
+# %%
+cheap = ConfidenceGatedAnswering(threshold=0.0, first_visual_keep=FIRST_KEEP, max_new_tokens=MAX_NEW)
+right, wrong = [], []
+for inputs, answer in zip(setting.inputs, truth):
+    result = cheap(model, inputs)
+    (right if result.tokens[:1] == [answer] else wrong).append(result.stats["confidence"])
+print(f"cheap pass accuracy {100 * len(right) / len(truth):.1f}%")
+plt.hist([right, wrong], bins=10, range=(0, 1), label=["right", "wrong"], stacked=True)
+plt.xlabel("confidence of the cheap answer")
+plt.ylabel("questions")
+plt.legend()
+plt.show()
+
+# %% [markdown]
+# ## Accuracy against compute
+# Each point is a threshold; compute is the number of tokens the language model processes per
+# question (both passes when escalated).
+
+# %%
+thresholds = (0.0, 0.9, 1.01) if QUICK else (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
+escalations = ("full-visual",) if QUICK else ("full-visual", "self-consistency")
+rows = sweep(setting, thresholds=thresholds, escalations=escalations, samples=3 if QUICK else 5)
+for escalation in escalations:
+    mine = [r for r in rows if r["escalation"] == escalation]
+    plt.plot([r["lm_tokens"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=escalation)
+    for r in mine:
+        plt.annotate(f"{r['threshold']:g}", (r["lm_tokens"], r["accuracy"]))
+    for r in mine:
+        print(f"{escalation:16s} threshold {r['threshold']:4.2f}: accuracy {r['accuracy']:5.1f}%, "
+              f"escalated {r['escalated']:5.1f}%, LM tokens {r['lm_tokens']:6.1f}, decoded {r['decoded_tokens']:.2f}")
+plt.xlabel("LM tokens per question")
+plt.ylabel("accuracy (%)")
+plt.legend()
+plt.show()
