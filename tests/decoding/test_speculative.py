@@ -173,3 +173,21 @@ def test_pruned_prompt_keeps_positions_and_budget(target, inputs):
     assert torch.equal(pruned.positions, full.positions[:, :, index])
     assert torch.equal(pruned.embeds, full.embeds[:, index])
     assert pruned.next_position == full.next_position and pruned.visual_kept < full.visual_in
+
+
+def test_video_input_strict_equals_generate(target):
+    """Videos take the same path: 3-D positions from get_rope_index, pruning per video run."""
+    from reference_impls.common.tiny import IDS
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[10, 11, 12, IDS.vision_start] + [IDS.video] * 8 + [IDS.vision_end, 20, 21]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": 2 * (ids == IDS.video).long(),
+        "pixel_values_videos": torch.randn(2 * 4 * 4, 3 * 2 * 14 * 14, generator=generator),
+        "video_grid_thw": torch.tensor([[2, 4, 4]]),
+    }
+    expected = target.generate(**inputs, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :].tolist()
+    result = SpeculativeDecoding(draft_visual_keep=0.5, num_draft=3)(target, inputs, 12)
+    assert result.tokens == expected and result.stats["visual_kept"] == 4
