@@ -34,6 +34,8 @@ Deviations / guesses:
       sampling-based rejection), so strict mode is lossless for greedy decoding only.
     - ``draft_layers`` (early exit of the draft after its first layers) is our addition, to get
       a draft cheaper than the target when no smaller model exists; it is not from SpecVLM.
+      Likewise ``draft_min_confidence`` (stop a proposal when the draft is unsure), a common
+      speculative-decoding device we added; off by default.
     - The relaxation rule reads the survey's description; "within top-k" and the function-word
       set are our choices. Batch size 1, no tree drafting.
 """
@@ -117,21 +119,24 @@ class _Draft:
         self.fed = 0  # proposal tokens of the last round whose keys/values are in self.cache
         self.forwards = 0
 
-    def propose(self, generated: list[int], k: int) -> list[int]:
-        """``k`` greedy tokens continuing ``generated`` (feeds the 1-2 tokens it has not seen)."""
+    def propose(self, generated: list[int], k: int, min_confidence: float = 0.0) -> list[int]:
+        """Up to ``k`` greedy tokens continuing ``generated`` (feeds the 1-2 tokens it has not seen).
+
+        Stops early when the draft's top probability for the next token is below
+        ``min_confidence`` (at least one token is always proposed).
+        """
         new = generated[self.seen :]
-        logits = forward(
-            self.model, self.cache, text_positions(self.prompt.next_position + self.seen, len(new)), ids=new, layers=self.layers
-        )[-1]
-        self.seen = len(generated)
-        proposal = []
-        for i in range(k):
+        position = text_positions(self.prompt.next_position + self.seen, len(new))
+        logits = forward(self.model, self.cache, position, ids=new, layers=self.layers)[-1]
+        self.seen, self.fed, self.forwards = len(generated), 0, self.forwards + 1
+        proposal = [int(logits.argmax())]
+        while len(proposal) < k:
+            position = text_positions(self.prompt.next_position + len(generated) + self.fed, 1)
+            logits = forward(self.model, self.cache, position, ids=proposal[-1:], layers=self.layers)[-1]
+            self.fed, self.forwards = self.fed + 1, self.forwards + 1
+            if min_confidence > 0 and float(torch.softmax(logits, -1).max()) < min_confidence:
+                break
             proposal.append(int(logits.argmax()))
-            if i < k - 1:
-                position = text_positions(self.prompt.next_position + len(generated) + i, 1)
-                logits = forward(self.model, self.cache, position, ids=proposal[-1:], layers=self.layers)[-1]
-        self.forwards += k
-        self.fed = k - 1  # the last proposal token was never fed
         return proposal
 
     def rollback(self, accepted: int) -> None:
@@ -159,7 +164,9 @@ class SpeculativeDecoding:
     draft_layers: int | None = None
     """Run only the draft's first ``draft_layers`` decoder layers (``None``: all)."""
     num_draft: int = 4
-    """Tokens proposed per verification step."""
+    """Most tokens proposed per verification step."""
+    draft_min_confidence: float = 0.0
+    """Stop a proposal early when the draft's top probability falls below this (0: never)."""
     relax_rate: float = 0.0
     """Probability of accepting an eligible non-top-1 draft token (0: strict, lossless)."""
     relax_top_k: int = 2
@@ -191,7 +198,8 @@ class SpeculativeDecoding:
         lengths, proposed, relaxed_total = [], 0, 0
         while not stop.intersection(generated) and len(generated) < max_new_tokens:
             k = min(self.num_draft, max_new_tokens - len(generated) - 1)
-            proposal = draft.propose(generated, k) if k > 0 else []
+            proposal = draft.propose(generated, k, self.draft_min_confidence) if k > 0 else []
+            k = len(proposal)
             block = generated[-1:] + proposal  # the target has not seen the last generated token yet
             position = text_positions(prompt.next_position + len(generated) - 1, len(block))
             target_logits = forward(model, cache, position, ids=block)  # (k + 1, V)

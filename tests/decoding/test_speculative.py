@@ -52,6 +52,7 @@ DRAFTS = {
     "self-random": dict(draft_visual_keep=0.5, prune="random"),
     "self-early-exit": dict(draft_visual_keep=0.25, draft_layers=1),
     "other-model": dict(draft_visual_keep=0.5),
+    "self-adaptive-length": dict(draft_visual_keep=0.25, draft_min_confidence=0.03),
 }
 
 
@@ -64,6 +65,13 @@ def test_strict_equals_greedy(target, other_draft, inputs, reference, draft, num
     result = method(target, inputs, MAX_NEW)
     assert result.tokens == reference
     assert result.stats["relaxed_accepts"] == 0
+
+
+def test_adaptive_draft_length_proposes_fewer(target, inputs):
+    fixed = SpeculativeDecoding(num_draft=6)(target, inputs, MAX_NEW).stats
+    adaptive = SpeculativeDecoding(num_draft=6, draft_min_confidence=0.03)(target, inputs, MAX_NEW).stats
+    assert adaptive["draft_forwards"] < fixed["draft_forwards"]
+    _check_stats(adaptive, 6)
 
 
 def test_disagreeing_draft_is_really_rejected(target, other_draft, inputs):
