@@ -1,0 +1,146 @@
+"""Evaluation harness: run a method (or none) on ToyVLM or any local bundle and measure it.
+
+One call measures what every efficiency page reports, phase by phase (design notes, lesson 6):
+
+- ``accuracy``: greedy answer (next token after the prompt) equals the scene's answer;
+- ``visual_tokens``: visual tokens the language model saw (``method.stats["visual_kept"]`` of
+  ``kind="visual-token"`` methods, else all of them) and ``visual_tokens_full``;
+- ``prefill_s``: seconds of the prefill forward (vision tower + selection + language model);
+- ``kv_bytes``: bytes resident in the cache after prefill (``cache.resident_bytes()`` when the
+  method's cache has it, else the sum of keys and values ``element_size() * nelement()``) and
+  ``kv_offloaded_bytes``;
+- ``decode_ms_per_token``: mean milliseconds of one decode step (prefill excluded), measured on
+  the first ``decode_samples`` samples with ``decode_tokens`` greedy steps each.
+
+Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
+explicit 3-D positions (the full sequence's last position + 1 + step, design notes §2).
+
+Example:
+    >>> from reference_impls.common.toyvlm import load_toyvlm
+    >>> from reference_impls.common.random_pruning import RandomPruning
+    >>> toy = load_toyvlm()
+    >>> evaluate(toy, RandomPruning(budget=0.25), n=100)["accuracy"]
+
+Deviations / guesses:
+    Times are wall-clock on whatever machine runs it (CPU here, shared): compare methods within
+    one run, not across machines.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from . import random_pruning as _random_pruning  # noqa: F401  (registers the baseline)
+from .toyvlm import ToyVLM
+
+__all__ = ["cache_bytes", "prefill", "decode_steps", "evaluate"]
+
+
+def cache_bytes(cache) -> tuple[int, int]:
+    """``(resident, offloaded)`` bytes of a cache (stats protocol of ``kind="kv-cache"`` methods)."""
+    if cache is None:
+        return 0, 0
+    if hasattr(cache, "resident_bytes"):
+        offloaded = cache.offloaded_bytes() if hasattr(cache, "offloaded_bytes") else 0
+        return int(cache.resident_bytes()), int(offloaded)
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.element_size() * tensor.nelement()
+    return total, 0
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+@torch.no_grad()
+def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, torch.Tensor, float]:
+    """One prefill forward. Returns ``(last logits (B, V), cache, next 3-D position (B,), seconds)``."""
+    rope_kwargs = {k: inputs.get(k) for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs.get("attention_mask"), **rope_kwargs)
+    start = time.perf_counter()
+    output = model(**inputs, use_cache=True, logits_to_keep=1)
+    seconds = time.perf_counter() - start
+    return output.logits[:, -1], _output_cache(output), positions.amax(dim=(0, 2)) + 1, seconds
+
+
+@torch.no_grad()
+def decode_steps(model, first_token: torch.Tensor, cache, next_position: torch.Tensor, steps: int) -> tuple[list[int], list[float]]:
+    """Greedy decoding of ``steps`` tokens (batch 1, eos ignored) with explicit positions.
+
+    Returns the tokens and the seconds of each step.
+    """
+    token, tokens, times = first_token.view(1, 1), [], []
+    for step in range(steps):
+        position = (next_position.view(1, 1, 1) + step).expand(3, 1, 1)
+        start = time.perf_counter()
+        output = model(input_ids=token, cache=cache, position_ids=position, use_cache=True)
+        times.append(time.perf_counter() - start)
+        cache = _output_cache(output)
+        token = output.logits[:, -1].argmax(-1).view(1, 1)
+        tokens.append(int(token))
+    return tokens, times
+
+
+def evaluate(
+    bundle: ToyVLM,
+    method=None,
+    *,
+    n: int = 200,
+    seed: int = 1,
+    decode_samples: int = 5,
+    decode_tokens: int = 8,
+    question_first: bool | None = None,
+    samples=None,
+) -> dict[str, Any]:
+    """Accuracy and costs of ``method`` (a registered method instance, or None) on ``n``
+    held-out samples (``bundle.samples(n, seed)`` unless ``samples`` is given).
+
+    Returns:
+        dict with ``accuracy``, ``accuracy_by_kind``, ``visual_tokens``, ``visual_tokens_full``,
+        ``prefill_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``.
+    """
+    model = bundle.model.eval()
+    samples = samples if samples is not None else bundle.samples(n, seed)
+    config = model.config
+    hits: dict[str, list[bool]] = {}
+    kept, full, prefill_times, kv, offloaded, decode_times = [], [], [], [], [], []
+    context = method(model) if method is not None else nullcontext()
+    with context:
+        for index, sample in enumerate(samples):
+            inputs = bundle.collate([sample], question_first=question_first)
+            visual_full = int(((inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)).sum())
+            if method is not None and hasattr(method, "stats"):
+                method.stats = {}
+            logits, cache, next_position, seconds = prefill(model, inputs)
+            stats = getattr(method, "stats", None) or {}
+            full.append(visual_full)
+            kept.append(int(stats.get("visual_kept", visual_full)))
+            prefill_times.append(seconds)
+            resident, off = cache_bytes(cache)
+            kv.append(resident)
+            offloaded.append(off)
+            answer = bundle.vocab.words[int(logits.argmax(-1))]
+            hits.setdefault(sample.qa.kind, []).append(answer == sample.qa.answer)
+            if index < decode_samples and decode_tokens > 0:
+                _, times = decode_steps(model, logits.argmax(-1), cache, next_position, decode_tokens)
+                decode_times += times
+    mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
+    return {
+        "accuracy": mean([h for v in hits.values() for h in v]),
+        "accuracy_by_kind": {kind: mean(v) for kind, v in sorted(hits.items())},
+        "visual_tokens": mean(kept),
+        "visual_tokens_full": mean(full),
+        "prefill_s": mean(prefill_times),
+        "kv_bytes": mean(kv),
+        "kv_offloaded_bytes": mean(offloaded),
+        "decode_ms_per_token": 1000 * mean(decode_times),
+        "n": len(samples),
+    }
