@@ -1,11 +1,13 @@
 """Private plumbing shared by ``speculative.py`` and ``reasoning.py``.
 
 A hand-written decode loop for Qwen2.5-VL with explicit M-RoPE positions (design note
-kv-cache-on-transformers5.md, section 2): the prompt's 3-D positions come from the model's own
-``get_rope_index`` on the full sequence; a pruned prompt keeps its tokens' original positions by
-index-selecting them; every generated token ``j`` gets position ``next_position + j`` on all three
-rows. With explicit positions a plain physical ``DynamicCache`` is correct even when the prompt
-was pruned, and cropping it (rejected draft tokens) needs no other bookkeeping.
+kv-cache-on-transformers5.md, section 2): the prompt's embeddings and 3-D positions come from
+:func:`reference_impls.common.visual_tokens.build_context` (the model's own ``get_rope_index`` on
+the full sequence); a pruned prompt keeps its tokens' original positions
+(:func:`~reference_impls.common.visual_tokens.reduce_inputs`); every generated token ``j`` gets
+position ``next_position + j`` on all three rows. With explicit positions a plain physical
+``DynamicCache`` is correct even when the prompt was pruned, and cropping it (rejected draft
+tokens) needs no other bookkeeping.
 """
 
 from __future__ import annotations
@@ -18,25 +20,29 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from reference_impls.common.tiny import visual_mask, visual_spans
+from reference_impls.common.random_pruning import random_keep
+from reference_impls.common.visual_tokens import Selection, VisualContext, VisualTokenMethod, build_context, keep_count, reduce_inputs
 
 PRUNE_RULES = ("uniform", "norm", "random")
 
 
 @dataclass
 class Prompt:
-    """A (possibly pruned) prompt ready for the language model."""
+    """A (possibly pruned) batch-1 prompt ready for the language model."""
 
     embeds: torch.Tensor  # (1, S, D) input embeddings with the visual features scattered in
     positions: torch.Tensor  # (3, 1, S) M-RoPE positions of the full sequence, index-selected
     next_position: int  # position of the first generated token (max prompt position + 1)
     visual: torch.Tensor  # (S,) bool, True at visual tokens
-    spans: list[tuple[int, int]]  # [start, end) of each image/video; empty once pruned
-    visual_in: int  # visual tokens before pruning
+    context: VisualContext = field(repr=False)  # the full prompt (vision tower output included)
 
     @property
     def length(self) -> int:
         return self.embeds.shape[1]
+
+    @property
+    def visual_in(self) -> int:
+        return int(self.context.visual_mask[0].sum())
 
     @property
     def visual_kept(self) -> int:
@@ -53,101 +59,81 @@ class DecodeResult:
 
 def encode_prompt(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Prompt:
     """Embed a batch-1 Qwen2.5-VL prompt (vision tower included) and compute its 3-D positions."""
-    input_ids = inputs["input_ids"]
-    if input_ids.shape[0] != 1:
+    if inputs["input_ids"].shape[0] != 1:
         raise ValueError("the reference decoders handle batch size 1")
-    inner = model.model
-    embeds = inner.get_input_embeddings()(input_ids)  # (1, S, D)
-    for kind, grid_key, token_id in (
-        ("pixel_values", "image_grid_thw", model.config.image_token_id),
-        ("pixel_values_videos", "video_grid_thw", model.config.video_token_id),
-    ):
-        if inputs.get(kind) is None:
-            continue
-        getter = inner.get_image_features if kind == "pixel_values" else inner.get_video_features
-        features = torch.cat(getter(inputs[kind], inputs[grid_key], return_dict=True).pooler_output)
-        where = (input_ids == token_id).unsqueeze(-1).expand_as(embeds)
-        embeds = embeds.masked_scatter(where, features.to(embeds.dtype))
-    positions, _ = inner.get_rope_index(
-        input_ids,
-        mm_token_type_ids=inputs["mm_token_type_ids"],
-        image_grid_thw=inputs.get("image_grid_thw"),
-        video_grid_thw=inputs.get("video_grid_thw"),
-        second_per_grid_ts=inputs.get("second_per_grid_ts"),
-        attention_mask=inputs.get("attention_mask"),
-    )  # (3, 1, S)
-    visual = visual_mask(input_ids[0], model.config)
+    context = build_context(model, inputs)
     return Prompt(
-        embeds=embeds,
-        positions=positions,
-        next_position=int(positions.max()) + 1,
-        visual=visual,
-        spans=visual_spans(input_ids[0], model.config),
-        visual_in=int(visual.sum()),
+        embeds=context.inputs_embeds,
+        positions=context.position_ids,
+        next_position=int(context.position_ids.max()) + 1,
+        visual=context.visual_mask[0],
+        context=context,
     )
 
 
 def keep_visual(
-    length: int,
-    spans: list[tuple[int, int]],
+    items: list[tuple[int, int, int, int]],
     features: torch.Tensor,
     keep: float,
     rule: str = "uniform",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Which prompt tokens to keep when only a fraction ``keep`` of each image's tokens stays.
+    """Which visual tokens to keep when only a fraction ``keep`` of each image's tokens stays.
 
-    Pure function. Every token outside ``spans`` is kept; each span of ``n`` visual tokens (one
-    image or video) keeps ``max(1, round(keep * n))`` of them, chosen by ``rule``: ``"uniform"``
-    evenly spaced in raster order, ``"norm"`` the largest L2 norms of ``features``, ``"random"``
-    a random subset.
+    Pure function. Each image or video of ``n`` merged tokens keeps ``keep_count(n, keep)`` of
+    them, chosen by ``rule``: ``"uniform"`` evenly spaced in raster order, ``"norm"`` the
+    largest L2 norms of ``features``, ``"random"`` a random subset.
 
     Args:
-        length: prompt length ``S``.
-        spans: ``[start, end)`` of each visual run.
-        features: ``(S, D)`` token embeddings (read by ``"norm"`` only).
+        items: ``(start, t, h, w)`` per image/video; ``start`` indexes the visual tokens.
+        features: ``(V, D)`` features of the sequence's visual tokens (read by ``"norm"``).
         keep: fraction in ``(0, 1]``.
         rule: one of ``PRUNE_RULES``.
         generator: random source for ``"random"``.
 
     Returns:
-        ``(S,)`` bool mask of kept tokens.
+        ``(K,)`` ascending indices into the visual tokens.
     """
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
     if rule not in PRUNE_RULES:
         raise ValueError(f"unknown prune rule {rule!r}; expected one of {PRUNE_RULES}")
-    kept = torch.ones(length, dtype=torch.bool)
-    for start, end in spans:
-        n = end - start
-        k = max(1, round(keep * n))
+    chosen = []
+    for start, t, h, w in items:
+        n = t * h * w
+        k = keep_count(n, keep)
         if rule == "uniform":
-            chosen = torch.linspace(0, n - 1, k).round().long()
+            index = torch.linspace(0, n - 1, k).round().long()
         elif rule == "norm":
-            chosen = features[start:end].norm(dim=-1).topk(k).indices
+            index = features[start : start + n].norm(dim=-1).topk(k).indices.sort().values
         else:
-            chosen = torch.randperm(n, generator=generator)[:k]
-        kept[start:end] = False
-        kept[start + chosen] = True
-    return kept
+            index = random_keep(n, k, generator)
+        chosen.append(start + index)
+    return torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
 
 
-def prune_prompt(prompt: Prompt, keep: float, rule: str = "uniform", seed: int = 0) -> Prompt:
-    """The prompt with only a fraction ``keep`` of its visual tokens; kept tokens keep their positions."""
-    if keep >= 1:
+def prune_prompt(prompt: Prompt, keep: float | VisualTokenMethod, rule: str = "uniform", seed: int = 0) -> Prompt:
+    """The prompt with only some of its visual tokens; kept tokens keep their positions.
+
+    ``keep`` is a fraction per image (chosen by ``rule``) or any ``kind="visual-token"`` method,
+    whose ``select`` (and own budget) then decides.
+    """
+    if isinstance(keep, (int, float)) and keep >= 1:
         return prompt
     if prompt.visual_kept < prompt.visual_in:
         raise ValueError("prune the encoded prompt, not an already pruned one")
-    generator = torch.Generator().manual_seed(seed)
-    kept = keep_visual(prompt.length, prompt.spans, prompt.embeds[0], keep, rule, generator)
-    index = kept.nonzero().squeeze(-1)  # (S_kept,)
+    context = prompt.context
+    if isinstance(keep, (int, float)):
+        generator = torch.Generator().manual_seed(seed)
+        selection = Selection(keep=[keep_visual(context.items[0], context.features(0), keep, rule, generator)])
+    else:
+        selection = keep.select(context)
+        selection = selection if isinstance(selection, Selection) else Selection(keep=list(selection))
+    reduced, kept_index = reduce_inputs(context, selection)
     return Prompt(
-        embeds=prompt.embeds[:, index],
-        positions=prompt.positions[:, :, index],
+        embeds=reduced["inputs_embeds"],
+        positions=reduced["position_ids"],
         next_position=prompt.next_position,
-        visual=prompt.visual[index],
-        spans=[],
-        visual_in=prompt.visual_in,
+        visual=context.visual_mask[0, kept_index[0]],
+        context=context,
     )
 
 

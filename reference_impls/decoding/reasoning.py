@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reference_impls.common.visual_tokens import VisualTokenMethod
 from reference_impls.decoding._speculative_prompt import (
     PRUNE_RULES,
     DecodeResult,
@@ -83,8 +84,9 @@ class ConfidenceGatedAnswering:
     """``"max-prob"`` or ``"margin"`` of the first answer token."""
     first_visual_keep: float = 0.25
     """Fraction of each image's visual tokens in the cheap pass (1.0: all)."""
-    prune: str = "uniform"
-    """How the cheap pass chooses its visual tokens: ``"uniform"``, ``"norm"`` or ``"random"``."""
+    prune: str | VisualTokenMethod = "uniform"
+    """How the cheap pass chooses its visual tokens per image: ``"uniform"``, ``"norm"``,
+    ``"random"``, or any ``kind="visual-token"`` method (its own budget then decides)."""
     escalation: str = "full-visual"
     """``"full-visual"`` (re-ask with all visual tokens) or ``"self-consistency"``."""
     samples: int = 5
@@ -99,14 +101,17 @@ class ConfidenceGatedAnswering:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
         if self.escalation not in ESCALATIONS:
             raise ValueError(f"escalation must be one of {ESCALATIONS}")
-        if self.prune not in PRUNE_RULES:
+        if isinstance(self.prune, str) and self.prune not in PRUNE_RULES:
             raise ValueError(f"prune must be one of {PRUNE_RULES}")
         self.stats: dict = {}
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> DecodeResult:
         full = encode_prompt(model, inputs)
-        cheap = prune_prompt(full, self.first_visual_keep, self.prune, self.seed)
+        if isinstance(self.prune, str):
+            cheap = prune_prompt(full, self.first_visual_keep, self.prune, self.seed)
+        else:
+            cheap = prune_prompt(full, self.prune)
         tokens, first_logits = decode(model, cheap, self.max_new_tokens)
         confidence = answer_confidence(first_logits, self.confidence)
         decoded, lm_tokens = len(tokens), cheap.length + len(tokens) - 1

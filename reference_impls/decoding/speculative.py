@@ -27,9 +27,10 @@ Example:
 
 Deviations / guesses:
     - SpecVLM prunes the draft's video tokens in two stages, by the verifier's attention and
-      then spatially uniformly. We use attention-free rules only: ``"uniform"`` (evenly spaced,
-      like its second stage), ``"norm"`` (largest embedding norm) or ``"random"``; kept tokens
-      keep their original 3-D M-RoPE positions.
+      then spatially uniformly. Our built-in rules are attention-free, per image: ``"uniform"``
+      (evenly spaced, like its second stage), ``"norm"`` (largest embedding norm) or
+      ``"random"``; any registered ``visual-token`` method can be plugged in instead. Kept
+      tokens keep their original 3-D M-RoPE positions.
     - The draft decodes greedily and verification compares with the target's argmax (no
       sampling-based rejection), so strict mode is lossless for greedy decoding only.
     - ``draft_layers`` (early exit of the draft after its first layers) is our addition, to get
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reference_impls.common.visual_tokens import VisualTokenMethod
 from reference_impls.decoding._speculative_prompt import (
     PRUNE_RULES,
     DecodeResult,
@@ -159,8 +161,10 @@ class SpeculativeDecoding:
     """A smaller model sharing the vocabulary; ``None`` drafts with the target itself."""
     draft_visual_keep: float = 0.25
     """Fraction of each image's visual tokens the draft sees (1.0: all)."""
-    prune: str = "uniform"
-    """How the draft's visual tokens are chosen: ``"uniform"``, ``"norm"`` or ``"random"``."""
+    prune: str | VisualTokenMethod = "uniform"
+    """How the draft's visual tokens are chosen per image: ``"uniform"``, ``"norm"``,
+    ``"random"``, or any ``kind="visual-token"`` method (its own ``select`` and budget decide,
+    ``draft_visual_keep`` is then ignored)."""
     draft_layers: int | None = None
     """Run only the draft's first ``draft_layers`` decoder layers (``None``: all)."""
     num_draft: int = 4
@@ -176,7 +180,7 @@ class SpeculativeDecoding:
     seed: int = 0
 
     def __post_init__(self):
-        if self.prune not in PRUNE_RULES:
+        if isinstance(self.prune, str) and self.prune not in PRUNE_RULES:
             raise ValueError(f"prune must be one of {PRUNE_RULES}, got {self.prune!r}")
         if self.num_draft < 1:
             raise ValueError("num_draft must be >= 1")
@@ -189,7 +193,10 @@ class SpeculativeDecoding:
         prompt = encode_prompt(model, inputs)
         draft_model = self.draft_model if self.draft_model is not None else model
         draft_prompt = prompt if draft_model is model else encode_prompt(draft_model, inputs)
-        draft_prompt = prune_prompt(draft_prompt, self.draft_visual_keep, self.prune, self.seed)
+        if isinstance(self.prune, str):
+            draft_prompt = prune_prompt(draft_prompt, self.draft_visual_keep, self.prune, self.seed)
+        else:
+            draft_prompt = prune_prompt(draft_prompt, self.prune)
 
         cache, logits = prefill(model, prompt)
         draft = _Draft(draft_model, draft_prompt, self.draft_layers)

@@ -7,7 +7,8 @@ import torch
 
 import reference_impls.decoding.speculative as speculative
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
-from reference_impls.decoding._speculative_prompt import encode_prompt, keep_visual, prune_prompt
+from reference_impls.common.random_pruning import RandomPruning
+from reference_impls.decoding._speculative_prompt import PRUNE_RULES, encode_prompt, keep_visual, prune_prompt
 from reference_impls.decoding.speculative import SpeculativeDecoding, accept_draft, accepted_prefix, greedy_decode
 from reference_impls.registry import get_method
 
@@ -172,15 +173,26 @@ def test_relaxation_respects_top_k():
 
 def test_pruned_prompt_keeps_positions_and_budget(target, inputs):
     full = encode_prompt(target, inputs)
-    kept = keep_visual(full.length, full.spans, full.embeds[0], 0.25, "uniform")
-    assert kept[~full.visual].all()  # text is never dropped
-    for start, end in full.spans:
-        assert int(kept[start:end].sum()) == max(1, round(0.25 * (end - start)))
+    items = full.context.items[0]
+    for rule in PRUNE_RULES:
+        chosen = keep_visual(items, full.context.features(0), 0.25, rule, torch.Generator().manual_seed(0))
+        for start, t, h, w in items:  # every image keeps its own share
+            n = t * h * w
+            assert int(((chosen >= start) & (chosen < start + n)).sum()) == max(1, round(0.25 * n))
+        assert (chosen.diff() > 0).all()
     pruned = prune_prompt(full, 0.25, "norm")
-    index = keep_visual(full.length, full.spans, full.embeds[0], 0.25, "norm").nonzero().squeeze(-1)
-    assert torch.equal(pruned.positions, full.positions[:, :, index])
-    assert torch.equal(pruned.embeds, full.embeds[:, index])
+    visual_index = full.visual.nonzero().squeeze(-1)
+    kept = torch.cat([(~full.visual).nonzero().squeeze(-1), visual_index[keep_visual(items, full.context.features(0), 0.25, "norm")]]).sort().values
+    assert torch.equal(pruned.positions, full.positions[:, :, kept])  # original 3-D positions
+    assert torch.equal(pruned.embeds, full.embeds[:, kept])
     assert pruned.next_position == full.next_position and pruned.visual_kept < full.visual_in
+
+
+def test_visual_token_method_as_draft_pruning(target, inputs, reference):
+    method = SpeculativeDecoding(prune=RandomPruning(budget=0.25, seed=3), num_draft=3)
+    result = method(target, inputs, MAX_NEW)
+    assert result.tokens == reference
+    assert result.stats["visual_kept"] == max(1, round(0.25 * result.stats["visual_in"]))
 
 
 def test_video_input_strict_equals_generate(target):
