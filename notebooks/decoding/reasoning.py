@@ -14,17 +14,16 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.bench.reasoning import FIRST_KEEP, MAX_NEW, sweep
+from reference_impls.bench.reasoning import FIRST_KEEP, collect, route
 from reference_impls.bench.speculative import load_setting
-from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
-from reference_impls.decoding.speculative import greedy_decode
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-setting = load_setting(8 if QUICK else 48, seed=2)
-model = setting.model
-truth = setting.answers or [greedy_decode(model, x, MAX_NEW).tokens[0] for x in setting.inputs]
-print(setting.name, "|", len(setting.inputs), "questions")
+setting = load_setting(8 if QUICK else 40, seed=2)
+escalations = ("full-visual",) if QUICK else ("full-visual", "self-consistency")
+# per question: the cheap pass alone, and each escalation (both passes) -- see bench.reasoning
+records = collect(setting, escalations, samples=3 if QUICK else 5)
+print(setting.name, "|", len(setting.inputs), "questions | cheap pass sees", f"{FIRST_KEEP:.0%}", "of the visual tokens")
 
 # %% [markdown]
 # ## Is the cheap pass's confidence informative?
@@ -32,12 +31,9 @@ print(setting.name, "|", len(setting.inputs), "questions")
 # its answer was right.
 
 # %%
-cheap = ConfidenceGatedAnswering(threshold=0.0, first_visual_keep=FIRST_KEEP, max_new_tokens=MAX_NEW)
-right, wrong = [], []
-for inputs, answer in zip(setting.inputs, truth):
-    result = cheap(model, inputs)
-    (right if result.tokens[:1] == [answer] else wrong).append(result.stats["confidence"])
-print(f"cheap pass accuracy {100 * len(right) / len(truth):.1f}%")
+right = [confidence for correct, confidence, *_ in records["cheap"] if correct]
+wrong = [confidence for correct, confidence, *_ in records["cheap"] if not correct]
+print(f"cheap pass accuracy {100 * len(right) / len(records['cheap']):.1f}%")
 plt.hist([right, wrong], bins=10, range=(0, 1), label=["right", "wrong"], stacked=True)
 plt.xlabel("confidence of the cheap answer")
 plt.ylabel("questions")
@@ -50,9 +46,7 @@ plt.show()
 # question (both passes when escalated).
 
 # %%
-thresholds = (0.0, 0.9, 1.01) if QUICK else (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
-escalations = ("full-visual",) if QUICK else ("full-visual", "self-consistency")
-rows = sweep(setting, thresholds=thresholds, escalations=escalations, samples=3 if QUICK else 5)
+rows = route(records, thresholds=(0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01))
 for escalation in escalations:
     mine = [r for r in rows if r["escalation"] == escalation]
     plt.plot([r["lm_tokens"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=escalation)

@@ -22,7 +22,7 @@ from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_dec
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-setting = load_setting(2 if QUICK else 6)
+setting = load_setting(2 if QUICK else 4)
 model, samples = setting.model, setting.inputs
 LONG = 8 if QUICK else 16
 print(setting.name, "|", len(samples), "samples |", int(samples[0]["mm_token_type_ids"].sum()), "visual tokens each")
@@ -51,7 +51,7 @@ for inputs in samples[:2]:
 
 # %%
 keeps = (0.1, 1.0) if QUICK else (0.05, 0.25, 1.0)
-drafts = (1, 4) if QUICK else (1, 2, 4, 6)
+drafts = (1, 4) if QUICK else (1, 3, 6)
 accepted = {}
 with ignoring_eos(model):
     for keep in keeps:
