@@ -74,7 +74,8 @@ def answer_confidence(logits: torch.Tensor, kind: str = "max-prob") -> float:
 class ConfidenceGatedAnswering:
     """Answer cheaply, escalate when unsure (batch size 1).
 
-    Call it as ``ConfidenceGatedAnswering(...)(model, inputs)``; it returns a
+    Call it as ``ConfidenceGatedAnswering(...)(model, inputs, max_new_tokens=None)`` (None:
+    the config's ``max_new_tokens``); it returns a
     :class:`DecodeResult` and also stores the statistics in ``self.stats``.
     """
 
@@ -106,13 +107,14 @@ class ConfidenceGatedAnswering:
         self.stats: dict = {}
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> DecodeResult:
+    def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int | None = None) -> DecodeResult:
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         full = encode_prompt(model, inputs)
         if isinstance(self.prune, str):
             cheap = prune_prompt(full, self.first_visual_keep, self.prune, self.seed)
         else:
             cheap = prune_prompt(full, self.prune)
-        tokens, first_logits = decode(model, cheap, self.max_new_tokens)
+        tokens, first_logits = decode(model, cheap, limit)
         confidence = answer_confidence(first_logits, self.confidence)
         decoded, lm_tokens = len(tokens), cheap.length + len(tokens) - 1
         escalated = confidence < self.threshold
@@ -120,7 +122,7 @@ class ConfidenceGatedAnswering:
             cache, logits = prefill(model, full)
             lm_tokens += full.length
             if self.escalation == "full-visual":
-                tokens, _ = decode(model, full, self.max_new_tokens, cache=cache, first_logits=logits)
+                tokens, _ = decode(model, full, limit, cache=cache, first_logits=logits)
                 answers = [tokens]
             else:
                 generator = torch.Generator().manual_seed(self.seed)
@@ -131,7 +133,7 @@ class ConfidenceGatedAnswering:
                         decode(
                             model,
                             full,
-                            self.max_new_tokens,
+                            limit,
                             cache=cache,
                             first_logits=logits,
                             temperature=self.temperature,
