@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few samples, no results file")
     parser.add_argument("-n", type=int, default=128, help="questions")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     n = 6 if args.quick else args.n
-    setting = load_setting(n)
+    setting = load_setting(n, path=args.toyvlm)
     rows = route(collect(setting))
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))

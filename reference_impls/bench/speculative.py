@@ -48,12 +48,13 @@ class Setting:
     words: tuple[str, ...] | None = None
 
 
-def load_setting(n: int, seed: int = 1) -> Setting:
-    """``n`` held-out ToyVLM questions, or random-model inputs when no checkpoint is available."""
+def load_setting(n: int, seed: int = 1, path: str | None = None) -> Setting:
+    """``n`` held-out ToyVLM questions (the committed checkpoint, or ``path``), or random-model
+    inputs when no checkpoint is available."""
     try:
         from reference_impls.common.toyvlm import load_toyvlm
 
-        toy = load_toyvlm()
+        toy = load_toyvlm(path)
     except (ImportError, FileNotFoundError, OSError):
         return _random_setting(n, seed)
     samples = toy.samples(n, seed=seed)
@@ -174,10 +175,11 @@ def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few samples, no results file")
     parser.add_argument("-n", type=int, default=64, help="samples per setting")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     n = 4 if args.quick else args.n
-    setting = load_setting(n)
+    setting = load_setting(n, path=args.toyvlm)
     rows = run(setting, max_new_tokens=LONG, label="answer")
     with ignoring_eos(setting.model):
         rows += run(setting, max_new_tokens=LONG, label="continuation")

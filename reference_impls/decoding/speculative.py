@@ -121,18 +121,18 @@ class _Draft:
         self.fed = 0  # proposal tokens of the last round whose keys/values are in self.cache
         self.forwards = 0
 
-    def propose(self, generated: list[int], k: int, min_confidence: float = 0.0) -> list[int]:
+    def propose(self, generated: list[int], k: int, min_confidence: float = 0.0, stop: frozenset[int] = frozenset()) -> list[int]:
         """Up to ``k`` greedy tokens continuing ``generated`` (feeds the 1-2 tokens it has not seen).
 
-        Stops early when the draft's top probability for the next token is below
-        ``min_confidence`` (at least one token is always proposed).
+        Stops after an end-of-sequence id in ``stop``, or when the draft's top probability for
+        the next token is below ``min_confidence`` (at least one token is always proposed).
         """
         new = generated[self.seen :]
         position = text_positions(self.prompt.next_position + self.seen, len(new))
         logits = forward(self.model, self.cache, position, ids=new, layers=self.layers)[-1]
         self.seen, self.fed, self.forwards = len(generated), 0, self.forwards + 1
         proposal = [int(logits.argmax())]
-        while len(proposal) < k:
+        while len(proposal) < k and proposal[-1] not in stop:
             position = text_positions(self.prompt.next_position + len(generated) + self.fed, 1)
             logits = forward(self.model, self.cache, position, ids=proposal[-1:], layers=self.layers)[-1]
             self.fed, self.forwards = self.fed + 1, self.forwards + 1
@@ -202,10 +202,10 @@ class SpeculativeDecoding:
         draft = _Draft(draft_model, draft_prompt, self.draft_layers)
         prefilled = time.perf_counter()
         generated, stop = [int(logits.argmax())], eos_ids(model)
-        lengths, proposed, relaxed_total = [], 0, 0
+        lengths, proposed, drafted, relaxed_total = [], 0, 0, 0
         while not stop.intersection(generated) and len(generated) < max_new_tokens:
             k = min(self.num_draft, max_new_tokens - len(generated) - 1)
-            proposal = draft.propose(generated, k, self.draft_min_confidence) if k > 0 else []
+            proposal = draft.propose(generated, k, self.draft_min_confidence, frozenset(stop)) if k > 0 else []
             k = len(proposal)
             block = generated[-1:] + proposal  # the target has not seen the last generated token yet
             position = text_positions(prompt.next_position + len(generated) - 1, len(block))
@@ -222,12 +222,13 @@ class SpeculativeDecoding:
             crop(cache, prompt.length + len(generated) + n)  # keep the accepted prefix only
             if k > 0:
                 draft.rollback(n)
-            new = proposal[:n] + [int(target_logits[n].argmax())]
+            new = _until_stop(proposal[:n] + [int(target_logits[n].argmax())], stop)  # nothing after <eos>
             generated += new
             lengths.append(len(new))
             proposed += k
-            relaxed_total += int(relaxed[:n].sum())
-        tokens = _until_stop(generated, stop)
+            drafted += min(n, len(new))
+            relaxed_total += int(relaxed[: len(new)].sum())
+        tokens = generated
         self.stats = {
             "prefill_seconds": prefilled - start,  # vision tower, target and draft prefill
             "decode_seconds": time.perf_counter() - prefilled,
@@ -236,7 +237,7 @@ class SpeculativeDecoding:
             "accepted_lengths": lengths,
             "mean_accepted_length": sum(lengths) / len(lengths) if lengths else 1.0,
             "draft_proposed": proposed,
-            "draft_accepted": sum(lengths) - len(lengths),
+            "draft_accepted": drafted,  # = sum(lengths) - len(lengths) unless a drafted <eos> ended a step
             "relaxed_accepts": relaxed_total,
             "draft_forwards": draft.forwards,
             "visual_in": draft_prompt.visual_in,

@@ -132,6 +132,21 @@ def test_cache_holds_exactly_the_accepted_prefix(target, other_draft, inputs, mo
             assert stats["target_cache_length"] == stats["prompt_length"] + MAX_NEW - 1
 
 
+def test_end_of_sequence_stops_like_greedy(inputs, reference):
+    """With the 6th greedy token declared <eos>, output and statistics stop right after it."""
+    model = tiny_qwen25vl(seed=0, num_layers=3)
+    model.generation_config.eos_token_id = reference[5]
+    expected = reference[: reference.index(reference[5]) + 1]
+    assert greedy_decode(model, inputs, MAX_NEW).tokens == expected
+    for num_draft in (2, 6):
+        result = SpeculativeDecoding(num_draft=num_draft)(model, inputs, MAX_NEW)
+        stats = result.stats
+        assert result.tokens == expected
+        assert stats["new_tokens"] == len(expected) == 1 + sum(stats["accepted_lengths"])
+        assert stats["draft_accepted"] <= sum(stats["accepted_lengths"])
+        assert stats["target_cache_length"] <= stats["prompt_length"] + len(expected)
+
+
 def test_relax_rate_zero_equals_strict(target, inputs, reference):
     result = SpeculativeDecoding(relax_rate=0.0, relax_top_k=50, draft_visual_keep=0.1)(target, inputs, MAX_NEW)
     assert result.tokens == reference and result.stats["relaxed_accepts"] == 0
