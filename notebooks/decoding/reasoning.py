@@ -47,6 +47,9 @@ plt.show()
 
 # %%
 rows = route(records, thresholds=(0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01))
+baseline, rows = rows[0], rows[1:]
+plt.scatter([baseline["lm_tokens"]], [baseline["accuracy"]], marker="*", s=150, color="black", label="all visual tokens, one pass")
+print(f"baseline (all visual tokens, one pass): accuracy {baseline['accuracy']:.1f}%, LM tokens {baseline['lm_tokens']:.1f}")
 for escalation in escalations:
     mine = [r for r in rows if r["escalation"] == escalation]
     plt.plot([r["lm_tokens"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=escalation)

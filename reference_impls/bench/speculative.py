@@ -31,7 +31,7 @@ import torch
 from reference_impls.common.results import Column, Plot, Results, save_results
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 
-__all__ = ["Setting", "load_setting", "main"]
+__all__ = ["Setting", "load_setting", "random_setting", "ignoring_eos", "main"]
 
 LONG = 16
 FUNCTION_WORDS = ("a", "the", "is", "there", "and", "?", "answer", "what", "how", "many", "which", "object", "objects")
@@ -57,7 +57,7 @@ def load_setting(n: int, seed: int = 1, path: str | None = None) -> Setting:
 
         toy = load_toyvlm(path)
     except (ImportError, FileNotFoundError, OSError):
-        return _random_setting(n, seed)
+        return random_setting(n, seed)
     samples = toy.samples(n, seed=seed)
     words = set(toy.vocab.words)
     if toy.model.generation_config.eos_token_id is None:
@@ -72,7 +72,8 @@ def load_setting(n: int, seed: int = 1, path: str | None = None) -> Setting:
     )
 
 
-def _random_setting(n: int, seed: int) -> Setting:
+def random_setting(n: int, seed: int = 1) -> Setting:
+    """A random-init Qwen2.5-VL (hidden 128, 4 layers) and ``n`` inputs of four 16x16-patch images."""
     from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 
     model = tiny_qwen25vl(seed=0, hidden_size=128, num_layers=4, intermediate_size=256)
@@ -94,16 +95,20 @@ def ignoring_eos(model: torch.nn.Module):
 def methods(setting: Setting) -> dict[str, tuple[str, str, SpeculativeDecoding]]:
     """Name -> (draft description, verification description, method)."""
     half = max(1, setting.model.config.text_config.num_hidden_layers // 2)
-    early = SpeculativeDecoding(draft_visual_keep=0.25, draft_layers=half, num_draft=4)
+    self_draft = SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4)
     return {
-        "self 25% visual": ("target, 25% visual tokens", "strict", SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4)),
+        "self 25% visual": ("target, 25% visual tokens", "strict", self_draft),
         "self 10% visual": ("target, 10% visual tokens", "strict", SpeculativeDecoding(draft_visual_keep=0.1, num_draft=4)),
-        "early-exit 25% visual": (f"first {half} layers, 25% visual", "strict", early),
-        "early-exit relaxed r=0.5": (f"first {half} layers, 25% visual", "random r=0.5, top-2", replace(early, relax_rate=0.5)),
-        "early-exit relaxed function words": (
+        "early-exit 25% visual": (
             f"first {half} layers, 25% visual",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=0.25, draft_layers=half, num_draft=4),
+        ),
+        "self 25% relaxed r=0.5": ("target, 25% visual tokens", "random r=0.5, top-2", replace(self_draft, relax_rate=0.5)),
+        "self 25% relaxed function words": (
+            "target, 25% visual tokens",
             "function words, top-2",
-            replace(early, relax_rate=1.0, relax_ids=setting.function_words),
+            replace(self_draft, relax_rate=1.0, relax_ids=setting.function_words),
         ),
     }
 
@@ -115,6 +120,7 @@ def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
     seconds = {name: [0.0, 0.0] for name in named}
     outputs = {name: [] for name in named}
     lengths = {name: [] for name in named}
+    first = {name: 0 for name in named}  # draft's first token == target's first token
     greedy_decode(model, setting.inputs[0], max_new_tokens)  # warm-up
     for inputs in setting.inputs:
         start = time.perf_counter()
@@ -129,9 +135,12 @@ def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
             seconds[name][1] += result.stats["decode_seconds"]
             outputs[name].append(result.tokens)
             lengths[name] += result.stats["accepted_lengths"]
+            first[name] += method.draft_first_token(model, inputs) == greedy_tokens[-1][0]
     rows = [_row(setting, label, "greedy", "-", "-", greedy_tokens, greedy_tokens, greedy_seconds, greedy_seconds, [])]
+    rows[0]["draft_first_token"] = ""
     for name, (draft, verification, _) in named.items():
         rows.append(_row(setting, label, name, draft, verification, outputs[name], greedy_tokens, seconds[name], greedy_seconds, lengths[name]))
+        rows[-1]["draft_first_token"] = round(100 * first[name] / len(setting.inputs), 1)
     return rows
 
 
@@ -166,6 +175,7 @@ COLUMNS = [
     Column("speedup", "Speedup vs greedy (end to end)", "x", 2),
     Column("decode_speedup", "Speedup vs greedy (decode phase)", "x", 2),
     Column("ms_per_token", "Wall time per token", "ms", 2),
+    Column("draft_first_token", "Draft's first token = target's", "%", 1),
     Column("token_agreement", "Token agreement with greedy", "%", 1),
     Column("identical", "Outputs identical to greedy", "%", 1),
     Column("accuracy", "Answer accuracy", "%", 1),
@@ -186,8 +196,8 @@ def main(argv: list[str] | None = None) -> Results:
         rows += run(setting, max_new_tokens=LONG, label="answer")
         with ignoring_eos(setting.model):
             rows += run(setting, max_new_tokens=LONG, label="after-eos")
-    random_setting = _random_setting(max(2, n // 4), seed=1)
-    rows += run(random_setting, max_new_tokens=LONG, label="random-model")
+    long = random_setting(max(2, n // 4), seed=1)
+    rows += run(long, max_new_tokens=LONG, label="random-model")
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
     results = Results(
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> Results:
         rows=rows,
         plots=[Plot(x="mean_accepted_length", y="speedup", group="setting", title="Speedup vs mean accepted length")],
         notes=(
-            f"Model: {setting.name}; {n} held-out samples ({len(random_setting.inputs)} for random-model), batch 1, CPU with 1 thread, wall times "
+            f"Model: {setting.name}; {n} held-out samples ({len(long.inputs)} for random-model), batch 1, CPU with 1 thread, wall times "
             "interleaved per sample (the machine is shared, so speedups are noisy). End to end includes the vision tower and the prefills (the draft's own prefill included); the decode phase starts after them. Greedy is our "
             "explicit-position loop, one token per forward. 'answer': decode until <eos> (ToyVLM "
             "answers are one word + <eos>; the first token comes from the target's prefill, so "
@@ -207,7 +217,9 @@ def main(argv: list[str] | None = None) -> Results:
             f"{LONG} tokens; ToyVLM repeats <eos>, every draft predicts it: best-case acceptance. "
             f"'random-model': random-init Qwen2.5-VL, {LONG} tokens, a draft that often disagrees "
             "(only acceptance and speed are meaningful). Strict verification is lossless by "
-            "construction (identical = 100%). Function words for the relaxed rule: "
+            "construction (identical = 100%). \"Draft's first token = target's\": the draft's own "
+            "greedy first token (never used in decoding, it comes from the target's prefill) agrees "
+            "with the target's: for one-word answers the acceptance a content token would get. Function words for the relaxed rule: "
             + ", ".join(FUNCTION_WORDS) + " (ToyVLM) / ids 7-19 (random model)."
         ),
     )

@@ -191,13 +191,7 @@ class SpeculativeDecoding:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         prompt = encode_prompt(model, inputs)
-        draft_model = self.draft_model if self.draft_model is not None else model
-        draft_prompt = prompt if draft_model is model else encode_prompt(draft_model, inputs)
-        if isinstance(self.prune, str):
-            draft_prompt = prune_prompt(draft_prompt, self.draft_visual_keep, self.prune, self.seed)
-        else:
-            draft_prompt = prune_prompt(draft_prompt, self.prune)
-
+        draft_model, draft_prompt = self._draft_prompt(model, inputs, prompt)
         cache, logits = prefill(model, prompt)
         draft = _Draft(draft_model, draft_prompt, self.draft_layers)
         prefilled = time.perf_counter()
@@ -249,6 +243,26 @@ class SpeculativeDecoding:
             "draft_cache_length": draft.cache.get_seq_length(),
         }
         return DecodeResult(tokens, dict(self.stats))
+
+    def _draft_prompt(self, model: nn.Module, inputs: dict[str, torch.Tensor], prompt=None):
+        """The draft model and its pruned prompt (reusing the target's encoding when they are one model)."""
+        draft_model = self.draft_model if self.draft_model is not None else model
+        if draft_model is not model or prompt is None:
+            prompt = encode_prompt(draft_model, inputs)
+        if isinstance(self.prune, str):
+            return draft_model, prune_prompt(prompt, self.draft_visual_keep, self.prune, self.seed)
+        return draft_model, prune_prompt(prompt, self.prune)
+
+    @torch.no_grad()
+    def draft_first_token(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+        """The draft's greedy first token for this prompt.
+
+        Decoding never asks the draft for it (the first token comes from the target's
+        prefill), but for one-word answers it is the one content token, so agreement with the
+        target's first token measures how much the draft's pruning costs where it matters.
+        """
+        draft_model, draft_prompt = self._draft_prompt(model, inputs)
+        return int(prefill(draft_model, draft_prompt, self.draft_layers)[1].argmax())
 
 
 def _until_stop(tokens: list[int], stop: set[int]) -> list[int]:

@@ -226,3 +226,9 @@ def test_video_input_strict_equals_generate(target):
     expected = target.generate(**inputs, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :].tolist()
     result = SpeculativeDecoding(draft_visual_keep=0.5, num_draft=3)(target, inputs, 12)
     assert result.tokens == expected and result.stats["visual_kept"] == 4
+
+
+def test_draft_first_token(target, other_draft, inputs, reference):
+    assert SpeculativeDecoding(draft_visual_keep=1.0).draft_first_token(target, inputs) == reference[0]
+    other = SpeculativeDecoding(draft_model=other_draft, draft_visual_keep=1.0).draft_first_token(target, inputs)
+    assert other == greedy_decode(other_draft, inputs, 1).tokens[0]
