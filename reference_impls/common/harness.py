@@ -5,7 +5,9 @@ One call measures what every efficiency page reports, phase by phase (design not
 - ``accuracy``: greedy answer (next token after the prompt) equals the scene's answer;
 - ``visual_tokens``: visual tokens the language model saw (``method.stats["visual_kept"]`` of
   ``kind="visual-token"`` methods, else all of them) and ``visual_tokens_full``;
-- ``prefill_s``: seconds of the prefill forward (vision tower + selection + language model);
+- ``prefill_s``: seconds of the prefill forward (vision tower + selection + language model), of
+  which ``encode_s`` inside the vision tower (TTFT = both; token pruning after the merger only
+  shortens the language-model part);
 - ``kv_bytes``: bytes resident in the cache after prefill (``cache.resident_bytes()`` when the
   method's cache has it, else the sum of keys and values ``element_size() * nelement()``) and
   ``kv_offloaded_bytes``;
@@ -60,6 +62,22 @@ def _output_cache(output):
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
+class _EncodeTimer:
+    """Seconds spent inside the vision tower (forward pre/post hooks)."""
+
+    def __init__(self, model):
+        self.seconds, self._start = 0.0, 0.0
+        visual = model.model.visual
+        self._handles = [
+            visual.register_forward_pre_hook(lambda *_: setattr(self, "_start", time.perf_counter())),
+            visual.register_forward_hook(lambda *_: setattr(self, "seconds", self.seconds + time.perf_counter() - self._start)),
+        ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, torch.Tensor, float]:
     """One prefill forward. Returns ``(last logits (B, V), cache, next 3-D position (B,), seconds)``."""
@@ -105,7 +123,7 @@ def evaluate(
 
     Returns:
         dict with ``accuracy``, ``accuracy_by_kind``, ``visual_tokens``, ``visual_tokens_full``,
-        ``prefill_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``.
+        ``prefill_s``, ``encode_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``.
     """
     model = bundle.model.eval()
     samples = samples if samples is not None else bundle.samples(n, seed)
@@ -113,25 +131,31 @@ def evaluate(
     hits: dict[str, list[bool]] = {}
     kept, full, prefill_times, kv, offloaded, decode_times = [], [], [], [], [], []
     context = method(model) if method is not None else nullcontext()
-    with context:
-        for index, sample in enumerate(samples):
-            inputs = bundle.collate([sample], question_first=question_first)
-            visual_full = int(((inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)).sum())
-            if method is not None and hasattr(method, "stats"):
-                method.stats = {}
-            logits, cache, next_position, seconds = prefill(model, inputs)
-            stats = getattr(method, "stats", None) or {}
-            full.append(visual_full)
-            kept.append(int(stats.get("visual_kept", visual_full)))
-            prefill_times.append(seconds)
-            resident, off = cache_bytes(cache)
-            kv.append(resident)
-            offloaded.append(off)
-            answer = bundle.vocab.words[int(logits.argmax(-1))]
-            hits.setdefault(sample.qa.kind, []).append(answer == sample.qa.answer)
-            if index < decode_samples and decode_tokens > 0:
-                _, times = decode_steps(model, logits.argmax(-1), cache, next_position, decode_tokens)
-                decode_times += times
+    timer, encode_times = _EncodeTimer(model), []
+    try:
+        with context:
+            for index, sample in enumerate(samples):
+                inputs = bundle.collate([sample], question_first=question_first)
+                visual_full = int(((inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)).sum())
+                if method is not None and hasattr(method, "stats"):
+                    method.stats = {}
+                timer.seconds = 0.0
+                logits, cache, next_position, seconds = prefill(model, inputs)
+                encode_times.append(timer.seconds)
+                stats = getattr(method, "stats", None) or {}
+                full.append(visual_full)
+                kept.append(int(stats.get("visual_kept", visual_full)))
+                prefill_times.append(seconds)
+                resident, off = cache_bytes(cache)
+                kv.append(resident)
+                offloaded.append(off)
+                answer = bundle.vocab.words[int(logits.argmax(-1))]
+                hits.setdefault(sample.qa.kind, []).append(answer == sample.qa.answer)
+                if index < decode_samples and decode_tokens > 0:
+                    _, times = decode_steps(model, logits.argmax(-1), cache, next_position, decode_tokens)
+                    decode_times += times
+    finally:
+        timer.remove()
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     return {
         "accuracy": mean([h for v in hits.values() for h in v]),
@@ -139,6 +163,7 @@ def evaluate(
         "visual_tokens": mean(kept),
         "visual_tokens_full": mean(full),
         "prefill_s": mean(prefill_times),
+        "encode_s": mean(encode_times),
         "kv_bytes": mean(kv),
         "kv_offloaded_bytes": mean(offloaded),
         "decode_ms_per_token": 1000 * mean(decode_times),

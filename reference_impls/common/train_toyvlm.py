@@ -5,37 +5,46 @@ A small Qwen2.5-VL (random init) learns to answer one-word questions about synth
 colour, presence of a colour-shape pair, and counts. The benchmark setting has four 224 px
 images per sample, i.e. 4 x 64 = 256 visual tokens.
 
-What makes it train in minutes on two CPU cores (a first attempt without these stalled at
-50-60%, see ``shared/design/toyvlm.md``):
+What makes it train in half an hour on one shared CPU core (a first attempt without these
+stalled at 50-60%, see ``shared/design/toyvlm.md``):
 
 1. Dense auxiliary losses. A linear head on every merged visual token (the vision tower's
    ``pooler_output``) predicts the colour and shape in its 28 px cell (or "empty"); a second
-   head on the language model's hidden state at layer ``--relevance-layer`` predicts, for every
-   visual token, whether it holds an object the question is about. The first gives the vision
-   tower 256 labels per sample; the second teaches the visual tokens to read the question
-   (question-first order), so the answer token only has to gather flagged tokens.
-2. Question before the images, so that (causal attention) every visual token can see it.
-3. A curriculum over the number of images (1, then 2, then 4 per sample): the early phases
-   are four times cheaper per sample, and the lookup learnt on 64 tokens carries over.
-4. A higher learning rate for the vision tower than for the language model.
+   head on the language model's hidden state after layer ``--relevance-layer`` predicts, for
+   every visual token, whether it holds an object the question is about.
+2. Attention supervision: at layer ``--attention-layer`` the prompt's last token should put its
+   attention (first ``--attention-heads`` heads) on the tokens the question is about
+   (``-log`` of that attention mass). This is what broke the 50-60% plateau: the answer token
+   otherwise has to discover the lookup from a 1/N-diluted gradient.
+3. Question before the images, so that (causal attention) every visual token can see it.
+4. A curriculum over resolution and number of images: 1 x 112 px (16 visual tokens, batch
+   32) until the lookup is learnt, then 1 x 224 px, then the benchmark setting 4 x 224 px with
+   the vision tower frozen. The early phases are 16x cheaper per sample. The long prompts of
+   the last phase must be trained on: a model perfect on 1 x 112 px scored ~0% on 4 x 224 px
+   (its answer token never saw questions that far back).
+5. A higher learning rate for the vision tower than for the language model, and a training-only
+   matmul form of the patch-embedding Conv3d (same function, tested).
 
 The auxiliary heads are training-only and not saved: the checkpoint is a plain
 ``Qwen2_5_VLForConditionalGeneration``. ``--micro`` trains a micro model a few steps on one
 fixed batch and asserts that the loss falls (used by the tests).
 
 Deviations / guesses:
-    The auxiliary objectives are our own training device, not from a paper. Loss on the answer
-    word and ``<eos>`` only.
+    The auxiliary objectives and the attention supervision are our own training devices, not
+    from a paper. Loss on the answer word and ``<eos>`` only. Only the question-first layout is
+    trained; ``question_first=False`` inputs are out of distribution for the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +52,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from .scenes import Sample, SceneSpec, make_sample, make_samples
-from .toyvlm import CHECKPOINT_DIR, ToyVLM, build_vocab, save_toyvlm, toyvlm_config
+from .toyvlm import CHECKPOINT_DIR, ToyVLM, build_vocab, load_toyvlm, save_toyvlm, toyvlm_config
 
 __all__ = ["Phase", "cell_targets", "train", "evaluate_accuracy", "main"]
 
@@ -142,12 +151,20 @@ def train(
     eval_n: int = 64,
     log=print,
     fixed_batch: list[Sample] | None = None,
+    init: str | None = None,
 ) -> tuple[ToyVLM, dict]:
-    """Train a ToyVLM; returns the bundle and a log dict (losses, steps, wall seconds)."""
+    """Train a ToyVLM; returns the bundle and a log dict (losses, steps, wall seconds).
+
+    ``init``: path of a saved ToyVLM to continue from (its config replaces ``config_kwargs``).
+    """
     torch.manual_seed(seed)
     vocab = build_vocab()
-    config = toyvlm_config(vocab, **config_kwargs)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    if init is not None:
+        model = load_toyvlm(init).model
+        config = model.config
+    else:
+        config = toyvlm_config(vocab, **config_kwargs)
+        model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.pad_token_id = vocab.pad
     model.generation_config.eos_token_id = vocab.eos
     bundle = ToyVLM(model=model, vocab=vocab, spec=spec, kinds=KINDS)
@@ -239,7 +256,7 @@ def _micro() -> None:
     spec = SceneSpec(n_images=1, image_size=56, min_objects=1, max_objects=2, n_distractors=1)
     batch = make_samples(spec, 8, seed=0, kinds=KINDS)
     _, history = train(
-        phases=(Phase(n_images=1, steps=30, max_objects=2),),
+        phases=(Phase(n_images=1, steps=30, image_size=56, max_objects=2),),
         spec=spec,
         config_kwargs=dict(hidden_size=32, num_layers=2, intermediate_size=64, vision_depth=1, vision_hidden=32),
         batch_size=8,
@@ -279,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-n", type=int, default=64, help="held-out samples for the periodic evaluations")
     parser.add_argument("--final-n", type=int, default=500, help="held-out samples for the final accuracy")
     parser.add_argument("--out", default=str(CHECKPOINT_DIR))
+    parser.add_argument("--init", default=None, help="continue from this saved ToyVLM (its manifest is kept as 'parent')")
     args = parser.parse_args(argv)
     if args.micro:
         _micro()
@@ -311,10 +329,19 @@ def main(argv: list[str] | None = None) -> None:
         eval_every=args.eval_every,
         eval_n=args.eval_n,
         log=lambda *a: print(*a, flush=True),
+        init=args.init,
     )
     final = evaluate_accuracy(bundle, make_samples(spec, args.final_n, seed=args.seed + 7, kinds=KINDS))
     print(f"final held-out accuracy ({args.final_n} samples, seed {args.seed + 7}): {final}", flush=True)
     params = sum(p.numel() for p in bundle.model.parameters())
+    text, vision = bundle.model.config.text_config, bundle.model.config.vision_config
+    config_kwargs = dict(  # what the saved model really is (also when continued from --init)
+        hidden_size=text.hidden_size,
+        num_layers=text.num_hidden_layers,
+        intermediate_size=text.intermediate_size,
+        vision_hidden=vision.hidden_size,
+        vision_depth=vision.depth,
+    )
     manifest = dict(
         command="python -m reference_impls.common.train_toyvlm " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         seed=args.seed,
@@ -333,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
         eval_history=history["eval"],
         note="wall time measured on a 2-core machine shared with other jobs",
     )
+    if args.init is not None:
+        parent = json.loads((Path(args.init) / "manifest.json").read_text())
+        manifest["parent"] = parent
+        manifest["total_steps"] = history["steps"] + parent.get("total_steps", parent.get("steps", 0))
+        manifest["total_wall_seconds"] = round(history["wall_seconds"] + parent.get("total_wall_seconds", parent.get("wall_seconds", 0)), 1)
     path = save_toyvlm(bundle, args.out, manifest)
     print(f"saved to {path} ({params / 1e6:.2f}M parameters)")
 

@@ -30,7 +30,7 @@ def test_evaluate_without_method(bundle):
     prompt = bundle.collate(bundle.samples(6, seed=1))["attention_mask"].sum(-1).float().mean()
     # plain DynamicCache: 2 (K, V) x layers x KV heads x head_dim x 4 bytes per prompt token
     assert result["kv_bytes"] == pytest.approx(float(prompt) * 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4)
-    assert result["prefill_s"] > 0 and result["decode_ms_per_token"] > 0
+    assert result["prefill_s"] > result["encode_s"] > 0 and result["decode_ms_per_token"] > 0
 
 
 def test_evaluate_with_random_pruning(bundle):

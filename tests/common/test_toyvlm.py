@@ -103,3 +103,22 @@ def test_micro_training_loss_falls():
     from reference_impls.common.train_toyvlm import _micro
 
     _micro()  # asserts that the answer loss falls
+
+
+def test_fast_patch_embedding_equals_the_conv(bundle):
+    """Training replaces the patch Conv3d by an equivalent matmul; it must be the same function."""
+    from reference_impls.common.train_toyvlm import _fast_patch_embed
+
+    embed = bundle.model.model.visual.patch_embed
+    samples = make_samples(SPEC, 1, seed=0)
+    pixels = bundle.collate(samples)["pixel_values"]
+    video, _ = patchify_video(np.stack(samples[0].scene.images))  # two different frames
+    with torch.no_grad():
+        reference = embed(pixels), embed(video)
+        _fast_patch_embed(bundle.model)
+        try:
+            fast = embed(pixels), embed(video)
+        finally:
+            del embed.forward
+    torch.testing.assert_close(fast[0], reference[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[1], reference[1], atol=1e-5, rtol=1e-5)
