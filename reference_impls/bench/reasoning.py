@@ -27,12 +27,12 @@ from reference_impls.decoding.speculative import greedy_decode
 
 __all__ = ["THRESHOLDS", "collect", "route", "main"]
 
-THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.01)
+THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.998, 0.999, 1.01)
 FIRST_KEEP = 0.25
 MAX_NEW = 2  # ToyVLM answers are one word and <eos>
 
 
-def collect(setting, escalations=("full-visual", "self-consistency"), samples: int = 5) -> dict[str, list[tuple]]:
+def collect(setting, escalations=("full-visual", "self-consistency"), samples: int = 5, first_keep: float = FIRST_KEEP) -> dict[str, list[tuple]]:
     """Per question, the always-cheap run and one always-escalate run per escalation.
 
     Returns ``{"cheap" or escalation: [(correct, confidence, decoded tokens, LM tokens,
@@ -46,7 +46,7 @@ def collect(setting, escalations=("full-visual", "self-consistency"), samples: i
     truth = setting.answers
     if truth is None:  # no ground truth: score agreement with the full-visual greedy answer
         truth = [greedy_decode(model, inputs, MAX_NEW).tokens[0] for inputs in setting.inputs]
-    common = dict(first_visual_keep=FIRST_KEEP, samples=samples, max_new_tokens=MAX_NEW)
+    common = dict(first_visual_keep=first_keep, samples=samples, max_new_tokens=MAX_NEW)
     runs = {"cheap": ConfidenceGatedAnswering(threshold=0.0, **common)}
     runs |= {e: ConfidenceGatedAnswering(threshold=2.0, escalation=e, **common) for e in escalations}
     records = {name: [] for name in runs}  # (correct, confidence, decoded, lm tokens, seconds)
@@ -66,7 +66,7 @@ def collect(setting, escalations=("full-visual", "self-consistency"), samples: i
     return records
 
 
-def route(records: dict[str, list[tuple]], thresholds=THRESHOLDS) -> list[dict]:
+def route(records: dict[str, list[tuple]], thresholds=THRESHOLDS, first_keep: float = FIRST_KEEP) -> list[dict]:
     """One row per (escalation, threshold): accuracy, escalation rate and compute per question."""
     rows, n = [], len(records["cheap"])
     escalations = [name for name in records if name not in ("cheap", "full-only")]
@@ -90,7 +90,7 @@ def route(records: dict[str, list[tuple]], thresholds=THRESHOLDS) -> list[dict]:
             chosen = [c if c[1] >= threshold else e for c, e in zip(records["cheap"], records[escalation])]
             rows.append(
                 {
-                    "method": f"confidence-gated, {escalation}",
+                    "method": f"confidence-gated, {first_keep:.0%} cheap, {escalation}",
                     "family": "efficient-reasoning",
                     "escalation": escalation,
                     "threshold": threshold,
@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> Results:
     n = 6 if args.quick else args.n
     setting = load_setting(n, path=args.toyvlm)
     rows = route(collect(setting))
+    half = collect(setting, escalations=("full-visual",), first_keep=0.5)
+    del half["full-only"]  # the baseline row is already there
+    rows += route(half, first_keep=0.5)
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
     scored = "accuracy against the ground truth" if setting.answers is not None else "agreement with the full-visual greedy answer"
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> Results:
         plots=[Plot(x="lm_tokens", y="accuracy", group="method", title="Accuracy vs LM tokens per question (thresholds)")],
         notes=(
             f"Model: {setting.name}; {n} held-out questions, batch 1, CPU with 1 thread (shared machine: "
-            f"wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% of each image's visual tokens "
+            f"wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% (or 50%) of each image's visual tokens "
             "(uniform). Escalation: re-ask with all visual tokens, or a majority vote over 5 answers "
             f"sampled at temperature 1 from the full prompt. Accuracy is {scored}. Threshold 0 = always "
             "the cheap answer; 1.01 = always escalate (both passes counted)."
