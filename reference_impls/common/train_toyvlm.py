@@ -25,6 +25,15 @@ stalled at 50-60%, see ``shared/design/toyvlm.md``):
 5. A higher learning rate for the vision tower than for the language model, and a training-only
    matmul form of the patch-embedding Conv3d (same function, tested).
 
+The committed checkpoint was made in two stages on the shared 2-core machine (both commands,
+steps and wall times are in its ``manifest.json``, the first as ``parent``)::
+
+    python -m reference_impls.common.train_toyvlm --threads 1 --out /tmp/toy/run5
+    # stopped by the 30-min cap at step 2095/2100: 87.2% held-out (count 53%)
+    python -m reference_impls.common.train_toyvlm --threads 1 --init /tmp/toy/run5 \
+        --phases 4:224:400 --lr 1e-3 --max-minutes 20 --out reference_impls/common/checkpoints/toyvlm
+    # stopped at step 398/400: 100% on 500 held-out samples
+
 The auxiliary heads are training-only and not saved: the checkpoint is a plain
 ``Qwen2_5_VLForConditionalGeneration``. ``--micro`` trains a micro model a few steps on one
 fixed batch and asserts that the loss falls (used by the tests).
