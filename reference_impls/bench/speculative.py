@@ -1,0 +1,232 @@
+"""Benchmark: speculative decoding with a visually pruned draft, on ToyVLM.
+
+Command: ``python -m reference_impls.bench.speculative`` (``--quick`` for a smoke run).
+
+Every method decodes the same samples as plain greedy decoding (the same explicit-position
+loop, one token per forward), interleaved sample by sample so that load from other processes
+hits all methods alike; speedup is greedy wall time over the method's wall time. ToyVLM only
+ever answers one word and ``<eos>``, so three settings bracket what speculation can do:
+
+- ``answer``: ToyVLM's question answering, decoding until ``<eos>``: two tokens, the first
+  from the target's prefill, so speculation can save nothing and relaxation cannot change the
+  answer. Quality is answer accuracy and agreement with greedy.
+- ``after-eos``: the same prompts with ``<eos>`` ignored for ``LONG`` tokens; ToyVLM then
+  repeats ``<eos>``, which every draft predicts: the best case (all proposals accepted).
+- ``random-model``: a random-init Qwen2.5-VL (hidden 128, 4 layers, 1024 visual tokens) for
+  ``LONG`` tokens: a draft that often disagrees. Only acceptance and speed mean anything here.
+
+Without a ToyVLM checkpoint only the random-model setting runs (stated in the notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+
+from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
+
+__all__ = ["Setting", "load_setting", "random_setting", "ignoring_eos", "main"]
+
+LONG = 16
+FUNCTION_WORDS = ("a", "the", "is", "there", "and", "?", "answer", "what", "how", "many", "which", "object", "objects")
+
+
+@dataclass
+class Setting:
+    """A model and batch-1 samples to decode; ``answers`` is None when there is no ground truth."""
+
+    name: str
+    model: torch.nn.Module
+    inputs: list[dict[str, torch.Tensor]]
+    answers: list[int] | None
+    function_words: frozenset[int]
+    words: tuple[str, ...] | None = None
+
+
+def load_setting(n: int, seed: int = 1, path: str | None = None) -> Setting:
+    """``n`` held-out ToyVLM questions (the committed checkpoint, or ``path``), or random-model
+    inputs when no checkpoint is available."""
+    try:
+        from reference_impls.common.toyvlm import load_toyvlm
+
+        toy = load_toyvlm(path)
+    except (ImportError, FileNotFoundError, OSError):
+        return random_setting(n, seed)
+    samples = toy.samples(n, seed=seed)
+    words = set(toy.vocab.words)
+    if toy.model.generation_config.eos_token_id is None:
+        toy.model.generation_config.eos_token_id = toy.vocab.eos
+    return Setting(
+        name="ToyVLM",
+        model=toy.model.eval(),
+        inputs=[toy.collate([sample]) for sample in samples],
+        answers=[toy.vocab.id(sample.qa.answer) for sample in samples],
+        function_words=frozenset(toy.vocab.id(w) for w in FUNCTION_WORDS if w in words),
+        words=tuple(toy.vocab.words),
+    )
+
+
+def random_setting(n: int, seed: int = 1) -> Setting:
+    """A random-init Qwen2.5-VL (hidden 128, 4 layers) and ``n`` inputs of four 16x16-patch images."""
+    from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
+
+    model = tiny_qwen25vl(seed=0, hidden_size=128, num_layers=4, intermediate_size=256)
+    inputs = [tiny_inputs(model, grids=((16, 16),) * 4, seed=seed * 1000 + i) for i in range(n)]
+    return Setting("random Qwen2.5-VL (no ToyVLM checkpoint)", model, inputs, None, frozenset(range(7, 20)))
+
+
+@contextmanager
+def ignoring_eos(model: torch.nn.Module):
+    """Decode past end-of-sequence (the ``after-eos`` setting)."""
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        yield
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
+def methods(setting: Setting) -> dict[str, tuple[str, str, SpeculativeDecoding]]:
+    """Name -> (draft description, verification description, method)."""
+    half = max(1, setting.model.config.text_config.num_hidden_layers // 2)
+    self_draft = SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4)
+    return {
+        "self 25% visual": ("target, 25% visual tokens", "strict", self_draft),
+        "self 10% visual": ("target, 10% visual tokens", "strict", SpeculativeDecoding(draft_visual_keep=0.1, num_draft=4)),
+        "early-exit 25% visual": (
+            f"first {half} layers, 25% visual",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=0.25, draft_layers=half, num_draft=4),
+        ),
+        "self 25% relaxed r=0.5": ("target, 25% visual tokens", "random r=0.5, top-2", replace(self_draft, relax_rate=0.5)),
+        "self 25% relaxed function words": (
+            "target, 25% visual tokens",
+            "function words, top-2",
+            replace(self_draft, relax_rate=1.0, relax_ids=setting.function_words),
+        ),
+    }
+
+
+def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
+    """Decode every sample with greedy and each method; one row per method."""
+    model, named = setting.model, methods(setting)
+    greedy_seconds, greedy_tokens = [0.0, 0.0], []  # (end to end, decode phase)
+    seconds = {name: [0.0, 0.0] for name in named}
+    outputs = {name: [] for name in named}
+    lengths = {name: [] for name in named}
+    first = {name: 0 for name in named}  # draft's first token == target's first token
+    greedy_decode(model, setting.inputs[0], max_new_tokens)  # warm-up
+    for inputs in setting.inputs:
+        start = time.perf_counter()
+        result = greedy_decode(model, inputs, max_new_tokens)
+        greedy_seconds[0] += time.perf_counter() - start
+        greedy_seconds[1] += result.stats["decode_seconds"]
+        greedy_tokens.append(result.tokens)
+        for name, (_, _, method) in named.items():
+            start = time.perf_counter()
+            result = method(model, inputs, max_new_tokens)
+            seconds[name][0] += time.perf_counter() - start
+            seconds[name][1] += result.stats["decode_seconds"]
+            outputs[name].append(result.tokens)
+            lengths[name] += result.stats["accepted_lengths"]
+            first[name] += method.draft_first_token(model, inputs) == greedy_tokens[-1][0]
+    rows = [_row(setting, label, "greedy", "-", "-", greedy_tokens, greedy_tokens, greedy_seconds, greedy_seconds, [])]
+    rows[0]["draft_first_token"] = ""
+    for name, (draft, verification, _) in named.items():
+        rows.append(_row(setting, label, name, draft, verification, outputs[name], greedy_tokens, seconds[name], greedy_seconds, lengths[name]))
+        rows[-1]["draft_first_token"] = round(100 * first[name] / len(setting.inputs), 1)
+    return rows
+
+
+def _row(setting, label, name, draft, verification, outputs, greedy, seconds, greedy_seconds, lengths) -> dict:
+    agree = sum(sum(a == b for a, b in zip(out, ref)) for out, ref in zip(outputs, greedy))
+    total = sum(max(len(out), len(ref)) for out, ref in zip(outputs, greedy))
+    accuracy = ""
+    if setting.answers is not None and label == "answer":
+        accuracy = round(100 * sum(out[:1] == [a] for out, a in zip(outputs, setting.answers)) / len(outputs), 1)
+    return {
+        "setting": label,
+        "method": name,
+        "family": "" if name == "greedy" else "speculative-training-free",
+        "draft": draft,
+        "verification": verification,
+        "mean_accepted_length": round(sum(lengths) / len(lengths), 2) if lengths else 1.0,
+        "speedup": round(greedy_seconds[0] / seconds[0], 2),
+        "decode_speedup": round(greedy_seconds[1] / seconds[1], 2),
+        "ms_per_token": round(1000 * seconds[0] / sum(len(o) for o in outputs), 2),
+        "token_agreement": round(100 * agree / total, 1),
+        "identical": round(100 * sum(o == g for o, g in zip(outputs, greedy)) / len(outputs), 1),
+        "accuracy": accuracy,
+    }
+
+
+COLUMNS = [
+    Column("setting", "Setting"),
+    Column("method", "Method"),
+    Column("draft", "Draft"),
+    Column("verification", "Verification"),
+    Column("mean_accepted_length", "Mean accepted length", "tokens/verify", 2),
+    Column("speedup", "Speedup vs greedy (end to end)", "x", 2),
+    Column("decode_speedup", "Speedup vs greedy (decode phase)", "x", 2),
+    Column("ms_per_token", "Wall time per token", "ms", 2),
+    Column("draft_first_token", "Draft's first token = target's", "%", 1),
+    Column("token_agreement", "Token agreement with greedy", "%", 1),
+    Column("identical", "Outputs identical to greedy", "%", 1),
+    Column("accuracy", "Answer accuracy", "%", 1),
+]
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few samples, no results file")
+    parser.add_argument("-n", type=int, default=64, help="samples per setting")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    n = 4 if args.quick else args.n
+    setting = load_setting(n, path=args.toyvlm)
+    rows = []
+    if setting.answers is not None:
+        rows += run(setting, max_new_tokens=LONG, label="answer")
+        with ignoring_eos(setting.model):
+            rows += run(setting, max_new_tokens=LONG, label="after-eos")
+    long = random_setting(max(2, n // 4), seed=1)
+    rows += run(long, max_new_tokens=LONG, label="random-model")
+    for row in rows:
+        print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
+    results = Results(
+        id="speculative-toyvlm",
+        title="Speculative decoding with a visually pruned draft on ToyVLM",
+        command="python -m reference_impls.bench.speculative" + (f" -n {args.n}" if args.n != 64 else ""),
+        families=["speculative-training-free"],
+        columns=COLUMNS,
+        rows=rows,
+        plots=[Plot(x="mean_accepted_length", y="speedup", group="setting", title="Speedup vs mean accepted length")],
+        notes=(
+            f"Model: {setting.name}; {n} held-out samples ({len(long.inputs)} for random-model), batch 1, CPU with 1 thread, wall times "
+            "interleaved per sample (the machine is shared, so speedups are noisy). End to end includes the vision tower and the prefills (the draft's own prefill included); the decode phase starts after them. Greedy is our "
+            "explicit-position loop, one token per forward. 'answer': decode until <eos> (ToyVLM "
+            "answers are one word + <eos>; the first token comes from the target's prefill, so "
+            "neither speed nor answers can change). 'after-eos': <eos> ignored for "
+            f"{LONG} tokens; ToyVLM repeats <eos>, every draft predicts it: best-case acceptance. "
+            f"'random-model': random-init Qwen2.5-VL, {LONG} tokens, a draft that often disagrees "
+            "(only acceptance and speed are meaningful). Strict verification is lossless by "
+            "construction (identical = 100%). \"Draft's first token = target's\": the draft's own "
+            "greedy first token (never used in decoding, it comes from the target's prefill) agrees "
+            "with the target's: for one-word answers the acceptance a content token would get. Function words for the relaxed rule: "
+            + ", ".join(FUNCTION_WORDS) + " (ToyVLM) / ids 7-19 (random model)."
+        ),
+    )
+    if not args.quick:
+        print("wrote", save_results(results))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
