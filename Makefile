@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: site build validate test toyvlm bench-site clean
+.PHONY: site build validate test toyvlm captioner continual-ad-pretrain bench-site clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,20 @@ test: $(STAMP)
 	$(PY) -m tools validate
 	$(PY) -m pytest
 
-## make toyvlm: retrain the committed ToyVLM checkpoint from scratch (CPU, about 30 min)
+## make toyvlm: retrain the committed ToyVLM checkpoint from scratch in its two stages, as its
+## manifest records (CPU, one thread: about 30 + 20 min on a busy 2-core machine)
+TOYVLM_STAGE1 := .cache/toyvlm-stage1
 toyvlm: $(STAMP)
-	$(PY) -m reference_impls.common.train_toyvlm
+	$(PY) -m reference_impls.common.train_toyvlm --threads 1 --out $(TOYVLM_STAGE1)
+	$(PY) -m reference_impls.common.train_toyvlm --threads 1 --init $(TOYVLM_STAGE1) --phases 4:224:400 --lr 1e-3 --max-minutes 20
+
+## make captioner: retrain the co-occurrence-biased captioner of the hallucination bench (about 10 min)
+captioner: $(STAMP)
+	$(PY) -m reference_impls.hallucination.train_captioner
+
+## make continual-ad-pretrain: retrain the frozen diffusion U-Net of the continual-AD bench (about 40 min)
+continual-ad-pretrain: $(STAMP)
+	$(PY) -m reference_impls.continual_ad.pretrain
 
 bench-site: $(STAMP)
 	$(PY) -m tools bench-site --n 10000
