@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from conftest import make_batch
+from .conftest import make_batch
 from reference_impls.hallucination.preference_optimization import HallucinationDPO, dpo_loss
 
 

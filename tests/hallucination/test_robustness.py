@@ -1,6 +1,6 @@
 import torch
 
-from conftest import make_batch
+from .conftest import make_batch
 from reference_impls.hallucination.robustness import gaussian_noise, relearn, worst_case_probe
 from reference_impls.hallucination.terms import ga_term
 from reference_impls.hallucination.trainer import UnlearningTrainer

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_batch
+from .conftest import make_batch
 from reference_impls.hallucination.gradient_ascent import GradientAscent
 from reference_impls.hallucination.npo import NPO
 from reference_impls.hallucination.sare import SARE, calibrate_rho
