@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-__all__ = ["TinyIds", "tiny_qwen25vl_config", "tiny_qwen25vl", "tiny_inputs", "visual_mask", "visual_spans"]
+__all__ = ["TinyIds", "qwen25vl_config", "tiny_qwen25vl_config", "tiny_qwen25vl", "tiny_inputs", "visual_mask", "visual_spans"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,69 @@ class TinyIds:
 IDS = TinyIds()
 
 
+def qwen25vl_config(
+    *,
+    vocab_size: int,
+    special_ids: dict[str, int],
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_size: int,
+    mrope_section: list[int],
+    vision_depth: int,
+    vision_hidden: int,
+    vision_intermediate: int,
+    vision_heads: int = 4,
+    window_size: int = 56,
+    attn_implementation: str = "sdpa",
+) -> Qwen2_5_VLConfig:
+    """A small Qwen2.5-VL config built in code; the one place both the test models and ToyVLM use.
+
+    ``special_ids`` maps ``bos``, ``eos``, ``pad``, ``vision_start``, ``vision_end``, ``image`` and
+    ``video`` to token ids. ``mrope_section`` splits the rotary half-dimension into (temporal,
+    height, width) parts and must sum to ``hidden_size // num_heads // 2``.
+    """
+    ids = special_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            max_position_embeddings=4096,
+            rope_scaling={"type": "mrope", "mrope_section": mrope_section},
+            bos_token_id=ids["bos"],
+            eos_token_id=ids["eos"],
+            pad_token_id=ids["pad"],
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_intermediate,
+            out_hidden_size=hidden_size,
+            num_heads=vision_heads,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=window_size,
+            fullatt_block_indexes=[vision_depth - 1],
+            in_channels=3,
+        ),
+        vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+    )
+    config._attn_implementation = attn_implementation
+    return config
+
+
 def tiny_qwen25vl_config(
     *,
     vocab_size: int = 99,
@@ -46,47 +109,15 @@ def tiny_qwen25vl_config(
     attn_implementation: str = "sdpa",
 ) -> Qwen2_5_VLConfig:
     """A Qwen2.5-VL config small enough for unit tests (about 100k parameters by default)."""
-    head_dim = hidden_size // num_heads
-    # mrope_section splits the rotary half-dimension into (temporal, height, width) parts.
-    half = head_dim // 2
-    mrope_section = [half - 2 * (half // 4), half // 4, half // 4]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            max_position_embeddings=4096,
-            rope_scaling={"type": "mrope", "mrope_section": mrope_section},
-            bos_token_id=IDS.bos,
-            eos_token_id=IDS.eos,
-            pad_token_id=IDS.pad,
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden,
-            out_hidden_size=hidden_size,
-            num_heads=4,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[vision_depth - 1],
-            in_channels=3,
-        ),
-        vision_start_token_id=IDS.vision_start,
-        vision_end_token_id=IDS.vision_end,
-        image_token_id=IDS.image,
-        video_token_id=IDS.video,
-        bos_token_id=IDS.bos,
-        eos_token_id=IDS.eos,
-        pad_token_id=IDS.pad,
+    half = hidden_size // num_heads // 2
+    return qwen25vl_config(
+        vocab_size=vocab_size,
+        special_ids={name: getattr(IDS, name) for name in ("bos", "eos", "pad", "vision_start", "vision_end", "image", "video")},
+        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size, mrope_section=[half - 2 * (half // 4), half // 4, half // 4],
+        vision_depth=vision_depth, vision_hidden=vision_hidden, vision_intermediate=vision_hidden,
+        attn_implementation=attn_implementation,
     )
-    config._attn_implementation = attn_implementation
-    return config
 
 
 def tiny_qwen25vl(seed: int = 0, **config_kwargs) -> Qwen2_5_VLForConditionalGeneration:

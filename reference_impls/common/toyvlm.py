@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from .tiny import qwen25vl_config
 from .scenes import COLOURS, COUNT_WORDS, ORDINALS, SHAPES, Sample, SceneSpec, make_samples
 
 __all__ = [
@@ -122,47 +123,18 @@ def toyvlm_config(
 
     Special ids are the vocabulary's ``<vision_start>``, ``<image>``, ``<video>``, ``<vision_end>``.
     """
-    head_dim = hidden_size // num_heads
-    half = head_dim // 2
-    mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # [4, 4, 4] for head_dim 24
+    half = hidden_size // num_heads // 2
     ids = vocab.index
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            max_position_embeddings=4096,
-            rope_scaling={"type": "mrope", "mrope_section": mrope_section},
-            bos_token_id=vocab.bos,
-            eos_token_id=vocab.eos,
-            pad_token_id=vocab.pad,
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=2 * vision_hidden,
-            out_hidden_size=hidden_size,
-            num_heads=vision_heads,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[vision_depth - 1],
-            in_channels=3,
-        ),
-        vision_start_token_id=ids["<vision_start>"],
-        vision_end_token_id=ids["<vision_end>"],
-        image_token_id=ids["<image>"],
-        video_token_id=ids["<video>"],
-        bos_token_id=vocab.bos,
-        eos_token_id=vocab.eos,
-        pad_token_id=vocab.pad,
+    return qwen25vl_config(
+        vocab_size=len(vocab),
+        special_ids={"bos": vocab.bos, "eos": vocab.eos, "pad": vocab.pad, "vision_start": ids["<vision_start>"],
+                     "vision_end": ids["<vision_end>"], "image": ids["<image>"], "video": ids["<video>"]},
+        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        mrope_section=[half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8],  # [4, 4, 4] for head_dim 24
+        vision_depth=vision_depth, vision_hidden=vision_hidden, vision_intermediate=2 * vision_hidden,
+        vision_heads=vision_heads, window_size=112, attn_implementation=attn_implementation,
     )
-    config._attn_implementation = attn_implementation
-    return config
 
 
 def _normalise(frames: np.ndarray) -> torch.Tensor:
