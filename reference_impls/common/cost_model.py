@@ -12,7 +12,7 @@ This module turns those formulas into numbers for any Qwen2-VL/Qwen2.5-VL-shaped
 Paper: arXiv 2604.05546 (the stage decomposition and its example: Qwen2.5-VL-72B with 20
 images gives more than 40K tokens and more than 13 GB of KV cache).
 
-Example:
+Examples:
     >>> from reference_impls.common.cost_model import QWEN25_VL_72B, Workload, kv_cache_bytes
     >>> work = Workload(images=20, width=1260, height=1260)
     >>> work.tokens() > 40_000, kv_cache_bytes(QWEN25_VL_72B, work.tokens()) / 1e9 > 13

@@ -17,7 +17,7 @@ One call measures what every efficiency page reports, phase by phase (design not
 Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
 explicit 3-D positions (the full sequence's last position + 1 + step, design notes §2).
 
-Example:
+Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
     >>> from reference_impls.common.random_pruning import RandomPruning
     >>> toy = load_toyvlm()

@@ -8,7 +8,7 @@ shows it next to the method.
 
 Paper: none (a baseline, not a published method).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl(); inputs = tiny_inputs(model)
     >>> method = RandomPruning(budget=0.25)

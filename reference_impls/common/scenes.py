@@ -9,7 +9,7 @@ visual tokens that cover the objects it names: dropping those tokens has a measu
 
 Everything is deterministic by seed (``numpy.random.default_rng``) and needs only numpy.
 
-Example:
+Examples:
     >>> spec = SceneSpec(n_images=2, image_size=112)
     >>> sample = make_sample(spec, seed=0)
     >>> sample.scene.images[0].shape

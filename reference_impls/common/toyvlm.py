@@ -9,7 +9,7 @@ images, and patches ordered so that the four patches of each 2x2 merge group are
 So every method written against Qwen2.5-VL runs on ToyVLM unchanged, and its accuracy cost is
 measurable in a minute on CPU.
 
-Example:
+Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
     >>> toy = load_toyvlm()                       # the committed checkpoint
     >>> samples = toy.samples(4, seed=123)         # held-out scenes (training uses seed 0)

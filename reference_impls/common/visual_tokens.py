@@ -18,7 +18,7 @@ the language model a shorter sequence. The plumbing lives here, once:
 
 With every token kept the patched model is bit-identical to the unpatched one (tested).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl(); inputs = tiny_inputs(model)
     >>> kwargs, ctx, sel = apply_visual_token_selection(model, inputs, lambda ctx: [torch.arange(0, n, 2) for n in ctx.visual_counts])

@@ -8,7 +8,7 @@ are ``A = Ã P_in`` and ``B = P_out B̃``: orthogonality to the stored subspaces
 whatever the optimiser does. :func:`input_covariances` collects the per-layer input covariances
 (conv inputs unfolded with the layer's own kernel geometry) that the subspaces come from.
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.diffusion import build_unet
     >>> from reference_impls.continual_ad.banks import LoRABanks
     >>> banks = LoRABanks(build_unet(16))

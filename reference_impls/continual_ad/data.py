@@ -8,7 +8,7 @@ same layouts, so tests and benchmarks run these exact loaders.
 A :class:`Setting` is a list of category groups (one group per task); every incremental
 setting of the continual AD literature is a preset in :data:`PRESETS`.
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.data import PRESETS
     >>> PRESETS["mvtec_3x5"].groups[0]
     ('bottle', 'cable', 'capsule')

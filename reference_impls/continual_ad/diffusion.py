@@ -5,7 +5,7 @@ DDIM reconstruction from a partially noised image, so the pretraining script, ev
 method and the anomaly scorer share them. The committed checkpoint was produced by
 ``python -m reference_impls.continual_ad.pretrain`` on a texture family disjoint from ProcAD.
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.diffusion import build_unet, make_schedule
     >>> unet, schedule = build_unet(sample_size=16), make_schedule()
 

@@ -11,7 +11,7 @@ Paper: GPM (Saha et al., ICLR 2021, sahagobinda/GPM) as described in the HF-OLB 
 section 4.1 (no arXiv id in our paper data); the continual diffusion AD setting follows
 arXiv 2502.19848 (One-for-More: Continual Diffusion Model for Anomaly Detection) in spirit.
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.gpm_projection import GPMProjection
     >>> GPMProjection().optimizer
     'sgd'

@@ -15,7 +15,7 @@ router picks the task, and the bank prefix up to that task reproduces the post-t
 Paper: arXiv 2606.02042 ("Normality-Preserving Continual Industrial Anomaly Detection via
 Orthogonal LoRA Banks"; only the abstract is available, design note ``hfolb.md``).
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.hfolb import HFOLB
     >>> from reference_impls.continual_ad.learner import TrainConfig
     >>> method = HFOLB(train=TrainConfig(steps=5, batch=4))  # then run_continual(method, ...)

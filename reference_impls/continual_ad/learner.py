@@ -8,7 +8,7 @@ penalty, optional gradient transform) and :func:`run_continual` the one evaluati
 producing the accuracy matrices that :func:`~reference_impls.continual_ad.metrics.continual_summary`
 turns into A-AUROC and FM.
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.learner import TrainConfig
     >>> TrainConfig(steps=10).lr
     0.001

@@ -11,7 +11,7 @@ For continual runs, ``acc[i, c]`` is a metric of category ``c`` after training t
 - A-AUROC = ``mean_c acc[T-1, c]``; the per-step curve is ``mean_{c: t(c) <= i} acc[i, c]``;
 - FM = ``mean_{c: t(c) < T-1} max_{i in [t(c), T-2]} (acc[i, c] - acc[T-1, c])``.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from reference_impls.continual_ad.metrics import continual_summary
     >>> continual_summary(np.array([[90.0, np.nan], [80.0, 95.0]]), [0, 1])["fm"]

@@ -10,7 +10,7 @@ It is also the base class of :mod:`~reference_impls.continual_ad.replay` and
 Paper: arXiv 2606.02042 (compares against sequential fine-tuning; this baseline is ours,
 design note section 7).
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.naive_lora import NaiveLoRA
     >>> from reference_impls.continual_ad.learner import TrainConfig
     >>> method = NaiveLoRA(train=TrainConfig(steps=5, batch=4))

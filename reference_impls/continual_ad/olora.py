@@ -9,7 +9,7 @@ the contrast with HF-OLB's hard, activation-aware constraint.
 Paper: O-LoRA (EMNLP Findings 2023, cmnfriend/O-LoRA), as described in the HF-OLB design note
 section 4.1 (no arXiv id recorded in our paper data); compared in arXiv 2606.02042's setting.
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.olora import OLoRA
     >>> OLoRA().lambda_1
     0.5

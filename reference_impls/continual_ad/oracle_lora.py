@@ -8,7 +8,7 @@ needs (earlier banks stacked and frozen, a penalty on the new bank), see
 
 Paper: arXiv 2606.02042 (isolation upper bound; this baseline is ours, design note section 7).
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.oracle_lora import OracleLoRA
     >>> OracleLoRA().rank
     8

@@ -11,7 +11,7 @@ A second, disjoint texture family (random colour fields, low-frequency noise and
 no periodic structure) is the pretraining domain of the frozen U-Net
 (:func:`pretrain_textures`).
 
-Example:
+Examples:
     >>> import tempfile
     >>> from reference_impls.continual_ad.procad import write_procad
     >>> root = write_procad(tempfile.mkdtemp(), size=16, n_train=4, n_test_good=2, n_per_defect=2)

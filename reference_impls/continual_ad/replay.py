@@ -7,7 +7,7 @@ LoRA keeps modelling old normality. It stores images, which HF-OLB avoids.
 Paper: arXiv 2606.02042 (replay is a comparison point; this baseline is ours, design note
 section 7; CDAD-style continual diffusion AD also compares against it).
 
-Example:
+Examples:
     >>> from reference_impls.continual_ad.replay import Replay
     >>> Replay(per_category=8).per_category
     8

@@ -8,7 +8,7 @@
   error at two fixed (τ, ε) pairs wins (the median, because defects raise the error under
   every prefix). It costs one forward per prefix and pair.
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.continual_ad.routing import PrototypeRouter
     >>> router = PrototypeRouter(k=1)

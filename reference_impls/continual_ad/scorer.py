@@ -8,7 +8,7 @@ down-block features of the input and of the reconstruction, averages over noise 
 with a Gaussian and reads the image score as the map maximum (or the mean of the top 1 %).
 Every continual method in this package is scored by this one object.
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.continual_ad.diffusion import build_unet, make_schedule
     >>> from reference_impls.continual_ad.scorer import DiffusionScorer

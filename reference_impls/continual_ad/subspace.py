@@ -11,7 +11,7 @@ of its past input space; ``P = I - U Uᵀ`` projects onto the complement.
 - :func:`allocate_ranks` turns per-layer novelty into ranks with caps per U-Net level and an
   optional parameter budget.
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.continual_ad.subspace import gpm_extend
     >>> U, _ = gpm_extend(torch.zeros(4, 0), torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0])), eps=0.65)

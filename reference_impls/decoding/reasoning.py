@@ -15,7 +15,7 @@ is at least ``threshold``, so threshold 0 never escalates and a threshold above 
 
 Paper: arXiv 2505.15154
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
     >>> result = ConfidenceGatedAnswering(threshold=0.5)(model, tiny_inputs(model))

@@ -17,7 +17,7 @@ for a caller-given set of token ids (e.g. function words that carry no visual co
 
 Paper: arXiv 2508.16201
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
     >>> inputs = tiny_inputs(model)

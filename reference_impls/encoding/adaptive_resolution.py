@@ -12,7 +12,7 @@ and re-encode it with the vision tower.
 
 Papers: arXiv 2510.19496 (CARES), arXiv 2507.13348 (VisionThink), arXiv 2510.12793 (ViCO).
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.encoding.adaptive_resolution import choose_grid, edge_density
     >>> flat, busy = torch.zeros(3, 112, 112), torch.randn(3, 112, 112)

@@ -12,7 +12,7 @@ only the kept frames (Qwen2.5-VL attends within a frame, so their features are u
 Papers (the family, not reproduced): arXiv 2407.03104 (KeyVideoLLM), arXiv 2506.22139 (Q-Frame),
 arXiv 2510.27280 (FOCUS), arXiv 2602.03615 (KTV).
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.encoding.keyframes import select_keyframes
     >>> frames = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [1.0, 1.0]])

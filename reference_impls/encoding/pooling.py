@@ -12,7 +12,7 @@ video frame), with the pooled grid chosen from the budget.
 Papers: arXiv 2405.20985 (DeCo), arXiv 2402.03766 (MobileVLM V2, LDP), arXiv 2312.06742
 (Honeybee), arXiv 2502.13923 (Qwen2.5-VL, the 2x2 merger).
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.encoding.pooling import pool_tokens, pooled_grid
     >>> pooled_grid(8, 8, 0.25)

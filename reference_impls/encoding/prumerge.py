@@ -10,7 +10,7 @@ spatially uniform samples to the outliers to recover accuracy at a larger token 
 
 Paper: arXiv 2403.15388 (public code: Unicorn-3965/LLaVA-PruMerge).
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.encoding.prumerge import iqr_outliers
     >>> iqr_outliers(torch.tensor([1.0, 1.1, 0.9, 1.0, 9.0, 1.05, 0.95, 1.0])).nonzero().flatten().tolist()

@@ -10,7 +10,7 @@ a training-free reduction of the visual tokens the language model reads.
 
 Paper: arXiv 2210.09461 (public code: facebookresearch/ToMe).
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.encoding.tome import tome_reduce
     >>> x = torch.randn(16, 8)

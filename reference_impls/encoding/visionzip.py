@@ -11,7 +11,7 @@ and each target becomes the average of its group. It needs no training and ignor
 
 Paper: arXiv 2412.04467 (public code: github.com/VILA-Lab/VisionZip, as listed in the paper table).
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.encoding.visionzip import visionzip_reduce
     >>> x, keys = torch.randn(16, 8), torch.randn(16, 4)

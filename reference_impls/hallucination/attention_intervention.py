@@ -9,7 +9,7 @@ two options of the task; we did not build OPERA's over-trust penalty in beam sea
 Paper: arXiv 2407.21771 ("Paying More Attention to Image: A Training-Free Method for
 Alleviating Hallucination in LVLMs").
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
     >>> inputs = tiny_inputs(model, grids=((4, 4),))

@@ -6,7 +6,7 @@ inherits the shared retain terms (grounded-token NLL, whole-caption NLL, optiona
 reference) and :meth:`unlearn`, which builds one
 :class:`~reference_impls.hallucination.trainer.UnlearningTrainer` and runs it in place.
 
-Example:
+Examples:
     >>> from reference_impls.hallucination.npo import NPO
     >>> [t.name for t in NPO().terms()]
     ['forget_npo', 'grounded_nll', 'retain_nll']

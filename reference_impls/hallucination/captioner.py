@@ -18,7 +18,7 @@ Splits (EFUF-style, built from the scene ground truth and the model's own captio
 - ``grounded``: the same sequences, the mask on the caption words before that word.
 - ``retain``: ground-truth (annotator-biased) captions and yes/no probes of training scenes.
 
-Example:
+Examples:
     >>> world = CaptionWorld()
     >>> scenes = world.scenes(4, seed=3, kind="trigger")   # A present, B absent
     >>> all(world.a in s.truth and world.b not in s.truth for s in scenes)

@@ -10,7 +10,7 @@ the clean model finds implausible.
 
 Paper: arXiv 2311.16922 (Visual Contrastive Decoding).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
     >>> inputs = tiny_inputs(model, grids=((4, 4),))

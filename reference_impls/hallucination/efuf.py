@@ -8,7 +8,7 @@ starting at 40% of training, decays the positive weight from 1 to 0.5 and weight
 
 Paper: arXiv 2402.09801 (EFUF, EMNLP 2024; public code starreeze/efuf).
 
-Example:
+Examples:
     >>> from reference_impls.hallucination.efuf import EFUF
     >>> method = EFUF(steps=60)
     >>> [t.name for t in method.terms()]

@@ -8,7 +8,7 @@ utility metric.
 
 Paper: standard baseline (named as "GA" by SARE, arXiv 2601.16527, and by EFUF, arXiv 2402.09801).
 
-Example:
+Examples:
     >>> from reference_impls.hallucination.gradient_ascent import GradientAscent
     >>> method = GradientAscent(lr=1e-4, steps=60)
     >>> # method.unlearn(model, batches)  # batches(step) -> {"forget", "grounded", "retain"}

@@ -10,7 +10,7 @@ is in the data.
 Paper: arXiv 2306.14565 (LRV-Instruction: robust instruction tuning with balanced positive and
 negative instructions) is the closest listed paper; our data is a synthetic analogue, not LRV.
 
-Example:
+Examples:
     >>> from reference_impls.hallucination.captioner import CaptionWorld
     >>> scenes = balanced_scenes(CaptionWorld(), 200, seed=0)
     >>> with_a = [s for s in scenes if "circle" in s.truth]

@@ -12,7 +12,7 @@ The functions take already extracted object mentions (lists of canonical object 
 work for any caption format; :func:`extract_objects` maps caption words to canonical names with
 an optional synonym table, as CHAIR does for COCO.
 
-Example:
+Examples:
     >>> chair([["cat", "dog"], ["cat"]], [{"cat"}, {"cat"}])["chair_i"]
     0.3333333333333333
     >>> pope([True, False, True], [True, False, False])["f1"]

@@ -9,7 +9,7 @@ instead of diverging like GA.
 Paper: standard unlearning loss (Zhang et al. 2024), the forget term used by SARE
 (arXiv 2601.16527) and sharpness-aware unlearning (arXiv 2502.05374).
 
-Example:
+Examples:
     >>> from reference_impls.hallucination.npo import NPO
     >>> method = NPO(beta=0.5, lr=5e-4)
     >>> # method.unlearn(model, batches)

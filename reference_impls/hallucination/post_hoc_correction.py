@@ -10,7 +10,7 @@ Paper: arXiv 2310.16045 (Woodpecker) is the closest listed paper: it extracts th
 objects, verifies them with *external* detectors and VQA models, and rewrites the caption with
 an LLM. We keep the extract-verify-remove skeleton but verify with the captioner itself.
 
-Example:
+Examples:
     >>> remove_objects("circle and square and cross".split(), {"square"}, {"circle", "square", "cross"})
     ['circle', 'and', 'cross']
     >>> method = SelfCheckCorrection()

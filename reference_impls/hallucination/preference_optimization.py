@@ -9,7 +9,7 @@ started. At the start (policy = reference) the loss is ``log 2`` and the gradien
 
 Paper: arXiv 2311.16839 (HA-DPO, hallucination-aware DPO); related: RLHF-V (arXiv 2312.00849).
 
-Example:
+Examples:
     >>> method = HallucinationDPO(beta=0.5)
     >>> [t.name for t in method.terms()]
     ['dpo', 'chosen_nll', 'retain_nll']

@@ -9,7 +9,7 @@ No weights change, and ``strength`` trades hallucination against fluency.
 Paper: arXiv 2410.15778 ("Reducing Hallucinations in Vision-Language Models via Latent Space
 Steering") is the closest listed paper; we build a simpler variant (below), not its method.
 
-Example:
+Examples:
     >>> import torch
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()

@@ -9,7 +9,7 @@
   ``u`` the normalised gradient that *raises* the hallucination (GA direction), for several
   ``rho``: the sharpness SARE is meant to flatten.
 
-Example:
+Examples:
     >>> # curve = relearn(model, lambda step: {"relearn": batch}, checkpoints=(5, 10, 30),
     >>> #                 evaluate=lambda m: {"hal": rate(m)})
     >>> # noisy = gaussian_noise(model, alpha=0.1, seed=0)

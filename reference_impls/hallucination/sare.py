@@ -13,7 +13,7 @@ Paper: arXiv 2601.16527 ("Beyond Superficial Unlearning: Sharpness-Aware Robust 
 Hallucinations in Multimodal LLMs"). Building blocks: EFUF (arXiv 2402.09801), sharpness-aware
 unlearning (arXiv 2502.05374).
 
-Example:
+Examples:
     >>> from reference_impls.hallucination.sare import SARE
     >>> method = SARE(rho=0.05, forget="npo", beta=0.5)
     >>> method.sam().rho

@@ -12,7 +12,7 @@ A batch is a dict of model inputs (``input_ids``, ``attention_mask``, ``mm_token
 :mod:`~reference_impls.hallucination.unlearning_losses` for the alignment) and, for EFUF,
 ``scores`` (B,).
 
-Example:
+Examples:
     >>> terms = [npo_term(beta=0.5), nll_term("grounded"), nll_term("retain")]
     >>> [t.name for t in terms]
     ['forget_npo', 'grounded_nll', 'retain_nll']

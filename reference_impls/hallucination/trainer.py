@@ -20,7 +20,7 @@ Reuse: a new training-based method (DPO, grounded fine-tuning, relearning attack
 terms; a term's loss gets the trainer, so it can call :meth:`UnlearningTrainer.logits` and the
 frozen reference's :meth:`UnlearningTrainer.reference_logits` (cached per step).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl
     >>> from reference_impls.hallucination.terms import npo_term, nll_term
     >>> model = tiny_qwen25vl()

@@ -16,7 +16,7 @@ never read, so padding or ``-100`` there cannot leak into a loss or a gradient.
 - retain terms: :func:`mean_nll` and :func:`kl_to_reference` (padding masked, unlike the
   open-unlearning helper, which averages over padded positions too).
 
-Example:
+Examples:
     >>> import torch
     >>> logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
     >>> mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]])

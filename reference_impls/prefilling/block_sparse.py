@@ -13,7 +13,7 @@ Decoding (one query against the cache) falls back to sdpa; no token is dropped.
 Paper: arXiv 2407.02490 (MInference 1.0; code: microsoft/MInference); related: arXiv 2503.16428
 (XAttention, antidiagonal block scoring), arXiv 2504.16083 (MMInference, modality-aware).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.prefilling.block_sparse import BlockSparseAttention
     >>> model = tiny_qwen25vl()

@@ -10,7 +10,7 @@ compatible with flash attention.
 
 Paper: arXiv 2503.02175 (code: vbdi/divprune).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.prefilling.divprune import DivPrune
     >>> model = tiny_qwen25vl()

@@ -8,7 +8,7 @@ and every layer from K on (and its KV cache) sees only those, plus all text toke
 
 Paper: arXiv 2403.06764 (code: pkunlp-icler/FastV).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.prefilling.fastv import FastV
     >>> model = tiny_qwen25vl(num_layers=4)

@@ -9,7 +9,7 @@ states and the last instruction token's attention to the visual tokens (head-ave
 
 Paper: arXiv 2410.17247 (code: Cooperx521/PyramidDrop).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.prefilling.pyramiddrop import PyramidDrop
     >>> model = tiny_qwen25vl(num_layers=4)

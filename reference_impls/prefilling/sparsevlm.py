@@ -9,7 +9,7 @@ outright, the best of them can be *recycled*: clustered and merged into a few ex
 
 Paper: arXiv 2410.04417 (code: Gumpest/SparseVLMs).
 
-Example:
+Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.prefilling.sparsevlm import SparseVLM
     >>> model = tiny_qwen25vl(num_layers=4)

@@ -115,24 +115,35 @@ def test_every_problem_is_reported_at_once(repo, run_tools):
     assert "3 error(s)" in err
 
 
+def line_of(path: Path, text: str) -> int:
+    return path.read_text().splitlines().index(text) + 1
+
+
 def test_taxonomy_problems(repo, run_tools):
     path = repo / "taxonomy" / "hallucination.yaml"
-    text = path.read_text()
-    text = text.replace("  - id: contrastive-decoding\n", "  - id: hallucination-unlearning\n", 1)
-    text = text.replace("    notebook: planned\n", "    notebook: notebooks/none/missing.py\n", 1)
+    original_line = line_of(path, "  - id: hallucination-unlearning")
+    clash_line = line_of(path, "  - id: contrastive-decoding")
+    text = path.read_text().replace("  - id: contrastive-decoding\n", "  - id: hallucination-unlearning\n", 1)
+    text = text.replace("    notebook: notebooks/hallucination/sare.py\n", "    notebook: notebooks/none/missing.py\n", 1)
     path.write_text(text)
     status, out, err = run_tools(repo, "validate")
     assert status == 1
-    assert "taxonomy/hallucination.yaml:19: id: duplicate taxonomy id 'hallucination-unlearning' (also taxonomy/hallucination.yaml:12)" in err
-    assert "taxonomy/hallucination.yaml:12: notebook: notebook 'notebooks/none/missing.py' does not exist" in err
+    assert (f"taxonomy/hallucination.yaml:{clash_line}: id: duplicate taxonomy id 'hallucination-unlearning' "
+            f"(also taxonomy/hallucination.yaml:{original_line})") in err
+    assert f"taxonomy/hallucination.yaml:{original_line}: notebook: notebook 'notebooks/none/missing.py' does not exist" in err
 
 
 def test_method_family_without_implementation_field(repo, run_tools):
-    path = repo / "taxonomy" / "continual-ad.yaml"
-    path.write_text(path.read_text().replace("    implementation: planned\n", "", 1))
+    path = repo / "taxonomy" / "efficiency.yaml"
+    family_line = line_of(path, "          - id: vision-encoders-video")
+    lines = path.read_text().splitlines(keepends=True)
+    implementation_line = next(i for i in range(family_line, len(lines)) if lines[i].strip().startswith("implementation:"))
+    del lines[implementation_line]
+    path.write_text("".join(lines))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
-    assert "taxonomy/continual-ad.yaml:11: families[0].implementation: required field is missing" in err
+    assert (f"taxonomy/efficiency.yaml:{family_line}: stages[0].families[0].children[1].implementation: "
+            "required field is missing") in err
     assert "1 error(s)" in err  # the rest of the taxonomy still loads: no cascade of unknown ids
 
 
