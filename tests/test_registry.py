@@ -29,7 +29,7 @@ def test_method_belongs_to_a_method_family_that_points_at_its_module(spec):
 def test_method_module_opens_with_a_paper_card(spec):
     doc = importlib.import_module(spec.module).__doc__ or ""
     assert len(doc.strip().splitlines()) >= 3, f"{spec.module} has no paper card docstring"
-    assert re.search(r"arXiv \d{4}\.\d{4,5}|Baseline|Analysis", doc), f"{spec.module}: paper card lacks 'Paper:'"
+    assert re.search(r"arXiv \d{4}\.\d{4,5}|[Bb]aseline|[Aa]nalysis", doc), f"{spec.module}: paper card lacks 'Paper:'"
 
 
 def test_registering_twice_under_one_name_fails():
