@@ -15,7 +15,7 @@ from pathlib import Path
 from .catalog import ROOT, load_catalog
 from .entries import write_entry
 from .sandbox import make_sandbox
-from .site.build import build_site, generate_pages
+from .site.build import build_site
 
 __all__ = ["bench_site", "synthetic_entry"]
 
@@ -69,10 +69,7 @@ def bench_site(root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int 
             return 1
 
         start = time.perf_counter()
-        status = generate_pages(sandbox, execute_notebooks=False)
-        generate_s = time.perf_counter() - start
-        start = time.perf_counter()
-        status = status or build_site(sandbox, execute_notebooks=False)
+        status = build_site(sandbox, execute_notebooks=False)
         full_build_s = time.perf_counter() - start
         if status:
             return status
@@ -81,7 +78,6 @@ def bench_site(root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int 
         search_bytes = _size(site / "search")
         print(f"entries:            {total}")
         print(f"validate:           {validate_s:.2f} s")
-        print(f"generate pages:     {generate_s:.2f} s")
         print(f"full build:         {full_build_s:.2f} s (validate + generate + mkdocs build --strict)")
         print(f"site size:          {site_bytes / 1e6:.1f} MB, {site_bytes / total / 1e3:.1f} KB per entry "
               f"(search index {search_bytes / 1e6:.1f} MB)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import bibtexparser
+import bibtexparser.middlewares
 from bibtexparser import model
 from bibtexparser.library import Library
 from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
@@ -88,7 +89,9 @@ def entries_to_bibtex(entries: Iterable[dict[str, Any]]) -> str:
     bibtex_format = BibtexFormat()
     bibtex_format.indent = "  "
     bibtex_format.trailing_comma = True
-    return bibtexparser.write_string(library, bibtex_format=bibtex_format)
+    # The library is thrown away after writing, so the middlewares may modify it in place (fast).
+    unparse_stack = bibtexparser.middlewares.default_unparse_stack(allow_inplace_modification=True)
+    return bibtexparser.write_string(library, unparse_stack=unparse_stack, bibtex_format=bibtex_format)
 
 
 def _name_first_last(parts) -> str:

@@ -25,6 +25,7 @@ class Node:
     implementation: list[str] | str = PLANNED
     notebook: list[str] | str = PLANNED
     exempt_reason: str = ""
+    findings: str = ""
     source: str = ""
     order: int = 0
     parent: Node | None = field(default=None, repr=False)
@@ -103,6 +104,7 @@ def _build(raw: dict, level: str, loaded: LoadedYaml, location: tuple, parent: N
         implementation=raw.get("implementation", PLANNED),
         notebook=raw.get("notebook", PLANNED),
         exempt_reason=raw.get("exempt_reason", ""),
+        findings=raw.get("findings", ""),
         source=raw.get("source", ""),
         order=raw.get("order", 0),
         parent=parent,

@@ -148,6 +148,9 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     lines += _implementation_block(node, page, module_summaries)
     if results_md:
         lines += ["## Reproduced results", "", results_md, ""]
+    if node.findings:
+        # Our own words about our own runs; taxonomy text is trusted Markdown, like the summaries.
+        lines += ["## What we found", "", node.findings.strip(), ""]
     under = site.papers_under(node)
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:
