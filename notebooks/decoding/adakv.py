@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from reference_impls.decoding.adakv import AdaKV
-from reference_impls.decoding.cache import greedy_decode, resolve_budget
-from reference_impls.decoding.kv_demo import demo_model_and_prompt
+from reference_impls.decoding.cache import resolve_budget
+from reference_impls.decoding.kv_demo import demo_model_and_prompt, kl_drift
 from reference_impls.decoding.snapkv import SnapKV
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
@@ -50,17 +50,9 @@ print("resident bytes (real storage):", report["resident_bytes"], "| masking kee
 
 # %%
 steps = 3 if QUICK else 8
-ref = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
-ref_tokens, ref_logp = ref.sequences[:, n:], torch.stack(ref.logits)[:, 0].log_softmax(-1)
 budgets = (0.2,) if QUICK else (0.05, 0.1, 0.2, 0.4)
 for label, make in {"SnapKV": lambda b: SnapKV(budget=b, window=8), "Ada-KV": lambda b: AdaKV(budget=b, window=8)}.items():
-    kls = []
-    for budget in budgets:
-        m = make(budget)
-        with m(model):
-            _, logits = greedy_decode(model, inputs, m.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens)
-        kls.append(float(torch.nn.functional.kl_div(logits.log_softmax(-1), ref_logp, log_target=True, reduction="batchmean")))
-    plt.plot(budgets, kls, marker="o", label=label)
+    plt.plot(budgets, kl_drift(model, inputs, make, budgets, steps), marker="o", label=label)
 plt.xlabel("mean budget")
 plt.ylabel("KL(full || compressed)")
 plt.legend()
