@@ -24,6 +24,7 @@ from reference_impls.continual_ad.diffusion import load_pretrained, make_schedul
 from reference_impls.continual_ad.hfolb import HFOLB
 from reference_impls.continual_ad.learner import TrainConfig, run_continual
 from reference_impls.continual_ad.naive_lora import NaiveLoRA
+from reference_impls.continual_ad.plots import plot_accuracy_matrices, print_summaries
 from reference_impls.continual_ad.procad import write_procad
 from reference_impls.continual_ad.scorer import DiffusionScorer
 
@@ -62,10 +63,7 @@ train = TrainConfig(steps=STEPS, batch=8, lr=3e-3)
 hfolb = HFOLB(train=train, positions=16, n_tau=2, stat_images=8)
 res_h = run_continual(hfolb, setting, data, load_pretrained(), schedule, scorer, seed=0)
 res_n = run_continual(NaiveLoRA(train=train), setting, data, load_pretrained(), schedule, scorer, seed=0)
-for name, res in (("HF-OLB", res_h), ("naive LoRA", res_n)):
-    s = res.summary()
-    print(f"{name:10s} image A-AUROC {s['image_a_auroc']:.1f} FM {s['image_fm']:.1f} | "
-          f"pixel A-AUROC {s['pixel_a_auroc']:.1f} FM {s['pixel_fm']:.1f} | params/task {s['params_per_task']}")
+print_summaries({"HF-OLB": res_h, "naive LoRA": res_n})
 print("HF-OLB routing accuracy (prototype prefix):", res_h.routing_accuracy)
 
 # %% [markdown]
@@ -74,15 +72,7 @@ print("HF-OLB routing accuracy (prototype prefix):", res_h.routing_accuracy)
 # final value.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))
-for a, (name, res) in zip(axes, (("HF-OLB", res_h), ("naive LoRA", res_n))):
-    a.imshow(np.nan_to_num(res.image, nan=0), vmin=40, vmax=100, cmap="viridis")
-    for (i, j), v in np.ndenumerate(res.image):
-        if not np.isnan(v):
-            a.text(j, i, f"{v:.0f}", ha="center", va="center", color="w", fontsize=8)
-    a.set_xticks(range(len(CATS)), CATS, fontsize=7)
-    a.set_yticks(range(len(CATS)), [f"after {i + 1}" for i in range(len(CATS))], fontsize=7)
-    a.set_title(name, fontsize=9)
+plot_accuracy_matrices({"HF-OLB": res_h, "naive LoRA": res_n})
 plt.show()
 
 # %% [markdown]

@@ -7,9 +7,9 @@ weight gradient ``G`` (d_out, d_in) is replaced by ``G (I − U Uᵀ)``, so with
 is a sum of projected gradients) the update leaves past inputs' outputs almost unchanged. It
 trains the adapted layers' full weights instead of a LoRA, and needs no routing.
 
-Paper: GPM (Saha et al., ICLR 2021, sahagobinda/GPM) as described in the HF-OLB design note
-section 4.1 (no arXiv id in our paper data); the continual diffusion AD setting follows
-arXiv 2502.19848 (One-for-More: Continual Diffusion Model for Anomaly Detection) in spirit.
+Paper: arXiv 2103.09762 (GPM, ICLR 2021), as described in the HF-OLB design note section 4.1;
+the continual diffusion AD setting follows arXiv 2502.19848 (One-for-More: Continual Diffusion
+Model for Anomaly Detection) in spirit.
 
 Examples:
     >>> from reference_impls.continual_ad.gpm_projection import GPMProjection
