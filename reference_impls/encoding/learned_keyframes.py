@@ -31,10 +31,11 @@ Examples:
     the best-scored half of every prompt's images (the committed scorer is ToyVLM's).
 
 Deviations / guesses:
-    - Frame-Voyager trains a query module inside the video LLM on ranked frame combinations;
-      ours is a separate 2-3k-parameter scorer on pixel thumbnails and mean word embeddings,
-      and a combination's score is the *sum* of its frames' scores, so the best combination of
-      ``k`` frames is simply the top-``k`` frames. Targets: for each combination size, the
+    - Frame-Voyager learns to query frame combinations ranked by the video LLM's own loss; we
+      do not reproduce its architecture: ours is a separate 2.2k-parameter scorer on pixel
+      thumbnails and mean word embeddings, and a combination's score is the *sum* of its
+      frames' scores, so the best combination of ``k`` frames is simply the top-``k`` frames.
+      Targets: for each combination size, the
       softmax over combinations of the model's log-probability of the correct answer
       (listwise cross-entropy, :func:`combination_loss`); sizes and temperature are ours.
     - The question embedding averages all text tokens of the prompt (vision and padding

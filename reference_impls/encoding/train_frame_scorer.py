@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     log(f"loss {losses[0]:.3f} -> {sum(losses[-50:]) / 50:.3f}; held-out untrained {before}; trained {metrics}")
     manifest = {
-        "command": "python -m reference_impls.encoding.train_frame_scorer " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": ("python -m reference_impls.encoding.train_frame_scorer " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))).rstrip(),
         "seed": args.seed,
         "training_clips": args.clips,
         "heldout_clips": args.heldout,
