@@ -38,8 +38,12 @@ Deviations / guesses:
       language model still sees the time gaps.
     - The budget applies per video: ``keep_count(t, budget)`` frames (round, at least one),
       and, with ``images_as_frames`` (default), per prompt to its images: ``keep_count(images,
-      budget)`` images survive whole, the others lose all their tokens. Images are all encoded
-      (their selection runs after the tower), so only videos save vision-tower time.
+      budget)`` images survive whole, the others lose all their tokens. Images are chosen
+      before the tower too, which then encodes only the kept ones, when the prompt's token ids
+      are known (recorded from ``model(...)`` / ``model.generate(...)`` calls); otherwise all
+      images are encoded and chosen afterwards.
+    - Subclasses change only the ranking rule (:meth:`KeyframeSelection._choose`); the
+      question-aware learned scorer of :mod:`reference_impls.encoding.learned_keyframes` is one.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from reference_impls.common.visual_tokens import Selection, VisualContext, keep_
 from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.registry import register
 
-__all__ = ["select_keyframes", "frame_thumbnails", "KeyframeSelection"]
+__all__ = ["select_keyframes", "frame_thumbnails", "item_thumbnails", "KeyframeSelection"]
 
 
 def select_keyframes(embeddings: torch.Tensor, keep: int) -> torch.Tensor:
@@ -107,6 +111,32 @@ def frame_thumbnails(
     return F.adaptive_avg_pool2d(blocks.permute(0, 3, 1, 2), (thumb, thumb)).reshape(t, -1)
 
 
+def item_thumbnails(pixel_values: torch.Tensor, grid_thw: torch.Tensor, vision_config, thumb: int = 4) -> list[torch.Tensor]:
+    """:func:`frame_thumbnails` of every item (image or video) of a batch.
+
+    Args:
+        pixel_values: ``(sum t*h*w, C*tp*p*p)`` rows of all items (``pixel_values`` or
+            ``pixel_values_videos``).
+        grid_thw: ``(items, 3)`` patch grids.
+        vision_config: the model's ``config.vision_config``.
+        thumb: thumbnail side.
+
+    Returns:
+        One ``(t, C*thumb*thumb)`` tensor per item (``t = 1`` for images).
+    """
+    sizes = grid_thw.prod(-1).tolist()
+    return [
+        frame_thumbnails(pixels, tuple(grid), vision_config.in_channels, vision_config.spatial_merge_size, thumb)
+        for pixels, grid in zip(pixel_values.split(sizes), grid_thw.tolist())
+    ]
+
+
+def _item_rows(input_ids: torch.Tensor, token_id: int) -> list[int]:
+    # batch row of every visual item (maximal run of ``token_id``), in the vision tower's order
+    starts = (input_ids == token_id) & ~F.pad(input_ids == token_id, (1, 0))[:, :-1]  # (B, S)
+    return [b for b, count in enumerate(starts.sum(-1).tolist()) for _ in range(count)]
+
+
 def _frame_tokens(frames: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     # token indices (raster, frame-major) of the given frames, ascending
     return (frames[:, None] * tokens_per_frame + torch.arange(tokens_per_frame, device=frames.device)).reshape(-1)
@@ -131,46 +161,85 @@ class KeyframeSelection(EncodingMethod):
     images_as_frames: bool = True
     _video_frames: list[torch.Tensor] = field(default_factory=list, init=False, repr=False, compare=False)
     _image_thumbs: list[torch.Tensor] = field(default_factory=list, init=False, repr=False, compare=False)
-    _kept_images: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
+    _kept_images: set[int] | None = field(default=None, init=False, repr=False, compare=False)
+    _prompt: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _choose(self, frames: torch.Tensor, keep: int, prompt: torch.Tensor | None) -> torch.Tensor:
+        """The ranking rule: ``(keep,)`` ascending indices of the frames to keep.
+
+        Args:
+            frames: ``(T, F)`` one embedding (thumbnail) per frame of one clip.
+            keep: frames to keep, ``1 <= keep <= T``.
+            prompt: ``(S,)`` token ids of the clip's sequence without padding, or None when
+                unknown. Max-min ignores it; question-aware subclasses read the question here.
+        """
+        return select_keyframes(frames, keep)
+
+    def _prompt_of(self, row: int | None) -> torch.Tensor | None:
+        if self._prompt is None or row is None:
+            return None
+        ids, mask = self._prompt
+        return ids[row][mask[row].bool()]
+
+    def _rows(self, token_id: int, items: int) -> list[int | None]:
+        # batch row of every item, from the recorded prompt (None when unknown or not matching)
+        rows = _item_rows(self._prompt[0], token_id) if self._prompt is not None else []
+        return rows if len(rows) == items else [None] * items
 
     def install(self, model, stack: ExitStack) -> None:
         if self.embed not in ("thumbnail", "features"):
             raise ValueError(f"unknown embed {self.embed!r}")
         inner = model.model
-        vision = model.config.vision_config
-        original_video, original_image = inner.get_video_features, inner.get_image_features
+        config, vision = model.config, model.config.vision_config
+        original_video, original_image, original_generate = inner.get_video_features, inner.get_image_features, model.generate
+        self._prompt, self._kept_images = None, None
+
+        def remember(inputs: dict) -> None:
+            # the prompt of the current call: choosing frames before the tower needs it
+            visual = any(inputs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs"))
+            ids = inputs.get("input_ids")
+            if ids is None or not visual:
+                self._prompt = None
+                return
+            mask = inputs.get("attention_mask")
+            self._prompt = (ids, mask if mask is not None else torch.ones_like(ids))
+
+        def generate(*args, **kwargs):
+            remember(kwargs)  # generate() runs the tower before the first forward
+            return original_generate(*args, **kwargs)
 
         def get_video_features(pixel_values_videos, video_grid_thw=None, **kwargs):
             # choose frames from thumbnails, encode only those, put them back at their place
             self._video_frames = []
             if self.embed != "thumbnail" or self.budget >= 1.0:
                 return original_video(pixel_values_videos, video_grid_thw, **kwargs)
-            rows, grids = [], []
-            sizes = video_grid_thw.prod(-1).tolist()
-            for pixels, (t, h, w) in zip(pixel_values_videos.split(sizes), video_grid_thw.tolist()):
-                thumbs = frame_thumbnails(pixels, (t, h, w), vision.in_channels, vision.spatial_merge_size, self.thumb)
-                frames = select_keyframes(thumbs, keep_count(t, self.budget))
-                self._video_frames.append(frames)
-                rows.append(pixels[_frame_tokens(frames, h * w)])
-                grids.append([frames.numel(), h, w])
-            output = original_video(torch.cat(rows), video_grid_thw.new_tensor(grids), **kwargs)
-            full = []
-            for features, frames, (t, h, w) in zip(output.pooler_output, self._video_frames, video_grid_thw.tolist()):
-                per_frame = h * w // vision.spatial_merge_size**2
-                placed = features.new_zeros(t * per_frame, features.shape[-1])  # dropped frames stay zero, never read
-                placed[_frame_tokens(frames, per_frame)] = features
-                full.append(placed)
-            output.pooler_output = tuple(full)
-            return output
+            thumbs = item_thumbnails(pixel_values_videos, video_grid_thw, vision, self.thumb)
+            rows = self._rows(config.video_token_id, len(thumbs))
+            self._video_frames = [self._choose(x, keep_count(x.shape[0], self.budget), self._prompt_of(b)) for x, b in zip(thumbs, rows)]
+            return _encode_kept(original_video, pixel_values_videos, video_grid_thw, self._video_frames, vision.spatial_merge_size, **kwargs)
 
         def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
-            sizes = image_grid_thw.prod(-1).tolist()
-            self._image_thumbs = [
-                frame_thumbnails(pixels, tuple(grid), vision.in_channels, vision.spatial_merge_size, self.thumb)[0]
-                for pixels, grid in zip(pixel_values.split(sizes), image_grid_thw.tolist())
-            ]
-            return original_image(pixel_values, image_grid_thw, **kwargs)
+            # with the prompt known, choose the kept images here and encode only those;
+            # otherwise encode all and choose in select()
+            self._kept_images = None
+            if self.budget >= 1.0:
+                return original_image(pixel_values, image_grid_thw, **kwargs)
+            self._image_thumbs = [x[0] for x in item_thumbnails(pixel_values, image_grid_thw, vision, self.thumb)]
+            rows = self._rows(config.image_token_id, len(self._image_thumbs))
+            if self.embed != "thumbnail" or None in rows:
+                return original_image(pixel_values, image_grid_thw, **kwargs)
+            self._kept_images = set()
+            for b in dict.fromkeys(rows):
+                indices = [i for i, row in enumerate(rows) if row == b]
+                kept = self._choose(torch.stack([self._image_thumbs[i] for i in indices]), keep_count(len(indices), self.budget), self._prompt_of(b))
+                self._kept_images |= {indices[i] for i in kept.tolist()}
+            frames = [torch.zeros(int(i in self._kept_images), dtype=torch.long) for i in range(len(rows))]
+            return _encode_kept(original_image, pixel_values, image_grid_thw, frames, vision.spatial_merge_size, **kwargs)
 
+        handle = inner.register_forward_pre_hook(lambda module, args, kwargs: remember(kwargs), with_kwargs=True)
+        stack.callback(handle.remove)
+        model.generate = generate
+        stack.callback(model.__dict__.pop, "generate", None)
         inner.get_video_features = get_video_features
         stack.callback(inner.__dict__.pop, "get_video_features", None)
         if self.images_as_frames:
@@ -178,24 +247,27 @@ class KeyframeSelection(EncodingMethod):
             stack.callback(inner.__dict__.pop, "get_image_features", None)
 
     def select(self, ctx: VisualContext) -> Selection:
-        self._kept_images = set()
-        if self.images_as_frames and self.budget < 1.0:
-            image_id = self._model.config.image_token_id
-            first = 0
-            for b in range(ctx.input_ids.shape[0]):
-                ids = ctx.input_ids[b][ctx.visual_positions(b)]
-                starts = [start for start, *_ in ctx.items[b] if int(ids[start]) == image_id]
-                if not starts:
-                    continue
-                indices = list(range(first, first + len(starts)))
-                first += len(starts)
-                if self.embed == "thumbnail":
-                    embeddings = torch.stack([self._image_thumbs[i] for i in indices])
-                else:
-                    embeddings = torch.stack([_mean_feature(ctx, b, item) for item in ctx.items[b] if int(ids[item[0]]) == image_id])
-                kept = select_keyframes(embeddings, keep_count(len(indices), self.budget))
-                self._kept_images |= {indices[i] for i in kept.tolist()}
+        if self.images_as_frames and self.budget < 1.0 and self._kept_images is None:
+            self._kept_images = self._choose_encoded_images(ctx)
         return super().select(ctx)
+
+    def _choose_encoded_images(self, ctx: VisualContext) -> set[int]:
+        # images chosen after the tower (features, or prompt unknown when it ran)
+        image_id, kept, first = self._model.config.image_token_id, set(), 0
+        for b in range(ctx.input_ids.shape[0]):
+            ids = ctx.input_ids[b][ctx.visual_positions(b)]
+            items = [item for item in ctx.items[b] if int(ids[item[0]]) == image_id]
+            if not items:
+                continue
+            indices = list(range(first, first + len(items)))
+            first += len(items)
+            if self.embed == "thumbnail":
+                embeddings = torch.stack([self._image_thumbs[i] for i in indices])
+            else:
+                embeddings = torch.stack([_mean_feature(ctx, b, item) for item in items])
+            chosen = self._choose(embeddings, keep_count(len(indices), self.budget), ctx.input_ids[b][ctx.attention_mask[b].bool()])
+            kept |= {indices[i] for i in chosen.tolist()}
+        return kept
 
     def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
         if self.budget >= 1.0:
@@ -211,6 +283,29 @@ class KeyframeSelection(EncodingMethod):
             means = F.normalize(item.features.float().view(t, h * w, -1).mean(dim=1), dim=-1)  # (t, D)
             frames = select_keyframes(means, keep_count(t, self.budget))
         return None, _frame_tokens(frames.to(item.features.device), h * w)
+
+
+def _encode_kept(encode, pixels: torch.Tensor, grid_thw: torch.Tensor, frames: list[torch.Tensor], merge: int, **kwargs):
+    # run the tower (``encode``) on the kept frames of every item only; dropped frames get zero
+    # features, which the selection never reads
+    sizes = grid_thw.prod(-1).tolist()
+    rows, grids = [], []
+    for item, (t, h, w), kept in zip(pixels.split(sizes), grid_thw.tolist(), frames):
+        if kept.numel():
+            rows.append(item[_frame_tokens(kept, h * w)])
+            grids.append([kept.numel(), h, w])
+    output = encode(torch.cat(rows), grid_thw.new_tensor(grids), **kwargs)
+    encoded = iter(output.pooler_output)
+    reference = output.pooler_output[0]
+    full = []
+    for (t, h, w), kept in zip(grid_thw.tolist(), frames):
+        per_frame = h * w // merge**2
+        placed = reference.new_zeros(t * per_frame, reference.shape[-1])  # (t*per_frame, D)
+        if kept.numel():
+            placed[_frame_tokens(kept.to(placed.device), per_frame)] = next(encoded)
+        full.append(placed)
+    output.pooler_output = tuple(full)
+    return output
 
 
 def _mean_feature(ctx: VisualContext, b: int, item: tuple[int, int, int, int]) -> torch.Tensor:

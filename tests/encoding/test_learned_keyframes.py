@@ -1,0 +1,193 @@
+"""The learned keyframe scorer: shapes, budget exactness, its loss, its labels, that it can learn,
+and the committed ToyVLM checkpoint."""
+
+from __future__ import annotations
+
+import doctest
+import itertools
+import json
+
+import pytest
+import torch
+
+from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
+from reference_impls.common.visual_tokens import apply_visual_token_selection, keep_count
+from reference_impls.encoding import learned_keyframes
+from reference_impls.encoding.keyframes import item_thumbnails
+from reference_impls.encoding.learned_keyframes import (
+    CHECKPOINT_DIR,
+    FrameScorer,
+    LearnedKeyframeSelection,
+    combination_loss,
+    frame_subsets,
+    load_frame_scorer,
+    question_embedding,
+    rank_frames,
+)
+from reference_impls.encoding.train_frame_scorer import fit_scorer, subset_log_probs
+
+from .test_methods import run_recording, video_inputs
+
+GRIDS = ((4, 4),) * 4  # four images of 4 merged tokens each: the frames of one clip
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return tiny_qwen25vl()
+
+
+def _method(model, budget: float) -> LearnedKeyframeSelection:
+    torch.manual_seed(1)
+    return LearnedKeyframeSelection(budget=budget, scorer=FrameScorer(model.config.text_config.hidden_size, thumb=2), thumb=2)
+
+
+def _two_prompts(model) -> dict[str, torch.Tensor]:
+    inputs = tiny_inputs(model, grids=GRIDS, batch_size=2)
+    inputs["input_ids"][1, :5] = torch.tensor([20, 30, 40, 50, 60])  # a different question in row 1
+    inputs["pixel_values"][64:] = torch.randn(64, inputs["pixel_values"].shape[1], generator=torch.Generator().manual_seed(3))
+    return inputs
+
+
+def test_paper_card_examples_run():
+    assert "Deviations / guesses:" in learned_keyframes.__doc__ and "arXiv 2410.03226" in learned_keyframes.__doc__
+    result = doctest.testmod(learned_keyframes, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_scorer_shapes_and_size():
+    scorer = FrameScorer(question_dim=96)
+    assert 1000 < sum(p.numel() for p in scorer.parameters()) < 10_000
+    frames, question = torch.randn(5, 3 * 8 * 8), torch.randn(96)
+    assert scorer(frames, question).shape == (5,)
+    batched = scorer(frames.expand(2, -1, -1), question.expand(2, -1))
+    assert batched.shape == (2, 5) and torch.allclose(batched[0], scorer(frames, question), atol=1e-6)
+    assert rank_frames(scorer, frames, question, 3).tolist() == scorer(frames, question).topk(3).indices.sort().values.tolist()
+
+
+def test_combination_loss_matches_brute_force():
+    scores = torch.tensor([[0.3, -1.0, 2.0, 0.5]])
+    log_probs = {1: torch.tensor([[-0.1, -3.0, -2.0, -1.0]]), 2: torch.arange(6.0).neg()[None]}
+    expected = 0.0
+    for size, target in log_probs.items():
+        combos = list(itertools.combinations(range(4), size))
+        predicted = torch.stack([scores[0, list(c)].sum() for c in combos])
+        expected += -(target[0].softmax(-1) * predicted.log_softmax(-1)).sum() / len(log_probs)
+    torch.testing.assert_close(combination_loss(scores, log_probs), expected)
+    assert frame_subsets(4, 2).sum(-1).tolist() == [2.0] * 6
+
+
+def test_subset_log_probs_match_running_the_model_on_those_frames(model):
+    inputs = tiny_inputs(model, grids=GRIDS)
+    labels = subset_log_probs(model, inputs, answer_id=10, sizes=(1, 2))
+    combos = list(itertools.combinations(range(4), 2))
+    for size, subset in ((2, (1, 3)), (1, (2,))):
+        keep = torch.cat([torch.arange(4 * f, 4 * f + 4) for f in subset])
+        kwargs, _, _ = apply_visual_token_selection(model, inputs, lambda ctx: [keep])
+        with torch.no_grad():
+            expected = model(**kwargs).logits[0, -1].log_softmax(-1)[10]
+        index = combos.index(subset) if size == 2 else subset[0]
+        torch.testing.assert_close(labels[size][index], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [0.75, 0.5, 0.25])
+def test_keeps_keep_count_frames_per_prompt_ranked_by_the_scorer_and_encodes_only_those(model, budget):
+    inputs = _two_prompts(model)
+    method = _method(model, budget)
+    encoded = []
+    handle = model.model.visual.register_forward_pre_hook(lambda module, args: encoded.append(args[0].shape[0]))
+    try:
+        _, _, ctx, selection = run_recording(model, method, inputs)
+    finally:
+        handle.remove()
+    keep = keep_count(4, budget)
+    thumbs = item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], model.config.vision_config, 2)
+    for b in range(2):
+        question = question_embedding(model.get_input_embeddings(), inputs["input_ids"][b], method._skip)
+        frames = rank_frames(method._active, torch.cat(thumbs[4 * b : 4 * b + 4]), question, keep)
+        assert selection.keep[b].tolist() == [4 * f + i for f in frames.tolist() for i in range(4)]
+    assert encoded == [2 * keep * 16]  # the tower saw the kept images' patches only (16 per image)
+
+
+def test_question_changes_the_choice(model):
+    # same frames, two questions: a question-aware scorer must be able to pick different frames
+    scorer = FrameScorer(model.config.text_config.hidden_size, thumb=2)
+    frames = torch.randn(4, 12, generator=torch.Generator().manual_seed(0))
+    picks = {tuple(rank_frames(scorer, frames, torch.randn(32, generator=torch.Generator().manual_seed(s)), 1).tolist()) for s in range(20)}
+    assert len(picks) > 1
+
+
+def test_video_keeps_keep_count_slices_and_encodes_only_them(model):
+    inputs = video_inputs(t=6, duplicates=())
+    method = _method(model, 0.5)
+    encoded = []
+    handle = model.model.visual.register_forward_pre_hook(lambda module, args: encoded.append(args[0].shape[0]))
+    try:
+        _, _, _, selection = run_recording(model, method, inputs)
+    finally:
+        handle.remove()
+    assert method._video_frames[0].numel() == keep_count(6, 0.5) == 3
+    assert selection.keep[0].numel() == 3 * 16 and encoded == [3 * 64]
+
+
+def test_budget_one_is_bit_exact(model):
+    inputs = _two_prompts(model)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        method = _method(model, 1.0)
+        with method(model):
+            logits = model(**inputs).logits
+    assert torch.equal(logits, reference)
+
+
+def _synthetic(n: int, seed: int, colours: int = 6, frames: int = 4) -> tuple[dict, torch.Tensor]:
+    """Clips of 4 frames of 2x2 coloured cells; the question names a colour that exactly one frame
+    (the answer frame) shows. Labels as the model would give them: high log-prob iff the
+    combination holds the answer frame."""
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.randn(colours, 3, generator=torch.Generator().manual_seed(99)) * 2
+    target = torch.randint(colours, (n,), generator=g)
+    answer = torch.randint(frames, (n,), generator=g)
+    other = (target[:, None, None] + torch.randint(1, colours, (n, frames, 4), generator=g)) % colours  # never the target
+    other[torch.arange(n), answer, torch.randint(4, (n,), generator=g)] = target
+    thumbs = palette[other].permute(0, 1, 3, 2).reshape(n, frames, 12)  # (n, T, C*2*2), channel-major
+    questions = torch.nn.functional.one_hot(target, 8).float() + 0.1 * torch.randn(n, 8, generator=g)
+    log_probs = {size: (frame_subsets(frames, size)[None] * torch.nn.functional.one_hot(answer, frames)[:, None].float()).sum(-1) * 4 - 4
+                 for size in (1, 2, 3)}
+    return {"thumbs": thumbs, "questions": questions, "log_probs": log_probs}, answer
+
+
+def test_scorer_learns_to_rank_the_answer_frame_first():
+    train, _ = _synthetic(512, seed=0)
+    test, answer = _synthetic(256, seed=1)
+    torch.manual_seed(0)
+    scorer = FrameScorer(question_dim=8, thumb=2)
+    before = (scorer(test["thumbs"], test["questions"]).argmax(-1) == answer).float().mean()
+    losses = fit_scorer(scorer, train, steps=300, lr=1e-2, batch=64)
+    with torch.no_grad():
+        after = (scorer(test["thumbs"], test["questions"]).argmax(-1) == answer).float().mean()
+    assert before < 0.5 and after > 0.9, (before, after)
+    assert sum(losses[-20:]) < sum(losses[:20])
+
+
+def test_committed_checkpoint_loads_and_fits_toyvlm():
+    from reference_impls.common.toyvlm import load_toyvlm
+
+    manifest = json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
+    for key in ("command", "seed", "training_clips", "steps", "wall_seconds", "heldout_ranking"):
+        assert key in manifest
+    assert sum(p.stat().st_size for p in CHECKPOINT_DIR.iterdir()) < 100_000
+    scorer = load_frame_scorer()
+    assert sum(p.numel() for p in scorer.parameters()) == manifest["parameters"]
+    toy = load_toyvlm()
+    assert scorer.question_dim == toy.model.get_input_embeddings().embedding_dim
+    # shape questions ("what shape is the red object ?") have their answer on one image: with one
+    # image of four kept, the committed scorer must find it
+    samples = [s for s in toy.samples(40, seed=11) if s.qa.kind == "shape"][:8]
+    method, correct = LearnedKeyframeSelection(budget=0.25), 0
+    with torch.no_grad(), method(toy.model):
+        for sample in samples:
+            logits = toy.model(**toy.collate([sample])).logits[0, -1]
+            correct += toy.vocab.words[int(logits.argmax())] == sample.qa.answer
+            assert method.stats["visual_kept"] == 64
+    assert len(samples) >= 6 and correct >= len(samples) - 1
