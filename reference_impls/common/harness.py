@@ -12,7 +12,9 @@ One call measures what every efficiency page reports, phase by phase (design not
   method's cache has it, else the sum of keys and values ``element_size() * nelement()``) and
   ``kv_offloaded_bytes``;
 - ``decode_ms_per_token``: mean milliseconds of one decode step (prefill excluded), measured on
-  the first ``decode_samples`` samples with ``decode_tokens`` greedy steps each.
+  the first ``decode_samples`` samples with ``decode_tokens`` greedy steps each;
+- ``language_s``: seconds inside the language model's forward at prefill only (no vision
+  tower, no token selection: what the visual tokens it reads cost it).
 
 Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
 explicit 3-D positions (the full sequence's last position + 1 + step, design notes §2).
@@ -63,11 +65,11 @@ def _output_cache(output):
 
 
 class _EncodeTimer:
-    """Seconds spent inside the vision tower (forward pre/post hooks)."""
+    """Seconds spent inside the vision tower (forward pre/post hooks), or inside ``module``."""
 
-    def __init__(self, model):
+    def __init__(self, model, module=None):
         self.seconds, self._start = 0.0, 0.0
-        visual = model.model.visual
+        visual = module if module is not None else model.model.visual
         self._handles = [
             visual.register_forward_pre_hook(lambda *_: setattr(self, "_start", time.perf_counter())),
             visual.register_forward_hook(lambda *_: setattr(self, "seconds", self.seconds + time.perf_counter() - self._start)),
@@ -123,7 +125,7 @@ def evaluate(
 
     Returns:
         dict with ``accuracy``, ``accuracy_by_kind``, ``visual_tokens``, ``visual_tokens_full``,
-        ``prefill_s``, ``encode_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``.
+        ``prefill_s``, ``encode_s``, ``language_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``.
     """
     model = bundle.model.eval()
     samples = samples if samples is not None else bundle.samples(n, seed)
@@ -132,6 +134,7 @@ def evaluate(
     kept, full, prefill_times, kv, offloaded, decode_times = [], [], [], [], [], []
     context = method(model) if method is not None else nullcontext()
     timer, encode_times = _EncodeTimer(model), []
+    language_timer, language_times = _EncodeTimer(model, model.model.language_model), []
     try:
         with context:
             for index, sample in enumerate(samples):
@@ -139,9 +142,10 @@ def evaluate(
                 visual_full = int(((inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)).sum())
                 if method is not None and hasattr(method, "stats"):
                     method.stats = {}
-                timer.seconds = 0.0
+                timer.seconds = language_timer.seconds = 0.0
                 logits, cache, next_position, seconds = prefill(model, inputs)
                 encode_times.append(timer.seconds)
+                language_times.append(language_timer.seconds)
                 stats = getattr(method, "stats", None) or {}
                 full.append(visual_full)
                 kept.append(int(stats.get("visual_kept", visual_full)))
@@ -156,6 +160,7 @@ def evaluate(
                     decode_times += times
     finally:
         timer.remove()
+        language_timer.remove()
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
     return {
         "accuracy": mean([h for v in hits.values() for h in v]),
@@ -164,6 +169,7 @@ def evaluate(
         "visual_tokens_full": mean(full),
         "prefill_s": mean(prefill_times),
         "encode_s": mean(encode_times),
+        "language_s": mean(language_times),
         "kv_bytes": mean(kv),
         "kv_offloaded_bytes": mean(offloaded),
         "decode_ms_per_token": 1000 * mean(decode_times),

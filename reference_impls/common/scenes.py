@@ -43,6 +43,7 @@ __all__ = [
     "Sample",
     "make_scene",
     "make_video",
+    "repeat_images",
     "ask",
     "caption",
     "make_sample",
@@ -285,6 +286,26 @@ def make_video(spec: SceneSpec, seed: int) -> Scene:
         images.append(np.clip(frame, 0, 255).astype(np.uint8))
     first = next(i for i, o in enumerate(objects) if o.image == 0 and (o.colour, o.shape) == attributes[0] and (o.row, o.col) == path[0])
     return Scene(images, objects, (side, side), video=True, motion=(first, direction))
+
+
+def repeat_images(scene: Scene, repeats: int, seed: int, noise: float = 4.0) -> Scene:
+    """A redundant clip: every image of ``scene`` shown ``repeats`` times in a row, each copy
+    with fresh Gaussian noise of std ``noise`` added (``A A B B ...`` for ``repeats=2``).
+
+    ``objects`` lists each object once, at its first copy (image ``image * repeats``), so the
+    indices of a question's ``relevant`` objects stay valid; colour, shape and presence answers
+    are unchanged, counts over all frames are not.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    rng = np.random.default_rng([seed, 2])
+    images = [
+        np.clip(image.astype(np.float32) + _noise(rng, image.shape, noise), 0, 255).astype(np.uint8)
+        for image in scene.images
+        for _ in range(repeats)
+    ]
+    objects = [replace(obj, image=obj.image * repeats) for obj in scene.objects]
+    return Scene(images, objects, scene.grid, video=False)
 
 
 def caption(scene: Scene) -> str:
