@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ import torch
 
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, save_results
+from ..common.results import Column, Plot, Results, command_line, save_results
 from ..common.toyvlm import load_toyvlm
 from ..common.visual_tokens import keep_count
 from ..encoding.keyframes import KeyframeSelection, item_thumbnails, select_keyframes
@@ -212,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     n = 20 if args.quick else args.n
     results = run(n=n, chunk=min(args.chunk, n), log=lambda *a: print(*a, flush=True))
-    results.command = "python -m reference_impls.bench.keyframes " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    results.command = command_line("reference_impls.bench.keyframes", argv)
     path = save_results(results, args.out)
     print(f"wrote {path}")
 

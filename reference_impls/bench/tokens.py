@@ -18,15 +18,13 @@ Deviations / guesses:
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 
 import torch
 
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, save_results
+from ..common.results import Column, Plot, Results, command_line, save_results
 from ..common.toyvlm import load_toyvlm
 from ..registry import all_methods
 
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if m] or None
     budgets = tuple(float(b) for b in args.budgets.split(","))
     results = run(methods, n=n, budgets=budgets, checkpoint=args.checkpoint, log=lambda *a: print(*a, flush=True))
-    results.command = "python -m reference_impls.bench.tokens " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    results.command = command_line("reference_impls.bench.tokens", argv)
     path = save_results(results, args.out)
     print(f"wrote {path}")
 

@@ -26,9 +26,7 @@ Deviations / guesses:
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -36,7 +34,7 @@ import torch
 
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, save_results
+from ..common.results import Column, Plot, Results, command_line, save_results
 from ..common.scenes import Sample, repeat_images
 from ..common.toyvlm import ToyVLM, load_toyvlm
 from ..encoding.keyframes import KeyframeSelection
@@ -174,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     budgets = tuple(float(b) for b in args.budgets.split(","))
     quick = dict(n=20, timing_n=5, rounds=1) if args.quick else dict(n=args.n)
     results = run(seed=args.seed, budgets=budgets, log=lambda *a: print(*a, flush=True), **quick)
-    results.command = "python -m reference_impls.bench.video_tokens " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    results.command = command_line("reference_impls.bench.video_tokens", argv)
     path = save_results(results, args.out)
     print(f"wrote {path}")
 

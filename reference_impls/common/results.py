@@ -35,10 +35,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Column", "Plot", "Results", "RESULTS_DIR", "environment", "load_results", "save_results"]
+__all__ = ["Column", "Plot", "Results", "RESULTS_DIR", "command_line", "environment", "load_results", "save_results"]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
+
+
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The exact command that ran ``module`` with ``argv`` (default: this process's arguments)."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", "-m", module, *(shlex.quote(a) for a in args)])
 
 @dataclass
 class Column:

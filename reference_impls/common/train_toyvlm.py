@@ -49,8 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -60,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from .results import command_line
 from .scenes import Sample, SceneSpec, make_sample, make_samples
 from .toyvlm import CHECKPOINT_DIR, ToyVLM, build_vocab, load_toyvlm, save_toyvlm, toyvlm_config
 
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         vision_depth=vision.depth,
     )
     manifest = dict(
-        command="python -m reference_impls.common.train_toyvlm " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        command=command_line("reference_impls.common.train_toyvlm", argv),
         seed=args.seed,
         training_seed_note="training scenes use make_sample seeds seed*1000003+i; evaluation seeds seed+1 (periodic) and seed+7 (final)",
         phases=[asdict(p) for p in phases],

@@ -20,12 +20,11 @@ Options: ``--clips``, ``--heldout``, ``--steps``, ``--lr``, ``--seed``, ``--held
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 
 import torch
 
+from reference_impls.common.results import command_line
 from reference_impls.common.toyvlm import ToyVLM, load_toyvlm
 from reference_impls.common.visual_tokens import Selection, build_context, reduce_inputs
 from reference_impls.encoding.keyframes import _frame_tokens, item_thumbnails
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     log(f"loss {losses[0]:.3f} -> {sum(losses[-50:]) / 50:.3f}; held-out untrained {before}; trained {metrics}")
     manifest = {
-        "command": ("python -m reference_impls.encoding.train_frame_scorer " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))).rstrip(),
+        "command": command_line("reference_impls.encoding.train_frame_scorer", argv),
         "seed": args.seed,
         "training_clips": args.clips,
         "heldout_clips": args.heldout,
