@@ -158,7 +158,8 @@ class SpeculativeDecoding:
     """
 
     draft_model: nn.Module | None = None
-    """A smaller model sharing the vocabulary; ``None`` drafts with the target itself."""
+    """A smaller model sharing the vocabulary, or a twig grown on the target
+    (:mod:`reference_impls.decoding.twig_draft`); ``None`` drafts with the target itself."""
     draft_visual_keep: float = 0.25
     """Fraction of each image's visual tokens the draft sees (1.0: all)."""
     prune: str | VisualTokenMethod = "uniform"
@@ -244,10 +245,15 @@ class SpeculativeDecoding:
         }
         return DecodeResult(tokens, dict(self.stats))
 
+    def _draft_model(self, model: nn.Module) -> nn.Module:
+        """The draft for this target (a subclass may build one, e.g. a trained twig)."""
+        return self.draft_model if self.draft_model is not None else model
+
     def _draft_prompt(self, model: nn.Module, inputs: dict[str, torch.Tensor], prompt=None):
-        """The draft model and its pruned prompt (reusing the target's encoding when they are one model)."""
-        draft_model = self.draft_model if self.draft_model is not None else model
-        if draft_model is not model or prompt is None:
+        """The draft model and its pruned prompt (reusing the target's encoding when they share
+        the vision tower and token embeddings, as the target itself or a twig grown on it)."""
+        draft_model = self._draft_model(model)
+        if prompt is None or not _same_encoder(draft_model, model):
             prompt = encode_prompt(draft_model, inputs)
         if isinstance(self.prune, str):
             return draft_model, prune_prompt(prompt, self.draft_visual_keep, self.prune, self.seed)
@@ -263,6 +269,13 @@ class SpeculativeDecoding:
         """
         draft_model, draft_prompt = self._draft_prompt(model, inputs)
         return int(prefill(draft_model, draft_prompt, self.draft_layers)[1].argmax())
+
+
+def _same_encoder(draft: nn.Module, target: nn.Module) -> bool:
+    """Whether the draft embeds prompts with the target's own modules (same prompt encoding)."""
+    if draft is target:
+        return True
+    return draft.model.visual is target.model.visual and draft.get_input_embeddings() is target.get_input_embeddings()
 
 
 def _until_stop(tokens: list[int], stop: set[int]) -> list[int]:
