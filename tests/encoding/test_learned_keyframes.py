@@ -140,6 +140,13 @@ def test_budget_one_is_bit_exact(model):
     assert torch.equal(logits, reference)
 
 
+def test_warns_when_no_trained_scorer_fits_the_model(model):
+    inputs = _two_prompts(model)
+    with pytest.warns(UserWarning, match="no trained frame scorer fits this model"):
+        with torch.no_grad(), LearnedKeyframeSelection(budget=0.5, thumb=2)(model):
+            model(**inputs)
+
+
 def _synthetic(n: int, seed: int, colours: int = 6, frames: int = 4) -> tuple[dict, torch.Tensor]:
     """Clips of 4 frames of 2x2 coloured cells; the question names a colour that exactly one frame
     (the answer frame) shows. Labels as the model would give them: high log-prob iff the
