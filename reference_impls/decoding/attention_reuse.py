@@ -115,16 +115,18 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor, scaling: float, mask
     Returns:
         ``(B, Hq, q, S)`` in the query dtype (softmax in float32; a fully masked row is uniform).
     """
-    k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # (B, Hq, S, D)
-    blocks = row_blocks(query.shape[2], key.shape[2], block)
-    probs = query.new_zeros(*query.shape[:3], key.shape[2]) if len(blocks) > 1 else None
+    (b, hq, q, d), (h, s) = query.shape, key.shape[1:3]
+    blocks = row_blocks(q, s, block)
+    if len(blocks) == 1:  # one block (decode steps, short prompts): group heads, no key copies
+        logits = (query.reshape(b, h, hq // h * q, d) @ key.transpose(-1, -2)).view(b, hq, q, s)
+        logits = logits.float().mul_(scaling).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        return logits.softmax(dim=-1).to(query.dtype)
+    k = key.repeat_interleave(hq // h, dim=1)  # (B, Hq, S, D)
+    probs = query.new_zeros(b, hq, q, s)
     for r0, r1, c in blocks:
         logits = (query[:, :, r0:r1] @ k[:, :, :c].transpose(-1, -2)).float().mul_(scaling)  # (B, Hq, r, c)
         logits.masked_fill_(~mask[:, :, r0:r1, :c], torch.finfo(torch.float32).min)
-        p = logits.softmax(dim=-1).to(query.dtype)
-        if probs is None:
-            return p
-        probs[:, :, r0:r1, :c] = p
+        probs[:, :, r0:r1, :c] = logits.softmax(dim=-1)
     return probs
 
 
@@ -136,11 +138,13 @@ def reuse_attention(probs: torch.Tensor, values: torch.Tensor, block: int = 0) -
     Returns:
         ``(B, q, Hq, D)``, the layout transformers' attention functions return.
     """
-    v = values.repeat_interleave(probs.shape[1] // values.shape[1], dim=1)  # (B, Hq, S, D)
-    blocks = row_blocks(probs.shape[2], probs.shape[3], block)
-    if len(blocks) == 1:
-        return (probs.to(v.dtype) @ v).transpose(1, 2).contiguous()
-    out = v.new_empty(*probs.shape[:3], v.shape[-1])  # (B, Hq, q, D)
+    (b, hq, q, s), (h, d) = probs.shape, (values.shape[1], values.shape[3])
+    blocks = row_blocks(q, s, block)
+    if len(blocks) == 1:  # group heads: (B, H, G*q, S) @ (B, H, S, D), no value copies
+        out = probs.to(values.dtype).reshape(b, h, hq // h * q, s) @ values
+        return out.view(b, hq, q, d).transpose(1, 2).contiguous()
+    v = values.repeat_interleave(hq // h, dim=1)  # (B, Hq, S, D)
+    out = v.new_empty(b, hq, q, d)
     for r0, r1, c in blocks:
         out[:, :, r0:r1] = probs[:, :, r0:r1, :c].to(v.dtype) @ v[:, :, :c]
     return out.transpose(1, 2).contiguous()
@@ -288,8 +292,7 @@ class AttentionReuse:
         with self._patch(model):
             n = inputs["input_ids"].shape[1]
             out = model.generate(**inputs, max_new_tokens=max_new_tokens or 32, do_sample=False)
-        n_visual = int(self.stats.get("visual_in", 0))
-        return DecodeResult(out[0, n:].tolist(), self.stats | {"visual_in": n_visual, "visual_kept": n_visual})
+        return DecodeResult(out[0, n:].tolist(), self.stats)
 
     @contextmanager
     def _patch(self, model) -> Iterator["AttentionReuse"]:
@@ -318,7 +321,7 @@ class AttentionReuse:
             state.visual = None if ids is None else (ids == module.config.image_token_id) | (ids == module.config.video_token_id)
             state.stats["reused_layers"] = sorted(sources)
             if state.visual is not None:
-                state.stats["visual_in"] = int(state.visual[0].sum())
+                state.stats["visual_in"] = state.stats["visual_kept"] = int(state.visual[0].sum())  # nothing is dropped
 
         attentions = [layer.self_attn for layer in language_model.layers]
         for attention in attentions:
