@@ -217,14 +217,46 @@ def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[P
             if node.is_leaf_method:
                 for field_name in ("implementation", "notebook"):
                     if getattr(node, field_name) == "planned":
-                        problems.append(Problem(relpath, node.line, field_name, f"method family '{node.id}' has no {field_name} yet (planned)", "warning"))
+                        problems.append(Problem(relpath, node.line, field_name, f"method family '{node.id}' has no {field_name} yet "
+                                                f"(planned); {_NOT_A_METHOD_HINT}"))
             for module in node.implementations:
                 if not _module_exists(root, module):
                     problems.append(Problem(relpath, node.line, "implementation", f"module '{module}' does not exist under {root.name}/"))
             for notebook in node.notebooks:
                 if not (root / notebook).is_file():
                     problems.append(Problem(relpath, node.line, "notebook", f"notebook '{notebook}' does not exist"))
+    _check_reproduced(root, taxonomy, problems)
     return taxonomy
+
+
+_NOT_A_METHOD_HINT = "every method family needs one; a node that is not a method family (benchmarks, surveys) gets `kind: resource` and an `exempt_reason`"
+
+
+def _check_reproduced(root: Path, taxonomy: Taxonomy, problems: list[Problem]) -> None:
+    """Every method family is named in the ``families`` of at least one reproduced-results file."""
+    from .site.results import load_all_results
+
+    try:
+        results = load_all_results(root)
+    except ValueError as error:
+        where, _, message = str(error).partition(": ")
+        path, _, line = where.rpartition(":")
+        problems.append(Problem(path, int(line), "", message))
+        return
+    covered: set[str] = set()
+    for data in results:
+        covered |= set(data["families"])
+        for family in data["families"]:
+            if family not in taxonomy.by_id:
+                close = difflib.get_close_matches(family, list(taxonomy.by_id), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                problems.append(Problem(f"reference_impls/results/{data['id']}.json", 1, "families", f"unknown taxonomy id '{family}'{hint}"))
+    for topic in taxonomy.topics:
+        for node in topic.descendants():
+            if node.is_leaf_method and node.implementations and node.id not in covered:
+                problems.append(Problem(_relative(node.file, root) if node.file else "taxonomy", node.line, "implementation",
+                                        f"method family '{node.id}' has no reproduced results: no reference_impls/results/*.json "
+                                        "lists it in its families (run the family's benchmark and commit its JSON)"))
 
 
 def topic_data(taxonomy: Taxonomy, topic) -> dict[str, Any]:

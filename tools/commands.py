@@ -32,7 +32,11 @@ def cmd_validate(args: argparse.Namespace, root: Path) -> int:
     catalog = load_catalog(root, paths)
     _print_problems(catalog, quiet=args.quiet)
     errors, warnings = len(catalog.errors), len(catalog.warnings)
-    print(f"validate: {len(catalog.entries)} entries, {len(catalog.taxonomy.nodes())} taxonomy nodes, "
+    nodes = catalog.taxonomy.nodes()
+    methods = [node for node in nodes if node.is_leaf_method]
+    exempt = [node.id for node in nodes if node.kind == "resource"]
+    print(f"validate: {len(catalog.entries)} entries, {len(nodes)} taxonomy nodes "
+          f"({len(methods)} method families; exempt as not methods: {', '.join(exempt) or 'none'}), "
           f"{errors} error(s), {warnings} warning(s)", file=sys.stderr if errors else sys.stdout)
     return 1 if errors else 0
 

@@ -147,6 +147,35 @@ def test_method_family_without_implementation_field(repo, run_tools):
     assert "1 error(s)" in err  # the rest of the taxonomy still loads: no cascade of unknown ids
 
 
+def test_planned_method_family_is_an_error_but_resource_nodes_are_exempt(repo, run_tools):
+    path = repo / "taxonomy" / "efficiency.yaml"
+    path.write_text(path.read_text().replace("implementation: reference_impls.decoding.kivi\n", "implementation: planned\n", 1))
+    family_line = line_of(path, "          - id: kv-bit-level")
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert (f"taxonomy/efficiency.yaml:{family_line}: implementation: method family 'kv-bit-level' has no implementation "
+            "yet (planned); every method family needs one; a node that is not a method family (benchmarks, surveys) "
+            "gets `kind: resource` and an `exempt_reason`") in err
+    assert "1 error(s)" in err
+    assert "exempt as not methods: efficiency-benchmarks, efficiency-surveys" in err
+
+
+def test_method_family_without_reproduced_results_is_an_error(repo, run_tools):
+    path = repo / "taxonomy" / "hallucination.yaml"
+    family = (
+        "  - id: post-hoc-probing\n"
+        "    name: Post-hoc probing\n"
+        "    summary: A second post-hoc family that no benchmark has measured yet.\n"
+        "    implementation: reference_impls.hallucination.post_hoc_correction\n"
+        "    notebook: notebooks/hallucination/mitigation_families.py\n"
+    )
+    path.write_text(path.read_text().replace("  - id: representation-steering\n", family + "  - id: representation-steering\n", 1))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert (f"taxonomy/hallucination.yaml:{line_of(path, '  - id: post-hoc-probing')}: implementation: method family "
+            "'post-hoc-probing' has no reproduced results: no reference_impls/results/*.json lists it in its families") in err
+
+
 def test_stale_schema_and_nav_are_reported(repo, run_tools):
     schema = repo / "papers" / "paper.schema.json"
     data = json.loads(schema.read_text())
