@@ -19,7 +19,7 @@ import fastjsonschema
 from jsonschema import Draft202012Validator
 
 from .schema import paper_schema, schema_text
-from .taxonomy import Taxonomy, load_taxonomy
+from .taxonomy import PLANNED, Taxonomy, load_taxonomy
 from .yamlio import LoadedYaml, YamlLoadError, load_yaml
 
 __all__ = ["Problem", "Entry", "Catalog", "load_catalog", "normalise_title", "SCHEMA_HINT", "ROOT"]
@@ -216,7 +216,7 @@ def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[P
                 problems.append(Problem(relpath, node.line, "axis", f"unknown axis '{node.axis}'; the topic defines {sorted(axes)}"))
             if node.is_leaf_method:
                 for field_name in ("implementation", "notebook"):
-                    if getattr(node, field_name) == "planned":
+                    if getattr(node, field_name) == PLANNED:
                         problems.append(Problem(relpath, node.line, field_name, f"method family '{node.id}' has no {field_name} yet "
                                                 f"(planned); {_NOT_A_METHOD_HINT}"))
             for module in node.implementations:

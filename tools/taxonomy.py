@@ -22,8 +22,9 @@ class Node:
     summary: str = ""
     kind: str = "method"
     axis: str = ""
-    implementation: list[str] | str = PLANNED
-    notebook: list[str] | str = PLANNED
+    implementation: list[str] | str | None = None
+    """Module path(s), ``PLANNED``, or None when the field is absent (the schema reports that)."""
+    notebook: list[str] | str | None = None
     exempt_reason: str = ""
     findings: str = ""
     source: str = ""
@@ -69,11 +70,11 @@ class Node:
 
     @property
     def implementations(self) -> list[str]:
-        return [] if self.implementation == PLANNED else _as_list(self.implementation)
+        return [] if self.implementation in (PLANNED, None) else _as_list(self.implementation)
 
     @property
     def notebooks(self) -> list[str]:
-        return [] if self.notebook == PLANNED else _as_list(self.notebook)
+        return [] if self.notebook in (PLANNED, None) else _as_list(self.notebook)
 
 
 def _as_list(value: list[str] | str) -> list[str]:
@@ -101,8 +102,8 @@ def _build(raw: dict, level: str, loaded: LoadedYaml, location: tuple, parent: N
         summary=raw.get("summary", ""),
         kind=raw.get("kind", "method"),
         axis=raw.get("axis", ""),
-        implementation=raw.get("implementation", PLANNED),
-        notebook=raw.get("notebook", PLANNED),
+        implementation=raw.get("implementation"),
+        notebook=raw.get("notebook"),
         exempt_reason=raw.get("exempt_reason", ""),
         findings=raw.get("findings", ""),
         source=raw.get("source", ""),

@@ -11,14 +11,16 @@ import ast
 import hashlib
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import markdown as md
 
 __all__ = ["discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md", "notebooks_index_md"]
 
 _HASH_PREFIX = "<!-- atlas-notebook-hash: "
-_RENDER_VERSION = "1"
+_RENDER_VERSION = "2"
 
 
 def discover_notebooks(root: Path) -> list[str]:
@@ -69,25 +71,38 @@ def _cached(root: Path, notebook: str, expected: str) -> str | None:
     return text if text.startswith(f"{_HASH_PREFIX}{expected} -->") else None
 
 
+# Progress bars and the kernel's missing-widgets warning are noise on a docs page.
+_QUIET_KERNEL = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    backup = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in backup.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _execute(root: Path, notebook: str, timeout: int) -> tuple[str, dict[str, bytes]]:
     import jupytext
     from nbclient import NotebookClient
     from nbconvert import MarkdownExporter
 
     notebook_node = jupytext.read(root / notebook)
-    environment_backup = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(root) + (os.pathsep + environment_backup if environment_backup else "")
-    try:
+    python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    with _environment({"PYTHONPATH": python_path, **_QUIET_KERNEL}):
         client = NotebookClient(notebook_node, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}})
         client.execute()
-    finally:
-        if environment_backup is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = environment_backup
     files_dir = f"{Path(notebook).stem}_files"
     body, resources = MarkdownExporter().from_notebook_node(notebook_node, resources={"output_files_dir": files_dir})
-    return body, dict(resources.get("outputs", {}))
+    # warnings print absolute paths of this checkout; the page shows them relative to the repository
+    return body.replace(str(root) + os.sep, ""), dict(resources.get("outputs", {}))
 
 
 def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout: int = 600) -> tuple[str, bool]:
