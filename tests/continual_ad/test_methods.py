@@ -62,3 +62,39 @@ def test_gpm_gradient_projection_and_olora_penalty():
     A_old = torch.eye(4)[:2]
     assert float(olora_penalty(torch.eye(4)[2:], [A_old])) == 0.0
     assert float(olora_penalty(torch.eye(4)[:1], [A_old])) == 1.0
+
+
+def test_replay_buffer_keeps_per_category_images_and_fills_half_of_each_later_batch(procad_data, tiny_unet, schedule):
+    from reference_impls.continual_ad.replay import Replay
+
+    replay = Replay(train=TrainConfig(steps=1, batch=8), per_category=3)
+    replay.begin(tiny_unet, schedule, seed=0)
+    first = procad_data["stripes_h"].train
+    replay.learn_task(0, {"stripes_h": first})
+    assert len(replay.buffer) == 1 and replay.buffer[0].shape[0] == 3
+    assert all((first == image).flatten(1).all(1).any() for image in replay.buffer[0])  # stored images are real ones
+    second = procad_data["checker"].train
+    batch = replay._sampler(second)(torch.Generator().manual_seed(0))
+    from_buffer = [bool((replay.buffer[0] == image).flatten(1).all(1).any()) for image in batch]
+    assert sum(from_buffer) == 4 and from_buffer[4:] == [True] * 4
+
+
+def test_gpm_updates_leave_the_stored_input_subspace_untouched(procad_data, tiny_unet, schedule):
+    from reference_impls.continual_ad.gpm_projection import GPMProjection
+
+    gpm = GPMProjection(train=TrainConfig(steps=3, batch=4, lr=0.02), positions=16, n_tau=1)
+    gpm.begin(tiny_unet, schedule, seed=0)
+    gpm.learn_task(0, {"stripes_h": procad_data["stripes_h"].train})
+    before = {name: spec.module.weight.detach().clone() for name, spec in gpm.layers.items()}
+    bases = {name: U.clone() for name, U in gpm.U.items()}
+    gpm.learn_task(1, {"checker": procad_data["checker"].train})
+    moved = 0.0
+    for name, spec in gpm.layers.items():
+        delta = (spec.module.weight.detach() - before[name]).reshape(before[name].shape[0], -1)  # (d_out, d_in)
+        moved = max(moved, float(delta.abs().max()))
+        if bases[name].shape[1]:
+            # relative to the step (without the projection the ratio is about 0.8), plus float32
+            # rounding of the weights themselves
+            tolerance = 1e-3 * float(delta.abs().max()) + 1e-6 * float(before[name].abs().max())
+            assert float((delta @ bases[name]).abs().max()) <= tolerance, name
+    assert moved > 0  # the second task did train
