@@ -20,18 +20,7 @@ from reference_impls.decoding.hybridkv_plan import (
     type_heads,
 )
 
-torch.set_num_threads(1)
 SMALL = dict(window=6, n_sink=2, chunk_size=4, window_min=4)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_qwen25vl(seed=0, num_layers=3)
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return tiny_inputs(model, grids=((8, 8), (4, 4)), prompt_before=10, prompt_after=12, seed=1)
 
 
 def _run(model, inputs, steps=4, **kwargs):

@@ -12,7 +12,6 @@ from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding.cache import ATTN_NAME, greedy_decode, resolve_budget
 from reference_impls.decoding.snapkv import SnapKV
 
-torch.set_num_threads(1)
 METHODS = registry.all_methods(kind="kv-cache")
 NAMES = [spec.name for spec in METHODS]
 # Small windows/groups so that budgets, windows and groups all matter on ~60-token prompts.
@@ -22,16 +21,6 @@ SMALL = {"window": 6, "chunk_size": 4, "group_size": 8, "residual_length": 8, "n
 def small(spec, budget):
     fields = {f.name for f in dataclasses.fields(spec.target)}
     return spec.target(budget=budget, **{k: v for k, v in SMALL.items() if k in fields})
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_qwen25vl(seed=0, num_layers=3)
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return tiny_inputs(model, grids=((8, 8), (4, 4)), prompt_before=10, prompt_after=12, seed=1)
 
 
 @pytest.fixture(scope="module")

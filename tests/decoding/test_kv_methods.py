@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding.cache import resolve_budget
 from reference_impls.decoding.h2o import H2O, heavy_recent_index
 from reference_impls.decoding.kivi import KIVI, dequantize, pack_codes, quantize, unpack_codes
@@ -13,17 +12,6 @@ from reference_impls.decoding.lookm import LookM
 from reference_impls.decoding.pyramidkv import PyramidKV, layer_budgets
 from reference_impls.decoding.streamingllm import StreamingLLM
 
-torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_qwen25vl(seed=0, num_layers=3)
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return tiny_inputs(model, grids=((8, 8), (4, 4)), prompt_before=10, prompt_after=12, seed=1)
 
 
 def _generate(method, model, inputs, steps=6, **kwargs):
