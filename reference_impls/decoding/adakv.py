@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reference_impls.decoding.cache import KVCacheMethod, RaggedLayer, resolve_budget
+from reference_impls.decoding.cache import KVCacheMethod, RaggedLayer
 from reference_impls.decoding.kv_scores import allocate_with_floor, observation_scores
 from reference_impls.registry import register
 
@@ -49,13 +49,9 @@ def adaptive_head_index(scores: torch.Tensor, budget: int, window: int, alpha: f
 
 
 class AdaKVLayer(RaggedLayer):
-    def __init__(self, layer_idx: int, method: "AdaKV"):
-        super().__init__(layer_idx)
-        self.method = method
-
     def after_prefill(self, module, query, scaling):
         n = self.physical_length()
-        b = resolve_budget(self.method.budget, n)
+        b = self.layer_budget(n)
         if b >= n:
             return
         window = min(self.method.window, b)
@@ -80,5 +76,4 @@ class AdaKV(KVCacheMethod):
     pool_kernel: int = 7
     alpha: float = 0.2
 
-    def make_layer(self, layer_idx, config):
-        return AdaKVLayer(layer_idx, self)
+    layer_class = AdaKVLayer

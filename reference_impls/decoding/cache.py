@@ -40,7 +40,7 @@ import contextlib
 import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -189,13 +189,18 @@ class CompressedLayer(DynamicLayer):
     queries) and/or :meth:`decode_attention` / :meth:`after_decode` (per-step policies).
     """
 
-    def __init__(self, layer_idx: int = 0, **kwargs: Any):
+    def __init__(self, layer_idx: int = 0, method: KVCacheMethod | None = None, **kwargs: Any):
         super().__init__()
         self.layer_idx = layer_idx
+        self.method = method  # the configuration this layer applies
         self.logical_length = 0
         self.positions: torch.Tensor | None = None  # (H, S) int32 logical position of each entry
         self.prompt_length = 0
         self._cache_ref = None
+
+    def layer_budget(self, n: int) -> int:
+        """Entries per KV head this layer keeps of ``n`` (the method's ``budget``; per-layer schemes override it)."""
+        return resolve_budget(self.method.budget, n)
 
     # --- transformers' layer interface -------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -316,8 +321,8 @@ class RaggedLayer(CompressedLayer):
     it fail loudly instead of silently attending to padding).
     """
 
-    def __init__(self, layer_idx: int = 0, **kwargs: Any):
-        super().__init__(layer_idx, **kwargs)
+    def __init__(self, layer_idx: int = 0, method: KVCacheMethod | None = None, **kwargs: Any):
+        super().__init__(layer_idx, method, **kwargs)
         self.head_keys: list[torch.Tensor] | None = None
         self.head_values: list[torch.Tensor] | None = None
         self.head_pos: list[torch.Tensor] | None = None
@@ -491,14 +496,15 @@ AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 class KVCacheMethod:
     """Base of every ``kind="kv-cache"`` method: ``with method(model): model.generate(...)``.
 
-    Subclasses are dataclasses with a ``budget`` and implement :meth:`make_layer` (and
-    :meth:`make_cache` when they need a cache subclass).
+    Subclasses are dataclasses with a ``budget`` that name their ``layer_class`` (or override
+    :meth:`make_layer`), and override :meth:`cache_class` when they need a cache subclass.
     """
 
     budget: float | int = 0.1
+    layer_class: ClassVar[type[CompressedLayer]]
 
     def make_layer(self, layer_idx: int, config) -> CompressedLayer:
-        raise NotImplementedError
+        return self.layer_class(layer_idx, self)
 
     def cache_class(self) -> type[CompressedCache]:
         return CompressedCache

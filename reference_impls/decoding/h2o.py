@@ -44,8 +44,7 @@ def heavy_recent_index(scores: torch.Tensor, budget: int, recent: int) -> torch.
 
 class _H2OLayer(CompressedLayer):
     def __init__(self, layer_idx: int, method: "H2O"):
-        super().__init__(layer_idx)
-        self.method = method
+        super().__init__(layer_idx, method)
         self.scores: torch.Tensor | None = None  # (H, S) float32 accumulated attention
         self.size = 0
 
@@ -98,5 +97,4 @@ class H2O(KVCacheMethod):
     budget: float | int = 0.1
     recent_ratio: float = 0.5
 
-    def make_layer(self, layer_idx, config):
-        return _H2OLayer(layer_idx, self)
+    layer_class = _H2OLayer

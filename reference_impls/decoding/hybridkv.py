@@ -95,8 +95,7 @@ class HybridKVLayer(RaggedLayer):
     """Ragged per-head storage plus, for dynamic heads, a chunked retrieval pool."""
 
     def __init__(self, layer_idx: int, method: "HybridKV"):
-        super().__init__(layer_idx)
-        self.method = method
+        super().__init__(layer_idx, method)
         self.scores: torch.Tensor | None = None  # (H, N) window scores, dropped after finalisation
         self.tca: torch.Tensor | None = None  # (H,)
         self.static: list[bool] = []
@@ -379,8 +378,7 @@ class HybridKV(KVCacheMethod):
         if self.chunk_size < 1 or self.refresh_every < 1 or self.window < 1:
             raise ValueError("chunk_size, refresh_every and window must be >= 1")
 
-    def make_layer(self, layer_idx, config):
-        return HybridKVLayer(layer_idx, self)
+    layer_class = HybridKVLayer
 
     def cache_class(self):
         return HybridKVCache

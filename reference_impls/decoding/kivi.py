@@ -75,8 +75,7 @@ class _KIVILayer(CompressedLayer):
     is_croppable = False  # quantised groups cannot be un-quantised
 
     def __init__(self, layer_idx: int, method: "KIVI"):
-        super().__init__(layer_idx)
-        self.method = method
+        super().__init__(layer_idx, method)
         self.bits = method.resolved_bits()
         # Quantised part, concatenated over groups: key codes (1, H, Sq, D*bits/8), key scale and
         # zero (1, H, Sq/G, D), value codes (1, H, Sq, D*bits/8), value scale and zero (1, H, Sq, D/Gv).
@@ -170,5 +169,4 @@ class KIVI(KVCacheMethod):
             return None
         return 4 if self.budget >= 0.25 else 2
 
-    def make_layer(self, layer_idx, config):
-        return _KIVILayer(layer_idx, self)
+    layer_class = _KIVILayer

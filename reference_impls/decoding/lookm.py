@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reference_impls.decoding.cache import CompressedLayer, KVCacheMethod, resolve_budget
+from reference_impls.decoding.cache import CompressedLayer, KVCacheMethod
 from reference_impls.decoding.kv_scores import accumulated_attention, merge_evicted, top_per_row
 from reference_impls.registry import register
 
@@ -45,13 +45,9 @@ def text_prior_scores(scores: torch.Tensor, text: torch.Tensor, window: int) -> 
 
 
 class _LookMLayer(CompressedLayer):
-    def __init__(self, layer_idx: int, method: "LookM"):
-        super().__init__(layer_idx)
-        self.method = method
-
     def after_prefill(self, module, query, scaling):
         n = self.physical_length()
-        b = resolve_budget(self.method.budget, n)
+        b = self.layer_budget(n)
         if b >= n:
             return
         layout = self.cache.layout
@@ -80,5 +76,4 @@ class LookM(KVCacheMethod):
     window: int = 32
     merge: bool = True
 
-    def make_layer(self, layer_idx, config):
-        return _LookMLayer(layer_idx, self)
+    layer_class = _LookMLayer

@@ -51,6 +51,8 @@ class PyramidKV(SnapKV):
     beta: float = 20.0
     n_layers: int = 0
 
+    layer_class = _PyramidLayer
+
     def make_layer(self, layer_idx, config):
         self.n_layers = config.num_hidden_layers
-        return _PyramidLayer(layer_idx, self)
+        return super().make_layer(layer_idx, config)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reference_impls.decoding.cache import CompressedLayer, KVCacheMethod, resolve_budget
+from reference_impls.decoding.cache import CompressedLayer, KVCacheMethod
 from reference_impls.decoding.kv_scores import observation_scores, top_per_row
 from reference_impls.registry import register
 
@@ -33,13 +33,6 @@ __all__ = ["SnapKV", "SnapKVLayer"]
 
 class SnapKVLayer(CompressedLayer):
     """Keeps the ``budget`` best entries per KV head once, after the prefill."""
-
-    def __init__(self, layer_idx: int, method: "SnapKV"):
-        super().__init__(layer_idx)
-        self.method = method
-
-    def layer_budget(self, n: int) -> int:
-        return resolve_budget(self.method.budget, n)
 
     def after_prefill(self, module, query, scaling):
         n = self.physical_length()
@@ -65,5 +58,4 @@ class SnapKV(KVCacheMethod):
     window: int = 32
     pool_kernel: int = 7
 
-    def make_layer(self, layer_idx, config):
-        return SnapKVLayer(layer_idx, self)
+    layer_class = SnapKVLayer

@@ -41,8 +41,7 @@ def sink_window_index(n: int, budget: int, n_sink: int) -> torch.Tensor:
 
 class _StreamingLayer(CompressedLayer):
     def __init__(self, layer_idx: int, method: "StreamingLLM"):
-        super().__init__(layer_idx)
-        self.method = method
+        super().__init__(layer_idx, method)
         self.size = 0
 
     def _trim(self):
@@ -72,5 +71,4 @@ class StreamingLLM(KVCacheMethod):
     budget: float | int = 0.1
     n_sink: int = 4
 
-    def make_layer(self, layer_idx, config):
-        return _StreamingLayer(layer_idx, self)
+    layer_class = _StreamingLayer
