@@ -15,8 +15,8 @@ Every KV-cache method of the atlas builds on the three classes here:
   sums of ``element_size() * nelement()`` over every tensor a layer keeps, metadata included.
 
 Methods subclass :class:`KVCacheMethod`, a dataclass with a ``budget`` (a float is a fraction of
-the prompt length, an int an absolute number of entries, per KV head), and implement
-``make_layer``. ``with method(model): model.generate(...)`` switches the text model to the
+the prompt length, an int an absolute number of entries, per KV head), and name their
+``layer_class`` (a :class:`CompressedLayer` subclass built with the method). ``with method(model): model.generate(...)`` switches the text model to the
 ``"atlas_kv"`` attention function (sdpa math, plus the layer's prefill scoring and decode
 hooks), installs a fresh cache per ``generate`` call (and per direct ``model(..., use_cache=True)``
 call made without a cache) and restores the model on exit.
