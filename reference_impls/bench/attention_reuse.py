@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
@@ -34,13 +33,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from reference_impls.common.harness import evaluate
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.tiny import tiny_qwen25vl
 from reference_impls.decoding.attention_reuse import AttentionReuse, attention_flops
 
 __all__ = ["PATTERNS", "layer_flops", "kl_and_accuracy"]
 
-COMMAND = "python -m reference_impls.bench.attention_reuse"
 PATTERNS: dict[str, dict[int, int]] = {
     "none": {},
     "0->1": {1: 0},
@@ -237,7 +235,7 @@ def cost_rows(length: int, layers: int, hidden: int, heads: int, kv_heads: int, 
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from reference_impls.common.toyvlm import load_toyvlm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -248,7 +246,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     toy = load_toyvlm()
@@ -261,7 +259,7 @@ def main() -> None:
     cost_s = time.perf_counter() - start - accuracy_s
     if args.quick:
         return
-    command = " ".join([COMMAND, *sys.argv[1:]])
+    command = command_line("reference_impls.bench.attention_reuse", argv)
     full = accuracy[0]
     save_results(Results(
         id="attention-reuse-toyvlm",

@@ -33,14 +33,13 @@ import weakref
 import torch
 from transformers import DynamicCache
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.tiny import IDS, tiny_qwen25vl
 from reference_impls.decoding.cache import ATTN_NAME, CompressedCache, KVCacheMethod
 from reference_impls.registry import get_method
 
 __all__ = ["build_inputs", "run"]
 
-COMMAND = "python -m reference_impls.bench.kv_memory"
 METHODS = ("hybridkv", "hybridkv-resident", "hybridkv-rank", "snapkv", "pyramidkv", "adakv", "kivi")
 
 
@@ -164,14 +163,14 @@ def full_resident(full: dict) -> int:
     return _bytes(full["final"])[0]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
         dims = dict(num_layers=2, hidden_size=128, num_heads=2, num_kv_heads=2, intermediate_size=256)
@@ -205,7 +204,7 @@ def main() -> None:
     save_results(Results(
         id="kv-memory-cpu",
         title=f"KV cache bytes and decode ms/token at {full['prompt_tokens']} tokens (random-init Qwen2.5-VL architecture, CPU)",
-        command=COMMAND,
+        command=command_line("reference_impls.bench.kv_memory", argv),
         families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
         columns=[
             Column("method", "Method"), Column("budget", "Budget"), Column("resident_bytes", "Resident KV", "B"),

@@ -28,19 +28,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 
 import torch
 from transformers import DynamicCache
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.decoding.cache import CompressedCache
 from reference_impls.registry import all_methods, get_method
 
 __all__ = ["answer_accuracy"]
 
-COMMAND = "python -m reference_impls.bench.kv_quality"
 BUDGETS = (0.1, 0.2, 0.4)
 
 
@@ -99,7 +97,7 @@ def _configure(spec, budget: float, window: int):
     return spec.target(**kwargs)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from reference_impls.common.toyvlm import load_toyvlm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -109,7 +107,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8, help="observation/recent window (ToyVLM prompts are short)")
     parser.add_argument("--layouts", nargs="*", default=["question-first"],
                         help="question-first (ToyVLM's training layout) and/or images-first (query-agnostic)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     logging.getLogger("reference_impls.decoding.hybridkv_plan").setLevel(logging.ERROR)  # short-window notices
     toy = load_toyvlm()
@@ -143,7 +141,7 @@ def main() -> None:
     save_results(Results(
         id="kv-quality-toyvlm",
         title="ToyVLM accuracy of KV-cache methods at 10/20/40% budgets",
-        command=" ".join([COMMAND, *sys.argv[1:]]),
+        command=command_line("reference_impls.bench.kv_quality", argv),
         families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
         columns=[Column("method", "Method"), Column("layout", "Prompt layout"), Column("budget", "Budget"),
                  Column("accuracy", "Accuracy", "%", 1), Column("resident_ratio", "Resident KV / full", "", 3)],

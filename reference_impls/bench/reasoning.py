@@ -21,7 +21,7 @@ import time
 import torch
 
 from reference_impls.bench.speculative import load_setting
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
 from reference_impls.decoding.speculative import greedy_decode
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> Results:
     results = Results(
         id="reasoning-toyvlm",
         title="Confidence-gated answering on ToyVLM: accuracy against compute",
-        command="python -m reference_impls.bench.reasoning" + (f" -n {args.n}" if args.n != 128 else ""),
+        command=command_line("reference_impls.bench.reasoning", argv),
         families=["efficient-reasoning"],
         columns=COLUMNS,
         rows=rows,

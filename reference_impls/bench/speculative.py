@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 
 __all__ = ["Setting", "load_setting", "random_setting", "ignoring_eos", "main"]
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> Results:
     results = Results(
         id="speculative-toyvlm",
         title="Speculative decoding with a visually pruned draft on ToyVLM",
-        command="python -m reference_impls.bench.speculative" + (f" -n {args.n}" if args.n != 64 else ""),
+        command=command_line("reference_impls.bench.speculative", argv),
         families=["speculative-training-free"],
         columns=COLUMNS,
         rows=rows,

@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 from reference_impls.decoding.train_twig import CHECKPOINTS, SETTINGS, load_prompts
@@ -196,11 +196,10 @@ def main(argv: list[str] | None = None) -> Results:
     print("captioner ms per one-token forward by depth:", costs)
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
-    flags = "".join(f" --{k} {v}" for k, v in (("captions", args.captions), ("vqa", args.vqa)) if v != 200)
     results = Results(
         id="speculative-distilled-toyvlm",
         title="Distilled twig draft vs training-free drafts (captioner and ToyVLM)",
-        command="python -m reference_impls.bench.speculative_distilled" + flags,
+        command=command_line("reference_impls.bench.speculative_distilled", argv),
         families=[AWARE, FREE],
         columns=COLUMNS,
         rows=rows,

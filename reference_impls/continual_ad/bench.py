@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.continual_ad.banks import adapted_layers
 from reference_impls.continual_ad.data import PRESETS, load_setting
 from reference_impls.continual_ad.diffusion import load_pretrained, make_schedule
@@ -134,7 +133,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="run only these main-comparison methods")
     parser.add_argument("--out", default=None, help="results directory (default reference_impls/results)")
     args = parser.parse_args(argv)
-    command = "python -m reference_impls.continual_ad.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("reference_impls.continual_ad.bench", argv)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     out = _run(args, args.seeds, False, log)
     if args.ablations:

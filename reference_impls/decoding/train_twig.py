@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from reference_impls.common.results import command_line
 from reference_impls.decoding.twig_draft import DistillConfig, distill_twig, grow_twig, save_twig, twig_agreement
 
 __all__ = ["CHECKPOINTS", "SETTINGS", "load_prompts", "main"]
@@ -74,10 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         agreement[f"visual {keep:.0%}"] = before[keep] | {"twig": twig_agreement(model, draft, held_out, keep)}
         for name, scores in agreement[f"visual {keep:.0%}"].items():
             print(f"held-out, draft sees {keep:.0%} of visual tokens, {name}: " + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items()))
-    command = f"python -m reference_impls.decoding.train_twig --target {args.target}"
-    command += "".join(f" {flag} {value}" for flag, value, default in (("--steps", args.steps, 400), ("-n", args.n, 1000), ("--seed", args.seed, 0)) if value != default)
     manifest = {
-        "command": command,
+        "command": command_line("reference_impls.decoding.train_twig", argv),
         "target": args.target,
         "seed": args.seed,
         "steps": args.steps,

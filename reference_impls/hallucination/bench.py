@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 
 from .captioner import CAPTION_PROMPT, build_splits, encode, evaluate_captioner, make_eval_set, retain_batch, split_batch
 from .efuf import EFUF
@@ -43,7 +43,6 @@ from .train_captioner import load_captioner
 
 __all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
 
-COMMAND = "python -m reference_impls.hallucination.bench"
 
 
 @dataclass
@@ -175,13 +174,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination-unlearning benchmark on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short runs (smoke test, no results file)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captioner", default=None, help="captioner checkpoint (default: the committed one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = BenchConfig(seeds=tuple(range(args.seeds)))
     if args.quick:
@@ -210,7 +209,7 @@ def main() -> None:
              f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
              "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one.")
     results = Results(id="hallucination-unlearning", title="Hallucination unlearning on a biased ToyVLM captioner: GA, NPO, EFUF, SARE, controls; relearning and weight noise",
-                      command=COMMAND, families=["hallucination-unlearning"], columns=columns, rows=table,
+                      command=command_line("reference_impls.hallucination.bench", argv), families=["hallucination-unlearning"], columns=columns, rows=table,
                       plots=[Plot(x="relearn_steps", y="hal_rate", group="method", title="Hallucinated-object rate vs relearning steps")], notes=notes)
     print(save_results(results))
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 
 from .attention_intervention import VisualAttentionAmplification
 from .bench import BenchConfig, make_data
@@ -56,7 +56,6 @@ from .train_captioner import load_captioner
 
 __all__ = ["CompareConfig", "run", "aggregate", "FAMILIES"]
 
-COMMAND = "python -m reference_impls.hallucination.compare"
 FAMILIES = ["contrastive-decoding", "attention-intervention", "preference-optimization", "post-hoc-correction",
             "representation-steering", "grounded-instruction-tuning", "hallucination-unlearning"]
 METRICS = ("hal_rate", "chair_s", "chair_i", "recall", "clean_f1", "clean_exact", "pope_f1")
@@ -186,12 +185,12 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination mitigation families on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short training (smoke test, no results file)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = CompareConfig(seeds=tuple(range(args.seeds)))
     if args.quick:
@@ -219,7 +218,7 @@ def main() -> None:
              f"Decode-time settings were chosen in small exploratory runs on this evaluation distribution (optimistic). Seconds: training time for trained rows, evaluation time otherwise; 2 shared CPU cores, noisy. "
              f"Wall time {wall:.0f}s.")
     results = Results(id="hallucination-mitigation", title="Object-hallucination mitigation families on a biased ToyVLM captioner",
-                      command=COMMAND, families=FAMILIES, columns=columns, rows=table,
+                      command=command_line("reference_impls.hallucination.compare", argv), families=FAMILIES, columns=columns, rows=table,
                       plots=[Plot(x="clean_f1", y="hal_rate", group="method", title="Hallucination rate vs clean-caption F1")], notes=notes)
     print(save_results(results))
 

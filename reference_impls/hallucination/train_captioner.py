@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from reference_impls.common.results import command_line
 from reference_impls.common.toyvlm import Vocab, build_vocab
 
 from .captioner import CaptionWorld, captioner_config, evaluate_captioner, make_eval_set, retain_batch
@@ -74,12 +75,12 @@ def load_captioner(path: Path | None = None):
     return model, vocab, CaptionWorld(**world), manifest
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--out", type=Path, default=CHECKPOINT)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     world = CaptionWorld()
     start = time.time()
@@ -93,7 +94,7 @@ def main() -> None:
     model.save_pretrained(args.out)
     (args.out / "vocab.json").write_text(json.dumps(list(vocab.words)) + "\n")
     manifest = {
-        "command": f"python -m reference_impls.hallucination.train_captioner --steps {args.steps}",
+        "command": command_line("reference_impls.hallucination.train_captioner", argv),
         "world": asdict(world),
         "steps": args.steps,
         "train_seconds": round(seconds, 1),
