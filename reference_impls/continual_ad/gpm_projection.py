@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.continual_ad.banks import adapted_layers, input_covariances
-from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, train_denoiser
+from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, final_loss, train_denoiser
 from reference_impls.continual_ad.subspace import gpm_epsilon, gpm_extend
 from reference_impls.registry import register
 
@@ -81,7 +81,7 @@ class GPMProjection(ContinualMethod):
         for name in self.layers:
             self.U[name], _ = gpm_extend(self.U[name], C[name], gpm_epsilon(task + 1))
         added = sum(w.numel() for w in weights) if task == 0 else 0
-        return {"task": task + 1, "params_added": added, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        return {"task": task + 1, "params_added": added, "final_loss": final_loss(losses),
                 "basis_dims": sum(u.shape[1] for u in self.U.values())}
 
     def score(self, images: torch.Tensor, scorer, task_hint: int | None = None):

@@ -38,7 +38,7 @@ import torch
 
 from reference_impls.continual_ad.banks import LoRABanks, input_covariances
 from reference_impls.continual_ad.diffusion import denoising_loss
-from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, train_denoiser
+from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, final_loss, train_denoiser
 from reference_impls.continual_ad.routing import PrototypeRouter, reconstruction_route, routing_features
 from reference_impls.continual_ad.subspace import (allocate_ranks, complement, extend_basis, gpm_epsilon, gpm_extend,
                                                    novelty, residual_share)
@@ -143,7 +143,7 @@ class HFOLB(ContinualMethod):
                                     self.train, seed=self.seed * 1000 + n)
             self.banks.freeze(name)
             self.prefixes.append(list(self.banks.owner))
-            log["final_loss"] = sum(losses[-20:]) / len(losses[-20:])
+            log["final_loss"] = final_loss(losses)
             self.final_losses.append(log["final_loss"])
             log["params_added"] = self.banks.n_params(name)
         else:  # expressible by existing banks: reuse the prefix of the nearest prototype's task

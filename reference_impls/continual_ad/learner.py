@@ -26,7 +26,7 @@ from reference_impls.continual_ad.data import CategoryData, Setting
 from reference_impls.continual_ad.diffusion import denoising_loss
 from reference_impls.continual_ad.metrics import aupro, auroc, continual_summary, pixel_auroc
 
-__all__ = ["TrainConfig", "ContinualMethod", "train_denoiser", "batches", "run_continual", "ContinualResult"]
+__all__ = ["TrainConfig", "ContinualMethod", "train_denoiser", "final_loss", "batches", "run_continual", "ContinualResult"]
 
 
 @dataclass
@@ -95,6 +95,12 @@ def train_denoiser(model: torch.nn.Module, params: list[torch.nn.Parameter], sam
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def final_loss(losses: list[float], last: int = 20) -> float:
+    """Mean loss of the last ``last`` training steps (what every method's task log reports)."""
+    tail = losses[-last:]
+    return sum(tail) / len(tail)
 
 
 def batches(images: torch.Tensor, batch: int) -> Callable[[torch.Generator], torch.Tensor]:

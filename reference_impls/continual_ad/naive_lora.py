@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.continual_ad.banks import LoRABanks
-from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, train_denoiser
+from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, final_loss, train_denoiser
 from reference_impls.registry import register
 
 __all__ = ["NaiveLoRA"]
@@ -60,7 +60,7 @@ class NaiveLoRA(ContinualMethod):
         losses = train_denoiser(self.banks.model, self.params, self._sampler(images), self.schedule, self.train,
                                 seed=self.seed * 1000 + task + 1)
         self._after_task(data)
-        return {"task": task + 1, "params_added": added, "final_loss": sum(losses[-20:]) / len(losses[-20:])}
+        return {"task": task + 1, "params_added": added, "final_loss": final_loss(losses)}
 
     def score(self, images: torch.Tensor, scorer, task_hint: int | None = None):
         maps, scores = scorer(self.banks.model, images, self.schedule, base=self.banks.base)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.continual_ad.banks import LoRABanks
-from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, train_denoiser
+from reference_impls.continual_ad.learner import ContinualMethod, TrainConfig, batches, final_loss, train_denoiser
 from reference_impls.registry import register
 
 __all__ = ["OracleLoRA"]
@@ -54,7 +54,7 @@ class OracleLoRA(ContinualMethod):
                                 seed=self.seed * 1000 + task + 1, penalty=self._penalty(name))
         self.banks.freeze(name)
         return {"task": task + 1, "params_added": self.banks.n_params(name),
-                "final_loss": sum(losses[-20:]) / len(losses[-20:])}
+                "final_loss": final_loss(losses)}
 
     def score(self, images: torch.Tensor, scorer, task_hint: int | None = None):
         self.banks.activate(list(self.banks.owner) if self.stack_old else [f"task{task_hint + 1}"])
