@@ -24,6 +24,7 @@ from reference_impls.continual_ad.scorer import DiffusionScorer
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
+torch.manual_seed(0)  # the LoRA initialisation draws from the global generator (run_continual seeds it the same way)
 root = write_procad(tempfile.mkdtemp(), categories=("dots",), size=16, n_train=32, n_test_good=4, n_per_defect=4)
 data = load_mvtec_category(root, "dots")
 schedule, scorer = make_schedule(), DiffusionScorer(ddim_steps=3 if QUICK else 5, n_seeds=1)
