@@ -1,0 +1,152 @@
+"""Statistics over seeds: a mean with its 95% interval, and paired tests between two methods.
+
+A reproduced comparison ("A forgets less than B") is only worth stating when it survives the seeds.
+Every benchmark that trains or samples reports, per configuration, the mean over reported seeds with
+a Student-t 95% confidence interval, and a finding that says "A beats B" cites a paired test over the
+same seeds: the exact two-sided sign test and a paired bootstrap of the mean difference. Below the
+threshold (p < 0.05) a finding says "no significant difference".
+
+Seeds used to calibrate or tune anything (a threshold, a learning rate, rho) are never among the
+reported seeds; :func:`disjoint_seeds` checks that and results files record both lists.
+
+Examples:
+    >>> iv = mean_interval([1.0, 2.0, 3.0, 4.0])
+    >>> round(iv.mean, 2), round(iv.low, 2), round(iv.high, 2)
+    (2.5, 0.45, 4.55)
+    >>> sign_test([3, 4, 5, 6, 7, 8, 9, 10], [1, 1, 1, 1, 1, 1, 1, 1]).p_value
+    0.0078125
+    >>> compare("sare", [1, 2, 3], "npo", [1, 2, 3]).verdict
+    'no significant difference between sare and npo (sign test p = 1, n = 3, 3 ties)'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as _stats
+
+__all__ = ["Comparison", "Interval", "PairedTest", "mean_interval", "sign_test", "paired_bootstrap", "compare", "disjoint_seeds"]
+
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean over seeds and its two-sided 95% Student-t confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} [{self.low:.1f}, {self.high:.1f}]"
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Outcome of a paired comparison of two methods over the same seeds.
+
+    ``mean_difference`` is mean(a - b); ``wins`` counts seeds with a > b, ``losses`` a < b, and
+    ``ties`` a == b (ties carry no information in the sign test and are dropped from it).
+    """
+
+    test: str
+    p_value: float
+    mean_difference: float
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean of ``values`` with a Student-t confidence interval (degenerate for one value)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"mean_interval needs finite values, got {list(values)!r}")
+    mean = float(x.mean())
+    if x.size == 1:
+        return Interval(mean, mean, mean, 1)
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    t = float(_stats.t.ppf((1 + confidence) / 2, df=x.size - 1))
+    return Interval(mean, mean - t * sem, mean + t * sem, int(x.size))
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"paired tests need two equally long, non-empty lists (got {len(a)} and {len(b)})")
+    return np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+
+
+def sign_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Exact two-sided sign test of ``a`` against ``b`` paired by position (one pair per seed)."""
+    d = _paired(a, b)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    n = wins + losses
+    p = 1.0 if n == 0 else float(_stats.binomtest(wins, n, 0.5, alternative="two-sided").pvalue)
+    return PairedTest("sign test", p, float(d.mean()), wins, losses, int(d.size - n))
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10_000, seed: int = 0) -> PairedTest:
+    """Two-sided paired bootstrap of mean(a - b): how often a resampled mean crosses zero.
+
+    The p-value is twice the smaller tail of the resampled mean differences around 0 (clipped to 1),
+    the percentile-interval test; it is deterministic given ``seed``.
+    """
+    d = _paired(a, b)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)  # (resamples,)
+    if np.all(d == 0):
+        p = 1.0
+    else:
+        p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    return PairedTest("paired bootstrap", p, float(d.mean()), wins, losses, int(d.size - wins - losses))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A sentence-ready comparison: the sign test decides, the bootstrap is reported beside it."""
+
+    sign: PairedTest
+    bootstrap: PairedTest
+    verdict: str
+
+
+def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], higher: str = "higher") -> Comparison:
+    """Compare two methods over paired seeds and phrase the outcome for a finding.
+
+    Args:
+        name_a, name_b: method names used in the sentence.
+        a, b: one value per seed, same seed order.
+        higher: the word for "greater value" in the sentence (for example "lower hallucination" when
+            the caller passes negated values; by default the verdict just says "higher").
+    """
+    sign, boot = sign_test(a, b), paired_bootstrap(a, b)
+    stat = f"sign test p = {sign.p_value:.2g}, n = {len(a)}"
+    if sign.ties:
+        stat += f", {sign.ties} ties"
+    if sign.significant:
+        first, second = (name_a, name_b) if sign.mean_difference > 0 else (name_b, name_a)
+        verdict = f"{first} {higher} than {second} by {abs(sign.mean_difference):.2g} on average ({stat})"
+    else:
+        verdict = f"no significant difference between {name_a} and {name_b} ({stat})"
+    return Comparison(sign, boot, verdict)
+
+
+def disjoint_seeds(tuning: Sequence[int], reported: Sequence[int]) -> None:
+    """Raise if a seed used for calibration or tuning is also a reported seed."""
+    shared = sorted(set(tuning) & set(reported))
+    if shared:
+        raise ValueError(f"seeds {shared} are used both for tuning and for reported results; keep them disjoint")

@@ -1,0 +1,63 @@
+"""Seed statistics: intervals cover the truth at their nominal rate, paired tests match hand counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from reference_impls.common.seed_stats import compare, disjoint_seeds, mean_interval, paired_bootstrap, sign_test
+
+
+def test_interval_matches_the_t_formula():
+    iv = mean_interval([1.0, 2.0, 3.0, 4.0])
+    sem = np.std([1, 2, 3, 4], ddof=1) / 2
+    assert iv.mean == 2.5 and iv.n == 4
+    assert iv.half_width == pytest.approx(3.182446305284263 * sem)  # t_{0.975, 3}
+
+
+def test_interval_covers_the_true_mean_at_about_95_percent():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(3.0, 2.0, size=(2000, 10))
+    hits = 0
+    for row in samples:
+        iv = mean_interval(row)
+        hits += iv.low <= 3.0 <= iv.high
+    assert 0.935 <= hits / len(samples) <= 0.965
+
+
+def test_single_seed_gives_a_degenerate_interval_and_bad_values_are_refused():
+    assert mean_interval([7.0]).half_width == 0
+    with pytest.raises(ValueError, match="finite"):
+        mean_interval([1.0, float("nan")])
+
+
+def test_sign_test_is_the_exact_binomial_over_untied_pairs():
+    a = [5, 5, 5, 5, 5, 5, 5, 1, 3, 3]
+    b = [1, 1, 1, 1, 1, 1, 1, 5, 3, 3]  # 7 wins, 1 loss, 2 ties
+    result = sign_test(a, b)
+    tail = sum(math.comb(8, k) for k in range(0, 2)) / 2**8
+    assert (result.wins, result.losses, result.ties) == (7, 1, 2)
+    assert result.p_value == pytest.approx(2 * tail)
+
+
+def test_paired_bootstrap_separates_a_clear_gap_from_noise():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, size=12)
+    assert paired_bootstrap(base + 2.0, base).p_value < 0.01
+    noise = paired_bootstrap(base + rng.normal(0, 0.1, size=12), base)
+    assert noise.p_value > 0.05
+
+
+def test_compare_phrases_direction_and_non_significance():
+    assert compare("a", [9] * 10, "b", [1] * 10).verdict.startswith("a higher than b by 8")
+    assert compare("a", [1] * 10, "b", [9] * 10).verdict.startswith("b higher than a by 8")
+    mixed = compare("a", [1, 2, 1, 2, 1, 2], "b", [2, 1, 2, 1, 2, 1])
+    assert mixed.verdict.startswith("no significant difference between a and b")
+
+
+def test_tuning_seeds_must_not_be_reported():
+    disjoint_seeds([100, 101], range(10))
+    with pytest.raises(ValueError, match=r"seeds \[3\]"):
+        disjoint_seeds([3, 100], range(10))
