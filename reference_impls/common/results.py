@@ -16,8 +16,12 @@ A results file is ``reference_impls/results/<id>.json``::
       "columns": [{"key": "method", "label": "Method"}, {"key": "accuracy", "label": "Accuracy", "unit": "%"}],
       "rows": [{"method": "fastv", "family": "prefilling-attention-guided", "accuracy": 93.1}],
       "plots": [{"x": "budget", "y": "accuracy", "group": "method", "title": "..."}],
-      "notes": "free text (Markdown)"
+      "notes": "free text (Markdown)",
+      "seeds": {"tuning": [0, 1, 2], "reported": [10, 11, ...]}
     }
+
+``seeds`` is required of every benchmark that trains or samples: the seeds used to calibrate or
+tune anything are disjoint from the seeds whose numbers are reported, and both lists are recorded.
 
 The site shows a file on every family page listed in ``families``; when rows carry a
 ``family`` key, a family page shows only its own rows (plus rows whose ``family`` is empty,
@@ -78,6 +82,8 @@ class Results:
     notes: str = ""
     produced: str = ""
     environment: dict[str, str] = field(default_factory=dict)
+    seeds: dict[str, list[int]] = field(default_factory=dict)
+    """``{"tuning": [...], "reported": [...]}`` for benchmarks that train or sample (see the module doc)."""
 
 
 def environment() -> dict[str, str]:
@@ -106,6 +112,10 @@ def save_results(results: Results, directory: Path | None = None) -> Path:
         results.produced = _dt.date.today().isoformat()
     if not results.environment:
         results.environment = environment()
+    if results.seeds:
+        from reference_impls.common.seed_stats import disjoint_seeds
+
+        disjoint_seeds(results.seeds.get("tuning", []), results.seeds.get("reported", []))
     keys = {column.key for column in results.columns}
     for index, row in enumerate(results.rows):
         missing = keys - row.keys()

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _stats
 
-__all__ = ["Comparison", "Interval", "PairedTest", "mean_interval", "sign_test", "paired_bootstrap", "compare", "disjoint_seeds"]
+__all__ = [
+    "Comparison", "Interval", "PairedTest", "mean_interval", "sign_test", "paired_bootstrap", "compare",
+    "disjoint_seeds", "interval_fields", "paired_rows",
+]
 
 ALPHA = 0.05
 
@@ -150,3 +153,35 @@ def disjoint_seeds(tuning: Sequence[int], reported: Sequence[int]) -> None:
     shared = sorted(set(tuning) & set(reported))
     if shared:
         raise ValueError(f"seeds {shared} are used both for tuning and for reported results; keep them disjoint")
+
+
+def interval_fields(key: str, values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Results-row fields for one metric over seeds: ``key`` (mean), ``key_ci`` (95% half-width), ``key_n``.
+
+    Seeds where the metric is undefined (None or NaN) are left out and counted by ``key_n``.
+    """
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return {key: None, f"{key}_ci": None, f"{key}_n": 0}
+    iv = mean_interval(kept)
+    return {key: iv.mean, f"{key}_ci": iv.half_width if iv.n > 1 else None, f"{key}_n": iv.n}
+
+
+def paired_rows(metric: str, per_seed: dict[str, Sequence[float]], reference: str, family: str = "",
+                higher: str = "higher") -> list[dict]:
+    """One results row per (reference, other method) pair: mean difference, wins, sign-test and bootstrap p.
+
+    ``per_seed`` maps a method to its values in the same seed order; methods with a missing value on
+    any seed are skipped (they cannot be paired).
+    """
+    rows = []
+    ref = per_seed[reference]
+    for name, values in per_seed.items():
+        if name == reference or any(v is None or math.isnan(v) for v in [*values, *ref]):
+            continue
+        result = compare(reference, ref, name, values, higher=higher)
+        rows.append({"metric": metric, "method": reference, "versus": name, "family": family,
+                     "mean_difference": result.sign.mean_difference, "wins": result.sign.wins,
+                     "losses": result.sign.losses, "ties": result.sign.ties, "sign_p": result.sign.p_value,
+                     "bootstrap_p": result.bootstrap.p_value, "verdict": result.verdict})
+    return rows

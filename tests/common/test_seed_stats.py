@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from reference_impls.common.seed_stats import compare, disjoint_seeds, mean_interval, paired_bootstrap, sign_test
+from reference_impls.common.seed_stats import (
+    compare,
+    disjoint_seeds,
+    interval_fields,
+    mean_interval,
+    paired_bootstrap,
+    paired_rows,
+    sign_test,
+)
 
 
 def test_interval_matches_the_t_formula():
@@ -61,3 +69,18 @@ def test_tuning_seeds_must_not_be_reported():
     disjoint_seeds([100, 101], range(10))
     with pytest.raises(ValueError, match=r"seeds \[3\]"):
         disjoint_seeds([3, 100], range(10))
+
+
+def test_interval_fields_skip_undefined_seeds_and_count_them():
+    fields = interval_fields("auroc", [90.0, None, 92.0, float("nan")])
+    assert fields["auroc"] == 91.0 and fields["auroc_n"] == 2
+    assert fields["auroc_ci"] == pytest.approx(mean_interval([90.0, 92.0]).half_width)
+    assert interval_fields("auroc", [None]) == {"auroc": None, "auroc_ci": None, "auroc_n": 0}
+
+
+def test_paired_rows_compare_the_reference_with_every_complete_method():
+    per_seed = {"hf-olb": [5.0] * 8, "naive": [1.0] * 8, "broken": [1.0] * 7 + [None]}
+    rows = paired_rows("image_a_auroc", per_seed, "hf-olb")
+    assert [r["versus"] for r in rows] == ["naive"]
+    assert rows[0]["wins"] == 8 and rows[0]["sign_p"] == pytest.approx(2 / 2**8)
+    assert rows[0]["verdict"].startswith("hf-olb higher than naive")
