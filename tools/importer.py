@@ -1,7 +1,8 @@
 """``import-tsv``: turn the rows of the shared paper table into entries (nothing invented).
 
 Empty TSV fields stay absent. The heuristic stage/family label is mapped to taxonomy ids through
-``tools/import_map.yaml`` (defaults, reviewed per-key overrides, and duplicate merges).
+``tools/import_map.yaml`` (defaults, reviewed per-key overrides, duplicate merges, and rows excluded
+as out of scope with their reason).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, o
     added = added or dt.date.today().isoformat()
     mapping = load_yaml(root / "tools" / "import_map.yaml").data
     defaults, overrides, merges = mapping["defaults"], mapping.get("overrides") or {}, mapping.get("merge") or {}
+    excluded = mapping.get("exclude") or {}
     with open(tsv_path, encoding="utf-8", newline="") as stream:
         rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
     entries: dict[str, dict[str, Any]] = {}
@@ -95,6 +97,8 @@ def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, o
         if not row.get("key") or not row.get("title") or None in row.values():
             raise ValueError(f"{tsv_path}:{line}: malformed row (missing key/title or wrong number of columns)")
         key = row["key"].strip()
+        if key in excluded:
+            continue
         label = f"{row.get('stage', '').strip()}/{row.get('family', '').strip()}"
         placement = overrides.get(key) or defaults.get(label)
         if not placement:
@@ -105,7 +109,8 @@ def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, o
     for dropped_key, kept_key in merges.items():
         if dropped_key in entries and kept_key in entries:
             entries[kept_key] = _merge(entries[kept_key], entries.pop(dropped_key))
-    written, messages = [], []
+    written = []
+    messages = [f"excluded {key}: {reason}" for key, reason in excluded.items()]
     papers_dir = root / "papers"
     for key, entry in entries.items():
         if (papers_dir / f"{key}.yaml").exists() and not overwrite:

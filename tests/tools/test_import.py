@@ -7,7 +7,8 @@ import csv
 import pytest
 
 from tools.catalog import load_catalog
-from tools.importer import import_tsv
+from tools.importer import ROOT, import_tsv
+from tools.yamlio import load_yaml
 
 from .conftest import SHARED_TSV, make_repo
 
@@ -20,15 +21,20 @@ def test_import_creates_one_valid_entry_per_row(tmp_path):
     with open(SHARED_TSV, encoding="utf-8", newline="") as stream:
         rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
     assert len(rows) == 599
-    assert len(written) == 598  # the known G-Prune duplicate is merged into jiang2025kind
+    # Two known duplicates are merged (G-Prune into jiang2025kind, the ICLR-titled row of
+    # inference-optimal-vlms-need into its arXiv-titled row) and nine out-of-scope rows excluded.
+    assert len(written) == 599 - 2 - 9
+    assert sum(message.startswith("excluded ") for message in messages) == 9
     catalog = load_catalog(repo, check_schema_file=False)
     source_problems = [p for p in catalog.errors if p.field != "source"]
     assert source_problems == []
     by_key = catalog.by_key()
     merged = by_key["jiang2025kind"].data
     assert merged["doi"] == "10.1609/aaai.v39i4.32427" and "SuDIS-ZJU/Efficient-LVLMs-Inference" in merged["sources"]
+    mapping = load_yaml(ROOT / "tools" / "import_map.yaml").data
     for row in rows:
-        if row["key"] == "g-prune-training-free-2025":
+        if row["key"] in mapping["merge"] or row["key"] in mapping["exclude"]:
+            assert row["key"] not in by_key
             continue
         data = by_key[row["key"]].data
         assert data["title"] == row["title"]
