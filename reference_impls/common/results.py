@@ -68,6 +68,8 @@ class Plot:
     group: str = ""
     title: str = ""
     logx: bool = False
+    error: str = ""
+    """Column holding the half-width drawn as an error bar (for example ``hal_rate_ci``)."""
 
 
 @dataclass

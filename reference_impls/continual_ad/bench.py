@@ -192,18 +192,22 @@ def main(argv=None) -> None:
         for t in range(n_points):
             task = t + 1 if n_points > 1 else 6  # joint training: one point, after all six categories
             curve_rows.append({"method": name, "family": FAMILY.get(name, "parameter-isolation"), "task": task,
-                               "image_auroc": float(np.mean([r["image_curve"][t] for r in runs])),
-                               "pixel_auroc": float(np.mean([r["pixel_curve"][t] for r in runs]))})
+                               **interval_fields("image_auroc", [r["image_curve"][t] for r in runs]),
+                               **interval_fields("pixel_auroc", [r["pixel_curve"][t] for r in runs])})
     save_results(Results(id="continual-ad-procad-curve", title="ProcAD 1x6: mean AUROC over learned categories per task",
                          command=command, families=["parameter-isolation", "continual-replay",
                                                     "continual-regularization", "diffusion-detectors"],
                          columns=[Column("method", "Method"), Column("task", "After task"),
                                   Column("image_auroc", "Image AUROC", "pt", 1),
-                                  Column("pixel_auroc", "Pixel AUROC", "pt", 1)],
+                                  Column("image_auroc_ci", "± 95% CI", "pt", 1),
+                                  Column("pixel_auroc", "Pixel AUROC", "pt", 1),
+                                  Column("pixel_auroc_ci", "± 95% CI", "pt", 1)],
                          rows=curve_rows, seeds=seeds,
-                         plots=[Plot("task", "image_auroc", "method", "Image AUROC after each task"),
-                                Plot("task", "pixel_auroc", "method", "Pixel AUROC after each task")],
-                         notes="Mean over seeds of mean_{c learned so far} AUROC after each task; joint-lora is one "
+                         plots=[Plot("task", "image_auroc", "method", "Image AUROC after each task",
+                                     error="image_auroc_ci"),
+                                Plot("task", "pixel_auroc", "method", "Pixel AUROC after each task",
+                                     error="pixel_auroc_ci")],
+                         notes="Mean over seeds (error bars: 95% CI) of mean_{c learned so far} AUROC after each task; joint-lora is one "
                                "point (trained once). " + notes), args.out)
     log("saved results: " + json.dumps({r["method"]: round(r["image_a_auroc"] or 0, 1) for r in rows}))
     for row in tests:

@@ -41,17 +41,24 @@ def stage_year_chart(counts: Counter[tuple[str, int]], stages: list[str]) -> str
 
 
 def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", title: str = "", logx: bool = False,
-                  x_label: str = "", y_label: str = "") -> str:
-    """Lines of ``y`` against ``x``, one per value of ``group``."""
+                  x_label: str = "", y_label: str = "", error: str = "") -> str:
+    """Lines of ``y`` against ``x``, one per value of ``group``; ``error`` names a column of half-widths
+    (for example a 95% confidence interval over seeds) drawn as error bars."""
     with matplotlib.rc_context(_STYLE):
         figure, axes = plt.subplots(figsize=(6, 3.4))
-        groups: dict[str, list[tuple[float, float]]] = {}
+        groups: dict[str, list[tuple[float, float, float]]] = {}
         for row in rows:
             if isinstance(row.get(x), (int, float)) and isinstance(row.get(y), (int, float)):
-                groups.setdefault(str(row.get(group, "")) if group else y, []).append((row[x], row[y]))
+                spread = row.get(error) if error else None
+                spread = float(spread) if isinstance(spread, (int, float)) else 0.0
+                groups.setdefault(str(row.get(group, "")) if group else y, []).append((row[x], row[y], spread))
         for name, points in sorted(groups.items()):
             points.sort()
-            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            xs, ys, spreads = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+            if error:
+                axes.errorbar(xs, ys, yerr=spreads, marker="o", capsize=3, label=name)
+            else:
+                axes.plot(xs, ys, marker="o", label=name)
         if logx:
             axes.set_xscale("log")
         axes.set_xlabel(x_label or x)

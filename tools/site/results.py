@@ -47,14 +47,29 @@ def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: 
         name = f"assets/generated/results/{data['id']}-{family or 'all'}-{index}.svg"
         labels = {column["key"]: column["label"] for column in data["columns"]}
         assets[name] = results_chart(rows, plot["x"], plot["y"], plot.get("group", ""), plot.get("title", ""), plot.get("logx", False),
-                                     labels.get(plot["x"], ""), labels.get(plot["y"], ""))
+                                     labels.get(plot["x"], ""), labels.get(plot["y"], ""), plot.get("error", ""))
         lines += [f"![{md.text(plot.get('title') or data['title'])}]({relative(page, name)})", ""]
     environment = data.get("environment") or {}
     machine = ", ".join(f"{key} {value}" for key, value in environment.items() if key in ("torch", "transformers", "cpu_count", "device"))
     lines += [f"Reproduced with `{data['command']}`" + (f" on {data['produced']}" if data.get("produced") else "") + (f" ({md.text(machine)})." if machine else "."), ""]
+    seeds = data.get("seeds") or {}
+    if seeds:
+        lines += [f"Seeds reported: {md.text(_seed_list(seeds.get('reported', [])))}; seeds used for tuning or "
+                  f"calibration: {md.text(_seed_list(seeds.get('tuning', [])) or 'none')}.", ""]
     if data.get("notes"):
         lines += [md.text(data["notes"]), ""]
     return "\n".join(lines)
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """``[10, 11, 12, 14]`` -> ``"10-12, 14"``."""
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 def results_index_md(all_results: list[dict[str, Any]], assets: dict[str, str]) -> str:
