@@ -7,7 +7,7 @@ import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding.cache import PromptLayout, prompt_layout
-from reference_impls.decoding.hybridkv import HybridKV, calibrate_head_types
+from reference_impls.decoding.hybridkv import HybridKV, HybridKVLayer, calibrate_head_types
 from reference_impls.decoding.hybridkv_plan import (
     chunk_upper_bounds,
     load_head_types,
@@ -254,3 +254,50 @@ def test_refusals(model, inputs):
         HybridKV(memory_mode="resident")
     with pytest.raises(ValueError, match="infeasible"):
         _run(model, inputs, budget=3)  # absolute budget below the reserved entries
+
+
+def _oracle_retrieval(query, pool_keys, pool_positions, segment, chunk_size, room):
+    """Brute force: chunks (consecutive, one segment, <= chunk_size), Quest bound per chunk from its keys,
+    then the greedy fill by bound. Returns the retrieved prompt positions."""
+    chunks = []
+    for i, p in enumerate(pool_positions.tolist()):
+        prev = chunks[-1] if chunks else None
+        if prev and p == pool_positions[prev[-1]] + 1 and segment[p] == segment[pool_positions[prev[-1]]] and len(prev) < chunk_size:
+            prev.append(i)
+        else:
+            chunks.append([i])
+    q = query.double()  # (G, D)
+    bounds = []
+    for rows in chunks:
+        lo, hi = pool_keys[rows].double().min(0).values, pool_keys[rows].double().max(0).values
+        bounds.append(float(torch.maximum(q * lo, q * hi).sum(-1).max()))  # max over the group's query heads
+    chosen = []
+    for c in sorted(range(len(chunks)), key=lambda c: -bounds[c]):
+        if len(chunks[c]) <= room:
+            chosen += chunks[c]
+            room -= len(chunks[c])
+    return sorted(pool_positions[chosen].tolist())
+
+
+def test_dynamic_heads_retrieve_the_top_bound_chunks(model, inputs, monkeypatch):
+    """The layer's chunk choice equals a brute-force top-bound fill over its own pool (catches kmin/kmax swaps)."""
+    queries = {}
+    select = HybridKVLayer._select
+
+    def spy(self, query):
+        queries[self.layer_idx] = query.detach().clone()
+        return select(self, query)
+
+    monkeypatch.setattr(HybridKVLayer, "_select", spy)
+    cache, _ = _run(model, inputs, budget=0.3, typing="all_dynamic")
+    partial = 0
+    for l, layer in enumerate(cache.layers):
+        query = queries[l][0, :, -1]  # (Hq, D), the last decode step's query
+        groups = query.shape[0] // len(layer.head_keys)
+        for h, pool in layer.pool.items():
+            room = layer.budgets[h] - int((layer.head_pos[h] < layer.prompt_length).sum())
+            expected = _oracle_retrieval(query[h * groups : (h + 1) * groups], pool["keys"], pool["positions"],
+                                         cache.positions.segment, SMALL["chunk_size"], room)
+            assert sorted(layer.last_retrieved[h].tolist()) == expected, (l, h)
+            partial += 0 < len(expected) < pool["positions"].numel()
+    assert partial >= 3  # the choice matters: heads retrieve some, not all, of their pool
