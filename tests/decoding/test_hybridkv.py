@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding.cache import PromptLayout, prompt_layout
 from reference_impls.decoding.hybridkv import HybridKV, HybridKVLayer, calibrate_head_types
-from reference_impls.decoding.hybridkv_plan import (
+from reference_impls.decoding.hybridkv.plan import (
     chunk_upper_bounds,
     load_head_types,
     make_chunks,
@@ -72,6 +74,21 @@ def test_typing_finds_text_and_visual_heads(tmp_path):
         model(**samples[0], cache=cache, use_cache=True)
     assert torch.equal(cache.plan["static"], static)
     assert cache.layers[0].static == [True, False] and 1 in cache.layers[0].pool and 0 not in cache.layers[0].pool
+
+
+def test_calibration_accepts_a_method_that_has_already_run(model, inputs):
+    """Run state (the last cache, its byte report) is not configuration: copies and comparisons ignore it."""
+    method = HybridKV(budget=0.5, **SMALL)
+    with method(model):
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert method.cache is not None and method.stats is not None
+    fresh = HybridKV(budget=0.5, **SMALL)
+    assert method == fresh and repr(method) == repr(fresh)
+    copy = dataclasses.replace(method, typing="rank")
+    assert copy.cache is None and copy.stats is None and copy.typing == "rank" and copy.window == SMALL["window"]
+    tca, static = calibrate_head_types(model, [inputs], method)  # failed with "unexpected keyword argument 'cache'"
+    tca_fresh, static_fresh = calibrate_head_types(model, [inputs], fresh)
+    assert torch.equal(tca, tca_fresh) and torch.equal(static, static_fresh)
 
 
 def test_tca_and_typing_modes_by_hand():
@@ -250,8 +267,12 @@ def test_no_visual_tokens_means_all_static(model):
 def test_refusals(model, inputs):
     with pytest.raises(ValueError, match="input_ids"):
         HybridKV().make_cache(model)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="memory_mode must be one of"):
         HybridKV(memory_mode="resident")
+    with pytest.raises(ValueError, match="typing must be one of"):
+        HybridKV(typing="thresh")
+    with pytest.raises(ValueError, match="types_path"):
+        HybridKV(types_source="offline")
     with pytest.raises(ValueError, match="infeasible"):
         _run(model, inputs, budget=3)  # absolute budget below the reserved entries
 
