@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from reference_impls.decoding.hybridkv.plan import (
 )
 
 SMALL = dict(window=6, n_sink=2, chunk_size=4, window_min=4)
+PACKAGE = Path(__file__).resolve().parents[2] / "reference_impls" / "decoding" / "hybridkv"
 
 
 def _run(model, inputs, steps=4, **kwargs):
@@ -322,3 +325,25 @@ def test_dynamic_heads_retrieve_the_top_bound_chunks(model, inputs, monkeypatch)
             assert sorted(layer.last_retrieved[h].tolist()) == expected, (l, h)
             partial += 0 < len(expected) < pool["positions"].numel()
     assert partial >= 3  # the choice matters: heads retrieve some, not all, of their pool
+
+
+# --- the design README the code cites ------------------------------------------------------------
+def _slug(heading: str) -> str:
+    """Heading id as GitHub and Python-Markdown's toc both make it for ASCII headings."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
+def test_section_marks_and_anchors_resolve_in_the_readme():
+    readme = (PACKAGE / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^#{2,4} (.+)$", readme, flags=re.M)
+    numbers = {h.split(" ", 1)[0].rstrip(".") for h in headings if h[0].isdigit()}
+    slugs = {_slug(h) for h in headings}
+    assert len(slugs) == len(headings)  # unique ids, so every anchor names one section
+    for anchor in re.findall(r"\]\(#([^)]+)\)", readme):
+        assert anchor in slugs, anchor
+    for path in sorted(PACKAGE.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "shared/design" not in text and "../shared" not in text
+        for mark in re.findall(r"§(\d+(?:\.\d+)?)", text):
+            assert mark in numbers, f"{path.name}: §{mark} is not a section of README.md"
+    assert "shared/design" not in readme

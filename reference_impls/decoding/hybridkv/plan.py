@@ -265,7 +265,8 @@ def make_chunks(positions: torch.Tensor, segment: torch.Tensor, chunk_size: int,
     return torch.tensor(starts, dtype=torch.int32), torch.tensor(lengths, dtype=torch.int32)
 
 
-def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, group_agg: GroupAgg = "max") -> torch.Tensor:
+def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor,
+                       group_agg: GroupAgg = "max") -> torch.Tensor:
     """Quest bound ``u_c = agg_g sum_d max(q_gd kmin_cd, q_gd kmax_cd)`` (§4.5 step 5).
 
     Any leading dimensions (e.g. the dynamic heads of a layer) are batch dimensions.
@@ -281,7 +282,7 @@ def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tens
     """
     q = query.flatten(-3, -2).float()  # (..., Gq, D)
     # max(q kmin, q kmax) per channel = q+ kmax + q- kmin, so the bound is two matrix products.
-    u = q.clamp(min=0) @ kmax.float().transpose(-1, -2) + q.clamp(max=0) @ kmin.float().transpose(-1, -2)  # (..., Gq, C)
+    u = q.clamp(min=0) @ kmax.float().transpose(-1, -2) + q.clamp(max=0) @ kmin.float().transpose(-1, -2)  # (.., Gq, C)
     return u.amax(-2) if group_agg == "max" else u.mean(-2)
 
 
