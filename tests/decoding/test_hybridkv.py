@@ -283,11 +283,11 @@ def test_refusals(model, inputs):
 def _oracle_retrieval(query, pool_keys, pool_positions, segment, chunk_size, room):
     """Brute force: chunks (consecutive, one segment, <= chunk_size), Quest bound per chunk from its keys,
     then the greedy fill by bound. Returns the retrieved prompt positions."""
-    chunks = []
-    for i, p in enumerate(pool_positions.tolist()):
-        prev = chunks[-1] if chunks else None
-        if prev and p == pool_positions[prev[-1]] + 1 and segment[p] == segment[pool_positions[prev[-1]]] and len(prev) < chunk_size:
-            prev.append(i)
+    chunks, positions = [], pool_positions.tolist()
+    for i, p in enumerate(positions):
+        last = positions[chunks[-1][-1]] if chunks else None
+        if last is not None and p == last + 1 and segment[p] == segment[last] and len(chunks[-1]) < chunk_size:
+            chunks[-1].append(i)
         else:
             chunks.append([i])
     q = query.double()  # (G, D)
