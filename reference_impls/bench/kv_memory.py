@@ -8,7 +8,7 @@ the visual spans are the real ones) but the embeddings are fed as ``inputs_embed
 vectors at visual positions. Quality numbers mean nothing on a random model; fidelity to the
 full cache (greedy token agreement) is reported instead.
 
-Protocol (``shared/design/hybridkv.md`` §9): batch 1, greedy, EOS off, fixed ``T`` decode steps;
+Protocol (``reference_impls/decoding/hybridkv/README.md`` §9): batch 1, greedy, EOS off, fixed ``T`` decode steps;
 decode ms/token = mean and median wall time of steps 2..T (prefill and first step excluded),
 1 warm-up round plus ``--repeats`` rounds; in each round every method decodes once from a copy
 of its post-prefill cache (interleaved, so CPU contention hits all alike); ms/token is the median

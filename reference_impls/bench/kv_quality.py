@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="question-first (ToyVLM's training layout) and/or images-first (query-agnostic)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    logging.getLogger("reference_impls.decoding.hybridkv_plan").setLevel(logging.ERROR)  # short-window notices
+    logging.getLogger("reference_impls.decoding.hybridkv.plan").setLevel(logging.ERROR)  # short-window notices
     toy = load_toyvlm()
     n = 12 if args.quick else args.n
     samples = toy.samples(n, seed=args.seed)

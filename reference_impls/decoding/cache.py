@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -498,10 +498,18 @@ class KVCacheMethod:
 
     Subclasses are dataclasses with a ``budget`` that name their ``layer_class`` (or override
     :meth:`make_layer`), and override :meth:`cache_class` when they need a cache subclass.
+
+    The fields are configuration. ``cache`` and ``stats`` are run state of the last request:
+    no ``__init__`` argument, no part of ``repr`` or ``==``, and reset to ``None`` in a copy made
+    with :func:`dataclasses.replace` (copy configurations that way, never through ``__dict__``).
     """
 
     budget: float | int = 0.1
     layer_class: ClassVar[type[CompressedLayer]]
+    cache: CompressedCache | None = field(default=None, init=False, repr=False, compare=False)
+    """The cache of the last :meth:`make_cache` call (run state)."""
+    stats: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    """The byte report of the last ``generate`` (run state)."""
 
     def make_layer(self, layer_idx: int, config) -> CompressedLayer:
         return self.layer_class(layer_idx, self)

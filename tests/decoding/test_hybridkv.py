@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding.cache import PromptLayout, prompt_layout
-from reference_impls.decoding.hybridkv import HybridKV, calibrate_head_types
-from reference_impls.decoding.hybridkv_plan import (
+from reference_impls.decoding.hybridkv import HybridKV, HybridKVLayer, calibrate_head_types
+from reference_impls.decoding.hybridkv.plan import (
     chunk_upper_bounds,
     load_head_types,
     make_chunks,
@@ -21,6 +25,7 @@ from reference_impls.decoding.hybridkv_plan import (
 )
 
 SMALL = dict(window=6, n_sink=2, chunk_size=4, window_min=4)
+PACKAGE = Path(__file__).resolve().parents[2] / "reference_impls" / "decoding" / "hybridkv"
 
 
 def _run(model, inputs, steps=4, **kwargs):
@@ -72,6 +77,21 @@ def test_typing_finds_text_and_visual_heads(tmp_path):
         model(**samples[0], cache=cache, use_cache=True)
     assert torch.equal(cache.plan["static"], static)
     assert cache.layers[0].static == [True, False] and 1 in cache.layers[0].pool and 0 not in cache.layers[0].pool
+
+
+def test_calibration_accepts_a_method_that_has_already_run(model, inputs):
+    """Run state (the last cache, its byte report) is not configuration: copies and comparisons ignore it."""
+    method = HybridKV(budget=0.5, **SMALL)
+    with method(model):
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert method.cache is not None and method.stats is not None
+    fresh = HybridKV(budget=0.5, **SMALL)
+    assert method == fresh and repr(method) == repr(fresh)
+    copy = dataclasses.replace(method, typing="rank")
+    assert copy.cache is None and copy.stats is None and copy.typing == "rank" and copy.window == SMALL["window"]
+    tca, static = calibrate_head_types(model, [inputs], method)  # failed with "unexpected keyword argument 'cache'"
+    tca_fresh, static_fresh = calibrate_head_types(model, [inputs], fresh)
+    assert torch.equal(tca, tca_fresh) and torch.equal(static, static_fresh)
 
 
 def test_tca_and_typing_modes_by_hand():
@@ -250,7 +270,81 @@ def test_no_visual_tokens_means_all_static(model):
 def test_refusals(model, inputs):
     with pytest.raises(ValueError, match="input_ids"):
         HybridKV().make_cache(model)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="memory_mode must be one of"):
         HybridKV(memory_mode="resident")
+    with pytest.raises(ValueError, match="typing must be one of"):
+        HybridKV(typing="thresh")
+    with pytest.raises(ValueError, match="types_path"):
+        HybridKV(types_source="offline")
     with pytest.raises(ValueError, match="infeasible"):
         _run(model, inputs, budget=3)  # absolute budget below the reserved entries
+
+
+def _oracle_retrieval(query, pool_keys, pool_positions, segment, chunk_size, room):
+    """Brute force: chunks (consecutive, one segment, <= chunk_size), Quest bound per chunk from its keys,
+    then the greedy fill by bound. Returns the retrieved prompt positions."""
+    chunks, positions = [], pool_positions.tolist()
+    for i, p in enumerate(positions):
+        last = positions[chunks[-1][-1]] if chunks else None
+        if last is not None and p == last + 1 and segment[p] == segment[last] and len(chunks[-1]) < chunk_size:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    q = query.double()  # (G, D)
+    bounds = []
+    for rows in chunks:
+        lo, hi = pool_keys[rows].double().min(0).values, pool_keys[rows].double().max(0).values
+        bounds.append(float(torch.maximum(q * lo, q * hi).sum(-1).max()))  # max over the group's query heads
+    chosen = []
+    for c in sorted(range(len(chunks)), key=lambda c: -bounds[c]):
+        if len(chunks[c]) <= room:
+            chosen += chunks[c]
+            room -= len(chunks[c])
+    return sorted(pool_positions[chosen].tolist())
+
+
+def test_dynamic_heads_retrieve_the_top_bound_chunks(model, inputs, monkeypatch):
+    """The layer's chunk choice equals a brute-force top-bound fill over its own pool (catches kmin/kmax swaps)."""
+    queries = {}
+    select = HybridKVLayer._select
+
+    def spy(self, query):
+        queries[self.layer_idx] = query.detach().clone()
+        return select(self, query)
+
+    monkeypatch.setattr(HybridKVLayer, "_select", spy)
+    cache, _ = _run(model, inputs, budget=0.3, typing="all_dynamic")
+    partial = 0
+    for l, layer in enumerate(cache.layers):
+        query = queries[l][0, :, -1]  # (Hq, D), the last decode step's query
+        groups = query.shape[0] // len(layer.head_keys)
+        for h, pool in layer.pool.items():
+            room = layer.budgets[h] - int((layer.head_pos[h] < layer.prompt_length).sum())
+            expected = _oracle_retrieval(query[h * groups : (h + 1) * groups], pool["keys"], pool["positions"],
+                                         cache.positions.segment, SMALL["chunk_size"], room)
+            assert sorted(layer.last_retrieved[h].tolist()) == expected, (l, h)
+            partial += 0 < len(expected) < pool["positions"].numel()
+    assert partial >= 3  # the choice matters: heads retrieve some, not all, of their pool
+
+
+# --- the design README the code cites ------------------------------------------------------------
+def _slug(heading: str) -> str:
+    """Heading id as GitHub and Python-Markdown's toc both make it for ASCII headings."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
+def test_section_marks_and_anchors_resolve_in_the_readme():
+    outside = ("shared" + "/design", "../" + "shared")  # design notes outside the repository (spelt apart on purpose)
+    readme = (PACKAGE / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^#{2,4} (.+)$", readme, flags=re.M)
+    numbers = {h.split(" ", 1)[0].rstrip(".") for h in headings if h[0].isdigit()}
+    slugs = {_slug(h) for h in headings}
+    assert len(slugs) == len(headings)  # unique ids, so every anchor names one section
+    for anchor in re.findall(r"\]\(#([^)]+)\)", readme):
+        assert anchor in slugs, anchor
+    for path in sorted(PACKAGE.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert not any(name in text for name in outside), path.name
+        for mark in re.findall(r"§(\d+(?:\.\d+)?)", text):
+            assert mark in numbers, f"{path.name}: §{mark} is not a section of README.md"
+    assert not any(name in readme for name in outside)

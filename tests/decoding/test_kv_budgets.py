@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reference_impls.decoding.adakv import adaptive_head_index
-from reference_impls.decoding.hybridkv_plan import hierarchical_budgets, mean_budget
+from reference_impls.decoding.hybridkv.plan import hierarchical_budgets, mean_budget
 from reference_impls.decoding.kv_scores import (
     accumulated_attention,
     allocate_with_floor,

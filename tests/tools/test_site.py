@@ -62,6 +62,17 @@ def test_paper_page_shows_metadata_reported_numbers_and_bibtex(built):
     assert "zeng2026hybridkv" in family and "Reported by papers" in family
 
 
+def test_method_package_has_an_api_page_and_its_design_on_the_family_page(built):
+    site = built / "site"
+    assert (site / "implementations" / "reference_impls.decoding.hybridkv" / "index.html").is_file()
+    family = (site / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level" / "index.html")
+    family = family.read_text()
+    # mkdocs --strict has checked that the README's own #anchors resolve on this page.
+    assert 'id="design-reference-impls-decoding-hybridkv"' in family
+    assert 'id="45-stage-3b-dynamic-heads-chunk-wise-retrieval"' in family
+    assert 'href="#45-stage-3b-dynamic-heads-chunk-wise-retrieval"' in family
+
+
 def test_entry_text_is_escaped(built):
     page = (built / "site" / "papers" / "evil2026entry" / "index.html").read_text()
     assert "<script>alert(1)</script>" not in page

@@ -1,23 +1,36 @@
-"""API pages for the modules of ``reference_impls`` (mkdocstrings stubs) and their index."""
+"""API pages for the modules of ``reference_impls`` (mkdocstrings stubs), their index, and the
+design README of method packages.
+
+A method may be a package (``reference_impls/<stage>/<name>/__init__.py``) with a ``README.md``
+beside its ``__init__.py``: the README holds its full design. The family page that lists the
+package shows that README (:func:`package_design_md`).
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from ..taxonomy import Taxonomy
 from . import markdown as md
 from .data import module_page, node_page, relative
 
-__all__ = ["discover_modules", "module_md", "implementations_index_md"]
+__all__ = ["discover_modules", "module_md", "implementations_index_md", "package_readme", "package_design_md"]
 
 
 def discover_modules(root: Path) -> dict[str, str]:
-    """Public modules under ``reference_impls`` -> first line of their docstring."""
+    """Public modules under ``reference_impls`` -> first line of their docstring.
+
+    A package's ``__init__.py`` stands for the package (``pkg/__init__.py`` -> ``pkg``, the
+    mapping of mkdocstrings' ``gen_ref_nav`` recipe); other names starting with ``_`` are private.
+    """
     modules = {}
     package_root = root / "reference_impls"
     for path in sorted(package_root.rglob("*.py")):
         relative_parts = path.relative_to(root).with_suffix("").parts
+        if relative_parts[-1] == "__init__":
+            relative_parts = relative_parts[:-1]
         if any(part.startswith("_") for part in relative_parts) or "results" in relative_parts or "checkpoints" in relative_parts:
             continue
         try:
@@ -64,3 +77,85 @@ def implementations_index_md(modules: dict[str, str], taxonomy: Taxonomy) -> str
     if not modules:
         lines.append("*No modules yet.*")
     return "\n".join(lines)
+
+
+def package_readme(root: Path, module: str) -> Path | None:
+    """The ``README.md`` of ``module`` when it is a package that has one, else ``None``."""
+    folder = root.joinpath(*module.split("."))
+    readme = folder / "README.md"
+    return readme if (folder / "__init__.py").is_file() and readme.is_file() else None
+
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_HEADING = re.compile(r"^(#{1,6})(\s+.*)$")
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)((?:\s+\"[^\"]*\")?)\)")
+
+
+def design_anchor(module: str) -> str:
+    """Id of the design section of ``module`` on its family page."""
+    return "design-" + module.replace(".", "-").replace("_", "-")
+
+
+def _link_target(target: str, readme: Path, root: Path, page: str) -> str | None:
+    """Where a README link points from the family page; ``None`` when it has no page there."""
+    if target.startswith("#") or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+        return target  # an anchor of the README (same ids on the family page) or an absolute URL
+    path, _, anchor = target.partition("#")
+    resolved = (readme.parent / path).resolve()
+    if resolved == readme.resolve():
+        return "#" + anchor if anchor else None
+    try:
+        parts = resolved.relative_to((root / "reference_impls").resolve().parent).with_suffix("").parts
+    except ValueError:
+        return None
+    if resolved.suffix == ".py" or (resolved / "__init__.py").is_file():
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        return relative(page, module_page(".".join(parts)))
+    return None
+
+
+def package_design_md(root: Path, module: str, page: str) -> list[str]:
+    """The package README of ``module`` as a section of the page ``page`` (no lines when it has none).
+
+    The README is trusted, hand-written repository text, so it is rendered as ordinary Markdown,
+    not escaped like entry data. Its title (``#``) is replaced by a "Design" heading and its other
+    headings move one level down, so that they nest under it; the heading texts are unchanged, so
+    the README's own ``#anchor`` links work on the page as on GitHub. A relative link to a module of
+    ``reference_impls`` points at that module's API page; any other relative link (a file with no
+    page on the site) keeps only its text.
+    """
+    readme = package_readme(root, module)
+    if readme is None:
+        return []
+    source = readme.relative_to(root).as_posix()
+    lines = [f"## Design of `{module}` {{#{design_anchor(module)}}}", "",
+             f"*The design notes of the package, from `{source}`.*", ""]
+    fence, after_title = None, False
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if after_title and not line.strip():
+            continue
+        after_title = False
+        opening = _FENCE.match(line)
+        if fence is not None:
+            if opening and opening.group(1) == fence:
+                fence = None
+            lines.append(line)
+            continue
+        if opening:
+            fence = opening.group(1)
+            lines.append(line)
+            continue
+        heading = _HEADING.match(line)
+        if heading and len(heading.group(1)) == 1:
+            after_title = True
+            continue  # the README's title: the section heading above replaces it
+        if heading:
+            line = "#" * min(len(heading.group(1)) + 1, 6) + heading.group(2)
+
+        def rewrite(match: re.Match) -> str:
+            bang, label, target, title = match.groups()
+            new_target = _link_target(target, readme, root, page)
+            return label if new_target is None else f"{bang}[{label}]({new_target}{title})"
+
+        lines.append(_LINK.sub(rewrite, line))
+    return lines + [""]

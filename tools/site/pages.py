@@ -11,6 +11,7 @@ from ..bib import entries_to_bibtex
 from ..taxonomy import Node
 from . import markdown as md
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
+from .implementations import design_anchor, package_design_md, package_readme
 
 __all__ = ["paper_md", "node_md", "home_md", "taxonomy_index_md", "papers_table", "reported_table"]
 
@@ -99,7 +100,8 @@ def papers_table(entries: list[Entry], page: str) -> str:
     return md.table(["Year", "Title", "Venue", "arXiv", "Code"], rows, sortable=True)
 
 
-def _implementation_block(node: Node, page: str, module_summaries: dict[str, str]) -> list[str]:
+def _implementation_block(node: Node, page: str, module_summaries: dict[str, str],
+                          designed: tuple[str, ...] = ()) -> list[str]:
     if node.kind == "resource":
         return ["!!! note \"Not a method family\"", f"    {md.text(node.exempt_reason)}", ""]
     if node.children:
@@ -108,7 +110,9 @@ def _implementation_block(node: Node, page: str, module_summaries: dict[str, str
     if node.implementations:
         for module in node.implementations:
             summary = module_summaries.get(module, "")
-            lines.append(f"- {md.link(f'`{module}`', relative(page, module_page(module)))}" + (f": {md.text(summary)}" if summary else ""))
+            link = md.link(f"`{module}`", relative(page, module_page(module)))
+            design = f" ({md.link('design', '#' + design_anchor(module))})" if module in designed else ""
+            lines.append(f"- {link}{design}" + (f": {md.text(summary)}" if summary else ""))
     else:
         lines.append("*Planned: no reference implementation yet.*")
     if node.notebooks:
@@ -149,7 +153,10 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
             rows.append([md.link(md.text(child.name), relative(page, node_page(child))), md.text(child.summary),
                          str(len(site.papers_under(child))), status])
         lines += [f"## {heading}", "", md.table(["Name", "Summary", "Papers", "Implementation"], rows), ""]
-    lines += _implementation_block(node, page, module_summaries)
+    # Method packages with a README.md show it below (their full design).
+    designed = () if node.children or node.kind == "resource" else tuple(
+        module for module in node.implementations if package_readme(site.catalog.root, module))
+    lines += _implementation_block(node, page, module_summaries, designed)
     if results_md:
         lines += ["## Reproduced results", "", results_md, ""]
     if node.findings:
@@ -159,6 +166,8 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:
         lines += ["## Reported by papers", "", "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
+    for module in designed:
+        lines += package_design_md(site.catalog.root, module, page)
     lines += [f"## Papers ({len(under)})", ""]
     if under:
         if node.children or node.level != "family":

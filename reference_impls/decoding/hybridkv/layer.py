@@ -1,69 +1,40 @@
-"""HybridKV: Hybrid KV Cache Compression for Efficient Multimodal Large Language Model Inference.
+"""HybridKV's cache: ragged per-head storage, the retrieval pools of dynamic heads, and the plan over all layers.
 
-A reference implementation of the described method, not a reproduction of the authors' code
-(there is none public, and only the abstract is available to us). The abstract's idea: heads
-of a multimodal model behave differently, so one compression rule for all of them wastes
-budget. HybridKV (1) types every attention head as *static* or *dynamic* by its text-centric
-attention, (2) allocates the KV budget top-down, model -> layers -> heads, and (3) compresses
-static heads by text-prior pruning (text first, then the best visual entries) and serves
-dynamic heads by chunk-wise retrieval: their visual entries are cut into chunks that never
-cross an image boundary, and at every decode step the chunks whose key bounds promise the
-highest attention for the current query are fetched (Quest's bound). Budgets are per KV head,
-stored for real (one tensor per head), and the dynamic heads' pools live in a cold store
-(``memory_mode="offload"``) or stay resident capped at ``pool_cap`` times the budget
-(``memory_mode="resident_pool"``).
-
-Paper: arXiv 2604.05887
-
-Example::
-
-    from reference_impls.decoding.hybridkv import HybridKV
-    method = HybridKV(budget=0.1)
-    with method(model):
-        model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    method.cache.byte_report(), method.cache.plan["static"]
-
-Deviations / guesses (ours, every one a named parameter; see ``shared/design/hybridkv.md``):
-the TCA formula and ``tau = 0.5`` (``typing``, ``tau``, ``rho``, ``tca_exclude_sink``); online
-typing per request by default (``types_source``; offline masks via :func:`calibrate_head_types`);
-SnapKV window scores (``window``, ``window_min``, ``pool_kernel``) feed every stage; the two
-allocation levels with floors ``alpha`` and score normalisation across layers; dynamic heads keep
-text resident and leave room for one chunk (a head whose budget is below ``r + chunk_size``
-can retrieve nothing: chunks are never cut to fit, since smaller chunks cost more metadata);
-``chunk_size = 16``, ``refresh_every = 1``,
-``group_agg = "max"`` from Quest; the ``offload`` default (it matches the survey's reported byte
-ratios, resident mode does not); batch size 1; the whole prefill runs uncompressed and the
-cache is compressed once after it (prefill peak memory is the full cache's).
+:class:`HybridKVCache` runs typing and allocation once every layer's prefill has been scored
+(README §4.0 step 3); :class:`HybridKVLayer` records the window scores during the prefill
+(§4.1), builds each head's storage (§4.4, §4.5 steps 1-4) and, at every decode step, picks the
+chunks of each dynamic head with :func:`~reference_impls.decoding.hybridkv.plan.chunk_upper_bounds`
+and :func:`~reference_impls.decoding.hybridkv.plan.select_chunks_batched` (§4.5 step 5) and
+attends exactly over resident plus retrieved entries (§4.7). The configuration lives in
+:class:`reference_impls.decoding.hybridkv.HybridKV`; everything here is run state of one request.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from reference_impls.decoding.cache import CompressedCache, KVCacheMethod, RaggedLayer, attend, flat_attention
-from reference_impls.decoding.hybridkv_plan import (
+from reference_impls.decoding.cache import CompressedCache, RaggedLayer, attend, flat_attention
+from reference_impls.decoding.hybridkv.plan import (
+    chunk_upper_bounds,
     dynamic_split,
     hierarchical_budgets,
     load_head_types,
     make_chunks,
     mean_budget,
     reserved_positions,
-    save_head_types,
     select_chunks_batched,
     static_order,
     text_centric_attention,
     type_heads,
 )
 from reference_impls.decoding.kv_scores import merge_evicted, pooled_scores, window_attention
-from reference_impls.registry import register
 
-__all__ = ["HybridKV", "HybridKVLayer", "HybridKVCache", "calibrate_head_types"]
+if TYPE_CHECKING:
+    from reference_impls.decoding.hybridkv import HybridKV
 
-log = logging.getLogger(__name__)
+__all__ = ["HybridKVLayer", "HybridKVCache", "attend_two"]
 
 
 def attend_two(query: torch.Tensor, retrieved: tuple[torch.Tensor, torch.Tensor], resident: tuple[torch.Tensor, torch.Tensor], scaling: float, n_new: int) -> torch.Tensor:
@@ -94,7 +65,7 @@ def attend_two(query: torch.Tensor, retrieved: tuple[torch.Tensor, torch.Tensor]
 class HybridKVLayer(RaggedLayer):
     """Ragged per-head storage plus, for dynamic heads, a chunked retrieval pool."""
 
-    def __init__(self, layer_idx: int, method: "HybridKV"):
+    def __init__(self, layer_idx: int, method: HybridKV):
         super().__init__(layer_idx, method)
         self.scores: torch.Tensor | None = None  # (H, N) window scores, dropped after finalisation
         self.tca: torch.Tensor | None = None  # (H,)
@@ -172,12 +143,11 @@ class HybridKVLayer(RaggedLayer):
         self.dynamic = list(heads)
         self.chunk_start = torch.zeros(len(heads), c_max, dtype=torch.int32, device=device)
         self.chunk_len = torch.zeros_like(self.chunk_start)
-        # Stored channel-major, (Hd, D, C_max), ready for the bound's matrix products.
-        self.chunk_kmin = torch.zeros(len(heads), d, c_max, dtype=dtype, device=device)
+        self.chunk_kmin = torch.zeros(len(heads), c_max, d, dtype=dtype, device=device)  # (Hd, C_max, D)
         self.chunk_kmax = torch.zeros_like(self.chunk_kmin)
         for i, (s, n, lo, hi) in enumerate(zip(starts, lengths, kmins, kmaxs)):
             self.chunk_start[i, : len(s)], self.chunk_len[i, : len(s)] = s, n
-            self.chunk_kmin[i, :, : len(s)], self.chunk_kmax[i, :, : len(s)] = lo.T, hi.T
+            self.chunk_kmin[i, : len(s)], self.chunk_kmax[i, : len(s)] = lo, hi
         self._chunks = []
         self._rooms = torch.tensor([self.budgets[h] - self.resident_prompt(h) for h in heads])
         # One flat cold store per layer, so each step gathers every head's chunks in one indexing op;
@@ -197,11 +167,8 @@ class HybridKVLayer(RaggedLayer):
         """Chunk choice of every dynamic head for this step (§4.5 step 5), batched over heads."""
         n_heads = len(self.head_keys)
         q = query[0].reshape(n_heads, -1, query.shape[2], query.shape[3])[self.dynamic]  # (Hd, G, q, D)
-        q = q.reshape(len(self.dynamic), -1, q.shape[-1]).float()  # (Hd, Gq, D)
-        # sum_d max(q kmin, q kmax) = q+ . kmax + q- . kmin: two batched matmuls instead of a (Hd, Gq, C, D) tensor.
-        u = q.clamp(min=0) @ self.chunk_kmax.float() + q.clamp(max=0) @ self.chunk_kmin.float()  # (Hd, Gq, C)
-        u = u.max(1).values if self.method.group_agg == "max" else u.mean(1)
-        u = u.masked_fill(self.chunk_len == 0, float("-inf"))
+        u = chunk_upper_bounds(q, self.chunk_kmin, self.chunk_kmax, self.method.group_agg)  # (Hd, C_max)
+        u = u.masked_fill(self.chunk_len == 0, float("-inf"))  # padding chunks are never chosen
         self.selection = select_chunks_batched(u, self.chunk_len, self._rooms)
 
     def _retrieve_all(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -320,97 +287,3 @@ class HybridKVCache(CompressedCache):
                      "b": b, "r": r, "n": n, "effective_ratio": b / n}
         for l, layer in enumerate(self.layers):
             layer.finalize(static[l], budgets[l])
-
-
-@register("hybridkv", family="kv-head-level", kind="kv-cache")
-@dataclass
-class HybridKV(KVCacheMethod):
-    """HybridKV configuration (defaults: ``shared/design/hybridkv.md`` §5; all but ``budget`` are ours).
-
-    Args:
-        budget: float = ratio beta of the prompt length, int = absolute mean entries per KV head.
-        n_sink, window, window_min: reserved sinks and observation window (kept in every head).
-        pool_kernel: smoothing of the window scores.
-        typing: ``"threshold"`` (TCA >= tau is static), ``"rank"`` (lowest rho dynamic),
-            ``"all_static"``, ``"all_dynamic"``.
-        tau, rho: typing thresholds. tca_exclude_sink: sinks leave the TCA ratio.
-        types_source: ``"online"`` (per request) or ``"offline"`` (``types_path`` JSON mask).
-        alpha: floor fraction of the layer and head allocations. full_layers: layers kept whole.
-        chunk_size, refresh_every, group_agg: retrieval granularity, cadence, GQA aggregation.
-        memory_mode: ``"offload"`` (pools in a cold store) or ``"resident_pool"`` (pools resident,
-            capped at ``pool_cap`` times the head budget; ``None`` keeps them whole, Quest-like).
-        merge_evicted: LOOK-M-style merging of evicted visual entries in static heads.
-        static_max_generated: cap on generated entries in static heads (None: no cap).
-    """
-
-    budget: float | int = 0.1
-    n_sink: int = 4
-    window: int = 32
-    window_min: int = 8
-    pool_kernel: int = 7
-    typing: str = "threshold"
-    tau: float = 0.5
-    rho: float = 0.25
-    tca_exclude_sink: bool = True
-    types_source: str = "online"
-    types_path: str | None = None
-    alpha: float = 0.2
-    full_layers: tuple[int, ...] = field(default_factory=tuple)
-    chunk_size: int = 16
-    refresh_every: int = 1
-    group_agg: str = "max"
-    memory_mode: str = "offload"
-    pool_cap: int | None = 4
-    merge_evicted: bool = False
-    static_max_generated: int | None = None
-
-    def __post_init__(self):
-        if self.typing not in ("threshold", "rank", "all_static", "all_dynamic"):
-            raise ValueError(f"unknown typing {self.typing!r}")
-        if self.types_source not in ("online", "offline") or (self.types_source == "offline" and not self.types_path):
-            raise ValueError("types_source must be 'online' or 'offline' (the latter with types_path)")
-        if self.memory_mode not in ("offload", "resident_pool"):
-            raise ValueError(f"memory_mode must be 'offload' or 'resident_pool', got {self.memory_mode!r}")
-        if self.group_agg not in ("max", "mean"):
-            raise ValueError(f"group_agg must be 'max' or 'mean', got {self.group_agg!r}")
-        if not 0 <= self.alpha <= 1 or not 0 <= self.tau <= 1 or not 0 <= self.rho <= 1:
-            raise ValueError("alpha, tau and rho must lie in [0, 1]")
-        if self.chunk_size < 1 or self.refresh_every < 1 or self.window < 1:
-            raise ValueError("chunk_size, refresh_every and window must be >= 1")
-
-    layer_class = HybridKVLayer
-
-    def cache_class(self):
-        return HybridKVCache
-
-    def make_cache(self, model, input_ids=None, mm_token_type_ids=None):
-        if input_ids is None and mm_token_type_ids is None:
-            raise ValueError("HybridKV needs the prompt's input_ids (or mm_token_type_ids) to find text and visual positions")
-        return super().make_cache(model, input_ids, mm_token_type_ids)
-
-
-@torch.no_grad()
-def calibrate_head_types(model, samples: list[dict], method: HybridKV, path: str | Path | None = None, *, model_id: str = "", calibration: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Offline typing: mean TCA over calibration prompts, thresholded/ranked as ``method`` says.
-
-    Args:
-        model: a Qwen2.5-VL model.
-        samples: model inputs (batch 1 each, with ``input_ids`` and ``mm_token_type_ids``).
-        method: supplies window, sinks and typing parameters.
-        path: where to write the JSON mask (optional).
-
-    Returns:
-        ``(tca (L, H), static (L, H))``.
-    """
-    tcas = []
-    probe = HybridKV(**{**method.__dict__, "types_source": "online", "types_path": None})
-    with probe(model):
-        for inputs in samples:
-            cache = probe.make_cache(model, inputs["input_ids"], inputs.get("mm_token_type_ids"))
-            model(**inputs, cache=cache, use_cache=True)
-            tcas.append(cache.plan["tca"])
-    tca = torch.stack(tcas).mean(0)
-    static = type_heads(tca, method.typing, method.tau, method.rho)
-    if path is not None:
-        save_head_types(path, tca, static, model_id=model_id, tau=method.tau, calibration=calibration or f"{len(samples)} prompts")
-    return tca, static

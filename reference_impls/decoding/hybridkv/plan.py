@@ -1,10 +1,11 @@
 """HybridKV's pure tensor functions: head typing, top-down allocation, text-prior order, chunks.
 
-No model code here; :mod:`reference_impls.decoding.hybridkv` calls these from its cache layer and
-the tests call them directly. Section numbers refer to ``shared/design/hybridkv.md``. Every
-formula below beyond "typing by text-centric attention, top-down allocation, text-prior pruning
-for static heads, chunk-wise retrieval for dynamic heads" (the paper's abstract, arXiv
-2604.05887) is our reconstruction.
+No model code here (ToMe-style): :mod:`reference_impls.decoding.hybridkv.layer` calls these from
+its cache layer and the tests call them directly. A mark such as "§4.5" names the numbered
+section of this package's ``README.md`` that specifies the function. Every formula below beyond
+"typing by text-centric attention, top-down allocation, text-prior pruning for static heads,
+chunk-wise retrieval for dynamic heads" (the paper's abstract, arXiv 2604.05887) is our
+reconstruction (README §2 and §5 say which is which).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -20,6 +22,8 @@ from reference_impls.decoding.cache import PromptLayout
 from reference_impls.decoding.kv_scores import allocate_with_floor
 
 __all__ = [
+    "HeadTyping",
+    "GroupAgg",
     "Positions",
     "reserved_positions",
     "text_centric_attention",
@@ -37,6 +41,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+HeadTyping = Literal["threshold", "rank", "all_static", "all_dynamic"]
+"""How heads are typed static/dynamic (§4.2); the last two are ablations."""
+GroupAgg = Literal["max", "mean"]
+"""How the chunk bounds of a KV head's query heads are combined (§4.5)."""
 
 
 @dataclass
@@ -108,7 +117,7 @@ def text_centric_attention(attn: torch.Tensor, rows: torch.Tensor, pos: Position
     return (num / den).mean(-1)
 
 
-def type_heads(tca: torch.Tensor, mode: str = "threshold", tau: float = 0.5, rho: float = 0.25) -> torch.Tensor:
+def type_heads(tca: torch.Tensor, mode: HeadTyping = "threshold", tau: float = 0.5, rho: float = 0.25) -> torch.Tensor:
     """``(L, H)`` bool, True = static (§4.2).
 
     ``"threshold"``: static iff TCA >= tau. ``"rank"``: the ``round(rho * L * H)`` heads with the
@@ -256,21 +265,25 @@ def make_chunks(positions: torch.Tensor, segment: torch.Tensor, chunk_size: int,
     return torch.tensor(starts, dtype=torch.int32), torch.tensor(lengths, dtype=torch.int32)
 
 
-def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, group_agg: str = "max") -> torch.Tensor:
+def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor,
+                       group_agg: GroupAgg = "max") -> torch.Tensor:
     """Quest bound ``u_c = agg_g sum_d max(q_gd kmin_cd, q_gd kmax_cd)`` (§4.5 step 5).
 
+    Any leading dimensions (e.g. the dynamic heads of a layer) are batch dimensions.
+
     Args:
-        query: ``(G, q, D)`` the query heads of one KV head (post-RoPE).
-        kmin, kmax: ``(n_chunks, D)``.
+        query: ``(..., G, q, D)`` the query heads of each KV head (post-RoPE).
+        kmin, kmax: ``(..., n_chunks, D)`` channel-wise minimum and maximum key of each chunk.
         group_agg: ``"max"`` or ``"mean"`` over the ``G * q`` query rows.
 
     Returns:
-        ``(n_chunks,)``; ``u_c >= q . k`` for every key of chunk ``c`` and every query row (max).
+        ``(..., n_chunks)``; with ``"max"``, ``u_c >= q . k`` for every key of chunk ``c`` and
+        every query row.
     """
-    q = query.reshape(-1, query.shape[-1]).float()  # (Gq, D)
+    q = query.flatten(-3, -2).float()  # (..., Gq, D)
     # max(q kmin, q kmax) per channel = q+ kmax + q- kmin, so the bound is two matrix products.
-    u = q.clamp(min=0) @ kmax.float().T + q.clamp(max=0) @ kmin.float().T  # (Gq, n_chunks)
-    return u.max(0).values if group_agg == "max" else u.mean(0)
+    u = q.clamp(min=0) @ kmax.float().transpose(-1, -2) + q.clamp(max=0) @ kmin.float().transpose(-1, -2)  # (.., Gq, C)
+    return u.amax(-2) if group_agg == "max" else u.mean(-2)
 
 
 def select_chunks(bounds: torch.Tensor, lengths: torch.Tensor, room: int) -> torch.Tensor:
