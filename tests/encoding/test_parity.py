@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from reference_impls.common.visual_tokens import keep_count
+from reference_impls.encoding._base import Item
 from reference_impls.encoding.pooling import pool_tokens
-from reference_impls.encoding.prumerge import iqr_outliers, prumerge_merge, prumerge_select
+from reference_impls.encoding.prumerge import PruMerge, distinctiveness, prumerge_merge, prumerge_select
 from reference_impls.encoding.temporal_merging import temporal_pool
-from reference_impls.encoding.tome import bipartite_soft_matching, tome_reduce
+from reference_impls.encoding.tome import ToMe, bipartite_soft_matching, tome_reduce
 from reference_impls.encoding.visionzip import received_attention, visionzip_reduce, visionzip_split
 
 SEEDS = range(20)
@@ -54,7 +55,8 @@ def upstream_tome_round(x, size, index, r):
 def test_tome_matches_upstream_over_several_rounds(seed):
     g = torch.Generator().manual_seed(seed)
     n = int(torch.randint(16, 120, (1,), generator=g))
-    keep = int(torch.randint(1, n // 2, (1,), generator=g))  # below half: several rounds
+    budget = float(torch.empty(1).uniform_(0.02, 0.5, generator=g))  # below half: several rounds
+    keep = keep_count(n, budget)
     x = torch.randn(n, 12, generator=g, dtype=torch.float64)
     ux, usize, uindex = x, torch.ones(n, dtype=torch.float64), torch.arange(n)
     while ux.shape[0] > keep:
@@ -64,6 +66,8 @@ def test_tome_matches_upstream_over_several_rounds(seed):
     assert torch.equal(rep, uindex[order])
     torch.testing.assert_close(size.double(), usize[order])
     torch.testing.assert_close(merged, ux[order])
+    method_features, method_rep = ToMe(budget=budget).reduce_item(Item(x, (1, 1, n), "image", 0, 0))
+    assert torch.equal(method_rep, rep) and torch.equal(method_features, merged)  # the method's default
 
 
 def test_tome_single_round_keeps_upstream_row_order():
@@ -182,14 +186,23 @@ def test_prumerge_matches_upstream(seed):
     torch.testing.assert_close(by_rep[int(pruned[-1])], extra)
 
 
-def test_prumerge_budget_counts_the_extra_token():
-    from reference_impls.encoding._base import Item
-    from reference_impls.encoding.prumerge import PruMerge
-
-    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
-    features, rep = PruMerge(budget=0.25).reduce_item(Item(x, (1, 8, 8), "image", 0, 0))
-    assert features.shape == (keep_count(64, 0.25), 8) == (rep.numel(), 8)
-    assert iqr_outliers(torch.ones(4)).sum() == 0
+@pytest.mark.parametrize("seed", range(5))
+def test_prumerge_method_default_applies_the_upstream_merge(seed):
+    # adaptive count as upstream; the score (ours: distinctiveness, normalised to sum 1) stands
+    # in for the CLS attention and the features for the keys
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(100, 8, generator=g, dtype=torch.float64)
+    x[torch.randperm(100, generator=g)[:5]] *= 4.0  # a few distinctive tokens
+    weights = distinctiveness(x) / distinctiveness(x).sum()
+    kept_up, updated, extra, pruned = upstream_prumerge(x, weights, x)
+    features, rep = PruMerge(adaptive=True).reduce_item(Item(x, (1, 10, 10), "image", 0, 0))
+    assert rep.tolist() == sorted(kept_up.tolist() + [int(pruned[-1])])
+    by_rep = dict(zip(rep.tolist(), features))
+    for i, row in zip(kept_up.tolist(), updated):
+        torch.testing.assert_close(by_rep[i], row)
+    torch.testing.assert_close(by_rep[int(pruned[-1])], extra)
+    features, rep = PruMerge(budget=0.25).reduce_item(Item(x, (1, 10, 10), "image", 0, 0))
+    assert features.shape == (keep_count(100, 0.25), 8) == (rep.numel(), 8)  # the extra token included
 
 
 # --- Projector pooling (DeCo) -----------------------------------------------------------------
