@@ -16,10 +16,19 @@ import torch.nn.functional as F
 from reference_impls.common.visual_tokens import keep_count
 from reference_impls.encoding._base import Item
 from reference_impls.encoding.pooling import pool_tokens
-from reference_impls.encoding.prumerge import PruMerge, distinctiveness, prumerge_merge, prumerge_select
+from reference_impls.encoding.prumerge import (
+    PruMerge,
+    distinctiveness,
+    prumerge_merge,
+    prumerge_select,
+)
 from reference_impls.encoding.temporal_merging import temporal_pool
 from reference_impls.encoding.tome import ToMe, bipartite_soft_matching, tome_reduce
-from reference_impls.encoding.visionzip import received_attention, visionzip_reduce, visionzip_split
+from reference_impls.encoding.visionzip import (
+    received_attention,
+    visionzip_reduce,
+    visionzip_split,
+)
 
 SEEDS = range(20)
 
@@ -72,8 +81,8 @@ def test_tome_matches_upstream_over_several_rounds(seed):
 
 def test_tome_single_round_keeps_upstream_row_order():
     x = torch.randn(21, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ux, usize, uindex = upstream_tome_round(x, torch.ones(21, dtype=torch.float64), torch.arange(21), 7)
-    merged, size, rep = bipartite_soft_matching(x, torch.ones(21, dtype=torch.float64), torch.arange(21), 7)
+    ux, _, uindex = upstream_tome_round(x, torch.ones(21, dtype=torch.float64), torch.arange(21), 7)
+    merged, _, rep = bipartite_soft_matching(x, torch.ones(21, dtype=torch.float64), torch.arange(21), 7)
     assert torch.equal(rep, uindex)
     torch.testing.assert_close(merged, ux)
 
