@@ -5,8 +5,10 @@
 # language model. ToMe merges the most similar token pairs (bipartite soft matching,
 # size-weighted means) until the budget is met; PruMerge keeps the outliers of an importance
 # score (here the distance of a token's feature from the image mean), fills the budget with
-# evenly spaced tokens and folds every dropped token into its most similar kept one. Merged
-# tokens sit at the position of one of the tokens they replace. Compared with random pruning.
+# evenly spaced tokens, adds to every kept token its 32 most similar tokens weighted by their
+# score (unnormalised, as the authors' code) and appends one extra token, the score-weighted sum
+# of the dropped tokens. Merged tokens sit at the position of one of the tokens they replace.
+# Compared with random pruning.
 
 # %%
 import os
@@ -33,7 +35,8 @@ plot_sweep(rows, "ToMe / PruMerge vs random pruning (ToyVLM)")
 plt.show()
 
 # %% [markdown]
-# PruMerge's own (adaptive) token count: only the IQR outliers of each image survive.
+# PruMerge's own (adaptive) token count: only the IQR outliers of each image survive (plus the
+# extra token).
 
 # %%
 method = PruMerge(adaptive=True)

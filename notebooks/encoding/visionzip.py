@@ -4,8 +4,9 @@
 # Qwen2.5-VL has no class token, so a merged token's importance is the attention its patches
 # receive in the last full-attention vision block. VisionZip keeps the most attended tokens
 # (dominant) and merges the rest into a few contextual tokens grouped by key similarity
-# (54:10 split of the kept tokens, as in the paper's 64-token setting). Compared with random
-# pruning at the same budgets.
+# (54:10 split of the kept tokens, as in the paper's 64-token setting): a contextual token is
+# its target plus the mean of the tokens assigned to it, as in the authors' code. Compared with
+# random pruning at the same budgets.
 
 # %%
 import os

@@ -8,6 +8,8 @@ shows it next to the method.
 
 Paper: none (a baseline, not a published method).
 
+Upstream: none (a baseline); ``random_keep`` is a uniform draw without replacement.
+
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl(); inputs = tiny_inputs(model)

@@ -12,6 +12,10 @@ and re-encode it with the vision tower.
 
 Papers: arXiv 2510.19496 (CARES), arXiv 2507.13348 (VisionThink), arXiv 2510.12793 (ViCO).
 
+Upstream: none followed. The edge-density rule is our reconstruction of the family's idea, not
+any paper's selector (HiRED-style methods, which split a token budget across image partitions by
+CLS attention, are a different rule); so there is no parity test.
+
 Examples:
     >>> import torch
     >>> from reference_impls.encoding.adaptive_resolution import choose_grid, edge_density

@@ -12,6 +12,9 @@ only the kept frames (Qwen2.5-VL attends within a frame, so their features are u
 Papers (the family, not reproduced): arXiv 2407.03104 (KeyVideoLLM), arXiv 2506.22139 (Q-Frame),
 arXiv 2510.27280 (FOCUS), arXiv 2602.03615 (KTV).
 
+Upstream: none followed: greedy max-min is our generic reconstruction (see Deviations), so there is
+no parity test; ``tests/encoding/test_pure.py`` checks the rule on constructed frames.
+
 Examples:
     >>> import torch
     >>> from reference_impls.encoding.keyframes import select_keyframes

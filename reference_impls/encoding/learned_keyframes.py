@@ -17,6 +17,9 @@ Paper: arXiv 2410.03226 (Frame-Voyager). Same family, not reproduced: "SeViLA: S
 image-language model for video localization" and "M-LLM based video frame selection for
 efficient video understanding".
 
+Upstream: none public that we could read (no Frame-Voyager code in our index); the scorer and its
+training are our reconstruction of the paper's supervision idea, so there is no parity test.
+
 Examples:
     >>> import torch
     >>> from reference_impls.encoding.learned_keyframes import FrameScorer, rank_frames

@@ -12,6 +12,10 @@ video frame), with the pooled grid chosen from the budget.
 Papers: arXiv 2405.20985 (DeCo), arXiv 2402.03766 (MobileVLM V2, LDP), arXiv 2312.06742
 (Honeybee), arXiv 2502.13923 (Qwen2.5-VL, the 2x2 merger).
 
+Upstream: yaolinli/DeCo README.md @ 103416e7fc9106205712152252245fe3f1979ad7 (``AvgPoolProjector``,
+the only public DeCo code: ``nn.AdaptiveAvgPool2d`` over the row-major patch grid). Our pooling is
+the same operation per image and frame (parity test in ``tests/encoding/test_parity.py``).
+
 Examples:
     >>> import torch
     >>> from reference_impls.encoding.pooling import pool_tokens, pooled_grid
@@ -33,6 +37,10 @@ Examples:
 Deviations / guesses:
     - The papers train their projector with the pooling in place; we pool the features of a
       model trained without it (the training-free use of the idea), so accuracy drops sooner.
+    - Where: DeCo pools the ViT patch features before its MLP projector; Qwen2.5-VL's projector
+      is the 2x2 merger, so we pool its outputs (the merged tokens).
+    - Grid: DeCo pools a square grid to a square ``sqrt(query_num)`` side; we shrink both sides
+      of any grid by the budget (next item).
     - Budget to grid: each side shrinks by ``sqrt(budget)``, rounded half up, at least 1 (see
       :func:`pooled_grid`); when the sides do not divide, the windows of
       ``adaptive_avg_pool2d`` overlap by one token.

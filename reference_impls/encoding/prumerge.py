@@ -4,11 +4,18 @@ PruMerge observes that a CLIP encoder's class-token attention over the patches i
 patches get far more attention than the rest. It keeps those patches, found adaptively as the
 *outliers* of the score distribution by the interquartile-range rule (score above
 ``Q3 + 1.5 * IQR``), so a simple image keeps fewer tokens than a busy one. The pruned patches are
-not thrown away: each kept token absorbs its most similar pruned neighbours (key similarity),
-weighted by their scores, so their information survives in a shorter sequence. PruMerge+ adds
-spatially uniform samples to the outliers to recover accuracy at a larger token count.
+not thrown away: each kept token ``i`` adds its ``k = 32`` most similar other tokens (key cosine
+similarity, kept or pruned), weighted by their attention and *not normalised*:
+``x_i + sum_j a_j x_j``; one extra token, the attention-weighted sum of all pruned tokens
+``sum_pruned a_j x_j``, is appended after the kept ones. PruMerge+ adds spatially uniform samples
+to the outliers to recover accuracy at a larger token count.
 
-Paper: arXiv 2403.15388 (public code: Unicorn-3965/LLaVA-PruMerge).
+Paper: arXiv 2403.15388.
+
+Upstream: 42Shawn/LLaVA-PruMerge ``llava/model/multimodal_encoder/clip_encoder.py``
+(``token_prune_merge_advanced``, the one ``forward`` calls) @
+1ca8b2baa21b3614a8f1672c781b15af573f5b13. The parity test in ``tests/encoding/test_parity.py``
+re-implements its selection and merge.
 
 Examples:
     >>> import torch
@@ -17,22 +24,30 @@ Examples:
     [4]
 
     With a model: ``with PruMerge(budget=0.25)(model): model.generate(**inputs)``;
-    ``PruMerge(adaptive=True)`` keeps only the outliers of each image.
+    ``PruMerge(adaptive=True)`` keeps only the outliers (plus the extra token) of each image.
 
 Deviations / guesses:
     - Score: Qwen2.5-VL has no class token, and this family is the attention-agnostic one, so the
       default score is how far a token's feature lies from the image's mean feature (L2 distance);
       ``score="attention"`` uses the attention a token receives in the last full-attention vision
       block instead (the VisionZip score, closer to the paper's CLS attention).
-    - Budget: the registry's visual-token interface fixes a budget, so the kept count per image
-      is exactly ``keep_count(n, budget)`` (``round(n * budget)``, at least 1): the IQR outliers
-      in score order first (cut to the budget when there are more), then, as in PruMerge+,
-      evenly spaced samples (raster order) among the other tokens to fill it.
-      ``adaptive=True`` keeps only the outliers (the paper's adaptive count, at least one token).
-    - Merge: every pruned token goes to its single most similar kept token (cosine of the
-      post-merger features) and the kept token becomes the score-weighted mean of itself and its
-      assigned tokens; the paper updates each kept token from its k nearest neighbours instead.
-    - Applied to the post-merger features in raster order; a kept token keeps its own position.
+    - Merge weights: upstream weighs the neighbours by CLS attention, a distribution over the
+      patches; we normalise the score to sum to 1 over the item, which leaves the attention score
+      of an image unchanged and gives the distinctiveness score the same scale.
+    - Similarity: upstream compares the keys of the attention layer; with ``score="attention"`` we
+      use the head-averaged keys of the last full-attention block, with the default score the
+      post-merger features themselves (the attention-free family has no keys). ``neighbours``
+      (default 32, as upstream) is capped at the item's other tokens.
+    - Budget: the registry's visual-token interface fixes a budget, so the token count per image
+      is exactly ``keep_count(n, budget)`` (``round(n * budget)``, at least 1), the extra token
+      included: the IQR outliers in score order first (cut to the budget when there are more),
+      then, as in PruMerge+, evenly spaced samples (raster order) among the other tokens to fill
+      it (PruMerge+'s own stride, ``int(int(1 / ratio) / 3)`` over 575 patches, does not fix the
+      count). ``adaptive=True`` keeps only the outliers (the paper's adaptive count, at least
+      one token) plus the extra token, as upstream's default.
+    - Positions: a kept token keeps its own 3-D position; the extra token, which upstream appends
+      after the image's tokens, takes the position of the last pruned token in raster order (our
+      choice). ``extra_token=False`` leaves it out (one more kept token instead).
 """
 
 from __future__ import annotations
@@ -48,7 +63,7 @@ from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.encoding.visionzip import AttentionRecorder
 from reference_impls.registry import register
 
-__all__ = ["iqr_outliers", "distinctiveness", "prumerge_select", "merge_into_kept", "PruMerge"]
+__all__ = ["iqr_outliers", "distinctiveness", "prumerge_select", "prumerge_merge", "PruMerge"]
 
 
 def iqr_outliers(scores: torch.Tensor) -> torch.Tensor:
@@ -92,46 +107,60 @@ def prumerge_select(scores: torch.Tensor, keep: int | None) -> torch.Tensor:
     return chosen.sort().values
 
 
-def merge_into_kept(x: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Fold every pruned row of ``x`` into its most similar kept row (weighted mean).
+def prumerge_merge(
+    x: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor, metric: torch.Tensor, neighbours: int = 32,
+    extra_token: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PruMerge's merge: every kept row adds its nearest neighbours, weighted; plus one extra row.
 
     Args:
         x: ``(N, D)`` features.
-        kept: ``(K,)`` indices of the kept rows.
-        weights: ``(N,)`` positive weight of every row in the means.
+        kept: ``(K,)`` indices of the kept rows, ascending.
+        weights: ``(N,)`` weight of every row (upstream: CLS attention).
+        metric: ``(N, Dm)`` vectors whose cosine similarity picks the neighbours (upstream: keys).
+        neighbours: ``k``, capped at ``N - 1``.
+        extra_token: append ``sum_pruned w_j x_j`` (when any row is pruned).
 
     Returns:
-        ``(K, D)``: kept row ``j`` becomes ``sum_i w_i x_i / sum_i w_i`` over itself and the pruned
-        rows assigned to it.
+        features ``(K, D)`` (or ``(K + 1, D)``) and their representative indices, ascending: kept
+        row ``i`` becomes ``x_i + sum_{j in kNN(i)} w_j x_j`` over the other ``N - 1`` rows (original
+        features, unnormalised); the extra row takes the index of the last pruned row.
     """
     n = x.shape[0]
+    xf, w = x.float(), weights.float()
+    normed = F.normalize(metric.float(), dim=-1)
+    similarity = normed[kept] @ normed.T  # (K, N)
+    similarity[torch.arange(kept.numel(), device=x.device), kept] = -torch.inf  # a row is not its own neighbour
+    nearest = similarity.topk(min(neighbours, n - 1), dim=-1).indices  # (K, k)
+    feats = xf[kept] + (w[nearest, None] * xf[nearest]).sum(dim=1)  # (K, D)
+    rep = kept
     pruned_mask = torch.ones(n, dtype=torch.bool, device=x.device)
     pruned_mask[kept] = False
     pruned = pruned_mask.nonzero().flatten()
-    w = weights.float().clamp_min(1e-6)
-    mass = x[kept].float() * w[kept, None]  # (K, D)
-    total = w[kept].clone()  # (K,)
-    if pruned.numel():
-        similarity = F.normalize(x[pruned].float(), dim=-1) @ F.normalize(x[kept].float(), dim=-1).T  # (P, K)
-        target = similarity.argmax(dim=-1)
-        mass = mass.index_add(0, target, x[pruned].float() * w[pruned, None])
-        total = total.index_add(0, target, w[pruned])
-    return (mass / total[:, None]).to(x.dtype)
+    if extra_token and pruned.numel():
+        extra = (w[pruned, None] * xf[pruned]).sum(dim=0, keepdim=True)  # (1, D)
+        feats, rep = torch.cat([feats, extra]), torch.cat([kept, pruned[-1:]])
+    order = rep.argsort()
+    return feats[order].to(x.dtype), rep[order]
 
 
 @register("prumerge", family="encoding-compression-attention-agnostic", kind="visual-token")
 @dataclass
 class PruMerge(EncodingMethod):
-    """IQR-outlier selection plus score-weighted merging, per image (and per video).
+    """IQR-outlier selection plus PruMerge's k-NN merge and extra token, per image (and per video).
 
     Attributes:
         score: ``"distinctiveness"`` (attention-free, default) or ``"attention"`` (attention
             received in the last full-attention vision block).
         adaptive: keep only the IQR outliers (ignores ``budget``).
+        neighbours: tokens each kept token absorbs (upstream: 32).
+        extra_token: add upstream's extra token (attention-weighted sum of the pruned tokens).
     """
 
     score: str = "distinctiveness"
     adaptive: bool = False
+    neighbours: int = 32
+    extra_token: bool = True
     _recorder: AttentionRecorder | None = field(default=None, init=False, repr=False, compare=False)
 
     def install(self, model, stack: ExitStack) -> None:
@@ -151,8 +180,10 @@ class PruMerge(EncodingMethod):
         if keep == item.count:
             return keep_all(item)
         if self._recorder is not None:
-            scores = self._recorder.item_scores(item)[0]
+            scores, metric = self._recorder.item_scores(item)
         else:
-            scores = distinctiveness(item.features)
-        kept = prumerge_select(scores, keep)
-        return merge_into_kept(item.features, kept, scores), kept
+            scores, metric = distinctiveness(item.features), item.features
+        extra = self.extra_token and (keep is None or keep > 1)  # the extra token takes one of the `keep` slots
+        kept = prumerge_select(scores, keep if keep is None or not extra else keep - 1)
+        weights = scores.float() / scores.float().sum().clamp_min(1e-12)  # a distribution, like CLS attention
+        return prumerge_merge(item.features, kept, weights, metric, self.neighbours, extra)

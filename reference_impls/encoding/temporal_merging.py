@@ -19,6 +19,13 @@ tokens, with a spatial position's token compared only with the same position in 
 Papers (the family, none reproduced): arXiv 2306.05424 (Video-ChatGPT), arXiv 2409.01156
 (TempMe), arXiv 2503.04130 (Token-Efficient Long Video Understanding for Multimodal LLMs).
 
+Upstream: none public for the default ``mode="merge"`` (our reconstruction, no parity test).
+``mode="pool"`` with ``window`` = the clip length computes Video-ChatGPT's "spatial tokens" (the
+mean over frames of every position), mbzuai-oryx/Video-ChatGPT ``video_chatgpt/inference.py``
+(``get_spatio_temporal_features_torch``) @ 69ea1db32aa8a6406620e615f227754f0f967c08, checked in
+``tests/encoding/test_parity.py``; Video-ChatGPT's other half, one spatial-mean token per frame,
+is not produced.
+
 Examples:
     >>> import torch
     >>> from reference_impls.encoding.temporal_merging import temporal_merge, temporal_pool

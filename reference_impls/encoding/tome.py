@@ -8,7 +8,13 @@ stands for several patches weighs more. Repeated after every block, this shrinks
 gradually. Here we apply it once, to the post-merger features of each image in raster order, as
 a training-free reduction of the visual tokens the language model reads.
 
-Paper: arXiv 2210.09461 (public code: facebookresearch/ToMe).
+Paper: arXiv 2210.09461.
+
+Upstream: facebookresearch/ToMe ``tome/merge.py`` (``bipartite_soft_matching``, ``merge_wavg``),
+read in the fork AdityaKane2001/ToMe @ 2417da520a437d13345c19ebd8b748cfa6683e08, whose two
+functions are unchanged (the upstream repository's copy of this file is not in our index). Our
+rounds reproduce it exactly, including the order of the rows between rounds; the parity test in
+``tests/encoding/test_parity.py`` re-implements it.
 
 Examples:
     >>> import torch
@@ -29,7 +35,12 @@ Deviations / guesses:
     - Metric: ToMe uses the head-averaged keys of the block; after the merger there are no keys,
       so we use the cosine similarity of the merged features themselves.
     - Schedule: one bipartite round removes at most half of the tokens, so for budgets below 0.5
-      we run several rounds on the shrinking set (each round as in the paper).
+      we run several rounds on the shrinking set (each round as upstream). Between rounds the
+      rows stay in upstream's order, ``cat([unmerged A, B])`` (unmerged A rows by decreasing
+      similarity), so round 2 onwards splits A/B exactly as ToMe's next block would; only the
+      final rows are sorted by representative (the language model's positions need that).
+      ``sort_between_rounds=True`` re-sorts after every round instead (raster-order A/B split in
+      every round; our behaviour before the parity check, off by default).
     - Proportional attention (adding log(size) to the attention logits) is not applied in the
       language model; the sizes are returned for anyone who wants to.
     - Position: a merged token takes the 3-D position of its B (destination) token, i.e. of one
@@ -59,10 +70,11 @@ def bipartite_soft_matching(
         x: ``(N, D)`` token features; A = even rows, B = odd rows (alternating, ToMe's split).
         size: ``(N,)`` how many original tokens each row stands for.
         rep: ``(N,)`` representative original index of each row (merged rows keep B's).
-        r: number of merges, clipped to ``len(A)``.
+        r: number of merges, clipped to ``N // 2`` (as upstream).
 
     Returns:
-        ``(x, size, rep)`` with ``N - r`` rows, in the order of ``rep`` (ascending).
+        ``(x, size, rep)`` with ``N - r`` rows in upstream's order: the unmerged A rows (by
+        decreasing similarity to their best B row), then all B rows.
     """
     a, b = x[0::2], x[1::2]  # (Na, D), (Nb, D)
     r = min(r, a.shape[0], b.shape[0]) if b.shape[0] else 0
@@ -81,16 +93,19 @@ def bipartite_soft_matching(
     x_out = torch.cat([a[kept_a], new_b.to(x.dtype)])
     size_out = torch.cat([size_a[kept_a], new_size_b])
     rep_out = torch.cat([rep[0::2][kept_a], rep[1::2]])
-    back = rep_out.argsort()  # restore raster order of the representatives
-    return x_out[back], size_out[back], rep_out[back]
+    return x_out, size_out, rep_out
 
 
-def tome_reduce(x: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tome_reduce(
+    x: torch.Tensor, keep: int, sort_between_rounds: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge ``x`` down to ``keep`` rows with as many bipartite rounds as needed.
 
     Args:
         x: ``(N, D)`` features of one image, raster order.
         keep: rows to keep, ``1 <= keep <= N``.
+        sort_between_rounds: re-sort the rows by representative after every round (deviation,
+            see the module doc); by default they keep upstream's order until the end.
 
     Returns:
         merged ``(keep, D)`` features, their sizes ``(keep,)`` (summing to ``N``) and the
@@ -103,7 +118,11 @@ def tome_reduce(x: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor,
     rep = torch.arange(n, device=x.device)
     while x.shape[0] > keep:
         x, size, rep = bipartite_soft_matching(x, size, rep, x.shape[0] - keep)
-    return x, size, rep
+        if sort_between_rounds:
+            order = rep.argsort()
+            x, size, rep = x[order], size[order], rep[order]
+    order = rep.argsort()  # representatives ascending, the order the positions need
+    return x[order], size[order], rep[order]
 
 
 @register("tome", family="encoding-compression-attention-agnostic", kind="visual-token")
@@ -113,11 +132,16 @@ class ToMe(EncodingMethod):
 
     Videos are merged as one raster sequence over all their frames (so similar tokens of
     different frames can merge).
+
+    Attributes:
+        sort_between_rounds: re-sort rows by representative between rounds (deviation, off).
     """
+
+    sort_between_rounds: bool = False
 
     def reduce_item(self, item: Item) -> tuple[torch.Tensor | None, torch.Tensor]:
         keep = keep_count(item.count, self.budget)
         if keep == item.count:
             return keep_all(item)
-        merged, _, rep = tome_reduce(item.features, keep)
+        merged, _, rep = tome_reduce(item.features, keep, self.sort_between_rounds)
         return merged, rep

@@ -5,11 +5,19 @@ tokens that carry most of the image's information, while the rest are largely re
 the projector it keeps the *dominant* tokens, those receiving the most attention (from the class
 token, summed over heads, in a late encoder layer), and compresses all remaining tokens into a
 handful of *contextual* tokens: targets are picked at a uniform stride among the remaining
-tokens, every other remaining token is merged into its most similar target by key similarity,
-and each target becomes the average of its group. It needs no training and ignores the text
-(the README's default keeps 54 dominant + 10 contextual = 64 of 576 tokens).
+tokens (``arange(0, R, R // c)[:c]``), every other remaining token is assigned to its most
+similar target by key similarity, and each target becomes *itself plus the mean of the tokens
+assigned to it* (``target + sum(assigned) / count``; not the mean of the whole group). It needs
+no training and ignores the text (the README's default keeps 54 dominant + 10 contextual = 64
+of 576 tokens).
 
-Paper: arXiv 2412.04467 (public code: github.com/VILA-Lab/VisionZip, as listed in the paper table).
+Paper: arXiv 2412.04467.
+
+Upstream: dvlab-research/VisionZip ``Qwen2_5_VL/qwen2_5vl_visionzip.py`` (the authors' own
+Qwen2.5-VL port; the CLIP rule in ``visionzip/clip_encoder.py`` is the same), read in the fork
+jsilvcast/VisionZip @ 68993a31d4f704498a0cc1f0f026754467be65e2 (the upstream repository's copy
+of these files is not in our index). The selection and merge rule is re-implemented in
+``tests/encoding/test_parity.py``.
 
 Examples:
     >>> import torch
@@ -23,17 +31,23 @@ Examples:
     With a model: ``with VisionZip(budget=0.25)(model): model.generate(**inputs)``.
 
 Deviations / guesses:
-    - Score (design note section 10): Qwen2.5-VL has no class token, so a patch's score is the
-      attention it *receives* in the last full-attention vision block, averaged over all queries
-      of its frame and over heads, and summed over the 4 patches that the merger fuses into one
-      token. We recompute it from q/k in a hook on that block (sdpa returns no weights).
-    - Keys: head-averaged keys of the same block, averaged over the merged 4 patches; cosine
-      similarity (L2-normalised, as VisionZip) decides the contextual groups.
-    - Where: on the post-merger tokens in raster order, per image, not inside the encoder.
-    - Split: ``n_contextual = round(keep * 10 / 64)`` (the README's 54:10 ratio), at least one
-      dominant token; the counts always sum to the budget's ``keep``.
-    - Position: a dominant token keeps its own 3-D position; a contextual token takes its
-      target's position (our choice).
+    - Score: Qwen2.5-VL has no class token. Like the authors' Qwen2.5-VL port, a merged token's
+      score is the attention its 4 patches *receive* in the last vision block (a full-attention
+      block, per frame), averaged over heads. The port sums over queries and averages over the 4
+      patches; we average over the queries of the frame and sum over the patches, which only
+      rescales the scores of one item (same ranking). We recompute the attention from q/k in a
+      hook on that block (sdpa returns no weights).
+    - Keys: head-averaged (rotated) keys of the same block, averaged over the merged 4 patches,
+      L2-normalised: as the port.
+    - Per item: the port ranks the tokens of all images of a call together and handles images
+      only; we decide per image (and per video, frames together), so every item keeps
+      ``keep_count(n, budget)`` tokens.
+    - Split: ``n_contextual = round(keep * contextual_ratio)`` with the LLaVA README's 10 of 64 as
+      default, at least one dominant token; the counts always sum to the budget's ``keep``. The
+      Qwen2.5-VL port hard-codes ``int(0.65 n)`` dominant and ``max(int(0.05 n), 1)`` contextual
+      tokens (70% kept, ``contextual_ratio=1/14``).
+    - Where and positions: post-merger tokens in raster order; a dominant token keeps its own 3-D
+      position and a contextual token takes its target's, as in the port.
 """
 
 from __future__ import annotations
@@ -91,7 +105,7 @@ def visionzip_reduce(
         scores: ``(N,)`` attention received per token.
         keys: ``(N, Dk)`` head-averaged keys per token (similarity for the contextual groups).
         n_dominant: tokens kept as they are (the top scores).
-        n_contextual: merged tokens made from all the others.
+        n_contextual: merged tokens made from all the others, each ``target + mean(assigned)``.
 
     Returns:
         ``(n_dominant + n_contextual, D)`` features and their representative original indices
@@ -105,15 +119,18 @@ def visionzip_reduce(
     feats, reps = [x[dominant]], [dominant]
     if n_contextual > 0 and rest.numel() > 0:
         n_contextual = min(n_contextual, rest.numel())
-        stride_pick = (torch.arange(n_contextual, device=x.device) * rest.numel()) // n_contextual
+        # targets at a uniform stride among the remaining tokens, as upstream: arange(0, R, R // c)[:c]
+        step = max(1, rest.numel() // n_contextual)
+        stride_pick = torch.arange(0, rest.numel(), step, device=x.device)[:n_contextual]
         is_target = torch.zeros(rest.numel(), dtype=torch.bool, device=x.device)
         is_target[stride_pick] = True
         targets, others = rest[is_target], rest[~is_target]
         normed = F.normalize(keys.float(), dim=-1)
         group = (normed[others] @ normed[targets].T).argmax(dim=-1)  # (No,) target of each other
-        total = x[targets].float().index_add(0, group, x[others].float())
-        count = torch.ones(targets.numel(), device=x.device).index_add(0, group, torch.ones(others.numel(), device=x.device))
-        feats.append((total / count[:, None]).to(x.dtype))
+        assigned = x.new_zeros(targets.numel(), x.shape[1], dtype=torch.float32).index_add(0, group, x[others].float())
+        count = torch.bincount(group, minlength=targets.numel()).float()  # (Nc,) tokens assigned to each target
+        # the target itself plus the mean of the tokens assigned to it (upstream's rule)
+        feats.append((x[targets].float() + assigned / count.clamp_min(1)[:, None]).to(x.dtype))
         reps.append(targets)
     features, rep = torch.cat(feats), torch.cat(reps)
     order = rep.argsort()

@@ -8,7 +8,7 @@ import torch
 from reference_impls.encoding.adaptive_resolution import choose_grid, edge_density, image_to_patches, patches_to_image
 from reference_impls.encoding.keyframes import frame_thumbnails, select_keyframes
 from reference_impls.encoding.pooling import pool_tokens, pooled_grid
-from reference_impls.encoding.prumerge import iqr_outliers, merge_into_kept, prumerge_select
+from reference_impls.encoding.prumerge import iqr_outliers, prumerge_merge, prumerge_select
 from reference_impls.encoding.tome import bipartite_soft_matching, tome_reduce
 from reference_impls.encoding.visionzip import received_attention, visionzip_reduce, visionzip_split
 
@@ -26,9 +26,10 @@ def test_tome_merges_the_most_similar_pair_into_its_b_token():
     x = torch.eye(6)
     x[2] = x[3] + 1e-3 * x[0]  # A token 2 almost equals B token 3
     merged, size, rep = bipartite_soft_matching(x, torch.ones(6), torch.arange(6), r=1)
-    assert rep.tolist() == [0, 1, 3, 4, 5]
-    assert size.tolist() == [1, 1, 2, 1, 1]
-    torch.testing.assert_close(merged[2], (x[2] + x[3]) / 2)
+    # upstream's order: unmerged A rows (0, 4), then every B row (1, 3, 5)
+    assert rep.tolist() == [0, 4, 1, 3, 5]
+    assert size.tolist() == [1, 1, 1, 2, 1]
+    torch.testing.assert_close(merged[3], (x[2] + x[3]) / 2)
 
 
 def test_prumerge_selection_picks_outliers():
@@ -41,11 +42,17 @@ def test_prumerge_selection_picks_outliers():
     assert filled.numel() == 8 and {5, 17, 30} <= set(filled.tolist())
 
 
-def test_prumerge_merge_is_a_weighted_mean_of_the_assigned_tokens():
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.1], [0.1, 3.0]])
-    out = merge_into_kept(x, torch.tensor([0, 1]), torch.tensor([1.0, 1.0, 3.0, 1.0]))
-    torch.testing.assert_close(out[0], (x[0] + 3 * x[2]) / 4)
-    torch.testing.assert_close(out[1], (x[1] + x[3]) / 2)
+def test_prumerge_merge_adds_weighted_neighbours_and_one_extra_token():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.1], [0.1, 3.0], [0.2, 2.0]])
+    w = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25])
+    out, rep = prumerge_merge(x, torch.tensor([0, 1]), w, x, neighbours=1)
+    assert rep.tolist() == [0, 1, 4]  # the extra token sits at the last pruned token
+    torch.testing.assert_close(out[0], x[0] + 0.3 * x[2])  # nearest to row 0: row 2, unnormalised
+    torch.testing.assert_close(out[1], x[1] + 0.15 * x[3])
+    torch.testing.assert_close(out[2], 0.3 * x[2] + 0.15 * x[3] + 0.25 * x[4])
+    out, rep = prumerge_merge(x, torch.tensor([0, 1]), w, x, neighbours=2, extra_token=False)
+    assert rep.tolist() == [0, 1]
+    torch.testing.assert_close(out[1], x[1] + 0.15 * x[3] + 0.25 * x[4])
 
 
 def test_visionzip_keeps_the_top_attended_tokens():
@@ -64,14 +71,14 @@ def test_visionzip_keeps_the_top_attended_tokens():
     torch.testing.assert_close(features[rep.tolist().index(6)], x[6])
 
 
-def test_visionzip_contextual_tokens_average_their_groups():
+def test_visionzip_contextual_token_is_its_target_plus_the_mean_of_the_others():
     x = torch.arange(6.0).view(6, 1)
     keys = torch.tensor([[1.0, 0], [1.0, 0.1], [0, 1.0], [0.1, 1.0], [1.0, 0.2], [9.0, 9.0]])
     scores = torch.tensor([0, 0, 0, 0, 0, 1.0])
     features, rep = visionzip_reduce(x, scores, keys, n_dominant=1, n_contextual=2)
-    # rest = [0..4]; targets at stride: 0 and 2; 1 and 4 join 0, 3 joins 2
+    # rest = [0..4]; targets arange(0, 5, 5 // 2)[:2] = 0 and 2; 1 and 4 join 0, 3 joins 2
     assert rep.tolist() == [0, 2, 5]
-    torch.testing.assert_close(features[:, 0], torch.tensor([(0 + 1 + 4) / 3, (2 + 3) / 2, 5.0]))
+    torch.testing.assert_close(features[:, 0], torch.tensor([0 + (1 + 4) / 2, 2 + 3 / 1, 5.0]))
     assert visionzip_split(64, 576) == (54, 10) and visionzip_split(16, 16) == (16, 0)
 
 
