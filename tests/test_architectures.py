@@ -116,3 +116,13 @@ def test_adapter_finds_layers_tower_and_visual_tokens(arch):
     pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")}
     assert int(visual.sum()) == adapter.count_image_tokens(model, pixels) > 0
     assert adapter.positions == ("mrope" if arch.startswith("qwen") else "1d")
+
+
+@pytest.mark.parametrize("module_name", ["reference_impls.common.architectures", "reference_impls.common.architectures.zoo",
+                                         "reference_impls.common.architectures.coverage", "reference_impls.pipeline"])
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
