@@ -44,17 +44,19 @@ def coverage_results(cells: list[dict], command: str) -> Results:
         else:
             row[cell["architecture"]] = f"FAILED: {cell['reason']}"
     notes = (
-        "Each cell ran the method on a tiny random model of the architecture (2 text layers, hidden 32, "
-        "one image; built in code, `reference_impls/common/architectures/zoo.py`). **yes**: at the no-op "
-        "setting (budget 1.0; alpha 0 for VCD and PAI; a speculative draft that sees every visual token) "
-        "greedy tokens equal the unmodified model's and logits agree within 1e-5 (most exactly), and at a "
-        "reduced setting the method acts (fewer KV bytes or visual tokens kept, or changed logits). "
-        "**refused**: the method raises an error naming what is missing instead of running wrongly.\n\n"
-        + "\n".join(f"- R{i + 1}: {reason}" for i, reason in enumerate(reasons))
-        + "\n\nGemma 3: KV-cache methods refuse once a sequence outgrows a sliding-window layer's window "
-        "(the matrix prompt fits the window); layer-drop methods refuse when a pruned layer uses a sliding "
-        "window (the tiny model's layer 0 does, as five of every six real Gemma 3 layers). Qwen3-VL: "
-        "pruning is refused up to the last DeepStack layer (layer 0 here, layers 0-2 in the released models)."
+        "Each cell ran the method on a tiny random model of the architecture (2 text layers, hidden 32, one "
+        "image; built in code by reference_impls/common/architectures/zoo.py). yes: at the no-op setting "
+        "(budget 1.0; alpha 0 for VCD and PAI; a speculative draft that sees every visual token) the greedy "
+        "tokens equal the unmodified model's and the logits agree within 1e-5 (most exactly), and at a reduced "
+        "setting the method acts (fewer KV bytes or visual tokens kept, or changed logits). refused: the method "
+        "raises an error that names what is missing instead of running wrongly. "
+        + " ".join(f"R{i + 1}: {reason}." for i, reason in enumerate(reasons))
+        + " Gemma 3: KV-cache methods refuse once a sequence outgrows a sliding-window layer's window (the "
+        "matrix prompt fits in it); layer-drop methods refuse when a pruned layer uses a sliding window (the "
+        "tiny model's layer 0 does, as five of every six layers of the released models). Qwen3-VL: pruning is "
+        "refused up to the last DeepStack layer (layer 0 here, layers 0-2 in the released models). "
+        "To apply a method to your own checkpoint: python -m reference_impls run --model LOCAL_DIR --method "
+        "NAME --budget 0.2 --image a.png --question \"...\" (README, section Apply a method to your checkpoint)."
     )
     families = sorted({row["family"] for row in rows.values()})
     columns = [Column("method", "Method")] + [Column(arch, arch) for arch in ARCHITECTURES]
