@@ -3,9 +3,11 @@
 #
 # FastV drops visual tokens once after layer K by the last prompt token's attention; PyramidDrop
 # drops a share at several stage boundaries; SparseVLM lets "text raters" score the visual
-# tokens (optionally recycling the best pruned ones). All three run through one mechanism that
-# index-selects the hidden states, rotary inputs and mask from layer K on, keeps the original
-# M-RoPE positions and stores a shorter KV cache with a logical length for decoding.
+# tokens and recycles the best pruned ones into a few merged tokens. All three follow the
+# authors' code and run through one mechanism that index-selects the hidden states, rotary
+# inputs and mask from layer K on, keeps the original M-RoPE positions and stores a shorter KV
+# cache with a logical length for decoding. The authors' LLaVA code renumbers the positions
+# after a drop instead; the full run shows that variant as "+renumber".
 #
 # We measure accuracy and prefill time against the visual budget on ToyVLM (question before
 # the images, 4 images x 64 tokens), against random pruning at the same layers. Budget = the
