@@ -13,7 +13,8 @@ Upstream: Gumpest/SparseVLMs ``llava/model/language_model/modelling_sparse_llama
 (``LlamaDynamicvitModel.forward``) and ``llava/model/language_model/score.py``
 (``attn_postprocess_topk``) @ 14cb5a9c9251e1941c3d912b703ccd477a41cb53, and
 ``llava/model/language_model/utils.py`` (``cluster_and_merge``) @
-8435974a1577b0223e23810fda24a65b667022ca (the v1 code; the default path of v1.5 is the same).
+8435974a1577b0223e23810fda24a65b667022ca (the v1 code; the later commit
+9e376ce09433af5ea331225db02aca527158d440 keeps this path unless ``USE_VERSION=2_0``).
 Same rule by default:
 
 - Raters, chosen once from the LLM's input embeddings: with ``V`` the visual and ``T`` the text
@@ -54,9 +55,13 @@ Deviations:
       the unpruned model. The layers [2, 6, 15] of 32 are scaled to the model's depth.
     - Mapping to Qwen2.5-VL: text "after the image" = valid text tokens after the first visual
       token, not counting the ``<|vision_start|>``/``<|vision_end|>`` markers (LLaVA has none);
-      a prompt with the question before the image therefore has only template tokens as raters.
-      Several images are pooled. With no text token above the mean (all equal), every candidate
-      rates (upstream would average an empty set).
+      a prompt with the question before the image therefore has only template tokens as raters,
+      and with no text at all after the image the last prompt token rates alone. Several images
+      are pooled. With no text token above the mean (all equal), every candidate rates (upstream
+      would average an empty set).
+    - Not implemented: SparseVLM+ (the repository's ``USE_VERSION=2_0`` mode: RoPE-bias
+      correction of the attention, text-visual head selection, no merging, kept positions), and
+      the training-time ``policy`` path.
 """
 
 from __future__ import annotations
@@ -142,7 +147,9 @@ def dpc_knn_merge(x: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.T
     return centres, merged / (counts[:, None] + 1e-6).to(x.dtype)
 
 
-def _recycle(hidden: torch.Tensor, scores: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _recycle(
+    hidden: torch.Tensor, scores: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Add one merged token per cluster of the best pruned visual tokens (at its centre's slot)."""
     keep_mask = torch.zeros_like(visual).scatter(1, keep, True)  # (B, n)
     new_hidden, rows = hidden.clone(), []
@@ -192,7 +199,10 @@ class SparseVLM(DropMethod):
         for b in range(raters.shape[0]):
             visual = ctx.prompt_visual[b].nonzero()[:, 0]
             text = (ctx.prompt_text[b] & (positions > visual[0])).nonzero()[:, 0]  # text after the (first) image
-            raters[b, text] = text_raters(ctx.embeds[b, visual], ctx.embeds[b, text])
+            if len(text):
+                raters[b, text] = text_raters(ctx.embeds[b, visual], ctx.embeds[b, text])
+            else:  # nothing after the image: the last prompt token rates alone
+                raters[b, _gather(ctx.kept, ctx.last[:, None], 1)[b, 0]] = True
         return _gather(raters, ctx.kept, 1)
 
     def select(self, ctx: DropContext) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,13 @@ import reference_impls.decoding.speculative as speculative
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.common.random_pruning import RandomPruning
 from reference_impls.decoding._speculative_prompt import PRUNE_RULES, encode_prompt, keep_visual, prune_prompt
-from reference_impls.decoding.speculative import SpeculativeDecoding, accept_draft, accepted_prefix, greedy_decode, verify_step
+from reference_impls.decoding.speculative import (
+    SpeculativeDecoding,
+    accept_draft,
+    accepted_prefix,
+    greedy_decode,
+    verify_step,
+)
 from reference_impls.registry import get_method
 
 torch.set_num_threads(1)

@@ -194,7 +194,10 @@ def test_pyramiddrop_matches_upstream(model, inputs, positions):
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_pyramiddrop_default_is_keep():
+def test_defaults():
+    # Upstream's settings, except the positions (a documented deviation, see the cards).
+    assert PyramidDrop().budget == 0.125 and PyramidDrop().boundaries_frac == (8 / 32, 16 / 32, 24 / 32)
+    assert SparseVLM().recycle and SparseVLM().layers_frac == (2 / 32, 6 / 32, 15 / 32)
     assert PyramidDrop().positions == "keep" and SparseVLM().positions == "keep" and DivPrune().positions == "keep"
 
 
@@ -280,6 +283,13 @@ def test_sparsevlm_matches_upstream(model, inputs, positions, recycle, budget):
     keeps = [keep_count(15, budget ** (s / len(layers))) for s in range(1, len(layers) + 1)]  # our schedule
     expected = reference_sparsevlm(model, inputs, layers, keeps, renumber=positions == "renumber", recycle=recycle)
     torch.testing.assert_close(_ours(model, inputs, method), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_sparsevlm_default_matches_upstream(model, inputs):
+    layers = sparse_layers(SparseVLM().layers_frac, NUM_LAYERS)
+    keeps = [keep_count(15, 0.25 ** (s / len(layers))) for s in range(1, len(layers) + 1)]
+    expected = reference_sparsevlm(model, inputs, layers, keeps, renumber=False, recycle=True)
+    torch.testing.assert_close(_ours(model, inputs, SparseVLM(budget=0.25)), expected, atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------

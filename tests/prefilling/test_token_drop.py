@@ -332,3 +332,14 @@ def test_invalid_configs_raise(model, two_images):
             pass
     with pytest.raises(ValueError):
         keep_count(10, 0.0)
+
+
+def test_sparsevlm_without_text_after_the_image_uses_the_last_token(model, eager_model):
+    inputs = tiny_inputs(model, grids=((8, 8),), prompt_before=6, prompt_after=0, seed=2)
+    method = SparseVLM(budget=0.25, recycle=False)
+    first = sparse_layers(method.layers_frac, NUM_LAYERS)[0]
+    visual = visual_mask(inputs["input_ids"][0], model.config)
+    row = _eager_attentions(eager_model, inputs)[first][0, :, -1].mean(0)  # the last prompt token
+    kept = _kept_positions(model, inputs, method, first + 1)
+    k = keep_count(16, 0.25 ** (1 / len(sparse_layers(method.layers_frac, NUM_LAYERS))))
+    assert set(kept[visual[kept]].tolist()) == _top_visual(row, visual, k)
