@@ -12,7 +12,8 @@ Upstream: pkunlp-icler/FastV ``src/transformers/src/transformers/models/llama/mo
 (``LlamaModel.forward``, the ``FASTV_INPLACE`` branch) @ eca14d61dc4706059f007de7fb0c75fecff5e00a.
 Same rule: at layer K the head-mean attention of layer K-1, last token's row, ranks the image
 tokens; the top ``ATTENTION_RANK`` stay in sequence order with their original positions
-(``position_ids = keep_indexs``). Parity test: identical logits on a tiny model for K = 1, 2, 3.
+(``position_ids = keep_indexs``). Parity test: the same logits (float tolerance) on a tiny model
+for K = 1, 2, 3.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs

@@ -13,8 +13,8 @@ Upstream: Cooperx521/PyramidDrop ``llava/model/modeling_llama_pdrop.py`` (``pdro
 ``pdrop_rank_drop``) and ``scripts/v1_5/pdrop_eval/textvqa.sh`` @ 3f89f94f899d3fea3c37922d0cd8db45e9884c08.
 Same rule by default: after layer ``b - 1`` (``b`` in ``layer_list = [8, 16, 24]``) the last
 instruction token's head-mean attention in layer ``b`` ranks the visual tokens, and stage ``s``
-keeps ``int(N * ratio[s])`` of the ``N`` original ones (``ratio = [0.5, 0.25, 0.125]``, i.e.
-``lambda = 0.5``), sorted back into sequence order.
+(1, 2, 3) keeps ``int(N * ratio_s)`` of the ``N`` original ones (``ratio_s`` = 0.5, 0.25,
+0.125, i.e. ``lambda = 0.5``), sorted back into sequence order.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs

@@ -23,8 +23,8 @@ Same rule by default:
 - At each pruning layer ``l`` (2, 6, 15 of 32), the layer's own attention on its input (causal,
   head mean), averaged over the raters' rows, scores the visual tokens; the top ``k`` stay in the
   layer's *output* (the layer itself and its KV cache still hold every token).
-- Recycling (on by default, as upstream): of the pruned visual tokens, the ``int(0.3 m) + 1``
-  best scored (``m`` pruned) are clustered by DPC-kNN into ``int(r / 10) + 1`` clusters
+- Recycling (on by default, as upstream): of the ``m`` pruned visual tokens, the
+  ``r = int(0.3 m) + 1`` best scored are clustered by DPC-kNN into ``int(r / 10) + 1`` clusters
   (:func:`dpc_knn_merge`); each cluster's mean (``sum / (count + 1e-6)``) is one extra visual
   token, so a stage keeps ``k`` + clusters visual tokens.
 
