@@ -16,6 +16,10 @@ skipped. Reuse can be limited to the prefill, to decode steps, or applied to bot
 Paper: arXiv 2604.05546 (the seed survey names the category "attention reuse"; the rule here is
 our reconstruction, no paper of the family is in our collection).
 
+Upstream: none. No code of a paper of this family was read, so there is no parity test; the
+tests check the sharers against a direct computation (anchor probabilities times own values)
+and that no sharer reproduces the model exactly.
+
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.decoding.attention_reuse import AttentionReuse
@@ -29,7 +33,7 @@ Examples:
     >>> method.stats["reused_layers"]
     [1, 3]
 
-Deviations / guesses:
+Deviations:
     - Everything is our choice (no paper of the family was read): which layers are anchors
       (``share_every``, an explicit ``anchors`` list, or any ``sources`` map), per-query-head
       sharing (no averaging inside a GQA group), the visual-column blend, and the phases.

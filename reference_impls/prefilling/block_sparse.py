@@ -10,8 +10,12 @@ top-scored remaining blocks, scored by the dot product of block-mean queries and
 over heads). ``budget`` sets how many of the causal key blocks a visual query block may use.
 Decoding (one query against the cache) falls back to sdpa; no token is dropped.
 
-Paper: arXiv 2407.02490 (MInference 1.0; code: microsoft/MInference); related: arXiv 2503.16428
-(XAttention, antidiagonal block scoring), arXiv 2504.16083 (MMInference, modality-aware).
+Paper: arXiv 2407.02490 (MInference 1.0); related: arXiv 2503.16428 (XAttention, antidiagonal
+block scoring), arXiv 2504.16083 (MMInference, modality-aware).
+
+Upstream: none followed. The pattern below is our own simplification of the family, so there is
+no parity test against an upstream rule; the papers' code (e.g. microsoft/MInference) was not
+re-implemented. The tests check the block path against a dense masked reference instead.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -23,7 +27,7 @@ Examples:
     >>> method.stats["visual_kept"] == method.stats["visual_in"]
     True
 
-Deviations / guesses:
+Deviations:
     - Our own simplified pattern, not any one paper's: MInference picks one of three patterns
       per head offline and estimates blocks from the last queries; XAttention scores blocks by
       antidiagonal sums; we use a block-mean score shared by all heads, plus fixed sink/local/text
