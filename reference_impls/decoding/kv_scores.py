@@ -255,13 +255,14 @@ def adakv_head_capacities(scores: torch.Tensor, free: int, alpha: float) -> torc
     ``c_h``; head ``h`` then keeps ``round((1 - alpha) c_h + int(alpha * free))`` of its own best
     entries (``torch.round``: halves to even). The floor term guarantees every head
     ``int(alpha * free)`` entries; the rounding can make the layer total differ from
-    ``H * free`` by a few entries.
+    ``H * free`` by a few entries. Exact ties (frequent after max pooling) go to the lower head
+    and position; upstream's ``topk`` leaves their order to the kernel.
 
     Returns:
         ``(H,)`` long.
     """
     h, c = scores.shape
-    top = torch.topk(scores.reshape(-1).float(), h * free).indices // c
+    top = stable_order(scores.float())[: h * free] // c  # ties: lower head, then lower position
     counts = torch.bincount(top, minlength=h).float()
     return torch.round(counts * (1 - alpha) + int(free * alpha)).long()
 
