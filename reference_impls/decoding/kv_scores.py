@@ -98,7 +98,10 @@ def snapkv_scores(query: torch.Tensor, key: torch.Tensor, window: int, scaling: 
 
 
 def pooled_scores(attn: torch.Tensor, kernel: int = 7) -> torch.Tensor:
-    """SnapKV score: mean over the window rows, then a 1-D average pool along positions.
+    """HybridKV's window score: mean over the window rows, then a 1-D average pool along all positions.
+
+    Unlike SnapKV's reference rule (:func:`snapkv_scores`) it pools every column, the window's
+    included, and does not count the padding, so the edge positions score differently.
 
     Args:
         attn: ``(H, w, N)`` from :func:`window_attention`.
