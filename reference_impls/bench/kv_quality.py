@@ -153,9 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         plots=[Plot(x="budget", y="accuracy", group="method", title="Accuracy vs KV budget")],
         notes=(f"{n} held-out ToyVLM samples (seed {args.seed}), batch 1, CPU, one thread, {elapsed:.0f} s. "
                f"Windows set to {args.window} (ToyVLM prompts are short). KIVI's budget selects its bit width "
-               "(<0.25: 2 bits, else 4). Budgets are per KV head, except SnapKV and PyramidKV, which by default (as their "
-               "reference code, which repeats K/V) keep the budget per query head: G = 2 copies per KV head on ToyVLM; "
-               "the -gqa-mean rows select per KV head instead. Resident ratio includes metadata and the decoded tokens."),
+               "(<0.25: 2 bits, else 4). Budgets are per KV head, except SnapKV and PyramidKV, which by default "
+               "(as their reference code, which repeats K/V) keep the budget per query head: G = 2 copies per KV "
+               "head on ToyVLM; the -gqa-mean rows select per KV head instead. Resident ratio includes metadata "
+               "and the decoded tokens."),
     ))
 
 

@@ -44,13 +44,19 @@ from dataclasses import dataclass
 import torch
 
 from reference_impls.decoding.cache import KVCacheMethod, RaggedLayer
-from reference_impls.decoding.kv_scores import adakv_head_capacities, allocate_with_floor, observation_scores, top_per_row
+from reference_impls.decoding.kv_scores import (
+    adakv_head_capacities,
+    allocate_with_floor,
+    observation_scores,
+    top_per_row,
+)
 from reference_impls.registry import register
 
 __all__ = ["AdaKV", "AdaKVLayer", "adaptive_head_index"]
 
 
-def adaptive_head_index(scores: torch.Tensor, budget: int, window: int, alpha: float, exact_total: bool = False) -> list[torch.Tensor]:
+def adaptive_head_index(scores: torch.Tensor, budget: int, window: int, alpha: float,
+                        exact_total: bool = False) -> list[torch.Tensor]:
     """Per-head kept indices for ``(H, N)`` scores whose last ``window`` columns are the window.
 
     Every head keeps the window. The other entries: head ``h`` keeps its own best

@@ -98,7 +98,8 @@ class _KIVILayer(CompressedLayer):
         super().__init__(layer_idx, method)
         self.bits = method.resolved_bits()
         if method.residual_length % method.group_size:
-            raise ValueError(f"residual_length {method.residual_length} must be a multiple of group_size {method.group_size}")
+            raise ValueError(f"residual_length {method.residual_length} must be a multiple of "
+                             f"group_size {method.group_size}")
         # Quantised keys, concatenated over flushes: codes (1, H, Sk, D*bits/8), scale and zero (1, H, Sk/G, D).
         self.quantized_keys: list[torch.Tensor] | None = None
         # Quantised values: codes (1, H, Sv, D*bits/8), scale and zero (1, H, Sv, D/Gv).
@@ -138,13 +139,13 @@ class _KIVILayer(CompressedLayer):
         if self.quantized_keys is not None:
             kc, ks, kz = self.quantized_keys
             g = self.method.group_size
-            keys = unpack_codes(kc, self.bits).to(ks.dtype).reshape(*kc.shape[:2], -1, g, d) * ks[..., None, :] + kz[..., None, :]
-            keys = keys.reshape(*kc.shape[:2], -1, d)
+            keys = unpack_codes(kc, self.bits).to(ks.dtype).reshape(*kc.shape[:2], -1, g, d)  # (1, H, Sk/G, G, D)
+            keys = (keys * ks[..., None, :] + kz[..., None, :]).reshape(*kc.shape[:2], -1, d)
         if self.quantized_values is not None:
             vc, vs, vz = self.quantized_values
             gv = self.value_group(d)
-            values = unpack_codes(vc, self.bits).to(vs.dtype).reshape(*vc.shape[:3], d // gv, gv) * vs[..., None] + vz[..., None]
-            values = values.reshape(*vc.shape[:3], d)
+            values = unpack_codes(vc, self.bits).to(vs.dtype).reshape(*vc.shape[:3], d // gv, gv)
+            values = (values * vs[..., None] + vz[..., None]).reshape(*vc.shape[:3], d)
         return keys, values
 
     def _flush(self):
@@ -155,17 +156,21 @@ class _KIVILayer(CompressedLayer):
         m = (self.keys.shape[-2] // r) * r  # keys: whole residuals of R tokens
         if m:
             k = self.keys[:, :, :m]  # (1, H, m, D)
-            kc, kscale, kzero = quantize(k.reshape(*k.shape[:2], m // g, g, d), self.bits, dim=3)  # per channel over G tokens
+            # per channel over G tokens
+            kc, kscale, kzero = quantize(k.reshape(*k.shape[:2], m // g, g, d), self.bits, dim=3)
             new = [kc.reshape(*k.shape[:2], m, -1), kscale[..., 0, :], kzero[..., 0, :]]
-            self.quantized_keys = new if self.quantized_keys is None else [torch.cat(p, dim=2) for p in zip(self.quantized_keys, new)]
+            old = self.quantized_keys
+            self.quantized_keys = new if old is None else [torch.cat(p, dim=2) for p in zip(old, new)]
             self.keys = self.keys[:, :, m:].contiguous()
         mv = max(0, self.values.shape[-2] - r)  # values: everything older than the last R tokens
         if mv:
             gv = self.value_group(d)
             v = self.values[:, :, :mv]
-            vc, vscale, vzero = quantize(v.reshape(*v.shape[:3], d // gv, gv), self.bits, dim=-1)  # per token, Gv channels
+            # per token over Gv channels
+            vc, vscale, vzero = quantize(v.reshape(*v.shape[:3], d // gv, gv), self.bits, dim=-1)
             new = [vc.reshape(*v.shape[:3], -1), vscale[..., 0], vzero[..., 0]]
-            self.quantized_values = new if self.quantized_values is None else [torch.cat(p, dim=2) for p in zip(self.quantized_values, new)]
+            old = self.quantized_values
+            self.quantized_values = new if old is None else [torch.cat(p, dim=2) for p in zip(old, new)]
             self.values = self.values[:, :, mv:].contiguous()
 
     def after_prefill(self, module, query, scaling):

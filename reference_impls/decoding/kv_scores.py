@@ -330,7 +330,8 @@ def lookm_merge(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, li
     f = int(merge.sum())
     rows = evicted_idx[:, :f] if literal_scatter else evicted_idx[:, merge]  # (H, F)
     target = target[:, merge]  # (H, F)
-    count = torch.ones(h, kept_idx.shape[1], device=keys.device).scatter_add_(1, target, torch.ones_like(target, dtype=torch.float))
+    ones = torch.ones_like(target, dtype=torch.float)
+    count = torch.ones(h, kept_idx.shape[1], device=keys.device).scatter_add_(1, target, ones)  # self + joined
     new_k = k_kept.scatter_add(1, target[..., None].expand(-1, -1, d), take(keys, rows).float()) / count[..., None]
     new_v = v_kept.scatter_add(1, target[..., None].expand(-1, -1, d), take(values, rows).float()) / count[..., None]
     return new_k.to(keys.dtype), new_v.to(values.dtype)

@@ -29,14 +29,15 @@ the heads, is at least the mean; each kept entry becomes the mean of itself and 
 (keys and values alike).
 
 Deviations / upstream bug: the reference ``scatter_reduce`` pairs the *filtered* targets with
-the *first* ``F`` evicted rows (``src`` is the unfiltered tensor), which merges the wrong entries;
-we merge the filtered rows, which is what the filter is for. ``literal_scatter=True`` reproduces
-the reference pairing. ``drop_evicted_text=True`` keeps exactly ``budget`` entries (evicted text
-is then a merge candidate like visual entries; our earlier rule dropped it unmerged). The text prior is a strict order (upstream subtracts 65516
-from visual scores, which in fp16 saturates and can tie all visual entries); window 32 entries
-instead of upstream's ``recent_ratio`` of the prompt; on GQA models the scores are summed over
-the query heads of each KV head (the reference code supports multi-head attention only, as
-H2O's). Modality comes from the prompt's token ids; without them every entry counts as text.
+the *first* ``F`` evicted rows (``src`` is the unfiltered tensor), which merges the wrong
+entries; we merge the filtered rows, which is what the filter is for. ``literal_scatter=True``
+reproduces the reference pairing. ``drop_evicted_text=True`` keeps exactly ``budget`` entries
+(evicted text is then a merge candidate like visual entries; our earlier rule dropped it
+unmerged). The text prior is a strict order (upstream subtracts 65516 from visual scores, which
+in fp16 saturates and can tie all visual entries); window 32 entries instead of upstream's
+``recent_ratio`` of the prompt; on GQA models the scores are summed over the query heads of each
+KV head (the reference code supports multi-head attention only, as H2O's). Modality comes from
+the prompt's token ids; without them every entry counts as text.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def text_prior_scores(scores: torch.Tensor, text: torch.Tensor, window: int) -> 
     return s
 
 
-def lookm_kept(scores: torch.Tensor, text: torch.Tensor, budget: int, window: int, keep_all_text: bool = True) -> torch.Tensor:
+def lookm_kept(scores: torch.Tensor, text: torch.Tensor, budget: int, window: int,
+               keep_all_text: bool = True) -> torch.Tensor:
     """``(H, N)`` bool kept mask: the ``budget`` best by the text prior, plus (default) every text entry."""
     prior = text_prior_scores(scores, text, window)
     kept = torch.zeros_like(prior, dtype=torch.bool).scatter_(1, top_per_row(prior, budget), True)

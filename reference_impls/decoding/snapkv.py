@@ -46,8 +46,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from reference_impls.decoding.cache import CompressedCache, CompressedLayer, KVCacheMethod
 from reference_impls.decoding.kv_scores import observation_scores, top_per_row
 from reference_impls.registry import register
@@ -71,7 +69,8 @@ class SnapKVLayer(CompressedLayer):
             return
         m = self.method
         per_query_head = m.gqa == "repeat"
-        scores = observation_scores(query, self.keys, min(m.window, b), scaling, m.pool_kernel, m.pooling, per_query_head)
+        window = min(m.window, b)
+        scores = observation_scores(query, self.keys, window, scaling, m.pool_kernel, m.pooling, per_query_head)
         if per_query_head:  # store one copy of each KV head per query head, as the reference code does
             groups = query.shape[1] // self.kv_heads
             self.keys = self.keys.repeat_interleave(groups, dim=1)  # (1, Hq, N, D)

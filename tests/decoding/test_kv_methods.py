@@ -90,7 +90,8 @@ def test_kivi_bytes_and_residual(model, inputs):
         assert layer.n_quantized_keys + rk == logical == layer.n_quantized_values + rv
         n_groups = layer.n_quantized_keys // g
         total += n_groups * (h * g * d * 2 // 8 + 2 * h * d * 4)  # key codes + per-channel scale/zero (float32)
-        total += layer.n_quantized_values * (h * d * 2 // 8 + 2 * h * 4)  # value codes + per-token scale/zero (one group)
+        # value codes + per-token scale/zero (one group of 8 channels)
+        total += layer.n_quantized_values * (h * d * 2 // 8 + 2 * h * 4)
         total += h * (rk + rv) * d * 4
     assert method.cache.resident_bytes() == total
     assert method.cache.transient_bytes > 0

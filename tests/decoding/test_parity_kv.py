@@ -143,7 +143,8 @@ def test_pyramidkv_budgets_match_upstream(n_layers, b, w, n):
 def test_pyramidkv_default_layer_keeps_upstream_entries():
     n_layers, n = 4, 80
     method = PyramidKV(budget=24, window=8)
-    assert layer_budgets(method, n_layers, n) == [upstream_pyramid_capacity(n_layers, i, 24, 8, n) for i in range(n_layers)]
+    expected = [upstream_pyramid_capacity(n_layers, i, 24, 8, n) for i in range(n_layers)]
+    assert layer_budgets(method, n_layers, n) == expected
     q, k, v = _qkv(5, n)
     for layer_idx in (0, 3):
         layer = _prefill(method, q, k, v, n_layers=n_layers, layer_idx=layer_idx)
