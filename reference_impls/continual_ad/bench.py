@@ -9,7 +9,7 @@ seeds, plus HF-OLB's routing variants (R0 sum-all, R2 reconstruction prefix, ora
 after the last task. ``--ablations`` adds one-seed HF-OLB ablations (no HNABG, projection
 modes, frozen A). Results: ``reference_impls/results/continual-ad-procad.json`` and
 ``continual-ad-procad-curve.json`` (the per-task curve). Sized for a shared 2-core machine
-(short training, 4 DDIM steps, one noise draw); the design-note defaults are larger.
+(short training, 4 DDIM steps, one noise draw); the defaults of ``hfolb/README.md`` §9 are larger.
 """
 
 from __future__ import annotations

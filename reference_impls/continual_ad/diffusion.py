@@ -27,7 +27,7 @@ CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "procad_unet"
 
 
 def build_unet(sample_size: int = 32, channels: tuple[int, int] = (32, 64)) -> UNet2DModel:
-    """The design-note U-Net: channels (32, 64), one resnet per level, attention at the coarse level (0.7 M params).
+    """The reference U-Net (HF-OLB README §9): channels (32, 64), one resnet per level, attention at the coarse level (0.7 M params).
 
     Tests pass smaller ``channels`` (e.g. (8, 16)) for speed.
     """
