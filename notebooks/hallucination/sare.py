@@ -46,7 +46,8 @@ print(f"{len(splits['scenes'])} of 16 trigger scenes get a hallucinated caption;
 
 # %%
 curves = {}
-for name, method in {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=RHO))}.items():
+methods = {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=RHO))}
+for name, method in methods.items():
     model = copy.deepcopy(base)
     if method is not None:
         torch.manual_seed(0)

@@ -38,8 +38,11 @@ class TrainConfig:
     """Per-task training: ``steps`` optimiser steps of ``batch`` images, learning rate ``lr``."""
 
     steps: int = 300
+    """Optimiser steps per task (a fixed schedule: no model selection)."""
     batch: int = 16
+    """Images per step, drawn uniformly from the task's normal training images."""
     lr: float = 1e-3
+    """Learning rate (AdamW with weight decay 0, or SGD for gradient projection)."""
 
 
 class Learner(Protocol):

@@ -5,7 +5,8 @@ trainable parameters of a model (the full model, or only the LoRA tensors after
 :func:`apply_lora`). Each step it computes two gradient groups and adds them **by parameter
 identity**:
 
-1. the *adversarial* terms (the forget loss) -- at the weights ``theta`` or, when a
+1. the *adversarial* terms (the forget loss; a term is adversarial by its ``Term.adversarial``
+   flag, never by its name) -- at the weights ``theta`` or, when a
    :class:`SAMConfig` is set, at ``theta + eps`` with ``eps = rho g / ||g||`` and ``g`` the
    gradient of those terms alone (SARE's targeted SAM, reconstruction of arXiv 2601.16527);
 2. every other term (retain, grounded, KL) at ``theta``.

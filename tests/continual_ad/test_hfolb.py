@@ -45,7 +45,8 @@ def run(procad_data):
         before = _frozen_state(learner) if t == 2 else None
         log = learner.learn_task(t, {c: procad_data[c].train})
         learner.activate_prefix(t)
-        snaps.append({"U": {k: v.clone() for k, v in learner.U.items()}, "V": {k: v.clone() for k, v in learner.V.items()},
+        snaps.append({"U": {k: v.clone() for k, v in learner.U.items()},
+                      "V": {k: v.clone() for k, v in learner.V.items()},
                       "probe": _probe(learner, schedule), "log": log, "before": before})
     learner.banks.activate(list(learner.banks.owner))
     return learner, snaps, schedule
@@ -58,7 +59,8 @@ def _grown(learner, layer):
 @pytest.mark.parametrize("kind", ["Linear", "Conv2d"])
 def test_new_bank_is_orthogonal_to_stored_subspaces(run, kind):
     learner, snaps, _ = run
-    layers = [l for l, s in learner.banks.layers.items() if type(s.module).__name__ == kind and len(_grown(learner, l)) >= 2]
+    layers = [l for l, s in learner.banks.layers.items()
+              if type(s.module).__name__ == kind and len(_grown(learner, l)) >= 2]
     assert layers, f"no {kind} layer grew in two tasks"
     layer = layers[0]
     owners = _grown(learner, layer)

@@ -86,9 +86,11 @@ class HFOLB(ContinualMethod):
     budget: int | None = None
     """Per-task parameter budget Π = Σ r (d_in + d_out); None: no budget."""
     eps_override: float | None = None
-    """Fixed GPM ε for every task (tests use 1.0 to keep the whole input space); None: ε_t = min(0.97 + 0.003 t, 0.995)."""
+    """Fixed GPM ε for every task (tests use 1.0 to keep the whole input space);
+    None: ε_t = min(0.97 + 0.003 t, 0.995)."""
     functional_check: bool = False
-    """Grow only if the current model's denoising loss on the task exceeds the mean final loss of past tasks by 1 + gamma."""
+    """Grow only if the current model's denoising loss on the task exceeds the mean final loss of past
+    tasks by more than a factor 1 + gamma."""
     gamma: float = 0.1
     """Tolerance of the functional check (only read when ``functional_check``)."""
     # ---- training (README §4.3 steps 5-7) -------------------------------------------------------

@@ -140,7 +140,7 @@ class HFOLBRun:
                                         generator=torch.Generator().manual_seed(self.seed)))
 
     def _consolidate(self, name: str | None, images: torch.Tensor, n: int) -> None:
-        """Grow U (GPM rule on the post-task inputs, plus A rows) and V (B columns); flag saturated layers (§4.3 step 8)."""
+        """Grow U (GPM rule on post-task inputs, plus A rows) and V (B columns); flag saturated layers (§4.3 step 8)."""
         mode = self.config.mode
         if mode == "none":
             return

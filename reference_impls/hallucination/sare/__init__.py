@@ -83,7 +83,8 @@ class SARE(UnlearningMethod):
         return self.sam
 
 
-def calibrate_rho(method: SARE, model: nn.Module, batches: dict[str, dict], rhos: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
+def calibrate_rho(method: SARE, model: nn.Module, batches: dict[str, dict],
+                  rhos: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
                   saturation: float = 0.9) -> tuple[float, list[dict[str, float]]]:
     """Largest rho whose perturbation keeps the forget batch's target probability below ``saturation``.
 
