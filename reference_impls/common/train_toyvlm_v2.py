@@ -8,7 +8,7 @@ one-word and 5-20 token answers ending in ``<eos>``. The recipe carries over wha
 1. A curriculum of :data:`PHASES`: ``a`` (2-3 images of 16 tokens, 2-4 temporal tokens of 32 for
    videos; batch 16), ``b`` (2-6 images of 64 tokens, 8-16 frames; batch 8), ``c`` (the benchmark
    setting: 16 images of 64 tokens, 16-32 frames of 128 tokens per frame pair; batch 4). Every
-   ``--video-every``-th sample is a video. The long prompts of ``c`` must be trained on: v1 showed
+   ``--video-every``-th batch holds videos, the others images. The long prompts of ``c`` must be trained on: v1 showed
    that a model perfect on short prompts can fail on long ones.
 2. Dense auxiliary losses on the vision tower's merged tokens: linear heads predict, per token,
    the colour, shape and size class of the object that covers most of it (or "empty").
@@ -63,7 +63,7 @@ from .results import command_line
 from .toyvlm_v2 import CHECKPOINT_DIR_V2, ToyVLMv2, build_vocab_v2, save_toyvlm_v2, toyvlm_v2_config
 from .train_toyvlm import _fast_patch_embed
 
-__all__ = ["PhaseV2", "PHASES", "training_samples", "cell_targets_v2", "attention_targets", "train_v2", "main"]
+__all__ = ["PhaseV2", "PHASES", "training_samples", "phase_held_out", "cell_targets_v2", "attention_targets", "train_v2", "main"]
 
 IMAGE_KINDS = IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS
 VIDEO_KINDS = VIDEO_SHORT_KINDS + VIDEO_LONG_KINDS
@@ -94,14 +94,17 @@ PHASES: dict[str, PhaseV2] = {
 }
 
 
-def training_samples(phase: PhaseV2, seed: int, start: int, n: int, video_every: int) -> list[ChatSample]:
-    """Training samples ``start .. start + n - 1`` of ``seed``; every ``video_every``-th is a video."""
-    samples = []
-    for i in range(start, start + n):
-        video = video_every > 0 and i % video_every == video_every - 1
-        spec, kinds = (phase.video, phase.video_kinds) if video else (phase.images, phase.image_kinds)
-        samples.append(make_chat_sample(spec, kinds, seed, i))
-    return samples
+def training_samples(phase: PhaseV2, seed: int, start: int, n: int, video: bool) -> list[ChatSample]:
+    """Samples ``start .. start + n - 1`` of ``seed``: all videos or all images (a batch of one kind
+    is not padded to the longest of two very different prompt lengths)."""
+    spec, kinds = (phase.video, phase.video_kinds) if video else (phase.images, phase.image_kinds)
+    return [make_chat_sample(spec, kinds, seed, i) for i in range(start, start + n)]
+
+
+def phase_held_out(phase: PhaseV2, n: int, video_every: int) -> list[ChatSample]:
+    """``n`` held-out samples drawn like the phase's training samples (seed :data:`PHASE_EVAL_SEED`)."""
+    videos = n // video_every if video_every > 0 else 0
+    return training_samples(phase, PHASE_EVAL_SEED, 0, n - videos, False) + training_samples(phase, PHASE_EVAL_SEED, n, videos, True)
 
 
 def cell_targets_v2(samples: list[ChatSample], spec_colours: tuple[str, ...], spec_shapes: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
@@ -209,7 +212,8 @@ def train_v2(
             if fixed_batch is not None:
                 samples = fixed_batch
             else:
-                samples = training_samples(phase, seed, counter, batch_size, video_every)
+                video = video_every > 0 and step % video_every == video_every - 1  # every video_every-th batch
+                samples = training_samples(phase, seed, counter, batch_size, video)
                 counter += batch_size
             batch = bundle.collate(samples, with_answer=True)
             captured.clear()
@@ -242,7 +246,7 @@ def train_v2(
                 tick = time.perf_counter()
                 model.config.text_config._attn_implementation = "sdpa"
                 if phase_due:
-                    held = training_samples(phase, PHASE_EVAL_SEED, 0, phase_eval_n, video_every)
+                    held = phase_held_out(phase, phase_eval_n, video_every)
                     accuracy = bundle.exact_match(held, max_new_tokens=22, batch_size=8)
                     history["phase_eval"].append((step, phase.name, round(elapsed), accuracy))
                     log(f"  phase {phase.name} held-out exact match at step {step}: {accuracy}")
@@ -273,7 +277,7 @@ def micro_run(steps: int = 20) -> dict:
     phase = PhaseV2("micro", ChatSceneSpec(n_images=(2, 2), cells=(2, 2), objects_per_image=(1, 2), n_specks=1),
                     ChatSceneSpec(video_frames=(2, 2), cells=(2, 4), still_objects=(1, 1)), 6,
                     image_kinds=("colour", "list", "tally_all"), video_kinds=("motion", "events"))
-    batch = training_samples(phase, TRAIN_SEED, 0, 6, video_every=3)
+    batch = training_samples(phase, TRAIN_SEED, 0, 4, video=False) + training_samples(phase, TRAIN_SEED, 4, 2, video=True)
     _, history = train_v2(
         phases=[(phase, steps, 6)],
         config_kwargs=dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, vision_depth=1, vision_hidden=32),
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         command=command_line("reference_impls.common.train_toyvlm_v2", argv),
         layout="<bos> (<vision_start> <image|video>... <vision_end>)+ question ? answer reply <eos>",
         training_seed=args.seed,
-        training_streams=f"sample i of training uses numpy stream (seed={args.seed}, i); every {args.video_every}th is a video",
+        training_streams=f"training sample i uses numpy stream (seed={args.seed}, i); every {args.video_every}th batch is videos",
         held_out_seeds={name: suite.seed for name, suite in SUITES.items()},
         held_out_streams=f"periodic evaluations: indices 0..{args.eval_n - 1}; final: {args.eval_n}..{args.eval_n + args.final_n - 1} "
         f"(stress 0..{args.stress_n - 1})",
