@@ -39,8 +39,8 @@ toyvlm: $(STAMP)
 
 ## make toyvlm-v2: train ToyVLM v2 (chat layout: images or video first, question last, multi-token
 ## answers) from scratch in one command, curriculum a -> b -> c, capped at 55 min of training plus
-## the final held-out evaluation. Not yet validated end to end: a 19-min pilot under contention
-## reached only phase a (see the v2 trainer's docstring); the plan assumes an idle 2-core machine.
+## the final held-out evaluation. Not yet validated: a 19-min pilot under contention reached step
+## 407 of phase a at ~25% held-out (see the v2 trainer's docstring); the step counts are a plan.
 toyvlm-v2: $(STAMP)
 	$(PY) -m reference_impls.common.train_toyvlm_v2 --threads 2 --phases a:1500,b:300,c:80 --max-minutes 55
 

@@ -57,29 +57,29 @@ import numpy as np
 from .scenes import _DISTRACTOR_COLOURS, CELL, COLOURS, SHAPES, _noise, render_shape
 
 __all__ = [
-    "SMALL_PX",
+    "AGGREGATION_KINDS",
+    "IMAGE_LONG_KINDS",
+    "IMAGE_SHORT_KINDS",
     "LARGE_PX",
     "MIN_PIXELS",
-    "IMAGE_SHORT_KINDS",
-    "IMAGE_LONG_KINDS",
-    "VIDEO_SHORT_KINDS",
-    "VIDEO_LONG_KINDS",
-    "AGGREGATION_KINDS",
+    "SMALL_PX",
+    "SUITES",
     "TRAIN_SEED",
-    "ChatSceneSpec",
+    "VIDEO_LONG_KINDS",
+    "VIDEO_SHORT_KINDS",
     "ChatObject",
-    "ChatScene",
     "ChatQA",
     "ChatSample",
+    "ChatScene",
+    "ChatSceneSpec",
     "ChatSuite",
-    "SUITES",
-    "make_chat_scene",
+    "answer_words",
     "ask_chat",
+    "evidence_tokens",
     "make_chat_sample",
     "make_chat_samples",
+    "make_chat_scene",
     "suite_samples",
-    "evidence_tokens",
-    "answer_words",
 ]
 
 SMALL_PX = (14, 18)
@@ -204,7 +204,17 @@ class _Canvas:
         self.labels = np.full(n_items * rows * cols, -1, dtype=np.int64)
         self.tokens: dict[int, dict[int, int]] = {}  # object -> token -> pixels
 
-    def paint(self, image: np.ndarray, frame: int, index: int, colour: tuple[int, int, int], shape: str, size: int, y: int, x: int) -> None:
+    def paint(
+        self,
+        image: np.ndarray,
+        frame: int,
+        index: int,
+        colour: tuple[int, int, int],
+        shape: str,
+        size: int,
+        y: int,
+        x: int,
+    ) -> None:
         mask = render_shape(shape, size)
         image[y : y + size, x : x + size][mask] = colour
         if index < 0:
@@ -237,7 +247,9 @@ def _background(spec: ChatSceneSpec, rng: np.random.Generator, height: int, widt
         size = int(rng.integers(SMALL_PX[0], LARGE_PX[1] + 1))
         grey = _DISTRACTOR_COLOURS[rng.integers(len(_DISTRACTOR_COLOURS))]
         shape = spec.shapes[rng.integers(len(spec.shapes))]
-        canvas.paint(image, 0, -1, grey, shape, size, int(rng.integers(0, height - size)), int(rng.integers(0, width - size)))
+        canvas.paint(
+            image, 0, -1, grey, shape, size, int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
+        )
     return image
 
 
@@ -246,7 +258,9 @@ def _size(rng: np.random.Generator) -> int:
     return int(rng.integers(low, high + 1))
 
 
-def _place(rng: np.random.Generator, size: int, height: int, width: int, taken: list[tuple[int, int, int]]) -> tuple[int, int] | None:
+def _place(
+    rng: np.random.Generator, size: int, height: int, width: int, taken: list[tuple[int, int, int]]
+) -> tuple[int, int] | None:
     """A free top-left corner: no overlap (2 px margin) with ``taken`` boxes ``(y, x, size)``, a
     centre column of merged tokens of its own (lists read left to right) and a centre at least 4 px
     from the image's middle lines (quadrants are unambiguous)."""
@@ -380,7 +394,7 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
     """One question of ``kind`` about ``scene`` or None when the scene cannot support it (e.g. a
     "what colour is the circle ?" needs exactly one circle; a long answer needs >= 5 tokens)."""
     objs = scene.objects
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    pick = lambda seq: seq[int(rng.integers(len(seq)))]
     if kind in ("colour", "shape"):
         # several images: name the image too ("the circle in image 3"), a unique shape in a
         # 16-image sample is rare; a video names the object alone
@@ -398,7 +412,9 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
             name = pick(present)
         else:  # a hard negative: shares the colour or the shape of a present object
             absent = [f"{c} {s}" for c in spec.colours for s in spec.shapes if f"{c} {s}" not in present]
-            near = [n for n in absent if any(n.split()[0] == p.split()[0] or n.split()[1] == p.split()[1] for p in present)]
+            near = [
+                n for n in absent if any(n.split()[0] == p.split()[0] or n.split()[1] == p.split()[1] for p in present)
+            ]
             name = pick(near or absent)
         hits = tuple(i for i, o in enumerate(objs) if o.name == name)
         return ChatQA(f"is there a {name} ?", "yes" if hits else "no", kind, hits)
@@ -421,7 +437,11 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
             return ChatQA(f"is the {objs[i].name} small or large ?", objs[i].size_word, kind, (i,))
         return ChatQA(f"which image shows the {objs[i].name} ?", str(objs[i].image + 1), kind, (i,))
     if kind in ("list", "describe", "tally"):
-        distinct = (lambda group: len({o.colour for _, o in group}) >= 2) if kind == "tally" else (lambda group: 2 <= len(group) <= 4)
+        distinct = (
+            (lambda group: len({o.colour for _, o in group}) >= 2)
+            if kind == "tally"
+            else (lambda group: 2 <= len(group) <= 4)
+        )
         if not (cands := [k for k, group in sorted(by_image.items()) if distinct(group)]):
             return None
         k = pick(cands)
@@ -433,7 +453,9 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
         if kind == "describe":
             parts = [f"{o.size_word} {o.name} {_quadrant(o, height, width)}" for _, o in group]
             return ChatQA(f"describe image {k + 1} ?", _listing(parts), kind, relevant)
-        return ChatQA(f"how many objects of each colour are in image {k + 1} ?", _tally(group, spec.colours), kind, relevant)
+        return ChatQA(
+            f"how many objects of each colour are in image {k + 1} ?", _tally(group, spec.colours), kind, relevant
+        )
     if kind == "where":
         queries = sorted({o.name for o in objs} | {f"{o.colour} object" for o in objs} | {o.shape for o in objs})
         matches = {q: sorted({o.image for o in objs if q in (o.name, f"{o.colour} object", o.shape)}) for q in queries}
@@ -446,7 +468,12 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
     if kind == "tally_all":
         if len({o.colour for o in objs}) < 2:
             return None
-        return ChatQA("how many objects of each colour ?", _tally(list(enumerate(objs)), spec.colours), kind, tuple(range(len(objs))))
+        return ChatQA(
+            "how many objects of each colour ?",
+            _tally(list(enumerate(objs)), spec.colours),
+            kind,
+            tuple(range(len(objs))),
+        )
     return None
 
 
@@ -485,7 +512,9 @@ def make_chat_sample(spec: ChatSceneSpec, kinds: tuple[str, ...], seed: int, ind
     raise RuntimeError(f"no scene of {spec} supports questions of kind {kind!r}")
 
 
-def make_chat_samples(spec: ChatSceneSpec, kinds: tuple[str, ...], n: int, seed: int, start: int = 0) -> list[ChatSample]:
+def make_chat_samples(
+    spec: ChatSceneSpec, kinds: tuple[str, ...], n: int, seed: int, start: int = 0
+) -> list[ChatSample]:
     """Samples ``start .. start + n - 1`` of ``seed``."""
     return [make_chat_sample(spec, kinds, seed, i) for i in range(start, start + n)]
 
@@ -506,11 +535,17 @@ SUITES: dict[str, ChatSuite] = {
     "long": ChatSuite(ChatSceneSpec(), IMAGE_LONG_KINDS, 1002, "16 images x 64 tokens, 5-20 token answers"),
     "multi_image": ChatSuite(
         ChatSceneSpec(n_images=(8, 16), min_visual_tokens=1024, objects_per_image=(1, 4)),
-        IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS, 1003, "8-16 images of 100-144 tokens (>= 1,024), all image kinds",
+        IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS,
+        1003,
+        "8-16 images of 100-144 tokens (>= 1,024), all image kinds",
     ),
-    "video": ChatSuite(_VIDEO, VIDEO_SHORT_KINDS + VIDEO_LONG_KINDS, 1004, "16-32 frames of 8 x 16 tokens per 2 frames (1,024-2,048)"),
+    "video": ChatSuite(
+        _VIDEO, VIDEO_SHORT_KINDS + VIDEO_LONG_KINDS, 1004, "16-32 frames of 8 x 16 tokens per 2 frames (1,024-2,048)"
+    ),
     "stress": ChatSuite(
-        ChatSceneSpec(cells=(16, 16), objects_per_image=(1, 4)), IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS, 1005,
+        ChatSceneSpec(cells=(16, 16), objects_per_image=(1, 4)),
+        IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS,
+        1005,
         "16 images x 256 tokens (4,096), all image kinds",
     ),
 }

@@ -19,7 +19,8 @@ Examples:
     >>> from reference_impls.common.chat_scenes import ChatSceneSpec, IMAGE_LONG_KINDS, make_chat_samples
     >>> vocab = build_vocab_v2()
     >>> _ = torch.manual_seed(0)
-    >>> config = toyvlm_v2_config(vocab, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, vision_hidden=32, vision_depth=1)
+    >>> sizes = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, vision_hidden=32, vision_depth=1)
+    >>> config = toyvlm_v2_config(vocab, **sizes)
     >>> toy = ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
     >>> samples = make_chat_samples(ChatSceneSpec(n_images=(2, 2), cells=(4, 4)), IMAGE_LONG_KINDS, 2, seed=5)
     >>> toy.vocab.decode(toy.collate(samples[:1])["input_ids"][0].tolist()[-2:])  # the prompt ends with the question
@@ -37,9 +38,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,12 +53,12 @@ from .toyvlm import SPECIALS, Vocab, patchify_image, patchify_video, toyvlm_conf
 
 __all__ = [
     "CHECKPOINT_DIR_V2",
-    "build_vocab_v2",
-    "toyvlm_v2_config",
-    "collate_chat",
     "ToyVLMv2",
-    "save_toyvlm_v2",
+    "build_vocab_v2",
+    "collate_chat",
     "load_toyvlm_v2",
+    "save_toyvlm_v2",
+    "toyvlm_v2_config",
 ]
 
 CHECKPOINT_DIR_V2 = Path(__file__).resolve().parent / "checkpoints" / "toyvlm_v2"
@@ -92,13 +94,22 @@ def toyvlm_v2_config(
 ) -> Qwen2_5_VLConfig:
     """The Qwen2.5-VL config of ToyVLM v2 (same builder as v1, larger language model by default)."""
     return toyvlm_config(
-        vocab, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size, vision_depth=vision_depth, vision_hidden=vision_hidden,
-        vision_heads=vision_heads, attn_implementation=attn_implementation,
+        vocab,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        vision_depth=vision_depth,
+        vision_hidden=vision_hidden,
+        vision_heads=vision_heads,
+        attn_implementation=attn_implementation,
     )
 
 
-def collate_chat(samples: Sequence[ChatSample], vocab: Vocab, config: Qwen2_5_VLConfig, *, with_answer: bool = False) -> dict[str, torch.Tensor]:
+def collate_chat(
+    samples: Sequence[ChatSample], vocab: Vocab, config: Qwen2_5_VLConfig, *, with_answer: bool = False
+) -> dict[str, torch.Tensor]:
     """Model inputs for a batch, left-padded, in the chat layout (images first, question last).
 
     With ``with_answer`` the answer words and ``<eos>`` are appended and ``labels`` (aligned with
@@ -114,13 +125,21 @@ def collate_chat(samples: Sequence[ChatSample], vocab: Vocab, config: Qwen2_5_VL
             pixels, grid = patchify_video(np.stack(sample.scene.images), patch, merge, temporal)
             videos.append(pixels)
             video_grids.append(grid)
-            ids += [config.vision_start_token_id] + [config.video_token_id] * (pixels.shape[0] // merge**2) + [config.vision_end_token_id]
+            ids += (
+                [config.vision_start_token_id]
+                + [config.video_token_id] * (pixels.shape[0] // merge**2)
+                + [config.vision_end_token_id]
+            )
         else:
             for image in sample.scene.images:
                 pixels, grid = patchify_image(image, patch, merge, temporal)
                 images.append(pixels)
                 image_grids.append(grid)
-                ids += [config.vision_start_token_id] + [config.image_token_id] * (pixels.shape[0] // merge**2) + [config.vision_end_token_id]
+                ids += (
+                    [config.vision_start_token_id]
+                    + [config.image_token_id] * (pixels.shape[0] // merge**2)
+                    + [config.vision_end_token_id]
+                )
         ids += vocab.encode(sample.qa.question) + [vocab.id("answer")]
         label = [-100] * len(ids)
         if with_answer:
@@ -134,7 +153,8 @@ def collate_chat(samples: Sequence[ChatSample], vocab: Vocab, config: Qwen2_5_VL
     batch: dict[str, torch.Tensor] = {
         "input_ids": input_ids,
         "attention_mask": torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows]),
-        "mm_token_type_ids": (input_ids == config.image_token_id).long() + 2 * (input_ids == config.video_token_id).long(),
+        "mm_token_type_ids": (input_ids == config.image_token_id).long()
+        + 2 * (input_ids == config.video_token_id).long(),
     }
     if images:
         batch["pixel_values"] = torch.cat(images)
@@ -159,12 +179,20 @@ class ToyVLMv2:
         return collate_chat(samples, self.vocab, self.model.config, with_answer=with_answer)
 
     @torch.no_grad()
-    def generate(self, samples: Sequence[ChatSample], *, max_new_tokens: int = 24, batch_size: int = 8) -> list[list[str]]:
+    def generate(
+        self, samples: Sequence[ChatSample], *, max_new_tokens: int = 24, batch_size: int = 8
+    ) -> list[list[str]]:
         """Greedy replies (``model.generate``), as words up to and including ``<eos>`` when produced."""
         replies: list[list[str]] = []
         for start in range(0, len(samples), batch_size):
             batch = self.collate(samples[start : start + batch_size])
-            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.vocab.pad, eos_token_id=self.vocab.eos)
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.vocab.pad,
+                eos_token_id=self.vocab.eos,
+            )
             for row in out[:, batch["input_ids"].shape[1] :].tolist():
                 words = [self.vocab.words[i] for i in row]
                 replies.append(words[: words.index("<eos>") + 1] if "<eos>" in words else words)

@@ -89,11 +89,15 @@ def test_answers_follow_from_the_objects(kind):
             image = int(words[-2]) - 1
             group = sorted((o for o in objs if o.image == image), key=lambda o: o.x)
             names = qa.answer.replace(" and ", " , ").split(" , ")
-            assert [" ".join(n.split()[-3:-1] if kind == "describe" else n.split()) for n in names] == [o.name for o in group]
+            assert [" ".join(n.split()[-3:-1] if kind == "describe" else n.split()) for n in names] == [
+                o.name for o in group
+            ]
         elif kind == "where":
             query = " ".join(words[4:-1])
             hits = sorted({o.image + 1 for o in objs if query in (o.name, f"{o.colour} object", o.shape)})
-            assert qa.answer.replace(" and ", " , ").split(" , ") == ["images " + str(hits[0])] + [str(h) for h in hits[1:]]
+            assert qa.answer.replace(" and ", " , ").split(" , ") == ["images " + str(hits[0])] + [
+                str(h) for h in hits[1:]
+            ]
         elif kind == "tally_all":
             parts = [p.split() for p in qa.answer.replace(" and ", " , ").split(" , ")]
             assert {c: int(n) for n, c in parts} == {c: n for c in COLOURS if (n := sum(o.colour == c for o in objs))}
@@ -110,7 +114,9 @@ def test_video_flash_and_motion():
         shown = [tuple(frame[centre]) == COLOURS[obj.colour] for frame in scene.images]
         assert [t for t, s in enumerate(shown) if s] == [first, first + 1]
         mover, direction = scene.moving
-        assert sample.qa.answer.startswith(f"{scene.objects[mover].name} moves {direction} and {obj.name} appears in frames {first + 1}")
+        assert sample.qa.answer.startswith(
+            f"{scene.objects[mover].name} moves {direction} and {obj.name} appears in frames {first + 1}"
+        )
         tokens = scene.object_tokens[mover]
         per_group = 8 * 16
         first_group = sorted(t % per_group for t in tokens if t < per_group)

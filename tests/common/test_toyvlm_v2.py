@@ -27,7 +27,9 @@ VIDEO = ChatSceneSpec(video_frames=(4, 6), cells=(4, 8), still_objects=(1, 3))
 def toy():
     vocab = build_vocab_v2()
     torch.manual_seed(0)
-    config = toyvlm_v2_config(vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1)
+    config = toyvlm_v2_config(
+        vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1
+    )
     return ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
 
 
@@ -43,12 +45,17 @@ def test_chat_layout_images_first_question_last(toy):
     samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 3, seed=1)
     batch = toy.collate(samples, with_answer=True)
     config, vocab = toy.model.config, toy.vocab
-    for row, (sample, ids, mask, labels) in enumerate(zip(samples, batch["input_ids"], batch["attention_mask"], batch["labels"])):
+    for row, (sample, ids, mask, labels) in enumerate(
+        zip(samples, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    ):
         ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
         assert ids[0] == vocab.bos
         n_images, position = 0, 1
         while ids[position] == config.vision_start_token_id:  # (<vision_start> <image>*16 <vision_end>)+
-            assert ids[position + 1 : position + 17] == [config.image_token_id] * 16 and ids[position + 17] == config.vision_end_token_id
+            assert (
+                ids[position + 1 : position + 17] == [config.image_token_id] * 16
+                and ids[position + 17] == config.vision_end_token_id
+            )
             n_images, position = n_images + 1, position + 18
         assert n_images == len(sample.scene.images)
         question = vocab.encode(sample.qa.question)
@@ -64,12 +71,18 @@ def test_video_is_one_qwen_video_item(toy):
     batch = toy.collate([sample])
     frames = len(sample.scene.images)
     assert batch["video_grid_thw"].tolist() == [[frames // 2, 8, 16]] and "pixel_values" not in batch
-    assert (batch["input_ids"] == toy.model.config.video_token_id).sum() == frames // 2 * 32 == sample.scene.n_visual_tokens
+    assert (
+        (batch["input_ids"] == toy.model.config.video_token_id).sum()
+        == frames // 2 * 32
+        == sample.scene.n_visual_tokens
+    )
     assert torch.equal(batch["mm_token_type_ids"], 2 * (batch["input_ids"] == toy.model.config.video_token_id).long())
 
 
 def test_generate_is_greedy_and_stops_at_eos(toy):
-    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=3) + make_chat_samples(VIDEO, VIDEO_LONG_KINDS, 1, seed=3)
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=3) + make_chat_samples(
+        VIDEO, VIDEO_LONG_KINDS, 1, seed=3
+    )
     replies = toy.generate(samples, max_new_tokens=4, batch_size=3)
     with torch.no_grad():
         for sample, reply in zip(samples, replies):
@@ -86,13 +99,17 @@ def test_save_load_round_trip(toy, tmp_path):
     assert loaded.vocab == toy.vocab and loaded.manifest["training_seed"] == 0
     samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=4)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(**loaded.collate(samples)).logits, toy.model(**toy.collate(samples)).logits)
+        torch.testing.assert_close(
+            loaded.model(**loaded.collate(samples)).logits, toy.model(**toy.collate(samples)).logits
+        )
 
 
 def test_training_targets(toy):
     from reference_impls.common.train_toyvlm_v2 import attention_targets, cell_targets_v2
 
-    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=6) + make_chat_samples(VIDEO, VIDEO_LONG_KINDS, 1, seed=6)
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=6) + make_chat_samples(
+        VIDEO, VIDEO_LONG_KINDS, 1, seed=6
+    )
     samples = [samples[2], samples[0], samples[1]]  # a video first: its tokens still come after the images
     batch = toy.collate(samples, with_answer=True)
     colour, shape, size = cell_targets_v2(samples, IMAGES.colours, IMAGES.shapes)
@@ -131,3 +148,13 @@ def test_micro_training_loss_falls():
     history = micro_run(20)
     first, last = history["loss"][0][1], history["loss"][-1][1]
     assert history["steps"] == 20 and last < 0.8 * first, (first, last)
+
+
+@pytest.mark.parametrize("name", ["chat_scenes", "toyvlm_v2"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"reference_impls.common.{name}")
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
