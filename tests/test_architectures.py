@@ -14,7 +14,7 @@ import torch
 
 from reference_impls.bench.architecture_coverage import RESULTS_ID, coverage_results
 from reference_impls.common.architectures import UnsupportedArchitecture, UnsupportedFeature, adapter_for
-from reference_impls.common.architectures.coverage import coverage_rows
+from reference_impls.common.architectures.coverage import coverage_rows, run_cell
 from reference_impls.common.architectures.mllama import MLLAMA_REASON
 from reference_impls.common.architectures.zoo import ARCHITECTURES, tiny_config, tiny_vlm
 from reference_impls.common.results import RESULTS_DIR
@@ -82,15 +82,20 @@ def test_mllama_is_refused_by_name():
 def test_gemma3_kv_methods_refuse_past_the_sliding_window():
     from reference_impls.decoding.snapkv import SnapKV
 
-    model, inputs = tiny_vlm("gemma3")
-    model.config.text_config.sliding_window = 8  # shorter than the 15-token prompt
-    for layer in adapter_for(model).language_layers(model):
-        if layer.self_attn.sliding_window is not None:
-            layer.self_attn.sliding_window = 8
+    model, inputs = tiny_vlm("gemma3", sliding_window=8)  # shorter than the 27-token prompt
     with pytest.raises(UnsupportedFeature) as error, SnapKV(budget=1.0)(model):
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert str(error.value) == ("KV-cache methods on a sliding-window layer once the sequence (15 tokens) exceeds "
+    assert str(error.value) == ("KV-cache methods on a sliding-window layer once the sequence (27 tokens) exceeds "
                                 "its window (8; layer 0) are not supported")
+
+
+@pytest.mark.parametrize("method", ["fastv", "sparsevlm", "pyramiddrop", "block-sparse", "vcd", "pai"])
+def test_gemma3_methods_past_the_sliding_window_reproduce_or_refuse(method):
+    model, inputs = tiny_vlm("gemma3", sliding_window=8)
+    cell = run_cell(method, "gemma3", model, inputs)
+    assert cell["status"] in ("supported", "refused"), cell
+    if cell["status"] == "refused":
+        assert "sliding-window" in cell["reason"]
 
 
 def test_qwen3vl_pruning_inside_the_deepstack_layers_is_refused():

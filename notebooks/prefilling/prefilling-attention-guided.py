@@ -3,9 +3,11 @@
 #
 # FastV drops visual tokens once after layer K by the last prompt token's attention; PyramidDrop
 # drops a share at several stage boundaries; SparseVLM lets "text raters" score the visual
-# tokens (optionally recycling the best pruned ones). All three run through one mechanism that
-# index-selects the hidden states, rotary inputs and mask from layer K on, keeps the original
-# M-RoPE positions and stores a shorter KV cache with a logical length for decoding.
+# tokens and recycles the best pruned ones into a few merged tokens. All three follow the
+# authors' code and run through one mechanism that index-selects the hidden states, rotary
+# inputs and mask from layer K on, keeps the original M-RoPE positions and stores a shorter KV
+# cache with a logical length for decoding. The authors' LLaVA code renumbers the positions
+# after a drop instead; the full run shows that variant as "+renumber".
 #
 # We measure accuracy and prefill time against the visual budget on ToyVLM (question before
 # the images, 4 images x 64 tokens), against random pruning at the same layers. Budget = the
@@ -32,7 +34,8 @@ print(f"data: {data.source}; {num_layers} LLM layers; FastV and random pruning a
 # Budget 1.0 is the unpruned model exactly (tested), shown as the dashed line.
 budgets = (0.25,) if QUICK else (0.5, 0.25, 0.1)
 names = ("fastv", "pyramiddrop", "sparsevlm", "random@0") if QUICK else (
-    "fastv", "pyramiddrop", "sparsevlm", "sparsevlm+recycle", "random@0", f"random@{k}")
+    "fastv", "pyramiddrop", "pyramiddrop+renumber", "sparsevlm", "sparsevlm-norecycle", "sparsevlm+renumber",
+    "random@0", f"random@{k}")
 rows = bench.sweep(data, budgets, names)
 bench.print_sweep(rows)
 

@@ -14,7 +14,7 @@ on seeds 0-2 (``TUNING_SEEDS``); reported seeds default to 10-17 and may never o
 Results: ``reference_impls/results/continual-ad-procad.json``, ``continual-ad-procad-curve.json``
 (the per-task curve) and ``continual-ad-procad-tests.json`` (HF-OLB against each baseline: paired
 sign test and bootstrap over seeds, per metric). Sized for a shared 2-core machine (short
-training, 4 DDIM steps, one noise draw); the defaults of the package README are larger.
+training, 4 DDIM steps, one noise draw); the defaults of ``hfolb/README.md`` §9 are larger.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ is at least ``threshold``, so threshold 0 never escalates and a threshold above 
 
 Paper: arXiv 2505.15154
 
+Upstream: none found (no code of CAR in our code index). The routing rule below is our
+reconstruction from the paper's idea, so there is no parity test; the tests check the routing
+contract (threshold 0 never escalates, above 1 always does, the split follows the confidence).
+
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
@@ -22,7 +26,7 @@ Examples:
     >>> sorted(result.stats)[:3]
     ['confidence', 'decoded_tokens', 'escalated']
 
-Deviations / guesses:
+Deviations:
     - CAR scores the short answer by its perplexity and routes with thresholds fitted on
       training data (it trains the model on both short and long answers). We use the first
       answer token's probability and a free threshold, and no training.

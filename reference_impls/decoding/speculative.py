@@ -17,6 +17,14 @@ for a caller-given set of token ids (e.g. function words that carry no visual co
 
 Paper: arXiv 2508.16201
 
+Upstream: zju-jiyicheng/SpecVLM ``decoding/tree_decoding_qwen2_5.py`` (``evaluate_posterior``)
+and ``utils/utils.py`` (``drop_visual_tokens_specvlm``, ``drop_visual_tokens_uniform``) @
+632ef27aa65a07d574d21c0e13ccf336c1d14e08. Verification is the same rule: a draft token is
+accepted while it equals the target's argmax at its position (``cumprod`` of the matches), and
+the target's argmax after the accepted prefix is emitted (:func:`verify_step`, parity test
+against that rule and against the standard greedy case of Leviathan et al. 2023 / Chen et al.
+2023). The draft pruning is ours (see Deviations).
+
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
@@ -25,14 +33,22 @@ Examples:
     >>> result.tokens == greedy_decode(model, inputs, max_new_tokens=12).tokens
     True
 
-Deviations / guesses:
-    - SpecVLM prunes the draft's video tokens in two stages, by the verifier's attention and
-      then spatially uniformly. Our built-in rules are attention-free, per image: ``"uniform"``
-      (evenly spaced, like its second stage), ``"norm"`` (largest embedding norm) or
-      ``"random"``; any registered ``visual-token`` method can be plugged in instead. Kept
-      tokens keep their original 3-D M-RoPE positions.
-    - The draft decodes greedily and verification compares with the target's argmax (no
-      sampling-based rejection), so strict mode is lossless for greedy decoding only.
+Deviations:
+    - SpecVLM prunes the draft's video tokens in two stages: stage I keeps the tokens the
+      verifier's prefill attends to most (text rows after the video, mean over layers, heads
+      and rows), stage II fills the rest of the budget evenly from the remaining ones
+      (``linspace(0, n - 1, k)`` truncated to integers, ``k = int(n * keep)``, over all video
+      tokens at once). Our built-in rules are attention-free and per image: ``"uniform"``
+      (evenly spaced, ``linspace`` *rounded*, ``k = round(n * keep)``), ``"norm"`` (largest
+      embedding norm) or ``"random"``; any registered ``visual-token`` method can be plugged in
+      instead. Kept tokens keep their original 3-D M-RoPE positions (upstream feeds the draft
+      the shorter sequence). The draft's pruning only changes speed, never the output.
+    - SpecVLM drafts an EAGLE-style token tree (top-10 per node, 48 draft tokens, depth 5) and
+      verifies every path in one forward; we draft and verify one chain (the tree's single
+      path case). There is no sampling path: the draft decodes greedily and verification
+      compares with the target's argmax, as upstream; the stochastic rule of Leviathan et al. /
+      Chen et al. (accept with ``min(1, p/q)``, resample from ``max(0, p - q)``) is not
+      implemented, so strict mode is lossless for greedy decoding only.
     - ``draft_layers`` (early exit of the draft after its first layers) is our addition, to get
       a draft cheaper than the target when no smaller model exists; it is not from SpecVLM.
       Likewise ``draft_min_confidence`` (stop a proposal when the draft is unsure), a common
@@ -64,7 +80,7 @@ from reference_impls.decoding._speculative_prompt import (
 )
 from reference_impls.registry import register
 
-__all__ = ["SpeculativeDecoding", "DecodeResult", "accept_draft", "accepted_prefix", "greedy_decode"]
+__all__ = ["SpeculativeDecoding", "DecodeResult", "accept_draft", "accepted_prefix", "verify_step", "greedy_decode"]
 
 
 def accept_draft(
@@ -109,6 +125,22 @@ def accept_draft(
 def accepted_prefix(accepted: torch.Tensor) -> int:
     """Length of the leading run of ``True`` in a ``(k,)`` bool tensor."""
     return int(accepted.long().cumprod(0).sum())
+
+
+def verify_step(proposal: list[int], target_logits: torch.Tensor, accepted: torch.Tensor) -> tuple[list[int], int]:
+    """The tokens one verification step emits: the accepted draft prefix, then the target's own token.
+
+    Args:
+        proposal: the ``k`` draft tokens.
+        target_logits: ``(k + 1, V)`` target logits; row ``i`` predicts the token after ``i``
+            draft tokens (row ``k`` gives the bonus token when every draft token is accepted).
+        accepted: ``(k,)`` bool, per-position verdicts (:func:`accept_draft`).
+
+    Returns:
+        ``(tokens, n)``: the ``n + 1`` emitted tokens and the accepted prefix length ``n``.
+    """
+    n = accepted_prefix(accepted)
+    return proposal[:n] + [int(target_logits[n].argmax())], n
 
 
 class _Draft:
@@ -213,11 +245,11 @@ class SpeculativeDecoding:
                 relax_ids=self.relax_ids,
                 generator=generator,
             )
-            n = accepted_prefix(accepted)
+            emitted, n = verify_step(proposal, target_logits, accepted)
             crop(cache, prompt.length + len(generated) + n)  # keep the accepted prefix only
             if k > 0:
                 draft.rollback(n)
-            new = _until_stop(proposal[:n] + [int(target_logits[n].argmax())], stop)  # nothing after <eos>
+            new = _until_stop(emitted, stop)  # nothing after <eos>
             generated += new
             lengths.append(len(new))
             proposed += k

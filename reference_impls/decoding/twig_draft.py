@@ -17,6 +17,13 @@ layers, which makes the effect of distillation directly measurable.
 
 Paper: arXiv 2503.14075
 
+Upstream: MILVLG/twigvlm (official code; README @ 10fb909658a5a814cafcb9f9652e01d637759eb1, training
+in ``twig_train/`` and ``twigvlm/train/``, self-speculative generation in
+``twigvlm/inference/generator_utils/``). Not re-implemented: we take the architecture idea (shared
+base layers + twig layers + head as the draft) and reuse our own draft-then-verify loop, whose
+greedy verification has a parity test (:mod:`~reference_impls.decoding.speculative`). The twig's
+training recipe here is ours.
+
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> from reference_impls.decoding.speculative import greedy_decode
@@ -28,12 +35,13 @@ Examples:
     >>> result.tokens == greedy_decode(model, inputs, max_new_tokens=6).tokens
     True
 
-Deviations / guesses:
+Deviations:
     - Ours, not TwigVLM's: the training objective (KL between the target's and the draft's
       next-token distributions at temperature ``temperature``, on sequences continued by the
       target's own greedy decoding: sequence-level self-distillation, no ground-truth data),
       the optimiser and step counts, and training on pruned draft prompts (``visual_keeps``).
-      TwigVLM trains its twig on the base model's instruction data; we did not check its loss.
+      TwigVLM trains its twig with LLaVA-1.5's training pipeline and instruction data (its
+      README); we did not re-implement or compare its loss.
     - TwigVLM also uses the twig's attention to prune visual tokens (twig-guided token
       pruning) and reuses the base's KV cache for the shared layers; we do neither: the draft
       keeps its own cache and recomputes the shared layers (it may see fewer visual tokens, by

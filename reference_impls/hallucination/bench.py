@@ -38,7 +38,7 @@ from .efuf import EFUF
 from .gradient_ascent import GradientAscent
 from .npo import NPO
 from .robustness import gaussian_noise, relearn, worst_case_probe
-from .sare import SARE, calibrate_rho
+from .sare import SAMConfig, SARE, calibrate_rho
 from .train_captioner import load_captioner
 
 __all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
@@ -68,9 +68,9 @@ def methods(rho: float, steps: int) -> dict[str, tuple[object, int]]:
         "ga": (GradientAscent(lr=1e-4), steps),
         "npo": (NPO(beta=0.5, lr=5e-4), steps),
         "efuf": (EFUF(lr=1e-4), steps),
-        "sare": (SARE(rho=rho, beta=0.5, lr=5e-4), steps),
-        "sare-ga": (SARE(rho=rho, forget="ga", lr=1e-4), steps),
-        "sam-untargeted": (SARE(rho=rho, beta=0.5, lr=5e-4, scope="all"), steps),
+        "sare": (SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rho)), steps),
+        "sare-ga": (SARE(forget="ga", lr=1e-4, sam=SAMConfig(rho=rho)), steps),
+        "sam-untargeted": (SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rho, scope="all")), steps),
         "npo-same-compute": (NPO(beta=0.5, lr=5e-4), int(1.5 * steps)),
     }
 

@@ -51,7 +51,7 @@ from .post_hoc_correction import SelfCheckCorrection
 from .preference_optimization import HallucinationDPO, preference_batch
 from .representation_steering import SteeringVector
 from .robustness import relearn
-from .sare import SARE, calibrate_rho
+from .sare import SAMConfig, SARE, calibrate_rho
 from .train_captioner import load_captioner
 
 __all__ = ["CompareConfig", "run", "aggregate", "FAMILIES"]
@@ -139,7 +139,8 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
             "grounded-tuning": ("grounded-instruction-tuning", "balanced truthful data", lambda m: grounded.train(m, grounded.batches(world, vocab, base.config, seed))),
             "ga": ("hallucination-unlearning", "GA + retain, lr 1e-4", lambda m: GradientAscent(lr=1e-4).unlearn(m, batches, steps=config.steps)),
             "npo": ("hallucination-unlearning", "NPO + retain, beta 0.5", lambda m: NPO(beta=0.5, lr=5e-4).unlearn(m, batches, steps=config.steps)),
-            "sare": ("hallucination-unlearning", f"NPO + targeted SAM, rho {rho}", lambda m: SARE(rho=rho, beta=0.5, lr=5e-4).unlearn(m, batches, steps=config.steps)),
+            "sare": ("hallucination-unlearning", f"NPO + targeted SAM, rho {rho}",
+                     lambda m: SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rho)).unlearn(m, batches, steps=config.steps)),
         }
         budget = (config.relearn_steps,)
         attacked = lambda m: relearn(m, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=evaluate)[0]

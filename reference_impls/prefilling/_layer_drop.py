@@ -11,8 +11,13 @@ How it works (design note kv-cache-on-transformers5 §2, §6):
   names as a boundary, the plan returns the indices to keep (in the current coordinates); from
   that layer on every layer index-selects the sequence axis of its hidden states (only at the
   boundary: later layers receive them already shortened), ``position_embeddings`` (cos, sin),
-  the text ``position_ids`` and the 4-D mask. Kept tokens therefore keep their original M-RoPE
-  positions and their original order.
+  the text ``position_ids`` and the 4-D mask. Kept tokens keep their original order and, with
+  ``positions="keep"`` (the default), their original M-RoPE positions.
+- ``positions="renumber"`` (a plan attribute) is the LLaVA-code rule of PyramidDrop, SparseVLM
+  and DivPrune: from the first drop on, a layer gives its tokens the positions 0..n-1 of their
+  index among the valid tokens it holds (the same number on all three M-RoPE axes), and during
+  decoding a new token of that layer sits right after them (its position is the number of valid
+  entries the layer has cached). Layers before the first drop keep the model's positions.
 - Layers that hold fewer KV entries get a :class:`_LogicalLayer` in the cache: its
   ``get_seq_length()`` is the *logical* length (prompt plus generated tokens, what positions are
   derived from), its ``get_mask_sizes()`` the *physical* one. The mask transformers builds
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 import torch
 from torch import nn
@@ -37,6 +42,9 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 
 __all__: list[str] = []  # private module; see attach()
+
+Positions = Literal["keep", "renumber"]
+"""Positions of the tokens after a drop: their original M-RoPE ones, or their index (see module doc)."""
 
 
 class _LogicalLayer(DynamicLayer):
@@ -78,6 +86,10 @@ class DropContext:
     last: torch.Tensor  # (B,) index of the last prompt token
     n_visual_in: int  # visual tokens per row in the prompt
     layers: nn.ModuleList
+    kept: torch.Tensor  # (B, n) original index of each current token
+    embeds: torch.Tensor  # (B, N, D) hidden states entering layer 0, original coordinates
+    prompt_visual: torch.Tensor  # (B, N) bool, visual tokens of the prompt, original coordinates
+    prompt_text: torch.Tensor  # (B, N) bool, text tokens of the prompt (as ``text``), original coordinates
     inputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """Stashed ``(hidden, cos, sin)`` entering earlier layers, in these same coordinates."""
 
@@ -106,6 +118,8 @@ class _State:
     num_layers: int
     boundaries: list[int]
     stash_layers: set[int]
+    positions: str = "keep"
+    rotary: Any = None
     prefill: bool = False
     n_prompt: int = 0
     visual: torch.Tensor | None = None  # (B, N) original coordinates
@@ -114,6 +128,9 @@ class _State:
     n_visual_in: int = 0
     cur: torch.Tensor | None = None  # (B, n) absolute indices kept so far; None = all
     layer_keep: dict[int, torch.Tensor | None] = field(default_factory=dict)
+    embeds: torch.Tensor | None = None  # (B, N, D) entering layer 0
+    renumbered: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the current tokens, renumber mode
+    next_position: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B,) valid entries cached
     inputs: dict[int, tuple] = field(default_factory=dict)
     kept_per_layer: list[int] = field(default_factory=list)
     layers: Any = None
@@ -139,11 +156,22 @@ def _on_model(state: _State, module, args, kwargs) -> None:
     state.text = valid & ~visual & ~markers
     state.n_prompt = input_ids.shape[1]
     state.cur, state.layer_keep, state.inputs, state.kept_per_layer = None, {}, {}, []
+    state.embeds, state.renumbered, state.next_position = None, None, {}
 
 
 def _last_valid(valid: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
     return torch.where(valid, positions, -1).amax(-1)  # (B,)
+
+
+def _renumbered_rotary(state: _State, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """cos, sin for 1-D ``positions`` (B, n) (the same index on the three M-RoPE axes of Qwen models)."""
+    return state.rotary(hidden, positions)
+
+
+def _index_positions(valid: torch.Tensor) -> torch.Tensor:
+    """Index of each token among the valid ones of its row, (B, n); padding gets 0."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _select_mask(mask: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor) -> torch.Tensor:
@@ -158,19 +186,31 @@ def _on_layer(state: _State, layer_idx: int, module, args, kwargs):
     mask = kwargs.get("attention_mask")
     if not state.prefill:
         keep = state.layer_keep.get(layer_idx)
-        if keep is None or not isinstance(mask, torch.Tensor):
+        if keep is None:
             return None
-        # The decode mask is sized for layer 0's physical cache: map our kept prompt entries
-        # into layer 0's coordinates, then append every column after the prompt.
-        ref = state.layer_keep.get(0)
-        rel = keep if ref is None else torch.searchsorted(ref, keep)
-        ref_len = state.n_prompt if ref is None else ref.shape[1]
-        tail = torch.arange(ref_len, mask.shape[-1], device=mask.device).expand(keep.shape[0], -1)
-        kwargs["attention_mask"] = _select_mask(mask, None, torch.cat([rel, tail], dim=1))
+        if isinstance(mask, torch.Tensor):
+            # The decode mask is sized for layer 0's physical cache: map our kept prompt entries
+            # into layer 0's coordinates, then append every column after the prompt.
+            ref = state.layer_keep.get(0)
+            rel = keep if ref is None else torch.searchsorted(ref, keep)
+            ref_len = state.n_prompt if ref is None else ref.shape[1]
+            tail = torch.arange(ref_len, mask.shape[-1], device=mask.device).expand(keep.shape[0], -1)
+            kwargs["attention_mask"] = _select_mask(mask, None, torch.cat([rel, tail], dim=1))
+        if state.positions == "renumber":
+            # A new token sits right after the valid entries this layer holds.
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            generated = cache.layers[layer_idx].get_seq_length() - state.n_prompt
+            steps = torch.arange(hidden.shape[1], device=hidden.device)
+            positions = state.next_position[layer_idx][:, None] + generated + steps  # (B, q)
+            kwargs["position_embeddings"] = _renumbered_rotary(state, hidden, positions)
         return args, kwargs
 
+    if layer_idx == 0:
+        state.embeds = hidden
     cos, sin = kwargs["position_embeddings"]
-    if state.cur is not None:  # bring the full-length side tensors into the current coordinates
+    if state.renumbered is not None:
+        cos, sin = state.renumbered
+    elif state.cur is not None:  # bring the full-length side tensors into the current coordinates
         cos, sin = _gather(cos, state.cur, 1), _gather(sin, state.cur, 1)
     cur = state.cur if state.cur is not None else torch.arange(state.n_prompt, device=hidden.device).expand(hidden.shape[0], -1)
     if layer_idx in state.boundaries:
@@ -185,14 +225,22 @@ def _on_layer(state: _State, layer_idx: int, module, args, kwargs):
             last=_last_valid(_gather(state.valid, cur, 1)),
             n_visual_in=state.n_visual_in,
             layers=state.layers,
+            kept=cur,
+            embeds=state.embeds,
+            prompt_visual=state.visual,
+            prompt_text=state.text,
             inputs=state.inputs,
         )
         out = state.plan.select(ctx)
         keep, new_hidden = out if isinstance(out, tuple) else (out, None)
         if keep.shape[1] < hidden.shape[1] or new_hidden is not None:
             hidden = new_hidden if new_hidden is not None else _gather(hidden, keep, 1)
-            cos, sin = _gather(cos, keep, 1), _gather(sin, keep, 1)
             state.cur = cur = _gather(cur, keep, 1)
+            if state.positions == "renumber":
+                index = _index_positions(_gather(state.valid, cur, 1))
+                state.renumbered = cos, sin = _renumbered_rotary(state, hidden, index)
+            else:
+                cos, sin = _gather(cos, keep, 1), _gather(sin, keep, 1)
             state.inputs = {}  # stashed tensors are in the old coordinates
     if state.cur is not None:
         position_ids = kwargs.get("position_ids")
@@ -204,6 +252,8 @@ def _on_layer(state: _State, layer_idx: int, module, args, kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and kwargs.get("use_cache", True) is not False:
             _install_logical_layer(cache, layer_idx, state.n_prompt - state.cur.shape[1])
+        if state.positions == "renumber":
+            state.next_position[layer_idx] = _gather(state.valid, state.cur, 1).sum(-1)
     state.layer_keep[layer_idx] = state.cur
     if layer_idx in state.stash_layers:
         state.inputs[layer_idx] = (hidden, cos, sin)
@@ -248,7 +298,8 @@ def attach(model, plan, owner=None) -> _Handle:
 
     Args:
         model: the model (or its ``.model``) to patch.
-        plan: an object with ``boundaries(num_layers)``, ``stash(num_layers)`` and ``select(ctx)``.
+        plan: an object with ``boundaries(num_layers)``, ``stash(num_layers)`` and ``select(ctx)``;
+            an optional ``positions`` attribute (``"keep"`` or ``"renumber"``, default ``"keep"``).
         owner: where ``stats`` is written after each prefill (defaults to ``plan``).
     """
     adapter = adapter_for(model)
@@ -262,12 +313,17 @@ def attach(model, plan, owner=None) -> _Handle:
             f"pruning before a DeepStack layer is not supported (first pruned layer {boundaries[0]}; "
             f"{adapter.name} adds visual features after layers {list(deepstack)})"
         )
+    positions = getattr(plan, "positions", "keep")
+    if positions not in ("keep", "renumber"):
+        raise ValueError(f"positions must be 'keep' or 'renumber', got {positions!r}")
     state = _State(
         plan=plan,
         owner=owner if owner is not None else plan,
         num_layers=num_layers,
         boundaries=boundaries,
         stash_layers=set(plan.stash(num_layers)),
+        positions=positions,
+        rotary=adapter.index_rotary(model) if positions == "renumber" else None,
         layers=layers,
     )
     hooks = [inner.register_forward_pre_hook(lambda m, a, k: _on_model(state, m, a, k), with_kwargs=True)]

@@ -151,8 +151,10 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
     return {
         "fastv": ("prefilling-attention-guided", lambda b: FastV(budget=b, layer=k)),
         "pyramiddrop": ("prefilling-attention-guided", lambda b: PyramidDrop(budget=b)),
+        "pyramiddrop+renumber": ("prefilling-attention-guided", lambda b: PyramidDrop(budget=b, positions="renumber")),
         "sparsevlm": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b)),
-        "sparsevlm+recycle": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b, recycle=True)),
+        "sparsevlm-norecycle": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b, recycle=False)),
+        "sparsevlm+renumber": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b, positions="renumber")),
         "divprune": ("prefilling-diversity-guided", lambda b: DivPrune(budget=b)),
         "block-sparse": ("sparse-attention", lambda b: BlockSparseAttention(budget=b, block_size=16)),
         "random@0": ("", lambda b: RandomPruning(budget=b)),
@@ -266,7 +268,10 @@ def main() -> None:
                Plot(x="budget", y="prefill_ms", group="method", title="LLM prefill time (vision tower excluded) vs visual budget")],
         notes=(f"Data: {data.source}, {sum(a.numel() for _, a in data.batches)} held-out samples, batch 16 (left-padded), 1 thread, "
                "shared CPU (timings noisy); prefill = language model only (vision features precomputed). Budget = fraction of visual tokens left after the last pruning stage; for block-sparse it is the "
-               "fraction of causal key blocks a visual query block reads (no token is dropped). "),
+               "fraction of causal key blocks a visual query block reads (no token is dropped). "
+               "Defaults follow the authors' code except positions (kept M-RoPE); '+renumber' rows use upstream's "
+               "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off (its default "
+               "adds the recycled cluster tokens on top of the budget)."),
     ))
     cost = sparse_cost()
     for row in cost:

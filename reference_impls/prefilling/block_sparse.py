@@ -10,8 +10,12 @@ top-scored remaining blocks, scored by the dot product of block-mean queries and
 over heads). ``budget`` sets how many of the causal key blocks a visual query block may use.
 Decoding (one query against the cache) falls back to sdpa; no token is dropped.
 
-Paper: arXiv 2407.02490 (MInference 1.0; code: microsoft/MInference); related: arXiv 2503.16428
-(XAttention, antidiagonal block scoring), arXiv 2504.16083 (MMInference, modality-aware).
+Paper: arXiv 2407.02490 (MInference 1.0); related: arXiv 2503.16428 (XAttention, antidiagonal
+block scoring), arXiv 2504.16083 (MMInference, modality-aware).
+
+Upstream: none followed. The pattern below is our own simplification of the family, so there is
+no parity test against an upstream rule; the papers' code (e.g. microsoft/MInference) was not
+re-implemented. The tests check the block path against a dense masked reference instead.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -23,7 +27,7 @@ Examples:
     >>> method.stats["visual_kept"] == method.stats["visual_in"]
     True
 
-Deviations / guesses:
+Deviations:
     - Our own simplified pattern, not any one paper's: MInference picks one of three patterns
       per head offline and estimates blocks from the last queries; XAttention scores blocks by
       antidiagonal sums; we use a block-mean score shared by all heads, plus fixed sink/local/text
@@ -49,6 +53,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.registry import register
 
 __all__ = ["ATTENTION_NAME", "BlockSparseAttention", "block_pattern", "block_sparse_attention", "pattern_to_mask"]
@@ -210,8 +215,9 @@ class BlockSparseAttention:
     def __call__(self, model) -> Iterator["BlockSparseAttention"]:
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must lie in (0, 1], got {self.budget}")
-        inner = model.model if hasattr(model, "lm_head") else model
-        text_config = inner.language_model.config
+        adapter = adapter_for(model)
+        inner = adapter.inner(model)
+        text_config = adapter.text_model(model).config
         previous = text_config._attn_implementation
         if previous not in ("sdpa", ATTENTION_NAME):
             raise ValueError(f"block-sparse attention replaces sdpa; the model uses {previous!r}")
@@ -224,7 +230,7 @@ class BlockSparseAttention:
                 return
             ids = kwargs.get("input_ids", args[0] if args else None)
             config = module.config
-            state.visual = (ids == config.image_token_id) | (ids == config.video_token_id)
+            state.visual = adapter.visual_mask(ids, config)
             state.density.clear()
             n_visual = int(state.visual[0].sum())
             self.stats = {"visual_in": n_visual, "visual_kept": n_visual}
@@ -233,7 +239,7 @@ class BlockSparseAttention:
             if state.density:
                 self.stats["density"] = sum(state.density) / len(state.density)
 
-        attentions = [layer.self_attn for layer in inner.language_model.layers]
+        attentions = adapter.attention_modules(model)
         for attention in attentions:
             attention._atlas_block_sparse = state
         hooks = [inner.register_forward_pre_hook(on_model, with_kwargs=True),

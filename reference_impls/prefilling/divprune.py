@@ -8,7 +8,15 @@ is farthest away, then repeatedly add the token farthest from everything chosen 
 (farthest-point sampling). It needs only the visual features, so it is task-agnostic and
 compatible with flash attention.
 
-Paper: arXiv 2503.02175 (code: vbdi/divprune).
+Paper: arXiv 2503.02175
+
+Upstream: vbdi/divprune ``LLaVA/llava/model/llava_arch.py`` (``DivPrune()``, applied to the
+projector outputs in ``prepare_inputs_labels_for_multimodal``). Our code index holds only that
+repository's README (@ 3a1227fd2d0326c1de8679b3ce4119ac1314f066), so the rule was read from the
+same function as carried verbatim by derivative repositories: cosine distance, the first pick is
+the token whose nearest other token is farthest, then the token whose minimum distance to the
+picked ones is largest, ``int(round(ratio * n))`` picks, kept in sequence order. Our
+:func:`max_min_select` picks the same tokens in the same order (parity test).
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -20,11 +28,17 @@ Examples:
     >>> method.stats["visual_kept"]
     4
 
-Deviations / guesses:
+Deviations:
+    - Positions: ``positions="keep"`` (default) keeps the kept tokens' original M-RoPE
+      positions; ``"renumber"`` gives them 0..n-1 as LLaVA does for the shorter sequence
+      upstream feeds its LLM. Why keep is the default on Qwen2.5-VL: see
+      :mod:`~reference_impls.prefilling.pyramiddrop` (the same holds for every pre-LLM pruning
+      method here).
     - Where we apply it: by default (``layer=0``) on the visual embeddings *entering* the LLM
       (the merger outputs), as the paper does before the LLM; ``layer=K`` applies it to the
-      hidden states entering layer K instead (then layers < K keep every token). Both go through
-      the same hidden-state drop, so kept tokens keep their original M-RoPE positions.
+      hidden states entering layer K instead (then layers < K keep every token).
+    - Already-picked tokens are excluded explicitly (upstream relies on their zero distance to
+      themselves, which is the same up to float rounding). At least one token is kept.
     - Several images in one prompt are pooled and selected jointly (the paper handles one
       image; per-image selection would be a one-line change).
 """
@@ -36,7 +50,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.common.visual_tokens import keep_count
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod
+from reference_impls.prefilling._layer_drop import DropContext, DropMethod, Positions
 from reference_impls.registry import register
 
 __all__ = ["DivPrune", "max_min_select"]
@@ -75,10 +89,12 @@ class DivPrune(DropMethod):
     Args:
         budget: fraction of visual tokens kept (0 < budget <= 1).
         layer: 0 prunes the embeddings entering the LLM (paper); K > 0 prunes at layer K.
+        positions: ``"keep"`` the original M-RoPE positions (default) or ``"renumber"`` them.
     """
 
     budget: float = 0.1
     layer: int = 0
+    positions: Positions = "keep"
     stats: dict = field(default_factory=dict, repr=False, compare=False)
 
     def boundaries(self, num_layers: int) -> list[int]:

@@ -6,7 +6,14 @@ for the rest of the forward pass. At layer K-1 the attention row of the last pro
 averaged over heads and restricted to the visual columns; the top-scored visual tokens survive
 and every layer from K on (and its KV cache) sees only those, plus all text tokens.
 
-Paper: arXiv 2403.06764 (code: pkunlp-icler/FastV).
+Paper: arXiv 2403.06764
+
+Upstream: pkunlp-icler/FastV ``src/transformers/src/transformers/models/llama/modeling_llama.py``
+(``LlamaModel.forward``, the ``FASTV_INPLACE`` branch) @ eca14d61dc4706059f007de7fb0c75fecff5e00a.
+Same rule: at layer K the head-mean attention of layer K-1, last token's row, ranks the image
+tokens; the top ``ATTENTION_RANK`` stay in sequence order with their original positions
+(``position_ids = keep_indexs``). Parity test: the same logits (float tolerance) on a tiny model
+for K = 1, 2, 3.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -19,11 +26,12 @@ Examples:
     >>> method.stats["visual_kept"], method.stats["visual_in"]
     (4, 16)
 
-Deviations / guesses:
+Deviations:
     - The layer K-1 attention row is recomputed from that layer's norm, q/k projections and RoPE
       in a hook (no eager attention maps), so it equals what eager attention would return.
-    - ``budget`` is the fraction of visual tokens kept (the paper's R is the fraction dropped);
-      the paper's setting K=2, R=50% is ``FastV(budget=0.5, layer=2)``.
+    - ``budget`` is the fraction of visual tokens kept (the paper's R is the fraction dropped;
+      upstream takes the absolute count ``ATTENTION_RANK``): ``round(N * budget)``, at least 1.
+      The paper's setting K=2, R=50% is ``FastV(budget=0.5, layer=2)``.
     - The "last prompt token" is the last non-padding token of the prompt, wherever the image
       sits (the question may come before the image).
     - Works on Qwen2.5-VL's merged visual tokens (images and videos; several per prompt are

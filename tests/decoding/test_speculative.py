@@ -9,7 +9,13 @@ import reference_impls.decoding.speculative as speculative
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.common.random_pruning import RandomPruning
 from reference_impls.decoding._speculative_prompt import PRUNE_RULES, encode_prompt, keep_visual, prune_prompt
-from reference_impls.decoding.speculative import SpeculativeDecoding, accept_draft, accepted_prefix, greedy_decode
+from reference_impls.decoding.speculative import (
+    SpeculativeDecoding,
+    accept_draft,
+    accepted_prefix,
+    greedy_decode,
+    verify_step,
+)
 from reference_impls.registry import get_method
 
 torch.set_num_threads(1)
@@ -232,3 +238,28 @@ def test_draft_first_token(target, other_draft, inputs, reference):
     assert SpeculativeDecoding(draft_visual_keep=1.0).draft_first_token(target, inputs) == reference[0]
     other = SpeculativeDecoding(draft_model=other_draft, draft_visual_keep=1.0).draft_first_token(target, inputs)
     assert other == greedy_decode(other_draft, inputs, 1).tokens[0]
+
+
+# Parity with the upstream verification rule. zju-jiyicheng/SpecVLM decoding/tree_decoding_qwen2_5.py
+# @ 632ef27aa65a07d574d21c0e13ccf336c1d14e08, evaluate_posterior (greedy): matches = candidate[1:] ==
+# argmax(logits[:-1]); accept_length = cumprod(matches).sum(); the next token is argmax(logits[accept_length]).
+# For one draft chain this is also the temperature-0 case of Leviathan et al. 2023 / Chen et al. 2023.
+def _upstream_greedy_step(proposal: list[int], logits: torch.Tensor) -> list[int]:
+    matches = torch.tensor(proposal) == logits[:-1].argmax(-1)
+    accept = int(torch.cumprod(matches.int(), 0).sum())
+    return proposal[:accept] + [int(logits[accept].argmax())]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_verify_step_matches_upstream_greedy_rule(seed):
+    generator = torch.Generator().manual_seed(seed)
+    k = 1 + seed % 5
+    logits = torch.randn(k + 1, 7, generator=generator)
+    # Drafts that agree with the target for a random number of leading positions, then guess.
+    agree = int(torch.randint(0, k + 1, (1,), generator=generator))
+    proposal = logits[:k].argmax(-1).tolist()
+    proposal[agree:] = torch.randint(0, 7, (k - agree,), generator=generator).tolist()
+    accepted, _ = accept_draft(torch.tensor(proposal), logits[:k])
+    tokens, n = verify_step(proposal, logits, accepted)
+    assert tokens == _upstream_greedy_step(proposal, logits)
+    assert n == len(tokens) - 1

@@ -35,5 +35,6 @@ def test_stats_protocol_and_kv_bytes(bundle, full, spec):
     if spec.family == "sparse-attention":  # keeps every token, computes fewer blocks
         assert result["visual_tokens"] == 32 and result["kv_bytes"] == full["kv_bytes"]
     else:  # question first, two images: the pruned layers store fewer KV entries
-        assert result["visual_tokens"] == 8 and result["kv_bytes"] < full["kv_bytes"]
+        # SparseVLM recycles its pruned tokens into one extra cluster token here (upstream default).
+        assert result["visual_tokens"] == 8 + (spec.name == "sparsevlm") and result["kv_bytes"] < full["kv_bytes"]
     assert result["decode_ms_per_token"] > 0

@@ -13,7 +13,7 @@ from reference_impls.prefilling._layer_drop import DropMethod, _LogicalLayer, ke
 from reference_impls.prefilling.divprune import DivPrune, max_min_select
 from reference_impls.prefilling.fastv import FastV
 from reference_impls.prefilling.pyramiddrop import PyramidDrop, stage_layers
-from reference_impls.prefilling.sparsevlm import SparseVLM, rater_scores
+from reference_impls.prefilling.sparsevlm import SparseVLM, rater_scores, sparse_layers, text_raters
 from reference_impls.registry import all_methods
 
 torch.set_num_threads(1)
@@ -25,7 +25,9 @@ TOKEN_DROPPING = [spec for spec in PREFILL_METHODS if spec.family != "sparse-att
 CONFIGS = {
     "fastv": lambda b: FastV(budget=b, layer=2),
     "pyramiddrop": lambda b: PyramidDrop(budget=b),
-    "sparsevlm": lambda b: SparseVLM(budget=b, recycle=True),
+    "sparsevlm": lambda b: SparseVLM(budget=b),
+    "sparsevlm-norecycle": lambda b: SparseVLM(budget=b, recycle=False),
+    "pyramiddrop-renumber": lambda b: PyramidDrop(budget=b, positions="renumber"),
     "divprune": lambda b: DivPrune(budget=b),
     "divprune-layer2": lambda b: DivPrune(budget=b, layer=2),
 }
@@ -85,14 +87,32 @@ def test_budget_one_is_bit_exact(model, two_images, name):
     assert method.stats["visual_kept"] == method.stats["visual_in"] == 24
 
 
+def _expected_kept(name: str, n: int, budget: float) -> int:
+    if name.startswith("pyramiddrop"):  # int(), as upstream
+        return int(n * budget)
+    if name == "sparsevlm":  # each stage adds int((int(0.3 m) + 1) / 10) + 1 cluster tokens for m pruned
+        stages, visual = len(sparse_layers(SparseVLM().layers_frac, NUM_LAYERS)), n
+        for stage in range(1, stages + 1):
+            k = keep_count(n, budget ** (stage / stages))
+            if k < visual:
+                visual = k + int((int((visual - k) * 0.3) + 1) / 10) + 1
+        return visual
+    return keep_count(n, budget)
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("budget", [0.1, 0.5])
 def test_kept_count_positions_and_cache(model, two_images, name, budget):
     method = CONFIGS[name](budget)
     ids = two_images["input_ids"][0]
     n_prompt, n_visual = ids.numel(), int(visual_mask(ids, model.config).sum())
+    if name.endswith("renumber"):  # positions are not the original ones: check the count only
+        with method(model), torch.no_grad():
+            model(**two_images)
+        assert method.stats["visual_kept"] == _expected_kept(name, n_visual, budget)
+        return
     kept = _kept_positions(model, two_images, method, NUM_LAYERS - 1)
-    expected = keep_count(n_visual, budget)
+    expected = _expected_kept(name, n_visual, budget)
     assert method.stats == {**method.stats, "visual_in": n_visual, "visual_kept": expected}
     # Every text token survives, the visual ones are exactly the budget, in the original order.
     assert int(visual_mask(ids[kept], model.config).sum()) == expected
@@ -129,7 +149,7 @@ def _manual_decode(model, inputs, steps: int, explicit_positions: bool) -> tuple
     return tokens, cache
 
 
-@pytest.mark.parametrize("name", ["fastv", "divprune", "pyramiddrop"])
+@pytest.mark.parametrize("name", ["fastv", "divprune", "pyramiddrop", "pyramiddrop-renumber"])
 def test_generate_matches_manual_decoding(model, two_images, name):
     steps = 6
     method = CONFIGS[name](0.25)
@@ -167,8 +187,9 @@ class _TwoStage(DropMethod):
 
 @pytest.mark.parametrize(
     "method",
-    [FastV(budget=0.25, layer=1), SparseVLM(budget=0.25), PyramidDrop(budget=0.25), _TwoStage()],
-    ids=["fastv", "sparsevlm", "pyramiddrop", "two-stage"],
+    [FastV(budget=0.25, layer=1), SparseVLM(budget=0.25), PyramidDrop(budget=0.25), _TwoStage(),
+     SparseVLM(budget=0.25, positions="renumber"), DivPrune(budget=0.25, positions="renumber")],
+    ids=["fastv", "sparsevlm", "pyramiddrop", "two-stage", "sparsevlm-renumber", "divprune-renumber"],
 )
 def test_padded_batch_matches_single_rows(model, method):
     """Left padding: the pruned layers select the right mask columns in prefill and decode."""
@@ -238,25 +259,35 @@ def test_pyramiddrop_first_stage_keeps_the_top_attended(model, eager_model, two_
 
 def test_sparsevlm_first_stage_uses_text_raters(model, eager_model):
     inputs = tiny_inputs(model, grids=((8, 8),), prompt_before=4, prompt_after=6, seed=11)
-    method = SparseVLM(budget=0.25)
-    first = stage_layers(method.layers_frac, NUM_LAYERS)[0]
+    method = SparseVLM(budget=0.25, recycle=False)
+    first = sparse_layers(method.layers_frac, NUM_LAYERS)[0]  # prunes its own output
     ids = inputs["input_ids"][0]
     visual = visual_mask(ids, model.config)
-    probs = _eager_attentions(eager_model, inputs)[first - 1][0].mean(0)  # (N, N) layer K-1
-    text_rows = (~visual).nonzero()[:, 0]
+    with torch.no_grad():
+        eager = eager_model(**inputs, output_attentions=True, output_hidden_states=True)
+    probs = eager.attentions[first][0].mean(0)  # (N, N) the pruning layer's own attention
     markers = (ids == model.config.vision_start_token_id) | (ids == model.config.vision_end_token_id)
-    scores = rater_scores(probs[text_rows][None], visual[None], ~markers[text_rows][None])[0]  # markers never rate
-    kept = _kept_positions(model, inputs, method, first)
-    k = keep_count(int(visual.sum()), 0.25 ** (1 / len(stage_layers(method.layers_frac, NUM_LAYERS))))
+    text = (~visual & ~markers & (torch.arange(len(ids)) > visual.nonzero()[0, 0])).nonzero()[:, 0]
+    embeds = eager.hidden_states[0][0]
+    raters = text[text_raters(embeds[visual], embeds[text])]  # chosen on the LLM input embeddings
+    scores = rater_scores(probs[raters][None], visual[None], torch.ones(1, len(raters), dtype=torch.bool))[0]
+    kept = _kept_positions(model, inputs, method, first + 1)
+    k = keep_count(int(visual.sum()), 0.25 ** (1 / len(sparse_layers(method.layers_frac, NUM_LAYERS))))
     assert set(kept[visual[kept]].tolist()) == _top_visual(scores, visual, k)
 
 
 def test_rater_scores_use_only_raters():
-    # Two text rows: row 0 puts 0.9 on visual columns, row 1 only 0.1 -> row 0 alone rates.
+    # Two text rows; only row 0 rates, so the scores are its attention on the visual columns.
     probs = torch.tensor([[[0.1, 0.6, 0.3, 0.0], [0.9, 0.05, 0.05, 0.0]]])
     visual = torch.tensor([[False, True, True, False]])
-    scores = rater_scores(probs, visual, torch.ones(1, 2, dtype=torch.bool))
+    scores = rater_scores(probs, visual, torch.tensor([[True, False]]))
     torch.testing.assert_close(scores, torch.tensor([[0.0, 0.6, 0.3, 0.0]]))
+
+
+def test_text_raters_are_the_text_tokens_above_the_mean_relevance():
+    visual = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
+    text = torch.tensor([[3.0, 0.0], [0.0, 3.0], [0.0, 0.0]])  # only the first points at the image
+    assert text_raters(visual, text).tolist() == [True, False, False]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,3 +332,14 @@ def test_invalid_configs_raise(model, two_images):
             pass
     with pytest.raises(ValueError):
         keep_count(10, 0.0)
+
+
+def test_sparsevlm_without_text_after_the_image_uses_the_last_token(model, eager_model):
+    inputs = tiny_inputs(model, grids=((8, 8),), prompt_before=6, prompt_after=0, seed=2)
+    method = SparseVLM(budget=0.25, recycle=False)
+    first = sparse_layers(method.layers_frac, NUM_LAYERS)[0]
+    visual = visual_mask(inputs["input_ids"][0], model.config)
+    row = _eager_attentions(eager_model, inputs)[first][0, :, -1].mean(0)  # the last prompt token
+    kept = _kept_positions(model, inputs, method, first + 1)
+    k = keep_count(16, 0.25 ** (1 / len(sparse_layers(method.layers_frac, NUM_LAYERS))))
+    assert set(kept[visual[kept]].tolist()) == _top_visual(row, visual, k)

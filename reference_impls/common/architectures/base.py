@@ -100,6 +100,11 @@ class Adapter:
             return {}
         return {i: int(window) for i, kind in enumerate(types) if kind == "sliding_attention"}
 
+    def index_rotary(self, model: nn.Module):
+        """``f(hidden, positions (B, n)) -> (cos, sin)``: the text model's rotary embedding at 1-D indices."""
+        rotary = self.text_model(model).rotary_emb
+        return lambda hidden, positions: rotary(hidden, positions)
+
     # --- vision ------------------------------------------------------------------------------
     def image_features(self, model: nn.Module, pixels: dict) -> torch.Tensor:
         """Post-projector features of the images in ``pixels`` (processor outputs), ``(N, D)``."""

@@ -38,13 +38,14 @@ NOOP_ATOL = 1e-5
 """Largest logit difference accepted at the no-op setting (float32 summation order)."""
 
 KV = ("snapkv", "h2o", "streamingllm", "kivi", "hybridkv", "pyramidkv", "adakv", "lookm")
-LAYER_DROP = ("fastv", "sparsevlm", "pyramiddrop", "divprune")
+LAYER_DROP = ("fastv", "sparsevlm", "pyramiddrop", "divprune", "block-sparse")
 ENCODING = ("random-pruning", "tome", "prumerge", "projector-pooling", "visionzip")
 MATRIX_METHODS: tuple[str, ...] = KV + LAYER_DROP + ENCODING + ("speculative", "vcd", "pai")
 """Matrix rows. Methods left out need a trained draft, video, or are not inference-time methods."""
 _REDUCED = {"kivi": 0.125}
 _EXTRA = {  # sizes for the 2-layer models and their 13-90 token prompts (same at the no-op and the reduced setting)
     "fastv": {"layer": 1},  # the default layer 2 is past the last layer
+    "block-sparse": {"block_size": 2},  # the default 64-token blocks exceed the prompts (4-88 visual tokens)
     "kivi": {"group_size": 4, "residual_length": 4},  # the defaults (32, 32) keep short prompts in full precision
     "hybridkv": {"n_sink": 2, "window": 4, "window_min": 2},  # the default window (32) exceeds the budget
 }
@@ -71,6 +72,8 @@ def _setting(name: str, noop: bool):
         method = spec.target(budget=budget, **_EXTRA.get(name, {}))
         if spec.kind == "kv-cache":
             return _with(method), lambda: method.stats["resident_bytes"] < method.stats["full_bytes"]
+        if name == "block-sparse":  # keeps every token, attends to fewer blocks
+            return _with(method), lambda: method.stats["density"] < 1.0
         return _with(method), lambda: method.stats["visual_kept"] < method.stats["visual_in"]
     if name == "vcd":
         return _with(spec.target(alpha=0.0 if noop else 1.0)), None

@@ -22,6 +22,10 @@ class QwenAdapter(Adapter):
     def marker_token_ids(self, config) -> tuple[int, ...]:
         return (config.vision_start_token_id, config.vision_end_token_id)
 
+    def index_rotary(self, model):
+        rotary = self.text_model(model).rotary_emb  # M-RoPE: the same index on the three axes
+        return lambda hidden, positions: rotary(hidden, positions[None].expand(3, -1, -1))
+
 
 @dataclass(frozen=True)
 class Qwen3Adapter(QwenAdapter):

@@ -97,20 +97,20 @@ def _llava_onevision() -> LlavaOnevisionConfig:
 def _internvl() -> InternVLConfig:
     return InternVLConfig(
         vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=[16, 16], patch_size=[4, 4]),
+                           image_size=[32, 32], patch_size=[4, 4]),
         text_config=dict(_TEXT, model_type="qwen2"), image_token_id=IMAGE, downsample_ratio=0.5,
     )
 
 
 def _gemma3() -> Gemma3Config:
     text = dict(_TEXT, head_dim=8, sliding_window=64, layer_types=["sliding_attention", "full_attention"])
-    return Gemma3Config(vision_config=dict(_SIGLIP), text_config=text, mm_tokens_per_image=4,
+    return Gemma3Config(vision_config=dict(_SIGLIP), text_config=text, mm_tokens_per_image=16,
                         image_token_index=IMAGE, boi_token_index=START, eoi_token_index=END)
 
 
 def _idefics3(cls=Idefics3Config) -> Idefics3Config:
     return cls(vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                  image_size=16, patch_size=4),
+                                  image_size=32, patch_size=4),
                text_config=dict(_TEXT, model_type="llama"), image_token_id=IMAGE, scale_factor=2)
 
 
@@ -165,13 +165,18 @@ def _pixels(arch: str, config, generator: torch.Generator) -> dict[str, torch.Te
     if arch in ("llava-next", "llava-onevision"):
         return {"pixel_values": torch.randn(1, 5, 3, 16, 16, generator=generator), "image_sizes": torch.tensor([[32, 32]])}
     if arch in ("idefics3", "smolvlm"):
-        return {"pixel_values": torch.randn(1, 2, 3, 16, 16, generator=generator),
-                "pixel_attention_mask": torch.ones(1, 2, 16, 16, dtype=torch.bool)}
+        return {"pixel_values": torch.randn(1, 2, 3, 32, 32, generator=generator),
+                "pixel_attention_mask": torch.ones(1, 2, 32, 32, dtype=torch.bool)}
+    if arch == "internvl":
+        return {"pixel_values": torch.randn(1, 3, 32, 32, generator=generator)}
     return {"pixel_values": torch.randn(1, 3, 16, 16, generator=generator)}
 
 
-def tiny_vlm(arch: str, seed: int = 0) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """A tiny random model of ``arch`` in eval mode and one prompt with one image (batch 1)."""
+def tiny_vlm(arch: str, seed: int = 0, **text_overrides) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A tiny random model of ``arch`` in eval mode and one prompt with one image (batch 1).
+
+    ``text_overrides`` set text-config fields (e.g. ``sliding_window=8``) before the model is built.
+    """
     if arch == "qwen2.5-vl":
         model = tiny_qwen25vl(seed, num_layers=2)
         return model, tiny_inputs(model, grids=((8, 8),), seed=seed)
@@ -179,7 +184,10 @@ def tiny_vlm(arch: str, seed: int = 0) -> tuple[torch.nn.Module, dict[str, torch
     if cls is None:
         raise ValueError(f"no tiny model for {arch!r} (refused architecture)")
     torch.manual_seed(seed)
-    model = cls(tiny_config(arch)).eval()
+    config = tiny_config(arch)
+    for key, value in text_overrides.items():
+        setattr(config.get_text_config(), key, value)
+    model = cls(config).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("mm_input_projection_weight"):  # Gemma 3 initialises it to zeros: images would be ignored
