@@ -131,3 +131,28 @@ def test_docstring_examples_run(module_name):
 
     result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen3-vl", "paligemma"])
+def test_renumbered_positions_run_on_1d_and_mrope_models(arch):
+    from reference_impls.prefilling.pyramiddrop import PyramidDrop
+
+    model, inputs = tiny_vlm(arch)
+    with torch.no_grad():
+        reference = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        with PyramidDrop(budget=1.0, positions="renumber")(model):
+            same = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        method = PyramidDrop(budget=0.25, positions="renumber", boundaries_frac=(0.5,))
+        with method(model):
+            model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(same, reference)
+    assert method.stats["visual_kept"] < method.stats["visual_in"]
+
+
+def test_renumbered_positions_are_refused_on_gemma3():
+    from reference_impls.prefilling.pyramiddrop import PyramidDrop
+
+    model, _ = tiny_vlm("gemma3")
+    with pytest.raises(UnsupportedFeature, match="renumbered positions are not supported on gemma3"):
+        with PyramidDrop(budget=0.5, positions="renumber")(model):
+            pass
