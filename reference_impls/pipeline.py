@@ -1,4 +1,4 @@
-"""Apply any registered inference-time method to a local checkpoint: ``pipeline(...)`` and ``python -m reference_impls run``.
+"""Apply a registered inference-time method to a local checkpoint: ``pipeline(...)``, ``python -m reference_impls run``.
 
 Loads a checkpoint directory and its processor with ``AutoModelForImageTextToText`` /
 ``AutoProcessor`` (``local_files_only=True``: nothing is downloaded), builds the prompt with the
@@ -38,7 +38,7 @@ from reference_impls.common.architectures import adapter_for
 from reference_impls.decoding.cache import KVCacheMethod, tensor_bytes
 from reference_impls.registry import get_method
 
-__all__ = ["RunReport", "load_local", "make_method", "pipeline", "format_report", "save_tiny_checkpoint"]
+__all__ = ["RunReport", "format_report", "load_local", "make_method", "pipeline", "save_tiny_checkpoint"]
 
 _WITH_KINDS = ("kv-cache", "visual-token")
 _WITH_NAMES = ("vcd", "pai")
@@ -116,8 +116,9 @@ def _run(model, processor, inputs: dict, method, max_new_tokens: int) -> RunRepo
     if isinstance(method, SpeculativeDecoding):  # its own decoding loop, no ``with``
         result = method(model, inputs, max_new_tokens=max_new_tokens)
         stats = result.stats
-        return RunReport(processor.decode(result.tokens, skip_special_tokens=True), list(result.tokens),
-                         stats["prefill_seconds"], stats["decode_seconds"], None, stats["visual_in"], stats["visual_kept"])
+        answer = processor.decode(result.tokens, skip_special_tokens=True)
+        return RunReport(answer, list(result.tokens), stats["prefill_seconds"], stats["decode_seconds"], None,
+                         stats["visual_in"], stats["visual_kept"])
     clock = _Clock()
     kwargs = dict(inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock)
     cache = None
@@ -192,8 +193,19 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0) -> Path:
     For trying the pipeline and the ``run`` command: a character-level tokenizer with a chat
     template, a CLIP image processor (16 x 16 pixels, 16 image tokens) and the matrix's tiny LLaVA.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+    )
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     from reference_impls.common.architectures.zoo import tiny_vlm
 
@@ -208,7 +220,8 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
     template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} answer:{% endif %}")
+                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %} answer:{% endif %}")
     vision = model.config.vision_config
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": vision.image_size},

@@ -13,15 +13,24 @@ import pytest
 import torch
 
 from reference_impls.bench.architecture_coverage import RESULTS_ID, coverage_results
-from reference_impls.common.architectures import UnsupportedArchitecture, UnsupportedFeature, adapter_for
+from reference_impls.common.architectures import (
+    UnsupportedArchitecture,
+    UnsupportedFeature,
+    adapter_for,
+)
 from reference_impls.common.architectures.coverage import coverage_rows, run_cell
 from reference_impls.common.architectures.mllama import MLLAMA_REASON
-from reference_impls.common.architectures.zoo import ARCHITECTURES, tiny_config, tiny_vlm
+from reference_impls.common.architectures.zoo import (
+    ARCHITECTURES,
+    tiny_config,
+    tiny_vlm,
+)
 from reference_impls.common.results import RESULTS_DIR
 
 ENCODER = ("encoding-stage token selection rebuilds the language-model inputs after the vision tower, "
            "not supported on this architecture: ")
-RECORDER = "VisionZip-style attention scoring needs a CLS-free attention recorder for this tower (only Qwen2.5-VL's windowed ViT has one)"
+RECORDER = ("VisionZip-style attention scoring needs a CLS-free attention recorder for this tower "
+            "(only Qwen2.5-VL's windowed ViT has one)")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +44,8 @@ def _cell(matrix, method, arch) -> dict:
 
 
 def test_no_cell_fails(matrix):
-    failed = [(c["method"], c["architecture"], c["reason"]) for c in matrix if c["status"] not in ("supported", "refused")]
+    failed = [(c["method"], c["architecture"], c["reason"]) for c in matrix
+              if c["status"] not in ("supported", "refused")]
     assert not failed
 
 
@@ -55,12 +65,15 @@ def test_kv_layer_drop_and_hallucination_methods_run_everywhere(matrix, arch):
 def test_refusals_name_the_missing_feature(matrix):
     assert _cell(matrix, "tome", "llava")["reason"] == ENCODER + (
         "its 1-D positions and feature path are not ported (only Qwen2-VL/Qwen2.5-VL are)")
-    assert _cell(matrix, "random-pruning", "qwen3-vl")["reason"] == ENCODER + "its DeepStack visual features would be dropped"
+    deepstack = ENCODER + "its DeepStack visual features would be dropped"
+    assert _cell(matrix, "random-pruning", "qwen3-vl")["reason"] == deepstack
     assert _cell(matrix, "speculative", "gemma3")["status"] == "refused"
     assert _cell(matrix, "visionzip", "qwen2-vl")["reason"] == RECORDER
     assert _cell(matrix, "divprune", "qwen3-vl")["reason"] == (
-        "pruning before a DeepStack layer is not supported (first pruned layer 0; qwen3-vl adds visual features after layers [0])")
-    assert _cell(matrix, "divprune", "gemma3")["reason"] == "visual-token pruning at a sliding-window layer (layer 0) is not supported"
+        "pruning before a DeepStack layer is not supported "
+        "(first pruned layer 0; qwen3-vl adds visual features after layers [0])")
+    sliding = "visual-token pruning at a sliding-window layer (layer 0) is not supported"
+    assert _cell(matrix, "divprune", "gemma3")["reason"] == sliding
     assert {c["reason"] for c in matrix if c["architecture"] == "mllama"} == {MLLAMA_REASON}
     for method in ("random-pruning", "tome", "prumerge", "projector-pooling", "visionzip", "speculative"):
         assert _cell(matrix, method, "qwen2.5-vl")["status"] == "supported"
@@ -106,9 +119,9 @@ def test_qwen3vl_pruning_inside_the_deepstack_layers_is_refused():
     from transformers import Qwen3VLForConditionalGeneration
 
     model = Qwen3VLForConditionalGeneration(config).eval()
-    with pytest.raises(UnsupportedFeature, match=r"pruning before a DeepStack layer is not supported \(first pruned layer 1"):
-        with FastV(budget=0.5, layer=1)(model):
-            pass
+    refusal = r"pruning before a DeepStack layer is not supported \(first pruned layer 1"
+    with pytest.raises(UnsupportedFeature, match=refusal), FastV(budget=0.5, layer=1)(model):
+        pass
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a != "mllama"])
@@ -118,13 +131,17 @@ def test_adapter_finds_layers_tower_and_visual_tokens(arch):
     assert len(adapter.language_layers(model)) == model.config.get_text_config().num_hidden_layers
     assert isinstance(adapter.vision_tower(model), torch.nn.Module)
     visual = adapter.visual_mask(inputs["input_ids"], model.config)
-    pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")}
+    text_keys = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+    pixels = {k: v for k, v in inputs.items() if k not in text_keys}
     assert int(visual.sum()) == adapter.count_image_tokens(model, pixels) > 0
     assert adapter.positions == ("mrope" if arch.startswith("qwen") else "1d")
 
 
-@pytest.mark.parametrize("module_name", ["reference_impls.common.architectures", "reference_impls.common.architectures.zoo",
-                                         "reference_impls.common.architectures.coverage", "reference_impls.pipeline"])
+DOCUMENTED = ["reference_impls.common.architectures", "reference_impls.common.architectures.zoo",
+              "reference_impls.common.architectures.coverage", "reference_impls.pipeline"]
+
+
+@pytest.mark.parametrize("module_name", DOCUMENTED)
 def test_docstring_examples_run(module_name):
     import doctest
     import importlib
@@ -153,6 +170,17 @@ def test_renumbered_positions_are_refused_on_gemma3():
     from reference_impls.prefilling.pyramiddrop import PyramidDrop
 
     model, _ = tiny_vlm("gemma3")
-    with pytest.raises(UnsupportedFeature, match="renumbered positions are not supported on gemma3"):
-        with PyramidDrop(budget=0.5, positions="renumber")(model):
-            pass
+    refusal = "renumbered positions are not supported on gemma3"
+    with pytest.raises(UnsupportedFeature, match=refusal), PyramidDrop(budget=0.5, positions="renumber")(model):
+        pass
+
+
+def test_vcd_patch_masking_is_refused_without_qwen_patch_rows():
+    from reference_impls.hallucination.contrastive_decoding import (
+        VisualContrastiveDecoding,
+    )
+
+    model, _ = tiny_vlm("llava")
+    refusal = "VCD mode='mask' needs Qwen's per-patch pixel rows"
+    with pytest.raises(UnsupportedFeature, match=refusal), VisualContrastiveDecoding(mode="mask")(model):
+        pass

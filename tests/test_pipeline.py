@@ -7,7 +7,12 @@ import torch
 from PIL import Image
 
 from reference_impls.__main__ import main
-from reference_impls.pipeline import format_report, load_local, pipeline, save_tiny_checkpoint
+from reference_impls.pipeline import (
+    format_report,
+    load_local,
+    pipeline,
+    save_tiny_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,8 @@ def test_visual_token_method_reports_kept_tokens(checkpoint, image):
 def test_cli_runs_and_refuses(checkpoint, image, tmp_path, capsys):
     path = tmp_path / "a.png"
     image.save(path)
-    argv = ["run", "--model", str(checkpoint), "--image", str(path), "--question", "what is it?", "--max-new-tokens", "3"]
+    argv = ["run", "--model", str(checkpoint), "--image", str(path), "--question", "what is it?",
+            "--max-new-tokens", "3"]
     assert main(argv + ["--method", "snapkv", "--budget", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "snapkv (budget 0.2)" in out and "resident KV (bytes)" in out

@@ -49,7 +49,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from reference_impls.common.architectures import adapter_for
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 from reference_impls.registry import register
 
 __all__ = ["VisualContrastiveDecoding", "contrast_logits", "plausibility_mask", "distort_pixels"]
@@ -116,7 +116,11 @@ class VisualContrastiveDecoding:
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module) -> Iterator[nn.Module]:
-        base = adapter_for(model).inner(model)
+        adapter = adapter_for(model)
+        if self.mode == "mask" and adapter.positions != "mrope":
+            # mask drops rows of Qwen's (patches, C*T*P*P) pixel layout; other processors give whole images
+            raise UnsupportedFeature("VCD mode='mask' needs Qwen's per-patch pixel rows; use mode='noise' here")
+        base = adapter.inner(model)
         saved = {"forward": model.__dict__.get("forward"), "features": base.__dict__.get("get_image_features")}
         original, encode = model.forward, base.get_image_features
         state: dict = {"recording": True}
@@ -130,7 +134,8 @@ class VisualContrastiveDecoding:
             if state["recording"]:
                 bound = inspect.signature(encode).bind_partial(pixel_values, *args, **kwargs).arguments
                 state["pixels"] = pixel_values
-                state["vision_kwargs"] = {k: v for k, v in bound.items() if k not in ("pixel_values", "kwargs") and v is not None}
+                state["vision_kwargs"] = {k: v for k, v in bound.items()
+                                          if k not in ("pixel_values", "kwargs") and v is not None}
             return encode(pixel_values, *args, **kwargs)
 
         @functools.wraps(original)  # generate() validates its kwargs against this signature

@@ -19,9 +19,13 @@ Examples:
 
 from __future__ import annotations
 
-from reference_impls.common.architectures.base import Adapter, UnsupportedArchitecture, UnsupportedFeature
+from reference_impls.common.architectures.base import (
+    Adapter,
+    UnsupportedArchitecture,
+    UnsupportedFeature,
+)
 
-__all__ = ["Adapter", "UnsupportedFeature", "UnsupportedArchitecture", "adapter_for", "register_adapter", "ADAPTERS"]
+__all__ = ["ADAPTERS", "Adapter", "UnsupportedArchitecture", "UnsupportedFeature", "adapter_for", "register_adapter"]
 
 ADAPTERS: dict[str, Adapter] = {}
 """``config.model_type`` -> adapter."""
@@ -54,4 +58,12 @@ def adapter_for(model_or_config) -> Adapter:
         ) from None
 
 
-from reference_impls.common.architectures import gemma3, idefics3, internvl, llava, mllama, paligemma, qwen  # noqa: E402,F401
+from reference_impls.common.architectures import (  # noqa: F401
+    gemma3,
+    idefics3,
+    internvl,
+    llava,
+    mllama,
+    paligemma,
+    qwen,
+)

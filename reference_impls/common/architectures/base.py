@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Adapter", "UnsupportedFeature", "UnsupportedArchitecture"]
+__all__ = ["Adapter", "UnsupportedArchitecture", "UnsupportedFeature"]
 
 
 class UnsupportedFeature(NotImplementedError):

@@ -22,16 +22,20 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from reference_impls.common.architectures import UnsupportedFeature, adapter_for
-from reference_impls.common.architectures.zoo import ARCHITECTURES, tiny_config, tiny_vlm
+from reference_impls.common.architectures.zoo import (
+    ARCHITECTURES,
+    tiny_config,
+    tiny_vlm,
+)
 from reference_impls.registry import get_method
 
-__all__ = ["MATRIX_METHODS", "NOOP_ATOL", "run_cell", "coverage_rows"]
+__all__ = ["MATRIX_METHODS", "NOOP_ATOL", "coverage_rows", "run_cell"]
 
 NEW_TOKENS = 6
 NOOP_ATOL = 1e-5
