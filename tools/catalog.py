@@ -165,8 +165,8 @@ def _as_list(value: Any) -> list[Any]:
 
 def _raw_value(loaded: LoadedYaml, line: int) -> str:
     try:
-        text = loaded.path.read_text(encoding="utf-8").splitlines()[line - 1]
-    except (OSError, IndexError):
+        text = loaded.text.splitlines()[line - 1]
+    except IndexError:
         return ""
     return text.split(":", 1)[1].strip() if ":" in text else text.strip().lstrip("- ").strip()
 
@@ -176,10 +176,10 @@ def _module_exists(root: Path, module: str) -> bool:
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
-def _load_file(path: Path, root: Path, problems: list[Problem]) -> LoadedYaml | None:
+def _load_file(path: Path, root: Path, problems: list[Problem], text: str | None = None) -> LoadedYaml | None:
     relpath = _relative(path, root)
     try:
-        loaded = load_yaml(path)
+        loaded = load_yaml(path, text)
     except YamlLoadError as error:
         problems.append(Problem(relpath, error.line, "", error.message))
         return None
@@ -266,22 +266,58 @@ def topic_data(taxonomy: Taxonomy, topic) -> dict[str, Any]:
     return {}
 
 
-def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *, check_schema_file: bool = True) -> Catalog:
+def _canonical(path: Path) -> Path:
+    """Absolute path with its folders resolved but not the file itself (a symlinked file stays visible)."""
+    path = Path(path).absolute()
+    return path.parent.resolve() / path.name
+
+
+def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, str], problems: list[Problem]) -> list[Path]:
+    """Every ``papers/<key>.yaml``; anything else under ``papers/`` (except the schema) is reported."""
+    papers = root / "papers"
+    found = set(new_files)
+    for path in sorted(papers.rglob("*")) if papers.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if path.is_symlink():
+            message = "symbolic links are not allowed under papers/; commit the file itself"
+        elif path.parent != papers:
+            message = f"entries belong directly in papers/, not in a sub-folder (move it to papers/{path.name})"
+        elif path.name == "paper.schema.json" or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue  # the schema, or a file being written atomically right now
+        elif path.suffix == ".yml":
+            message = f"entries use the .yaml extension; rename it to papers/{path.stem}.yaml"
+        elif path.suffix != ".yaml":
+            message = "only <key>.yaml entries and paper.schema.json belong in papers/"
+        else:
+            found.add(path)
+            continue
+        if selected is None or path in selected:
+            problems.append(Problem(_relative(path, root), 1, "", message))
+    for path in sorted(selected or ()):
+        if not path.exists() and path not in new_files:
+            problems.append(Problem(_relative(path, root), 1, "", "no such file"))
+        elif path.is_file() and papers not in path.parents:
+            problems.append(Problem(_relative(path, root), 1, "", "not a paper entry: entries are papers/<key>.yaml files"))
+    return sorted(found)
+
+
+def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *, check_schema_file: bool = True,
+                 new_files: dict[Path, str] | None = None) -> Catalog:
     """Load the taxonomy and the paper entries under ``root`` and check them; never raises on bad data.
 
     ``paper_paths`` restricts which entries are reported on, but cross-file checks (duplicates)
-    always consider every entry in ``papers/``.
+    always consider every entry in ``papers/``. ``new_files`` (path -> text) are entries not
+    written yet, checked as if they were on disk: how ``new`` and ``bib import`` validate before writing.
     """
     root = Path(root).resolve()
     problems: list[Problem] = []
     taxonomy_files = [loaded for path in sorted((root / "taxonomy").glob("*.yaml")) if (loaded := _load_file(path, root, problems))]
     taxonomy = _check_taxonomy(root, taxonomy_files, problems)
 
-    all_paths = sorted((root / "papers").glob("*.yaml"))
-    selected = {path.resolve() for path in paper_paths} if paper_paths is not None else None
-    for path in selected or ():
-        if not path.is_file():
-            problems.append(Problem(_relative(path, root), 1, "", "no such file"))
+    new_files = {_canonical(path): text for path, text in (new_files or {}).items()}
+    selected = {_canonical(path) for path in paper_paths} if paper_paths is not None else None
+    all_paths = _paper_files(root, selected, new_files, problems)
     schema = paper_schema(None)
     validator = Draft202012Validator(schema)
     # The paper schema uses only draft-07 keywords, so a compiled draft-07 validator can clear
@@ -289,9 +325,9 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
     fast_check = fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
     entries: list[Entry] = []
     for path in all_paths:
-        reported = selected is None or path.resolve() in selected
+        reported = selected is None or path in selected
         sink: list[Problem] = problems if reported else []
-        loaded = _load_file(path, root, sink)
+        loaded = _load_file(path, root, sink, new_files.get(path))
         if loaded is None:
             continue
         entry = Entry(loaded=loaded, relpath=_relative(path, root))
@@ -339,7 +375,7 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
     problems = []
 
     def report(entry: Entry) -> bool:
-        return selected is None or entry.loaded.path.resolve() in selected
+        return selected is None or entry.loaded.path in selected
 
     checks = (
         ("key", "key", lambda data: data.get("key") if isinstance(data.get("key"), str) else None),

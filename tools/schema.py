@@ -11,13 +11,15 @@ from typing import Any
 
 from .taxonomy import Taxonomy
 
-__all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN"]
+__all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN",
+           "MAX_KEY_LENGTH"]
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
 DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+MAX_KEY_LENGTH = 100
 URL_PATTERN = r"^https?://\S+$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
@@ -59,7 +61,8 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["key", "title", "authors", "year", "placement", "added"],
         "properties": {
-            "key": _string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN, examples=["zeng2026hybridkv"]),
+            "key": {**_string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN, examples=["zeng2026hybridkv"]),
+                    "maxLength": MAX_KEY_LENGTH},
             "title": _string("Title as the paper gives it.", min_length=3),
             "authors": {
                 "type": "array",

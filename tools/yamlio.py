@@ -37,6 +37,7 @@ class LoadedYaml:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     first_line: str = ""
+    text: str = field(default="", repr=False)
 
     def line_of(self, location: Path_) -> int:
         """Line (1-based) of the value at ``location``, or of its nearest ancestor."""
@@ -93,13 +94,19 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
     finally:
         loader.dispose()
     first_line = text.split("\n", 1)[0]
-    return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line)
+    return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line, text=text)
 
 
 def dump_yaml(data: Any, header: str = "") -> str:
     """YAML text with keys in the given (insertion) order; strings that YAML 1.1 would misread are quoted."""
     body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, default_flow_style=False)
     return (header + "\n" if header else "") + body
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -110,6 +117,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, _file_mode())  # mkstemp creates 0600; give the file the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
