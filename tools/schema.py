@@ -16,11 +16,11 @@ __all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PAT
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
-DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
+DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\]+$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_KEY_LENGTH = 100
-URL_PATTERN = r"^https?://\S+$"
+URL_PATTERN = r"^https?://[^\s{}\\]+$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
 
