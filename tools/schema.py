@@ -12,7 +12,7 @@ from typing import Any
 from .taxonomy import Taxonomy
 
 __all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN",
-           "MAX_KEY_LENGTH"]
+           "MAX_KEY_LENGTH", "results_schema"]
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
@@ -91,6 +91,44 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
             "implementation": _string("Module path of our reference implementation.", pattern=r"^reference_impls(\.[a-z_][a-z0-9_]*)+$", examples=["reference_impls.decoding.hybridkv"]),
             "sources": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Where the metadata came from (curated lists, verified pages)."},
             "added": _string("Date the entry was added, as a quoted ISO date string.", pattern=DATE_PATTERN, examples=["2026-11-26"]),
+        },
+    }
+
+
+RESULTS_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+COMMAND_PATTERN = r"^python -m reference_impls(\.[a-z_][a-z0-9_]*)+( [^\r\n]*)?$"
+
+
+def results_schema() -> dict[str, Any]:
+    """A reproduced-results file ``reference_impls/results/<id>.json``, as ``reference_impls.common.results`` writes it."""
+    identifier = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://lvlm-atlas.github.io/schemas/results.schema.json",
+        "title": "LVLM Atlas reproduced results",
+        "description": "Numbers our code produced, with the command that produced them. Never a number a paper reports.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "title", "command", "families", "columns", "rows"],
+        "properties": {
+            "id": {"type": "string", "pattern": RESULTS_ID_PATTERN, "maxLength": 100, "description": "Equals the file name without .json."},
+            "title": _string("What the table shows (plain text).", min_length=3),
+            "command": _string("The command that wrote this file: python -m reference_impls.<module> [arguments].", pattern=COMMAND_PATTERN),
+            "produced": _string("Date of the run, ISO format.", pattern=DATE_PATTERN),
+            "environment": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+            "families": {"type": "array", "minItems": 1, "uniqueItems": True,
+                         "items": {"type": "string", "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
+                         "description": "Taxonomy ids of the families whose pages show this file."},
+            "columns": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["key", "label"],
+                "properties": {"key": identifier, "label": {"type": "string"}, "unit": {"type": "string"},
+                               "digits": {"type": ["integer", "null"], "minimum": 0, "maximum": 12}}}},
+            "rows": {"type": "array", "items": {"type": "object", "propertyNames": identifier}},
+            "plots": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False, "required": ["x", "y"],
+                "properties": {"x": identifier, "y": identifier, "group": {"type": "string"}, "title": {"type": "string"},
+                               "logx": {"type": "boolean"}}}},
+            "notes": {"type": "string", "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links."},
         },
     }
 

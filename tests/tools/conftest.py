@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,26 @@ added: '2026-11-26'
 
 def make_repo(target: Path, paper_keys: tuple[str, ...] | None = SEED_KEYS) -> Path:
     return make_sandbox(target, paper_keys)
+
+
+def own_results(repo: Path) -> Path:
+    """Give a sandbox its own copy of reference_impls/results (the rest stays linked); returns the folder."""
+    source = (repo / "reference_impls").resolve()
+    (repo / "reference_impls").unlink()
+    (repo / "reference_impls").mkdir()
+    for child in source.iterdir():
+        if child.name != "results":
+            (repo / "reference_impls" / child.name).symlink_to(child, target_is_directory=child.is_dir())
+    shutil.copytree(source / "results", repo / "reference_impls" / "results")
+    return repo / "reference_impls" / "results"
+
+
+def own_notebooks(repo: Path) -> Path:
+    """Give a sandbox its own copy of notebooks/ (instead of the link to the checkout); returns it."""
+    source = (repo / "notebooks").resolve()
+    (repo / "notebooks").unlink()
+    shutil.copytree(source, repo / "notebooks", ignore=shutil.ignore_patterns("__pycache__"))
+    return repo / "notebooks"
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from .conftest import GOOD_ENTRY
+from .conftest import GOOD_ENTRY, own_results
 
 
 def write(repo: Path, name: str, text: str) -> Path:
@@ -223,15 +222,7 @@ def test_new_scaffolds_a_valid_entry_and_refuses_bad_ones(repo, run_tools):
 
 
 def test_bad_results_file_is_reported(repo, run_tools):
-    # the sandbox links reference_impls/ to the checkout: give it its own results folder
-    source = (repo / "reference_impls").resolve()
-    (repo / "reference_impls").unlink()
-    (repo / "reference_impls").mkdir()
-    for child in source.iterdir():
-        if child.name != "results":
-            (repo / "reference_impls" / child.name).symlink_to(child, target_is_directory=child.is_dir())
-    shutil.copytree(source / "results", repo / "reference_impls" / "results")
-    (repo / "reference_impls" / "results" / "zz-bad.json").write_text('{"id": "zz-bad",\n "title": "no command"}\n')
+    (own_results(repo) / "zz-bad.json").write_text('{"id": "zz-bad",\n "title": "no command"}\n')
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "reference_impls/results/zz-bad.json:1: command: required field is missing" in err

@@ -20,7 +20,8 @@ from .data import SiteData, module_page, node_page, notebook_page, paper_page, r
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
 from .notebooks import discover_notebooks, notebook_md, notebooks_index_md, render_notebook, rendered_dir
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
-from .results import load_all_results, results_index_md, results_md
+from ..results import load_all_results
+from .results import results_index_md, results_md
 
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
@@ -85,7 +86,7 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     files["tags.md"] = md.front_matter(title="Tags") + "# Tags\n\n<!-- material/tags -->\n"
     files["references.bib"] = entries_to_bibtex(entry.data for entry in catalog.entries)
     files["papers.json"] = json.dumps([entry.data for entry in sorted(catalog.entries, key=lambda e: e.key)],
-                                      indent=1, ensure_ascii=False, default=str) + "\n"
+                                      indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
     files["schemas/paper.schema.json"] = schema_text(taxonomy)
     files["schemas/taxonomy.schema.json"] = (root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8")
     files.update(assets)
