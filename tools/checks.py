@@ -118,8 +118,12 @@ def schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath
 
 
 def _composite_message(error) -> str:
+    """The most telling error among the alternatives: the one that got furthest into the value
+    (a pattern it failed, not the 'const'/'type' of an alternative it never resembled)."""
     if error.context:
-        best = min(error.context, key=lambda sub: len(list(sub.absolute_path)))
+        best = min(error.context, key=lambda sub: (sub.validator in ("const", "type", "not"), -len(list(sub.absolute_path))))
+        if best.validator == "pattern":
+            return f"{best.instance!r} does not match the expected format {best.validator_value}"
         return best.message
     return error.message
 

@@ -95,6 +95,16 @@ def test_duplicate_arxiv_id_names_both_files(repo, run_tools):
     assert "papers/good2026entry.yaml:8: arxiv: duplicate arXiv id: same as papers/copy2026entry.yaml:8" in err
 
 
+def test_versioned_arxiv_id_is_a_duplicate_of_the_plain_one(repo, run_tools):
+    write(repo, "good2026entry.yaml", GOOD_ENTRY)
+    write(repo, "copy2026entry.yaml", GOOD_ENTRY.replace("good2026entry", "copy2026entry").replace("A Perfectly Good", "Another")
+          .replace("arxiv: '2611.00001'", "arxiv: '2611.00001v2'").replace("abs/2611.00001", "abs/2611.00001v2"))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/good2026entry.yaml:8: arxiv: duplicate arXiv id: same as papers/copy2026entry.yaml:8" in err
+    assert "1 error(s)" in err
+
+
 def test_duplicate_doi_and_near_duplicate_title(repo, run_tools):
     write(repo, "good2026entry.yaml", GOOD_ENTRY + "doi: 10.1234/abc.5\n")
     other = GOOD_ENTRY.replace("good2026entry", "twin2026entry").replace("2611.00001", "2611.00002")
