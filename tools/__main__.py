@@ -64,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return commands.run(args)
+    try:
+        return commands.run(args)
+    except KeyboardInterrupt:
+        # Every command writes through a temporary file or a staging folder and swaps in one step.
+        print(f"\npython -m tools {args.command}: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..bib import entries_to_bibtex
 from ..catalog import Catalog, load_catalog
+from ..interrupts import deferred_interrupt
 from ..schema import schema_text
 from . import markdown as md
 from .charts import stage_year_chart
@@ -107,8 +108,9 @@ def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path
     except ValueError as error:
         print(f"build: {error}; nothing was written", file=sys.stderr)
         return 1
-    staging = root / ".cache" / "docs-staging"
+    staging, previous = root / ".cache" / "docs-staging", root / ".cache" / "docs-previous"
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
     for name, content in files.items():
         path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,16 +118,19 @@ def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8")
-    # Swap each generated part in only after everything was written.
-    for name in GENERATED:
-        target, source = docs_dir / name, staging / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        if source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+    # Everything is built aside; now each generated part is swapped in by renames only (no
+    # deletion inside docs/), with Ctrl-C held back until the last rename: docs/ never holds a
+    # half-written part or a mix of two builds. The old parts are deleted afterwards.
+    with deferred_interrupt():
+        for name in GENERATED:
+            target, source = docs_dir / name, staging / name
+            if target.exists() or target.is_symlink():
+                (previous / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, previous / name)
+            if source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+    shutil.rmtree(previous, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
     print(f"build: generated {len(files)} files for {len(catalog.entries)} papers")
     return 0
