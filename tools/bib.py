@@ -59,7 +59,8 @@ def _latex_decoder() -> LatexNodes2Text:
     # would typeset "--" as an en dash, but the entry text is what the paper's BibTeX says).
     context.add_context_category("atlas", prepend=True, macros=[
         MacroTextSpec("textbraceleft", "{"), MacroTextSpec("textbraceright", "}"),
-        MacroTextSpec("textasciicircum", "^"), MacroTextSpec("textasciitilde", "~"), MacroTextSpec("textbackslash", "\\"),
+        MacroTextSpec("textasciicircum", "^"), MacroTextSpec("textasciitilde", "~"),
+        MacroTextSpec("textbackslash", "\\"),
     ], specials=[SpecialsTextSpec(chars, chars) for chars in ("--", "---", "``", "''", "!`", "?`")])
     return LatexNodes2Text(latex_context=context, math_mode="verbatim", strict_latex_spaces=True)
 

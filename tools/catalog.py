@@ -154,7 +154,8 @@ def _check_reproduced(root: Path, taxonomy: Taxonomy, problems: list[Problem]) -
             if family not in taxonomy.by_id:
                 close = difflib.get_close_matches(family, list(taxonomy.by_id), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                problems.append(Problem(f"{RESULTS_DIR}/{data['id']}.json", 1, "families", f"unknown taxonomy id '{family}'{hint}"))
+                problems.append(Problem(f"{RESULTS_DIR}/{data['id']}.json", 1, "families",
+                                        f"unknown taxonomy id '{family}'{hint}"))
     for topic in taxonomy.topics:
         for node in topic.descendants():
             if node.is_leaf_method and node.implementations and node.id not in covered:
@@ -187,8 +188,9 @@ def _symlink_problems(root: Path) -> list[Problem]:
                 path = Path(folder) / child
                 if path.is_symlink():
                     relpath = f"{name}/{path.relative_to(top)}"
-                    problems.append(Problem(relpath, 1, "", f"symbolic links are not allowed under {name}/: the build would "
-                                            "copy or read the target's content; commit the file itself"))
+                    message = (f"symbolic links are not allowed under {name}/: the build would copy or read the "
+                               "target's content; commit the file itself")
+                    problems.append(Problem(relpath, 1, "", message))
     return problems
 
 
@@ -198,7 +200,8 @@ def _canonical(path: Path) -> Path:
     return path.parent.resolve() / path.name
 
 
-def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, str], problems: list[Problem]) -> list[Path]:
+def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, str],
+                 problems: list[Problem]) -> list[Path]:
     """Every ``papers/<key>.yaml``; anything else under ``papers/`` (except the schema) is reported."""
     papers = root / "papers"
     found = set(new_files)
@@ -224,7 +227,8 @@ def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, s
         if not path.exists() and path not in new_files:
             problems.append(Problem(_relative(path, root), 1, "", "no such file"))
         elif path.is_file() and papers not in path.parents:
-            problems.append(Problem(_relative(path, root), 1, "", "not a paper entry: entries are papers/<key>.yaml files"))
+            message = "not a paper entry: entries are papers/<key>.yaml files"
+            problems.append(Problem(_relative(path, root), 1, "", message))
     return sorted(found)
 
 
@@ -296,7 +300,8 @@ def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Proble
         try:
             dt.date.fromisoformat(added)
         except ValueError as error:
-            problems.append(Problem(relpath, loaded.line_of(("added",)), "added", f"'{added}' is not a real date ({error})"))
+            message = f"'{added}' is not a real date ({error})"
+            problems.append(Problem(relpath, loaded.line_of(("added",)), "added", message))
     module = data.get("implementation")
     if isinstance(module, str) and module.startswith("reference_impls") and not _module_exists(root, module):
         problems.append(Problem(relpath, loaded.line_of(("implementation",)), "implementation", f"module '{module}' does not exist"))

@@ -40,8 +40,10 @@ def _is_number(checker, instance: Any) -> bool:
 
 
 # JSON Schema calls 2026.0 an integer and .nan a number; entries must not (papers.json must stay JSON).
-StrictValidator = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
-    {"integer": _is_integer, "number": _is_number}))
+StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many({"integer": _is_integer, "number": _is_number}),
+)
 
 
 def _has_float(value: Any) -> bool:
@@ -70,7 +72,9 @@ def _describe_misread(value: Any) -> str | None:
     return None
 
 
-def schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath: str, fast_check=None) -> list[Problem]:
+def schema_problems(
+    validator: Draft202012Validator, loaded: LoadedYaml, relpath: str, fast_check=None
+) -> list[Problem]:
     """Every schema error of one loaded file as a :class:`Problem` with its line; ``fast_check`` (a
     compiled validator) skips valid files quickly."""
     if fast_check is not None and not _has_float(loaded.data):  # the compiled check takes 2026.0 and .nan
@@ -89,7 +93,14 @@ def schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath
             for name in extra:
                 known = difflib.get_close_matches(name, list(error.schema.get("properties", {})), n=1)
                 hint = f"; did you mean '{known[0]}'?" if known else ""
-                problems.append(Problem(relpath, loaded.line_of(location + (name,)), field_name(location + (name,)), f"unknown field{hint}"))
+                problems.append(
+                    Problem(
+                        relpath,
+                        loaded.line_of(location + (name,)),
+                        field_name(location + (name,)),
+                        f"unknown field{hint}",
+                    )
+                )
             continue
         if error.validator == "required":
             missing = re.findall(r"'([^']+)' is a required property", error.message)
@@ -98,15 +109,23 @@ def schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath
             continue
         message = error.message
         if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
-            message = f"expected a finite number, found {_raw_value(loaded, line) or error.instance!r} (.nan and .inf are not allowed)"
-        elif error.validator == "type" and isinstance(error.instance, float) and "integer" in _as_list(error.validator_value):
-            message = f"expected a whole number, found {error.instance!r}; write {int(error.instance)}" if error.instance.is_integer() \
+            found = _raw_value(loaded, line) or error.instance
+            message = f"expected a finite number, found {found!r} (.nan and .inf are not allowed)"
+        elif (
+            error.validator == "type"
+            and isinstance(error.instance, float)
+            and "integer" in _as_list(error.validator_value)
+        ):
+            message = (
+                f"expected a whole number, found {error.instance!r}; write {int(error.instance)}"
+                if error.instance.is_integer()
                 else f"expected a whole number, found {error.instance!r}"
+            )
         elif error.validator == "type" and "string" in _as_list(error.validator_value):
             misread = _describe_misread(error.instance)
             if misread:
                 raw = _raw_value(loaded, line)
-                message = f"expected a string, but YAML read {raw!r} as {misread}; quote it: \"{raw}\""
+                message = f'expected a string, but YAML read {raw!r} as {misread}; quote it: "{raw}"'
         elif error.validator == "pattern":
             message = f"{error.instance!r} does not match the expected format {error.validator_value}"
         elif error.validator == "enum" and len(error.validator_value) > 8:
@@ -121,7 +140,9 @@ def _composite_message(error) -> str:
     """The most telling error among the alternatives: the one that got furthest into the value
     (a pattern it failed, not the 'const'/'type' of an alternative it never resembled)."""
     if error.context:
-        best = min(error.context, key=lambda sub: (sub.validator in ("const", "type", "not"), -len(list(sub.absolute_path))))
+        best = min(
+            error.context, key=lambda sub: (sub.validator in ("const", "type", "not"), -len(list(sub.absolute_path)))
+        )
         if best.validator == "pattern":
             return f"{best.instance!r} does not match the expected format {best.validator_value}"
         return best.message

@@ -70,7 +70,8 @@ def cmd_import_tsv(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def _check_then_write(root: Path, entries: list[dict], command: str, *, overwrite: bool = False, dry_run: bool = False) -> int:
+def _check_then_write(root: Path, entries: list[dict], command: str, *, overwrite: bool = False,
+                      dry_run: bool = False) -> int:
     """Write the entries only when every path is safe and every entry validates; name each file."""
     from .entries import planned_writes
     from .paths import UnsafePathError

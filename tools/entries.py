@@ -53,7 +53,8 @@ def planned_writes(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overw
             problems.append(str(error))
             continue
         if path.name.casefold() in planned_names:
-            problems.append(f"refusing key {data.get('key')!r}: another new entry maps to the same file (ignoring case)")
+            key = data.get("key")
+            problems.append(f"refusing key {key!r}: another new entry maps to the same file (ignoring case)")
             continue
         planned[path] = entry_text(data)
         planned_names.add(path.name.casefold())

@@ -59,7 +59,7 @@ def check_nav(root: Path, taxonomy: Taxonomy) -> list[str]:
     problems = []
     for page in expected:
         if page not in listed:
-            where = f"in the section of '{parents[page]}'" if page in parents else "at the top of the 'Taxonomy' section"
+            where = f"in the section of '{parents[page]}'" if page in parents else "at the top of 'Taxonomy'"
             problems.append(f"nav lacks the taxonomy page '{page}'; add '- {page}' to mkdocs.yml {where}")
     for page in listed:
         if page.startswith("taxonomy/") and page not in expected:

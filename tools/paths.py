@@ -38,7 +38,11 @@ def key_problem(key: object) -> str | None:
 
 def folded_names(directory: Path) -> dict[str, str]:
     """Case-folded name -> name of every file in ``directory`` (for checking many keys at once)."""
-    return {path.name.casefold(): path.name for path in sorted(Path(directory).iterdir())} if Path(directory).is_dir() else {}
+    return (
+        {path.name.casefold(): path.name for path in sorted(Path(directory).iterdir())}
+        if Path(directory).is_dir()
+        else {}
+    )
 
 
 def case_twin(directory: Path, name: str, names: dict[str, str] | None = None) -> Path | None:

@@ -36,18 +36,33 @@ def _check_file(path: Path, where: str, validator) -> tuple[dict[str, Any] | Non
     except json.JSONDecodeError as error:
         return None, [Problem(where, error.lineno, "", f"invalid JSON: {error.msg}")]
     except _NotFinite as error:
-        line = text[:text.find(str(error))].count("\n") + 1
-        return None, [Problem(where, line, "", f"{error} is not a JSON number; write a finite number (or null for a missing value)")]
+        line = text[: text.find(str(error))].count("\n") + 1
+        return None, [
+            Problem(
+                where, line, "", f"{error} is not a JSON number; write a finite number (or null for a missing value)"
+            )
+        ]
     except (OSError, UnicodeDecodeError) as error:
         return None, [Problem(where, 1, "", f"cannot read the file: {error}")]
     problems = schema_problems(validator, LoadedYaml(path=path, data=data, lines=line_map(text), text=text), where)
     if not problems and data["id"] != path.stem:
-        problems.append(Problem(where, line_map(text).get(("id",), 1), "id", f"'{data['id']}' differs from the file name '{path.name}'"))
+        problems.append(
+            Problem(
+                where, line_map(text).get(("id",), 1), "id", f"'{data['id']}' differs from the file name '{path.name}'"
+            )
+        )
     if not problems and data.get("produced"):
         try:
             dt.date.fromisoformat(data["produced"])
         except ValueError as error:
-            problems.append(Problem(where, line_map(text).get(("produced",), 1), "produced", f"'{data['produced']}' is not a real date ({error})"))
+            problems.append(
+                Problem(
+                    where,
+                    line_map(text).get(("produced",), 1),
+                    "produced",
+                    f"'{data['produced']}' is not a real date ({error})",
+                )
+            )
     return (None if problems else data), problems
 
 

@@ -61,7 +61,8 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["key", "title", "authors", "year", "placement", "added"],
         "properties": {
-            "key": {**_string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN, examples=["zeng2026hybridkv"]),
+            "key": {**_string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN,
+                              examples=["zeng2026hybridkv"]),
                     "maxLength": MAX_KEY_LENGTH},
             "title": _string("Title as the paper gives it.", min_length=3),
             "authors": {
@@ -100,22 +101,27 @@ COMMAND_PATTERN = r"^python -m reference_impls(\.[a-z_][a-z0-9_]*)+( [^\r\n]*)?$
 
 
 def results_schema() -> dict[str, Any]:
-    """A reproduced-results file ``reference_impls/results/<id>.json``, as ``reference_impls.common.results`` writes it."""
+    """A reproduced-results file ``reference_impls/results/<id>.json``, as
+    ``reference_impls.common.results`` writes it."""
     identifier = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://lvlm-atlas.github.io/schemas/results.schema.json",
         "title": "LVLM Atlas reproduced results",
-        "description": "Numbers our code produced, with the command that produced them. Never a number a paper reports.",
+        "description": "Numbers our code produced, with the command that produced them. "
+                       "Never a number a paper reports.",
         "type": "object",
         "additionalProperties": False,
         "required": ["id", "title", "command", "families", "columns", "rows"],
         "properties": {
-            "id": {"type": "string", "pattern": RESULTS_ID_PATTERN, "maxLength": 100, "description": "Equals the file name without .json."},
+            "id": {"type": "string", "pattern": RESULTS_ID_PATTERN, "maxLength": 100,
+                   "description": "Equals the file name without .json."},
             "title": _string("What the table shows (plain text).", min_length=3),
-            "command": _string("The command that wrote this file: python -m reference_impls.<module> [arguments].", pattern=COMMAND_PATTERN),
+            "command": _string("The command that wrote this file: python -m reference_impls.<module> [arguments].",
+                               pattern=COMMAND_PATTERN),
             "produced": _string("Date of the run, ISO format.", pattern=DATE_PATTERN),
-            "environment": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+            "environment": {"type": "object",
+                            "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
             "families": {"type": "array", "minItems": 1, "uniqueItems": True,
                          "items": {"type": "string", "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
                          "description": "Taxonomy ids of the families whose pages show this file."},
@@ -126,9 +132,11 @@ def results_schema() -> dict[str, Any]:
             "rows": {"type": "array", "items": {"type": "object", "propertyNames": identifier}},
             "plots": {"type": "array", "items": {
                 "type": "object", "additionalProperties": False, "required": ["x", "y"],
-                "properties": {"x": identifier, "y": identifier, "group": {"type": "string"}, "title": {"type": "string"},
+                "properties": {"x": identifier, "y": identifier, "group": {"type": "string"},
+                               "title": {"type": "string"},
                                "logx": {"type": "boolean"}}}},
-            "notes": {"type": "string", "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links."},
+            "notes": {"type": "string",
+                      "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links."},
         },
     }
 

@@ -62,7 +62,8 @@ def _refuse_aliases(path: Path, text: str) -> None:
         while scanner.check_token():
             token = scanner.get_token()
             if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
-                raise YamlLoadError(path, token.start_mark.line + 1, "aliases are not allowed (&anchor and *alias); write the value out")
+                message = "aliases are not allowed (&anchor and *alias); write the value out"
+                raise YamlLoadError(path, token.start_mark.line + 1, message)
     finally:
         scanner.dispose()
 

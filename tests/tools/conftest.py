@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -35,13 +36,16 @@ def make_repo(target: Path, paper_keys: tuple[str, ...] | None = SEED_KEYS) -> P
 
 
 def own_results(repo: Path) -> Path:
-    """Give a sandbox its own copy of reference_impls/results (the rest stays linked); returns the folder."""
+    """Give a sandbox its own copy of reference_impls/results; returns the folder. The rest of
+    reference_impls is rebuilt as real folders of linked files, so module discovery still sees it."""
     source = (repo / "reference_impls").resolve()
     (repo / "reference_impls").unlink()
-    (repo / "reference_impls").mkdir()
-    for child in source.iterdir():
-        if child.name != "results":
-            (repo / "reference_impls" / child.name).symlink_to(child, target_is_directory=child.is_dir())
+    for folder, directories, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        directories[:] = [name for name in directories if name != "__pycache__" and relative / name != Path("results")]
+        (repo / "reference_impls" / relative).mkdir(exist_ok=True)
+        for name in files:
+            (repo / "reference_impls" / relative / name).symlink_to(Path(folder) / name)
     shutil.copytree(source / "results", repo / "reference_impls" / "results")
     return repo / "reference_impls" / "results"
 

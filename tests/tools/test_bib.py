@@ -129,12 +129,14 @@ def test_hostile_titles_export_to_exactly_one_entry_each_and_come_back_unchanged
 
 
 def test_export_refuses_a_value_with_unbalanced_braces():
+    data = {"key": "x2026", "title": "T", "authors": [], "year": 2026, "venue": "arXiv", "url": "https://e.org/}"}
     with pytest.raises(ValueError, match=r"refusing to export x2026: field url has unbalanced braces: 'https://e.org/\}'"):
-        entries_to_bibtex([{"key": "x2026", "title": "T", "authors": [], "year": 2026, "venue": "arXiv", "url": "https://e.org/}"}])
+        entries_to_bibtex([data])
 
 
 def test_import_decodes_latex_to_unicode():
-    text = r"""@misc{m2026, title={{ViT} f{\"u}r {\AA}ngstr{\"o}m: 100\% \& more}, author={M{\"u}ller, J{\"o}rg and S{\o}ren Kierkegaard and Fran{\c{c}}ois Caf\'e}, year={2026}}"""
+    text = (r"""@misc{m2026, title={{ViT} f{\"u}r {\AA}ngstr{\"o}m: 100\% \& more},"""
+            r"""author={M{\"u}ller, J{\"o}rg and S{\o}ren Kierkegaard and Fran{\c{c}}ois Caf\'e}, year={2026}}""")
     data = bibtex_to_entries(text)[0]
     assert data["title"] == "ViT für Ångström: 100% & more"
     assert data["authors"] == ["Jörg Müller", "Søren Kierkegaard", "François Café"]
@@ -146,7 +148,8 @@ def test_import_decodes_latex_to_unicode():
      "Was still looking for field-value closing `,` or `}`"),
     ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}",
      "<string>:2: a: cannot parse this entry: Duplicate entry key 'a'"),
-    ("@misc{a2026, title={x}, title={z}, year={2020}}", "<string>:1: a2026: cannot parse this entry: Duplicate field keys on entry: 'title'."),
+    ("@misc{a2026, title={x}, title={z}, year={2020}}",
+     "<string>:1: a2026: cannot parse this entry: Duplicate field keys on entry: 'title'."),
 ])
 def test_parse_errors_name_line_key_and_reason(text, message):
     with pytest.raises(BibImportError) as error:

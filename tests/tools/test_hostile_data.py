@@ -20,11 +20,14 @@ def write(repo, name: str, text: str):
 
 
 def other(key: str, arxiv: str) -> str:
-    return GOOD_ENTRY.replace("good2026entry", key).replace("2611.00001", arxiv).replace("A Perfectly Good", f"The {key}")
+    return (
+        GOOD_ENTRY.replace("good2026entry", key).replace("2611.00001", arxiv).replace("A Perfectly Good", f"The {key}")
+    )
 
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, name in zip("abcdefgh", "bcdefghi"))
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")
+)
 
 
 def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other_problem(repo, run_tools):
@@ -46,14 +49,25 @@ def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other
 
 
 def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
-    write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("2026-11-26", "2026-13-45")
-          + "reported:\n- metric: speed-up\n  value: .nan\n  source: abstract\n- metric: speed-up\n  value: -.Inf\n  source: abstract\n")
-    write(repo, "date2026entry.yaml", other("date2026entry", "2611.00002").replace("added: '2026-11-26'", "added: 2026-02-30"))
+    write(
+        repo,
+        "good2026entry.yaml",
+        GOOD_ENTRY.replace("2026-11-26", "2026-13-45")
+        + "reported:\n- metric: speed-up\n  value: .nan\n  source: abstract\n"
+        + "- metric: speed-up\n  value: -.Inf\n  source: abstract\n",
+    )
+    write(
+        repo,
+        "date2026entry.yaml",
+        other("date2026entry", "2611.00002").replace("added: '2026-11-26'", "added: 2026-02-30"),
+    )
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "papers/good2026entry.yaml:12: added: '2026-13-45' is not a real date (month must be in 1..12)" in err
-    assert ("papers/good2026entry.yaml:15: reported[0].value: expected a finite number, found '.nan' "
-            "(.nan and .inf are not allowed)") in err
+    assert (
+        "papers/good2026entry.yaml:15: reported[0].value: expected a finite number, found '.nan' "
+        "(.nan and .inf are not allowed)"
+    ) in err
     assert "papers/good2026entry.yaml:18: reported[1].value: expected a finite number, found '-.Inf'" in err
     assert "papers/date2026entry.yaml:1: a value YAML cannot read: day is out of range for month; quote it" in err
 
@@ -66,7 +80,8 @@ def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_t
     (repo / "papers" / "notes.txt").write_text("scratch\n")
     expected = [
         "papers/x2026.yml:1: entries use the .yaml extension; rename it to papers/x2026.yaml",
-        "papers/sub/nested2026.yaml:1: entries belong directly in papers/, not in a sub-folder (move it to papers/nested2026.yaml)",
+        "papers/sub/nested2026.yaml:1: entries belong directly in papers/, not in a sub-folder "
+        "(move it to papers/nested2026.yaml)",
         "papers/linked2026.yaml:1: symbolic links are not allowed under papers/; commit the file itself",
         "papers/notes.txt:1: only <key>.yaml entries and paper.schema.json belong in papers/",
     ]
@@ -88,25 +103,52 @@ def test_symlinks_the_build_would_copy_are_refused(repo, run_tools, tmp_path):
     (own_results(repo) / "linked.json").symlink_to(secret)
     status, out, err = run_tools(repo, "validate")
     assert status == 1
-    for path, folder in (("docs/stylesheets/leak.css", "docs"), ("notebooks/_rendered/decoding/kivi/leak.txt", "notebooks"),
-                         ("reference_impls/results/linked.json", "reference_impls/results")):
-        assert (f"{path}:1: symbolic links are not allowed under {folder}/: the build would copy or read the target's "
-                "content; commit the file itself") in err, err
+    for path, folder in (
+        ("docs/stylesheets/leak.css", "docs"),
+        ("notebooks/_rendered/decoding/kivi/leak.txt", "notebooks"),
+        ("reference_impls/results/linked.json", "reference_impls/results"),
+    ):
+        assert (
+            f"{path}:1: symbolic links are not allowed under {folder}/: the build would copy or read the target's "
+            "content; commit the file itself"
+        ) in err, err
     assert "local secret" not in out + err
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("implementation", "tools.site.build", "'tools.site.build' does not match the expected format ^reference_impls(\\.[a-z_][a-z0-9_]*)+$"),
-    ("implementation", "/etc/passwd", "'/etc/passwd' does not match the expected format ^reference_impls"),
-    ("notebook", "/etc/passwd", "'/etc/passwd' does not match the expected format ^notebooks(/[A-Za-z0-9][A-Za-z0-9_-]*)+\\.py$"),
-    ("notebook", "../../../../etc/passwd", "'../../../../etc/passwd' does not match the expected format ^notebooks"),
-    ("notebook", "notebooks/../tools/__main__.py", "'notebooks/../tools/__main__.py' does not match the expected format ^notebooks"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        (
+            "implementation",
+            "tools.site.build",
+            "'tools.site.build' does not match the expected format ^reference_impls(\\.[a-z_][a-z0-9_]*)+$",
+        ),
+        ("implementation", "/etc/passwd", "'/etc/passwd' does not match the expected format ^reference_impls"),
+        (
+            "notebook",
+            "/etc/passwd",
+            "'/etc/passwd' does not match the expected format ^notebooks(/[A-Za-z0-9][A-Za-z0-9_-]*)+\\.py$",
+        ),
+        (
+            "notebook",
+            "../../../../etc/passwd",
+            "'../../../../etc/passwd' does not match the expected format ^notebooks",
+        ),
+        (
+            "notebook",
+            "notebooks/../tools/__main__.py",
+            "'notebooks/../tools/__main__.py' does not match the expected format ^notebooks",
+        ),
+    ],
+)
 def test_taxonomy_paths_stay_inside_their_folders(field, value, expected, repo, run_tools):
     path = repo / "taxonomy" / "efficiency.yaml"
-    original = {"implementation": "implementation: reference_impls.decoding.kivi\n", "notebook": "notebook: notebooks/decoding/kivi.py\n"}[field]
+    original = {
+        "implementation": "implementation: reference_impls.decoding.kivi\n",
+        "notebook": "notebook: notebooks/decoding/kivi.py\n",
+    }[field]
     text = path.read_text()
-    line = text[:text.index(original)].count("\n") + 1
+    line = text[: text.index(original)].count("\n") + 1
     path.write_text(text.replace(original, f"{field}: {value}\n", 1))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
@@ -116,24 +158,36 @@ def test_taxonomy_paths_stay_inside_their_folders(field, value, expected, repo, 
 def test_results_files_follow_their_schema(repo, run_tools):
     results = own_results(repo)
     good = json.loads((results / "tokens-toyvlm.json").read_text())
-    (results / "zz-nan.json").write_text(json.dumps({**good, "id": "zz-nan"}, indent=1).replace('"digits": null', '"digits": NaN', 1))
-    (results / "zz-command.json").write_text(json.dumps({**good, "id": "zz-command", "command": "rm -rf / #"}, indent=1))
+    (results / "zz-nan.json").write_text(
+        json.dumps({**good, "id": "zz-nan"}, indent=1).replace('"digits": null', '"digits": NaN', 1)
+    )
+    (results / "zz-command.json").write_text(
+        json.dumps({**good, "id": "zz-command", "command": "rm -rf / #"}, indent=1)
+    )
     (results / "zz-extra.json").write_text(json.dumps({**good, "id": "zz-extra", "script": "<script>"}, indent=1))
     (results / "zz-name.json").write_text(json.dumps(good, indent=1))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     nan_line = (results / "zz-nan.json").read_text().split("NaN")[0].count("\n") + 1
-    assert (f"reference_impls/results/zz-nan.json:{nan_line}: NaN is not a JSON number; write a finite number "
-            "(or null for a missing value)") in err
-    assert ("reference_impls/results/zz-command.json:4: command: 'rm -rf / #' does not match the expected format "
-            "^python -m reference_impls") in err
+    assert (
+        f"reference_impls/results/zz-nan.json:{nan_line}: NaN is not a JSON number; write a finite number "
+        "(or null for a missing value)"
+    ) in err
+    assert (
+        "reference_impls/results/zz-command.json:4: command: 'rm -rf / #' does not match the expected format "
+        "^python -m reference_impls"
+    ) in err
     assert "reference_impls/results/zz-extra.json:" in err and "script: unknown field" in err
-    assert "reference_impls/results/zz-name.json:2: id: 'tokens-toyvlm' differs from the file name 'zz-name.json'" in err
+    assert (
+        "reference_impls/results/zz-name.json:2: id: 'tokens-toyvlm' differs from the file name 'zz-name.json'" in err
+    )
     assert "4 error(s)" in err
 
 
 def test_validate_imports_neither_the_site_code_nor_matplotlib():
-    script = ("import sys\nfrom tools.__main__ import main\nstatus = main(['validate', '--quiet'])\n"
-              "print(status, sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' or m.startswith('tools.site')))")
+    script = (
+        "import sys\nfrom tools.__main__ import main\nstatus = main(['validate', '--quiet'])\n"
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' or m.startswith('tools.site')))"
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr

@@ -77,5 +77,6 @@ def test_a_failing_notebook_is_named_without_a_traceback(repo, run_tools, monkey
     monkeypatch.setattr(nbclient.NotebookClient, "execute", execute)
     status, out, err = run_tools(repo, "build", "--no-mkdocs")
     assert status == 1
-    assert ("build: notebooks/decoding/kivi.py: execution failed: ZeroDivisionError: division by zero; "
-            "nothing was written") in err, err
+    assert (
+        "build: notebooks/decoding/kivi.py: execution failed: ZeroDivisionError: division by zero; nothing was written"
+    ) in err, err

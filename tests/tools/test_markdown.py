@@ -16,14 +16,14 @@ from .conftest import ROOT
 
 HOSTILE = [
     "X\r\r::: tools.sandbox\r\r",
-    "X\r\n\r\n??? note \"open\"\r\n    hidden\r\n",
-    "X\n\n=== \"Tab\"\n\n    tabbed\n",
+    'X\r\n\r\n??? note "open"\r\n    hidden\r\n',
+    'X\n\n=== "Tab"\n\n    tabbed\n',
     "X\u2028!!! warning\u2029    admonition",
     "- a list\n* star list\n+ plus list\n1. ordered",
     "# heading\nsetext\n===\nother\n---",
     "```python\nimport os\n```",
     "    indented code",
-    "--8<-- \"SECRET.txt\"",
+    '--8<-- "SECRET.txt"',
     ";--8<-- 'SECRET.txt'",
     "<script>alert(1)</script><div markdown>*x*</div>",
     "| a | b |\n|---|---|\n| 1 | 2 |",
@@ -90,9 +90,15 @@ def test_restricted_markdown_keeps_only_inline_markup(value, render):
 
 
 def test_restricted_markdown_renders_its_inline_syntax(render):
-    page = render(md.restricted("A *b* **c** `d <e>` [f](https://example.org/g_h?x=1) [i](http://j.example)\n\nNext `--8<-- \"SECRET.txt\"`."))
-    assert page == ('<p>A <em>b</em> <strong>c</strong> <code>d &lt;e&gt;</code> <a href="https://example.org/g_h?x=1">f</a> '
-                    '<a href="http://j.example">i</a></p>\n<p>Next <code>--8&lt;-- "SECRET.txt"</code>.</p>'), page
+    page = render(
+        md.restricted(
+            'A *b* **c** `d <e>` [f](https://example.org/g_h?x=1) [i](http://j.example)\n\nNext `--8<-- "SECRET.txt"`.'
+        )
+    )
+    assert page == (
+        '<p>A <em>b</em> <strong>c</strong> <code>d &lt;e&gt;</code> <a href="https://example.org/g_h?x=1">f</a> '
+        '<a href="http://j.example">i</a></p>\n<p>Next <code>--8&lt;-- "SECRET.txt"</code>.</p>'
+    ), page
 
 
 def test_code_shows_any_command_verbatim(render):
@@ -104,15 +110,22 @@ def test_code_shows_any_command_verbatim(render):
 
 def test_snippets_can_include_only_contributing(tmp_path):
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
-    options = next(item["pymdownx.snippets"] for item in config["markdown_extensions"] if isinstance(item, dict) and "pymdownx.snippets" in item)
+    options = next(
+        item["pymdownx.snippets"]
+        for item in config["markdown_extensions"]
+        if isinstance(item, dict) and "pymdownx.snippets" in item
+    )
     assert options["base_path"] == ["CONTRIBUTING.md"] and options["restrict_base_path"] and options["check_paths"]
     (tmp_path / "CONTRIBUTING.md").write_text("how to contribute\n")
     (tmp_path / "other.txt").write_text("other file\n")
     (tmp_path / "link.md").symlink_to(tmp_path / "other.txt")
-    converter = markdown.Markdown(extensions=["pymdownx.snippets"], extension_configs={"pymdownx.snippets": {
-        **options, "base_path": [str(tmp_path / "CONTRIBUTING.md")], "check_paths": False}})
+    converter = markdown.Markdown(
+        extensions=["pymdownx.snippets"],
+        extension_configs={
+            "pymdownx.snippets": {**options, "base_path": [str(tmp_path / "CONTRIBUTING.md")], "check_paths": False}
+        },
+    )
     assert "how to contribute" in converter.convert('--8<-- "CONTRIBUTING.md"')
     for name in ("other.txt", "link.md", "../other.txt", str(tmp_path / "other.txt")):
         converter.reset()
         assert "other file" not in converter.convert(f'--8<-- "{name}"'), name
-

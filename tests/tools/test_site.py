@@ -17,9 +17,10 @@ from .conftest import GOOD_ENTRY, make_repo, own_results
 # A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
 CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
 CR_EVIL = GOOD_ENTRY.replace("good2026entry", "cr2026entry").replace("2611.00001", "2611.00067").replace(
-    "title: A Perfectly Good Entry About Visual Token Pruning", 'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"')
+    "title: A Perfectly Good Entry About Visual Token Pruning",
+    'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"')
 HOSTILE_PROSE = "Found *this*.\r\r::: tools.sandbox\n\n--8<-- \"mkdocs.yml\"\n\n<script>alert(2)</script>"
-HOSTILE_COMMAND = "python -m x `--8<-- \"mkdocs.yml\"`\n<script>alert(3)</script>"
+HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"
 
 EVIL = GOOD_ENTRY.replace("good2026entry", "evil2026entry").replace("2611.00001", "2611.00066").replace(
     "A Perfectly Good Entry About Visual Token Pruning", "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'")
@@ -43,11 +44,13 @@ def built(tmp_path_factory) -> Path:
     (repo / "papers" / "cr2026entry.yaml").write_text(CR_EVIL)
     taxonomy = repo / "taxonomy" / "efficiency.yaml"
     text = taxonomy.read_text()
-    start, end = text.index("            findings: >-\n              With 25%"), text.index("      - id: sparse-attention")
+    start = text.index("            findings: >-\n              With 25%")
+    end = text.index("      - id: sparse-attention")
     taxonomy.write_text(text[:start] + f"            findings: {json.dumps(HOSTILE_PROSE)}\n" + text[end:])
     results = own_results(repo)
     data = json.loads((results / "tokens-toyvlm.json").read_text())
-    data.update(command=HOSTILE_COMMAND, notes=HOSTILE_PROSE, produced="2026-11-26\r\r::: tools.sandbox")
+    data.update(command=HOSTILE_COMMAND, notes=HOSTILE_PROSE, title="Tokens\r\r::: tools.sandbox")
+    data["columns"][0]["label"] = "Method\r\r??? note\r    hidden"
     (results / "tokens-toyvlm.json").write_text(json.dumps(data))
     status = build_site(repo, execute_notebooks=False)
     assert status == 0
@@ -89,8 +92,8 @@ def test_entry_text_is_escaped(built):
 
 def test_block_syntax_snippets_and_html_in_data_stay_text(built):
     site = built / "site"
-    family = site / "taxonomy" / "efficiency" / "prefilling" / "prefilling-token-compression" / "prefilling-attention-guided" / "index.html"
-    pages = {"cr paper": site / "papers" / "cr2026entry" / "index.html", "family": family, "results": site / "results" / "index.html"}
+    family = site / "taxonomy/efficiency/prefilling/prefilling-token-compression/prefilling-attention-guided/index.html"
+    pages = {"cr paper": site / "papers/cr2026entry/index.html", "family": family, "results": site / "results/index.html"}
     for name, path in pages.items():
         page = path.read_text()
         assert "make_sandbox" not in page, name  # no mkdocstrings block for tools.sandbox
@@ -98,10 +101,10 @@ def test_block_syntax_snippets_and_html_in_data_stay_text(built):
         assert "site_name: LVLM Atlas" not in page, name  # mkdocs.yml not included by a snippet
         assert "<script>alert(" not in page, name
     family = family.read_text()
-    assert "<p>Found <em>this</em>. ::: tools.sandbox --8&lt;-- \"mkdocs.yml\"" in family.replace("&#58;", ":") or \
-        "Found <em>this</em>." in family
-    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in family
-    assert "<code>python -m x `--8&lt;-- \"mkdocs.yml\"` &lt;script&gt;alert(3)&lt;/script&gt;</code>" in family
+    assert ("<p>Found <em>this</em>.</p>\n<p>&#58;&#58;&#58; tools.sandbox</p>\n<p>--8&lt;-- \"mkdocs.yml\"</p>\n"
+            "<p>&lt;script&gt;alert(2)&lt;/script&gt;</p>") in family
+    assert ("<code>python -m reference_impls.bench.tokens --tag '`--8&lt;-- \"mkdocs.yml\"`' "
+            "&lt;script&gt;alert(3)&lt;/script&gt;</code>") in family
 
 
 def test_every_internal_link_resolves(built):

@@ -97,8 +97,8 @@ def test_duplicate_arxiv_id_names_both_files(repo, run_tools):
 
 def test_versioned_arxiv_id_is_a_duplicate_of_the_plain_one(repo, run_tools):
     write(repo, "good2026entry.yaml", GOOD_ENTRY)
-    write(repo, "copy2026entry.yaml", GOOD_ENTRY.replace("good2026entry", "copy2026entry").replace("A Perfectly Good", "Another")
-          .replace("arxiv: '2611.00001'", "arxiv: '2611.00001v2'").replace("abs/2611.00001", "abs/2611.00001v2"))
+    write(repo, "copy2026entry.yaml", GOOD_ENTRY.replace("good2026entry", "copy2026entry")
+          .replace("A Perfectly Good", "Another").replace("arxiv: '2611.00001'", "arxiv: '2611.00001v2'").replace("abs/2611.00001", "abs/2611.00001v2"))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "papers/good2026entry.yaml:8: arxiv: duplicate arXiv id: same as papers/copy2026entry.yaml:8" in err
@@ -196,7 +196,9 @@ def test_stale_schema_and_nav_are_reported(repo, run_tools):
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "papers/paper.schema.json:1: out of date with taxonomy/ (run: python -m tools schema)" in err
-    assert "mkdocs.yml:1: nav: nav lacks the taxonomy page 'taxonomy/efficiency/decoding/kv-cache-compression/kv-bit-level.md'" in err
+    assert ("mkdocs.yml:1: nav: nav lacks the taxonomy page "
+            "'taxonomy/efficiency/decoding/kv-cache-compression/kv-bit-level.md'; add '- taxonomy/efficiency/decoding/kv-cache-compression/kv-bit-level.md' to mkdocs.yml in the section of "
+            "'taxonomy/efficiency/decoding/kv-cache-compression/index.md'") in err
     assert run_tools(repo, "schema")[0] == 0
 
 

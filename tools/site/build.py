@@ -14,7 +14,7 @@ from pathlib import Path
 from ..bib import entries_to_bibtex
 from ..catalog import Catalog, load_catalog
 from ..interrupts import deferred_interrupt
-from ..schema import schema_text
+from ..schema import results_schema, schema_text
 from . import markdown as md
 from .charts import stage_year_chart
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
@@ -89,6 +89,7 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     files["papers.json"] = json.dumps([entry.data for entry in sorted(catalog.entries, key=lambda e: e.key)],
                                       indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
     files["schemas/paper.schema.json"] = schema_text(taxonomy)
+    files["schemas/results.schema.json"] = json.dumps(results_schema(), indent=2, ensure_ascii=False) + "\n"
     files["schemas/taxonomy.schema.json"] = (root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8")
     files.update(assets)
     return files

@@ -18,7 +18,8 @@ from typing import Iterator
 from ..interrupts import deferred_interrupt, interrupt_flag
 from . import markdown as md
 
-__all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md", "notebooks_index_md"]
+__all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md",
+           "notebooks_index_md"]
 
 _HASH_PREFIX = "<!-- atlas-notebook-hash: "
 _RENDER_VERSION = "2"

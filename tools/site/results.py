@@ -31,8 +31,8 @@ def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: 
         lines += [f"![{md.text(plot.get('title') or data['title'])}]({relative(page, name)})", ""]
     environment = data.get("environment") or {}
     machine = ", ".join(f"{key} {value}" for key, value in environment.items() if key in ("torch", "transformers", "cpu_count", "device"))
-    lines += [f"Reproduced with {md.code(data['command'])}" + (f" on {md.text(data['produced'])}" if data.get("produced") else "")
-              + (f" ({md.text(machine)})." if machine else "."), ""]
+    produced = f" on {md.text(data['produced'])}" if data.get("produced") else ""
+    lines += [f"Reproduced with {md.code(data['command'])}{produced}" + (f" ({md.text(machine)})." if machine else "."), ""]
     if data.get("notes"):
         lines += [md.restricted(data["notes"]), ""]
     return "\n".join(lines)
