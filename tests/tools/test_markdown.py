@@ -32,6 +32,7 @@ HOSTILE = [
     "a~b=c?d:e `code` *em* **strong** \\ escaped",
     "\t\v\f\x00\x1b text with controls",
     "::: os",
+    "[x](javascript:alert%281%29) [y](JavaScript:x) [d](data:text/html;base64,PHNjcmlwdD4=) [f](file:///etc/passwd)",
 ]
 
 
