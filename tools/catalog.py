@@ -315,7 +315,9 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
         return selected is None or entry.loaded.path in selected
 
     checks = (
-        ("key", "key", lambda data: data.get("key") if isinstance(data.get("key"), str) else None),
+        # Keys equal but for letter case name files that collide on case-insensitive file systems.
+        ("key", "key (ignoring letter case)",
+         lambda data: data["key"].casefold() if isinstance(data.get("key"), str) else None),
         ("arxiv", "arXiv id", lambda data: str(data.get("arxiv")).split("v")[0] if isinstance(data.get("arxiv"), str) else None),
         ("doi", "DOI", lambda data: data.get("doi").lower() if isinstance(data.get("doi"), str) else None),
         ("title", "title (near-duplicate)", lambda data: normalise_title(data["title"]) if isinstance(data.get("title"), str) else None),
