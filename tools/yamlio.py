@@ -9,6 +9,7 @@ gigabytes, or refer to themselves), and so are mapping keys that are not plain s
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -66,6 +67,24 @@ def _refuse_aliases(path: Path, text: str) -> None:
                 raise YamlLoadError(path, token.start_mark.line + 1, message)
     finally:
         scanner.dispose()
+
+
+def _unreadable_line(node: yaml.Node) -> int:
+    """Line of the first timestamp-looking scalar that is not a real date (what makes construction
+    fail), or of ``node`` when there is none."""
+
+    def bad_date(node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                try:
+                    dt.date.fromisoformat(node.value[:10])
+                except ValueError:
+                    return node.start_mark.line + 1
+            return 0
+        children = [item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode) else node.value
+        return next((line for child in children if (line := bad_date(child))), 0)
+
+    return bad_date(node) or node.start_mark.line + 1
 
 
 def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> tuple[str, int] | None:
@@ -127,7 +146,7 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
         try:
             data = loader.construct_document(node)
         except (ValueError, OverflowError) as error:  # e.g. an unquoted date that does not exist: 2026-13-45
-            raise YamlLoadError(path, 1, f"a value YAML cannot read: {error}; quote it") from None
+            raise YamlLoadError(path, _unreadable_line(node), f"a value YAML cannot read: {error}; quote it") from None
     except yaml.constructor.ConstructorError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1

@@ -69,7 +69,7 @@ def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
         "(.nan and .inf are not allowed)"
     ) in err
     assert "papers/good2026entry.yaml:18: reported[1].value: expected a finite number, found '-.Inf'" in err
-    assert "papers/date2026entry.yaml:1: a value YAML cannot read: day is out of range for month; quote it" in err
+    assert "papers/date2026entry.yaml:12: a value YAML cannot read: day is out of range for month; quote it" in err
 
 
 def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_tools, tmp_path):
