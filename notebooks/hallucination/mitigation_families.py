@@ -49,7 +49,7 @@ print(f"scene with {sorted(example.truth)} -> caption {' '.join(generate_caption
 results = {"base": evaluate(base)}
 with VisualContrastiveDecoding(alpha=1.0, mode="noise")(base):
     results["VCD (noise)"] = evaluate(base)
-with VisualAttentionAmplification(alpha=1.0)(base):
+with VisualAttentionAmplification(alpha=1.0, start_layer=0)(base):
     results["PAI alpha=1"] = evaluate(base)
 splits = build_splits(base, vocab, world, n=N_FORGET, seed=0)  # hallucinated captions of fresh scenes
 n = len(splits["scenes"])
