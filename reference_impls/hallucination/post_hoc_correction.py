@@ -9,6 +9,8 @@ grounded than its captions.
 Paper: arXiv 2310.16045 (Woodpecker) is the closest listed paper: it extracts the mentioned
 objects, verifies them with *external* detectors and VQA models, and rewrites the caption with
 an LLM. We keep the extract-verify-remove skeleton but verify with the captioner itself.
+Upstream: none followed (Woodpecker's pipeline depends on external detectors, a VQA model and an
+LLM rewriter; ours replaces all three, so there is no code to match).
 
 Examples:
     >>> remove_objects("circle and square and cross".split(), {"square"}, {"circle", "square", "cross"})

@@ -111,7 +111,8 @@ def test_vcd_defaults_and_noise_match_upstream():
     pixels = torch.randn(64, 12, generator=torch.Generator().manual_seed(3))
     eps = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(method.seed))  # our seeded draw
     expected = abar.sqrt() * pixels + (1 - abar).sqrt() * eps
-    assert torch.allclose(distort_pixels(pixels, method.mode, method.noise_step, seed=method.seed), expected, atol=1e-5)
+    ours = distort_pixels(pixels, method.mode, method.noise_step, method.mask_ratio, method.seed, method.schedule)
+    assert torch.allclose(ours, expected, atol=1e-5)
 
 
 # -- PAI --------------------------------------------------------------------------------------
@@ -220,3 +221,28 @@ def test_efuf_weights_are_upstream_up_to_the_batch_normalisation():
     assert torch.allclose(ours / ours[0], upstream / upstream[0], atol=1e-5)
     method = EFUF()
     assert (method.t_hal, method.t_norm) == (23.0, 32.0)
+
+
+# -- Methods without reference code: their equations ------------------------------------------
+
+
+def test_steering_vector_is_the_mean_difference_equation():
+    from reference_impls.hallucination.representation_steering import mean_difference
+
+    generator = torch.Generator().manual_seed(9)
+    pos, neg = torch.randn(5, 7, 6, generator=generator), torch.randn(5, 4, 6, generator=generator)
+    pos_mask, neg_mask = torch.rand(5, 7, generator=generator) < 0.5, torch.rand(5, 4, generator=generator) < 0.7
+    pos_mask[:, 0] = neg_mask[:, 0] = True
+    expected = torch.stack([pos[i][pos_mask[i]].mean(0) - neg[i][neg_mask[i]].mean(0) for i in range(5)]).mean(0)
+    assert torch.allclose(mean_difference(pos, pos_mask, neg, neg_mask), expected, atol=1e-6)
+
+
+def test_gaussian_noise_is_the_equation():
+    from reference_impls.hallucination.robustness import gaussian_noise
+
+    model = torch.nn.Linear(6, 4)
+    noisy = gaussian_noise(model, alpha=0.3, seed=2)
+    generator = torch.Generator().manual_seed(2)
+    for p, q in zip(model.parameters(), noisy.parameters()):
+        expected = p + 0.3 * p.std() * torch.randn(p.shape, generator=generator)
+        assert torch.allclose(q, expected, atol=1e-6)
