@@ -38,7 +38,7 @@ what :mod:`.contrastive_decoding` measures. ``layers`` (off by default) names th
 explicitly instead of a range. The comparison benchmark runs ``start_layer=0`` (every layer of
 the 3-layer captioner; with the default only the last layer would change) at alpha 0.5 and 1.0.
 
-Measured on ToyVLM (comparison benchmark): a trade-off, not a clear win. alpha 0.5 lowered the
+Measured on ToyVLM (comparison benchmark, all layers): a trade-off, not a clear win. alpha 0.5 lowered the
 targeted rate from 91% to 70% and alpha 1.0 to 42%. Clean-caption F1 fell to 99 and 90, the
 exact-caption rate to 96% and 68%, and POPE F1 from 66.7 to 61 and 58. Restricting it to layers
 1-2 had no effect (exploratory run).

@@ -94,7 +94,8 @@ class SelfCheckCorrection:
 
         def caption(model, scenes: Sequence[CaptionScene], vocab) -> list[list[str]]:
             captions = generate_captions(model, scenes, vocab)
-            pairs = [(i, name) for i, words in enumerate(captions) for name in extract_objects(words, objects, distinct=True)]
+            pairs = [(i, name) for i, words in enumerate(captions)
+                     for name in extract_objects(words, objects, distinct=True)]
             answers = answer_yes(model, [scenes[i] for i, _ in pairs], [name for _, name in pairs], vocab)
             lookup = dict(zip(pairs, answers))
             return self.correct(captions, objects, lambda i, names: [lookup[(i, n)] for n in names])

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from reference_impls.hallucination.attention_intervention import VisualAttentionAmplification, amplified_attention
-from reference_impls.hallucination.contrastive_decoding import VisualContrastiveDecoding, contrast_logits, distort_pixels
+from reference_impls.hallucination.contrastive_decoding import (
+    VisualContrastiveDecoding,
+    contrast_logits,
+    distort_pixels,
+)
 from reference_impls.hallucination.efuf import EFUF
 from reference_impls.hallucination.hallucination_metrics import chair, extract_objects, pope
 from reference_impls.hallucination.npo import NPO
@@ -129,7 +133,8 @@ def test_pai_rule_matches_upstream():
         allowed = torch.ones(6, 6, dtype=torch.bool).tril()[None, None].expand(2, 1, 6, 6)
         visual = torch.zeros(2, 6, dtype=torch.bool)
         visual[:, 1:4] = True  # img_start_idx = 1, img_end_idx = 4
-        weights = q @ k.transpose(2, 3) / 8**0.5 + torch.zeros(6, 6).masked_fill(~allowed[0, 0], torch.finfo(torch.float32).min)
+        mask = torch.zeros(6, 6).masked_fill(~allowed[0, 0], torch.finfo(torch.float32).min)
+        weights = q @ k.transpose(2, 3) / 8**0.5 + mask
         weights[:, :, -1, 1:4] = weights[:, :, -1, 1:4].abs() * alpha + weights[:, :, -1, 1:4]
         expected = F.softmax(weights, dim=-1)
         out, probs = amplified_attention(q, k, v, allowed, visual, alpha, 8**-0.5)
