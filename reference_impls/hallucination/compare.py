@@ -107,7 +107,7 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         with method(base):
             timed("vcd", "contrastive-decoding", _setting(kw), lambda: evaluate(base))
     for alpha in config.pai_alpha:
-        with VisualAttentionAmplification(alpha=alpha)(base):
+        with VisualAttentionAmplification(alpha=alpha, start_layer=0)(base):
             timed("pai", "attention-intervention", f"alpha={alpha}, all layers", lambda: evaluate(base))
     timed("self-check-correction", "post-hoc-correction", "yes/no self-verification", lambda: evaluate(base, SelfCheckCorrection().captioner(world.shapes)))
     held_out = build_splits(base, vocab, world, n=64, seed=99)
