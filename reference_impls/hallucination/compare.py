@@ -41,7 +41,7 @@ import torch
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 
 from .attention_intervention import VisualAttentionAmplification
-from .bench import BenchConfig, make_data
+from .bench import CALIBRATION_SEED, BenchConfig, make_data
 from .captioner import build_splits, evaluate_captioner, make_eval_set
 from .contrastive_decoding import VisualContrastiveDecoding
 from .gradient_ascent import GradientAscent
@@ -107,7 +107,7 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         with method(base):
             timed("vcd", "contrastive-decoding", _setting(kw), lambda: evaluate(base))
     for alpha in config.pai_alpha:
-        with VisualAttentionAmplification(alpha=alpha)(base):
+        with VisualAttentionAmplification(alpha=alpha, start_layer=0)(base):
             timed("pai", "attention-intervention", f"alpha={alpha}, all layers", lambda: evaluate(base))
     timed("self-check-correction", "post-hoc-correction", "yes/no self-verification", lambda: evaluate(base, SelfCheckCorrection().captioner(world.shapes)))
     held_out = build_splits(base, vocab, world, n=64, seed=99)
@@ -119,10 +119,9 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
 
     # -- training-based methods, paired data per seed --------------------------------------
     bench = BenchConfig(steps=config.steps, batch=config.batch, n_forget=config.n_forget, rhos=config.rhos)
-    _, calib_batches, _ = make_data(base, vocab, world, replace(bench, n_forget=64), seed=99)
-    calib_model = copy.deepcopy(base)
-    NPO(beta=0.5, lr=5e-4).unlearn(calib_model, calib_batches, steps=config.steps)
-    rho, sweep = calibrate_rho(SARE(beta=0.5), calib_model, calib_batches(config.steps), rhos=config.rhos)
+    _, calib_batches, _ = make_data(base, vocab, world, replace(bench, n_forget=64), seed=CALIBRATION_SEED)
+    torch.manual_seed(CALIBRATION_SEED)
+    rho, sweep = calibrate_rho(SARE(beta=0.5, lr=5e-4), base, calib_batches, config.steps, rhos=config.rhos)
     log(f"SARE rho calibration -> {rho}")
     grounded = GroundedInstructionTuning(steps=config.steps, batch=config.batch)
     for seed in config.seeds:

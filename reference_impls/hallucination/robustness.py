@@ -14,6 +14,9 @@ Examples:
     >>> #                 evaluate=lambda m: {"hal": rate(m)})
     >>> # noisy = gaussian_noise(model, alpha=0.1, seed=0)
 
+Upstream: none (evaluation protocols, not a method with reference code); the noise follows the
+equation above and ``tests/hallucination/test_parity.py`` checks it.
+
 Deviations / guesses: the protocol of ``reference_impls/hallucination/sare/README.md``, section 7
 (Fan et al. 2025 relearn with plain fine-tuning); budgets, learning rate and noise scales are
 parameters.

@@ -3,6 +3,7 @@
 import copy
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from .conftest import make_batch
 from reference_impls.hallucination.gradient_ascent import GradientAscent
 from reference_impls.hallucination.npo import NPO
-from reference_impls.hallucination.sare import SARE, calibrate_rho
+from reference_impls.hallucination.sare import SARE, calibrate_rho, saturated_steps
 from reference_impls.hallucination.terms import Term, ga_term, nll_term, npo_term
 from reference_impls.hallucination.trainer import SAMConfig, TrainerConfig, UnlearningTrainer, apply_lora
 from reference_impls.hallucination.unlearning_losses import ga_loss, mean_nll, npo_loss, sequence_logprob, token_logprobs
@@ -206,9 +207,33 @@ def test_huge_rho_triggers_saturation_warning(model, batches):
 def test_calibrate_rho_returns_a_swept_value_and_leaves_model(model, batches):
     batches = {**batches, "forget": make_batch(model, seed=10, batch_size=1, span=(-2, -1))}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rho, sweep = calibrate_rho(SARE(), model, batches, rhos=(0.01, 0.1, 100.0))
-    assert rho in (0.01, 0.1) and len(sweep) == 3
+    rho, sweep = calibrate_rho(SARE(), model, lambda step: batches, steps=2, rhos=(0.01, 0.1, 100.0))
+    assert rho in (0.01, 0.1) and [row["rho"] for row in sweep][0] == 100.0
+    assert sweep[0]["saturated_steps"] > 0  # the huge radius was rejected for saturating, not by luck
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_saturation_is_judged_over_the_whole_trajectory():
+    # Before unlearning the word is likely at theta itself (no saturation); the perturbation
+    # only "saturates" once unlearning has lowered p at theta: step 3 here.
+    history = [{"clean_p_target": 0.97, "adv_p_target": 0.99}, {"clean_p_target": 0.93, "adv_p_target": 0.99},
+               {"clean_p_target": 0.60, "adv_p_target": 0.95}, {"clean_p_target": 0.30, "adv_p_target": 0.50}]
+    assert saturated_steps(history) == 1
+    assert saturated_steps(history[:2]) == 0
+
+
+def test_calibrated_rho_never_saturates_its_own_training_run(model, batches):
+    # The property the benchmark relies on: train with the calibrated rho on the calibration data
+    # and no step saturates (a rho checked at one point only would fail this).
+    batches = {**batches, "forget": make_batch(model, seed=10, batch_size=1, span=(-2, -1))}
+    method = SARE(lr=1e-2)
+    rho, _ = calibrate_rho(method, model, lambda step: batches, steps=4, rhos=(0.03, 0.3, 3.0, 30.0))
+    history = replace(method, sam=replace(method.sam, rho=rho)).trainer(copy.deepcopy(model)).fit(lambda step: batches, 4)
+    assert saturated_steps(history) == 0
+    too_large = replace(method, sam=replace(method.sam, rho=30.0)).trainer(copy.deepcopy(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert saturated_steps(too_large.fit(lambda step: batches, 4)) > 0
 
 
 def test_methods_registered_and_reduce_forget_probability(batches):
@@ -242,5 +267,5 @@ def test_calibration_checks_find_the_forget_term_by_its_flag_not_its_name(model,
         def forget_term(self):
             return renamed
 
-    rho, sweep = calibrate_rho(RenamedSARE(forget="ga"), model, batches, rhos=(0.01,))
-    assert rho == 0.01 and sweep[0]["delta_loss"] > 0
+    rho, sweep = calibrate_rho(RenamedSARE(forget="ga"), model, lambda step: batches, steps=1, rhos=(0.01,))
+    assert rho == 0.01 and sweep[0]["mean_delta_loss"] > 0

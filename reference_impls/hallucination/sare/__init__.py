@@ -24,7 +24,7 @@ Examples:
     0.05
     >>> [(t.name, t.adversarial) for t in method.terms()]
     [('forget_npo', True), ('grounded_nll', False), ('retain_nll', False)]
-    >>> # method.unlearn(model, batches); calibrate_rho(...) first on a held-out forget batch
+    >>> # rho, sweep = calibrate_rho(method, model, calibration_batches, steps)  # then method.unlearn(...)
 
 Deviations / guesses (README section 3-5): the method section is not available to us, so
 everything below the abstract is a reconstruction: EFUF's three-part objective with the SAM step
@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from torch import nn
 
@@ -48,7 +48,7 @@ from ..base import UnlearningMethod
 from ..terms import Term, ga_term, npo_term
 from ..trainer import ADVERSARIAL_LOSS, SAMConfig
 
-__all__ = ["SARE", "SAMConfig", "calibrate_rho"]
+__all__ = ["SARE", "SAMConfig", "calibrate_rho", "saturated_steps"]
 
 
 @register("sare", family="hallucination-unlearning", kind="unlearning")
@@ -83,28 +83,46 @@ class SARE(UnlearningMethod):
         return self.sam
 
 
-def calibrate_rho(method: SARE, model: nn.Module, batches: dict[str, dict],
+def saturated_steps(history: Sequence[dict[str, float]], saturation: float = 0.9) -> int:
+    """Steps at which the perturbation lifted the target probability from below ``saturation`` to above it.
+
+    At such a step ``eps`` has already relearned the hallucination, so the forget gradient taken at
+    ``theta + eps`` is close to zero: the step does not unlearn (README section 5).
+    """
+    return sum(1 for row in history
+               if row.get("clean_p_target", 1.0) < saturation < row.get("adv_p_target", 0.0))
+
+
+def calibrate_rho(method: SARE, model: nn.Module, batches: Callable[[int], dict[str, dict]], steps: int,
                   rhos: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
                   saturation: float = 0.9) -> tuple[float, list[dict[str, float]]]:
-    """Largest rho whose perturbation keeps the forget batch's target probability below ``saturation``.
+    """Largest rho whose own SARE run, from ``model``, never saturates the perturbed target probability.
 
-    Runs one lr-0 step per rho on a copy of ``model`` (weights unchanged) and reads the
-    perturbed target probability and the loss increase ``L_f(theta+eps) - L_f(theta)`` of the
-    adversarial terms (README section 5, "rho calibration").
+    For each rho (largest first) a copy of ``model`` is unlearned with ``method`` for ``steps``
+    steps on ``batches`` (calibration data, disjoint from what is reported), exactly as the run
+    that will be reported trains. A rho is accepted when no step saturates
+    (:func:`saturated_steps`) and the perturbation raised the forget loss on average. The
+    trajectory matters: at the start the hallucinated word is already likely at ``theta`` itself,
+    so a one-step check there accepts every radius, and the saturation appears only once
+    unlearning has lowered ``p_target`` (README section 5). ``model`` is not changed.
 
     Returns:
-        ``(rho, sweep)`` with one stats row per rho.
+        ``(rho, sweep)`` with one row per rho tried: saturated steps, the largest perturbed
+        target probability, the mean loss increase. When no rho qualifies the smallest is returned.
     """
     sweep, best = [], min(rhos)
-    for rho in sorted(rhos):
+    for rho in sorted(rhos, reverse=True):
         probe = copy.deepcopy(model)
+        trainer = replace(method, sam=replace(method.sam, rho=rho)).trainer(probe)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # saturation is what the sweep measures
-            stats = replace(method, sam=replace(method.sam, rho=rho), lr=0.0).trainer(probe).step(batches)
-        delta = stats[f"adv_{ADVERSARIAL_LOSS}"] - stats[f"clean_{ADVERSARIAL_LOSS}"]
-        row = {"rho": rho, "p_target": stats.get("clean_p_target", float("nan")),
-               "p_target_adv": stats.get("adv_p_target", float("nan")), "delta_loss": delta}
+            history = trainer.fit(batches, steps)
+        deltas = [row[f"adv_{ADVERSARIAL_LOSS}"] - row[f"clean_{ADVERSARIAL_LOSS}"] for row in history]
+        row = {"rho": rho, "saturated_steps": saturated_steps(history, saturation), "steps": steps,
+               "max_p_target_adv": max(r.get("adv_p_target", float("nan")) for r in history),
+               "mean_delta_loss": sum(deltas) / len(deltas)}
         sweep.append(row)
-        if row["p_target_adv"] < saturation and row["delta_loss"] > 0:
+        if row["saturated_steps"] == 0 and row["mean_delta_loss"] > 0:
             best = rho
+            break
     return best, sweep
