@@ -40,6 +40,9 @@ __all__ = ["MATRIX_METHODS", "NOOP_ATOL", "coverage_rows", "run_cell"]
 NEW_TOKENS = 6
 NOOP_ATOL = 1e-5
 """Largest logit difference accepted at the no-op setting (float32 summation order)."""
+ACT_MIN_GAP = 1e-5
+"""Smallest logit change that counts as acting, for methods that keep every token (VCD, PAI): the
+no-op tolerance (their no-op gap is exactly 0; on the random tiny models their effect is 1e-4 to 0.4)."""
 
 KV = ("snapkv", "h2o", "streamingllm", "kivi", "hybridkv", "pyramidkv", "adakv", "lookm")
 LAYER_DROP = ("fastv", "sparsevlm", "pyramiddrop", "divprune", "block-sparse")
@@ -81,8 +84,8 @@ def _setting(name: str, noop: bool):
         return _with(method), lambda: method.stats["visual_kept"] < method.stats["visual_in"]
     if name == "vcd":
         return _with(spec.target(alpha=0.0 if noop else 1.0)), None
-    if name == "pai":
-        return _with(spec.target(alpha=0.0 if noop else 0.5)), None
+    if name == "pai":  # the default start_layer 2 (upstream, LLaMA-7B) is past the 2-layer models
+        return _with(spec.target(alpha=0.0 if noop else 0.5, start_layer=0)), None
     if name == "speculative":
         method = spec.target(draft_visual_keep=1.0 if noop else 0.25)
 
@@ -115,7 +118,7 @@ def run_cell(name: str, arch: str, model=None, inputs=None, reference=None) -> d
         run, acted = _setting(name, noop=False)
         with torch.no_grad():
             tokens_small, logits_small = run(model, inputs)
-        did_act = acted() if acted is not None else not torch.equal(logits_small, ref_logits)
+        did_act = acted() if acted is not None else float((logits_small - ref_logits).abs().max()) > ACT_MIN_GAP
         if not did_act:
             return {"status": "failed", "reason": "the reduced setting did not act"}
         if name == "speculative" and not torch.equal(tokens_small, ref_tokens):  # strict acceptance is lossless
