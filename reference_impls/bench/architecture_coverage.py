@@ -28,6 +28,11 @@ __all__ = ["coverage_results", "main"]
 RESULTS_ID = "architecture-coverage"
 
 
+def column_key(arch: str) -> str:
+    """The results column of an architecture (results keys are identifiers: ``qwen2.5-vl`` -> ``qwen2_5_vl``)."""
+    return arch.replace("-", "_").replace(".", "_")
+
+
 def coverage_results(cells: list[dict], command: str) -> Results:
     """The results file for ``cells`` (the output of ``coverage_rows``)."""
     reasons: list[str] = []
@@ -36,13 +41,13 @@ def coverage_results(cells: list[dict], command: str) -> Results:
         name = cell["method"]
         row = rows.setdefault(name, {"method": name, "family": get_method(name).family})
         if cell["status"] == "supported":
-            row[cell["architecture"]] = "yes"
+            row[column_key(cell["architecture"])] = "yes"
         elif cell["status"] == "refused":
             if cell["reason"] not in reasons:
                 reasons.append(cell["reason"])
-            row[cell["architecture"]] = f"refused (R{reasons.index(cell['reason']) + 1})"
+            row[column_key(cell["architecture"])] = f"refused (R{reasons.index(cell['reason']) + 1})"
         else:
-            row[cell["architecture"]] = f"FAILED: {cell['reason']}"
+            row[column_key(cell["architecture"])] = f"FAILED: {cell['reason']}"
     notes = (
         "Each cell ran the method on a tiny random model of the architecture (2 text layers, hidden 32, one "
         "image; built in code by reference_impls/common/architectures/zoo.py). yes: at the no-op setting "
@@ -59,7 +64,7 @@ def coverage_results(cells: list[dict], command: str) -> Results:
         "NAME --budget 0.2 --image a.png --question \"...\" (README, section Apply a method to your checkpoint)."
     )
     families = sorted({row["family"] for row in rows.values()})
-    columns = [Column("method", "Method")] + [Column(arch, arch) for arch in ARCHITECTURES]
+    columns = [Column("method", "Method")] + [Column(column_key(arch), arch) for arch in ARCHITECTURES]
     return Results(
         id=RESULTS_ID,
         title="Method coverage across VLM architectures (transformers 5.24, tiny random models)",
