@@ -23,7 +23,11 @@ Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
     >>> from reference_impls.common.random_pruning import RandomPruning
     >>> toy = load_toyvlm()
-    >>> evaluate(toy, RandomPruning(budget=0.25), n=100)["accuracy"]
+    >>> result = evaluate(toy, RandomPruning(budget=0.25), n=8)
+    >>> result["visual_tokens"], result["visual_tokens_full"]  # 25% of the four images' 256 tokens
+    (64.0, 256.0)
+    >>> 0.0 <= result["accuracy"] <= 1.0
+    True
 
 Deviations / guesses:
     Times are wall-clock on whatever machine runs it (CPU here, shared): compare methods within
