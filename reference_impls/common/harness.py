@@ -1,6 +1,6 @@
 """Evaluation harness: run a method (or none) on ToyVLM or any local bundle and measure it.
 
-One call measures what every efficiency page reports, phase by phase (design notes, lesson 6):
+One call measures what every efficiency page reports, phase by phase (``docs/notes/transformers5.md`` §11, lesson 6):
 
 - ``accuracy``: greedy answer (next token after the prompt) equals the scene's answer;
 - ``visual_tokens``: visual tokens the language model saw (``method.stats["visual_kept"]`` of
@@ -17,7 +17,7 @@ One call measures what every efficiency page reports, phase by phase (design not
   tower, no token selection: what the visual tokens it reads cost it).
 
 Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
-explicit 3-D positions (the full sequence's last position + 1 + step, design notes §2).
+explicit 3-D positions (the full sequence's last position + 1 + step, ``docs/notes/transformers5.md`` §2).
 
 Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
