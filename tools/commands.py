@@ -27,6 +27,18 @@ def _validated(root: Path, quiet: bool = True) -> Catalog | None:
     return catalog
 
 
+def _print_suggestions(catalog: Catalog, items: list[dict], command: str) -> None:
+    """Top-3 placements for each item, and how to pass one (the caller then exits 1 without writing)."""
+    from .triage import Classifier
+
+    model = Classifier.from_catalog(catalog)
+    for item in items:
+        ranked = model.suggest(item)
+        print(f"{command}: suggested placements for '{item['title']}': "
+              + ", ".join(f"{node_id} ({score:.2f})" for node_id, score in ranked))
+    print(f"{command}: no --placement given, nothing was written; rerun with --placement ID [ID ...]", file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace, root: Path) -> int:
     paths = [path if path.is_absolute() else Path.cwd() / path for path in args.paths] or None
     catalog = load_catalog(root, paths)
@@ -97,6 +109,9 @@ def cmd_bib(args: argparse.Namespace, root: Path) -> int:
         return 1
     for message in skipped:
         print(message)
+    if not args.placement:
+        _print_suggestions(catalog, fresh, "bib import")
+        return 1
     if not args.dry_run:
         for data in fresh:
             write_entry(root / "papers", data)
@@ -112,6 +127,12 @@ def cmd_new(args: argparse.Namespace, root: Path) -> int:
     path = root / "papers" / f"{args.key}.yaml"
     if path.exists():
         print(f"new: {path.relative_to(root)} already exists", file=sys.stderr)
+        return 1
+    if not args.placement:
+        catalog = _validated(root)
+        if catalog is None:
+            return 1
+        _print_suggestions(catalog, [{"title": args.title}], "new")
         return 1
     data = {"key": args.key, "title": args.title, "authors": args.author, "year": args.year, "venue": args.venue,
             "arxiv": args.arxiv, "url": f"https://arxiv.org/abs/{args.arxiv}" if args.arxiv else "",
@@ -147,6 +168,50 @@ def cmd_stats(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def cmd_triage(args: argparse.Namespace, root: Path) -> int:
+    from .bib import BibImportError
+    from .triage import Classifier, FeedError, candidate_data, candidate_key, candidate_text, document, evaluate
+    from .triage import feed_url, read_feed, unknown_items, write_candidates
+
+    if args.feed_url:
+        print(feed_url(root))
+        return 0
+    catalog = _validated(root)
+    if catalog is None:
+        return 1
+    if args.evaluate:
+        result = evaluate(catalog, folds=args.folds)
+        text = f"titles and {result['summaries']} summaries" if result["summaries"] else "titles only"
+        print(f"triage classifier, {result['method']} over {result['entries']} entries "
+              f"({result['classes']} placement ids, {text}): "
+              f"top-1 {100 * result['top1']:.1f}%, top-3 {100 * result['top3']:.1f}%")
+        return 0
+    if args.feed is None:
+        print("triage: give a feed file, or --evaluate, or --feed-url", file=sys.stderr)
+        return 1
+    try:
+        items, skipped = unknown_items(read_feed(args.feed), catalog)
+    except (OSError, FeedError, BibImportError) as error:
+        print(f"triage: {error}", file=sys.stderr)
+        return 1
+    for message in skipped:
+        print(message, file=sys.stderr)
+    rankings = Classifier.from_catalog(catalog).rank([document(item) for item in items]) if items else []
+    taken = {entry.key for entry in catalog.entries}
+    candidates = [candidate_data(item, candidate_key(item, taken), ranked) for item, ranked in zip(items, rankings)]
+    if args.out == "-":
+        sys.stdout.write("\n".join(candidate_text(data) for data in candidates))
+    else:
+        out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
+        try:
+            write_candidates(candidates, out, root)
+        except FeedError as error:
+            print(f"triage: {error}", file=sys.stderr)
+            return 1
+    print(f"triage: {len(candidates)} new candidate(s), {len(skipped)} already in the catalog", file=sys.stderr)
+    return 0
+
+
 def cmd_build(args: argparse.Namespace, root: Path) -> int:
     from .site.build import build_site
 
@@ -167,7 +232,7 @@ def cmd_bench_site(args: argparse.Namespace, root: Path) -> int:
 
 _COMMANDS = {
     "validate": cmd_validate, "schema": cmd_schema, "import-tsv": cmd_import_tsv, "bib": cmd_bib, "new": cmd_new,
-    "stats": cmd_stats, "build": cmd_build, "serve": cmd_serve, "bench-site": cmd_bench_site,
+    "stats": cmd_stats, "triage": cmd_triage, "build": cmd_build, "serve": cmd_serve, "bench-site": cmd_bench_site,
 }
 
 
