@@ -148,6 +148,28 @@ def cmd_new(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def quality_lines(catalog: Catalog) -> list[str]:
+    """How complete the entries are: the figures the data issue tracks."""
+    entries = [entry.data for entry in catalog.entries]
+    total = len(entries) or 1
+    by_id = catalog.taxonomy.by_id
+
+    def share(count: int) -> str:
+        return f"{count}/{len(entries)} ({100 * count / total:.1f}%)"
+
+    parent_only = [data for data in entries if all(by_id[node_id].children for node_id in data["placement"])]
+    parent_nodes = Counter(node_id for data in parent_only for node_id in data["placement"])
+    return [
+        f"with authors: {share(sum(bool(data.get('authors')) for data in entries))}",
+        f"with a summary: {share(sum(bool(data.get('summary')) for data in entries))}",
+        f"with aliases: {share(sum(bool(data.get('aliases')) for data in entries))}",
+        f"with reported numbers: {share(sum(bool(data.get('reported')) for data in entries))}",
+        f"venue 'arXiv': {share(sum(data.get('venue') == 'arXiv' for data in entries))}",
+        f"placed only on a node that has children (no leaf family): {share(len(parent_only))}",
+        "  of which on: " + ", ".join(f"{node_id} {count}" for node_id, count in parent_nodes.most_common()),
+    ]
+
+
 def cmd_stats(args: argparse.Namespace, root: Path) -> int:
     from .site.data import SiteData
 
@@ -156,6 +178,9 @@ def cmd_stats(args: argparse.Namespace, root: Path) -> int:
         return 1
     data = SiteData(catalog)
     print(f"{len(catalog.entries)} papers, {len(catalog.taxonomy.families())} families")
+    print("\ndata quality:")
+    for line in quality_lines(catalog):
+        print(f"  {line}")
     for topic in catalog.taxonomy.topics:
         print(f"\n{topic.name}: {len(data.papers_under(topic))}")
         for node in topic.descendants()[1:]:
@@ -163,7 +188,7 @@ def cmd_stats(args: argparse.Namespace, root: Path) -> int:
             print(f"  {'  ' * depth}{node.name} [{node.id}]: {len(data.papers_under(node))}")
     years = Counter(entry.data["year"] for entry in catalog.entries)
     print("\nby year: " + ", ".join(f"{year}: {count}" for year, count in sorted(years.items())))
-    venues = Counter(entry.data["venue"] for entry in catalog.entries)
+    venues = Counter(entry.data.get("venue") or "(no venue)" for entry in catalog.entries)
     print("top venues: " + ", ".join(f"{venue}: {count}" for venue, count in venues.most_common(12)))
     return 0
 
