@@ -14,9 +14,10 @@ import datetime as dt
 import io
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 from .bib import bibtex_to_entries, entry_identities
@@ -24,8 +25,19 @@ from .catalog import Catalog
 from .entries import FIELD_ORDER
 from .yamlio import dump_yaml, load_yaml, write_text_atomic
 
-__all__ = ["FeedError", "Classifier", "document", "candidate_data", "read_feed", "unknown_items", "candidate_key",
-           "evaluate", "feed_url", "write_candidates", "candidate_text"]
+__all__ = [
+    "Classifier",
+    "FeedError",
+    "candidate_data",
+    "candidate_key",
+    "candidate_text",
+    "document",
+    "evaluate",
+    "feed_url",
+    "read_feed",
+    "unknown_items",
+    "write_candidates",
+]
 
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _ARXIV = "{http://arxiv.org/schemas/atom}"
@@ -171,7 +183,7 @@ class Classifier:
     labels: list[str]
 
     @classmethod
-    def fit(cls, documents: list[str], placements: list[list[str]]) -> "Classifier":
+    def fit(cls, documents: list[str], placements: list[list[str]]) -> Classifier:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.pipeline import make_pipeline, make_union
         from sklearn.svm import LinearSVC
@@ -187,7 +199,7 @@ class Classifier:
         return cls(pipeline=pipeline, labels=[str(label) for label in pipeline.classes_])
 
     @classmethod
-    def from_catalog(cls, catalog: Catalog) -> "Classifier":
+    def from_catalog(cls, catalog: Catalog) -> Classifier:
         entries = [entry.data for entry in catalog.entries]
         return cls.fit([document(data) for data in entries], [list(data["placement"]) for data in entries])
 

@@ -13,13 +13,13 @@ def write(repo, text):
 
 def test_aliases_list_validates(repo, run_tools):
     write(repo, GOOD_ENTRY.replace("authors:\n", "aliases:\n- GoodPrune\nauthors:\n"))
-    status, out, err = run_tools(repo, "validate")
+    status, _, err = run_tools(repo, "validate")
     assert status == 0, err
 
 
 def test_aliases_as_a_string_is_reported(repo, run_tools):
     write(repo, GOOD_ENTRY.replace("authors:\n", "aliases: GoodPrune\nauthors:\n"))
-    status, out, err = run_tools(repo, "validate")
+    status, _, err = run_tools(repo, "validate")
     assert status == 1
     assert "papers/good2026entry.yaml:4: aliases: 'GoodPrune' is not of type 'array'" in err, err
 

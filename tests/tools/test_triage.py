@@ -16,7 +16,7 @@ FEED = Path(__file__).parent / "data" / "triage_feed.xml"
 
 
 def test_triage_drops_known_papers_and_writes_candidates(repo, run_tools):
-    status, out, err = run_tools(repo, "triage", str(FEED))
+    status, _, err = run_tools(repo, "triage", str(FEED))
     assert status == 0, err
     assert "skipped 'HybridKV (a later version, same arXiv id)': already in the catalog as zeng2026hybridkv" in err
     assert "skipped 'A renamed G-Prune preprint': already in the catalog as jiang2025kind" in err
@@ -36,11 +36,11 @@ def test_triage_drops_known_papers_and_writes_candidates(repo, run_tools):
 
 
 def test_triage_refuses_papers_folder_and_existing_candidates(repo, run_tools):
-    status, out, err = run_tools(repo, "triage", str(FEED), "--out", str(repo / "papers"))
+    status, _, err = run_tools(repo, "triage", str(FEED), "--out", str(repo / "papers"))
     assert status == 1
     assert f"triage: refused: --out {(repo / 'papers').resolve()} is inside papers/; candidates need review first" in err
     assert run_tools(repo, "triage", str(FEED))[0] == 0
-    status, out, err = run_tools(repo, "triage", str(FEED))
+    status, _, err = run_tools(repo, "triage", str(FEED))
     assert status == 1
     assert "fixture-query-guided-visual-2026.yaml already exists (move or delete the earlier candidates)" in err
 
@@ -48,7 +48,7 @@ def test_triage_refuses_papers_folder_and_existing_candidates(repo, run_tools):
 def test_triage_refuses_xml_with_entities(repo, run_tools, tmp_path):
     feed = tmp_path / "bomb.xml"
     feed.write_text('<?xml version="1.0"?><!DOCTYPE feed [<!ENTITY a "aaaa">]><feed>&a;</feed>', encoding="utf-8")
-    status, out, err = run_tools(repo, "triage", str(feed))
+    status, _, err = run_tools(repo, "triage", str(feed))
     assert status == 1
     assert f"triage: {feed}: refused: the XML declares a DOCTYPE or entities" in err
 
