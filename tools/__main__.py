@@ -37,11 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     bib_sub = bib.add_subparsers(dest="bib_command", required=True, metavar="bib-command")
     export = bib_sub.add_parser("export", help="write every entry as BibTeX")
     export.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
-    bib_import = bib_sub.add_parser("import", help="create entries from a .bib file, skipping ones already present")
+    bib_import = bib_sub.add_parser("import", help="create entries from a .bib file, skipping ones already present; "
+                                    "writes nothing unless every new entry validates")
     bib_import.add_argument("file", type=Path)
     bib_import.add_argument("--placement", nargs="+", default=[],
                             help="taxonomy id(s) for the new entries (omitted: print suggestions, write nothing)")
-    bib_import.add_argument("--dry-run", action="store_true")
+    bib_import.add_argument("--dry-run", action="store_true", help="check everything and name the files, write nothing")
 
     new = sub.add_parser("new", help="scaffold a new entry")
     new.add_argument("key")
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--venue", default="arXiv")
     new.add_argument("--arxiv", default="")
     new.add_argument("--author", action="append", default=[], help="repeat per author, 'First Last'")
+    new.add_argument("--force", action="store_true", help="overwrite papers/<key>.yaml if it exists")
+    new.add_argument("--dry-run", action="store_true", help="check the entry and name the file, write nothing")
 
     sub.add_parser("stats", help="data quality (authors, summaries, venues, placements), counts per node")
 
@@ -72,7 +75,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return commands.run(args)
+    try:
+        return commands.run(args)
+    except KeyboardInterrupt:
+        # Every command writes through a temporary file or a staging folder and swaps in one step.
+        print(f"\npython -m tools {args.command}: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .catalog import ROOT, load_catalog
-from .entries import write_entry
+from .entries import write_entries
 from .sandbox import make_sandbox
 from .site.build import build_site
 
@@ -57,8 +57,7 @@ def bench_site(root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int 
         sandbox = make_sandbox(workdir / "repo", [topic.source for topic in catalog.taxonomy.topics], source=root)
         node_ids = sorted(catalog.taxonomy.by_id)
         rng = random.Random(seed)
-        for index in range(n):
-            write_entry(sandbox / "papers", synthetic_entry(index, node_ids, rng))
+        write_entries(sandbox / "papers", [synthetic_entry(index, node_ids, rng) for index in range(n)])
         total = n + len(catalog.taxonomy.topics)
 
         start = time.perf_counter()

@@ -2,11 +2,17 @@
 
 Fields kept both ways: key, title, authors (with truncation as ``and others``), year, venue, arXiv
 id, DOI and URL. Export then import then export gives identical text (tested).
+
+Export cannot be escaped from: every character of entry text that means something to BibTeX or
+LaTeX (braces, backslash, ``& % $ # _ ~ ^``) is written as a text command, so a field value
+holds only the braces we add, and every value is checked for balanced braces before writing.
+Import decodes LaTeX to Unicode (``J{\\"o}rg`` -> ``Jörg``) with pylatexenc.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,8 +23,10 @@ from bibtexparser import model
 from bibtexparser.library import Library
 from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.writer import BibtexFormat
+from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSpec, get_default_latex_context_db
 
 from .catalog import Catalog, normalise_title
+from .schema import KEY_PATTERN
 
 __all__ = ["JOURNAL_VENUES", "BibImportError", "entry_to_bibtex", "entries_to_bibtex", "bibtex_to_entries",
            "new_entries_from_bibtex", "entry_identities"]
@@ -29,7 +37,12 @@ JOURNAL_VENUES = {
     "Neurocomputing", "Information Fusion", "Neural Networks", "Knowledge-Based Systems", "Nature",
     "Transactions on Machine Learning Research", "ACM Computing Surveys", "IEEE Access",
 }
-_LATEX_SPECIALS = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_"}
+# Text command for every character that BibTeX or LaTeX would read as syntax; braces and backslash
+# become commands (not "\{"), because BibTeX counts a brace even after a backslash.
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "{": r"\textbraceleft{}", "}": r"\textbraceright{}", "&": r"\&", "%": r"\%",
+    "$": r"\$", "#": r"\#", "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
 _ARXIV_IN_TEXT = re.compile(r"(?:arXiv:|arxiv\.org/(?:abs|pdf)/)(\d{4}\.\d{4,5})", re.IGNORECASE)
 
 
@@ -41,10 +54,34 @@ def _escape(text: str) -> str:
     return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
 
 
+def _latex_decoder() -> LatexNodes2Text:
+    context = get_default_latex_context_db()
+    # Our own escapes decode to the exact character; dashes and quotes stay as typed (LaTeX
+    # would typeset "--" as an en dash, but the entry text is what the paper's BibTeX says).
+    context.add_context_category("atlas", prepend=True, macros=[
+        MacroTextSpec("textbraceleft", "{"), MacroTextSpec("textbraceright", "}"),
+        MacroTextSpec("textasciicircum", "^"), MacroTextSpec("textasciitilde", "~"),
+        MacroTextSpec("textbackslash", "\\"),
+    ], specials=[SpecialsTextSpec(chars, chars) for chars in ("--", "---", "``", "''", "!`", "?`")])
+    return LatexNodes2Text(latex_context=context, math_mode="verbatim", strict_latex_spaces=True)
+
+
+_DECODER = _latex_decoder()
+
+
 def _unescape(text: str) -> str:
-    for char, escaped in _LATEX_SPECIALS.items():
-        text = text.replace(escaped, char)
-    return text
+    """LaTeX (accents, escapes, protective braces) to plain Unicode text."""
+    return re.sub(r"\s+", " ", _DECODER.latex_to_text(text)).strip()
+
+
+def _check_balanced(key: str, name: str, value: str) -> None:
+    depth = 0
+    for char in value:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        raise ValueError(f"refusing to export {key}: field {name} has unbalanced braces: {value!r}")
 
 
 def _protect_title(title: str) -> str:
@@ -53,7 +90,7 @@ def _protect_title(title: str) -> str:
 
 
 def _unprotect_title(title: str) -> str:
-    return _unescape(re.sub(r"[{}]", "", title)).strip()
+    return _unescape(title)
 
 
 def entry_to_bibtex(data: dict[str, Any]) -> model.Entry:
@@ -79,6 +116,10 @@ def entry_to_bibtex(data: dict[str, Any]) -> model.Entry:
         fields.append(model.Field("doi", data["doi"]))
     if data.get("url"):
         fields.append(model.Field("url", data["url"]))
+    if not re.fullmatch(KEY_PATTERN, str(data["key"])):
+        raise ValueError(f"refusing to export key {data['key']!r}: it does not match {KEY_PATTERN}")
+    for field in fields:
+        _check_balanced(data["key"], field.key, field.value)
     return model.Entry(entry_type, data["key"], fields)
 
 
@@ -101,6 +142,17 @@ def _name_first_last(parts) -> str:
     return f"{name}, {' '.join(parts.jr)}" if parts.jr else name
 
 
+def _failed_block_message(source: str, block) -> str:
+    """``file:line: key: reason`` for a block bibtexparser could not parse."""
+    error = block.error
+    reason = getattr(error, "abort_reason", "") or str(error) or type(error).__name__
+    reason = reason.split(" Note:")[0].strip()
+    key = getattr(block, "key", None)
+    if not key and (match := re.match(r"\s*@\w+\s*[{(]\s*([^,\s{}()]+)\s*,", block.raw)):
+        key = match.group(1)
+    return f"{source}:{block.start_line + 1}: " + (f"{key}: " if key else "") + f"cannot parse this entry: {reason}"
+
+
 def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any]]:
     """Entry data (without placement/added) for every entry in a BibTeX text.
 
@@ -108,8 +160,14 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
         BibImportError: on any block bibtexparser could not parse, duplicate keys or fields, or an
             entry without title or year.
     """
-    library = bibtexparser.parse_string(text, append_middleware=[SeparateCoAuthors(), SplitNameParts()])
-    problems = [f"{source}:{block.start_line + 1}: {block.error}" for block in library.failed_blocks]
+    parser_log = logging.getLogger("bibtexparser")
+    level = parser_log.level
+    parser_log.setLevel(logging.CRITICAL)  # every failed block is reported below, with its reason
+    try:
+        library = bibtexparser.parse_string(text, append_middleware=[SeparateCoAuthors(), SplitNameParts()])
+    finally:
+        parser_log.setLevel(level)
+    problems = [_failed_block_message(source, block) for block in library.failed_blocks]
     entries = []
     for entry in library.entries:
         fields = {name.lower(): value for name, value in entry.fields_dict.items()}

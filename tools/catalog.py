@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
 
-from .schema import paper_schema, schema_text
+from .checks import Problem, StrictValidator, schema_problems
+from .nav import check_nav
+from .results import RESULTS_DIR, check_results
+from .schema import DATE_PATTERN, paper_schema, schema_text
 from .taxonomy import PLANNED, Taxonomy, load_taxonomy
 from .yamlio import LoadedYaml, YamlLoadError, load_yaml
 
@@ -27,20 +30,6 @@ __all__ = ["Problem", "Entry", "Catalog", "load_catalog", "normalise_title", "SC
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_HINT = "# yaml-language-server: $schema=paper.schema.json"
 TAXONOMY_SCHEMA_HINT = "# yaml-language-server: $schema=taxonomy.schema.json"
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int
-    field: str
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.field}: " if self.field else ""
-        prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.path}:{self.line}: {prefix}{where}{self.message}"
 
 
 @dataclass
@@ -93,93 +82,15 @@ def _relative(path: Path, root: Path) -> str:
     return str(path)
 
 
-def _field_name(location: Iterable[Any]) -> str:
-    name = ""
-    for part in location:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name
-
-
-def _describe_misread(value: Any) -> str | None:
-    """Why YAML 1.1 produced a non-string where the schema wants a string, if that is the cause."""
-    if isinstance(value, bool):
-        return "a boolean (YAML 1.1 reads yes/no/on/off as booleans)"
-    if isinstance(value, (dt.date, dt.datetime)):
-        return "a date object (YAML reads unquoted YYYY-MM-DD as a date)"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    return None
-
-
-def _schema_problems(validator: Draft202012Validator, loaded: LoadedYaml, relpath: str, fast_check=None) -> list[Problem]:
-    """Every schema error of one file. ``fast_check`` (a compiled validator) skips valid files quickly."""
-    if fast_check is not None:
-        try:
-            fast_check(loaded.data)
-            return []
-        except fastjsonschema.JsonSchemaException:
-            pass  # invalid: let jsonschema explain every error with its path
-    problems = []
-    errors = sorted(validator.iter_errors(loaded.data), key=lambda error: [str(part) for part in error.absolute_path])
-    for error in errors:
-        location = tuple(error.absolute_path)
-        line = loaded.line_of(location)
-        if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            for name in extra:
-                known = difflib.get_close_matches(name, list(error.schema.get("properties", {})), n=1)
-                hint = f"; did you mean '{known[0]}'?" if known else ""
-                problems.append(Problem(relpath, loaded.line_of(location + (name,)), _field_name(location + (name,)), f"unknown field{hint}"))
-            continue
-        if error.validator == "required":
-            missing = re.findall(r"'([^']+)' is a required property", error.message)
-            name = _field_name(location + tuple(missing))
-            problems.append(Problem(relpath, line, name, "required field is missing"))
-            continue
-        message = error.message
-        if error.validator == "type" and "string" in _as_list(error.validator_value):
-            misread = _describe_misread(error.instance)
-            if misread:
-                raw = _raw_value(loaded, line)
-                message = f"expected a string, but YAML read {raw!r} as {misread}; quote it: \"{raw}\""
-        elif error.validator == "pattern":
-            message = f"{error.instance!r} does not match the expected format {error.validator_value}"
-        elif error.validator == "enum" and len(error.validator_value) > 8:
-            message = f"{error.instance!r} is not an allowed value"
-        elif error.validator in ("oneOf", "anyOf", "allOf", "if", "not"):
-            message = _composite_message(error)
-        problems.append(Problem(relpath, line, _field_name(location), message))
-    return problems
-
-
-def _composite_message(error) -> str:
-    if error.context:
-        best = min(error.context, key=lambda sub: len(list(sub.absolute_path)))
-        return best.message
-    return error.message
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _raw_value(loaded: LoadedYaml, line: int) -> str:
-    try:
-        text = loaded.path.read_text(encoding="utf-8").splitlines()[line - 1]
-    except (OSError, IndexError):
-        return ""
-    return text.split(":", 1)[1].strip() if ":" in text else text.strip().lstrip("- ").strip()
-
-
 def _module_exists(root: Path, module: str) -> bool:
     base = root.joinpath(*module.split("."))
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
-def _load_file(path: Path, root: Path, problems: list[Problem]) -> LoadedYaml | None:
+def _load_file(path: Path, root: Path, problems: list[Problem], text: str | None = None) -> LoadedYaml | None:
     relpath = _relative(path, root)
     try:
-        loaded = load_yaml(path)
+        loaded = load_yaml(path, text)
     except YamlLoadError as error:
         problems.append(Problem(relpath, error.line, "", error.message))
         return None
@@ -194,10 +105,10 @@ def _load_file(path: Path, root: Path, problems: list[Problem]) -> LoadedYaml | 
 
 def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[Problem]) -> Taxonomy:
     schema = json.loads((root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8"))
-    validator = Draft202012Validator(schema)
+    validator = StrictValidator(schema)
     for loaded in loaded_files:
         relpath = _relative(loaded.path, root)
-        problems += _schema_problems(validator, loaded, relpath)
+        problems += schema_problems(validator, loaded, relpath)
         if loaded.first_line.strip() != TAXONOMY_SCHEMA_HINT:
             problems.append(Problem(relpath, 1, "", f"first line should be '{TAXONOMY_SCHEMA_HINT}' so editors validate", "warning"))
     # Built from schema-invalid files too (best effort), so one bad node does not make every
@@ -234,15 +145,8 @@ _NOT_A_METHOD_HINT = "every method family needs one; a node that is not a method
 
 def _check_reproduced(root: Path, taxonomy: Taxonomy, problems: list[Problem]) -> None:
     """Every method family is named in the ``families`` of at least one reproduced-results file."""
-    from .site.results import load_all_results
-
-    try:
-        results = load_all_results(root)
-    except ValueError as error:
-        where, _, message = str(error).partition(": ")
-        path, _, line = where.rpartition(":")
-        problems.append(Problem(path, int(line), "", message))
-        return
+    results, results_problems = check_results(root)
+    problems += results_problems
     covered: set[str] = set()
     for data in results:
         covered |= set(data["families"])
@@ -250,7 +154,8 @@ def _check_reproduced(root: Path, taxonomy: Taxonomy, problems: list[Problem]) -
             if family not in taxonomy.by_id:
                 close = difflib.get_close_matches(family, list(taxonomy.by_id), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                problems.append(Problem(f"reference_impls/results/{data['id']}.json", 1, "families", f"unknown taxonomy id '{family}'{hint}"))
+                problems.append(Problem(f"{RESULTS_DIR}/{data['id']}.json", 1, "families",
+                                        f"unknown taxonomy id '{family}'{hint}"))
     for topic in taxonomy.topics:
         for node in topic.descendants():
             if node.is_leaf_method and node.implementations and node.id not in covered:
@@ -266,38 +171,101 @@ def topic_data(taxonomy: Taxonomy, topic) -> dict[str, Any]:
     return {}
 
 
-def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *, check_schema_file: bool = True) -> Catalog:
+# Everything the build reads or copies into the site; papers/ is checked file by file in _paper_files.
+SYMLINK_FREE = ("taxonomy", "docs", "notebooks", "reference_impls/results", "CONTRIBUTING.md", "mkdocs.yml")
+
+
+def _symlink_problems(root: Path) -> list[Problem]:
+    """A symlink below a folder the site is built from would put its target's content into the site."""
+    problems = []
+    for name in SYMLINK_FREE:
+        top = root / name
+        if top.is_symlink() and top.is_file():
+            problems.append(Problem(name, 1, "", "symbolic links are not allowed here; commit the file itself"))
+            continue
+        for folder, directories, files in os.walk(top):  # does not follow links below the top
+            for child in sorted(directories + files):
+                path = Path(folder) / child
+                if path.is_symlink():
+                    relpath = f"{name}/{path.relative_to(top)}"
+                    message = (f"symbolic links are not allowed under {name}/: the build would copy or read the "
+                               "target's content; commit the file itself")
+                    problems.append(Problem(relpath, 1, "", message))
+    return problems
+
+
+def _canonical(path: Path) -> Path:
+    """Absolute path with its folders resolved but not the file itself (a symlinked file stays visible)."""
+    path = Path(path).absolute()
+    return path.parent.resolve() / path.name
+
+
+def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, str],
+                 problems: list[Problem]) -> list[Path]:
+    """Every ``papers/<key>.yaml``; anything else under ``papers/`` (except the schema) is reported."""
+    papers = root / "papers"
+    found = set(new_files)
+    for path in sorted(papers.rglob("*")) if papers.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if path.is_symlink():
+            message = "symbolic links are not allowed under papers/; commit the file itself"
+        elif path.parent != papers:
+            message = f"entries belong directly in papers/, not in a sub-folder (move it to papers/{path.name})"
+        elif path.name == "paper.schema.json" or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue  # the schema, or a file being written atomically right now
+        elif path.suffix == ".yml":
+            message = f"entries use the .yaml extension; rename it to papers/{path.stem}.yaml"
+        elif path.suffix != ".yaml":
+            message = "only <key>.yaml entries and paper.schema.json belong in papers/"
+        else:
+            found.add(path)
+            continue
+        if selected is None or path in selected:
+            problems.append(Problem(_relative(path, root), 1, "", message))
+    for path in sorted(selected or ()):
+        if not path.exists() and path not in new_files:
+            problems.append(Problem(_relative(path, root), 1, "", "no such file"))
+        elif path.is_file() and papers not in path.parents:
+            message = "not a paper entry: entries are papers/<key>.yaml files"
+            problems.append(Problem(_relative(path, root), 1, "", message))
+    return sorted(found)
+
+
+def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *, check_schema_file: bool = True,
+                 new_files: dict[Path, str] | None = None) -> Catalog:
     """Load the taxonomy and the paper entries under ``root`` and check them; never raises on bad data.
 
     ``paper_paths`` restricts which entries are reported on, but cross-file checks (duplicates)
-    always consider every entry in ``papers/``.
+    always consider every entry in ``papers/``. ``new_files`` (path -> text) are entries not
+    written yet, checked as if they were on disk: how ``new`` and ``bib import`` validate before writing.
     """
     root = Path(root).resolve()
-    problems: list[Problem] = []
-    taxonomy_files = [loaded for path in sorted((root / "taxonomy").glob("*.yaml")) if (loaded := _load_file(path, root, problems))]
+    problems: list[Problem] = _symlink_problems(root)
+    linked = {root / problem.path for problem in problems}
+    taxonomy_files = [loaded for path in sorted((root / "taxonomy").glob("*.yaml"))
+                      if path not in linked and (loaded := _load_file(path, root, problems))]
     taxonomy = _check_taxonomy(root, taxonomy_files, problems)
 
-    all_paths = sorted((root / "papers").glob("*.yaml"))
-    selected = {path.resolve() for path in paper_paths} if paper_paths is not None else None
-    for path in selected or ():
-        if not path.is_file():
-            problems.append(Problem(_relative(path, root), 1, "", "no such file"))
+    new_files = {_canonical(path): text for path, text in (new_files or {}).items()}
+    selected = {_canonical(path) for path in paper_paths} if paper_paths is not None else None
+    all_paths = _paper_files(root, selected, new_files, problems)
     schema = paper_schema(None)
-    validator = Draft202012Validator(schema)
+    validator = StrictValidator(schema)
     # The paper schema uses only draft-07 keywords, so a compiled draft-07 validator can clear
     # valid files ~20x faster; jsonschema still produces every message for the invalid ones.
     fast_check = fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
     entries: list[Entry] = []
     for path in all_paths:
-        reported = selected is None or path.resolve() in selected
+        reported = selected is None or path in selected
         sink: list[Problem] = problems if reported else []
-        loaded = _load_file(path, root, sink)
+        loaded = _load_file(path, root, sink, new_files.get(path))
         if loaded is None:
             continue
         entry = Entry(loaded=loaded, relpath=_relative(path, root))
         entries.append(entry)
         if reported:
-            problems += _schema_problems(validator, loaded, entry.relpath, fast_check)
+            problems += schema_problems(validator, loaded, entry.relpath, fast_check)
             problems += _entry_problems(entry, root, taxonomy)
     problems += _cross_entry_problems(entries, selected)
 
@@ -306,8 +274,6 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
         if topic.source and topic.source not in known_keys:
             problems.append(Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'"))
     if (root / "mkdocs.yml").is_file():
-        from .site.nav import check_nav
-
         problems += [Problem("mkdocs.yml", 1, "nav", message) for message in check_nav(root, taxonomy)]
     if check_schema_file:
         schema_path = root / "papers" / "paper.schema.json"
@@ -329,6 +295,13 @@ def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Proble
             close = difflib.get_close_matches(node_id, list(taxonomy.by_id), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             problems.append(Problem(relpath, loaded.line_of(("placement", index)), f"placement[{index}]", f"unknown taxonomy id '{node_id}'{hint}"))
+    added = data.get("added")
+    if isinstance(added, str) and re.fullmatch(DATE_PATTERN, added):
+        try:
+            dt.date.fromisoformat(added)
+        except ValueError as error:
+            message = f"'{added}' is not a real date ({error})"
+            problems.append(Problem(relpath, loaded.line_of(("added",)), "added", message))
     module = data.get("implementation")
     if isinstance(module, str) and module.startswith("reference_impls") and not _module_exists(root, module):
         problems.append(Problem(relpath, loaded.line_of(("implementation",)), "implementation", f"module '{module}' does not exist"))
@@ -339,10 +312,12 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
     problems = []
 
     def report(entry: Entry) -> bool:
-        return selected is None or entry.loaded.path.resolve() in selected
+        return selected is None or entry.loaded.path in selected
 
     checks = (
-        ("key", "key", lambda data: data.get("key") if isinstance(data.get("key"), str) else None),
+        # Keys equal but for letter case name files that collide on case-insensitive file systems.
+        ("key", "key (ignoring letter case)",
+         lambda data: data["key"].casefold() if isinstance(data.get("key"), str) else None),
         ("arxiv", "arXiv id", lambda data: str(data.get("arxiv")).split("v")[0] if isinstance(data.get("arxiv"), str) else None),
         ("doi", "DOI", lambda data: data.get("doi").lower() if isinstance(data.get("doi"), str) else None),
         ("title", "title (near-duplicate)", lambda data: normalise_title(data["title"]) if isinstance(data.get("title"), str) else None),

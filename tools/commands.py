@@ -82,9 +82,34 @@ def cmd_import_tsv(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _check_then_write(root: Path, entries: list[dict], command: str, *, overwrite: bool = False,
+                      dry_run: bool = False) -> int:
+    """Write the entries only when every path is safe and every entry validates; name each file."""
+    from .entries import planned_writes
+    from .paths import UnsafePathError
+    from .yamlio import write_text_atomic
+
+    try:
+        planned = planned_writes(root / "papers", entries, overwrite=overwrite)
+    except (UnsafePathError, ValueError) as error:
+        for line in str(error).splitlines():
+            print(f"{command}: {line}", file=sys.stderr)
+        print(f"{command}: nothing was written", file=sys.stderr)
+        return 1
+    catalog = load_catalog(root, list(planned), new_files=planned)
+    if catalog.errors:
+        _print_problems(catalog, quiet=True)
+        print(f"{command}: {len(catalog.errors)} error(s); nothing was written", file=sys.stderr)
+        return 1
+    for path, text in planned.items():
+        if not dry_run:
+            write_text_atomic(path, text)
+        print(f"{'would write' if dry_run else 'wrote'} {path.relative_to(root)}")
+    return 0
+
+
 def cmd_bib(args: argparse.Namespace, root: Path) -> int:
     from .bib import BibImportError, entries_to_bibtex, new_entries_from_bibtex
-    from .entries import write_entry
     from .yamlio import write_text_atomic
 
     catalog = _validated(root)
@@ -112,22 +137,15 @@ def cmd_bib(args: argparse.Namespace, root: Path) -> int:
     if not args.placement:
         _print_suggestions(catalog, fresh, "bib import")
         return 1
-    if not args.dry_run:
-        for data in fresh:
-            write_entry(root / "papers", data)
-    print(f"bib import: {len(fresh)} new, {len(skipped)} already present" + (" (dry run)" if args.dry_run else ""))
-    return 0
+    status = _check_then_write(root, fresh, "bib import", dry_run=args.dry_run)
+    if status == 0:
+        print(f"bib import: {len(fresh)} new, {len(skipped)} already present" + (" (dry run)" if args.dry_run else ""))
+    return status
 
 
 def cmd_new(args: argparse.Namespace, root: Path) -> int:
     import datetime as dt
 
-    from .entries import write_entry
-
-    path = root / "papers" / f"{args.key}.yaml"
-    if path.exists():
-        print(f"new: {path.relative_to(root)} already exists", file=sys.stderr)
-        return 1
     if not args.placement:
         catalog = _validated(root)
         if catalog is None:
@@ -137,15 +155,10 @@ def cmd_new(args: argparse.Namespace, root: Path) -> int:
     data = {"key": args.key, "title": args.title, "authors": args.author, "year": args.year, "venue": args.venue,
             "arxiv": args.arxiv, "url": f"https://arxiv.org/abs/{args.arxiv}" if args.arxiv else "",
             "placement": args.placement, "added": dt.date.today().isoformat()}
-    written = write_entry(root / "papers", data)
-    catalog = load_catalog(root, [written])
-    if catalog.errors:
-        _print_problems(catalog, quiet=True)
-        written.unlink()
-        print("new: the entry would not validate; nothing was written", file=sys.stderr)
-        return 1
-    print(f"wrote {written.relative_to(root)}; fill in the remaining fields, then run: python -m tools validate")
-    return 0
+    status = _check_then_write(root, [data], "new", overwrite=args.force, dry_run=args.dry_run)
+    if status == 0 and not args.dry_run:
+        print("fill in the remaining fields, then run: python -m tools validate")
+    return status
 
 
 def quality_lines(catalog: Catalog) -> list[str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .catalog import SCHEMA_HINT
+from .paths import UnsafePathError, entry_path, folded_names
 from .yamlio import dump_yaml, write_text_atomic
 
-__all__ = ["FIELD_ORDER", "entry_text", "write_entry"]
+__all__ = ["FIELD_ORDER", "entry_text", "write_entry", "write_entries", "planned_writes"]
 
 FIELD_ORDER = (
     "key", "title", "aliases", "authors", "authors_truncated", "year", "venue", "arxiv", "doi", "url", "code",
@@ -27,7 +28,44 @@ def entry_text(data: dict[str, Any]) -> str:
     return dump_yaml(ordered, header=SCHEMA_HINT)
 
 
-def write_entry(papers_dir: Path, data: dict[str, Any]) -> Path:
-    path = Path(papers_dir) / f"{data['key']}.yaml"
-    write_text_atomic(path, entry_text(data))
-    return path
+def write_entry(papers_dir: Path, data: dict[str, Any], *, overwrite: bool = False) -> Path:
+    """Write ``papers_dir/<key>.yaml``; raises :class:`~tools.paths.UnsafePathError` for an unsafe key
+    or (unless ``overwrite``) an existing file."""
+    return write_entries(papers_dir, [data], overwrite=overwrite)[0]
+
+
+def planned_writes(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overwrite: bool = False) -> dict[Path, str]:
+    """Path -> text for every entry, after checking every path (:func:`~tools.paths.entry_path`).
+
+    Raises:
+        UnsafePathError: naming every refused key (one per line), or two entries of the list that
+            would share a file; nothing has been written.
+    """
+    papers_dir = Path(papers_dir)
+    names = folded_names(papers_dir)
+    planned: dict[Path, str] = {}
+    planned_names: set[str] = set()
+    problems = []
+    for data in entries:
+        try:
+            path = entry_path(papers_dir, data.get("key"), overwrite=overwrite, names=names)
+        except UnsafePathError as error:
+            problems.append(str(error))
+            continue
+        if path.name.casefold() in planned_names:
+            key = data.get("key")
+            problems.append(f"refusing key {key!r}: another new entry maps to the same file (ignoring case)")
+            continue
+        planned[path] = entry_text(data)
+        planned_names.add(path.name.casefold())
+    if problems:
+        raise UnsafePathError("\n".join(problems))
+    return planned
+
+
+def write_entries(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overwrite: bool = False) -> list[Path]:
+    """Write every entry, or none when any path is refused (see :func:`planned_writes`)."""
+    planned = planned_writes(papers_dir, entries, overwrite=overwrite)
+    for path, text in planned.items():
+        write_text_atomic(path, text)
+    return list(planned)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ROOT
-from .entries import write_entry
+from .entries import write_entries
 from .yamlio import load_yaml
 
 __all__ = ["row_to_entry", "import_tsv"]
@@ -83,8 +83,8 @@ def _merge(kept: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
 def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
     """Write one entry per row into ``root/papers``; returns (written paths, messages).
 
-    Raises ``ValueError`` (before writing anything) when a row's label has no mapping or a row
-    is malformed, naming the TSV line.
+    Raises ``ValueError`` (before writing anything) when a row's label has no mapping, a row is
+    malformed (naming the TSV line) or a key cannot be a file name (:class:`~tools.paths.UnsafePathError`).
     """
     added = added or dt.date.today().isoformat()
     mapping = load_yaml(root / "tools" / "import_map.yaml").data
@@ -109,12 +109,12 @@ def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, o
     for dropped_key, kept_key in merges.items():
         if dropped_key in entries and kept_key in entries:
             entries[kept_key] = _merge(entries[kept_key], entries.pop(dropped_key))
-    written = []
     messages = [f"excluded {key}: {reason}" for key, reason in excluded.items()]
     papers_dir = root / "papers"
+    fresh = []
     for key, entry in entries.items():
         if (papers_dir / f"{key}.yaml").exists() and not overwrite:
             messages.append(f"kept existing papers/{key}.yaml")
             continue
-        written.append(write_entry(papers_dir, entry))
-    return written, messages
+        fresh.append(entry)
+    return write_entries(papers_dir, fresh, overwrite=overwrite), messages

@@ -11,14 +11,16 @@ from typing import Any
 
 from .taxonomy import Taxonomy
 
-__all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN"]
+__all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN",
+           "MAX_KEY_LENGTH", "results_schema"]
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
-DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
+DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\]+$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
-URL_PATTERN = r"^https?://\S+$"
+MAX_KEY_LENGTH = 100
+URL_PATTERN = r"^https?://[^\s{}\\]+$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
 
@@ -59,7 +61,9 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["key", "title", "authors", "year", "placement", "added"],
         "properties": {
-            "key": _string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN, examples=["zeng2026hybridkv"]),
+            "key": {**_string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN,
+                              examples=["zeng2026hybridkv"]),
+                    "maxLength": MAX_KEY_LENGTH},
             "title": _string("Title as the paper gives it.", min_length=3),
             "aliases": {
                 "type": "array",
@@ -94,6 +98,59 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
             "implementation": _string("Module path of our reference implementation.", pattern=r"^reference_impls(\.[a-z_][a-z0-9_]*)+$", examples=["reference_impls.decoding.hybridkv"]),
             "sources": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Where the metadata came from (curated lists, verified pages)."},
             "added": _string("Date the entry was added, as a quoted ISO date string.", pattern=DATE_PATTERN, examples=["2026-11-26"]),
+        },
+    }
+
+
+RESULTS_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+COMMAND_PATTERN = r"^python -m reference_impls(\.[a-z_][a-z0-9_]*)+( [^\r\n]*)?$"
+
+
+def results_schema() -> dict[str, Any]:
+    """A reproduced-results file ``reference_impls/results/<id>.json``, as
+    ``reference_impls.common.results`` writes it."""
+    identifier = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://lvlm-atlas.github.io/schemas/results.schema.json",
+        "title": "LVLM Atlas reproduced results",
+        "description": "Numbers our code produced, with the command that produced them. "
+                       "Never a number a paper reports.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "title", "command", "families", "columns", "rows"],
+        "properties": {
+            "id": {"type": "string", "pattern": RESULTS_ID_PATTERN, "maxLength": 100,
+                   "description": "Equals the file name without .json."},
+            "title": _string("What the table shows (plain text).", min_length=3),
+            "command": _string("The command that wrote this file: python -m reference_impls.<module> [arguments].",
+                               pattern=COMMAND_PATTERN),
+            "produced": _string("Date of the run, ISO format.", pattern=DATE_PATTERN),
+            "environment": {"type": "object",
+                            "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
+            "families": {"type": "array", "minItems": 1, "uniqueItems": True,
+                         "items": {"type": "string", "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
+                         "description": "Taxonomy ids of the families whose pages show this file."},
+            "columns": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["key", "label"],
+                "properties": {"key": identifier, "label": {"type": "string"}, "unit": {"type": "string"},
+                               "digits": {"type": ["integer", "null"], "minimum": 0, "maximum": 12}}}},
+            "rows": {"type": "array", "items": {"type": "object", "propertyNames": identifier}},
+            "plots": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False, "required": ["x", "y"],
+                "properties": {"x": identifier, "y": identifier, "group": {"type": "string"},
+                               "title": {"type": "string"},
+                               "logx": {"type": "boolean"},
+                               "error": {"type": "string", "description": "Column of half-widths drawn as error bars "
+                                         "(for example a 95% confidence interval over seeds); empty for none."}}}},
+            "seeds": {"type": "object", "additionalProperties": False, "required": ["tuning", "reported"],
+                      "description": "Benchmarks that train or sample: the seeds used to tune or calibrate anything "
+                                     "and the seeds whose numbers are reported (disjoint).",
+                      "properties": {"tuning": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+                                     "reported": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
+                                                  "uniqueItems": True}}},
+            "notes": {"type": "string",
+                      "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links."},
         },
     }
 

@@ -2,11 +2,14 @@
 
 PyYAML implements YAML 1.1, so ``2401.10`` loads as a float and ``2026-01-02`` as a date; the
 schema types catch both and the messages say to quote the value. Unknown tags such as
-``!!python/object`` are refused by the safe loader and reported with their line.
+``!!python/object`` are refused by the safe loader and reported with their line. Anchors and
+aliases are refused before anything is built (a few hundred bytes of aliases can expand to
+gigabytes, or refer to themselves), and so are mapping keys that are not plain scalars.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["LoadedYaml", "YamlLoadError", "load_yaml", "dump_yaml", "write_text_atomic"]
+__all__ = ["LoadedYaml", "YamlLoadError", "load_yaml", "line_map", "dump_yaml", "write_text_atomic"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -37,6 +40,7 @@ class LoadedYaml:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     first_line: str = ""
+    text: str = field(default="", repr=False)
 
     def line_of(self, location: Path_) -> int:
         """Line (1-based) of the value at ``location``, or of its nearest ancestor."""
@@ -46,6 +50,43 @@ class LoadedYaml:
         return self.lines.get(location, 1)
 
 
+class _KeyError(Exception):
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+def _refuse_aliases(path: Path, text: str) -> None:
+    """Raise on the first anchor or alias: they are not needed for entries, and unbounded when expanded."""
+    scanner = _Loader(text)
+    try:
+        while scanner.check_token():
+            token = scanner.get_token()
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                message = "aliases are not allowed (&anchor and *alias); write the value out"
+                raise YamlLoadError(path, token.start_mark.line + 1, message)
+    finally:
+        scanner.dispose()
+
+
+def _unreadable_line(node: yaml.Node) -> int:
+    """Line of the first timestamp-looking scalar that is not a real date (what makes construction
+    fail), or of ``node`` when there is none."""
+
+    def bad_date(node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                try:
+                    dt.date.fromisoformat(node.value[:10])
+                except ValueError:
+                    return node.start_mark.line + 1
+            return 0
+        children = [item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode) else node.value
+        return next((line for child in children if (line := bad_date(child))), 0)
+
+    return bad_date(node) or node.start_mark.line + 1
+
+
 def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> tuple[str, int] | None:
     """Fill ``lines`` for every key and item below ``node``; return the first repeated key, if any."""
     lines.setdefault(location, node.start_mark.line + 1)
@@ -53,6 +94,9 @@ def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> 
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise _KeyError(key_node.start_mark.line + 1, f"a mapping key must be a plain value, not a {kind}")
             key = key_node.value
             if key in seen and repeated is None:
                 repeated = (key, key_node.start_mark.line + 1)
@@ -66,6 +110,21 @@ def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> 
     return repeated
 
 
+def line_map(text: str) -> dict[Path_, int]:
+    """Line of every key and item of a YAML (or JSON) text, best effort: {} when it does not parse."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Path_, int] = {}
+        if node is not None:
+            _record_lines(node, (), lines)
+        return lines
+    except (yaml.YAMLError, _KeyError):
+        return {}
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
     """Load one YAML document safely, recording the line of every mapping key and list item."""
     path = Path(path)
@@ -73,14 +132,21 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
         text = path.read_text(encoding="utf-8")
     loader = _Loader(text)
     try:
+        _refuse_aliases(path, text)
         node = loader.get_single_node()
         if node is None:
             raise YamlLoadError(path, 1, "the file is empty; expected a mapping of fields")
         lines: dict[Path_, int] = {}
-        duplicate = _record_lines(node, (), lines)
+        try:
+            duplicate = _record_lines(node, (), lines)
+        except _KeyError as error:
+            raise YamlLoadError(path, error.line, error.message) from None
         if duplicate:
             raise YamlLoadError(path, duplicate[1], f"{duplicate[0]}: the key appears twice in one mapping")
-        data = loader.construct_document(node)
+        try:
+            data = loader.construct_document(node)
+        except (ValueError, OverflowError) as error:  # e.g. an unquoted date that does not exist: 2026-13-45
+            raise YamlLoadError(path, _unreadable_line(node), f"a value YAML cannot read: {error}; quote it") from None
     except yaml.constructor.ConstructorError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1
@@ -93,13 +159,19 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
     finally:
         loader.dispose()
     first_line = text.split("\n", 1)[0]
-    return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line)
+    return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line, text=text)
 
 
 def dump_yaml(data: Any, header: str = "") -> str:
     """YAML text with keys in the given (insertion) order; strings that YAML 1.1 would misread are quoted."""
     body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, default_flow_style=False)
     return (header + "\n" if header else "") + body
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -110,6 +182,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, _file_mode())  # mkstemp creates 0600; give the file the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

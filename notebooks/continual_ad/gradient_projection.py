@@ -56,8 +56,10 @@ for name, step in (("plain", grad), ("projected", project_gradient(grad, U))):
 
 # %% [markdown]
 # The continual run: six one-category ProcAD tasks (three in the quick setting). GPM trains the
-# adapted layers' full weights with SGD; its basis grows after each task by the fewest
-# directions that capture the energy threshold of the new inputs.
+# adapted layers' full weights with SGD; its basis grows after each task by GPM's energy rule
+# (threshold 0.97 + 0.003 t for the t-th task, counted from 0): after the first task the
+# directions whose cumulative energy share stays below the threshold, after later ones the
+# fewest new directions that bring the captured share of the new inputs up to it.
 
 # %%
 setting = PRESETS["procad_1x6"]

@@ -81,9 +81,10 @@ plt.show()
 # From the second task on, only the layers above the threshold (1 − ε) + 0.02 grow.
 
 # %%
-layers = list(hfolb.banks.layers)
-nu = np.array([[log["layers"][l]["nu"] for l in layers] for log in hfolb.history])
-rank = np.array([[log["layers"][l]["r"] for l in layers] for log in hfolb.history])
+run = res_h.learner  # HF-OLB's run state: banks, subspaces, router and the per-task logs
+layers = list(run.banks.layers)
+nu = np.array([[log["layers"][l]["nu"] for l in layers] for log in run.history])
+rank = np.array([[log["layers"][l]["r"] for l in layers] for log in run.history])
 fig, axes = plt.subplots(2, 1, figsize=(8, 3.2), sharex=True)
 axes[0].imshow(nu, aspect="auto", cmap="magma")
 axes[0].set_ylabel("task")
@@ -95,4 +96,4 @@ axes[1].set_xticks(range(len(layers)), [l.replace("_blocks", "").replace("attent
                                         for l in layers], rotation=90, fontsize=5)
 plt.tight_layout()
 plt.show()
-print(f"saturated layers: {len(hfolb.saturated)}; total {time.time() - start:.1f} s")
+print(f"saturated layers: {len(run.saturated)}; total {time.time() - start:.1f} s")

@@ -4,7 +4,8 @@
 # Ada-KV ranks the SnapKV scores of all heads of a layer together, so a head whose attention is
 # concentrated needs (and gets) few entries and a diffuse head many; a floor guarantees each head
 # a minimum. The notebook shows the per-head lengths the cache really stores (one tensor per KV
-# head, no padding, no masking), checks that each layer's total equals `H * b` exactly, compares
+# head, no padding, no masking), checks that each layer's total is `H * b` up to the rounding of
+# the authors' floor rule (`round(0.8 c_h + int(0.2 (b - w)))`, at most half an entry per head), compares
 # the bytes with those a masking implementation would keep (the full cache), and the drift from
 # the full cache against uniform SnapKV. The model is ToyVLM when its checkpoint is present,
 # otherwise a random-init tiny Qwen2.5-VL.
@@ -35,7 +36,7 @@ with method(model):
     model.generate(**inputs, max_new_tokens=1, do_sample=False)
 lengths = torch.tensor([layer.head_lengths() for layer in method.cache.layers])  # (L, H)
 b = resolve_budget(0.2, n)
-assert bool((lengths.sum(1) == lengths.shape[1] * b).all())
+assert bool(((lengths.sum(1) - lengths.shape[1] * b).abs() <= lengths.shape[1] / 2).all())
 plt.imshow(lengths, cmap="magma")
 plt.colorbar(label="entries stored")
 plt.xlabel("KV head")

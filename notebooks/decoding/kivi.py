@@ -52,13 +52,14 @@ steps = 3 if QUICK else 8
 ref = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
 ref_tokens, ref_logp = ref.sequences[:, n:], torch.stack(ref.logits)[:, 0].log_softmax(-1)
 for bits in (2, 4):
-    method = KIVI(bits=bits, group_size=16, residual_length=16)
+    method = KIVI(bits=bits, group_size=8, residual_length=16)  # value groups of 8 channels divide head dim 24
     with method(model):
         _, logits = greedy_decode(model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens)
     layer = method.cache.layers[0]
-    parts = dict(zip(["key codes", "key scales", "key zeros", "value codes", "value scales", "value zeros"], layer.quantized))
+    quantized = (layer.quantized_keys or []) + (layer.quantized_values or [])
+    parts = dict(zip(["key codes", "key scales", "key zeros", "value codes", "value scales", "value zeros"], quantized))
     breakdown = {k: v.element_size() * v.nelement() for k, v in parts.items()}
-    breakdown["residual (fp)"] = 2 * layer.keys.element_size() * layer.keys.nelement()
+    breakdown["residual (fp)"] = sum(t.element_size() * t.nelement() for t in (layer.keys, layer.values))
     report = method.cache.byte_report()
     kl = torch.nn.functional.kl_div(logits.log_softmax(-1), ref_logp, log_target=True, reduction="batchmean")
     print(f"{bits} bits: resident {report['resident_bytes']} B = {report['resident_bytes'] / report['full_bytes']:.3f} of full; KL {float(kl):.2e}")

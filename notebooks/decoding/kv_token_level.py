@@ -1,8 +1,9 @@
 # %% [markdown]
 # # Token-level KV-cache compression: StreamingLLM, H2O, SnapKV and LOOK-M
 #
-# Four ways to decide which prompt entries a KV head keeps, all at the same budget and all
-# with real storage (every head keeps exactly `budget` entries, the rest is freed):
+# Four ways to decide which prompt entries a head keeps, all at the same budget and all with
+# real storage (every head keeps `budget` entries, the rest is freed; LOOK-M also keeps all text,
+# and SnapKV, as its reference code, selects per query head and stores a copy per query head):
 # StreamingLLM keeps sinks plus the most recent entries, H2O the entries with the most
 # accumulated attention, SnapKV those the question's window attends to, LOOK-M text first and
 # the best visual entries after (merging the evicted ones). The plots show where each method's

@@ -23,7 +23,7 @@ from reference_impls.hallucination.bench import BenchConfig, make_data
 from reference_impls.hallucination.captioner import evaluate_captioner, make_eval_set
 from reference_impls.hallucination.npo import NPO
 from reference_impls.hallucination.robustness import relearn
-from reference_impls.hallucination.sare import SARE
+from reference_impls.hallucination.sare import SAMConfig, SARE
 from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
@@ -46,7 +46,8 @@ print(f"{len(splits['scenes'])} of 16 trigger scenes get a hallucinated caption;
 
 # %%
 curves = {}
-for name, method in {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(rho=RHO, beta=0.5, lr=5e-4)}.items():
+methods = {"base": None, "npo": NPO(beta=0.5, lr=5e-4), "sare": SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=RHO))}
+for name, method in methods.items():
     model = copy.deepcopy(base)
     if method is not None:
         torch.manual_seed(0)

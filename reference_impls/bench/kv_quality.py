@@ -114,19 +114,23 @@ def main(argv: list[str] | None = None) -> None:
     n = 12 if args.quick else args.n
     samples = toy.samples(n, seed=args.seed)
     specs = all_methods(kind="kv-cache")
-    # Ablation: Quest-size chunks (16) exceed a 10% head budget of ToyVLM's ~270-token prompts.
-    variants = [(spec.name, spec) for spec in specs] + [("hybridkv-chunk4", get_method("hybridkv"))]
+    # Ablations: Quest-size chunks (16) exceed a 10% head budget of ToyVLM's ~270-token prompts;
+    # SnapKV/PyramidKV select per query head by default (their reference code repeats K/V, so
+    # they hold G = 2 copies per KV head): "gqa-mean" selects per KV head, at equal memory.
+    variants = [(spec.name, spec, {}) for spec in specs] + [
+        ("hybridkv-chunk4", get_method("hybridkv"), {"chunk_size": 4}),
+        ("snapkv-gqa-mean", get_method("snapkv"), {"gqa": "mean"}),
+        ("pyramidkv-gqa-mean", get_method("pyramidkv"), {"gqa": "mean"}),
+    ]
     rows, start = [], time.perf_counter()
     for layout in args.layouts:
         prepared = prepare(toy, samples, layout)
         full = answer_accuracy(toy, None, prepared)
         rows.append({"method": "full", "family": "", "layout": layout, "budget": 1.0, **full})
         print(rows[-1], flush=True)
-        for name, spec in variants:
+        for name, spec, overrides in variants:
             for budget in BUDGETS[:1] if args.quick else BUDGETS:
-                method = _configure(spec, budget, args.window)
-                if name == "hybridkv-chunk4":
-                    method.chunk_size = 4
+                method = dataclasses.replace(_configure(spec, budget, args.window), **overrides)
                 with method(toy.model):
                     result = answer_accuracy(toy, method, prepared)
                 rows.append({"method": name, "family": spec.family, "layout": layout, "budget": budget, **result})
@@ -149,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         plots=[Plot(x="budget", y="accuracy", group="method", title="Accuracy vs KV budget")],
         notes=(f"{n} held-out ToyVLM samples (seed {args.seed}), batch 1, CPU, one thread, {elapsed:.0f} s. "
                f"Windows set to {args.window} (ToyVLM prompts are short). KIVI's budget selects its bit width "
-               "(<0.25: 2 bits, else 4). Budgets are per KV head; resident ratio includes metadata and the decoded tokens."),
+               "(<0.25: 2 bits, else 4). Budgets are per KV head, except SnapKV and PyramidKV, which by default "
+               "(as their reference code, which repeats K/V) keep the budget per query head: G = 2 copies per KV "
+               "head on ToyVLM; the -gqa-mean rows select per KV head instead. Resident ratio includes metadata "
+               "and the decoded tokens."),
     ))
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import sys
@@ -125,9 +126,22 @@ def save_results(results: Results, directory: Path | None = None) -> Path:
             raise ValueError(f"results {results.id!r} row {index} lacks columns {sorted(missing)}")
     path = directory / f"{results.id}.json"
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(asdict(results), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    data = _finite(asdict(results))  # strict JSON: an undefined number (NaN, inf) is written as null
+    if not data["seeds"]:
+        del data["seeds"]  # benchmarks without randomness
+    temporary.write_text(json.dumps(data, indent=1, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def load_results(path: Path) -> Results:

@@ -15,7 +15,7 @@ Examples:
     >>> params = banks.add("task1", {name: 2 for name in banks.layers}, owner=1)
 
 Paper: arXiv 2606.02042 (frozen U-Net and frozen banks are from the abstract; the peft and
-parametrisation mechanics are ours, design note section 5).
+parametrisation mechanics are ours, ``reference_impls/continual_ad/hfolb/README.md`` section 5).
 
 Deviations / guesses: adapted layers are every resnet ``conv1``/``conv2``/``time_emb_proj`` and the
 attention ``to_q``/``to_k``/``to_v``/``to_out.0`` (the paper does not say which layers it adapts).
@@ -102,6 +102,7 @@ class LoRABanks:
         self.owner: dict[str, int] = {}
         self.ranks: dict[str, dict[str, int]] = {}
         self.active: list[str] = []
+        self._trainable: list[nn.Parameter] = []  # the bank in training; stays trainable across activate()
 
     @property
     def model(self) -> nn.Module:
@@ -143,7 +144,7 @@ class LoRABanks:
                 parametrize.register_parametrization(A, "weight", _ProjectRight(P_in[layer].float()))
             if P_out is not None and layer in P_out:
                 parametrize.register_parametrization(B, "weight", _ProjectLeft(P_out[layer].float()))
-            params += [p for p in (A.parameters() if train_A else []) ] + list(B.parameters())
+            params += (list(A.parameters()) if train_A else []) + list(B.parameters())
         self.activate(list(self.owner))
         self._trainable = params
         for p in params:
@@ -161,7 +162,7 @@ class LoRABanks:
         else:
             self.peft.base_model.enable_adapter_layers()
         self.peft.requires_grad_(False)  # set_adapter marks every activated adapter trainable
-        for p in getattr(self, "_trainable", []):
+        for p in self._trainable:
             p.requires_grad_(True)
 
     def freeze(self, name: str) -> None:

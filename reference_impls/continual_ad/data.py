@@ -14,7 +14,8 @@ Examples:
     ('bottle', 'cable', 'capsule')
 
 Deviations / guesses: ``visa_2x6_assumed`` is our reading of "VisA 2x6" (no public source
-defines it; design note section 2.2); tables using it need a footnote.
+defines it; ``reference_impls/continual_ad/hfolb/README.md`` section 2.2); tables using it need
+a footnote.
 """
 
 from __future__ import annotations

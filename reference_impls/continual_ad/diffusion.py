@@ -27,9 +27,9 @@ CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "procad_unet"
 
 
 def build_unet(sample_size: int = 32, channels: tuple[int, int] = (32, 64)) -> UNet2DModel:
-    """The design-note U-Net: channels (32, 64), one resnet per level, attention at the coarse level (0.7 M params).
+    """The reference U-Net (``hfolb/README.md`` §9): channels (32, 64), one resnet per level, coarse attention.
 
-    Tests pass smaller ``channels`` (e.g. (8, 16)) for speed.
+    About 0.7 M parameters. Tests pass smaller ``channels`` (e.g. (8, 16)) for speed.
     """
     return UNet2DModel(
         sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=tuple(channels), layers_per_block=1,

@@ -4,8 +4,9 @@ Not a continual method: it sees all tasks' normal images at once, so there is no
 forget. It bounds what a single shared LoRA of the same size can reach; the protocol evaluates
 it once, after training, and reports no forgetting measure.
 
-Paper: arXiv 2606.02042 (joint training as the upper bound; this baseline is ours, design
-note section 7).
+Paper: arXiv 2606.02042 (joint training as the upper bound; this baseline is ours, see
+``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (joint training on all categories, a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.joint import JointLoRA

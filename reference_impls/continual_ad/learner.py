@@ -1,8 +1,11 @@
 """The continual protocol shared by every method: train task by task, evaluate all seen categories after each.
 
-A method is a :class:`ContinualMethod`: ``begin`` receives the frozen U-Net, ``learn_task`` the
-normal training images of one task, and ``score`` returns anomaly maps for test images (the
-method routes them itself; ``task_hint`` is the true task, which only oracle methods may use).
+A method is a :class:`ContinualMethod`: ``begin`` receives the frozen U-Net and returns the
+:class:`Learner` of the run, ``learn_task`` gets the normal training images of one task, and
+``score`` returns anomaly maps for test images (the method routes them itself; ``task_hint`` is
+the true task, which only oracle methods may use). A method whose configuration must stay
+configuration only (HF-OLB) returns a separate run-state object from ``begin``; the baselines
+keep their few state fields on themselves, return None, and are their own learner.
 :func:`train_denoiser` is the one training loop (AdamW with weight decay 0 or SGD, optional
 penalty, optional gradient transform) and :func:`run_continual` the one evaluation protocol,
 producing the accuracy matrices that :func:`~reference_impls.continual_ad.metrics.continual_summary`
@@ -17,7 +20,7 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +29,8 @@ from reference_impls.continual_ad.data import CategoryData, Setting
 from reference_impls.continual_ad.diffusion import denoising_loss
 from reference_impls.continual_ad.metrics import aupro, auroc, continual_summary, pixel_auroc
 
-__all__ = ["TrainConfig", "ContinualMethod", "train_denoiser", "final_loss", "batches", "run_continual", "ContinualResult"]
+__all__ = ["TrainConfig", "Learner", "ContinualMethod", "train_denoiser", "final_loss", "batches", "run_continual",
+           "ContinualResult"]
 
 
 @dataclass
@@ -34,8 +38,19 @@ class TrainConfig:
     """Per-task training: ``steps`` optimiser steps of ``batch`` images, learning rate ``lr``."""
 
     steps: int = 300
+    """Optimiser steps per task (a fixed schedule: no model selection)."""
     batch: int = 16
+    """Images per step, drawn uniformly from the task's normal training images."""
     lr: float = 1e-3
+    """Learning rate (AdamW with weight decay 0, or SGD for gradient projection)."""
+
+
+class Learner(Protocol):
+    """What learns task by task and scores test images during one run."""
+
+    def learn_task(self, task: int, data: dict[str, torch.Tensor]) -> dict: ...
+
+    def score(self, images: torch.Tensor, scorer, task_hint: int | None = None): ...
 
 
 class ContinualMethod:
@@ -44,7 +59,8 @@ class ContinualMethod:
     offline = False
     """True for joint training: the protocol calls ``learn_task`` once with every category."""
 
-    def begin(self, unet: torch.nn.Module, schedule, seed: int) -> None:
+    def begin(self, unet: torch.nn.Module, schedule, seed: int) -> Learner | None:
+        """Start a run on the frozen ``unet``; return its learner, or None when the method learns itself."""
         raise NotImplementedError
 
     def learn_task(self, task: int, data: dict[str, torch.Tensor]) -> dict:
@@ -122,6 +138,8 @@ class ContinualResult:
     logs: list[dict] = field(default_factory=list)
     variants: dict[str, dict] = field(default_factory=dict)
     """Final-task figures of evaluation variants (e.g. other routings of the same trained model)."""
+    learner: Learner | None = field(default=None, repr=False, compare=False)
+    """The trained learner after the last task (HF-OLB: its run state), for inspection."""
 
     def summary(self) -> dict:
         image, pixel = continual_summary(self.image, self.task_of), continual_summary(self.pixel, self.task_of)
@@ -137,7 +155,8 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
     """Train ``method`` over ``setting`` and evaluate every seen category after every task.
 
     Args:
-        method: a fresh method (``begin`` is called here with ``unet``).
+        method: a method configuration (``begin`` is called here with ``unet``; a baseline that
+            keeps state on itself must be fresh).
         setting: the task groups.
         data: categories by name.
         unet: the frozen pretrained U-Net (the method may wrap it; pass a copy per run).
@@ -147,6 +166,7 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
         evaluate_every_task: False evaluates only after the last task (FM is then NaN).
         final_variants: ``{name: {attribute: value}}`` set on the method for an extra evaluation after
             the last task (image/pixel A-AUROC and routing accuracy per variant); attributes are restored.
+            The learner reads them from ``method`` (HF-OLB's run reads its configuration at every call).
     """
     torch.manual_seed(seed)
     cats = list(setting.categories)
@@ -156,12 +176,12 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
     pixel = np.full_like(image, np.nan)
     final_aupro = np.full(len(cats), np.nan)
     routed_right, routed_total = 0, 0
-    method.begin(unet, schedule, seed)
+    learner = method.begin(unet, schedule, seed) or method
     logs = []
     steps = [(0, {c: data[c].train for c in cats})] if method.offline else [
         (t, {c: data[c].train for c in group}) for t, group in enumerate(setting.groups)]
     for t, task_data in steps:
-        logs.append(method.learn_task(t, task_data))
+        logs.append(learner.learn_task(t, task_data))
         last = t == steps[-1][0]
         if not (evaluate_every_task or last):
             continue
@@ -170,7 +190,7 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
             if task_of[ci] > t and not method.offline:
                 continue
             d = data[c]
-            maps, scores, routed = method.score(d.test, scorer, task_hint=task_of[ci])
+            maps, scores, routed = learner.score(d.test, scorer, task_hint=task_of[ci])
             image[row, ci] = 100 * auroc(scores, d.labels)
             pixel[row, ci] = 100 * pixel_auroc(maps, d.masks)
             if last:
@@ -182,12 +202,12 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
         image, pixel = image[-1:], pixel[-1:]
         task_of = [0] * len(cats)
     routing = routed_right / routed_total if routed_total else None
-    variants = {name: _evaluate_variant(method, attrs, cats, setting, data, scorer)
+    variants = {name: _evaluate_variant(method, learner, attrs, cats, setting, data, scorer)
                 for name, attrs in (final_variants or {}).items()}
-    return ContinualResult(cats, task_of, image, pixel, final_aupro, routing, logs, variants)
+    return ContinualResult(cats, task_of, image, pixel, final_aupro, routing, logs, variants, learner)
 
 
-def _evaluate_variant(method, attrs: dict, cats, setting, data, scorer) -> dict:
+def _evaluate_variant(method, learner: Learner, attrs: dict, cats, setting, data, scorer) -> dict:
     saved = {k: getattr(method, k) for k in attrs}
     for k, v in attrs.items():
         setattr(method, k, v)
@@ -195,7 +215,7 @@ def _evaluate_variant(method, attrs: dict, cats, setting, data, scorer) -> dict:
         image, pixel, right, total = [], [], 0, 0
         for c in cats:
             d, t = data[c], setting.task_of(c)
-            maps, scores, routed = method.score(d.test, scorer, task_hint=t)
+            maps, scores, routed = learner.score(d.test, scorer, task_hint=t)
             image.append(100 * auroc(scores, d.labels))
             pixel.append(100 * pixel_auroc(maps, d.masks))
             if routed is not None:

@@ -8,7 +8,8 @@ It is also the base class of :mod:`~reference_impls.continual_ad.replay` and
 :mod:`~reference_impls.continual_ad.joint`.
 
 Paper: arXiv 2606.02042 (compares against sequential fine-tuning; this baseline is ours,
-design note section 7).
+``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (sequential fine-tuning of one LoRA, a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.naive_lora import NaiveLoRA

@@ -6,7 +6,9 @@ is not available in a task-agnostic deployment. The class also carries the optio
 needs (earlier banks stacked and frozen, a penalty on the new bank), see
 :mod:`~reference_impls.continual_ad.olora`.
 
-Paper: arXiv 2606.02042 (isolation upper bound; this baseline is ours, design note section 7).
+Paper: arXiv 2606.02042 (isolation upper bound; this baseline is ours, see
+``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.oracle_lora import OracleLoRA

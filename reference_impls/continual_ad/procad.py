@@ -16,8 +16,8 @@ Examples:
     >>> from reference_impls.continual_ad.procad import write_procad
     >>> root = write_procad(tempfile.mkdtemp(), size=16, n_train=4, n_test_good=2, n_per_defect=2)
 
-Deviations / guesses: everything here is ours (design note section 6); defect sizes scale with
-the image size (the note gives them at 32 px).
+Deviations / guesses: everything here is ours (``reference_impls/continual_ad/hfolb/README.md``
+section 6); defect sizes scale with the image size (first sized at 32 px).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Examples:
     [1]
 
 Paper: arXiv 2606.02042 (the abstract does not say how inference picks banks; both routers
-are our reconstruction, design note section 4.6).
+are our reconstruction, ``reference_impls/continual_ad/hfolb/README.md`` section 4.6).
 """
 
 from __future__ import annotations

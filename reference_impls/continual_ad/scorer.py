@@ -17,7 +17,10 @@ Examples:
     (torch.Size([2, 16, 16]), torch.Size([2]))
 
 Paper: arXiv 2606.02042 (a diffusion U-Net detector; its scoring function is not described in
-the abstract, so this is a DDAD-style reconstruction of ours, design note section 4.7).
+the abstract, so this is a DDAD-style reconstruction of ours,
+``reference_impls/continual_ad/hfolb/README.md`` section 4.7).
+Upstream: none followed (the paper's code is not public; we did not compare with DDAD's code,
+arXiv 2305.15956: our scorer follows its partial-noising and DDIM reconstruction idea, not its code).
 
 Deviations / guesses: each noise draw is shared by all images (so a score never depends on
 which batch or routing group an image is scored in); no DDAD conditioning guidance (w = 0); the feature term uses the outputs

@@ -19,10 +19,10 @@ Examples:
     torch.Size([4, 2])
 
 Paper: arXiv 2606.02042 (HNABG is named in the abstract; every formula here is our
-reconstruction, design note sections 4.3-4.4).
+reconstruction, ``reference_impls/continual_ad/hfolb/README.md`` sections 4.3-4.4).
 
 Deviations / guesses: eigen-decompositions run in float64; eigenvalues below ``1e-10 · λ_max``
-count as zero (the design note says "above a tolerance" without a value).
+count as zero (our value for the tolerance the energy rule needs).
 """
 
 from __future__ import annotations

@@ -8,14 +8,23 @@ attention of every decode step.
 
 Paper: arXiv 2306.14048
 
+Upstream: FMInference/H2O h2o_hf/utils_real_drop/modify_llama.py @ 0ee6a85948a774e9822478551718a76053359f68
+(``H2OKVCache_LayerWise``); the same rule is ``H2OKVCluster`` in Zefan-Cai/KVCache-Factory
+pyramidkv/pyramidkv_utils.py @ 5fb995d72366fff6d00620cd33fad99b38725907 for the prefill.
+
 Example::
 
     from reference_impls.decoding.h2o import H2O
     with H2O(budget=0.2)(model):
         model.generate(**inputs, max_new_tokens=8, do_sample=False)
 
-Deviations / guesses: the prefill scores are the column sums over all prompt queries (computed
-block-wise from q/k), summed over the query heads of each KV head; the budget is split evenly
+The default matches the reference code step by step (accumulated column sums of every query's
+attention, top ``budget - recent`` of the non-recent entries plus the ``recent`` newest; the
+evicted entries' scores are dropped with them).
+
+Deviations / guesses: the prefill scores are computed block-wise from post-RoPE q/k in float32,
+summed over the query heads of each KV head (the reference code supports multi-head attention
+only: its mask shapes fail under GQA); the budget is split evenly
 between heavy hitters and recent entries (``recent_ratio = 0.5``, the paper's common setting);
 an int budget is a fixed cache size, a float budget a fraction of
 the current logical length (budget 1.0 is the full cache); the accumulated scores are kept as float32 metadata and counted in the resident bytes.

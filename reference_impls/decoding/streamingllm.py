@@ -8,6 +8,9 @@ No scores are needed.
 
 Paper: arXiv 2309.17453
 
+Upstream: mit-han-lab/streaming-llm streaming_llm/kv_cache.py @ d729b3ffc947caca63fc0f7644b7468ca2d50881
+(``StartRecentKVCache``): the first ``start_size`` entries plus the last ``recent_size``.
+
 Example::
 
     from reference_impls.decoding.streamingllm import StreamingLLM

@@ -1,19 +1,22 @@
-"""PAI-style attention intervention: amplify the attention the generated token pays to the image.
+"""PAI attention intervention: amplify the attention the generated token pays to the image.
 
 Idea: object hallucination grows as a model attends to its own text more than to the image
 ("text inertia"). PAI raises the pre-softmax attention scores of the image tokens for the token
-being generated, ``s_img <- s_img + alpha |s_img|`` in chosen decoder layers, so every new token
-looks more at the image, without training. We implement this re-weighting only (one of the
-two options of the task; we did not build OPERA's over-trust penalty in beam search).
+being generated, ``s_img <- s_img + alpha |s_img|`` in decoder layers ``start_layer`` to
+``end_layer - 1``, so every new token looks more at the image, without training. We implement
+this re-weighting only (we did not build OPERA's over-trust penalty in beam search).
 
 Paper: arXiv 2407.21771 ("Paying More Attention to Image: A Training-Free Method for
 Alleviating Hallucination in LVLMs").
+Upstream: LALBJ/PAI attention.py (``llama_new_forward``, ``llama_modify``) @
+4a085d1e39dae0d95d2fafe6ba24f0f9b8d49023; defaults from chair_eval.py and the README commands:
+``alpha`` 0.2, ``start_layer`` 2, ``end_layer`` 32 (= every layer of LLaMA-7B from the third on).
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
     >>> inputs = tiny_inputs(model, grids=((4, 4),))
-    >>> with VisualAttentionAmplification(alpha=0.5)(model):
+    >>> with VisualAttentionAmplification(alpha=0.5, start_layer=0)(model):
     ...     ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     >>> ids.shape[1] == inputs["input_ids"].shape[1] + 3
     True
@@ -24,13 +27,18 @@ visual key positions from ``input_ids`` (image / video token ids in the config) 
 and the cache keeps them aligned during decoding. Layers that are not chosen, and ``alpha == 0``,
 go through the unchanged sdpa function. :func:`amplified_attention` is the pure tensor function.
 
-Deviations / guesses: only the last query row is changed (the token being predicted: the
-prefill's last row and every decoding step), as we understand PAI; the paper's layer range and
-its extra contrast against a text-only forward (image-free logits) are not reproduced -- the
-contrast part is what :mod:`.contrastive_decoding` measures. ``alpha`` 0.5 is our default, not
-a finding.
+Faithful to upstream: the rule (last query row only, image-key scores ``s + alpha |s|`` after
+the scale and before the softmax; upstream adds the mask first, which only differs on keys a
+row may not see anyway), the default ``alpha`` 0.2 and the layer range "from layer 2 to the
+last" (``end_layer=None``).
 
-Measured on ToyVLM (comparison benchmark): a trade-off, not a clear win. alpha 0.5 lowered the
+Deviations / guesses: PAI's second part, the logits refinement against a text-only forward
+(``CFG.py``, ``gamma`` 1.1 in the README commands), is not reproduced -- the contrast idea is
+what :mod:`.contrastive_decoding` measures. ``layers`` (off by default) names the layers
+explicitly instead of a range. The comparison benchmark runs ``start_layer=0`` (every layer of
+the 3-layer captioner; with the default only the last layer would change) at alpha 0.5 and 1.0.
+
+Measured on ToyVLM (comparison benchmark, all layers): a trade-off, not a clear win. alpha 0.5 lowered the
 targeted rate from 91% to 70% and alpha 1.0 to 42%. Clean-caption F1 fell to 99 and 90, the
 exact-caption rate to 96% and 68%, and POPE F1 from 66.7 to 61 and 58. Restricting it to layers
 1-2 had no effect (exploratory run).
@@ -109,16 +117,21 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 class VisualAttentionAmplification:
     """``with VisualAttentionAmplification(alpha)(model):`` decodes with amplified image attention."""
 
-    alpha: float = 0.5
+    alpha: float = 0.2
+    start_layer: int = 2
+    """First decoder layer changed (upstream's ``start_layer``)."""
+    end_layer: int | None = None
+    """One past the last layer changed (None: the model's last layer, as upstream's 32 on LLaMA-7B)."""
     layers: Sequence[int] | None = None
-    """Decoder layers to change (None: all)."""
+    """Explicit layers to change instead of the range (not upstream; None: use the range)."""
     last_only: bool = True
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module) -> Iterator[nn.Module]:
         text_config = model.config.text_config
         layers = model.model.language_model.layers
-        chosen = range(len(layers)) if self.layers is None else self.layers
+        end = len(layers) if self.end_layer is None else self.end_layer
+        chosen = range(self.start_layer, end) if self.layers is None else self.layers
         state: dict = {}
 
         def capture(_module, args, kwargs):

@@ -12,12 +12,16 @@ order (paired seeds), then measures each model
   to the never-unlearned captioner relearned with the same budget;
 - under Gaussian weight noise.
 
-It prints a table of mean +- std over seeds and writes
-``reference_impls/results/hallucination-unlearning.json``. ``--quick`` is a smoke run.
+It prints a table of means over seeds with 95% confidence intervals, SARE's paired comparison
+with every other method (sign test and bootstrap over seeds) and writes
+``reference_impls/results/hallucination-unlearning.json`` and ``hallucination-unlearning-tests.json``.
+Seeds 0-2 were used while developing the settings and seed 99 for the calibration split; the
+reported seeds (10-19 by default) never overlap them. ``--quick`` is a smoke run.
 
 Deviations / guesses: only the language model is trained (the vision tower is frozen, as LoRA
 variants of EFUF/SARE train the LLM); EFUF's CLIP scores are simulated as N(18, 3) per
-hallucinated span (below its 23 threshold); rho is calibrated on a held-out forget batch.
+hallucinated span (below its 23 threshold); each SAM method's rho is calibrated along its own
+unlearning run from the base captioner, on the calibration split (package README section 5).
 """
 
 from __future__ import annotations
@@ -32,22 +36,30 @@ import numpy as np
 import torch
 
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
 
 from .captioner import CAPTION_PROMPT, build_splits, encode, evaluate_captioner, make_eval_set, retain_batch, split_batch
 from .efuf import EFUF
 from .gradient_ascent import GradientAscent
 from .npo import NPO
 from .robustness import gaussian_noise, relearn, worst_case_probe
-from .sare import SARE, calibrate_rho
+from .sare import SAMConfig, SARE, calibrate_rho, saturated_steps
 from .train_captioner import load_captioner
 
 __all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
 
 
 
+TUNING_SEEDS = (0, 1, 2)
+"""Seeds the settings below were developed on; never reported."""
+CALIBRATION_SEED = 99
+"""Seed of the held-out probe and rho-calibration split (``build_splits(seed=99)``,
+``make_data(seed=99)``); never reported."""
+
+
 @dataclass
 class BenchConfig:
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = tuple(range(10, 20))
     steps: int = 60
     batch: int = 16
     n_forget: int = 256
@@ -62,17 +74,43 @@ class BenchConfig:
     push_rho: float = 0.1
 
 
-def methods(rho: float, steps: int) -> dict[str, tuple[object, int]]:
-    """Name -> (method, steps); the controls are untargeted SAM and NPO with SARE's compute."""
+SAM_METHODS = ("sare", "sare-ga", "sam-untargeted")
+"""The methods with a perturbation radius; each gets its own calibrated rho."""
+
+
+def methods(rhos: dict[str, float], steps: int) -> dict[str, tuple[object, int]]:
+    """Name -> (method, steps); the controls are untargeted SAM and NPO with SARE's compute.
+
+    ``rhos`` maps each of :data:`SAM_METHODS` to its radius (see :func:`calibrate`).
+    """
     return {
         "ga": (GradientAscent(lr=1e-4), steps),
         "npo": (NPO(beta=0.5, lr=5e-4), steps),
         "efuf": (EFUF(lr=1e-4), steps),
-        "sare": (SARE(rho=rho, beta=0.5, lr=5e-4), steps),
-        "sare-ga": (SARE(rho=rho, forget="ga", lr=1e-4), steps),
-        "sam-untargeted": (SARE(rho=rho, beta=0.5, lr=5e-4, scope="all"), steps),
+        "sare": (SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rhos["sare"])), steps),
+        "sare-ga": (SARE(forget="ga", lr=1e-4, sam=SAMConfig(rho=rhos["sare-ga"])), steps),
+        "sam-untargeted": (SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rhos["sam-untargeted"], scope="all")), steps),
         "npo-same-compute": (NPO(beta=0.5, lr=5e-4), int(1.5 * steps)),
     }
+
+
+def calibrate(base, vocab, world, config: BenchConfig, log=print) -> tuple[dict[str, float], dict[str, list]]:
+    """Each SAM method's rho along its own unlearning run from ``base``, on the calibration split.
+
+    The calibration data come from :data:`CALIBRATION_SEED`, never a reported seed, and the run
+    mirrors the reported one (same method, learning rate and steps), so the radius is safe where
+    the method actually operates: no step may lift the target probability over the saturation
+    threshold (:func:`~reference_impls.hallucination.sare.calibrate_rho`).
+    """
+    _, calib_batches, _ = make_data(base, vocab, world, replace(config, n_forget=64), seed=CALIBRATION_SEED)
+    placeholder = methods({name: 0.0 for name in SAM_METHODS}, config.steps)
+    rhos, sweeps = {}, {}
+    for name in SAM_METHODS:
+        method, steps = placeholder[name]
+        torch.manual_seed(CALIBRATION_SEED)
+        rhos[name], sweeps[name] = calibrate_rho(method, base, calib_batches, steps, rhos=config.rhos)
+        log(f"rho calibration {name}: {json.dumps(sweeps[name])} -> rho={rhos[name]}")
+    return rhos, sweeps
 
 
 def make_data(model, vocab, world, config: BenchConfig, seed: int):
@@ -120,30 +158,25 @@ def run(config: BenchConfig, log=print, captioner=None) -> tuple[list[dict], dic
     base, vocab, world, manifest = load_captioner(captioner)
     base.model.visual.requires_grad_(False)  # unlearning trains the language model only
     eval_set = make_eval_set(world, config.n_eval, config.n_eval)
-    held_out = build_splits(base, vocab, world, n=64, seed=99)
+    held_out = build_splits(base, vocab, world, n=64, seed=CALIBRATION_SEED)
     probe_batch = split_batch(held_out, list(range(min(16, len(held_out["scenes"])))), vocab, base.config, "forget")
-    # rho is calibrated where SARE spends most of its steps: at an NPO-unlearned point (at the
-    # base model the hallucinated word is already likely, so every rho "saturates").
-    _, calib_batches, _ = make_data(base, vocab, world, replace(config, n_forget=64), seed=99)
-    calib_model = copy.deepcopy(base)
-    NPO(beta=0.5, lr=5e-4).unlearn(calib_model, calib_batches, steps=config.steps)
-    rho, sweep = calibrate_rho(SARE(beta=0.5), calib_model, calib_batches(config.steps), rhos=config.rhos)
-    log(f"rho calibration: {json.dumps(sweep)} -> rho={rho}")
-    rows, timings = [], {}
+    rhos, sweeps = calibrate(base, vocab, world, config, log)
+    rows, timings, saturated = [], {}, {}
     for seed in config.seeds:
         splits, batches, attack = make_data(base, vocab, world, config, seed)
         log(f"seed {seed}: {len(splits['scenes'])} hallucinating captions of {config.n_forget} trigger scenes")
         rows += _measure("base", base, base, vocab, world, eval_set, probe_batch, attack, config, seed)
-        for name, (method, steps) in methods(rho, config.steps).items():
+        for name, (method, steps) in methods(rhos, config.steps).items():
             torch.manual_seed(seed)
             model = copy.deepcopy(base)
             start = time.time()
             history = method.unlearn(model, batches, steps=steps)
             timings.setdefault(name, []).append(time.time() - start)
+            saturated.setdefault(name, []).append(saturated_steps(history))
             rows += _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, config, seed)
             last = rows[-1 - len(config.relearn_budgets) - len(config.noise)]
             log(f"  {name:18s} {timings[name][-1]:5.1f}s hal {last['hal_rate']:5.1f} f1 {last['clean_f1']:5.1f} pope {last['pope_f1']:5.1f} | relearn " + " ".join(f"{r['hal_rate']:5.1f}" for r in rows if r["method"] == name and r["seed"] == seed and r["condition"] == "relearned"))
-    return rows, {"rho": rho, "rho_sweep": sweep, "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()}, "captioner": manifest.get("eval", {})}
+    return rows, {"rho": rhos, "rho_sweep": sweeps, "saturated_steps": saturated, "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()}, "captioner": manifest.get("eval", {})}
 
 
 METRICS = ("hal_rate", "chair_s", "chair_i", "clean_f1", "pope_f1", "pope_b_yes", "p_hal", "p_hal_push")
@@ -159,7 +192,7 @@ def per_seed(rows: list[dict], methods_: tuple[str, ...] = ("sare", "npo", "ga")
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds per (method, condition, relearn_steps)."""
+    """Mean over seeds with a 95% confidence interval per (method, condition, relearn_steps)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["condition"], row["relearn_steps"]), []).append(row)
@@ -167,51 +200,90 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (method, condition, steps), members in groups.items():
         agg = {"method": method, "family": "" if method == "base" else "hallucination-unlearning", "condition": condition, "relearn_steps": steps, "seeds": len(members)}
         for key in METRICS:
-            values = [m[key] for m in members if m.get(key) is not None]
-            agg[key] = round(float(np.mean(values)), 2) if values else None
-            agg[f"{key}_std"] = round(float(np.std(values)), 2) if values else None
+            agg.update(interval_fields(key, [m.get(key) for m in members]))
         out.append(agg)
+    return out
+
+
+def paired_tests(rows: list[dict], reference: str = "sare") -> list[dict]:
+    """``reference`` against every other unlearning method, paired by seed: hallucination rate as
+    unlearned and after each relearning budget (lower is better), and clean-caption F1."""
+    out = []
+    conditions = sorted({(r["condition"], r["relearn_steps"]) for r in rows if r["condition"] in ("unlearned", "relearned")},
+                        key=lambda c: (c[0] != "unlearned", c[1] or 0))
+    for condition, steps in conditions:
+        selected = [r for r in rows if r["condition"] == condition and r["relearn_steps"] == steps and r["method"] != "base"]
+        label = "as unlearned" if condition == "unlearned" else f"after {steps} relearning steps"
+        for key, higher in (("hal_rate", "hallucinates more"), ("clean_f1", "higher clean F1")):
+            if key == "clean_f1" and condition != "unlearned":
+                continue
+            per_seed: dict[str, list[float]] = {}
+            for row in sorted(selected, key=lambda r: r["seed"]):
+                per_seed.setdefault(row["method"], []).append(row[key])
+            if reference in per_seed and len(per_seed[reference]) > 1:
+                for test in paired_rows(f"{key} {label}", per_seed, reference, "hallucination-unlearning", higher):
+                    out.append(test)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination-unlearning benchmark on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short runs (smoke test, no results file)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(BenchConfig.seeds),
+                        help="reported seeds (disjoint from the tuning seeds 0-2 and the calibration seed 99)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captioner", default=None, help="captioner checkpoint (default: the committed one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = BenchConfig(seeds=tuple(range(args.seeds)))
+    disjoint_seeds([*TUNING_SEEDS, CALIBRATION_SEED], args.seeds)
+    config = BenchConfig(seeds=tuple(args.seeds))
     if args.quick:
-        config = replace(config, seeds=(0,), steps=10, n_eval=50, relearn_budgets=(5,), noise=(0.1,), n_forget=64, rhos=(0.03, 0.1))
+        config = replace(config, seeds=config.seeds[:1], steps=10, n_eval=50, relearn_budgets=(5,), noise=(0.1,), n_forget=64, rhos=(0.03, 0.1))
     start = time.time()
     rows, facts = run(config, captioner=args.captioner)
     table = aggregate(rows)
     print(f"\n{'method':18s} {'condition':10s} {'N':>3s} {'hal %':>13s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'clean F1':>13s} {'POPE F1':>7s} {'p_push':>6s}")
     for r in table:
         push = "" if r["p_hal_push"] is None else f"{r['p_hal_push']:6.1f}"
-        print(f"{r['method']:18s} {r['condition']:10s} {'-' if r['relearn_steps'] is None else r['relearn_steps']:>3} {r['hal_rate']:6.1f}±{r['hal_rate_std']:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f}±{r['clean_f1_std']:5.1f} {r['pope_f1']:7.1f} {push}")
+        print(f"{r['method']:18s} {r['condition']:10s} {'-' if r['relearn_steps'] is None else r['relearn_steps']:>3} {r['hal_rate']:6.1f}±{r['hal_rate_ci'] or 0:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f}±{r['clean_f1_ci'] or 0:5.1f} {r['pope_f1']:7.1f} {push}")
+    tests = paired_tests(rows)
+    for test in tests:
+        print(f"{test['metric']}: {test['verdict']}")
+    print(f"saturated steps per run: {json.dumps(facts['saturated_steps'])}")
     print(f"total {time.time() - start:.0f}s")
     if args.quick:
         return
     columns = [Column("method", "Method"), Column("condition", "Condition"), Column("relearn_steps", "Relearn steps", digits=0),
-               Column("hal_rate", "Hallucinated-object rate", "%", 1), Column("hal_rate_std", "± std", "%", 1),
+               Column("hal_rate", "Hallucinated-object rate", "%", 1), Column("hal_rate_ci", "± 95% CI", "%", 1),
                Column("chair_s", "CHAIR_s", "%", 1), Column("chair_i", "CHAIR_i", "%", 1),
-               Column("clean_f1", "Clean-caption object F1", "%", 1), Column("clean_f1_std", "± std", "%", 1),
+               Column("clean_f1", "Clean-caption object F1", "%", 1), Column("clean_f1_ci", "± 95% CI", "%", 1),
                Column("pope_f1", "POPE F1", "%", 1), Column("pope_b_yes", "'yes' to 'is there a B?' on A-only scenes", "%", 1), Column("p_hal", "p(hallucinated word)", "%", 1),
                Column("p_hal_push", f"p after worst-case push ρ'={config.push_rho}", "%", 1), Column("seeds", "Seeds", digits=0)]
     notes = (f"Biased ToyVLM-scene captioner (shape A='circle' nearly always with B='square', annotator bias). "
              f"{len(config.seeds)} seeds (paired data order), {config.steps} unlearning steps, batch {config.batch}, language model trained, vision frozen. "
-             f"rho calibrated (largest value keeping the perturbed hallucination probability < 0.9 and raising the forget loss, on a held-out forget batch at an NPO-unlearned point): {facts['rho']} (sweep {facts['rho_sweep']}). "
+             f"Mean over seeds with the half-width of a Student-t 95% confidence interval. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
+             f"Steps that saturated in the reported runs, per method and seed: {json.dumps(facts['saturated_steps'])}. "
              f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
              f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
              f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
              "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one.")
+    seeds = {"tuning": [*TUNING_SEEDS, CALIBRATION_SEED], "reported": list(config.seeds)}
+    command = command_line("reference_impls.hallucination.bench", argv)
     results = Results(id="hallucination-unlearning", title="Hallucination unlearning on a biased ToyVLM captioner: GA, NPO, EFUF, SARE, controls; relearning and weight noise",
-                      command=command_line("reference_impls.hallucination.bench", argv), families=["hallucination-unlearning"], columns=columns, rows=table,
-                      plots=[Plot(x="relearn_steps", y="hal_rate", group="method", title="Hallucinated-object rate vs relearning steps")], notes=notes)
+                      command=command, families=["hallucination-unlearning"], columns=columns, rows=table, seeds=seeds,
+                      plots=[Plot(x="relearn_steps", y="hal_rate", group="method", title="Hallucinated-object rate vs relearning steps",
+                                  error="hal_rate_ci")], notes=notes)
     print(save_results(results))
+    test_columns = [Column("metric", "Metric"), Column("method", "Method"), Column("versus", "Versus"),
+                    Column("mean_difference", "Mean difference", "pt", 2), Column("wins", "Wins"),
+                    Column("losses", "Losses"), Column("ties", "Ties"), Column("sign_p", "Sign-test p", "", 3),
+                    Column("bootstrap_p", "Bootstrap p", "", 3), Column("verdict", "Verdict")]
+    print(save_results(Results(id="hallucination-unlearning-tests",
+                               title="Hallucination unlearning: SARE against each method, paired over seeds",
+                               command=command, families=["hallucination-unlearning"], columns=test_columns, rows=tests,
+                               seeds=seeds, notes="Differences are SARE minus the other method, one pair per reported seed "
+                               "(same data order). The sign test decides significance at p < 0.05 (ties dropped); the paired "
+                               "bootstrap (10,000 resamples of the mean difference) is shown beside it. " + notes)))
 
 
 if __name__ == "__main__":

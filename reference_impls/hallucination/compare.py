@@ -41,7 +41,7 @@ import torch
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 
 from .attention_intervention import VisualAttentionAmplification
-from .bench import BenchConfig, make_data
+from .bench import CALIBRATION_SEED, BenchConfig, make_data
 from .captioner import build_splits, evaluate_captioner, make_eval_set
 from .contrastive_decoding import VisualContrastiveDecoding
 from .gradient_ascent import GradientAscent
@@ -51,7 +51,7 @@ from .post_hoc_correction import SelfCheckCorrection
 from .preference_optimization import HallucinationDPO, preference_batch
 from .representation_steering import SteeringVector
 from .robustness import relearn
-from .sare import SARE, calibrate_rho
+from .sare import SAMConfig, SARE, calibrate_rho
 from .train_captioner import load_captioner
 
 __all__ = ["CompareConfig", "run", "aggregate", "FAMILIES"]
@@ -107,7 +107,7 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         with method(base):
             timed("vcd", "contrastive-decoding", _setting(kw), lambda: evaluate(base))
     for alpha in config.pai_alpha:
-        with VisualAttentionAmplification(alpha=alpha)(base):
+        with VisualAttentionAmplification(alpha=alpha, start_layer=0)(base):
             timed("pai", "attention-intervention", f"alpha={alpha}, all layers", lambda: evaluate(base))
     timed("self-check-correction", "post-hoc-correction", "yes/no self-verification", lambda: evaluate(base, SelfCheckCorrection().captioner(world.shapes)))
     held_out = build_splits(base, vocab, world, n=64, seed=99)
@@ -119,10 +119,9 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
 
     # -- training-based methods, paired data per seed --------------------------------------
     bench = BenchConfig(steps=config.steps, batch=config.batch, n_forget=config.n_forget, rhos=config.rhos)
-    _, calib_batches, _ = make_data(base, vocab, world, replace(bench, n_forget=64), seed=99)
-    calib_model = copy.deepcopy(base)
-    NPO(beta=0.5, lr=5e-4).unlearn(calib_model, calib_batches, steps=config.steps)
-    rho, sweep = calibrate_rho(SARE(beta=0.5), calib_model, calib_batches(config.steps), rhos=config.rhos)
+    _, calib_batches, _ = make_data(base, vocab, world, replace(bench, n_forget=64), seed=CALIBRATION_SEED)
+    torch.manual_seed(CALIBRATION_SEED)
+    rho, sweep = calibrate_rho(SARE(beta=0.5, lr=5e-4), base, calib_batches, config.steps, rhos=config.rhos)
     log(f"SARE rho calibration -> {rho}")
     grounded = GroundedInstructionTuning(steps=config.steps, batch=config.batch)
     for seed in config.seeds:
@@ -139,7 +138,8 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
             "grounded-tuning": ("grounded-instruction-tuning", "balanced truthful data", lambda m: grounded.train(m, grounded.batches(world, vocab, base.config, seed))),
             "ga": ("hallucination-unlearning", "GA + retain, lr 1e-4", lambda m: GradientAscent(lr=1e-4).unlearn(m, batches, steps=config.steps)),
             "npo": ("hallucination-unlearning", "NPO + retain, beta 0.5", lambda m: NPO(beta=0.5, lr=5e-4).unlearn(m, batches, steps=config.steps)),
-            "sare": ("hallucination-unlearning", f"NPO + targeted SAM, rho {rho}", lambda m: SARE(rho=rho, beta=0.5, lr=5e-4).unlearn(m, batches, steps=config.steps)),
+            "sare": ("hallucination-unlearning", f"NPO + targeted SAM, rho {rho}",
+                     lambda m: SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rho)).unlearn(m, batches, steps=config.steps)),
         }
         budget = (config.relearn_steps,)
         attacked = lambda m: relearn(m, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=evaluate)[0]

@@ -9,6 +9,8 @@ is in the data.
 
 Paper: arXiv 2306.14565 (LRV-Instruction: robust instruction tuning with balanced positive and
 negative instructions) is the closest listed paper; our data is a synthetic analogue, not LRV.
+Upstream: none followed (ordinary supervised fine-tuning; the method is in the data, for which we
+use our synthetic analogue, so there is no code to match).
 
 Examples:
     >>> from reference_impls.hallucination.captioner import CaptionWorld

@@ -9,6 +9,8 @@ grounded than its captions.
 Paper: arXiv 2310.16045 (Woodpecker) is the closest listed paper: it extracts the mentioned
 objects, verifies them with *external* detectors and VQA models, and rewrites the caption with
 an LLM. We keep the extract-verify-remove skeleton but verify with the captioner itself.
+Upstream: none followed (Woodpecker's pipeline depends on external detectors, a VQA model and an
+LLM rewriter; ours replaces all three, so there is no code to match).
 
 Examples:
     >>> remove_objects("circle and square and cross".split(), {"square"}, {"circle", "square", "cross"})
@@ -81,7 +83,7 @@ class SelfCheckCorrection:
         """
         out = []
         for i, words in enumerate(captions):
-            named = extract_objects(words, objects)
+            named = extract_objects(words, objects, distinct=True)
             answers = ask(i, named) if named else []
             denied = {name for name, yes in zip(named, answers) if not yes}
             out.append(remove_objects(words, denied, objects, self.connectors, self.empty) if denied else list(words))
@@ -92,7 +94,8 @@ class SelfCheckCorrection:
 
         def caption(model, scenes: Sequence[CaptionScene], vocab) -> list[list[str]]:
             captions = generate_captions(model, scenes, vocab)
-            pairs = [(i, name) for i, words in enumerate(captions) for name in extract_objects(words, objects)]
+            pairs = [(i, name) for i, words in enumerate(captions)
+                     for name in extract_objects(words, objects, distinct=True)]
             answers = answer_yes(model, [scenes[i] for i, _ in pairs], [name for _, name in pairs], vocab)
             lookup = dict(zip(pairs, answers))
             return self.correct(captions, objects, lambda i, names: [lookup[(i, n)] for n in names])

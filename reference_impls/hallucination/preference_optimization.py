@@ -7,7 +7,12 @@ with a hallucinated object. The loss ``-log sigmoid(beta [(log pi(y_w) - log pi_
 measured against a frozen copy of the model, so the policy cannot drift far from where it
 started. At the start (policy = reference) the loss is ``log 2`` and the gradient is not zero.
 
-Paper: arXiv 2311.16839 (HA-DPO, hallucination-aware DPO); related: RLHF-V (arXiv 2312.00849).
+Paper: arXiv 2311.16839 (HA-DPO, hallucination-aware DPO); related: RLHF-V (arXiv 2312.00849);
+the loss is DPO's (arXiv 2305.18290, eq. 7).
+Upstream: eric-mitchell/direct-preference-optimization trainers.py (``preference_loss``) @
+8a4023f5a5bde957b5d44f687569e075ff54e4f7, with its defaults ``label_smoothing`` 0, not IPO, not
+reference-free; sequence log-probabilities are sums over the response tokens, as its
+``_get_batch_logps`` with ``average_log_prob=False``. We did not compare with HA-DPO's code.
 
 Examples:
     >>> method = HallucinationDPO(beta=0.5)
@@ -23,8 +28,10 @@ add a language-modelling term) and the usual retain NLL are optional.
 
 Deviations / guesses: the chosen caption is the ground-truth caption of the scene (HA-DPO has
 GPT-4 rewrite the hallucinated description); pairs come from the model's own greedy captions of
-trigger scenes (the forget split of the unlearning benchmark); beta 0.5, lr 5e-4 and 60 steps
-fit the tiny model and are not tuned.
+trigger scenes (the forget split of the unlearning benchmark). Upstream has no default beta
+(its config requires one; its README examples use 0.1); beta 0.5, lr 5e-4 and 60 steps fit the
+tiny model and are not tuned. The chosen-caption NLL and retain NLL terms (on by default) are
+not part of upstream's DPO loss: set their weights to 0 for plain DPO.
 
 Measured on ToyVLM (comparison benchmark, 2 seeds): the targeted rate fell from 91% to 0%,
 CHAIR_i to 0, with clean captions intact and POPE F1 up (66.7 to 73). It was not robust: after

@@ -8,6 +8,9 @@ No weights change, and ``strength`` trades hallucination against fluency.
 
 Paper: arXiv 2410.15778 ("Reducing Hallucinations in Vision-Language Models via Latent Space
 Steering") is the closest listed paper; we build a simpler variant (below), not its method.
+Upstream: none followed (we did not compare with the cited paper's code: it is a different method).
+Our rule is the plain mean-difference steering equation ``h_l <- h_l + s * mean_i (pool(h_l^+) -
+pool(h_l^-))``; ``tests/hallucination/test_parity.py`` checks it against that equation.
 
 Examples:
     >>> import torch

@@ -14,8 +14,12 @@ Examples:
     >>> #                 evaluate=lambda m: {"hal": rate(m)})
     >>> # noisy = gaussian_noise(model, alpha=0.1, seed=0)
 
-Deviations / guesses: the design note's protocol (Fan et al. 2025 relearn with plain
-fine-tuning); budgets, learning rate and noise scales are parameters.
+Upstream: none (evaluation protocols, not a method with reference code); the noise follows the
+equation above and ``tests/hallucination/test_parity.py`` checks it.
+
+Deviations / guesses: the protocol of ``reference_impls/hallucination/sare/README.md``, section 7
+(Fan et al. 2025 relearn with plain fine-tuning); budgets, learning rate and noise scales are
+parameters.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 from .terms import ga_term, nll_term
-from .trainer import SAMConfig, TrainerConfig, UnlearningTrainer
+from .trainer import ADVERSARIAL_LOSS, SAMConfig, TrainerConfig, UnlearningTrainer
 
 __all__ = ["relearn", "gaussian_noise", "worst_case_probe"]
 
@@ -83,6 +87,6 @@ def worst_case_probe(model: nn.Module, forget_batch: dict, rhos: Sequence[float]
             "rho": rho,
             "p_target": stats["clean_p_target"],
             "p_target_pushed": stats["adv_p_target"],
-            "loss_increase": stats["adv_forget_ga"] - stats["clean_forget_ga"],
+            "loss_increase": stats[f"adv_{ADVERSARIAL_LOSS}"] - stats[f"clean_{ADVERSARIAL_LOSS}"],
         })
     return rows

@@ -50,12 +50,19 @@ class Term:
     """One weighted loss term of a training objective."""
 
     name: str
+    """Label of the term's value in the trainer's stats (``"forget_npo"``, ``"retain_nll"``, ...)."""
     batch: str
+    """Key of the batch the term reads in the dict passed to ``UnlearningTrainer.step``."""
     loss: LossFn
+    """``loss(trainer, batch) -> (scalar, extra stats)``."""
     weight: Weight = 1.0
+    """A number, or a schedule ``step -> weight``."""
     adversarial: bool = False
-    """Whether the sharpness-aware step evaluates this term at the perturbed weights."""
+    """Whether the sharpness-aware step evaluates this term at the perturbed weights. The trainer
+    finds the forget term through this flag only (never through its name): ``eps`` comes from the
+    adversarial terms' gradient, and their summed loss is the stat ``ADVERSARIAL_LOSS``."""
     needs_reference: bool = False
+    """Whether the loss reads the frozen reference model (NPO, KL, DPO); the trainer then keeps one."""
 
     def weight_at(self, step: int) -> float:
         return float(self.weight(step)) if callable(self.weight) else float(self.weight)

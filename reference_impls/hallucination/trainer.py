@@ -5,7 +5,8 @@ trainable parameters of a model (the full model, or only the LoRA tensors after
 :func:`apply_lora`). Each step it computes two gradient groups and adds them **by parameter
 identity**:
 
-1. the *adversarial* terms (the forget loss) -- at the weights ``theta`` or, when a
+1. the *adversarial* terms (the forget loss; a term is adversarial by its ``Term.adversarial``
+   flag, never by its name) -- at the weights ``theta`` or, when a
    :class:`SAMConfig` is set, at ``theta + eps`` with ``eps = rho g / ||g||`` and ``g`` the
    gradient of those terms alone (SARE's targeted SAM, reconstruction of arXiv 2601.16527);
 2. every other term (retain, grounded, KL) at ``theta``.
@@ -29,7 +30,8 @@ Examples:
     >>> # trainer.step({"forget": forget_batch, "retain": retain_batch}) -> dict of stats
 
 Deviations / guesses: the paper's code is not public; ``rho``, which terms are perturbed, the
-filter and the saturation threshold (0.9, from our design note) are parameters, not findings.
+filter and the saturation threshold (0.9, our choice) are parameters, not findings. The full
+design and the reason for each choice: ``reference_impls/hallucination/sare/README.md``.
 """
 
 from __future__ import annotations
@@ -46,17 +48,27 @@ from torch import nn
 from .terms import Term
 from .unlearning_losses import sequence_logprob
 
-__all__ = ["SAMConfig", "TrainerConfig", "UnlearningTrainer", "apply_lora", "MODEL_KEYS"]
+__all__ = ["SAMConfig", "TrainerConfig", "UnlearningTrainer", "apply_lora", "MODEL_KEYS", "ADVERSARIAL_LOSS"]
 
 MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+ADVERSARIAL_LOSS = "adversarial_loss"
+"""Stats key of the unweighted sum of the adversarial terms' losses (those with ``Term.adversarial``).
+Under SAM it comes as ``"clean_adversarial_loss"`` (at ``theta``) and ``"adv_adversarial_loss"``
+(at ``theta + eps``); the calibration checks and :func:`~reference_impls.hallucination.sare.calibrate_rho`
+read it instead of guessing the forget term's name."""
 ParamFilter = Union[str, Callable[[str, nn.Parameter], bool]]
 
 
 @dataclass
 class SAMConfig:
-    """The sharpness-aware perturbation of the adversarial terms."""
+    """The sharpness-aware perturbation of the adversarial terms (SARE's Targeted-SAM step).
+
+    Why each default: ``reference_impls/hallucination/sare/README.md``, sections 4 and 5.
+    """
 
     rho: float = 0.05
+    """Radius of the perturbation ball, ``||eps||_2 = rho``. Calibrate it per model with
+    :func:`~reference_impls.hallucination.sare.calibrate_rho`; 0 turns SAM into plain descent."""
     scope: str = "forget"
     """``"forget"``: eps from the adversarial terms only (targeted); ``"all"``: vanilla SAM."""
     param_filter: ParamFilter = "all"
@@ -66,19 +78,27 @@ class SAMConfig:
     adaptive: bool = False
     """ASAM: ``eps = rho T^2 g / ||T g||`` with ``T = |w| + eta``."""
     eta: float = 0.01
+    """ASAM's offset in ``T = |w| + eta`` (only read when ``adaptive``); keeps zero weights perturbable."""
     restore: str = "clone"
     """``"clone"`` (bit-exact) or ``"subtract"`` (saves memory, not exact)."""
     saturation: float = 0.9
     """Warn when eps lifts the target probability from below this to above it."""
     stall_window: int = 20
+    """Warn when the clean adversarial loss has not decreased over this many steps while ``rho > 0``."""
 
 
 @dataclass
 class TrainerConfig:
+    """Optimiser settings of :class:`UnlearningTrainer` (AdamW)."""
+
     lr: float = 5e-4
+    """AdamW learning rate."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (scaled by ``lr``, so an lr-0 step changes nothing)."""
     grad_clip: float | None = None
+    """Clip the combined gradient to this global norm before the step (None: off)."""
     sam: SAMConfig | None = None
+    """The sharpness-aware perturbation, or None for plain gradient descent on the terms."""
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, modules: Iterable[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")) -> nn.Module:
@@ -133,13 +153,17 @@ class UnlearningTrainer:
 
     # -- the step ----------------------------------------------------------------------------
     def _objective(self, terms: list[Term], batches: dict[str, dict], prefix: str) -> tuple[torch.Tensor, dict[str, float]]:
-        total, stats = 0.0, {}
+        total, stats, adversarial = 0.0, {}, []
         for term in terms:
             weight = term.weight_at(self.step_count)
             value, extra = term.loss(self, batches[term.batch])
             total = total + weight * value
             stats[f"{prefix}{term.name}"] = float(value.detach())
             stats.update({f"{prefix}{key}": val for key, val in extra.items()})
+            if term.adversarial:
+                adversarial.append(stats[f"{prefix}{term.name}"])
+        if adversarial:
+            stats[f"{prefix}{ADVERSARIAL_LOSS}"] = sum(adversarial)
         return total, stats
 
     def _grads(self, loss, params: list[nn.Parameter]) -> list[torch.Tensor]:
@@ -217,7 +241,10 @@ class UnlearningTrainer:
             finally:
                 with torch.no_grad():
                     for p, e in eps.items():
-                        p.copy_(saved[p]) if sam.restore == "clone" else p.sub_(e)
+                        if sam.restore == "clone":
+                            p.copy_(saved[p])
+                        else:
+                            p.sub_(e)
             stats.update(term_stats)
             for p, g in zip(self.params, grads):
                 total[p] += g
@@ -255,7 +282,7 @@ class UnlearningTrainer:
         if saturated and "saturation" not in self._warned:
             self._warned.add("saturation")
             warnings.warn(f"SAM: p_target at theta+eps is {p_adv:.3f} > {sam.saturation}: rho is too large, the forget gradient vanishes", RuntimeWarning, stacklevel=3)
-        losses = [h.get("clean_forget_npo", h.get("clean_forget_ga", h.get("clean_forget_efuf"))) for h in self.history + [stats]]
+        losses = [h.get(f"clean_{ADVERSARIAL_LOSS}") for h in self.history + [stats]]
         window = sam.stall_window
         if len(losses) > window and losses[-1] is not None and losses[-1 - window] is not None:
             if losses[-1] >= losses[-1 - window] and sam.rho > 0 and "stall" not in self._warned:

@@ -24,8 +24,17 @@ Examples:
     >>> float(npo_loss(ref, ref, beta=0.5))  # (2 / 0.5) * log 2
     2.772588722705...
 
+Upstream: GA and NPO follow licong-lin/negative-preference-optimization TOFU/dataloader.py @
+9e5f646b09bb5f1a6eed16085220ed1c3affa42d (``grad_ascent``: minus HF's token-mean loss; ``npo``:
+sequence-summed NLL ratio); the EFUF weight follows starreeze/efuf finetune/loss.py @
+06cd1ad31302841a32a9c8624c4f58d15fce2003. ``tests/hallucination/test_parity.py`` re-implements each.
+
 Deviations / guesses: the EFUF thresholds 23 and 32 are the public code's defaults for CLIP
 scores on a x100 scale; our synthetic scenes have no CLIP, so callers pass their own scores.
+:func:`efuf_weights` normalises the weights to mean 1 and clips negatives at 0; upstream uses
+the raw ``t_hal + t_norm - score`` (see :mod:`.efuf`). :func:`kl_to_reference` averages over
+masked positions only; upstream's ``KL`` variant uses ``kl_div(..., reduction="batchmean")`` over
+every position of the flattened batch.
 """
 
 from __future__ import annotations

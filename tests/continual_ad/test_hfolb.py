@@ -20,16 +20,16 @@ def _method(**kw):
     return HFOLB(**cfg)
 
 
-def _probe(method, schedule):
+def _probe(learner, schedule):
     g = torch.Generator().manual_seed(99)
     x = torch.randn(4, 3, 16, 16, generator=g)
     tau = torch.tensor([3, 20, 40, 60])
     with torch.no_grad():
-        return method.banks.model(x, tau).sample.clone()
+        return learner.banks.model(x, tau).sample.clone()
 
 
-def _frozen_state(method):
-    return {k: v.detach().clone() for k, v in method.banks.model.named_parameters() if "task3" not in k}
+def _frozen_state(learner):
+    return {k: v.detach().clone() for k, v in learner.banks.model.named_parameters() if "task3" not in k}
 
 
 @pytest.fixture(scope="module")
@@ -39,35 +39,36 @@ def run(procad_data):
 
     torch.manual_seed(0)
     schedule = make_schedule()
-    method = _method(budget=None)
-    method.begin(build_unet(16, channels=(8, 16)), schedule, seed=0)
+    learner = _method(budget=None).begin(build_unet(16, channels=(8, 16)), schedule, seed=0)
     snaps = []
     for t, c in enumerate(("stripes_h", "checker", "dots")):
-        before = _frozen_state(method) if t == 2 else None
-        log = method.learn_task(t, {c: procad_data[c].train})
-        method.activate_prefix(t)
-        snaps.append({"U": {k: v.clone() for k, v in method.U.items()}, "V": {k: v.clone() for k, v in method.V.items()},
-                      "probe": _probe(method, schedule), "log": log, "before": before})
-    method.banks.activate(list(method.banks.owner))
-    return method, snaps, schedule
+        before = _frozen_state(learner) if t == 2 else None
+        log = learner.learn_task(t, {c: procad_data[c].train})
+        learner.activate_prefix(t)
+        snaps.append({"U": {k: v.clone() for k, v in learner.U.items()},
+                      "V": {k: v.clone() for k, v in learner.V.items()},
+                      "probe": _probe(learner, schedule), "log": log, "before": before})
+    learner.banks.activate(list(learner.banks.owner))
+    return learner, snaps, schedule
 
 
-def _grown(method, layer):
-    return [name for name, ranks in method.banks.ranks.items() if layer in ranks]
+def _grown(learner, layer):
+    return [name for name, ranks in learner.banks.ranks.items() if layer in ranks]
 
 
 @pytest.mark.parametrize("kind", ["Linear", "Conv2d"])
 def test_new_bank_is_orthogonal_to_stored_subspaces(run, kind):
-    method, snaps, _ = run
-    layers = [l for l, s in method.banks.layers.items() if type(s.module).__name__ == kind and len(_grown(method, l)) >= 2]
+    learner, snaps, _ = run
+    layers = [l for l, s in learner.banks.layers.items()
+              if type(s.module).__name__ == kind and len(_grown(learner, l)) >= 2]
     assert layers, f"no {kind} layer grew in two tasks"
     layer = layers[0]
-    owners = _grown(method, layer)
+    owners = _grown(learner, layer)
     first, later = owners[0], owners[1]
     k = int(later.removeprefix("task")) - 2  # snapshot index of the history the later bank saw
     U, V = snaps[k]["U"][layer], snaps[k]["V"][layer]
-    A1, B1 = method.banks.factors(first, layer)
-    A2, B2 = method.banks.factors(later, layer)
+    A1, B1 = learner.banks.factors(first, layer)
+    A2, B2 = learner.banks.factors(later, layer)
     assert B2.abs().max() > 1e-4, "the later bank did not train"
     assert torch.linalg.norm(A2 @ U) < 1e-5 * max(1.0, float(torch.linalg.norm(A2)))
     assert torch.linalg.norm(A2 @ A1.T) < 1e-5 * float(torch.linalg.norm(A1) * torch.linalg.norm(A2))
@@ -76,60 +77,74 @@ def test_new_bank_is_orthogonal_to_stored_subspaces(run, kind):
 
 
 def test_baked_banks_have_plain_state_dict_keys(run):
-    method, _, _ = run
-    keys = list(method.banks.model.state_dict())
+    learner, _, _ = run
+    keys = list(learner.banks.model.state_dict())
     assert not [k for k in keys if "parametrizations" in k]
     assert any(k.endswith("lora_A.task1.weight") for k in keys)
 
 
 def test_unet_and_old_banks_bitwise_unchanged(run):
-    method, snaps, _ = run
+    learner, snaps, _ = run
     before = snaps[2]["before"]
-    after = dict(method.banks.model.named_parameters())
+    after = dict(learner.banks.model.named_parameters())
     assert before and all(torch.equal(before[k], after[k]) for k in before)
     assert any(k for k in after if "task3" in k), "task 3 should have grown a bank"
 
 
 def test_prefix_reproduces_post_task_model(run):
-    method, snaps, schedule = run
+    learner, snaps, schedule = run
     for j in range(3):
-        method.activate_prefix(j)
-        assert torch.allclose(_probe(method, schedule), snaps[j]["probe"], atol=1e-6)
-    method.banks.activate(list(method.banks.owner))
+        learner.activate_prefix(j)
+        assert torch.allclose(_probe(learner, schedule), snaps[j]["probe"], atol=1e-6)
+    learner.banks.activate(list(learner.banks.owner))
     assert not torch.allclose(snaps[0]["probe"], snaps[2]["probe"], atol=1e-4)
 
 
 def test_saturated_layers_never_grow_again(run):
-    method, snaps, _ = run
-    for layer in method.saturated:
-        assert method.U[layer].shape[1] > method.banks.layers[layer].d_in - method.r_min
+    learner, snaps, _ = run
+    for layer in learner.saturated:
+        assert learner.U[layer].shape[1] > learner.banks.layers[layer].d_in - learner.config.r_min
     last = snaps[2]["log"]["layers"]
-    sat_before = {l for l in method.banks.layers if snaps[1]["U"][l].shape[1] > method.banks.layers[l].d_in - 1}
+    sat_before = {l for l in learner.banks.layers if snaps[1]["U"][l].shape[1] > learner.banks.layers[l].d_in - 1}
     assert all(not last[l]["grew"] for l in sat_before)
 
 
 def test_duplicate_task_adds_nothing_and_novel_task_grows(procad_data, tiny_unet, schedule):
-    method = _method()
-    method.begin(tiny_unet, schedule, seed=0)
-    method.learn_task(0, {"stripes_h": procad_data["stripes_h"].train})
-    n_params = sum(p.numel() for p in method.banks.model.parameters())
-    dup = method.learn_task(1, {"stripes_h": procad_data["stripes_h"].train})
-    assert dup["params_added"] == 0 and sum(p.numel() for p in method.banks.model.parameters()) == n_params
-    assert dup["reused_task"] == 1 and method.prefixes[1] == method.prefixes[0]
-    novel = method.learn_task(2, {"dots": procad_data["dots"].train})
+    learner = _method().begin(tiny_unet, schedule, seed=0)
+    learner.learn_task(0, {"stripes_h": procad_data["stripes_h"].train})
+    n_params = sum(p.numel() for p in learner.banks.model.parameters())
+    dup = learner.learn_task(1, {"stripes_h": procad_data["stripes_h"].train})
+    assert dup["params_added"] == 0 and sum(p.numel() for p in learner.banks.model.parameters()) == n_params
+    assert dup["reused_task"] == 1 and learner.prefixes[1] == learner.prefixes[0]
+    novel = learner.learn_task(2, {"dots": procad_data["dots"].train})
     grew = {l: v for l, v in novel["layers"].items() if v["grew"]}
     assert novel["params_added"] > 0 and grew
     for l, v in grew.items():
-        cap = method.r_max_coarse if method.banks.layers[l].coarsest else method.r_max
-        assert method.r_min <= v["r"] <= cap
+        cap = learner.config.r_max_coarse if learner.banks.layers[l].coarsest else learner.config.r_max
+        assert learner.config.r_min <= v["r"] <= cap
 
 
 def test_budget_is_respected(procad_data, tiny_unet, schedule):
-    method = _method(budget=3000, train=TrainConfig(steps=1, batch=4))
-    method.begin(tiny_unet, schedule, seed=0)
-    log = method.learn_task(0, {"checker": procad_data["checker"].train})
+    learner = _method(budget=3000, train=TrainConfig(steps=1, batch=4)).begin(tiny_unet, schedule, seed=0)
+    log = learner.learn_task(0, {"checker": procad_data["checker"].train})
     assert 0 < log["params_added"] <= 3000
 
+
+
+def test_config_holds_configuration_only_and_starts_independent_runs(procad_data, schedule):
+    from dataclasses import asdict, fields
+
+    from reference_impls.continual_ad.diffusion import build_unet
+
+    config = _method(train=TrainConfig(steps=1, batch=4))
+    before = asdict(config)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(config.begin(build_unet(16, channels=(8, 16)), schedule, seed=0))
+    runs[0].learn_task(0, {"checker": procad_data["checker"].train})
+    assert set(vars(config)) == {f.name for f in fields(config)} and asdict(config) == before
+    assert runs[0].prefixes == [["task1"]] and runs[1].prefixes == [] and runs[1].banks.peft is None
 
 @pytest.mark.parametrize("layer", [LINEAR, CONV])
 @pytest.mark.parametrize("eps", [1.0, 0.9])

@@ -85,6 +85,7 @@ def test_physical_length_would_shift_positions(model, inputs):
 
 
 def test_snapkv_keeps_top_scored_entries(model, inputs):
+    """Every query head keeps its own top entries (the reference code repeats K/V before compressing)."""
     from reference_impls.decoding.kv_scores import observation_scores
 
     method = SnapKV(budget=12, window=4, pool_kernel=3)
@@ -104,8 +105,9 @@ def test_snapkv_keeps_top_scored_entries(model, inputs):
         cls.after_prefill = old
     for layer in method.cache.layers:
         query, keys, scaling = captured[layer.layer_idx]
-        scores = observation_scores(query, keys, 4, scaling, 3)
-        for h in range(keys.shape[1]):
+        scores = observation_scores(query, keys, 4, scaling, 3, per_query_head=True)
+        assert len(layer.head_lengths()) == query.shape[1] == scores.shape[0]
+        for h in range(query.shape[1]):
             kept = set(layer.head_positions(h).tolist())
             assert len(kept) == 12
             threshold = min(scores[h, p].item() for p in kept)
@@ -123,7 +125,8 @@ def test_adakv_heads_really_differ_in_memory(model, inputs):
     differ = False
     for layer in method.cache.layers:
         lengths = layer.head_lengths()
-        assert sum(lengths) == len(lengths) * (b + 1)  # exact layer total (+1 generated entry per head)
+        # Ada-KV's rounding of 0.8 c_h + floor moves the layer total by at most half an entry per head.
+        assert abs(sum(lengths) - len(lengths) * (b + 1)) <= len(lengths) / 2  # (+1 generated entry per head)
         differ |= len(set(lengths)) > 1
         assert [t.shape[0] for t in layer.head_keys] == lengths  # storage, not a mask
         d = layer.head_keys[0].shape[1]
@@ -140,9 +143,19 @@ def test_uniform_bytes_hand_count(model, inputs):
         model.generate(**inputs, max_new_tokens=4, do_sample=False)
     cfg = model.config.text_config
     d = cfg.hidden_size // cfg.num_attention_heads
-    entries = cfg.num_hidden_layers * cfg.num_key_value_heads * (16 + 3)
+    # The default repeats K/V to the query heads (as the reference code): one copy per query head.
+    entries = cfg.num_hidden_layers * cfg.num_attention_heads * (16 + 3)
     assert method.cache.resident_bytes() == entries * (2 * d * 4 + 4)  # K + V float32, int32 position
     assert method.cache.offloaded_bytes() == 0
+    logical = inputs["input_ids"].shape[1] + 3
+    full = cfg.num_hidden_layers * cfg.num_key_value_heads * logical * 2 * d * 4
+    assert method.cache.byte_report()["full_bytes"] == full  # the full cache holds KV heads only
+    shared = dataclasses.replace(method, gqa="mean")
+    with shared(model):
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    entries = cfg.num_hidden_layers * cfg.num_key_value_heads * (16 + 3)
+    assert shared.cache.resident_bytes() == entries * (2 * d * 4 + 4)
+    assert shared.cache.byte_report()["full_bytes"] == full
 
 
 def test_refuses_batches_and_eager(model, inputs):

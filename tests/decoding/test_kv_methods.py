@@ -84,12 +84,15 @@ def test_kivi_bytes_and_residual(model, inputs):
     logical = inputs["input_ids"].shape[1] + 5
     total = 0
     for layer in method.cache.layers:
-        residual = layer.keys.shape[-2]
-        n_groups = layer.n_quantized // g
-        assert 8 <= residual < 16 and residual + g * n_groups == logical
-        per_group = h * g * d * 2 // 8 + 2 * h * d * 4  # key codes + per-channel scale/zero (float32)
-        per_group += h * g * d * 2 // 8 + 2 * h * g * 4  # value codes + per-token scale/zero
-        total += n_groups * per_group + 2 * h * residual * d * 4
+        # Reference rule: keys are flushed 8 at a time (residual = logical mod 8), values keep the last 8.
+        rk, rv = layer.keys.shape[-2], layer.values.shape[-2]
+        assert rk == logical % 8 and rv == 8
+        assert layer.n_quantized_keys + rk == logical == layer.n_quantized_values + rv
+        n_groups = layer.n_quantized_keys // g
+        total += n_groups * (h * g * d * 2 // 8 + 2 * h * d * 4)  # key codes + per-channel scale/zero (float32)
+        # value codes + per-token scale/zero (one group of 8 channels)
+        total += layer.n_quantized_values * (h * d * 2 // 8 + 2 * h * 4)
+        total += h * (rk + rv) * d * 4
     assert method.cache.resident_bytes() == total
     assert method.cache.transient_bytes > 0
     ref = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)

@@ -1,8 +1,9 @@
-"""SARE / NPO / GA trainer invariants on tiny random Qwen2.5-VL models (spec sare.md section 9)."""
+"""SARE / NPO / GA trainer invariants on tiny random Qwen2.5-VL models (``hallucination/sare/README.md`` section 9)."""
 
 import copy
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from .conftest import make_batch
 from reference_impls.hallucination.gradient_ascent import GradientAscent
 from reference_impls.hallucination.npo import NPO
-from reference_impls.hallucination.sare import SARE, calibrate_rho
+from reference_impls.hallucination.sare import SARE, calibrate_rho, saturated_steps
 from reference_impls.hallucination.terms import Term, ga_term, nll_term, npo_term
 from reference_impls.hallucination.trainer import SAMConfig, TrainerConfig, UnlearningTrainer, apply_lora
 from reference_impls.hallucination.unlearning_losses import ga_loss, mean_nll, npo_loss, sequence_logprob, token_logprobs
@@ -86,7 +87,7 @@ def test_rho_zero_sare_equals_npo_step_for_step(batches):
     from reference_impls.common.tiny import tiny_qwen25vl
 
     a, b = tiny_qwen25vl(seed=1), tiny_qwen25vl(seed=1)
-    ta = SARE(rho=0.0, beta=0.5, lr=5e-3).trainer(a)
+    ta = SARE(beta=0.5, lr=5e-3, sam=SAMConfig(rho=0.0)).trainer(a)
     tb = NPO(beta=0.5, lr=5e-3).trainer(b)
     for step in range(3):
         ta.step(batches)
@@ -180,7 +181,7 @@ def test_lora_only_adapters_move_and_epsilon_lives_on_b(model, batches):
     peft_model = apply_lora(model, rank=4)
     base_before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
     lora_before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
-    method = SARE(rho=0.05, lr=1e-2, param_filter="lora")
+    method = SARE(lr=1e-2, sam=SAMConfig(rho=0.05, param_filter="lora"))
     trainer = method.trainer(peft_model)
     eps, _ = trainer.epsilon(batches)
     names = {p: n for n, p in peft_model.named_parameters()}
@@ -198,17 +199,41 @@ def test_huge_rho_triggers_saturation_warning(model, batches):
     batches = {**batches, "forget": make_batch(model, seed=10, batch_size=1, span=(-2, -1))}
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        SARE(forget="ga", rho=0.05, lr=0.0).trainer(model).step(batches)  # a calibrated rho: silent
+        SARE(forget="ga", lr=0.0, sam=SAMConfig(rho=0.05)).trainer(model).step(batches)  # a calibrated rho: silent
     with pytest.warns(RuntimeWarning, match="too large"):
-        SARE(forget="ga", rho=100.0, lr=0.0).trainer(model).step(batches)
+        SARE(forget="ga", lr=0.0, sam=SAMConfig(rho=100.0)).trainer(model).step(batches)
 
 
 def test_calibrate_rho_returns_a_swept_value_and_leaves_model(model, batches):
     batches = {**batches, "forget": make_batch(model, seed=10, batch_size=1, span=(-2, -1))}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rho, sweep = calibrate_rho(SARE(), model, batches, rhos=(0.01, 0.1, 100.0))
-    assert rho in (0.01, 0.1) and len(sweep) == 3
+    rho, sweep = calibrate_rho(SARE(), model, lambda step: batches, steps=2, rhos=(0.01, 0.1, 100.0))
+    assert rho in (0.01, 0.1) and [row["rho"] for row in sweep][0] == 100.0
+    assert sweep[0]["saturated_steps"] > 0  # the huge radius was rejected for saturating, not by luck
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_saturation_is_judged_over_the_whole_trajectory():
+    # Before unlearning the word is likely at theta itself (no saturation); the perturbation
+    # only "saturates" once unlearning has lowered p at theta: step 3 here.
+    history = [{"clean_p_target": 0.97, "adv_p_target": 0.99}, {"clean_p_target": 0.93, "adv_p_target": 0.99},
+               {"clean_p_target": 0.60, "adv_p_target": 0.95}, {"clean_p_target": 0.30, "adv_p_target": 0.50}]
+    assert saturated_steps(history) == 1
+    assert saturated_steps(history[:2]) == 0
+
+
+def test_calibrated_rho_never_saturates_its_own_training_run(model, batches):
+    # The property the benchmark relies on: train with the calibrated rho on the calibration data
+    # and no step saturates (a rho checked at one point only would fail this).
+    batches = {**batches, "forget": make_batch(model, seed=10, batch_size=1, span=(-2, -1))}
+    method = SARE(lr=1e-2)
+    rho, _ = calibrate_rho(method, model, lambda step: batches, steps=4, rhos=(0.03, 0.3, 3.0, 30.0))
+    history = replace(method, sam=replace(method.sam, rho=rho)).trainer(copy.deepcopy(model)).fit(lambda step: batches, 4)
+    assert saturated_steps(history) == 0
+    too_large = replace(method, sam=replace(method.sam, rho=30.0)).trainer(copy.deepcopy(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert saturated_steps(too_large.fit(lambda step: batches, 4)) > 0
 
 
 def test_methods_registered_and_reduce_forget_probability(batches):
@@ -225,3 +250,22 @@ def test_methods_registered_and_reduce_forget_probability(batches):
         method.unlearn(model, lambda step: batches, steps=5)
         _, after = UnlearningTrainer(model, [ga_term()]).gradients(batches)
         assert after["p_target"] < before["p_target"], spec.name
+
+
+def test_calibration_checks_find_the_forget_term_by_its_flag_not_its_name(model, batches):
+    renamed = ga_term()
+    renamed.name = "my_own_forget"  # no "forget_" prefix and no known name: only Term.adversarial marks it
+    sam = SAMConfig(rho=0.05, stall_window=2)
+    trainer = UnlearningTrainer(model, [renamed, nll_term("retain")], TrainerConfig(lr=0.0, sam=sam))
+    with pytest.warns(RuntimeWarning, match="has not decreased"):
+        for _ in range(3):
+            stats = trainer.step(batches)
+    assert stats["clean_adversarial_loss"] == stats["clean_my_own_forget"]
+    assert stats["adv_adversarial_loss"] == stats["adv_my_own_forget"]
+
+    class RenamedSARE(SARE):
+        def forget_term(self):
+            return renamed
+
+    rho, sweep = calibrate_rho(RenamedSARE(forget="ga"), model, lambda step: batches, steps=1, rhos=(0.01,))
+    assert rho == 0.01 and sweep[0]["mean_delta_loss"] > 0

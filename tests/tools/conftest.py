@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,29 @@ added: '2026-11-26'
 
 def make_repo(target: Path, paper_keys: tuple[str, ...] | None = SEED_KEYS) -> Path:
     return make_sandbox(target, paper_keys)
+
+
+def own_results(repo: Path) -> Path:
+    """Give a sandbox its own copy of reference_impls/results; returns the folder. The rest of
+    reference_impls is rebuilt as real folders of linked files, so module discovery still sees it."""
+    source = (repo / "reference_impls").resolve()
+    (repo / "reference_impls").unlink()
+    for folder, directories, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        directories[:] = [name for name in directories if name != "__pycache__" and relative / name != Path("results")]
+        (repo / "reference_impls" / relative).mkdir(exist_ok=True)
+        for name in files:
+            (repo / "reference_impls" / relative / name).symlink_to(Path(folder) / name)
+    shutil.copytree(source / "results", repo / "reference_impls" / "results")
+    return repo / "reference_impls" / "results"
+
+
+def own_notebooks(repo: Path) -> Path:
+    """Give a sandbox its own copy of notebooks/ (instead of the link to the checkout); returns it."""
+    source = (repo / "notebooks").resolve()
+    (repo / "notebooks").unlink()
+    shutil.copytree(source, repo / "notebooks", ignore=shutil.ignore_patterns("__pycache__"))
+    return repo / "notebooks"
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bibtexparser
 import pytest
 
 from tools.bib import BibImportError, bibtex_to_entries, entries_to_bibtex
@@ -100,3 +101,57 @@ def test_bib_export_command_writes_every_entry(repo, run_tools, tmp_path):
     status, out, err = run_tools(repo, "bib", "export", "--out", str(out_file))
     assert status == 0, err
     assert out_file.read_text().count("\n@") + 1 == len(list((repo / "papers").glob("*.yaml")))
+
+
+HOSTILE_TITLES = [
+    "Closes } the field, note = {injected}, url = {https://evil.example}",
+    "X} @misc{evil2026, title={Injected}, year={2026}} @preamble{\"\\immediate\\write18{touch pwned-marker}\"} {",
+    "\\input{/etc/passwd} and \\immediate\\write18{rm -rf x}",
+    "Unbalanced {{{ and }}} and \\ and ~ ^ $math$ 50% #1 a_b R&D",
+    "Quotes \" and @string{s = \"x\"} and @comment{ and -- or --- dashes, ``quoted''",
+    "Ünïcödé — ✓ 中文 {ViT} LLaVA-1.5",
+]
+
+
+def test_hostile_titles_export_to_exactly_one_entry_each_and_come_back_unchanged():
+    entries = [{"key": f"hostile2026t{index}", "title": title, "authors": ["Eve } Evil", "Mal {Lory"], "year": 2026,
+                "venue": "Conf } @x{", "url": "https://example.org/x"} for index, title in enumerate(HOSTILE_TITLES)]
+    text = entries_to_bibtex(entries)
+    library = bibtexparser.parse_string(text)
+    assert [type(block).__name__ for block in library.blocks] == ["Entry"] * len(entries)
+    assert library.failed_blocks == [] and library.preambles == [] and library.strings == [] and library.comments == []
+    for data, entry in zip(entries, library.entries):
+        assert entry.key == data["key"]
+        assert sorted(entry.fields_dict) == ["author", "booktitle", "title", "url", "year"]
+        assert entry.fields_dict["url"].value == "https://example.org/x"
+    assert "\\immediate" not in text.replace("\\textbackslash{}immediate", "")
+    assert [kept_fields(data) for data in bibtex_to_entries(text)] == [kept_fields(data) for data in entries]
+
+
+def test_export_refuses_a_value_with_unbalanced_braces():
+    data = {"key": "x2026", "title": "T", "authors": [], "year": 2026, "venue": "arXiv", "url": "https://e.org/}"}
+    with pytest.raises(ValueError, match=r"refusing to export x2026: field url has unbalanced braces: 'https://e.org/\}'"):
+        entries_to_bibtex([data])
+
+
+def test_import_decodes_latex_to_unicode():
+    text = (r"""@misc{m2026, title={{ViT} f{\"u}r {\AA}ngstr{\"o}m: 100\% \& more},"""
+            r"""author={M{\"u}ller, J{\"o}rg and S{\o}ren Kierkegaard and Fran{\c{c}}ois Caf\'e}, year={2026}}""")
+    data = bibtex_to_entries(text)[0]
+    assert data["title"] == "ViT für Ångström: 100% & more"
+    assert data["authors"] == ["Jörg Müller", "Søren Kierkegaard", "François Café"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("\n@article{broken2026, title={x}\n@article{b, title={y}, year={2020}}",
+     "<string>:2: broken2026: cannot parse this entry: Unexpected block start: `@article`. "
+     "Was still looking for field-value closing `,` or `}`"),
+    ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}",
+     "<string>:2: a: cannot parse this entry: Duplicate entry key 'a'"),
+    ("@misc{a2026, title={x}, title={z}, year={2020}}",
+     "<string>:1: a2026: cannot parse this entry: Duplicate field keys on entry: 'title'."),
+])
+def test_parse_errors_name_line_key_and_reason(text, message):
+    with pytest.raises(BibImportError) as error:
+        bibtex_to_entries(text)
+    assert str(error.value) == message

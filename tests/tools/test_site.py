@@ -12,7 +12,15 @@ import pytest
 
 from tools.site.build import build_site, generate_pages
 
-from .conftest import GOOD_ENTRY, make_repo
+from .conftest import GOOD_ENTRY, make_repo, own_results
+
+# A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
+CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
+CR_EVIL = GOOD_ENTRY.replace("good2026entry", "cr2026entry").replace("2611.00001", "2611.00067").replace(
+    "title: A Perfectly Good Entry About Visual Token Pruning",
+    'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"')
+HOSTILE_PROSE = "Found *this*.\r\r::: tools.sandbox\n\n--8<-- \"mkdocs.yml\"\n\n<script>alert(2)</script>"
+HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"
 
 EVIL = GOOD_ENTRY.replace("good2026entry", "evil2026entry").replace("2611.00001", "2611.00066").replace(
     "A Perfectly Good Entry About Visual Token Pruning", "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'")
@@ -33,6 +41,17 @@ class _Links(html.parser.HTMLParser):
 def built(tmp_path_factory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("site") / "repo", paper_keys=None)
     (repo / "papers" / "evil2026entry.yaml").write_text(EVIL)
+    (repo / "papers" / "cr2026entry.yaml").write_text(CR_EVIL)
+    taxonomy = repo / "taxonomy" / "efficiency.yaml"
+    text = taxonomy.read_text()
+    start = text.index("            findings: >-\n              With 25%")
+    end = text.index("      - id: sparse-attention")
+    taxonomy.write_text(text[:start] + f"            findings: {json.dumps(HOSTILE_PROSE)}\n" + text[end:])
+    results = own_results(repo)
+    data = json.loads((results / "tokens-toyvlm.json").read_text())
+    data.update(command=HOSTILE_COMMAND, notes=HOSTILE_PROSE, title="Tokens\r\r::: tools.sandbox")
+    data["columns"][0]["label"] = "Method\r\r??? note\r    hidden"
+    (results / "tokens-toyvlm.json").write_text(json.dumps(data))
     status = build_site(repo, execute_notebooks=False)
     assert status == 0
     return repo
@@ -80,6 +99,23 @@ def test_entry_text_is_escaped(built):
     assert 'href="javascript:x"' not in page
     family = (built / "site" / "taxonomy" / "efficiency" / "prefilling" / "prefilling-token-compression" / "prefilling-attention-guided" / "index.html").read_text()
     assert "<script>alert(1)" not in family and "&lt;script&gt;" in family
+
+
+def test_block_syntax_snippets_and_html_in_data_stay_text(built):
+    site = built / "site"
+    family = site / "taxonomy/efficiency/prefilling/prefilling-token-compression/prefilling-attention-guided/index.html"
+    pages = {"cr paper": site / "papers/cr2026entry/index.html", "family": family, "results": site / "results/index.html"}
+    for name, path in pages.items():
+        page = path.read_text()
+        assert "make_sandbox" not in page, name  # no mkdocstrings block for tools.sandbox
+        assert "<details" not in page, name
+        assert "site_name: LVLM Atlas" not in page, name  # mkdocs.yml not included by a snippet
+        assert "<script>alert(" not in page, name
+    family = family.read_text()
+    assert ("<p>Found <em>this</em>.</p>\n<p>&#58;&#58;&#58; tools.sandbox</p>\n<p>--8&lt;-- \"mkdocs.yml\"</p>\n"
+            "<p>&lt;script&gt;alert(2)&lt;/script&gt;</p>") in family
+    assert ("<code>python -m reference_impls.bench.tokens --tag '`--8&lt;-- \"mkdocs.yml\"`' "
+            "&lt;script&gt;alert(3)&lt;/script&gt;</code>") in family
 
 
 def test_every_internal_link_resolves(built):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from .conftest import GOOD_ENTRY
+from .conftest import GOOD_ENTRY, own_results
 
 
 def write(repo: Path, name: str, text: str) -> Path:
@@ -94,6 +93,16 @@ def test_duplicate_arxiv_id_names_both_files(repo, run_tools):
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "papers/good2026entry.yaml:8: arxiv: duplicate arXiv id: same as papers/copy2026entry.yaml:8" in err
+
+
+def test_versioned_arxiv_id_is_a_duplicate_of_the_plain_one(repo, run_tools):
+    write(repo, "good2026entry.yaml", GOOD_ENTRY)
+    write(repo, "copy2026entry.yaml", GOOD_ENTRY.replace("good2026entry", "copy2026entry")
+          .replace("A Perfectly Good", "Another").replace("arxiv: '2611.00001'", "arxiv: '2611.00001v2'").replace("abs/2611.00001", "abs/2611.00001v2"))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/good2026entry.yaml:8: arxiv: duplicate arXiv id: same as papers/copy2026entry.yaml:8" in err
+    assert "1 error(s)" in err
 
 
 def test_duplicate_doi_and_near_duplicate_title(repo, run_tools):
@@ -187,7 +196,9 @@ def test_stale_schema_and_nav_are_reported(repo, run_tools):
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "papers/paper.schema.json:1: out of date with taxonomy/ (run: python -m tools schema)" in err
-    assert "mkdocs.yml:1: nav: nav lacks the taxonomy page 'taxonomy/efficiency/decoding/kv-cache-compression/kv-bit-level.md'" in err
+    assert ("mkdocs.yml:1: nav: nav lacks the taxonomy page "
+            "'taxonomy/efficiency/decoding/kv-cache-compression/kv-bit-level.md'; add '- taxonomy/efficiency/decoding/kv-cache-compression/kv-bit-level.md' to mkdocs.yml in the section of "
+            "'taxonomy/efficiency/decoding/kv-cache-compression/index.md'") in err
     assert run_tools(repo, "schema")[0] == 0
 
 
@@ -223,15 +234,7 @@ def test_new_scaffolds_a_valid_entry_and_refuses_bad_ones(repo, run_tools):
 
 
 def test_bad_results_file_is_reported(repo, run_tools):
-    # the sandbox links reference_impls/ to the checkout: give it its own results folder
-    source = (repo / "reference_impls").resolve()
-    (repo / "reference_impls").unlink()
-    (repo / "reference_impls").mkdir()
-    for child in source.iterdir():
-        if child.name != "results":
-            (repo / "reference_impls" / child.name).symlink_to(child, target_is_directory=child.is_dir())
-    shutil.copytree(source / "results", repo / "reference_impls" / "results")
-    (repo / "reference_impls" / "results" / "zz-bad.json").write_text('{"id": "zz-bad",\n "title": "no command"}\n')
+    (own_results(repo) / "zz-bad.json").write_text('{"id": "zz-bad",\n "title": "no command"}\n')
     status, out, err = run_tools(repo, "validate")
     assert status == 1
     assert "reference_impls/results/zz-bad.json:1: command: required field is missing" in err

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from ..bib import entries_to_bibtex
 from ..catalog import Catalog, load_catalog
-from ..schema import schema_text
+from ..interrupts import deferred_interrupt
+from ..schema import results_schema, schema_text
 from . import markdown as md
 from .charts import stage_year_chart
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
 from .notebooks import discover_notebooks, notebook_md, notebooks_index_md, render_notebook, rendered_dir
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
-from .results import load_all_results, results_index_md, results_md
+from ..results import load_all_results
+from .results import results_index_md, results_md
 
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
@@ -85,8 +87,9 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     files["tags.md"] = md.front_matter(title="Tags") + "# Tags\n\n<!-- material/tags -->\n"
     files["references.bib"] = entries_to_bibtex(entry.data for entry in catalog.entries)
     files["papers.json"] = json.dumps([entry.data for entry in sorted(catalog.entries, key=lambda e: e.key)],
-                                      indent=1, ensure_ascii=False, default=str) + "\n"
+                                      indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
     files["schemas/paper.schema.json"] = schema_text(taxonomy)
+    files["schemas/results.schema.json"] = json.dumps(results_schema(), indent=2, ensure_ascii=False) + "\n"
     files["schemas/taxonomy.schema.json"] = (root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8")
     files.update(assets)
     return files
@@ -106,8 +109,9 @@ def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path
     except ValueError as error:
         print(f"build: {error}; nothing was written", file=sys.stderr)
         return 1
-    staging = root / ".cache" / "docs-staging"
+    staging, previous = root / ".cache" / "docs-staging", root / ".cache" / "docs-previous"
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
     for name, content in files.items():
         path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,16 +119,19 @@ def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8")
-    # Swap each generated part in only after everything was written.
-    for name in GENERATED:
-        target, source = docs_dir / name, staging / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        if source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+    # Everything is built aside; now each generated part is swapped in by renames only (no
+    # deletion inside docs/), with Ctrl-C held back until the last rename: docs/ never holds a
+    # half-written part or a mix of two builds. The old parts are deleted afterwards.
+    with deferred_interrupt():
+        for name in GENERATED:
+            target, source = docs_dir / name, staging / name
+            if target.exists() or target.is_symlink():
+                (previous / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, previous / name)
+            if source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+    shutil.rmtree(previous, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
     print(f"build: generated {len(files)} files for {len(catalog.entries)} papers")
     return 0

@@ -7,17 +7,10 @@ from functools import cached_property
 from pathlib import Path
 
 from ..catalog import Catalog, Entry
+from ..nav import node_page
 from ..taxonomy import Node
 
 __all__ = ["SiteData", "node_page", "paper_page", "module_page", "notebook_page"]
-
-
-def node_page(node: Node) -> str:
-    """Docs-relative path of a taxonomy node's page."""
-    parts = [ancestor.id for ancestor in node.ancestors] + [node.id]
-    if node.level in ("topic", "stage") or node.children:
-        return "taxonomy/" + "/".join(parts) + "/index.md"
-    return "taxonomy/" + "/".join(parts) + ".md"
 
 
 def paper_page(key: str) -> str:

@@ -1,4 +1,17 @@
-"""Markdown helpers that keep entry text inert: HTML-escaped and Markdown-escaped."""
+"""Markdown helpers that keep text from the data inert.
+
+Two rules, one function each:
+
+- :func:`text` for every field of an entry, a taxonomy node or a results file: one line (CR, LF,
+  CRLF and the other line separators become spaces), HTML-escaped, and every character that can
+  start Markdown syntax escaped, so nothing in it can open a block (``:::``, ``???``, ``===``,
+  ``!!!``, lists, headings, code fences, tables, ``--8<--`` snippets) or raw HTML, wherever it lands.
+- :func:`restricted` for prose we show as Markdown (taxonomy ``findings``, results ``notes``):
+  paragraphs separated by blank lines; inside them only ``*emphasis*``, ``**strong**``,
+  ```code``` and ``[label](https://...)`` links (http and https only); everything else as :func:`text`.
+
+:func:`code` shows a value verbatim as inline code (the command of a results file).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +21,71 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["text", "cell", "link", "table", "front_matter", "fmt_number"]
+__all__ = ["text", "restricted", "code", "one_line", "cell", "link", "table", "front_matter", "fmt_number"]
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+# Every line separator Python (and so Markdown or a YAML reader) may split on, and other control characters.
+_LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+# Python-Markdown's backslash escapes (plus "|" of the tables extension) ...
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|>])")
+# ... and characters it has no escape for, which start blocks of our extensions (":::" mkdocstrings,
+# "???" details, "===" tabs and setext headings), written as character references.
+_ENTITIES = {":": "&#58;", "=": "&#61;", "?": "&#63;", "~": "&#126;"}
+_NO_ESCAPE = re.compile("[" + re.escape("".join(_ENTITIES)) + "]")
+
+
+def one_line(value: Any) -> str:
+    """``value`` as one line: line breaks become spaces, other control characters are dropped."""
+    return _CONTROL.sub("", _LINE_BREAKS.sub(" ", str(value)))
+
+
+def _escape(value: str) -> str:
+    escaped = _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(value, quote=False))
+    return _NO_ESCAPE.sub(lambda match: _ENTITIES[match.group()], escaped)
 
 
 def text(value: Any) -> str:
-    """Entry text made safe for Markdown: ``<script>`` shows as text and ``*`` stays a star."""
-    escaped = html.escape(str(value), quote=False)
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", escaped).replace("\n", " ")
+    """Text shown exactly as written, on one line: ``<script>`` shows as text and ``*`` stays a star."""
+    return _escape(one_line(value).strip())
+
+
+def code(value: Any) -> str:
+    """``value`` verbatim as inline code, on one line (a fence longer than any backtick run inside)."""
+    content = one_line(value).strip()
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", content)), default=0) + 1)
+    pad = " " if content.startswith("`") or content.endswith("`") else ""
+    return f"{fence}{pad}{content}{pad}{fence}" if content else ""
+
+
+_INLINE = re.compile(
+    r"(?P<fence>`+)(?P<code>.+?)(?<!`)(?P=fence)(?!`)"
+    r"|\[(?P<label>[^\[\]]+)\]\((?P<url>https?://[^\s()<>{}\\\"'`]+)\)"
+    r"|\*\*(?P<strong>[^\s*](?:.*?[^\s*])?)\*\*"
+    r"|\*(?P<em>[^\s*](?:[^*]*?[^\s*])?)\*"
+)
+
+
+def _inline(source: str) -> str:
+    parts, position = [], 0
+    for match in _INLINE.finditer(source):
+        parts.append(_escape(source[position:match.start()]))
+        if match.group("fence"):
+            parts.append(code(match.group("code")))
+        elif match.group("url"):
+            parts.append(link(_inline(match.group("label")), match.group("url")))
+        elif match.group("strong"):
+            parts.append(f"**{_inline(match.group('strong'))}**")
+        else:
+            parts.append(f"*{_inline(match.group('em'))}*")
+        position = match.end()
+    parts.append(_escape(source[position:]))
+    return "".join(parts)
+
+
+def restricted(value: Any) -> str:
+    """Prose as restricted Markdown (see the module docstring): paragraphs of inline markup only."""
+    paragraphs = re.split(r"(?:\r\n|\r|\n)[ \t]*(?:\r\n|\r|\n)", str(value))
+    return "\n\n".join(_inline(one_line(paragraph).strip()) for paragraph in paragraphs if paragraph.strip())
 
 
 def cell(value: Any) -> str:

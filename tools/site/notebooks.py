@@ -15,12 +15,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..interrupts import deferred_interrupt, interrupt_flag
 from . import markdown as md
 
-__all__ = ["discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md", "notebooks_index_md"]
+__all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md",
+           "notebooks_index_md"]
 
 _HASH_PREFIX = "<!-- atlas-notebook-hash: "
 _RENDER_VERSION = "2"
+
+
+class NotebookError(ValueError):
+    """A notebook that could not be executed; the message names it and the reason (no traceback)."""
 
 
 def discover_notebooks(root: Path) -> list[str]:
@@ -96,9 +102,17 @@ def _execute(root: Path, notebook: str, timeout: int) -> tuple[str, dict[str, by
 
     notebook_node = jupytext.read(root / notebook)
     python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    with _environment({"PYTHONPATH": python_path, **_QUIET_KERNEL}):
+    with _environment({"PYTHONPATH": python_path, **_QUIET_KERNEL}), interrupt_flag() as interrupted:
         client = NotebookClient(notebook_node, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}})
-        client.execute()
+        try:
+            client.execute()
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # nbclient's own errors carry the cell's traceback as text
+            if interrupted:
+                raise KeyboardInterrupt from None
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise NotebookError(f"{notebook}: execution failed: {reason}") from None
     files_dir = f"{Path(notebook).stem}_files"
     body, resources = MarkdownExporter().from_notebook_node(notebook_node, resources={"output_files_dir": files_dir})
     # warnings print absolute paths of this checkout; the page shows them relative to the repository
@@ -126,8 +140,13 @@ def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout:
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
         (staging / name).write_bytes(content)
     (staging / "index.md").write_text(f"{_HASH_PREFIX}{expected} -->\n{body}", encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    previous = target.with_name(target.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    with deferred_interrupt():  # two renames: the render is the old one or the new one, never half of each
+        if target.exists():
+            target.rename(previous)
+        staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
     return body, True
 
 

@@ -162,8 +162,8 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     if results_md:
         lines += ["## Reproduced results", "", results_md, ""]
     if node.findings:
-        # Our own words about our own runs; taxonomy text is trusted Markdown, like the summaries.
-        lines += ["## What we found", "", node.findings.strip(), ""]
+        # Our own words about our own runs: restricted Markdown (inline markup only, see markdown.py).
+        lines += ["## What we found", "", md.restricted(node.findings), ""]
     under = site.papers_under(node)
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:

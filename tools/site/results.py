@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from . import markdown as md
 from .charts import results_chart
 from .data import relative
 
-__all__ = ["load_all_results", "results_md", "results_index_md"]
-
-
-def load_all_results(root: Path) -> list[dict[str, Any]]:
-    """Every results file, checked for the fields the site needs."""
-    found = []
-    for path in sorted((root / "reference_impls" / "results").glob("*.json")):
-        where = path.relative_to(root)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}:{error.lineno}: invalid JSON: {error.msg}") from None
-        for field in ("id", "title", "command", "columns", "rows", "families"):
-            if field not in data:
-                raise ValueError(f"{where}:1: {field}: required field is missing")
-        if data["id"] != path.stem:
-            raise ValueError(f"{where}:1: id: '{data['id']}' differs from the file name")
-        found.append(data)
-    return found
+__all__ = ["results_md", "results_index_md"]
 
 
 def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
@@ -51,13 +31,14 @@ def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: 
         lines += [f"![{md.text(plot.get('title') or data['title'])}]({relative(page, name)})", ""]
     environment = data.get("environment") or {}
     machine = ", ".join(f"{key} {value}" for key, value in environment.items() if key in ("torch", "transformers", "cpu_count", "device"))
-    lines += [f"Reproduced with `{data['command']}`" + (f" on {data['produced']}" if data.get("produced") else "") + (f" ({md.text(machine)})." if machine else "."), ""]
+    produced = f" on {md.text(data['produced'])}" if data.get("produced") else ""
+    lines += [f"Reproduced with {md.code(data['command'])}{produced}" + (f" ({md.text(machine)})." if machine else "."), ""]
     seeds = data.get("seeds") or {}
     if seeds:
         lines += [f"Seeds reported: {md.text(_seed_list(seeds.get('reported', [])))}; seeds used for tuning or "
                   f"calibration: {md.text(_seed_list(seeds.get('tuning', [])) or 'none')}.", ""]
     if data.get("notes"):
-        lines += [md.text(data["notes"]), ""]
+        lines += [md.restricted(data["notes"]), ""]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
-"""The taxonomy part of the site navigation, and the check that ``mkdocs.yml`` lists it.
+"""Where taxonomy pages live, and the check that ``mkdocs.yml`` lists every one of them.
 
 ``mkdocs.yml`` keeps an explicit ``nav:`` (Zensical reads it as it is); validate reports any
-taxonomy page missing there, with the exact entry to add.
+taxonomy page missing there, with the exact entry to add. This module is tools-level (no site
+code, no matplotlib) because ``validate`` uses it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from typing import Any
 
 import yaml
 
-from ..taxonomy import Node, Taxonomy
-from .data import node_page
+from .taxonomy import Node, Taxonomy
 
-__all__ = ["taxonomy_nav", "nav_pages", "check_nav"]
+__all__ = ["node_page", "taxonomy_nav", "nav_pages", "check_nav"]
+
+
+def node_page(node: Node) -> str:
+    """Docs-relative path of a taxonomy node's page."""
+    parts = [ancestor.id for ancestor in node.ancestors] + [node.id]
+    if node.level in ("topic", "stage") or node.children:
+        return "taxonomy/" + "/".join(parts) + "/index.md"
+    return "taxonomy/" + "/".join(parts) + ".md"
 
 
 def _nav_item(node: Node) -> Any:
@@ -41,13 +49,18 @@ def nav_pages(nav: Any) -> list[str]:
 
 def check_nav(root: Path, taxonomy: Taxonomy) -> list[str]:
     """Messages for taxonomy pages missing from (or stale in) the mkdocs.yml nav."""
-    config = yaml.safe_load((root / "mkdocs.yml").read_text(encoding="utf-8"))
-    listed = nav_pages(config.get("nav", []))
+    try:
+        config = yaml.safe_load((root / "mkdocs.yml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        return [f"cannot read mkdocs.yml: {error}"]
+    listed = nav_pages(config.get("nav", []) if isinstance(config, dict) else [])
     expected = nav_pages(taxonomy_nav(taxonomy))
+    parents = {node_page(node): node_page(node.parent) for node in taxonomy.nodes() if node.parent is not None}
     problems = []
     for page in expected:
         if page not in listed:
-            problems.append(f"nav lacks the taxonomy page '{page}'; add it under 'Taxonomy' (see python -m tools nav)")
+            where = f"in the section of '{parents[page]}'" if page in parents else "at the top of 'Taxonomy'"
+            problems.append(f"nav lacks the taxonomy page '{page}'; add '- {page}' to mkdocs.yml {where}")
     for page in listed:
         if page.startswith("taxonomy/") and page not in expected:
             problems.append(f"nav lists '{page}', which no taxonomy node generates")

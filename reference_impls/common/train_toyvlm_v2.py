@@ -1,0 +1,482 @@
+"""Train ToyVLM v2 from scratch on CPU: ``python -m reference_impls.common.train_toyvlm_v2``.
+
+A Qwen2.5-VL with a 192-wide, 6-layer language model (2.7M parameters) learns the chat-layout
+scenes of :mod:`reference_impls.common.chat_scenes`: images or a video first, the question last,
+one-word and 5-20 token answers ending in ``<eos>``. The recipe carries over what trained v1
+(:mod:`reference_impls.common.train_toyvlm`):
+
+1. A curriculum of :data:`PHASES`: ``a`` (2-3 images of 16 tokens, 2-4 temporal tokens of 32 for
+   videos; batch 16), ``b`` (2-6 images of 64 tokens, 8-16 frames; batch 8), ``c`` (the benchmark
+   setting: 16 images of 64 tokens, 16-32 frames of 128 tokens per frame pair; batch 4). Every
+   ``--video-every``-th batch holds videos, the others images. The long prompts of ``c`` must be trained on: v1 showed
+   that a model perfect on short prompts can fail on long ones.
+2. Dense auxiliary losses on the vision tower's merged tokens: linear heads predict, per token,
+   the colour, shape and size class of the object that covers most of it (or "empty").
+3. Attention supervision: at layer ``--attention-layer``, the first ``--attention-heads`` heads of
+   every position that predicts a reply token (the ``answer`` marker and the reply words) should
+   put their attention on the visual tokens that show the objects the question is about
+   (``-log`` of that mass). With the question last, visual tokens cannot see the question
+   (causal attention), so this is the place where the lookup is learnt.
+4. Loss on the reply tokens and ``<eos>`` only; a higher learning rate for the vision tower; the
+   training-only matmul patch embedding of v1.
+
+Training samples use seed ``--seed`` (default :data:`~reference_impls.common.chat_scenes.TRAIN_SEED`,
+0), sample ``i`` the random stream ``(seed, i)``; the held-out suites use their own seeds
+(1001-1005, :data:`~reference_impls.common.chat_scenes.SUITES`), so no stream is shared. The
+manifest records both, the exact command, the steps and wall time, and the held-out exact match
+per suite.
+
+Status: the recipe is not yet shown to reach the goals (>= 95% / >= 90% held-out exact match on
+short / long answers). One pilot, ``--threads 1 --phases a:500,b:40 --max-minutes 19 --eval-every
+330 --eval-n 8 --final-n 16 --stress-n 4``, on the 2-core machine shared with about eight other
+jobs (an earlier revision that mixed videos and images within a batch; phase ``a`` is unaffected
+in prompt length): 407 steps of phase ``a`` in 19 min (2.7 s/step at batch 16, evaluations
+excluded). Reply loss 3.21 (steps 1-50), 1.19 (101-150), 0.90 (201-250), 0.84 (351-407): a
+plateau from step ~200. Held-out exact match like phase ``a`` (seed 2000, 32 samples): 16%, 31%,
+25%, 19% at steps 100-400; 172 samples at step 407: 27% on images, 18% on videos, with the formats
+right (every reply ends in ``<eos>``, lists are well formed) and the content near chance
+(presence 55%, size 55%, colour 25%, lists 0%). The suites (16 samples each, stress 4): short
+6%, long 0%, multi_image 12%, video 25%, stress 0%. v1 sat on a similar plateau until its lookup
+was learnt after ~1,600-1,900 steps; whether and when v2 leaves it is open.
+
+Deviations / guesses:
+    The auxiliary heads and the attention supervision are our training devices (not a paper's)
+    and are not saved: the checkpoint is a plain ``Qwen2_5_VLForConditionalGeneration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from .chat_scenes import (
+    IMAGE_LONG_KINDS,
+    IMAGE_SHORT_KINDS,
+    SUITES,
+    TRAIN_SEED,
+    VIDEO_LONG_KINDS,
+    VIDEO_SHORT_KINDS,
+    ChatSample,
+    ChatSceneSpec,
+    evidence_tokens,
+    make_chat_sample,
+    suite_samples,
+)
+from .results import command_line
+from .toyvlm_v2 import CHECKPOINT_DIR_V2, ToyVLMv2, build_vocab_v2, save_toyvlm_v2, toyvlm_v2_config
+from .train_toyvlm import _fast_patch_embed
+
+__all__ = [
+    "PHASES",
+    "PhaseV2",
+    "attention_targets",
+    "cell_targets_v2",
+    "main",
+    "phase_held_out",
+    "train_v2",
+    "training_samples",
+]
+
+IMAGE_KINDS = IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS
+VIDEO_KINDS = VIDEO_SHORT_KINDS + VIDEO_LONG_KINDS
+EVAL_SUITES = ("short", "long", "multi_image", "video")
+"""Suites evaluated during training; ``stress`` (4,096 tokens) only at the end."""
+PHASE_EVAL_SEED = 2000
+"""Held-out samples drawn like the current phase's training samples (a cheap learning curve)."""
+
+
+@dataclass(frozen=True)
+class PhaseV2:
+    """A curriculum phase: scenes and question kinds for image and for video samples, a batch size."""
+
+    name: str
+    images: ChatSceneSpec
+    video: ChatSceneSpec
+    batch_size: int
+    image_kinds: tuple[str, ...] = IMAGE_KINDS
+    video_kinds: tuple[str, ...] = VIDEO_KINDS
+
+
+PHASES: dict[str, PhaseV2] = {
+    "a": PhaseV2(
+        "a",
+        ChatSceneSpec(n_images=(2, 3), cells=(4, 4)),
+        ChatSceneSpec(video_frames=(4, 8), cells=(4, 8), still_objects=(1, 3)),
+        16,
+    ),
+    "b": PhaseV2(
+        "b",
+        ChatSceneSpec(n_images=(2, 6), cells=(8, 8)),
+        ChatSceneSpec(video_frames=(8, 16), cells=(8, 8), still_objects=(2, 4)),
+        8,
+    ),
+    "c": PhaseV2("c", SUITES["short"].spec, SUITES["video"].spec, 4),
+}
+
+
+def training_samples(phase: PhaseV2, seed: int, start: int, n: int, video: bool) -> list[ChatSample]:
+    """Samples ``start .. start + n - 1`` of ``seed``: all videos or all images (a batch of one kind
+    is not padded to the longest of two very different prompt lengths)."""
+    spec, kinds = (phase.video, phase.video_kinds) if video else (phase.images, phase.image_kinds)
+    return [make_chat_sample(spec, kinds, seed, i) for i in range(start, start + n)]
+
+
+def phase_held_out(phase: PhaseV2, n: int, video_every: int) -> list[ChatSample]:
+    """``n`` held-out samples drawn like the phase's training samples (seed :data:`PHASE_EVAL_SEED`)."""
+    videos = n // video_every if video_every > 0 else 0
+    return training_samples(phase, PHASE_EVAL_SEED, 0, n - videos, False) + training_samples(
+        phase, PHASE_EVAL_SEED, n, videos, True
+    )
+
+
+def cell_targets_v2(
+    samples: list[ChatSample], spec_colours: tuple[str, ...], spec_shapes: tuple[str, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Per merged visual token, in the order the vision tower emits them (all images of the batch,
+    then all videos): colour, shape and size class (0: empty) of the object covering most of it."""
+    colour, shape, size = [], [], []
+    for videos in (False, True):
+        for sample in samples:
+            if sample.scene.video != videos:
+                continue
+            objects = sample.scene.objects
+            for label in sample.scene.token_labels.tolist():
+                obj = objects[label] if label >= 0 else None
+                colour.append(0 if obj is None else 1 + spec_colours.index(obj.colour))
+                shape.append(0 if obj is None else 1 + spec_shapes.index(obj.shape))
+                size.append(0 if obj is None else 1 + (obj.size_word == "large"))
+    return torch.tensor(colour), torch.tensor(shape), torch.tensor(size)
+
+
+def attention_targets(
+    samples: list[ChatSample], batch: dict[str, torch.Tensor], config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows (B, S)``: positions that predict a reply token and have evidence; ``target (B, S)``:
+    1 on the visual tokens that show the question's objects."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    visual = (ids == config.image_token_id) | (ids == config.video_token_id)
+    target = torch.zeros(ids.shape, dtype=torch.float)
+    for b, sample in enumerate(samples):
+        positions = visual[b].nonzero().squeeze(-1)
+        evidence = sorted(evidence_tokens(sample))
+        if evidence:
+            target[b, positions[evidence]] = 1.0
+    rows = torch.zeros(ids.shape, dtype=torch.bool)
+    rows[:, :-1] = labels[:, 1:] != -100
+    rows &= target.sum(-1, keepdim=True) > 0
+    return rows, target
+
+
+class _AuxHeads(nn.Module):
+    def __init__(self, width: int, n_colours: int, n_shapes: int):
+        super().__init__()
+        self.colour = nn.Linear(width, n_colours + 1)
+        self.shape = nn.Linear(width, n_shapes + 1)
+        self.size = nn.Linear(width, 3)
+
+
+def evaluate_suites(
+    bundle: ToyVLMv2, n: int, suites: tuple[str, ...] = EVAL_SUITES, start: int = 0
+) -> dict[str, dict[str, float]]:
+    """Held-out exact match (greedy ``generate`` until ``<eos>``) on ``n`` samples of each suite."""
+    return {name: bundle.exact_match(suite_samples(name, n, start), max_new_tokens=22, batch_size=4) for name in suites}
+
+
+def train_v2(
+    *,
+    phases: list[tuple[PhaseV2, int, int]],
+    config_kwargs: dict,
+    lr: float = 1e-3,
+    vision_lr: float = 3e-3,
+    aux_weight: float = 1.0,
+    attention_layer: int | None = 2,
+    attention_heads: int = 2,
+    video_every: int = 4,
+    seed: int = TRAIN_SEED,
+    max_minutes: float = 1e9,
+    eval_every: int = 300,
+    eval_n: int = 12,
+    phase_eval_every: int = 100,
+    phase_eval_n: int = 32,
+    log=print,
+    fixed_batch: list[ChatSample] | None = None,
+) -> tuple[ToyVLMv2, dict]:
+    """Train from scratch; ``phases`` is a list of ``(phase, steps, batch_size)``. Returns the
+    bundle and a history (losses, evaluations, steps, wall seconds)."""
+    if seed in {suite.seed for suite in SUITES.values()} | {PHASE_EVAL_SEED}:
+        raise ValueError(f"training seed {seed} is a held-out suite seed")
+    torch.manual_seed(seed)
+    vocab = build_vocab_v2()
+    config = toyvlm_v2_config(vocab, **config_kwargs)
+    if attention_layer is not None and not 0 <= attention_layer < config.text_config.num_hidden_layers:
+        raise ValueError(
+            f"attention_layer {attention_layer} is not a layer of a {config.text_config.num_hidden_layers}-layer model"
+        )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = vocab.pad
+    model.generation_config.eos_token_id = vocab.eos
+    bundle = ToyVLMv2(model, vocab)
+    colours, shapes = PHASES["a"].images.colours, PHASES["a"].images.shapes
+    heads = _AuxHeads(config.vision_config.out_hidden_size, len(colours), len(shapes))
+    _fast_patch_embed(model)
+    if attention_layer is not None:  # attention weights are only returned by eager attention
+        model.config.text_config._attn_implementation = "eager"
+    captured: list[torch.Tensor] = []
+    hook = model.model.visual.register_forward_hook(lambda m, a, out: captured.append(out.pooler_output))
+    groups = [
+        {"params": list(model.model.visual.parameters()) + list(heads.parameters()), "lr": vision_lr},
+        {"params": list(model.model.language_model.parameters()) + list(model.lm_head.parameters()), "lr": lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    total = sum(steps for _, steps, _ in phases)
+    warmup = min(50, total // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))),
+    )
+    history: dict = {"loss": [], "eval": [], "phase_eval": []}
+    start, step, counter, seconds_in_eval = time.perf_counter(), 0, 0, 0.0
+    model.train()
+    stop = False
+    for phase, steps, batch_size in phases:
+        for _ in range(steps):
+            if fixed_batch is not None:
+                samples = fixed_batch
+            else:
+                video = video_every > 0 and step % video_every == video_every - 1  # every video_every-th batch
+                samples = training_samples(phase, seed, counter, batch_size, video)
+                counter += batch_size
+            batch = bundle.collate(samples, with_answer=True)
+            captured.clear()
+            out = model(**batch, output_attentions=attention_layer is not None)
+            cells = torch.cat(captured)  # (N_visual, D): images of the batch, then videos
+            colour, shape, size = cell_targets_v2(samples, colours, shapes)
+            aux = F.cross_entropy(heads.colour(cells), colour) + F.cross_entropy(heads.shape(cells), shape)
+            aux = aux + F.cross_entropy(heads.size(cells), size)
+            if attention_layer is not None:
+                rows, target = attention_targets(samples, batch, config)
+                if rows.any():
+                    weights = out.attentions[attention_layer][:, :attention_heads]  # (B, h, S, S)
+                    mass = torch.einsum("bhqk,bk->bqh", weights, target)[rows]  # (rows, h)
+                    aux = aux - torch.log(mass + 1e-6).mean()
+            loss = out.loss + aux_weight * aux
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            history["loss"].append((step, round(out.loss.item(), 4), round(aux.item(), 4)))
+            elapsed = time.perf_counter() - start
+            if step % 10 == 0:
+                recent = np.mean([h[1] for h in history["loss"][-10:]])
+                log(
+                    f"step {step}/{total} phase {phase.name} reply loss {recent:.3f} aux {aux.item():.3f}"
+                    f" {elapsed:.0f}s"
+                )
+            suites_due = eval_every and (step % eval_every == 0 or step == total)
+            phase_due = phase_eval_every and (step % phase_eval_every == 0 or step == total)
+            if fixed_batch is None and (suites_due or phase_due):
+                tick = time.perf_counter()
+                model.config.text_config._attn_implementation = "sdpa"
+                if phase_due:
+                    held = phase_held_out(phase, phase_eval_n, video_every)
+                    accuracy = bundle.exact_match(held, max_new_tokens=22, batch_size=8)
+                    history["phase_eval"].append((step, phase.name, round(elapsed), accuracy))
+                    log(f"  phase {phase.name} held-out exact match at step {step}: {accuracy}")
+                if suites_due:
+                    accuracy = evaluate_suites(bundle, eval_n)
+                    history["eval"].append((step, round(elapsed), accuracy))
+                    log(
+                        f"  suites at step {step} ({elapsed:.0f}s): "
+                        + ", ".join(f"{k} {v['all']:.2f}" for k, v in accuracy.items())
+                    )
+                if attention_layer is not None:
+                    model.config.text_config._attn_implementation = "eager"
+                seconds_in_eval += time.perf_counter() - tick
+            if elapsed > max_minutes * 60:
+                log(f"stopping at step {step}: time limit of {max_minutes} min reached")
+                stop = True
+                break
+        if stop:
+            break
+    history.update(
+        steps=step,
+        planned_steps=total,
+        wall_seconds=round(time.perf_counter() - start, 1),
+        eval_seconds=round(seconds_in_eval, 1),
+    )
+    model.eval()
+    model.config.text_config._attn_implementation = "sdpa"
+    del model.model.visual.patch_embed.forward  # back to the real Conv3d for inference
+    hook.remove()
+    return bundle, history
+
+
+def micro_run(steps: int = 20) -> dict:
+    """A micro model trained ``steps`` steps on one fixed batch of small chat samples (for tests)."""
+    torch.set_num_threads(1)
+    phase = PhaseV2(
+        "micro",
+        ChatSceneSpec(n_images=(2, 2), cells=(2, 2), objects_per_image=(1, 2), n_specks=1),
+        ChatSceneSpec(video_frames=(2, 2), cells=(2, 4), still_objects=(1, 1)),
+        6,
+        image_kinds=("colour", "list", "tally_all"),
+        video_kinds=("motion", "events"),
+    )
+    batch = training_samples(phase, TRAIN_SEED, 0, 4, video=False) + training_samples(
+        phase, TRAIN_SEED, 4, 2, video=True
+    )
+    _, history = train_v2(
+        phases=[(phase, steps, 6)],
+        config_kwargs=dict(
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=64,
+            vision_depth=1,
+            vision_hidden=32,
+        ),
+        lr=3e-3,
+        vision_lr=3e-3,
+        attention_layer=1,
+        attention_heads=1,
+        fixed_batch=batch,
+        eval_every=0,
+        log=lambda *_: None,
+    )
+    return history
+
+
+def _parse_phases(text: str, batch_override: int | None = None) -> list[tuple[PhaseV2, int, int]]:
+    phases = []
+    for item in text.split(","):
+        name, steps, *batch = item.split(":")
+        phase = PHASES[name]
+        phases.append((phase, int(steps), int(batch[0]) if batch else batch_override or phase.batch_size))
+    return phases
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--phases", default="a:1500,b:600,c:300", help="curriculum name:steps[:batch],... (names in PHASES)"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vision-lr", type=float, default=3e-3)
+    parser.add_argument("--aux-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--attention-layer", type=int, default=2, help="layer whose reply-token attention is supervised (-1: none)"
+    )
+    parser.add_argument("--attention-heads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--intermediate", type=int, default=512)
+    parser.add_argument("--vision-hidden", type=int, default=64)
+    parser.add_argument("--vision-depth", type=int, default=2)
+    parser.add_argument("--video-every", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-minutes", type=float, default=55.0)
+    parser.add_argument("--eval-every", type=int, default=300)
+    parser.add_argument(
+        "--eval-n", type=int, default=12, help="held-out samples per suite for the periodic evaluations"
+    )
+    parser.add_argument("--phase-eval-every", type=int, default=100)
+    parser.add_argument(
+        "--phase-eval-n", type=int, default=32, help="held-out samples like the current phase's (seed 2000)"
+    )
+    parser.add_argument("--final-n", type=int, default=64, help="held-out samples per suite for the final accuracy")
+    parser.add_argument("--stress-n", type=int, default=16, help="held-out samples of the 4,096-token stress suite")
+    parser.add_argument("--out", default=str(CHECKPOINT_DIR_V2))
+    parser.add_argument("--log-json", default=None, help="also write the loss and evaluation history here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    phases = _parse_phases(args.phases)
+    config_kwargs = dict(
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        intermediate_size=args.intermediate,
+        vision_hidden=args.vision_hidden,
+        vision_depth=args.vision_depth,
+    )
+    bundle, history = train_v2(
+        phases=phases,
+        config_kwargs=config_kwargs,
+        lr=args.lr,
+        vision_lr=args.vision_lr,
+        aux_weight=args.aux_weight,
+        attention_layer=None if args.attention_layer < 0 else args.attention_layer,
+        attention_heads=args.attention_heads,
+        video_every=args.video_every,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        eval_every=args.eval_every,
+        eval_n=args.eval_n,
+        phase_eval_every=args.phase_eval_every,
+        phase_eval_n=args.phase_eval_n,
+        log=lambda *a: print(*a, flush=True),
+    )
+    tick = time.perf_counter()
+    # the final evaluation uses samples after the periodic ones (same held-out seeds, other streams)
+    final = evaluate_suites(bundle, args.final_n, start=args.eval_n)
+    final.update(evaluate_suites(bundle, args.stress_n, ("stress",), start=0))
+    print(f"final held-out exact match ({time.perf_counter() - tick:.0f}s): {json.dumps(final)}", flush=True)
+    params = sum(p.numel() for p in bundle.model.parameters())
+    manifest = dict(
+        command=command_line("reference_impls.common.train_toyvlm_v2", argv),
+        layout="<bos> (<vision_start> <image|video>... <vision_end>)+ question ? answer reply <eos>",
+        training_seed=args.seed,
+        training_streams=f"training sample i uses numpy stream (seed={args.seed}, i);"
+        f" every {args.video_every}th batch is videos",
+        held_out_seeds={name: suite.seed for name, suite in SUITES.items()},
+        held_out_streams=f"periodic evaluations: indices 0..{args.eval_n - 1};"
+        f" final: {args.eval_n}..{args.eval_n + args.final_n - 1} "
+        f"(stress 0..{args.stress_n - 1})",
+        phases=[
+            dict(name=p.name, steps=s, batch_size=b, images=asdict(p.images), video=asdict(p.video))
+            for p, s, b in phases
+        ],
+        hyperparameters=dict(
+            lr=args.lr,
+            vision_lr=args.vision_lr,
+            aux_weight=args.aux_weight,
+            attention_layer=args.attention_layer,
+            attention_heads=args.attention_heads,
+            video_every=args.video_every,
+        ),
+        config=config_kwargs,
+        parameters=params,
+        steps=history["steps"],
+        planned_steps=history["planned_steps"],
+        wall_seconds=history["wall_seconds"],
+        eval_seconds_during_training=history["eval_seconds"],
+        threads=args.threads,
+        held_out_exact_match=final,
+        held_out_n=dict(per_suite=args.final_n, stress=args.stress_n),
+        eval_history=history["eval"],
+        phase_eval_history=history["phase_eval"],
+        phase_eval_seed=PHASE_EVAL_SEED,
+        note="wall time measured on a 2-core machine shared with other jobs",
+    )
+    if args.log_json:
+        Path(args.log_json).write_text(json.dumps(dict(manifest, loss=history["loss"]), default=str) + "\n")
+    path = save_toyvlm_v2(bundle, args.out, manifest)
+    print(f"saved to {path} ({params / 1e6:.2f}M parameters)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""ToyVLM v2: chat layout, replies ending in <eos>, greedy generate, save/load, trainer smoke test."""
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from reference_impls.common.chat_scenes import (
+    IMAGE_LONG_KINDS,
+    SUITES,
+    TRAIN_SEED,
+    VIDEO_LONG_KINDS,
+    ChatSceneSpec,
+    answer_words,
+    evidence_tokens,
+    make_chat_samples,
+    suite_samples,
+)
+from reference_impls.common.toyvlm import build_vocab
+from reference_impls.common.toyvlm_v2 import ToyVLMv2, build_vocab_v2, load_toyvlm_v2, save_toyvlm_v2, toyvlm_v2_config
+
+torch.set_num_threads(1)
+IMAGES = ChatSceneSpec(n_images=(2, 3), cells=(4, 4))
+VIDEO = ChatSceneSpec(video_frames=(4, 6), cells=(4, 8), still_objects=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    vocab = build_vocab_v2()
+    torch.manual_seed(0)
+    config = toyvlm_v2_config(
+        vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1
+    )
+    return ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
+
+
+def test_vocabulary_covers_every_suite_and_keeps_v1_special_ids():
+    vocab = build_vocab_v2()
+    assert vocab.words[:7] == build_vocab().words[:7]
+    for name in SUITES:
+        for sample in suite_samples(name, 3):
+            vocab.encode(sample.qa.question), vocab.encode(sample.qa.answer)
+
+
+def test_chat_layout_images_first_question_last(toy):
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 3, seed=1)
+    batch = toy.collate(samples, with_answer=True)
+    config, vocab = toy.model.config, toy.vocab
+    for row, (sample, ids, mask, labels) in enumerate(
+        zip(samples, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    ):
+        ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
+        assert ids[0] == vocab.bos
+        n_images, position = 0, 1
+        while ids[position] == config.vision_start_token_id:  # (<vision_start> <image>*16 <vision_end>)+
+            assert (
+                ids[position + 1 : position + 17] == [config.image_token_id] * 16
+                and ids[position + 17] == config.vision_end_token_id
+            )
+            n_images, position = n_images + 1, position + 18
+        assert n_images == len(sample.scene.images)
+        question = vocab.encode(sample.qa.question)
+        reply = answer_words(sample)
+        assert ids[position:] == question + [vocab.id("answer")] + [vocab.id(w) for w in reply]
+        assert [vocab.words[i] for i in labels if i != -100] == reply and reply[-1] == "<eos>"
+        assert all(i == -100 for i in labels[: -len(reply)])
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * sum(len(s.scene.images) for s in samples)
+
+
+def test_video_is_one_qwen_video_item(toy):
+    (sample,) = make_chat_samples(VIDEO, VIDEO_LONG_KINDS, 1, seed=2)
+    batch = toy.collate([sample])
+    frames = len(sample.scene.images)
+    assert batch["video_grid_thw"].tolist() == [[frames // 2, 8, 16]] and "pixel_values" not in batch
+    assert (
+        (batch["input_ids"] == toy.model.config.video_token_id).sum()
+        == frames // 2 * 32
+        == sample.scene.n_visual_tokens
+    )
+    assert torch.equal(batch["mm_token_type_ids"], 2 * (batch["input_ids"] == toy.model.config.video_token_id).long())
+
+
+def test_generate_is_greedy_and_stops_at_eos(toy):
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=3) + make_chat_samples(
+        VIDEO, VIDEO_LONG_KINDS, 1, seed=3
+    )
+    replies = toy.generate(samples, max_new_tokens=4, batch_size=3)
+    with torch.no_grad():
+        for sample, reply in zip(samples, replies):
+            logits = toy.model(**toy.collate([sample])).logits[0, -1]
+            assert reply[0] == toy.vocab.words[logits.argmax().item()]
+            assert len(reply) <= 4 and ("<eos>" not in reply or reply[-1] == "<eos>")
+    accuracy = toy.exact_match(samples, max_new_tokens=4)
+    assert set(accuracy) >= {"all", "needle"} and 0.0 <= accuracy["all"] <= 1.0
+
+
+def test_save_load_round_trip(toy, tmp_path):
+    save_toyvlm_v2(toy, tmp_path, {"training_seed": 0})
+    loaded = load_toyvlm_v2(tmp_path)
+    assert loaded.vocab == toy.vocab and loaded.manifest["training_seed"] == 0
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model(**loaded.collate(samples)).logits, toy.model(**toy.collate(samples)).logits
+        )
+
+
+def test_training_targets(toy):
+    from reference_impls.common.train_toyvlm_v2 import attention_targets, cell_targets_v2
+
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=6) + make_chat_samples(
+        VIDEO, VIDEO_LONG_KINDS, 1, seed=6
+    )
+    samples = [samples[2], samples[0], samples[1]]  # a video first: its tokens still come after the images
+    batch = toy.collate(samples, with_answer=True)
+    colour, shape, size = cell_targets_v2(samples, IMAGES.colours, IMAGES.shapes)
+    visual = sum(s.scene.n_visual_tokens for s in samples)
+    assert colour.shape == shape.shape == size.shape == (visual,)
+    first_image_tokens = samples[1].scene.token_labels
+    assert torch.equal(colour[: len(first_image_tokens)] > 0, torch.from_numpy(first_image_tokens >= 0))
+    rows, target = attention_targets(samples, batch, toy.model.config)
+    for b, sample in enumerate(samples):
+        assert target[b].sum() == len(evidence_tokens(sample))
+        assert rows[b].sum() == len(answer_words(sample))  # the "answer" marker and every reply word but <eos>
+        assert batch["input_ids"][b, rows[b].nonzero()[0, 0]] == toy.vocab.id("answer")
+
+
+def test_training_seed_must_not_be_held_out():
+    from reference_impls.common.train_toyvlm_v2 import PHASE_EVAL_SEED, PHASES, train_v2
+
+    assert TRAIN_SEED != PHASE_EVAL_SEED
+    with pytest.raises(ValueError, match="held-out"):
+        train_v2(phases=[(PHASES["a"], 1, 1)], config_kwargs={}, seed=SUITES["short"].seed)
+
+
+def test_every_kind_is_supported_by_the_curriculum():
+    from reference_impls.common.train_toyvlm_v2 import PHASES
+
+    for phase in PHASES.values():
+        for kind in phase.image_kinds:
+            assert make_chat_samples(phase.images, (kind,), 1, seed=0)[0].qa.kind == kind
+        for kind in phase.video_kinds:
+            assert make_chat_samples(phase.video, (kind,), 1, seed=0)[0].qa.kind == kind
+
+
+def test_micro_training_loss_falls():
+    from reference_impls.common.train_toyvlm_v2 import micro_run
+
+    history = micro_run(20)
+    first, last = history["loss"][0][1], history["loss"][-1][1]
+    assert history["steps"] == 20 and last < 0.8 * first, (first, last)
+
+
+@pytest.mark.parametrize("name", ["chat_scenes", "toyvlm_v2"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"reference_impls.common.{name}")
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,201 @@
+"""Hostile or careless data files: each is refused by ``validate`` with file, line, field and the fix,
+and one bad file never hides the problems of the others."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import GOOD_ENTRY, ROOT, own_notebooks, own_results
+
+
+def write(repo, name: str, text: str):
+    path = repo / "papers" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def other(key: str, arxiv: str) -> str:
+    return (
+        GOOD_ENTRY.replace("good2026entry", key).replace("2611.00001", arxiv).replace("A Perfectly Good", f"The {key}")
+    )
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")
+)
+
+
+def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other_problem(repo, run_tools):
+    write(repo, "bomb2026.yaml", ALIAS_BOMB)  # 10^9 items if expanded
+    write(repo, "loop2026.yaml", GOOD_ENTRY.replace("models", "x") + "models: &m [*m]\n")
+    write(repo, "keys2026.yaml", GOOD_ENTRY + "? [a, b]\n: 1\n")
+    write(repo, "tagkey2026.yaml", GOOD_ENTRY + "? !!python/object/apply:os.system [true]\n: 1\n")
+    write(repo, "merge2026.yaml", "base: &base {year: 2026}\nentry:\n  <<: *base\n")
+    write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("year: 2026", "year: 2026.0"))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/bomb2026.yaml:1: aliases are not allowed (&anchor and *alias); write the value out" in err
+    assert "papers/loop2026.yaml:13: aliases are not allowed (&anchor and *alias); write the value out" in err
+    assert "papers/keys2026.yaml:13: a mapping key must be a plain value, not a list" in err
+    assert "papers/tagkey2026.yaml:13: a mapping key must be a plain value, not a list" in err
+    assert "papers/merge2026.yaml:1: aliases are not allowed" in err
+    assert "papers/good2026entry.yaml:6: year: expected a whole number, found 2026.0; write 2026" in err
+    assert "6 error(s)" in err
+
+
+def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
+    write(
+        repo,
+        "good2026entry.yaml",
+        GOOD_ENTRY.replace("2026-11-26", "2026-13-45")
+        + "reported:\n- metric: speed-up\n  value: .nan\n  source: abstract\n"
+        + "- metric: speed-up\n  value: -.Inf\n  source: abstract\n",
+    )
+    write(
+        repo,
+        "date2026entry.yaml",
+        other("date2026entry", "2611.00002").replace("added: '2026-11-26'", "added: 2026-02-30"),
+    )
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/good2026entry.yaml:12: added: '2026-13-45' is not a real date (month must be in 1..12)" in err
+    assert (
+        "papers/good2026entry.yaml:15: reported[0].value: expected a finite number, found '.nan' "
+        "(.nan and .inf are not allowed)"
+    ) in err
+    assert "papers/good2026entry.yaml:18: reported[1].value: expected a finite number, found '-.Inf'" in err
+    assert "papers/date2026entry.yaml:12: a value YAML cannot read: day is out of range for month; quote it" in err
+
+
+def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_tools, tmp_path):
+    yml = write(repo, "x2026.yml", other("x2026", "2611.00003"))
+    nested = write(repo, "sub/nested2026.yaml", other("nested2026", "2611.00004"))
+    (tmp_path / "outside.yaml").write_text(other("linked2026", "2611.00005"))
+    (repo / "papers" / "linked2026.yaml").symlink_to(tmp_path / "outside.yaml")
+    (repo / "papers" / "notes.txt").write_text("scratch\n")
+    expected = [
+        "papers/x2026.yml:1: entries use the .yaml extension; rename it to papers/x2026.yaml",
+        "papers/sub/nested2026.yaml:1: entries belong directly in papers/, not in a sub-folder "
+        "(move it to papers/nested2026.yaml)",
+        "papers/linked2026.yaml:1: symbolic links are not allowed under papers/; commit the file itself",
+        "papers/notes.txt:1: only <key>.yaml entries and paper.schema.json belong in papers/",
+    ]
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1 and all(line in err for line in expected), err
+    assert "4 error(s)" in err
+    status, out, err = run_tools(repo, "validate", str(yml), str(nested))
+    assert status == 1 and expected[0] in err and expected[1] in err and "2 error(s)" in err, err
+    status, out, err = run_tools(repo, "validate", str(ROOT / "README.md"))
+    assert status == 1 and "README.md:1: not a paper entry: entries are papers/<key>.yaml files" in err, err
+
+
+def test_keys_that_differ_only_in_case_are_duplicates(repo, run_tools):
+    write(repo, "Zeng2026HybridKV.yaml", other("Zeng2026HybridKV", "2611.00006"))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert ("papers/zeng2026hybridkv.yaml:2: key: duplicate key (ignoring letter case): same as "
+            "papers/Zeng2026HybridKV.yaml:2") in err, err
+
+
+def test_symlinks_the_build_would_copy_are_refused(repo, run_tools, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("local secret\n")
+    (repo / "docs" / "stylesheets" / "leak.css").symlink_to(secret)
+    rendered = own_notebooks(repo) / "_rendered" / "decoding" / "kivi"
+    (rendered / "leak.txt").symlink_to(secret)
+    (own_results(repo) / "linked.json").symlink_to(secret)
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    for path, folder in (
+        ("docs/stylesheets/leak.css", "docs"),
+        ("notebooks/_rendered/decoding/kivi/leak.txt", "notebooks"),
+        ("reference_impls/results/linked.json", "reference_impls/results"),
+    ):
+        assert (
+            f"{path}:1: symbolic links are not allowed under {folder}/: the build would copy or read the target's "
+            "content; commit the file itself"
+        ) in err, err
+    assert "local secret" not in out + err
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        (
+            "implementation",
+            "tools.site.build",
+            "'tools.site.build' does not match the expected format ^reference_impls(\\.[a-z_][a-z0-9_]*)+$",
+        ),
+        ("implementation", "/etc/passwd", "'/etc/passwd' does not match the expected format ^reference_impls"),
+        (
+            "notebook",
+            "/etc/passwd",
+            "'/etc/passwd' does not match the expected format ^notebooks(/[A-Za-z0-9][A-Za-z0-9_-]*)+\\.py$",
+        ),
+        (
+            "notebook",
+            "../../../../etc/passwd",
+            "'../../../../etc/passwd' does not match the expected format ^notebooks",
+        ),
+        (
+            "notebook",
+            "notebooks/../tools/__main__.py",
+            "'notebooks/../tools/__main__.py' does not match the expected format ^notebooks",
+        ),
+    ],
+)
+def test_taxonomy_paths_stay_inside_their_folders(field, value, expected, repo, run_tools):
+    path = repo / "taxonomy" / "efficiency.yaml"
+    original = {
+        "implementation": "implementation: reference_impls.decoding.kivi\n",
+        "notebook": "notebook: notebooks/decoding/kivi.py\n",
+    }[field]
+    text = path.read_text()
+    line = text[: text.index(original)].count("\n") + 1
+    path.write_text(text.replace(original, f"{field}: {value}\n", 1))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert f"taxonomy/efficiency.yaml:{line}: stages[2].families[0].children[3].{field}: {expected}" in err, err
+
+
+def test_results_files_follow_their_schema(repo, run_tools):
+    results = own_results(repo)
+    good = json.loads((results / "tokens-toyvlm.json").read_text())
+    (results / "zz-nan.json").write_text(
+        json.dumps({**good, "id": "zz-nan"}, indent=1).replace('"digits": null', '"digits": NaN', 1)
+    )
+    (results / "zz-command.json").write_text(
+        json.dumps({**good, "id": "zz-command", "command": "rm -rf / #"}, indent=1)
+    )
+    (results / "zz-extra.json").write_text(json.dumps({**good, "id": "zz-extra", "script": "<script>"}, indent=1))
+    (results / "zz-name.json").write_text(json.dumps(good, indent=1))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    nan_line = (results / "zz-nan.json").read_text().split("NaN")[0].count("\n") + 1
+    assert (
+        f"reference_impls/results/zz-nan.json:{nan_line}: NaN is not a JSON number; write a finite number "
+        "(or null for a missing value)"
+    ) in err
+    assert (
+        "reference_impls/results/zz-command.json:4: command: 'rm -rf / #' does not match the expected format "
+        "^python -m reference_impls"
+    ) in err
+    assert "reference_impls/results/zz-extra.json:" in err and "script: unknown field" in err
+    assert (
+        "reference_impls/results/zz-name.json:2: id: 'tokens-toyvlm' differs from the file name 'zz-name.json'" in err
+    )
+    assert "4 error(s)" in err
+
+
+def test_validate_imports_neither_the_site_code_nor_matplotlib():
+    script = (
+        "import sys\nfrom tools.__main__ import main\nstatus = main(['validate', '--quiet'])\n"
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' or m.startswith('tools.site')))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr

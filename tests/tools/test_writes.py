@@ -1,0 +1,170 @@
+"""``new`` and ``bib import`` write only fresh, valid ``papers/<key>.yaml`` files, or nothing at all."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tools.entries import write_entry
+from tools.paths import UnsafePathError, entry_path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (symlinked code folders left out) with a hash of its bytes."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not any(
+            part in ("reference_impls", "notebooks") for part in path.relative_to(folder).parts
+        ):
+            found[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def new_args(key: str, *extra: str) -> list[str]:
+    return ["new", key, "--title", "A New Method", "--year", "2026", "--placement", "kv-token-level", *extra]
+
+
+@pytest.mark.parametrize(
+    "key, reason",
+    [
+        ("../../x", "the key must not contain a path separator"),
+        ("sub/dir/x", "the key must not contain a path separator"),
+        ("/abs/x", "the key must not contain a path separator"),
+        ("..hidden", "the key must not contain '..'"),
+        ("a" * 300, "the key is 300 characters long; at most 100 are allowed"),
+        (
+            "bad key",
+            "the key must match ^[A-Za-z0-9][A-Za-z0-9_.:-]*$ "
+            "(letters, digits and _ . : - only, starting with a letter or digit)",
+        ),
+        ("Zeng2026HybridKV", "papers/zeng2026hybridkv.yaml differs only in letter case"),
+        ("zeng2026hybridkv", "papers/zeng2026hybridkv.yaml already exists (pass --force to overwrite it)"),
+    ],
+)
+def test_new_refuses_keys_that_are_not_fresh_file_names(key, reason, repo, run_tools):
+    before = snapshot(repo.parent)
+    status, out, err = run_tools(repo, *new_args(key))
+    assert status == 1
+    assert f"new: refusing key {key!r}: {reason}\nnew: nothing was written" in err, err
+    assert snapshot(repo.parent) == before
+
+
+def test_new_overwrites_only_with_force_and_dry_run_names_the_file(repo, run_tools):
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, *new_args("doe2026new", "--dry-run"))
+    assert status == 0, err
+    assert "would write papers/doe2026new.yaml" in out
+    assert snapshot(repo) == before
+    assert run_tools(repo, *new_args("doe2026new"))[0] == 0
+    status, out, err = run_tools(repo, *new_args("doe2026new", "--author", "Jane Doe", "--force"))
+    assert status == 0, err
+    assert "Jane Doe" in (repo / "papers" / "doe2026new.yaml").read_text()
+
+
+def test_new_validates_before_writing(repo, run_tools):
+    before = snapshot(repo)
+    status, out, err = run_tools(
+        repo,
+        "new",
+        "doe2026new",
+        "--title",
+        "A New Method",
+        "--year",
+        "99999",
+        "--placement",
+        "kv-token-level",
+        "--arxiv",
+        "2611.0",
+    )
+    assert status == 1
+    assert "papers/doe2026new.yaml:5: year: 99999 is greater than the maximum of 2100" in err
+    assert "papers/doe2026new.yaml:7: arxiv: '2611.0' does not match the expected format" in err
+    assert "new: 2 error(s); nothing was written" in err
+    assert snapshot(repo) == before
+
+
+def test_entry_path_is_the_only_way_to_a_file(tmp_path):
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (papers / "linked.yaml").symlink_to(tmp_path / "elsewhere" / "target.yaml")
+    with pytest.raises(UnsafePathError, match="papers/linked.yaml is a symbolic link"):
+        entry_path(papers, "linked", overwrite=True)
+    assert entry_path(papers, "fine2026key") == papers / "fine2026key.yaml"
+    with pytest.raises(UnsafePathError, match="path separator"):
+        write_entry(
+            papers,
+            {"key": "../escape", "title": "T", "authors": [], "year": 2026, "placement": ["x"], "added": "2026-01-01"},
+        )
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["elsewhere", "linked.yaml", "papers"]
+
+
+HOSTILE_BIB = """\
+@misc{../taxonomy/continual-ad, title={Overwrite The Taxonomy}, author={Eve Evil}, year={2026}}
+@misc{good2026paper, title={A Good Paper on Visual Tokens}, author={Ann Able}, year={2026}}
+"""
+
+INVALID_BIB = """\
+@misc{bad2026url, title={Scripted Link Paper}, author={Eve Evil}, year={2026}, url={javascript:alert(1)}}
+
+@misc{bad2026doi, title={Spaced DOI Paper}, author={Eve Evil}, year={2026}, doi={10.1234/a b}}
+@misc{bad2026year, title={Far Future Paper}, author={Eve Evil}, year={99999}}
+@misc{bad2026title, title={}, author={Eve Evil}, year={2026}}
+@misc{good2026paper, title={A Good Paper on Visual Tokens}, author={Ann Able}, year={2026}}
+"""
+
+
+def test_bib_import_refuses_a_key_that_leaves_papers(repo, run_tools, tmp_path):
+    bib = tmp_path / "hostile.bib"
+    bib.write_text(HOSTILE_BIB)
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
+    assert status == 1
+    assert (
+        "bib import: refusing key '../taxonomy/continual-ad': the key must not contain a path separator\n"
+        "bib import: nothing was written"
+    ) in err
+    assert snapshot(repo) == before
+
+
+def test_bib_import_validates_every_entry_and_writes_nothing_when_one_is_invalid(repo, run_tools, tmp_path):
+    bib = tmp_path / "invalid.bib"
+    bib.write_text(INVALID_BIB)
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
+    assert status == 1
+    assert "papers/bad2026url.yaml:8: url: 'javascript:alert(1)' does not match the expected format" in err
+    assert "papers/bad2026doi.yaml:8: doi: '10.1234/a b' does not match the expected format" in err
+    assert "papers/bad2026year.yaml:6: year: 99999 is greater than the maximum of 2100" in err
+    assert "papers/bad2026title.yaml:2: title: required field is missing" in err
+    assert "bib import: 4 error(s); nothing was written" in err
+    assert "good2026paper" not in err
+    assert snapshot(repo) == before
+
+
+def test_bib_import_dry_run_names_every_file_and_writes_nothing(repo, run_tools, tmp_path):
+    bib = tmp_path / "fine.bib"
+    bib.write_text(
+        HOSTILE_BIB.split("\n", 1)[1] + "@misc{other2026paper, title={Another Paper on Caches}, year={2026}}\n"
+    )
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level", "--dry-run")
+    assert status == 0, err
+    assert "would write papers/good2026paper.yaml\nwould write papers/other2026paper.yaml\n" in out
+    assert snapshot(repo) == before
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
+    assert status == 0 and "wrote papers/good2026paper.yaml\nwrote papers/other2026paper.yaml\n" in out
+
+
+def test_bib_import_refuses_a_case_variant_of_an_existing_key(repo, run_tools, tmp_path):
+    bib = tmp_path / "case.bib"
+    bib.write_text("@misc{ZENG2026HYBRIDKV, title={A Different Title Entirely}, author={Ann Able}, year={2026}}\n")
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
+    assert status == 1
+    assert (
+        "bib import: refusing key 'ZENG2026HYBRIDKV': papers/zeng2026hybridkv.yaml differs only in letter case" in err
+    )
+    assert snapshot(repo) == before
