@@ -208,8 +208,19 @@ def cmd_stats(args: argparse.Namespace, root: Path) -> int:
 
 def cmd_triage(args: argparse.Namespace, root: Path) -> int:
     from .bib import BibImportError
-    from .triage import Classifier, FeedError, candidate_data, candidate_key, candidate_text, document, evaluate
-    from .triage import feed_url, read_feed, unknown_items, write_candidates
+    from .triage import (
+        Classifier,
+        FeedError,
+        candidate_data,
+        candidate_key,
+        candidate_text,
+        document,
+        evaluate,
+        feed_url,
+        read_feed,
+        unknown_items,
+        write_candidates,
+    )
 
     if args.feed_url:
         print(feed_url(root))
