@@ -1,6 +1,6 @@
 """Evaluation harness: run a method (or none) on ToyVLM or any local bundle and measure it.
 
-One call measures what every efficiency page reports, phase by phase (design notes, lesson 6):
+One call measures what every efficiency page reports, phase by phase (``docs/notes/transformers5.md`` §11, lesson 6):
 
 - ``accuracy``: greedy answer (next token after the prompt) equals the scene's answer;
 - ``visual_tokens``: visual tokens the language model saw (``method.stats["visual_kept"]`` of
@@ -17,13 +17,17 @@ One call measures what every efficiency page reports, phase by phase (design not
   tower, no token selection: what the visual tokens it reads cost it).
 
 Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
-explicit 3-D positions (the full sequence's last position + 1 + step, design notes §2).
+explicit 3-D positions (the full sequence's last position + 1 + step, ``docs/notes/transformers5.md`` §2).
 
 Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
     >>> from reference_impls.common.random_pruning import RandomPruning
     >>> toy = load_toyvlm()
-    >>> evaluate(toy, RandomPruning(budget=0.25), n=100)["accuracy"]
+    >>> result = evaluate(toy, RandomPruning(budget=0.25), n=8)
+    >>> result["visual_tokens"], result["visual_tokens_full"]  # 25% of the four images' 256 tokens
+    (64.0, 256.0)
+    >>> 0.0 <= result["accuracy"] <= 1.0
+    True
 
 Deviations / guesses:
     Times are wall-clock on whatever machine runs it (CPU here, shared): compare methods within

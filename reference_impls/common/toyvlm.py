@@ -16,6 +16,7 @@ Examples:
     >>> inputs = toy.collate(samples)
     >>> logits = toy.model(**inputs).logits[:, -1]
     >>> [toy.vocab.words[i] for i in logits.argmax(-1).tolist()] == [s.qa.answer for s in samples]
+    True
 
 Deviations / guesses:
     Word-level vocabulary (about 60 ids) instead of a BPE tokenizer; no chat template: the prompt

@@ -6,7 +6,7 @@ colour, presence of a colour-shape pair, and counts. The benchmark setting has f
 images per sample, i.e. 4 x 64 = 256 visual tokens.
 
 What makes it train in half an hour on one shared CPU core (a first attempt without these
-stalled at 50-60%, see ``shared/design/toyvlm.md``):
+stalled at 50-60%, see ``docs/notes/toyvlm.md`` §1-§2):
 
 1. Dense auxiliary losses. A linear head on every merged visual token (the vision tower's
    ``pooler_output``) predicts the colour and shape in its 28 px cell (or "empty"); a second

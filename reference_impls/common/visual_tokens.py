@@ -26,7 +26,7 @@ Examples:
 
 Deviations / guesses:
     Methods act on the post-merger tokens (one per 28 x 28 pixels) in raster order, not inside
-    the vision tower's windowed blocks (see design notes, section 6). When sequences of a batch
+    the vision tower's windowed blocks (see ``docs/notes/transformers5.md`` §6). When sequences of a batch
     keep different numbers of tokens, the shorter ones are left-padded (masked).
 """
 

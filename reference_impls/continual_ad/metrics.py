@@ -18,7 +18,7 @@ Examples:
     10.0
 
 Paper: arXiv 2606.02042 (uses A-AUROC and FM; the formulas are the standard Chaudhry-style
-ones of the design note, not taken from the paper).
+ones written out in ``reference_impls/continual_ad/hfolb/README.md`` §2.3, not taken from the paper).
 Upstream: AUROC = scikit-learn ``roc_auc_score`` (identical, ties included); AUPRO = the MVTec AD
 evaluation code (``compute_pro`` and ``trapezoid``) as kept in openvinotoolkit/anomalib
 tests/helpers/aupro_reference.py @ 14c7a056c93394cdbdb861dcc8429466471f1b53 (anomalib's own

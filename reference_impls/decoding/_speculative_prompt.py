@@ -1,7 +1,7 @@
 """Private plumbing shared by ``speculative.py`` and ``reasoning.py``.
 
-A hand-written decode loop for Qwen2.5-VL with explicit M-RoPE positions (design note
-kv-cache-on-transformers5.md, section 2): the prompt's embeddings and 3-D positions come from
+A hand-written decode loop for Qwen2.5-VL with explicit M-RoPE positions
+(``docs/notes/transformers5.md`` §2): the prompt's embeddings and 3-D positions come from
 :func:`reference_impls.common.visual_tokens.build_context` (the model's own ``get_rope_index`` on
 the full sequence); a pruned prompt keeps its tokens' original positions
 (:func:`~reference_impls.common.visual_tokens.reduce_inputs`); every generated token ``j`` gets

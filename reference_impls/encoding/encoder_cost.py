@@ -15,6 +15,9 @@ random-init towers, measured).
 Papers: arXiv 2502.13923 (Qwen2.5-VL, windowed attention), arXiv 2409.12191 (Qwen2-VL, native
 resolution with full attention).
 
+Upstream: none (an analysis, not a method: the towers measured are transformers' own
+``Qwen2_5_VisionTransformerPretrainedModel`` and ``Qwen2VisionTransformerPretrainedModel``).
+
 Examples:
     >>> from reference_impls.encoding.encoder_cost import QWEN25VL_7B_VISION, vision_flops
     >>> windowed = vision_flops(QWEN25VL_7B_VISION, (1, 96, 96))

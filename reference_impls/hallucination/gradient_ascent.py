@@ -19,7 +19,7 @@ Examples:
 
 Deviations / guesses: the labelled tokens are the hallucinated span only (token targeting)
 instead of the whole answer; the retain NLL terms are upstream's ``grad_diff`` variant, not plain
-``grad_ascent``; lr 1e-4 for the tiny model from our design note.
+``grad_ascent``; lr 1e-4 for the tiny model is ours (``reference_impls/hallucination/sare/README.md`` §5).
 """
 
 from __future__ import annotations

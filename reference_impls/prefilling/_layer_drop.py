@@ -1,7 +1,7 @@
 """Drop visual hidden states inside the LLM layer loop of Qwen2.5-VL (shared by FastV, PyramidDrop,
 SparseVLM and DivPrune-at-layer-K). Private: methods call :func:`attach` with a *plan*.
 
-How it works (design note kv-cache-on-transformers5 §2, §6):
+How it works (``docs/notes/transformers5.md`` §2, §6):
 
 - A forward pre-hook on ``model.model`` reads ``input_ids`` and the 2-D ``attention_mask`` and
   decides whether this forward is a prefill (empty or no cache). Visual tokens come from the ids
@@ -22,7 +22,7 @@ How it works (design note kv-cache-on-transformers5 §2, §6):
   ``get_seq_length()`` is the *logical* length (prompt plus generated tokens, what positions are
   derived from), its ``get_mask_sizes()`` the *physical* one. The mask transformers builds
   during decoding is sized for layer 0; pruned layers select their columns from it.
-- Decoding uses sdpa (or any registered function), never eager (design note §3).
+- Decoding uses sdpa (or any registered function), never eager (``docs/notes/transformers5.md`` §3).
 
 Limits: every row of a batch must hold the same number of visual tokens (the kept sets must be
 rectangular); only ``DynamicCache``-style caches (plain ``DynamicLayer``) are accepted.

@@ -37,8 +37,8 @@ Deviations:
       density), not a fraction of tokens kept: ``stats["visual_kept"] == stats["visual_in"]``,
       and ``stats["density"]`` is the fraction of causal query-key blocks computed.
     - A custom attention name gets ``attention_mask=None`` unless a mask function is registered
-      (design note §4); we register transformers' ``sdpa_mask`` so padded batches work, and apply
-      causal masking ourselves when the mask is None.
+      (``docs/notes/transformers5.md`` §4); we register transformers' ``sdpa_mask`` so padded batches
+      work, and apply causal masking ourselves when the mask is None.
 """
 
 from __future__ import annotations

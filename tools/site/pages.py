@@ -58,6 +58,8 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     # The paper template drops the navigation, which would be most of each page's bytes at 10k entries.
     lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags")), f"# {md.text(data['title'])}", ""]
     venue = " ".join(part for part in (md.text(data.get("venue", "")), str(data["year"])) if part)
+    if data.get("aliases"):
+        lines.append("**Also known as:** " + ", ".join(md.text(alias) for alias in data["aliases"]) + "  ")
     lines += [f"**Authors:** {_authors(entry)}  ", f"**Venue:** {venue}  "]
     links = _links(entry)
     if links:
