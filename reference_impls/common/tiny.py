@@ -177,7 +177,9 @@ def tiny_inputs(
 
 def visual_mask(input_ids: torch.Tensor, config) -> torch.Tensor:
     """Boolean mask of image and video tokens, from the ids in ``config``. Shape of ``input_ids``."""
-    return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+    from reference_impls.common.architectures import adapter_for
+
+    return adapter_for(config).visual_mask(input_ids, config)
 
 
 def visual_spans(input_ids: torch.Tensor, config) -> list[tuple[int, int]]:

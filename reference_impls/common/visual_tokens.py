@@ -131,6 +131,9 @@ def build_context(model, inputs: dict[str, torch.Tensor]) -> VisualContext:
         inputs: processor outputs: ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` and
             ``pixel_values``/``image_grid_thw`` and/or ``pixel_values_videos``/``video_grid_thw``.
     """
+    from reference_impls.common.architectures import adapter_for
+
+    adapter_for(model).require_encoder_context("encoding-stage token selection")
     inner = getattr(model, "model", model)
     input_ids = inputs["input_ids"]
     attention_mask = inputs.get("attention_mask")
@@ -237,6 +240,9 @@ def patch_visual_tokens(model, select_fn: SelectFn, on_select: Callable[[VisualC
     last position when the caller gives none. ``model.model.rope_deltas`` is left as the
     unpatched model sets it (full sequence), which is what ``generate`` expects.
     """
+    from reference_impls.common.architectures import adapter_for
+
+    adapter_for(model).require_encoder_context("encoding-stage token selection")  # refuse before patching
     inner = model.model
     previous = inner.__dict__.get("forward")  # an enclosing patch, if any
     original = inner.forward

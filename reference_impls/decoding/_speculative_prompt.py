@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.random_pruning import random_keep
 from reference_impls.common.visual_tokens import Selection, VisualContext, VisualTokenMethod, build_context, keep_count, reduce_inputs
 
@@ -145,7 +146,7 @@ def text_positions(start: int, count: int) -> torch.Tensor:
 @contextmanager
 def truncated(model: nn.Module, layers: int | None) -> Iterator[nn.Module]:
     """Run only the first ``layers`` decoder layers (then the final norm and LM head): early exit."""
-    text = model.model.language_model
+    text = adapter_for(model).text_model(model)
     full = text.layers
     if layers is not None and not 0 < layers <= len(full):
         raise ValueError(f"layers must be in 1..{len(full)}, got {layers}")

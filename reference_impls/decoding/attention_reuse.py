@@ -61,6 +61,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.decoding._speculative_prompt import DecodeResult
 from reference_impls.registry import register
 
@@ -302,8 +303,9 @@ class AttentionReuse:
     def _patch(self, model) -> Iterator["AttentionReuse"]:
         if self.phase not in PHASES or self.columns not in ("all", "visual"):
             raise ValueError(f"phase must be one of {PHASES} and columns 'all' or 'visual'")
-        inner = model.model if hasattr(model, "lm_head") else model
-        language_model = inner.language_model
+        adapter = adapter_for(model)
+        inner = adapter.inner(model)
+        language_model = adapter.text_model(model)
         text_config = language_model.config
         previous = text_config._attn_implementation
         if previous not in ("sdpa", ATTENTION_NAME):
@@ -322,7 +324,7 @@ class AttentionReuse:
             if cache is not None and cache.get_seq_length() > 0:
                 return
             ids = kwargs.get("input_ids", args[0] if args else None)
-            state.visual = None if ids is None else (ids == module.config.image_token_id) | (ids == module.config.video_token_id)
+            state.visual = None if ids is None else adapter.visual_mask(ids, module.config)
             state.stats["reused_layers"] = sorted(sources)
             if state.visual is not None:
                 state.stats["visual_in"] = state.stats["visual_kept"] = int(state.visual[0].sum())  # nothing is dropped

@@ -49,6 +49,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
+
 __all__ = [
     "ATTN_NAME",
     "PromptLayout",
@@ -114,13 +116,13 @@ class PromptLayout:
 def prompt_layout(config, input_ids: torch.Tensor | None = None, mm_token_type_ids: torch.Tensor | None = None) -> PromptLayout:
     """The :class:`PromptLayout` of one prompt (batch 1).
 
-    Visual positions are ``image_token_id``/``video_token_id`` in ``input_ids`` (ids from
-    ``config``), or ``mm_token_type_ids > 0`` when only that is given. Items are maximal runs of
+    Visual positions are the image/video token ids of ``input_ids`` (ids from ``config``, read
+    by the architecture adapter), or ``mm_token_type_ids > 0`` when only that is given. Items are maximal runs of
     visual positions that also break where the token type changes (image to video).
     """
     if input_ids is not None:
         ids = input_ids.reshape(-1)
-        kind = torch.where(ids == config.image_token_id, 1, torch.where(ids == config.video_token_id, 2, 0))
+        kind = adapter_for(config).token_kinds(ids, config)
     elif mm_token_type_ids is not None:
         kind = mm_token_type_ids.reshape(-1).long()
     else:
@@ -197,6 +199,7 @@ class CompressedLayer(DynamicLayer):
         self.positions: torch.Tensor | None = None  # (H, S) int32 logical position of each entry
         self.prompt_length = 0
         self._cache_ref = None
+        self.sliding_window: int | None = None  # set by make_cache on sliding-window layers (Gemma 3)
 
     def layer_budget(self, n: int) -> int:
         """Entries per KV head this layer keeps of ``n`` (the method's ``budget``; per-layer schemes override it)."""
@@ -275,6 +278,12 @@ class CompressedLayer(DynamicLayer):
         if query.shape[0] != 1:
             raise ValueError("compressed KV caches support batch size 1 only")
         q = query.shape[2]
+        if self.sliding_window is not None and self.logical_length > self.sliding_window:
+            # The decode path attends to every kept entry; a sliding-window layer must not.
+            raise UnsupportedFeature(
+                f"KV-cache methods on a sliding-window layer once the sequence ({self.logical_length} tokens) "
+                f"exceeds its window ({self.sliding_window}; layer {self.layer_idx}) are not supported"
+            )
         if q == self.logical_length:  # the whole prompt: first forward
             out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
             self.after_prefill(module, query, scaling)
@@ -475,8 +484,7 @@ def _require_token_types(kwargs: dict) -> None:
 
 
 def _text_attention_modules(model) -> list[torch.nn.Module]:
-    language_model = model.model.language_model if hasattr(model, "model") and hasattr(model.model, "language_model") else model.model
-    return [decoder_layer.self_attn for decoder_layer in language_model.layers]
+    return adapter_for(model).attention_modules(model)
 
 
 def atlas_kv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -521,6 +529,8 @@ class KVCacheMethod:
         """A fresh cache bound to ``model`` (whose text attention must be ``"atlas_kv"``)."""
         text_config = model.config.get_text_config()
         layers = [self.make_layer(i, text_config) for i in range(text_config.num_hidden_layers)]
+        for i, window in adapter_for(model).sliding_windows(model.config).items():
+            layers[i].sliding_window = window
         cache = self.cache_class()(layers)
         cache.method = self
         if input_ids is not None or mm_token_type_ids is not None:

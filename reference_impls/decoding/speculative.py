@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import VisualTokenMethod
 from reference_impls.decoding._speculative_prompt import (
     PRUNE_RULES,
@@ -307,7 +308,8 @@ def _same_encoder(draft: nn.Module, target: nn.Module) -> bool:
     """Whether the draft embeds prompts with the target's own modules (same prompt encoding)."""
     if draft is target:
         return True
-    return draft.model.visual is target.model.visual and draft.get_input_embeddings() is target.get_input_embeddings()
+    draft_tower, target_tower = adapter_for(draft).vision_tower(draft), adapter_for(target).vision_tower(target)
+    return draft_tower is target_tower and draft.get_input_embeddings() is target.get_input_embeddings()
 
 
 def _until_stop(tokens: list[int], stop: set[int]) -> list[int]:

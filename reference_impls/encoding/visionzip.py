@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import Selection, VisualContext, keep_count
 from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.registry import register
@@ -183,7 +184,9 @@ class AttentionRecorder:
     @classmethod
     def attach(cls, model, stack: ExitStack) -> "AttentionRecorder":
         """Register the hooks on ``model.model.visual``; ``stack`` removes them."""
-        visual = model.model.visual
+        adapter = adapter_for(model)
+        adapter.require_attention_recorder("VisionZip-style attention scoring")
+        visual = adapter.vision_tower(model)
         recorder = cls(visual)
         attention = visual.blocks[recorder.block].attn
         for handle in (

@@ -56,7 +56,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from reference_impls.common.tiny import visual_mask
+from reference_impls.common.architectures import adapter_for
 from reference_impls.registry import register
 
 __all__ = ["VisualAttentionAmplification", "amplified_attention", "ATTENTION_NAME"]
@@ -128,8 +128,9 @@ class VisualAttentionAmplification:
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module) -> Iterator[nn.Module]:
-        text_config = model.config.text_config
-        layers = model.model.language_model.layers
+        adapter = adapter_for(model)
+        text_config = model.config.get_text_config()
+        layers = adapter.language_layers(model)
         end = len(layers) if self.end_layer is None else self.end_layer
         chosen = range(self.start_layer, end) if self.layers is None else self.layers
         state: dict = {}
@@ -138,7 +139,7 @@ class VisualAttentionAmplification:
             ids = kwargs.get("input_ids", args[0] if args else None)
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             if ids is not None and (cache is None or cache.get_seq_length() == 0):
-                state["visual"] = visual_mask(ids, model.config)  # (B, N)
+                state["visual"] = adapter.visual_mask(ids, model.config)  # (B, N)
 
         handle = model.register_forward_pre_hook(capture, with_kwargs=True)
         previous = text_config._attn_implementation

@@ -58,12 +58,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 from reference_impls.registry import register
 
 __all__ = ["VisualContrastiveDecoding", "contrast_logits", "plausibility_mask", "distort_pixels", "noise_levels"]
@@ -148,7 +150,11 @@ class VisualContrastiveDecoding:
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module) -> Iterator[nn.Module]:
-        base = model.model
+        adapter = adapter_for(model)
+        if self.mode == "mask" and adapter.positions != "mrope":
+            # mask drops rows of Qwen's (patches, C*T*P*P) pixel layout; other processors give whole images
+            raise UnsupportedFeature("VCD mode='mask' needs Qwen's per-patch pixel rows; use mode='noise' here")
+        base = adapter.inner(model)
         saved = {"forward": model.__dict__.get("forward"), "features": base.__dict__.get("get_image_features")}
         original, encode = model.forward, base.get_image_features
         state: dict = {"recording": True}
@@ -156,10 +162,15 @@ class VisualContrastiveDecoding:
         # generate() encodes the images before its first forward call and passes the
         # embeddings, so the clean pixels are captured where they are encoded.
         @functools.wraps(encode)
-        def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+        def get_image_features(pixel_values, *args, **kwargs):
+            # Pass everything through: the other arguments differ per architecture (grids, image
+            # sizes, pixel masks); only Qwen's grid is needed again for the distorted pass.
             if state["recording"]:
-                state["pixels"], state["grid"] = pixel_values, image_grid_thw
-            return encode(pixel_values, image_grid_thw, **kwargs)
+                bound = inspect.signature(encode).bind_partial(pixel_values, *args, **kwargs).arguments
+                state["pixels"] = pixel_values
+                state["vision_kwargs"] = {k: v for k, v in bound.items()
+                                          if k not in ("pixel_values", "kwargs") and v is not None}
+            return encode(pixel_values, *args, **kwargs)
 
         @functools.wraps(original)  # generate() validates its kwargs against this signature
         def forward(*args, **kwargs):
@@ -170,7 +181,7 @@ class VisualContrastiveDecoding:
                 extra.pop("mm_encoder_outputs", None)
                 extra["pixel_values"] = distort_pixels(state["pixels"], self.mode, self.noise_step, self.mask_ratio,
                                                        self.seed, self.schedule)
-                extra["image_grid_thw"] = state["grid"]
+                extra.update(state["vision_kwargs"])  # e.g. image_grid_thw, image_sizes, pixel_attention_mask
                 state["cache"] = type(kwargs[cache_key])(config=model.config) if cache_key else None
             if cache_key is not None:
                 extra[cache_key] = state["cache"]

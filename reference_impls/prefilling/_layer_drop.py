@@ -39,6 +39,8 @@ from torch import nn
 from transformers.cache_utils import DynamicLayer
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
 
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
+
 __all__: list[str] = []  # private module; see attach()
 
 Positions = Literal["keep", "renumber"]
@@ -142,14 +144,14 @@ def _on_model(state: _State, module, args, kwargs) -> None:
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     if input_ids is None:
         raise ValueError("visual-token pruning needs input_ids to find the visual tokens")
-    config = module.config
-    visual = (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+    config, adapter = module.config, adapter_for(module)
+    visual = adapter.visual_mask(input_ids, config)
     counts = visual.sum(-1)
     if bool((counts != counts[0]).any()):
         raise ValueError(f"every row must hold the same number of visual tokens, got {counts.tolist()}")
     mask2d = kwargs.get("attention_mask")
     valid = mask2d.bool() if isinstance(mask2d, torch.Tensor) and mask2d.dim() == 2 else torch.ones_like(visual)
-    markers = (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
+    markers = adapter.marker_mask(input_ids, config)
     state.visual, state.valid, state.n_visual_in = visual, valid, int(counts[0])
     state.text = valid & ~visual & ~markers
     state.n_prompt = input_ids.shape[1]
@@ -163,8 +165,8 @@ def _last_valid(valid: torch.Tensor) -> torch.Tensor:
 
 
 def _renumbered_rotary(state: _State, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """cos, sin for 1-D ``positions`` (B, n), the same index on the three M-RoPE axes."""
-    return state.rotary(hidden, positions[None].expand(3, -1, -1))
+    """cos, sin for 1-D ``positions`` (B, n) (the same index on the three M-RoPE axes of Qwen models)."""
+    return state.rotary(hidden, positions)
 
 
 def _index_positions(valid: torch.Tensor) -> torch.Tensor:
@@ -275,6 +277,8 @@ def _install_logical_layer(cache, layer_idx: int, dropped: int) -> None:
         layer.reset()
         layer.dropped = dropped
         return
+    if getattr(layer, "is_sliding", False):
+        raise UnsupportedFeature(f"visual-token pruning at a sliding-window layer (layer {layer_idx}) is not supported")
     if type(layer) is not DynamicLayer or layer.is_initialized:
         raise TypeError(f"visual-token pruning needs an empty DynamicCache, got {type(layer).__name__} at layer {layer_idx}")
     cache.layers[layer_idx] = _LogicalLayer(dropped)
@@ -298,9 +302,17 @@ def attach(model, plan, owner=None) -> _Handle:
             an optional ``positions`` attribute (``"keep"`` or ``"renumber"``, default ``"keep"``).
         owner: where ``stats`` is written after each prefill (defaults to ``plan``).
     """
-    inner = model.model if hasattr(model, "lm_head") else model
-    layers = inner.language_model.layers
+    adapter = adapter_for(model)
+    inner = adapter.inner(model)
+    layers = adapter.language_layers(model)
     num_layers = len(layers)
+    boundaries = sorted(plan.boundaries(num_layers))
+    deepstack = adapter.deepstack_layers(inner.config)
+    if boundaries and deepstack and boundaries[0] <= max(deepstack):
+        raise UnsupportedFeature(
+            f"pruning before a DeepStack layer is not supported (first pruned layer {boundaries[0]}; "
+            f"{adapter.name} adds visual features after layers {list(deepstack)})"
+        )
     positions = getattr(plan, "positions", "keep")
     if positions not in ("keep", "renumber"):
         raise ValueError(f"positions must be 'keep' or 'renumber', got {positions!r}")
@@ -308,10 +320,10 @@ def attach(model, plan, owner=None) -> _Handle:
         plan=plan,
         owner=owner if owner is not None else plan,
         num_layers=num_layers,
-        boundaries=sorted(plan.boundaries(num_layers)),
+        boundaries=boundaries,
         stash_layers=set(plan.stash(num_layers)),
         positions=positions,
-        rotary=inner.language_model.rotary_emb,
+        rotary=adapter.index_rotary(model) if positions == "renumber" else None,
         layers=layers,
     )
     hooks = [inner.register_forward_pre_hook(lambda m, a, k: _on_model(state, m, a, k), with_kwargs=True)]
@@ -347,8 +359,11 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, si
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, n, _ = normed.shape
-    q = attn.q_proj(_gather(normed, rows, 1)).view(batch, rows.shape[1], -1, attn.head_dim).transpose(1, 2)  # (B, Hq, r, hd)
-    k = attn.k_proj(normed).view(batch, n, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, n, hd)
+    q = attn.q_proj(_gather(normed, rows, 1)).view(batch, rows.shape[1], -1, attn.head_dim)  # (B, r, Hq, hd)
+    k = attn.k_proj(normed).view(batch, n, -1, attn.head_dim)  # (B, n, Hkv, hd)
+    if hasattr(attn, "q_norm"):  # per-head query/key norms (Qwen3-VL, Gemma 3) come before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, Hq, r, hd), (B, Hkv, n, hd)
     q, _ = apply_rotary_pos_emb(q, q, _gather(cos, rows, 1), _gather(sin, rows, 1))
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     k = repeat_kv(k, attn.num_key_value_groups)  # (B, Hq, n, hd)

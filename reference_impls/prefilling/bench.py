@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import keep_count
 from reference_impls.prefilling._layer_drop import DropContext, DropMethod, keep_top_visual
 
@@ -128,7 +129,7 @@ def evaluate(data: Data, method: Callable | None) -> dict[str, float]:
             context.__exit__(None, None, None)
     ids = data.batches[0][0]["input_ids"][0]
     config = data.model.config
-    visual_in = stats.get("visual_in", int(((ids == config.image_token_id) | (ids == config.video_token_id)).sum()))
+    visual_in = stats.get("visual_in", int(adapter_for(config).visual_mask(ids, config).sum()))
     return {
         "accuracy": 100.0 * correct / total,
         "visual_in": visual_in,
@@ -164,7 +165,7 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
 
 def sweep(data: Data, budgets: tuple[float, ...], names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """One row per (method, budget), plus the unpruned model; methods interleaved per budget."""
-    num_layers = len(data.model.model.language_model.layers)
+    num_layers = len(adapter_for(data.model).language_layers(data.model))
     factories = method_factories(num_layers)
     names = names or tuple(factories)
     evaluate(data, None)  # warm-up

@@ -53,6 +53,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.registry import register
 
 __all__ = ["ATTENTION_NAME", "BlockSparseAttention", "block_pattern", "block_sparse_attention", "pattern_to_mask"]
@@ -214,8 +215,9 @@ class BlockSparseAttention:
     def __call__(self, model) -> Iterator["BlockSparseAttention"]:
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must lie in (0, 1], got {self.budget}")
-        inner = model.model if hasattr(model, "lm_head") else model
-        text_config = inner.language_model.config
+        adapter = adapter_for(model)
+        inner = adapter.inner(model)
+        text_config = adapter.text_model(model).config
         previous = text_config._attn_implementation
         if previous not in ("sdpa", ATTENTION_NAME):
             raise ValueError(f"block-sparse attention replaces sdpa; the model uses {previous!r}")
@@ -228,7 +230,7 @@ class BlockSparseAttention:
                 return
             ids = kwargs.get("input_ids", args[0] if args else None)
             config = module.config
-            state.visual = (ids == config.image_token_id) | (ids == config.video_token_id)
+            state.visual = adapter.visual_mask(ids, config)
             state.density.clear()
             n_visual = int(state.visual[0].sum())
             self.stats = {"visual_in": n_visual, "visual_kept": n_visual}
@@ -237,7 +239,7 @@ class BlockSparseAttention:
             if state.density:
                 self.stats["density"] = sum(state.density) / len(state.density)
 
-        attentions = [layer.self_attn for layer in inner.language_model.layers]
+        attentions = adapter.attention_modules(model)
         for attention in attentions:
             attention._atlas_block_sparse = state
         hooks = [inner.register_forward_pre_hook(on_model, with_kwargs=True),
