@@ -60,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     image = Image.open(args.image).convert("RGB")
     try:
-        reports = pipe.pipeline(args.model, args.method, image=image, question=args.question, budget=args.budget,
-                                max_new_tokens=args.max_new_tokens, options=dict(map(_option, args.option)))
+        reports = pipe.pipeline(
+            args.model,
+            args.method,
+            image=image,
+            question=args.question,
+            budget=args.budget,
+            max_new_tokens=args.max_new_tokens,
+            options=dict(map(_option, args.option)),
+        )
     except UnsupportedFeature as error:
         print(f"refused: {error}", file=sys.stderr)
         return 2

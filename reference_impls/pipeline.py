@@ -74,8 +74,10 @@ def make_method(name: str, budget: float | None = None, **options: Any):
     """The registered method ``name`` configured with ``budget`` (where it has one) and ``options``."""
     spec = get_method(name)
     if spec.kind not in _WITH_KINDS and name not in _WITH_NAMES + _CALLED_NAMES:
-        raise ValueError(f"{name!r} (kind {spec.kind}) is not an inference-time method the pipeline can apply; "
-                         f"use a kv-cache or visual-token method, or one of {_WITH_NAMES + _CALLED_NAMES}")
+        raise ValueError(
+            f"{name!r} (kind {spec.kind}) is not an inference-time method the pipeline can apply; "
+            f"use a kv-cache or visual-token method, or one of {_WITH_NAMES + _CALLED_NAMES}"
+        )
     fields = {f.name for f in dataclasses.fields(spec.target)}
     if budget is not None:
         if "budget" not in fields:
@@ -117,8 +119,15 @@ def _run(model, processor, inputs: dict, method, max_new_tokens: int) -> RunRepo
         result = method(model, inputs, max_new_tokens=max_new_tokens)
         stats = result.stats
         answer = processor.decode(result.tokens, skip_special_tokens=True)
-        return RunReport(answer, list(result.tokens), stats["prefill_seconds"], stats["decode_seconds"], None,
-                         stats["visual_in"], stats["visual_kept"])
+        return RunReport(
+            answer,
+            list(result.tokens),
+            stats["prefill_seconds"],
+            stats["decode_seconds"],
+            None,
+            stats["visual_in"],
+            stats["visual_kept"],
+        )
     clock = _Clock()
     kwargs = dict(inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock)
     cache = None
@@ -146,8 +155,17 @@ def _run(model, processor, inputs: dict, method, max_new_tokens: int) -> RunRepo
     )
 
 
-def pipeline(model, method: str | Any | None = None, *, image, question: str, budget: float | None = None,
-             processor=None, max_new_tokens: int = 16, options: dict | None = None) -> dict[str, RunReport]:
+def pipeline(
+    model,
+    method: str | Any | None = None,
+    *,
+    image,
+    question: str,
+    budget: float | None = None,
+    processor=None,
+    max_new_tokens: int = 16,
+    options: dict | None = None,
+) -> dict[str, RunReport]:
     """Answer ``question`` about ``image`` unmodified and with ``method``; ``{"unmodified", "method"}`` reports.
 
     Args:
@@ -217,17 +235,26 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one character, one token
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
-                "{% if add_generation_prompt %} answer:{% endif %}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    template = (
+        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %} answer:{% endif %}"
+    )
     vision = model.config.vision_config
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": vision.image_size},
-                                              crop_size={"height": vision.image_size, "width": vision.image_size}),
-        tokenizer=fast, chat_template=template, patch_size=vision.patch_size, image_token="<image>",
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy, num_additional_image_tokens=1,
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": vision.image_size},
+            crop_size={"height": vision.image_size, "width": vision.image_size},
+        ),
+        tokenizer=fast,
+        chat_template=template,
+        patch_size=vision.patch_size,
+        image_token="<image>",
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
     )
     directory = Path(directory)
     model.save_pretrained(directory)

@@ -27,10 +27,14 @@ from reference_impls.common.architectures.zoo import (
 )
 from reference_impls.common.results import RESULTS_DIR
 
-ENCODER = ("encoding-stage token selection rebuilds the language-model inputs after the vision tower, "
-           "not supported on this architecture: ")
-RECORDER = ("VisionZip-style attention scoring needs a CLS-free attention recorder for this tower "
-            "(only Qwen2.5-VL's windowed ViT has one)")
+ENCODER = (
+    "encoding-stage token selection rebuilds the language-model inputs after the vision tower, "
+    "not supported on this architecture: "
+)
+RECORDER = (
+    "VisionZip-style attention scoring needs a CLS-free attention recorder for this tower "
+    "(only Qwen2.5-VL's windowed ViT has one)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +48,9 @@ def _cell(matrix, method, arch) -> dict:
 
 
 def test_no_cell_fails(matrix):
-    failed = [(c["method"], c["architecture"], c["reason"]) for c in matrix
-              if c["status"] not in ("supported", "refused")]
+    failed = [
+        (c["method"], c["architecture"], c["reason"]) for c in matrix if c["status"] not in ("supported", "refused")
+    ]
     assert not failed
 
 
@@ -57,21 +62,36 @@ def test_supported_cells_reproduce_the_unmodified_model(matrix):
 
 @pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a != "mllama"])
 def test_kv_layer_drop_and_hallucination_methods_run_everywhere(matrix, arch):
-    for method in ("snapkv", "h2o", "streamingllm", "kivi", "hybridkv", "pyramidkv", "adakv", "lookm",
-                   "fastv", "sparsevlm", "pyramiddrop", "vcd", "pai"):
+    for method in (
+        "snapkv",
+        "h2o",
+        "streamingllm",
+        "kivi",
+        "hybridkv",
+        "pyramidkv",
+        "adakv",
+        "lookm",
+        "fastv",
+        "sparsevlm",
+        "pyramiddrop",
+        "vcd",
+        "pai",
+    ):
         assert _cell(matrix, method, arch)["status"] == "supported", (method, arch)
 
 
 def test_refusals_name_the_missing_feature(matrix):
     assert _cell(matrix, "tome", "llava")["reason"] == ENCODER + (
-        "its 1-D positions and feature path are not ported (only Qwen2-VL/Qwen2.5-VL are)")
+        "its 1-D positions and feature path are not ported (only Qwen2-VL/Qwen2.5-VL are)"
+    )
     deepstack = ENCODER + "its DeepStack visual features would be dropped"
     assert _cell(matrix, "random-pruning", "qwen3-vl")["reason"] == deepstack
     assert _cell(matrix, "speculative", "gemma3")["status"] == "refused"
     assert _cell(matrix, "visionzip", "qwen2-vl")["reason"] == RECORDER
     assert _cell(matrix, "divprune", "qwen3-vl")["reason"] == (
         "pruning before a DeepStack layer is not supported "
-        "(first pruned layer 0; qwen3-vl adds visual features after layers [0])")
+        "(first pruned layer 0; qwen3-vl adds visual features after layers [0])"
+    )
     sliding = "visual-token pruning at a sliding-window layer (layer 0) is not supported"
     assert _cell(matrix, "divprune", "gemma3")["reason"] == sliding
     assert {c["reason"] for c in matrix if c["architecture"] == "mllama"} == {MLLAMA_REASON}
@@ -98,8 +118,10 @@ def test_gemma3_kv_methods_refuse_past_the_sliding_window():
     model, inputs = tiny_vlm("gemma3", sliding_window=8)  # shorter than the 27-token prompt
     with pytest.raises(UnsupportedFeature) as error, SnapKV(budget=1.0)(model):
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert str(error.value) == ("KV-cache methods on a sliding-window layer once the sequence (27 tokens) exceeds "
-                                "its window (8; layer 0) are not supported")
+    assert str(error.value) == (
+        "KV-cache methods on a sliding-window layer once the sequence (27 tokens) exceeds "
+        "its window (8; layer 0) are not supported"
+    )
 
 
 @pytest.mark.parametrize("method", ["fastv", "sparsevlm", "pyramiddrop", "block-sparse", "vcd", "pai"])

@@ -45,16 +45,25 @@ def test_kv_method_keeps_fewer_bytes(checkpoint, image):
 
 
 def test_noop_budget_gives_the_unmodified_answer(checkpoint, image):
-    reports = pipeline(checkpoint, "fastv", budget=1.0, options={"layer": 1}, image=image, question="what?",
-                       max_new_tokens=4)
+    reports = pipeline(
+        checkpoint, "fastv", budget=1.0, options={"layer": 1}, image=image, question="what?", max_new_tokens=4
+    )
     assert reports["method"].tokens == reports["unmodified"].tokens
     assert reports["method"].answer == reports["unmodified"].answer
 
 
 def test_visual_token_method_reports_kept_tokens(checkpoint, image):
     model, processor = load_local(checkpoint)
-    reports = pipeline(model, "fastv", budget=0.25, options={"layer": 1}, processor=processor, image=image,
-                       question="what?", max_new_tokens=3)
+    reports = pipeline(
+        model,
+        "fastv",
+        budget=0.25,
+        options={"layer": 1},
+        processor=processor,
+        image=image,
+        question="what?",
+        max_new_tokens=3,
+    )
     assert (reports["method"].visual_in, reports["method"].visual_kept) == (16, 4)
     assert reports["method"].resident_kv_bytes < reports["unmodified"].resident_kv_bytes
     table = format_report(reports, "fastv")
@@ -64,8 +73,17 @@ def test_visual_token_method_reports_kept_tokens(checkpoint, image):
 def test_cli_runs_and_refuses(checkpoint, image, tmp_path, capsys):
     path = tmp_path / "a.png"
     image.save(path)
-    argv = ["run", "--model", str(checkpoint), "--image", str(path), "--question", "what is it?",
-            "--max-new-tokens", "3"]
+    argv = [
+        "run",
+        "--model",
+        str(checkpoint),
+        "--image",
+        str(path),
+        "--question",
+        "what is it?",
+        "--max-new-tokens",
+        "3",
+    ]
     assert main(argv + ["--method", "snapkv", "--budget", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "snapkv (budget 0.2)" in out and "resident KV (bytes)" in out

@@ -35,20 +35,27 @@ HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\.?\s", re.MULTILINE)
 def _hand_written_docs() -> list[Path]:
     docs = ROOT / "docs"
     generated = [docs / name for name in GENERATED]
-    return [path for path in docs.rglob("*")
-            if path.is_file() and not any(path == g or g in path.parents for g in generated)]
+    return [
+        path
+        for path in docs.rglob("*")
+        if path.is_file() and not any(path == g or g in path.parents for g in generated)
+    ]
 
 
 def scanned_files() -> list[Path]:
     """reference_impls/, notebooks/ (not the renders), tools/, taxonomy/, hand-written docs/ and top-level text."""
     files: list[Path] = []
     for folder in ("reference_impls", "notebooks", "tools", "taxonomy"):
-        files += [path for path in (ROOT / folder).rglob("*")
-                  if path.is_file() and "_rendered" not in path.parts and "__pycache__" not in path.parts]
+        files += [
+            path
+            for path in (ROOT / folder).rglob("*")
+            if path.is_file() and "_rendered" not in path.parts and "__pycache__" not in path.parts
+        ]
     files += _hand_written_docs()
     files += [ROOT / name for name in ("README.md", "CONTRIBUTING.md", "mkdocs.yml", "pyproject.toml")]
-    return sorted(path for path in files
-                  if path.is_file() and path.suffix in TEXT_SUFFIXES and path.stat().st_size < 2_000_000)
+    return sorted(
+        path for path in files if path.is_file() and path.suffix in TEXT_SUFFIXES and path.stat().st_size < 2_000_000
+    )
 
 
 def _lines(path: Path):
@@ -75,8 +82,11 @@ def outside_pointers() -> list[str]:
             for needle in OUTSIDE:
                 if needle in line:
                     problems.append(f"{name}:{number}: points outside the repository ({needle!r}): {line.strip()}")
-            if DESIGN_NOTE.search(line) and not _names_an_existing_file(line, path) and not any(
-                    name == file and marker in line for file, marker in ALLOWED):
+            if (
+                DESIGN_NOTE.search(line)
+                and not _names_an_existing_file(line, path)
+                and not any(name == file and marker in line for file, marker in ALLOWED)
+            ):
                 problems.append(f"{name}:{number}: a design note without an in-repo path: {line.strip()}")
     return problems
 
@@ -118,11 +128,17 @@ def test_notes_pages_are_cited_and_in_the_site_nav():
         assert f"docs/notes/{page.name}" in cited, f"nothing cites docs/notes/{page.name}"
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("see ``docs/notes/transformers5.md`` §2, §6 and §10.", [("docs/notes/transformers5.md", ["2", "6", "10"])]),
-    ("(`docs/notes/toyvlm.md` §1-§2)", [("docs/notes/toyvlm.md", ["1", "2"])]),
-    ("in reference_impls/continual_ad/hfolb/README.md §2.3, not", [("reference_impls/continual_ad/hfolb/README.md", ["2.3"])]),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("see ``docs/notes/transformers5.md`` §2, §6 and §10.", [("docs/notes/transformers5.md", ["2", "6", "10"])]),
+        ("(`docs/notes/toyvlm.md` §1-§2)", [("docs/notes/toyvlm.md", ["1", "2"])]),
+        (
+            "in reference_impls/continual_ad/hfolb/README.md §2.3, not",
+            [("reference_impls/continual_ad/hfolb/README.md", ["2.3"])],
+        ),
+    ],
+)
 def test_citation_pattern(line, expected):
     found = [(page, re.findall(r"§\s*(\d+(?:\.\d+)*)", sections)) for page, sections in CITATION.findall(line)]
     assert found == expected

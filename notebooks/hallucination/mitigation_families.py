@@ -66,7 +66,9 @@ results["self-check"] = evaluate(base, SelfCheckCorrection().captioner(world.sha
 # rebalanced captions and probes.
 
 # %%
-dpo_batches = lambda step: {"preference": preference_batch(splits, [(step * BATCH + i) % n for i in range(BATCH)], vocab, base.config, world)}
+dpo_batches = lambda step: {
+    "preference": preference_batch(splits, [(step * BATCH + i) % n for i in range(BATCH)], vocab, base.config, world)
+}
 model = copy.deepcopy(base)
 HallucinationDPO(beta=0.5, steps=STEPS, weight_retain=0.0).train(model, dpo_batches)  # the benchmark adds a retain term
 results["DPO"] = evaluate(model)
@@ -76,7 +78,9 @@ grounded.train(model, grounded.batches(world, vocab, base.config))
 results["grounded tuning"] = evaluate(model)
 
 for name, scores in results.items():
-    print(f"{name:16s} hallucinated {scores['hal_rate']:5.1f}%  clean F1 {scores['clean_f1']:5.1f}  CHAIR_i {scores['chair_i']:5.1f}  POPE F1 {scores['pope_f1']:5.1f}")
+    print(
+        f"{name:16s} hallucinated {scores['hal_rate']:5.1f}%  clean F1 {scores['clean_f1']:5.1f}  CHAIR_i {scores['chair_i']:5.1f}  POPE F1 {scores['pope_f1']:5.1f}"
+    )
 
 # %%
 for name, scores in results.items():

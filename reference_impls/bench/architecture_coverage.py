@@ -61,7 +61,7 @@ def coverage_results(cells: list[dict], command: str) -> Results:
         "tiny model's layer 0 does, as five of every six layers of the released models). Qwen3-VL: pruning is "
         "refused up to the last DeepStack layer (layer 0 here, layers 0-2 in the released models). "
         "To apply a method to your own checkpoint: python -m reference_impls run --model LOCAL_DIR --method "
-        "NAME --budget 0.2 --image a.png --question \"...\" (README, section Apply a method to your checkpoint)."
+        'NAME --budget 0.2 --image a.png --question "..." (README, section Apply a method to your checkpoint).'
     )
     families = sorted({row["family"] for row in rows.values()})
     columns = [Column("method", "Method")] + [Column(column_key(arch), arch) for arch in ARCHITECTURES]

@@ -113,14 +113,29 @@ class GPMProjection(ContinualMethod):
                 if self.U[name].shape[1] and spec.module.weight.grad is not None:
                     spec.module.weight.grad.copy_(project_gradient(spec.module.weight.grad, self.U[name]))
 
-        losses = train_denoiser(self.unet, weights, batches(images, self.train.batch), self.schedule, self.train,
-                                seed=self.seed * 1000 + task + 1, optimizer=self.optimizer, transform_grads=transform)
+        losses = train_denoiser(
+            self.unet,
+            weights,
+            batches(images, self.train.batch),
+            self.schedule,
+            self.train,
+            seed=self.seed * 1000 + task + 1,
+            optimizer=self.optimizer,
+            transform_grads=transform,
+        )
         for w in weights:
             w.requires_grad_(False)
         stats = images if self.stat_images is None else images[: self.stat_images]
-        C = input_covariances(self.unet, self.layers, stats, self.schedule,
-                              t_max=int(round(self.t0_frac * self.schedule.config.num_train_timesteps)),
-                              n_tau=self.n_tau, positions=self.positions, seed=self.seed * 1000 + 500 + task)
+        C = input_covariances(
+            self.unet,
+            self.layers,
+            stats,
+            self.schedule,
+            t_max=int(round(self.t0_frac * self.schedule.config.num_train_timesteps)),
+            n_tau=self.n_tau,
+            positions=self.positions,
+            seed=self.seed * 1000 + 500 + task,
+        )
         for name in self.layers:
             if self.threshold == "upstream":
                 self.U[name], _ = gpm_update(self.U[name], C[name], gpm_threshold(task), first=task == 0)
@@ -129,8 +144,12 @@ class GPMProjection(ContinualMethod):
             else:
                 raise ValueError(f"unknown threshold rule {self.threshold!r}")
         added = sum(w.numel() for w in weights) if task == 0 else 0
-        return {"task": task + 1, "params_added": added, "final_loss": final_loss(losses),
-                "basis_dims": sum(u.shape[1] for u in self.U.values())}
+        return {
+            "task": task + 1,
+            "params_added": added,
+            "final_loss": final_loss(losses),
+            "basis_dims": sum(u.shape[1] for u in self.U.values()),
+        }
 
     def score(self, images: torch.Tensor, scorer, task_hint: int | None = None):
         maps, scores = scorer(self.unet, images, self.schedule)

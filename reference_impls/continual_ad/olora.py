@@ -69,8 +69,10 @@ class OLoRA(OracleLoRA):
         def penalty() -> torch.Tensor:
             total = torch.zeros(())
             if old:
-                total = self.lambda_1 * sum(olora_penalty(self.banks.factors(name, l)[0],
-                                                          [self.banks.factors(b, l)[0] for b in old]) for l in layers)
+                total = self.lambda_1 * sum(
+                    olora_penalty(self.banks.factors(name, l)[0], [self.banks.factors(b, l)[0] for b in old])
+                    for l in layers
+                )
             if self.lambda_2:
                 total = total + self.lambda_2 * sum(l2_penalty(*self.banks.factors(name, l)) for l in layers)
             return total

@@ -50,5 +50,7 @@ def print_summaries(results: dict[str, ContinualResult]) -> None:
     """A-AUROC and forgetting (FM) of each run, image and pixel level, one line per method."""
     for name, result in results.items():
         s = result.summary()
-        print(f"{name:16s} image A-AUROC {s['image_a_auroc']:5.1f} FM {s['image_fm']:4.1f} | "
-              f"pixel A-AUROC {s['pixel_a_auroc']:5.1f} FM {s['pixel_fm']:4.1f} | params added {sum(s['params_per_task'])}")
+        print(
+            f"{name:16s} image A-AUROC {s['image_a_auroc']:5.1f} FM {s['image_fm']:4.1f} | "
+            f"pixel A-AUROC {s['pixel_a_auroc']:5.1f} FM {s['pixel_fm']:4.1f} | params added {sum(s['params_per_task'])}"
+        )

@@ -12,9 +12,9 @@ tokens) needs no other bookkeeping.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -22,7 +22,14 @@ from transformers import DynamicCache
 
 from reference_impls.common.architectures import adapter_for
 from reference_impls.common.random_pruning import random_keep
-from reference_impls.common.visual_tokens import Selection, VisualContext, VisualTokenMethod, build_context, keep_count, reduce_inputs
+from reference_impls.common.visual_tokens import (
+    Selection,
+    VisualContext,
+    VisualTokenMethod,
+    build_context,
+    keep_count,
+    reduce_inputs,
+)
 
 PRUNE_RULES = ("uniform", "norm", "random")
 

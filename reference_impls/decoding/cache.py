@@ -39,8 +39,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,9 @@ class PromptLayout:
         return int(self.visual.numel())
 
 
-def prompt_layout(config, input_ids: torch.Tensor | None = None, mm_token_type_ids: torch.Tensor | None = None) -> PromptLayout:
+def prompt_layout(
+    config, input_ids: torch.Tensor | None = None, mm_token_type_ids: torch.Tensor | None = None
+) -> PromptLayout:
     """The :class:`PromptLayout` of one prompt (batch 1).
 
     Visual positions are the image/video token ids of ``input_ids`` (ids from ``config``, read
@@ -160,7 +163,9 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scalin
     return out.transpose(1, 2).contiguous()
 
 
-def flat_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, head_of_entry: torch.Tensor, scaling: float) -> torch.Tensor:
+def flat_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, head_of_entry: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """One-token attention over the entries of all KV heads packed in one tensor.
 
     Each query head attends only to the entries of its own KV head (a mask on one matmul), so
@@ -269,7 +274,7 @@ class CompressedLayer(DynamicLayer):
         self.positions = self.positions.gather(1, index)
 
     @property
-    def cache(self) -> "CompressedCache | None":
+    def cache(self) -> CompressedCache | None:
         return None if self._cache_ref is None else self._cache_ref()
 
     # --- hooks called by the "atlas_kv" attention function ----------------------------------
@@ -397,11 +402,18 @@ class RaggedLayer(CompressedLayer):
         if not self.ragged:
             return super().decode_attention(module, query, key, value, scaling)
         if query.shape[2] == 1:  # one token: all heads in one masked matmul
-            return flat_attention(query, torch.cat(self.head_keys), torch.cat(self.head_values), self.head_ids(), scaling)
+            return flat_attention(
+                query, torch.cat(self.head_keys), torch.cat(self.head_values), self.head_ids(), scaling
+            )
         groups = query.shape[1] // len(self.head_keys)
         outs = [
-            attend(query[:, h * groups : (h + 1) * groups], self.head_keys[h][None, None],
-                   self.head_values[h][None, None], scaling, n_new=query.shape[2])
+            attend(
+                query[:, h * groups : (h + 1) * groups],
+                self.head_keys[h][None, None],
+                self.head_values[h][None, None],
+                scaling,
+                n_new=query.shape[2],
+            )
             for h in range(len(self.head_keys))
         ]
         return torch.cat(outs, dim=2)  # (1, q, Hq, D)
@@ -431,7 +443,7 @@ class CompressedCache(Cache):
         """Give the layers the modality of every prompt position (methods that need it)."""
         self.layout = layout
 
-    def bind(self, model) -> "CompressedCache":
+    def bind(self, model) -> CompressedCache:
         """Make every text attention module of ``model`` find its layer (weak reference)."""
         text_config = model.config.get_text_config()
         if text_config._attn_implementation != ATTN_NAME:
@@ -479,7 +491,9 @@ class CompressedCache(Cache):
 
 def _require_token_types(kwargs: dict) -> None:
     # Without mm_token_type_ids Qwen2.5-VL silently falls back to 1-D positions.
-    if kwargs.get("mm_token_type_ids") is None and any(kwargs.get(k) is not None for k in ("image_grid_thw", "video_grid_thw")):
+    if kwargs.get("mm_token_type_ids") is None and any(
+        kwargs.get(k) is not None for k in ("image_grid_thw", "video_grid_thw")
+    ):
         raise ValueError("pass mm_token_type_ids with image/video inputs (without it Qwen2.5-VL uses 1-D positions)")
 
 
@@ -492,7 +506,9 @@ def atlas_kv_attention(module, query, key, value, attention_mask, scaling=None, 
     ref = getattr(module, "_atlas_kv_layer", None)
     layer = ref() if ref is not None else None
     if layer is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     return layer.attention(module, query, key, value, attention_mask, scaling, **kwargs)
 
 
@@ -581,8 +597,14 @@ class KVCacheMethod:
 
 
 @torch.no_grad()
-def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explicit_positions: bool = True,
-                  forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_decode(
+    model,
+    inputs: dict,
+    cache: Cache,
+    max_new_tokens: int,
+    explicit_positions: bool = True,
+    forced: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference greedy decoder for Qwen2.5-VL with an explicit cache (batch 1, no EOS stop).
 
     ``forced`` (``(1, T)``) feeds those tokens instead of the argmax (teacher forcing), e.g. the
@@ -598,8 +620,10 @@ def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explic
     position_ids = None
     if explicit_positions:
         position_ids, _ = model.model.get_rope_index(
-            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
             attention_mask=inputs.get("attention_mask"),
         )  # (3, 1, N)
     out = model(**inputs, cache=cache, use_cache=True, position_ids=position_ids)

@@ -154,7 +154,9 @@ class _Draft:
         self.fed = 0  # proposal tokens of the last round whose keys/values are in self.cache
         self.forwards = 0
 
-    def propose(self, generated: list[int], k: int, min_confidence: float = 0.0, stop: frozenset[int] = frozenset()) -> list[int]:
+    def propose(
+        self, generated: list[int], k: int, min_confidence: float = 0.0, stop: frozenset[int] = frozenset()
+    ) -> list[int]:
         """Up to ``k`` greedy tokens continuing ``generated`` (feeds the 1-2 tokens it has not seen).
 
         Stops after an end-of-sequence id in ``stop``, or when the draft's top probability for

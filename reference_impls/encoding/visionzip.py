@@ -65,7 +65,15 @@ from reference_impls.common.visual_tokens import Selection, VisualContext, keep_
 from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.registry import register
 
-__all__ = ["received_attention", "visionzip_split", "visionzip_reduce", "rotated_qkv", "window_to_raster", "AttentionRecorder", "VisionZip"]
+__all__ = [
+    "received_attention",
+    "visionzip_split",
+    "visionzip_reduce",
+    "rotated_qkv",
+    "window_to_raster",
+    "AttentionRecorder",
+    "VisionZip",
+]
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
@@ -162,7 +170,9 @@ def window_to_raster(x: torch.Tensor, grid_thw: torch.Tensor, config) -> torch.T
     unit = config.spatial_merge_size**2
     # the merger fuses `unit` consecutive rows; argsort(window_index) is the reordering the
     # tower applies to its merged output
-    window_index, _ = get_vision_window_index(grid_thw, config.spatial_merge_size, config.window_size, config.patch_size)
+    window_index, _ = get_vision_window_index(
+        grid_thw, config.spatial_merge_size, config.window_size, config.patch_size
+    )
     return x.reshape(-1, unit, *x.shape[1:])[torch.argsort(window_index)]
 
 
@@ -182,7 +192,7 @@ class AttentionRecorder:
         self._patch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def attach(cls, model, stack: ExitStack) -> "AttentionRecorder":
+    def attach(cls, model, stack: ExitStack) -> AttentionRecorder:
         """Register the hooks on ``model.model.visual``; ``stack`` removes them."""
         adapter = adapter_for(model)
         adapter.require_attention_recorder("VisionZip-style attention scoring")

@@ -47,8 +47,8 @@ exact-caption rate to 96% and 68%, and POPE F1 from 66.7 to 61 and 58. Restricti
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -64,7 +64,16 @@ __all__ = ["VisualAttentionAmplification", "amplified_attention", "ATTENTION_NAM
 ATTENTION_NAME = "atlas_pai"
 
 
-def amplified_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, visual: torch.Tensor, alpha: float, scaling: float, last_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def amplified_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    visual: torch.Tensor,
+    alpha: float,
+    scaling: float,
+    last_only: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with the image keys' scores raised by ``alpha |score|`` before the softmax.
 
     Args:
@@ -94,7 +103,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     """The registered attention function: PAI on chosen layers, sdpa everywhere else."""
     setting = getattr(module, "_atlas_pai", None)
     if setting is None or setting["alpha"] == 0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
     q_len, k_len = query.shape[-2], key.shape[-2]
     if attention_mask is None:  # sdpa_mask skips a plain causal mask
@@ -105,7 +116,16 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         allowed = attention_mask > float("-inf")
     visual = setting["state"]["visual"]  # (B, prompt length)
     visual = torch.nn.functional.pad(visual, (0, k_len - visual.shape[1]), value=False)  # (B, k)
-    return amplified_attention(query, key, value, allowed.expand(query.shape[0], 1, q_len, k_len), visual, setting["alpha"], scaling, setting["last_only"])
+    return amplified_attention(
+        query,
+        key,
+        value,
+        allowed.expand(query.shape[0], 1, q_len, k_len),
+        visual,
+        setting["alpha"],
+        scaling,
+        setting["last_only"],
+    )
 
 
 AttentionInterface.register(ATTENTION_NAME, _attention)

@@ -59,8 +59,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -112,8 +112,14 @@ def noise_levels(schedule: str = "sigmoid", steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def distort_pixels(pixel_values: torch.Tensor, mode: str = "noise", noise_step: int = 500, mask_ratio: float = 0.5,
-                   seed: int = 0, schedule: str = "sigmoid") -> torch.Tensor:
+def distort_pixels(
+    pixel_values: torch.Tensor,
+    mode: str = "noise",
+    noise_step: int = 500,
+    mask_ratio: float = 0.5,
+    seed: int = 0,
+    schedule: str = "sigmoid",
+) -> torch.Tensor:
     """A distorted copy of patchified ``pixel_values`` (N_patches, D).
 
     ``"noise"``: ``sqrt(abar_t) x + sqrt(1 - abar_t) eps`` at ``t = noise_step`` (0-based, as
@@ -168,8 +174,9 @@ class VisualContrastiveDecoding:
             if state["recording"]:
                 bound = inspect.signature(encode).bind_partial(pixel_values, *args, **kwargs).arguments
                 state["pixels"] = pixel_values
-                state["vision_kwargs"] = {k: v for k, v in bound.items()
-                                          if k not in ("pixel_values", "kwargs") and v is not None}
+                state["vision_kwargs"] = {
+                    k: v for k, v in bound.items() if k not in ("pixel_values", "kwargs") and v is not None
+                }
             return encode(pixel_values, *args, **kwargs)
 
         @functools.wraps(original)  # generate() validates its kwargs against this signature
@@ -179,8 +186,9 @@ class VisualContrastiveDecoding:
             cache_key = next((k for k in _CACHE_KEYS if kwargs.get(k) is not None), None)
             if kwargs.get("pixel_values") is not None or kwargs.get("mm_encoder_outputs"):  # prefill
                 extra.pop("mm_encoder_outputs", None)
-                extra["pixel_values"] = distort_pixels(state["pixels"], self.mode, self.noise_step, self.mask_ratio,
-                                                       self.seed, self.schedule)
+                extra["pixel_values"] = distort_pixels(
+                    state["pixels"], self.mode, self.noise_step, self.mask_ratio, self.seed, self.schedule
+                )
                 extra.update(state["vision_kwargs"])  # e.g. image_grid_thw, image_sizes, pixel_attention_mask
                 state["cache"] = type(kwargs[cache_key])(config=model.config) if cache_key else None
             if cache_key is not None:
@@ -197,7 +205,10 @@ class VisualContrastiveDecoding:
         try:
             yield model
         finally:
-            for obj, name, value in ((model, "forward", saved["forward"]), (base, "get_image_features", saved["features"])):
+            for obj, name, value in (
+                (model, "forward", saved["forward"]),
+                (base, "get_image_features", saved["features"]),
+            ):
                 if value is None:
                     del obj.__dict__[name]
                 else:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["extract_objects", "chair", "pope", "pope_questions", "object_f1", "mention_rate"]
 

@@ -29,8 +29,8 @@ stayed at 91% and CHAIR was unchanged, because the model confirmed every object 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from reference_impls.registry import register
 
@@ -40,7 +40,13 @@ from .hallucination_metrics import extract_objects
 __all__ = ["SelfCheckCorrection", "remove_objects"]
 
 
-def remove_objects(words: Sequence[str], denied: Iterable[str], objects: Iterable[str], connectors: Sequence[str] = ("and",), empty: str | None = "nothing") -> list[str]:
+def remove_objects(
+    words: Sequence[str],
+    denied: Iterable[str],
+    objects: Iterable[str],
+    connectors: Sequence[str] = ("and",),
+    empty: str | None = "nothing",
+) -> list[str]:
     """``words`` without the ``denied`` objects and without connectors left dangling.
 
     Args:
@@ -75,7 +81,9 @@ class SelfCheckCorrection:
     connectors: tuple[str, ...] = ("and",)
     empty: str | None = "nothing"
 
-    def correct(self, captions: Sequence[Sequence[str]], objects: Sequence[str], ask: Callable[[int, list[str]], list[bool]]) -> list[list[str]]:
+    def correct(
+        self, captions: Sequence[Sequence[str]], objects: Sequence[str], ask: Callable[[int, list[str]], list[bool]]
+    ) -> list[list[str]]:
         """Corrected captions; ``ask(i, names)`` answers, for caption ``i``, whether each object is present.
 
         Returns:
@@ -94,8 +102,9 @@ class SelfCheckCorrection:
 
         def caption(model, scenes: Sequence[CaptionScene], vocab) -> list[list[str]]:
             captions = generate_captions(model, scenes, vocab)
-            pairs = [(i, name) for i, words in enumerate(captions)
-                     for name in extract_objects(words, objects, distinct=True)]
+            pairs = [
+                (i, name) for i, words in enumerate(captions) for name in extract_objects(words, objects, distinct=True)
+            ]
             answers = answer_yes(model, [scenes[i] for i, _ in pairs], [name for _, name in pairs], vocab)
             lookup = dict(zip(pairs, answers))
             return self.correct(captions, objects, lambda i, names: [lookup[(i, n)] for n in names])

@@ -36,8 +36,8 @@ Measured on ToyVLM (comparison benchmark, layer 1 of 3): the targeted rate fell 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -49,7 +49,9 @@ from .trainer import MODEL_KEYS
 __all__ = ["SteeringVector", "mean_difference", "layer_states"]
 
 
-def mean_difference(positive: torch.Tensor, positive_mask: torch.Tensor, negative: torch.Tensor, negative_mask: torch.Tensor) -> torch.Tensor:
+def mean_difference(
+    positive: torch.Tensor, positive_mask: torch.Tensor, negative: torch.Tensor, negative_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over examples of (masked token-mean of ``positive``) - (that of ``negative``).
 
     Args:
@@ -84,7 +86,7 @@ class SteeringVector:
     strength: float = 1.0
     vector: torch.Tensor | None = None
 
-    def fit(self, model: nn.Module, grounded: dict, hallucinated: dict) -> "SteeringVector":
+    def fit(self, model: nn.Module, grounded: dict, hallucinated: dict) -> SteeringVector:
         """Set :attr:`vector` from paired batches (``mask`` on each caption's tokens). Returns self."""
         positive, negative = layer_states(model, grounded, self.layer), layer_states(model, hallucinated, self.layer)
         self.vector = mean_difference(positive, grounded["mask"], negative, hallucinated["mask"])

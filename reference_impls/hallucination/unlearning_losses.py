@@ -110,7 +110,9 @@ def efuf_weights(scores: torch.Tensor, t_hal: float = 23.0, t_norm: float = 32.0
     return weights / weights.mean().clamp(min=1e-12)
 
 
-def weighted_ga_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_ga_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """GA with a per-sample weight: ``-mean_i w_i nll_i`` with ``nll_i`` the token-mean NLL of sample i."""
     logp = token_logprobs(logits, labels, mask)  # (B, T-1)
     count = mask[:, 1:].bool().sum(-1).clamp(min=1)  # (B,)

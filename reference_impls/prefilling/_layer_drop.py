@@ -30,9 +30,10 @@ rectangular); only ``DynamicCache``-style caches (plain ``DynamicLayer``) are ac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -212,7 +213,11 @@ def _on_layer(state: _State, layer_idx: int, module, args, kwargs):
         cos, sin = state.renumbered
     elif state.cur is not None:  # bring the full-length side tensors into the current coordinates
         cos, sin = _gather(cos, state.cur, 1), _gather(sin, state.cur, 1)
-    cur = state.cur if state.cur is not None else torch.arange(state.n_prompt, device=hidden.device).expand(hidden.shape[0], -1)
+    cur = (
+        state.cur
+        if state.cur is not None
+        else torch.arange(state.n_prompt, device=hidden.device).expand(hidden.shape[0], -1)
+    )
     if layer_idx in state.boundaries:
         ctx = DropContext(
             layer_idx=layer_idx,
@@ -280,7 +285,9 @@ def _install_logical_layer(cache, layer_idx: int, dropped: int) -> None:
     if getattr(layer, "is_sliding", False):
         raise UnsupportedFeature(f"visual-token pruning at a sliding-window layer (layer {layer_idx}) is not supported")
     if type(layer) is not DynamicLayer or layer.is_initialized:
-        raise TypeError(f"visual-token pruning needs an empty DynamicCache, got {type(layer).__name__} at layer {layer_idx}")
+        raise TypeError(
+            f"visual-token pruning needs an empty DynamicCache, got {type(layer).__name__} at layer {layer_idx}"
+        )
     cache.layers[layer_idx] = _LogicalLayer(dropped)
 
 
@@ -340,7 +347,14 @@ def attach(model, plan, owner=None) -> _Handle:
 # Pure helpers the plans share.
 
 
-def attention_rows(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def attention_rows(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    rows: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
     """Head-averaged attention probabilities of the query ``rows`` in one decoder layer.
 
     Recomputed from the layer's own norm, q/k projections and RoPE (no eager attention maps),
@@ -398,7 +412,7 @@ class DropMethod:
     stats: dict
 
     @contextmanager
-    def __call__(self, model) -> Iterator["DropMethod"]:
+    def __call__(self, model) -> Iterator[DropMethod]:
         self.stats = {}
         handle = attach(model, self)
         try:

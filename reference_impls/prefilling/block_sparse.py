@@ -43,9 +43,9 @@ Deviations:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -168,17 +168,35 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     state = getattr(module, "_atlas_block_sparse", None)
     n_query, n_key = query.shape[2], key.shape[2]
     if state is None or n_query != n_key or n_query == 1 or state.visual is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     method, visual = state.method, state.visual
-    pattern = block_pattern(query, key, visual, block_size=method.block_size, budget=method.budget,
-                            sink_blocks=method.sink_blocks, local_blocks=method.local_blocks)
+    pattern = block_pattern(
+        query,
+        key,
+        visual,
+        block_size=method.block_size,
+        budget=method.budget,
+        sink_blocks=method.sink_blocks,
+        local_blocks=method.local_blocks,
+    )
     causal_blocks = pattern.shape[1] * (pattern.shape[1] + 1) // 2
     state.density.append(float(pattern[0].sum()) / causal_blocks)
     if bool(pattern.sum() == causal_blocks * pattern.shape[0]):  # full pattern: exactly sdpa
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     mask = attention_mask if attention_mask is None or attention_mask.dtype == torch.bool else attention_mask == 0
-    output = block_sparse_attention(query, key, value, pattern, block_size=method.block_size,
-                                    scaling=scaling if scaling is not None else query.shape[-1] ** -0.5, attention_mask=mask)
+    output = block_sparse_attention(
+        query,
+        key,
+        value,
+        pattern,
+        block_size=method.block_size,
+        scaling=scaling if scaling is not None else query.shape[-1] ** -0.5,
+        attention_mask=mask,
+    )
     return output, None
 
 
@@ -188,7 +206,7 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 @dataclass
 class _State:
-    method: "BlockSparseAttention"
+    method: BlockSparseAttention
     visual: torch.Tensor | None = None
     density: list[float] = field(default_factory=list)
 
@@ -212,7 +230,7 @@ class BlockSparseAttention:
     stats: dict = field(default_factory=dict, repr=False, compare=False)
 
     @contextmanager
-    def __call__(self, model) -> Iterator["BlockSparseAttention"]:
+    def __call__(self, model) -> Iterator[BlockSparseAttention]:
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must lie in (0, 1], got {self.budget}")
         adapter = adapter_for(model)
@@ -242,8 +260,10 @@ class BlockSparseAttention:
         attentions = adapter.attention_modules(model)
         for attention in attentions:
             attention._atlas_block_sparse = state
-        hooks = [inner.register_forward_pre_hook(on_model, with_kwargs=True),
-                 inner.register_forward_hook(after_model, with_kwargs=True)]
+        hooks = [
+            inner.register_forward_pre_hook(on_model, with_kwargs=True),
+            inner.register_forward_hook(after_model, with_kwargs=True),
+        ]
         text_config._attn_implementation = ATTENTION_NAME
         try:
             yield self

@@ -70,7 +70,7 @@ def test_aupro_matches_the_mvtec_reference_within_tolerance():
         for image in range(3):
             for _ in range(int(rng.integers(1, 3))):
                 r, c, h, w = rng.integers(0, 14), rng.integers(0, 14), rng.integers(2, 6), rng.integers(2, 6)
-                masks[image, r:r + h, c:c + w] = True
+                masks[image, r : r + h, c : c + w] = True
         masks[0, 17:19, 17:19] = masks[0, 19, 16] = True  # touches only diagonally: one 8-connected region
         maps = rng.random(masks.shape) + 0.6 * masks * rng.random(masks.shape)
         assert aupro(maps, masks) == pytest.approx(_mvtec_aupro(maps, masks), abs=1e-3)

@@ -1,6 +1,13 @@
 import pytest
 
-from reference_impls.hallucination.hallucination_metrics import chair, extract_objects, mention_rate, object_f1, pope, pope_questions
+from reference_impls.hallucination.hallucination_metrics import (
+    chair,
+    extract_objects,
+    mention_rate,
+    object_f1,
+    pope,
+    pope_questions,
+)
 
 
 def test_chair_hand_built():

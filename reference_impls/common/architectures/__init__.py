@@ -58,7 +58,7 @@ def adapter_for(model_or_config) -> Adapter:
         ) from None
 
 
-from reference_impls.common.architectures import (  # noqa: F401
+from reference_impls.common.architectures import (  # noqa: E402, F401 (adapters register themselves on import)
     gemma3,
     idefics3,
     internvl,

@@ -122,10 +122,13 @@ class Adapter:
     def require_encoder_context(self, who: str) -> None:
         """Raise unless the encoding-stage inputs rebuild supports this architecture."""
         if self.encoder_context is not None:
-            raise UnsupportedFeature(f"{who} rebuilds the language-model inputs after the vision tower, "
-                                     f"not supported on this architecture: {self.encoder_context}")
+            raise UnsupportedFeature(
+                f"{who} rebuilds the language-model inputs after the vision tower, "
+                f"not supported on this architecture: {self.encoder_context}"
+            )
 
     def require_attention_recorder(self, who: str) -> None:
         if not self.attention_recorder:
-            raise UnsupportedFeature(f"{who} needs a CLS-free attention recorder for this tower "
-                                     "(only Qwen2.5-VL's windowed ViT has one)")
+            raise UnsupportedFeature(
+                f"{who} needs a CLS-free attention recorder for this tower (only Qwen2.5-VL's windowed ViT has one)"
+            )

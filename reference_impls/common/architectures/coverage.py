@@ -59,8 +59,9 @@ _EXTRA = {  # sizes for the 2-layer models and their 13-90 token prompts (same a
 
 
 def _generate(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True,
-                         output_logits=True)
+    out = model.generate(
+        **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True
+    )
     return out.sequences[0, -NEW_TOKENS:], torch.stack(out.logits).float()
 
 
@@ -68,6 +69,7 @@ def _with(method) -> Callable:
     def run(model, inputs):
         with method(model):
             return _generate(model, inputs)
+
     return run
 
 
@@ -92,6 +94,7 @@ def _setting(name: str, noop: bool):
         def run(model, inputs):
             result = method(model, inputs, max_new_tokens=NEW_TOKENS)
             return torch.tensor(result.tokens), None
+
         return run, lambda: method.stats["visual_kept"] < method.stats["visual_in"]
     raise ValueError(f"{name!r} is not a matrix method")
 

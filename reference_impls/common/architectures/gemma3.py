@@ -15,8 +15,10 @@ class Gemma3Adapter(Adapter):
         return (config.boi_token_id, config.eoi_token_id)
 
     def index_rotary(self, model):
-        raise UnsupportedFeature("renumbered positions are not supported on gemma3 "
-                                 "(its sliding-window and full layers use different rotary embeddings)")
+        raise UnsupportedFeature(
+            "renumbered positions are not supported on gemma3 "
+            "(its sliding-window and full layers use different rotary embeddings)"
+        )
 
 
 register_adapter(Gemma3Adapter("gemma3"), "gemma3")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from reference_impls.common.architectures import refuse_architecture
 
-MLLAMA_REASON = ("mllama feeds images through cross-attention layers (one <|image|> token in the sequence): "
-                 "no visual tokens or visual KV entries for the atlas methods to act on")
+MLLAMA_REASON = (
+    "mllama feeds images through cross-attention layers (one <|image|> token in the sequence): "
+    "no visual tokens or visual KV entries for the atlas methods to act on"
+)
 refuse_architecture("mllama", MLLAMA_REASON)

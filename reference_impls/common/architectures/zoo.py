@@ -81,9 +81,7 @@ _SIGLIP = {
 
 def _qwen2vl() -> Qwen2VLConfig:
     return Qwen2VLConfig(
-        text_config=dict(
-            _TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}
-        ),
+        text_config=dict(_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
         vision_config={
             "depth": 2,
             "embed_dim": 32,
@@ -221,9 +219,7 @@ def _paligemma() -> PaliGemmaConfig:
 
 
 def _mllama() -> MllamaConfig:
-    return MllamaConfig(
-        text_config=dict(_TEXT, cross_attention_layers=[1]), image_token_index=IMAGE
-    )
+    return MllamaConfig(text_config=dict(_TEXT, cross_attention_layers=[1]), image_token_index=IMAGE)
 
 
 _CONFIGS: dict[str, tuple[Callable, type | None]] = {
@@ -261,9 +257,7 @@ def tiny_config(arch: str):
 def _pixels(arch: str, config, generator: torch.Generator) -> dict[str, torch.Tensor]:
     if arch in ("qwen2-vl", "qwen3-vl"):
         vision = config.vision_config
-        patch_dim = (
-            vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-        )
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
         return {
             "pixel_values": torch.randn(64, patch_dim, generator=generator),
             "image_grid_thw": torch.tensor([[1, 8, 8]]),
@@ -283,9 +277,7 @@ def _pixels(arch: str, config, generator: torch.Generator) -> dict[str, torch.Te
     return {"pixel_values": torch.randn(1, 3, 16, 16, generator=generator)}
 
 
-def tiny_vlm(
-    arch: str, seed: int = 0, **text_overrides
-) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def tiny_vlm(arch: str, seed: int = 0, **text_overrides) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """A tiny random model of ``arch`` in eval mode and one prompt with one image (batch 1).
 
     ``text_overrides`` set text-config fields (e.g. ``sliding_window=8``) before the model is built.
@@ -303,14 +295,10 @@ def tiny_vlm(
     model = cls(config).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith(
-                "mm_input_projection_weight"
-            ):  # Gemma 3 initialises it to zeros: images would be ignored
+            if name.endswith("mm_input_projection_weight"):  # Gemma 3 initialises it to zeros: images would be ignored
                 parameter.normal_(0.0, 0.2)
     model.generation_config.pad_token_id = PAD
-    model.generation_config.eos_token_id = (
-        None  # always generate the requested number of tokens
-    )
+    model.generation_config.eos_token_id = None  # always generate the requested number of tokens
     generator = torch.Generator().manual_seed(seed)
     pixels = _pixels(arch, model.config, generator)
     from reference_impls.common.architectures import adapter_for
