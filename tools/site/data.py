@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..catalog import Catalog, Entry
 from ..nav import node_page
 from ..taxonomy import Node
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 __all__ = ["SiteData", "node_page", "paper_page", "module_page", "notebook_page"]
 
@@ -34,8 +38,9 @@ def relative(from_page: str, to_page: str) -> str:
 
 
 class SiteData:
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, graph: "Graph | None" = None):
         self.catalog = catalog
+        self.graph = graph
         self.taxonomy = catalog.taxonomy
         self.entries = sorted(catalog.entries, key=lambda entry: (-entry.data["year"], entry.data["title"].lower()))
 

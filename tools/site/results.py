@@ -6,9 +6,9 @@ from typing import Any
 
 from . import markdown as md
 from .charts import results_chart
-from .data import relative
+from .data import node_page, relative
 
-__all__ = ["results_md", "results_index_md"]
+__all__ = ["results_md", "results_index_md", "results_links_md"]
 
 
 def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
@@ -17,12 +17,13 @@ def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
     return [row for row in data["rows"] if row.get("family") in (family, "", None)]
 
 
-def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: str | None = None, heading: str = "###") -> str:
+def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: str | None = None, heading: str = "###",
+               indexed: bool = True) -> str:
     """One results file as Markdown (table, plots, command); plots are added to ``assets``."""
     rows = _rows_for(data, family)
     headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in data["columns"]]
     body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in data["columns"]] for row in rows]
-    lines = [f"{heading} {md.text(data['title'])}", "", md.table(headers, body, sortable=True), ""]
+    lines = [f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED), "", md.table(headers, body, sortable=True), ""]
     for index, plot in enumerate(data.get("plots") or []):
         name = f"assets/generated/results/{data['id']}-{family or 'all'}-{index}.svg"
         labels = {column["key"]: column["label"] for column in data["columns"]}
@@ -55,10 +56,26 @@ def _seed_list(seeds: list[int]) -> str:
 
 def results_index_md(all_results: list[dict[str, Any]], assets: dict[str, str]) -> str:
     page = "results/index.md"
-    lines = [md.front_matter(title="Reproduced results"), "# Reproduced results", "",
+    # No table of contents column: the widest results tables need the room (the left navigation stays).
+    lines = [md.front_matter(title="Reproduced results", hide=["toc"]), "# Reproduced results", "",
              "Numbers our code produced, each with the command that produced it. Numbers papers report are on the paper and family pages, labelled as reported.", ""]
     if not all_results:
         lines.append("*No benchmark has written results yet.*")
     for data in all_results:
         lines.append(results_md(data, page, assets, heading="##"))
     return "\n".join(lines)
+
+
+def results_links_md(node: Any, shown: list[dict[str, Any]], page: str) -> str:
+    """For a topic or stage: one line per results file, linking to the family pages that show it."""
+    below = {descendant.id: descendant for descendant in node.descendants() if not descendant.children}
+    lines = []
+    for data in shown:
+        families = [below[family] for family in data["families"] if family in below]
+        targets = ", ".join(md.link(md.text(family.name), relative(page, node_page(family)) + "#reproduced-results")
+                            for family in families)
+        lines.append(f"- {md.text(data['title'])}: on {targets}" if targets else f"- {md.text(data['title'])}")
+    if not lines:
+        return ""
+    return "\n".join(["Each family page shows its own tables and plots; the full set is on "
+                      f"{md.link('Reproduced results', relative(page, 'results/index.md'))}.", "", *lines, ""])
