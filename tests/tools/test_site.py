@@ -125,3 +125,18 @@ def test_bad_data_stops_the_build_and_writes_nothing(tmp_path, capsys):
     assert "nothing was written" in capsys.readouterr().err
     after = {path: path.stat().st_mtime_ns for path in (repo / "docs").rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_contributing_steps_are_one_numbered_list(built):
+    page = (built / "site" / "contributing" / "index.html").read_text()
+    section = page.split('id="add-a-paper-in-three-steps"', 1)[1].split("<h2", 1)[0]
+    assert section.count("<ol>") == 1 and section.count("<li>") >= 3  # not 1, 1, 2
+
+
+def test_home_title_and_counts_agree_with_the_taxonomy(built):
+    site = built / "site"
+    home = (site / "index.html").read_text()
+    assert "<title>LVLM Atlas</title>" in home
+    taxonomy = (site / "taxonomy" / "index.html").read_text()
+    for stage, count in re.findall(r'href="taxonomy/efficiency/(\w+)/">\w+</a> (\d+)', home):
+        assert re.search(rf'href="efficiency/{stage}/">[^<]+</a> \({count}\)', taxonomy), (stage, count)

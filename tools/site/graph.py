@@ -153,9 +153,12 @@ class Graph:
                 found.setdefault(entry.key, []).append(module)
         for entry in self.catalog.entries:
             module = entry.data.get("implementation")
-            if module and module in self.modules:
-                found[entry.key] = [module]  # the entry's own word wins over cards (baselines cite it too)
-        for key, modules in found.items():
+            if module:  # the entry's own word wins over cards (baselines cite it too)
+                found[entry.key] = [module] if module in self.modules else []
+        for key, modules in list(found.items()):
+            if not modules:
+                del found[key]
+                continue
             found[key] = sorted(module for module in modules
                                 if not any(module.startswith(other + ".") for other in modules))
         return found
