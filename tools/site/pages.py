@@ -253,12 +253,19 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     for module in designed:
         lines += package_design_md(site.catalog.root, module, page)
     lines += [f"## Papers ({len(under)}) {NOT_INDEXED}", ""]
-    if under:
-        if node.children or node.level != "family":
-            lines += ["Papers placed here or in any node below.", ""]
+    if not under:
+        lines += ["*No papers placed here yet.*", ""]
+    elif not node.children:
         lines += [papers_table(under, page, site), ""]
     else:
-        lines += ["*No papers placed here yet.*", ""]
+        # A topic, stage or parent family lists only the papers placed on it (not yet in a
+        # sub-family); the rest are on the child pages and in the filterable list.
+        here = site.papers_at(node)
+        filtered = relative(page, "all-papers.md") + f"?family={node.id}"
+        lines += [f"{len(under)} papers are placed here or below: browse them all in "
+                  f"{md.link('All papers, filtered to this node', filtered)}, or open a child above.", ""]
+        if here:
+            lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "", papers_table(here, page, site), ""]
     return "\n".join(lines)
 
 
