@@ -98,3 +98,16 @@ def test_repeated_output_lines_are_shown_once():
 def test_taxonomy_aliases_are_loaded(site):
     assert site.taxonomy.by_id["prefilling-token-compression"].aliases == ["token pruning", "visual token pruning"]
     assert Path(ROOT / "taxonomy" / "taxonomy.schema.json").read_text().count('"aliases"') == 1
+
+
+def test_chart_series_keep_one_style_and_unrelated_points_are_not_joined():
+    from tools.site.charts import results_chart, series_styles
+
+    styles = series_styles(["snapkv", "h2o", "full"])
+    assert styles == series_styles(["full", "h2o", "snapkv", "snapkv"])  # order and repeats do not matter
+    rows = [{"m": "h2o", "b": 0.1, "a": 50}, {"m": "h2o", "b": 0.2, "a": 60},
+            {"m": "full", "b": 1.0, "a": 100}, {"m": "full", "b": 1.0, "a": 90}]  # two configurations at one x
+    svg = results_chart(rows, "b", "a", "m", styles=styles)
+    assert styles["h2o"][0].lower() in svg.lower() and styles["full"][0].lower() in svg.lower()
+    both = results_chart(rows, "b", "a", "m", styles={"h2o": ("#0072B2", "o"), "full": ("#0072B2", "o")})
+    assert "#d55e00" in both.lower()  # a clash inside one chart is resolved

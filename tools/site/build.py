@@ -24,7 +24,7 @@ from .notebooks import discover_notebooks, notebook_md, notebook_source_files, n
 from .graph import Graph
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
 from ..results import load_all_results
-from .results import results_index_md, results_links_md, results_md
+from .results import chart_styles, results_index_md, results_links_md, results_md
 
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
@@ -52,6 +52,7 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
         files[module_page(module)] = module_md(module, summary, module_families.get(module, []), site)
     files["implementations/index.md"] = implementations_index_md(modules, taxonomy)
 
+    styles = chart_styles(all_results)
     for node in taxonomy.nodes():
         page = node_page(node)
         ids = {n.id for n in node.descendants()}
@@ -60,7 +61,8 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
             # A topic or stage links to its families' results instead of repeating every table.
             results_text = results_links_md(node, shown, page)
         else:
-            results_text = "\n".join(results_md(data, page, assets, family=node.id, indexed=False) for data in shown)
+            results_text = "\n".join(results_md(data, page, assets, family=node.id, indexed=False, styles=styles)
+                                     for data in shown)
         files[page] = node_md(node, site, modules, results_text)
     files["results/index.md"] = results_index_md(all_results, assets)
     files["taxonomy/index.md"] = taxonomy_index_md(site)
