@@ -20,9 +20,14 @@ CONFIGS = [HFOLB, SARE, SAMConfig, TrainerConfig, UnlearningMethod, Term, TrainC
 
 def _documented_fields(cls: type) -> set[str]:
     body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {stmt.target.id for stmt, after in zip(body, body[1:])
-            if isinstance(stmt, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)}
+    return {
+        stmt.target.id
+        for stmt, after in zip(body, body[1:])
+        if isinstance(stmt, ast.AnnAssign)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
+    }
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda cls: cls.__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import runpy
 from pathlib import Path
 
@@ -30,12 +29,12 @@ def test_notebook_runs_in_quick_mode(notebook, monkeypatch):
         plt.close("all")
 
 
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_notebook_has_a_current_committed_render(notebook):
     # The site shows the committed render; it must come from this notebook and the code it imports.
     from tools.site.notebooks import render_notebook
 
     text, current = render_notebook(ROOT, notebook, execute=False)
-    assert text and current, f"{notebook}: rendered output missing or stale; run `python -m tools build` and commit notebooks/_rendered/"
+    assert text and current, (
+        f"{notebook}: rendered output missing or stale; run `python -m tools build` and commit notebooks/_rendered/"
+    )

@@ -30,6 +30,13 @@ def test_method_module_opens_with_a_paper_card(spec):
     doc = importlib.import_module(spec.module).__doc__ or ""
     assert len(doc.strip().splitlines()) >= 3, f"{spec.module} has no paper card docstring"
     assert re.search(r"arXiv \d{4}\.\d{4,5}|[Bb]aseline|[Aa]nalysis", doc), f"{spec.module}: paper card lacks 'Paper:'"
+    upstream = re.search(r"^Upstream:(.*?)(?:\n\s*\n|\Z)", doc, re.S | re.M)
+    assert upstream, f"{spec.module}: paper card lacks an 'Upstream:' paragraph (repository, path, commit, or 'none')"
+    cited = re.search(r"\b[0-9a-f]{40}\b", upstream.group(1))
+    assert cited or re.match(r"\s*none", upstream.group(1), re.IGNORECASE), (
+        f"{spec.module}: 'Upstream:' must name the full 40-hex commit read, or say 'none' and why"
+    )
+    assert "Deviation" in doc, f"{spec.module}: paper card lacks its Deviations section"
 
 
 def test_registering_twice_under_one_name_fails():
@@ -40,6 +47,7 @@ def test_registering_twice_under_one_name_fails():
         pass
 
     with pytest.raises(ValueError, match="registered twice"):
+
         @register("registry-test-method", family="kv-token-level", kind="kv-cache")
         class Second:
             pass

@@ -40,13 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     bib_import = bib_sub.add_parser("import", help="create entries from a .bib file, skipping ones already present; "
                                     "writes nothing unless every new entry validates")
     bib_import.add_argument("file", type=Path)
-    bib_import.add_argument("--placement", required=True, nargs="+", help="taxonomy id(s) for the new entries")
+    bib_import.add_argument("--placement", nargs="+", default=[],
+                            help="taxonomy id(s) for the new entries (omitted: print suggestions, write nothing)")
     bib_import.add_argument("--dry-run", action="store_true", help="check everything and name the files, write nothing")
 
     new = sub.add_parser("new", help="scaffold a new entry")
     new.add_argument("key")
     new.add_argument("--title", required=True)
-    new.add_argument("--placement", required=True, nargs="+")
+    new.add_argument("--placement", nargs="+", default=[],
+                     help="taxonomy id(s) (omitted: print suggestions, write nothing)")
     new.add_argument("--year", type=int, required=True)
     new.add_argument("--venue", default="arXiv")
     new.add_argument("--arxiv", default="")
@@ -54,7 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--force", action="store_true", help="overwrite papers/<key>.yaml if it exists")
     new.add_argument("--dry-run", action="store_true", help="check the entry and name the file, write nothing")
 
-    sub.add_parser("stats", help="counts by topic, stage, family, year and venue")
+    sub.add_parser("stats", help="data quality (authors, summaries, venues, placements), counts per node")
+
+    triage = sub.add_parser("triage", help="new papers from an arXiv Atom, BibTeX or CSV feed, with placements")
+    triage.add_argument("feed", type=Path, nargs="?", help="the feed file (.xml/.atom, .bib or .csv)")
+    triage.add_argument("--out", default="triage",
+                        help="folder for candidate files, '-' for standard output (default: triage/)")
+    triage.add_argument("--evaluate", action="store_true",
+                        help="print the classifier's held-out top-1 and top-3 accuracy")
+    triage.add_argument("--folds", type=int, default=0, help="with --evaluate: k-fold instead of leave-one-out (0)")
+    triage.add_argument("--feed-url", action="store_true", help="print the arXiv API query for the taxonomy keywords")
 
     bench = sub.add_parser("bench-site", help="time validate and build on N synthetic entries")
     bench.add_argument("--n", type=int, default=10000)

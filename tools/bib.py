@@ -28,7 +28,8 @@ from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSp
 from .catalog import Catalog, normalise_title
 from .schema import KEY_PATTERN
 
-__all__ = ["JOURNAL_VENUES", "BibImportError", "entry_to_bibtex", "entries_to_bibtex", "bibtex_to_entries", "new_entries_from_bibtex"]
+__all__ = ["JOURNAL_VENUES", "BibImportError", "entry_to_bibtex", "entries_to_bibtex", "bibtex_to_entries",
+           "new_entries_from_bibtex", "entry_identities"]
 
 # Venues written as @article{journal=...}; every other non-arXiv venue is @inproceedings{booktitle=...}.
 JOURNAL_VENUES = {
@@ -213,15 +214,15 @@ def new_entries_from_bibtex(path: Path, catalog: Catalog, placement: list[str], 
     imported = bibtex_to_entries(Path(path).read_text(encoding="utf-8"), source=str(path))
     seen: dict[tuple[str, str], str] = {}
     for entry in catalog.entries:
-        for identity in _identities(entry.data):
+        for identity in entry_identities(entry.data):
             seen.setdefault(identity, entry.key)
     fresh, skipped = [], []
     for data in imported:
-        clash = next((seen[identity] for identity in _identities(data) if identity in seen), None)
+        clash = next((seen[identity] for identity in entry_identities(data) if identity in seen), None)
         if clash:
             skipped.append(f"skipped {data['key']}: already in the catalog as {clash}")
             continue
-        for identity in _identities(data):
+        for identity in entry_identities(data):
             seen[identity] = data["key"]
         data["placement"] = list(placement)
         data["added"] = added or dt.date.today().isoformat()
@@ -229,7 +230,7 @@ def new_entries_from_bibtex(path: Path, catalog: Catalog, placement: list[str], 
     return fresh, skipped
 
 
-def _identities(data: dict[str, Any]) -> list[tuple[str, str]]:
+def entry_identities(data: dict[str, Any]) -> list[tuple[str, str]]:
     identities = [("key", str(data.get("key", "")))]
     if data.get("arxiv"):
         identities.append(("arxiv", str(data["arxiv"]).split("v")[0]))

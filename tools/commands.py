@@ -27,6 +27,18 @@ def _validated(root: Path, quiet: bool = True) -> Catalog | None:
     return catalog
 
 
+def _print_suggestions(catalog: Catalog, items: list[dict], command: str) -> None:
+    """Top-3 placements for each item, and how to pass one (the caller then exits 1 without writing)."""
+    from .triage import Classifier
+
+    model = Classifier.from_catalog(catalog)
+    for item in items:
+        ranked = model.suggest(item)
+        print(f"{command}: suggested placements for '{item['title']}': "
+              + ", ".join(f"{node_id} ({score:.2f})" for node_id, score in ranked))
+    print(f"{command}: no --placement given, nothing was written; rerun with --placement ID [ID ...]", file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace, root: Path) -> int:
     paths = [path if path.is_absolute() else Path.cwd() / path for path in args.paths] or None
     catalog = load_catalog(root, paths)
@@ -122,6 +134,9 @@ def cmd_bib(args: argparse.Namespace, root: Path) -> int:
         return 1
     for message in skipped:
         print(message)
+    if not args.placement:
+        _print_suggestions(catalog, fresh, "bib import")
+        return 1
     status = _check_then_write(root, fresh, "bib import", dry_run=args.dry_run)
     if status == 0:
         print(f"bib import: {len(fresh)} new, {len(skipped)} already present" + (" (dry run)" if args.dry_run else ""))
@@ -131,6 +146,12 @@ def cmd_bib(args: argparse.Namespace, root: Path) -> int:
 def cmd_new(args: argparse.Namespace, root: Path) -> int:
     import datetime as dt
 
+    if not args.placement:
+        catalog = _validated(root)
+        if catalog is None:
+            return 1
+        _print_suggestions(catalog, [{"title": args.title}], "new")
+        return 1
     data = {"key": args.key, "title": args.title, "authors": args.author, "year": args.year, "venue": args.venue,
             "arxiv": args.arxiv, "url": f"https://arxiv.org/abs/{args.arxiv}" if args.arxiv else "",
             "placement": args.placement, "added": dt.date.today().isoformat()}
@@ -138,6 +159,28 @@ def cmd_new(args: argparse.Namespace, root: Path) -> int:
     if status == 0 and not args.dry_run:
         print("fill in the remaining fields, then run: python -m tools validate")
     return status
+
+
+def quality_lines(catalog: Catalog) -> list[str]:
+    """How complete the entries are: the figures the data issue tracks."""
+    entries = [entry.data for entry in catalog.entries]
+    total = len(entries) or 1
+    by_id = catalog.taxonomy.by_id
+
+    def share(count: int) -> str:
+        return f"{count}/{len(entries)} ({100 * count / total:.1f}%)"
+
+    parent_only = [data for data in entries if all(by_id[node_id].children for node_id in data["placement"])]
+    parent_nodes = Counter(node_id for data in parent_only for node_id in data["placement"])
+    return [
+        f"with authors: {share(sum(bool(data.get('authors')) for data in entries))}",
+        f"with a summary: {share(sum(bool(data.get('summary')) for data in entries))}",
+        f"with aliases: {share(sum(bool(data.get('aliases')) for data in entries))}",
+        f"with reported numbers: {share(sum(bool(data.get('reported')) for data in entries))}",
+        f"venue 'arXiv': {share(sum(data.get('venue') == 'arXiv' for data in entries))}",
+        f"placed only on a node that has children (no leaf family): {share(len(parent_only))}",
+        "  of which on: " + ", ".join(f"{node_id} {count}" for node_id, count in parent_nodes.most_common()),
+    ]
 
 
 def cmd_stats(args: argparse.Namespace, root: Path) -> int:
@@ -148,6 +191,9 @@ def cmd_stats(args: argparse.Namespace, root: Path) -> int:
         return 1
     data = SiteData(catalog)
     print(f"{len(catalog.entries)} papers, {len(catalog.taxonomy.families())} families")
+    print("\ndata quality:")
+    for line in quality_lines(catalog):
+        print(f"  {line}")
     for topic in catalog.taxonomy.topics:
         print(f"\n{topic.name}: {len(data.papers_under(topic))}")
         for node in topic.descendants()[1:]:
@@ -155,8 +201,63 @@ def cmd_stats(args: argparse.Namespace, root: Path) -> int:
             print(f"  {'  ' * depth}{node.name} [{node.id}]: {len(data.papers_under(node))}")
     years = Counter(entry.data["year"] for entry in catalog.entries)
     print("\nby year: " + ", ".join(f"{year}: {count}" for year, count in sorted(years.items())))
-    venues = Counter(entry.data["venue"] for entry in catalog.entries)
+    venues = Counter(entry.data.get("venue") or "(no venue)" for entry in catalog.entries)
     print("top venues: " + ", ".join(f"{venue}: {count}" for venue, count in venues.most_common(12)))
+    return 0
+
+
+def cmd_triage(args: argparse.Namespace, root: Path) -> int:
+    from .bib import BibImportError
+    from .triage import (
+        Classifier,
+        FeedError,
+        candidate_data,
+        candidate_key,
+        candidate_text,
+        document,
+        evaluate,
+        feed_url,
+        read_feed,
+        unknown_items,
+        write_candidates,
+    )
+
+    if args.feed_url:
+        print(feed_url(root))
+        return 0
+    catalog = _validated(root)
+    if catalog is None:
+        return 1
+    if args.evaluate:
+        result = evaluate(catalog, folds=args.folds)
+        text = f"titles and {result['summaries']} summaries" if result["summaries"] else "titles only"
+        print(f"triage classifier, {result['method']} over {result['entries']} entries "
+              f"({result['classes']} placement ids, {text}): "
+              f"top-1 {100 * result['top1']:.1f}%, top-3 {100 * result['top3']:.1f}%")
+        return 0
+    if args.feed is None:
+        print("triage: give a feed file, or --evaluate, or --feed-url", file=sys.stderr)
+        return 1
+    try:
+        items, skipped = unknown_items(read_feed(args.feed), catalog)
+    except (OSError, FeedError, BibImportError) as error:
+        print(f"triage: {error}", file=sys.stderr)
+        return 1
+    for message in skipped:
+        print(message, file=sys.stderr)
+    rankings = Classifier.from_catalog(catalog).rank([document(item) for item in items]) if items else []
+    taken = {entry.key for entry in catalog.entries}
+    candidates = [candidate_data(item, candidate_key(item, taken), ranked) for item, ranked in zip(items, rankings)]
+    if args.out == "-":
+        sys.stdout.write("\n".join(candidate_text(data) for data in candidates))
+    else:
+        out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
+        try:
+            write_candidates(candidates, out, root)
+        except FeedError as error:
+            print(f"triage: {error}", file=sys.stderr)
+            return 1
+    print(f"triage: {len(candidates)} new candidate(s), {len(skipped)} already in the catalog", file=sys.stderr)
     return 0
 
 
@@ -180,7 +281,7 @@ def cmd_bench_site(args: argparse.Namespace, root: Path) -> int:
 
 _COMMANDS = {
     "validate": cmd_validate, "schema": cmd_schema, "import-tsv": cmd_import_tsv, "bib": cmd_bib, "new": cmd_new,
-    "stats": cmd_stats, "build": cmd_build, "serve": cmd_serve, "bench-site": cmd_bench_site,
+    "stats": cmd_stats, "triage": cmd_triage, "build": cmd_build, "serve": cmd_serve, "bench-site": cmd_bench_site,
 }
 
 

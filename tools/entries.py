@@ -12,7 +12,7 @@ from .yamlio import dump_yaml, write_text_atomic
 __all__ = ["FIELD_ORDER", "entry_text", "write_entry", "write_entries", "planned_writes"]
 
 FIELD_ORDER = (
-    "key", "title", "authors", "authors_truncated", "year", "venue", "arxiv", "doi", "url", "code",
+    "key", "title", "aliases", "authors", "authors_truncated", "year", "venue", "arxiv", "doi", "url", "code",
     "placement", "tags", "training", "models", "benchmarks", "reported", "implementation", "sources", "added",
 )
 

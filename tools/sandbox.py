@@ -13,7 +13,7 @@ from .catalog import ROOT
 
 __all__ = ["make_sandbox"]
 
-_DOCS_BY_HAND = ("about.md", "contributing.md", "javascripts", "stylesheets", "overrides")
+_DOCS_BY_HAND = ("about.md", "contributing.md", "notes", "javascripts", "stylesheets", "overrides")
 
 
 def make_sandbox(target: Path, paper_keys: Iterable[str] | None = (), *, source: Path = ROOT) -> Path:

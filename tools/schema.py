@@ -65,6 +65,12 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
                               examples=["zeng2026hybridkv"]),
                     "maxLength": MAX_KEY_LENGTH},
             "title": _string("Title as the paper gives it.", min_length=3),
+            "aliases": {
+                "type": "array",
+                "uniqueItems": True,
+                "description": "Method nicknames people search for (FastV, ToMe, H2O), from the title or a cited list.",
+                "items": _string("One nickname, as the title or list spells it."),
+            },
             "authors": {
                 "type": "array",
                 "description": "Authors as 'First Last', in paper order. Empty when no source lists them.",

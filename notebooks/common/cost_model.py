@@ -38,8 +38,12 @@ QUICK = os.environ.get("ATLAS_QUICK") == "1"
 work = Workload(images=20, width=1260, height=1260)
 tokens = work.tokens(QWEN25_VL_72B)
 print(f"tokens per image: {visual_tokens(1260, 1260)}; prompt tokens for 20 images: {tokens:,}")
-print(f"KV cache of Qwen2.5-VL-72B (bf16, 80 layers, 8 KV heads x 128): {kv_cache_bytes(QWEN25_VL_72B, tokens) / 1e9:.2f} GB")
-print(f"per token: {kv_cache_bytes(QWEN25_VL_72B, 1) / 1024:.0f} KiB (72B) vs {kv_cache_bytes(QWEN25_VL_7B, 1) / 1024:.0f} KiB (7B)")
+print(
+    f"KV cache of Qwen2.5-VL-72B (bf16, 80 layers, 8 KV heads x 128): {kv_cache_bytes(QWEN25_VL_72B, tokens) / 1e9:.2f} GB"
+)
+print(
+    f"per token: {kv_cache_bytes(QWEN25_VL_72B, 1) / 1024:.0f} KiB (72B) vs {kv_cache_bytes(QWEN25_VL_7B, 1) / 1024:.0f} KiB (7B)"
+)
 
 # %% [markdown]
 # ## Stages on the roofline
@@ -80,7 +84,12 @@ for model in (QWEN25_VL_7B, QWEN25_VL_72B):
         label = f"{model.name}, {gpu.name}"
         axes[0].plot(counts, [r["ttft_s"] for r in rows], marker="o", label=label)
         axes[1].plot(counts, [1000 * r["tpot_s"] for r in rows], marker="o", label=label)
-    axes[2].plot(counts, [kv_cache_bytes(model, Workload(images=n).tokens(model)) / 1e9 for n in counts], marker="o", label=model.name)
+    axes[2].plot(
+        counts,
+        [kv_cache_bytes(model, Workload(images=n).tokens(model)) / 1e9 for n in counts],
+        marker="o",
+        label=model.name,
+    )
 axes[0].set_ylabel("TTFT (s)")
 axes[1].set_ylabel("TPOT (ms)")
 axes[2].set_ylabel("KV cache (GB, bf16)")
@@ -101,10 +110,14 @@ plt.show()
 from reference_impls.common.cost_model import H100_SXM  # noqa: E402
 
 full = stage_costs(QWEN25_VL_7B, Workload(images=8), H100_SXM)
-print(f"encode {1000 * full['encode'].seconds:.1f} ms, prefill {1000 * full['prefill'].seconds:.1f} ms, "
-      f"decode {1000 * full['tpot_s']:.2f} ms/token, KV {full['kv_bytes'] / 1e9:.2f} GB")
+print(
+    f"encode {1000 * full['encode'].seconds:.1f} ms, prefill {1000 * full['prefill'].seconds:.1f} ms, "
+    f"decode {1000 * full['tpot_s']:.2f} ms/token, KV {full['kv_bytes'] / 1e9:.2f} GB"
+)
 for keep in (0.5, 0.25, 0.1):
     n = round(full["visual_tokens"] * keep) + Workload().text_tokens
     kv = kv_cache_bytes(QWEN25_VL_7B, n)
-    prefill_scale = (2 * n * QWEN25_VL_7B.llm_params() + 2 * QWEN25_VL_7B.layers * n * n * QWEN25_VL_7B.hidden) / full["prefill"].flops
+    prefill_scale = (2 * n * QWEN25_VL_7B.llm_params() + 2 * QWEN25_VL_7B.layers * n * n * QWEN25_VL_7B.hidden) / full[
+        "prefill"
+    ].flops
     print(f"keep {keep:.0%} of visual tokens: prefill x{prefill_scale:.2f}, KV {kv / 1e9:.2f} GB")

@@ -19,8 +19,10 @@ torch.set_num_threads(1)
 
 model = tiny_qwen25vl(seed=0)
 parameters = sum(parameter.numel() for parameter in model.parameters())
-print(f"{parameters:,} parameters; text layers: {model.config.text_config.num_hidden_layers}, "
-      f"KV heads: {model.config.text_config.num_key_value_heads}")
+print(
+    f"{parameters:,} parameters; text layers: {model.config.text_config.num_hidden_layers}, "
+    f"KV heads: {model.config.text_config.num_key_value_heads}"
+)
 
 # %% [markdown]
 # Two images: an 8x8 patch grid (16 merged visual tokens after the 2x2 merge) and a 4x8 grid (8 tokens).
@@ -37,7 +39,9 @@ print("visual spans [start, end):", visual_spans(ids, model.config))
 
 # %%
 position_ids, rope_deltas = model.model.get_rope_index(
-    inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+    inputs["input_ids"],
+    mm_token_type_ids=inputs["mm_token_type_ids"],
+    image_grid_thw=inputs["image_grid_thw"],
     attention_mask=inputs["attention_mask"],
 )
 first_image = visual_spans(ids, model.config)[0]
@@ -48,4 +52,4 @@ print(position_ids[:, 0, first_image[0] : first_image[0] + 6].T.tolist())
 new_tokens = 4 if QUICK else 16
 with torch.no_grad():
     output = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
-print("generated ids:", output[0, ids.numel():].tolist())
+print("generated ids:", output[0, ids.numel() :].tolist())

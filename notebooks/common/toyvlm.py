@@ -26,7 +26,9 @@ torch.set_num_threads(1)
 
 toy = load_toyvlm()
 manifest = toy.manifest
-print(f"{manifest['parameters']:,} parameters; held-out accuracy at training time: {manifest['held_out_accuracy']['all']:.3f}")
+print(
+    f"{manifest['parameters']:,} parameters; held-out accuracy at training time: {manifest['held_out_accuracy']['all']:.3f}"
+)
 
 # %% [markdown]
 # ## One sample
@@ -76,12 +78,18 @@ samples = toy.samples(n, seed=5)
 budgets = [1.0, 0.5, 0.25, 0.1]
 results = [evaluate(toy, RandomPruning(budget=b), samples=samples, decode_samples=0) for b in budgets]
 for budget, result in zip(budgets, results):
-    print(f"budget {budget:4.2f}: accuracy {result['accuracy']:.2f}, visual tokens {result['visual_tokens']:.0f}, "
-          f"KV {result['kv_bytes'] / 1024:.0f} KiB")
+    print(
+        f"budget {budget:4.2f}: accuracy {result['accuracy']:.2f}, visual tokens {result['visual_tokens']:.0f}, "
+        f"KV {result['kv_bytes'] / 1024:.0f} KiB"
+    )
 plt.plot([r["visual_tokens"] for r in results], [r["accuracy"] for r in results], marker="o")
 plt.xlabel("visual tokens kept (of 256)")
 plt.ylabel("accuracy")
 plt.title(f"ToyVLM, random pruning, {n} held-out samples")
 plt.show()
 print("accuracy by question kind at 25%:", {k: round(v, 2) for k, v in results[2]["accuracy_by_kind"].items()})
-print("chance level of a kind-aware guess is about", np.round(1 / np.array([6, 5, 2, 4]), 2).tolist(), "(colour, shape, presence, count)")
+print(
+    "chance level of a kind-aware guess is about",
+    np.round(1 / np.array([6, 5, 2, 4]), 2).tolist(),
+    "(colour, shape, presence, count)",
+)

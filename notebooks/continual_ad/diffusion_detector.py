@@ -37,20 +37,36 @@ schedule, scorer = make_schedule(), DiffusionScorer(ddim_steps=3 if QUICK else 5
 banks = LoRABanks(load_pretrained())
 maps0, scores0 = scorer(banks.model, data.test, schedule)
 params = banks.add("dots", {layer: 4 for layer in banks.layers}, owner=1)
-train_denoiser(banks.model, params, batches(data.train, 8), schedule, TrainConfig(steps=5 if QUICK else 30, batch=8, lr=3e-3))
+train_denoiser(
+    banks.model, params, batches(data.train, 8), schedule, TrainConfig(steps=5 if QUICK else 30, batch=8, lr=3e-3)
+)
 maps, scores = scorer(banks.model, data.test, schedule)
 for name, (m, s) in (("pretrained only", (maps0, scores0)), ("with LoRA", (maps, scores))):
-    print(f"{name:16s} image AUROC {100 * auroc(s, data.labels):.1f}  pixel AUROC {100 * pixel_auroc(m, data.masks):.1f}")
+    print(
+        f"{name:16s} image AUROC {100 * auroc(s, data.labels):.1f}  pixel AUROC {100 * pixel_auroc(m, data.masks):.1f}"
+    )
 
 # %%
 t0 = int(0.3 * schedule.config.num_train_timesteps)
 picks = [0, 5, 9]  # one good image, one scratch, one spot
-recon = ddim_reconstruct(banks.model, data.test[picks], schedule, t0=t0, steps=5,
-                         noise=torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(1234))).clamp(-1, 1)
+recon = ddim_reconstruct(
+    banks.model,
+    data.test[picks],
+    schedule,
+    t0=t0,
+    steps=5,
+    noise=torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(1234)),
+).clamp(-1, 1)
 fig, axes = plt.subplots(len(picks), 4, figsize=(5, 1.3 * len(picks)))
 for row, i in enumerate(picks):
-    for col, (img, title) in enumerate(((data.test[i], data.defect_types[i]), (recon[row], "reconstruction"),
-                                        (maps[i], "anomaly map"), (data.masks[i], "mask"))):
+    for col, (img, title) in enumerate(
+        (
+            (data.test[i], data.defect_types[i]),
+            (recon[row], "reconstruction"),
+            (maps[i], "anomaly map"),
+            (data.masks[i], "mask"),
+        )
+    ):
         ax = axes[row, col]
         ax.imshow((img.permute(1, 2, 0) + 1) / 2 if img.dim() == 3 else img, cmap=None if img.dim() == 3 else "inferno")
         ax.set_title(title, fontsize=7)

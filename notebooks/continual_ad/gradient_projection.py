@@ -56,14 +56,18 @@ for name, step in (("plain", grad), ("projected", project_gradient(grad, U))):
 
 # %% [markdown]
 # The continual run: six one-category ProcAD tasks (three in the quick setting). GPM trains the
-# adapted layers' full weights with SGD; its basis grows after each task by the fewest
-# directions that capture the energy threshold of the new inputs.
+# adapted layers' full weights with SGD; its basis grows after each task by GPM's energy rule
+# (threshold 0.97 + 0.003 t for the t-th task, counted from 0): after the first task the
+# directions whose cumulative energy share stays below the threshold, after later ones the
+# fewest new directions that bring the captured share of the new inputs up to it.
 
 # %%
 setting = PRESETS["procad_1x6"]
 if QUICK:  # three tasks and a few steps: the code path only
     setting = Setting("procad_1x3", setting.groups[:3])
-root = write_procad(tempfile.mkdtemp(), categories=setting.categories, size=16, n_train=32, n_test_good=8, n_per_defect=4)
+root = write_procad(
+    tempfile.mkdtemp(), categories=setting.categories, size=16, n_train=32, n_test_good=8, n_per_defect=4
+)
 data = load_setting(root, setting)
 steps = 4 if QUICK else 20
 train = TrainConfig(steps=steps, batch=8, lr=3e-3)
@@ -75,7 +79,9 @@ results = {
     "O-LoRA": run_continual(OLoRA(train=train), setting, data, load_pretrained(), schedule, scorer, seed=0),
 }
 print_summaries(results)
-print("GPM basis directions (all layers) after each task:", [log["basis_dims"] for log in results["GPM projection"].logs])
+print(
+    "GPM basis directions (all layers) after each task:", [log["basis_dims"] for log in results["GPM projection"].logs]
+)
 
 # %% [markdown]
 # Row i is every category's AUROC after task i. GPM's early columns stay put; what it gives up
@@ -94,6 +100,8 @@ plt.show()
 bench = load_results(RESULTS_DIR / "continual-ad-procad.json")
 for row in bench.rows:
     if row["method"] in ("naive-lora", "gpm-projection", "o-lora", "replay", "hf-olb"):
-        print(f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} FM {row['image_fm']:4.1f} | "
-              f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} FM {row['pixel_fm']:4.1f}")
+        print(
+            f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} FM {row['image_fm']:4.1f} | "
+            f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} FM {row['pixel_fm']:4.1f}"
+        )
 print(f"total {time.time() - start:.1f} s")

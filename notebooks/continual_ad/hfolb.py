@@ -92,8 +92,12 @@ axes[0].set_title("novelty ν per layer", fontsize=9)
 axes[1].imshow(rank, aspect="auto", cmap="Blues")
 axes[1].set_ylabel("task")
 axes[1].set_title("rank added per layer", fontsize=9)
-axes[1].set_xticks(range(len(layers)), [l.replace("_blocks", "").replace("attentions", "att").replace("resnets", "res")
-                                        for l in layers], rotation=90, fontsize=5)
+axes[1].set_xticks(
+    range(len(layers)),
+    [l.replace("_blocks", "").replace("attentions", "att").replace("resnets", "res") for l in layers],
+    rotation=90,
+    fontsize=5,
+)
 plt.tight_layout()
 plt.show()
 print(f"saturated layers: {len(run.saturated)}; total {time.time() - start:.1f} s")

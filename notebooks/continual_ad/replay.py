@@ -18,6 +18,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.continual_ad.data import PRESETS, Setting, load_setting
 from reference_impls.continual_ad.diffusion import load_pretrained, make_schedule
 from reference_impls.continual_ad.learner import TrainConfig, run_continual
@@ -26,7 +27,6 @@ from reference_impls.continual_ad.plots import plot_accuracy_matrices, print_sum
 from reference_impls.continual_ad.procad import write_procad
 from reference_impls.continual_ad.replay import Replay
 from reference_impls.continual_ad.scorer import DiffusionScorer
-from reference_impls.common.results import RESULTS_DIR, load_results
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
@@ -73,6 +73,8 @@ plt.show()
 bench = load_results(RESULTS_DIR / "continual-ad-procad.json")
 for row in bench.rows:
     if row["method"] in ("naive-lora", "replay", "hf-olb", "gpm-projection", "o-lora", "oracle-lora"):
-        print(f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} FM {row['image_fm']:4.1f} | "
-              f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} FM {row['pixel_fm']:4.1f} | images stored {row['images_stored']}")
+        print(
+            f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} FM {row['image_fm']:4.1f} | "
+            f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} FM {row['pixel_fm']:4.1f} | images stored {row['images_stored']}"
+        )
 print(f"total {time.time() - start:.1f} s")

@@ -44,7 +44,9 @@ plt.ylabel("layer")
 plt.title(f"Ada-KV entries per head (uniform would be {b})")
 plt.show()
 report = method.cache.byte_report()
-print("resident bytes (real storage):", report["resident_bytes"], "| masking keeps the full cache:", report["full_bytes"])
+print(
+    "resident bytes (real storage):", report["resident_bytes"], "| masking keeps the full cache:", report["full_bytes"]
+)
 
 # %% [markdown]
 # ## Drift from the full cache vs SnapKV at the same total budget
@@ -52,7 +54,10 @@ print("resident bytes (real storage):", report["resident_bytes"], "| masking kee
 # %%
 steps = 3 if QUICK else 8
 budgets = (0.2,) if QUICK else (0.05, 0.1, 0.2, 0.4)
-for label, make in {"SnapKV": lambda b: SnapKV(budget=b, window=8), "Ada-KV": lambda b: AdaKV(budget=b, window=8)}.items():
+for label, make in {
+    "SnapKV": lambda b: SnapKV(budget=b, window=8),
+    "Ada-KV": lambda b: AdaKV(budget=b, window=8),
+}.items():
     plt.plot(budgets, kl_drift(model, inputs, make, budgets, steps), marker="o", label=label)
 plt.xlabel("mean budget")
 plt.ylabel("KL(full || compressed)")

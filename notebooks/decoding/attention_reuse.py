@@ -28,8 +28,10 @@ torch.set_num_threads(1)
 toy = load_toyvlm()
 model = toy.model.eval()
 text_config = model.config.text_config
-print(f"ToyVLM: {text_config.num_hidden_layers} layers, {text_config.num_attention_heads} query / "
-      f"{text_config.num_key_value_heads} KV heads, hidden {text_config.hidden_size}")
+print(
+    f"ToyVLM: {text_config.num_hidden_layers} layers, {text_config.num_attention_heads} query / "
+    f"{text_config.num_key_value_heads} KV heads, hidden {text_config.hidden_size}"
+)
 
 # %% [markdown]
 # ## How far apart are the layers' attention maps?
@@ -56,7 +58,10 @@ try:
                     distance[1, a, b] += tv[:, -1].mean() / len(samples)
 finally:
     text_config._attn_implementation = previous
-print("TV distance of neighbouring layers (all rows):", [round(float(distance[0, l, l + 1]), 2) for l in range(n_layers - 1)])
+print(
+    "TV distance of neighbouring layers (all rows):",
+    [round(float(distance[0, l, l + 1]), 2) for l in range(n_layers - 1)],
+)
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
 for ax, d, title in zip(axes, distance, ("all query rows", "last row ('answer')")):
     im = ax.imshow(d, vmin=0, vmax=1, cmap="magma")

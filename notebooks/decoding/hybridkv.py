@@ -39,13 +39,23 @@ plan = cache.plan
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 axes[0].imshow(plan["tca"], cmap="viridis", vmin=0, vmax=1)
 axes[0].set(title="TCA per (layer, KV head)", xlabel="KV head", ylabel="layer")
-for (l, h), static in zip(torch.cartesian_prod(torch.arange(plan["tca"].shape[0]), torch.arange(plan["tca"].shape[1])).tolist(), plan["static"].reshape(-1).tolist()):
+for (l, h), static in zip(
+    torch.cartesian_prod(torch.arange(plan["tca"].shape[0]), torch.arange(plan["tca"].shape[1])).tolist(),
+    plan["static"].reshape(-1).tolist(),
+):
     axes[0].text(h, l, "S" if static else "D", ha="center", va="center", color="w")
 axes[1].imshow(plan["budgets"], cmap="magma")
 axes[1].set(title="prompt entries B[l, h]", xlabel="KV head")
 plt.tight_layout()
 plt.show()
-print("budget sum", int(plan["budgets"].sum()), "= b * L * H =", plan["b"] * plan["budgets"].numel(), "; effective ratio", round(plan["effective_ratio"], 3))
+print(
+    "budget sum",
+    int(plan["budgets"].sum()),
+    "= b * L * H =",
+    plan["b"] * plan["budgets"].numel(),
+    "; effective ratio",
+    round(plan["effective_ratio"], 3),
+)
 
 # %% [markdown]
 # ## Stage 3: what static heads keep, what dynamic heads retrieve

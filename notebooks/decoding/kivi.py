@@ -49,12 +49,21 @@ for label, dim in {"per channel (over 16 tokens)": 3, "per token (over channels)
 
 # %%
 steps = 3 if QUICK else 8
-ref = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+ref = model.generate(
+    **inputs,
+    max_new_tokens=steps,
+    min_new_tokens=steps,
+    do_sample=False,
+    output_logits=True,
+    return_dict_in_generate=True,
+)
 ref_tokens, ref_logp = ref.sequences[:, n:], torch.stack(ref.logits)[:, 0].log_softmax(-1)
 for bits in (2, 4):
     method = KIVI(bits=bits, group_size=8, residual_length=16)  # value groups of 8 channels divide head dim 24
     with method(model):
-        _, logits = greedy_decode(model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens)
+        _, logits = greedy_decode(
+            model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens
+        )
     layer = method.cache.layers[0]
     quantized = (layer.quantized_keys or []) + (layer.quantized_values or [])
     parts = dict(zip(["key codes", "key scales", "key zeros", "value codes", "value scales", "value zeros"], quantized))
@@ -62,7 +71,9 @@ for bits in (2, 4):
     breakdown["residual (fp)"] = sum(t.element_size() * t.nelement() for t in (layer.keys, layer.values))
     report = method.cache.byte_report()
     kl = torch.nn.functional.kl_div(logits.log_softmax(-1), ref_logp, log_target=True, reduction="batchmean")
-    print(f"{bits} bits: resident {report['resident_bytes']} B = {report['resident_bytes'] / report['full_bytes']:.3f} of full; KL {float(kl):.2e}")
+    print(
+        f"{bits} bits: resident {report['resident_bytes']} B = {report['resident_bytes'] / report['full_bytes']:.3f} of full; KL {float(kl):.2e}"
+    )
     plt.bar([f"{k}\n{bits}b" for k in breakdown], list(breakdown.values()))
 plt.xticks(rotation=90, fontsize=7)
 plt.ylabel("bytes (layer 0)")

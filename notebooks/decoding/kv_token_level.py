@@ -65,7 +65,14 @@ from reference_impls.decoding.cache import greedy_decode
 
 steps = 3 if QUICK else 8
 with torch.no_grad():
-    ref = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    ref = model.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
 ref_tokens = ref.sequences[:, n:]
 ref_logp = torch.stack(ref.logits)[:, 0].log_softmax(-1)
 budgets = (0.2,) if QUICK else (0.05, 0.1, 0.2, 0.4, 0.7)
@@ -74,7 +81,9 @@ for label, make in METHODS.items():
     for budget in budgets:
         method = make(budget)
         with method(model):
-            tokens, logits = greedy_decode(model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens)
+            tokens, logits = greedy_decode(
+                model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens
+            )
         kl = torch.nn.functional.kl_div(logits.log_softmax(-1), ref_logp, log_target=True, reduction="batchmean")
         kls.append(float(kl))
         # Argmax of the raw logits on both sides (the forced continuation itself had EOS suppressed).

@@ -59,7 +59,10 @@ print("resident bytes:", method.cache.resident_bytes(), "of a full", method.cach
 # %%
 steps = 3 if QUICK else 8
 budgets = (0.2,) if QUICK else (0.05, 0.1, 0.2, 0.4)
-for label, make in {"SnapKV": lambda b: SnapKV(budget=b, window=8), "PyramidKV": lambda b: PyramidKV(budget=b, window=8)}.items():
+for label, make in {
+    "SnapKV": lambda b: SnapKV(budget=b, window=8),
+    "PyramidKV": lambda b: PyramidKV(budget=b, window=8),
+}.items():
     plt.plot(budgets, kl_drift(model, inputs, make, budgets, steps), marker="o", label=label)
 plt.xlabel("mean budget")
 plt.ylabel("KL(full || compressed)")

@@ -23,7 +23,9 @@ setting = load_setting(8 if QUICK else 40, seed=2)
 escalations = ("full-visual",) if QUICK else ("full-visual", "self-consistency")
 # per question: the cheap pass alone, and each escalation (both passes) -- see bench.reasoning
 records = collect(setting, escalations, samples=3 if QUICK else 5)
-print(setting.name, "|", len(setting.inputs), "questions | cheap pass sees", f"{FIRST_KEEP:.0%}", "of the visual tokens")
+print(
+    setting.name, "|", len(setting.inputs), "questions | cheap pass sees", f"{FIRST_KEEP:.0%}", "of the visual tokens"
+)
 
 # %% [markdown]
 # ## Is the cheap pass's confidence informative?
@@ -51,16 +53,27 @@ plt.show()
 # %%
 rows = route(records, thresholds=(0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.998, 1.01))
 baseline, rows = rows[0], rows[1:]
-plt.scatter([baseline["lm_tokens"]], [baseline["accuracy"]], marker="*", s=150, color="black", label="all visual tokens, one pass")
-print(f"baseline (all visual tokens, one pass): accuracy {baseline['accuracy']:.1f}%, LM tokens {baseline['lm_tokens']:.1f}")
+plt.scatter(
+    [baseline["lm_tokens"]],
+    [baseline["accuracy"]],
+    marker="*",
+    s=150,
+    color="black",
+    label="all visual tokens, one pass",
+)
+print(
+    f"baseline (all visual tokens, one pass): accuracy {baseline['accuracy']:.1f}%, LM tokens {baseline['lm_tokens']:.1f}"
+)
 for escalation in escalations:
     mine = [r for r in rows if r["escalation"] == escalation]
     plt.plot([r["lm_tokens"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=escalation)
     for r in mine:
         plt.annotate(f"{r['threshold']:g}", (r["lm_tokens"], r["accuracy"]))
     for r in mine:
-        print(f"{escalation:16s} threshold {r['threshold']:4.2f}: accuracy {r['accuracy']:5.1f}%, "
-              f"escalated {r['escalated']:5.1f}%, LM tokens {r['lm_tokens']:6.1f}, decoded {r['decoded_tokens']:.2f}")
+        print(
+            f"{escalation:16s} threshold {r['threshold']:4.2f}: accuracy {r['accuracy']:5.1f}%, "
+            f"escalated {r['escalated']:5.1f}%, LM tokens {r['lm_tokens']:6.1f}, decoded {r['decoded_tokens']:.2f}"
+        )
 plt.xlabel("LM tokens per question")
 plt.ylabel("accuracy (%)")
 plt.legend()

@@ -85,7 +85,9 @@ for keep in (0.25, 1.0):
     for k in draft_lengths:
         lengths = []
         for inputs in long.inputs:
-            lengths += SpeculativeDecoding(draft_visual_keep=keep, num_draft=k)(long.model, inputs, LONG).stats["accepted_lengths"]
+            lengths += SpeculativeDecoding(draft_visual_keep=keep, num_draft=k)(long.model, inputs, LONG).stats[
+                "accepted_lengths"
+            ]
         accepted.append(sum(lengths) / len(lengths))
     plt.plot(draft_lengths, accepted, marker="o", label=f"draft keeps {keep:.0%} of visual tokens")
 plt.xlabel("draft tokens per verification")
@@ -120,10 +122,17 @@ plt.show()
 # perfect acceptance gains little; the early-exit draft halves that cost.
 
 # %%
-for name, setting, guard in (("best case (ToyVLM after <eos>)", toy, ignoring_eos(toy.model)), ("random model", long, None)):
+for name, setting, guard in (
+    ("best case (ToyVLM after <eos>)", toy, ignoring_eos(toy.model)),
+    ("random model", long, None),
+):
     half_layers = max(1, setting.model.config.text_config.num_hidden_layers // 2)
-    configs = {"self, 25% visual": SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4),
-               f"first {half_layers} layers, 25% visual": SpeculativeDecoding(draft_visual_keep=0.25, draft_layers=half_layers, num_draft=4)}
+    configs = {
+        "self, 25% visual": SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4),
+        f"first {half_layers} layers, 25% visual": SpeculativeDecoding(
+            draft_visual_keep=0.25, draft_layers=half_layers, num_draft=4
+        ),
+    }
     if guard is not None:
         guard.__enter__()
     base = sum(greedy_decode(setting.model, inputs, LONG).stats["decode_seconds"] for inputs in setting.inputs)
@@ -131,6 +140,8 @@ for name, setting, guard in (("best case (ToyVLM after <eos>)", toy, ignoring_eo
         stats = [method(setting.model, inputs, LONG).stats for inputs in setting.inputs]
         lengths = [n for s in stats for n in s["accepted_lengths"]]
         spent = sum(s["decode_seconds"] for s in stats)
-        print(f"{name}, {label}: mean accepted length {sum(lengths) / len(lengths):.2f}, decode speedup {base / spent:.2f}x")
+        print(
+            f"{name}, {label}: mean accepted length {sum(lengths) / len(lengths):.2f}, decode speedup {base / spent:.2f}x"
+        )
     if guard is not None:
         guard.__exit__(None, None, None)

@@ -29,15 +29,32 @@ import torch
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 from reference_impls.decoding.train_twig import CHECKPOINTS, load_prompts
-from reference_impls.decoding.twig_draft import DistillConfig, TwigSpeculativeDecoding, distill_twig, grow_twig, load_twig, twig_agreement
+from reference_impls.decoding.twig_draft import (
+    DistillConfig,
+    TwigSpeculativeDecoding,
+    distill_twig,
+    grow_twig,
+    load_twig,
+    twig_agreement,
+)
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
 N = 8 if QUICK else 40
 captioner, captions, words = load_prompts("captioner", N, seed=22)  # held out: the twig was trained on seed 21
 twig = load_twig(captioner, CHECKPOINTS / "twig-captioner")
-print("captioner layers:", captioner.config.text_config.num_hidden_layers, "| twig on layer", twig.twig_shared_layers,
-      "| twig parameters:", sum(p.numel() for n, p in twig.named_parameters() if not n.startswith(("model.visual", "model.language_model.embed", "model.language_model.layers.0."))))
+print(
+    "captioner layers:",
+    captioner.config.text_config.num_hidden_layers,
+    "| twig on layer",
+    twig.twig_shared_layers,
+    "| twig parameters:",
+    sum(
+        p.numel()
+        for n, p in twig.named_parameters()
+        if not n.startswith(("model.visual", "model.language_model.embed", "model.language_model.layers.0."))
+    ),
+)
 
 
 def text(tokens):
@@ -108,7 +125,9 @@ for layers in (1, 2, 3):
     cache, logits = prefill(captioner, prompt, layers)
     start = time.perf_counter()
     for i in range(20):
-        forward(captioner, cache, text_positions(prompt.next_position + i, 1), ids=[int(logits.argmax())], layers=layers)
+        forward(
+            captioner, cache, text_positions(prompt.next_position + i, 1), ids=[int(logits.argmax())], layers=layers
+        )
     per_forward[layers] = 1000 * (time.perf_counter() - start) / 20
 print("ms per one-token forward by depth:", {k: round(v, 2) for k, v in per_forward.items()})
 
@@ -156,7 +175,9 @@ for name, make in makers.items():
     agreement = []
     for keep in keeps:
         method = make(keep)
-        agreement.append(100 * sum(method.draft_first_token(toy, x) == a for x, a in zip(questions, answers)) / len(answers))
+        agreement.append(
+            100 * sum(method.draft_first_token(toy, x) == a for x, a in zip(questions, answers)) / len(answers)
+        )
     plt.plot(keeps, agreement, marker="o", label=name)
     print(name, [f"{a:.0f}%" for a in agreement])
 plt.xscale("log")

@@ -36,7 +36,9 @@ for objects, tokens in sorted(by_objects.items()):
 
 # %%
 budgets = [0.25] if QUICK else [0.5, 0.25, 0.125]
-rows = budget_sweep(bundle, {"adaptive-resolution": lambda b: AdaptiveResolution(budget=b)}, budgets, n=6 if QUICK else 40)
+rows = budget_sweep(
+    bundle, {"adaptive-resolution": lambda b: AdaptiveResolution(budget=b)}, budgets, n=6 if QUICK else 40
+)
 print_sweep(rows)
 plot_sweep(rows, "Adaptive resolution vs random pruning (ToyVLM)")
 plt.show()

@@ -18,9 +18,20 @@ import matplotlib.pyplot as plt
 import torch
 
 from reference_impls.encoding.keyframes import KeyframeSelection
-from reference_impls.encoding.learned_keyframes import CHECKPOINT_DIR, FrameScorer, LearnedKeyframeSelection, load_frame_scorer
+from reference_impls.encoding.learned_keyframes import (
+    CHECKPOINT_DIR,
+    FrameScorer,
+    LearnedKeyframeSelection,
+    load_frame_scorer,
+)
 from reference_impls.encoding.sweep import budget_sweep, load_bundle, plot_sweep, print_sweep
-from reference_impls.encoding.train_frame_scorer import clip_features, fit_scorer, make_dataset, ranking_metrics, subset_log_probs
+from reference_impls.encoding.train_frame_scorer import (
+    clip_features,
+    fit_scorer,
+    make_dataset,
+    ranking_metrics,
+    subset_log_probs,
+)
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
@@ -28,8 +39,10 @@ bundle, trained = load_bundle()
 print("ToyVLM checkpoint loaded" if trained else "no ToyVLM checkpoint: random-init model, accuracies mean nothing")
 scorer = load_frame_scorer()
 manifest = json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
-print(f"committed scorer: {sum(p.numel() for p in scorer.parameters())} parameters, {manifest['training_clips']} training clips, "
-      f"{manifest['steps']} steps, {manifest['wall_seconds']:.0f} s ({manifest['command']})")
+print(
+    f"committed scorer: {sum(p.numel() for p in scorer.parameters())} parameters, {manifest['training_clips']} training clips, "
+    f"{manifest['steps']} steps, {manifest['wall_seconds']:.0f} s ({manifest['command']})"
+)
 print("held-out ranking:", manifest["heldout_ranking"])
 
 # %% [markdown]

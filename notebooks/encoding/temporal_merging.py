@@ -66,6 +66,7 @@ print("frames merged per kept token:", {int(s): int((size == s).sum()) for s in 
 # tokens) merging leaves the object tokens almost untouched. Below: cosine similarity between
 # each object's own token (first copy) and the token that carries it after the reduction.
 
+
 # %%
 def carrier(rep: torch.Tensor, index: int, cells: int = 64) -> int:
     """Position in ``rep`` of the kept token whose run (or group) holds token ``index``."""
@@ -78,8 +79,10 @@ merged, _, merge_rep = temporal_merge(frames, keep=pooled.shape[0])
 flat = frames.reshape(-1, frames.shape[-1])
 for obj in sample.scene.objects:
     index = obj.image * 64 + obj.row * 8 + obj.col
-    cos = {name: float(torch.cosine_similarity(flat[index], out[carrier(rep, index)], dim=0))
-           for name, out, rep in (("pool", pooled, pool_rep), ("merge", merged, merge_rep))}
+    cos = {
+        name: float(torch.cosine_similarity(flat[index], out[carrier(rep, index)], dim=0))
+        for name, out, rep in (("pool", pooled, pool_rep), ("merge", merged, merge_rep))
+    }
     print(f"{obj.name:>16} (image {obj.image // 2}): pool {cos['pool']:.2f}, merge {cos['merge']:.2f}")
 
 # %% [markdown]

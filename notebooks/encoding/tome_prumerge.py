@@ -16,8 +16,8 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.encoding.prumerge import PruMerge
 from reference_impls.common.random_pruning import RandomPruning
+from reference_impls.encoding.prumerge import PruMerge
 from reference_impls.encoding.sweep import budget_sweep, load_bundle, object_recall, plot_sweep, print_sweep
 from reference_impls.encoding.tome import ToMe
 
@@ -54,5 +54,9 @@ with torch.no_grad(), method(bundle.model):
 
 # %%
 probe = bundle.samples(3 if QUICK else 20, seed=7)
-for name, method in {"random-pruning": RandomPruning(budget=0.125), "prumerge": PruMerge(budget=0.125), "tome": ToMe(budget=0.125)}.items():
+for name, method in {
+    "random-pruning": RandomPruning(budget=0.125),
+    "prumerge": PruMerge(budget=0.125),
+    "tome": ToMe(budget=0.125),
+}.items():
     print(f"{name:<16} object cells kept: {object_recall(bundle, method, probe):.0%}")

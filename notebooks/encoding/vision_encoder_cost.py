@@ -27,7 +27,9 @@ rows = vision_cost(QWEN25VL_7B_VISION, sides, measure=False)
 print(f"{'side':>6} {'tokens':>7} {'windowed TFLOPs':>16} {'full TFLOPs':>12} {'attention share (full)':>23}")
 for side in sides:
     w, f = [r for r in rows if r["resolution"] == side]
-    print(f"{side:>6} {w['tokens']:>7} {w['gflops'] / 1e3:>16.2f} {f['gflops'] / 1e3:>12.2f} {f['attention_gflops'] / f['gflops']:>23.0%}")
+    print(
+        f"{side:>6} {w['tokens']:>7} {w['gflops'] / 1e3:>16.2f} {f['gflops'] / 1e3:>12.2f} {f['attention_gflops'] / f['gflops']:>23.0%}"
+    )
 
 fig, ax = plt.subplots(figsize=(5, 3.5))
 for mode in ("windowed", "full"):

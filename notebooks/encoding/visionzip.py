@@ -77,4 +77,4 @@ plt.show()
 # background. Mean *received* attention rewards tokens that many queries resemble, and in
 # ToyVLM scenes the background is most of the image; VisionZip's premise (a class token that
 # attends to the informative patches) has no counterpart in a tower without a class token, which
-# is the weak point of this reconstruction (design note, section 10).
+# is the weak point of this reconstruction (`docs/notes/transformers5.md` §10).

@@ -23,7 +23,7 @@ from reference_impls.hallucination.bench import BenchConfig, make_data
 from reference_impls.hallucination.captioner import evaluate_captioner, make_eval_set
 from reference_impls.hallucination.npo import NPO
 from reference_impls.hallucination.robustness import relearn
-from reference_impls.hallucination.sare import SAMConfig, SARE
+from reference_impls.hallucination.sare import SARE, SAMConfig
 from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
@@ -37,7 +37,9 @@ config = BenchConfig(steps=STEPS, n_forget=16, batch=BATCH, relearn_n=16, relear
 splits, batches, attack = make_data(base, vocab, world, config, seed=0)
 eval_set = make_eval_set(world, N_EVAL, N_EVAL)
 evaluate = lambda m: evaluate_captioner(m, vocab, world, eval_set, with_pope=False)
-print(f"{len(splits['scenes'])} of 16 trigger scenes get a hallucinated caption; example: {' '.join(splits['captions'][0])!r} for {sorted(splits['scenes'][0].truth)}")
+print(
+    f"{len(splits['scenes'])} of 16 trigger scenes get a hallucinated caption; example: {' '.join(splits['captions'][0])!r} for {sorted(splits['scenes'][0].truth)}"
+)
 
 # %% [markdown]
 # Unlearn with NPO and SARE from the same data order; measure the hallucinated-object rate
@@ -55,7 +57,10 @@ for name, method in methods.items():
     scores = evaluate(model)
     rows = relearn(model, attack, checkpoints=BUDGETS, evaluate=evaluate)
     curves[name] = [(0, scores["hal_rate"])] + [(r["steps"], r["hal_rate"]) for r in rows]
-    print(f"{name:5s} hal {scores['hal_rate']:5.1f}%  clean F1 {scores['clean_f1']:5.1f}  after relearning: " + ", ".join(f"{r['steps']} steps {r['hal_rate']:.1f}%" for r in rows))
+    print(
+        f"{name:5s} hal {scores['hal_rate']:5.1f}%  clean F1 {scores['clean_f1']:5.1f}  after relearning: "
+        + ", ".join(f"{r['steps']} steps {r['hal_rate']:.1f}%" for r in rows)
+    )
 
 # %% [markdown]
 # Left: this short live run. Right: the committed benchmark (60 unlearning steps, 3 seeds,

@@ -33,9 +33,20 @@ print(f"data: {data.source}; {num_layers} LLM layers; FastV and random pruning a
 # %%
 # Budget 1.0 is the unpruned model exactly (tested), shown as the dashed line.
 budgets = (0.25,) if QUICK else (0.5, 0.25, 0.1)
-names = ("fastv", "pyramiddrop", "sparsevlm", "random@0") if QUICK else (
-    "fastv", "pyramiddrop", "pyramiddrop+renumber", "sparsevlm", "sparsevlm-norecycle", "sparsevlm+renumber",
-    "random@0", f"random@{k}")
+names = (
+    ("fastv", "pyramiddrop", "sparsevlm", "random@0")
+    if QUICK
+    else (
+        "fastv",
+        "pyramiddrop",
+        "pyramiddrop+renumber",
+        "sparsevlm",
+        "sparsevlm-norecycle",
+        "sparsevlm+renumber",
+        "random@0",
+        f"random@{k}",
+    )
+)
 rows = bench.sweep(data, budgets, names)
 bench.print_sweep(rows)
 

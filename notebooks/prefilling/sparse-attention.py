@@ -15,7 +15,6 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.prefilling import bench
 from reference_impls.prefilling.block_sparse import block_pattern, pattern_to_mask
 
@@ -45,11 +44,16 @@ plt.show()
 # sequence is long enough.
 
 # %%
-cost = bench.sparse_cost(lengths=(1024,) if QUICK else (1024, 2048, 4096), budgets=(0.2,) if QUICK else (0.5, 0.2, 0.05),
-                         repeats=1 if QUICK else 2)
+cost = bench.sparse_cost(
+    lengths=(1024,) if QUICK else (1024, 2048, 4096),
+    budgets=(0.2,) if QUICK else (0.5, 0.2, 0.05),
+    repeats=1 if QUICK else 2,
+)
 for row in cost:
-    print(f"{row['method']:>14} n {row['tokens']:>5} budget {row['budget']:.2f} density {row['density']:.2f}"
-          f"  attention {row['attention_ms']:7.1f} ms  speed-up x{row['speedup']:.2f}")
+    print(
+        f"{row['method']:>14} n {row['tokens']:>5} budget {row['budget']:.2f} density {row['density']:.2f}"
+        f"  attention {row['attention_ms']:7.1f} ms  speed-up x{row['speedup']:.2f}"
+    )
 plt.figure(figsize=(5, 3.5))
 for length in sorted({row["tokens"] for row in cost}):
     points = sorted((r["density"], r["speedup"]) for r in cost if r["tokens"] == length)

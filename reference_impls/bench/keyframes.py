@@ -40,7 +40,13 @@ from ..common.results import Column, Plot, Results, command_line, save_results
 from ..common.toyvlm import load_toyvlm
 from ..common.visual_tokens import keep_count
 from ..encoding.keyframes import KeyframeSelection, item_thumbnails, select_keyframes
-from ..encoding.learned_keyframes import CHECKPOINT_DIR, LearnedKeyframeSelection, load_frame_scorer, question_embedding, rank_frames
+from ..encoding.learned_keyframes import (
+    CHECKPOINT_DIR,
+    LearnedKeyframeSelection,
+    load_frame_scorer,
+    question_embedding,
+    rank_frames,
+)
 
 __all__ = ["run", "main"]
 
@@ -82,16 +88,28 @@ def _oracle_ranking(sample) -> list[int]:
 def _selection_cost(bundle, samples, scorer) -> dict[str, float]:
     """Mean ms per clip of choosing frames (thumbnails included), interleaved per sample."""
     model, config = bundle.model, bundle.model.config
-    skip = (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id, config.video_token_id, config.text_config.pad_token_id)
+    skip = (
+        config.vision_start_token_id,
+        config.vision_end_token_id,
+        config.image_token_id,
+        config.video_token_id,
+        config.text_config.pad_token_id,
+    )
     totals = {"maxmin": 0.0, "learned": 0.0}
     for sample in samples:
         inputs = bundle.collate([sample])
         keep = keep_count(len(sample.scene.images), 0.5)
         start = time.perf_counter()
-        select_keyframes(torch.cat(item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], config.vision_config, 4)), keep)
+        select_keyframes(
+            torch.cat(item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], config.vision_config, 4)), keep
+        )
         middle = time.perf_counter()
-        thumbs = torch.cat(item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], config.vision_config, scorer.thumb))
-        rank_frames(scorer, thumbs, question_embedding(model.get_input_embeddings(), inputs["input_ids"][0], skip), keep)
+        thumbs = torch.cat(
+            item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], config.vision_config, scorer.thumb)
+        )
+        rank_frames(
+            scorer, thumbs, question_embedding(model.get_input_embeddings(), inputs["input_ids"][0], skip), keep
+        )
         end = time.perf_counter()
         totals["maxmin"] += middle - start
         totals["learned"] += end - middle
@@ -115,7 +133,7 @@ def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print
     parts: list[list[dict]] = [[] for _ in settings]
     for first in range(0, n, chunk):
         block = samples[first : first + chunk]
-        for index, (name, _, _, method) in enumerate(settings):
+        for index, (_, _, _, method) in enumerate(settings):
             if isinstance(method, _OracleFrames):
                 method.plan = [_oracle_ranking(s) for s in block]
             result = evaluate(bundle, method, samples=block, decode_tokens=0)
@@ -123,15 +141,26 @@ def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print
             parts[index].append(result)
         log(f"  {min(n, first + chunk)}/{n} samples")
     cost = _selection_cost(bundle, samples, scorer)
-    rows = [_row(name, family, budget, results, len(bundle.samples(1, seed)[0].scene.images)) for (name, family, budget, _), results in zip(settings, parts)]
+    rows = [
+        _row(name, family, budget, results, len(bundle.samples(1, seed)[0].scene.images))
+        for (name, family, budget, _), results in zip(settings, parts)
+    ]
     full_encode = rows[0]["encode_ms"]
     for row in rows:
         row["encode_saved_ms"] = round(full_encode - row["encode_ms"], 3)
-        row["select_ms"] = round(cost["learned"], 3) if row["method"] == "keyframes-learned" else round(cost["maxmin"], 3) if row["method"] == "keyframes-maxmin" else 0.0
+        row["select_ms"] = (
+            round(cost["learned"], 3)
+            if row["method"] == "keyframes-learned"
+            else round(cost["maxmin"], 3)
+            if row["method"] == "keyframes-maxmin"
+            else 0.0
+        )
     log(f"{'method':18s} budget frames  acc   colour shape presence count  encode_ms saved_ms select_ms")
     for row in rows:
-        log(f"{row['method']:18s} {row['budget']:5.2f} {row['frames']:5d} {row['accuracy']:6.1f} {row['acc_colour']:6.1f} {row['acc_shape']:5.1f} "
-            f"{row['acc_presence']:8.1f} {row['acc_count']:5.1f} {row['encode_ms']:9.1f} {row['encode_saved_ms']:8.1f} {row['select_ms']:9.2f}")
+        log(
+            f"{row['method']:18s} {row['budget']:5.2f} {row['frames']:5d} {row['accuracy']:6.1f} {row['acc_colour']:6.1f} {row['acc_shape']:5.1f} "
+            f"{row['acc_presence']:8.1f} {row['acc_count']:5.1f} {row['encode_ms']:9.1f} {row['encode_saved_ms']:8.1f} {row['select_ms']:9.2f}"
+        )
     params = sum(p.numel() for p in scorer.parameters())
     notes = (
         f"ToyVLM ({bundle.manifest.get('parameters', '?')} parameters), {n} held-out samples (seed {seed}), four 224 px images "
@@ -167,7 +196,14 @@ def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print
             Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
         ],
         rows=rows,
-        plots=[Plot(x="visual_tokens", y="accuracy", group="method", title="Accuracy vs visual tokens kept (frames of a clip)")],
+        plots=[
+            Plot(
+                x="visual_tokens",
+                y="accuracy",
+                group="method",
+                title="Accuracy vs visual tokens kept (frames of a clip)",
+            )
+        ],
         notes=notes,
     )
 
@@ -196,7 +232,10 @@ def _row(name: str, family: str, budget: float, parts: list[dict], frames: int) 
         "prefill_ms": round(1000 * mean("prefill_s"), 3),
         "n": total,
     }
-    return row | {f"acc_{kind}": round(100 * hits[kind] / max(1, counts[kind]), 2) for kind in ("colour", "shape", "presence", "count")}
+    return row | {
+        f"acc_{kind}": round(100 * hits[kind] / max(1, counts[kind]), 2)
+        for kind in ("colour", "shape", "presence", "count")
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

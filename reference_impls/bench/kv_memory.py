@@ -38,7 +38,7 @@ from reference_impls.common.tiny import IDS, tiny_qwen25vl
 from reference_impls.decoding.cache import ATTN_NAME, CompressedCache, KVCacheMethod
 from reference_impls.registry import get_method
 
-__all__ = ["build_inputs", "run"]
+__all__ = ["build_inputs", "main"]
 
 METHODS = ("hybridkv", "hybridkv-resident", "hybridkv-rank", "snapkv", "pyramidkv", "adakv", "kivi")
 
@@ -50,7 +50,12 @@ def build_inputs(model, n_images: int, grid: int, text_before: int, text_after: 
     text = lambda n: torch.randint(IDS.first_text, cfg.text_config.vocab_size, (n,), generator=g).tolist()
     ids = text(text_before)
     for _ in range(n_images):
-        ids += [cfg.vision_start_token_id] + [cfg.image_token_id] * (grid * grid // 4) + [cfg.vision_end_token_id] + text(4)
+        ids += (
+            [cfg.vision_start_token_id]
+            + [cfg.image_token_id] * (grid * grid // 4)
+            + [cfg.vision_end_token_id]
+            + text(4)
+        )
     ids += text(text_after)
     input_ids = torch.tensor([ids])
     visual = input_ids == cfg.image_token_id
@@ -109,16 +114,27 @@ def _decode(model, cache, token, last_pos, steps):
 def prefill(name: str, model, inputs, budget: float) -> dict:
     """Prefill once with ``name``'s cache; returns the post-prefill state the decode rounds copy."""
     method = _method(name, budget)
-    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+    )
     _set_attention(model, method)
     cache = DynamicCache() if method is None else method.make_cache(model, inputs["input_ids"])
     start = time.perf_counter()
     out = model(**inputs, cache=cache, use_cache=True, position_ids=positions)
     seconds = time.perf_counter() - start
     resident, offloaded = _bytes(cache)
-    return {"name": name, "method": method, "cache": cache, "token": out.logits[:, -1].argmax(-1, keepdim=True),
-            "last": positions[..., -1:], "prefill_s": seconds, "resident_prefill": resident, "offloaded_prefill": offloaded,
-            "means": [], "medians": []}
+    return {
+        "name": name,
+        "method": method,
+        "cache": cache,
+        "token": out.logits[:, -1].argmax(-1, keepdim=True),
+        "last": positions[..., -1:],
+        "prefill_s": seconds,
+        "resident_prefill": resident,
+        "offloaded_prefill": offloaded,
+        "means": [],
+        "medians": [],
+    }
 
 
 def _set_attention(model, method) -> None:
@@ -142,14 +158,22 @@ def summarise(state: dict, full: dict) -> dict:
     resident, offloaded = _bytes(final)
     ratios = [f / m for f, m in zip(full["means"], state["means"])]  # same round, same CPU conditions
     row = {
-        "method": state["name"], "budget": 1.0 if state["method"] is None else state["method"].budget,
+        "method": state["name"],
+        "budget": 1.0 if state["method"] is None else state["method"].budget,
         "prefill_s": round(state["prefill_s"], 2),
-        "resident_bytes_prefill": state["resident_prefill"], "offloaded_bytes_prefill": state["offloaded_prefill"],
-        "resident_bytes": resident, "offloaded_bytes": offloaded, "transient_bytes": getattr(final, "transient_bytes", 0),
-        "decode_ms": round(statistics.median(state["means"]), 2), "decode_ms_min": round(min(state["means"]), 2),
-        "decode_ms_max": round(max(state["means"]), 2), "decode_ms_median_step": round(statistics.median(state["medians"]), 2),
+        "resident_bytes_prefill": state["resident_prefill"],
+        "offloaded_bytes_prefill": state["offloaded_prefill"],
+        "resident_bytes": resident,
+        "offloaded_bytes": offloaded,
+        "transient_bytes": getattr(final, "transient_bytes", 0),
+        "decode_ms": round(statistics.median(state["means"]), 2),
+        "decode_ms_min": round(min(state["means"]), 2),
+        "decode_ms_max": round(max(state["means"]), 2),
+        "decode_ms_median_step": round(statistics.median(state["medians"]), 2),
         "memory_reduction": round(full_resident(full) / resident, 2),
-        "speedup": round(statistics.median(ratios), 2), "speedup_min": round(min(ratios), 2), "speedup_max": round(max(ratios), 2),
+        "speedup": round(statistics.median(ratios), 2),
+        "speedup_min": round(min(ratios), 2),
+        "speedup_max": round(max(ratios), 2),
         "token_agreement": round(sum(a == b for a, b in zip(state["tokens"], full["tokens"])) / len(full["tokens"]), 3),
         "family": "" if state["method"] is None else get_method(state["name"].split("-")[0]).family,
     }
@@ -195,39 +219,64 @@ def main(argv: list[str] | None = None) -> None:
     n_prompt = inputs["input_ids"].shape[1]
     for row in rows:
         row["prompt_tokens"] = n_prompt
-        print({k: row[k] for k in ("method", "resident_bytes", "offloaded_bytes", "memory_reduction", "decode_ms", "speedup", "speedup_min", "speedup_max", "token_agreement")})
+        print(
+            {
+                k: row[k]
+                for k in (
+                    "method",
+                    "resident_bytes",
+                    "offloaded_bytes",
+                    "memory_reduction",
+                    "decode_ms",
+                    "speedup",
+                    "speedup_min",
+                    "speedup_max",
+                    "token_agreement",
+                )
+            }
+        )
     full = rows[0]
     elapsed = time.perf_counter() - wall
     print(f"total {elapsed:.0f} s")
     if args.quick:
         return
-    save_results(Results(
-        id="kv-memory-cpu",
-        title=f"KV cache bytes and decode ms/token at {full['prompt_tokens']} tokens (random-init Qwen2.5-VL architecture, CPU)",
-        command=command_line("reference_impls.bench.kv_memory", argv),
-        families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
-        columns=[
-            Column("method", "Method"), Column("budget", "Budget"), Column("resident_bytes", "Resident KV", "B"),
-            Column("offloaded_bytes", "Offloaded KV", "B"), Column("memory_reduction", "Memory reduction", "x", 2),
-            Column("decode_ms", "Decode", "ms/token", 2), Column("decode_ms_min", "min", "ms", 2),
-            Column("decode_ms_max", "max", "ms", 2), Column("speedup", "Speed-up", "x", 2),
-            Column("speedup_min", "min", "x", 2), Column("speedup_max", "max", "x", 2),
-            Column("token_agreement", "Greedy agreement with full", "", 3),
-        ],
-        rows=rows,
-        plots=[Plot(x="memory_reduction", y="speedup", group="method", title="Memory reduction vs decode speed-up")],
-        notes=(
-            f"Random-init model ({dims}), float32, one CPU thread on a 2-core machine shared with other jobs "
-            f"(load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; timings are noisy). "
-            f"All methods in the same run ({elapsed:.0f} s), decoded in interleaved rounds; the speed-up is the "
-            "median over rounds of full/method ms within a round (min-max in speedup_min/max). Vision tower bypassed via inputs_embeds "
-            "(visual ids kept for positions and spans). Decode ms/token = median over repeats of the mean of "
-            f"steps 2..{steps}; min/max over {repeats} repeats after one warm-up. Resident bytes are every tensor "
-            "the cache keeps for attention (entries, int32 positions, chunk metadata, quantisation scales); "
-            "offloaded = HybridKV's retrieval pools in the cold store. hybridkv-rank types the 25% lowest-TCA "
-            "heads dynamic (ablation); the default threshold typing makes nearly every head dynamic on a random model."
-        ),
-    ))
+    save_results(
+        Results(
+            id="kv-memory-cpu",
+            title=f"KV cache bytes and decode ms/token at {full['prompt_tokens']} tokens (random-init Qwen2.5-VL architecture, CPU)",
+            command=command_line("reference_impls.bench.kv_memory", argv),
+            families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
+            columns=[
+                Column("method", "Method"),
+                Column("budget", "Budget"),
+                Column("resident_bytes", "Resident KV", "B"),
+                Column("offloaded_bytes", "Offloaded KV", "B"),
+                Column("memory_reduction", "Memory reduction", "x", 2),
+                Column("decode_ms", "Decode", "ms/token", 2),
+                Column("decode_ms_min", "min", "ms", 2),
+                Column("decode_ms_max", "max", "ms", 2),
+                Column("speedup", "Speed-up", "x", 2),
+                Column("speedup_min", "min", "x", 2),
+                Column("speedup_max", "max", "x", 2),
+                Column("token_agreement", "Greedy agreement with full", "", 3),
+            ],
+            rows=rows,
+            plots=[
+                Plot(x="memory_reduction", y="speedup", group="method", title="Memory reduction vs decode speed-up")
+            ],
+            notes=(
+                f"Random-init model ({dims}), float32, one CPU thread on a 2-core machine shared with other jobs "
+                f"(load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; timings are noisy). "
+                f"All methods in the same run ({elapsed:.0f} s), decoded in interleaved rounds; the speed-up is the "
+                "median over rounds of full/method ms within a round (min-max in speedup_min/max). Vision tower bypassed via inputs_embeds "
+                "(visual ids kept for positions and spans). Decode ms/token = median over repeats of the mean of "
+                f"steps 2..{steps}; min/max over {repeats} repeats after one warm-up. Resident bytes are every tensor "
+                "the cache keeps for attention (entries, int32 positions, chunk metadata, quantisation scales); "
+                "offloaded = HybridKV's retrieval pools in the cold store. hybridkv-rank types the 25% lowest-TCA "
+                "heads dynamic (ablation); the default threshold typing makes nearly every head dynamic on a random model."
+            ),
+        )
+    )
 
 
 if __name__ == "__main__":

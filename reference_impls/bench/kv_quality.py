@@ -51,17 +51,31 @@ def prepare(toy, samples, layout: str = "question-first") -> list[dict]:
         inputs = toy.collate([sample], question_first=layout == "question-first")
         ids = inputs["input_ids"]
         grids = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw") if k in inputs}
-        positions, _ = model.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"], **grids)
+        positions, _ = model.model.get_rope_index(
+            ids, mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"], **grids
+        )
         encoded = {}
         if "pixel_values" in inputs:  # the vision tower does not depend on the KV method: run it once
-            encoded["image"] = model.model.get_image_features(inputs.pop("pixel_values"), inputs["image_grid_thw"], return_dict=True)
+            encoded["image"] = model.model.get_image_features(
+                inputs.pop("pixel_values"), inputs["image_grid_thw"], return_dict=True
+            )
         if "pixel_values_videos" in inputs:
-            encoded["video"] = model.model.get_video_features(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"], return_dict=True)
+            encoded["video"] = model.model.get_video_features(
+                inputs.pop("pixel_values_videos"), inputs["video_grid_thw"], return_dict=True
+            )
         if layout == "question-first":
             cut = ids.shape[1] - 1
         else:  # everything after the last vision_end is decoded
             cut = int((ids[0] == model.config.vision_end_token_id).nonzero().max()) + 1
-        prepared.append({"inputs": inputs, "encoded": encoded, "positions": positions, "cut": cut, "answer": toy.vocab.id(sample.qa.answer)})
+        prepared.append(
+            {
+                "inputs": inputs,
+                "encoded": encoded,
+                "positions": positions,
+                "cut": cut,
+                "answer": toy.vocab.id(sample.qa.answer),
+            }
+        )
     return prepared
 
 
@@ -74,11 +88,22 @@ def answer_accuracy(toy, method, prepared: list[dict]) -> dict:
     for item in prepared:
         inputs, positions, cut = item["inputs"], item["positions"], item["cut"]
         ids, n = inputs["input_ids"], inputs["input_ids"].shape[1]
-        prefill = {k: (v[:, :cut] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v) for k, v in inputs.items()}
+        prefill = {
+            k: (v[:, :cut] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+            for k, v in inputs.items()
+        }
         cache = DynamicCache() if method is None else method.make_cache(model, prefill["input_ids"])
-        out = model(**prefill, mm_encoder_outputs=dict(item["encoded"]), cache=cache, use_cache=True, position_ids=positions[..., :cut])
+        out = model(
+            **prefill,
+            mm_encoder_outputs=dict(item["encoded"]),
+            cache=cache,
+            use_cache=True,
+            position_ids=positions[..., :cut],
+        )
         for t in range(cut, n):
-            out = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True, position_ids=positions[..., t : t + 1])
+            out = model(
+                input_ids=ids[:, t : t + 1], cache=cache, use_cache=True, position_ids=positions[..., t : t + 1]
+            )
         prediction = answer_ids[out.logits[0, -1, answer_ids].argmax()]
         correct += int(prediction == item["answer"])
         if isinstance(cache, CompressedCache):
@@ -105,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--window", type=int, default=8, help="observation/recent window (ToyVLM prompts are short)")
-    parser.add_argument("--layouts", nargs="*", default=["question-first"],
-                        help="question-first (ToyVLM's training layout) and/or images-first (query-agnostic)")
+    parser.add_argument(
+        "--layouts",
+        nargs="*",
+        default=["question-first"],
+        help="question-first (ToyVLM's training layout) and/or images-first (query-agnostic)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     logging.getLogger("reference_impls.decoding.hybridkv.plan").setLevel(logging.ERROR)  # short-window notices
@@ -142,22 +171,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total {elapsed:.0f} s")
     if args.quick:
         return
-    save_results(Results(
-        id="kv-quality-toyvlm",
-        title="ToyVLM accuracy of KV-cache methods at 10/20/40% budgets",
-        command=command_line("reference_impls.bench.kv_quality", argv),
-        families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
-        columns=[Column("method", "Method"), Column("layout", "Prompt layout"), Column("budget", "Budget"),
-                 Column("accuracy", "Accuracy", "%", 1), Column("resident_ratio", "Resident KV / full", "", 3)],
-        rows=rows,
-        plots=[Plot(x="budget", y="accuracy", group="method", title="Accuracy vs KV budget")],
-        notes=(f"{n} held-out ToyVLM samples (seed {args.seed}), batch 1, CPU, one thread, {elapsed:.0f} s. "
-               f"Windows set to {args.window} (ToyVLM prompts are short). KIVI's budget selects its bit width "
-               "(<0.25: 2 bits, else 4). Budgets are per KV head, except SnapKV and PyramidKV, which by default "
-               "(as their reference code, which repeats K/V) keep the budget per query head: G = 2 copies per KV "
-               "head on ToyVLM; the -gqa-mean rows select per KV head instead. Resident ratio includes metadata "
-               "and the decoded tokens."),
-    ))
+    save_results(
+        Results(
+            id="kv-quality-toyvlm",
+            title="ToyVLM accuracy of KV-cache methods at 10/20/40% budgets",
+            command=command_line("reference_impls.bench.kv_quality", argv),
+            families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
+            columns=[
+                Column("method", "Method"),
+                Column("layout", "Prompt layout"),
+                Column("budget", "Budget"),
+                Column("accuracy", "Accuracy", "%", 1),
+                Column("resident_ratio", "Resident KV / full", "", 3),
+            ],
+            rows=rows,
+            plots=[Plot(x="budget", y="accuracy", group="method", title="Accuracy vs KV budget")],
+            notes=(
+                f"{n} held-out ToyVLM samples (seed {args.seed}), batch 1, CPU, one thread, {elapsed:.0f} s. "
+                f"Windows set to {args.window} (ToyVLM prompts are short). KIVI's budget selects its bit width "
+                "(<0.25: 2 bits, else 4). Budgets are per KV head, except SnapKV and PyramidKV, which by default "
+                "(as their reference code, which repeats K/V) keep the budget per query head: G = 2 copies per KV "
+                "head on ToyVLM; the -gqa-mean rows select per KV head instead. Resident ratio includes metadata "
+                "and the decoded tokens."
+            ),
+        )
+    )
 
 
 if __name__ == "__main__":

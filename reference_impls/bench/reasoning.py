@@ -32,7 +32,9 @@ FIRST_KEEP = 0.25
 MAX_NEW = 2  # ToyVLM answers are one word and <eos>
 
 
-def collect(setting, escalations=("full-visual", "self-consistency"), samples: int = 5, first_keep: float = FIRST_KEEP) -> dict[str, list[tuple]]:
+def collect(
+    setting, escalations=("full-visual", "self-consistency"), samples: int = 5, first_keep: float = FIRST_KEEP
+) -> dict[str, list[tuple]]:
     """Per question, the always-cheap run and one always-escalate run per escalation.
 
     Returns ``{"cheap" or escalation: [(correct, confidence, decoded tokens, LM tokens,
@@ -62,7 +64,15 @@ def collect(setting, escalations=("full-visual", "self-consistency"), samples: i
             result = method(model, inputs)
             seconds = time.perf_counter() - start
             stats = result.stats
-            records[name].append((result.tokens[:1] == [answer], stats["confidence"], stats["decoded_tokens"], stats["lm_tokens"], seconds))
+            records[name].append(
+                (
+                    result.tokens[:1] == [answer],
+                    stats["confidence"],
+                    stats["decoded_tokens"],
+                    stats["lm_tokens"],
+                    seconds,
+                )
+            )
     return records
 
 
@@ -130,7 +140,11 @@ def main(argv: list[str] | None = None) -> Results:
     rows += route(half, first_keep=0.5)
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
-    scored = "accuracy against the ground truth" if setting.answers is not None else "agreement with the full-visual greedy answer"
+    scored = (
+        "accuracy against the ground truth"
+        if setting.answers is not None
+        else "agreement with the full-visual greedy answer"
+    )
     results = Results(
         id="reasoning-toyvlm",
         title="Confidence-gated answering on ToyVLM: accuracy against compute",
@@ -138,7 +152,9 @@ def main(argv: list[str] | None = None) -> Results:
         families=["efficient-reasoning"],
         columns=COLUMNS,
         rows=rows,
-        plots=[Plot(x="lm_tokens", y="accuracy", group="method", title="Accuracy vs LM tokens per question (thresholds)")],
+        plots=[
+            Plot(x="lm_tokens", y="accuracy", group="method", title="Accuracy vs LM tokens per question (thresholds)")
+        ],
         notes=(
             f"Model: {setting.name}; {n} held-out questions, batch 1, CPU with 1 thread (shared machine: "
             f"wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% (or 50%) of each image's visual tokens "

@@ -98,13 +98,21 @@ def methods(setting: Setting) -> dict[str, tuple[str, str, SpeculativeDecoding]]
     self_draft = SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4)
     return {
         "self 25% visual": ("target, 25% visual tokens", "strict", self_draft),
-        "self 10% visual": ("target, 10% visual tokens", "strict", SpeculativeDecoding(draft_visual_keep=0.1, num_draft=4)),
+        "self 10% visual": (
+            "target, 10% visual tokens",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=0.1, num_draft=4),
+        ),
         "early-exit 25% visual": (
             f"first {half} layers, 25% visual",
             "strict",
             SpeculativeDecoding(draft_visual_keep=0.25, draft_layers=half, num_draft=4),
         ),
-        "self 25% relaxed r=0.5": ("target, 25% visual tokens", "random r=0.5, top-2", replace(self_draft, relax_rate=0.5)),
+        "self 25% relaxed r=0.5": (
+            "target, 25% visual tokens",
+            "random r=0.5, top-2",
+            replace(self_draft, relax_rate=0.5),
+        ),
         "self 25% relaxed function words": (
             "target, 25% visual tokens",
             "function words, top-2",
@@ -139,7 +147,20 @@ def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
     rows = [_row(setting, label, "greedy", "-", "-", greedy_tokens, greedy_tokens, greedy_seconds, greedy_seconds, [])]
     rows[0]["draft_first_token"] = ""
     for name, (draft, verification, _) in named.items():
-        rows.append(_row(setting, label, name, draft, verification, outputs[name], greedy_tokens, seconds[name], greedy_seconds, lengths[name]))
+        rows.append(
+            _row(
+                setting,
+                label,
+                name,
+                draft,
+                verification,
+                outputs[name],
+                greedy_tokens,
+                seconds[name],
+                greedy_seconds,
+                lengths[name],
+            )
+        )
         rows[-1]["draft_first_token"] = round(100 * first[name] / len(setting.inputs), 1)
     return rows
 
@@ -220,7 +241,8 @@ def main(argv: list[str] | None = None) -> Results:
             "construction (identical = 100%). \"Draft's first token = target's\": the draft's own "
             "greedy first token (never used in decoding, it comes from the target's prefill) agrees "
             "with the target's: for one-word answers the acceptance a content token would get. Function words for the relaxed rule: "
-            + ", ".join(FUNCTION_WORDS) + " (ToyVLM) / ids 7-19 (random model)."
+            + ", ".join(FUNCTION_WORDS)
+            + " (ToyVLM) / ids 7-19 (random model)."
         ),
     )
     if not args.quick:

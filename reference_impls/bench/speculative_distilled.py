@@ -46,12 +46,37 @@ def caption_methods() -> dict[str, tuple[str, str, str, SpeculativeDecoding]]:
     early = SpeculativeDecoding(draft_visual_keep=1.0, draft_layers=1, num_draft=4)
     return {
         "early exit 1 layer": (FREE, "target's first layer", "strict", early),
-        "early exit 1 layer relaxed r=0.5": (FREE, "target's first layer", "random r=0.5, top-2", replace(early, relax_rate=0.5)),
-        "early exit 2 layers": (FREE, "target's first 2 layers (= untrained twig)", "strict", SpeculativeDecoding(draft_visual_keep=1.0, draft_layers=2, num_draft=4)),
-        "self 25% visual": (FREE, "target, 25% visual tokens", "strict", SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4)),
-        "self 100% visual": (FREE, "target itself, all visual tokens (acceptance upper bound)", "strict", SpeculativeDecoding(draft_visual_keep=1.0, num_draft=4)),
+        "early exit 1 layer relaxed r=0.5": (
+            FREE,
+            "target's first layer",
+            "random r=0.5, top-2",
+            replace(early, relax_rate=0.5),
+        ),
+        "early exit 2 layers": (
+            FREE,
+            "target's first 2 layers (= untrained twig)",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=1.0, draft_layers=2, num_draft=4),
+        ),
+        "self 25% visual": (
+            FREE,
+            "target, 25% visual tokens",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4),
+        ),
+        "self 100% visual": (
+            FREE,
+            "target itself, all visual tokens (acceptance upper bound)",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=1.0, num_draft=4),
+        ),
         "twig": (AWARE, "1 target layer + distilled twig layer and head", "strict", twig),
-        "twig relaxed r=0.5": (AWARE, "1 target layer + distilled twig layer and head", "random r=0.5, top-2", replace(twig, relax_rate=0.5)),
+        "twig relaxed r=0.5": (
+            AWARE,
+            "1 target layer + distilled twig layer and head",
+            "random r=0.5, top-2",
+            replace(twig, relax_rate=0.5),
+        ),
     }
 
 
@@ -62,9 +87,21 @@ def vqa_drafts() -> dict[str, tuple[str, str, SpeculativeDecoding]]:
         tag = f"{keep:.0%} visual"
         if keep < 1:
             drafts[f"self {tag}"] = (FREE, f"target, {tag} tokens", SpeculativeDecoding(draft_visual_keep=keep))
-        drafts[f"early exit 2 layers, {tag}"] = (FREE, f"target's first 2 layers, {tag} tokens", SpeculativeDecoding(draft_visual_keep=keep, draft_layers=2))
-        drafts[f"early exit 3 layers, {tag}"] = (FREE, f"target's first 3 layers (= untrained twig), {tag} tokens", SpeculativeDecoding(draft_visual_keep=keep, draft_layers=3))
-        drafts[f"twig, {tag}"] = (AWARE, f"2 target layers + distilled twig layer and head, {tag} tokens", TwigSpeculativeDecoding(twig=CHECKPOINTS / "twig-toyvlm", draft_visual_keep=keep))
+        drafts[f"early exit 2 layers, {tag}"] = (
+            FREE,
+            f"target's first 2 layers, {tag} tokens",
+            SpeculativeDecoding(draft_visual_keep=keep, draft_layers=2),
+        )
+        drafts[f"early exit 3 layers, {tag}"] = (
+            FREE,
+            f"target's first 3 layers (= untrained twig), {tag} tokens",
+            SpeculativeDecoding(draft_visual_keep=keep, draft_layers=3),
+        )
+        drafts[f"twig, {tag}"] = (
+            AWARE,
+            f"2 target layers + distilled twig layer and head, {tag} tokens",
+            TwigSpeculativeDecoding(twig=CHECKPOINTS / "twig-toyvlm", draft_visual_keep=keep),
+        )
     return drafts
 
 
@@ -92,32 +129,41 @@ def run_captions(n: int) -> list[dict]:
             seconds[name][1] += result.stats["decode_seconds"]
             outputs[name].append(result.tokens)
             stats[name].append(dict(result.stats))
-    first = {name: sum(method.draft_first_token(model, x) == g[0] for x, g in zip(prompts, outputs["greedy"])) for name, (*_, method) in named.items()}
+    first = {
+        name: sum(method.draft_first_token(model, x) == g[0] for x, g in zip(prompts, outputs["greedy"]))
+        for name, (*_, method) in named.items()
+    }
     rows = []
     for name in names:
-        family, draft, verification = (named[name][:3] if name != "greedy" else ("", "-", "-"))
+        family, draft, verification = named[name][:3] if name != "greedy" else ("", "-", "-")
         mentions = [extract_objects([words[t] for t in tokens], world.shapes) for tokens in outputs[name]]
         lengths = [k for s in stats[name] for k in s.get("accepted_lengths", [])]
         proposed = sum(s.get("draft_proposed", 0) for s in stats[name])
         agree = sum(sum(a == b for a, b in zip(o, g)) for o, g in zip(outputs[name], outputs["greedy"]))
-        rows.append({
-            "setting": "captions",
-            "method": name,
-            "family": family,
-            "draft": draft,
-            "verification": verification,
-            "mean_accepted_length": round(sum(lengths) / len(lengths), 2) if lengths else 1.0,
-            "acceptance_rate": round(100 * sum(s["draft_accepted"] for s in stats[name]) / proposed, 1) if proposed else "",
-            "speedup": round(seconds["greedy"][0] / seconds[name][0], 2),
-            "decode_speedup": round(seconds["greedy"][1] / seconds[name][1], 2),
-            "ms_per_token": round(1000 * seconds[name][0] / sum(len(o) for o in outputs[name]), 2),
-            "draft_first_token": round(100 * first[name] / n, 1) if name in first else "",
-            "draft_answer_accuracy": "",
-            "identical": round(100 * sum(o == g for o, g in zip(outputs[name], outputs["greedy"])) / n, 1),
-            "token_agreement": round(100 * agree / sum(max(len(o), len(g)) for o, g in zip(outputs[name], outputs["greedy"])), 1),
-            "caption_f1": round(100 * object_f1(mentions, truths)["f1"], 1),
-            "chair_i": round(100 * chair(mentions, truths)["chair_i"], 1),
-        })
+        rows.append(
+            {
+                "setting": "captions",
+                "method": name,
+                "family": family,
+                "draft": draft,
+                "verification": verification,
+                "mean_accepted_length": round(sum(lengths) / len(lengths), 2) if lengths else 1.0,
+                "acceptance_rate": round(100 * sum(s["draft_accepted"] for s in stats[name]) / proposed, 1)
+                if proposed
+                else "",
+                "speedup": round(seconds["greedy"][0] / seconds[name][0], 2),
+                "decode_speedup": round(seconds["greedy"][1] / seconds[name][1], 2),
+                "ms_per_token": round(1000 * seconds[name][0] / sum(len(o) for o in outputs[name]), 2),
+                "draft_first_token": round(100 * first[name] / n, 1) if name in first else "",
+                "draft_answer_accuracy": "",
+                "identical": round(100 * sum(o == g for o, g in zip(outputs[name], outputs["greedy"])) / n, 1),
+                "token_agreement": round(
+                    100 * agree / sum(max(len(o), len(g)) for o, g in zip(outputs[name], outputs["greedy"])), 1
+                ),
+                "caption_f1": round(100 * object_f1(mentions, truths)["f1"], 1),
+                "chair_i": round(100 * chair(mentions, truths)["chair_i"], 1),
+            }
+        )
     return rows
 
 
@@ -146,7 +192,9 @@ def run_vqa(n: int) -> list[dict]:
     target = [greedy_decode(toy.model, x, 1).tokens[0] for x in prompts]
     rows = [_vqa_row("target (greedy)", "", "-", target, target, answers)]
     for name, (family, draft, method) in vqa_drafts().items():
-        rows.append(_vqa_row(name, family, draft, [method.draft_first_token(toy.model, x) for x in prompts], target, answers))
+        rows.append(
+            _vqa_row(name, family, draft, [method.draft_first_token(toy.model, x) for x in prompts], target, answers)
+        )
     return rows
 
 
@@ -203,7 +251,14 @@ def main(argv: list[str] | None = None) -> Results:
         families=[AWARE, FREE],
         columns=COLUMNS,
         rows=rows,
-        plots=[Plot(x="mean_accepted_length", y="decode_speedup", group="setting", title="Decode speedup vs mean accepted length (captions)")],
+        plots=[
+            Plot(
+                x="mean_accepted_length",
+                y="decode_speedup",
+                group="setting",
+                title="Decode speedup vs mean accepted length (captions)",
+            )
+        ],
         notes=(
             f"captions: the hallucination benchmark's captioner (3 layers, hidden 96, 9 visual tokens), {n_captions} held-out "
             f"scenes (seed {SETTINGS['captioner'][3]}; the twig was distilled on seed {SETTINGS['captioner'][2]}), up to {MAX_NEW} tokens, "

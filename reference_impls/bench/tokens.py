@@ -33,7 +33,14 @@ __all__ = ["run", "main"]
 BUDGETS = (1.0, 0.5, 0.25, 0.1)
 
 
-def run(methods: list[str] | None = None, n: int = 200, budgets=BUDGETS, checkpoint: str | None = None, seed: int = 1, log=print) -> Results:
+def run(
+    methods: list[str] | None = None,
+    n: int = 200,
+    budgets=BUDGETS,
+    checkpoint: str | None = None,
+    seed: int = 1,
+    log=print,
+) -> Results:
     """Evaluate the methods at each budget; returns the :class:`Results` (not yet saved)."""
     bundle = load_toyvlm(checkpoint)
     specs = {spec.name: spec for spec in all_methods(kind="visual-token")}
@@ -110,7 +117,11 @@ def _line(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ToyVLM accuracy vs visual tokens kept")
-    parser.add_argument("--methods", default="", help="comma-separated registered names (default: all visual-token methods + random-pruning)")
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated registered names (default: all visual-token methods + random-pruning)",
+    )
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     parser.add_argument("--checkpoint", default=None)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -57,7 +58,9 @@ METHODS: dict[str, tuple[str, Callable[[float], Any]]] = {
 that they show next to the temporal methods."""
 
 
-def clip_samples(bundle: ToyVLM, n: int, seed: int, repeats: int = 2, kinds: tuple[str, ...] = CLIP_KINDS) -> list[Sample]:
+def clip_samples(
+    bundle: ToyVLM, n: int, seed: int, repeats: int = 2, kinds: tuple[str, ...] = CLIP_KINDS
+) -> list[Sample]:
     """``n`` held-out scenes as redundant clips: every image shown ``repeats`` times in a row."""
     return [
         Sample(repeat_images(sample.scene, repeats, seed=seed * 1_000_003 + i), sample.qa, sample.spec)
@@ -68,7 +71,15 @@ def clip_samples(bundle: ToyVLM, n: int, seed: int, repeats: int = 2, kinds: tup
 SETTINGS = ("clip", "native")
 
 
-def run(n: int = 200, seed: int = 1, budgets=BUDGETS, methods: list[str] | None = None, timing_n: int = 20, rounds: int = 3, log=print) -> Results:
+def run(
+    n: int = 200,
+    seed: int = 1,
+    budgets=BUDGETS,
+    methods: list[str] | None = None,
+    timing_n: int = 20,
+    rounds: int = 3,
+    log=print,
+) -> Results:
     """Evaluate every method at every budget on both settings; the :class:`Results` (not saved).
 
     Accuracy comes from one pass over the ``n`` samples. Times come from a separate pass:
@@ -79,7 +90,9 @@ def run(n: int = 200, seed: int = 1, budgets=BUDGETS, methods: list[str] | None 
     bundle = load_toyvlm()
     samples = {"clip": clip_samples(bundle, n, seed), "native": bundle.samples(n, seed)}
     names = methods or list(METHODS)
-    runs = [("none (all tokens)", "", 1.0, None)] + [(name, METHODS[name][0], b, METHODS[name][1]) for name in names for b in budgets]
+    runs = [("none (all tokens)", "", 1.0, None)] + [
+        (name, METHODS[name][0], b, METHODS[name][1]) for name in names for b in budgets
+    ]
     rows = []
     log(f"{'method':22s} budget | clip: acc tokens | native: acc tokens   (times follow after the timing pass)")
     for name, family, budget, make in runs:
@@ -87,18 +100,24 @@ def run(n: int = 200, seed: int = 1, budgets=BUDGETS, methods: list[str] | None 
         start = time.perf_counter()
         for setting in SETTINGS:
             result = evaluate(bundle, make(budget) if make else None, samples=samples[setting], decode_tokens=0)
-            row.update({
-                f"{setting}_accuracy": round(100 * result["accuracy"], 2),
-                f"{setting}_tokens": result["visual_tokens"],
-                f"{setting}_accuracy_by_kind": {k: round(100 * v, 1) for k, v in result["accuracy_by_kind"].items()},
-            })
+            row.update(
+                {
+                    f"{setting}_accuracy": round(100 * result["accuracy"], 2),
+                    f"{setting}_tokens": result["visual_tokens"],
+                    f"{setting}_accuracy_by_kind": {
+                        k: round(100 * v, 1) for k, v in result["accuracy_by_kind"].items()
+                    },
+                }
+            )
         rows.append(row)
         log(_line(row) + f"   ({time.perf_counter() - start:.0f}s)")
     times: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for _ in range(rounds):
         for index, (_, _, budget, make) in enumerate(runs):
             for setting in SETTINGS:
-                result = evaluate(bundle, make(budget) if make else None, samples=samples[setting][:timing_n], decode_tokens=0)
+                result = evaluate(
+                    bundle, make(budget) if make else None, samples=samples[setting][:timing_n], decode_tokens=0
+                )
                 times.setdefault((index, setting), []).append((result["prefill_s"], result["language_s"]))
     for index, row in enumerate(rows):
         for setting in SETTINGS:
@@ -141,9 +160,24 @@ def run(n: int = 200, seed: int = 1, budgets=BUDGETS, methods: list[str] | None 
         columns=columns,
         rows=rows,
         plots=[
-            Plot(x="clip_tokens", y="clip_accuracy", group="method", title="Redundant clip (8 frames, 512 tokens): accuracy vs tokens kept"),
-            Plot(x="native_tokens", y="native_accuracy", group="method", title="Native 4-image scenes (256 tokens): accuracy vs tokens kept"),
-            Plot(x="clip_tokens", y="clip_llm_ms", group="method", title="Redundant clip: LLM prefill time vs tokens kept"),
+            Plot(
+                x="clip_tokens",
+                y="clip_accuracy",
+                group="method",
+                title="Redundant clip (8 frames, 512 tokens): accuracy vs tokens kept",
+            ),
+            Plot(
+                x="native_tokens",
+                y="native_accuracy",
+                group="method",
+                title="Native 4-image scenes (256 tokens): accuracy vs tokens kept",
+            ),
+            Plot(
+                x="clip_tokens",
+                y="clip_llm_ms",
+                group="method",
+                title="Redundant clip: LLM prefill time vs tokens kept",
+            ),
         ],
         notes=notes,
     )

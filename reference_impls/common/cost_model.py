@@ -122,7 +122,7 @@ class ModelSpec:
         return embed + blocks + merged * merged + merged * self.hidden
 
     @classmethod
-    def from_config(cls, config: Any, name: str = "model") -> "ModelSpec":
+    def from_config(cls, config: Any, name: str = "model") -> ModelSpec:
         """From a transformers Qwen2-VL / Qwen2.5-VL config."""
         text = getattr(config, "text_config", config)
         vision = config.vision_config
@@ -147,8 +147,12 @@ class ModelSpec:
 
 
 # Public config.json values of the released checkpoints (Qwen/Qwen2.5-VL-7B-Instruct, -72B-Instruct).
-QWEN25_VL_7B = ModelSpec("Qwen2.5-VL-7B", layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064)
-QWEN25_VL_72B = ModelSpec("Qwen2.5-VL-72B", layers=80, hidden=8192, heads=64, kv_heads=8, intermediate=29568, vocab=152064)
+QWEN25_VL_7B = ModelSpec(
+    "Qwen2.5-VL-7B", layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064
+)
+QWEN25_VL_72B = ModelSpec(
+    "Qwen2.5-VL-72B", layers=80, hidden=8192, heads=64, kv_heads=8, intermediate=29568, vocab=152064
+)
 
 
 def visual_tokens(width: int, height: int, frames: int = 1, model: ModelSpec = QWEN25_VL_7B) -> int:
@@ -252,7 +256,9 @@ def stage_costs(model: ModelSpec, work: Workload, gpu: GPU = A100) -> dict[str, 
     )
     context = N + work.output_tokens / 2
     kv_mean = kv_cache_bytes(model, context, B)
-    decode = StageCost("decode", 2 * B * model.llm_params() + 4 * B * model.layers * context * attention_dims, weights + kv_mean, gpu)
+    decode = StageCost(
+        "decode", 2 * B * model.llm_params() + 4 * B * model.layers * context * attention_dims, weights + kv_mean, gpu
+    )
     return {
         "encode": encode,
         "prefill": prefill,

@@ -1,6 +1,6 @@
 """Evaluation harness: run a method (or none) on ToyVLM or any local bundle and measure it.
 
-One call measures what every efficiency page reports, phase by phase (design notes, lesson 6):
+One call measures what every efficiency page reports, phase by phase (``docs/notes/transformers5.md`` §11, lesson 6):
 
 - ``accuracy``: greedy answer (next token after the prompt) equals the scene's answer;
 - ``visual_tokens``: visual tokens the language model saw (``method.stats["visual_kept"]`` of
@@ -17,13 +17,17 @@ One call measures what every efficiency page reports, phase by phase (design not
   tower, no token selection: what the visual tokens it reads cost it).
 
 Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
-explicit 3-D positions (the full sequence's last position + 1 + step, design notes §2).
+explicit 3-D positions (the full sequence's last position + 1 + step, ``docs/notes/transformers5.md`` §2).
 
 Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
     >>> from reference_impls.common.random_pruning import RandomPruning
     >>> toy = load_toyvlm()
-    >>> evaluate(toy, RandomPruning(budget=0.25), n=100)["accuracy"]
+    >>> result = evaluate(toy, RandomPruning(budget=0.25), n=8)
+    >>> result["visual_tokens"], result["visual_tokens_full"]  # 25% of the four images' 256 tokens
+    (64.0, 256.0)
+    >>> 0.0 <= result["accuracy"] <= 1.0
+    True
 
 Deviations / guesses:
     Times are wall-clock on whatever machine runs it (CPU here, shared): compare methods within
@@ -72,7 +76,9 @@ class _EncodeTimer:
         visual = module if module is not None else model.model.visual
         self._handles = [
             visual.register_forward_pre_hook(lambda *_: setattr(self, "_start", time.perf_counter())),
-            visual.register_forward_hook(lambda *_: setattr(self, "seconds", self.seconds + time.perf_counter() - self._start)),
+            visual.register_forward_hook(
+                lambda *_: setattr(self, "seconds", self.seconds + time.perf_counter() - self._start)
+            ),
         ]
 
     def remove(self) -> None:
@@ -84,7 +90,12 @@ class _EncodeTimer:
 def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, torch.Tensor, float]:
     """One prefill forward. Returns ``(last logits (B, V), cache, next 3-D position (B,), seconds)``."""
     rope_kwargs = {k: inputs.get(k) for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
-    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs.get("attention_mask"), **rope_kwargs)
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        attention_mask=inputs.get("attention_mask"),
+        **rope_kwargs,
+    )
     start = time.perf_counter()
     output = model(**inputs, use_cache=True, logits_to_keep=1)
     seconds = time.perf_counter() - start
@@ -92,7 +103,9 @@ def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, 
 
 
 @torch.no_grad()
-def decode_steps(model, first_token: torch.Tensor, cache, next_position: torch.Tensor, steps: int) -> tuple[list[int], list[float]]:
+def decode_steps(
+    model, first_token: torch.Tensor, cache, next_position: torch.Tensor, steps: int
+) -> tuple[list[int], list[float]]:
     """Greedy decoding of ``steps`` tokens (batch 1, eos ignored) with explicit positions.
 
     Returns the tokens and the seconds of each step.
@@ -139,7 +152,11 @@ def evaluate(
         with context:
             for index, sample in enumerate(samples):
                 inputs = bundle.collate([sample], question_first=question_first)
-                visual_full = int(((inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)).sum())
+                visual_full = int(
+                    (
+                        (inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)
+                    ).sum()
+                )
                 if method is not None and hasattr(method, "stats"):
                     method.stats = {}
                 timer.seconds = language_timer.seconds = 0.0

@@ -45,13 +45,13 @@ __all__ = ["Column", "Plot", "Results", "RESULTS_DIR", "command_line", "environm
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
-
 def command_line(module: str, argv: list[str] | None = None) -> str:
     """The exact command that ran ``module`` with ``argv`` (default: this process's arguments)."""
     import shlex
 
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python", "-m", module, *(shlex.quote(a) for a in args)])
+
 
 @dataclass
 class Column:

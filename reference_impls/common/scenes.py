@@ -284,7 +284,11 @@ def make_video(spec: SceneSpec, seed: int) -> Scene:
             if obj.image == t:
                 _paint(frame, obj, rng, True)
         images.append(np.clip(frame, 0, 255).astype(np.uint8))
-    first = next(i for i, o in enumerate(objects) if o.image == 0 and (o.colour, o.shape) == attributes[0] and (o.row, o.col) == path[0])
+    first = next(
+        i
+        for i, o in enumerate(objects)
+        if o.image == 0 and (o.colour, o.shape) == attributes[0] and (o.row, o.col) == path[0]
+    )
     return Scene(images, objects, (side, side), video=True, motion=(first, direction))
 
 
@@ -397,7 +401,9 @@ def ask(scene: Scene, kind: str, rng: np.random.Generator, spec: SceneSpec | Non
     return None
 
 
-def make_sample(spec: SceneSpec, seed: int, kinds: tuple[str, ...] = ("colour", "shape", "presence", "count")) -> Sample:
+def make_sample(
+    spec: SceneSpec, seed: int, kinds: tuple[str, ...] = ("colour", "shape", "presence", "count")
+) -> Sample:
     """A scene and one question of a kind drawn from ``kinds`` (redrawn until the scene supports
     one). Deterministic in ``(spec, seed, kinds)``."""
     rng = np.random.default_rng([seed, 1])
@@ -411,6 +417,8 @@ def make_sample(spec: SceneSpec, seed: int, kinds: tuple[str, ...] = ("colour", 
     raise RuntimeError(f"no scene of {spec} supports questions of kinds {kinds}")
 
 
-def make_samples(spec: SceneSpec, n: int, seed: int, kinds: tuple[str, ...] = ("colour", "shape", "presence", "count")) -> list[Sample]:
+def make_samples(
+    spec: SceneSpec, n: int, seed: int, kinds: tuple[str, ...] = ("colour", "shape", "presence", "count")
+) -> list[Sample]:
     """``n`` samples; sample ``i`` uses seed ``seed * 1_000_003 + i`` (disjoint sets per ``seed``)."""
     return [make_sample(spec, seed * 1_000_003 + i, kinds) for i in range(n)]

@@ -29,8 +29,16 @@ import numpy as np
 from scipy import stats as _stats
 
 __all__ = [
-    "Comparison", "Interval", "PairedTest", "mean_interval", "sign_test", "paired_bootstrap", "compare",
-    "disjoint_seeds", "interval_fields", "paired_rows",
+    "Comparison",
+    "Interval",
+    "PairedTest",
+    "mean_interval",
+    "sign_test",
+    "paired_bootstrap",
+    "compare",
+    "disjoint_seeds",
+    "interval_fields",
+    "paired_rows",
 ]
 
 ALPHA = 0.05
@@ -167,8 +175,9 @@ def interval_fields(key: str, values: Sequence[float | None]) -> dict[str, float
     return {key: iv.mean, f"{key}_ci": iv.half_width if iv.n > 1 else None, f"{key}_n": iv.n}
 
 
-def paired_rows(metric: str, per_seed: dict[str, Sequence[float]], reference: str, family: str = "",
-                higher: str = "higher") -> list[dict]:
+def paired_rows(
+    metric: str, per_seed: dict[str, Sequence[float]], reference: str, family: str = "", higher: str = "higher"
+) -> list[dict]:
     """One results row per (reference, other method) pair: mean difference, wins, sign-test and bootstrap p.
 
     ``per_seed`` maps a method to its values in the same seed order; methods with a missing value on
@@ -180,8 +189,19 @@ def paired_rows(metric: str, per_seed: dict[str, Sequence[float]], reference: st
         if name == reference or any(v is None or math.isnan(v) for v in [*values, *ref]):
             continue
         result = compare(reference, ref, name, values, higher=higher)
-        rows.append({"metric": metric, "method": reference, "versus": name, "family": family,
-                     "mean_difference": result.sign.mean_difference, "wins": result.sign.wins,
-                     "losses": result.sign.losses, "ties": result.sign.ties, "sign_p": result.sign.p_value,
-                     "bootstrap_p": result.bootstrap.p_value, "verdict": result.verdict})
+        rows.append(
+            {
+                "metric": metric,
+                "method": reference,
+                "versus": name,
+                "family": family,
+                "mean_difference": result.sign.mean_difference,
+                "wins": result.sign.wins,
+                "losses": result.sign.losses,
+                "ties": result.sign.ties,
+                "sign_p": result.sign.p_value,
+                "bootstrap_p": result.bootstrap.p_value,
+                "verdict": result.verdict,
+            }
+        )
     return rows

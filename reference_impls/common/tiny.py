@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-__all__ = ["TinyIds", "qwen25vl_config", "tiny_qwen25vl_config", "tiny_qwen25vl", "tiny_inputs", "visual_mask", "visual_spans"]
+__all__ = [
+    "TinyIds",
+    "qwen25vl_config",
+    "tiny_qwen25vl_config",
+    "tiny_qwen25vl",
+    "tiny_inputs",
+    "visual_mask",
+    "visual_spans",
+]
 
 
 @dataclass(frozen=True)
@@ -112,10 +120,18 @@ def tiny_qwen25vl_config(
     half = hidden_size // num_heads // 2
     return qwen25vl_config(
         vocab_size=vocab_size,
-        special_ids={name: getattr(IDS, name) for name in ("bos", "eos", "pad", "vision_start", "vision_end", "image", "video")},
-        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size, mrope_section=[half - 2 * (half // 4), half // 4, half // 4],
-        vision_depth=vision_depth, vision_hidden=vision_hidden, vision_intermediate=vision_hidden,
+        special_ids={
+            name: getattr(IDS, name) for name in ("bos", "eos", "pad", "vision_start", "vision_end", "image", "video")
+        },
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        mrope_section=[half - 2 * (half // 4), half // 4, half // 4],
+        vision_depth=vision_depth,
+        vision_hidden=vision_hidden,
+        vision_intermediate=vision_hidden,
         attn_implementation=attn_implementation,
     )
 
@@ -161,7 +177,11 @@ def tiny_inputs(
     for h, w in grids:
         if h % merge or w % merge:
             raise ValueError(f"grid {(h, w)} must be divisible by spatial_merge_size={merge}")
-        ids += [config.vision_start_token_id] + [config.image_token_id] * (h * w // merge**2) + [config.vision_end_token_id]
+        ids += (
+            [config.vision_start_token_id]
+            + [config.image_token_id] * (h * w // merge**2)
+            + [config.vision_end_token_id]
+        )
         pixels.append(torch.randn(h * w, patch_dim, generator=generator))
         grid_thw.append([1, h, w])
     ids += text(prompt_after)
@@ -177,7 +197,9 @@ def tiny_inputs(
 
 def visual_mask(input_ids: torch.Tensor, config) -> torch.Tensor:
     """Boolean mask of image and video tokens, from the ids in ``config``. Shape of ``input_ids``."""
-    return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+    from reference_impls.common.architectures import adapter_for
+
+    return adapter_for(config).visual_mask(input_ids, config)
 
 
 def visual_spans(input_ids: torch.Tensor, config) -> list[tuple[int, int]]:

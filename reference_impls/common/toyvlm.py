@@ -16,6 +16,7 @@ Examples:
     >>> inputs = toy.collate(samples)
     >>> logits = toy.model(**inputs).logits[:, -1]
     >>> [toy.vocab.words[i] for i in logits.argmax(-1).tolist()] == [s.qa.answer for s in samples]
+    True
 
 Deviations / guesses:
     Word-level vocabulary (about 60 ids) instead of a BPE tokenizer; no chat template: the prompt
@@ -27,16 +28,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from .tiny import qwen25vl_config
 from .scenes import COLOURS, COUNT_WORDS, ORDINALS, SHAPES, Sample, SceneSpec, make_samples
+from .tiny import qwen25vl_config
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -127,13 +129,27 @@ def toyvlm_config(
     ids = vocab.index
     return qwen25vl_config(
         vocab_size=len(vocab),
-        special_ids={"bos": vocab.bos, "eos": vocab.eos, "pad": vocab.pad, "vision_start": ids["<vision_start>"],
-                     "vision_end": ids["<vision_end>"], "image": ids["<image>"], "video": ids["<video>"]},
-        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        special_ids={
+            "bos": vocab.bos,
+            "eos": vocab.eos,
+            "pad": vocab.pad,
+            "vision_start": ids["<vision_start>"],
+            "vision_end": ids["<vision_end>"],
+            "image": ids["<image>"],
+            "video": ids["<video>"],
+        },
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
         intermediate_size=intermediate_size,
         mrope_section=[half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8],  # [4, 4, 4] for head_dim 24
-        vision_depth=vision_depth, vision_hidden=vision_hidden, vision_intermediate=2 * vision_hidden,
-        vision_heads=vision_heads, window_size=112, attn_implementation=attn_implementation,
+        vision_depth=vision_depth,
+        vision_hidden=vision_hidden,
+        vision_intermediate=2 * vision_hidden,
+        vision_heads=vision_heads,
+        window_size=112,
+        attn_implementation=attn_implementation,
     )
 
 
@@ -144,7 +160,9 @@ def _normalise(frames: np.ndarray) -> torch.Tensor:
     return ((x - mean) / std).permute(0, 3, 1, 2)
 
 
-def patchify_video(frames: np.ndarray, patch: int = 14, merge: int = 2, temporal: int = 2) -> tuple[torch.Tensor, list[int]]:
+def patchify_video(
+    frames: np.ndarray, patch: int = 14, merge: int = 2, temporal: int = 2
+) -> tuple[torch.Tensor, list[int]]:
     """Qwen2-VL patch layout of ``frames`` (uint8 ``(T, H, W, 3)``; H, W multiples of 28).
 
     Returns ``pixel_values (t*h*w, 3*temporal*patch*patch)`` and ``grid_thw [t, h, w]``. The
@@ -161,7 +179,9 @@ def patchify_video(frames: np.ndarray, patch: int = 14, merge: int = 2, temporal
     return x.reshape(t * h * w, C * temporal * patch * patch), [t, h, w]
 
 
-def patchify_image(image: np.ndarray, patch: int = 14, merge: int = 2, temporal: int = 2) -> tuple[torch.Tensor, list[int]]:
+def patchify_image(
+    image: np.ndarray, patch: int = 14, merge: int = 2, temporal: int = 2
+) -> tuple[torch.Tensor, list[int]]:
     """Qwen2-VL patch layout of one uint8 ``(H, W, 3)`` image: the frame is repeated ``temporal``
     times. Returns ``pixel_values (h*w, 3*temporal*patch*patch)`` and ``grid_thw [1, h, w]``."""
     pixels, (_, h, w) = patchify_video(image[None], patch, merge, temporal=1)
@@ -202,13 +222,21 @@ def collate(
             pixels, grid = patchify_video(np.stack(scene.images), vision.patch_size, merge, vision.temporal_patch_size)
             videos.append(pixels)
             video_grids.append(grid)
-            visual += [config.vision_start_token_id] + [config.video_token_id] * (pixels.shape[0] // merge**2) + [config.vision_end_token_id]
+            visual += (
+                [config.vision_start_token_id]
+                + [config.video_token_id] * (pixels.shape[0] // merge**2)
+                + [config.vision_end_token_id]
+            )
         else:
             for image in scene.images:
                 pixels, grid = patchify_image(image, vision.patch_size, merge, vision.temporal_patch_size)
                 images.append(pixels)
                 image_grids.append(grid)
-                visual += [config.vision_start_token_id] + [config.image_token_id] * (pixels.shape[0] // merge**2) + [config.vision_end_token_id]
+                visual += (
+                    [config.vision_start_token_id]
+                    + [config.image_token_id] * (pixels.shape[0] // merge**2)
+                    + [config.vision_end_token_id]
+                )
         question = vocab.encode(sample.qa.question)
         ids = [vocab.bos] + (question + visual if question_first else visual + question) + [vocab.id("answer")]
         label = [-100] * len(ids)
@@ -249,12 +277,16 @@ class ToyVLM:
     question_first: bool = True
     manifest: dict[str, Any] = field(default_factory=dict)
 
-    def collate(self, samples: Sequence[Sample], *, with_answer: bool = False, question_first: bool | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self, samples: Sequence[Sample], *, with_answer: bool = False, question_first: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """Model inputs for ``samples`` (see :func:`collate`)."""
         order = self.question_first if question_first is None else question_first
         return collate(samples, self.vocab, self.model.config, question_first=order, with_answer=with_answer)
 
-    def samples(self, n: int, seed: int = 1, spec: SceneSpec | None = None, kinds: tuple[str, ...] | None = None) -> list[Sample]:
+    def samples(
+        self, n: int, seed: int = 1, spec: SceneSpec | None = None, kinds: tuple[str, ...] | None = None
+    ) -> list[Sample]:
         """``n`` scenes with questions; training uses seed 0, so any other seed is held out."""
         return make_samples(spec or self.spec, n, seed, kinds or self.kinds)
 
@@ -288,7 +320,9 @@ def load_toyvlm(path: str | os.PathLike | None = None) -> ToyVLM:
     """Load a ToyVLM bundle (default: the committed checkpoint), in eval mode, sdpa attention."""
     path = Path(path) if path is not None else CHECKPOINT_DIR
     if not (path / "manifest.json").exists():
-        raise FileNotFoundError(f"no ToyVLM checkpoint at {path} (train one: python -m reference_impls.common.train_toyvlm)")
+        raise FileNotFoundError(
+            f"no ToyVLM checkpoint at {path} (train one: python -m reference_impls.common.train_toyvlm)"
+        )
     manifest = json.loads((path / "manifest.json").read_text())
     vocab = Vocab(tuple(json.loads((path / "vocab.json").read_text())))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa").eval()

@@ -6,7 +6,7 @@ colour, presence of a colour-shape pair, and counts. The benchmark setting has f
 images per sample, i.e. 4 x 64 = 256 visual tokens.
 
 What makes it train in half an hour on one shared CPU core (a first attempt without these
-stalled at 50-60%, see ``shared/design/toyvlm.md``):
+stalled at 50-60%, see ``docs/notes/toyvlm.md`` §1-§2):
 
 1. Dense auxiliary losses. A linear head on every merged visual token (the vision tower's
    ``pooler_output``) predicts the colour and shape in its 28 px cell (or "empty"); a second
@@ -183,14 +183,27 @@ def train(
     captured: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda m, a, out: captured.__setitem__("cells", out.pooler_output))
     groups = [
-        {"params": list(model.model.visual.parameters()) + list(heads.colour.parameters()) + list(heads.shape.parameters()), "lr": vision_lr},
-        {"params": list(model.model.language_model.parameters()) + list(model.lm_head.parameters()) + list(heads.relevant.parameters()), "lr": lr},
+        {
+            "params": list(model.model.visual.parameters())
+            + list(heads.colour.parameters())
+            + list(heads.shape.parameters()),
+            "lr": vision_lr,
+        },
+        {
+            "params": list(model.model.language_model.parameters())
+            + list(model.lm_head.parameters())
+            + list(heads.relevant.parameters()),
+            "lr": lr,
+        },
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     total = sum(p.steps for p in phases)
     warmup = min(50, total // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        optimizer,
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        ),
     )
     held_out = make_samples(spec, eval_n, seed=seed + 1, kinds=KINDS)
     history: dict = {"loss": [], "eval": []}
@@ -207,7 +220,9 @@ def train(
             if fixed_batch is not None:
                 batch_samples = fixed_batch
             else:
-                batch_samples = [make_sample(phase_spec, seed * 1_000_003 + counter + i, KINDS) for i in range(phase_batch)]
+                batch_samples = [
+                    make_sample(phase_spec, seed * 1_000_003 + counter + i, KINDS) for i in range(phase_batch)
+                ]
                 counter += phase_batch
             batch = bundle.collate(batch_samples, with_answer=True)
             out = model(**batch, output_hidden_states=True, output_attentions=attention_layer is not None)
@@ -218,7 +233,9 @@ def train(
             aux = torch.zeros(())
             if not frozen:
                 aux = F.cross_entropy(heads.colour(cells), colour) + F.cross_entropy(heads.shape(cells), shape)
-            aux = aux + F.binary_cross_entropy_with_logits(heads.relevant(hidden).squeeze(-1), relevant, pos_weight=torch.tensor(20.0))
+            aux = aux + F.binary_cross_entropy_with_logits(
+                heads.relevant(hidden).squeeze(-1), relevant, pos_weight=torch.tensor(20.0)
+            )
             if attention_layer is not None:
                 # the prompt's last token ("answer", 3rd from the end) should look at the tokens
                 # the question is about: -log(attention mass on them), for a few heads
@@ -239,7 +256,9 @@ def train(
             history["loss"].append((step, round(out.loss.item(), 4), round(aux.item(), 4)))
             elapsed = time.perf_counter() - start
             if step % 10 == 0:
-                log(f"step {step}/{total} images {phase.n_images}x{phase.image_size}px vqa {out.loss.item():.3f} aux {aux.item():.3f} {elapsed:.0f}s")
+                log(
+                    f"step {step}/{total} images {phase.n_images}x{phase.image_size}px vqa {out.loss.item():.3f} aux {aux.item():.3f} {elapsed:.0f}s"
+                )
             if fixed_batch is None and (step % eval_every == 0 or step == total):
                 accuracy = evaluate_accuracy(bundle, held_out)
                 history["eval"].append((step, round(elapsed), accuracy))
@@ -283,19 +302,28 @@ def _micro() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--micro", action="store_true", help="fast self-test: a micro model's loss must fall")
-    parser.add_argument("--phases", default="1:112:1500:32,1:224:300,4:224:300", help="curriculum n_images:image_size:steps[:batch],...")
+    parser.add_argument(
+        "--phases", default="1:112:1500:32,1:224:300,4:224:300", help="curriculum n_images:image_size:steps[:batch],..."
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=3e-3)
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--relevance-layer", type=int, default=2)
-    parser.add_argument("--attention-layer", type=int, default=2, help="layer whose answer-token attention is supervised (-1: none)")
+    parser.add_argument(
+        "--attention-layer", type=int, default=2, help="layer whose answer-token attention is supervised (-1: none)"
+    )
     parser.add_argument("--attention-heads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vision-hidden", type=int, default=64)
     parser.add_argument("--vision-depth", type=int, default=2)
-    parser.add_argument("--freeze-vision-after", type=int, default=None, help="step after which the vision tower is frozen (default: start of the last phase)")
+    parser.add_argument(
+        "--freeze-vision-after",
+        type=int,
+        default=None,
+        help="step after which the vision tower is frozen (default: start of the last phase)",
+    )
     parser.add_argument("--intermediate", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -304,7 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-n", type=int, default=64, help="held-out samples for the periodic evaluations")
     parser.add_argument("--final-n", type=int, default=500, help="held-out samples for the final accuracy")
     parser.add_argument("--out", default=str(CHECKPOINT_DIR))
-    parser.add_argument("--init", default=None, help="continue from this saved ToyVLM (its manifest is kept as 'parent')")
+    parser.add_argument(
+        "--init", default=None, help="continue from this saved ToyVLM (its manifest is kept as 'parent')"
+    )
     args = parser.parse_args(argv)
     if args.micro:
         _micro()
@@ -317,7 +347,11 @@ def main(argv: list[str] | None = None) -> None:
     phases = tuple(phases)
     spec = SceneSpec()
     config_kwargs = dict(
-        hidden_size=args.hidden, num_layers=args.layers, intermediate_size=args.intermediate, vision_hidden=args.vision_hidden, vision_depth=args.vision_depth
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        intermediate_size=args.intermediate,
+        vision_hidden=args.vision_hidden,
+        vision_depth=args.vision_depth,
     )
     freeze = args.freeze_vision_after if args.freeze_vision_after is not None else sum(p.steps for p in phases[:-1])
     bundle, history = train(
@@ -355,7 +389,16 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         training_seed_note="training scenes use make_sample seeds seed*1000003+i; evaluation seeds seed+1 (periodic) and seed+7 (final)",
         phases=[asdict(p) for p in phases],
-        hyperparameters=dict(batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr, aux_weight=args.aux_weight, relevance_layer=args.relevance_layer, attention_layer=args.attention_layer, attention_heads=args.attention_heads, freeze_vision_after=freeze),
+        hyperparameters=dict(
+            batch_size=args.batch_size,
+            lr=args.lr,
+            vision_lr=args.vision_lr,
+            aux_weight=args.aux_weight,
+            relevance_layer=args.relevance_layer,
+            attention_layer=args.attention_layer,
+            attention_heads=args.attention_heads,
+            freeze_vision_after=freeze,
+        ),
         config=config_kwargs,
         parameters=params,
         visual_tokens_per_sample=spec.n_images * spec.cells,
@@ -372,7 +415,9 @@ def main(argv: list[str] | None = None) -> None:
         parent = json.loads((Path(args.init) / "manifest.json").read_text())
         manifest["parent"] = parent
         manifest["total_steps"] = history["steps"] + parent.get("total_steps", parent.get("steps", 0))
-        manifest["total_wall_seconds"] = round(history["wall_seconds"] + parent.get("total_wall_seconds", parent.get("wall_seconds", 0)), 1)
+        manifest["total_wall_seconds"] = round(
+            history["wall_seconds"] + parent.get("total_wall_seconds", parent.get("wall_seconds", 0)), 1
+        )
     path = save_toyvlm(bundle, args.out, manifest)
     print(f"saved to {path} ({params / 1e6:.2f}M parameters)")
 

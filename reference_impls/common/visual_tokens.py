@@ -26,15 +26,16 @@ Examples:
 
 Deviations / guesses:
     Methods act on the post-merger tokens (one per 28 x 28 pixels) in raster order, not inside
-    the vision tower's windowed blocks (see design notes, section 6). When sequences of a batch
+    the vision tower's windowed blocks (see ``docs/notes/transformers5.md`` §6). When sequences of a batch
     keep different numbers of tokens, the shorter ones are left-padded (masked).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -131,6 +132,9 @@ def build_context(model, inputs: dict[str, torch.Tensor]) -> VisualContext:
         inputs: processor outputs: ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` and
             ``pixel_values``/``image_grid_thw`` and/or ``pixel_values_videos``/``video_grid_thw``.
     """
+    from reference_impls.common.architectures import adapter_for
+
+    adapter_for(model).require_encoder_context("encoding-stage token selection")
     inner = getattr(model, "model", model)
     input_ids = inputs["input_ids"]
     attention_mask = inputs.get("attention_mask")
@@ -152,7 +156,9 @@ def build_context(model, inputs: dict[str, torch.Tensor]) -> VisualContext:
     if precomputed.get("video") is not None:
         outputs["video"] = precomputed["video"]
     elif inputs.get("pixel_values_videos") is not None:
-        outputs["video"] = inner.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True)
+        outputs["video"] = inner.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
+        )
     if outputs.get("video") is not None:
         features = torch.cat(outputs["video"].pooler_output, dim=0).to(embeds.device, embeds.dtype)
         _, video_mask = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, video_features=features)
@@ -209,12 +215,16 @@ def reduce_inputs(ctx: VisualContext, selection: Selection) -> tuple[dict[str, t
     gather = kept_index.clamp(min=0)
     valid = kept_index >= 0
     inputs_embeds = embeds.gather(1, gather[..., None].expand(-1, -1, D)) * valid[..., None].to(embeds.dtype)
-    position_ids = ctx.position_ids.gather(2, gather[None].expand(3, -1, -1).to(ctx.position_ids.device)).masked_fill(~valid[None], 0)
+    position_ids = ctx.position_ids.gather(2, gather[None].expand(3, -1, -1).to(ctx.position_ids.device)).masked_fill(
+        ~valid[None], 0
+    )
     attention_mask = ctx.attention_mask.gather(1, gather) * valid
     return {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "attention_mask": attention_mask}, kept_index
 
 
-def apply_visual_token_selection(model, inputs: dict[str, torch.Tensor], select_fn: SelectFn) -> tuple[dict[str, torch.Tensor], VisualContext, Selection]:
+def apply_visual_token_selection(
+    model, inputs: dict[str, torch.Tensor], select_fn: SelectFn
+) -> tuple[dict[str, torch.Tensor], VisualContext, Selection]:
     """One-shot form: build the context, select, reduce.
 
     Returns ``(kwargs, ctx, selection)``; ``model(**kwargs)`` runs the language model on the
@@ -228,7 +238,9 @@ def apply_visual_token_selection(model, inputs: dict[str, torch.Tensor], select_
 
 
 @contextmanager
-def patch_visual_tokens(model, select_fn: SelectFn, on_select: Callable[[VisualContext, Selection], None] | None = None) -> Iterator[None]:
+def patch_visual_tokens(
+    model, select_fn: SelectFn, on_select: Callable[[VisualContext, Selection], None] | None = None
+) -> Iterator[None]:
     """Within the block, every prefill with pixels drops visual tokens chosen by ``select_fn``.
 
     Patches ``model.model.forward``. At prefill (pixels given) the language model receives the
@@ -237,6 +249,9 @@ def patch_visual_tokens(model, select_fn: SelectFn, on_select: Callable[[VisualC
     last position when the caller gives none. ``model.model.rope_deltas`` is left as the
     unpatched model sets it (full sequence), which is what ``generate`` expects.
     """
+    from reference_impls.common.architectures import adapter_for
+
+    adapter_for(model).require_encoder_context("encoding-stage token selection")  # refuse before patching
     inner = model.model
     previous = inner.__dict__.get("forward")  # an enclosing patch, if any
     original = inner.forward
@@ -245,7 +260,9 @@ def patch_visual_tokens(model, select_fn: SelectFn, on_select: Callable[[VisualC
     def forward(*args, **kwargs):
         if args:
             raise TypeError("call the patched model with keyword arguments")
-        has_pixels = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs"))
+        has_pixels = any(
+            kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
+        )
         if has_pixels and kwargs.get("input_ids") is not None:
             ctx = build_context(model, kwargs)
             selection = _as_selection(select_fn(ctx))
@@ -259,7 +276,17 @@ def patch_visual_tokens(model, select_fn: SelectFn, on_select: Callable[[VisualC
                 next_position=ctx.position_ids.amax(dim=(0, 2)) + 1,  # (B,)
             )
             inner.rope_deltas = ctx.rope_deltas
-            for key in ("input_ids", "pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "mm_token_type_ids", "second_per_grid_ts", "position_ids", "mm_encoder_outputs"):
+            for key in (
+                "input_ids",
+                "pixel_values",
+                "pixel_values_videos",
+                "image_grid_thw",
+                "video_grid_thw",
+                "mm_token_type_ids",
+                "second_per_grid_ts",
+                "position_ids",
+                "mm_encoder_outputs",
+            ):
                 kwargs.pop(key, None)
             kwargs.update(reduced)
             return original(**kwargs)

@@ -111,9 +111,17 @@ class LoRABanks:
     def _lora(self, layer: str) -> nn.Module:
         return self.peft.base_model.model.get_submodule(layer)
 
-    def add(self, name: str, ranks: dict[str, int], *, owner: int, init_A: dict[str, torch.Tensor] | None = None,
-            P_in: dict[str, torch.Tensor] | None = None, P_out: dict[str, torch.Tensor] | None = None,
-            train_A: bool = True) -> list[nn.Parameter]:
+    def add(
+        self,
+        name: str,
+        ranks: dict[str, int],
+        *,
+        owner: int,
+        init_A: dict[str, torch.Tensor] | None = None,
+        P_in: dict[str, torch.Tensor] | None = None,
+        P_out: dict[str, torch.Tensor] | None = None,
+        train_A: bool = True,
+    ) -> list[nn.Parameter]:
         """Create bank ``name`` with ``ranks[layer]`` (α = r), activate it with the existing banks and return its trainable parameters.
 
         Args:
@@ -124,16 +132,22 @@ class LoRABanks:
             P_in, P_out: optional projectors ``(d_in, d_in)`` / ``(d_out, d_out)`` registered as parametrisations.
             train_A: whether Ã trains (False gives InfLoRA behaviour).
         """
-        config = LoraConfig(r=max(ranks.values()), lora_alpha=max(ranks.values()), target_modules=list(ranks),
-                            rank_pattern=dict(ranks), alpha_pattern=dict(ranks), init_lora_weights=True,
-                            lora_dropout=0.0)
+        config = LoraConfig(
+            r=max(ranks.values()),
+            lora_alpha=max(ranks.values()),
+            target_modules=list(ranks),
+            rank_pattern=dict(ranks),
+            alpha_pattern=dict(ranks),
+            init_lora_weights=True,
+            lora_dropout=0.0,
+        )
         if self.peft is None:
             self.peft = get_peft_model(self.unet, config, adapter_name=name)
         else:
             self.peft.add_adapter(name, config)
         self.owner[name], self.ranks[name] = owner, dict(ranks)
         params = []
-        for layer, r in ranks.items():
+        for layer in ranks:
             lora = self._lora(layer)
             A, B = lora.lora_A[name], lora.lora_B[name]
             with torch.no_grad():
@@ -200,8 +214,9 @@ def _layer_inputs(spec: LayerSpec, x: torch.Tensor, positions: int, g: torch.Gen
     """The rows the layer multiplies: (n, d_in). Convs are unfolded at ``positions`` random positions per image."""
     module = spec.module
     if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)  # (B, d_in, L)
+        cols = F.unfold(
+            x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+        )  # (B, d_in, L)
         if cols.shape[-1] > positions:
             index = torch.stack([torch.randperm(cols.shape[-1], generator=g)[:positions] for _ in range(cols.shape[0])])
             cols = torch.gather(cols, 2, index[:, None, :].expand(-1, cols.shape[1], -1))
@@ -210,9 +225,18 @@ def _layer_inputs(spec: LayerSpec, x: torch.Tensor, positions: int, g: torch.Gen
 
 
 @torch.no_grad()
-def input_covariances(model: nn.Module, layers: dict[str, LayerSpec], images: torch.Tensor, schedule, *,
-                      t_max: int, n_tau: int = 4, positions: int = 256, seed: int = 0,
-                      batch: int = 32) -> dict[str, Moments]:
+def input_covariances(
+    model: nn.Module,
+    layers: dict[str, LayerSpec],
+    images: torch.Tensor,
+    schedule,
+    *,
+    t_max: int,
+    n_tau: int = 4,
+    positions: int = 256,
+    seed: int = 0,
+    batch: int = 32,
+) -> dict[str, Moments]:
     """``C_l = Σ x xᵀ / n`` (float64, as :class:`Moments`) of every layer's input while ``model`` denoises noised ``images``.
 
     Args:
@@ -241,6 +265,7 @@ def input_covariances(model: nn.Module, layers: dict[str, LayerSpec], images: to
                 sums[name] = stacked.T @ stacked
             else:
                 rows_seen[name].append(rows)
+
         return fn
 
     handles = [spec.module.register_forward_pre_hook(hook(name)) for name, spec in layers.items()]

@@ -29,13 +29,48 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["CategoryData", "Setting", "PRESETS", "MVTEC_ORDER", "VISA_ORDER", "load_mvtec_category",
-           "load_visa_category", "load_setting"]
+__all__ = [
+    "CategoryData",
+    "Setting",
+    "PRESETS",
+    "MVTEC_ORDER",
+    "VISA_ORDER",
+    "load_mvtec_category",
+    "load_visa_category",
+    "load_setting",
+]
 
-MVTEC_ORDER = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-               "tile", "toothbrush", "transistor", "wood", "zipper")
-VISA_ORDER = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
-              "pcb4", "pipe_fryum")
+MVTEC_ORDER = (
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+)
+VISA_ORDER = (
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
+)
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
@@ -85,12 +120,14 @@ PRESETS: dict[str, Setting] = {
     "visa_2x6_assumed": Setting("visa_2x6_assumed", tuple(_V[i : i + 2] for i in range(0, 12, 2)), _ASSUMED),
 }
 _P = ("stripes_h", "stripes_diag", "checker", "dots", "waves", "blobs")  # = procad.CATEGORIES
-PRESETS.update({
-    "procad_2x3": Setting("procad_2x3", tuple(_P[i : i + 2] for i in range(0, 6, 2))),
-    "procad_3x2": Setting("procad_3x2", (_P[:3], _P[3:])),
-    "procad_5_1": Setting("procad_5_1", (_P[:5], _P[5:])),
-    "procad_1x6": Setting("procad_1x6", _singles(_P)),
-})
+PRESETS.update(
+    {
+        "procad_2x3": Setting("procad_2x3", tuple(_P[i : i + 2] for i in range(0, 6, 2))),
+        "procad_3x2": Setting("procad_3x2", (_P[:3], _P[3:])),
+        "procad_5_1": Setting("procad_5_1", (_P[:5], _P[5:])),
+        "procad_1x6": Setting("procad_1x6", _singles(_P)),
+    }
+)
 
 
 def _read_image(path: Path, size: int | None) -> torch.Tensor:
@@ -129,8 +166,9 @@ def _assemble(name, train_paths, test_items, size, max_train) -> CategoryData:
     return CategoryData(name, train, torch.stack(tests), torch.stack(masks), torch.tensor(labels), kinds)
 
 
-def load_mvtec_category(root: str | Path, category: str, *, size: int | None = None,
-                        max_train: int | None = None) -> CategoryData:
+def load_mvtec_category(
+    root: str | Path, category: str, *, size: int | None = None, max_train: int | None = None
+) -> CategoryData:
     """Read ``<root>/<category>/{train/good, test/*, ground_truth/*}`` (MVTec AD layout).
 
     Args:
@@ -143,15 +181,23 @@ def load_mvtec_category(root: str | Path, category: str, *, size: int | None = N
     items = []
     for defect_dir in sorted(p for p in (base / "test").iterdir() if p.is_dir()):
         for path in _images(defect_dir):
-            mask = None if defect_dir.name == "good" else base / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png"
+            mask = (
+                None if defect_dir.name == "good" else base / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png"
+            )
             if mask is not None and not mask.exists():
                 raise FileNotFoundError(f"missing mask {mask}")
             items.append((path, mask, defect_dir.name))
     return _assemble(category, _images(base / "train" / "good"), items, size, max_train)
 
 
-def load_visa_category(root: str | Path, category: str, *, size: int | None = None, max_train: int | None = None,
-                       split_csv: str = "split_csv/1cls.csv") -> CategoryData:
+def load_visa_category(
+    root: str | Path,
+    category: str,
+    *,
+    size: int | None = None,
+    max_train: int | None = None,
+    split_csv: str = "split_csv/1cls.csv",
+) -> CategoryData:
     """Read one VisA category through the official split CSV (``object,split,label,image,mask``).
 
     Mask pixels are instance ids and are binarised with ``!= 0``. ``max_train=200`` gives the
@@ -173,8 +219,9 @@ def load_visa_category(root: str | Path, category: str, *, size: int | None = No
     return _assemble(category, train, items, size, max_train)
 
 
-def load_setting(root: str | Path, setting: Setting, *, layout: str = "mvtec", size: int | None = None,
-                 max_train: int | None = None) -> dict[str, CategoryData]:
+def load_setting(
+    root: str | Path, setting: Setting, *, layout: str = "mvtec", size: int | None = None, max_train: int | None = None
+) -> dict[str, CategoryData]:
     """Load every category of ``setting`` (``layout`` is "mvtec" or "visa"), in task order."""
     loader = {"mvtec": load_mvtec_category, "visa": load_visa_category}[layout]
     return {c: loader(root, c, size=size, max_train=max_train) for c in setting.categories}

@@ -32,16 +32,27 @@ def build_unet(sample_size: int = 32, channels: tuple[int, int] = (32, 64)) -> U
     About 0.7 M parameters. Tests pass smaller ``channels`` (e.g. (8, 16)) for speed.
     """
     return UNet2DModel(
-        sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=tuple(channels), layers_per_block=1,
-        norm_num_groups=min(8, channels[0] // 2), attention_head_dim=channels[0], down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        norm_num_groups=min(8, channels[0] // 2),
+        attention_head_dim=channels[0],
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     )
 
 
 def make_schedule(num_train_timesteps: int = 200) -> DDPMScheduler:
     """Linear β from 1e-4 to 0.02 over ``num_train_timesteps`` steps (ε-prediction)."""
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=1e-4, beta_end=0.02,
-                         beta_schedule="linear", prediction_type="epsilon")
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+    )
 
 
 def load_pretrained(path: str | Path | None = None) -> UNet2DModel:
@@ -51,9 +62,15 @@ def load_pretrained(path: str | Path | None = None) -> UNet2DModel:
     return unet
 
 
-def denoising_loss(unet: torch.nn.Module, x: torch.Tensor, schedule: DDPMScheduler, *,
-                   generator: torch.Generator | None = None, t_max: int | None = None,
-                   reduce: bool = True) -> torch.Tensor:
+def denoising_loss(
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    schedule: DDPMScheduler,
+    *,
+    generator: torch.Generator | None = None,
+    t_max: int | None = None,
+    reduce: bool = True,
+) -> torch.Tensor:
     """‖ε − ε_θ(√ᾱ_τ x + √(1−ᾱ_τ) ε, τ)‖² with τ uniform in [0, t_max) (default all training steps).
 
     Args:
@@ -73,8 +90,16 @@ def denoising_loss(unet: torch.nn.Module, x: torch.Tensor, schedule: DDPMSchedul
 
 
 @torch.no_grad()
-def ddim_reconstruct(unet: torch.nn.Module, x: torch.Tensor, schedule: DDPMScheduler, *, t0: int, steps: int,
-                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+def ddim_reconstruct(
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    schedule: DDPMScheduler,
+    *,
+    t0: int,
+    steps: int,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Noise ``x`` (B, 3, H, W) to step ``t0`` and run ``steps`` deterministic DDIM steps (η = 0) back to 0.
 
     ``noise`` (broadcastable to ``x``) overrides the draw from ``generator``.

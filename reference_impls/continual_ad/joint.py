@@ -6,6 +6,7 @@ it once, after training, and reports no forgetting measure.
 
 Paper: arXiv 2606.02042 (joint training as the upper bound; this baseline is ours, see
 ``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (joint training on all categories, a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.joint import JointLoRA

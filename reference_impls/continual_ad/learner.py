@@ -19,8 +19,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,8 +30,16 @@ from reference_impls.continual_ad.data import CategoryData, Setting
 from reference_impls.continual_ad.diffusion import denoising_loss
 from reference_impls.continual_ad.metrics import aupro, auroc, continual_summary, pixel_auroc
 
-__all__ = ["TrainConfig", "Learner", "ContinualMethod", "train_denoiser", "final_loss", "batches", "run_continual",
-           "ContinualResult"]
+__all__ = [
+    "TrainConfig",
+    "Learner",
+    "ContinualMethod",
+    "train_denoiser",
+    "final_loss",
+    "batches",
+    "run_continual",
+    "ContinualResult",
+]
 
 
 @dataclass
@@ -72,10 +81,18 @@ class ContinualMethod:
         raise NotImplementedError
 
 
-def train_denoiser(model: torch.nn.Module, params: list[torch.nn.Parameter], sample: Callable[[torch.Generator], torch.Tensor],
-                   schedule, config: TrainConfig, *, seed: int = 0, optimizer: str = "adamw",
-                   penalty: Callable[[], torch.Tensor] | None = None,
-                   transform_grads: Callable[[], None] | None = None) -> list[float]:
+def train_denoiser(
+    model: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    sample: Callable[[torch.Generator], torch.Tensor],
+    schedule,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    optimizer: str = "adamw",
+    penalty: Callable[[], torch.Tensor] | None = None,
+    transform_grads: Callable[[], None] | None = None,
+) -> list[float]:
     """Train ``params`` (and nothing else) on the DDPM loss of batches from ``sample``.
 
     Args:
@@ -143,15 +160,31 @@ class ContinualResult:
 
     def summary(self) -> dict:
         image, pixel = continual_summary(self.image, self.task_of), continual_summary(self.pixel, self.task_of)
-        return {"image_a_auroc": image["a_auroc"], "image_fm": image["fm"], "pixel_a_auroc": pixel["a_auroc"],
-                "pixel_fm": pixel["fm"], "aupro": float(np.mean(self.aupro)), "image_curve": image["curve"],
-                "pixel_curve": pixel["curve"], "routing_accuracy": self.routing_accuracy,
-                "params_per_task": [log.get("params_added", 0) for log in self.logs]}
+        return {
+            "image_a_auroc": image["a_auroc"],
+            "image_fm": image["fm"],
+            "pixel_a_auroc": pixel["a_auroc"],
+            "pixel_fm": pixel["fm"],
+            "aupro": float(np.mean(self.aupro)),
+            "image_curve": image["curve"],
+            "pixel_curve": pixel["curve"],
+            "routing_accuracy": self.routing_accuracy,
+            "params_per_task": [log.get("params_added", 0) for log in self.logs],
+        }
 
 
-def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, CategoryData], unet: torch.nn.Module,
-                  schedule, scorer, *, seed: int = 0, evaluate_every_task: bool = True,
-                  final_variants: dict[str, dict] | None = None) -> ContinualResult:
+def run_continual(
+    method: ContinualMethod,
+    setting: Setting,
+    data: dict[str, CategoryData],
+    unet: torch.nn.Module,
+    schedule,
+    scorer,
+    *,
+    seed: int = 0,
+    evaluate_every_task: bool = True,
+    final_variants: dict[str, dict] | None = None,
+) -> ContinualResult:
     """Train ``method`` over ``setting`` and evaluate every seen category after every task.
 
     Args:
@@ -178,8 +211,11 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
     routed_right, routed_total = 0, 0
     learner = method.begin(unet, schedule, seed) or method
     logs = []
-    steps = [(0, {c: data[c].train for c in cats})] if method.offline else [
-        (t, {c: data[c].train for c in group}) for t, group in enumerate(setting.groups)]
+    steps = (
+        [(0, {c: data[c].train for c in cats})]
+        if method.offline
+        else [(t, {c: data[c].train for c in group}) for t, group in enumerate(setting.groups)]
+    )
     for t, task_data in steps:
         logs.append(learner.learn_task(t, task_data))
         last = t == steps[-1][0]
@@ -202,8 +238,10 @@ def run_continual(method: ContinualMethod, setting: Setting, data: dict[str, Cat
         image, pixel = image[-1:], pixel[-1:]
         task_of = [0] * len(cats)
     routing = routed_right / routed_total if routed_total else None
-    variants = {name: _evaluate_variant(method, learner, attrs, cats, setting, data, scorer)
-                for name, attrs in (final_variants or {}).items()}
+    variants = {
+        name: _evaluate_variant(method, learner, attrs, cats, setting, data, scorer)
+        for name, attrs in (final_variants or {}).items()
+    }
     return ContinualResult(cats, task_of, image, pixel, final_aupro, routing, logs, variants, learner)
 
 
@@ -220,8 +258,11 @@ def _evaluate_variant(method, learner: Learner, attrs: dict, cats, setting, data
             pixel.append(100 * pixel_auroc(maps, d.masks))
             if routed is not None:
                 right, total = right + int((routed == t).sum()), total + routed.numel()
-        return {"image_a_auroc": float(np.mean(image)), "pixel_a_auroc": float(np.mean(pixel)),
-                "routing_accuracy": right / total if total else None}
+        return {
+            "image_a_auroc": float(np.mean(image)),
+            "pixel_a_auroc": float(np.mean(pixel)),
+            "routing_accuracy": right / total if total else None,
+        }
     finally:
         for k, v in saved.items():
             setattr(method, k, v)

@@ -18,7 +18,15 @@ Examples:
     10.0
 
 Paper: arXiv 2606.02042 (uses A-AUROC and FM; the formulas are the standard Chaudhry-style
-ones of the design note, not taken from the paper).
+ones written out in ``reference_impls/continual_ad/hfolb/README.md`` §2.3, not taken from the paper).
+Upstream: AUROC = scikit-learn ``roc_auc_score`` (identical, ties included); AUPRO = the MVTec AD
+evaluation code (``compute_pro`` and ``trapezoid``) as kept in openvinotoolkit/anomalib
+tests/helpers/aupro_reference.py @ 14c7a056c93394cdbdb861dcc8429466471f1b53 (anomalib's own
+src/anomalib/metrics/aupro.py resamples the per-region curves by index).
+``tests/continual_ad/test_parity.py`` re-implements both; AUPRO agrees to 1e-3 (measured
+5.5e-4 on 20 x 20 maps): the MVTec code evaluates the overlap at each normal-pixel threshold and
+draws straight lines between those points, while we average per-region ROC staircases resampled
+on a 1000-point FPR grid, so the areas differ by O(1 / #normal pixels) plus the grid's resolution.
 
 Deviations / guesses: AUPRO regions use 8-connectivity; ``aggregate="task"`` (mean within a
 task first) is offered because papers do not say which aggregation their tables use.

@@ -9,6 +9,7 @@ It is also the base class of :mod:`~reference_impls.continual_ad.replay` and
 
 Paper: arXiv 2606.02042 (compares against sequential fine-tuning; this baseline is ours,
 ``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (sequential fine-tuning of one LoRA, a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.naive_lora import NaiveLoRA
@@ -57,8 +58,14 @@ class NaiveLoRA(ContinualMethod):
             self.params = self.banks.add("shared", {l: self.rank for l in self.banks.layers}, owner=1)
             added = self.banks.n_params("shared")
         images = torch.cat(list(data.values()))
-        losses = train_denoiser(self.banks.model, self.params, self._sampler(images), self.schedule, self.train,
-                                seed=self.seed * 1000 + task + 1)
+        losses = train_denoiser(
+            self.banks.model,
+            self.params,
+            self._sampler(images),
+            self.schedule,
+            self.train,
+            seed=self.seed * 1000 + task + 1,
+        )
         self._after_task(data)
         return {"task": task + 1, "params_added": added, "final_loss": final_loss(losses)}
 

@@ -8,6 +8,7 @@ needs (earlier banks stacked and frozen, a penalty on the new bank), see
 
 Paper: arXiv 2606.02042 (isolation upper bound; this baseline is ours, see
 ``reference_impls/continual_ad/hfolb/README.md`` section 7).
+Upstream: none public (a baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.oracle_lora import OracleLoRA
@@ -51,11 +52,17 @@ class OracleLoRA(ContinualMethod):
         params = self.banks.add(name, {l: self.rank for l in self.banks.layers}, owner=task + 1)
         self.banks.activate(list(self.banks.owner) if self.stack_old else [name])
         images = torch.cat(list(data.values()))
-        losses = train_denoiser(self.banks.model, params, batches(images, self.train.batch), self.schedule, self.train,
-                                seed=self.seed * 1000 + task + 1, penalty=self._penalty(name))
+        losses = train_denoiser(
+            self.banks.model,
+            params,
+            batches(images, self.train.batch),
+            self.schedule,
+            self.train,
+            seed=self.seed * 1000 + task + 1,
+            penalty=self._penalty(name),
+        )
         self.banks.freeze(name)
-        return {"task": task + 1, "params_added": self.banks.n_params(name),
-                "final_loss": final_loss(losses)}
+        return {"task": task + 1, "params_added": self.banks.n_params(name), "final_loss": final_loss(losses)}
 
     def score(self, images: torch.Tensor, scorer, task_hint: int | None = None):
         self.banks.activate(list(self.banks.owner) if self.stack_old else [f"task{task_hint + 1}"])

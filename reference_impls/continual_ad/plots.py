@@ -1,8 +1,14 @@
 """Figures of continual runs, shared by the continual-AD notebooks.
 
 Examples:
+    >>> import numpy as np
+    >>> from reference_impls.continual_ad.learner import ContinualResult
     >>> from reference_impls.continual_ad.plots import plot_accuracy_matrices
-    >>> fig = plot_accuracy_matrices({"naive LoRA": result})  # result: a ContinualResult
+    >>> image = np.array([[90.0, np.nan], [70.0, 95.0]])  # (T, C): category 2 learned at task 2
+    >>> run = ContinualResult(["a", "b"], [0, 1], image, image, np.array([80.0, 85.0]), None)
+    >>> fig = plot_accuracy_matrices({"naive LoRA": run})
+    >>> [ax.get_title() for ax in fig.axes]
+    ['naive LoRA (image AUROC)']
 """
 
 from __future__ import annotations
@@ -44,5 +50,7 @@ def print_summaries(results: dict[str, ContinualResult]) -> None:
     """A-AUROC and forgetting (FM) of each run, image and pixel level, one line per method."""
     for name, result in results.items():
         s = result.summary()
-        print(f"{name:16s} image A-AUROC {s['image_a_auroc']:5.1f} FM {s['image_fm']:4.1f} | "
-              f"pixel A-AUROC {s['pixel_a_auroc']:5.1f} FM {s['pixel_fm']:4.1f} | params added {sum(s['params_per_task'])}")
+        print(
+            f"{name:16s} image A-AUROC {s['image_a_auroc']:5.1f} FM {s['image_fm']:4.1f} | "
+            f"pixel A-AUROC {s['pixel_a_auroc']:5.1f} FM {s['pixel_fm']:4.1f} | params added {sum(s['params_per_task'])}"
+        )

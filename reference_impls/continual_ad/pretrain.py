@@ -22,8 +22,16 @@ from reference_impls.continual_ad.procad import pretrain_textures
 __all__ = ["pretrain"]
 
 
-def pretrain(*, steps: int = 1200, batch: int = 32, lr: float = 2e-3, n_images: int = 2000, seed: int = 0,
-             out: str | None = None, log_every: int = 100) -> None:
+def pretrain(
+    *,
+    steps: int = 1200,
+    batch: int = 32,
+    lr: float = 2e-3,
+    n_images: int = 2000,
+    seed: int = 0,
+    out: str | None = None,
+    log_every: int = 100,
+) -> None:
     """Train and save the backbone (see module docstring)."""
     torch.manual_seed(seed)
     data = pretrain_textures(n_images, 32, seed=seed)  # (N, 3, 32, 32)

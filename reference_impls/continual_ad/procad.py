@@ -90,7 +90,9 @@ def texture(category: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 1)
 
 
-def add_defect(image: np.ndarray, defect: str, category: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(
+    image: np.ndarray, defect: str, category: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (defective image, mask (H, W) bool). ``defect`` in scratch, spot, patch_swap, blur."""
     size = image.shape[0]
     s = size / 32
@@ -103,7 +105,7 @@ def add_defect(image: np.ndarray, defect: str, category: str, rng: np.random.Gen
         along = (x - cx) * dx + (y - cy) * dy
         across = np.abs(-(x - cx) * dy + (y - cy) * dx)
         mask = (np.abs(along) <= length / 2) & (across <= rng.uniform(0.5, 1.0) * max(s, 0.75))
-        colour = (np.array([0.05, 0.05, 0.05]) if rng.random() < 0.5 else np.array([1.0, 1.0, 0.1]))
+        colour = np.array([0.05, 0.05, 0.05]) if rng.random() < 0.5 else np.array([1.0, 1.0, 0.1])
         out[mask] = colour
     elif defect == "spot":
         rx, ry = rng.uniform(2, 5, 2) * s
@@ -137,8 +139,17 @@ def _save(array: np.ndarray, path: Path, *, instance_ids: bool = False) -> None:
         Image.fromarray((array * 255).round().astype(np.uint8)).save(path)
 
 
-def write_procad(root: str | Path, *, categories=CATEGORIES, defects=DEFECTS, size: int = 32, n_train: int = 48,
-                 n_test_good: int = 8, n_per_defect: int = 8, seed: int = 0) -> Path:
+def write_procad(
+    root: str | Path,
+    *,
+    categories=CATEGORIES,
+    defects=DEFECTS,
+    size: int = 32,
+    n_train: int = 48,
+    n_test_good: int = 8,
+    n_per_defect: int = 8,
+    seed: int = 0,
+) -> Path:
     """Write ProcAD in the MVTec AD layout under ``root`` and return ``root``.
 
     Args:
@@ -165,8 +176,16 @@ def write_procad(root: str | Path, *, categories=CATEGORIES, defects=DEFECTS, si
     return root
 
 
-def write_procad_visa(root: str | Path, *, categories=CATEGORIES[:2], size: int = 16, n_train: int = 4,
-                      n_test_good: int = 2, n_anomaly: int = 3, seed: int = 0) -> Path:
+def write_procad_visa(
+    root: str | Path,
+    *,
+    categories=CATEGORIES[:2],
+    size: int = 16,
+    n_train: int = 4,
+    n_test_good: int = 2,
+    n_anomaly: int = 3,
+    seed: int = 0,
+) -> Path:
     """Write a VisA-layout twin: ``Data/Images/{Normal,Anomaly}/*.JPG``, instance-id masks, ``split_csv/1cls.csv``."""
     root = Path(root)
     rows = []
@@ -206,10 +225,12 @@ def pretrain_textures(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij"))
     for i in range(n):
         cells = int(torch.randint(2, 5, (1,), generator=g))
-        field = F.interpolate(torch.rand(1, 3, cells, cells, generator=g), size=(size, size), mode="bilinear",
-                              align_corners=True)[0]
-        noise = F.interpolate(torch.randn(1, 1, 6, 6, generator=g), size=(size, size), mode="bicubic",
-                              align_corners=True)[0]
+        field = F.interpolate(
+            torch.rand(1, 3, cells, cells, generator=g), size=(size, size), mode="bilinear", align_corners=True
+        )[0]
+        noise = F.interpolate(
+            torch.randn(1, 1, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=True
+        )[0]
         image = field + 0.15 * float(torch.rand(1, generator=g)) * noise
         for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
             angle = float(torch.rand(1, generator=g)) * 2 * math.pi

@@ -7,6 +7,7 @@ LoRA keeps modelling old normality. It stores images, which HF-OLB avoids.
 Paper: arXiv 2606.02042 (replay is a comparison point; this baseline is ours, see
 ``reference_impls/continual_ad/hfolb/README.md`` section 7; CDAD-style continual diffusion AD also
 compares against it).
+Upstream: none public (a standard experience-replay baseline of ours; no reference code to match).
 
 Examples:
     >>> from reference_impls.continual_ad.replay import Replay

@@ -22,7 +22,7 @@ are our reconstruction, ``reference_impls/continual_ad/hfolb/README.md`` section
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,9 @@ def _inner(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def routing_features(base: torch.nn.Module, images: torch.Tensor, schedule, *, tau_frac: float = 0.1,
-                     seed: int = 777, batch: int = 64) -> torch.Tensor:
+def routing_features(
+    base: torch.nn.Module, images: torch.Tensor, schedule, *, tau_frac: float = 0.1, seed: int = 777, batch: int = 64
+) -> torch.Tensor:
     """(N, C_mid + C_down) L2-normalised pooled features of the frozen ``base`` at τ_p = ``tau_frac`` · T."""
     tau = int(round(tau_frac * schedule.config.num_train_timesteps))
     inner, out = _inner(base), []
@@ -46,8 +47,10 @@ def routing_features(base: torch.nn.Module, images: torch.Tensor, schedule, *, t
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))  # fixed noise per position
         x_t = schedule.add_noise(x, noise, torch.full((x.shape[0],), tau))
         captured = {}
-        hooks = [inner.mid_block.register_forward_hook(lambda m, a, o: captured.__setitem__("mid", o)),
-                 inner.down_blocks[-1].register_forward_hook(lambda m, a, o: captured.__setitem__("down", o[0]))]
+        hooks = [
+            inner.mid_block.register_forward_hook(lambda m, a, o: captured.__setitem__("mid", o)),
+            inner.down_blocks[-1].register_forward_hook(lambda m, a, o: captured.__setitem__("down", o[0])),
+        ]
         try:
             base(x_t, torch.full((x.shape[0],), tau))
         finally:
@@ -87,9 +90,16 @@ class PrototypeRouter:
 
 
 @torch.no_grad()
-def reconstruction_route(model: torch.nn.Module, activate_prefix: Callable[[int], None], n_prefixes: int,
-                         images: torch.Tensor, schedule, *, taus: tuple[float, float] = (0.1, 0.3),
-                         seed: int = 4242) -> torch.Tensor:
+def reconstruction_route(
+    model: torch.nn.Module,
+    activate_prefix: Callable[[int], None],
+    n_prefixes: int,
+    images: torch.Tensor,
+    schedule,
+    *,
+    taus: tuple[float, float] = (0.1, 0.3),
+    seed: int = 4242,
+) -> torch.Tensor:
     """Prefix index (N,) with the smallest median ε-prediction error over pixels, averaged over 2 (τ, ε) pairs."""
     T = schedule.config.num_train_timesteps
     errors = torch.zeros(n_prefixes, images.shape[0])

@@ -19,6 +19,8 @@ Examples:
 Paper: arXiv 2606.02042 (a diffusion U-Net detector; its scoring function is not described in
 the abstract, so this is a DDAD-style reconstruction of ours,
 ``reference_impls/continual_ad/hfolb/README.md`` section 4.7).
+Upstream: none followed (the paper's code is not public; we did not compare with DDAD's code,
+arXiv 2305.15956: our scorer follows its partial-noising and DDIM reconstruction idea, not its code).
 
 Deviations / guesses: each noise draw is shared by all images (so a score never depends on
 which batch or routing group an image is scored in); no DDAD conditioning guidance (w = 0); the feature term uses the outputs
@@ -29,8 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +94,13 @@ class DiffusionScorer:
     batch: int = 64
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, images: torch.Tensor, schedule,
-                 base: Callable[[], contextlib.AbstractContextManager] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        schedule,
+        base: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (N, H, W) and image scores (N,) of ``images`` (N, 3, H, W) in [-1, 1]."""
         t0 = int(round(self.t0_frac * schedule.config.num_train_timesteps))
         maps = torch.zeros(images.shape[0], *images.shape[-2:])
@@ -105,11 +112,16 @@ class DiffusionScorer:
                 recon = ddim_reconstruct(model, x, schedule, t0=t0, steps=self.ddim_steps, noise=noise)
                 m = (recon - x).pow(2).mean(1)  # (B, H, W)
                 if self.lambda_f > 0:
-                    with (base() if base is not None else contextlib.nullcontext(model)) as frozen:
+                    with base() if base is not None else contextlib.nullcontext(model) as frozen:
                         for fa, fb in zip(_down_features(frozen, x), _down_features(frozen, recon)):
                             d = 1 - F.cosine_similarity(fa, fb, dim=1)  # (B, h, w)
-                            m = m + self.lambda_f * F.interpolate(d[:, None], size=x.shape[-2:], mode="bilinear",
-                                                                  align_corners=False)[:, 0]
+                            m = (
+                                m
+                                + self.lambda_f
+                                * F.interpolate(d[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[
+                                    :, 0
+                                ]
+                            )
                 maps[start : start + self.batch] += m / self.n_seeds
         sigma = self.sigma if self.sigma is not None else max(1.0, 4 * images.shape[-1] / 256)
         maps = gaussian_blur(maps, sigma)

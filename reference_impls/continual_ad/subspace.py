@@ -32,8 +32,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["gpm_epsilon", "complement", "extend_basis", "Moments", "gpm_extend", "residual_share", "novelty", "Novelty",
-           "allocate_ranks"]
+__all__ = [
+    "gpm_epsilon",
+    "complement",
+    "extend_basis",
+    "Moments",
+    "gpm_extend",
+    "residual_share",
+    "novelty",
+    "Novelty",
+    "allocate_ranks",
+]
 
 _EIG_TOL = 1e-10
 
@@ -156,8 +165,16 @@ def novelty(C, U: torch.Tensor, tau_rank: float = 0.9) -> Novelty:
     return Novelty(nu, rho, int(values.numel()), vectors)
 
 
-def allocate_ranks(stats: dict[str, Novelty], growing: list[str], caps: dict[str, int], sizes: dict[str, tuple[int, int]],
-                   *, beta_r: float = 1.0, r_min: int = 1, budget: int | None = None) -> dict[str, int]:
+def allocate_ranks(
+    stats: dict[str, Novelty],
+    growing: list[str],
+    caps: dict[str, int],
+    sizes: dict[str, tuple[int, int]],
+    *,
+    beta_r: float = 1.0,
+    r_min: int = 1,
+    budget: int | None = None,
+) -> dict[str, int]:
     """Ranks ``r_l = clip(ceil(β_r ρ_l), r_min, min(cap_l, rank(Ĉ_l)))`` for the growing layers, within ``budget``.
 
     Args:

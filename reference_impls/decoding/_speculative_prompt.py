@@ -1,7 +1,7 @@
 """Private plumbing shared by ``speculative.py`` and ``reasoning.py``.
 
-A hand-written decode loop for Qwen2.5-VL with explicit M-RoPE positions (design note
-kv-cache-on-transformers5.md, section 2): the prompt's embeddings and 3-D positions come from
+A hand-written decode loop for Qwen2.5-VL with explicit M-RoPE positions
+(``docs/notes/transformers5.md`` §2): the prompt's embeddings and 3-D positions come from
 :func:`reference_impls.common.visual_tokens.build_context` (the model's own ``get_rope_index`` on
 the full sequence); a pruned prompt keeps its tokens' original positions
 (:func:`~reference_impls.common.visual_tokens.reduce_inputs`); every generated token ``j`` gets
@@ -12,16 +12,24 @@ tokens) needs no other bookkeeping.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.random_pruning import random_keep
-from reference_impls.common.visual_tokens import Selection, VisualContext, VisualTokenMethod, build_context, keep_count, reduce_inputs
+from reference_impls.common.visual_tokens import (
+    Selection,
+    VisualContext,
+    VisualTokenMethod,
+    build_context,
+    keep_count,
+    reduce_inputs,
+)
 
 PRUNE_RULES = ("uniform", "norm", "random")
 
@@ -145,7 +153,7 @@ def text_positions(start: int, count: int) -> torch.Tensor:
 @contextmanager
 def truncated(model: nn.Module, layers: int | None) -> Iterator[nn.Module]:
     """Run only the first ``layers`` decoder layers (then the final norm and LM head): early exit."""
-    text = model.model.language_model
+    text = adapter_for(model).text_model(model)
     full = text.layers
     if layers is not None and not 0 < layers <= len(full):
         raise ValueError(f"layers must be in 1..{len(full)}, got {layers}")

@@ -55,8 +55,9 @@ from reference_impls.registry import register
 __all__ = ["AdaKV", "AdaKVLayer", "adaptive_head_index"]
 
 
-def adaptive_head_index(scores: torch.Tensor, budget: int, window: int, alpha: float,
-                        exact_total: bool = False) -> list[torch.Tensor]:
+def adaptive_head_index(
+    scores: torch.Tensor, budget: int, window: int, alpha: float, exact_total: bool = False
+) -> list[torch.Tensor]:
     """Per-head kept indices for ``(H, N)`` scores whose last ``window`` columns are the window.
 
     Every head keeps the window. The other entries: head ``h`` keeps its own best

@@ -52,26 +52,41 @@ Deviations:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.decoding._speculative_prompt import DecodeResult
 from reference_impls.registry import register
 
-__all__ = ["ATTENTION_NAME", "AttentionReuse", "resolve_sources", "attention_probs", "reuse_attention", "blend_probs", "attention_flops", "row_blocks"]
+__all__ = [
+    "ATTENTION_NAME",
+    "AttentionReuse",
+    "resolve_sources",
+    "attention_probs",
+    "reuse_attention",
+    "blend_probs",
+    "attention_flops",
+    "row_blocks",
+]
 
 ATTENTION_NAME = "atlas_attention_reuse"
 PHASES = ("prefill", "decode", "both")
 
 
-def resolve_sources(n_layers: int, *, share_every: int = 1, anchors: Sequence[int] | None = None,
-                    sources: Mapping[int, int] | None = None) -> dict[int, int]:
+def resolve_sources(
+    n_layers: int,
+    *,
+    share_every: int = 1,
+    anchors: Sequence[int] | None = None,
+    sources: Mapping[int, int] | None = None,
+) -> dict[int, int]:
     """``{sharer: anchor}`` for ``n_layers`` layers (precedence: ``sources``, ``anchors``, ``share_every``).
 
     ``share_every=k``: layers ``0, k, 2k, ...`` are anchors and each other layer reuses the
@@ -109,7 +124,9 @@ def row_blocks(q: int, s: int, block: int) -> list[tuple[int, int, int]]:
     return [(r, min(r + block, q), s - q + min(r + block, q)) for r in range(0, q, block)]
 
 
-def attention_probs(query: torch.Tensor, key: torch.Tensor, scaling: float, mask: torch.Tensor, block: int = 0) -> torch.Tensor:
+def attention_probs(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, mask: torch.Tensor, block: int = 0
+) -> torch.Tensor:
     """Softmax attention probabilities, keys repeated over each GQA group, in causal query blocks.
 
     Args:
@@ -154,8 +171,14 @@ def reuse_attention(probs: torch.Tensor, values: torch.Tensor, block: int = 0) -
     return out.transpose(1, 2).contiguous()
 
 
-def blend_probs(anchor: torch.Tensor, query: torch.Tensor, key: torch.Tensor, reused: torch.Tensor,
-                scaling: float, mask: torch.Tensor) -> torch.Tensor:
+def blend_probs(
+    anchor: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    reused: torch.Tensor,
+    scaling: float,
+    mask: torch.Tensor,
+) -> torch.Tensor:
     """Anchor probabilities on the ``reused`` columns, the layer's own softmax (scaled by the rest) elsewhere.
 
     Only the own columns' logits are computed (keys gathered per batch row). Where a query may
@@ -183,8 +206,18 @@ def blend_probs(anchor: torch.Tensor, query: torch.Tensor, key: torch.Tensor, re
     return out
 
 
-def attention_flops(n_query: int, n_context: int, *, hidden: int, heads: int, kv_heads: int, head_dim: int,
-                    reused: bool = False, own_columns: int | None = None, block: int = 0) -> dict[str, int]:
+def attention_flops(
+    n_query: int,
+    n_context: int,
+    *,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    reused: bool = False,
+    own_columns: int | None = None,
+    block: int = 0,
+) -> dict[str, int]:
     """Analytic FLOPs of one attention layer for ``n_query`` queries over ``n_context`` keys.
 
     Matmuls count ``2 m n k`` (biases not counted). Scores and ``PV`` cover the query-key pairs
@@ -199,9 +232,13 @@ def attention_flops(n_query: int, n_context: int, *, hidden: int, heads: int, kv
     pairs = sum((r1 - r0) * c for r0, r1, c in row_blocks(n_query, n_context, block))
     scores = (0 if own_columns is None else m * own_columns) if reused else pairs
     flops = {
-        "q_proj": 2 * m * hidden * qd, "k_proj": 2 * m * hidden * kd, "v_proj": 2 * m * hidden * kd,
-        "qk": 2 * heads * scores * head_dim, "softmax": 5 * heads * scores,
-        "pv": 2 * heads * pairs * head_dim, "o_proj": 2 * m * qd * hidden,
+        "q_proj": 2 * m * hidden * qd,
+        "k_proj": 2 * m * hidden * kd,
+        "v_proj": 2 * m * hidden * kd,
+        "qk": 2 * heads * scores * head_dim,
+        "softmax": 5 * heads * scores,
+        "pv": 2 * heads * pairs * head_dim,
+        "o_proj": 2 * m * qd * hidden,
     }
     flops["total"] = sum(flops.values())
     flops["qk_proj_skippable"] = flops["q_proj"] + flops["k_proj"] if reused and own_columns is None else 0
@@ -215,7 +252,7 @@ class _State:
     columns: str
     last_user: dict[int, int]
     block: int
-    owner: "AttentionReuse"
+    owner: AttentionReuse
     probs: dict[int, torch.Tensor] = field(default_factory=dict)
     visual: torch.Tensor | None = None  # (B, N_prompt) bool
     stored: int = 0
@@ -238,7 +275,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     state: _State | None = getattr(module, "_atlas_attention_reuse", None)
     layer, q, s = module.layer_idx, query.shape[2], key.shape[2]
     if state is None or not state.active(q, s) or (layer not in state.sources and layer not in state.last_user):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     mask = _bool_mask(attention_mask, q, s, query.device)
     source = state.sources.get(layer)
@@ -249,7 +288,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         return reuse_attention(probs, value, state.block), None
     probs = state.probs[source]
     if probs.shape != (query.shape[0], query.shape[1], q, s):
-        raise RuntimeError(f"layer {layer}: the map of layer {source} has shape {tuple(probs.shape)}, not of this forward")
+        raise RuntimeError(
+            f"layer {layer}: the map of layer {source} has shape {tuple(probs.shape)}, not of this forward"
+        )
     if state.columns == "visual":
         probs = blend_probs(probs, query, key, state.reused_columns(s), scaling, mask)
     if state.last_user[source] == layer:  # last sharer of this map: free it
@@ -299,11 +340,12 @@ class AttentionReuse:
         return DecodeResult(out[0, n:].tolist(), self.stats)
 
     @contextmanager
-    def _patch(self, model) -> Iterator["AttentionReuse"]:
+    def _patch(self, model) -> Iterator[AttentionReuse]:
         if self.phase not in PHASES or self.columns not in ("all", "visual"):
             raise ValueError(f"phase must be one of {PHASES} and columns 'all' or 'visual'")
-        inner = model.model if hasattr(model, "lm_head") else model
-        language_model = inner.language_model
+        adapter = adapter_for(model)
+        inner = adapter.inner(model)
+        language_model = adapter.text_model(model)
         text_config = language_model.config
         previous = text_config._attn_implementation
         if previous not in ("sdpa", ATTENTION_NAME):
@@ -312,7 +354,9 @@ class AttentionReuse:
         last_user = {}
         for target, source in sources.items():
             last_user[source] = max(target, last_user.get(source, -1))
-        state = _State(sources=sources, phase=self.phase, columns=self.columns, last_user=last_user, block=self.block, owner=self)
+        state = _State(
+            sources=sources, phase=self.phase, columns=self.columns, last_user=last_user, block=self.block, owner=self
+        )
         self.stats = {"reused_layers": sorted(sources)}
 
         def on_model(module, args, kwargs):
@@ -322,7 +366,7 @@ class AttentionReuse:
             if cache is not None and cache.get_seq_length() > 0:
                 return
             ids = kwargs.get("input_ids", args[0] if args else None)
-            state.visual = None if ids is None else (ids == module.config.image_token_id) | (ids == module.config.video_token_id)
+            state.visual = None if ids is None else adapter.visual_mask(ids, module.config)
             state.stats["reused_layers"] = sorted(sources)
             if state.visual is not None:
                 state.stats["visual_in"] = state.stats["visual_kept"] = int(state.visual[0].sum())  # nothing is dropped

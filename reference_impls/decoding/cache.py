@@ -39,8 +39,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 
 __all__ = [
     "ATTN_NAME",
@@ -111,16 +114,18 @@ class PromptLayout:
         return int(self.visual.numel())
 
 
-def prompt_layout(config, input_ids: torch.Tensor | None = None, mm_token_type_ids: torch.Tensor | None = None) -> PromptLayout:
+def prompt_layout(
+    config, input_ids: torch.Tensor | None = None, mm_token_type_ids: torch.Tensor | None = None
+) -> PromptLayout:
     """The :class:`PromptLayout` of one prompt (batch 1).
 
-    Visual positions are ``image_token_id``/``video_token_id`` in ``input_ids`` (ids from
-    ``config``), or ``mm_token_type_ids > 0`` when only that is given. Items are maximal runs of
+    Visual positions are the image/video token ids of ``input_ids`` (ids from ``config``, read
+    by the architecture adapter), or ``mm_token_type_ids > 0`` when only that is given. Items are maximal runs of
     visual positions that also break where the token type changes (image to video).
     """
     if input_ids is not None:
         ids = input_ids.reshape(-1)
-        kind = torch.where(ids == config.image_token_id, 1, torch.where(ids == config.video_token_id, 2, 0))
+        kind = adapter_for(config).token_kinds(ids, config)
     elif mm_token_type_ids is not None:
         kind = mm_token_type_ids.reshape(-1).long()
     else:
@@ -158,7 +163,9 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scalin
     return out.transpose(1, 2).contiguous()
 
 
-def flat_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, head_of_entry: torch.Tensor, scaling: float) -> torch.Tensor:
+def flat_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, head_of_entry: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """One-token attention over the entries of all KV heads packed in one tensor.
 
     Each query head attends only to the entries of its own KV head (a mask on one matmul), so
@@ -197,6 +204,7 @@ class CompressedLayer(DynamicLayer):
         self.positions: torch.Tensor | None = None  # (H, S) int32 logical position of each entry
         self.prompt_length = 0
         self._cache_ref = None
+        self.sliding_window: int | None = None  # set by make_cache on sliding-window layers (Gemma 3)
 
     def layer_budget(self, n: int) -> int:
         """Entries per KV head this layer keeps of ``n`` (the method's ``budget``; per-layer schemes override it)."""
@@ -266,7 +274,7 @@ class CompressedLayer(DynamicLayer):
         self.positions = self.positions.gather(1, index)
 
     @property
-    def cache(self) -> "CompressedCache | None":
+    def cache(self) -> CompressedCache | None:
         return None if self._cache_ref is None else self._cache_ref()
 
     # --- hooks called by the "atlas_kv" attention function ----------------------------------
@@ -275,6 +283,12 @@ class CompressedLayer(DynamicLayer):
         if query.shape[0] != 1:
             raise ValueError("compressed KV caches support batch size 1 only")
         q = query.shape[2]
+        if self.sliding_window is not None and self.logical_length > self.sliding_window:
+            # The decode path attends to every kept entry; a sliding-window layer must not.
+            raise UnsupportedFeature(
+                f"KV-cache methods on a sliding-window layer once the sequence ({self.logical_length} tokens) "
+                f"exceeds its window ({self.sliding_window}; layer {self.layer_idx}) are not supported"
+            )
         if q == self.logical_length:  # the whole prompt: first forward
             out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
             self.after_prefill(module, query, scaling)
@@ -388,11 +402,18 @@ class RaggedLayer(CompressedLayer):
         if not self.ragged:
             return super().decode_attention(module, query, key, value, scaling)
         if query.shape[2] == 1:  # one token: all heads in one masked matmul
-            return flat_attention(query, torch.cat(self.head_keys), torch.cat(self.head_values), self.head_ids(), scaling)
+            return flat_attention(
+                query, torch.cat(self.head_keys), torch.cat(self.head_values), self.head_ids(), scaling
+            )
         groups = query.shape[1] // len(self.head_keys)
         outs = [
-            attend(query[:, h * groups : (h + 1) * groups], self.head_keys[h][None, None],
-                   self.head_values[h][None, None], scaling, n_new=query.shape[2])
+            attend(
+                query[:, h * groups : (h + 1) * groups],
+                self.head_keys[h][None, None],
+                self.head_values[h][None, None],
+                scaling,
+                n_new=query.shape[2],
+            )
             for h in range(len(self.head_keys))
         ]
         return torch.cat(outs, dim=2)  # (1, q, Hq, D)
@@ -422,7 +443,7 @@ class CompressedCache(Cache):
         """Give the layers the modality of every prompt position (methods that need it)."""
         self.layout = layout
 
-    def bind(self, model) -> "CompressedCache":
+    def bind(self, model) -> CompressedCache:
         """Make every text attention module of ``model`` find its layer (weak reference)."""
         text_config = model.config.get_text_config()
         if text_config._attn_implementation != ATTN_NAME:
@@ -470,13 +491,14 @@ class CompressedCache(Cache):
 
 def _require_token_types(kwargs: dict) -> None:
     # Without mm_token_type_ids Qwen2.5-VL silently falls back to 1-D positions.
-    if kwargs.get("mm_token_type_ids") is None and any(kwargs.get(k) is not None for k in ("image_grid_thw", "video_grid_thw")):
+    if kwargs.get("mm_token_type_ids") is None and any(
+        kwargs.get(k) is not None for k in ("image_grid_thw", "video_grid_thw")
+    ):
         raise ValueError("pass mm_token_type_ids with image/video inputs (without it Qwen2.5-VL uses 1-D positions)")
 
 
 def _text_attention_modules(model) -> list[torch.nn.Module]:
-    language_model = model.model.language_model if hasattr(model, "model") and hasattr(model.model, "language_model") else model.model
-    return [decoder_layer.self_attn for decoder_layer in language_model.layers]
+    return adapter_for(model).attention_modules(model)
 
 
 def atlas_kv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -484,7 +506,9 @@ def atlas_kv_attention(module, query, key, value, attention_mask, scaling=None, 
     ref = getattr(module, "_atlas_kv_layer", None)
     layer = ref() if ref is not None else None
     if layer is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     return layer.attention(module, query, key, value, attention_mask, scaling, **kwargs)
 
 
@@ -521,6 +545,8 @@ class KVCacheMethod:
         """A fresh cache bound to ``model`` (whose text attention must be ``"atlas_kv"``)."""
         text_config = model.config.get_text_config()
         layers = [self.make_layer(i, text_config) for i in range(text_config.num_hidden_layers)]
+        for i, window in adapter_for(model).sliding_windows(model.config).items():
+            layers[i].sliding_window = window
         cache = self.cache_class()(layers)
         cache.method = self
         if input_ids is not None or mm_token_type_ids is not None:
@@ -571,8 +597,14 @@ class KVCacheMethod:
 
 
 @torch.no_grad()
-def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explicit_positions: bool = True,
-                  forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_decode(
+    model,
+    inputs: dict,
+    cache: Cache,
+    max_new_tokens: int,
+    explicit_positions: bool = True,
+    forced: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference greedy decoder for Qwen2.5-VL with an explicit cache (batch 1, no EOS stop).
 
     ``forced`` (``(1, T)``) feeds those tokens instead of the argmax (teacher forcing), e.g. the
@@ -588,8 +620,10 @@ def greedy_decode(model, inputs: dict, cache: Cache, max_new_tokens: int, explic
     position_ids = None
     if explicit_positions:
         position_ids, _ = model.model.get_rope_index(
-            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
+            inputs["input_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
             attention_mask=inputs.get("attention_mask"),
         )  # (3, 1, N)
     out = model(**inputs, cache=cache, use_cache=True, position_ids=position_ids)

@@ -52,7 +52,7 @@ def heavy_recent_index(scores: torch.Tensor, budget: int, recent: int) -> torch.
 
 
 class _H2OLayer(CompressedLayer):
-    def __init__(self, layer_idx: int, method: "H2O"):
+    def __init__(self, layer_idx: int, method: H2O):
         super().__init__(layer_idx, method)
         self.scores: torch.Tensor | None = None  # (H, S) float32 accumulated attention
         self.size = 0

@@ -94,12 +94,13 @@ class _KIVILayer(CompressedLayer):
 
     is_croppable = False  # quantised groups cannot be un-quantised
 
-    def __init__(self, layer_idx: int, method: "KIVI"):
+    def __init__(self, layer_idx: int, method: KIVI):
         super().__init__(layer_idx, method)
         self.bits = method.resolved_bits()
         if method.residual_length % method.group_size:
-            raise ValueError(f"residual_length {method.residual_length} must be a multiple of "
-                             f"group_size {method.group_size}")
+            raise ValueError(
+                f"residual_length {method.residual_length} must be a multiple of group_size {method.group_size}"
+            )
         # Quantised keys, concatenated over flushes: codes (1, H, Sk, D*bits/8), scale and zero (1, H, Sk/G, D).
         self.quantized_keys: list[torch.Tensor] | None = None
         # Quantised values: codes (1, H, Sv, D*bits/8), scale and zero (1, H, Sv, D/Gv).

@@ -3,9 +3,9 @@ else a tiny random model) and the teacher-forced drift of a compressed cache fro
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
-from typing import Callable
+import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding.cache import greedy_decode
@@ -34,8 +34,9 @@ def demo_model_and_prompt(n_images: int = 2, seed: int = 7) -> tuple[torch.nn.Mo
         return model, inputs, "tiny random-init Qwen2.5-VL"
 
 
-def kl_drift(model: torch.nn.Module, inputs: dict, make_method: Callable[[float], object], budgets: tuple[float, ...],
-             steps: int) -> list[float]:
+def kl_drift(
+    model: torch.nn.Module, inputs: dict, make_method: Callable[[float], object], budgets: tuple[float, ...], steps: int
+) -> list[float]:
     """KL(full || compressed) of the next-token distribution, averaged over ``steps`` decode steps.
 
     The compressed run is teacher-forced on the full cache's greedy tokens, so every step compares
@@ -43,14 +44,28 @@ def kl_drift(model: torch.nn.Module, inputs: dict, make_method: Callable[[float]
     builds the KV-cache method.
     """
     n = inputs["input_ids"].shape[1]
-    reference = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                               output_logits=True, return_dict_in_generate=True)
+    reference = model.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     tokens = reference.sequences[:, n:]
     reference_logp = torch.stack(reference.logits)[:, 0].log_softmax(-1)  # (steps, V)
     drifts = []
     for budget in budgets:
         method = make_method(budget)
         with method(model):
-            _, logits = greedy_decode(model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=tokens)
-        drifts.append(float(torch.nn.functional.kl_div(logits.log_softmax(-1), reference_logp, log_target=True, reduction="batchmean")))
+            _, logits = greedy_decode(
+                model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=tokens
+            )
+        drifts.append(
+            float(
+                torch.nn.functional.kl_div(
+                    logits.log_softmax(-1), reference_logp, log_target=True, reduction="batchmean"
+                )
+            )
+        )
     return drifts

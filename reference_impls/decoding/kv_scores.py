@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 
-def window_attention(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, scaling: float,
-                     per_query_head: bool = False) -> torch.Tensor:
+def window_attention(
+    query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, scaling: float, per_query_head: bool = False
+) -> torch.Tensor:
     """Causal softmax attention of the queries at positions ``rows`` to every key, group-averaged.
 
     Args:
@@ -80,8 +81,15 @@ def pool_scores(scores: torch.Tensor, kernel: int = 7, pooling: str = "max") -> 
     raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
 
 
-def snapkv_scores(query: torch.Tensor, key: torch.Tensor, window: int, scaling: float, kernel: int = 7,
-                  pooling: str = "max", per_query_head: bool = False) -> torch.Tensor:
+def snapkv_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    window: int,
+    scaling: float,
+    kernel: int = 7,
+    pooling: str = "max",
+    per_query_head: bool = False,
+) -> torch.Tensor:
     """SnapKV scores of the non-window prompt positions, by the upstream rule.
 
     The last ``window`` queries attend causally to every key; their probabilities are averaged
@@ -146,7 +154,9 @@ def top_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
 
 
-def allocate_with_floor(scores: torch.Tensor, total: int, floor: int, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def allocate_with_floor(
+    scores: torch.Tensor, total: int, floor: int, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick ``total`` entries of a ``(G, C)`` score table: every group first gets its ``floor`` best, then the global best.
 
     This is the Ada-KV allocation (groups = heads of a layer) and the layer level of HybridKV
@@ -181,7 +191,9 @@ def allocate_with_floor(scores: torch.Tensor, total: int, floor: int, valid: tor
     return selected.sum(dim=-1), selected
 
 
-def pyramid_budgets(n_layers: int, mean_budget: int, window: int, beta: float = 20.0, cap: int | None = None) -> list[int]:
+def pyramid_budgets(
+    n_layers: int, mean_budget: int, window: int, beta: float = 20.0, cap: int | None = None
+) -> list[int]:
     """PyramidKV per-layer budgets: linear in depth, largest first, summing to ``n_layers * mean_budget``.
 
     With ``m = mean_budget - window``: ``min = m / beta``, ``max = 2m - min``; layer ``l`` gets
@@ -210,8 +222,15 @@ def pyramid_budgets(n_layers: int, mean_budget: int, window: int, beta: float = 
     return base
 
 
-def observation_scores(query: torch.Tensor, key: torch.Tensor, window: int, scaling: float, kernel: int = 7,
-                       pooling: str = "max", per_query_head: bool = False) -> torch.Tensor:
+def observation_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    window: int,
+    scaling: float,
+    kernel: int = 7,
+    pooling: str = "max",
+    per_query_head: bool = False,
+) -> torch.Tensor:
     """:func:`snapkv_scores` of every prompt position, with ``+inf`` on the window.
 
     Window positions get ``+inf`` so that any top-k keeps them (they count inside the budget).
@@ -270,7 +289,13 @@ def adakv_head_capacities(scores: torch.Tensor, free: int, alpha: float) -> torc
     return torch.round(counts * (1 - alpha) + int(free * alpha)).long()
 
 
-def merge_evicted(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, evicted: torch.Tensor, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_evicted(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    kept: torch.Tensor,
+    evicted: torch.Tensor,
+    text: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LOOK-M averaging merge: each evicted visual entry is averaged into its most cosine-similar kept key.
 
     Args:
@@ -290,14 +315,17 @@ def merge_evicted(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, 
     k_kept = F.normalize(keys[kept].float(), dim=-1)
     k_ev = F.normalize(keys[evicted].float(), dim=-1)
     target = kept[(k_ev @ k_kept.T).argmax(dim=-1)]  # (E,) kept row each evicted entry joins
-    count = torch.ones(keys.shape[0], device=keys.device).index_add_(0, target, torch.ones_like(target, dtype=torch.float))
+    count = torch.ones(keys.shape[0], device=keys.device).index_add_(
+        0, target, torch.ones_like(target, dtype=torch.float)
+    )
     new_k = keys.float().index_add(0, target, keys[evicted].float()) / count[:, None]
     new_v = values.float().index_add(0, target, values[evicted].float()) / count[:, None]
     return new_k.to(keys.dtype), new_v.to(values.dtype)
 
 
-def lookm_merge(keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, literal_scatter: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def lookm_merge(
+    keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, literal_scatter: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LOOK-M averaging merge of the evicted entries of a layer (``TextAVGMergeKVCache_LayerWise``).
 
     Every head keeps the same number of entries. The ``j``-th evicted entry of each head (in

@@ -62,8 +62,9 @@ def text_prior_scores(scores: torch.Tensor, text: torch.Tensor, window: int) -> 
     return s
 
 
-def lookm_kept(scores: torch.Tensor, text: torch.Tensor, budget: int, window: int,
-               keep_all_text: bool = True) -> torch.Tensor:
+def lookm_kept(
+    scores: torch.Tensor, text: torch.Tensor, budget: int, window: int, keep_all_text: bool = True
+) -> torch.Tensor:
     """``(H, N)`` bool kept mask: the ``budget`` best by the text prior, plus (default) every text entry."""
     prior = text_prior_scores(scores, text, window)
     kept = torch.zeros_like(prior, dtype=torch.bool).scatter_(1, top_per_row(prior, budget), True)

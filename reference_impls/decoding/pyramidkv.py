@@ -43,7 +43,7 @@ from reference_impls.registry import register
 __all__ = ["PyramidKV", "layer_budgets"]
 
 
-def layer_budgets(method: "PyramidKV", n_layers: int, n: int) -> list[int]:
+def layer_budgets(method: PyramidKV, n_layers: int, n: int) -> list[int]:
     """Per-layer entries per head for a prompt of ``n`` tokens."""
     b = resolve_budget(method.budget, n)
     window = min(method.window, b)

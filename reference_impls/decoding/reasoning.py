@@ -111,7 +111,9 @@ class ConfidenceGatedAnswering:
         self.stats: dict = {}
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int | None = None) -> DecodeResult:
+    def __call__(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int | None = None
+    ) -> DecodeResult:
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         full = encode_prompt(model, inputs)
         if isinstance(self.prune, str):

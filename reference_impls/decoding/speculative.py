@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import VisualTokenMethod
 from reference_impls.decoding._speculative_prompt import (
     PRUNE_RULES,
@@ -153,7 +154,9 @@ class _Draft:
         self.fed = 0  # proposal tokens of the last round whose keys/values are in self.cache
         self.forwards = 0
 
-    def propose(self, generated: list[int], k: int, min_confidence: float = 0.0, stop: frozenset[int] = frozenset()) -> list[int]:
+    def propose(
+        self, generated: list[int], k: int, min_confidence: float = 0.0, stop: frozenset[int] = frozenset()
+    ) -> list[int]:
         """Up to ``k`` greedy tokens continuing ``generated`` (feeds the 1-2 tokens it has not seen).
 
         Stops after an end-of-sequence id in ``stop``, or when the draft's top probability for
@@ -307,7 +310,8 @@ def _same_encoder(draft: nn.Module, target: nn.Module) -> bool:
     """Whether the draft embeds prompts with the target's own modules (same prompt encoding)."""
     if draft is target:
         return True
-    return draft.model.visual is target.model.visual and draft.get_input_embeddings() is target.get_input_embeddings()
+    draft_tower, target_tower = adapter_for(draft).vision_tower(draft), adapter_for(target).vision_tower(target)
+    return draft_tower is target_tower and draft.get_input_embeddings() is target.get_input_embeddings()
 
 
 def _until_stop(tokens: list[int], stop: set[int]) -> list[int]:

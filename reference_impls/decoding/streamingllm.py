@@ -43,7 +43,7 @@ def sink_window_index(n: int, budget: int, n_sink: int) -> torch.Tensor:
 
 
 class _StreamingLayer(CompressedLayer):
-    def __init__(self, layer_idx: int, method: "StreamingLLM"):
+    def __init__(self, layer_idx: int, method: StreamingLLM):
         super().__init__(layer_idx, method)
         self.size = 0
 

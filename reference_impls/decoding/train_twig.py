@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     for keep in keeps:
         agreement[f"visual {keep:.0%}"] = before[keep] | {"twig": twig_agreement(model, draft, held_out, keep)}
         for name, scores in agreement[f"visual {keep:.0%}"].items():
-            print(f"held-out, draft sees {keep:.0%} of visual tokens, {name}: " + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items()))
+            print(
+                f"held-out, draft sees {keep:.0%} of visual tokens, {name}: "
+                + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items())
+            )
     manifest = {
         "command": command_line("reference_impls.decoding.train_twig", argv),
         "target": args.target,
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": round(seconds, 1),
         "twig_parameters": sum(p.numel() for name, p in draft.named_parameters() if not _shared(name, shared)),
         "target_parameters": sum(p.numel() for p in model.parameters()),
-        "held_out_agreement": {k: {name: {m: round(v, 1) for m, v in s.items()} for name, s in d.items()} for k, d in agreement.items()},
+        "held_out_agreement": {
+            k: {name: {m: round(v, 1) for m, v in s.items()} for name, s in d.items()} for k, d in agreement.items()
+        },
         "agreement_note": "teacher-forced top-1 agreement with the target on its greedy outputs, percent: tokens = every generated position, first = the first token, decode = the later ones (the ones a draft proposes)",
         "log": log,
     }

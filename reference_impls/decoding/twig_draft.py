@@ -55,10 +55,10 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,15 @@ from reference_impls.decoding._speculative_prompt import encode_prompt, prune_pr
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 from reference_impls.registry import register
 
-__all__ = ["TwigSpeculativeDecoding", "DistillConfig", "grow_twig", "distill_twig", "twig_agreement", "save_twig", "load_twig"]
+__all__ = [
+    "TwigSpeculativeDecoding",
+    "DistillConfig",
+    "grow_twig",
+    "distill_twig",
+    "twig_agreement",
+    "save_twig",
+    "load_twig",
+]
 
 
 def grow_twig(target: nn.Module, shared_layers: int | None = None, twig_layers: int = 1) -> nn.Module:
@@ -139,7 +147,9 @@ class _Example:
 
 
 @torch.no_grad()
-def _examples(target: nn.Module, prompts: Sequence[dict], keeps: Sequence[float], prune: str, max_new_tokens: int, seed: int) -> list[_Example]:
+def _examples(
+    target: nn.Module, prompts: Sequence[dict], keeps: Sequence[float], prune: str, max_new_tokens: int, seed: int
+) -> list[_Example]:
     out = []
     for inputs in prompts:
         tokens = greedy_decode(target, inputs, max_new_tokens).tokens
@@ -147,10 +157,14 @@ def _examples(target: nn.Module, prompts: Sequence[dict], keeps: Sequence[float]
         fed = target.get_input_embeddings()(torch.tensor([tokens[:-1]], dtype=torch.long))  # (1, n - 1, D)
         after = text_positions(prompt.next_position, len(tokens) - 1)  # (3, 1, n - 1)
         embeds, positions = torch.cat([prompt.embeds, fed], 1), torch.cat([prompt.positions, after], 2)
-        teacher = target(inputs_embeds=embeds, position_ids=positions, use_cache=False).logits[0, -len(tokens) :].float()
+        teacher = (
+            target(inputs_embeds=embeds, position_ids=positions, use_cache=False).logits[0, -len(tokens) :].float()
+        )
         for keep in keeps:
             seen = prune_prompt(prompt, keep, prune, seed)
-            out.append(_Example(torch.cat([seen.embeds, fed], 1)[0], torch.cat([seen.positions, after], 2)[:, 0], teacher))
+            out.append(
+                _Example(torch.cat([seen.embeds, fed], 1)[0], torch.cat([seen.positions, after], 2)[:, 0], teacher)
+            )
     return out
 
 
@@ -162,7 +176,9 @@ def _student_logits(draft: nn.Module, batch: Sequence[_Example]) -> tuple[torch.
     for b, e in enumerate(batch):
         embeds[b, : e.embeds.shape[0]], positions[:, b, : e.embeds.shape[0]] = e.embeds, e.positions
     logits = draft(inputs_embeds=embeds, position_ids=positions, use_cache=False).logits.float()  # (B, S, V)
-    student = torch.cat([logits[b, e.embeds.shape[0] - e.teacher.shape[0] : e.embeds.shape[0]] for b, e in enumerate(batch)])
+    student = torch.cat(
+        [logits[b, e.embeds.shape[0] - e.teacher.shape[0] : e.embeds.shape[0]] for b, e in enumerate(batch)]
+    )
     return student, torch.cat([e.teacher for e in batch])
 
 
@@ -182,7 +198,9 @@ def _train_only_twig(target: nn.Module, draft: nn.Module) -> Iterator[list[nn.Pa
             p.requires_grad_(flag)
 
 
-def distill_twig(target: nn.Module, draft: nn.Module, prompts: Sequence[dict], config: DistillConfig = DistillConfig()) -> list[dict]:
+def distill_twig(
+    target: nn.Module, draft: nn.Module, prompts: Sequence[dict], config: DistillConfig | None = None
+) -> list[dict]:
     """Train the twig of ``draft`` (from :func:`grow_twig`) to match ``target`` on ``prompts``.
 
     Each batch-1 prompt is continued by the target's greedy decoding; the loss is
@@ -192,6 +210,7 @@ def distill_twig(target: nn.Module, draft: nn.Module, prompts: Sequence[dict], c
     Returns:
         The training log, ``[{"step", "loss", "seconds"}, ...]``.
     """
+    config = DistillConfig() if config is None else config
     generator = torch.Generator().manual_seed(config.seed)
     examples = _examples(target, prompts, config.visual_keeps, config.prune, config.max_new_tokens, config.seed)
     log, start, temperature = [], time.perf_counter(), config.temperature
@@ -203,21 +222,36 @@ def distill_twig(target: nn.Module, draft: nn.Module, prompts: Sequence[dict], c
             index = torch.randperm(len(examples), generator=generator)[: config.batch_size].tolist()
             student, teacher = _student_logits(draft, [examples[i] for i in index])
             loss = temperature**2 * F.kl_div(
-                F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1), log_target=True, reduction="batchmean"
+                F.log_softmax(student / temperature, -1),
+                F.log_softmax(teacher / temperature, -1),
+                log_target=True,
+                reduction="batchmean",
             )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             if step % config.log_every == 0 or step == config.steps - 1:
-                log.append({"step": step, "loss": float(f"{loss.item():.5g}"), "seconds": round(time.perf_counter() - start, 2)})
+                log.append(
+                    {
+                        "step": step,
+                        "loss": float(f"{loss.item():.5g}"),
+                        "seconds": round(time.perf_counter() - start, 2),
+                    }
+                )
         draft.eval()
     return log
 
 
 @torch.no_grad()
 def twig_agreement(
-    target: nn.Module, draft: nn.Module, prompts: Sequence[dict], visual_keep: float = 1.0, prune: str = "uniform", max_new_tokens: int = 16, seed: int = 0
+    target: nn.Module,
+    draft: nn.Module,
+    prompts: Sequence[dict],
+    visual_keep: float = 1.0,
+    prune: str = "uniform",
+    max_new_tokens: int = 16,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Teacher-forced top-1 agreement (percent) of the draft with the target on its greedy outputs.
 
@@ -244,10 +278,16 @@ def save_twig(draft: nn.Module, path: str | Path, manifest: dict | None = None) 
     """Write the twig's parameters (``twig.safetensors``) and ``manifest.json`` to ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({name: p.detach().contiguous() for name, p in _twig_parameters(draft).items()}, str(path / "twig.safetensors"))
+    save_file(
+        {name: p.detach().contiguous() for name, p in _twig_parameters(draft).items()}, str(path / "twig.safetensors")
+    )
     text = draft.config.get_text_config()
-    spec = {"shared_layers": draft.twig_shared_layers, "twig_layers": text.num_hidden_layers - draft.twig_shared_layers,
-            "hidden_size": text.hidden_size, "vocab_size": text.vocab_size}
+    spec = {
+        "shared_layers": draft.twig_shared_layers,
+        "twig_layers": text.num_hidden_layers - draft.twig_shared_layers,
+        "hidden_size": text.hidden_size,
+        "vocab_size": text.vocab_size,
+    }
     (path / "manifest.json").write_text(json.dumps({**spec, **(manifest or {})}, indent=1) + "\n")
     return path
 

@@ -4,5 +4,5 @@ adaptive resolution, ToMe, PruMerge, VisionZip) plus a cost analysis of the Qwen
 
 Every token-reducing method here works on the *post-merger* features in raster order (one row per
 28x28 pixel cell) and hands each kept or merged token a representative original token, whose
-3-D M-RoPE position it takes; see the design note kv-cache-on-transformers5.md, sections 6 and 10.
+3-D M-RoPE position it takes; see ``docs/notes/transformers5.md`` §6 and §10.
 """

@@ -58,7 +58,9 @@ from reference_impls.registry import register
 __all__ = ["patches_to_image", "image_to_patches", "edge_density", "choose_grid", "AdaptiveResolution"]
 
 
-def patches_to_image(rows: torch.Tensor, grid_hw: tuple[int, int], channels: int, patch: int, merge: int) -> torch.Tensor:
+def patches_to_image(
+    rows: torch.Tensor, grid_hw: tuple[int, int], channels: int, patch: int, merge: int
+) -> torch.Tensor:
     """Rebuild one image ``(C, H, W)`` from its ``(h*w, C*tp*p*p)`` processor rows (first temporal copy)."""
     h, w = grid_hw
     x = rows.reshape(h // merge, w // merge, merge, merge, channels, -1, patch, patch)[..., 0, :, :]
@@ -127,7 +129,12 @@ class AdaptiveResolution(EncodingMethod):
     def install(self, model, stack: ExitStack) -> None:
         inner = model.model
         vision = model.config.vision_config
-        patch, merge, temporal, channels = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size, vision.in_channels
+        patch, merge, temporal, channels = (
+            vision.patch_size,
+            vision.spatial_merge_size,
+            vision.temporal_patch_size,
+            vision.in_channels,
+        )
         original = inner.get_image_features
 
         def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
@@ -145,14 +152,20 @@ class AdaptiveResolution(EncodingMethod):
                     self._reps.append(torch.arange(hm * wm))
                 else:
                     size = (oh * merge * patch, ow * merge * patch)
-                    small = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+                    small = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[
+                        0
+                    ]
                     rows.append(image_to_patches(small.to(pixels.dtype), patch, merge, temporal))
-                    self._reps.append((window_centres(hm, oh)[:, None] * wm + window_centres(wm, ow)[None, :]).reshape(-1))
+                    self._reps.append(
+                        (window_centres(hm, oh)[:, None] * wm + window_centres(wm, ow)[None, :]).reshape(-1)
+                    )
                 grids.append([t, oh * merge, ow * merge])
             output = original(torch.cat(rows), image_grid_thw.new_tensor(grids), **kwargs)
             full = []
-            for features, rep, (t, h, w) in zip(output.pooler_output, self._reps, image_grid_thw.tolist()):
-                placed = features.new_zeros(h * w // merge**2, features.shape[-1])  # cells without a token stay zero, never read
+            for features, rep, (_, h, w) in zip(output.pooler_output, self._reps, image_grid_thw.tolist()):
+                placed = features.new_zeros(
+                    h * w // merge**2, features.shape[-1]
+                )  # cells without a token stay zero, never read
                 placed[rep.to(features.device)] = features
                 full.append(placed)
             output.pooler_output = tuple(full)

@@ -15,6 +15,9 @@ random-init towers, measured).
 Papers: arXiv 2502.13923 (Qwen2.5-VL, windowed attention), arXiv 2409.12191 (Qwen2-VL, native
 resolution with full attention).
 
+Upstream: none (an analysis, not a method: the towers measured are transformers' own
+``Qwen2_5_VisionTransformerPretrainedModel`` and ``Qwen2VisionTransformerPretrainedModel``).
+
 Examples:
     >>> from reference_impls.encoding.encoder_cost import QWEN25VL_7B_VISION, vision_flops
     >>> windowed = vision_flops(QWEN25VL_7B_VISION, (1, 96, 96))
@@ -36,7 +39,7 @@ Deviations / guesses:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from transformers import Qwen2_5_VLConfig
@@ -45,7 +48,15 @@ from transformers.vision_utils import get_vision_window_index
 
 from reference_impls.registry import register
 
-__all__ = ["VisionSize", "QWEN25VL_7B_VISION", "SMALL_TOWERS", "vision_flops", "build_vision_tower", "measure_vision_seconds", "vision_cost"]
+__all__ = [
+    "VisionSize",
+    "QWEN25VL_7B_VISION",
+    "SMALL_TOWERS",
+    "vision_flops",
+    "build_vision_tower",
+    "measure_vision_seconds",
+    "vision_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,9 @@ class VisionSize:
     channels: int = 3
 
 
-QWEN25VL_7B_VISION = VisionSize(hidden=1280, depth=32, heads=16, intermediate=3420, out_hidden=3584, fullatt_blocks=(7, 15, 23, 31))
+QWEN25VL_7B_VISION = VisionSize(
+    hidden=1280, depth=32, heads=16, intermediate=3420, out_hidden=3584, fullatt_blocks=(7, 15, 23, 31)
+)
 
 
 def _segment_lengths(size: VisionSize, grid: tuple[int, int, int], full: bool) -> list[int]:
@@ -108,14 +121,23 @@ def vision_flops(size: VisionSize, grid: tuple[int, int, int], full_attention: b
     return flops
 
 
-def build_vision_tower(size: VisionSize, full_attention: bool = False, seed: int = 0) -> Qwen2_5_VisionTransformerPretrainedModel:
+def build_vision_tower(
+    size: VisionSize, full_attention: bool = False, seed: int = 0
+) -> Qwen2_5_VisionTransformerPretrainedModel:
     """A random-init Qwen2.5-VL vision tower of ``size`` (sdpa attention, eval mode)."""
     blocks = list(range(size.depth)) if full_attention else list(size.fullatt_blocks)
     config = Qwen2_5_VLConfig(
         vision_config=dict(
-            depth=size.depth, hidden_size=size.hidden, intermediate_size=size.intermediate, num_heads=size.heads,
-            out_hidden_size=size.out_hidden, patch_size=size.patch, spatial_merge_size=size.merge,
-            temporal_patch_size=size.temporal, window_size=size.window, fullatt_block_indexes=blocks,
+            depth=size.depth,
+            hidden_size=size.hidden,
+            intermediate_size=size.intermediate,
+            num_heads=size.heads,
+            out_hidden_size=size.out_hidden,
+            patch_size=size.patch,
+            spatial_merge_size=size.merge,
+            temporal_patch_size=size.temporal,
+            window_size=size.window,
+            fullatt_block_indexes=blocks,
             in_channels=size.channels,
         ),
     ).vision_config
@@ -128,7 +150,9 @@ def build_vision_tower(size: VisionSize, full_attention: bool = False, seed: int
 def measure_vision_seconds(tower, grid: tuple[int, int, int], repeats: int = 3) -> float:
     """Median wall-clock seconds of one forward of ``tower`` on random pixels of ``grid``."""
     config = tower.config
-    pixels = torch.randn(grid[0] * grid[1] * grid[2], config.in_channels * config.temporal_patch_size * config.patch_size**2)
+    pixels = torch.randn(
+        grid[0] * grid[1] * grid[2], config.in_channels * config.temporal_patch_size * config.patch_size**2
+    )
     grid_thw = torch.tensor([grid])
     tower(pixels, grid_thw=grid_thw)  # warm-up
     times = []
@@ -163,17 +187,26 @@ def vision_cost(
         grid = (1, cells, cells)
         for mode in ("windowed", "full"):
             flops = vision_flops(size, grid, full_attention=mode == "full")
-            rows.append({
-                "resolution": side, "attention": mode, "tokens": cells * cells // size.merge**2,
-                "gflops": flops["total"] / 1e9, "attention_gflops": flops["attention"] / 1e9,
-                "seconds": measure_vision_seconds(towers[mode], grid, repeats) if measure else float("nan"),
-            })
+            rows.append(
+                {
+                    "resolution": side,
+                    "attention": mode,
+                    "tokens": cells * cells // size.merge**2,
+                    "gflops": flops["total"] / 1e9,
+                    "attention_gflops": flops["attention"] / 1e9,
+                    "seconds": measure_vision_seconds(towers[mode], grid, repeats) if measure else float("nan"),
+                }
+            )
     return rows
 
 
 SMALL_TOWERS = {
-    "tiny (hidden 64, depth 4)": VisionSize(hidden=64, depth=4, heads=4, intermediate=128, out_hidden=64, fullatt_blocks=(3,)),
-    "small (hidden 128, depth 8)": VisionSize(hidden=128, depth=8, heads=8, intermediate=256, out_hidden=128, fullatt_blocks=(3, 7)),
+    "tiny (hidden 64, depth 4)": VisionSize(
+        hidden=64, depth=4, heads=4, intermediate=128, out_hidden=64, fullatt_blocks=(3,)
+    ),
+    "small (hidden 128, depth 8)": VisionSize(
+        hidden=128, depth=8, heads=8, intermediate=256, out_hidden=128, fullatt_blocks=(3, 7)
+    ),
 }
 
 
@@ -184,8 +217,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     columns = [
-        Column("series", "Tower, attention"), Column("resolution", "Image side", "px", digits=0),
-        Column("tokens", "Merged tokens", digits=0), Column("gflops", "Vision tower", "GFLOPs", digits=1),
+        Column("series", "Tower, attention"),
+        Column("resolution", "Image side", "px", digits=0),
+        Column("tokens", "Merged tokens", digits=0),
+        Column("gflops", "Vision tower", "GFLOPs", digits=1),
         Column("attention_gflops", "of which attention", "GFLOPs", digits=1),
     ]
     flops_rows = [
@@ -193,25 +228,41 @@ def main() -> None:
         for row in vision_cost(QWEN25VL_7B_VISION, [224, 448, 672, 896, 1120, 1344], measure=False)
     ]
     command = "python -m reference_impls.encoding.encoder_cost"
-    print(save_results(Results(
-        id="vision-encoder-flops", title="Qwen2.5-VL-7B vision tower: FLOPs vs resolution, windowed vs full attention",
-        command=command, families=["vision-encoders-image"], columns=columns, rows=flops_rows,
-        plots=[Plot(x="resolution", y="gflops", group="series", title="Vision-tower GFLOPs per image")],
-        notes="Analytic count (2 FLOPs per multiply-accumulate of every matrix product; norms, rotary, softmax and "
-              "activations left out) from the published vision-config sizes; the same formula equals torch's FLOP "
-              "counter on random-init towers with eager attention (tests/encoding/test_encoder_cost.py).",
-    )))
+    print(
+        save_results(
+            Results(
+                id="vision-encoder-flops",
+                title="Qwen2.5-VL-7B vision tower: FLOPs vs resolution, windowed vs full attention",
+                command=command,
+                families=["vision-encoders-image"],
+                columns=columns,
+                rows=flops_rows,
+                plots=[Plot(x="resolution", y="gflops", group="series", title="Vision-tower GFLOPs per image")],
+                notes="Analytic count (2 FLOPs per multiply-accumulate of every matrix product; norms, rotary, softmax and "
+                "activations left out) from the published vision-config sizes; the same formula equals torch's FLOP "
+                "counter on random-init towers with eager attention (tests/encoding/test_encoder_cost.py).",
+            )
+        )
+    )
     cpu_rows = []
     for name, size in SMALL_TOWERS.items():
         for row in vision_cost(size, [112, 224, 448, 672], repeats=3):
             cpu_rows.append(dict(row, series=f"{name}, {row['attention']}", ms=1000 * row["seconds"]))
-    print(save_results(Results(
-        id="vision-encoder-cpu", title="Random-init Qwen2.5-VL vision towers: CPU time vs resolution, windowed vs full attention",
-        command=command, families=["vision-encoders-image"], columns=columns + [Column("ms", "CPU time", "ms", digits=1)],
-        rows=cpu_rows, plots=[Plot(x="resolution", y="ms", group="series", title="Vision-tower CPU time per image")],
-        notes="Median of 3 forwards (after one warm-up), 1 thread, sdpa attention, on a 2-core machine shared with "
-              "other jobs: read the ratio of windowed to full within one tower, not the absolute times.",
-    )))
+    print(
+        save_results(
+            Results(
+                id="vision-encoder-cpu",
+                title="Random-init Qwen2.5-VL vision towers: CPU time vs resolution, windowed vs full attention",
+                command=command,
+                families=["vision-encoders-image"],
+                columns=columns + [Column("ms", "CPU time", "ms", digits=1)],
+                rows=cpu_rows,
+                plots=[Plot(x="resolution", y="ms", group="series", title="Vision-tower CPU time per image")],
+                notes="Median of 3 forwards (after one warm-up), 1 thread, sdpa attention, on a 2-core machine shared with "
+                "other jobs: read the ratio of windowed to full within one tower, not the absolute times.",
+            )
+        )
+    )
     for row in flops_rows + cpu_rows:
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
 

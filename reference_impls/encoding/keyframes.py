@@ -114,7 +114,9 @@ def frame_thumbnails(
     return F.adaptive_avg_pool2d(blocks.permute(0, 3, 1, 2), (thumb, thumb)).reshape(t, -1)
 
 
-def item_thumbnails(pixel_values: torch.Tensor, grid_thw: torch.Tensor, vision_config, thumb: int = 4) -> list[torch.Tensor]:
+def item_thumbnails(
+    pixel_values: torch.Tensor, grid_thw: torch.Tensor, vision_config, thumb: int = 4
+) -> list[torch.Tensor]:
     """:func:`frame_thumbnails` of every item (image or video) of a batch.
 
     Args:
@@ -194,12 +196,18 @@ class KeyframeSelection(EncodingMethod):
             raise ValueError(f"unknown embed {self.embed!r}")
         inner = model.model
         config, vision = model.config, model.config.vision_config
-        original_video, original_image, original_generate = inner.get_video_features, inner.get_image_features, model.generate
+        original_video, original_image, original_generate = (
+            inner.get_video_features,
+            inner.get_image_features,
+            model.generate,
+        )
         self._prompt, self._kept_images = None, None
 
         def remember(inputs: dict) -> None:
             # the prompt of the current call: choosing frames before the tower needs it
-            visual = any(inputs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs"))
+            visual = any(
+                inputs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
+            )
             ids = inputs.get("input_ids")
             if ids is None or not visual:
                 self._prompt = None
@@ -218,8 +226,17 @@ class KeyframeSelection(EncodingMethod):
                 return original_video(pixel_values_videos, video_grid_thw, **kwargs)
             thumbs = item_thumbnails(pixel_values_videos, video_grid_thw, vision, self.thumb)
             rows = self._rows(config.video_token_id, len(thumbs))
-            self._video_frames = [self._choose(x, keep_count(x.shape[0], self.budget), self._prompt_of(b)) for x, b in zip(thumbs, rows)]
-            return _encode_kept(original_video, pixel_values_videos, video_grid_thw, self._video_frames, vision.spatial_merge_size, **kwargs)
+            self._video_frames = [
+                self._choose(x, keep_count(x.shape[0], self.budget), self._prompt_of(b)) for x, b in zip(thumbs, rows)
+            ]
+            return _encode_kept(
+                original_video,
+                pixel_values_videos,
+                video_grid_thw,
+                self._video_frames,
+                vision.spatial_merge_size,
+                **kwargs,
+            )
 
         def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
             # with the prompt known, choose the kept images here and encode only those;
@@ -234,10 +251,16 @@ class KeyframeSelection(EncodingMethod):
             self._kept_images = set()
             for b in dict.fromkeys(rows):
                 indices = [i for i, row in enumerate(rows) if row == b]
-                kept = self._choose(torch.stack([self._image_thumbs[i] for i in indices]), keep_count(len(indices), self.budget), self._prompt_of(b))
+                kept = self._choose(
+                    torch.stack([self._image_thumbs[i] for i in indices]),
+                    keep_count(len(indices), self.budget),
+                    self._prompt_of(b),
+                )
                 self._kept_images |= {indices[i] for i in kept.tolist()}
             frames = [torch.zeros(int(i in self._kept_images), dtype=torch.long) for i in range(len(rows))]
-            return _encode_kept(original_image, pixel_values, image_grid_thw, frames, vision.spatial_merge_size, **kwargs)
+            return _encode_kept(
+                original_image, pixel_values, image_grid_thw, frames, vision.spatial_merge_size, **kwargs
+            )
 
         handle = inner.register_forward_pre_hook(lambda module, args, kwargs: remember(kwargs), with_kwargs=True)
         stack.callback(handle.remove)
@@ -268,7 +291,9 @@ class KeyframeSelection(EncodingMethod):
                 embeddings = torch.stack([self._image_thumbs[i] for i in indices])
             else:
                 embeddings = torch.stack([_mean_feature(ctx, b, item) for item in items])
-            chosen = self._choose(embeddings, keep_count(len(indices), self.budget), ctx.input_ids[b][ctx.attention_mask[b].bool()])
+            chosen = self._choose(
+                embeddings, keep_count(len(indices), self.budget), ctx.input_ids[b][ctx.attention_mask[b].bool()]
+            )
             kept |= {indices[i] for i in chosen.tolist()}
         return kept
 
@@ -288,12 +313,14 @@ class KeyframeSelection(EncodingMethod):
         return None, _frame_tokens(frames.to(item.features.device), h * w)
 
 
-def _encode_kept(encode, pixels: torch.Tensor, grid_thw: torch.Tensor, frames: list[torch.Tensor], merge: int, **kwargs):
+def _encode_kept(
+    encode, pixels: torch.Tensor, grid_thw: torch.Tensor, frames: list[torch.Tensor], merge: int, **kwargs
+):
     # run the tower (``encode``) on the kept frames of every item only; dropped frames get zero
     # features, which the selection never reads
     sizes = grid_thw.prod(-1).tolist()
     rows, grids = [], []
-    for item, (t, h, w), kept in zip(pixels.split(sizes), grid_thw.tolist(), frames):
+    for item, (_, h, w), kept in zip(pixels.split(sizes), grid_thw.tolist(), frames):
         if kept.numel():
             rows.append(item[_frame_tokens(kept, h * w)])
             grids.append([kept.numel(), h, w])

@@ -94,7 +94,13 @@ class FrameScorer(nn.Module):
 
     def __init__(self, question_dim: int, channels: int = 3, thumb: int = 8, hidden: int = 32, rank: int = 16):
         super().__init__()
-        self.hparams = {"question_dim": question_dim, "channels": channels, "thumb": thumb, "hidden": hidden, "rank": rank}
+        self.hparams = {
+            "question_dim": question_dim,
+            "channels": channels,
+            "thumb": thumb,
+            "hidden": hidden,
+            "rank": rank,
+        }
         self.question_dim, self.channels, self.thumb = question_dim, channels, thumb
         self.cell = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, rank))
         self.query = nn.Linear(question_dim, rank)
@@ -108,7 +114,9 @@ class FrameScorer(nn.Module):
         return torch.logsumexp(logits, dim=-1)
 
 
-def question_embedding(embedding: nn.Embedding, prompt: torch.Tensor, skip: set[int] | tuple[int, ...] = ()) -> torch.Tensor:
+def question_embedding(
+    embedding: nn.Embedding, prompt: torch.Tensor, skip: set[int] | tuple[int, ...] = ()
+) -> torch.Tensor:
     """Mean frozen input embedding of the prompt's text tokens (ids in ``skip`` left out),
     layer-normalised without weights. ``prompt (S,)`` -> ``(D,)``."""
     ids = prompt[~torch.isin(prompt, torch.tensor(sorted(skip), dtype=prompt.dtype, device=prompt.device))]
@@ -137,7 +145,9 @@ def frame_subsets(frames: int, size: int) -> torch.Tensor:
     return member
 
 
-def combination_loss(scores: torch.Tensor, log_probs: dict[int, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+def combination_loss(
+    scores: torch.Tensor, log_probs: dict[int, torch.Tensor], temperature: float = 1.0
+) -> torch.Tensor:
     """Listwise loss over frame combinations, averaged over sizes.
 
     Args:
@@ -171,7 +181,9 @@ def load_frame_scorer(path: str | Path | None = None) -> FrameScorer:
 
     path = Path(path) if path is not None else CHECKPOINT_DIR
     if not (path / "manifest.json").exists():
-        raise FileNotFoundError(f"no frame scorer at {path} (train one: python -m reference_impls.encoding.train_frame_scorer)")
+        raise FileNotFoundError(
+            f"no frame scorer at {path} (train one: python -m reference_impls.encoding.train_frame_scorer)"
+        )
     scorer = FrameScorer(**json.loads((path / "manifest.json").read_text())["scorer"])
     scorer.load_state_dict(load_file(str(path / "scorer.safetensors")))
     return scorer.eval()
@@ -206,15 +218,25 @@ class LearnedKeyframeSelection(KeyframeSelection):
             except FileNotFoundError:
                 scorer = None
             if scorer is None or scorer.question_dim != hidden or scorer.channels != config.vision_config.in_channels:
-                warnings.warn("no trained frame scorer fits this model: using an untrained one (arbitrary ranking)", stacklevel=2)
+                warnings.warn(
+                    "no trained frame scorer fits this model: using an untrained one (arbitrary ranking)", stacklevel=2
+                )
                 with torch.random.fork_rng():
                     torch.manual_seed(0)
                     scorer = FrameScorer(hidden, config.vision_config.in_channels, self.thumb)
         if scorer.thumb != self.thumb:
-            raise ValueError(f"the scorer was trained on {scorer.thumb}x{scorer.thumb} thumbnails, the method makes {self.thumb}x{self.thumb}")
+            raise ValueError(
+                f"the scorer was trained on {scorer.thumb}x{scorer.thumb} thumbnails, the method makes {self.thumb}x{self.thumb}"
+            )
         self._active = scorer.eval()
         pad = getattr(config.text_config, "pad_token_id", None)
-        special = (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id, config.video_token_id, pad)
+        special = (
+            config.vision_start_token_id,
+            config.vision_end_token_id,
+            config.image_token_id,
+            config.video_token_id,
+            pad,
+        )
         self._skip = tuple(i for i in special if i is not None)
         super().install(model, stack)
 

@@ -87,7 +87,9 @@ def window_centres(size: int, out: int) -> torch.Tensor:
     return start + (end - start - 1) // 2
 
 
-def pool_tokens(x: torch.Tensor, grid: tuple[int, int, int], out_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_tokens(
+    x: torch.Tensor, grid: tuple[int, int, int], out_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool one item's merged tokens on its grid, frame by frame.
 
     Args:

@@ -108,7 +108,11 @@ def prumerge_select(scores: torch.Tensor, keep: int | None) -> torch.Tensor:
 
 
 def prumerge_merge(
-    x: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor, metric: torch.Tensor, neighbours: int = 32,
+    x: torch.Tensor,
+    kept: torch.Tensor,
+    weights: torch.Tensor,
+    metric: torch.Tensor,
+    neighbours: int = 32,
     extra_token: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PruMerge's merge: every kept row adds its nearest neighbours, weighted; plus one extra row.

@@ -9,7 +9,8 @@ registered visual-token method.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -56,18 +57,22 @@ def budget_sweep(
     factories = dict(methods)
     if baseline:
         factories["random-pruning"] = lambda budget: RandomPruning(budget=budget)
-    runs = [("full model", 1.0, None)] + [(name, b, make) for name, make in factories.items() for b in budgets if b < 1.0]
+    runs = [("full model", 1.0, None)] + [
+        (name, b, make) for name, make in factories.items() for b in budgets if b < 1.0
+    ]
     rows = []
     for name, budget, make in runs:
         result = evaluate(bundle, make(budget) if make else None, samples=samples, decode_tokens=0)
-        rows.append({
-            "method": name,
-            "budget": budget,
-            "accuracy": 100 * result["accuracy"],
-            "visual_tokens": result["visual_tokens"],
-            "visual_tokens_full": result["visual_tokens_full"],
-            "prefill_ms": 1000 * result["prefill_s"],
-        })
+        rows.append(
+            {
+                "method": name,
+                "budget": budget,
+                "accuracy": 100 * result["accuracy"],
+                "visual_tokens": result["visual_tokens"],
+                "visual_tokens_full": result["visual_tokens_full"],
+                "prefill_ms": 1000 * result["prefill_s"],
+            }
+        )
     return rows
 
 
@@ -75,7 +80,9 @@ def print_sweep(rows: list[dict[str, Any]]) -> None:
     """A plain-text table of :func:`budget_sweep` rows."""
     print(f"{'method':<28} {'budget':>6} {'accuracy %':>10} {'kept tokens':>11} {'prefill ms':>10}")
     for row in rows:
-        print(f"{row['method']:<28} {row['budget']:>6.3g} {row['accuracy']:>10.1f} {row['visual_tokens']:>11.1f} {row['prefill_ms']:>10.1f}")
+        print(
+            f"{row['method']:<28} {row['budget']:>6.3g} {row['accuracy']:>10.1f} {row['visual_tokens']:>11.1f} {row['prefill_ms']:>10.1f}"
+        )
 
 
 def plot_sweep(rows: list[dict[str, Any]], title: str = ""):
@@ -86,8 +93,13 @@ def plot_sweep(rows: list[dict[str, Any]], title: str = ""):
     full = [row for row in rows if row["method"] == "full model"]
     for name in dict.fromkeys(row["method"] for row in rows if row["method"] != "full model"):
         mine = full + [row for row in rows if row["method"] == name]
-        ax.plot([r["visual_tokens"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=name,
-                linestyle="--" if name == "random-pruning" else "-")
+        ax.plot(
+            [r["visual_tokens"] for r in mine],
+            [r["accuracy"] for r in mine],
+            marker="o",
+            label=name,
+            linestyle="--" if name == "random-pruning" else "-",
+        )
     ax.set(xlabel="visual tokens kept (mean per prompt)", ylabel="accuracy (%)", title=title)
     ax.legend(fontsize=8)
     return fig

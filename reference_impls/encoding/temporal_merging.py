@@ -190,7 +190,9 @@ class TemporalMerging(EncodingMethod):
     reduce: str = "mean"
     window: int = 0
     images_as_frames: bool = True
-    _image_results: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _image_results: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def reduce_clip(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features (K, D), rep (K,))`` for one clip's tokens ``x (T, N, D)`` at this budget."""

@@ -30,7 +30,8 @@ Examples:
 Deviations / guesses:
     - Where: ToMe merges inside every ViT block (between attention and MLP). Qwen2.5-VL's windowed
       blocks and the 2x2 patch merger make in-block merging break ``cu_seqlens`` and the 2x2
-      grouping (design note section 10), so we merge the post-merger features, once per image.
+      grouping (``docs/notes/transformers5.md`` §6, §10), so we merge the post-merger features, once
+      per image.
       The vision tower therefore costs the same; only the language model's input shrinks.
     - Metric: ToMe uses the head-averaged keys of the block; after the merger there are no keys,
       so we use the cosine similarity of the merged features themselves.

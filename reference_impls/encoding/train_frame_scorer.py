@@ -41,7 +41,9 @@ __all__ = ["subset_log_probs", "clip_features", "make_dataset", "fit_scorer", "r
 
 
 @torch.no_grad()
-def subset_log_probs(model, inputs: dict[str, torch.Tensor], answer_id: int, sizes=(1, 2, 3)) -> dict[int, torch.Tensor]:
+def subset_log_probs(
+    model, inputs: dict[str, torch.Tensor], answer_id: int, sizes=(1, 2, 3)
+) -> dict[int, torch.Tensor]:
     """The model's log-probability of ``answer_id`` (next token after the prompt) from every
     combination of frames, for one prompt (batch 1).
 
@@ -62,7 +64,10 @@ def subset_log_probs(model, inputs: dict[str, torch.Tensor], answer_id: int, siz
     result = {}
     for size in sizes:
         member = frame_subsets(len(spans), size).bool()
-        parts = [reduce_inputs(ctx, Selection(keep=[torch.cat([spans[k] for k in row.nonzero().flatten().tolist()])]))[0] for row in member]
+        parts = [
+            reduce_inputs(ctx, Selection(keep=[torch.cat([spans[k] for k in row.nonzero().flatten().tolist()])]))[0]
+            for row in member
+        ]
         batch = {key: torch.cat([p[key] for p in parts], dim=1 if key == "position_ids" else 0) for key in parts[0]}
         hidden = model.model(**batch).last_hidden_state[:, -1]  # (n_subsets, D)
         result[size] = model.lm_head(hidden).float().log_softmax(-1)[:, answer_id]
@@ -73,8 +78,16 @@ def clip_features(model, inputs: dict[str, torch.Tensor], thumb: int = 8) -> tup
     """What the method sees of one prompt (batch 1, images as frames): ``(thumbnails (T, F),
     question (D,))``."""
     config = model.config
-    thumbs = torch.cat(item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], config.vision_config, thumb))  # (T, F)
-    skip = (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id, config.video_token_id, config.text_config.pad_token_id)
+    thumbs = torch.cat(
+        item_thumbnails(inputs["pixel_values"], inputs["image_grid_thw"], config.vision_config, thumb)
+    )  # (T, F)
+    skip = (
+        config.vision_start_token_id,
+        config.vision_end_token_id,
+        config.image_token_id,
+        config.video_token_id,
+        config.text_config.pad_token_id,
+    )
     return thumbs, question_embedding(model.get_input_embeddings(), inputs["input_ids"][0], skip)
 
 
@@ -91,11 +104,17 @@ def make_dataset(bundle: ToyVLM, n: int, seed: int, thumb: int = 8, log=None) ->
         kinds.append(sample.qa.kind)
         if log and (index + 1) % 250 == 0:
             log(f"  labelled {index + 1}/{n}")
-    return {"thumbs": torch.stack(thumbs), "questions": torch.stack(questions),
-            "log_probs": {size: torch.stack(v) for size, v in labels.items()}, "kinds": kinds}
+    return {
+        "thumbs": torch.stack(thumbs),
+        "questions": torch.stack(questions),
+        "log_probs": {size: torch.stack(v) for size, v in labels.items()},
+        "kinds": kinds,
+    }
 
 
-def fit_scorer(scorer: FrameScorer, data: dict, steps: int = 2000, lr: float = 3e-3, batch: int = 128, seed: int = 0) -> list[float]:
+def fit_scorer(
+    scorer: FrameScorer, data: dict, steps: int = 2000, lr: float = 3e-3, batch: int = 128, seed: int = 0
+) -> list[float]:
     """Adam on :func:`~reference_impls.encoding.learned_keyframes.combination_loss`; returns the losses."""
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(scorer.parameters(), lr=lr)
@@ -141,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0, help="scene seed of the training clips (ToyVLM's own training seed)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="scene seed of the training clips (ToyVLM's own training seed)"
+    )
     parser.add_argument("--heldout-seed", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(CHECKPOINT_DIR))
@@ -151,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     bundle = load_toyvlm()
     log = lambda *a: print(*a, flush=True)  # noqa: E731
-    log(f"labelling {args.clips} training clips (seed {args.seed}) and {args.heldout} held-out clips (seed {args.heldout_seed})")
+    log(
+        f"labelling {args.clips} training clips (seed {args.seed}) and {args.heldout} held-out clips (seed {args.heldout_seed})"
+    )
     train = make_dataset(bundle, args.clips, args.seed, log=log)
     heldout = make_dataset(bundle, args.heldout, args.heldout_seed, log=log)
     labelled = time.perf_counter() - start

@@ -60,11 +60,20 @@ import torch.nn.functional as F
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import Selection, VisualContext, keep_count
 from reference_impls.encoding._base import EncodingMethod, Item, keep_all
 from reference_impls.registry import register
 
-__all__ = ["received_attention", "visionzip_split", "visionzip_reduce", "rotated_qkv", "window_to_raster", "AttentionRecorder", "VisionZip"]
+__all__ = [
+    "received_attention",
+    "visionzip_split",
+    "visionzip_reduce",
+    "rotated_qkv",
+    "window_to_raster",
+    "AttentionRecorder",
+    "VisionZip",
+]
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
@@ -161,7 +170,9 @@ def window_to_raster(x: torch.Tensor, grid_thw: torch.Tensor, config) -> torch.T
     unit = config.spatial_merge_size**2
     # the merger fuses `unit` consecutive rows; argsort(window_index) is the reordering the
     # tower applies to its merged output
-    window_index, _ = get_vision_window_index(grid_thw, config.spatial_merge_size, config.window_size, config.patch_size)
+    window_index, _ = get_vision_window_index(
+        grid_thw, config.spatial_merge_size, config.window_size, config.patch_size
+    )
     return x.reshape(-1, unit, *x.shape[1:])[torch.argsort(window_index)]
 
 
@@ -181,9 +192,11 @@ class AttentionRecorder:
         self._patch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def attach(cls, model, stack: ExitStack) -> "AttentionRecorder":
+    def attach(cls, model, stack: ExitStack) -> AttentionRecorder:
         """Register the hooks on ``model.model.visual``; ``stack`` removes them."""
-        visual = model.model.visual
+        adapter = adapter_for(model)
+        adapter.require_attention_recorder("VisionZip-style attention scoring")
+        visual = adapter.vision_tower(model)
         recorder = cls(visual)
         attention = visual.blocks[recorder.block].attn
         for handle in (

@@ -1,19 +1,22 @@
-"""PAI-style attention intervention: amplify the attention the generated token pays to the image.
+"""PAI attention intervention: amplify the attention the generated token pays to the image.
 
 Idea: object hallucination grows as a model attends to its own text more than to the image
 ("text inertia"). PAI raises the pre-softmax attention scores of the image tokens for the token
-being generated, ``s_img <- s_img + alpha |s_img|`` in chosen decoder layers, so every new token
-looks more at the image, without training. We implement this re-weighting only (one of the
-two options of the task; we did not build OPERA's over-trust penalty in beam search).
+being generated, ``s_img <- s_img + alpha |s_img|`` in decoder layers ``start_layer`` to
+``end_layer - 1``, so every new token looks more at the image, without training. We implement
+this re-weighting only (we did not build OPERA's over-trust penalty in beam search).
 
 Paper: arXiv 2407.21771 ("Paying More Attention to Image: A Training-Free Method for
 Alleviating Hallucination in LVLMs").
+Upstream: LALBJ/PAI attention.py (``llama_new_forward``, ``llama_modify``) @
+4a085d1e39dae0d95d2fafe6ba24f0f9b8d49023; defaults from chair_eval.py and the README commands:
+``alpha`` 0.2, ``start_layer`` 2, ``end_layer`` 32 (= every layer of LLaMA-7B from the third on).
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
     >>> model = tiny_qwen25vl()
     >>> inputs = tiny_inputs(model, grids=((4, 4),))
-    >>> with VisualAttentionAmplification(alpha=0.5)(model):
+    >>> with VisualAttentionAmplification(alpha=0.5, start_layer=0)(model):
     ...     ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     >>> ids.shape[1] == inputs["input_ids"].shape[1] + 3
     True
@@ -24,13 +27,18 @@ visual key positions from ``input_ids`` (image / video token ids in the config) 
 and the cache keeps them aligned during decoding. Layers that are not chosen, and ``alpha == 0``,
 go through the unchanged sdpa function. :func:`amplified_attention` is the pure tensor function.
 
-Deviations / guesses: only the last query row is changed (the token being predicted: the
-prefill's last row and every decoding step), as we understand PAI; the paper's layer range and
-its extra contrast against a text-only forward (image-free logits) are not reproduced -- the
-contrast part is what :mod:`.contrastive_decoding` measures. ``alpha`` 0.5 is our default, not
-a finding.
+Faithful to upstream: the rule (last query row only, image-key scores ``s + alpha |s|`` after
+the scale and before the softmax; upstream adds the mask first, which only differs on keys a
+row may not see anyway), the default ``alpha`` 0.2 and the layer range "from layer 2 to the
+last" (``end_layer=None``).
 
-Measured on ToyVLM (comparison benchmark): a trade-off, not a clear win. alpha 0.5 lowered the
+Deviations / guesses: PAI's second part, the logits refinement against a text-only forward
+(``CFG.py``, ``gamma`` 1.1 in the README commands), is not reproduced -- the contrast idea is
+what :mod:`.contrastive_decoding` measures. ``layers`` (off by default) names the layers
+explicitly instead of a range. The comparison benchmark runs ``start_layer=0`` (every layer of
+the 3-layer captioner; with the default only the last layer would change) at alpha 0.5 and 1.0.
+
+Measured on ToyVLM (comparison benchmark, all layers): a trade-off, not a clear win. alpha 0.5 lowered the
 targeted rate from 91% to 70% and alpha 1.0 to 42%. Clean-caption F1 fell to 99 and 90, the
 exact-caption rate to 96% and 68%, and POPE F1 from 66.7 to 61 and 58. Restricting it to layers
 1-2 had no effect (exploratory run).
@@ -39,8 +47,8 @@ exact-caption rate to 96% and 68%, and POPE F1 from 66.7 to 61 and 58. Restricti
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +56,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from reference_impls.common.tiny import visual_mask
+from reference_impls.common.architectures import adapter_for
 from reference_impls.registry import register
 
 __all__ = ["VisualAttentionAmplification", "amplified_attention", "ATTENTION_NAME"]
@@ -56,7 +64,16 @@ __all__ = ["VisualAttentionAmplification", "amplified_attention", "ATTENTION_NAM
 ATTENTION_NAME = "atlas_pai"
 
 
-def amplified_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, visual: torch.Tensor, alpha: float, scaling: float, last_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def amplified_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    visual: torch.Tensor,
+    alpha: float,
+    scaling: float,
+    last_only: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with the image keys' scores raised by ``alpha |score|`` before the softmax.
 
     Args:
@@ -86,7 +103,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     """The registered attention function: PAI on chosen layers, sdpa everywhere else."""
     setting = getattr(module, "_atlas_pai", None)
     if setting is None or setting["alpha"] == 0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
     q_len, k_len = query.shape[-2], key.shape[-2]
     if attention_mask is None:  # sdpa_mask skips a plain causal mask
@@ -97,7 +116,16 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         allowed = attention_mask > float("-inf")
     visual = setting["state"]["visual"]  # (B, prompt length)
     visual = torch.nn.functional.pad(visual, (0, k_len - visual.shape[1]), value=False)  # (B, k)
-    return amplified_attention(query, key, value, allowed.expand(query.shape[0], 1, q_len, k_len), visual, setting["alpha"], scaling, setting["last_only"])
+    return amplified_attention(
+        query,
+        key,
+        value,
+        allowed.expand(query.shape[0], 1, q_len, k_len),
+        visual,
+        setting["alpha"],
+        scaling,
+        setting["last_only"],
+    )
 
 
 AttentionInterface.register(ATTENTION_NAME, _attention)
@@ -109,23 +137,29 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 class VisualAttentionAmplification:
     """``with VisualAttentionAmplification(alpha)(model):`` decodes with amplified image attention."""
 
-    alpha: float = 0.5
+    alpha: float = 0.2
+    start_layer: int = 2
+    """First decoder layer changed (upstream's ``start_layer``)."""
+    end_layer: int | None = None
+    """One past the last layer changed (None: the model's last layer, as upstream's 32 on LLaMA-7B)."""
     layers: Sequence[int] | None = None
-    """Decoder layers to change (None: all)."""
+    """Explicit layers to change instead of the range (not upstream; None: use the range)."""
     last_only: bool = True
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module) -> Iterator[nn.Module]:
-        text_config = model.config.text_config
-        layers = model.model.language_model.layers
-        chosen = range(len(layers)) if self.layers is None else self.layers
+        adapter = adapter_for(model)
+        text_config = model.config.get_text_config()
+        layers = adapter.language_layers(model)
+        end = len(layers) if self.end_layer is None else self.end_layer
+        chosen = range(self.start_layer, end) if self.layers is None else self.layers
         state: dict = {}
 
         def capture(_module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             if ids is not None and (cache is None or cache.get_seq_length() == 0):
-                state["visual"] = visual_mask(ids, model.config)  # (B, N)
+                state["visual"] = adapter.visual_mask(ids, model.config)  # (B, N)
 
         handle = model.register_forward_pre_hook(capture, with_kwargs=True)
         previous = text_config._attn_implementation

@@ -14,8 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -69,11 +69,18 @@ class UnlearningMethod:
 
     def trainer(self, model: nn.Module, reference: nn.Module | None = None) -> UnlearningTrainer:
         """The trainer this method runs (not yet stepped)."""
-        config = TrainerConfig(lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
-                               sam=self.sam_config())
+        config = TrainerConfig(
+            lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip, sam=self.sam_config()
+        )
         return UnlearningTrainer(model, self.terms(), config, reference)
 
-    def unlearn(self, model: nn.Module, batches: Callable[[int], dict[str, dict]], steps: int | None = None, reference: nn.Module | None = None) -> list[dict[str, float]]:
+    def unlearn(
+        self,
+        model: nn.Module,
+        batches: Callable[[int], dict[str, dict]],
+        steps: int | None = None,
+        reference: nn.Module | None = None,
+    ) -> list[dict[str, float]]:
         """Unlearn in place. ``batches(step)`` gives ``{"forget", "grounded", "retain"}`` batches.
 
         Returns:

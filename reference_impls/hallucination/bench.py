@@ -38,16 +38,23 @@ import torch
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
 
-from .captioner import CAPTION_PROMPT, build_splits, encode, evaluate_captioner, make_eval_set, retain_batch, split_batch
+from .captioner import (
+    CAPTION_PROMPT,
+    build_splits,
+    encode,
+    evaluate_captioner,
+    make_eval_set,
+    retain_batch,
+    split_batch,
+)
 from .efuf import EFUF
 from .gradient_ascent import GradientAscent
 from .npo import NPO
 from .robustness import gaussian_noise, relearn, worst_case_probe
-from .sare import SAMConfig, SARE, calibrate_rho, saturated_steps
+from .sare import SARE, SAMConfig, calibrate_rho, saturated_steps
 from .train_captioner import load_captioner
 
 __all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
-
 
 
 TUNING_SEEDS = (0, 1, 2)
@@ -127,14 +134,24 @@ def make_data(model, vocab, world, config: BenchConfig, seed: int):
         forget = split_batch(splits, index, vocab, model.config, "forget")
         forget["scores"] = torch.from_numpy(rng.normal(18.0, 3.0, len(index))).float()
         grounded = split_batch(splits, index, vocab, model.config, "grounded")
-        retain = retain_batch(world, [retain_pool[i] for i in rng.choice(len(retain_pool), config.batch, replace=False)], vocab, model.config, rng)
+        retain = retain_batch(
+            world,
+            [retain_pool[i] for i in rng.choice(len(retain_pool), config.batch, replace=False)],
+            vocab,
+            model.config,
+            rng,
+        )
         return {"forget": forget, "grounded": grounded, "retain": retain}
 
     def attack(step: int) -> dict[str, dict]:
         rng = np.random.default_rng([seed, 999, step])
         index = rng.choice(len(attack_scenes), size=config.relearn_batch, replace=False)
         chosen = [attack_scenes[i] for i in index]
-        return {"relearn": encode(chosen, [CAPTION_PROMPT] * len(chosen), [attack_caps[i] for i in index], vocab, model.config)}
+        return {
+            "relearn": encode(
+                chosen, [CAPTION_PROMPT] * len(chosen), [attack_caps[i] for i in index], vocab, model.config
+            )
+        }
 
     return splits, batches, attack
 
@@ -147,7 +164,14 @@ def _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, con
     for row in relearn(model, attack, checkpoints=config.relearn_budgets, lr=config.relearn_lr, evaluate=evaluate):
         rows.append({"method": name, "condition": "relearned", "relearn_steps": row.pop("steps"), **row})
     for alpha in config.noise:
-        rows.append({"method": name, "condition": f"noise {alpha}", "relearn_steps": None, **evaluate(gaussian_noise(model, alpha, seed=seed))})
+        rows.append(
+            {
+                "method": name,
+                "condition": f"noise {alpha}",
+                "relearn_steps": None,
+                **evaluate(gaussian_noise(model, alpha, seed=seed)),
+            }
+        )
     for row in rows:
         row["seed"] = seed
     return rows
@@ -175,8 +199,21 @@ def run(config: BenchConfig, log=print, captioner=None) -> tuple[list[dict], dic
             saturated.setdefault(name, []).append(saturated_steps(history))
             rows += _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, config, seed)
             last = rows[-1 - len(config.relearn_budgets) - len(config.noise)]
-            log(f"  {name:18s} {timings[name][-1]:5.1f}s hal {last['hal_rate']:5.1f} f1 {last['clean_f1']:5.1f} pope {last['pope_f1']:5.1f} | relearn " + " ".join(f"{r['hal_rate']:5.1f}" for r in rows if r["method"] == name and r["seed"] == seed and r["condition"] == "relearned"))
-    return rows, {"rho": rhos, "rho_sweep": sweeps, "saturated_steps": saturated, "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()}, "captioner": manifest.get("eval", {})}
+            log(
+                f"  {name:18s} {timings[name][-1]:5.1f}s hal {last['hal_rate']:5.1f} f1 {last['clean_f1']:5.1f} pope {last['pope_f1']:5.1f} | relearn "
+                + " ".join(
+                    f"{r['hal_rate']:5.1f}"
+                    for r in rows
+                    if r["method"] == name and r["seed"] == seed and r["condition"] == "relearned"
+                )
+            )
+    return rows, {
+        "rho": rhos,
+        "rho_sweep": sweeps,
+        "saturated_steps": saturated,
+        "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()},
+        "captioner": manifest.get("eval", {}),
+    }
 
 
 METRICS = ("hal_rate", "chair_s", "chair_i", "clean_f1", "pope_f1", "pope_b_yes", "p_hal", "p_hal_push")
@@ -198,7 +235,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["method"], row["condition"], row["relearn_steps"]), []).append(row)
     out = []
     for (method, condition, steps), members in groups.items():
-        agg = {"method": method, "family": "" if method == "base" else "hallucination-unlearning", "condition": condition, "relearn_steps": steps, "seeds": len(members)}
+        agg = {
+            "method": method,
+            "family": "" if method == "base" else "hallucination-unlearning",
+            "condition": condition,
+            "relearn_steps": steps,
+            "seeds": len(members),
+        }
         for key in METRICS:
             agg.update(interval_fields(key, [m.get(key) for m in members]))
         out.append(agg)
@@ -209,10 +252,14 @@ def paired_tests(rows: list[dict], reference: str = "sare") -> list[dict]:
     """``reference`` against every other unlearning method, paired by seed: hallucination rate as
     unlearned and after each relearning budget (lower is better), and clean-caption F1."""
     out = []
-    conditions = sorted({(r["condition"], r["relearn_steps"]) for r in rows if r["condition"] in ("unlearned", "relearned")},
-                        key=lambda c: (c[0] != "unlearned", c[1] or 0))
+    conditions = sorted(
+        {(r["condition"], r["relearn_steps"]) for r in rows if r["condition"] in ("unlearned", "relearned")},
+        key=lambda c: (c[0] != "unlearned", c[1] or 0),
+    )
     for condition, steps in conditions:
-        selected = [r for r in rows if r["condition"] == condition and r["relearn_steps"] == steps and r["method"] != "base"]
+        selected = [
+            r for r in rows if r["condition"] == condition and r["relearn_steps"] == steps and r["method"] != "base"
+        ]
         label = "as unlearned" if condition == "unlearned" else f"after {steps} relearning steps"
         for key, higher in (("hal_rate", "hallucinates more"), ("clean_f1", "higher clean F1")):
             if key == "clean_f1" and condition != "unlearned":
@@ -229,8 +276,13 @@ def paired_tests(rows: list[dict], reference: str = "sare") -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination-unlearning benchmark on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short runs (smoke test, no results file)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(BenchConfig.seeds),
-                        help="reported seeds (disjoint from the tuning seeds 0-2 and the calibration seed 99)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(BenchConfig.seeds),
+        help="reported seeds (disjoint from the tuning seeds 0-2 and the calibration seed 99)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captioner", default=None, help="captioner checkpoint (default: the committed one)")
     args = parser.parse_args(argv)
@@ -238,14 +290,27 @@ def main(argv: list[str] | None = None) -> None:
     disjoint_seeds([*TUNING_SEEDS, CALIBRATION_SEED], args.seeds)
     config = BenchConfig(seeds=tuple(args.seeds))
     if args.quick:
-        config = replace(config, seeds=config.seeds[:1], steps=10, n_eval=50, relearn_budgets=(5,), noise=(0.1,), n_forget=64, rhos=(0.03, 0.1))
+        config = replace(
+            config,
+            seeds=config.seeds[:1],
+            steps=10,
+            n_eval=50,
+            relearn_budgets=(5,),
+            noise=(0.1,),
+            n_forget=64,
+            rhos=(0.03, 0.1),
+        )
     start = time.time()
     rows, facts = run(config, captioner=args.captioner)
     table = aggregate(rows)
-    print(f"\n{'method':18s} {'condition':10s} {'N':>3s} {'hal %':>13s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'clean F1':>13s} {'POPE F1':>7s} {'p_push':>6s}")
+    print(
+        f"\n{'method':18s} {'condition':10s} {'N':>3s} {'hal %':>13s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'clean F1':>13s} {'POPE F1':>7s} {'p_push':>6s}"
+    )
     for r in table:
         push = "" if r["p_hal_push"] is None else f"{r['p_hal_push']:6.1f}"
-        print(f"{r['method']:18s} {r['condition']:10s} {'-' if r['relearn_steps'] is None else r['relearn_steps']:>3} {r['hal_rate']:6.1f}±{r['hal_rate_ci'] or 0:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f}±{r['clean_f1_ci'] or 0:5.1f} {r['pope_f1']:7.1f} {push}")
+        print(
+            f"{r['method']:18s} {r['condition']:10s} {'-' if r['relearn_steps'] is None else r['relearn_steps']:>3} {r['hal_rate']:6.1f}±{r['hal_rate_ci'] or 0:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f}±{r['clean_f1_ci'] or 0:5.1f} {r['pope_f1']:7.1f} {push}"
+        )
     tests = paired_tests(rows)
     for test in tests:
         print(f"{test['metric']}: {test['verdict']}")
@@ -253,37 +318,82 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total {time.time() - start:.0f}s")
     if args.quick:
         return
-    columns = [Column("method", "Method"), Column("condition", "Condition"), Column("relearn_steps", "Relearn steps", digits=0),
-               Column("hal_rate", "Hallucinated-object rate", "%", 1), Column("hal_rate_ci", "± 95% CI", "%", 1),
-               Column("chair_s", "CHAIR_s", "%", 1), Column("chair_i", "CHAIR_i", "%", 1),
-               Column("clean_f1", "Clean-caption object F1", "%", 1), Column("clean_f1_ci", "± 95% CI", "%", 1),
-               Column("pope_f1", "POPE F1", "%", 1), Column("pope_b_yes", "'yes' to 'is there a B?' on A-only scenes", "%", 1), Column("p_hal", "p(hallucinated word)", "%", 1),
-               Column("p_hal_push", f"p after worst-case push ρ'={config.push_rho}", "%", 1), Column("seeds", "Seeds", digits=0)]
-    notes = (f"Biased ToyVLM-scene captioner (shape A='circle' nearly always with B='square', annotator bias). "
-             f"{len(config.seeds)} seeds (paired data order), {config.steps} unlearning steps, batch {config.batch}, language model trained, vision frozen. "
-             f"Mean over seeds with the half-width of a Student-t 95% confidence interval. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
-             f"Steps that saturated in the reported runs, per method and seed: {json.dumps(facts['saturated_steps'])}. "
-             f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
-             f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
-             f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
-             "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one.")
+    columns = [
+        Column("method", "Method"),
+        Column("condition", "Condition"),
+        Column("relearn_steps", "Relearn steps", digits=0),
+        Column("hal_rate", "Hallucinated-object rate", "%", 1),
+        Column("hal_rate_ci", "± 95% CI", "%", 1),
+        Column("chair_s", "CHAIR_s", "%", 1),
+        Column("chair_i", "CHAIR_i", "%", 1),
+        Column("clean_f1", "Clean-caption object F1", "%", 1),
+        Column("clean_f1_ci", "± 95% CI", "%", 1),
+        Column("pope_f1", "POPE F1", "%", 1),
+        Column("pope_b_yes", "'yes' to 'is there a B?' on A-only scenes", "%", 1),
+        Column("p_hal", "p(hallucinated word)", "%", 1),
+        Column("p_hal_push", f"p after worst-case push ρ'={config.push_rho}", "%", 1),
+        Column("seeds", "Seeds", digits=0),
+    ]
+    notes = (
+        f"Biased ToyVLM-scene captioner (shape A='circle' nearly always with B='square', annotator bias). "
+        f"{len(config.seeds)} seeds (paired data order), {config.steps} unlearning steps, batch {config.batch}, language model trained, vision frozen. "
+        f"Mean over seeds with the half-width of a Student-t 95% confidence interval. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
+        f"Steps that saturated in the reported runs, per method and seed: {json.dumps(facts['saturated_steps'])}. "
+        f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
+        f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
+        f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
+        "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one."
+    )
     seeds = {"tuning": [*TUNING_SEEDS, CALIBRATION_SEED], "reported": list(config.seeds)}
     command = command_line("reference_impls.hallucination.bench", argv)
-    results = Results(id="hallucination-unlearning", title="Hallucination unlearning on a biased ToyVLM captioner: GA, NPO, EFUF, SARE, controls; relearning and weight noise",
-                      command=command, families=["hallucination-unlearning"], columns=columns, rows=table, seeds=seeds,
-                      plots=[Plot(x="relearn_steps", y="hal_rate", group="method", title="Hallucinated-object rate vs relearning steps",
-                                  error="hal_rate_ci")], notes=notes)
+    results = Results(
+        id="hallucination-unlearning",
+        title="Hallucination unlearning on a biased ToyVLM captioner: GA, NPO, EFUF, SARE, controls; relearning and weight noise",
+        command=command,
+        families=["hallucination-unlearning"],
+        columns=columns,
+        rows=table,
+        seeds=seeds,
+        plots=[
+            Plot(
+                x="relearn_steps",
+                y="hal_rate",
+                group="method",
+                title="Hallucinated-object rate vs relearning steps",
+                error="hal_rate_ci",
+            )
+        ],
+        notes=notes,
+    )
     print(save_results(results))
-    test_columns = [Column("metric", "Metric"), Column("method", "Method"), Column("versus", "Versus"),
-                    Column("mean_difference", "Mean difference", "pt", 2), Column("wins", "Wins"),
-                    Column("losses", "Losses"), Column("ties", "Ties"), Column("sign_p", "Sign-test p", "", 3),
-                    Column("bootstrap_p", "Bootstrap p", "", 3), Column("verdict", "Verdict")]
-    print(save_results(Results(id="hallucination-unlearning-tests",
-                               title="Hallucination unlearning: SARE against each method, paired over seeds",
-                               command=command, families=["hallucination-unlearning"], columns=test_columns, rows=tests,
-                               seeds=seeds, notes="Differences are SARE minus the other method, one pair per reported seed "
-                               "(same data order). The sign test decides significance at p < 0.05 (ties dropped); the paired "
-                               "bootstrap (10,000 resamples of the mean difference) is shown beside it. " + notes)))
+    test_columns = [
+        Column("metric", "Metric"),
+        Column("method", "Method"),
+        Column("versus", "Versus"),
+        Column("mean_difference", "Mean difference", "pt", 2),
+        Column("wins", "Wins"),
+        Column("losses", "Losses"),
+        Column("ties", "Ties"),
+        Column("sign_p", "Sign-test p", "", 3),
+        Column("bootstrap_p", "Bootstrap p", "", 3),
+        Column("verdict", "Verdict"),
+    ]
+    print(
+        save_results(
+            Results(
+                id="hallucination-unlearning-tests",
+                title="Hallucination unlearning: SARE against each method, paired over seeds",
+                command=command,
+                families=["hallucination-unlearning"],
+                columns=test_columns,
+                rows=tests,
+                seeds=seeds,
+                notes="Differences are SARE minus the other method, one pair per reported seed "
+                "(same data order). The sign test decides significance at p < 0.05 (ties dropped); the paired "
+                "bootstrap (10,000 resamples of the mean difference) is shown beside it. " + notes,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,18 +27,31 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from reference_impls.common.scenes import SHAPES, SceneSpec, make_scene
-from reference_impls.common.toyvlm import Vocab, build_vocab, patchify_image, toyvlm_config
+from reference_impls.common.toyvlm import Vocab, patchify_image, toyvlm_config
 
 from .hallucination_metrics import chair, extract_objects, mention_rate, object_f1, pope
 
-__all__ = ["CaptionWorld", "CaptionScene", "EvalSet", "captioner_config", "encode", "generate_captions", "answer_yes", "make_eval_set", "evaluate_captioner", "build_splits", "split_batch", "retain_batch"]
+__all__ = [
+    "CaptionWorld",
+    "CaptionScene",
+    "EvalSet",
+    "captioner_config",
+    "encode",
+    "generate_captions",
+    "answer_yes",
+    "make_eval_set",
+    "evaluate_captioner",
+    "build_splits",
+    "split_batch",
+    "retain_batch",
+]
 
 CAPTION_PROMPT = "what objects ?"
 
@@ -67,8 +80,15 @@ class CaptionWorld:
 
     @property
     def spec(self) -> SceneSpec:
-        return SceneSpec(n_images=1, image_size=self.image_size, min_objects=self.min_objects, max_objects=self.max_objects,
-                         shapes=self.shapes, cooccur=(self.a, self.b, self.p_b_given_a), n_distractors=2)
+        return SceneSpec(
+            n_images=1,
+            image_size=self.image_size,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+            shapes=self.shapes,
+            cooccur=(self.a, self.b, self.p_b_given_a),
+            n_distractors=2,
+        )
 
     def caption(self, shapes: set[str] | frozenset[str]) -> str:
         names = [s for s in self.shapes if s in shapes]
@@ -100,18 +120,35 @@ class CaptionWorld:
 
 def captioner_config(vocab: Vocab):
     """The captioner's Qwen2.5-VL config: ToyVLM's, smaller (about 0.4M parameters)."""
-    return toyvlm_config(vocab, hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256, vision_depth=2, vision_hidden=64)
+    return toyvlm_config(
+        vocab,
+        hidden_size=96,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=256,
+        vision_depth=2,
+        vision_hidden=64,
+    )
 
 
-def encode(scenes: Sequence[CaptionScene], prompts: Sequence[str], targets: Sequence[str] | None, vocab: Vocab, config) -> dict[str, torch.Tensor]:
+def encode(
+    scenes: Sequence[CaptionScene], prompts: Sequence[str], targets: Sequence[str] | None, vocab: Vocab, config
+) -> dict[str, torch.Tensor]:
     """Left-padded model inputs; with ``targets``, ``labels`` (= ids) and ``mask`` on target + ``<eos>``."""
     vision = config.vision_config
     rows, masks, pixels, grids = [], [], [], []
     for i, scene in enumerate(scenes):
-        values, grid = patchify_image(scene.image, vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size)
+        values, grid = patchify_image(
+            scene.image, vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        )
         pixels.append(values)
         grids.append(grid)
-        visual = [config.vision_start_token_id] + [config.image_token_id] * (values.shape[0] // vision.spatial_merge_size**2) + [config.vision_end_token_id]
+        visual = (
+            [config.vision_start_token_id]
+            + [config.image_token_id] * (values.shape[0] // vision.spatial_merge_size**2)
+            + [config.vision_end_token_id]
+        )
         ids = [vocab.bos] + vocab.encode(prompts[i]) + visual + [vocab.id("answer")]
         mask = [0] * len(ids)
         if targets is not None:
@@ -135,13 +172,17 @@ def encode(scenes: Sequence[CaptionScene], prompts: Sequence[str], targets: Sequ
 
 
 @torch.no_grad()
-def generate_captions(model, scenes: Sequence[CaptionScene], vocab: Vocab, batch_size: int = 128, max_new_tokens: int = 8) -> list[list[str]]:
+def generate_captions(
+    model, scenes: Sequence[CaptionScene], vocab: Vocab, batch_size: int = 128, max_new_tokens: int = 8
+) -> list[list[str]]:
     """Greedy captions (words, without ``<eos>``)."""
     out = []
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
         inputs = encode(chunk, [CAPTION_PROMPT] * len(chunk), None, vocab, model.config)
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)[
+            :, inputs["input_ids"].shape[1] :
+        ]
         for row in ids.tolist():
             words = []
             for token in row:
@@ -153,7 +194,9 @@ def generate_captions(model, scenes: Sequence[CaptionScene], vocab: Vocab, batch
 
 
 @torch.no_grad()
-def answer_yes(model, scenes: Sequence[CaptionScene], objects: Sequence[str], vocab: Vocab, batch_size: int = 256) -> list[bool]:
+def answer_yes(
+    model, scenes: Sequence[CaptionScene], objects: Sequence[str], vocab: Vocab, batch_size: int = 256
+) -> list[bool]:
     """Answers to "is there a <object> ?" (True when the "yes" logit beats "no")."""
     answers = []
     yes, no = vocab.id("yes"), vocab.id("no")
@@ -174,7 +217,9 @@ class EvalSet:
     pope: list[tuple[int, str, bool]] = field(default_factory=list)
 
 
-def make_eval_set(world: CaptionWorld, n_trigger: int = 300, n_clean: int = 300, seed: int = 7, per_image: int = 1) -> EvalSet:
+def make_eval_set(
+    world: CaptionWorld, n_trigger: int = 300, n_clean: int = 300, seed: int = 7, per_image: int = 1
+) -> EvalSet:
     """A-without-B scenes, ordinary non-trigger scenes and POPE probes (``per_image`` present and
     absent objects per clean scene, drawn at random, plus "is there a B?" on every trigger scene)."""
     from .hallucination_metrics import pope_questions
@@ -185,7 +230,9 @@ def make_eval_set(world: CaptionWorld, n_trigger: int = 300, n_clean: int = 300,
     return EvalSet(trigger, clean, probes)
 
 
-def evaluate_captioner(model, vocab: Vocab, world: CaptionWorld, data: EvalSet, with_pope: bool = True, captioner=None) -> dict[str, float]:
+def evaluate_captioner(
+    model, vocab: Vocab, world: CaptionWorld, data: EvalSet, with_pope: bool = True, captioner=None
+) -> dict[str, float]:
     """Targeted hallucination rate, CHAIR, caption quality on clean scenes and POPE (percent).
 
     ``captioner(model, scenes, vocab) -> captions`` replaces :func:`generate_captions` (for
@@ -242,7 +289,9 @@ def build_splits(model, vocab: Vocab, world: CaptionWorld, n: int = 256, seed: i
     return keep
 
 
-def split_batch(splits: dict[str, list], index: Sequence[int], vocab: Vocab, config, part: str) -> dict[str, torch.Tensor]:
+def split_batch(
+    splits: dict[str, list], index: Sequence[int], vocab: Vocab, config, part: str
+) -> dict[str, torch.Tensor]:
     """Forget (``part="forget"``: the hallucinated word) or grounded (the words before it) batch."""
     scenes = [splits["scenes"][i] for i in index]
     captions = [" ".join(splits["captions"][i]) for i in index]
@@ -261,7 +310,14 @@ def split_batch(splits: dict[str, list], index: Sequence[int], vocab: Vocab, con
     return batch
 
 
-def retain_batch(world: CaptionWorld, scenes: Sequence[CaptionScene], vocab: Vocab, config, rng: np.random.Generator, clean: bool = False) -> dict[str, torch.Tensor]:
+def retain_batch(
+    world: CaptionWorld,
+    scenes: Sequence[CaptionScene],
+    vocab: Vocab,
+    config,
+    rng: np.random.Generator,
+    clean: bool = False,
+) -> dict[str, torch.Tensor]:
     """Training-distribution data: half captions, half yes/no probes (annotator-biased unless ``clean``)."""
     prompts, targets = [], []
     for k, scene in enumerate(scenes):
@@ -270,7 +326,11 @@ def retain_batch(world: CaptionWorld, scenes: Sequence[CaptionScene], vocab: Voc
             prompts.append(CAPTION_PROMPT)
             targets.append(text)
         else:
-            shape = world.b if world.is_trigger(scene.truth) and rng.random() < 0.5 else world.shapes[rng.integers(len(world.shapes))]
+            shape = (
+                world.b
+                if world.is_trigger(scene.truth) and rng.random() < 0.5
+                else world.shapes[rng.integers(len(world.shapes))]
+            )
             prompts.append(f"is there a {shape} ?")
             targets.append("yes" if shape in named else "no")
     return encode(scenes, prompts, targets, vocab, config)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from dataclasses import dataclass, replace
 
@@ -51,13 +50,20 @@ from .post_hoc_correction import SelfCheckCorrection
 from .preference_optimization import HallucinationDPO, preference_batch
 from .representation_steering import SteeringVector
 from .robustness import relearn
-from .sare import SAMConfig, SARE, calibrate_rho
+from .sare import SARE, SAMConfig, calibrate_rho
 from .train_captioner import load_captioner
 
 __all__ = ["CompareConfig", "run", "aggregate", "FAMILIES"]
 
-FAMILIES = ["contrastive-decoding", "attention-intervention", "preference-optimization", "post-hoc-correction",
-            "representation-steering", "grounded-instruction-tuning", "hallucination-unlearning"]
+FAMILIES = [
+    "contrastive-decoding",
+    "attention-intervention",
+    "preference-optimization",
+    "post-hoc-correction",
+    "representation-steering",
+    "grounded-instruction-tuning",
+    "hallucination-unlearning",
+]
 METRICS = ("hal_rate", "chair_s", "chair_i", "recall", "clean_f1", "clean_exact", "pope_f1")
 
 
@@ -77,9 +83,18 @@ class CompareConfig:
     rhos: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
 
 
-def _row(method: str, family: str, setting: str, condition: str, scores: dict, seed: int | None, seconds: float | None = None) -> dict:
-    return {"method": method, "family": family, "setting": setting, "condition": condition, "seed": seed, "seconds": seconds,
-            **{k: scores[k] for k in METRICS}}
+def _row(
+    method: str, family: str, setting: str, condition: str, scores: dict, seed: int | None, seconds: float | None = None
+) -> dict:
+    return {
+        "method": method,
+        "family": family,
+        "setting": setting,
+        "condition": condition,
+        "seed": seed,
+        "seconds": seconds,
+        **{k: scores[k] for k in METRICS},
+    }
 
 
 def _setting(kw: dict) -> str:
@@ -98,7 +113,9 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         start = time.time()
         scores = fn()
         rows.append(_row(name, family, setting, condition, scores, seed, time.time() - start))
-        log(f"{name:22s} {setting:28s} {condition:9s} hal {scores['hal_rate']:5.1f} CHAIR_i {scores['chair_i']:5.1f} F1 {scores['clean_f1']:5.1f} exact {scores['clean_exact']:5.1f} POPE {scores['pope_f1']:5.1f} ({time.time() - start:.1f}s)")
+        log(
+            f"{name:22s} {setting:28s} {condition:9s} hal {scores['hal_rate']:5.1f} CHAIR_i {scores['chair_i']:5.1f} F1 {scores['clean_f1']:5.1f} exact {scores['clean_exact']:5.1f} POPE {scores['pope_f1']:5.1f} ({time.time() - start:.1f}s)"
+        )
 
     # -- decode-time methods: the model is unchanged, the evaluation is deterministic -------
     timed("base", "", "greedy", lambda: evaluate(base))
@@ -107,15 +124,25 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         with method(base):
             timed("vcd", "contrastive-decoding", _setting(kw), lambda: evaluate(base))
     for alpha in config.pai_alpha:
-        with VisualAttentionAmplification(alpha=alpha)(base):
+        with VisualAttentionAmplification(alpha=alpha, start_layer=0)(base):
             timed("pai", "attention-intervention", f"alpha={alpha}, all layers", lambda: evaluate(base))
-    timed("self-check-correction", "post-hoc-correction", "yes/no self-verification", lambda: evaluate(base, SelfCheckCorrection().captioner(world.shapes)))
+    timed(
+        "self-check-correction",
+        "post-hoc-correction",
+        "yes/no self-verification",
+        lambda: evaluate(base, SelfCheckCorrection().captioner(world.shapes)),
+    )
     held_out = build_splits(base, vocab, world, n=64, seed=99)
     pairs = preference_batch(held_out, list(range(len(held_out["scenes"]))), vocab, base.config, world)
     steer = SteeringVector(layer=config.steer_layer).fit(base, pairs["chosen"], pairs["rejected"])
     for strength in config.steer_strengths:
         with replace(steer, strength=strength)(base):
-            timed("steering", "representation-steering", f"layer {config.steer_layer}, strength {strength}", lambda: evaluate(base))
+            timed(
+                "steering",
+                "representation-steering",
+                f"layer {config.steer_layer}, strength {strength}",
+                lambda: evaluate(base),
+            )
 
     # -- training-based methods, paired data per seed --------------------------------------
     bench = BenchConfig(steps=config.steps, batch=config.batch, n_forget=config.n_forget, rhos=config.rhos)
@@ -131,15 +158,37 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         def dpo_batches(step: int, splits=splits, batches=batches, seed=seed) -> dict:
             rng = np.random.default_rng([seed, 77, step])
             index = rng.choice(n, size=min(config.batch, n), replace=False).tolist()
-            return {"preference": preference_batch(splits, index, vocab, base.config, world), "retain": batches(step)["retain"]}
+            return {
+                "preference": preference_batch(splits, index, vocab, base.config, world),
+                "retain": batches(step)["retain"],
+            }
 
         trainers = {
-            "dpo": ("preference-optimization", "beta 0.5, + chosen NLL + retain", lambda m: HallucinationDPO(beta=0.5, steps=config.steps).train(m, dpo_batches)),
-            "grounded-tuning": ("grounded-instruction-tuning", "balanced truthful data", lambda m: grounded.train(m, grounded.batches(world, vocab, base.config, seed))),
-            "ga": ("hallucination-unlearning", "GA + retain, lr 1e-4", lambda m: GradientAscent(lr=1e-4).unlearn(m, batches, steps=config.steps)),
-            "npo": ("hallucination-unlearning", "NPO + retain, beta 0.5", lambda m: NPO(beta=0.5, lr=5e-4).unlearn(m, batches, steps=config.steps)),
-            "sare": ("hallucination-unlearning", f"NPO + targeted SAM, rho {rho}",
-                     lambda m: SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rho)).unlearn(m, batches, steps=config.steps)),
+            "dpo": (
+                "preference-optimization",
+                "beta 0.5, + chosen NLL + retain",
+                lambda m: HallucinationDPO(beta=0.5, steps=config.steps).train(m, dpo_batches),
+            ),
+            "grounded-tuning": (
+                "grounded-instruction-tuning",
+                "balanced truthful data",
+                lambda m: grounded.train(m, grounded.batches(world, vocab, base.config, seed)),
+            ),
+            "ga": (
+                "hallucination-unlearning",
+                "GA + retain, lr 1e-4",
+                lambda m: GradientAscent(lr=1e-4).unlearn(m, batches, steps=config.steps),
+            ),
+            "npo": (
+                "hallucination-unlearning",
+                "NPO + retain, beta 0.5",
+                lambda m: NPO(beta=0.5, lr=5e-4).unlearn(m, batches, steps=config.steps),
+            ),
+            "sare": (
+                "hallucination-unlearning",
+                f"NPO + targeted SAM, rho {rho}",
+                lambda m: SARE(beta=0.5, lr=5e-4, sam=SAMConfig(rho=rho)).unlearn(m, batches, steps=config.steps),
+            ),
         }
         budget = (config.relearn_steps,)
         attacked = lambda m: relearn(m, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=evaluate)[0]
@@ -153,7 +202,14 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
                     on_attacked[_setting(kw)] = (evaluate(model), time.time() - start)
             return evaluate(model)
 
-        timed("base", "", "greedy", lambda: relearn(base, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=probe)[0], seed, "relearned")
+        timed(
+            "base",
+            "",
+            "greedy",
+            lambda: relearn(base, attack, checkpoints=budget, lr=config.relearn_lr, evaluate=probe)[0],
+            seed,
+            "relearned",
+        )
         for setting, (scores, seconds) in on_attacked.items():
             timed("vcd", "contrastive-decoding", setting, lambda: scores, seed, "relearned")
             rows[-1]["seconds"] = seconds
@@ -176,7 +232,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["method"], row["setting"], row["condition"]), []).append(row)
     out = []
     for (method, setting, condition), members in groups.items():
-        agg = {"method": method, "family": members[0]["family"], "setting": setting, "condition": condition, "seeds": len(members)}
+        agg = {
+            "method": method,
+            "family": members[0]["family"],
+            "setting": setting,
+            "condition": condition,
+            "seeds": len(members),
+        }
         for key in METRICS:
             values = [m[key] for m in members]
             agg[key], agg[f"{key}_std"] = round(float(np.mean(values)), 2), round(float(np.std(values)), 2)
@@ -194,32 +256,65 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     config = CompareConfig(seeds=tuple(range(args.seeds)))
     if args.quick:
-        config = replace(config, seeds=(0,), steps=5, n_eval=40, n_forget=64, relearn_steps=3, rhos=(0.03,), steer_strengths=(2.0,), pai_alpha=(1.0,))
+        config = replace(
+            config,
+            seeds=(0,),
+            steps=5,
+            n_eval=40,
+            n_forget=64,
+            relearn_steps=3,
+            rhos=(0.03,),
+            steer_strengths=(2.0,),
+            pai_alpha=(1.0,),
+        )
     start = time.time()
     rows, facts = run(config)
     table = aggregate(rows)
-    print(f"\n{'method':22s} {'setting':32s} {'cond':9s} {'N':>2s} {'hal %':>12s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'F1':>6s} {'exact':>6s} {'POPE F1':>7s}")
+    print(
+        f"\n{'method':22s} {'setting':32s} {'cond':9s} {'N':>2s} {'hal %':>12s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'F1':>6s} {'exact':>6s} {'POPE F1':>7s}"
+    )
     for r in table:
-        print(f"{r['method']:22s} {r['setting']:32s} {r['condition']:9s} {r['seeds']:2d} {r['hal_rate']:5.1f}±{r['hal_rate_std']:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f} {r['clean_exact']:6.1f} {r['pope_f1']:7.1f}")
+        print(
+            f"{r['method']:22s} {r['setting']:32s} {r['condition']:9s} {r['seeds']:2d} {r['hal_rate']:5.1f}±{r['hal_rate_std']:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f} {r['clean_exact']:6.1f} {r['pope_f1']:7.1f}"
+        )
     wall = time.time() - start
     print(f"total {wall:.0f}s")
     if args.quick:
         return
-    columns = [Column("method", "Method"), Column("setting", "Setting"), Column("condition", "Condition"),
-               Column("hal_rate", "Hallucinated-object rate", "%", 1), Column("hal_rate_std", "± std", "%", 1),
-               Column("chair_s", "CHAIR_s", "%", 1), Column("chair_i", "CHAIR_i", "%", 1), Column("recall", "Object recall", "%", 1),
-               Column("clean_f1", "Clean-caption object F1", "%", 1), Column("clean_exact", "Exact clean captions", "%", 1),
-               Column("pope_f1", "POPE F1", "%", 1), Column("seconds", "Seconds (train or eval)", "s", 1), Column("seeds", "Seeds", digits=0)]
-    notes = (f"Biased ToyVLM-scene captioner (A='circle' nearly always with B='square', annotator bias in captions and yes/no answers). "
-             f"Evaluation: {config.n_eval} A-without-B scenes and {config.n_eval} ordinary scenes, POPE on random probes plus 'is there a square?' on every trigger scene. "
-             f"Decode-time rows use the unchanged model (deterministic, one evaluation). Training rows: {len(config.seeds)} seeds (paired data order), "
-             f"{config.steps} steps, batch {config.batch}, language model trained, vision frozen; SARE rho calibrated as in the unlearning benchmark: {facts['rho']}. "
-             f"'relearned': fine-tuned on 32 hallucinated captions for {config.relearn_steps} steps, lr {config.relearn_lr}; the 'base' relearned row is the never-trained captioner with the same budget, and the 'vcd' relearned rows decode that relearned captioner with VCD. "
-             f"Decode-time settings were chosen in small exploratory runs on this evaluation distribution (optimistic). Seconds: training time for trained rows, evaluation time otherwise; 2 shared CPU cores, noisy. "
-             f"Wall time {wall:.0f}s.")
-    results = Results(id="hallucination-mitigation", title="Object-hallucination mitigation families on a biased ToyVLM captioner",
-                      command=command_line("reference_impls.hallucination.compare", argv), families=FAMILIES, columns=columns, rows=table,
-                      plots=[Plot(x="clean_f1", y="hal_rate", group="method", title="Hallucination rate vs clean-caption F1")], notes=notes)
+    columns = [
+        Column("method", "Method"),
+        Column("setting", "Setting"),
+        Column("condition", "Condition"),
+        Column("hal_rate", "Hallucinated-object rate", "%", 1),
+        Column("hal_rate_std", "± std", "%", 1),
+        Column("chair_s", "CHAIR_s", "%", 1),
+        Column("chair_i", "CHAIR_i", "%", 1),
+        Column("recall", "Object recall", "%", 1),
+        Column("clean_f1", "Clean-caption object F1", "%", 1),
+        Column("clean_exact", "Exact clean captions", "%", 1),
+        Column("pope_f1", "POPE F1", "%", 1),
+        Column("seconds", "Seconds (train or eval)", "s", 1),
+        Column("seeds", "Seeds", digits=0),
+    ]
+    notes = (
+        f"Biased ToyVLM-scene captioner (A='circle' nearly always with B='square', annotator bias in captions and yes/no answers). "
+        f"Evaluation: {config.n_eval} A-without-B scenes and {config.n_eval} ordinary scenes, POPE on random probes plus 'is there a square?' on every trigger scene. "
+        f"Decode-time rows use the unchanged model (deterministic, one evaluation). Training rows: {len(config.seeds)} seeds (paired data order), "
+        f"{config.steps} steps, batch {config.batch}, language model trained, vision frozen; SARE rho calibrated as in the unlearning benchmark: {facts['rho']}. "
+        f"'relearned': fine-tuned on 32 hallucinated captions for {config.relearn_steps} steps, lr {config.relearn_lr}; the 'base' relearned row is the never-trained captioner with the same budget, and the 'vcd' relearned rows decode that relearned captioner with VCD. "
+        f"Decode-time settings were chosen in small exploratory runs on this evaluation distribution (optimistic). Seconds: training time for trained rows, evaluation time otherwise; 2 shared CPU cores, noisy. "
+        f"Wall time {wall:.0f}s."
+    )
+    results = Results(
+        id="hallucination-mitigation",
+        title="Object-hallucination mitigation families on a biased ToyVLM captioner",
+        command=command_line("reference_impls.hallucination.compare", argv),
+        families=FAMILIES,
+        columns=columns,
+        rows=table,
+        plots=[Plot(x="clean_f1", y="hal_rate", group="method", title="Hallucination rate vs clean-caption F1")],
+        notes=notes,
+    )
     print(save_results(results))
 
 

@@ -6,7 +6,9 @@ by how badly they are grounded, ``(t_hal + t_norm - score)``, while NLL on groun
 sentences keeps fluency. The public code decays the negative weight linearly from 0.4 to 0
 starting at 40% of training, decays the positive weight from 1 to 0.5 and weights sentences 0.2.
 
-Paper: arXiv 2402.09801 (EFUF, EMNLP 2024; public code starreeze/efuf).
+Paper: arXiv 2402.09801 (EFUF, EMNLP 2024).
+Upstream: starreeze/efuf finetune/loss.py (``get_loss``, ``WeightScheduler``) @
+06cd1ad31302841a32a9c8624c4f58d15fce2003.
 
 Examples:
     >>> from reference_impls.hallucination.efuf import EFUF
@@ -14,9 +16,19 @@ Examples:
     >>> [t.name for t in method.terms()]
     ['forget_efuf', 'grounded_nll', 'retain_nll']
 
-Deviations / guesses: our synthetic scenes have no CLIP, so batches carry a CLIP-like
-``scores`` field produced by the benchmark (uniform weights without it); the EFUF loss is
-normalised by the signed weight sum, ours by the term weights as in the other methods.
+Faithful to upstream: the per-sample forget weight ``t_hal + t_norm - score`` (23 and 32) up to
+a constant, and the schedules (our ``_linear`` equals ``WeightScheduler`` with linear type).
+
+Deviations / guesses (not yet options; the weighting lives in the shared ``terms.py``):
+
+- our synthetic scenes have no CLIP, so batches carry a CLIP-like ``scores`` field produced by
+  the benchmark (uniform weights without it);
+- :func:`~.unlearning_losses.efuf_weights` divides the weights by their batch mean (and clips
+  negatives at 0), so the forget term keeps GA's scale; upstream multiplies the per-sample NLL by
+  the raw weight (about 37 for a score of 18), so its forget term is that many times larger;
+- upstream normalises the whole loss by the signed weight sum ``pos_w + gold_w + sent_w -
+  neg_w`` and weights grounded spans and sentences by their CLIP score; we sum the terms with
+  their weights, as in the other methods.
 """
 
 from __future__ import annotations

@@ -7,14 +7,19 @@ caption quality collapses with a large learning rate or long training; always re
 utility metric.
 
 Paper: standard baseline (named as "GA" by SARE, arXiv 2601.16527, and by EFUF, arXiv 2402.09801).
+Upstream: licong-lin/negative-preference-optimization TOFU/dataloader.py
+(``CustomTrainerForgetting.compute_loss``, ``loss_type == "grad_ascent"``) @
+9e5f646b09bb5f1a6eed16085220ed1c3affa42d: minus the token-mean cross-entropy over the labelled
+tokens of the forget batch, as :func:`~.unlearning_losses.ga_loss`.
 
 Examples:
     >>> from reference_impls.hallucination.gradient_ascent import GradientAscent
     >>> method = GradientAscent(lr=1e-4, steps=60)
     >>> # method.unlearn(model, batches)  # batches(step) -> {"forget", "grounded", "retain"}
 
-Deviations / guesses: token-mean NLL over the hallucinated span only (token targeting), lr
-1e-4 for the tiny model from our design note.
+Deviations / guesses: the labelled tokens are the hallucinated span only (token targeting)
+instead of the whole answer; the retain NLL terms are upstream's ``grad_diff`` variant, not plain
+``grad_ascent``; lr 1e-4 for the tiny model is ours (``reference_impls/hallucination/sare/README.md`` §5).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ is in the data.
 
 Paper: arXiv 2306.14565 (LRV-Instruction: robust instruction tuning with balanced positive and
 negative instructions) is the closest listed paper; our data is a synthetic analogue, not LRV.
+Upstream: none followed (ordinary supervised fine-tuning; the method is in the data, for which we
+use our synthetic analogue, so there is no code to match).
 
 Examples:
     >>> from reference_impls.hallucination.captioner import CaptionWorld
@@ -35,8 +37,8 @@ clean captions intact and the best POPE F1 of all methods (84). It was not robus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from torch import nn
@@ -89,6 +91,8 @@ class GroundedInstructionTuning:
     def trainer(self, model: nn.Module) -> UnlearningTrainer:
         return UnlearningTrainer(model, [nll_term("balanced")], TrainerConfig(lr=self.lr))
 
-    def train(self, model: nn.Module, batches: Callable[[int], dict[str, dict]], steps: int | None = None) -> list[dict[str, float]]:
+    def train(
+        self, model: nn.Module, batches: Callable[[int], dict[str, dict]], steps: int | None = None
+    ) -> list[dict[str, float]]:
         """Fine-tune ``model`` in place on ``batches(step)["balanced"]``. Returns per-step stats."""
         return self.trainer(model).fit(batches, self.steps if steps is None else steps)

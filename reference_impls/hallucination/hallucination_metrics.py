@@ -10,66 +10,118 @@ truth.
 
 The functions take already extracted object mentions (lists of canonical object names), so they
 work for any caption format; :func:`extract_objects` maps caption words to canonical names with
-an optional synonym table, as CHAIR does for COCO.
+an optional synonym table and plural folding, as CHAIR does for COCO.
+
+Paper: arXiv 1809.02156 (CHAIR); arXiv 2305.10355 (POPE).
+Upstream: LisaAnne/Hallucination utils/chair.py @ 585f2d9c01ce19bd466de28d9236678df8450813 (CHAIR);
+POPE: RUCAIBox/POPE evaluate.py (not in our code index; we read the same rule in its copy
+DAMO-NLP-SG/VCD experiments/eval/eval_pope.py @ 039af55ecd68005ea767b8579a5766f038a780ad).
 
 Examples:
     >>> chair([["cat", "dog"], ["cat"]], [{"cat"}, {"cat"}])["chair_i"]
     0.3333333333333333
+    >>> chair([["square", "square", "square"], ["circle"]], [set(), {"circle"}])["chair_i"]  # every mention counts
+    0.75
+    >>> extract_objects("two dogs and a dog".split(), ["dog"])
+    ['dog', 'dog']
     >>> pope([True, False, True], [True, False, False])["f1"]
     0.6666666666666666
+
+Deviations:
+
+- CHAIR on nothing: when no caption mentions an object, upstream divides by zero
+  (``ZeroDivisionError``); :func:`chair` returns ``chair_i = 0`` (and ``chair_s`` of no
+  captions is 0), so a model that stays silent can be scored. POPE with no "yes" answer (or no
+  present object) likewise gives precision (recall, F1) 0 instead of an error.
+- Plurals: upstream singularises every word with ``pattern.en.singularize``; we fold the
+  regular English plural endings (``-s``, ``-es``, ``-ies``) onto a vocabulary word, which
+  covers regular nouns; irregular plurals ("mice") go in ``synonyms``. ToyVLM captions have no
+  plurals, so the rule never fires there.
+- COCO-specific rules of upstream (two-word objects such as "hot dog", "baby X" -> X, "toilet
+  seat" is not a chair) are not built in: they belong to a COCO synonym table, not to the metric.
+- ``distinct=True`` (off by default) counts each object once per caption: our earlier rule,
+  kept because it is the right one for per-caption object sets (:func:`object_f1` uses sets).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["extract_objects", "chair", "pope", "pope_questions", "object_f1", "mention_rate"]
 
 
-def extract_objects(words: Iterable[str], objects: Iterable[str], synonyms: Mapping[str, str] | None = None) -> list[str]:
-    """Canonical object names mentioned in ``words``, in order, each at most once.
+def _singular(word: str, known: set[str]) -> str:
+    """``word`` or the vocabulary word its regular plural ending folds onto."""
+    if word in known:
+        return word
+    for suffix, replacement in (("ies", "y"), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and word[: -len(suffix)] + replacement in known:
+            return word[: -len(suffix)] + replacement
+    return word
+
+
+def extract_objects(
+    words: Iterable[str],
+    objects: Iterable[str],
+    synonyms: Mapping[str, str] | None = None,
+    *,
+    distinct: bool = False,
+) -> list[str]:
+    """Canonical object names mentioned in ``words``, in order: every mention, as CHAIR counts them.
 
     Args:
         words: the caption split into words.
         objects: the canonical object vocabulary.
         synonyms: optional map from a surface word to its canonical object name.
+        distinct: keep only the first mention of each object.
 
     Returns:
-        The distinct canonical objects mentioned, in order of first mention.
+        The canonical objects mentioned, in order (plurals folded onto the singular).
     """
     vocabulary, synonyms = set(objects), dict(synonyms or {})
+    known = vocabulary | set(synonyms)
     found: list[str] = []
     for word in words:
+        word = _singular(word, known)
         name = synonyms.get(word, word)
-        if name in vocabulary and name not in found:
+        if name in vocabulary and not (distinct and name in found):
             found.append(name)
     return found
 
 
-def chair(mentions: Sequence[Sequence[str]], truths: Sequence[set[str] | frozenset[str]]) -> dict[str, float]:
+def chair(
+    mentions: Sequence[Sequence[str]],
+    truths: Sequence[set[str] | frozenset[str]],
+    *,
+    distinct: bool = False,
+) -> dict[str, float]:
     """CHAIR_s, CHAIR_i, object recall and mentions per caption.
 
     Args:
-        mentions: per caption, the distinct objects it mentions.
+        mentions: per caption, the objects it mentions, one entry per mention
+            (:func:`extract_objects`).
         truths: per caption, the objects present in its image.
+        distinct: count each object once per caption (not upstream's rule; see Deviations).
 
     Returns:
-        ``chair_s`` (captions with >= 1 hallucinated object / captions), ``chair_i``
-        (hallucinated mentions / all mentions; 0 when nothing is mentioned), ``recall``
-        (mentioned present objects / present objects) and ``mentions`` (mean per caption).
+        ``chair_s`` (captions with >= 1 hallucinated mention / captions), ``chair_i``
+        (hallucinated mentions / all mentions, repeats included; 0 when nothing is mentioned),
+        ``recall`` (distinct mentioned present objects / present objects) and ``mentions``
+        (mean mentions per caption).
     """
     if len(mentions) != len(truths):
         raise ValueError("one ground-truth set per caption")
     hallucinated = total = bad_captions = hits = present = 0
     for said, truth in zip(mentions, truths):
-        said = set(said)
-        wrong = len(said - set(truth))
+        truth = set(truth)
+        counted = list(dict.fromkeys(said)) if distinct else list(said)
+        wrong = sum(name not in truth for name in counted)
         hallucinated += wrong
-        total += len(said)
+        total += len(counted)
         bad_captions += wrong > 0
-        hits += len(said & set(truth))
+        hits += len(set(said) & truth)
         present += len(truth)
     n = max(len(mentions), 1)
     return {

@@ -9,6 +9,8 @@ grounded than its captions.
 Paper: arXiv 2310.16045 (Woodpecker) is the closest listed paper: it extracts the mentioned
 objects, verifies them with *external* detectors and VQA models, and rewrites the caption with
 an LLM. We keep the extract-verify-remove skeleton but verify with the captioner itself.
+Upstream: none followed (Woodpecker's pipeline depends on external detectors, a VQA model and an
+LLM rewriter; ours replaces all three, so there is no code to match).
 
 Examples:
     >>> remove_objects("circle and square and cross".split(), {"square"}, {"circle", "square", "cross"})
@@ -27,8 +29,8 @@ stayed at 91% and CHAIR was unchanged, because the model confirmed every object 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from reference_impls.registry import register
 
@@ -38,7 +40,13 @@ from .hallucination_metrics import extract_objects
 __all__ = ["SelfCheckCorrection", "remove_objects"]
 
 
-def remove_objects(words: Sequence[str], denied: Iterable[str], objects: Iterable[str], connectors: Sequence[str] = ("and",), empty: str | None = "nothing") -> list[str]:
+def remove_objects(
+    words: Sequence[str],
+    denied: Iterable[str],
+    objects: Iterable[str],
+    connectors: Sequence[str] = ("and",),
+    empty: str | None = "nothing",
+) -> list[str]:
     """``words`` without the ``denied`` objects and without connectors left dangling.
 
     Args:
@@ -73,7 +81,9 @@ class SelfCheckCorrection:
     connectors: tuple[str, ...] = ("and",)
     empty: str | None = "nothing"
 
-    def correct(self, captions: Sequence[Sequence[str]], objects: Sequence[str], ask: Callable[[int, list[str]], list[bool]]) -> list[list[str]]:
+    def correct(
+        self, captions: Sequence[Sequence[str]], objects: Sequence[str], ask: Callable[[int, list[str]], list[bool]]
+    ) -> list[list[str]]:
         """Corrected captions; ``ask(i, names)`` answers, for caption ``i``, whether each object is present.
 
         Returns:
@@ -81,7 +91,7 @@ class SelfCheckCorrection:
         """
         out = []
         for i, words in enumerate(captions):
-            named = extract_objects(words, objects)
+            named = extract_objects(words, objects, distinct=True)
             answers = ask(i, named) if named else []
             denied = {name for name, yes in zip(named, answers) if not yes}
             out.append(remove_objects(words, denied, objects, self.connectors, self.empty) if denied else list(words))
@@ -92,7 +102,9 @@ class SelfCheckCorrection:
 
         def caption(model, scenes: Sequence[CaptionScene], vocab) -> list[list[str]]:
             captions = generate_captions(model, scenes, vocab)
-            pairs = [(i, name) for i, words in enumerate(captions) for name in extract_objects(words, objects)]
+            pairs = [
+                (i, name) for i, words in enumerate(captions) for name in extract_objects(words, objects, distinct=True)
+            ]
             answers = answer_yes(model, [scenes[i] for i, _ in pairs], [name for _, name in pairs], vocab)
             lookup = dict(zip(pairs, answers))
             return self.correct(captions, objects, lambda i, names: [lookup[(i, n)] for n in names])

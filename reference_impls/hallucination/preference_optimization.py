@@ -7,7 +7,12 @@ with a hallucinated object. The loss ``-log sigmoid(beta [(log pi(y_w) - log pi_
 measured against a frozen copy of the model, so the policy cannot drift far from where it
 started. At the start (policy = reference) the loss is ``log 2`` and the gradient is not zero.
 
-Paper: arXiv 2311.16839 (HA-DPO, hallucination-aware DPO); related: RLHF-V (arXiv 2312.00849).
+Paper: arXiv 2311.16839 (HA-DPO, hallucination-aware DPO); related: RLHF-V (arXiv 2312.00849);
+the loss is DPO's (arXiv 2305.18290, eq. 7).
+Upstream: eric-mitchell/direct-preference-optimization trainers.py (``preference_loss``) @
+8a4023f5a5bde957b5d44f687569e075ff54e4f7, with its defaults ``label_smoothing`` 0, not IPO, not
+reference-free; sequence log-probabilities are sums over the response tokens, as its
+``_get_batch_logps`` with ``average_log_prob=False``. We did not compare with HA-DPO's code.
 
 Examples:
     >>> method = HallucinationDPO(beta=0.5)
@@ -23,8 +28,10 @@ add a language-modelling term) and the usual retain NLL are optional.
 
 Deviations / guesses: the chosen caption is the ground-truth caption of the scene (HA-DPO has
 GPT-4 rewrite the hallucinated description); pairs come from the model's own greedy captions of
-trigger scenes (the forget split of the unlearning benchmark); beta 0.5, lr 5e-4 and 60 steps
-fit the tiny model and are not tuned.
+trigger scenes (the forget split of the unlearning benchmark). Upstream has no default beta
+(its config requires one; its README examples use 0.1); beta 0.5, lr 5e-4 and 60 steps fit the
+tiny model and are not tuned. The chosen-caption NLL and retain NLL terms (on by default) are
+not part of upstream's DPO loss: set their weights to 0 for plain DPO.
 
 Measured on ToyVLM (comparison benchmark, 2 seeds): the targeted rate fell from 91% to 0%,
 CHAIR_i to 0, with clean captions intact and POPE F1 up (66.7 to 73). It was not robust: after
@@ -33,8 +40,8 @@ CHAIR_i to 0, with clean captions intact and POPE F1 up (66.7 to 73). It was not
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +57,9 @@ from .unlearning_losses import sequence_logprob
 __all__ = ["HallucinationDPO", "dpo_loss", "dpo_term", "preference_batch"]
 
 
-def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> torch.Tensor:
     """DPO loss from sequence log-probabilities, each (B,); the reference ones carry no gradient.
 
     Returns:
@@ -67,19 +76,26 @@ def dpo_term(beta: float = 0.5, batch: str = "preference", weight: float = 1.0) 
         good, bad = data["chosen"], data["rejected"]
         chosen = sequence_logprob(trainer.logits(good), good["labels"], good["mask"])
         rejected = sequence_logprob(trainer.logits(bad), bad["labels"], bad["mask"])
-        value = dpo_loss(chosen, rejected, trainer.reference_seq_logprob(good), trainer.reference_seq_logprob(bad), beta)
+        value = dpo_loss(
+            chosen, rejected, trainer.reference_seq_logprob(good), trainer.reference_seq_logprob(bad), beta
+        )
         return value, {"margin": float((chosen - rejected).mean().detach())}
 
     return Term("dpo", batch, loss, weight, needs_reference=True)
 
 
-def preference_batch(splits: dict[str, list], index: Sequence[int], vocab, config, world: CaptionWorld) -> dict[str, dict]:
+def preference_batch(
+    splits: dict[str, list], index: Sequence[int], vocab, config, world: CaptionWorld
+) -> dict[str, dict]:
     """``{"chosen", "rejected"}``: the ground-truth caption vs the model's hallucinated caption."""
     scenes = [splits["scenes"][i] for i in index]
     prompts = [CAPTION_PROMPT] * len(scenes)
     chosen = [world.caption(s.truth) for s in scenes]
     rejected = [" ".join(splits["captions"][i]) for i in index]
-    return {"chosen": encode(scenes, prompts, chosen, vocab, config), "rejected": encode(scenes, prompts, rejected, vocab, config)}
+    return {
+        "chosen": encode(scenes, prompts, chosen, vocab, config),
+        "rejected": encode(scenes, prompts, rejected, vocab, config),
+    }
 
 
 @register("dpo", family="preference-optimization", kind="hallucination")
@@ -97,7 +113,14 @@ class HallucinationDPO:
         terms = [dpo_term(self.beta)]
         if self.weight_chosen_nll:
             chosen = nll_term("preference_chosen", self.weight_chosen_nll)
-            terms.append(Term("chosen_nll", "preference", lambda trainer, data: chosen.loss(trainer, data["chosen"]), self.weight_chosen_nll))
+            terms.append(
+                Term(
+                    "chosen_nll",
+                    "preference",
+                    lambda trainer, data: chosen.loss(trainer, data["chosen"]),
+                    self.weight_chosen_nll,
+                )
+            )
         if self.weight_retain:
             terms.append(nll_term("retain", self.weight_retain))
         return terms
@@ -105,6 +128,12 @@ class HallucinationDPO:
     def trainer(self, model: nn.Module, reference: nn.Module | None = None) -> UnlearningTrainer:
         return UnlearningTrainer(model, self.terms(), TrainerConfig(lr=self.lr), reference)
 
-    def train(self, model: nn.Module, batches: Callable[[int], dict[str, dict]], steps: int | None = None, reference: nn.Module | None = None) -> list[dict[str, float]]:
+    def train(
+        self,
+        model: nn.Module,
+        batches: Callable[[int], dict[str, dict]],
+        steps: int | None = None,
+        reference: nn.Module | None = None,
+    ) -> list[dict[str, float]]:
         """Fine-tune ``model`` in place; ``batches(step)`` gives ``{"preference", "retain"}``. Returns per-step stats."""
         return self.trainer(model, reference).fit(batches, self.steps if steps is None else steps)

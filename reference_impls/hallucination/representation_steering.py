@@ -8,6 +8,9 @@ No weights change, and ``strength`` trades hallucination against fluency.
 
 Paper: arXiv 2410.15778 ("Reducing Hallucinations in Vision-Language Models via Latent Space
 Steering") is the closest listed paper; we build a simpler variant (below), not its method.
+Upstream: none followed (we did not compare with the cited paper's code: it is a different method).
+Our rule is the plain mean-difference steering equation ``h_l <- h_l + s * mean_i (pool(h_l^+) -
+pool(h_l^-))``; ``tests/hallucination/test_parity.py`` checks it against that equation.
 
 Examples:
     >>> import torch
@@ -33,8 +36,8 @@ Measured on ToyVLM (comparison benchmark, layer 1 of 3): the targeted rate fell 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -46,7 +49,9 @@ from .trainer import MODEL_KEYS
 __all__ = ["SteeringVector", "mean_difference", "layer_states"]
 
 
-def mean_difference(positive: torch.Tensor, positive_mask: torch.Tensor, negative: torch.Tensor, negative_mask: torch.Tensor) -> torch.Tensor:
+def mean_difference(
+    positive: torch.Tensor, positive_mask: torch.Tensor, negative: torch.Tensor, negative_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over examples of (masked token-mean of ``positive``) - (that of ``negative``).
 
     Args:
@@ -81,7 +86,7 @@ class SteeringVector:
     strength: float = 1.0
     vector: torch.Tensor | None = None
 
-    def fit(self, model: nn.Module, grounded: dict, hallucinated: dict) -> "SteeringVector":
+    def fit(self, model: nn.Module, grounded: dict, hallucinated: dict) -> SteeringVector:
         """Set :attr:`vector` from paired batches (``mask`` on each caption's tokens). Returns self."""
         positive, negative = layer_states(model, grounded, self.layer), layer_states(model, hallucinated, self.layer)
         self.vector = mean_difference(positive, grounded["mask"], negative, hallucinated["mask"])

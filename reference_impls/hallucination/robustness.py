@@ -14,6 +14,9 @@ Examples:
     >>> #                 evaluate=lambda m: {"hal": rate(m)})
     >>> # noisy = gaussian_noise(model, alpha=0.1, seed=0)
 
+Upstream: none (evaluation protocols, not a method with reference code); the noise follows the
+equation above and ``tests/hallucination/test_parity.py`` checks it.
+
 Deviations / guesses: the protocol of ``reference_impls/hallucination/sare/README.md``, section 7
 (Fan et al. 2025 relearn with plain fine-tuning); budgets, learning rate and noise scales are
 parameters.
@@ -22,7 +25,7 @@ parameters.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -69,7 +72,9 @@ def gaussian_noise(model: nn.Module, alpha: float, seed: int = 0) -> nn.Module:
     return noisy
 
 
-def worst_case_probe(model: nn.Module, forget_batch: dict, rhos: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.5)) -> list[dict[str, float]]:
+def worst_case_probe(
+    model: nn.Module, forget_batch: dict, rhos: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.5)
+) -> list[dict[str, float]]:
     """Target probability of ``forget_batch`` after a push of norm ``rho`` along the GA gradient.
 
     Returns:
@@ -80,10 +85,12 @@ def worst_case_probe(model: nn.Module, forget_batch: dict, rhos: Sequence[float]
         trainer = UnlearningTrainer(model, [ga_term()], TrainerConfig(lr=0.0, sam=SAMConfig(rho=rho)))
         _, stats = trainer.gradients({"forget": forget_batch})
         model.zero_grad(set_to_none=True)
-        rows.append({
-            "rho": rho,
-            "p_target": stats["clean_p_target"],
-            "p_target_pushed": stats["adv_p_target"],
-            "loss_increase": stats[f"adv_{ADVERSARIAL_LOSS}"] - stats[f"clean_{ADVERSARIAL_LOSS}"],
-        })
+        rows.append(
+            {
+                "rho": rho,
+                "p_target": stats["clean_p_target"],
+                "p_target_pushed": stats["adv_p_target"],
+                "loss_increase": stats[f"adv_{ADVERSARIAL_LOSS}"] - stats[f"clean_{ADVERSARIAL_LOSS}"],
+            }
+        )
     return rows

@@ -20,8 +20,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Term", "LossFn", "nll_term", "ga_term", "npo_term", "efuf_term", "kl_term", "target_probability"]
 
 LossFn = Callable[["UnlearningTrainer", dict], "tuple[torch.Tensor, dict[str, float]]"]
-Weight = Union[float, Callable[[int], float]]
+Weight = float | Callable[[int], float]
 
 
 @dataclass
@@ -78,7 +79,7 @@ def target_probability(logits: torch.Tensor, batch: dict) -> float:
 def nll_term(batch: str = "retain", weight: Weight = 1.0) -> Term:
     """Token-mean NLL on the masked tokens (retain, grounded or relearning data)."""
 
-    def loss(trainer: "UnlearningTrainer", data: dict):
+    def loss(trainer: UnlearningTrainer, data: dict):
         value = mean_nll(trainer.logits(data), data["labels"], data["mask"])
         return value, {}
 
@@ -88,7 +89,7 @@ def nll_term(batch: str = "retain", weight: Weight = 1.0) -> Term:
 def ga_term(batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True) -> Term:
     """Gradient ascent on the masked (hallucinated) tokens."""
 
-    def loss(trainer: "UnlearningTrainer", data: dict):
+    def loss(trainer: UnlearningTrainer, data: dict):
         logits = trainer.logits(data)
         return ga_loss(logits, data["labels"], data["mask"]), {"p_target": target_probability(logits, data)}
 
@@ -98,7 +99,7 @@ def ga_term(batch: str = "forget", weight: Weight = 1.0, adversarial: bool = Tru
 def npo_term(beta: float = 0.5, batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True) -> Term:
     """NPO against the trainer's frozen reference model."""
 
-    def loss(trainer: "UnlearningTrainer", data: dict):
+    def loss(trainer: UnlearningTrainer, data: dict):
         logits = trainer.logits(data)
         ref = trainer.reference_seq_logprob(data)  # (B,)
         value = npo_loss(sequence_logprob(logits, data["labels"], data["mask"]), ref, beta)
@@ -107,16 +108,20 @@ def npo_term(beta: float = 0.5, batch: str = "forget", weight: Weight = 1.0, adv
     return Term("forget_npo", batch, loss, weight, adversarial, needs_reference=True)
 
 
-def efuf_term(batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True, t_hal: float = 23.0, t_norm: float = 32.0) -> Term:
+def efuf_term(
+    batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True, t_hal: float = 23.0, t_norm: float = 32.0
+) -> Term:
     """EFUF's score-weighted GA; uniform weights when the batch carries no ``scores``."""
 
-    def loss(trainer: "UnlearningTrainer", data: dict):
+    def loss(trainer: UnlearningTrainer, data: dict):
         logits = trainer.logits(data)
         scores = data.get("scores")
         if scores is None:
             scores = torch.zeros(logits.shape[0])
         weights = efuf_weights(scores, t_hal, t_norm)
-        return weighted_ga_loss(logits, data["labels"], data["mask"], weights), {"p_target": target_probability(logits, data)}
+        return weighted_ga_loss(logits, data["labels"], data["mask"], weights), {
+            "p_target": target_probability(logits, data)
+        }
 
     return Term("forget_efuf", batch, loss, weight, adversarial)
 
@@ -124,7 +129,7 @@ def efuf_term(batch: str = "forget", weight: Weight = 1.0, adversarial: bool = T
 def kl_term(batch: str = "retain", weight: Weight = 1.0) -> Term:
     """KL(reference || model) on the masked positions of a retain batch."""
 
-    def loss(trainer: "UnlearningTrainer", data: dict):
+    def loss(trainer: UnlearningTrainer, data: dict):
         return kl_to_reference(trainer.logits(data), trainer.reference_logits(data), data["mask"]), {}
 
     return Term(f"{batch}_kl", batch, loss, weight, needs_reference=True)

@@ -34,7 +34,15 @@ __all__ = ["CHECKPOINT", "train_captioner", "load_captioner"]
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "captioner"
 
 
-def train_captioner(world: CaptionWorld, steps: int = 1500, batch_size: int = 32, lr: float = 3e-3, seed: int = 0, pool: int = 6000, log_every: int = 100):
+def train_captioner(
+    world: CaptionWorld,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    pool: int = 6000,
+    log_every: int = 100,
+):
     """Train from scratch; returns ``(model, vocab, log)``."""
     torch.manual_seed(seed)
     vocab = build_vocab()

@@ -39,8 +39,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ ADVERSARIAL_LOSS = "adversarial_loss"
 Under SAM it comes as ``"clean_adversarial_loss"`` (at ``theta``) and ``"adv_adversarial_loss"``
 (at ``theta + eps``); the calibration checks and :func:`~reference_impls.hallucination.sare.calibrate_rho`
 read it instead of guessing the forget term's name."""
-ParamFilter = Union[str, Callable[[str, nn.Parameter], bool]]
+ParamFilter = str | Callable[[str, nn.Parameter], bool]
 
 
 @dataclass
@@ -101,7 +101,12 @@ class TrainerConfig:
     """The sharpness-aware perturbation, or None for plain gradient descent on the terms."""
 
 
-def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, modules: Iterable[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")) -> nn.Module:
+def apply_lora(
+    model: nn.Module,
+    rank: int = 8,
+    alpha: float = 16.0,
+    modules: Iterable[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+) -> nn.Module:
     """Wrap ``model`` with peft LoRA adapters on the language model's linear layers only."""
     from peft import LoraConfig, get_peft_model
 
@@ -112,7 +117,13 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, modules: It
 class UnlearningTrainer:
     """Minimises weighted :class:`Term` objects; see the module docstring for the step."""
 
-    def __init__(self, model: nn.Module, terms: list[Term], config: TrainerConfig | None = None, reference: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        terms: list[Term],
+        config: TrainerConfig | None = None,
+        reference: nn.Module | None = None,
+    ):
         self.model, self.terms, self.config = model, list(terms), config or TrainerConfig()
         self.named_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
@@ -152,7 +163,9 @@ class UnlearningTrainer:
         return sequence_logprob(self.reference_logits(batch), batch["labels"], batch["mask"])
 
     # -- the step ----------------------------------------------------------------------------
-    def _objective(self, terms: list[Term], batches: dict[str, dict], prefix: str) -> tuple[torch.Tensor, dict[str, float]]:
+    def _objective(
+        self, terms: list[Term], batches: dict[str, dict], prefix: str
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total, stats, adversarial = 0.0, {}, []
         for term in terms:
             weight = term.weight_at(self.step_count)
@@ -281,13 +294,21 @@ class UnlearningTrainer:
         saturated = p_adv is not None and p_clean is not None and p_clean < sam.saturation < p_adv
         if saturated and "saturation" not in self._warned:
             self._warned.add("saturation")
-            warnings.warn(f"SAM: p_target at theta+eps is {p_adv:.3f} > {sam.saturation}: rho is too large, the forget gradient vanishes", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"SAM: p_target at theta+eps is {p_adv:.3f} > {sam.saturation}: rho is too large, the forget gradient vanishes",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         losses = [h.get(f"clean_{ADVERSARIAL_LOSS}") for h in self.history + [stats]]
         window = sam.stall_window
         if len(losses) > window and losses[-1] is not None and losses[-1 - window] is not None:
             if losses[-1] >= losses[-1 - window] and sam.rho > 0 and "stall" not in self._warned:
                 self._warned.add("stall")
-                warnings.warn("SAM: the forget loss has not decreased over the last window while rho > 0", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    "SAM: the forget loss has not decreased over the last window while rho > 0",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def fit(self, batches: Callable[[int], dict[str, dict]], steps: int) -> list[dict[str, float]]:
         """Run ``steps`` steps; ``batches(step)`` returns the batch dict of each step."""

@@ -21,11 +21,20 @@ Examples:
     >>> logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
     >>> mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]])
     >>> ref = sequence_logprob(logits, labels, mask)
-    >>> float(npo_loss(ref, ref, beta=0.5))  # (2 / 0.5) * log 2
-    2.772588722705...
+    >>> round(float(npo_loss(ref, ref, beta=0.5)), 4)  # (2 / 0.5) * log 2
+    2.7726
+
+Upstream: GA and NPO follow licong-lin/negative-preference-optimization TOFU/dataloader.py @
+9e5f646b09bb5f1a6eed16085220ed1c3affa42d (``grad_ascent``: minus HF's token-mean loss; ``npo``:
+sequence-summed NLL ratio); the EFUF weight follows starreeze/efuf finetune/loss.py @
+06cd1ad31302841a32a9c8624c4f58d15fce2003. ``tests/hallucination/test_parity.py`` re-implements each.
 
 Deviations / guesses: the EFUF thresholds 23 and 32 are the public code's defaults for CLIP
 scores on a x100 scale; our synthetic scenes have no CLIP, so callers pass their own scores.
+:func:`efuf_weights` normalises the weights to mean 1 and clips negatives at 0; upstream uses
+the raw ``t_hal + t_norm - score`` (see :mod:`.efuf`). :func:`kl_to_reference` averages over
+masked positions only; upstream's ``KL`` variant uses ``kl_div(..., reduction="batchmean")`` over
+every position of the flattened batch.
 """
 
 from __future__ import annotations
@@ -101,7 +110,9 @@ def efuf_weights(scores: torch.Tensor, t_hal: float = 23.0, t_norm: float = 32.0
     return weights / weights.mean().clamp(min=1e-12)
 
 
-def weighted_ga_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_ga_loss(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """GA with a per-sample weight: ``-mean_i w_i nll_i`` with ``nll_i`` the token-mean NLL of sample i."""
     logp = token_logprobs(logits, labels, mask)  # (B, T-1)
     count = mask[:, 1:].bool().sum(-1).clamp(min=1)  # (B,)

@@ -1,7 +1,7 @@
 """Drop visual hidden states inside the LLM layer loop of Qwen2.5-VL (shared by FastV, PyramidDrop,
 SparseVLM and DivPrune-at-layer-K). Private: methods call :func:`attach` with a *plan*.
 
-How it works (design note kv-cache-on-transformers5 §2, §6):
+How it works (``docs/notes/transformers5.md`` §2, §6):
 
 - A forward pre-hook on ``model.model`` reads ``input_ids`` and the 2-D ``attention_mask`` and
   decides whether this forward is a prefill (empty or no cache). Visual tokens come from the ids
@@ -22,7 +22,7 @@ How it works (design note kv-cache-on-transformers5 §2, §6):
   ``get_seq_length()`` is the *logical* length (prompt plus generated tokens, what positions are
   derived from), its ``get_mask_sizes()`` the *physical* one. The mask transformers builds
   during decoding is sized for layer 0; pruned layers select their columns from it.
-- Decoding uses sdpa (or any registered function), never eager (design note §3).
+- Decoding uses sdpa (or any registered function), never eager (``docs/notes/transformers5.md`` §3).
 
 Limits: every row of a batch must hold the same number of visual tokens (the kept sets must be
 rectangular); only ``DynamicCache``-style caches (plain ``DynamicLayer``) are accepted.
@@ -30,14 +30,17 @@ rectangular); only ``DynamicCache``-style caches (plain ``DynamicLayer``) are ac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicLayer
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 
 __all__: list[str] = []  # private module; see attach()
 
@@ -142,14 +145,14 @@ def _on_model(state: _State, module, args, kwargs) -> None:
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     if input_ids is None:
         raise ValueError("visual-token pruning needs input_ids to find the visual tokens")
-    config = module.config
-    visual = (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+    config, adapter = module.config, adapter_for(module)
+    visual = adapter.visual_mask(input_ids, config)
     counts = visual.sum(-1)
     if bool((counts != counts[0]).any()):
         raise ValueError(f"every row must hold the same number of visual tokens, got {counts.tolist()}")
     mask2d = kwargs.get("attention_mask")
     valid = mask2d.bool() if isinstance(mask2d, torch.Tensor) and mask2d.dim() == 2 else torch.ones_like(visual)
-    markers = (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
+    markers = adapter.marker_mask(input_ids, config)
     state.visual, state.valid, state.n_visual_in = visual, valid, int(counts[0])
     state.text = valid & ~visual & ~markers
     state.n_prompt = input_ids.shape[1]
@@ -163,8 +166,8 @@ def _last_valid(valid: torch.Tensor) -> torch.Tensor:
 
 
 def _renumbered_rotary(state: _State, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """cos, sin for 1-D ``positions`` (B, n), the same index on the three M-RoPE axes."""
-    return state.rotary(hidden, positions[None].expand(3, -1, -1))
+    """cos, sin for 1-D ``positions`` (B, n) (the same index on the three M-RoPE axes of Qwen models)."""
+    return state.rotary(hidden, positions)
 
 
 def _index_positions(valid: torch.Tensor) -> torch.Tensor:
@@ -210,7 +213,11 @@ def _on_layer(state: _State, layer_idx: int, module, args, kwargs):
         cos, sin = state.renumbered
     elif state.cur is not None:  # bring the full-length side tensors into the current coordinates
         cos, sin = _gather(cos, state.cur, 1), _gather(sin, state.cur, 1)
-    cur = state.cur if state.cur is not None else torch.arange(state.n_prompt, device=hidden.device).expand(hidden.shape[0], -1)
+    cur = (
+        state.cur
+        if state.cur is not None
+        else torch.arange(state.n_prompt, device=hidden.device).expand(hidden.shape[0], -1)
+    )
     if layer_idx in state.boundaries:
         ctx = DropContext(
             layer_idx=layer_idx,
@@ -275,8 +282,12 @@ def _install_logical_layer(cache, layer_idx: int, dropped: int) -> None:
         layer.reset()
         layer.dropped = dropped
         return
+    if getattr(layer, "is_sliding", False):
+        raise UnsupportedFeature(f"visual-token pruning at a sliding-window layer (layer {layer_idx}) is not supported")
     if type(layer) is not DynamicLayer or layer.is_initialized:
-        raise TypeError(f"visual-token pruning needs an empty DynamicCache, got {type(layer).__name__} at layer {layer_idx}")
+        raise TypeError(
+            f"visual-token pruning needs an empty DynamicCache, got {type(layer).__name__} at layer {layer_idx}"
+        )
     cache.layers[layer_idx] = _LogicalLayer(dropped)
 
 
@@ -298,9 +309,17 @@ def attach(model, plan, owner=None) -> _Handle:
             an optional ``positions`` attribute (``"keep"`` or ``"renumber"``, default ``"keep"``).
         owner: where ``stats`` is written after each prefill (defaults to ``plan``).
     """
-    inner = model.model if hasattr(model, "lm_head") else model
-    layers = inner.language_model.layers
+    adapter = adapter_for(model)
+    inner = adapter.inner(model)
+    layers = adapter.language_layers(model)
     num_layers = len(layers)
+    boundaries = sorted(plan.boundaries(num_layers))
+    deepstack = adapter.deepstack_layers(inner.config)
+    if boundaries and deepstack and boundaries[0] <= max(deepstack):
+        raise UnsupportedFeature(
+            f"pruning before a DeepStack layer is not supported (first pruned layer {boundaries[0]}; "
+            f"{adapter.name} adds visual features after layers {list(deepstack)})"
+        )
     positions = getattr(plan, "positions", "keep")
     if positions not in ("keep", "renumber"):
         raise ValueError(f"positions must be 'keep' or 'renumber', got {positions!r}")
@@ -308,10 +327,10 @@ def attach(model, plan, owner=None) -> _Handle:
         plan=plan,
         owner=owner if owner is not None else plan,
         num_layers=num_layers,
-        boundaries=sorted(plan.boundaries(num_layers)),
+        boundaries=boundaries,
         stash_layers=set(plan.stash(num_layers)),
         positions=positions,
-        rotary=inner.language_model.rotary_emb,
+        rotary=adapter.index_rotary(model) if positions == "renumber" else None,
         layers=layers,
     )
     hooks = [inner.register_forward_pre_hook(lambda m, a, k: _on_model(state, m, a, k), with_kwargs=True)]
@@ -328,7 +347,14 @@ def attach(model, plan, owner=None) -> _Handle:
 # Pure helpers the plans share.
 
 
-def attention_rows(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def attention_rows(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    rows: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
     """Head-averaged attention probabilities of the query ``rows`` in one decoder layer.
 
     Recomputed from the layer's own norm, q/k projections and RoPE (no eager attention maps),
@@ -347,8 +373,11 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, si
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden)
     batch, n, _ = normed.shape
-    q = attn.q_proj(_gather(normed, rows, 1)).view(batch, rows.shape[1], -1, attn.head_dim).transpose(1, 2)  # (B, Hq, r, hd)
-    k = attn.k_proj(normed).view(batch, n, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, n, hd)
+    q = attn.q_proj(_gather(normed, rows, 1)).view(batch, rows.shape[1], -1, attn.head_dim)  # (B, r, Hq, hd)
+    k = attn.k_proj(normed).view(batch, n, -1, attn.head_dim)  # (B, n, Hkv, hd)
+    if hasattr(attn, "q_norm"):  # per-head query/key norms (Qwen3-VL, Gemma 3) come before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, Hq, r, hd), (B, Hkv, n, hd)
     q, _ = apply_rotary_pos_emb(q, q, _gather(cos, rows, 1), _gather(sin, rows, 1))
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     k = repeat_kv(k, attn.num_key_value_groups)  # (B, Hq, n, hd)
@@ -383,7 +412,7 @@ class DropMethod:
     stats: dict
 
     @contextmanager
-    def __call__(self, model) -> Iterator["DropMethod"]:
+    def __call__(self, model) -> Iterator[DropMethod]:
         self.stats = {}
         handle = attach(model, self)
         try:

@@ -14,15 +14,27 @@ answer on a tiny random-init Qwen2.5-VL (``source == "tiny-random"`` in the resu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import keep_count
 from reference_impls.prefilling._layer_drop import DropContext, DropMethod, keep_top_visual
 
-__all__ = ["RandomDrop", "load_data", "method_factories", "evaluate", "sweep", "sparse_cost", "plot_sweep", "print_sweep", "main"]
+__all__ = [
+    "RandomDrop",
+    "load_data",
+    "method_factories",
+    "evaluate",
+    "sweep",
+    "sparse_cost",
+    "plot_sweep",
+    "print_sweep",
+    "main",
+]
 
 
 @dataclass
@@ -128,7 +140,7 @@ def evaluate(data: Data, method: Callable | None) -> dict[str, float]:
             context.__exit__(None, None, None)
     ids = data.batches[0][0]["input_ids"][0]
     config = data.model.config
-    visual_in = stats.get("visual_in", int(((ids == config.image_token_id) | (ids == config.video_token_id)).sum()))
+    visual_in = stats.get("visual_in", int(adapter_for(config).visual_mask(ids, config).sum()))
     return {
         "accuracy": 100.0 * correct / total,
         "visual_in": visual_in,
@@ -164,7 +176,7 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
 
 def sweep(data: Data, budgets: tuple[float, ...], names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """One row per (method, budget), plus the unpruned model; methods interleaved per budget."""
-    num_layers = len(data.model.model.language_model.layers)
+    num_layers = len(adapter_for(data.model).language_layers(data.model))
     factories = method_factories(num_layers)
     names = names or tuple(factories)
     evaluate(data, None)  # warm-up
@@ -176,8 +188,15 @@ def sweep(data: Data, budgets: tuple[float, ...], names: tuple[str, ...] | None 
     return rows
 
 
-def sparse_cost(lengths: tuple[int, ...] = (1024, 2048, 4096), budgets: tuple[float, ...] = (0.5, 0.2, 0.05),
-                block_size: int = 64, heads: int = 8, kv_heads: int = 2, dim: int = 64, repeats: int = 2) -> list[dict[str, Any]]:
+def sparse_cost(
+    lengths: tuple[int, ...] = (1024, 2048, 4096),
+    budgets: tuple[float, ...] = (0.5, 0.2, 0.05),
+    block_size: int = 64,
+    heads: int = 8,
+    kv_heads: int = 2,
+    dim: int = 64,
+    repeats: int = 2,
+) -> list[dict[str, Any]]:
     """Attention-only prefill cost: block-sparse (pattern + blocks) vs dense causal sdpa.
 
     Random post-RoPE q/k/v for one layer; 32 text tokens before and after a visual span.
@@ -202,7 +221,16 @@ def sparse_cost(lengths: tuple[int, ...] = (1024, 2048, 4096), budgets: tuple[fl
         visual = torch.ones(1, n, dtype=torch.bool)
         visual[:, :32] = visual[:, -32:] = False
         dense = best_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-        rows.append({"method": "sdpa (dense)", "tokens": n, "budget": 1.0, "density": 1.0, "attention_ms": dense, "speedup": 1.0})
+        rows.append(
+            {
+                "method": "sdpa (dense)",
+                "tokens": n,
+                "budget": 1.0,
+                "density": 1.0,
+                "attention_ms": dense,
+                "speedup": 1.0,
+            }
+        )
         for budget in budgets:
             pattern = block_pattern(q, k, visual, block_size=block_size, budget=budget)
             nb = pattern.shape[1]
@@ -213,7 +241,16 @@ def sparse_cost(lengths: tuple[int, ...] = (1024, 2048, 4096), budgets: tuple[fl
                 return block_sparse_attention(q, k, v, p, block_size=block_size, scaling=dim**-0.5)
 
             ms = best_ms(sparse)
-            rows.append({"method": "block-sparse", "tokens": n, "budget": budget, "density": density, "attention_ms": ms, "speedup": dense / ms})
+            rows.append(
+                {
+                    "method": "block-sparse",
+                    "tokens": n,
+                    "budget": budget,
+                    "density": density,
+                    "attention_ms": ms,
+                    "speedup": dense / ms,
+                }
+            )
     return rows
 
 
@@ -243,8 +280,10 @@ def plot_sweep(rows: list[dict[str, Any]], title: str = ""):
 def print_sweep(rows: list[dict[str, Any]]) -> None:
     """The sweep as a fixed-width table."""
     for row in rows:
-        print(f"{row['method']:>18} budget {row['budget']:.2f}  acc {row['accuracy']:5.1f}%  kept {row['visual_kept']:>4}/{row['visual_in']}"
-              f"  layer-mean {row['visual_kept_layer_mean']:7.1f}  LLM prefill {row['prefill_ms']:6.1f} ms/sample")
+        print(
+            f"{row['method']:>18} budget {row['budget']:.2f}  acc {row['accuracy']:5.1f}%  kept {row['visual_kept']:>4}/{row['visual_in']}"
+            f"  layer-mean {row['visual_kept_layer_mean']:7.1f}  LLM prefill {row['prefill_ms']:6.1f} ms/sample"
+        )
 
 
 def main() -> None:
@@ -255,40 +294,69 @@ def main() -> None:
     data = load_data(n=64, batch_size=16)
     rows = sweep(data, budgets)
     print_sweep(rows)
-    save_results(Results(
-        id="prefilling-toyvlm",
-        title=f"Prefilling-stage visual token pruning on {data.source}: accuracy and prefill time vs budget",
-        command="python -m reference_impls.prefilling.bench",
-        families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],
-        columns=[Column("method", "Method"), Column("budget", "Budget", digits=2), Column("visual_in", "Visual tokens in"), Column("accuracy", "Accuracy", "%", 1),
-                 Column("visual_kept", "Visual tokens kept (last layer)"), Column("visual_kept_layer_mean", "Kept, layer mean", digits=1),
-                 Column("prefill_ms", "LLM prefill", "ms/sample", 1)],
-        rows=rows,
-        plots=[Plot(x="budget", y="accuracy", group="method", title="Accuracy vs visual budget"),
-               Plot(x="budget", y="prefill_ms", group="method", title="LLM prefill time (vision tower excluded) vs visual budget")],
-        notes=(f"Data: {data.source}, {sum(a.numel() for _, a in data.batches)} held-out samples, batch 16 (left-padded), 1 thread, "
-               "shared CPU (timings noisy); prefill = language model only (vision features precomputed). Budget = fraction of visual tokens left after the last pruning stage; for block-sparse it is the "
-               "fraction of causal key blocks a visual query block reads (no token is dropped). "
-               "Defaults follow the authors' code except positions (kept M-RoPE); '+renumber' rows use upstream's "
-               "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off (its default "
-               "adds the recycled cluster tokens on top of the budget)."),
-    ))
+    save_results(
+        Results(
+            id="prefilling-toyvlm",
+            title=f"Prefilling-stage visual token pruning on {data.source}: accuracy and prefill time vs budget",
+            command="python -m reference_impls.prefilling.bench",
+            families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],
+            columns=[
+                Column("method", "Method"),
+                Column("budget", "Budget", digits=2),
+                Column("visual_in", "Visual tokens in"),
+                Column("accuracy", "Accuracy", "%", 1),
+                Column("visual_kept", "Visual tokens kept (last layer)"),
+                Column("visual_kept_layer_mean", "Kept, layer mean", digits=1),
+                Column("prefill_ms", "LLM prefill", "ms/sample", 1),
+            ],
+            rows=rows,
+            plots=[
+                Plot(x="budget", y="accuracy", group="method", title="Accuracy vs visual budget"),
+                Plot(
+                    x="budget",
+                    y="prefill_ms",
+                    group="method",
+                    title="LLM prefill time (vision tower excluded) vs visual budget",
+                ),
+            ],
+            notes=(
+                f"Data: {data.source}, {sum(a.numel() for _, a in data.batches)} held-out samples, batch 16 (left-padded), 1 thread, "
+                "shared CPU (timings noisy); prefill = language model only (vision features precomputed). Budget = fraction of visual tokens left after the last pruning stage; for block-sparse it is the "
+                "fraction of causal key blocks a visual query block reads (no token is dropped). "
+                "Defaults follow the authors' code except positions (kept M-RoPE); '+renumber' rows use upstream's "
+                "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off (its default "
+                "adds the recycled cluster tokens on top of the budget)."
+            ),
+        )
+    )
     cost = sparse_cost()
     for row in cost:
-        print(f"{row['method']:>14} n {row['tokens']:>5} budget {row['budget']:.2f} density {row['density']:.2f}"
-              f"  attention {row['attention_ms']:7.1f} ms  x{row['speedup']:.2f}")
-    save_results(Results(
-        id="block-sparse-cost",
-        title="Block-sparse vs dense causal sdpa: one attention layer's prefill cost (8 query / 2 KV heads, head dim 64)",
-        command="python -m reference_impls.prefilling.bench",
-        families=["sparse-attention"],
-        columns=[Column("method", "Method"), Column("budget", "Budget", digits=2), Column("tokens", "Prompt tokens"),
-                 Column("density", "Blocks computed", digits=2), Column("attention_ms", "Attention", "ms", 1), Column("speedup", "Speed-up", digits=2)],
-        rows=cost,
-        plots=[Plot(x="density", y="attention_ms", group="tokens", title="Attention time vs density")],
-        notes=("CPU, 1 thread, shared machine; best of 2 runs; block 64; the sparse time includes building the pattern. The sparse "
-               "path is a Python loop over query blocks calling sdpa on gathered keys (no kernel)."),
-    ))
+        print(
+            f"{row['method']:>14} n {row['tokens']:>5} budget {row['budget']:.2f} density {row['density']:.2f}"
+            f"  attention {row['attention_ms']:7.1f} ms  x{row['speedup']:.2f}"
+        )
+    save_results(
+        Results(
+            id="block-sparse-cost",
+            title="Block-sparse vs dense causal sdpa: one attention layer's prefill cost (8 query / 2 KV heads, head dim 64)",
+            command="python -m reference_impls.prefilling.bench",
+            families=["sparse-attention"],
+            columns=[
+                Column("method", "Method"),
+                Column("budget", "Budget", digits=2),
+                Column("tokens", "Prompt tokens"),
+                Column("density", "Blocks computed", digits=2),
+                Column("attention_ms", "Attention", "ms", 1),
+                Column("speedup", "Speed-up", digits=2),
+            ],
+            rows=cost,
+            plots=[Plot(x="density", y="attention_ms", group="tokens", title="Attention time vs density")],
+            notes=(
+                "CPU, 1 thread, shared machine; best of 2 runs; block 64; the sparse time includes building the pattern. The sparse "
+                "path is a Python loop over query blocks calling sdpa on gathered keys (no kernel)."
+            ),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,15 +37,15 @@ Deviations:
       density), not a fraction of tokens kept: ``stats["visual_kept"] == stats["visual_in"]``,
       and ``stats["density"]`` is the fraction of causal query-key blocks computed.
     - A custom attention name gets ``attention_mask=None`` unless a mask function is registered
-      (design note §4); we register transformers' ``sdpa_mask`` so padded batches work, and apply
-      causal masking ourselves when the mask is None.
+      (``docs/notes/transformers5.md`` §4); we register transformers' ``sdpa_mask`` so padded batches
+      work, and apply causal masking ourselves when the mask is None.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from reference_impls.common.architectures import adapter_for
 from reference_impls.registry import register
 
 __all__ = ["ATTENTION_NAME", "BlockSparseAttention", "block_pattern", "block_sparse_attention", "pattern_to_mask"]
@@ -167,17 +168,35 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     state = getattr(module, "_atlas_block_sparse", None)
     n_query, n_key = query.shape[2], key.shape[2]
     if state is None or n_query != n_key or n_query == 1 or state.visual is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     method, visual = state.method, state.visual
-    pattern = block_pattern(query, key, visual, block_size=method.block_size, budget=method.budget,
-                            sink_blocks=method.sink_blocks, local_blocks=method.local_blocks)
+    pattern = block_pattern(
+        query,
+        key,
+        visual,
+        block_size=method.block_size,
+        budget=method.budget,
+        sink_blocks=method.sink_blocks,
+        local_blocks=method.local_blocks,
+    )
     causal_blocks = pattern.shape[1] * (pattern.shape[1] + 1) // 2
     state.density.append(float(pattern[0].sum()) / causal_blocks)
     if bool(pattern.sum() == causal_blocks * pattern.shape[0]):  # full pattern: exactly sdpa
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     mask = attention_mask if attention_mask is None or attention_mask.dtype == torch.bool else attention_mask == 0
-    output = block_sparse_attention(query, key, value, pattern, block_size=method.block_size,
-                                    scaling=scaling if scaling is not None else query.shape[-1] ** -0.5, attention_mask=mask)
+    output = block_sparse_attention(
+        query,
+        key,
+        value,
+        pattern,
+        block_size=method.block_size,
+        scaling=scaling if scaling is not None else query.shape[-1] ** -0.5,
+        attention_mask=mask,
+    )
     return output, None
 
 
@@ -187,7 +206,7 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 @dataclass
 class _State:
-    method: "BlockSparseAttention"
+    method: BlockSparseAttention
     visual: torch.Tensor | None = None
     density: list[float] = field(default_factory=list)
 
@@ -211,11 +230,12 @@ class BlockSparseAttention:
     stats: dict = field(default_factory=dict, repr=False, compare=False)
 
     @contextmanager
-    def __call__(self, model) -> Iterator["BlockSparseAttention"]:
+    def __call__(self, model) -> Iterator[BlockSparseAttention]:
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must lie in (0, 1], got {self.budget}")
-        inner = model.model if hasattr(model, "lm_head") else model
-        text_config = inner.language_model.config
+        adapter = adapter_for(model)
+        inner = adapter.inner(model)
+        text_config = adapter.text_model(model).config
         previous = text_config._attn_implementation
         if previous not in ("sdpa", ATTENTION_NAME):
             raise ValueError(f"block-sparse attention replaces sdpa; the model uses {previous!r}")
@@ -228,7 +248,7 @@ class BlockSparseAttention:
                 return
             ids = kwargs.get("input_ids", args[0] if args else None)
             config = module.config
-            state.visual = (ids == config.image_token_id) | (ids == config.video_token_id)
+            state.visual = adapter.visual_mask(ids, config)
             state.density.clear()
             n_visual = int(state.visual[0].sum())
             self.stats = {"visual_in": n_visual, "visual_kept": n_visual}
@@ -237,11 +257,13 @@ class BlockSparseAttention:
             if state.density:
                 self.stats["density"] = sum(state.density) / len(state.density)
 
-        attentions = [layer.self_attn for layer in inner.language_model.layers]
+        attentions = adapter.attention_modules(model)
         for attention in attentions:
             attention._atlas_block_sparse = state
-        hooks = [inner.register_forward_pre_hook(on_model, with_kwargs=True),
-                 inner.register_forward_hook(after_model, with_kwargs=True)]
+        hooks = [
+            inner.register_forward_pre_hook(on_model, with_kwargs=True),
+            inner.register_forward_hook(after_model, with_kwargs=True),
+        ]
         text_config._attn_implementation = ATTENTION_NAME
         try:
             yield self

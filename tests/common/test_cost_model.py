@@ -41,7 +41,10 @@ def test_roofline_regimes():
         assert costs["decode"].bound == "memory"
         assert costs["ttft_s"] == costs["encode"].seconds + costs["prefill"].seconds
     # decoding is bandwidth-bound, so the faster memory of the H200 lowers TPOT
-    assert stage_costs(QWEN25_VL_7B, Workload(), GPUS[2])["tpot_s"] < stage_costs(QWEN25_VL_7B, Workload(), GPUS[1])["tpot_s"]
+    assert (
+        stage_costs(QWEN25_VL_7B, Workload(), GPUS[2])["tpot_s"]
+        < stage_costs(QWEN25_VL_7B, Workload(), GPUS[1])["tpot_s"]
+    )
 
 
 def test_more_images_cost_more():

@@ -29,7 +29,9 @@ def test_evaluate_without_method(bundle):
     head_dim = config.hidden_size // config.num_attention_heads
     prompt = bundle.collate(bundle.samples(6, seed=1))["attention_mask"].sum(-1).float().mean()
     # plain DynamicCache: 2 (K, V) x layers x KV heads x head_dim x 4 bytes per prompt token
-    assert result["kv_bytes"] == pytest.approx(float(prompt) * 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4)
+    assert result["kv_bytes"] == pytest.approx(
+        float(prompt) * 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
+    )
     assert result["prefill_s"] > result["encode_s"] > 0 and result["decode_ms_per_token"] > 0
 
 
@@ -38,7 +40,13 @@ def test_evaluate_with_random_pruning(bundle):
     pruned = evaluate(bundle, RandomPruning(budget=0.25), n=4, decode_samples=1, decode_tokens=2)
     assert pruned["visual_tokens"] == 8 and pruned["visual_tokens_full"] == 32
     config = bundle.model.config.text_config
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 4
+    per_token = (
+        2
+        * config.num_hidden_layers
+        * config.num_key_value_heads
+        * (config.hidden_size // config.num_attention_heads)
+        * 4
+    )
     assert full["kv_bytes"] - pruned["kv_bytes"] == pytest.approx(24 * per_token)  # 24 visual tokens dropped
     assert pruned["kv_bytes"] < full["kv_bytes"]
 

@@ -36,7 +36,9 @@ def test_patch_layout_matches_the_qwen2vl_image_processor():
 
     image = make_samples(SceneSpec(n_images=1, image_size=112), 1, seed=0)[0].scene.images[0]
     rng = np.random.default_rng(0)
-    image = np.ascontiguousarray(np.concatenate([image, rng.integers(0, 256, (112, 56, 3), dtype=np.uint8)], axis=1))  # 112 x 168
+    image = np.ascontiguousarray(
+        np.concatenate([image, rng.integers(0, 256, (112, 56, 3), dtype=np.uint8)], axis=1)
+    )  # 112 x 168
     reference = Qwen2VLImageProcessorPil()(images=[image], do_resize=False, return_tensors="pt")
     pixels, grid = patchify_image(image)
     assert grid == reference["image_grid_thw"][0].tolist() == [1, 8, 12]
@@ -75,7 +77,9 @@ def test_collate_layout(bundle):
     first = ids[0][batch["attention_mask"][0].bool()].tolist()
     assert bundle.vocab.decode(first).startswith(samples[0].qa.question)
     last = collate(samples, bundle.vocab, config, question_first=False)["input_ids"][0]
-    assert bundle.vocab.decode(last[batch["attention_mask"][0].bool()].tolist()).endswith(samples[0].qa.question + " answer")
+    assert bundle.vocab.decode(last[batch["attention_mask"][0].bool()].tolist()).endswith(
+        samples[0].qa.question + " answer"
+    )
     labelled = bundle.collate(samples, with_answer=True)
     assert [bundle.vocab.words[i] for i in labelled["labels"][0, -2:].tolist()] == [samples[0].qa.answer, "<eos>"]
 
@@ -96,7 +100,9 @@ def test_save_load_round_trip(bundle, tmp_path):
     assert loaded.spec == bundle.spec and loaded.vocab == bundle.vocab
     samples = make_samples(SPEC, 2, seed=4)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(**loaded.collate(samples)).logits, bundle.model(**bundle.collate(samples)).logits)
+        torch.testing.assert_close(
+            loaded.model(**loaded.collate(samples)).logits, bundle.model(**bundle.collate(samples)).logits
+        )
 
 
 def test_micro_training_loss_falls():

@@ -45,9 +45,7 @@ def test_chat_layout_images_first_question_last(toy):
     samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 3, seed=1)
     batch = toy.collate(samples, with_answer=True)
     config, vocab = toy.model.config, toy.vocab
-    for row, (sample, ids, mask, labels) in enumerate(
-        zip(samples, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    ):
+    for sample, ids, mask, labels in zip(samples, batch["input_ids"], batch["attention_mask"], batch["labels"]):
         ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
         assert ids[0] == vocab.bos
         n_images, position = 0, 1

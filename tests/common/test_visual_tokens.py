@@ -38,7 +38,9 @@ def test_budget_one_is_bit_exact(model, inputs):
         method = RandomPruning(budget=1.0)
         with method(model):
             patched = model(**inputs).logits
-        kwargs, _, _ = apply_visual_token_selection(model, inputs, lambda ctx: [torch.arange(n) for n in ctx.visual_counts])
+        kwargs, _, _ = apply_visual_token_selection(
+            model, inputs, lambda ctx: [torch.arange(n) for n in ctx.visual_counts]
+        )
         one_shot = model(**kwargs).logits
     assert torch.equal(reference, patched)
     assert torch.equal(reference, one_shot)
@@ -112,7 +114,12 @@ def test_batch_with_unequal_keeps_is_left_padded(model):
     with torch.no_grad():
         kwargs, _, _ = apply_visual_token_selection(model, inputs, lambda ctx: [torch.arange(4), torch.arange(2)])
         batch = model(**kwargs).logits[:, -1]
-        single, _, _ = apply_visual_token_selection(model, {k: v[1:] if k != "pixel_values" else v[16:] for k, v in inputs.items() if k != "image_grid_thw"} | {"image_grid_thw": inputs["image_grid_thw"][1:]}, lambda ctx: [torch.arange(2)])
+        single, _, _ = apply_visual_token_selection(
+            model,
+            {k: v[1:] if k != "pixel_values" else v[16:] for k, v in inputs.items() if k != "image_grid_thw"}
+            | {"image_grid_thw": inputs["image_grid_thw"][1:]},
+            lambda ctx: [torch.arange(2)],
+        )
         alone = model(**single).logits[:, -1]
     assert kwargs["attention_mask"][1, :2].sum() == 0
     assert torch.allclose(batch[1], alone[0], atol=1e-5)

@@ -17,8 +17,9 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def procad_root(tmp_path_factory):
-    return write_procad(tmp_path_factory.mktemp("procad"), categories=CATS, size=16, n_train=16, n_test_good=4,
-                        n_per_defect=2, seed=0)
+    return write_procad(
+        tmp_path_factory.mktemp("procad"), categories=CATS, size=16, n_train=16, n_test_good=4, n_per_defect=2, seed=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ def test_visa_csv_loader_binarises_instance_masks(tmp_path):
     assert d.train.shape[0] == 4 and d.test.shape[0] == 5 and int(d.labels.sum()) == 3
     assert d.masks.dtype == torch.bool and d.masks[d.labels == 1].any() and not d.masks[d.labels == 0].any()
     from PIL import Image
+
     raw = np.asarray(Image.open(next((root / "stripes_h/Data/Masks/Anomaly").iterdir())))
     assert raw.max() == 2  # instance ids, not 255
     assert load_visa_category(root, "stripes_h", max_train=2).train.shape[0] == 2

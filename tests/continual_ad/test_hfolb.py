@@ -1,7 +1,5 @@
 """HF-OLB invariants on a tiny random U-Net: orthogonality, frozen-ness, prefix exactness, preservation, HNABG."""
 
-import copy
-
 import pytest
 import torch
 
@@ -45,9 +43,15 @@ def run(procad_data):
         before = _frozen_state(learner) if t == 2 else None
         log = learner.learn_task(t, {c: procad_data[c].train})
         learner.activate_prefix(t)
-        snaps.append({"U": {k: v.clone() for k, v in learner.U.items()},
-                      "V": {k: v.clone() for k, v in learner.V.items()},
-                      "probe": _probe(learner, schedule), "log": log, "before": before})
+        snaps.append(
+            {
+                "U": {k: v.clone() for k, v in learner.U.items()},
+                "V": {k: v.clone() for k, v in learner.V.items()},
+                "probe": _probe(learner, schedule),
+                "log": log,
+                "before": before,
+            }
+        )
     learner.banks.activate(list(learner.banks.owner))
     return learner, snaps, schedule
 
@@ -59,8 +63,9 @@ def _grown(learner, layer):
 @pytest.mark.parametrize("kind", ["Linear", "Conv2d"])
 def test_new_bank_is_orthogonal_to_stored_subspaces(run, kind):
     learner, snaps, _ = run
-    layers = [l for l, s in learner.banks.layers.items()
-              if type(s.module).__name__ == kind and len(_grown(learner, l)) >= 2]
+    layers = [
+        l for l, s in learner.banks.layers.items() if type(s.module).__name__ == kind and len(_grown(learner, l)) >= 2
+    ]
     assert layers, f"no {kind} layer grew in two tasks"
     layer = layers[0]
     owners = _grown(learner, layer)
@@ -130,7 +135,6 @@ def test_budget_is_respected(procad_data, tiny_unet, schedule):
     assert 0 < log["params_added"] <= 3000
 
 
-
 def test_config_holds_configuration_only_and_starts_independent_runs(procad_data, schedule):
     from dataclasses import asdict, fields
 
@@ -145,6 +149,7 @@ def test_config_holds_configuration_only_and_starts_independent_runs(procad_data
     runs[0].learn_task(0, {"checker": procad_data["checker"].train})
     assert set(vars(config)) == {f.name for f in fields(config)} and asdict(config) == before
     assert runs[0].prefixes == [["task1"]] and runs[1].prefixes == [] and runs[1].banks.peft is None
+
 
 @pytest.mark.parametrize("layer", [LINEAR, CONV])
 @pytest.mark.parametrize("eps", [1.0, 0.9])
@@ -165,7 +170,9 @@ def test_old_inputs_unchanged_after_new_task(procad_data, tiny_unet, schedule, l
     new = procad_data["dots"].train[:4]
     for _ in range(5):
         loss = banks.model(new, torch.full((4,), 30)).sample.pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     lora = banks.peft.base_model.model.get_submodule(layer)
     with torch.no_grad():
         with banks.base():
@@ -180,6 +187,7 @@ def test_old_inputs_unchanged_after_new_task(procad_data, tiny_unet, schedule, l
     else:
         if rows is None:  # the bound holds on the sampled unfold rows; check it on all of them
             import torch.nn.functional as F
+
             m = spec.module
             rows = F.unfold(X, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
             rows = rows.transpose(1, 2).reshape(-1, spec.d_in)

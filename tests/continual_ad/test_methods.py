@@ -14,8 +14,13 @@ from reference_impls.continual_ad.scorer import DiffusionScorer
 from reference_impls.registry import all_methods
 
 METHODS = [s for s in all_methods("continual-ad") if s.name != "diffusion-recon"]
-FAMILIES = {"hf-olb": "parameter-isolation", "replay": "continual-replay", "o-lora": "continual-regularization",
-            "gpm-projection": "continual-regularization", "diffusion-recon": "diffusion-detectors"}
+FAMILIES = {
+    "hf-olb": "parameter-isolation",
+    "replay": "continual-replay",
+    "o-lora": "continual-regularization",
+    "gpm-projection": "continual-regularization",
+    "diffusion-recon": "diffusion-detectors",
+}
 
 
 def test_registry_families():
@@ -37,7 +42,7 @@ def test_method_runs_two_tasks(spec, procad_data, tiny_unet, schedule):
     res = run_continual(method, setting, data, tiny_unet, schedule, DiffusionScorer(ddim_steps=2, n_seeds=1))
     s = res.summary()
     assert np.isfinite(s["image_a_auroc"]) and np.isfinite(s["pixel_a_auroc"]) and np.isfinite(s["aupro"])
-    assert (np.isnan(s["image_fm"]) if method.offline else np.isfinite(s["image_fm"]))
+    assert np.isnan(s["image_fm"]) if method.offline else np.isfinite(s["image_fm"])
     assert s["params_per_task"][0] > 0
 
 

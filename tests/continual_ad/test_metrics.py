@@ -15,7 +15,8 @@ def test_auroc_equals_sklearn_with_ties():
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     maps, masks = rng.random((3, 8, 8)), rng.random((3, 8, 8)) > 0.8
     assert pixel_auroc(torch.tensor(maps), torch.tensor(masks)) == pytest.approx(
-        roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+        roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12
+    )
 
 
 def test_aupro_on_a_hand_computed_toy():
@@ -37,9 +38,7 @@ def test_aupro_on_a_hand_computed_toy():
 
 def test_a_auroc_and_fm_on_a_hand_matrix():
     nan = np.nan
-    acc = np.array([[90.0, nan, nan],
-                    [85.0, 80.0, nan],
-                    [70.0, 78.0, 95.0]])
+    acc = np.array([[90.0, nan, nan], [85.0, 80.0, nan], [70.0, 78.0, 95.0]])
     s = continual_summary(acc, [0, 1, 2])
     assert s["a_auroc"] == pytest.approx((70 + 78 + 95) / 3)
     # forgetting: cat0 max(90, 85) - 70 = 20; cat1 80 - 78 = 2; cat2 is the last task
@@ -49,8 +48,7 @@ def test_a_auroc_and_fm_on_a_hand_matrix():
 
 def test_per_category_and_per_task_aggregation_differ_as_expected():
     nan = np.nan
-    acc = np.array([[90.0, 60.0, nan],
-                    [80.0, 50.0, 100.0]])
+    acc = np.array([[90.0, 60.0, nan], [80.0, 50.0, 100.0]])
     task_of = [0, 0, 1]
     cat, task = continual_summary(acc, task_of), continual_summary(acc, task_of, aggregate="task")
     assert cat["a_auroc"] == pytest.approx((80 + 50 + 100) / 3)

@@ -65,6 +65,7 @@ def test_sharer_output_is_anchor_probs_times_own_values(model, inputs):
     def grab(name):
         def hook(module, args, kwargs, output):
             captured[name] = (kwargs["hidden_states"], kwargs["position_embeddings"], output[0])
+
         return hook
 
     layers = model.model.language_model.layers
@@ -125,7 +126,11 @@ def test_blend_probs_brute_force():
             logits = torch.stack([query[0, h, i] @ key[0, h // 2, j] * 0.5 for j in own])
             mass = sum(float(anchor[0, h, i, j]) for j in range(7) if reused[0, j])
             for j in range(7):
-                want = anchor[0, h, i, j] if reused[0, j] else (logits.softmax(0)[own.index(j)] * (1 - mass) if j in own else 0.0)
+                want = (
+                    anchor[0, h, i, j]
+                    if reused[0, j]
+                    else (logits.softmax(0)[own.index(j)] * (1 - mass) if j in own else 0.0)
+                )
                 assert abs(float(out[0, h, i, j]) - float(want)) < 1e-6
     torch.testing.assert_close(out.sum(-1), torch.ones(1, 4, 3))
 
@@ -135,11 +140,21 @@ def test_generate_with_cache_matches_recomputing_the_prompt(model, inputs, colum
     """Prefill + cached decode steps give the logits of a cache-free forward of the whole sequence."""
     n, steps = inputs["input_ids"].shape[1], 4
     with AttentionReuse(anchors=(0, 2), columns=columns, block=8)(model) as method:
-        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         assert method.stats["reused_calls"] == 2 * steps  # layers 1 and 3, prefill + 3 decode steps
-        full = dict(inputs, input_ids=out.sequences, attention_mask=torch.ones_like(out.sequences),
-                    mm_token_type_ids=visual_mask(out.sequences, model.config).long())
+        full = dict(
+            inputs,
+            input_ids=out.sequences,
+            attention_mask=torch.ones_like(out.sequences),
+            mm_token_type_ids=visual_mask(out.sequences, model.config).long(),
+        )
         recomputed = _logits(model, full)[0, n - 1 : n - 1 + steps]
     torch.testing.assert_close(torch.stack(out.logits)[:, 0], recomputed, atol=1e-4, rtol=1e-4)
 
@@ -155,8 +170,12 @@ def test_decode_only_phase_leaves_the_prefill_alone(model, inputs):
 def test_flops_match_the_torch_counter(model, inputs, phase):
     """Per attention module: counted matmul FLOPs == analytic (softmax is not counted by torch)."""
     cfg = model.config.text_config
-    dims = dict(hidden=cfg.hidden_size, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
-                head_dim=cfg.hidden_size // cfg.num_attention_heads)
+    dims = dict(
+        hidden=cfg.hidden_size,
+        heads=cfg.num_attention_heads,
+        kv_heads=cfg.num_key_value_heads,
+        head_dim=cfg.hidden_size // cfg.num_attention_heads,
+    )
     n = inputs["input_ids"].shape[1]
     n_text = n - int(visual_mask(inputs["input_ids"], model.config).sum())
     for columns in ("all", "visual"):
@@ -176,7 +195,9 @@ def test_flops_match_the_torch_counter(model, inputs, phase):
         for layer in range(4):
             key = f"Qwen2_5_VLForConditionalGeneration.model.language_model.layers.{layer}.self_attn"
             reused = layer % 2 == 1
-            want = attention_flops(m, s, reused=reused, own_columns=own if columns == "visual" else None, block=8, **dims)
+            want = attention_flops(
+                m, s, reused=reused, own_columns=own if columns == "visual" else None, block=8, **dims
+            )
             assert sum(counts[key].values()) == want["total"] - want["softmax"], (columns, layer)
     full, shared = attention_flops(n, n, **dims), attention_flops(n, n, reused=True, **dims)
     assert full["total"] - shared["total"] == full["qk"] + full["softmax"]

@@ -31,7 +31,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "reference_impls" / "decoding" /
 def _run(model, inputs, steps=4, **kwargs):
     method = HybridKV(**{**SMALL, **kwargs})
     with method(model):
-        out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
     return method.cache, out
 
 
@@ -95,7 +97,9 @@ def test_calibration_accepts_a_method_that_has_already_run(model, inputs):
 
 
 def test_tca_and_typing_modes_by_hand():
-    layout = PromptLayout(visual=torch.tensor([0, 0, 1, 1, 0, 0], dtype=torch.bool), item=torch.tensor([-1, -1, 0, 0, -1, -1]))
+    layout = PromptLayout(
+        visual=torch.tensor([0, 0, 1, 1, 0, 0], dtype=torch.bool), item=torch.tensor([-1, -1, 0, 0, -1, -1])
+    )
     pos = reserved_positions(layout, n_sink=1, window=2, window_min=1)
     assert pos.window.tolist() == [False] * 4 + [True, True] and pos.r == 3
     attn = torch.zeros(1, 2, 6)
@@ -151,7 +155,10 @@ def test_video_and_image_are_separate_items(model):
     ids = torch.tensor([[7, cfg.vision_start_token_id] + [cfg.image_token_id] * 4 + [cfg.video_token_id] * 4 + [8, 9]])
     layout = prompt_layout(cfg, ids)
     assert layout.item.tolist() == [-1, -1, 0, 0, 0, 0, 1, 1, 1, 1, -1, -1]
-    assert torch.equal(prompt_layout(cfg, mm_token_type_ids=(ids == cfg.image_token_id) + 2 * (ids == cfg.video_token_id)).item, layout.item)
+    assert torch.equal(
+        prompt_layout(cfg, mm_token_type_ids=(ids == cfg.image_token_id) + 2 * (ids == cfg.video_token_id)).item,
+        layout.item,
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -175,8 +182,11 @@ def test_chunk_bounds_and_greedy_selection(seed):
                 left -= int(lengths[c])
         assert select_chunks(bounds, lengths, room).tolist() == chosen
         padded = torch.cat([lengths, torch.zeros(3, dtype=torch.int32)])
-        rows, ids = select_chunks_batched(torch.stack([torch.cat([bounds, torch.full((3,), float("-inf"))])] * 2),
-                                          torch.stack([padded, padded]), torch.tensor([room, room // 2]))
+        rows, ids = select_chunks_batched(
+            torch.stack([torch.cat([bounds, torch.full((3,), float("-inf"))])] * 2),
+            torch.stack([padded, padded]),
+            torch.tensor([room, room // 2]),
+        )
         assert sorted(ids[rows == 0].tolist()) == sorted(chosen)
         assert sorted(ids[rows == 1].tolist()) == sorted(select_chunks(bounds, lengths, room // 2).tolist())
 
@@ -199,7 +209,11 @@ def test_retrieval_with_room_for_everything_is_exact(model, inputs):
     ref = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
     cache, out = _run(model, inputs, budget=1.0, typing="all_dynamic")
     assert all(len(layer.pool) == 2 for layer in cache.layers)  # the retrieval path really ran
-    assert all(layer.last_retrieved[h].numel() == layer.pool[h]["positions"].numel() for layer in cache.layers for h in layer.pool)
+    assert all(
+        layer.last_retrieved[h].numel() == layer.pool[h]["positions"].numel()
+        for layer in cache.layers
+        for h in layer.pool
+    )
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), atol=1e-5, rtol=0)
 
 
@@ -320,8 +334,14 @@ def test_dynamic_heads_retrieve_the_top_bound_chunks(model, inputs, monkeypatch)
         groups = query.shape[0] // len(layer.head_keys)
         for h, pool in layer.pool.items():
             room = layer.budgets[h] - int((layer.head_pos[h] < layer.prompt_length).sum())
-            expected = _oracle_retrieval(query[h * groups : (h + 1) * groups], pool["keys"], pool["positions"],
-                                         cache.positions.segment, SMALL["chunk_size"], room)
+            expected = _oracle_retrieval(
+                query[h * groups : (h + 1) * groups],
+                pool["keys"],
+                pool["positions"],
+                cache.positions.segment,
+                SMALL["chunk_size"],
+                room,
+            )
             assert sorted(layer.last_retrieved[h].tolist()) == expected, (l, h)
             partial += 0 < len(expected) < pool["positions"].numel()
     assert partial >= 3  # the choice matters: heads retrieve some, not all, of their pool

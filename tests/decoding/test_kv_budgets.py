@@ -50,7 +50,9 @@ def test_allocate_respects_validity_and_raises():
         allocate_with_floor(scores, 2, 2)
 
 
-@pytest.mark.parametrize("layers,mean,window,cap", [(8, 40, 8, None), (3, 17, 4, None), (5, 30, 30, None), (4, 90, 8, 100)])
+@pytest.mark.parametrize(
+    "layers,mean,window,cap", [(8, 40, 8, None), (3, 17, 4, None), (5, 30, 30, None), (4, 90, 8, 100)]
+)
 def test_pyramid_budgets_sum_exactly(layers, mean, window, cap):
     budgets = pyramid_budgets(layers, mean, window, cap=cap)
     assert sum(budgets) == layers * mean
@@ -114,8 +116,11 @@ def test_scores_match_hand_computation():
     q, k = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8)
     rows = torch.tensor([7, 9])
     attn = window_attention(q, k, rows, 0.5)
-    full = (torch.einsum("hqd,hkd->hqk", q[0], k[0].repeat_interleave(2, 0)) * 0.5).masked_fill(
-        ~torch.ones(10, 10, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    full = (
+        (torch.einsum("hqd,hkd->hqk", q[0], k[0].repeat_interleave(2, 0)) * 0.5)
+        .masked_fill(~torch.ones(10, 10, dtype=torch.bool).tril(), float("-inf"))
+        .softmax(-1)
+    )
     torch.testing.assert_close(attn, full[:, rows].view(2, 2, 2, 10).mean(1))
     torch.testing.assert_close(accumulated_attention(q, k, 0.5, block=3), full.sum(1).view(2, 2, 10).sum(1))
     torch.testing.assert_close(pooled_scores(attn, 1), attn.mean(1))

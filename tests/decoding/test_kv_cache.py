@@ -40,7 +40,9 @@ def test_registry_lists_the_families():
 def test_full_budget_equals_uncompressed(name, model, inputs, reference):
     method = small(registry.get_method(name), 1.0)
     with method(model):
-        out = model.generate(**inputs, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
     assert torch.equal(out.sequences, reference[0])
     torch.testing.assert_close(torch.stack(out.logits), reference[1], atol=1e-5, rtol=0)
     assert model.config.text_config._attn_implementation == "sdpa"  # restored on exit
@@ -63,7 +65,7 @@ def test_generate_compresses_and_keeps_logical_length(name, model, inputs):
 def test_explicit_positions_decoder_equals_generate(name, model, inputs):
     method = small(registry.get_method(name), 0.3)
     with method(model):
-        ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+        ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)[:, inputs["input_ids"].shape[1] :]
         explicit, logits_e = greedy_decode(model, inputs, method.make_cache(model, inputs["input_ids"]), 6, True)
         implicit, logits_i = greedy_decode(model, inputs, method.make_cache(model, inputs["input_ids"]), 6, False)
     assert torch.equal(explicit, ref)
@@ -185,13 +187,17 @@ def test_multi_token_step_matches_single_steps(name, model, inputs):
     """
     method = small(registry.get_method(name), 0.4)
     extra = torch.tensor([[11, 12, 13]])
-    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                                              image_grid_thw=inputs["image_grid_thw"])
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+    )
     last = positions[..., -1:]
     with method(model), torch.no_grad():
         one = method.make_cache(model, inputs["input_ids"])
         model(**inputs, cache=one, use_cache=True, position_ids=positions)
-        singles = [model(input_ids=extra[:, i : i + 1], cache=one, use_cache=True, position_ids=last + 1 + i).logits[0, -1] for i in range(3)]
+        singles = [
+            model(input_ids=extra[:, i : i + 1], cache=one, use_cache=True, position_ids=last + 1 + i).logits[0, -1]
+            for i in range(3)
+        ]
         many = method.make_cache(model, inputs["input_ids"])
         model(**inputs, cache=many, use_cache=True, position_ids=positions)
         block = model(input_ids=extra, cache=many, use_cache=True, position_ids=last + torch.arange(1, 4)).logits[0]
@@ -211,8 +217,9 @@ def test_direct_forward_gets_the_compressed_cache(model, inputs):
 def test_crop_rolls_back_generated_tokens(name, model, inputs):
     """Speculative decoding rolls rejected tokens back with ``cache.crop(-n)``."""
     method = small(registry.get_method(name), 0.4)
-    positions, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                                              image_grid_thw=inputs["image_grid_thw"])
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+    )
     last = positions[..., -1:]
     with method(model), torch.no_grad():
         cache = method.make_cache(model, inputs["input_ids"])

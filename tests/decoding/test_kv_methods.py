@@ -13,7 +13,6 @@ from reference_impls.decoding.pyramidkv import PyramidKV, layer_budgets
 from reference_impls.decoding.streamingllm import StreamingLLM
 
 
-
 def _generate(method, model, inputs, steps=6, **kwargs):
     with method(model):
         return model.generate(**inputs, max_new_tokens=steps, do_sample=False, **kwargs)
@@ -78,7 +77,9 @@ def test_kivi_quantisation_round_trip(bits):
 def test_kivi_bytes_and_residual(model, inputs):
     method = KIVI(bits=2, group_size=8, residual_length=8)
     with method(model):
-        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
     cfg = model.config.text_config
     d, h, g = cfg.hidden_size // cfg.num_attention_heads, cfg.num_key_value_heads, 8
     logical = inputs["input_ids"].shape[1] + 5
@@ -98,7 +99,9 @@ def test_kivi_bytes_and_residual(model, inputs):
     ref = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     four = KIVI(bits=4, group_size=8, residual_length=8)
     with four(model):
-        out4 = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out4 = model.generate(
+            **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
     err2 = (torch.stack(out.logits) - torch.stack(ref.logits)).abs().mean()
     err4 = (torch.stack(out4.logits) - torch.stack(ref.logits)).abs().mean()
     assert 0 < err4 < err2

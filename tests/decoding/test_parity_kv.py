@@ -73,7 +73,7 @@ def upstream_snapkv_scores(q, k, window, kernel, pooling):
     logits = q[..., -window:, :] @ k.transpose(2, 3) / math.sqrt(q.shape[-1])
     block = torch.full((window, window), torch.finfo(logits.dtype).min).triu(1)
     logits[..., -window:, -window:] += block
-    summed = logits.softmax(-1)[..., : -window].sum(dim=-2)[0]  # (Hq, N - w)
+    summed = logits.softmax(-1)[..., :-window].sum(dim=-2)[0]  # (Hq, N - w)
     pool = F.avg_pool1d if pooling == "avg" else F.max_pool1d
     return pool(summed[:, None], kernel_size=kernel, padding=kernel // 2, stride=1)[:, 0]
 
@@ -132,8 +132,19 @@ def upstream_pyramid_capacity(n_layers, layer, b, w, n, beta=20):
     return high - layer * step + w
 
 
-@pytest.mark.parametrize("n_layers,b,w,n", [(8, 60, 8, 270), (8, 200, 8, 300), (8, 60, 8, 105), (4, 27, 8, 270),
-                                            (28, 128, 32, 2000), (3, 16, 4, 106), (8, 40, 8, 50), (5, 30, 30, 100)])
+@pytest.mark.parametrize(
+    "n_layers,b,w,n",
+    [
+        (8, 60, 8, 270),
+        (8, 200, 8, 300),
+        (8, 60, 8, 105),
+        (4, 27, 8, 270),
+        (28, 128, 32, 2000),
+        (3, 16, 4, 106),
+        (8, 40, 8, 50),
+        (5, 30, 30, 100),
+    ],
+)
 def test_pyramidkv_budgets_match_upstream(n_layers, b, w, n):
     ours = pyramidkv_budgets(n_layers, b, w, n)
     assert ours == [upstream_pyramid_capacity(n_layers, layer, b, w, n) for layer in range(n_layers)]
@@ -161,7 +172,7 @@ def upstream_adakv_kept(q, k, budget, window, kernel, alpha):
     kr = k.repeat_interleave(hq // h, dim=1)
     logits = q[..., -window:, :] @ kr.transpose(2, 3) / math.sqrt(q.shape[-1])
     logits[..., -window:, -window:] += torch.full((window, window), torch.finfo(logits.dtype).min).triu(1)
-    mean = logits.softmax(-1)[..., : -window].mean(dim=-2)  # (1, Hq, N - w)
+    mean = logits.softmax(-1)[..., :-window].mean(dim=-2)  # (1, Hq, N - w)
     mean = mean.view(1, h, hq // h, -1).mean(dim=-2)  # GQA support: mean over the group
     score = F.max_pool1d(mean, kernel_size=kernel, padding=kernel // 2, stride=1)[0]  # (H, N - w)
     base = budget - window
@@ -275,7 +286,7 @@ def test_streamingllm_matches_upstream_over_decode_steps():
     cached = list(range(n))
 
     def trim(cached):
-        return cached if len(cached) <= size else cached[:sink] + cached[len(cached) - (size - sink):]
+        return cached if len(cached) <= size else cached[:sink] + cached[len(cached) - (size - sink) :]
 
     cached = trim(cached)
     assert _kept(layer) == [set(cached)] * 2

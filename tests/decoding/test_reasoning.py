@@ -33,7 +33,9 @@ def test_registered():
 @pytest.mark.parametrize("escalation", ["full-visual", "self-consistency"])
 def test_threshold_zero_always_answers_directly(model, samples, escalation):
     for inputs in samples:
-        method = ConfidenceGatedAnswering(threshold=0.0, escalation=escalation, max_new_tokens=MAX_NEW, first_visual_keep=0.25)
+        method = ConfidenceGatedAnswering(
+            threshold=0.0, escalation=escalation, max_new_tokens=MAX_NEW, first_visual_keep=0.25
+        )
         result = method(model, inputs)
         cheap = prune_prompt(encode_prompt(model, inputs), 0.25, "uniform")
         assert not result.stats["escalated"]
@@ -61,13 +63,17 @@ def test_threshold_splits_on_confidence(model, samples):
 
 def test_self_consistency_votes_over_samples(model, samples):
     inputs = samples[0]
-    cold = ConfidenceGatedAnswering(threshold=2.0, escalation="self-consistency", samples=3, temperature=1e-4, max_new_tokens=MAX_NEW)
+    cold = ConfidenceGatedAnswering(
+        threshold=2.0, escalation="self-consistency", samples=3, temperature=1e-4, max_new_tokens=MAX_NEW
+    )
     result = cold(model, inputs)
     greedy = greedy_decode(model, inputs, MAX_NEW).tokens
     assert result.tokens == greedy  # near-zero temperature: every sample is the greedy answer
     first = prune_prompt(encode_prompt(model, inputs), 0.25, "uniform")
     assert result.stats["decoded_tokens"] == len(decode(model, first, MAX_NEW)[0]) + 3 * len(greedy)
-    hot = ConfidenceGatedAnswering(threshold=2.0, escalation="self-consistency", samples=5, temperature=5.0, max_new_tokens=MAX_NEW)
+    hot = ConfidenceGatedAnswering(
+        threshold=2.0, escalation="self-consistency", samples=5, temperature=5.0, max_new_tokens=MAX_NEW
+    )
     assert hot(model, inputs).stats["escalated"]
 
 

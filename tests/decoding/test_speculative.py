@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import reference_impls.decoding.speculative as speculative
-from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.common.random_pruning import RandomPruning
+from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 from reference_impls.decoding._speculative_prompt import PRUNE_RULES, encode_prompt, keep_visual, prune_prompt
 from reference_impls.decoding.speculative import (
     SpeculativeDecoding,
@@ -98,7 +98,10 @@ def _check_stats(stats, num_draft):
 
 @pytest.mark.parametrize("num_draft", [2, 5])
 def test_stats_consistent(target, other_draft, inputs, num_draft):
-    for method in (SpeculativeDecoding(num_draft=num_draft), SpeculativeDecoding(draft_model=other_draft, num_draft=num_draft)):
+    for method in (
+        SpeculativeDecoding(num_draft=num_draft),
+        SpeculativeDecoding(draft_model=other_draft, num_draft=num_draft),
+    ):
         stats = method(target, inputs, MAX_NEW).stats
         assert stats["new_tokens"] == MAX_NEW  # the tiny model does not emit end-of-sequence here
         _check_stats(stats, num_draft)
@@ -178,7 +181,9 @@ def test_function_word_rule_never_relaxes_unlisted_tokens():
     for _ in range(50):
         logits = torch.randn(6, 40, generator=generator)
         draft = torch.randint(0, 40, (6,), generator=generator)
-        accepted, relaxed = accept_draft(draft, logits, relax_rate=1.0, relax_top_k=40, relax_ids=listed, generator=generator)
+        accepted, relaxed = accept_draft(
+            draft, logits, relax_rate=1.0, relax_top_k=40, relax_ids=listed, generator=generator
+        )
         exact = draft == logits.argmax(-1)
         assert torch.equal(accepted, exact | torch.tensor([int(t) in listed for t in draft]))
         assert all(int(t) in listed for t in draft[relaxed])
@@ -203,7 +208,16 @@ def test_pruned_prompt_keeps_positions_and_budget(target, inputs):
         assert (chosen.diff() > 0).all()
     pruned = prune_prompt(full, 0.25, "norm")
     visual_index = full.visual.nonzero().squeeze(-1)
-    kept = torch.cat([(~full.visual).nonzero().squeeze(-1), visual_index[keep_visual(items, full.context.features(0), 0.25, "norm")]]).sort().values
+    kept = (
+        torch.cat(
+            [
+                (~full.visual).nonzero().squeeze(-1),
+                visual_index[keep_visual(items, full.context.features(0), 0.25, "norm")],
+            ]
+        )
+        .sort()
+        .values
+    )
     assert torch.equal(pruned.positions, full.positions[:, :, kept])  # original 3-D positions
     assert torch.equal(pruned.embeds, full.embeds[:, kept])
     assert pruned.next_position == full.next_position and pruned.visual_kept < full.visual_in

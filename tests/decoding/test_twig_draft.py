@@ -39,7 +39,9 @@ def trained(target, prompts):
     """A twig (1 shared layer + 1 twig layer) distilled for a few steps, and its agreement before/after."""
     draft = grow_twig(target, shared_layers=1, twig_layers=1)
     before = twig_agreement(target, draft, prompts, max_new_tokens=MAX_NEW)
-    log = distill_twig(target, draft, prompts, DistillConfig(steps=40, batch_size=4, lr=3e-3, max_new_tokens=MAX_NEW, log_every=39))
+    log = distill_twig(
+        target, draft, prompts, DistillConfig(steps=40, batch_size=4, lr=3e-3, max_new_tokens=MAX_NEW, log_every=39)
+    )
     return draft, before, twig_agreement(target, draft, prompts, max_new_tokens=MAX_NEW), log
 
 
@@ -89,11 +91,15 @@ def test_strict_twig_decoding_equals_greedy(target, prompts, trained, keep, num_
     draft = trained[0]
     for inputs in prompts[:2]:
         reference = greedy_decode(target, inputs, MAX_NEW).tokens
-        result = TwigSpeculativeDecoding(twig=draft, num_draft=num_draft, draft_visual_keep=keep)(target, inputs, MAX_NEW)
+        result = TwigSpeculativeDecoding(twig=draft, num_draft=num_draft, draft_visual_keep=keep)(
+            target, inputs, MAX_NEW
+        )
         assert result.tokens == reference
         lengths = result.stats["accepted_lengths"]
         assert result.stats["new_tokens"] == 1 + sum(lengths) and all(1 <= n <= num_draft + 1 for n in lengths)
-    untrained = TwigSpeculativeDecoding(shared_layers=1, num_draft=4, draft_visual_keep=keep)(target, prompts[0], MAX_NEW)
+    untrained = TwigSpeculativeDecoding(shared_layers=1, num_draft=4, draft_visual_keep=keep)(
+        target, prompts[0], MAX_NEW
+    )
     assert untrained.tokens == greedy_decode(target, prompts[0], MAX_NEW).tokens
 
 

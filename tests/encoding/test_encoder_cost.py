@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from reference_impls.encoding.encoder_cost import QWEN25VL_7B_VISION, VisionSize, build_vision_tower, vision_cost, vision_flops
+from reference_impls.encoding.encoder_cost import (
+    QWEN25VL_7B_VISION,
+    VisionSize,
+    build_vision_tower,
+    vision_cost,
+    vision_flops,
+)
 from reference_impls.registry import get_method
 
 SMALL = VisionSize(hidden=64, depth=3, heads=4, intermediate=96, out_hidden=48, fullatt_blocks=(2,))
@@ -35,5 +41,10 @@ def test_registered_analysis_rows():
     spec = get_method("vision-encoder-cost")
     assert spec.kind == "analysis" and spec.family == "vision-encoders-image"
     rows = vision_cost(SMALL, [112, 224], measure=True, repeats=1)
-    assert [(row["resolution"], row["attention"]) for row in rows] == [(112, "windowed"), (112, "full"), (224, "windowed"), (224, "full")]
+    assert [(row["resolution"], row["attention"]) for row in rows] == [
+        (112, "windowed"),
+        (112, "full"),
+        (224, "windowed"),
+        (224, "full"),
+    ]
     assert all(row["seconds"] > 0 for row in rows) and rows[2]["tokens"] == 64

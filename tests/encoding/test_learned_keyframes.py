@@ -39,13 +39,17 @@ def model():
 
 def _method(model, budget: float) -> LearnedKeyframeSelection:
     torch.manual_seed(1)
-    return LearnedKeyframeSelection(budget=budget, scorer=FrameScorer(model.config.text_config.hidden_size, thumb=2), thumb=2)
+    return LearnedKeyframeSelection(
+        budget=budget, scorer=FrameScorer(model.config.text_config.hidden_size, thumb=2), thumb=2
+    )
 
 
 def _two_prompts(model) -> dict[str, torch.Tensor]:
     inputs = tiny_inputs(model, grids=GRIDS, batch_size=2)
     inputs["input_ids"][1, :5] = torch.tensor([20, 30, 40, 50, 60])  # a different question in row 1
-    inputs["pixel_values"][64:] = torch.randn(64, inputs["pixel_values"].shape[1], generator=torch.Generator().manual_seed(3))
+    inputs["pixel_values"][64:] = torch.randn(
+        64, inputs["pixel_values"].shape[1], generator=torch.Generator().manual_seed(3)
+    )
     return inputs
 
 
@@ -62,7 +66,10 @@ def test_scorer_shapes_and_size():
     assert scorer(frames, question).shape == (5,)
     batched = scorer(frames.expand(2, -1, -1), question.expand(2, -1))
     assert batched.shape == (2, 5) and torch.allclose(batched[0], scorer(frames, question), atol=1e-6)
-    assert rank_frames(scorer, frames, question, 3).tolist() == scorer(frames, question).topk(3).indices.sort().values.tolist()
+    assert (
+        rank_frames(scorer, frames, question, 3).tolist()
+        == scorer(frames, question).topk(3).indices.sort().values.tolist()
+    )
 
 
 def test_combination_loss_matches_brute_force():
@@ -113,7 +120,10 @@ def test_question_changes_the_choice(model):
     # same frames, two questions: a question-aware scorer must be able to pick different frames
     scorer = FrameScorer(model.config.text_config.hidden_size, thumb=2)
     frames = torch.randn(4, 12, generator=torch.Generator().manual_seed(0))
-    picks = {tuple(rank_frames(scorer, frames, torch.randn(32, generator=torch.Generator().manual_seed(s)), 1).tolist()) for s in range(20)}
+    picks = {
+        tuple(rank_frames(scorer, frames, torch.randn(32, generator=torch.Generator().manual_seed(s)), 1).tolist())
+        for s in range(20)
+    }
     assert len(picks) > 1
 
 
@@ -155,12 +165,18 @@ def _synthetic(n: int, seed: int, colours: int = 6, frames: int = 4) -> tuple[di
     palette = torch.randn(colours, 3, generator=torch.Generator().manual_seed(99)) * 2
     target = torch.randint(colours, (n,), generator=g)
     answer = torch.randint(frames, (n,), generator=g)
-    other = (target[:, None, None] + torch.randint(1, colours, (n, frames, 4), generator=g)) % colours  # never the target
+    other = (
+        target[:, None, None] + torch.randint(1, colours, (n, frames, 4), generator=g)
+    ) % colours  # never the target
     other[torch.arange(n), answer, torch.randint(4, (n,), generator=g)] = target
     thumbs = palette[other].permute(0, 1, 3, 2).reshape(n, frames, 12)  # (n, T, C*2*2), channel-major
     questions = torch.nn.functional.one_hot(target, 8).float() + 0.1 * torch.randn(n, 8, generator=g)
-    log_probs = {size: (frame_subsets(frames, size)[None] * torch.nn.functional.one_hot(answer, frames)[:, None].float()).sum(-1) * 4 - 4
-                 for size in (1, 2, 3)}
+    log_probs = {
+        size: (frame_subsets(frames, size)[None] * torch.nn.functional.one_hot(answer, frames)[:, None].float()).sum(-1)
+        * 4
+        - 4
+        for size in (1, 2, 3)
+    }
     return {"thumbs": thumbs, "questions": questions, "log_probs": log_probs}, answer
 
 

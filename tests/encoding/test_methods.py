@@ -32,7 +32,9 @@ def inputs(model):
     return tiny_inputs(model, grids=GRIDS, batch_size=2)
 
 
-def video_inputs(t: int = 6, h: int = 8, w: int = 8, duplicates=((3, 1), (5, 0)), seed: int = 0) -> dict[str, torch.Tensor]:
+def video_inputs(
+    t: int = 6, h: int = 8, w: int = 8, duplicates=((3, 1), (5, 0)), seed: int = 0
+) -> dict[str, torch.Tensor]:
     """One prompt with one video of ``t`` temporal slices; ``duplicates`` copies slice b into a."""
     frames = torch.randn(t, h * w, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(seed))
     for target, source in duplicates:
@@ -102,7 +104,14 @@ def test_kept_tokens_keep_their_positions_and_generate_runs(model, inputs, spec,
     assert method.stats == {"visual_in": n_visual, "visual_kept": selection.keep[0].numel()}
     assert logits.shape[1] == inputs["input_ids"].shape[1] - n_visual + method.stats["visual_kept"]
     with torch.no_grad(), method(model):
-        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     assert out.sequences.shape == (batch, inputs["input_ids"].shape[1] + 4)
     torch.testing.assert_close(out.logits[0], logits[:, -1])  # generate() prefills exactly like forward()
 
@@ -141,7 +150,9 @@ def test_keyframes_drop_duplicate_frames_and_encode_only_kept_frames(model):
     assert method._video_frames[0].tolist() == [0, 1, 2, 4]  # slices 3 and 5 were copies of 1 and 0
     assert method.stats == {"visual_in": 96, "visual_kept": 64}
     kept = ctx.visual_positions(0)[selection.keep[0]] - ctx.visual_positions(0)[0]
-    torch.testing.assert_close(ctx.inputs_embeds[0, ctx.visual_positions(0)[selection.keep[0]]], full[kept], rtol=0, atol=0)
+    torch.testing.assert_close(
+        ctx.inputs_embeds[0, ctx.visual_positions(0)[selection.keep[0]]], full[kept], rtol=0, atol=0
+    )
     features_method = KeyframeSelection(budget=4 / 6, embed="features")
     _, _, _, same = run_recording(model, features_method, inputs)
     assert torch.equal(same.keep[0], selection.keep[0])
@@ -179,7 +190,10 @@ def test_visionzip_recomputes_the_block_attention_exactly(model):
     def post(module, args, kwargs, output):
         seen["out"] = output
 
-    handles = [attention.register_forward_pre_hook(pre, with_kwargs=True), attention.register_forward_hook(post, with_kwargs=True)]
+    handles = [
+        attention.register_forward_pre_hook(pre, with_kwargs=True),
+        attention.register_forward_hook(post, with_kwargs=True),
+    ]
     inputs = tiny_inputs(model, grids=((16, 16), (8, 12)))
     try:
         with torch.no_grad():
@@ -201,9 +215,14 @@ def test_visionzip_recomputes_the_block_attention_exactly(model):
 
 def _left_pad_batch(model, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     length = max(part["input_ids"].shape[1] for part in parts)
+
     def pad(x, value):
         return torch.cat([x.new_full((1, length - x.shape[1]), value), x], dim=1)
-    batch = {key: torch.cat([pad(part[key], value) for part in parts]) for key, value in (("input_ids", IDS.pad), ("attention_mask", 0), ("mm_token_type_ids", 0))}
+
+    batch = {
+        key: torch.cat([pad(part[key], value) for part in parts])
+        for key, value in (("input_ids", IDS.pad), ("attention_mask", 0), ("mm_token_type_ids", 0))
+    }
     batch["pixel_values"] = torch.cat([part["pixel_values"] for part in parts])
     batch["image_grid_thw"] = torch.cat([part["image_grid_thw"] for part in parts])
     return batch
@@ -213,7 +232,10 @@ def _left_pad_batch(model, parts: list[dict[str, torch.Tensor]]) -> dict[str, to
 def test_left_padded_batch_matches_single_prompts(model, spec):
     """Items are looked up per sequence and per modality index: a batch of prompts with
     different images gives each prompt the answer it gets alone."""
-    parts = [tiny_inputs(model, grids=((8, 8),), seed=1), tiny_inputs(model, grids=((4, 4), (4, 8)), seed=2, prompt_before=2)]
+    parts = [
+        tiny_inputs(model, grids=((8, 8),), seed=1),
+        tiny_inputs(model, grids=((4, 4), (4, 8)), seed=2, prompt_before=2),
+    ]
     parts[1]["pixel_values"][:16] = 0.5  # a flat image, for adaptive resolution
     singles = []
     for part in parts:

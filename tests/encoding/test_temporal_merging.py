@@ -37,7 +37,11 @@ def naive_merge(x: torch.Tensor, keep: int, reduce: str) -> tuple[torch.Tensor, 
         _, p, i = best
         runs[p][i - 1] += runs[p].pop(i)
     out = sorted((run[0] * n + p, token(p, run), len(run)) for p in range(n) for run in runs[p])
-    return torch.stack([o[1] for o in out]).float(), torch.tensor([float(o[2]) for o in out]), torch.tensor([o[0] for o in out])
+    return (
+        torch.stack([o[1] for o in out]).float(),
+        torch.tensor([float(o[2]) for o in out]),
+        torch.tensor([o[0] for o in out]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +105,18 @@ def test_budget_one_is_bit_exact_for_an_image_clip_and_a_video(model, mode):
 
 @pytest.mark.parametrize("mode,reduce", [("merge", "mean"), ("merge", "drop"), ("pool", "mean")])
 def test_image_clip_counts_positions_and_features(model, mode, reduce):
-    inputs = tiny_inputs(model, grids=((8, 8),) * 4 + ((4, 8),))  # a clip of 4 frames (16 tokens each), then a lone image
+    inputs = tiny_inputs(
+        model, grids=((8, 8),) * 4 + ((4, 8),)
+    )  # a clip of 4 frames (16 tokens each), then a lone image
     inputs["pixel_values"][64:128] = inputs["pixel_values"][0:64]  # frame 1 repeats frame 0
     method = TemporalMerging(budget=0.5, mode=mode, reduce=reduce)
     _, position_ids, ctx, selection = run_recording(model, method, inputs)
     keep, features = selection.keep[0], ctx.features(0)
     text = (~ctx.visual_mask[0]).nonzero().flatten()
     kept = torch.cat([text, ctx.visual_positions(0)[keep]]).sort().values
-    assert torch.equal(position_ids[:, 0], ctx.position_ids[:, 0, kept])  # each token at its earliest frame's 3-D position
+    assert torch.equal(
+        position_ids[:, 0], ctx.position_ids[:, 0, kept]
+    )  # each token at its earliest frame's 3-D position
     clip = keep[keep < 64]
     assert keep[keep >= 64].tolist() == list(range(64, 72))  # the lone image (8 tokens) is kept whole
     frames = features[:64].reshape(4, 16, -1)

@@ -15,7 +15,9 @@ def make_batch(model, *, seed: int, batch_size: int = 2, span: tuple[int, int] =
 
     The last ``pad`` positions of the second row are padding (attention off, mask off).
     """
-    rows = [tiny_inputs(model, grids=((4, 4),), prompt_before=3, prompt_after=6, seed=seed + i) for i in range(batch_size)]
+    rows = [
+        tiny_inputs(model, grids=((4, 4),), prompt_before=3, prompt_after=6, seed=seed + i) for i in range(batch_size)
+    ]
     batch = {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
     batch["labels"] = batch["input_ids"].clone()
     mask = torch.zeros_like(batch["input_ids"])

@@ -20,7 +20,11 @@ def test_forget_and_grounded_masks_select_the_right_words():
     world, vocab = CaptionWorld(), build_vocab()
     config = captioner_config(vocab)
     scenes = world.scenes(2, seed=1, kind="trigger")
-    splits = {"scenes": scenes, "captions": [["circle", "and", "square"], ["circle", "and", "square", "and", "cross"]], "position": [2, 2]}
+    splits = {
+        "scenes": scenes,
+        "captions": [["circle", "and", "square"], ["circle", "and", "square", "and", "cross"]],
+        "position": [2, 2],
+    }
     forget = split_batch(splits, [0, 1], vocab, config, "forget")
     grounded = split_batch(splits, [0, 1], vocab, config, "grounded")
     for row in range(2):

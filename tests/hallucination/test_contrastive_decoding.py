@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
-from reference_impls.hallucination.contrastive_decoding import VisualContrastiveDecoding, contrast_logits, distort_pixels, plausibility_mask
+from reference_impls.hallucination.contrastive_decoding import (
+    VisualContrastiveDecoding,
+    contrast_logits,
+    distort_pixels,
+    plausibility_mask,
+)
 
 
 def _inputs(model, padded: bool = True):
@@ -60,10 +65,12 @@ def test_cached_contrastive_generation_matches_a_no_cache_loop():
             clean = model(**current, use_cache=False).logits[:, -1]
             distorted = model(**{**current, "pixel_values": distorted_pixels}, use_cache=False).logits[:, -1]
         token = contrast_logits(clean, distorted, method.alpha, method.beta).argmax(-1, keepdim=True)  # (B, 1)
-        current = {**current,
-                   "input_ids": torch.cat([current["input_ids"], token], 1),
-                   "attention_mask": torch.cat([current["attention_mask"], torch.ones_like(token)], 1),
-                   "mm_token_type_ids": torch.cat([current["mm_token_type_ids"], torch.zeros_like(token)], 1)}
+        current = {
+            **current,
+            "input_ids": torch.cat([current["input_ids"], token], 1),
+            "attention_mask": torch.cat([current["attention_mask"], torch.ones_like(token)], 1),
+            "mm_token_type_ids": torch.cat([current["mm_token_type_ids"], torch.zeros_like(token)], 1),
+        }
     assert torch.equal(generated, current["input_ids"])
     assert not torch.equal(generated, model.generate(**inputs, max_new_tokens=4, do_sample=False))  # the contrast acted
 

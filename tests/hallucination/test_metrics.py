@@ -1,6 +1,13 @@
 import pytest
 
-from reference_impls.hallucination.hallucination_metrics import chair, extract_objects, mention_rate, object_f1, pope, pope_questions
+from reference_impls.hallucination.hallucination_metrics import (
+    chair,
+    extract_objects,
+    mention_rate,
+    object_f1,
+    pope,
+    pope_questions,
+)
 
 
 def test_chair_hand_built():
@@ -42,4 +49,20 @@ def test_pope_questions_adversarial_picks_cooccurring():
 
 
 def test_extract_objects_synonyms_and_duplicates():
-    assert extract_objects("a kitty and a dog and a cat".split(), ["cat", "dog"], {"kitty": "cat"}) == ["cat", "dog"]
+    words = "a kitty and a dog and a cat".split()
+    # every mention by default (CHAIR counts repeats); distinct=True keeps the first of each
+    assert extract_objects(words, ["cat", "dog"], {"kitty": "cat"}) == ["cat", "dog", "cat"]
+    assert extract_objects(words, ["cat", "dog"], {"kitty": "cat"}, distinct=True) == ["cat", "dog"]
+
+
+def test_extract_objects_folds_regular_plurals():
+    words = "two boxes three ponies and dogs but not glass or mice".split()
+    assert extract_objects(words, ["box", "pony", "dog", "glass", "mouse"]) == ["box", "pony", "dog", "glass"]
+    assert extract_objects(["mice"], ["mouse"], {"mice": "mouse"}) == ["mouse"]
+
+
+def test_chair_distinct_option_counts_once_per_caption():
+    mentions, truths = [["square", "square", "square"], ["circle"]], [set(), {"circle"}]
+    assert chair(mentions, truths)["chair_i"] == pytest.approx(3 / 4)
+    assert chair(mentions, truths, distinct=True)["chair_i"] == pytest.approx(1 / 2)
+    assert chair([[], []], [{"a"}, set()])["chair_i"] == 0.0  # nothing mentioned: 0, not ZeroDivisionError

@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from .conftest import make_batch
 from reference_impls.hallucination.preference_optimization import HallucinationDPO, dpo_loss
+
+from .conftest import make_batch
 
 
 def test_dpo_loss_matches_a_hand_computation():
@@ -19,7 +20,12 @@ def test_dpo_loss_matches_a_hand_computation():
 
 
 def test_at_the_reference_the_loss_is_log2_and_the_gradient_is_not_zero(model):
-    batches = {"preference": {"chosen": make_batch(model, seed=10, span=(-4, 0)), "rejected": make_batch(model, seed=20, span=(-4, 0))}}
+    batches = {
+        "preference": {
+            "chosen": make_batch(model, seed=10, span=(-4, 0)),
+            "rejected": make_batch(model, seed=20, span=(-4, 0)),
+        }
+    }
     trainer = HallucinationDPO(beta=0.5, weight_chosen_nll=0.0, weight_retain=0.0).trainer(model)
     grads, stats = trainer.gradients(batches)
     assert math.isclose(stats["dpo"], math.log(2), rel_tol=1e-6)

@@ -1,9 +1,10 @@
 import torch
 
-from .conftest import make_batch
 from reference_impls.hallucination.robustness import gaussian_noise, relearn, worst_case_probe
 from reference_impls.hallucination.terms import ga_term
 from reference_impls.hallucination.trainer import UnlearningTrainer
+
+from .conftest import make_batch
 
 
 def _p_target(model, batch):
@@ -15,7 +16,13 @@ def _p_target(model, batch):
 def test_relearn_raises_target_probability_on_a_copy(model):
     batch = make_batch(model, seed=4, span=(-3, 0))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rows = relearn(model, lambda step: {"relearn": batch}, checkpoints=(2, 6), lr=1e-2, evaluate=lambda m: {"p": _p_target(m, batch)})
+    rows = relearn(
+        model,
+        lambda step: {"relearn": batch},
+        checkpoints=(2, 6),
+        lr=1e-2,
+        evaluate=lambda m: {"p": _p_target(m, batch)},
+    )
     assert [r["steps"] for r in rows] == [2, 6]
     assert _p_target(model, batch) < rows[0]["p"] < rows[1]["p"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -9,14 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from .conftest import make_batch
-from reference_impls.hallucination.gradient_ascent import GradientAscent
 from reference_impls.hallucination.npo import NPO
 from reference_impls.hallucination.sare import SARE, calibrate_rho, saturated_steps
 from reference_impls.hallucination.terms import Term, ga_term, nll_term, npo_term
 from reference_impls.hallucination.trainer import SAMConfig, TrainerConfig, UnlearningTrainer, apply_lora
-from reference_impls.hallucination.unlearning_losses import ga_loss, mean_nll, npo_loss, sequence_logprob, token_logprobs
+from reference_impls.hallucination.unlearning_losses import (
+    ga_loss,
+    mean_nll,
+    npo_loss,
+    sequence_logprob,
+    token_logprobs,
+)
 from reference_impls.registry import all_methods
+
+from .conftest import make_batch
 
 
 def _flat(tensors):
@@ -31,7 +37,9 @@ def _forget_grad(model, batch, term):
 
 def test_epsilon_norm_direction_and_support(model, batches):
     language_only = lambda name, p: "language_model" in name
-    trainer = UnlearningTrainer(model, [npo_term(0.5), nll_term("retain")], TrainerConfig(sam=SAMConfig(rho=0.07, param_filter=language_only)))
+    trainer = UnlearningTrainer(
+        model, [npo_term(0.5), nll_term("retain")], TrainerConfig(sam=SAMConfig(rho=0.07, param_filter=language_only))
+    )
     eps, _ = trainer.epsilon(batches)
     forget_grad = _forget_grad(copy.deepcopy(model), batches["forget"], npo_term(0.5))
     perturbed = [p for n, p in trainer.named_params if language_only(n, p)]
@@ -53,7 +61,11 @@ def test_saliency_filter_keeps_top_fraction(model, batches):
 
 def test_weights_restored_bit_exactly_and_lr0_step_is_identity(model, batches):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = UnlearningTrainer(model, [npo_term(0.5), nll_term("grounded"), nll_term("retain")], TrainerConfig(lr=0.0, weight_decay=0.05, sam=SAMConfig(rho=0.3)))
+    trainer = UnlearningTrainer(
+        model,
+        [npo_term(0.5), nll_term("grounded"), nll_term("retain")],
+        TrainerConfig(lr=0.0, weight_decay=0.05, sam=SAMConfig(rho=0.3)),
+    )
     trainer.gradients(batches)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     for _ in range(2):
@@ -71,7 +83,12 @@ class _Quadratic(nn.Module):
 
 def test_adversarial_gradient_matches_closed_form():
     toy, target = _Quadratic(), torch.tensor([0.2, 0.1, -0.4])
-    quad = Term("forget_quad", "forget", lambda tr, b: (0.5 * ((tr.model.w - target) ** 2).sum() + 0.0 * tr.model.v.sum(), {}), adversarial=True)
+    quad = Term(
+        "forget_quad",
+        "forget",
+        lambda tr, b: (0.5 * ((tr.model.w - target) ** 2).sum() + 0.0 * tr.model.v.sum(), {}),
+        adversarial=True,
+    )
     retain = Term("retain_quad", "retain", lambda tr, b: ((tr.model.v**2).sum() + (tr.model.w**2).sum(), {}))
     rho = 0.2
     trainer = UnlearningTrainer(toy, [quad, retain], TrainerConfig(sam=SAMConfig(rho=rho)))
@@ -145,13 +162,20 @@ def test_npo_at_reference_and_small_beta_limit(model, batches):
     # beta -> 0: NPO's gradient is parallel to GA on the summed span log-likelihood
     trainer_small = UnlearningTrainer(copy.deepcopy(model), [npo_term(1e-4)])
     npo_grads, _ = trainer_small.gradients(batches)
-    sum_ga = Term("forget_sum_ga", "forget", lambda tr, b: (sequence_logprob(tr.logits(b), b["labels"], b["mask"]).mean(), {}), adversarial=True)
+    sum_ga = Term(
+        "forget_sum_ga",
+        "forget",
+        lambda tr, b: (sequence_logprob(tr.logits(b), b["labels"], b["mask"]).mean(), {}),
+        adversarial=True,
+    )
     ga_grads, _ = UnlearningTrainer(trainer_small.model, [sum_ga]).gradients(batches)
     cos = torch.nn.functional.cosine_similarity(_flat(npo_grads.values()), _flat(ga_grads.values()), dim=0)
     assert cos > 0.999
 
 
-@pytest.mark.parametrize("loss_fn", [mean_nll, ga_loss, lambda lg, lb, m: sequence_logprob(lg, lb, m).sum()], ids=["nll", "ga", "seq"])
+@pytest.mark.parametrize(
+    "loss_fn", [mean_nll, ga_loss, lambda lg, lb, m: sequence_logprob(lg, lb, m).sum()], ids=["nll", "ga", "seq"]
+)
 def test_losses_and_gradients_ignore_labels_outside_mask_and_padding(model, loss_fn):
     batch = make_batch(model, seed=3, span=(-4, -2), pad=3)
     noisy = dict(batch)
@@ -163,7 +187,9 @@ def test_losses_and_gradients_ignore_labels_outside_mask_and_padding(model, loss
     results = []
     for data in (batch, noisy):
         model.zero_grad()
-        inputs = {k: data[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
+        inputs = {
+            k: data[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+        }
         loss = loss_fn(model(**inputs).logits, data["labels"], data["mask"])
         loss.backward()
         results.append((loss.detach(), _flat([p.grad for p in model.parameters()])))
@@ -216,8 +242,12 @@ def test_calibrate_rho_returns_a_swept_value_and_leaves_model(model, batches):
 def test_saturation_is_judged_over_the_whole_trajectory():
     # Before unlearning the word is likely at theta itself (no saturation); the perturbation
     # only "saturates" once unlearning has lowered p at theta: step 3 here.
-    history = [{"clean_p_target": 0.97, "adv_p_target": 0.99}, {"clean_p_target": 0.93, "adv_p_target": 0.99},
-               {"clean_p_target": 0.60, "adv_p_target": 0.95}, {"clean_p_target": 0.30, "adv_p_target": 0.50}]
+    history = [
+        {"clean_p_target": 0.97, "adv_p_target": 0.99},
+        {"clean_p_target": 0.93, "adv_p_target": 0.99},
+        {"clean_p_target": 0.60, "adv_p_target": 0.95},
+        {"clean_p_target": 0.30, "adv_p_target": 0.50},
+    ]
     assert saturated_steps(history) == 1
     assert saturated_steps(history[:2]) == 0
 
@@ -228,7 +258,9 @@ def test_calibrated_rho_never_saturates_its_own_training_run(model, batches):
     batches = {**batches, "forget": make_batch(model, seed=10, batch_size=1, span=(-2, -1))}
     method = SARE(lr=1e-2)
     rho, _ = calibrate_rho(method, model, lambda step: batches, steps=4, rhos=(0.03, 0.3, 3.0, 30.0))
-    history = replace(method, sam=replace(method.sam, rho=rho)).trainer(copy.deepcopy(model)).fit(lambda step: batches, 4)
+    history = (
+        replace(method, sam=replace(method.sam, rho=rho)).trainer(copy.deepcopy(model)).fit(lambda step: batches, 4)
+    )
     assert saturated_steps(history) == 0
     too_large = replace(method, sam=replace(method.sam, rho=30.0)).trainer(copy.deepcopy(model))
     with warnings.catch_warnings():

@@ -30,7 +30,9 @@ def _qkv(n=45, heads=4, kv_heads=2, dim=8, seed=0):
 
 
 def _dense_reference(q, k, v, mask):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=q.shape[-1] ** -0.5, enable_gqa=True).transpose(1, 2)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask[:, None], scale=q.shape[-1] ** -0.5, enable_gqa=True
+    ).transpose(1, 2)
 
 
 @pytest.mark.parametrize("budget", [0.1, 0.4, 0.7])
@@ -51,7 +53,9 @@ def test_block_path_with_padding_mask_equals_reference():
     padding[1, :3] = False  # left padding in row 1
     given = padding[:, None, None, :] & torch.ones(n, n, dtype=torch.bool).tril()  # (B, 1, N, N)
     pattern = block_pattern(q, k, visual, block_size=block_size, budget=0.3)
-    out = block_sparse_attention(q, k, v, pattern, block_size=block_size, scaling=q.shape[-1] ** -0.5, attention_mask=given)
+    out = block_sparse_attention(
+        q, k, v, pattern, block_size=block_size, scaling=q.shape[-1] ** -0.5, attention_mask=given
+    )
     reference = _dense_reference(q, k, v, pattern_to_mask(pattern, n, block_size) & given[:, 0])
     torch.testing.assert_close(out[:, 3:], reference[:, 3:], atol=1e-6, rtol=1e-5)  # padded queries are don't-care
 

@@ -38,7 +38,9 @@ def _llm_inputs(model, inputs):
     with torch.no_grad():
         embeds = model.model(**inputs, output_hidden_states=True).hidden_states[0]
     positions, _ = model.model.get_rope_index(
-        inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        inputs["image_grid_thw"],
         attention_mask=inputs["attention_mask"],
     )
     return embeds, positions, visual_mask(inputs["input_ids"][0], model.config)

@@ -55,7 +55,10 @@ def _kept_positions(model, inputs, method, layer: int) -> torch.Tensor:
     """Original indices of the tokens layer ``layer`` sees, matched through its rotary inputs."""
     text = model.model.language_model
     position_ids, _ = model.model.get_rope_index(
-        inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"], attention_mask=inputs["attention_mask"]
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
     )
     full_cos, full_sin = text.rotary_emb(torch.zeros(1, dtype=torch.float32), position_ids)  # (B, N, hd)
     seen = {}
@@ -133,7 +136,10 @@ def _manual_decode(model, inputs, steps: int, explicit_positions: bool) -> tuple
     kwargs = dict(inputs)
     if explicit_positions:
         position_ids, _ = model.model.get_rope_index(
-            inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"], attention_mask=inputs["attention_mask"]
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"],
         )
         kwargs["position_ids"] = position_ids
     out = model(**kwargs, use_cache=True)
@@ -187,8 +193,14 @@ class _TwoStage(DropMethod):
 
 @pytest.mark.parametrize(
     "method",
-    [FastV(budget=0.25, layer=1), SparseVLM(budget=0.25), PyramidDrop(budget=0.25), _TwoStage(),
-     SparseVLM(budget=0.25, positions="renumber"), DivPrune(budget=0.25, positions="renumber")],
+    [
+        FastV(budget=0.25, layer=1),
+        SparseVLM(budget=0.25),
+        PyramidDrop(budget=0.25),
+        _TwoStage(),
+        SparseVLM(budget=0.25, positions="renumber"),
+        DivPrune(budget=0.25, positions="renumber"),
+    ],
     ids=["fastv", "sparsevlm", "pyramiddrop", "two-stage", "sparsevlm-renumber", "divprune-renumber"],
 )
 def test_padded_batch_matches_single_rows(model, method):
@@ -196,19 +208,32 @@ def test_padded_batch_matches_single_rows(model, method):
     single = tiny_inputs(model, grids=((8, 8),), prompt_before=3, prompt_after=4, seed=5)
     padded = {key: value.clone() for key, value in single.items()}
     pad = 3
-    padded["input_ids"] = torch.cat([torch.full((1, pad), model.config.text_config.pad_token_id), single["input_ids"]], 1)
+    padded["input_ids"] = torch.cat(
+        [torch.full((1, pad), model.config.text_config.pad_token_id), single["input_ids"]], 1
+    )
     padded["attention_mask"] = torch.cat([torch.zeros(1, pad, dtype=torch.long), single["attention_mask"]], 1)
     padded["mm_token_type_ids"] = torch.cat([torch.zeros(1, pad, dtype=torch.long), single["mm_token_type_ids"]], 1)
     batch = {
-        "input_ids": torch.cat([padded["input_ids"], torch.cat([single["input_ids"][:, :pad], single["input_ids"]], 1)]),
+        "input_ids": torch.cat(
+            [padded["input_ids"], torch.cat([single["input_ids"][:, :pad], single["input_ids"]], 1)]
+        ),
         "attention_mask": torch.cat([padded["attention_mask"], torch.ones_like(padded["attention_mask"])]),
-        "mm_token_type_ids": torch.cat([padded["mm_token_type_ids"], torch.cat([single["mm_token_type_ids"][:, :pad], single["mm_token_type_ids"]], 1)]),
+        "mm_token_type_ids": torch.cat(
+            [
+                padded["mm_token_type_ids"],
+                torch.cat([single["mm_token_type_ids"][:, :pad], single["mm_token_type_ids"]], 1),
+            ]
+        ),
         "pixel_values": torch.cat([single["pixel_values"]] * 2),
         "image_grid_thw": torch.cat([single["image_grid_thw"]] * 2),
     }
     with method(model), torch.no_grad():
-        alone = model.generate(**single, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
-        both = model.generate(**batch, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        alone = model.generate(
+            **single, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+        both = model.generate(
+            **batch, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
     assert both.sequences[0, -5:].tolist() == alone.sequences[0, -5:].tolist()
     for step_alone, step_both in zip(alone.scores, both.scores):
         torch.testing.assert_close(step_both[0], step_alone[0], atol=1e-5, rtol=1e-5)
@@ -234,8 +259,13 @@ def _top_visual(scores: torch.Tensor, visual: torch.Tensor, k: int) -> set[int]:
 
 @pytest.mark.parametrize("layout", ["image-then-question", "question-then-image"])
 def test_fastv_keeps_the_top_attended(model, eager_model, layout):
-    inputs = tiny_inputs(model, grids=((8, 8), (4, 4)), prompt_before=2 if layout == "image-then-question" else 6,
-                         prompt_after=6 if layout == "image-then-question" else 0, seed=7)
+    inputs = tiny_inputs(
+        model,
+        grids=((8, 8), (4, 4)),
+        prompt_before=2 if layout == "image-then-question" else 6,
+        prompt_after=6 if layout == "image-then-question" else 0,
+        seed=7,
+    )
     ids = inputs["input_ids"][0]
     visual = visual_mask(ids, model.config)
     method = FastV(budget=0.3, layer=2)
@@ -296,7 +326,9 @@ def test_text_raters_are_the_text_tokens_above_the_mean_relevance():
 
 def test_max_min_select_picks_one_per_cluster():
     directions = torch.eye(4)[:3]  # three orthogonal clusters of near-duplicates
-    features = torch.cat([directions[i] + 0.01 * torch.randn(5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)])
+    features = torch.cat(
+        [directions[i] + 0.01 * torch.randn(5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    )
     chosen = max_min_select(features, 3)
     assert sorted((chosen // 5).tolist()) == [0, 1, 2]
 

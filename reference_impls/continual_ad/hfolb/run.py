@@ -26,8 +26,15 @@ from reference_impls.continual_ad.banks import LoRABanks, input_covariances
 from reference_impls.continual_ad.diffusion import denoising_loss
 from reference_impls.continual_ad.learner import batches, final_loss, train_denoiser
 from reference_impls.continual_ad.routing import PrototypeRouter, reconstruction_route, routing_features
-from reference_impls.continual_ad.subspace import (allocate_ranks, complement, extend_basis, gpm_epsilon, gpm_extend,
-                                                   novelty, residual_share)
+from reference_impls.continual_ad.subspace import (
+    allocate_ranks,
+    complement,
+    extend_basis,
+    gpm_epsilon,
+    gpm_extend,
+    novelty,
+    residual_share,
+)
 
 if TYPE_CHECKING:
     from . import HFOLB
@@ -75,8 +82,16 @@ class HFOLBRun:
             images = images[: config.stat_images]
         T = self.schedule.config.num_train_timesteps
         t_max = T if config.stat_timesteps == "train" else int(round(config.t0_frac * T))
-        return input_covariances(self.banks.model, self.banks.layers, images, self.schedule, t_max=t_max,
-                                 n_tau=config.n_tau, positions=config.positions, seed=seed)
+        return input_covariances(
+            self.banks.model,
+            self.banks.layers,
+            images,
+            self.schedule,
+            t_max=t_max,
+            n_tau=config.n_tau,
+            positions=config.positions,
+            seed=seed,
+        )
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         with self.banks.base() as base:
@@ -104,20 +119,32 @@ class HFOLBRun:
                 growing = growing if ratio > 1 + config.gamma else []
             caps = {l: config.r_max_coarse if layers[l].coarsest else config.r_max for l in layers}
             sizes = {l: (layers[l].d_in, layers[l].d_out) for l in layers}
-            ranks = allocate_ranks(stats, growing, caps, sizes, beta_r=config.beta_r, r_min=config.r_min,
-                                   budget=config.budget)
+            ranks = allocate_ranks(
+                stats, growing, caps, sizes, beta_r=config.beta_r, r_min=config.r_min, budget=config.budget
+            )
         else:
             ranks = {l: min(config.fixed_rank, stats[l].rank) for l in candidates if stats[l].rank > 0}
-        log = {"task": n, "layers": {l: {"nu": nu[l], "rho": stats[l].rho if l in stats else 0, "r": ranks.get(l, 0),
-                                         "grew": l in ranks} for l in layers}}
+        log = {
+            "task": n,
+            "layers": {
+                l: {"nu": nu[l], "rho": stats[l].rho if l in stats else 0, "r": ranks.get(l, 0), "grew": l in ranks}
+                for l in layers
+            },
+        }
         name = f"task{n}"
         if ranks:
             init_A = {l: stats[l].directions[:, : ranks[l]].T.float() / math.sqrt(3) for l in ranks}
             P_in = {l: complement(self.U[l]) for l in ranks if self.U[l].shape[1] > 0}
             P_out = {l: complement(self.V[l]) for l in ranks if self.V[l].shape[1] > 0}
             params = self.banks.add(name, ranks, owner=n, init_A=init_A, P_in=P_in, P_out=P_out, train_A=config.train_A)
-            losses = train_denoiser(self.banks.model, params, batches(images, config.train.batch), self.schedule,
-                                    config.train, seed=self.seed * 1000 + n)
+            losses = train_denoiser(
+                self.banks.model,
+                params,
+                batches(images, config.train.batch),
+                self.schedule,
+                config.train,
+                seed=self.seed * 1000 + n,
+            )
             self.banks.freeze(name)
             self.prefixes.append(list(self.banks.owner))
             log["final_loss"] = final_loss(losses)
@@ -136,8 +163,11 @@ class HFOLBRun:
 
     def _loss(self, images: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(denoising_loss(self.banks.model, images, self.schedule,
-                                        generator=torch.Generator().manual_seed(self.seed)))
+            return float(
+                denoising_loss(
+                    self.banks.model, images, self.schedule, generator=torch.Generator().manual_seed(self.seed)
+                )
+            )
 
     def _consolidate(self, name: str | None, images: torch.Tensor, n: int) -> None:
         """Grow U (GPM rule on post-task inputs, plus A rows) and V (B columns); flag saturated layers (§4.3 step 8)."""
@@ -172,15 +202,19 @@ class HFOLBRun:
         if routing == "prototype_prefix":
             return self.router.route(self._features(images))
         if routing == "reconstruction_prefix":
-            return reconstruction_route(self.banks.model, self.activate_prefix, len(self.prefixes), images,
-                                        self.schedule)
+            return reconstruction_route(
+                self.banks.model, self.activate_prefix, len(self.prefixes), images, self.schedule
+            )
         raise ValueError(f"unknown routing {routing!r}")
 
     def score(self, images: torch.Tensor, scorer, task_hint: int | None = None):
         """(maps (N, H, W), image scores (N,), routed task ids (N,) or None): each routed group under its prefix."""
         routed = self.route(images, task_hint)
-        groups = [(None, torch.arange(images.shape[0]))] if routed is None else [
-            (int(j), torch.nonzero(routed == j)[:, 0]) for j in routed.unique()]
+        groups = (
+            [(None, torch.arange(images.shape[0]))]
+            if routed is None
+            else [(int(j), torch.nonzero(routed == j)[:, 0]) for j in routed.unique()]
+        )
         maps = torch.zeros(images.shape[0], *images.shape[-2:])
         scores = torch.zeros(images.shape[0])
         for j, index in groups:

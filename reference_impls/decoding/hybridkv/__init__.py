@@ -136,8 +136,12 @@ class HybridKV(KVCacheMethod):
 
     def __post_init__(self):
         # Literal types document the choices; the check makes a typo fail at construction.
-        for name, kind in (("typing", HeadTyping), ("types_source", TypesSource), ("memory_mode", MemoryMode),
-                           ("group_agg", GroupAgg)):
+        for name, kind in (
+            ("typing", HeadTyping),
+            ("types_source", TypesSource),
+            ("memory_mode", MemoryMode),
+            ("group_agg", GroupAgg),
+        ):
             if getattr(self, name) not in get_args(kind):
                 raise ValueError(f"{name} must be one of {get_args(kind)}, got {getattr(self, name)!r}")
         if self.types_source == "offline" and not self.types_path:
@@ -154,13 +158,22 @@ class HybridKV(KVCacheMethod):
 
     def make_cache(self, model, input_ids=None, mm_token_type_ids=None):
         if input_ids is None and mm_token_type_ids is None:
-            raise ValueError("HybridKV needs the prompt's input_ids (or mm_token_type_ids) to find text and visual positions")
+            raise ValueError(
+                "HybridKV needs the prompt's input_ids (or mm_token_type_ids) to find text and visual positions"
+            )
         return super().make_cache(model, input_ids, mm_token_type_ids)
 
 
 @torch.no_grad()
-def calibrate_head_types(model, samples: list[dict], method: HybridKV, path: str | Path | None = None, *,
-                         model_id: str = "", calibration: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def calibrate_head_types(
+    model,
+    samples: list[dict],
+    method: HybridKV,
+    path: str | Path | None = None,
+    *,
+    model_id: str = "",
+    calibration: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Offline typing (§4.2): mean TCA over calibration prompts, thresholded/ranked as ``method`` says.
 
     Args:
@@ -183,5 +196,7 @@ def calibrate_head_types(model, samples: list[dict], method: HybridKV, path: str
     tca = torch.stack(tcas).mean(0)
     static = type_heads(tca, method.typing, method.tau, method.rho)
     if path is not None:
-        save_head_types(path, tca, static, model_id=model_id, tau=method.tau, calibration=calibration or f"{len(samples)} prompts")
+        save_head_types(
+            path, tca, static, model_id=model_id, tau=method.tau, calibration=calibration or f"{len(samples)} prompts"
+        )
     return tca, static

@@ -37,7 +37,13 @@ if TYPE_CHECKING:
 __all__ = ["HybridKVLayer", "HybridKVCache", "attend_two"]
 
 
-def attend_two(query: torch.Tensor, retrieved: tuple[torch.Tensor, torch.Tensor], resident: tuple[torch.Tensor, torch.Tensor], scaling: float, n_new: int) -> torch.Tensor:
+def attend_two(
+    query: torch.Tensor,
+    retrieved: tuple[torch.Tensor, torch.Tensor],
+    resident: tuple[torch.Tensor, torch.Tensor],
+    scaling: float,
+    n_new: int,
+) -> torch.Tensor:
     """Exact softmax attention over retrieved ∪ resident entries without concatenating K/V.
 
     Args:
@@ -160,7 +166,11 @@ class HybridKVLayer(RaggedLayer):
         self.pool_positions = torch.cat([self.pool[h]["positions"] for h in heads])
         for h, start, size in zip(heads, offsets.tolist(), sizes):
             rows = slice(start, start + size)
-            self.pool[h] = {"keys": self.pool_keys[rows], "values": self.pool_values[rows], "positions": self.pool_positions[rows]}
+            self.pool[h] = {
+                "keys": self.pool_keys[rows],
+                "values": self.pool_values[rows],
+                "positions": self.pool_positions[rows],
+            }
 
     # --- decode --------------------------------------------------------------------------------
     def _select(self, query: torch.Tensor) -> None:
@@ -179,7 +189,9 @@ class HybridKVLayer(RaggedLayer):
         rows, cols = self.selection
         starts, lengths = self.chunk_start[rows, cols].long(), self.chunk_len[rows, cols].long()
         first = torch.cumsum(lengths, 0) - lengths  # where each chunk starts in the working buffer
-        idx = torch.repeat_interleave(starts - first, lengths) + torch.arange(int(first[-1] + lengths[-1]) if len(lengths) else 0)
+        idx = torch.repeat_interleave(starts - first, lengths) + torch.arange(
+            int(first[-1] + lengths[-1]) if len(lengths) else 0
+        )
         idx = idx.cpu()  # flat pool rows, chunk by chunk
         counts = torch.zeros(len(self.dynamic), dtype=torch.long).index_add_(0, rows.cpu(), lengths.cpu()).tolist()
         device = self.head_keys[0].device
@@ -210,7 +222,9 @@ class HybridKVLayer(RaggedLayer):
             ids = self.head_ids()
             keys, values = torch.cat(self.head_keys), torch.cat(self.head_values)
             if retrieved:
-                owner = torch.repeat_interleave(torch.tensor(self.dynamic, device=ids.device), torch.tensor(counts, device=ids.device))
+                owner = torch.repeat_interleave(
+                    torch.tensor(self.dynamic, device=ids.device), torch.tensor(counts, device=ids.device)
+                )
                 keys, values, ids = torch.cat([k_r, keys]), torch.cat([v_r, values]), torch.cat([owner, ids])
             outs.append(flat_attention(query, keys, values, ids, scaling))
             transient = 2 * keys.element_size() * keys.nelement()
@@ -283,7 +297,15 @@ class HybridKVCache(CompressedCache):
         budgets, layer_alloc = hierarchical_budgets(
             torch.stack([layer.scores for layer in self.layers]), pos.candidates, b, r, m.alpha, tuple(m.full_layers)
         )
-        self.plan = {"tca": tca, "static": static, "budgets": budgets, "layer_alloc": layer_alloc,
-                     "b": b, "r": r, "n": n, "effective_ratio": b / n}
+        self.plan = {
+            "tca": tca,
+            "static": static,
+            "budgets": budgets,
+            "layer_alloc": layer_alloc,
+            "b": b,
+            "r": r,
+            "n": n,
+            "effective_ratio": b / n,
+        }
         for l, layer in enumerate(self.layers):
             layer.finalize(static[l], budgets[l])

@@ -88,7 +88,9 @@ def reserved_positions(layout: PromptLayout, n_sink: int = 4, window: int = 32, 
         if after >= window_min:
             win[max(last_visual + 1, n - window) :] = True
         else:
-            log.warning("only %d text tokens after the last visual token: using the last %d positions as window", after, window)
+            log.warning(
+                "only %d text tokens after the last visual token: using the last %d positions as window", after, window
+            )
             win[max(0, n - window) :] = True
     else:
         win[max(0, n - window) :] = True
@@ -97,7 +99,9 @@ def reserved_positions(layout: PromptLayout, n_sink: int = 4, window: int = 32, 
     return Positions(sink=sink, window=win, text=~visual, segment=torch.cumsum(change.long(), 0) - 1)
 
 
-def text_centric_attention(attn: torch.Tensor, rows: torch.Tensor, pos: Positions, exclude_sink: bool = True) -> torch.Tensor:
+def text_centric_attention(
+    attn: torch.Tensor, rows: torch.Tensor, pos: Positions, exclude_sink: bool = True
+) -> torch.Tensor:
     """TCA of each KV head (§4.2): share of the window's (non-sink) attention landing on text.
 
     Args:
@@ -154,7 +158,9 @@ def mean_budget(budget: float | int, n: int, r: int) -> int:
     return min(budget, n)
 
 
-def hierarchical_budgets(scores: torch.Tensor, cand: torch.Tensor, b: int, r: int, alpha: float = 0.2, full_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def hierarchical_budgets(
+    scores: torch.Tensor, cand: torch.Tensor, b: int, r: int, alpha: float = 0.2, full_layers: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-down allocation model -> layers -> heads (§4.3).
 
     Args:
@@ -215,7 +221,9 @@ def static_order(scores: torch.Tensor, pos: Positions) -> torch.Tensor:
     return torch.cat([idx[pos.reserved], by_score(cand_text), by_score(cand_vis)])
 
 
-def dynamic_split(scores: torch.Tensor, pos: Positions, budget: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def dynamic_split(
+    scores: torch.Tensor, pos: Positions, budget: int, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resident prompt set and retrieval pool of a dynamic head (§4.5 steps 1-2).
 
     Returns:
@@ -235,7 +243,9 @@ def dynamic_split(scores: torch.Tensor, pos: Positions, budget: int, chunk_size:
     return idx[resident], idx[~resident]
 
 
-def make_chunks(positions: torch.Tensor, segment: torch.Tensor, chunk_size: int, break_on_gap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def make_chunks(
+    positions: torch.Tensor, segment: torch.Tensor, chunk_size: int, break_on_gap: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut sorted pool positions into chunks that never cross a segment (modality/item) boundary.
 
     Args:
@@ -251,12 +261,7 @@ def make_chunks(positions: torch.Tensor, segment: torch.Tensor, chunk_size: int,
     seg = segment[positions].tolist()
     pos = positions.tolist()
     for i in range(len(pos)):
-        new = (
-            i == 0
-            or seg[i] != seg[i - 1]
-            or (break_on_gap and pos[i] != pos[i - 1] + 1)
-            or lengths[-1] == chunk_size
-        )
+        new = i == 0 or seg[i] != seg[i - 1] or (break_on_gap and pos[i] != pos[i - 1] + 1) or lengths[-1] == chunk_size
         if new:
             starts.append(i)
             lengths.append(1)
@@ -265,8 +270,9 @@ def make_chunks(positions: torch.Tensor, segment: torch.Tensor, chunk_size: int,
     return torch.tensor(starts, dtype=torch.int32), torch.tensor(lengths, dtype=torch.int32)
 
 
-def chunk_upper_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor,
-                       group_agg: GroupAgg = "max") -> torch.Tensor:
+def chunk_upper_bounds(
+    query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, group_agg: GroupAgg = "max"
+) -> torch.Tensor:
     """Quest bound ``u_c = agg_g sum_d max(q_gd kmin_cd, q_gd kmax_cd)`` (§4.5 step 5).
 
     Any leading dimensions (e.g. the dynamic heads of a layer) are batch dimensions.
@@ -306,7 +312,9 @@ def select_chunks(bounds: torch.Tensor, lengths: torch.Tensor, room: int) -> tor
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def select_chunks_batched(bounds: torch.Tensor, lengths: torch.Tensor, rooms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def select_chunks_batched(
+    bounds: torch.Tensor, lengths: torch.Tensor, rooms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`select_chunks` for several heads at once (rows of ``(Hd, C)``; padded chunks have length 0).
 
     The leading run of fitting chunks is found for all rows together; only rows where a later,
@@ -333,7 +341,9 @@ def select_chunks_batched(bounds: torch.Tensor, lengths: torch.Tensor, rooms: to
     return rows, order[rows, cols]
 
 
-def save_head_types(path: str | Path, tca: torch.Tensor, static: torch.Tensor, *, model_id: str, tau: float, calibration: str) -> None:
+def save_head_types(
+    path: str | Path, tca: torch.Tensor, static: torch.Tensor, *, model_id: str, tau: float, calibration: str
+) -> None:
     """Write an offline head-type mask (JSON) with the TCA matrix it came from (§4.2)."""
     n_layers, n_heads = tca.shape
     data = {

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 from torch import nn
 
@@ -89,13 +90,17 @@ def saturated_steps(history: Sequence[dict[str, float]], saturation: float = 0.9
     At such a step ``eps`` has already relearned the hallucination, so the forget gradient taken at
     ``theta + eps`` is close to zero: the step does not unlearn (README section 5).
     """
-    return sum(1 for row in history
-               if row.get("clean_p_target", 1.0) < saturation < row.get("adv_p_target", 0.0))
+    return sum(1 for row in history if row.get("clean_p_target", 1.0) < saturation < row.get("adv_p_target", 0.0))
 
 
-def calibrate_rho(method: SARE, model: nn.Module, batches: Callable[[int], dict[str, dict]], steps: int,
-                  rhos: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
-                  saturation: float = 0.9) -> tuple[float, list[dict[str, float]]]:
+def calibrate_rho(
+    method: SARE,
+    model: nn.Module,
+    batches: Callable[[int], dict[str, dict]],
+    steps: int,
+    rhos: Sequence[float] = (0.01, 0.03, 0.1, 0.3),
+    saturation: float = 0.9,
+) -> tuple[float, list[dict[str, float]]]:
     """Largest rho whose own SARE run, from ``model``, never saturates the perturbed target probability.
 
     For each rho (largest first) a copy of ``model`` is unlearned with ``method`` for ``steps``
@@ -118,9 +123,13 @@ def calibrate_rho(method: SARE, model: nn.Module, batches: Callable[[int], dict[
             warnings.simplefilter("ignore", RuntimeWarning)  # saturation is what the sweep measures
             history = trainer.fit(batches, steps)
         deltas = [row[f"adv_{ADVERSARIAL_LOSS}"] - row[f"clean_{ADVERSARIAL_LOSS}"] for row in history]
-        row = {"rho": rho, "saturated_steps": saturated_steps(history, saturation), "steps": steps,
-               "max_p_target_adv": max(r.get("adv_p_target", float("nan")) for r in history),
-               "mean_delta_loss": sum(deltas) / len(deltas)}
+        row = {
+            "rho": rho,
+            "saturated_steps": saturated_steps(history, saturation),
+            "steps": steps,
+            "max_p_target_adv": max(r.get("adv_p_target", float("nan")) for r in history),
+            "mean_delta_loss": sum(deltas) / len(deltas),
+        }
         sweep.append(row)
         if row["saturated_steps"] == 0 and row["mean_delta_loss"] > 0:
             best = rho
