@@ -63,6 +63,7 @@ def test_paper_page_has_run_it_box_and_reproduced_rows(site):
     assert "../notebooks/decoding/kv_token_level.md" in page
     assert "`python -m reference_impls.bench.kv_quality" in page
     assert "## Reproduced by our code" in page and "boost: 4" in page
+    assert "(https://github.com/lvlm-atlas/lvlm-atlas/edit/main/papers/li2024snapkv.yaml)" in page
 
 
 def test_family_page_badges_and_titles_in_reported_table(site):

@@ -159,6 +159,10 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     lines += ["", "## BibTeX", "", f'<pre class="bibtex" data-search-exclude><code>{bibtex}</code></pre>', ""]
     if data.get("sources"):
         lines.append("<small>Metadata from: " + ", ".join(md.text(source) for source in data["sources"]) + "</small>")
+    if site.repo_url:
+        edit = f"{site.repo_url}/edit/main/papers/{entry.key}.yaml"
+        lines += ["", f"<small>{md.link('Correct this entry', edit)} (papers/{md.text(entry.key)}.yaml) · "
+                      f"{md.link('suggest a paper', site.repo_url + '/issues/new')}</small>"]
     return "\n".join(lines) + "\n"
 
 
