@@ -15,8 +15,8 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote_plus, urlparse
 
 import pytest
@@ -181,8 +181,9 @@ def test_api_source_is_not_in_the_search_index(built_site):
 
 
 def _rows(page) -> list[list[str]]:
-    return page.eval_on_selector_all("#atlas-filter-results tbody tr",
-                                     "rows => rows.map(r => Array.from(r.cells, c => c.innerText.trim()))")
+    return page.eval_on_selector_all(
+        "#atlas-filter-results tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.innerText.trim()))"
+    )
 
 
 def test_all_papers_filter_works_and_lives_in_the_address(desktop, built_site):
@@ -205,7 +206,11 @@ def test_all_papers_filter_works_and_lives_in_the_address(desktop, built_site):
     assert len(rows) == len(implemented) > 10 and all(row[-1] == "implemented here" for row in rows)
 
     # A shared link restores the same view.
-    expected = [paper for paper in index["papers"] if "kv-cache-compression" in paper["f"] and paper["y"] >= 2025 and paper.get("c")]
+    expected = [
+        paper
+        for paper in index["papers"]
+        if "kv-cache-compression" in paper["f"] and paper["y"] >= 2025 and paper.get("c")
+    ]
     page = desktop.open("all-papers/?family=kv-cache-compression&y0=2025&code=1")
     page.wait_for_selector("#atlas-filter-count:has-text('of')")
     assert page.inner_text("#atlas-filter-count") == f"{len(expected)} of {total} papers"

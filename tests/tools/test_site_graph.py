@@ -69,7 +69,11 @@ def test_paper_page_has_run_it_box_and_reproduced_rows(site):
 def test_family_page_badges_and_titles_in_reported_table(site):
     node = site.taxonomy.by_id["kv-head-level"]
     page = node_md(node, site, {})
-    assert '[<span class="atlas-badge">implemented here</span>](../../../../implementations/reference_impls.decoding.hybridkv.md)' in page
+    assert (
+        "[<span class=\"atlas-badge\">implemented here</span>]"
+        "(../../../../implementations/reference_impls.decoding.hybridkv.md)"
+        in page
+    )
     assert "[HybridKV&#58; Hybrid KV Cache Compression" in page  # reported rows show titles, not keys
     assert '!!! example "Run it"' in page
     prefilling = node_md(site.taxonomy.by_id["prefilling-token-compression"], site, {})
@@ -82,13 +86,17 @@ def test_papers_index_is_compact_and_complete(site):
     assert len(papers) == len(site.catalog.entries)
     fastv = papers["chen2024image"]
     assert fastv["i"] == "reference_impls.prefilling.fastv" and fastv["n"] == ["FastV"]
-    assert {"prefilling-attention-guided", "prefilling-token-compression", "prefilling", "efficiency"} <= set(fastv["f"])
+    assert {"prefilling-attention-guided", "prefilling-token-compression", "prefilling", "efficiency"} <= set(
+        fastv["f"]
+    )
     assert len(papers_index_json(site).encode()) / len(papers) < 600  # bytes per entry
 
 
 def test_repeated_output_lines_are_shown_once():
     warning = "    only 2 text tokens after the last visual token: using the last 8 positions as window"
-    body = "\n".join(["# Title", "", "```python", warning, warning, "```", warning, "", warning, "", "    short", "    short"])
+    body = "\n".join(
+        ["# Title", "", "```python", warning, warning, "```", warning, "", warning, "", "    short", "    short"]
+    )
     collapsed = collapse_repeated_output(body)
     assert collapsed.count("only 2 text tokens") == 3  # twice in the code block, once in the output
     assert "[printed 2 times on this page; shown once]" in collapsed
@@ -106,8 +114,12 @@ def test_chart_series_keep_one_style_and_unrelated_points_are_not_joined():
 
     styles = series_styles(["snapkv", "h2o", "full"])
     assert styles == series_styles(["full", "h2o", "snapkv", "snapkv"])  # order and repeats do not matter
-    rows = [{"m": "h2o", "b": 0.1, "a": 50}, {"m": "h2o", "b": 0.2, "a": 60},
-            {"m": "full", "b": 1.0, "a": 100}, {"m": "full", "b": 1.0, "a": 90}]  # two configurations at one x
+    rows = [
+        {"m": "h2o", "b": 0.1, "a": 50},
+        {"m": "h2o", "b": 0.2, "a": 60},
+        {"m": "full", "b": 1.0, "a": 100},
+        {"m": "full", "b": 1.0, "a": 90},
+    ]  # two configurations at one x
     svg = results_chart(rows, "b", "a", "m", styles=styles)
     assert styles["h2o"][0].lower() in svg.lower() and styles["full"][0].lower() in svg.lower()
     both = results_chart(rows, "b", "a", "m", styles={"h2o": ("#0072B2", "o"), "full": ("#0072B2", "o")})

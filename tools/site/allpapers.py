@@ -57,10 +57,13 @@ def all_papers_md(site: SiteData) -> str:
     venues = sorted({str(entry.data.get("venue", "")) for entry in site.entries} - {""}, key=str.lower)
     years = [entry.data["year"] for entry in site.entries] or [2000]
     family_options = "".join(
-        f'<option value="{html.escape(node.id)}">{"&nbsp;&nbsp;" * len(node.ancestors)}{html.escape(node.name)}</option>'
-        for node in site.taxonomy.nodes())
+        f'<option value="{html.escape(node.id)}">'
+        f"{'&nbsp;&nbsp;' * len(node.ancestors)}{html.escape(node.name)}</option>"
+        for node in site.taxonomy.nodes()
+    )
     venue_options = "".join(f'<option value="{html.escape(venue)}">{html.escape(venue)}</option>' for venue in venues)
-    form = f"""<form id="atlas-filter" class="atlas-filter" data-index="../{INDEX}" role="search" aria-label="Filter papers">
+    form = f"""<form id="atlas-filter" class="atlas-filter" data-index="../{INDEX}" role="search"
+ aria-label="Filter papers">
 <label>Text <input type="search" name="q" placeholder="title, author, method name" autocomplete="off"></label>
 <label>From <input type="number" name="y0" min="{min(years)}" max="{max(years)}" placeholder="{min(years)}"></label>
 <label>To <input type="number" name="y1" min="{min(years)}" max="{max(years)}" placeholder="{max(years)}"></label>
@@ -75,10 +78,14 @@ def all_papers_md(site: SiteData) -> str:
 <div id="atlas-filter-results"></div>
 <noscript>This filter needs JavaScript; <a href="../papers.json">papers.json</a> holds every entry.</noscript>
 """
-    return "\n".join([
-        md.front_matter(title="All papers", search={"exclude": True}, hide=["toc"]),
-        "# All papers", "",
-        f"Every one of the {len(site.entries)} entries, filtered as you type. The filters are kept in the "
-        "address, so a filtered view can be shared as a link.", "",
-        form,
-    ])
+    return "\n".join(
+        [
+            md.front_matter(title="All papers", search={"exclude": True}, hide=["toc"]),
+            "# All papers",
+            "",
+            f"Every one of the {len(site.entries)} entries, filtered as you type. The filters are kept in the "
+            "address, so a filtered view can be shared as a link.",
+            "",
+            form,
+        ]
+    )

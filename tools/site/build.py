@@ -20,7 +20,8 @@ from .charts import stage_year_chart
 from .allpapers import INDEX, PAGE as ALL_PAPERS, all_papers_md, papers_index_json
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
-from .notebooks import discover_notebooks, notebook_md, notebook_source_files, notebook_title, notebooks_index_md, render_notebook, rendered_dir
+from .notebooks import (discover_notebooks, notebook_md, notebook_source_files, notebook_title, notebooks_index_md,
+                        render_notebook, rendered_dir)
 from .graph import Graph
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
 from ..results import load_all_results

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["stage_year_chart", "results_chart", "series_styles"]
 
 # Colour-blind-safe colours (Okabe-Ito, then Tol's muted) times marker shapes: 10 x 6 distinct styles.
-_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#882255", "#999933", "#6699CC")
+_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00",
+            "#56B4E9", "#000000", "#882255", "#999933", "#6699CC")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 

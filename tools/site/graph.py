@@ -159,8 +159,9 @@ class Graph:
             if not modules:
                 del found[key]
                 continue
-            found[key] = sorted(module for module in modules
-                                if not any(module.startswith(other + ".") for other in modules))
+            found[key] = sorted(
+                module for module in modules if not any(module.startswith(other + ".") for other in modules)
+            )
         return found
 
     def entry_of_module(self, module: str) -> Entry | None:
@@ -183,24 +184,34 @@ class Graph:
     def notebooks_of_module(self, module: str) -> list[str]:
         """The family's notebooks that import ``module`` (all of the family's when none does)."""
         family_notebooks = [notebook for node in self.families_of_module.get(module, []) for notebook in node.notebooks]
-        importing = [notebook for notebook in family_notebooks
-                     if any(name == module or name.startswith(module + ".")
-                            for name in notebook_imports(self.root, notebook))]
+        importing = [
+            notebook
+            for notebook in family_notebooks
+            if any(name == module or name.startswith(module + ".") for name in notebook_imports(self.root, notebook))
+        ]
         return list(dict.fromkeys(importing or family_notebooks))
 
     def results_of_module(self, module: str) -> list[dict[str, Any]]:
         """Results files with a row for this module's method."""
         method = module.rsplit(".", 1)[-1]
         families = {node.id for node in self.families_of_module.get(module, [])}
-        return [data for data in self.results
-                if families & set(data.get("families", [])) and any(row.get("method") == method for row in data["rows"])]
+        return [
+            data
+            for data in self.results
+            if families & set(data.get("families", [])) and any(row.get("method") == method for row in data["rows"])
+        ]
 
     def links(self, module: str) -> MethodLinks:
         path = module_file(self.root, module)
         names = public_names(path) if path else []
         import_line = f"from {module} import {', '.join(names[:3])}" if names else f"import {module}"
-        return MethodLinks(module, self.families_of_module.get(module, []), self.notebooks_of_module(module),
-                           self.results_of_module(module), import_line)
+        return MethodLinks(
+            module,
+            self.families_of_module.get(module, []),
+            self.notebooks_of_module(module),
+            self.results_of_module(module),
+            import_line,
+        )
 
     def entry_links(self, entry: Entry) -> list[MethodLinks]:
         return [self.links(module) for module in self.modules_of_entry.get(entry.key, [])]

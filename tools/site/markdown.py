@@ -21,7 +21,8 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["text", "restricted", "code", "one_line", "cell", "link", "table", "front_matter", "fmt_number", "NOT_INDEXED"]
+__all__ = ["text", "restricted", "code", "one_line", "cell", "link", "table", "front_matter", "fmt_number",
+           "NOT_INDEXED"]
 
 # Every line separator Python (and so Markdown or a YAML reader) may split on, and other control characters.
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")

@@ -214,13 +214,15 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
     if not body.lstrip().startswith("# "):
         lines += [f"# Notebook `{notebook}`", ""]
     name = Path(notebook).name
+    ipynb = Path(name).with_suffix(".ipynb").name
+    quick = md.code("ATLAS_QUICK=1 python " + notebook)
     run = [
         '!!! tip "Run it yourself"',
         "",
-        f"    Download {md.link(md.code(name), name)} or {md.link(md.code(Path(name).with_suffix('.ipynb').name), Path(name).with_suffix('.ipynb').name)}"
+        f"    Download {md.link(md.code(name), name)} or {md.link(md.code(ipynb), ipynb)}"
         f" (no outputs), or from a clone of the repository:",
         "",
-        f"    - as a script: {md.code('python ' + notebook)} (quick setting: {md.code('ATLAS_QUICK=1 python ' + notebook)})",
+        f"    - as a script: {md.code('python ' + notebook)} (quick setting: {quick})",
         f"    - in JupyterLab: {md.code('make lab')}, then open {md.code(notebook)} (jupytext opens it as a notebook)",
         "",
     ]
@@ -242,7 +244,9 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
     if related:
         header += ["Implementations shown here:", "", *related, ""]
     if not body:
-        lines += header + run + ["!!! warning \"Not executed yet\"", "    This notebook has no rendered output yet. Run `python -m tools build` to execute and render it.", ""]
+        lines += header + run + ["!!! warning \"Not executed yet\"",
+                                 "    This notebook has no rendered output yet. Run `python -m tools build` to execute "
+                                 "and render it.", ""]
     else:
         body = collapse_repeated_output(body)
         first, _, rest = body.lstrip().partition("\n") if body.lstrip().startswith("# ") else ("", "", body)
@@ -255,13 +259,15 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
     return "\n".join(lines) + "\n"
 
 
-def notebooks_index_md(notebooks: list[str], families_of: dict[str, list[str]], titles: dict[str, str] | None = None) -> str:
+def notebooks_index_md(notebooks: list[str], families_of: dict[str, list[str]],
+                       titles: dict[str, str] | None = None) -> str:
     lines = [md.front_matter(title="Notebooks"), "# Notebooks", "",
              "Each notebook runs on CPU in about a minute (set `ATLAS_QUICK=1` for a few seconds) and is rendered here with its outputs.", ""]
     rows = []
     for notebook in notebooks:
         page = str(Path(notebook).relative_to("notebooks").with_suffix(".md"))
         label = md.text(titles.get(notebook, Path(notebook).stem)) if titles else md.code(notebook)
-        rows.append([md.link(label, page), md.code(Path(notebook).relative_to("notebooks")), ", ".join(families_of.get(notebook, []))])
+        rows.append([md.link(label, page), md.code(Path(notebook).relative_to("notebooks")),
+                     ", ".join(families_of.get(notebook, []))])
     lines.append(md.table(["Notebook", "File", "Family"], rows) if rows else "*No notebooks yet.*")
     return "\n".join(lines) + "\n"

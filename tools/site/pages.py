@@ -97,14 +97,16 @@ def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
     for data in item.results:
         rows = [row for row in data["rows"] if row.get("method") == item.method]
         columns = [column for column in data["columns"] if column["key"] not in ("method", "family")]
-        headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in columns]
+        headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else ""))
+                   for column in columns]
         body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in columns] for row in rows]
         families = [node for node in item.families if node.id in data.get("families", [])]
         where = families[0] if families else None
         title = md.text(data["title"])
         if where is not None:
             title = md.link(title, relative(page, node_page(where)) + "#reproduced-results")
-        lines += [f"**{title}**, reproduced with {md.code(data['command'])}", "", md.table(headers, body, sortable=True), ""]
+        lines += [f"**{title}**, reproduced with {md.code(data['command'])}", "",
+                  md.table(headers, body, sortable=True), ""]
     return lines
 
 
@@ -118,8 +120,8 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags"),
                              search={"boost": KNOWN_PAPER_BOOST if aliases or links_here else PAPER_BOOST}),
              f"# {md.text(data['title'])}{_aka(aliases)}", ""]
-    trail = [md.link(md.text(n.name), relative(page, node_page(n)))
-             for n in (site.taxonomy.by_id[data["placement"][0]].ancestors + [site.taxonomy.by_id[data["placement"][0]]])]
+    first = site.taxonomy.by_id[data["placement"][0]]
+    trail = [md.link(md.text(n.name), relative(page, node_page(n))) for n in first.ancestors + [first]]
     # Breadcrumbs after the title: before it they would open a search section of their own.
     lines += ['<nav class="atlas-crumbs" aria-label="Breadcrumbs" markdown>', "", " › ".join(trail), "", "</nav>", ""]
     venue = " ".join(part for part in (md.text(data.get("venue", "")), str(data["year"])) if part)
@@ -211,7 +213,8 @@ def _implementation_block(node: Node, page: str, module_summaries: dict[str, str
 
 def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], results_md: str = "") -> str:
     page = node_page(node)
-    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}), f"# {md.text(node.name)}{_aka(node.aliases)}", "",
+    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}),
+             f"# {md.text(node.name)}{_aka(node.aliases)}", "",
              md.text(node.summary), ""]
     context = []
     if node.stage is not None and node.stage is not node:
@@ -253,7 +256,8 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     under = site.papers_under(node)
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:
-        lines += [f"## Reported by papers {NOT_INDEXED}", "", "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
+        lines += [f"## Reported by papers {NOT_INDEXED}", "",
+                  "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
     for module in designed:
         lines += package_design_md(site.catalog.root, module, page)
     lines += [f"## Papers ({len(under)}) {NOT_INDEXED}", ""]
@@ -269,7 +273,8 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         lines += [f"{len(under)} papers are placed here or below: browse them all in "
                   f"{md.link('All papers, filtered to this node', filtered)}, or open a child above.", ""]
         if here:
-            lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "", papers_table(here, page, site), ""]
+            lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "",
+                      papers_table(here, page, site), ""]
     return "\n".join(lines)
 
 
@@ -318,7 +323,8 @@ def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
     ]
     for label, value in counts.items():
         lines.append(f"<div><strong>{value}</strong>{label}</div>")
-    lines += ["", "</div>", "", f"Browse {md.link('all papers', 'all-papers.md')} with filters, or search (press `/`).", "",
+    lines += ["", "</div>", "",
+              f"Browse {md.link('all papers', 'all-papers.md')} with filters, or search (press `/`).", "",
               "## Papers by year and stage", "", f"![Papers per year, by stage]({chart_path})", "", "## Topics", ""]
     for topic in site.taxonomy.topics:
         lines.append(f"- {md.link(md.text(topic.name), node_page(topic))}: {len(site.papers_under(topic))} papers")

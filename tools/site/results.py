@@ -23,14 +23,16 @@ def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: 
     rows = _rows_for(data, family)
     headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in data["columns"]]
     body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in data["columns"]] for row in rows]
-    lines = [f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED), "", md.table(headers, body, sortable=True), ""]
+    title = f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED)
+    lines = [title, "", md.table(headers, body, sortable=True), ""]
     for index, plot in enumerate(data.get("plots") or []):
         name = f"assets/generated/results/{data['id']}-{family or 'all'}-{index}.svg"
         # Axis labels carry the column's unit.
         labels = {column["key"]: column["label"] + (f" ({column['unit']})" if column.get("unit") else "")
                   for column in data["columns"]}
-        assets[name] = results_chart(rows, plot["x"], plot["y"], plot.get("group", ""), plot.get("title", ""), plot.get("logx", False),
-                                     labels.get(plot["x"], ""), labels.get(plot["y"], ""), plot.get("error", ""), styles)
+        assets[name] = results_chart(rows, plot["x"], plot["y"], plot.get("group", ""), plot.get("title", ""),
+                                     plot.get("logx", False), labels.get(plot["x"], ""), labels.get(plot["y"], ""),
+                                     plot.get("error", ""), styles)
         lines += [f"![{md.text(plot.get('title') or data['title'])}]({relative(page, name)})", ""]
     environment = data.get("environment") or {}
     machine = ", ".join(f"{key} {value}" for key, value in environment.items() if key in ("torch", "transformers", "cpu_count", "device"))
@@ -58,8 +60,8 @@ def _seed_list(seeds: list[int]) -> str:
 
 def chart_styles(all_results: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Every series name any plot uses, each with its site-wide colour and marker."""
-    names = [str(row.get(plot["group"], "")) for data in all_results for plot in data.get("plots") or [] if plot.get("group")
-             for row in data["rows"]]
+    names = [str(row.get(plot["group"], "")) for data in all_results
+             for plot in data.get("plots") or [] if plot.get("group") for row in data["rows"]]
     return series_styles(names)
 
 
