@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: site build validate test workflows toyvlm toyvlm-v2 captioner continual-ad-pretrain bench-site clean
+.PHONY: site build validate test workflows lab toyvlm toyvlm-v2 captioner continual-ad-pretrain bench-site clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,15 @@ $(STAMP): pyproject.toml
 ## make site: install if needed, validate, generate, build, serve on http://127.0.0.1:8000
 site: $(STAMP)
 	$(PY) -m tools serve
+
+## make lab: JupyterLab (the `lab` extra) on http://127.0.0.1:8888 in notebooks/; jupytext opens
+## every .py notebook as a notebook (outputs are not written back into the .py)
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+lab: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
+	mkdir -p $(LAB_SETTINGS)
+	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $(LAB_SETTINGS)/overrides.json
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(CURDIR) notebooks
 
 ## make build: validate, generate pages and build the static site into site/ (no server)
 build: $(STAMP)

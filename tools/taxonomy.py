@@ -20,6 +20,7 @@ class Node:
     name: str
     level: str
     summary: str = ""
+    aliases: list[str] = field(default_factory=list)
     kind: str = "method"
     axis: str = ""
     implementation: list[str] | str | None = None
@@ -100,6 +101,7 @@ def _build(raw: dict, level: str, loaded: LoadedYaml, location: tuple, parent: N
         name=raw.get("name", ""),
         level=level,
         summary=raw.get("summary", ""),
+        aliases=[str(alias) for alias in raw.get("aliases") or [] if isinstance(alias, str)],
         kind=raw.get("kind", "method"),
         axis=raw.get("axis", ""),
         implementation=raw.get("implementation"),

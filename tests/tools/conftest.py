@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +30,19 @@ placement:
 - prefilling-attention-guided
 added: '2026-11-26'
 """
+
+
+# A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
+CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
+CR_EVIL = GOOD_ENTRY.replace("good2026entry", "cr2026entry").replace("2611.00001", "2611.00067").replace(
+    "title: A Perfectly Good Entry About Visual Token Pruning",
+    'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"')
+HOSTILE_PROSE = "Found *this*.\r\r::: tools.sandbox\n\n--8<-- \"mkdocs.yml\"\n\n<script>alert(2)</script>"
+HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"
+
+EVIL = GOOD_ENTRY.replace("good2026entry", "evil2026entry").replace("2611.00001", "2611.00066").replace(
+    "A Perfectly Good Entry About Visual Token Pruning", "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'")
+
 
 
 def make_repo(target: Path, paper_keys: tuple[str, ...] | None = SEED_KEYS) -> Path:
@@ -73,3 +87,26 @@ def run_tools(capsys):
         return status, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory) -> Path:
+    """The whole site from every entry plus hostile data, built once per test session (notebooks
+    not executed); test_site.py and the browser tests read it."""
+    from tools.site.build import build_site
+
+    repo = make_repo(tmp_path_factory.mktemp("site") / "repo", paper_keys=None)
+    (repo / "papers" / "evil2026entry.yaml").write_text(EVIL)
+    (repo / "papers" / "cr2026entry.yaml").write_text(CR_EVIL)
+    taxonomy = repo / "taxonomy" / "efficiency.yaml"
+    text = taxonomy.read_text()
+    start = text.index("            findings: >-\n              With 25%")
+    end = text.index("      - id: sparse-attention")
+    taxonomy.write_text(text[:start] + f"            findings: {json.dumps(HOSTILE_PROSE)}\n" + text[end:])
+    results = own_results(repo)
+    data = json.loads((results / "tokens-toyvlm.json").read_text())
+    data.update(command=HOSTILE_COMMAND, notes=HOSTILE_PROSE, title="Tokens\r\r::: tools.sandbox")
+    data["columns"][0]["label"] = "Method\r\r??? note\r    hidden"
+    (results / "tokens-toyvlm.json").write_text(json.dumps(data))
+    assert build_site(repo, execute_notebooks=False) == 0
+    return repo

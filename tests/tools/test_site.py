@@ -12,19 +12,7 @@ import pytest
 
 from tools.site.build import build_site, generate_pages
 
-from .conftest import GOOD_ENTRY, make_repo, own_results
-
-# A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
-CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
-CR_EVIL = GOOD_ENTRY.replace("good2026entry", "cr2026entry").replace("2611.00001", "2611.00067").replace(
-    "title: A Perfectly Good Entry About Visual Token Pruning",
-    'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"')
-HOSTILE_PROSE = "Found *this*.\r\r::: tools.sandbox\n\n--8<-- \"mkdocs.yml\"\n\n<script>alert(2)</script>"
-HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"
-
-EVIL = GOOD_ENTRY.replace("good2026entry", "evil2026entry").replace("2611.00001", "2611.00066").replace(
-    "A Perfectly Good Entry About Visual Token Pruning", "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'")
-
+from .conftest import EVIL, make_repo
 
 class _Links(html.parser.HTMLParser):
     def __init__(self):
@@ -38,23 +26,9 @@ class _Links(html.parser.HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    repo = make_repo(tmp_path_factory.mktemp("site") / "repo", paper_keys=None)
-    (repo / "papers" / "evil2026entry.yaml").write_text(EVIL)
-    (repo / "papers" / "cr2026entry.yaml").write_text(CR_EVIL)
-    taxonomy = repo / "taxonomy" / "efficiency.yaml"
-    text = taxonomy.read_text()
-    start = text.index("            findings: >-\n              With 25%")
-    end = text.index("      - id: sparse-attention")
-    taxonomy.write_text(text[:start] + f"            findings: {json.dumps(HOSTILE_PROSE)}\n" + text[end:])
-    results = own_results(repo)
-    data = json.loads((results / "tokens-toyvlm.json").read_text())
-    data.update(command=HOSTILE_COMMAND, notes=HOSTILE_PROSE, title="Tokens\r\r::: tools.sandbox")
-    data["columns"][0]["label"] = "Method\r\r??? note\r    hidden"
-    (results / "tokens-toyvlm.json").write_text(json.dumps(data))
-    status = build_site(repo, execute_notebooks=False)
-    assert status == 0
-    return repo
+def built(built_site) -> Path:
+    """The whole site, built once per session (the browser tests use the same build)."""
+    return built_site
 
 
 def test_pages_exist_for_every_entry_and_node(built):
@@ -76,7 +50,9 @@ def test_paper_page_shows_metadata_reported_numbers_and_bibtex(built):
     text = re.sub(r"<[^>]+>", "", page)
     assert "Bowen Zeng" in text and "@misc{zeng2026hybridkv," in text
     assert "58.94" in page and "Table 8 of the seed survey" in page  # reported values are not rounded
-    assert "md-nav--primary" not in page  # the paper template leaves the nav out
+    # The paper template replaces the site navigation by a short drawer of the top-level sections.
+    assert "atlas-short-nav" in page and page.count('class="md-nav__link"') < 20
+    assert "kv-bit-level/" not in page.split("atlas-short-nav", 1)[1].split("</nav>", 1)[0]
     family = (built / "site" / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level" / "index.html").read_text()
     assert "zeng2026hybridkv" in family and "Reported by papers" in family
 
@@ -149,3 +125,18 @@ def test_bad_data_stops_the_build_and_writes_nothing(tmp_path, capsys):
     assert "nothing was written" in capsys.readouterr().err
     after = {path: path.stat().st_mtime_ns for path in (repo / "docs").rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_contributing_steps_are_one_numbered_list(built):
+    page = (built / "site" / "contributing" / "index.html").read_text()
+    section = page.split('id="add-a-paper-in-three-steps"', 1)[1].split("<h2", 1)[0]
+    assert section.count("<ol>") == 1 and section.count("<li>") >= 3  # not 1, 1, 2
+
+
+def test_home_title_and_counts_agree_with_the_taxonomy(built):
+    site = built / "site"
+    home = (site / "index.html").read_text()
+    assert "<title>LVLM Atlas</title>" in home
+    taxonomy = (site / "taxonomy" / "index.html").read_text()
+    for stage, count in re.findall(r'href="taxonomy/efficiency/(\w+)/">\w+</a> (\d+)', home):
+        assert re.search(rf'href="efficiency/{stage}/">[^<]+</a> \({count}\)', taxonomy), (stage, count)

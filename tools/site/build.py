@@ -17,60 +17,73 @@ from ..interrupts import deferred_interrupt
 from ..schema import results_schema, schema_text
 from . import markdown as md
 from .charts import stage_year_chart
+from .allpapers import INDEX, PAGE as ALL_PAPERS, all_papers_md, papers_index_json
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
-from .notebooks import discover_notebooks, notebook_md, notebooks_index_md, render_notebook, rendered_dir
+from .notebooks import (discover_notebooks, notebook_md, notebook_source_files, notebook_title, notebooks_index_md,
+                        render_notebook, rendered_dir)
+from .graph import Graph
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
 from ..results import load_all_results
-from .results import results_index_md, results_md
+from .results import chart_styles, results_index_md, results_links_md, results_md
 
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
 # Everything under docs/ that the build owns (git-ignored); the rest of docs/ is hand-written.
-GENERATED = ("index.md", "tags.md", "taxonomy", "papers", "implementations", "notebooks", "results",
+GENERATED = ("index.md", "tags.md", "all-papers.md", "taxonomy", "papers", "implementations", "notebooks", "results",
              "references.bib", "papers.json", "schemas", "assets/generated")
 
 
 def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, str | bytes]:
-    site = SiteData(catalog)
     taxonomy = catalog.taxonomy
+    modules = discover_modules(root)
+    notebooks = discover_notebooks(root)
+    all_results = load_all_results(root)
+    site = SiteData(catalog, Graph(catalog, modules, notebooks, all_results))
     files: dict[str, str | bytes] = {}
     assets: dict[str, str] = {}
 
     for entry in catalog.entries:
         files[paper_page(entry.key)] = paper_md(entry, site)
+    files[ALL_PAPERS] = all_papers_md(site)
+    files[INDEX] = papers_index_json(site)
 
-    modules = discover_modules(root)
     module_families = families_by_module(taxonomy)
     for module, summary in modules.items():
-        files[module_page(module)] = module_md(module, summary, module_families.get(module, []))
+        files[module_page(module)] = module_md(module, summary, module_families.get(module, []), site)
     files["implementations/index.md"] = implementations_index_md(modules, taxonomy)
 
-    all_results = load_all_results(root)
+    styles = chart_styles(all_results)
     for node in taxonomy.nodes():
         page = node_page(node)
         ids = {n.id for n in node.descendants()}
         shown = [data for data in all_results if ids & set(data["families"])]
-        family = node.id if not node.children else None
-        results_text = "\n".join(results_md(data, page, assets, family=family) for data in shown)
+        if node.children:
+            # A topic or stage links to its families' results instead of repeating every table.
+            results_text = results_links_md(node, shown, page)
+        else:
+            results_text = "\n".join(results_md(data, page, assets, family=node.id, indexed=False, styles=styles)
+                                     for data in shown)
         files[page] = node_md(node, site, modules, results_text)
     files["results/index.md"] = results_index_md(all_results, assets)
     files["taxonomy/index.md"] = taxonomy_index_md(site)
 
-    notebooks = discover_notebooks(root)
     families_of: dict[str, list[str]] = {}
     for node in taxonomy.nodes():
         for notebook in node.notebooks:
             families_of.setdefault(notebook, []).append(md.link(md.text(node.name), relative(notebook_page(notebook), node_page(node))))
+    titles: dict[str, str] = {}
     for notebook in notebooks:
         body, current = render_notebook(root, notebook, execute=execute_notebooks)
-        files[notebook_page(notebook)] = notebook_md(notebook, body, current, families_of.get(notebook, []))
+        files[notebook_page(notebook)] = notebook_md(notebook, body, current, families_of.get(notebook, []), site)
+        files.update(notebook_source_files(root, notebook))
+        titles[notebook] = notebook_title(notebook, body)
         images = rendered_dir(root, notebook)
         for image in images.rglob("*") if images.is_dir() else ():
             if image.is_file() and image.name != "index.md":
                 files[str(Path(notebook_page(notebook)).parent / image.relative_to(images))] = image.read_bytes()
     index_families = {notebook: [link.replace("../", "", 1) for link in links] for notebook, links in families_of.items()}
-    files["notebooks/index.md"] = notebooks_index_md(notebooks, index_families)
+    files["notebooks/index.md"] = notebooks_index_md(notebooks, index_families, titles)
 
     by_stage = Counter((site.stage_of(entry), entry.data["year"]) for entry in site.entries)
     stages = list(dict.fromkeys(site.stage_of(entry) for entry in sorted(site.entries, key=lambda e: e.data["placement"][0])))

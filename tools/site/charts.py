@@ -11,7 +11,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["stage_year_chart", "results_chart"]
+__all__ = ["stage_year_chart", "results_chart", "series_styles"]
+
+# Colour-blind-safe colours (Okabe-Ito, then Tol's muted) times marker shapes: 10 x 6 distinct styles.
+_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00",
+            "#56B4E9", "#000000", "#882255", "#999933", "#6699CC")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def series_styles(names: list[str]) -> dict[str, tuple[str, str]]:
+    """One (colour, marker) per series name across the whole site: the same method looks the same
+    in every chart. Names are taken in sorted order, so adding a method moves no other method's
+    colour unless it sorts before it."""
+    ordered = sorted(set(names))
+    return {name: (_COLOURS[index % len(_COLOURS)], _MARKERS[(index // len(_COLOURS)) % len(_MARKERS)])
+            for index, name in enumerate(ordered)}
 
 _STYLE = {"svg.hashsalt": "lvlm-atlas", "svg.fonttype": "none", "font.size": 9}
 
@@ -23,27 +37,49 @@ def _svg(figure) -> str:
     return buffer.getvalue()
 
 
+def _unique_within(names: list[str], styles: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """The site-wide style of each name; a name whose colour (or, in charts with more series than
+    colours, whose colour and marker) another series of this chart already uses gets the first free
+    one, so no two series of a chart look alike."""
+    every = [(colour, marker) for marker in _MARKERS for colour in _COLOURS]
+    # With few enough series, no colour repeats inside the chart (the marker alone is too subtle).
+    key = (lambda style: style[0]) if len(names) <= len(_COLOURS) else (lambda style: style)
+    chosen: dict[str, tuple[str, str]] = {}
+    for name in names:
+        style = styles.get(name)
+        used = {key(other) for other in chosen.values()}
+        if style is None or key(style) in used:
+            style = next((candidate for candidate in every if key(candidate) not in used), every[0])
+        chosen[name] = style
+    return chosen
+
+
 def stage_year_chart(counts: Counter[tuple[str, int]], stages: list[str]) -> str:
     """Stacked bars: papers per year, split by stage (or topic)."""
     years = sorted({year for _, year in counts})
     with matplotlib.rc_context(_STYLE):
-        figure, axes = plt.subplots(figsize=(7, 3.2))
+        figure, axes = plt.subplots(figsize=(6, 3.4))
         bottom = [0] * len(years)
         for stage in stages:
             heights = [counts.get((stage, year), 0) for year in years]
             if any(heights):
-                axes.bar([str(year) for year in years], heights, bottom=bottom, label=stage)
+                colour = _COLOURS[stages.index(stage) % len(_COLOURS)]
+                axes.bar([str(year) for year in years], heights, bottom=bottom, label=stage, color=colour)
                 bottom = [b + h for b, h in zip(bottom, heights)]
-        axes.set_ylabel("papers")
-        axes.legend(frameon=False, fontsize=8, ncol=2)
+        axes.set_ylabel("papers per year")
+        # Below the bars, never over them, and as wide as the chart (legible when it shrinks on a phone).
+        axes.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         axes.spines[["top", "right"]].set_visible(False)
         return _svg(figure)
 
 
 def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", title: str = "", logx: bool = False,
-                  x_label: str = "", y_label: str = "", error: str = "") -> str:
-    """Lines of ``y`` against ``x``, one per value of ``group``; ``error`` names a column of half-widths
-    (for example a 95% confidence interval over seeds) drawn as error bars."""
+                  x_label: str = "", y_label: str = "", error: str = "",
+                  styles: dict[str, tuple[str, str]] | None = None) -> str:
+    """``y`` against ``x``, one series per value of ``group``; ``error`` names a column of half-widths
+    (for example a 95% confidence interval over seeds) drawn as error bars. ``styles`` gives each
+    series its site-wide colour and marker. A series is joined by a line only when each x occurs
+    once in it: points that share an x are different configurations, not a curve."""
     with matplotlib.rc_context(_STYLE):
         figure, axes = plt.subplots(figsize=(6, 3.4))
         groups: dict[str, list[tuple[float, float, float]]] = {}
@@ -52,13 +88,16 @@ def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", t
                 spread = row.get(error) if error else None
                 spread = float(spread) if isinstance(spread, (int, float)) else 0.0
                 groups.setdefault(str(row.get(group, "")) if group else y, []).append((row[x], row[y], spread))
+        chosen = _unique_within(sorted(groups), styles or {})
         for name, points in sorted(groups.items()):
             points.sort()
             xs, ys, spreads = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+            colour, marker = chosen[name]
+            line = "-" if len(set(xs)) == len(xs) else "none"
             if error:
-                axes.errorbar(xs, ys, yerr=spreads, marker="o", capsize=3, label=name)
+                axes.errorbar(xs, ys, yerr=spreads, marker=marker, linestyle=line, capsize=3, label=name, color=colour)
             else:
-                axes.plot(xs, ys, marker="o", label=name)
+                axes.plot(xs, ys, marker=marker, linestyle=line, label=name, color=colour)
         if logx:
             axes.set_xscale("log")
         axes.set_xlabel(x_label or x)
@@ -66,6 +105,8 @@ def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", t
         if title:
             axes.set_title(title, fontsize=9)
         if len(groups) > 1:
-            axes.legend(frameon=False, fontsize=7, ncol=2)
+            # Below the axes in columns: it never covers data and stays readable when the chart shrinks.
+            axes.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                        ncol=min(4, len(groups)))
         axes.spines[["top", "right"]].set_visible(False)
         return _svg(figure)

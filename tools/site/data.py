@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..catalog import Catalog, Entry
 from ..nav import node_page
 from ..taxonomy import Node
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 __all__ = ["SiteData", "node_page", "paper_page", "module_page", "notebook_page"]
 
@@ -33,9 +37,23 @@ def relative(from_page: str, to_page: str) -> str:
     return "../" * up + to_page if up else to_page
 
 
+def _repo_url(root: Path) -> str:
+    """``repo_url`` of ``mkdocs.yml`` (for "edit this entry" links), or "" when it has none."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((root / "mkdocs.yml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    url = str(config.get("repo_url") or "").rstrip("/")
+    return url if url.startswith("https://") else ""
+
+
 class SiteData:
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, graph: "Graph | None" = None):
         self.catalog = catalog
+        self.graph = graph
+        self.repo_url = _repo_url(catalog.root)
         self.taxonomy = catalog.taxonomy
         self.entries = sorted(catalog.entries, key=lambda entry: (-entry.data["year"], entry.data["title"].lower()))
 

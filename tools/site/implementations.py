@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..taxonomy import Taxonomy
 from . import markdown as md
-from .data import module_page, node_page, relative
+from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 
 __all__ = ["discover_modules", "module_md", "implementations_index_md", "package_readme", "package_design_md"]
 
@@ -41,11 +41,22 @@ def discover_modules(root: Path) -> dict[str, str]:
     return modules
 
 
-def module_md(module: str, summary: str, families: list) -> str:
+def module_md(module: str, summary: str, families: list, site: SiteData | None = None) -> str:
+    """A module's API page. It is kept out of the search index (its source and signatures would
+    outrank the paper and family pages); the family, paper and notebook pages link here."""
     page = module_page(module)
-    lines = [md.front_matter(title=module), f"# `{module}`", ""]
+    lines = [md.front_matter(title=module, search={"exclude": True}), f"# `{module}`", ""]
     if families:
         lines += ["Family: " + ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in families), ""]
+    graph = site.graph if site is not None else None
+    if graph is not None:
+        entry = graph.entry_of_module(module)
+        if entry is not None:
+            lines += ["Paper: " + md.link(md.text(entry.data["title"]), relative(page, paper_page(entry.key))), ""]
+        notebooks = graph.notebooks_of_module(module) if module in graph.families_of_module else []
+        if notebooks:
+            lines += ["Notebook: " + ", ".join(md.link(md.code(notebook), relative(page, notebook_page(notebook)))
+                                               for notebook in notebooks), ""]
     lines += [f"::: {module}", ""]
     return "\n".join(lines)
 
@@ -128,7 +139,7 @@ def package_design_md(root: Path, module: str, page: str) -> list[str]:
     if readme is None:
         return []
     source = readme.relative_to(root).as_posix()
-    lines = [f"## Design of `{module}` {{#{design_anchor(module)}}}", "",
+    lines = [f"## Design of `{module}` {{#{design_anchor(module)} data-search-exclude=\"\"}}", "",
              f"*The design notes of the package, from `{source}`.*", ""]
     fence, after_title = None, False
     for line in readme.read_text(encoding="utf-8").splitlines():

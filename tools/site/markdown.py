@@ -21,7 +21,8 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["text", "restricted", "code", "one_line", "cell", "link", "table", "front_matter", "fmt_number"]
+__all__ = ["text", "restricted", "code", "one_line", "cell", "link", "table", "front_matter", "fmt_number",
+           "NOT_INDEXED"]
 
 # Every line separator Python (and so Markdown or a YAML reader) may split on, and other control characters.
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -119,11 +120,15 @@ def front_matter(**fields: Any) -> str:
     return "---\n" + yaml.safe_dump(present, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n"
 
 
+# attr_list on a heading: Material's search leaves that section out of its index.
+NOT_INDEXED = '{ data-search-exclude="" }'
+
+
 def fmt_number(value: Any, digits: int | None = None) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return cell(value)
     if isinstance(value, int):
-        return f"{value:,}".replace(",", "\u2009") if abs(value) >= 10000 else str(value)
+        return f"{value:,}".replace(",", "\u202f") if abs(value) >= 10000 else str(value)
     if digits is not None:
         return f"{value:.{digits}f}"
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}".replace(",", "\u2009")
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}".replace(",", "\u202f")

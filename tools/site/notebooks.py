@@ -10,13 +10,16 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import re
 import shutil
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..interrupts import deferred_interrupt, interrupt_flag
 from . import markdown as md
+from .data import module_page, notebook_page, paper_page, relative
 
 __all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md",
            "notebooks_index_md"]
@@ -150,29 +153,121 @@ def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout:
     return body, True
 
 
-def notebook_md(notebook: str, body: str, current: bool, families: list[str]) -> str:
-    lines = [md.front_matter(title=f"Notebook: {Path(notebook).stem}")]
+_OUTPUT_LINE = re.compile(r"^    (\S.{39,})$")
+
+
+def collapse_repeated_output(body: str) -> str:
+    """Print each long output line (a warning printed in a loop) once, saying how often it came.
+
+    Only indented output lines of 40 characters or more outside code fences count; code is untouched.
+    """
+    lines = body.split("\n")
+    fence, counts, kinds = None, Counter(), []
+    for line in lines:
+        opening = re.match(r"^(```|~~~)", line)
+        if fence is not None:
+            kinds.append(None)
+            fence = None if opening and opening.group(1) == fence else fence
+            continue
+        if opening:
+            fence = opening.group(1)
+            kinds.append(None)
+            continue
+        match = _OUTPUT_LINE.match(line)
+        kinds.append(match.group(1) if match else None)
+        if match:
+            counts[match.group(1)] += 1
+    seen: set[str] = set()
+    out = []
+    for line, kind in zip(lines, kinds):
+        if kind is not None and counts[kind] > 1:
+            if kind in seen:
+                continue
+            seen.add(kind)
+            line = f"{line}   [printed {counts[kind]} times on this page; shown once]"
+        out.append(line)
+    return re.sub(r"\n{4,}", "\n\n\n", "\n".join(out))
+
+
+def notebook_title(notebook: str, body: str) -> str:
+    """The notebook's first ``# `` heading, else its file name."""
+    for line in body.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return f"Notebook: {Path(notebook).stem}"
+
+
+def notebook_source_files(root: Path, notebook: str) -> dict[str, bytes]:
+    """The notebook's ``.py`` and a generated ``.ipynb`` (no outputs), next to its page, for download."""
+    import jupytext
+
+    page_dir = Path(notebook).parent
+    source = (root / notebook).read_text(encoding="utf-8")
+    ipynb = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
+    return {str(page_dir / Path(notebook).name): source.encode("utf-8"),
+            str(page_dir / Path(notebook).with_suffix(".ipynb").name): ipynb.encode("utf-8")}
+
+
+def notebook_md(notebook: str, body: str, current: bool, families: list[str], site: Any = None) -> str:
+    title = notebook_title(notebook, body)
+    lines = [md.front_matter(title=title)]
     if not body.lstrip().startswith("# "):
         lines += [f"# Notebook `{notebook}`", ""]
-    run_hint = f"*Run it yourself:* `python {notebook}` (add `ATLAS_QUICK=1` for the quick setting), or open it in Jupyter with jupytext."
+    name = Path(notebook).name
+    ipynb = Path(name).with_suffix(".ipynb").name
+    quick = md.code("ATLAS_QUICK=1 python " + notebook)
+    run = [
+        '!!! tip "Run it yourself"',
+        "",
+        f"    Download {md.link(md.code(name), name)} or {md.link(md.code(ipynb), ipynb)}"
+        f" (no outputs), or from a clone of the repository:",
+        "",
+        f"    - as a script: {md.code('python ' + notebook)} (quick setting: {quick})",
+        f"    - in JupyterLab: {md.code('make lab')}, then open {md.code(notebook)} (jupytext opens it as a notebook)",
+        "",
+    ]
+    graph = getattr(site, "graph", None)
+    related = []
+    if graph is not None:
+        page = notebook_page(notebook)
+        modules = sorted(module for module in graph.families_of_module
+                         if notebook in graph.notebooks_of_module(module))
+        for module in modules:
+            entry = graph.entry_of_module(module)
+            item = md.link(md.code(module), relative(page, module_page(module)))
+            if entry is not None:
+                item += " · paper: " + md.link(md.text(entry.data["title"]), relative(page, paper_page(entry.key)))
+            related.append(f"- {item}")
+    header = []
+    if families:
+        header += ["Family: " + ", ".join(families), ""]
+    if related:
+        header += ["Implementations shown here:", "", *related, ""]
     if not body:
-        lines += ["!!! warning \"Not executed yet\"", "    This notebook has no rendered output yet. Run `python -m tools build` to execute and render it.", ""]
+        lines += header + run + ["!!! warning \"Not executed yet\"",
+                                 "    This notebook has no rendered output yet. Run `python -m tools build` to execute "
+                                 "and render it.", ""]
     else:
+        body = collapse_repeated_output(body)
+        first, _, rest = body.lstrip().partition("\n") if body.lstrip().startswith("# ") else ("", "", body)
+        if first:
+            lines += [first, ""]
+        lines += header + run
         if not current:
             lines += ["!!! warning \"Output may be stale\"", "    The notebook or the code it imports changed since this output was rendered; `python -m tools build` re-executes it.", ""]
-        lines.append(body)
-    lines += ["", "---", "", run_hint, ""]
-    if families:
-        lines += ["Family: " + ", ".join(families), ""]
-    return "\n".join(lines)
+        lines.append(rest)
+    return "\n".join(lines) + "\n"
 
 
-def notebooks_index_md(notebooks: list[str], families_of: dict[str, list[str]]) -> str:
+def notebooks_index_md(notebooks: list[str], families_of: dict[str, list[str]],
+                       titles: dict[str, str] | None = None) -> str:
     lines = [md.front_matter(title="Notebooks"), "# Notebooks", "",
              "Each notebook runs on CPU in about a minute (set `ATLAS_QUICK=1` for a few seconds) and is rendered here with its outputs.", ""]
     rows = []
     for notebook in notebooks:
         page = str(Path(notebook).relative_to("notebooks").with_suffix(".md"))
-        rows.append([md.link(f"`{notebook}`", page), ", ".join(families_of.get(notebook, []))])
-    lines.append(md.table(["Notebook", "Family"], rows) if rows else "*No notebooks yet.*")
+        label = md.text(titles.get(notebook, Path(notebook).stem)) if titles else md.code(notebook)
+        rows.append([md.link(label, page), md.code(Path(notebook).relative_to("notebooks")),
+                     ", ".join(families_of.get(notebook, []))])
+    lines.append(md.table(["Notebook", "File", "Family"], rows) if rows else "*No notebooks yet.*")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from collections import Counter
 from typing import Any
 
 from ..catalog import Entry
@@ -11,6 +10,7 @@ from ..bib import entries_to_bibtex
 from ..taxonomy import Node
 from . import markdown as md
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
+from .graph import MethodLinks
 from .implementations import design_anchor, package_design_md, package_readme
 
 __all__ = ["paper_md", "node_md", "home_md", "taxonomy_index_md", "papers_table", "reported_table"]
@@ -41,7 +41,7 @@ def reported_table(entries: list[Entry], page: str, with_paper: bool = False) ->
     rows = []
     for entry in entries:
         for item in entry.data.get("reported") or []:
-            row = [md.link(md.text(entry.key), relative(page, paper_page(entry.key)))] if with_paper else []
+            row = [md.link(md.text(entry.data["title"]), relative(page, paper_page(entry.key)))] if with_paper else []
             # Reported values are shown exactly as stored, never rounded.
             row += [md.cell(item["metric"]), md.cell(repr(item["value"])), md.cell(item.get("unit", "")),
                     md.cell(item.get("setting", "")), md.cell(item["source"])]
@@ -52,14 +52,79 @@ def reported_table(entries: list[Entry], page: str, with_paper: bool = False) ->
     return md.table(headers, rows)
 
 
+# Search boosts (Material's per-page ``search.boost``): a family page should outrank the papers and
+# notebooks that mention its name, and a paper page the pages that merely cite it.
+# A paper known by a method name (aliases, or implemented here) is what people type that name for.
+NODE_BOOST = 40
+PAPER_BOOST = 2
+KNOWN_PAPER_BOOST = 4
+# Sections of node pages that repeat other pages (paper tables, results, designs) stay out of the
+# index: with the page's boost they would outrank the pages they repeat.
+NOT_INDEXED = md.NOT_INDEXED
+
+
+def _aka(aliases: list[str]) -> str:
+    """The method's other names, inside the page title (so search weighs them like the title)."""
+    if not aliases:
+        return ""
+    return ' <span class="atlas-aka">(' + ", ".join(md.text(alias) for alias in aliases) + ")</span>"
+
+
+def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True) -> list[str]:
+    """The "Run it" admonition: module, import line, notebook, benchmark commands, family."""
+    if not links:
+        return []
+    lines = ['!!! example "Run it"', ""]
+    for item in links:
+        parts = [f"**Implemented here:** {md.link(md.code(item.module), relative(page, module_page(item.module)))}"]
+        parts.append(md.code(item.import_line))
+        if item.notebooks:
+            parts.append("**Notebook:** " + ", ".join(
+                md.link(md.code(notebook), relative(page, notebook_page(notebook))) for notebook in item.notebooks))
+        commands = list(dict.fromkeys(data["command"] for data in item.results))
+        if commands:
+            parts.append("**Benchmark:** " + "; ".join(md.code(command) for command in commands))
+        if family_links and item.families:
+            parts.append("**Family:** " + ", ".join(
+                md.link(md.text(node.name), relative(page, node_page(node))) for node in item.families))
+        lines += ["    " + part + "  " for part in parts] + [""]
+    return lines
+
+
+def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
+    """The rows of every results file that name this method, with the command that made them."""
+    lines = []
+    for data in item.results:
+        rows = [row for row in data["rows"] if row.get("method") == item.method]
+        columns = [column for column in data["columns"] if column["key"] not in ("method", "family")]
+        headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else ""))
+                   for column in columns]
+        body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in columns] for row in rows]
+        families = [node for node in item.families if node.id in data.get("families", [])]
+        where = families[0] if families else None
+        title = md.text(data["title"])
+        if where is not None:
+            title = md.link(title, relative(page, node_page(where)) + "#reproduced-results")
+        lines += [f"**{title}**, reproduced with {md.code(data['command'])}", "",
+                  md.table(headers, body, sortable=True), ""]
+    return lines
+
+
 def paper_md(entry: Entry, site: SiteData) -> str:
     data = entry.data
     page = paper_page(entry.key)
+    graph = site.graph
+    links_here = graph.entry_links(entry) if graph is not None else []
+    aliases = graph.aliases(entry) if graph is not None else [str(alias) for alias in data.get("aliases") or []]
     # The paper template drops the navigation, which would be most of each page's bytes at 10k entries.
-    lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags")), f"# {md.text(data['title'])}", ""]
+    lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags"),
+                             search={"boost": KNOWN_PAPER_BOOST if aliases or links_here else PAPER_BOOST}),
+             f"# {md.text(data['title'])}{_aka(aliases)}", ""]
+    first = site.taxonomy.by_id[data["placement"][0]]
+    trail = [md.link(md.text(n.name), relative(page, node_page(n))) for n in first.ancestors + [first]]
+    # Breadcrumbs after the title: before it they would open a search section of their own.
+    lines += ['<nav class="atlas-crumbs" aria-label="Breadcrumbs" markdown>', "", " › ".join(trail), "", "</nav>", ""]
     venue = " ".join(part for part in (md.text(data.get("venue", "")), str(data["year"])) if part)
-    if data.get("aliases"):
-        lines.append("**Also known as:** " + ", ".join(md.text(alias) for alias in data["aliases"]) + "  ")
     lines += [f"**Authors:** {_authors(entry)}  ", f"**Venue:** {venue}  "]
     links = _links(entry)
     if links:
@@ -67,39 +132,59 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     placements = []
     for node_id in data["placement"]:
         node = site.taxonomy.by_id[node_id]
-        trail = " › ".join(md.text(n.name) for n in node.ancestors + [node])
-        placements.append(md.link(trail, relative(page, node_page(node))))
+        trail_text = " › ".join(md.text(n.name) for n in node.ancestors + [node])
+        placements.append(md.link(trail_text, relative(page, node_page(node))))
     lines.append("**Placement:** " + "; ".join(placements) + "  ")
     if data.get("training"):
         lines.append(f"**Training:** {md.text(data['training'])}  ")
     for field, label in (("models", "Models"), ("benchmarks", "Benchmarks")):
         if data.get(field):
             lines.append(f"**{label}:** " + ", ".join(md.text(value) for value in data[field]) + "  ")
-    if data.get("implementation"):
+    if data.get("implementation") and not links_here:
         module = data["implementation"]
         lines.append(f"**Reference implementation:** {md.link(f'`{module}`', relative(page, module_page(module)))}  ")
+    if links_here:
+        lines += ["", "## Implemented here", ""] + run_it_box(links_here, page)
     reported = reported_table([entry], page)
+    reproduced = [line for item in links_here for line in reproduced_rows_md(item, page)]
     if reported:
         lines += ["", "## Reported numbers", "",
                   "Numbers as the paper (or the source named in each row) reports them; not reproduced by us.", "", reported]
+    if reproduced:
+        lines += ["", "## Reproduced by our code", "",
+                  "Numbers our reference implementation produced on our own benchmarks (not the paper's setting).", ""]
+        lines += reproduced
     # Raw <pre><code> instead of a fenced block: no syntax highlighting per page keeps the build
-    # linear and fast at 10k entries; Material still adds its copy button to it.
+    # linear and fast at 10k entries; Material still adds its copy button to it. It is kept out of
+    # the search index (it repeats the title and authors).
     bibtex = html.escape(entries_to_bibtex([data]).strip(), quote=False)
-    lines += ["", "## BibTeX", "", f'<pre class="bibtex"><code>{bibtex}</code></pre>', ""]
+    lines += ["", "## BibTeX", "", f'<pre class="bibtex" data-search-exclude><code>{bibtex}</code></pre>', ""]
     if data.get("sources"):
         lines.append("<small>Metadata from: " + ", ".join(md.text(source) for source in data["sources"]) + "</small>")
+    if site.repo_url:
+        edit = f"{site.repo_url}/edit/main/papers/{entry.key}.yaml"
+        lines += ["", f"<small>{md.link('Correct this entry', edit)} (papers/{md.text(entry.key)}.yaml) · "
+                      f"{md.link('suggest a paper', site.repo_url + '/issues/new')}</small>"]
     return "\n".join(lines) + "\n"
 
 
-def papers_table(entries: list[Entry], page: str) -> str:
+def implemented_badge(entry: Entry, site: SiteData, page: str) -> str:
+    """A link to the implementation of ``entry`` as a badge, or nothing."""
+    graph = site.graph
+    modules = graph.modules_of_entry.get(entry.key, []) if graph is not None else []
+    return " ".join(md.link('<span class="atlas-badge">implemented here</span>', relative(page, module_page(module)))
+                    for module in modules[:1])
+
+
+def papers_table(entries: list[Entry], page: str, site: SiteData) -> str:
     rows = []
     for entry in entries:
         data = entry.data
         code = md.link("code", data["code"]) if data.get("code") else ""
         arxiv = md.link(md.text(data["arxiv"]), f"https://arxiv.org/abs/{data['arxiv']}") if data.get("arxiv") else ""
         rows.append([str(data["year"]), md.link(md.text(data["title"]), relative(page, paper_page(entry.key))),
-                     md.cell(data.get("venue", "")), arxiv, code])
-    return md.table(["Year", "Title", "Venue", "arXiv", "Code"], rows, sortable=True)
+                     md.cell(data.get("venue", "")), arxiv, code, implemented_badge(entry, site, page)])
+    return md.table(["Year", "Title", "Venue", "arXiv", "Code", "Here"], rows, sortable=True)
 
 
 def _implementation_block(node: Node, page: str, module_summaries: dict[str, str],
@@ -128,7 +213,9 @@ def _implementation_block(node: Node, page: str, module_summaries: dict[str, str
 
 def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], results_md: str = "") -> str:
     page = node_page(node)
-    lines = [md.front_matter(title=node.name), f"# {md.text(node.name)}", "", md.text(node.summary), ""]
+    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}),
+             f"# {md.text(node.name)}{_aka(node.aliases)}", "",
+             md.text(node.summary), ""]
     context = []
     if node.stage is not None and node.stage is not node:
         context.append(f"Stage: {md.link(md.text(node.stage.name), relative(page, node_page(node.stage)))}")
@@ -159,24 +246,35 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     designed = () if node.children or node.kind == "resource" else tuple(
         module for module in node.implementations if package_readme(site.catalog.root, module))
     lines += _implementation_block(node, page, module_summaries, designed)
+    if site.graph is not None and not node.children and node.kind != "resource":
+        lines += run_it_box([site.graph.links(module) for module in node.implementations], page, family_links=False)
     if results_md:
-        lines += ["## Reproduced results", "", results_md, ""]
+        lines += [f"## Reproduced results {NOT_INDEXED}", "", results_md, ""]
     if node.findings:
         # Our own words about our own runs: restricted Markdown (inline markup only, see markdown.py).
         lines += ["## What we found", "", md.restricted(node.findings), ""]
     under = site.papers_under(node)
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:
-        lines += ["## Reported by papers", "", "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
+        lines += [f"## Reported by papers {NOT_INDEXED}", "",
+                  "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
     for module in designed:
         lines += package_design_md(site.catalog.root, module, page)
-    lines += [f"## Papers ({len(under)})", ""]
-    if under:
-        if node.children or node.level != "family":
-            lines += ["Papers placed here or in any node below.", ""]
-        lines += [papers_table(under, page), ""]
-    else:
+    lines += [f"## Papers ({len(under)}) {NOT_INDEXED}", ""]
+    if not under:
         lines += ["*No papers placed here yet.*", ""]
+    elif not node.children:
+        lines += [papers_table(under, page, site), ""]
+    else:
+        # A topic, stage or parent family lists only the papers placed on it (not yet in a
+        # sub-family); the rest are on the child pages and in the filterable list.
+        here = site.papers_at(node)
+        filtered = relative(page, "all-papers.md") + f"?family={node.id}"
+        lines += [f"{len(under)} papers are placed here or below: browse them all in "
+                  f"{md.link('All papers, filtered to this node', filtered)}, or open a child above.", ""]
+        if here:
+            lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "",
+                      papers_table(here, page, site), ""]
     return "\n".join(lines)
 
 
@@ -211,9 +309,9 @@ def taxonomy_index_md(site: SiteData) -> str:
 
 
 def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
-    by_stage = Counter((site.stage_of(entry), entry.data["year"]) for entry in site.entries)
     lines = [
-        md.front_matter(title="LVLM Atlas"),
+        # No title in the front matter: Material would show "LVLM Atlas - LVLM Atlas".
+        md.front_matter(search={"boost": NODE_BOOST}),
         "# LVLM Atlas",
         "",
         "A living literature repository on efficient and reliable inference of large vision-language models. "
@@ -225,7 +323,9 @@ def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
     ]
     for label, value in counts.items():
         lines.append(f"<div><strong>{value}</strong>{label}</div>")
-    lines += ["", "</div>", "", "## Papers by year and stage", "", f"![Papers per year, by stage]({chart_path})", "", "## Topics", ""]
+    lines += ["", "</div>", "",
+              f"Browse {md.link('all papers', 'all-papers.md')} with filters, or search (press `/`).", "",
+              "## Papers by year and stage", "", f"![Papers per year, by stage]({chart_path})", "", "## Topics", ""]
     for topic in site.taxonomy.topics:
         lines.append(f"- {md.link(md.text(topic.name), node_page(topic))}: {len(site.papers_under(topic))} papers")
     lines += [
@@ -239,8 +339,9 @@ def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
         f"Reported numbers come from the papers; reproduced numbers come from our code, with the command that made them. "
         f"See {md.link('About', 'about.md')} for the conventions and {md.link('Contributing', 'contributing.md')} to add a paper.",
         "",
-        f"*Counts by stage:* " + ", ".join(f"{md.text(stage)} {sum(v for (s, _), v in by_stage.items() if s == stage)}"
-                                          for stage in dict.fromkeys(stage for stage, _ in sorted(by_stage))),
+        "*Papers per stage* (as on the taxonomy pages: a paper placed in two stages counts in each): "
+        + ", ".join(f"{md.link(md.text(stage.name), node_page(stage))} {len(site.papers_under(stage))}"
+                    for topic in site.taxonomy.topics for stage in topic.children if stage.level == "stage"),
         "",
     ]
     return "\n".join(lines)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import markdown as md
-from .charts import results_chart
-from .data import relative
+from .charts import results_chart, series_styles
+from .data import node_page, relative
 
-__all__ = ["results_md", "results_index_md"]
+__all__ = ["results_md", "results_index_md", "results_links_md", "chart_styles"]
 
 
 def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
@@ -17,17 +17,22 @@ def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
     return [row for row in data["rows"] if row.get("family") in (family, "", None)]
 
 
-def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: str | None = None, heading: str = "###") -> str:
+def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: str | None = None, heading: str = "###",
+               indexed: bool = True, styles: dict[str, tuple[str, str]] | None = None) -> str:
     """One results file as Markdown (table, plots, command); plots are added to ``assets``."""
     rows = _rows_for(data, family)
     headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in data["columns"]]
     body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in data["columns"]] for row in rows]
-    lines = [f"{heading} {md.text(data['title'])}", "", md.table(headers, body, sortable=True), ""]
+    title = f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED)
+    lines = [title, "", md.table(headers, body, sortable=True), ""]
     for index, plot in enumerate(data.get("plots") or []):
         name = f"assets/generated/results/{data['id']}-{family or 'all'}-{index}.svg"
-        labels = {column["key"]: column["label"] for column in data["columns"]}
-        assets[name] = results_chart(rows, plot["x"], plot["y"], plot.get("group", ""), plot.get("title", ""), plot.get("logx", False),
-                                     labels.get(plot["x"], ""), labels.get(plot["y"], ""), plot.get("error", ""))
+        # Axis labels carry the column's unit.
+        labels = {column["key"]: column["label"] + (f" ({column['unit']})" if column.get("unit") else "")
+                  for column in data["columns"]}
+        assets[name] = results_chart(rows, plot["x"], plot["y"], plot.get("group", ""), plot.get("title", ""),
+                                     plot.get("logx", False), labels.get(plot["x"], ""), labels.get(plot["y"], ""),
+                                     plot.get("error", ""), styles)
         lines += [f"![{md.text(plot.get('title') or data['title'])}]({relative(page, name)})", ""]
     environment = data.get("environment") or {}
     machine = ", ".join(f"{key} {value}" for key, value in environment.items() if key in ("torch", "transformers", "cpu_count", "device"))
@@ -53,12 +58,35 @@ def _seed_list(seeds: list[int]) -> str:
     return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
+def chart_styles(all_results: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Every series name any plot uses, each with its site-wide colour and marker."""
+    names = [str(row.get(plot["group"], "")) for data in all_results
+             for plot in data.get("plots") or [] if plot.get("group") for row in data["rows"]]
+    return series_styles(names)
+
+
 def results_index_md(all_results: list[dict[str, Any]], assets: dict[str, str]) -> str:
     page = "results/index.md"
-    lines = [md.front_matter(title="Reproduced results"), "# Reproduced results", "",
+    # No table of contents column: the widest results tables need the room (the left navigation stays).
+    lines = [md.front_matter(title="Reproduced results", hide=["toc"]), "# Reproduced results", "",
              "Numbers our code produced, each with the command that produced it. Numbers papers report are on the paper and family pages, labelled as reported.", ""]
     if not all_results:
         lines.append("*No benchmark has written results yet.*")
     for data in all_results:
-        lines.append(results_md(data, page, assets, heading="##"))
+        lines.append(results_md(data, page, assets, heading="##", styles=chart_styles(all_results)))
     return "\n".join(lines)
+
+
+def results_links_md(node: Any, shown: list[dict[str, Any]], page: str) -> str:
+    """For a topic or stage: one line per results file, linking to the family pages that show it."""
+    below = {descendant.id: descendant for descendant in node.descendants() if not descendant.children}
+    lines = []
+    for data in shown:
+        families = [below[family] for family in data["families"] if family in below]
+        targets = ", ".join(md.link(md.text(family.name), relative(page, node_page(family)) + "#reproduced-results")
+                            for family in families)
+        lines.append(f"- {md.text(data['title'])}: on {targets}" if targets else f"- {md.text(data['title'])}")
+    if not lines:
+        return ""
+    return "\n".join(["Each family page shows its own tables and plots; the full set is on "
+                      f"{md.link('Reproduced results', relative(page, 'results/index.md'))}.", "", *lines, ""])
