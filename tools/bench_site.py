@@ -19,9 +19,11 @@ from .site.build import build_site
 
 __all__ = ["bench_site", "synthetic_entry"]
 
-_WORDS = ("visual token pruning cache attention efficient multimodal video decoding sparse adaptive dynamic "
-          "fast compression merging layer head budget vision language model inference long context streaming "
-          "hierarchical frame resolution encoder projector speculative draft reasoning quantization retrieval").split()
+_WORDS = (
+    "visual token pruning cache attention efficient multimodal video decoding sparse adaptive dynamic "
+    "fast compression merging layer head budget vision language model inference long context streaming "
+    "hierarchical frame resolution encoder projector speculative draft reasoning quantization retrieval"
+).split()
 
 
 def synthetic_entry(index: int, node_ids: list[str], rng: random.Random) -> dict:
@@ -42,7 +44,15 @@ def synthetic_entry(index: int, node_ids: list[str], rng: random.Random) -> dict
         "added": "2026-11-26",
     }
     if rng.random() < 0.1:
-        entry["reported"] = [{"metric": "speedup", "value": round(rng.uniform(1, 4), 2), "unit": "x", "setting": "synthetic", "source": "Table 1"}]
+        entry["reported"] = [
+            {
+                "metric": "speedup",
+                "value": round(rng.uniform(1, 4), 2),
+                "unit": "x",
+                "setting": "synthetic",
+                "source": "Table 1",
+            }
+        ]
     return entry
 
 
@@ -78,8 +88,10 @@ def bench_site(root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int 
         print(f"entries:            {total}")
         print(f"validate:           {validate_s:.2f} s")
         print(f"full build:         {full_build_s:.2f} s (validate + generate + mkdocs build --strict)")
-        print(f"site size:          {site_bytes / 1e6:.1f} MB, {site_bytes / total / 1e3:.1f} KB per entry "
-              f"(search index {search_bytes / 1e6:.1f} MB)")
+        print(
+            f"site size:          {site_bytes / 1e6:.1f} MB, {site_bytes / total / 1e3:.1f} KB per entry "
+            f"(search index {search_bytes / 1e6:.1f} MB)"
+        )
         return 0
     finally:
         if keep:

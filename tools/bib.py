@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import bibtexparser
 import bibtexparser.middlewares
@@ -28,20 +29,50 @@ from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSp
 from .catalog import Catalog, normalise_title
 from .schema import KEY_PATTERN
 
-__all__ = ["JOURNAL_VENUES", "BibImportError", "entry_to_bibtex", "entries_to_bibtex", "bibtex_to_entries",
-           "new_entries_from_bibtex", "entry_identities"]
+__all__ = [
+    "JOURNAL_VENUES",
+    "BibImportError",
+    "entry_to_bibtex",
+    "entries_to_bibtex",
+    "bibtex_to_entries",
+    "new_entries_from_bibtex",
+    "entry_identities",
+]
 
 # Venues written as @article{journal=...}; every other non-arXiv venue is @inproceedings{booktitle=...}.
 JOURNAL_VENUES = {
-    "TPAMI", "IJCV", "TIP", "TMLR", "TCSVT", "TMM", "TNNLS", "TOMM", "JMLR", "Pattern Recognition",
-    "Neurocomputing", "Information Fusion", "Neural Networks", "Knowledge-Based Systems", "Nature",
-    "Transactions on Machine Learning Research", "ACM Computing Surveys", "IEEE Access",
+    "TPAMI",
+    "IJCV",
+    "TIP",
+    "TMLR",
+    "TCSVT",
+    "TMM",
+    "TNNLS",
+    "TOMM",
+    "JMLR",
+    "Pattern Recognition",
+    "Neurocomputing",
+    "Information Fusion",
+    "Neural Networks",
+    "Knowledge-Based Systems",
+    "Nature",
+    "Transactions on Machine Learning Research",
+    "ACM Computing Surveys",
+    "IEEE Access",
 }
 # Text command for every character that BibTeX or LaTeX would read as syntax; braces and backslash
 # become commands (not "\{"), because BibTeX counts a brace even after a backslash.
 _LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "{": r"\textbraceleft{}", "}": r"\textbraceright{}", "&": r"\&", "%": r"\%",
-    "$": r"\$", "#": r"\#", "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "{": r"\textbraceleft{}",
+    "}": r"\textbraceright{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 _ARXIV_IN_TEXT = re.compile(r"(?:arXiv:|arxiv\.org/(?:abs|pdf)/)(\d{4}\.\d{4,5})", re.IGNORECASE)
 
@@ -58,11 +89,18 @@ def _latex_decoder() -> LatexNodes2Text:
     context = get_default_latex_context_db()
     # Our own escapes decode to the exact character; dashes and quotes stay as typed (LaTeX
     # would typeset "--" as an en dash, but the entry text is what the paper's BibTeX says).
-    context.add_context_category("atlas", prepend=True, macros=[
-        MacroTextSpec("textbraceleft", "{"), MacroTextSpec("textbraceright", "}"),
-        MacroTextSpec("textasciicircum", "^"), MacroTextSpec("textasciitilde", "~"),
-        MacroTextSpec("textbackslash", "\\"),
-    ], specials=[SpecialsTextSpec(chars, chars) for chars in ("--", "---", "``", "''", "!`", "?`")])
+    context.add_context_category(
+        "atlas",
+        prepend=True,
+        macros=[
+            MacroTextSpec("textbraceleft", "{"),
+            MacroTextSpec("textbraceright", "}"),
+            MacroTextSpec("textasciicircum", "^"),
+            MacroTextSpec("textasciitilde", "~"),
+            MacroTextSpec("textbackslash", "\\"),
+        ],
+        specials=[SpecialsTextSpec(chars, chars) for chars in ("--", "---", "``", "''", "!`", "?`")],
+    )
     return LatexNodes2Text(latex_context=context, math_mode="verbatim", strict_latex_spaces=True)
 
 
@@ -182,8 +220,14 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
         truncated = bool(authors) and authors[-1].lower() == "others"
         if truncated:
             authors.pop()
-        text_fields = " ".join(str(fields[name].value) for name in ("journal", "url", "note", "eprint") if name in fields)
-        arxiv = str(fields["eprint"].value) if "eprint" in fields and re.fullmatch(r"\d{4}\.\d{4,5}(v\d+)?", str(fields["eprint"].value)) else ""
+        text_fields = " ".join(
+            str(fields[name].value) for name in ("journal", "url", "note", "eprint") if name in fields
+        )
+        arxiv = (
+            str(fields["eprint"].value)
+            if "eprint" in fields and re.fullmatch(r"\d{4}\.\d{4,5}(v\d+)?", str(fields["eprint"].value))
+            else ""
+        )
         if not arxiv and (match := _ARXIV_IN_TEXT.search(text_fields)):
             arxiv = match.group(1)
         venue_field = fields.get("booktitle") or fields.get("journal")
@@ -195,8 +239,11 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
             data["authors_truncated"] = True
         data["year"] = int(str(year.value).strip())
         data["venue"] = venue
-        for name, value in (("arxiv", arxiv), ("doi", str(fields["doi"].value).strip() if "doi" in fields else ""),
-                            ("url", str(fields["url"].value).strip() if "url" in fields else "")):
+        for name, value in (
+            ("arxiv", arxiv),
+            ("doi", str(fields["doi"].value).strip() if "doi" in fields else ""),
+            ("url", str(fields["url"].value).strip() if "url" in fields else ""),
+        ):
             if value:
                 data[name] = value
         entries.append(data)
@@ -205,7 +252,9 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
     return entries
 
 
-def new_entries_from_bibtex(path: Path, catalog: Catalog, placement: list[str], added: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def new_entries_from_bibtex(
+    path: Path, catalog: Catalog, placement: list[str], added: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Entries from a .bib file that are not already in the catalog; returns (new entries, skip messages).
 
     A BibTeX entry is a duplicate when its key, arXiv id, DOI or normalised title matches an

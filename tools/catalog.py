@@ -12,9 +12,10 @@ import json
 import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import fastjsonschema
 
@@ -98,7 +99,11 @@ def _load_file(path: Path, root: Path, problems: list[Problem], text: str | None
         problems.append(Problem(relpath, 1, "", f"cannot read the file: {error}"))
         return None
     if not isinstance(loaded.data, dict):
-        problems.append(Problem(relpath, 1, "", f"expected a mapping of fields at the top level, found {type(loaded.data).__name__}"))
+        problems.append(
+            Problem(
+                relpath, 1, "", f"expected a mapping of fields at the top level, found {type(loaded.data).__name__}"
+            )
+        )
         return None
     return loaded
 
@@ -110,7 +115,9 @@ def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[P
         relpath = _relative(loaded.path, root)
         problems += schema_problems(validator, loaded, relpath)
         if loaded.first_line.strip() != TAXONOMY_SCHEMA_HINT:
-            problems.append(Problem(relpath, 1, "", f"first line should be '{TAXONOMY_SCHEMA_HINT}' so editors validate", "warning"))
+            problems.append(
+                Problem(relpath, 1, "", f"first line should be '{TAXONOMY_SCHEMA_HINT}' so editors validate", "warning")
+            )
     # Built from schema-invalid files too (best effort), so one bad node does not make every
     # paper's placement "unknown".
     taxonomy = load_taxonomy(root / "taxonomy", loaded_files)
@@ -121,18 +128,37 @@ def _check_taxonomy(root: Path, loaded_files: list[LoadedYaml], problems: list[P
             relpath = _relative(node.file, root) if node.file else "taxonomy"
             if node.id in seen:
                 other = seen[node.id]
-                problems.append(Problem(relpath, node.line, "id", f"duplicate taxonomy id '{node.id}' (also {_relative(other.file, root)}:{other.line})"))
+                problems.append(
+                    Problem(
+                        relpath,
+                        node.line,
+                        "id",
+                        f"duplicate taxonomy id '{node.id}' (also {_relative(other.file, root)}:{other.line})",
+                    )
+                )
             seen[node.id] = node
             if node.level == "stage" and node.axis and node.axis not in axes:
-                problems.append(Problem(relpath, node.line, "axis", f"unknown axis '{node.axis}'; the topic defines {sorted(axes)}"))
+                problems.append(
+                    Problem(relpath, node.line, "axis", f"unknown axis '{node.axis}'; the topic defines {sorted(axes)}")
+                )
             if node.is_leaf_method:
                 for field_name in ("implementation", "notebook"):
                     if getattr(node, field_name) == PLANNED:
-                        problems.append(Problem(relpath, node.line, field_name, f"method family '{node.id}' has no {field_name} yet "
-                                                f"(planned); {_NOT_A_METHOD_HINT}"))
+                        problems.append(
+                            Problem(
+                                relpath,
+                                node.line,
+                                field_name,
+                                f"method family '{node.id}' has no {field_name} yet (planned); {_NOT_A_METHOD_HINT}",
+                            )
+                        )
             for module in node.implementations:
                 if not _module_exists(root, module):
-                    problems.append(Problem(relpath, node.line, "implementation", f"module '{module}' does not exist under {root.name}/"))
+                    problems.append(
+                        Problem(
+                            relpath, node.line, "implementation", f"module '{module}' does not exist under {root.name}/"
+                        )
+                    )
             for notebook in node.notebooks:
                 if not (root / notebook).is_file():
                     problems.append(Problem(relpath, node.line, "notebook", f"notebook '{notebook}' does not exist"))
@@ -154,14 +180,21 @@ def _check_reproduced(root: Path, taxonomy: Taxonomy, problems: list[Problem]) -
             if family not in taxonomy.by_id:
                 close = difflib.get_close_matches(family, list(taxonomy.by_id), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                problems.append(Problem(f"{RESULTS_DIR}/{data['id']}.json", 1, "families",
-                                        f"unknown taxonomy id '{family}'{hint}"))
+                problems.append(
+                    Problem(f"{RESULTS_DIR}/{data['id']}.json", 1, "families", f"unknown taxonomy id '{family}'{hint}")
+                )
     for topic in taxonomy.topics:
         for node in topic.descendants():
             if node.is_leaf_method and node.implementations and node.id not in covered:
-                problems.append(Problem(_relative(node.file, root) if node.file else "taxonomy", node.line, "implementation",
-                                        f"method family '{node.id}' has no reproduced results: no reference_impls/results/*.json "
-                                        "lists it in its families (run the family's benchmark and commit its JSON)"))
+                problems.append(
+                    Problem(
+                        _relative(node.file, root) if node.file else "taxonomy",
+                        node.line,
+                        "implementation",
+                        f"method family '{node.id}' has no reproduced results: no reference_impls/results/*.json "
+                        "lists it in its families (run the family's benchmark and commit its JSON)",
+                    )
+                )
 
 
 def topic_data(taxonomy: Taxonomy, topic) -> dict[str, Any]:
@@ -188,8 +221,10 @@ def _symlink_problems(root: Path) -> list[Problem]:
                 path = Path(folder) / child
                 if path.is_symlink():
                     relpath = f"{name}/{path.relative_to(top)}"
-                    message = (f"symbolic links are not allowed under {name}/: the build would copy or read the "
-                               "target's content; commit the file itself")
+                    message = (
+                        f"symbolic links are not allowed under {name}/: the build would copy or read the "
+                        "target's content; commit the file itself"
+                    )
                     problems.append(Problem(relpath, 1, "", message))
     return problems
 
@@ -200,8 +235,9 @@ def _canonical(path: Path) -> Path:
     return path.parent.resolve() / path.name
 
 
-def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, str],
-                 problems: list[Problem]) -> list[Path]:
+def _paper_files(
+    root: Path, selected: set[Path] | None, new_files: dict[Path, str], problems: list[Problem]
+) -> list[Path]:
     """Every ``papers/<key>.yaml``; anything else under ``papers/`` (except the schema) is reported."""
     papers = root / "papers"
     found = set(new_files)
@@ -232,8 +268,13 @@ def _paper_files(root: Path, selected: set[Path] | None, new_files: dict[Path, s
     return sorted(found)
 
 
-def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *, check_schema_file: bool = True,
-                 new_files: dict[Path, str] | None = None) -> Catalog:
+def load_catalog(
+    root: Path = ROOT,
+    paper_paths: Iterable[Path] | None = None,
+    *,
+    check_schema_file: bool = True,
+    new_files: dict[Path, str] | None = None,
+) -> Catalog:
     """Load the taxonomy and the paper entries under ``root`` and check them; never raises on bad data.
 
     ``paper_paths`` restricts which entries are reported on, but cross-file checks (duplicates)
@@ -243,8 +284,11 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
     root = Path(root).resolve()
     problems: list[Problem] = _symlink_problems(root)
     linked = {root / problem.path for problem in problems}
-    taxonomy_files = [loaded for path in sorted((root / "taxonomy").glob("*.yaml"))
-                      if path not in linked and (loaded := _load_file(path, root, problems))]
+    taxonomy_files = [
+        loaded
+        for path in sorted((root / "taxonomy").glob("*.yaml"))
+        if path not in linked and (loaded := _load_file(path, root, problems))
+    ]
     taxonomy = _check_taxonomy(root, taxonomy_files, problems)
 
     new_files = {_canonical(path): text for path, text in (new_files or {}).items()}
@@ -272,13 +316,17 @@ def load_catalog(root: Path = ROOT, paper_paths: Iterable[Path] | None = None, *
     known_keys = {entry.key for entry in entries}
     for topic in taxonomy.topics:
         if topic.source and topic.source not in known_keys:
-            problems.append(Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'"))
+            problems.append(
+                Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'")
+            )
     if (root / "mkdocs.yml").is_file():
         problems += [Problem("mkdocs.yml", 1, "nav", message) for message in check_nav(root, taxonomy)]
     if check_schema_file:
         schema_path = root / "papers" / "paper.schema.json"
         if not schema_path.is_file() or schema_path.read_text(encoding="utf-8") != schema_text(taxonomy):
-            problems.append(Problem("papers/paper.schema.json", 1, "", "out of date with taxonomy/ (run: python -m tools schema)"))
+            problems.append(
+                Problem("papers/paper.schema.json", 1, "", "out of date with taxonomy/ (run: python -m tools schema)")
+            )
     return Catalog(root=root, taxonomy=taxonomy, entries=entries, problems=problems)
 
 
@@ -287,14 +335,28 @@ def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Proble
     data, loaded, relpath = entry.data, entry.loaded, entry.relpath
     stem = Path(relpath).stem
     if isinstance(data.get("key"), str) and data["key"] != stem:
-        problems.append(Problem(relpath, loaded.line_of(("key",)), "key", f"key '{data['key']}' differs from the file name '{stem}.yaml'"))
+        problems.append(
+            Problem(
+                relpath,
+                loaded.line_of(("key",)),
+                "key",
+                f"key '{data['key']}' differs from the file name '{stem}.yaml'",
+            )
+        )
     if loaded.first_line.strip() != SCHEMA_HINT:
         problems.append(Problem(relpath, 1, "", f"first line should be '{SCHEMA_HINT}' so editors validate", "warning"))
     for index, node_id in enumerate(data.get("placement") or []):
         if isinstance(node_id, str) and node_id not in taxonomy.by_id:
             close = difflib.get_close_matches(node_id, list(taxonomy.by_id), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            problems.append(Problem(relpath, loaded.line_of(("placement", index)), f"placement[{index}]", f"unknown taxonomy id '{node_id}'{hint}"))
+            problems.append(
+                Problem(
+                    relpath,
+                    loaded.line_of(("placement", index)),
+                    f"placement[{index}]",
+                    f"unknown taxonomy id '{node_id}'{hint}",
+                )
+            )
     added = data.get("added")
     if isinstance(added, str) and re.fullmatch(DATE_PATTERN, added):
         try:
@@ -304,7 +366,9 @@ def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Proble
             problems.append(Problem(relpath, loaded.line_of(("added",)), "added", message))
     module = data.get("implementation")
     if isinstance(module, str) and module.startswith("reference_impls") and not _module_exists(root, module):
-        problems.append(Problem(relpath, loaded.line_of(("implementation",)), "implementation", f"module '{module}' does not exist"))
+        problems.append(
+            Problem(relpath, loaded.line_of(("implementation",)), "implementation", f"module '{module}' does not exist")
+        )
     return problems
 
 
@@ -316,12 +380,31 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
 
     checks = (
         # Keys equal but for letter case name files that collide on case-insensitive file systems.
-        ("key", "key (ignoring letter case)",
-         lambda data: data["key"].casefold() if isinstance(data.get("key"), str) else None),
-        ("arxiv", "arXiv id", lambda data: str(data.get("arxiv")).split("v")[0] if isinstance(data.get("arxiv"), str) else None),
+        (
+            "key",
+            "key (ignoring letter case)",
+            lambda data: data["key"].casefold() if isinstance(data.get("key"), str) else None,
+        ),
+        (
+            "arxiv",
+            "arXiv id",
+            lambda data: str(data.get("arxiv")).split("v")[0] if isinstance(data.get("arxiv"), str) else None,
+        ),
         ("doi", "DOI", lambda data: data.get("doi").lower() if isinstance(data.get("doi"), str) else None),
-        ("title", "title (near-duplicate)", lambda data: normalise_title(data["title"]) if isinstance(data.get("title"), str) else None),
-        ("title", "title words (near-duplicate)", lambda data: " ".join(sorted(set(re.findall(r"[a-z0-9]+", data["title"].lower())))) if isinstance(data.get("title"), str) else None),
+        (
+            "title",
+            "title (near-duplicate)",
+            lambda data: normalise_title(data["title"]) if isinstance(data.get("title"), str) else None,
+        ),
+        (
+            "title",
+            "title words (near-duplicate)",
+            lambda data: (
+                " ".join(sorted(set(re.findall(r"[a-z0-9]+", data["title"].lower()))))
+                if isinstance(data.get("title"), str)
+                else None
+            ),
+        ),
     )
     reported_pairs: set[tuple[str, tuple[str, str]]] = set()
     for field_name, label, value_of in checks:
@@ -340,7 +423,14 @@ def _cross_entry_problems(entries: list[Entry], selected: set[Path] | None) -> l
                 this, that = (entry, other) if report(entry) or not report(other) else (other, entry)
                 if report(this):
                     line = this.loaded.line_of((field_name,))
-                    problems.append(Problem(this.relpath, line, field_name, f"duplicate {label}: same as {that.relpath}:{that.loaded.line_of((field_name,))}"))
+                    problems.append(
+                        Problem(
+                            this.relpath,
+                            line,
+                            field_name,
+                            f"duplicate {label}: same as {that.relpath}:{that.loaded.line_of((field_name,))}",
+                        )
+                    )
             else:
                 first[value] = entry
     return problems

@@ -6,8 +6,9 @@ import datetime as dt
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import fastjsonschema
 from jsonschema import Draft202012Validator, validators

@@ -34,8 +34,10 @@ def _print_suggestions(catalog: Catalog, items: list[dict], command: str) -> Non
     model = Classifier.from_catalog(catalog)
     for item in items:
         ranked = model.suggest(item)
-        print(f"{command}: suggested placements for '{item['title']}': "
-              + ", ".join(f"{node_id} ({score:.2f})" for node_id, score in ranked))
+        print(
+            f"{command}: suggested placements for '{item['title']}': "
+            + ", ".join(f"{node_id} ({score:.2f})" for node_id, score in ranked)
+        )
     print(f"{command}: no --placement given, nothing was written; rerun with --placement ID [ID ...]", file=sys.stderr)
 
 
@@ -47,9 +49,12 @@ def cmd_validate(args: argparse.Namespace, root: Path) -> int:
     nodes = catalog.taxonomy.nodes()
     methods = [node for node in nodes if node.is_leaf_method]
     exempt = [node.id for node in nodes if node.kind == "resource"]
-    print(f"validate: {len(catalog.entries)} entries, {len(nodes)} taxonomy nodes "
-          f"({len(methods)} method families; exempt as not methods: {', '.join(exempt) or 'none'}), "
-          f"{errors} error(s), {warnings} warning(s)", file=sys.stderr if errors else sys.stdout)
+    print(
+        f"validate: {len(catalog.entries)} entries, {len(nodes)} taxonomy nodes "
+        f"({len(methods)} method families; exempt as not methods: {', '.join(exempt) or 'none'}), "
+        f"{errors} error(s), {warnings} warning(s)",
+        file=sys.stderr if errors else sys.stdout,
+    )
     return 1 if errors else 0
 
 
@@ -82,8 +87,9 @@ def cmd_import_tsv(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def _check_then_write(root: Path, entries: list[dict], command: str, *, overwrite: bool = False,
-                      dry_run: bool = False) -> int:
+def _check_then_write(
+    root: Path, entries: list[dict], command: str, *, overwrite: bool = False, dry_run: bool = False
+) -> int:
     """Write the entries only when every path is safe and every entry validates; name each file."""
     from .entries import planned_writes
     from .paths import UnsafePathError
@@ -152,9 +158,17 @@ def cmd_new(args: argparse.Namespace, root: Path) -> int:
             return 1
         _print_suggestions(catalog, [{"title": args.title}], "new")
         return 1
-    data = {"key": args.key, "title": args.title, "authors": args.author, "year": args.year, "venue": args.venue,
-            "arxiv": args.arxiv, "url": f"https://arxiv.org/abs/{args.arxiv}" if args.arxiv else "",
-            "placement": args.placement, "added": dt.date.today().isoformat()}
+    data = {
+        "key": args.key,
+        "title": args.title,
+        "authors": args.author,
+        "year": args.year,
+        "venue": args.venue,
+        "arxiv": args.arxiv,
+        "url": f"https://arxiv.org/abs/{args.arxiv}" if args.arxiv else "",
+        "placement": args.placement,
+        "added": dt.date.today().isoformat(),
+    }
     status = _check_then_write(root, [data], "new", overwrite=args.force, dry_run=args.dry_run)
     if status == 0 and not args.dry_run:
         print("fill in the remaining fields, then run: python -m tools validate")
@@ -231,9 +245,11 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
     if args.evaluate:
         result = evaluate(catalog, folds=args.folds)
         text = f"titles and {result['summaries']} summaries" if result["summaries"] else "titles only"
-        print(f"triage classifier, {result['method']} over {result['entries']} entries "
-              f"({result['classes']} placement ids, {text}): "
-              f"top-1 {100 * result['top1']:.1f}%, top-3 {100 * result['top3']:.1f}%")
+        print(
+            f"triage classifier, {result['method']} over {result['entries']} entries "
+            f"({result['classes']} placement ids, {text}): "
+            f"top-1 {100 * result['top1']:.1f}%, top-3 {100 * result['top3']:.1f}%"
+        )
         return 0
     if args.feed is None:
         print("triage: give a feed file, or --evaluate, or --feed-url", file=sys.stderr)
@@ -264,7 +280,9 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
 def cmd_build(args: argparse.Namespace, root: Path) -> int:
     from .site.build import build_site
 
-    return build_site(root, run_mkdocs=not args.no_mkdocs, execute_notebooks=not args.no_execute, site_dir=args.site_dir)
+    return build_site(
+        root, run_mkdocs=not args.no_mkdocs, execute_notebooks=not args.no_execute, site_dir=args.site_dir
+    )
 
 
 def cmd_serve(args: argparse.Namespace, root: Path) -> int:
@@ -280,8 +298,16 @@ def cmd_bench_site(args: argparse.Namespace, root: Path) -> int:
 
 
 _COMMANDS = {
-    "validate": cmd_validate, "schema": cmd_schema, "import-tsv": cmd_import_tsv, "bib": cmd_bib, "new": cmd_new,
-    "stats": cmd_stats, "triage": cmd_triage, "build": cmd_build, "serve": cmd_serve, "bench-site": cmd_bench_site,
+    "validate": cmd_validate,
+    "schema": cmd_schema,
+    "import-tsv": cmd_import_tsv,
+    "bib": cmd_bib,
+    "new": cmd_new,
+    "stats": cmd_stats,
+    "triage": cmd_triage,
+    "build": cmd_build,
+    "serve": cmd_serve,
+    "bench-site": cmd_bench_site,
 }
 
 

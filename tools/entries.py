@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .catalog import SCHEMA_HINT
 from .paths import UnsafePathError, entry_path, folded_names
@@ -12,16 +13,37 @@ from .yamlio import dump_yaml, write_text_atomic
 __all__ = ["FIELD_ORDER", "entry_text", "write_entry", "write_entries", "planned_writes"]
 
 FIELD_ORDER = (
-    "key", "title", "aliases", "authors", "authors_truncated", "year", "venue", "arxiv", "doi", "url", "code",
-    "placement", "tags", "training", "models", "benchmarks", "reported", "implementation", "sources", "added",
+    "key",
+    "title",
+    "aliases",
+    "authors",
+    "authors_truncated",
+    "year",
+    "venue",
+    "arxiv",
+    "doi",
+    "url",
+    "code",
+    "placement",
+    "tags",
+    "training",
+    "models",
+    "benchmarks",
+    "reported",
+    "implementation",
+    "sources",
+    "added",
 )
 
 
 def entry_text(data: dict[str, Any]) -> str:
     """The YAML text of an entry: schema hint first, fields in canonical order, empty values left out."""
     # authors stays even when empty: an empty list says "no source lists them".
-    ordered = {name: data.get(name, []) if name == "authors" else data[name]
-               for name in FIELD_ORDER if name == "authors" or data.get(name) not in (None, "", [])}
+    ordered = {
+        name: data.get(name, []) if name == "authors" else data[name]
+        for name in FIELD_ORDER
+        if name == "authors" or data.get(name) not in (None, "", [])
+    }
     extra = set(data) - set(FIELD_ORDER)
     if extra:
         raise ValueError(f"unknown fields {sorted(extra)} for entry {data.get('key')!r}")

@@ -80,7 +80,9 @@ def _merge(kept: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+def import_tsv(
+    tsv_path: Path, *, root: Path = ROOT, added: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
     """Write one entry per row into ``root/papers``; returns (written paths, messages).
 
     Raises ``ValueError`` (before writing anything) when a row's label has no mapping, a row is
@@ -102,7 +104,9 @@ def import_tsv(tsv_path: Path, *, root: Path = ROOT, added: str | None = None, o
         label = f"{row.get('stage', '').strip()}/{row.get('family', '').strip()}"
         placement = overrides.get(key) or defaults.get(label)
         if not placement:
-            raise ValueError(f"{tsv_path}:{line}: {key}: no placement for label '{label}' (add it to tools/import_map.yaml)")
+            raise ValueError(
+                f"{tsv_path}:{line}: {key}: no placement for label '{label}' (add it to tools/import_map.yaml)"
+            )
         if key in entries:
             raise ValueError(f"{tsv_path}:{line}: duplicate key '{key}'")
         entries[key] = row_to_entry(row, list(placement), added)

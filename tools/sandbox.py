@@ -6,8 +6,8 @@ Data and site configuration are copied (so they can be edited); code folders are
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .catalog import ROOT
 
@@ -23,7 +23,11 @@ def make_sandbox(target: Path, paper_keys: Iterable[str] | None = (), *, source:
     shutil.copytree(source / "tools", target / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     (target / "papers").mkdir()
     shutil.copy(source / "papers" / "paper.schema.json", target / "papers")
-    papers = sorted((source / "papers").glob("*.yaml")) if paper_keys is None else [source / "papers" / f"{key}.yaml" for key in paper_keys]
+    papers = (
+        sorted((source / "papers").glob("*.yaml"))
+        if paper_keys is None
+        else [source / "papers" / f"{key}.yaml" for key in paper_keys]
+    )
     for path in papers:
         shutil.copy(path, target / "papers")
     shutil.copy(source / "mkdocs.yml", target)

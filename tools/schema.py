@@ -11,8 +11,17 @@ from typing import Any
 
 from .taxonomy import Taxonomy
 
-__all__ = ["SCHEMA_ID", "paper_schema", "schema_text", "ARXIV_PATTERN", "DOI_PATTERN", "DATE_PATTERN", "KEY_PATTERN",
-           "MAX_KEY_LENGTH", "results_schema"]
+__all__ = [
+    "SCHEMA_ID",
+    "paper_schema",
+    "schema_text",
+    "ARXIV_PATTERN",
+    "DOI_PATTERN",
+    "DATE_PATTERN",
+    "KEY_PATTERN",
+    "MAX_KEY_LENGTH",
+    "results_schema",
+]
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
@@ -24,7 +33,9 @@ URL_PATTERN = r"^https?://[^\s{}\\]+$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
 
-def _string(description: str, *, pattern: str | None = None, examples: list[str] | None = None, min_length: int = 1) -> dict[str, Any]:
+def _string(
+    description: str, *, pattern: str | None = None, examples: list[str] | None = None, min_length: int = 1
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string", "minLength": min_length, "description": description}
     if pattern:
         schema["pattern"] = pattern
@@ -49,7 +60,10 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
             "value": {"type": "number", "description": "The reported value (a plain number; put the unit in `unit`)."},
             "unit": {"type": "string", "description": "Unit of the value.", "examples": ["GB", "ms/token", "x", "%"]},
             "setting": {"type": "string", "description": "Model, benchmark and budget the number belongs to."},
-            "source": _string("Where in the paper (or survey) the number is stated.", examples=["abstract", "Table 8 of arXiv 2604.05546"]),
+            "source": _string(
+                "Where in the paper (or survey) the number is stated.",
+                examples=["abstract", "Table 8 of arXiv 2604.05546"],
+            ),
         },
     }
     return {
@@ -61,9 +75,14 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["key", "title", "authors", "year", "placement", "added"],
         "properties": {
-            "key": {**_string("Citation key; equals the file name without .yaml.", pattern=KEY_PATTERN,
-                              examples=["zeng2026hybridkv"]),
-                    "maxLength": MAX_KEY_LENGTH},
+            "key": {
+                **_string(
+                    "Citation key; equals the file name without .yaml.",
+                    pattern=KEY_PATTERN,
+                    examples=["zeng2026hybridkv"],
+                ),
+                "maxLength": MAX_KEY_LENGTH,
+            },
             "title": _string("Title as the paper gives it.", min_length=3),
             "aliases": {
                 "type": "array",
@@ -76,11 +95,21 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
                 "description": "Authors as 'First Last', in paper order. Empty when no source lists them.",
                 "items": _string("One author, 'First Last'."),
             },
-            "authors_truncated": {"type": "boolean", "description": "True when the source truncated the author list (et al.)."},
-            "year": {"type": "integer", "minimum": 1950, "maximum": 2100, "description": "Publication year (venue year for published papers)."},
+            "authors_truncated": {
+                "type": "boolean",
+                "description": "True when the source truncated the author list (et al.).",
+            },
+            "year": {
+                "type": "integer",
+                "minimum": 1950,
+                "maximum": 2100,
+                "description": "Publication year (venue year for published papers).",
+            },
             "venue": _string("Short venue name; 'arXiv' for preprints.", examples=["CVPR", "NeurIPS", "arXiv"]),
             "arxiv": _string("arXiv id as a quoted string.", pattern=ARXIV_PATTERN, examples=["2604.05887"]),
-            "doi": _string("DOI without the https://doi.org/ prefix.", pattern=DOI_PATTERN, examples=["10.1609/aaai.v39i4.32417"]),
+            "doi": _string(
+                "DOI without the https://doi.org/ prefix.", pattern=DOI_PATTERN, examples=["10.1609/aaai.v39i4.32417"]
+            ),
             "url": _string("Link to the paper (arXiv abstract, proceedings or OpenReview page).", pattern=URL_PATTERN),
             "code": _string("Code repository given by the authors or a curated list.", pattern=URL_PATTERN),
             "placement": {
@@ -90,14 +119,39 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
                 "description": "Taxonomy ids (topic, stage or family) where the paper belongs; one or more.",
                 "items": placement_item,
             },
-            "tags": {"type": "array", "uniqueItems": True, "items": _string("Lower-case tag; '/' nests.", pattern=TAG_PATTERN)},
-            "training": {"enum": ["training-free", "training-aware", "n/a"], "description": "Whether the method needs training."},
-            "models": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Models the paper evaluates."},
-            "benchmarks": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Benchmarks the paper evaluates on."},
+            "tags": {
+                "type": "array",
+                "uniqueItems": True,
+                "items": _string("Lower-case tag; '/' nests.", pattern=TAG_PATTERN),
+            },
+            "training": {
+                "enum": ["training-free", "training-aware", "n/a"],
+                "description": "Whether the method needs training.",
+            },
+            "models": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "Models the paper evaluates.",
+            },
+            "benchmarks": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "Benchmarks the paper evaluates on.",
+            },
             "reported": {"type": "array", "items": reported},
-            "implementation": _string("Module path of our reference implementation.", pattern=r"^reference_impls(\.[a-z_][a-z0-9_]*)+$", examples=["reference_impls.decoding.hybridkv"]),
-            "sources": {"type": "array", "items": {"type": "string", "minLength": 1}, "description": "Where the metadata came from (curated lists, verified pages)."},
-            "added": _string("Date the entry was added, as a quoted ISO date string.", pattern=DATE_PATTERN, examples=["2026-11-26"]),
+            "implementation": _string(
+                "Module path of our reference implementation.",
+                pattern=r"^reference_impls(\.[a-z_][a-z0-9_]*)+$",
+                examples=["reference_impls.decoding.hybridkv"],
+            ),
+            "sources": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "Where the metadata came from (curated lists, verified pages).",
+            },
+            "added": _string(
+                "Date the entry was added, as a quoted ISO date string.", pattern=DATE_PATTERN, examples=["2026-11-26"]
+            ),
         },
     }
 
@@ -115,42 +169,85 @@ def results_schema() -> dict[str, Any]:
         "$id": "https://lvlm-atlas.github.io/schemas/results.schema.json",
         "title": "LVLM Atlas reproduced results",
         "description": "Numbers our code produced, with the command that produced them. "
-                       "Never a number a paper reports.",
+        "Never a number a paper reports.",
         "type": "object",
         "additionalProperties": False,
         "required": ["id", "title", "command", "families", "columns", "rows"],
         "properties": {
-            "id": {"type": "string", "pattern": RESULTS_ID_PATTERN, "maxLength": 100,
-                   "description": "Equals the file name without .json."},
+            "id": {
+                "type": "string",
+                "pattern": RESULTS_ID_PATTERN,
+                "maxLength": 100,
+                "description": "Equals the file name without .json.",
+            },
             "title": _string("What the table shows (plain text).", min_length=3),
-            "command": _string("The command that wrote this file: python -m reference_impls.<module> [arguments].",
-                               pattern=COMMAND_PATTERN),
+            "command": _string(
+                "The command that wrote this file: python -m reference_impls.<module> [arguments].",
+                pattern=COMMAND_PATTERN,
+            ),
             "produced": _string("Date of the run, ISO format.", pattern=DATE_PATTERN),
-            "environment": {"type": "object",
-                            "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
-            "families": {"type": "array", "minItems": 1, "uniqueItems": True,
-                         "items": {"type": "string", "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
-                         "description": "Taxonomy ids of the families whose pages show this file."},
-            "columns": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "additionalProperties": False, "required": ["key", "label"],
-                "properties": {"key": identifier, "label": {"type": "string"}, "unit": {"type": "string"},
-                               "digits": {"type": ["integer", "null"], "minimum": 0, "maximum": 12}}}},
+            "environment": {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+            },
+            "families": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"type": "string", "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
+                "description": "Taxonomy ids of the families whose pages show this file.",
+            },
+            "columns": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["key", "label"],
+                    "properties": {
+                        "key": identifier,
+                        "label": {"type": "string"},
+                        "unit": {"type": "string"},
+                        "digits": {"type": ["integer", "null"], "minimum": 0, "maximum": 12},
+                    },
+                },
+            },
             "rows": {"type": "array", "items": {"type": "object", "propertyNames": identifier}},
-            "plots": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False, "required": ["x", "y"],
-                "properties": {"x": identifier, "y": identifier, "group": {"type": "string"},
-                               "title": {"type": "string"},
-                               "logx": {"type": "boolean"},
-                               "error": {"type": "string", "description": "Column of half-widths drawn as error bars "
-                                         "(for example a 95% confidence interval over seeds); empty for none."}}}},
-            "seeds": {"type": "object", "additionalProperties": False, "required": ["tuning", "reported"],
-                      "description": "Benchmarks that train or sample: the seeds used to tune or calibrate anything "
-                                     "and the seeds whose numbers are reported (disjoint).",
-                      "properties": {"tuning": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
-                                     "reported": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
-                                                  "uniqueItems": True}}},
-            "notes": {"type": "string",
-                      "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links."},
+            "plots": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["x", "y"],
+                    "properties": {
+                        "x": identifier,
+                        "y": identifier,
+                        "group": {"type": "string"},
+                        "title": {"type": "string"},
+                        "logx": {"type": "boolean"},
+                        "error": {
+                            "type": "string",
+                            "description": "Column of half-widths drawn as error bars "
+                            "(for example a 95% confidence interval over seeds); empty for none.",
+                        },
+                    },
+                },
+            },
+            "seeds": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tuning", "reported"],
+                "description": "Benchmarks that train or sample: the seeds used to tune or calibrate anything "
+                "and the seeds whose numbers are reported (disjoint).",
+                "properties": {
+                    "tuning": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+                    "reported": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
+                },
+            },
+            "notes": {
+                "type": "string",
+                "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links.",
+            },
         },
     }
 

@@ -114,7 +114,11 @@ def _build(raw: dict, level: str, loaded: LoadedYaml, location: tuple, parent: N
         file=loaded.path,
         line=loaded.line_of(location),
     )
-    child_key, child_level = {"topic": ("stages", "stage"), "stage": ("families", "family"), "family": ("children", "family")}[level]
+    child_key, child_level = {
+        "topic": ("stages", "stage"),
+        "stage": ("families", "family"),
+        "family": ("children", "family"),
+    }[level]
     if level == "topic" and "families" in raw:
         child_key, child_level = "families", "family"
     for index, child in enumerate(raw.get(child_key) or []):
@@ -127,7 +131,9 @@ def load_taxonomy(directory: Path, loaded_files: list[LoadedYaml] | None = None)
     """Build the taxonomy from already loaded (and schema-valid) files, or load them from ``directory``."""
     if loaded_files is None:
         loaded_files = [load_yaml(path) for path in sorted(Path(directory).glob("*.yaml"))]
-    topics = [_build(loaded.data, "topic", loaded, (), None) for loaded in loaded_files if isinstance(loaded.data, dict)]
+    topics = [
+        _build(loaded.data, "topic", loaded, (), None) for loaded in loaded_files if isinstance(loaded.data, dict)
+    ]
     topics.sort(key=lambda topic: (topic.order, topic.id))
     by_id: dict[str, Node] = {}
     for topic in topics:

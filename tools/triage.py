@@ -42,10 +42,39 @@ __all__ = [
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _ARXIV = "{http://arxiv.org/schemas/atom}"
 _ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5})(v\d+)?$")
-_STOPWORDS = {"a", "an", "the", "of", "for", "in", "on", "to", "and", "with", "via", "by", "from", "is", "are",
-              "at", "as", "do", "does", "your", "you", "we", "our", "its", "into", "towards", "toward"}
-CANDIDATE_HEADER = ("# Triage candidate: check every field against the paper, choose the placement, delete\n"
-                    "# `suggested` and `summary`, then move the file to papers/ and run python -m tools validate.")
+_STOPWORDS = {
+    "a",
+    "an",
+    "the",
+    "of",
+    "for",
+    "in",
+    "on",
+    "to",
+    "and",
+    "with",
+    "via",
+    "by",
+    "from",
+    "is",
+    "are",
+    "at",
+    "as",
+    "do",
+    "does",
+    "your",
+    "you",
+    "we",
+    "our",
+    "its",
+    "into",
+    "towards",
+    "toward",
+}
+CANDIDATE_HEADER = (
+    "# Triage candidate: check every field against the paper, choose the placement, delete\n"
+    "# `suggested` and `summary`, then move the file to papers/ and run python -m tools validate."
+)
 
 
 class FeedError(ValueError):
@@ -53,6 +82,7 @@ class FeedError(ValueError):
 
 
 # ---------------------------------------------------------------- reading feeds
+
 
 def _text(element: ET.Element | None) -> str:
     return " ".join((element.text or "").split()) if element is not None else ""
@@ -170,6 +200,7 @@ def candidate_key(item: dict[str, Any], taken: set[str]) -> str:
 
 # ---------------------------------------------------------------- the placement classifier
 
+
 def document(data: dict[str, Any]) -> str:
     """What the classifier reads: the title, and the summary when there is one."""
     return " ".join(part for part in (data.get("title", ""), data.get("summary", "")) if part)
@@ -191,8 +222,10 @@ class Classifier:
         # An entry with several placements counts once per placement.
         texts = [document for document, ids in zip(documents, placements) for _ in ids]
         targets = [node_id for ids in placements for node_id in ids]
-        features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                              TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2))
+        features = make_union(
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2),
+        )
         # C=0.2 was the best of 0.2/0.5/1.0 in 10-fold cross-validation on the catalog (titles only).
         pipeline = make_pipeline(features, LinearSVC(C=0.2))
         pipeline.fit(texts, targets)
@@ -238,18 +271,24 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
             hits1 += ids[0] in placements[index]
             hits3 += any(node_id in placements[index] for node_id in ids)
     n = len(entries)
-    return {"method": "leave-one-out" if folds == 0 else f"{folds}-fold (seed {seed})", "entries": n,
-            "classes": len({node_id for ids in placements for node_id in ids}),
-            "summaries": sum(bool(data.get("summary")) for data in entries),
-            "top1": hits1 / n, "top3": hits3 / n}
+    return {
+        "method": "leave-one-out" if folds == 0 else f"{folds}-fold (seed {seed})",
+        "entries": n,
+        "classes": len({node_id for ids in placements for node_id in ids}),
+        "summaries": sum(bool(data.get("summary")) for data in entries),
+        "top1": hits1 / n,
+        "top3": hits3 / n,
+    }
 
 
 # ---------------------------------------------------------------- candidates and the feed query
 
+
 def candidate_data(item: dict[str, Any], key: str, suggestions: list[tuple[str, float]]) -> dict[str, Any]:
     data = {name: item[name] for name in FIELD_ORDER if item.get(name) not in (None, "", [])}
-    data.update(key=key, authors=item.get("authors", []), placement=[suggestions[0][0]],
-                added=dt.date.today().isoformat())
+    data.update(
+        key=key, authors=item.get("authors", []), placement=[suggestions[0][0]], added=dt.date.today().isoformat()
+    )
     data.setdefault("venue", "arXiv" if item.get("arxiv") else "")
     if item.get("arxiv"):
         data.setdefault("url", f"https://arxiv.org/abs/{item['arxiv']}")
@@ -288,4 +327,5 @@ def feed_url(root: Path, max_results: int = 200) -> str:
     phrases = [phrase for topic in keywords.values() for phrase in topic]
     query = " OR ".join(f'abs:"{phrase}"' for phrase in phrases)
     return "https://export.arxiv.org/api/query?" + urlencode(
-        {"search_query": query, "sortBy": "submittedDate", "sortOrder": "descending", "max_results": max_results})
+        {"search_query": query, "sortBy": "submittedDate", "sortOrder": "descending", "max_results": max_results}
+    )

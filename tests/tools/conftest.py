@@ -34,15 +34,25 @@ added: '2026-11-26'
 
 # A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
 CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
-CR_EVIL = GOOD_ENTRY.replace("good2026entry", "cr2026entry").replace("2611.00001", "2611.00067").replace(
-    "title: A Perfectly Good Entry About Visual Token Pruning",
-    'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"')
-HOSTILE_PROSE = "Found *this*.\r\r::: tools.sandbox\n\n--8<-- \"mkdocs.yml\"\n\n<script>alert(2)</script>"
+CR_EVIL = (
+    GOOD_ENTRY.replace("good2026entry", "cr2026entry")
+    .replace("2611.00001", "2611.00067")
+    .replace(
+        "title: A Perfectly Good Entry About Visual Token Pruning",
+        'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"',
+    )
+)
+HOSTILE_PROSE = 'Found *this*.\r\r::: tools.sandbox\n\n--8<-- "mkdocs.yml"\n\n<script>alert(2)</script>'
 HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"
 
-EVIL = GOOD_ENTRY.replace("good2026entry", "evil2026entry").replace("2611.00001", "2611.00066").replace(
-    "A Perfectly Good Entry About Visual Token Pruning", "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'")
-
+EVIL = (
+    GOOD_ENTRY.replace("good2026entry", "evil2026entry")
+    .replace("2611.00001", "2611.00066")
+    .replace(
+        "A Perfectly Good Entry About Visual Token Pruning",
+        "'<script>alert(1)</script> *bold* | pipe [link](javascript:x)'",
+    )
+)
 
 
 def make_repo(target: Path, paper_keys: tuple[str, ...] | None = SEED_KEYS) -> Path:

@@ -25,6 +25,15 @@ def test_aliases_as_a_string_is_reported(repo, run_tools):
 
 
 def test_aliases_are_written_right_after_the_title():
-    text = entry_text({"key": "k2026", "title": "GoodPrune: A Title", "aliases": ["GoodPrune"], "authors": [],
-                       "year": 2026, "placement": ["prefilling"], "added": "2026-11-26"})
+    text = entry_text(
+        {
+            "key": "k2026",
+            "title": "GoodPrune: A Title",
+            "aliases": ["GoodPrune"],
+            "authors": [],
+            "year": 2026,
+            "placement": ["prefilling"],
+            "added": "2026-11-26",
+        }
+    )
     assert text.splitlines()[1:5] == ["key: k2026", "title: 'GoodPrune: A Title'", "aliases:", "- GoodPrune"]

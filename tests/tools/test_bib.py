@@ -29,8 +29,16 @@ def test_round_trip_of_every_entry_is_lossless():
 
 
 def test_hard_titles_and_names_survive():
-    tricky = {"key": "x2026tricky", "title": "R&D of ViT-L/14 at 100% — LLaVA_1.5 #tokens", "authors": ["José Ñúñez", "Jean-Luc van der Berg"],
-              "authors_truncated": True, "year": 2026, "venue": "NeurIPS", "doi": "10.1000/xyz_1", "url": "https://example.org/a_b"}
+    tricky = {
+        "key": "x2026tricky",
+        "title": "R&D of ViT-L/14 at 100% — LLaVA_1.5 #tokens",
+        "authors": ["José Ñúñez", "Jean-Luc van der Berg"],
+        "authors_truncated": True,
+        "year": 2026,
+        "venue": "NeurIPS",
+        "doi": "10.1000/xyz_1",
+        "url": "https://example.org/a_b",
+    }
     text = entries_to_bibtex([tricky])
     assert r"R\&D" in text and "{ViT}" in text and "and others" in text and "booktitle = {NeurIPS}" in text
     assert kept_fields(bibtex_to_entries(text)[0]) == kept_fields(tricky)
@@ -69,12 +77,15 @@ def test_import_reads_common_bibtex_shapes():
     assert entries["gamma2026journal"]["venue"] == "Transactions on Machine Learning Research"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("@article{a, title={x}\n@article{b, title={y}, year={2020}}", "<string>:1:"),
-    ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}", "Duplicate"),
-    ("@misc{a, title={x}, title={z}, year={2020}}", "Duplicate field"),
-    ("@misc{a, title={No year}}", "<string>:1: a: an entry needs a title and a numeric year"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("@article{a, title={x}\n@article{b, title={y}, year={2020}}", "<string>:1:"),
+        ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}", "Duplicate"),
+        ("@misc{a, title={x}, title={z}, year={2020}}", "Duplicate field"),
+        ("@misc{a, title={No year}}", "<string>:1: a: an entry needs a title and a numeric year"),
+    ],
+)
 def test_bad_bibtex_is_refused_with_its_line(text, message):
     with pytest.raises(BibImportError, match=message.replace("(", r"\(")):
         bibtex_to_entries(text)
@@ -85,7 +96,8 @@ def test_bib_import_command_skips_known_papers_and_writes_new_ones(repo, run_too
     bib.write_text(
         "@inproceedings{someone2025hybrid, title={{HybridKV}: Hybrid {KV} Cache Compression for Efficient Multimodal Large Language Model Inference},"
         " author={Zeng, Bowen}, booktitle={Somewhere}, year={2026}}\n"
-        "@misc{doe2026fresh, title={A Fresh Paper on Visual Tokens}, author={Doe, Jane and others}, year={2026}, eprint={2611.04321}, archivePrefix={arXiv}}\n")
+        "@misc{doe2026fresh, title={A Fresh Paper on Visual Tokens}, author={Doe, Jane and others}, year={2026}, eprint={2611.04321}, archivePrefix={arXiv}}\n"
+    )
     status, out, err = run_tools(repo, "bib", "import", str(bib), "--placement", "prefilling-token-compression")
     assert status == 0, err
     assert "skipped someone2025hybrid: already in the catalog as zeng2026hybridkv" in out
@@ -105,17 +117,26 @@ def test_bib_export_command_writes_every_entry(repo, run_tools, tmp_path):
 
 HOSTILE_TITLES = [
     "Closes } the field, note = {injected}, url = {https://evil.example}",
-    "X} @misc{evil2026, title={Injected}, year={2026}} @preamble{\"\\immediate\\write18{touch pwned-marker}\"} {",
+    'X} @misc{evil2026, title={Injected}, year={2026}} @preamble{"\\immediate\\write18{touch pwned-marker}"} {',
     "\\input{/etc/passwd} and \\immediate\\write18{rm -rf x}",
     "Unbalanced {{{ and }}} and \\ and ~ ^ $math$ 50% #1 a_b R&D",
-    "Quotes \" and @string{s = \"x\"} and @comment{ and -- or --- dashes, ``quoted''",
+    'Quotes " and @string{s = "x"} and @comment{ and -- or --- dashes, ``quoted\'\'',
     "Ünïcödé — ✓ 中文 {ViT} LLaVA-1.5",
 ]
 
 
 def test_hostile_titles_export_to_exactly_one_entry_each_and_come_back_unchanged():
-    entries = [{"key": f"hostile2026t{index}", "title": title, "authors": ["Eve } Evil", "Mal {Lory"], "year": 2026,
-                "venue": "Conf } @x{", "url": "https://example.org/x"} for index, title in enumerate(HOSTILE_TITLES)]
+    entries = [
+        {
+            "key": f"hostile2026t{index}",
+            "title": title,
+            "authors": ["Eve } Evil", "Mal {Lory"],
+            "year": 2026,
+            "venue": "Conf } @x{",
+            "url": "https://example.org/x",
+        }
+        for index, title in enumerate(HOSTILE_TITLES)
+    ]
     text = entries_to_bibtex(entries)
     library = bibtexparser.parse_string(text)
     assert [type(block).__name__ for block in library.blocks] == ["Entry"] * len(entries)
@@ -130,27 +151,40 @@ def test_hostile_titles_export_to_exactly_one_entry_each_and_come_back_unchanged
 
 def test_export_refuses_a_value_with_unbalanced_braces():
     data = {"key": "x2026", "title": "T", "authors": [], "year": 2026, "venue": "arXiv", "url": "https://e.org/}"}
-    with pytest.raises(ValueError, match=r"refusing to export x2026: field url has unbalanced braces: 'https://e.org/\}'"):
+    with pytest.raises(
+        ValueError, match=r"refusing to export x2026: field url has unbalanced braces: 'https://e.org/\}'"
+    ):
         entries_to_bibtex([data])
 
 
 def test_import_decodes_latex_to_unicode():
-    text = (r"""@misc{m2026, title={{ViT} f{\"u}r {\AA}ngstr{\"o}m: 100\% \& more},"""
-            r"""author={M{\"u}ller, J{\"o}rg and S{\o}ren Kierkegaard and Fran{\c{c}}ois Caf\'e}, year={2026}}""")
+    text = (
+        r"""@misc{m2026, title={{ViT} f{\"u}r {\AA}ngstr{\"o}m: 100\% \& more},"""
+        r"""author={M{\"u}ller, J{\"o}rg and S{\o}ren Kierkegaard and Fran{\c{c}}ois Caf\'e}, year={2026}}"""
+    )
     data = bibtex_to_entries(text)[0]
     assert data["title"] == "ViT für Ångström: 100% & more"
     assert data["authors"] == ["Jörg Müller", "Søren Kierkegaard", "François Café"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("\n@article{broken2026, title={x}\n@article{b, title={y}, year={2020}}",
-     "<string>:2: broken2026: cannot parse this entry: Unexpected block start: `@article`. "
-     "Was still looking for field-value closing `,` or `}`"),
-    ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}",
-     "<string>:2: a: cannot parse this entry: Duplicate entry key 'a'"),
-    ("@misc{a2026, title={x}, title={z}, year={2020}}",
-     "<string>:1: a2026: cannot parse this entry: Duplicate field keys on entry: 'title'."),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "\n@article{broken2026, title={x}\n@article{b, title={y}, year={2020}}",
+            "<string>:2: broken2026: cannot parse this entry: Unexpected block start: `@article`. "
+            "Was still looking for field-value closing `,` or `}`",
+        ),
+        (
+            "@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}",
+            "<string>:2: a: cannot parse this entry: Duplicate entry key 'a'",
+        ),
+        (
+            "@misc{a2026, title={x}, title={z}, year={2020}}",
+            "<string>:1: a2026: cannot parse this entry: Duplicate field keys on entry: 'title'.",
+        ),
+    ],
+)
 def test_parse_errors_name_line_key_and_reason(text, message):
     with pytest.raises(BibImportError) as error:
         bibtex_to_entries(text)

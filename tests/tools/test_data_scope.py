@@ -13,9 +13,12 @@ CONTINUAL_AD_METHOD_FAMILIES = {"continual-replay", "continual-regularization", 
 
 def continual_ad_entries_off_topic(entries) -> list[str]:
     """Keys placed in a continual-AD method family whose title names neither anomalies nor defects."""
-    return sorted(entry.data["key"] for entry in entries
-                  if CONTINUAL_AD_METHOD_FAMILIES & set(entry.data["placement"])
-                  and not re.search(r"anomal|defect", entry.data["title"], re.IGNORECASE))
+    return sorted(
+        entry.data["key"]
+        for entry in entries
+        if CONTINUAL_AD_METHOD_FAMILIES & set(entry.data["placement"])
+        and not re.search(r"anomal|defect", entry.data["title"], re.IGNORECASE)
+    )
 
 
 def test_continual_ad_method_families_hold_anomaly_detection_papers_only():

@@ -98,8 +98,10 @@ def test_keys_that_differ_only_in_case_are_duplicates(repo, run_tools):
     write(repo, "Zeng2026HybridKV.yaml", other("Zeng2026HybridKV", "2611.00006"))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
-    assert ("papers/zeng2026hybridkv.yaml:2: key: duplicate key (ignoring letter case): same as "
-            "papers/Zeng2026HybridKV.yaml:2") in err, err
+    assert (
+        "papers/zeng2026hybridkv.yaml:2: key: duplicate key (ignoring letter case): same as "
+        "papers/Zeng2026HybridKV.yaml:2"
+    ) in err, err
 
 
 def test_symlinks_the_build_would_copy_are_refused(repo, run_tools, tmp_path):

@@ -58,8 +58,10 @@ def test_packages_get_api_pages_and_their_readme_renders_as_a_section(tmp_path):
 
     page = "taxonomy/continual-ad/parameter-isolation.md"
     text = "\n".join(package_design_md(root, "reference_impls.continual_ad.fakeolb", page))
-    heading = ('## Design of `reference_impls.continual_ad.fakeolb` {#design-reference-impls-continual-ad-fakeolb '
-               'data-search-exclude=""}')  # the design is long: kept out of the search index
+    heading = (
+        "## Design of `reference_impls.continual_ad.fakeolb` {#design-reference-impls-continual-ad-fakeolb "
+        'data-search-exclude=""}'
+    )  # the design is long: kept out of the search index
     assert text.startswith(heading)
     assert "# Fake OLB: design" not in text  # the title gives way to the section heading
     assert "\n### 1. Banks\n" in text and "\n#### 1.1 Details\n" in text and "\n### 2. The second part\n" in text
@@ -100,13 +102,16 @@ def test_family_page_shows_the_package_readme(tmp_path):
     assert generate_pages(repo, execute_notebooks=False) == 0
     docs = repo / "docs"
     family = (docs / "taxonomy" / "continual-ad" / "parameter-isolation.md").read_text()
-    assert '## Design of `reference_impls.continual_ad.fakeolb` {#design-reference-impls-continual-ad-fakeolb data-search-exclude=""}' in family
+    assert (
+        '## Design of `reference_impls.continual_ad.fakeolb` {#design-reference-impls-continual-ad-fakeolb data-search-exclude=""}'
+        in family
+    )
     assert "Text under section 1." in family and "\n### 2. The second part\n" in family
     assert "[design](#design-reference-impls-continual-ad-fakeolb)" in family  # linked from the module list
     assert family.index("## Design of") < family.index("## Papers (")
     assert (docs / "implementations" / "reference_impls.continual_ad.fakeolb.md").is_file()
     # The real HybridKV package shows its README on the head-level family page.
-    head_level = (docs / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level.md")
+    head_level = docs / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level.md"
     head_level = head_level.read_text()
     assert "## Design of `reference_impls.decoding.hybridkv`" in head_level
     assert "\n#### 4.5 Stage 3b: dynamic heads, chunk-wise retrieval\n" in head_level

@@ -7,8 +7,10 @@ import re
 from tools.site.charts import results_chart
 from tools.site.results import _seed_list, results_md
 
-ROWS = [{"budget": 0.1, "acc": 80.0, "acc_ci": 4.0, "method": "a"},
-        {"budget": 0.5, "acc": 90.0, "acc_ci": 1.5, "method": "a"}]
+ROWS = [
+    {"budget": 0.1, "acc": 80.0, "acc_ci": 4.0, "method": "a"},
+    {"budget": 0.5, "acc": 90.0, "acc_ci": 1.5, "method": "a"},
+]
 
 
 def _error_bar_heights(svg: str) -> int:
@@ -23,10 +25,16 @@ def test_error_column_is_drawn_as_error_bars():
 
 def test_seed_lists_are_compact_and_shown_under_the_table():
     assert _seed_list([12, 10, 11, 14, 20, 21]) == "10-12, 14, 20-21"
-    data = {"id": "x", "title": "T", "command": "python -m x", "families": [], "rows": ROWS,
-            "columns": [{"key": "budget", "label": "Budget"}, {"key": "acc", "label": "Accuracy"}],
-            "plots": [{"x": "budget", "y": "acc", "group": "method", "error": "acc_ci"}],
-            "seeds": {"tuning": [0, 1, 2], "reported": list(range(10, 20))}}
+    data = {
+        "id": "x",
+        "title": "T",
+        "command": "python -m x",
+        "families": [],
+        "rows": ROWS,
+        "columns": [{"key": "budget", "label": "Budget"}, {"key": "acc", "label": "Accuracy"}],
+        "plots": [{"x": "budget", "y": "acc", "group": "method", "error": "acc_ci"}],
+        "seeds": {"tuning": [0, 1, 2], "reported": list(range(10, 20))},
+    }
     assets: dict[str, str] = {}
     page = results_md(data, "families/x.md", assets)
     shown = page.replace("\\", "")  # Markdown escapes (10\-19) render as the plain characters

@@ -10,9 +10,10 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from tools.site.build import build_site, generate_pages
+from tools.site.build import generate_pages
 
 from .conftest import EVIL, make_repo
+
 
 class _Links(html.parser.HTMLParser):
     def __init__(self):
@@ -35,10 +36,21 @@ def test_pages_exist_for_every_entry_and_node(built):
     site = built / "site"
     entries = list((built / "papers").glob("*.yaml"))
     assert len(list((site / "papers").glob("*/index.html"))) == len(entries)
-    for page in ("index.html", "taxonomy/efficiency/decoding/kv-cache-compression/kv-head-level/index.html",
-                 "taxonomy/hallucination/hallucination-unlearning/index.html", "taxonomy/continual-ad/parameter-isolation/index.html",
-                 "implementations/index.html", "notebooks/index.html", "results/index.html", "tags/index.html",
-                 "references.bib", "papers.json", "schemas/paper.schema.json", "about/index.html", "contributing/index.html"):
+    for page in (
+        "index.html",
+        "taxonomy/efficiency/decoding/kv-cache-compression/kv-head-level/index.html",
+        "taxonomy/hallucination/hallucination-unlearning/index.html",
+        "taxonomy/continual-ad/parameter-isolation/index.html",
+        "implementations/index.html",
+        "notebooks/index.html",
+        "results/index.html",
+        "tags/index.html",
+        "references.bib",
+        "papers.json",
+        "schemas/paper.schema.json",
+        "about/index.html",
+        "contributing/index.html",
+    ):
         assert (site / page).is_file(), page
     assert len(json.loads((site / "papers.json").read_text())) == len(entries)
     home = (site / "index.html").read_text()
@@ -53,14 +65,23 @@ def test_paper_page_shows_metadata_reported_numbers_and_bibtex(built):
     # The paper template replaces the site navigation by a short drawer of the top-level sections.
     assert "atlas-short-nav" in page and page.count('class="md-nav__link"') < 20
     assert "kv-bit-level/" not in page.split("atlas-short-nav", 1)[1].split("</nav>", 1)[0]
-    family = (built / "site" / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level" / "index.html").read_text()
+    family = (
+        built
+        / "site"
+        / "taxonomy"
+        / "efficiency"
+        / "decoding"
+        / "kv-cache-compression"
+        / "kv-head-level"
+        / "index.html"
+    ).read_text()
     assert "zeng2026hybridkv" in family and "Reported by papers" in family
 
 
 def test_method_package_has_an_api_page_and_its_design_on_the_family_page(built):
     site = built / "site"
     assert (site / "implementations" / "reference_impls.decoding.hybridkv" / "index.html").is_file()
-    family = (site / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level" / "index.html")
+    family = site / "taxonomy" / "efficiency" / "decoding" / "kv-cache-compression" / "kv-head-level" / "index.html"
     family = family.read_text()
     # mkdocs --strict has checked that the README's own #anchors resolve on this page.
     assert 'id="design-reference-impls-decoding-hybridkv"' in family
@@ -73,14 +94,27 @@ def test_entry_text_is_escaped(built):
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'href="javascript:x"' not in page
-    family = (built / "site" / "taxonomy" / "efficiency" / "prefilling" / "prefilling-token-compression" / "prefilling-attention-guided" / "index.html").read_text()
+    family = (
+        built
+        / "site"
+        / "taxonomy"
+        / "efficiency"
+        / "prefilling"
+        / "prefilling-token-compression"
+        / "prefilling-attention-guided"
+        / "index.html"
+    ).read_text()
     assert "<script>alert(1)" not in family and "&lt;script&gt;" in family
 
 
 def test_block_syntax_snippets_and_html_in_data_stay_text(built):
     site = built / "site"
     family = site / "taxonomy/efficiency/prefilling/prefilling-token-compression/prefilling-attention-guided/index.html"
-    pages = {"cr paper": site / "papers/cr2026entry/index.html", "family": family, "results": site / "results/index.html"}
+    pages = {
+        "cr paper": site / "papers/cr2026entry/index.html",
+        "family": family,
+        "results": site / "results/index.html",
+    }
     for name, path in pages.items():
         page = path.read_text()
         assert "make_sandbox" not in page, name  # no mkdocstrings block for tools.sandbox
@@ -88,10 +122,14 @@ def test_block_syntax_snippets_and_html_in_data_stay_text(built):
         assert "site_name: LVLM Atlas" not in page, name  # mkdocs.yml not included by a snippet
         assert "<script>alert(" not in page, name
     family = family.read_text()
-    assert ("<p>Found <em>this</em>.</p>\n<p>&#58;&#58;&#58; tools.sandbox</p>\n<p>--8&lt;-- \"mkdocs.yml\"</p>\n"
-            "<p>&lt;script&gt;alert(2)&lt;/script&gt;</p>") in family
-    assert ("<code>python -m reference_impls.bench.tokens --tag '`--8&lt;-- \"mkdocs.yml\"`' "
-            "&lt;script&gt;alert(3)&lt;/script&gt;</code>") in family
+    assert (
+        '<p>Found <em>this</em>.</p>\n<p>&#58;&#58;&#58; tools.sandbox</p>\n<p>--8&lt;-- "mkdocs.yml"</p>\n'
+        "<p>&lt;script&gt;alert(2)&lt;/script&gt;</p>"
+    ) in family
+    assert (
+        "<code>python -m reference_impls.bench.tokens --tag '`--8&lt;-- \"mkdocs.yml\"`' "
+        "&lt;script&gt;alert(3)&lt;/script&gt;</code>"
+    ) in family
 
 
 def test_every_internal_link_resolves(built):

@@ -70,9 +70,8 @@ def test_family_page_badges_and_titles_in_reported_table(site):
     node = site.taxonomy.by_id["kv-head-level"]
     page = node_md(node, site, {})
     assert (
-        "[<span class=\"atlas-badge\">implemented here</span>]"
-        "(../../../../implementations/reference_impls.decoding.hybridkv.md)"
-        in page
+        '[<span class="atlas-badge">implemented here</span>]'
+        "(../../../../implementations/reference_impls.decoding.hybridkv.md)" in page
     )
     assert "[HybridKV&#58; Hybrid KV Cache Compression" in page  # reported rows show titles, not keys
     assert '!!! example "Run it"' in page

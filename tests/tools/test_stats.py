@@ -8,13 +8,16 @@ from .conftest import GOOD_ENTRY
 def test_stats_prints_quality_figures(repo, run_tools):
     # A sixth entry: no authors, no venue, placed only on a parent node.
     (repo / "papers" / "good2026entry.yaml").write_text(
-        GOOD_ENTRY.replace("authors:\n- Ada Lovelace", "authors: []").replace("venue: arXiv\n", "")
-        .replace("- prefilling-attention-guided", "- prefilling-token-compression"), encoding="utf-8")
+        GOOD_ENTRY.replace("authors:\n- Ada Lovelace", "authors: []")
+        .replace("venue: arXiv\n", "")
+        .replace("- prefilling-attention-guided", "- prefilling-token-compression"),
+        encoding="utf-8",
+    )
     status, out, err = run_tools(repo, "stats")
     assert status == 0, err
     lines = out.splitlines()
     start = lines.index("data quality:")
-    assert lines[start + 1:start + 8] == [
+    assert lines[start + 1 : start + 8] == [
         "  with authors: 5/6 (83.3%)",
         "  with a summary: 0/6 (0.0%)",
         "  with aliases: 2/6 (33.3%)",

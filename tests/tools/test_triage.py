@@ -20,8 +20,10 @@ def test_triage_drops_known_papers_and_writes_candidates(repo, run_tools):
     assert status == 0, err
     assert "skipped 'HybridKV (a later version, same arXiv id)': already in the catalog as zeng2026hybridkv" in err
     assert "skipped 'A renamed G-Prune preprint': already in the catalog as jiang2025kind" in err
-    assert ("skipped 'normality-preserving continual industrial anomaly detection via orthogonal LoRA banks': "
-            "already in the catalog as fang2026normality") in err
+    assert (
+        "skipped 'normality-preserving continual industrial anomaly detection via orthogonal LoRA banks': "
+        "already in the catalog as fang2026normality"
+    ) in err
     assert "triage: 2 new candidate(s), 3 already in the catalog" in err
     written = sorted(path.name for path in (repo / "triage").glob("*.yaml"))
     assert written == ["fixture-orthogonal-lora-banks-2026.yaml", "fixture-query-guided-visual-2026.yaml"]
@@ -31,14 +33,23 @@ def test_triage_drops_known_papers_and_writes_candidates(repo, run_tools):
     assert data["sources"] == ["https://arxiv.org/abs/2699.00001"]
     assert len(data["suggested"]) == 3 and data["placement"] == [data["suggested"][0]["placement"]]
     assert sorted(path.name for path in (repo / "papers").glob("*.yaml")) == sorted(
-        f"{key}.yaml" for key in ("fang2026normality", "fang2026superficial", "jiang2025kind", "zeng2026hybridkv",
-                                  "zhang2026efficient"))
+        f"{key}.yaml"
+        for key in (
+            "fang2026normality",
+            "fang2026superficial",
+            "jiang2025kind",
+            "zeng2026hybridkv",
+            "zhang2026efficient",
+        )
+    )
 
 
 def test_triage_refuses_papers_folder_and_existing_candidates(repo, run_tools):
     status, _, err = run_tools(repo, "triage", str(FEED), "--out", str(repo / "papers"))
     assert status == 1
-    assert f"triage: refused: --out {(repo / 'papers').resolve()} is inside papers/; candidates need review first" in err
+    assert (
+        f"triage: refused: --out {(repo / 'papers').resolve()} is inside papers/; candidates need review first" in err
+    )
     assert run_tools(repo, "triage", str(FEED))[0] == 0
     status, _, err = run_tools(repo, "triage", str(FEED))
     assert status == 1
@@ -55,13 +66,25 @@ def test_triage_refuses_xml_with_entities(repo, run_tools, tmp_path):
 
 def test_csv_and_bibtex_feeds(tmp_path):
     csv_feed = tmp_path / "export.csv"
-    csv_feed.write_text('title,arxiv,abstract,authors,year\n"Fixture: A, B",2699.00009v2,Some text.,Ada Lovelace; '
-                        'Alan Turing,2026\n', encoding="utf-8")
-    assert read_feed(csv_feed) == [{"title": "Fixture: A, B", "arxiv": "2699.00009", "year": 2026,
-                                    "summary": "Some text.", "authors": ["Ada Lovelace", "Alan Turing"]}]
+    csv_feed.write_text(
+        'title,arxiv,abstract,authors,year\n"Fixture: A, B",2699.00009v2,Some text.,Ada Lovelace; Alan Turing,2026\n',
+        encoding="utf-8",
+    )
+    assert read_feed(csv_feed) == [
+        {
+            "title": "Fixture: A, B",
+            "arxiv": "2699.00009",
+            "year": 2026,
+            "summary": "Some text.",
+            "authors": ["Ada Lovelace", "Alan Turing"],
+        }
+    ]
     bib_feed = tmp_path / "export.bib"
-    bib_feed.write_text("@misc{fix2026,\n  title = {Fixture Paper},\n  author = {Lovelace, Ada},\n  year = {2026},\n"
-                        "  eprint = {2699.00010v4}\n}\n", encoding="utf-8")
+    bib_feed.write_text(
+        "@misc{fix2026,\n  title = {Fixture Paper},\n  author = {Lovelace, Ada},\n  year = {2026},\n"
+        "  eprint = {2699.00010v4}\n}\n",
+        encoding="utf-8",
+    )
     [item] = read_feed(bib_feed)
     assert (item["key"], item["arxiv"], item["authors"]) == ("fix2026", "2699.00010", ["Ada Lovelace"])
 
@@ -70,7 +93,10 @@ def test_candidate_keys_follow_the_catalog_style():
     taken = {"fixture-query-guided-visual-2026"}
     item = {"title": "Fixture: Query-Guided Visual Token Pruning", "year": 2026}
     assert candidate_key(item, taken) == "fixture-query-guided-visual-2026b"
-    assert candidate_key({"title": "Don't Prune the Tokens of an Image", "year": 2025}, taken) == "dont-prune-tokens-image-2025"
+    assert (
+        candidate_key({"title": "Don't Prune the Tokens of an Image", "year": 2025}, taken)
+        == "dont-prune-tokens-image-2025"
+    )
 
 
 def test_classifier_ranks_the_obvious_family_first():
@@ -84,13 +110,17 @@ def test_classifier_ranks_the_obvious_family_first():
 def test_evaluate_prints_top1_and_top3(repo, run_tools):
     status, out, err = run_tools(repo, "triage", "--evaluate", "--folds", "2")
     assert status == 0, err
-    assert re.fullmatch(r"triage classifier, 2-fold \(seed 0\) over 5 entries \(\d+ placement ids, titles only\): "
-                        r"top-1 \d+\.\d%, top-3 \d+\.\d%\n", out), out
+    assert re.fullmatch(
+        r"triage classifier, 2-fold \(seed 0\) over 5 entries \(\d+ placement ids, titles only\): "
+        r"top-1 \d+\.\d%, top-3 \d+\.\d%\n",
+        out,
+    ), out
 
 
 def test_new_without_placement_suggests_and_writes_nothing(repo, run_tools):
-    status, out, err = run_tools(repo, "new", "fixture2026paper", "--title", "Orthogonal LoRA banks for anomaly detection",
-                                 "--year", "2026")
+    status, out, err = run_tools(
+        repo, "new", "fixture2026paper", "--title", "Orthogonal LoRA banks for anomaly detection", "--year", "2026"
+    )
     assert status == 1
     assert out.startswith("new: suggested placements for 'Orthogonal LoRA banks for anomaly detection': ")
     assert len(re.findall(r"[a-z-]+ \(-?\d+\.\d\d\)", out)) == 3
@@ -127,4 +157,6 @@ def test_triage_workflow_is_pinned_and_least_privileged():
     uses = [step["uses"] for step in job["steps"] if "uses" in step]
     assert uses and all(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action) for action in uses), uses
     commands = " ".join(step.get("run", "") for step in job["steps"])
-    assert "python -m tools triage --feed-url" in commands and "python -m tools triage feed.xml --out triage" in commands
+    assert (
+        "python -m tools triage --feed-url" in commands and "python -m tools triage feed.xml --out triage" in commands
+    )
