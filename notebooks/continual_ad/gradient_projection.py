@@ -94,14 +94,16 @@ plot_accuracy_matrices(results, metric="pixel")
 plt.show()
 
 # %% [markdown]
-# The benchmark's figures (three seeds, 30 steps per task):
+# The benchmark's figures (six reported seeds, mean +- 95% CI, 30 steps per task):
 
 # %%
 bench = load_results(RESULTS_DIR / "continual-ad-procad.json")
 for row in bench.rows:
     if row["method"] in ("naive-lora", "gpm-projection", "o-lora", "replay", "hf-olb"):
         print(
-            f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} FM {row['image_fm']:4.1f} | "
-            f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} FM {row['pixel_fm']:4.1f}"
+            f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} +- {row['image_a_auroc_ci']:3.1f} "
+            f"FM {row['image_fm']:4.1f} +- {row['image_fm_ci']:3.1f} | "
+            f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} +- {row['pixel_a_auroc_ci']:3.1f} "
+            f"FM {row['pixel_fm']:4.1f} +- {row['pixel_fm_ci']:3.1f}"
         )
 print(f"total {time.time() - start:.1f} s")

@@ -66,7 +66,7 @@ plot_accuracy_matrices(results)
 plt.show()
 
 # %% [markdown]
-# The benchmark's figures (three seeds, 30 steps per task) for the methods that share this
+# The benchmark's figures (six reported seeds, mean +- 95% CI, 30 steps per task) for the methods that share this
 # protocol; `images_stored` is what replay pays for its low forgetting.
 
 # %%
@@ -74,7 +74,9 @@ bench = load_results(RESULTS_DIR / "continual-ad-procad.json")
 for row in bench.rows:
     if row["method"] in ("naive-lora", "replay", "hf-olb", "gpm-projection", "o-lora", "oracle-lora"):
         print(
-            f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} FM {row['image_fm']:4.1f} | "
-            f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} FM {row['pixel_fm']:4.1f} | images stored {row['images_stored']}"
+            f"{row['method']:15s} image A-AUROC {row['image_a_auroc']:5.1f} +- {row['image_a_auroc_ci']:3.1f} "
+            f"FM {row['image_fm']:4.1f} +- {row['image_fm_ci']:3.1f} | "
+            f"pixel A-AUROC {row['pixel_a_auroc']:5.1f} +- {row['pixel_a_auroc_ci']:3.1f} "
+            f"FM {row['pixel_fm']:4.1f} +- {row['pixel_fm_ci']:3.1f} | images stored {row['images_stored']}"
         )
 print(f"total {time.time() - start:.1f} s")
