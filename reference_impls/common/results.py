@@ -40,7 +40,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Column", "Plot", "Results", "RESULTS_DIR", "command_line", "environment", "load_results", "save_results"]
+__all__ = [
+    "Column",
+    "Plot",
+    "Results",
+    "RESULTS_DIR",
+    "command_line",
+    "environment",
+    "load_results",
+    "paired_tests_results",
+    "save_results",
+]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -132,6 +142,46 @@ def save_results(results: Results, directory: Path | None = None) -> Path:
     temporary.write_text(json.dumps(data, indent=1, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path
+
+
+def paired_tests_results(
+    id: str,
+    title: str,
+    command: str,
+    families: list[str],
+    rows: list[dict],
+    seeds: dict[str, list[int]],
+    reference: str,
+    notes: str = "",
+) -> Results:
+    """A results file of paired comparisons (rows from :func:`~reference_impls.common.seed_stats.paired_rows`)."""
+    columns = [
+        Column("metric", "Metric"),
+        Column("method", "Method"),
+        Column("versus", "Versus"),
+        Column("mean_difference", "Mean difference", "pt", 2),
+        Column("wins", "Wins"),
+        Column("losses", "Losses"),
+        Column("ties", "Ties"),
+        Column("sign_p", "Sign-test p", "", 3),
+        Column("bootstrap_p", "Bootstrap p", "", 3),
+        Column("verdict", "Verdict"),
+    ]
+    protocol = (
+        f"Differences are {reference} minus the other method, one pair per reported seed. The sign test decides "
+        "significance at p < 0.05 (ties dropped); the paired bootstrap (10,000 resamples of the mean difference) "
+        "is shown beside it. "
+    )
+    return Results(
+        id=id,
+        title=title,
+        command=command,
+        families=families,
+        columns=columns,
+        rows=rows,
+        seeds=seeds,
+        notes=protocol + notes,
+    )
 
 
 def _finite(value: Any) -> Any:

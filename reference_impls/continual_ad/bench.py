@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
 from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
 from reference_impls.continual_ad.banks import adapted_layers
 from reference_impls.continual_ad.data import PRESETS, load_setting
@@ -242,30 +242,16 @@ def main(argv=None) -> None:
         ),
         args.out,
     )
-    test_columns = [
-        Column("metric", "Metric"),
-        Column("method", "Method"),
-        Column("versus", "Versus"),
-        Column("mean_difference", "Mean difference", "pt", 2),
-        Column("wins", "Wins"),
-        Column("losses", "Losses"),
-        Column("ties", "Ties"),
-        Column("sign_p", "Sign-test p", "", 3),
-        Column("bootstrap_p", "Bootstrap p", "", 3),
-        Column("verdict", "Verdict"),
-    ]
     save_results(
-        Results(
-            id="continual-ad-procad-tests",
-            title="ProcAD 1x6: HF-OLB against each baseline, paired over seeds",
-            command=command,
-            families=["parameter-isolation"],
-            columns=test_columns,
-            rows=tests,
-            seeds=seeds,
-            notes="Differences are HF-OLB minus the other method, one pair per reported seed. The sign "
-            "test decides significance at p < 0.05 (ties dropped); the paired bootstrap (10,000 "
-            "resamples of the mean difference) is shown beside it. " + notes,
+        paired_tests_results(
+            "continual-ad-procad-tests",
+            "ProcAD 1x6: HF-OLB against each baseline, paired over seeds",
+            command,
+            ["parameter-isolation"],
+            tests,
+            seeds,
+            "HF-OLB",
+            notes,
         ),
         args.out,
     )

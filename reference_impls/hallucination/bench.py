@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
 from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
 
 from .captioner import (
@@ -366,34 +366,17 @@ def main(argv: list[str] | None = None) -> None:
         notes=notes,
     )
     print(save_results(results))
-    test_columns = [
-        Column("metric", "Metric"),
-        Column("method", "Method"),
-        Column("versus", "Versus"),
-        Column("mean_difference", "Mean difference", "pt", 2),
-        Column("wins", "Wins"),
-        Column("losses", "Losses"),
-        Column("ties", "Ties"),
-        Column("sign_p", "Sign-test p", "", 3),
-        Column("bootstrap_p", "Bootstrap p", "", 3),
-        Column("verdict", "Verdict"),
-    ]
-    print(
-        save_results(
-            Results(
-                id="hallucination-unlearning-tests",
-                title="Hallucination unlearning: SARE against each method, paired over seeds",
-                command=command,
-                families=["hallucination-unlearning"],
-                columns=test_columns,
-                rows=tests,
-                seeds=seeds,
-                notes="Differences are SARE minus the other method, one pair per reported seed "
-                "(same data order). The sign test decides significance at p < 0.05 (ties dropped); the paired "
-                "bootstrap (10,000 resamples of the mean difference) is shown beside it. " + notes,
-            )
-        )
+    tests_file = paired_tests_results(
+        "hallucination-unlearning-tests",
+        "Hallucination unlearning: SARE against each method, paired over seeds",
+        command,
+        ["hallucination-unlearning"],
+        tests,
+        seeds,
+        "SARE",
+        "Pairs share the data order. " + notes,
     )
+    print(save_results(tests_file))
 
 
 if __name__ == "__main__":
