@@ -123,6 +123,15 @@ def _fast_patch_embed(model: Qwen2_5_VLForConditionalGeneration) -> None:
 
 
 @torch.no_grad()
+def _update(loss: torch.Tensor, optimizer, schedule, parameters: list[nn.Parameter], clip: float = 1.0) -> None:
+    """One optimiser update: backward, gradient-norm clipping, step, then the scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
+    schedule.step()
+
+
 def evaluate_accuracy(bundle: ToyVLM, samples: list[Sample], batch_size: int = 16) -> dict[str, float]:
     """Greedy next-token accuracy on ``samples`` (overall and per question kind)."""
     model = bundle.model
@@ -247,11 +256,7 @@ def train(
                     mass = (weights * targets[:, None]).sum(-1)[rows]  # (B', h)
                     aux = aux - torch.log(mass + 1e-6).mean()
             loss = out.loss + aux_weight * aux
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
-            optimizer.step()
-            schedule.step()
+            _update(loss, optimizer, schedule, [*model.parameters(), *heads.parameters()])
             step += 1
             history["loss"].append((step, round(out.loss.item(), 4), round(aux.item(), 4)))
             elapsed = time.perf_counter() - start

@@ -74,7 +74,7 @@ from .chat_scenes import (
 )
 from .results import command_line
 from .toyvlm_v2 import CHECKPOINT_DIR_V2, ToyVLMv2, build_vocab_v2, save_toyvlm_v2, toyvlm_v2_config
-from .train_toyvlm import _fast_patch_embed
+from .train_toyvlm import _fast_patch_embed, _update
 
 __all__ = [
     "PHASES",
@@ -270,11 +270,7 @@ def train_v2(
                     mass = torch.einsum("bhqk,bk->bqh", weights, target)[rows]  # (rows, h)
                     aux = aux - torch.log(mass + 1e-6).mean()
             loss = out.loss + aux_weight * aux
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()), 1.0)
-            optimizer.step()
-            schedule.step()
+            _update(loss, optimizer, schedule, [*model.parameters(), *heads.parameters()])
             step += 1
             history["loss"].append((step, round(out.loss.item(), 4), round(aux.item(), 4)))
             elapsed = time.perf_counter() - start
