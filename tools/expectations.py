@@ -109,7 +109,8 @@ def relation_text(compare: dict[str, Any]) -> str:
 def _test_row(compare: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool] | None:
     """(paired-test row, whether it is oriented left minus right) for this comparison, if there is one."""
     if "test" in compare:
-        rows = select(by_id[compare["test"]["results"]], compare["test"]["row"])
+        tests = by_id.get(compare["test"]["results"])
+        rows = select(tests, compare["test"]["row"]) if tests else []
         if len(rows) != 1:
             return None
         row = rows[0]

@@ -78,6 +78,7 @@ def _compare(**fields) -> dict:
             93,
         ),
         ({"left": {"method": "slow", "budget": 0.1}, "relation": "<", "value": 85}, "agrees", 80, 85),
+        ({"left": {"method": "fast"}, "relation": ">", "value": 90}, "disagrees", 90, 90),  # strict: a tie is not above
         ({"left": {"method": "slow", "budget": 0.2}, "relation": "<", "value": 85}, "not measured", None, 85),
     ],
 )
