@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
@@ -55,3 +57,66 @@ def test_amplification_changes_the_model_output_on_chosen_layers_only():
     assert not torch.allclose(plain[:, -1], boosted[:, -1])
     assert torch.allclose(plain[:, :-1], boosted[:, :-1], atol=1e-5)  # earlier rows untouched
     assert torch.equal(plain, untouched)
+
+
+def _two_stream_greedy(model, inputs, method, steps):
+    """PAI with guidance decoded by hand, without caches: every step re-runs both whole sequences.
+
+    The main stream has the image (amplified from the second generated token on, as upstream's
+    ``use_cfg`` flag starts set); the text-only stream drops the image and marker tokens, has its
+    own 1-D positions and no amplification.
+    """
+    config, ids, mask = model.config, inputs["input_ids"], inputs["attention_mask"]
+    drop = (ids == config.image_token_id) | (ids == config.vision_start_token_id) | (ids == config.vision_end_token_id)
+    rows = [row[(~d) & m.bool()] for row, d, m in zip(ids, drop, mask)]
+    width = max(len(r) for r in rows)
+    text = torch.stack([torch.cat([r.new_zeros(width - len(r)), r]) for r in rows])
+    text_mask = torch.stack(
+        [torch.cat([torch.zeros(width - len(r), dtype=torch.long), torch.ones_like(r)]) for r in rows]
+    )
+    vision = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    new = ids.new_zeros(ids.shape[0], 0)
+    plain = VisualAttentionAmplification(alpha=method.alpha, start_layer=method.start_layer)
+    for step in range(steps):
+        full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
+        if "mm_token_type_ids" in inputs:
+            vision["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], dim=1)
+        with torch.no_grad():
+            if step == 0:
+                s = model(input_ids=torch.cat([ids, new], 1), attention_mask=full_mask, **vision).logits[:, -1]
+            else:
+                with plain(model):
+                    s = model(input_ids=torch.cat([ids, new], 1), attention_mask=full_mask, **vision).logits[:, -1]
+            u_mask = torch.cat([text_mask, torch.ones_like(new)], dim=1)
+            positions = (u_mask.cumsum(-1) - 1).clamp(min=0)
+            u = model(input_ids=torch.cat([text, new], 1), attention_mask=u_mask, position_ids=positions).logits[:, -1]
+        s, u = torch.log_softmax(s, -1), torch.log_softmax(u, -1)
+        scores = (method.guidance * (s - u) + u).masked_fill(s < s.max(-1, keepdim=True).values + math.log(0.1), -1e9)
+        new = torch.cat([new, scores.argmax(-1, keepdim=True)], dim=1)
+    return new
+
+
+def test_guidance_matches_a_hand_rolled_two_stream_decode():
+    model = tiny_qwen25vl(seed=3)
+    inputs = _inputs(model)
+    for guidance in (1.1, 3.0):
+        method = VisualAttentionAmplification(alpha=1.0, start_layer=0, guidance=guidance)
+        with method(model):
+            ids = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        expected = _two_stream_greedy(model, inputs, method, 6)
+        assert torch.equal(ids[:, inputs["input_ids"].shape[1] :], expected)
+    plain = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(plain, ids)  # guidance 3 changes the caption of this seed
+    assert "forward" not in model.__dict__
+
+
+def test_guidance_off_leaves_the_amplified_decode_unchanged():
+    model = tiny_qwen25vl(seed=3)
+    inputs = _inputs(model)
+    outputs = []
+    for guidance in (None, 1.0):
+        with VisualAttentionAmplification(alpha=1.0, start_layer=0, guidance=guidance)(model):
+            outputs.append(model.generate(**inputs, max_new_tokens=5, do_sample=False))
+            with torch.no_grad():
+                outputs.append(model(**inputs).logits)
+    assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[3])
