@@ -3,14 +3,18 @@
 Idea: object hallucination grows as a model attends to its own text more than to the image
 ("text inertia"). PAI raises the pre-softmax attention scores of the image tokens for the token
 being generated, ``s_img <- s_img + alpha |s_img|`` in decoder layers ``start_layer`` to
-``end_layer - 1``, so every new token looks more at the image, without training. We implement
-this re-weighting only (we did not build OPERA's over-trust penalty in beam search).
+``end_layer - 1``, so every new token looks more at the image, without training. Its second,
+optional part refines the logits against the same prompt without the image:
+``gamma (log p - log p_text) + log p_text`` on the tokens with ``p >= 0.1 max p``. We did not
+build OPERA's over-trust penalty in beam search.
 
 Paper: arXiv 2407.21771 ("Paying More Attention to Image: A Training-Free Method for
 Alleviating Hallucination in LVLMs").
-Upstream: LALBJ/PAI attention.py (``llama_new_forward``, ``llama_modify``) @
+Upstream: LALBJ/PAI attention.py (``llama_new_forward``, ``llama_modify``), CFG.py
+(``CFGLogits``), model_loader.py (``init_cfg_processor``) @
 4a085d1e39dae0d95d2fafe6ba24f0f9b8d49023; defaults from chair_eval.py and the README commands:
-``alpha`` 0.2, ``start_layer`` 2, ``end_layer`` 32 (= every layer of LLaMA-7B from the third on).
+``alpha`` 0.2, ``start_layer`` 2, ``end_layer`` 32 (= every layer of LLaMA-7B from the third on);
+the refinement is opt-in (``--use-cfg``; ``--gamma`` defaults to 2, the README commands run 1.1).
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -20,23 +24,43 @@ Examples:
     ...     ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     >>> ids.shape[1] == inputs["input_ids"].shape[1] + 3
     True
+    >>> with VisualAttentionAmplification(guidance=1.1)(model):  # the README's PAI with logits refinement
+    ...     ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    >>> ids.shape[1] == inputs["input_ids"].shape[1] + 3
+    True
 
 Implementation: a registered attention function (``"atlas_pai"``, masks built as for sdpa) is
 switched on for the language model inside ``with method(model)``; a forward pre-hook reads the
 visual key positions from ``input_ids`` (image / video token ids in the config) at every prefill
 and the cache keeps them aligned during decoding. Layers that are not chosen, and ``alpha == 0``,
 go through the unchanged sdpa function. :func:`amplified_attention` is the pure tensor function.
+With ``guidance`` set, ``model.forward`` is wrapped (:mod:`.streams`, shared with VCD): the
+prefill also opens a text-only stream (the prompt without image, video and vision-marker tokens,
+upstream's "text before and after ``<ImageHere>``") with its own KV cache and its own 1-D
+positions (passed explicitly, so Qwen's cached M-RoPE offset of the image stream is untouched);
+each decoding call feeds it the same new tokens, without amplification, and the last logits are
+replaced by :func:`guided_logits`. Left-padded batches are cut row by row and left-padded again.
 
 Faithful to upstream: the rule (last query row only, image-key scores ``s + alpha |s|`` after
 the scale and before the softmax; upstream adds the mask first, which only differs on keys a
 row may not see anyway), the default ``alpha`` 0.2 and the layer range "from layer 2 to the
-last" (``end_layer=None``).
+last" (``end_layer=None``); the refinement (``CFGLogits``: log-softmax of both streams,
+``gamma (s - u) + u``, ``-inf`` where ``s < log 0.1 + max s``), its text-only prompt, its
+unamplified text-only stream, its default "off" (``guidance=None``), and a quirk of its switch:
+``llama_modify`` starts with ``use_cfg`` set when the refinement is on, so the image stream's
+prefill -- the first generated token -- is not amplified (``amplify_first_token=True`` amplifies it).
 
-Deviations / guesses: PAI's second part, the logits refinement against a text-only forward
-(``CFG.py``, ``gamma`` 1.1 in the README commands), is not reproduced -- the contrast idea is
-what :mod:`.contrastive_decoding` measures. ``layers`` (off by default) names the layers
+Deviations / guesses: ``guidance=1`` is "off" here; upstream's ``--use-cfg --gamma 1`` returns
+early and never clears ``use_cfg``, which silences the amplification too. The refinement edits
+the model's logits, so all of ``generate``'s processors act after it; upstream's logits
+processor runs after transformers' built-in processors (repetition penalty and the like, which
+upstream does not set) and, as ours, before the sampling warpers (temperature, top-p; upstream
+recommends nucleus sampling). Only the positions that match one-to-one between the streams are
+refined (the last prompt position, then every new token); earlier prompt positions of a plain
+forward keep the image stream's logits. ``layers`` (off by default) names the layers
 explicitly instead of a range. The comparison benchmark runs ``start_layer=0`` (every layer of
-the 3-layer captioner; with the default only the last layer would change) at alpha 0.5 and 1.0.
+the 3-layer captioner; with the default only the last layer would change) at alpha 0.5 and 1.0,
+without the refinement.
 
 Measured on ToyVLM (comparison benchmark, all layers): a trade-off, not a clear win. alpha 0.5 lowered the
 targeted rate from 91% to 70% and alpha 1.0 to 42%. Clean-caption F1 fell to 99 and 90, the
