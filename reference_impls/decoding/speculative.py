@@ -68,6 +68,7 @@ from torch import nn
 from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import VisualTokenMethod
 from reference_impls.decoding._speculative_prompt import (
+    POSITION_MODES,
     PRUNE_RULES,
     DecodeResult,
     crop,
@@ -76,6 +77,7 @@ from reference_impls.decoding._speculative_prompt import (
     eos_ids,
     forward,
     prefill,
+    prefill_with_attention,
     prune_prompt,
     text_positions,
 )
@@ -195,12 +197,16 @@ class SpeculativeDecoding:
     draft_model: nn.Module | None = None
     """A smaller model sharing the vocabulary, or a twig grown on the target
     (:mod:`reference_impls.decoding.twig_draft`); ``None`` drafts with the target itself."""
-    draft_visual_keep: float = 0.25
-    """Fraction of each image's visual tokens the draft sees (1.0: all)."""
-    prune: str | VisualTokenMethod = "uniform"
-    """How the draft's visual tokens are chosen per image: ``"uniform"``, ``"norm"``,
-    ``"random"``, or any ``kind="visual-token"`` method (its own ``select`` and budget decide,
-    ``draft_visual_keep`` is then ignored)."""
+    draft_visual_keep: float = 0.1
+    """Fraction of the visual tokens the draft sees (1.0: all); upstream's ``drop_rate`` 0.9."""
+    prune: str | VisualTokenMethod = "specvlm"
+    """How the draft's visual tokens are chosen: ``"specvlm"`` (upstream's two stages, from the
+    target prefill's attention, over all visual tokens), per image ``"uniform"``, ``"norm"``,
+    ``"random"`` (not upstream), or any ``kind="visual-token"`` method (its own ``select`` and
+    budget decide, ``draft_visual_keep`` is then ignored)."""
+    draft_positions: str = "original"
+    """The pruned draft prompt's positions: ``"original"`` 3-D M-RoPE positions of the kept
+    tokens, or ``"renumbered"`` ``0..S-1`` over the shorter sequence (see Deviations)."""
     draft_layers: int | None = None
     """Run only the draft's first ``draft_layers`` decoder layers (``None``: all)."""
     num_draft: int = 4
@@ -218,6 +224,8 @@ class SpeculativeDecoding:
     def __post_init__(self):
         if isinstance(self.prune, str) and self.prune not in PRUNE_RULES:
             raise ValueError(f"prune must be one of {PRUNE_RULES}, got {self.prune!r}")
+        if self.draft_positions not in POSITION_MODES:
+            raise ValueError(f"draft_positions must be one of {POSITION_MODES}, got {self.draft_positions!r}")
         if self.num_draft < 1:
             raise ValueError("num_draft must be >= 1")
         self.stats: dict = {}
@@ -227,8 +235,11 @@ class SpeculativeDecoding:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         prompt = encode_prompt(model, inputs)
-        draft_model, draft_prompt = self._draft_prompt(model, inputs, prompt)
-        cache, logits = prefill(model, prompt)
+        if self._needs_attention():  # the verifier's prefill also scores the visual tokens
+            cache, logits, attention = prefill_with_attention(model, prompt)
+        else:
+            (cache, logits), attention = prefill(model, prompt), None
+        draft_model, draft_prompt = self._draft_prompt(model, inputs, prompt, attention)
         draft = _Draft(draft_model, draft_prompt, self.draft_layers)
         prefilled = time.perf_counter()
         generated, stop = [int(logits.argmax())], eos_ids(model)
@@ -284,15 +295,23 @@ class SpeculativeDecoding:
         """The draft for this target (a subclass may build one, e.g. a trained twig)."""
         return self.draft_model if self.draft_model is not None else model
 
-    def _draft_prompt(self, model: nn.Module, inputs: dict[str, torch.Tensor], prompt=None):
+    def _needs_attention(self) -> bool:
+        return self.prune == "specvlm" and self.draft_visual_keep < 1
+
+    def _draft_prompt(self, model: nn.Module, inputs: dict[str, torch.Tensor], prompt=None, attention=None):
         """The draft model and its pruned prompt (reusing the target's encoding when they share
-        the vision tower and token embeddings, as the target itself or a twig grown on it)."""
+        the vision tower and token embeddings, as the target itself or a twig grown on it).
+        ``attention``: the target prefill's visual-token scores (``"specvlm"``)."""
         draft_model = self._draft_model(model)
+        if attention is None and self._needs_attention():
+            prompt = encode_prompt(model, inputs)
+            attention = prefill_with_attention(model, prompt)[2]
         if prompt is None or not _same_encoder(draft_model, model):
             prompt = encode_prompt(draft_model, inputs)
         if isinstance(self.prune, str):
-            return draft_model, prune_prompt(prompt, self.draft_visual_keep, self.prune, self.seed)
-        return draft_model, prune_prompt(prompt, self.prune)
+            keep, rule = self.draft_visual_keep, self.prune
+            return draft_model, prune_prompt(prompt, keep, rule, self.seed, attention, self.draft_positions)
+        return draft_model, prune_prompt(prompt, self.prune, positions=self.draft_positions)
 
     @torch.no_grad()
     def draft_first_token(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
