@@ -17,13 +17,21 @@ for a caller-given set of token ids (e.g. function words that carry no visual co
 
 Paper: arXiv 2508.16201
 
-Upstream: zju-jiyicheng/SpecVLM ``decoding/tree_decoding_qwen2_5.py`` (``evaluate_posterior``)
-and ``utils/utils.py`` (``drop_visual_tokens_specvlm``, ``drop_visual_tokens_uniform``) @
+Upstream: zju-jiyicheng/SpecVLM ``decoding/tree_decoding_qwen2_5.py`` (``evaluate_posterior``,
+``initialize_tree_with_pruning``), ``utils/utils.py`` (``convert_attention_to_score``,
+``drop_visual_tokens_specvlm``, ``get_attention_token_from_percentage``) and ``inference.py``
+/ ``run_qwenvl.sh`` (``percentage=0.4``, ``drop_rate`` 0.9) @
 632ef27aa65a07d574d21c0e13ccf336c1d14e08. Verification is the same rule: a draft token is
 accepted while it equals the target's argmax at its position (``cumprod`` of the matches), and
 the target's argmax after the accepted prefix is emitted (:func:`verify_step`, parity test
 against that rule and against the standard greedy case of Leviathan et al. 2023 / Chen et al.
-2023). The draft pruning is ours (see Deviations).
+2023). The default draft pruning (``prune="specvlm"``, ``draft_visual_keep=0.1``) is
+upstream's verifier-guided rule: the target's prefill also scores every visual token by the
+attention it receives from the text rows after the last visual token (mean over those rows,
+the heads and the layers); the draft keeps ``int(n * keep)`` of them, first the most-attended
+ones until they hold 40% of the total score (stage I), then evenly spaced ones from the rest
+(stage II, torch's integer ``linspace``). Parity test:
+``tests/decoding/test_parity_speculative.py``.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -34,15 +42,24 @@ Examples:
     True
 
 Deviations:
-    - SpecVLM prunes the draft's video tokens in two stages: stage I keeps the tokens the
-      verifier's prefill attends to most (text rows after the video, mean over layers, heads
-      and rows), stage II fills the rest of the budget evenly from the remaining ones
-      (``linspace(0, n - 1, k)`` truncated to integers, ``k = int(n * keep)``, over all video
-      tokens at once). Our built-in rules are attention-free and per image: ``"uniform"``
-      (evenly spaced, ``linspace`` *rounded*, ``k = round(n * keep)``), ``"norm"`` (largest
-      embedding norm) or ``"random"``; any registered ``visual-token`` method can be plugged in
-      instead. Kept tokens keep their original 3-D M-RoPE positions (upstream feeds the draft
-      the shorter sequence). The draft's pruning only changes speed, never the output.
+    - Draft pruning: upstream scores video tokens only; ``"specvlm"`` here scores every visual
+      token (images and videos, one budget over all of them). Upstream computes the scores
+      from ``output_attentions`` of its second prefill stage; ours records them inside the
+      sdpa prefill (same rows, same reduction, checked against eager attention maps), and
+      breaks score ties by position (upstream's unstable ``torch.sort`` leaves them to the
+      kernel). As upstream, a budget ``int(n * keep)`` of 0 leaves the draft no visual token.
+      Our earlier rules stay as options, attention-free and per image: ``prune="uniform"``
+      (evenly spaced, ``linspace`` *rounded*, ``k = round(n * keep)``, at least 1), ``"norm"``
+      (largest embedding norm) or ``"random"``; any registered ``visual-token`` method can be
+      plugged in instead. The draft's pruning only changes speed, never the output.
+    - Draft positions: upstream feeds the draft the shorter sequence (``input_ids`` without
+      the dropped tokens, ``selected_indices`` handed to its modified Qwen2.5-VL modelling file,
+      generated tokens numbered from the draft's own length); we did not verify how that file
+      numbers the kept video tokens. The default keeps every kept token's original 3-D M-RoPE
+      position (``draft_positions="original"``): the draft then sees the image geometry the
+      target sees and its generated tokens share the target's positions, which cannot hurt
+      acceptance. ``draft_positions="renumbered"`` numbers the shorter sequence ``0..S-1`` on
+      all three rows (our reading of "the shorter sequence"; a guess, not upstream's code).
     - SpecVLM drafts an EAGLE-style token tree (top-10 per node, 48 draft tokens, depth 5) and
       verifies every path in one forward; we draft and verify one chain (the tree's single
       path case). There is no sampling path: the draft decodes greedily and verification
