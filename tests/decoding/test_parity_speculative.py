@@ -102,3 +102,5 @@ def test_verifier_scores_match_eager_attention_maps():
     rows = torch.cat([(~prompt.visual).nonzero().squeeze(-1), kept]).sort().values
     assert torch.equal(draft.embeds, prompt.embeds[:, rows]) and draft.visual_kept == len(kept)
     assert torch.equal(draft.positions, prompt.positions[:, :, rows])  # original positions by default
+    # draft_first_token has no target prefill at hand: it runs one to get the same scores
+    assert method.draft_first_token(model, inputs) == int(prefill(model, draft)[1].argmax())
