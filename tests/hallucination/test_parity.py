@@ -13,7 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_impls.hallucination.attention_intervention import VisualAttentionAmplification, amplified_attention
+from reference_impls.hallucination.attention_intervention import (
+    VisualAttentionAmplification,
+    amplified_attention,
+    guided_logits,
+)
 from reference_impls.hallucination.contrastive_decoding import (
     VisualContrastiveDecoding,
     contrast_logits,
@@ -145,6 +149,27 @@ def test_pai_rule_matches_upstream():
 def test_pai_defaults_match_upstream():
     method = VisualAttentionAmplification()
     assert (method.alpha, method.start_layer, method.end_layer, method.layers) == (0.2, 2, None, None)
+    assert method.guidance is None and not method.amplify_first_token  # chair_eval.py: --use-cfg off by default
+
+
+# LALBJ/PAI CFG.py @ 4a085d1e39dae0d95d2fafe6ba24f0f9b8d49023 (CFGLogits.__call__): s = log_softmax(scores);
+# gamma == 1 returns s; u = log_softmax of the text-only stream's last logits; out = gamma (s - u) + u,
+# -inf where s < log(0.1) + max s. README.md runs --gamma 1.1; chair_eval.py's default is 2.
+
+
+def test_pai_guidance_matches_upstream_cfg_logits():
+    generator = torch.Generator().manual_seed(5)
+    for gamma in (1.1, 2.0, 1.0):
+        for _ in range(10):
+            scores, uncond = torch.randn(3, 40, generator=generator) * 3, torch.randn(3, 40, generator=generator) * 3
+            s, u = F.log_softmax(scores, dim=-1), F.log_softmax(uncond, dim=-1)
+            cutoff = torch.log(torch.tensor(0.1)) + s.max(dim=-1, keepdim=True).values
+            expected = (gamma * (s - u) + u).masked_fill(s < cutoff, float("-inf"))
+            ours = guided_logits(scores, uncond, gamma)
+            assert torch.equal(torch.isinf(ours), torch.isinf(expected))
+            assert torch.allclose(ours[~torch.isinf(ours)], expected[~torch.isinf(expected)], atol=1e-5)
+            if gamma == 1.0:  # upstream returns s itself; inside the plausible set that is ours too
+                assert torch.allclose(ours[~torch.isinf(ours)], s[~torch.isinf(ours)], atol=1e-5)
 
 
 def test_pai_default_layer_range_is_from_the_third_layer():
