@@ -17,6 +17,8 @@ Examples:
     0.0078125
     >>> compare("sare", [1, 2, 3], "npo", [1, 2, 3]).verdict
     'no significant difference between sare and npo (sign test p = 1, n = 3, 3 ties)'
+    >>> compare("vcd", [0, 0, 0, 0, 0], "base", [90, 88, 91, 93, 90]).verdict
+    'no significant difference between vcd and base (sign test p = 0.062, n = 5); with 5 untied seeds the sign test cannot reach p < 0.05'
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "paired_bootstrap",
     "compare",
     "disjoint_seeds",
+    "sign_test_can_reject",
     "interval_fields",
     "paired_rows",
 ]
@@ -153,7 +156,22 @@ def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], hi
         verdict = f"{first} {higher} than {second} by {abs(sign.mean_difference):.2g} on average ({stat})"
     else:
         verdict = f"no significant difference between {name_a} and {name_b} ({stat})"
+        if sign.wins + sign.losses and not sign_test_can_reject(sign.wins + sign.losses):
+            verdict += f"; with {sign.wins + sign.losses} untied seeds the sign test cannot reach p < {ALPHA}"
     return Comparison(sign, boot, verdict)
+
+
+def sign_test_can_reject(n: int, alpha: float = ALPHA) -> bool:
+    """Whether ``n`` untied pairs can give a two-sided sign-test p below ``alpha`` at all.
+
+    The smallest p is ``2 / 2**n`` (every pair one way): 0.0625 for 5 seeds, 0.031 for 6, so a
+    benchmark that states comparisons needs at least 6 reported seeds.
+
+    Examples:
+        >>> sign_test_can_reject(5), sign_test_can_reject(6)
+        (False, True)
+    """
+    return n > 0 and 2 / 2**n < alpha
 
 
 def disjoint_seeds(tuning: Sequence[int], reported: Sequence[int]) -> None:
