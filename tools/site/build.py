@@ -23,6 +23,8 @@ from .implementations import discover_modules, families_by_module, implementatio
 from .notebooks import (discover_notebooks, notebook_md, notebook_source_files, notebook_title, notebooks_index_md,
                         render_notebook, rendered_dir)
 from .graph import Graph
+from .changes import FEED, PAGE as CHANGES, atom_feed, changes_md
+from .history import load_history
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
 from ..results import load_all_results
 from .results import chart_styles, results_index_md, results_links_md, results_md
@@ -30,7 +32,7 @@ from .results import chart_styles, results_index_md, results_links_md, results_m
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
 # Everything under docs/ that the build owns (git-ignored); the rest of docs/ is hand-written.
-GENERATED = ("index.md", "tags.md", "all-papers.md", "taxonomy", "papers", "implementations", "notebooks", "results",
+GENERATED = ("index.md", "tags.md", "all-papers.md", "changes.md", "feed.xml", "taxonomy", "papers", "implementations", "notebooks", "results",
              "references.bib", "papers.json", "schemas", "assets/generated")
 
 
@@ -39,13 +41,15 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     modules = discover_modules(root)
     notebooks = discover_notebooks(root)
     all_results = load_all_results(root)
-    site = SiteData(catalog, Graph(catalog, modules, notebooks, all_results))
+    site = SiteData(catalog, Graph(catalog, modules, notebooks, all_results), load_history(root))
     files: dict[str, str | bytes] = {}
     assets: dict[str, str] = {}
 
     for entry in catalog.entries:
         files[paper_page(entry.key)] = paper_md(entry, site)
     files[ALL_PAPERS] = all_papers_md(site)
+    files[CHANGES] = changes_md(site)
+    files[FEED] = atom_feed(site, site.site_url)
     files[INDEX] = papers_index_json(site)
 
     module_families = families_by_module(taxonomy)

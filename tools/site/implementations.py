@@ -41,11 +41,18 @@ def discover_modules(root: Path) -> dict[str, str]:
     return modules
 
 
+def module_source(root: Path, module: str) -> str:
+    """The file a module's API page documents: ``pkg/mod.py`` or ``pkg/__init__.py``."""
+    base = Path(*module.split("."))
+    return (base.with_suffix(".py") if (root / base.with_suffix(".py")).is_file() else base / "__init__.py").as_posix()
+
+
 def module_md(module: str, summary: str, families: list, site: SiteData | None = None) -> str:
     """A module's API page. It is kept out of the search index (its source and signatures would
     outrank the paper and family pages); the family, paper and notebook pages link here."""
     page = module_page(module)
-    lines = [md.front_matter(title=module, search={"exclude": True}), f"# `{module}`", ""]
+    edit_url = site.edit_url(module_source(site.catalog.root, module)) if site is not None else ""
+    lines = [md.front_matter(title=module, search={"exclude": True}, edit_url=edit_url), f"# `{module}`", ""]
     if families:
         lines += ["Family: " + ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in families), ""]
     graph = site.graph if site is not None else None

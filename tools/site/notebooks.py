@@ -210,7 +210,8 @@ def notebook_source_files(root: Path, notebook: str) -> dict[str, bytes]:
 
 def notebook_md(notebook: str, body: str, current: bool, families: list[str], site: Any = None) -> str:
     title = notebook_title(notebook, body)
-    lines = [md.front_matter(title=title)]
+    edit_url = site.edit_url(notebook) if site is not None else ""
+    lines = [md.front_matter(title=title, edit_url=edit_url)]
     if not body.lstrip().startswith("# "):
         lines += [f"# Notebook `{notebook}`", ""]
     name = Path(notebook).name
@@ -256,6 +257,8 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
         if not current:
             lines += ["!!! warning \"Output may be stale\"", "    The notebook or the code it imports changed since this output was rendered; `python -m tools build` re-executes it.", ""]
         lines.append(rest)
+    if site is not None:
+        lines += ["", f"<small>Notebook source last updated {site.updated(notebook)}</small>"]
     return "\n".join(lines) + "\n"
 
 

@@ -118,6 +118,7 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     aliases = graph.aliases(entry) if graph is not None else [str(alias) for alias in data.get("aliases") or []]
     # The paper template drops the navigation, which would be most of each page's bytes at 10k entries.
     lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags"),
+                             edit_url=site.edit_url(f"papers/{entry.key}.yaml"),
                              search={"boost": KNOWN_PAPER_BOOST if aliases or links_here else PAPER_BOOST}),
              f"# {md.text(data['title'])}{_aka(aliases)}", ""]
     first = site.taxonomy.by_id[data["placement"][0]]
@@ -159,13 +160,28 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     # the search index (it repeats the title and authors).
     bibtex = html.escape(entries_to_bibtex([data]).strip(), quote=False)
     lines += ["", "## BibTeX", "", f'<pre class="bibtex" data-search-exclude><code>{bibtex}</code></pre>', ""]
+    lines += related_md(entry, site, page)
     if data.get("sources"):
         lines.append("<small>Metadata from: " + ", ".join(md.text(source) for source in data["sources"]) + "</small>")
+    source = f"papers/{entry.key}.yaml"
+    footer = [f"Added {md.text(data['added'])}", f"last updated {site.updated(source)}"]
     if site.repo_url:
-        edit = f"{site.repo_url}/edit/main/papers/{entry.key}.yaml"
-        lines += ["", f"<small>{md.link('Correct this entry', edit)} (papers/{md.text(entry.key)}.yaml) · "
-                      f"{md.link('suggest a paper', site.repo_url + '/issues/new')}</small>"]
+        footer += [f"{md.link('Correct this entry', site.edit_url(source))} ({md.text(source)})",
+                   md.link("suggest a paper", site.repo_url + "/issues/new")]
+    lines += ["", "<small>" + " · ".join(footer) + "</small>"]
     return "\n".join(lines) + "\n"
+
+
+def related_md(entry: Entry, site: SiteData, page: str) -> list[str]:
+    """Papers of the same family, then papers with the nearest titles elsewhere."""
+    related = site.related.related(entry)
+    lines = []
+    for label, entries in (("Same family", related.family), ("Similar titles elsewhere", related.elsewhere)):
+        if entries:
+            lines += [f"**{label}:**", ""] + [
+                f"- {md.link(md.text(other.data['title']), relative(page, paper_page(other.key)))} ({other.data['year']})"
+                for other in entries] + [""]
+    return [f"## Related papers {NOT_INDEXED}", "", *lines] if lines else []
 
 
 def implemented_badge(entry: Entry, site: SiteData, page: str) -> str:
@@ -213,7 +229,8 @@ def _implementation_block(node: Node, page: str, module_summaries: dict[str, str
 
 def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], results_md: str = "") -> str:
     page = node_page(node)
-    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}),
+    origin = site.source(node.file)
+    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}, edit_url=site.edit_url(origin)),
              f"# {md.text(node.name)}{_aka(node.aliases)}", "",
              md.text(node.summary), ""]
     context = []
@@ -275,6 +292,9 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         if here:
             lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "",
                       papers_table(here, page, site), ""]
+    sources = [origin] if origin else []
+    sources += [f"papers/{entry.key}.yaml" for entry in under]
+    lines += [f"<small>Last updated {site.updated(*sources)} (taxonomy file and papers placed here)</small>", ""]
     return "\n".join(lines)
 
 
