@@ -37,9 +37,14 @@ def newest(site: SiteData) -> list[Entry]:
 def changes_md(site: SiteData) -> str:
     page = PAGE
     ordered = newest(site)
-    lines = [md.front_matter(title="What's new"), "# What's new", "",
-             f"Entries by the day they were added (newest first). Also as an {md.link('Atom feed', FEED)} "
-             f"of the latest {FEED_LIMIT}.", ""]
+    lines = [
+        md.front_matter(title="What's new"),
+        "# What's new",
+        "",
+        f"Entries by the day they were added (newest first). Also as an {md.link('Atom feed', FEED)} "
+        f"of the latest {FEED_LIMIT}.",
+        "",
+    ]
     days: dict[str, list[Entry]] = defaultdict(list)
     for entry in ordered:
         days[str(entry.data["added"])].append(entry)
@@ -56,8 +61,10 @@ def changes_md(site: SiteData) -> str:
             venue = " ".join(part for part in (md.text(data.get("venue", "")), str(data["year"])) if part)
             lines.append(f"- {md.link(md.text(data['title']), relative(page, paper_page(entry.key)))} ({venue})")
         if len(listed) < len(entries):
-            lines.append(f"- … and {len(entries) - len(listed)} more "
-                         f"(see {md.link('All papers', relative(page, 'all-papers.md'))})")
+            lines.append(
+                f"- … and {len(entries) - len(listed)} more "
+                f"(see {md.link('All papers', relative(page, 'all-papers.md'))})"
+            )
         lines.append("")
     if earlier:
         lines += [f"## Earlier {md.NOT_INDEXED}", "", *earlier, ""]
