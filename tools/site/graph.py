@@ -74,10 +74,26 @@ def module_file(root: Path, module: str) -> Path | None:
     return None
 
 
+# Parsed imports per notebook file and version: the pages ask for them about 1,500 times a build.
+_IMPORTS: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
 def notebook_imports(root: Path, notebook: str) -> set[str]:
     """Modules of ``reference_impls`` a notebook imports (``from a.b import c`` counts ``a.b`` and ``a.b.c``)."""
+    path = root / notebook
     try:
-        tree = ast.parse((root / notebook).read_text(encoding="utf-8"))
+        stat = path.stat()
+    except OSError:
+        return set()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _IMPORTS:
+        _IMPORTS[key] = frozenset(_parse_imports(path))
+    return set(_IMPORTS[key])
+
+
+def _parse_imports(path: Path) -> set[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, OSError, UnicodeDecodeError):
         return set()
     found: set[str] = set()
