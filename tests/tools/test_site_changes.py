@@ -140,3 +140,23 @@ def test_related_papers_same_family_first_then_nearest_titles():
     related = RelatedIndex(entries).related(entries[0], family_limit=5, other_limit=3)
     assert [entry.key for entry in related.family] == ["sibling-near", "sibling-far"]
     assert [entry.key for entry in related.elsewhere] == ["other-near", "other-some"]
+
+
+def test_incremental_generation_rewrites_only_what_changed(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    assert generate_pages(repo, execute_notebooks=False, incremental=True) == 0
+    docs = repo / "docs"
+    before = {path: path.stat().st_mtime_ns for path in docs.rglob("*") if path.is_file()}
+    paper = repo / "papers" / "zeng2026hybridkv.yaml"
+    paper.write_text(paper.read_text().replace("title: 'HybridKV:", "title: 'HybridKV edited:"))
+    (repo / "papers" / "jiang2025kind.yaml").unlink()
+    assert generate_pages(repo, execute_notebooks=False, incremental=True) == 0
+    after = {path: path.stat().st_mtime_ns for path in docs.rglob("*") if path.is_file()}
+    changed = {str(path.relative_to(docs)) for path in after if before.get(path) != after[path]}
+    assert (
+        "papers/zeng2026hybridkv.md" in changed
+        and "HybridKV edited" in (docs / "papers/zeng2026hybridkv.md").read_text()
+    )
+    assert not (docs / "papers" / "jiang2025kind.md").exists()  # a page no longer generated is removed
+    assert "notebooks/index.md" not in changed and "implementations/index.md" not in changed
+    assert len(changed) < len(after) / 4, sorted(changed)

@@ -53,7 +53,7 @@ def _config_url(root: Path, key: str) -> str:
 
 
 class SiteData:
-    def __init__(self, catalog: Catalog, graph: "Graph | None" = None, history: "History | None" = None):
+    def __init__(self, catalog: Catalog, graph: Graph | None = None, history: History | None = None):
         self.catalog = catalog
         self.graph = graph
         self.history = history
@@ -101,7 +101,7 @@ class SiteData:
         return md.text(self.history.describe(*sources) if self.history is not None else NO_GIT)
 
     @cached_property
-    def related(self) -> "RelatedIndex":
+    def related(self) -> RelatedIndex:
         from .related import RelatedIndex
 
         return RelatedIndex(self.entries)

@@ -31,9 +31,17 @@ _CARD_PAPER = re.compile(r"^Paper:\s*arXiv\s+(\d{4}\.\d{4,5})", re.MULTILINE)
 _CARD_ALIAS = re.compile(r"^\**([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):\s")
 
 
+_DOCSTRINGS: dict[tuple[str, int, int], str] = {}
+
+
 def _docstring(path: Path) -> str:
+    """A module's docstring, remembered per file version (``serve`` asks on every change)."""
     try:
-        return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _DOCSTRINGS:
+            _DOCSTRINGS[key] = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        return _DOCSTRINGS[key]
     except (SyntaxError, OSError, UnicodeDecodeError):
         return ""
 

@@ -33,12 +33,24 @@ def discover_modules(root: Path) -> dict[str, str]:
             relative_parts = relative_parts[:-1]
         if any(part.startswith("_") for part in relative_parts) or "results" in relative_parts or "checkpoints" in relative_parts:
             continue
+        modules[".".join(relative_parts)] = _summary(path, root)
+    return modules
+
+
+# First docstring line per module file and version (``serve`` asks again on every change).
+_SUMMARIES: dict[tuple[str, int, int], str] = {}
+
+
+def _summary(path: Path, root: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _SUMMARIES:
         try:
             docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         except SyntaxError as error:
             raise ValueError(f"{path.relative_to(root)}:{error.lineno}: cannot parse module: {error.msg}") from None
-        modules[".".join(relative_parts)] = docstring.strip().split("\n", 1)[0]
-    return modules
+        _SUMMARIES[key] = docstring.strip().split("\n", 1)[0]
+    return _SUMMARIES[key]
 
 
 def module_source(root: Path, module: str) -> str:

@@ -197,13 +197,19 @@ def notebook_title(notebook: str, body: str) -> str:
     return f"Notebook: {Path(notebook).stem}"
 
 
+# The .ipynb made from each notebook source, by source text (``serve`` regenerates on every change).
+_IPYNB: dict[str, str] = {}
+
+
 def notebook_source_files(root: Path, notebook: str) -> dict[str, bytes]:
     """The notebook's ``.py`` and a generated ``.ipynb`` (no outputs), next to its page, for download."""
     import jupytext
 
     page_dir = Path(notebook).parent
     source = (root / notebook).read_text(encoding="utf-8")
-    ipynb = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
+    if source not in _IPYNB:
+        _IPYNB[source] = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
+    ipynb = _IPYNB[source]
     return {str(page_dir / Path(notebook).name): source.encode("utf-8"),
             str(page_dir / Path(notebook).with_suffix(".ipynb").name): ipynb.encode("utf-8")}
 
