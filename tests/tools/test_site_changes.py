@@ -16,7 +16,7 @@ from tools.site.build import generate_pages
 from tools.site.history import NO_GIT, SHALLOW, UNCOMMITTED, load_history
 from tools.site.related import RelatedIndex
 
-from .conftest import GOOD_ENTRY, make_repo
+from .conftest import GOOD_ENTRY, make_repo, own_notebooks
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 
@@ -160,3 +160,16 @@ def test_incremental_generation_rewrites_only_what_changed(tmp_path):
     assert not (docs / "papers" / "jiang2025kind.md").exists()  # a page no longer generated is removed
     assert "notebooks/index.md" not in changed and "implementations/index.md" not in changed
     assert len(changed) < len(after) / 4, sorted(changed)
+
+
+def test_recorded_notebook_run_time_shows_on_the_notebook_and_in_run_it_boxes(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    rendered = own_notebooks(repo) / "_rendered" / "decoding" / "hybridkv" / "index.md"
+    first, rest = rendered.read_text(encoding="utf-8").split("\n", 1)
+    rendered.write_text(f"{first} <!-- atlas-notebook-seconds: 57 -->\n{rest}", encoding="utf-8")
+    assert generate_pages(repo, execute_notebooks=False) == 0
+    docs = repo / "docs"
+    assert "took 57 s of wall time on a CPU (full setting)" in (docs / "notebooks/decoding/hybridkv.md").read_text()
+    assert "(rendered run: 57 s on a CPU, full setting)" in (docs / "papers/zeng2026hybridkv.md").read_text()
+    # A render that recorded no time shows none (nothing is guessed).
+    assert "wall time" not in (docs / "notebooks/decoding/kivi.md").read_text()

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir
 
 _HASH_PREFIX = "<!-- atlas-notebook-hash: "
 _RENDER_VERSION = "2"
+# Wall seconds the last render's execution took (full setting, on the machine that rendered it).
+_RUN_PREFIX = "<!-- atlas-notebook-seconds: "
 
 
 class NotebookError(ValueError):
@@ -65,6 +68,19 @@ def notebook_hash(root: Path, notebook: str) -> str:
         digest.update(str(dependency.relative_to(root)).encode())
         digest.update(dependency.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def render_seconds(root: Path, notebook: str) -> int | None:
+    """Wall seconds the committed render took to execute, when it recorded them (renders made
+    before this was recorded have no figure: None, nothing is guessed)."""
+    path = rendered_dir(root, notebook) / "index.md"
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+    except OSError:
+        return None
+    match = re.search(re.escape(_RUN_PREFIX) + r"(\d+) -->", first)
+    return int(match.group(1)) if match else None
 
 
 def rendered_dir(root: Path, notebook: str) -> Path:
@@ -134,7 +150,9 @@ def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout:
             return existing.read_text(encoding="utf-8").split("\n", 1)[1], False
         return "", False
     print(f"executing {notebook} ...", flush=True)
+    started = time.perf_counter()
     body, outputs = _execute(root, notebook, timeout)
+    seconds = time.perf_counter() - started
     target = rendered_dir(root, notebook)
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -142,7 +160,9 @@ def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout:
     for name, content in outputs.items():
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
         (staging / name).write_bytes(content)
-    (staging / "index.md").write_text(f"{_HASH_PREFIX}{expected} -->\n{body}", encoding="utf-8")
+    # The run time rides on the hash line (the first line is never part of the page body).
+    header = f"{_HASH_PREFIX}{expected} --> {_RUN_PREFIX}{seconds:.0f} -->"
+    (staging / "index.md").write_text(f"{header}\n{body}", encoding="utf-8")
     previous = target.with_name(target.name + ".old")
     shutil.rmtree(previous, ignore_errors=True)
     with deferred_interrupt():  # two renames: the render is the old one or the new one, never half of each
@@ -223,6 +243,7 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
     name = Path(notebook).name
     ipynb = Path(name).with_suffix(".ipynb").name
     quick = md.code("ATLAS_QUICK=1 python " + notebook)
+    seconds = render_seconds(site.catalog.root, notebook) if site is not None else None
     run = [
         '!!! tip "Run it yourself"',
         "",
@@ -233,6 +254,8 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
         f"    - in JupyterLab: {md.code('make lab')}, then open {md.code(notebook)} (jupytext opens it as a notebook)",
         "",
     ]
+    if seconds is not None:
+        run += [f"    The run rendered below took {seconds} s of wall time on a CPU (full setting).", ""]
     graph = getattr(site, "graph", None)
     related = []
     if graph is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 from ..catalog import Entry
@@ -12,6 +13,7 @@ from . import markdown as md
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .graph import MethodLinks
 from .implementations import design_anchor, package_design_md, package_readme
+from .notebooks import render_seconds
 
 __all__ = ["paper_md", "node_md", "home_md", "taxonomy_index_md", "papers_table", "reported_table"]
 
@@ -70,8 +72,9 @@ def _aka(aliases: list[str]) -> str:
     return ' <span class="atlas-aka">(' + ", ".join(md.text(alias) for alias in aliases) + ")</span>"
 
 
-def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True) -> list[str]:
-    """The "Run it" admonition: module, import line, notebook, benchmark commands, family."""
+def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True, root: Path | None = None) -> list[str]:
+    """The "Run it" admonition: module, import line, notebook (with its recorded run time when
+    ``root`` is given and its render recorded one), benchmark commands, family."""
     if not links:
         return []
     lines = ['!!! example "Run it"', ""]
@@ -80,7 +83,8 @@ def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True
         parts.append(md.code(item.import_line))
         if item.notebooks:
             parts.append("**Notebook:** " + ", ".join(
-                md.link(md.code(notebook), relative(page, notebook_page(notebook))) for notebook in item.notebooks))
+                md.link(md.code(notebook), relative(page, notebook_page(notebook))) + _run_time(root, notebook)
+                for notebook in item.notebooks))
         commands = list(dict.fromkeys(data["command"] for data in item.results))
         if commands:
             parts.append("**Benchmark:** " + "; ".join(md.code(command) for command in commands))
@@ -89,6 +93,11 @@ def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True
                 md.link(md.text(node.name), relative(page, node_page(node))) for node in item.families))
         lines += ["    " + part + "  " for part in parts] + [""]
     return lines
+
+
+def _run_time(root: Path | None, notebook: str) -> str:
+    seconds = render_seconds(root, notebook) if root is not None else None
+    return f" (rendered run: {seconds} s on a CPU, full setting)" if seconds is not None else ""
 
 
 def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
@@ -145,7 +154,7 @@ def paper_md(entry: Entry, site: SiteData) -> str:
         module = data["implementation"]
         lines.append(f"**Reference implementation:** {md.link(f'`{module}`', relative(page, module_page(module)))}  ")
     if links_here:
-        lines += ["", "## Implemented here", ""] + run_it_box(links_here, page)
+        lines += ["", "## Implemented here", ""] + run_it_box(links_here, page, root=site.catalog.root)
     reported = reported_table([entry], page)
     reproduced = [line for item in links_here for line in reproduced_rows_md(item, page)]
     if reported:
@@ -264,7 +273,8 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         module for module in node.implementations if package_readme(site.catalog.root, module))
     lines += _implementation_block(node, page, module_summaries, designed)
     if site.graph is not None and not node.children and node.kind != "resource":
-        lines += run_it_box([site.graph.links(module) for module in node.implementations], page, family_links=False)
+        lines += run_it_box([site.graph.links(module) for module in node.implementations], page, family_links=False,
+                            root=site.catalog.root)
     if results_md:
         lines += [f"## Reproduced results {NOT_INDEXED}", "", results_md, ""]
     if node.findings:
