@@ -30,6 +30,7 @@ FIELD_ORDER = (
     "models",
     "benchmarks",
     "reported",
+    "expectations",
     "implementation",
     "sources",
     "added",

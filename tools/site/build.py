@@ -17,6 +17,8 @@ from ..interrupts import deferred_interrupt
 from ..results import load_all_results
 from ..schema import results_schema, schema_text
 from . import markdown as md
+from .agreement import PAGE as AGREEMENT
+from .agreement import agreement_md
 from .allpapers import INDEX, all_papers_md, papers_index_json
 from .allpapers import PAGE as ALL_PAPERS
 from .changes import FEED, atom_feed, changes_md
@@ -79,6 +81,7 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
                                      for data in shown)
         files[page] = node_md(node, site, modules, results_text)
     files["results/index.md"] = results_index_md(all_results, assets)
+    files[AGREEMENT] = agreement_md(catalog.entries, all_results)
     files["taxonomy/index.md"] = taxonomy_index_md(site)
 
     families_of: dict[str, list[str]] = {}
