@@ -7,6 +7,7 @@ stays linear at 10,000 entries; within a family every member is scored.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import Counter, defaultdict
@@ -39,44 +40,39 @@ def _words(entry: Entry) -> set[str]:
 class RelatedIndex:
     def __init__(self, entries: list[Entry]):
         self.entries = entries
-        self.keys = {id(entry): entry.key for entry in entries}
-        self.words = {entry.key: _words(entry) for entry in entries}
-        df = Counter(word for words in self.words.values() for word in words)
+        # Entries are handled by position: Entry.key reads the data on every call, and the family
+        # scoring below runs for every pair of a family (200 x 10,000 pairs at scale).
+        ordered = sorted(range(len(entries)), key=lambda i: (-entries[i].data["year"], entries[i].key))
+        self.rank = [0] * len(entries)  # newest first, then by key: the order of equal scores
+        for position, index in enumerate(ordered):
+            self.rank[index] = position
+        self.position = {id(entry): index for index, entry in enumerate(entries)}
+        self.words = [_words(entry) for entry in entries]
+        df = Counter(word for words in self.words for word in words)
         total = max(len(entries), 1)
         self.idf = {word: math.log((1 + total) / (1 + count)) + 1.0 for word, count in df.items()}
-        self.postings: dict[str, list[Entry]] = defaultdict(list)
-        self.placed: dict[str, list[Entry]] = defaultdict(list)
-        for entry in entries:
-            for word in self.words[entry.key]:
+        self.postings: dict[str, list[int]] = defaultdict(list)
+        self.placed: dict[str, list[int]] = defaultdict(list)
+        for index, entry in enumerate(entries):
+            for word in self.words[index]:
                 if df[word] <= _MAX_POSTINGS:
-                    self.postings[word].append(entry)
+                    self.postings[word].append(index)
             for node_id in entry.data["placement"]:
-                self.placed[node_id].append(entry)
-
-    def _score(self, words: set[str], other: Entry) -> float:
-        return sum(self.idf[word] for word in words & self.words[self.keys[id(other)]])
-
-    def _order(self, scored: dict[int, tuple[float, Entry]], limit: int) -> list[Entry]:
-        # Highest score, then newest, then key: a stable order for equal scores.
-        ranked = sorted(scored.values(), key=lambda item: (-item[0], -item[1].data["year"], self.keys[id(item[1])]))
-        return [entry for _, entry in ranked[:limit]]
+                self.placed[node_id].append(index)
 
     def related(self, entry: Entry, family_limit: int = 5, other_limit: int = 3) -> Related:
-        # Entries are compared by identity: Entry.key reads the data each time, and this runs for
-        # every pair of a family (most of a build's time at 10,000 entries otherwise).
-        words = self.words[entry.key]
-        family: dict[int, tuple[float, Entry]] = {id(entry): (0.0, entry)}
-        for node_id in entry.data["placement"]:
-            for other in self.placed[node_id]:
-                if id(other) not in family:
-                    family[id(other)] = (self._score(words, other), other)
-        del family[id(entry)]
+        me = self.position[id(entry)]
+        words, idf, rank = self.words[me], self.idf, self.rank
+        members = {index for node_id in entry.data["placement"] for index in self.placed[node_id]} - {me}
+        # (score, -rank, index): the largest are the nearest titles, newest first among equals.
+        family = heapq.nlargest(
+            family_limit,
+            [(sum(idf[word] for word in words & self.words[index]), -rank[index], index) for index in members],
+        )
         scores: dict[int, float] = defaultdict(float)
-        found: dict[int, Entry] = {}
         for word in words:
-            for other in self.postings.get(word, ()):
-                if other is not entry and id(other) not in family:
-                    scores[id(other)] += self.idf[word]
-                    found[id(other)] = other
-        elsewhere = {key: (score, found[key]) for key, score in scores.items()}
-        return Related(self._order(family, family_limit), self._order(elsewhere, other_limit))
+            for index in self.postings.get(word, ()):
+                if index != me and index not in members:
+                    scores[index] += idf[word]
+        elsewhere = heapq.nlargest(other_limit, [(score, -rank[index], index) for index, score in scores.items()])
+        return Related([self.entries[item[2]] for item in family], [self.entries[item[2]] for item in elsewhere])
