@@ -98,7 +98,11 @@ def stage_year_chart(counts: Counter[tuple[str, int]], stages: list[str]) -> str
                 axes.bar([str(year) for year in years], heights, bottom=bottom, label=stage, color=colour)
                 bottom = [b + h for b, h in zip(bottom, heights)]
         axes.set_ylabel("papers per year")
-        _legend(axes, [stage for stage in stages if any(counts.get((stage, year), 0) for year in years)], -0.12)
+        if len(years) > 6:
+            # Ten or more four-digit years side by side would run into each other at 10 pt.
+            plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+        shown = [stage for stage in stages if any(counts.get((stage, year), 0) for year in years)]
+        _legend(axes, shown, -0.22 if len(years) > 6 else -0.12)  # below the (rotated) year labels
         axes.spines[["top", "right"]].set_visible(False)
         return _svg(figure)
 
