@@ -255,7 +255,9 @@ def serve_site(root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks
             now = _snapshot(root)
             if now != seen:
                 seen = now
+                started = time.perf_counter()
                 generate_pages(root, execute_notebooks=execute_notebooks, incremental=True)
+                print(f"build: regenerated in {time.perf_counter() - started:.1f} s", flush=True)
     except KeyboardInterrupt:
         pass
     finally:
