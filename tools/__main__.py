@@ -79,9 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     triage.add_argument("--folds", type=int, default=0, help="with --evaluate: k-fold instead of leave-one-out (0)")
     triage.add_argument("--feed-url", action="store_true", help="print the arXiv API query for the taxonomy keywords")
 
-    bench = sub.add_parser("bench-site", help="time validate and build on N synthetic entries")
-    bench.add_argument("--n", type=int, default=10000)
-    bench.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    bench = sub.add_parser(
+        "bench-site", help="time validate and build on N synthetic entries, then the preview latency of serve"
+    )
+    bench.add_argument("--n", type=int, default=10000, help="synthetic entries for the build (0: skip the build)")
+    bench.add_argument("--no-preview", action="store_true", help="skip the preview latency")
+    bench.add_argument("--out", type=Path, default=None, help="JSON file (default: .cache/bench-site.json)")
+    bench.add_argument("--keep", action="store_true", help="keep the temporary directories")
     return parser
 
 

@@ -1,21 +1,37 @@
-"""``bench-site``: time validate and the full build on N synthetic entries; report the site size.
+"""``bench-site``: time validate and the full build on N synthetic entries; report the site size;
+then time the preview: how long ``serve`` takes to show an edit.
 
 The entries are synthetic (random words, unique ids) but shaped like real ones, placed on random
 taxonomy nodes, one in ten with reported numbers. The seed papers the taxonomy names are kept.
+
+The preview runs ``python -m tools serve`` on a copy of the real data (every entry, the taxonomy,
+the notebooks and their renders), then edits one paper's title, one family's findings and one
+notebook render, and times each from the write until the served page shows the new text.
+Figures are printed and written as JSON with the machine's load average before and after.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from .catalog import ROOT, load_catalog
-from .entries import write_entries
+from .entries import entry_text, write_entries
+from .nav import node_page
 from .sandbox import make_sandbox
 from .site.build import build_site
+from .yamlio import write_text_atomic
 
 __all__ = ["bench_site", "synthetic_entry"]
 
@@ -60,7 +76,12 @@ def _size(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
-def bench_site(root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int = 0) -> int:
+def _load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def bench_build(root: Path, n: int, keep: bool = False, seed: int = 0) -> dict | None:
+    """Validate and build ``n`` synthetic entries (plus the taxonomy's seed papers); None on failure."""
     workdir = Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     try:
         catalog = load_catalog(root)
@@ -75,26 +96,170 @@ def bench_site(root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int 
         validate_s = time.perf_counter() - start
         if checked.errors:
             print("\n".join(map(str, checked.errors[:10])))
-            return 1
+            return None
 
+        load_before = _load()
         start = time.perf_counter()
         status = build_site(sandbox, execute_notebooks=False)
         full_build_s = time.perf_counter() - start
         if status:
-            return status
+            return None
         site = sandbox / "site"
         site_bytes = _size(site)
         search_bytes = _size(site / "search")
+        result = {
+            "entries": total,
+            "validate_s": round(validate_s, 2),
+            "full_build_s": round(full_build_s, 1),
+            "site_mb": round(site_bytes / 1e6, 1),
+            "kb_per_entry": round(site_bytes / total / 1e3, 1),
+            "search_index_mb": round(search_bytes / 1e6, 1),
+            "load_before": load_before,
+            "load_after": _load(),
+        }
         print(f"entries:            {total}")
         print(f"validate:           {validate_s:.2f} s")
-        print(f"full build:         {full_build_s:.2f} s (validate + generate + mkdocs build --strict)")
+        print(f"full build:         {full_build_s:.2f} s (validate + generate + mkdocs build --strict; goal <= 90 s)")
         print(
             f"site size:          {site_bytes / 1e6:.1f} MB, {site_bytes / total / 1e3:.1f} KB per entry "
-            f"(search index {search_bytes / 1e6:.1f} MB)"
+            f"(goal <= 40; search index {search_bytes / 1e6:.1f} MB)"
         )
-        return 0
+        print(
+            f"load average:       {load_before} before, {result['load_after']} after (1, 5, 15 min; "
+            f"{os.cpu_count()} CPUs)"
+        )
+        return result
     finally:
         if keep:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, text: str, timeout: float, server: subprocess.Popen) -> float | None:
+    """Seconds until ``url`` serves a page containing ``text``; None after ``timeout`` or when the
+    server has stopped."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if text in response.read().decode("utf-8", "replace"):
+                    return time.perf_counter() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def _edits(sandbox: Path) -> list[tuple[str, Path, str, str]]:
+    """(what, file, old text, new text, page URL path) for one paper, one finding, one notebook render."""
+    catalog = load_catalog(sandbox)
+    entry = next(entry for entry in catalog.entries if entry.key == "zeng2026hybridkv")
+    data = dict(entry.data, title=entry.data["title"] + " previewmark1")
+    paper = sandbox / entry.relpath
+    node = next(node for node in catalog.taxonomy.nodes() if node.findings)
+    taxonomy = node.file
+    text = taxonomy.read_text(encoding="utf-8")
+    first = node.findings.split()[0]
+    at = text.index(first, text.index("findings:", text.index(f"id: {node.id}")))
+    render = sandbox / "notebooks" / "_rendered" / "decoding" / "hybridkv" / "index.md"
+    return [
+        ("paper", paper, entry_text(data), "papers/zeng2026hybridkv/", "previewmark1"),
+        (
+            "finding",
+            taxonomy,
+            text[:at] + "previewmark2 " + text[at:],
+            node_page(node).removesuffix(".md").removesuffix("/index") + "/",
+            "previewmark2",
+        ),
+        (
+            "notebook render",
+            render,
+            render.read_text(encoding="utf-8") + "\npreviewmark3\n",
+            "notebooks/decoding/hybridkv/",
+            "previewmark3",
+        ),
+    ]
+
+
+def bench_preview(root: Path, keep: bool = False, timeout: float = 900.0) -> dict | None:
+    """Start ``serve`` on a copy of the real data; time each edit until the served page shows it."""
+    workdir = Path(tempfile.mkdtemp(prefix="atlas-preview-"))
+    server = None
+    try:
+        sandbox = make_sandbox(workdir / "repo", None, source=root)
+        (sandbox / "notebooks").unlink()
+        shutil.copytree(root / "notebooks", sandbox / "notebooks", ignore=shutil.ignore_patterns("__pycache__"))
+        entries = len(list((sandbox / "papers").glob("*.yaml")))
+        edits = _edits(sandbox)
+        address = f"127.0.0.1:{_free_port()}"
+        load_before = _load()
+        start = time.perf_counter()
+        log = workdir / "serve.log"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tools", "--root", str(sandbox), "serve", "--no-execute", "--address", address],
+            cwd=sandbox,
+            start_new_session=True,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://{address}/"
+        if _wait_for(base + edits[0][3], "HybridKV", timeout, server) is None:
+            print("preview: the server did not come up; its output ends with:")
+            print("\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]))
+            return None
+        startup_s = time.perf_counter() - start
+        latencies = {}
+        for what, path, new_text, page, marker in edits:
+            time.sleep(1.0)  # let the previous rebuild settle
+            write_text_atomic(path, new_text)
+            waited = _wait_for(base + page, marker, 120.0, server)
+            latencies[what] = round(waited, 2) if waited is not None else None
+        result = {
+            "entries": entries,
+            "startup_s": round(startup_s, 1),
+            "latency_s": latencies,
+            "load_before": load_before,
+            "load_after": _load(),
+        }
+        print(f"preview startup:    {startup_s:.1f} s ({entries} entries: generate + first mkdocs build)")
+        for what, seconds in latencies.items():
+            shown = f"{seconds:.2f} s" if seconds is not None else "not seen within 120 s"
+            print(f"preview, {what + ' edit:':<17} {shown} (goal <= 2 s)")
+        print(f"load average:       {load_before} before, {result['load_after']} after")
+        return result
+    finally:
+        if server is not None:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_site(
+    root: Path = ROOT, n: int = 10000, keep: bool = False, seed: int = 0, preview: bool = True, out: Path | None = None
+) -> int:
+    """The build benchmark on ``n`` synthetic entries, then (``preview``) the preview latency."""
+    results: dict = {"cpus": os.cpu_count()}
+    if n:
+        results["build"] = bench_build(root, n, keep, seed)
+        if results["build"] is None:
+            return 1
+    if preview:
+        results["preview"] = bench_preview(root, keep)
+        if results["preview"] is None:
+            return 1
+    out = out or root / ".cache" / "bench-site.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0

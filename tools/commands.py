@@ -294,7 +294,7 @@ def cmd_serve(args: argparse.Namespace, root: Path) -> int:
 def cmd_bench_site(args: argparse.Namespace, root: Path) -> int:
     from .bench_site import bench_site
 
-    return bench_site(root, n=args.n, keep=args.keep)
+    return bench_site(root, n=args.n, keep=args.keep, preview=not args.no_preview, out=args.out)
 
 
 _COMMANDS = {

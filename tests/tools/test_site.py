@@ -5,6 +5,7 @@ from __future__ import annotations
 import html.parser
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -178,3 +179,72 @@ def test_home_title_and_counts_agree_with_the_taxonomy(built):
     taxonomy = (site / "taxonomy" / "index.html").read_text()
     for stage, count in re.findall(r'href="taxonomy/efficiency/(\w+)/">\w+</a> (\d+)', home):
         assert re.search(rf'href="efficiency/{stage}/">[^<]+</a> \({count}\)', taxonomy), (stage, count)
+
+
+def _outside_code(page: str) -> str:
+    """A page without its source listings and code blocks (where reST may show as written)."""
+    page = re.sub(r'<details class="quote".*?</details>', "", page, flags=re.S)
+    return re.sub(r"<pre.*?</pre>|<code>.*?</code>", "", page, flags=re.S)
+
+
+def test_api_pages_show_no_raw_rest_roles_or_literal_markers(built):
+    pages = list((built / "site" / "implementations").glob("reference_impls.*/index.html"))
+    assert len(pages) > 20
+    raw = []
+    for path in pages:
+        text = _outside_code(path.read_text(encoding="utf-8"))
+        raw += [
+            f"{path.parent.name}: {match.group()}"
+            for match in re.finditer(r":(?:func|class|meth|mod|attr|data|exc|obj):`|\w::\s*<", text)
+        ]
+    assert raw == [], raw[:10]
+    compare = (built / "site/implementations/reference_impls.hallucination.compare/index.html").read_text()
+    # A :mod: role became a working link to the module's own API page.
+    assert (
+        'href="../reference_impls.hallucination.contrastive_decoding/#reference_impls.hallucination.contrastive_decoding"'
+        in compare
+    )
+    h2o = (built / "site/implementations/reference_impls.decoding.h2o/index.html").read_text()
+    assert "Example::" not in _outside_code(h2o) and 'H2O</span><span class="p">(</span><span class="n">budget' in h2o
+
+
+def test_edit_buttons_open_the_file_each_page_is_built_from(built):
+    site, edit = built / "site", "https://github.com/lvlm-atlas/lvlm-atlas/edit/main/"
+    expected = {
+        "papers/zeng2026hybridkv/index.html": "papers/zeng2026hybridkv.yaml",
+        "taxonomy/efficiency/decoding/kv-cache-compression/kv-head-level/index.html": "taxonomy/efficiency.yaml",
+        "notebooks/decoding/hybridkv/index.html": "notebooks/decoding/hybridkv.py",
+        "implementations/reference_impls.decoding.h2o/index.html": "reference_impls/decoding/h2o.py",
+        "contributing/index.html": "CONTRIBUTING.md",
+        "about/index.html": "docs/about.md",
+        "index.html": None,
+        "all-papers/index.html": None,
+        "changes/index.html": None,
+    }
+    for page, source in expected.items():
+        links = re.findall(
+            r'<a href="([^"]+)" title="[^"]*" class="md-content__button md-icon" rel="edit">',
+            (site / page).read_text(encoding="utf-8"),
+        )
+        assert links == ([edit + source] if source else []), page
+    missing = []
+    for path in site.rglob("*.html"):
+        for link in re.findall(r'<a href="([^"]+)"[^>]*rel="edit"', path.read_text(encoding="utf-8")):
+            if not link.startswith(edit) or not (built / link.removeprefix(edit)).exists():
+                missing.append(f"{path.relative_to(site)} -> {link}")
+    assert missing == [], missing[:10]
+
+
+def test_every_page_announces_the_feed_and_the_changelog_links_new_entries(built):
+    site = built / "site"
+    for page in ("index.html", "papers/zeng2026hybridkv/index.html", "changes/index.html"):
+        assert 'type="application/atom+xml"' in (site / page).read_text(encoding="utf-8"), page
+    assert (site / "feed.xml").is_file()
+    changes = (site / "changes" / "index.html").read_text(encoding="utf-8")
+    newest = ET.fromstring((site / "feed.xml").read_bytes()).find("{http://www.w3.org/2005/Atom}entry")
+    key = newest.findtext("{http://www.w3.org/2005/Atom}id").rstrip("/").rsplit("/", 1)[1]
+    assert f'href="../papers/{key}/"' in changes
+    paper = (site / "papers" / "zeng2026hybridkv" / "index.html").read_text(encoding="utf-8")
+    # The copy the tests build from is not a git checkout: the page says so rather than guess a date.
+    assert "last updated not known (no git history in this copy)" in paper
+    assert "Related papers" in paper and "Same family" in paper

@@ -14,24 +14,36 @@ from pathlib import Path
 from ..bib import entries_to_bibtex
 from ..catalog import Catalog, load_catalog
 from ..interrupts import deferred_interrupt
+from ..results import load_all_results
 from ..schema import results_schema, schema_text
 from . import markdown as md
+from .agreement import PAGE as AGREEMENT
+from .agreement import agreement_md
+from .allpapers import INDEX, all_papers_md, papers_index_json
+from .allpapers import PAGE as ALL_PAPERS
+from .changes import FEED, atom_feed, changes_md
+from .changes import PAGE as CHANGES
 from .charts import stage_year_chart
-from .agreement import PAGE as AGREEMENT, agreement_md
-from .allpapers import INDEX, PAGE as ALL_PAPERS, all_papers_md, papers_index_json
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
-from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
-from .notebooks import (discover_notebooks, notebook_md, notebook_source_files, notebook_title, notebooks_index_md,
-                        render_notebook, rendered_dir)
 from .graph import Graph
+from .history import load_history
+from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
+from .notebooks import (
+    discover_notebooks,
+    notebook_md,
+    notebook_source_files,
+    notebook_title,
+    notebooks_index_md,
+    render_notebook,
+    rendered_dir,
+)
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
-from ..results import load_all_results
 from .results import chart_styles, results_index_md, results_links_md, results_md
 
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
 # Everything under docs/ that the build owns (git-ignored); the rest of docs/ is hand-written.
-GENERATED = ("index.md", "tags.md", "all-papers.md", "taxonomy", "papers", "implementations", "notebooks", "results",
+GENERATED = ("index.md", "tags.md", "all-papers.md", "changes.md", "feed.xml", "taxonomy", "papers", "implementations", "notebooks", "results",
              "references.bib", "papers.json", "schemas", "assets/generated")
 
 
@@ -40,13 +52,15 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     modules = discover_modules(root)
     notebooks = discover_notebooks(root)
     all_results = load_all_results(root)
-    site = SiteData(catalog, Graph(catalog, modules, notebooks, all_results))
+    site = SiteData(catalog, Graph(catalog, modules, notebooks, all_results), load_history(root))
     files: dict[str, str | bytes] = {}
     assets: dict[str, str] = {}
 
     for entry in catalog.entries:
         files[paper_page(entry.key)] = paper_md(entry, site)
     files[ALL_PAPERS] = all_papers_md(site)
+    files[CHANGES] = changes_md(site)
+    files[FEED] = atom_feed(site, site.site_url)
     files[INDEX] = papers_index_json(site)
 
     module_families = families_by_module(taxonomy)
@@ -110,8 +124,43 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     return files
 
 
-def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path | None = None) -> int:
-    """Validate, then write every generated page into ``docs/``; on any error write nothing."""
+def _write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes]) -> int:
+    """Write only the files whose bytes changed (each by one rename) and delete generated files no
+    longer produced; returns how many files changed. Unchanged files keep their modification time,
+    which is how ``mkdocs serve --dirty`` knows what to rebuild."""
+    scratch = root / ".cache" / "docs-incremental"
+    scratch.mkdir(parents=True, exist_ok=True)
+    wanted, changed = set(), 0
+    with deferred_interrupt():  # Ctrl-C waits for the last rename
+        for name, content in files.items():
+            data = content if isinstance(content, bytes) else content.encode("utf-8")
+            path = docs_dir / name
+            wanted.add(path)
+            try:
+                if path.read_bytes() == data:
+                    continue
+            except OSError:
+                pass
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = scratch / "next"
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+            changed += 1
+        for name in GENERATED:
+            target = docs_dir / name
+            for path in [target] if target.is_file() else sorted(target.rglob("*")) if target.is_dir() else []:
+                if path.is_file() and path not in wanted:
+                    path.unlink()
+                    changed += 1
+    return changed
+
+
+def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path | None = None,
+                   incremental: bool = False) -> int:
+    """Validate, then write every generated page into ``docs/``; on any error write nothing.
+
+    By default each generated part of ``docs/`` is swapped whole; ``incremental`` (for ``serve``)
+    rewrites only the files that changed instead."""
     docs_dir = docs_dir or root / "docs"
     catalog = load_catalog(root)
     if catalog.errors:
@@ -124,6 +173,10 @@ def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path
     except ValueError as error:
         print(f"build: {error}; nothing was written", file=sys.stderr)
         return 1
+    if incremental:
+        changed = _write_changed(root, docs_dir, files)
+        print(f"build: {changed} of {len(files)} generated files changed", flush=True)
+        return 0
     staging, previous = root / ".cache" / "docs-staging", root / ".cache" / "docs-previous"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(previous, ignore_errors=True)
@@ -173,29 +226,38 @@ def build_site(root: Path, *, run_mkdocs: bool = True, execute_notebooks: bool =
 
 def _snapshot(root: Path) -> dict[str, float]:
     watched = {}
-    for folder, pattern in (("papers", "*.yaml"), ("taxonomy", "*"), ("notebooks", "*.py"), ("reference_impls/results", "*.json")):
+    for folder, pattern in (("papers", "*.yaml"), ("taxonomy", "*"), ("notebooks", "*.py"), ("notebooks/_rendered", "*"),
+                            ("reference_impls/results", "*.json")):
         for path in (root / folder).rglob(pattern):
             if path.is_file():
                 watched[str(path)] = path.stat().st_mtime
     return watched
 
 
-def serve_site(root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks: bool = True) -> int:
-    """Generate, then let ``mkdocs serve --strict`` build and serve with live reload; regenerate the
-    pages when papers, taxonomy, notebooks or results change."""
-    status = generate_pages(root, execute_notebooks=execute_notebooks)
+def serve_site(root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks: bool = True,
+               poll_s: float = 0.2) -> int:
+    """Generate, then let ``mkdocs serve --dirty`` build and serve with live reload; when
+    papers, taxonomy, notebooks, their renders or results change, regenerate the pages and rewrite
+    only the files that changed, which mkdocs then rebuilds alone (a dirty rebuild: the search
+    index and the navigation are refreshed by the next full build)."""
+    status = generate_pages(root, execute_notebooks=execute_notebooks, incremental=True)
     if status:
         return status
-    server = subprocess.Popen(_mkdocs(root, "serve", "--strict", "-a", address), cwd=root, env=_environment())
+    # Not strict (mkdocs.yml says strict): mkdocs warns about every dirty rebuild, and strict would stop there;
+    # ``build`` (and CI) stays strict.
+    server = subprocess.Popen(_mkdocs(root, "serve", "--dirty", "--no-strict", "-a", address), cwd=root,
+                              env=_environment())
     print(f"serving on http://{address}/ (Ctrl+C stops)", flush=True)
     seen = _snapshot(root)
     try:
         while server.poll() is None:
-            time.sleep(1.0)
+            time.sleep(poll_s)
             now = _snapshot(root)
             if now != seen:
                 seen = now
-                generate_pages(root, execute_notebooks=execute_notebooks)
+                started = time.perf_counter()
+                generate_pages(root, execute_notebooks=execute_notebooks, incremental=True)
+                print(f"build: regenerated in {time.perf_counter() - started:.1f} s", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

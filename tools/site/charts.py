@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -27,7 +30,25 @@ def series_styles(names: list[str]) -> dict[str, tuple[str, str]]:
     return {name: (_COLOURS[index % len(_COLOURS)], _MARKERS[(index // len(_COLOURS)) % len(_MARKERS)])
             for index, name in enumerate(ordered)}
 
-_STYLE = {"svg.hashsalt": "lvlm-atlas", "svg.fonttype": "none", "font.size": 9}
+# Sized for phones: a 5-inch chart shrinks to ~360 CSS px on a phone (x0.75), so 10 pt text still
+# shows at about 10 px; on wide screens the chart keeps its natural 480 px.
+_SIZE = (5.0, 3.3)
+_FONT = 10
+_STYLE = {"svg.hashsalt": "lvlm-atlas", "svg.fonttype": "none", "font.size": _FONT}
+# SVGs made in this process by their arguments: ``serve`` regenerates the pages on every change,
+# and drawing the ~100 charts is most of the time that takes. Charts are deterministic.
+_MADE: dict[str, str] = {}
+
+
+def _remembered(function: Callable[..., str]) -> Callable[..., str]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        digest = hashlib.sha256(repr((function.__name__, args, sorted(kwargs.items()))).encode()).hexdigest()
+        if digest not in _MADE:
+            _MADE[digest] = function(*args, **kwargs)
+        return _MADE[digest]
+
+    return wrapper
 
 
 def _svg(figure) -> str:
@@ -54,11 +75,21 @@ def _unique_within(names: list[str], styles: dict[str, tuple[str, str]]) -> dict
     return chosen
 
 
+def _legend(axes, labels: list[str], below: float) -> None:  # noqa: ANN001 (matplotlib Axes)
+    """The legend under the axes (it never covers data), in as many columns as fit the chart's
+    width at the chart's font size, so it neither overlaps itself nor widens the chart."""
+    longest = max((len(label) for label in labels), default=1)
+    # ~0.55 em per character plus the marker and spacing: how many columns fit in 5 inches.
+    columns = max(1, min(4, len(labels), int(_SIZE[0] * 72 / ((longest * 0.55 + 4) * _FONT))))
+    axes.legend(frameon=False, fontsize=_FONT, loc="upper center", bbox_to_anchor=(0.5, below), ncol=columns)
+
+
+@_remembered
 def stage_year_chart(counts: Counter[tuple[str, int]], stages: list[str]) -> str:
     """Stacked bars: papers per year, split by stage (or topic)."""
     years = sorted({year for _, year in counts})
     with matplotlib.rc_context(_STYLE):
-        figure, axes = plt.subplots(figsize=(6, 3.4))
+        figure, axes = plt.subplots(figsize=_SIZE)
         bottom = [0] * len(years)
         for stage in stages:
             heights = [counts.get((stage, year), 0) for year in years]
@@ -67,12 +98,16 @@ def stage_year_chart(counts: Counter[tuple[str, int]], stages: list[str]) -> str
                 axes.bar([str(year) for year in years], heights, bottom=bottom, label=stage, color=colour)
                 bottom = [b + h for b, h in zip(bottom, heights)]
         axes.set_ylabel("papers per year")
-        # Below the bars, never over them, and as wide as the chart (legible when it shrinks on a phone).
-        axes.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+        if len(years) > 6:
+            # Ten or more four-digit years side by side would run into each other at 10 pt.
+            plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+        shown = [stage for stage in stages if any(counts.get((stage, year), 0) for year in years)]
+        _legend(axes, shown, -0.22 if len(years) > 6 else -0.12)  # below the (rotated) year labels
         axes.spines[["top", "right"]].set_visible(False)
         return _svg(figure)
 
 
+@_remembered
 def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", title: str = "", logx: bool = False,
                   x_label: str = "", y_label: str = "", error: str = "",
                   styles: dict[str, tuple[str, str]] | None = None) -> str:
@@ -81,7 +116,7 @@ def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", t
     series its site-wide colour and marker. A series is joined by a line only when each x occurs
     once in it: points that share an x are different configurations, not a curve."""
     with matplotlib.rc_context(_STYLE):
-        figure, axes = plt.subplots(figsize=(6, 3.4))
+        figure, axes = plt.subplots(figsize=_SIZE)
         groups: dict[str, list[tuple[float, float, float]]] = {}
         for row in rows:
             if isinstance(row.get(x), (int, float)) and isinstance(row.get(y), (int, float)):
@@ -103,10 +138,8 @@ def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", t
         axes.set_xlabel(x_label or x)
         axes.set_ylabel(y_label or y)
         if title:
-            axes.set_title(title, fontsize=9)
+            axes.set_title(title, fontsize=_FONT)
         if len(groups) > 1:
-            # Below the axes in columns: it never covers data and stays readable when the chart shrinks.
-            axes.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.22),
-                        ncol=min(4, len(groups)))
+            _legend(axes, sorted(groups), -0.22)
         axes.spines[["top", "right"]].set_visible(False)
         return _svg(figure)

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING
 from ..catalog import Catalog, Entry
 from ..nav import node_page
 from ..taxonomy import Node
+from . import markdown as md
 
 if TYPE_CHECKING:
     from .graph import Graph
+    from .history import History
+    from .related import RelatedIndex
 
 __all__ = ["SiteData", "node_page", "paper_page", "module_page", "notebook_page"]
 
@@ -37,23 +40,25 @@ def relative(from_page: str, to_page: str) -> str:
     return "../" * up + to_page if up else to_page
 
 
-def _repo_url(root: Path) -> str:
-    """``repo_url`` of ``mkdocs.yml`` (for "edit this entry" links), or "" when it has none."""
+def _config_url(root: Path, key: str) -> str:
+    """An https URL of ``mkdocs.yml`` (``repo_url``, ``site_url``) without its trailing slash, or ""."""
     import yaml
 
     try:
         config = yaml.safe_load((root / "mkdocs.yml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return ""
-    url = str(config.get("repo_url") or "").rstrip("/")
+    url = str(config.get(key) or "").rstrip("/")
     return url if url.startswith("https://") else ""
 
 
 class SiteData:
-    def __init__(self, catalog: Catalog, graph: "Graph | None" = None):
+    def __init__(self, catalog: Catalog, graph: Graph | None = None, history: History | None = None):
         self.catalog = catalog
         self.graph = graph
-        self.repo_url = _repo_url(catalog.root)
+        self.history = history
+        self.repo_url = _config_url(catalog.root, "repo_url")
+        self.site_url = _config_url(catalog.root, "site_url") + "/"
         self.taxonomy = catalog.taxonomy
         self.entries = sorted(catalog.entries, key=lambda entry: (-entry.data["year"], entry.data["title"].lower()))
 
@@ -76,6 +81,30 @@ class SiteData:
             for entry in self.papers_at(descendant):
                 seen.setdefault(entry.key, entry)
         return sorted(seen.values(), key=lambda entry: (-entry.data["year"], entry.data["title"].lower()))
+
+    def edit_url(self, source: str) -> str:
+        """The repository's edit page of ``source`` (a repository path), or "" without a repo_url."""
+        return f"{self.repo_url}/edit/main/{source}" if self.repo_url else ""
+
+    def source(self, path: Path | None) -> str:
+        """``path`` relative to the repository root (POSIX), or "" when it is outside or unknown."""
+        try:
+            return Path(path).resolve().relative_to(self.catalog.root.resolve()).as_posix() if path else ""
+        except ValueError:
+            return ""
+
+    def updated(self, *sources: str) -> str:
+        """When the newest of ``sources`` (repository paths) was last committed, or why that is
+        unknown; Markdown-safe."""
+        from .history import NO_GIT
+
+        return md.text(self.history.describe(*sources) if self.history is not None else NO_GIT)
+
+    @cached_property
+    def related(self) -> RelatedIndex:
+        from .related import RelatedIndex
+
+        return RelatedIndex(self.entries)
 
     def stage_of(self, entry: Entry) -> str:
         """Stage (or topic, for topics without stages) name of an entry's first placement."""

@@ -31,9 +31,17 @@ _CARD_PAPER = re.compile(r"^Paper:\s*arXiv\s+(\d{4}\.\d{4,5})", re.MULTILINE)
 _CARD_ALIAS = re.compile(r"^\**([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):\s")
 
 
+_DOCSTRINGS: dict[tuple[str, int, int], str] = {}
+
+
 def _docstring(path: Path) -> str:
+    """A module's docstring, remembered per file version (``serve`` asks on every change)."""
     try:
-        return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _DOCSTRINGS:
+            _DOCSTRINGS[key] = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        return _DOCSTRINGS[key]
     except (SyntaxError, OSError, UnicodeDecodeError):
         return ""
 
@@ -74,10 +82,26 @@ def module_file(root: Path, module: str) -> Path | None:
     return None
 
 
+# Parsed imports per notebook file and version: the pages ask for them about 1,500 times a build.
+_IMPORTS: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
 def notebook_imports(root: Path, notebook: str) -> set[str]:
     """Modules of ``reference_impls`` a notebook imports (``from a.b import c`` counts ``a.b`` and ``a.b.c``)."""
+    path = root / notebook
     try:
-        tree = ast.parse((root / notebook).read_text(encoding="utf-8"))
+        stat = path.stat()
+    except OSError:
+        return set()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _IMPORTS:
+        _IMPORTS[key] = frozenset(_parse_imports(path))
+    return set(_IMPORTS[key])
+
+
+def _parse_imports(path: Path) -> set[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, OSError, UnicodeDecodeError):
         return set()
     found: set[str] = set()

@@ -33,19 +33,38 @@ def discover_modules(root: Path) -> dict[str, str]:
             relative_parts = relative_parts[:-1]
         if any(part.startswith("_") for part in relative_parts) or "results" in relative_parts or "checkpoints" in relative_parts:
             continue
+        modules[".".join(relative_parts)] = _summary(path, root)
+    return modules
+
+
+# First docstring line per module file and version (``serve`` asks again on every change).
+_SUMMARIES: dict[tuple[str, int, int], str] = {}
+
+
+def _summary(path: Path, root: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _SUMMARIES:
         try:
             docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         except SyntaxError as error:
             raise ValueError(f"{path.relative_to(root)}:{error.lineno}: cannot parse module: {error.msg}") from None
-        modules[".".join(relative_parts)] = docstring.strip().split("\n", 1)[0]
-    return modules
+        _SUMMARIES[key] = docstring.strip().split("\n", 1)[0]
+    return _SUMMARIES[key]
+
+
+def module_source(root: Path, module: str) -> str:
+    """The file a module's API page documents: ``pkg/mod.py`` or ``pkg/__init__.py``."""
+    base = Path(*module.split("."))
+    return (base.with_suffix(".py") if (root / base.with_suffix(".py")).is_file() else base / "__init__.py").as_posix()
 
 
 def module_md(module: str, summary: str, families: list, site: SiteData | None = None) -> str:
     """A module's API page. It is kept out of the search index (its source and signatures would
     outrank the paper and family pages); the family, paper and notebook pages link here."""
     page = module_page(module)
-    lines = [md.front_matter(title=module, search={"exclude": True}), f"# `{module}`", ""]
+    edit_url = site.edit_url(module_source(site.catalog.root, module)) if site is not None else ""
+    lines = [md.front_matter(title=module, search={"exclude": True}, edit_url=edit_url), f"# `{module}`", ""]
     if families:
         lines += ["Family: " + ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in families), ""]
     graph = site.graph if site is not None else None

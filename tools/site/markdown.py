@@ -110,14 +110,21 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[str]], *, sortable: bo
     return body
 
 
+# libyaml's emitter when PyYAML has it: front matter is written for every page, ~10x faster.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def front_matter(**fields: Any) -> str:
-    """YAML front matter; ``title`` is HTML-escaped because themes put it into ``<title>`` raw."""
+    """YAML front matter of a generated page; ``title`` is HTML-escaped because themes put it into
+    ``<title>`` raw. ``edit_url`` (the theme's edit button, see docs/overrides/partials/actions.html)
+    names the repository file a page is built from; without one it is ``false``: the page's docs/
+    file is generated, so there is nothing under docs/ to edit."""
+    fields["edit_url"] = fields.get("edit_url") or False
     present = {name: value for name, value in fields.items() if value not in (None, "", [], {})}
     if "title" in present:
         present["title"] = html.escape(str(present["title"]), quote=False)
-    if not present:
-        return ""
-    return "---\n" + yaml.safe_dump(present, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n"
+    dumped = yaml.dump(present, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=1000)
+    return "---\n" + dumped + "---\n\n"
 
 
 # attr_list on a heading: Material's search leaves that section out of its index.

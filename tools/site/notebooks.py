@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir
 
 _HASH_PREFIX = "<!-- atlas-notebook-hash: "
 _RENDER_VERSION = "2"
+# Wall seconds the last render's execution took (full setting, on the machine that rendered it).
+_RUN_PREFIX = "<!-- atlas-notebook-seconds: "
 
 
 class NotebookError(ValueError):
@@ -65,6 +68,19 @@ def notebook_hash(root: Path, notebook: str) -> str:
         digest.update(str(dependency.relative_to(root)).encode())
         digest.update(dependency.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def render_seconds(root: Path, notebook: str) -> int | None:
+    """Wall seconds the committed render took to execute, when it recorded them (renders made
+    before this was recorded have no figure: None, nothing is guessed)."""
+    path = rendered_dir(root, notebook) / "index.md"
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+    except OSError:
+        return None
+    match = re.search(re.escape(_RUN_PREFIX) + r"(\d+) -->", first)
+    return int(match.group(1)) if match else None
 
 
 def rendered_dir(root: Path, notebook: str) -> Path:
@@ -134,7 +150,9 @@ def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout:
             return existing.read_text(encoding="utf-8").split("\n", 1)[1], False
         return "", False
     print(f"executing {notebook} ...", flush=True)
+    started = time.perf_counter()
     body, outputs = _execute(root, notebook, timeout)
+    seconds = time.perf_counter() - started
     target = rendered_dir(root, notebook)
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -142,7 +160,9 @@ def render_notebook(root: Path, notebook: str, *, execute: bool = True, timeout:
     for name, content in outputs.items():
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
         (staging / name).write_bytes(content)
-    (staging / "index.md").write_text(f"{_HASH_PREFIX}{expected} -->\n{body}", encoding="utf-8")
+    # The run time rides on the hash line (the first line is never part of the page body).
+    header = f"{_HASH_PREFIX}{expected} --> {_RUN_PREFIX}{seconds:.0f} -->"
+    (staging / "index.md").write_text(f"{header}\n{body}", encoding="utf-8")
     previous = target.with_name(target.name + ".old")
     shutil.rmtree(previous, ignore_errors=True)
     with deferred_interrupt():  # two renames: the render is the old one or the new one, never half of each
@@ -197,25 +217,33 @@ def notebook_title(notebook: str, body: str) -> str:
     return f"Notebook: {Path(notebook).stem}"
 
 
+# The .ipynb made from each notebook source, by source text (``serve`` regenerates on every change).
+_IPYNB: dict[str, str] = {}
+
+
 def notebook_source_files(root: Path, notebook: str) -> dict[str, bytes]:
     """The notebook's ``.py`` and a generated ``.ipynb`` (no outputs), next to its page, for download."""
     import jupytext
 
     page_dir = Path(notebook).parent
     source = (root / notebook).read_text(encoding="utf-8")
-    ipynb = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
+    if source not in _IPYNB:
+        _IPYNB[source] = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
+    ipynb = _IPYNB[source]
     return {str(page_dir / Path(notebook).name): source.encode("utf-8"),
             str(page_dir / Path(notebook).with_suffix(".ipynb").name): ipynb.encode("utf-8")}
 
 
 def notebook_md(notebook: str, body: str, current: bool, families: list[str], site: Any = None) -> str:
     title = notebook_title(notebook, body)
-    lines = [md.front_matter(title=title)]
+    edit_url = site.edit_url(notebook) if site is not None else ""
+    lines = [md.front_matter(title=title, edit_url=edit_url)]
     if not body.lstrip().startswith("# "):
         lines += [f"# Notebook `{notebook}`", ""]
     name = Path(notebook).name
     ipynb = Path(name).with_suffix(".ipynb").name
     quick = md.code("ATLAS_QUICK=1 python " + notebook)
+    seconds = render_seconds(site.catalog.root, notebook) if site is not None else None
     run = [
         '!!! tip "Run it yourself"',
         "",
@@ -226,6 +254,8 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
         f"    - in JupyterLab: {md.code('make lab')}, then open {md.code(notebook)} (jupytext opens it as a notebook)",
         "",
     ]
+    if seconds is not None:
+        run += [f"    The run rendered below took {seconds} s of wall time on a CPU (full setting).", ""]
     graph = getattr(site, "graph", None)
     related = []
     if graph is not None:
@@ -256,6 +286,8 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
         if not current:
             lines += ["!!! warning \"Output may be stale\"", "    The notebook or the code it imports changed since this output was rendered; `python -m tools build` re-executes it.", ""]
         lines.append(rest)
+    if site is not None:
+        lines += ["", f"<small>Notebook source last updated {site.updated(notebook)}</small>"]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 from ..catalog import Entry
@@ -12,6 +13,7 @@ from . import markdown as md
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .graph import MethodLinks
 from .implementations import design_anchor, package_design_md, package_readme
+from .notebooks import render_seconds
 
 __all__ = ["paper_md", "node_md", "home_md", "taxonomy_index_md", "papers_table", "reported_table"]
 
@@ -70,8 +72,9 @@ def _aka(aliases: list[str]) -> str:
     return ' <span class="atlas-aka">(' + ", ".join(md.text(alias) for alias in aliases) + ")</span>"
 
 
-def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True) -> list[str]:
-    """The "Run it" admonition: module, import line, notebook, benchmark commands, family."""
+def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True, root: Path | None = None) -> list[str]:
+    """The "Run it" admonition: module, import line, notebook (with its recorded run time when
+    ``root`` is given and its render recorded one), benchmark commands, family."""
     if not links:
         return []
     lines = ['!!! example "Run it"', ""]
@@ -80,7 +83,8 @@ def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True
         parts.append(md.code(item.import_line))
         if item.notebooks:
             parts.append("**Notebook:** " + ", ".join(
-                md.link(md.code(notebook), relative(page, notebook_page(notebook))) for notebook in item.notebooks))
+                md.link(md.code(notebook), relative(page, notebook_page(notebook))) + _run_time(root, notebook)
+                for notebook in item.notebooks))
         commands = list(dict.fromkeys(data["command"] for data in item.results))
         if commands:
             parts.append("**Benchmark:** " + "; ".join(md.code(command) for command in commands))
@@ -89,6 +93,11 @@ def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True
                 md.link(md.text(node.name), relative(page, node_page(node))) for node in item.families))
         lines += ["    " + part + "  " for part in parts] + [""]
     return lines
+
+
+def _run_time(root: Path | None, notebook: str) -> str:
+    seconds = render_seconds(root, notebook) if root is not None else None
+    return f" (rendered run: {seconds} s on a CPU, full setting)" if seconds is not None else ""
 
 
 def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
@@ -118,6 +127,7 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     aliases = graph.aliases(entry) if graph is not None else [str(alias) for alias in data.get("aliases") or []]
     # The paper template drops the navigation, which would be most of each page's bytes at 10k entries.
     lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags"),
+                             edit_url=site.edit_url(f"papers/{entry.key}.yaml"),
                              search={"boost": KNOWN_PAPER_BOOST if aliases or links_here else PAPER_BOOST}),
              f"# {md.text(data['title'])}{_aka(aliases)}", ""]
     first = site.taxonomy.by_id[data["placement"][0]]
@@ -144,7 +154,7 @@ def paper_md(entry: Entry, site: SiteData) -> str:
         module = data["implementation"]
         lines.append(f"**Reference implementation:** {md.link(f'`{module}`', relative(page, module_page(module)))}  ")
     if links_here:
-        lines += ["", "## Implemented here", ""] + run_it_box(links_here, page)
+        lines += ["", "## Implemented here", ""] + run_it_box(links_here, page, root=site.catalog.root)
     reported = reported_table([entry], page)
     reproduced = [line for item in links_here for line in reproduced_rows_md(item, page)]
     if reported:
@@ -159,13 +169,28 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     # the search index (it repeats the title and authors).
     bibtex = html.escape(entries_to_bibtex([data]).strip(), quote=False)
     lines += ["", "## BibTeX", "", f'<pre class="bibtex" data-search-exclude><code>{bibtex}</code></pre>', ""]
+    lines += related_md(entry, site, page)
     if data.get("sources"):
         lines.append("<small>Metadata from: " + ", ".join(md.text(source) for source in data["sources"]) + "</small>")
+    source = f"papers/{entry.key}.yaml"
+    footer = [f"Added {md.text(data['added'])}", f"last updated {site.updated(source)}"]
     if site.repo_url:
-        edit = f"{site.repo_url}/edit/main/papers/{entry.key}.yaml"
-        lines += ["", f"<small>{md.link('Correct this entry', edit)} (papers/{md.text(entry.key)}.yaml) · "
-                      f"{md.link('suggest a paper', site.repo_url + '/issues/new')}</small>"]
+        footer += [f"{md.link('Correct this entry', site.edit_url(source))} ({md.text(source)})",
+                   md.link("suggest a paper", site.repo_url + "/issues/new")]
+    lines += ["", "<small>" + " · ".join(footer) + "</small>"]
     return "\n".join(lines) + "\n"
+
+
+def related_md(entry: Entry, site: SiteData, page: str) -> list[str]:
+    """Papers of the same family, then papers with the nearest titles elsewhere."""
+    related = site.related.related(entry)
+    lines = []
+    for label, entries in (("Same family", related.family), ("Similar titles elsewhere", related.elsewhere)):
+        if entries:
+            lines += [f"**{label}:**", ""] + [
+                f"- {md.link(md.text(other.data['title']), relative(page, paper_page(other.key)))} ({other.data['year']})"
+                for other in entries] + [""]
+    return [f"## Related papers {NOT_INDEXED}", "", *lines] if lines else []
 
 
 def implemented_badge(entry: Entry, site: SiteData, page: str) -> str:
@@ -213,7 +238,8 @@ def _implementation_block(node: Node, page: str, module_summaries: dict[str, str
 
 def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], results_md: str = "") -> str:
     page = node_page(node)
-    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}),
+    origin = site.source(node.file)
+    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}, edit_url=site.edit_url(origin)),
              f"# {md.text(node.name)}{_aka(node.aliases)}", "",
              md.text(node.summary), ""]
     context = []
@@ -247,7 +273,8 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         module for module in node.implementations if package_readme(site.catalog.root, module))
     lines += _implementation_block(node, page, module_summaries, designed)
     if site.graph is not None and not node.children and node.kind != "resource":
-        lines += run_it_box([site.graph.links(module) for module in node.implementations], page, family_links=False)
+        lines += run_it_box([site.graph.links(module) for module in node.implementations], page, family_links=False,
+                            root=site.catalog.root)
     if results_md:
         lines += [f"## Reproduced results {NOT_INDEXED}", "", results_md, ""]
     if node.findings:
@@ -275,6 +302,9 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         if here:
             lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "",
                       papers_table(here, page, site), ""]
+    sources = [origin] if origin else []
+    sources += [f"papers/{entry.key}.yaml" for entry in under]
+    lines += [f"<small>Last updated {site.updated(*sources)} (taxonomy file and papers placed here)</small>", ""]
     return "\n".join(lines)
 
 
