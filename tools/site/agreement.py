@@ -52,7 +52,9 @@ def agreement_md(entries: Iterable[Entry], all_results: list[dict[str, Any]]) ->
     """The page's Markdown; every string from the entries and results is escaped."""
     by_id = {data["id"]: data for data in all_results}
     rows = _rows(entries, by_id)
-    counts = {verdict: sum(1 for _, _, outcome in rows if outcome.verdict == verdict) for verdict in (AGREES, DISAGREES)}
+    counts = {
+        verdict: sum(1 for _, _, outcome in rows if outcome.verdict == verdict) for verdict in (AGREES, DISAGREES)
+    }
     lines = [
         md.front_matter(title="What papers report vs what our bench shows", hide=["toc"]),
         "# What papers report vs what our bench shows",

@@ -43,8 +43,22 @@ from .results import chart_styles, results_index_md, results_links_md, results_m
 __all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
 
 # Everything under docs/ that the build owns (git-ignored); the rest of docs/ is hand-written.
-GENERATED = ("index.md", "tags.md", "all-papers.md", "changes.md", "feed.xml", "taxonomy", "papers", "implementations", "notebooks", "results",
-             "references.bib", "papers.json", "schemas", "assets/generated")
+GENERATED = (
+    "index.md",
+    "tags.md",
+    "all-papers.md",
+    "changes.md",
+    "feed.xml",
+    "taxonomy",
+    "papers",
+    "implementations",
+    "notebooks",
+    "results",
+    "references.bib",
+    "papers.json",
+    "schemas",
+    "assets/generated",
+)
 
 
 def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, str | bytes]:
@@ -77,8 +91,9 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
             # A topic or stage links to its families' results instead of repeating every table.
             results_text = results_links_md(node, shown, page)
         else:
-            results_text = "\n".join(results_md(data, page, assets, family=node.id, indexed=False, styles=styles)
-                                     for data in shown)
+            results_text = "\n".join(
+                results_md(data, page, assets, family=node.id, indexed=False, styles=styles) for data in shown
+            )
         files[page] = node_md(node, site, modules, results_text)
     files["results/index.md"] = results_index_md(all_results, assets)
     files[AGREEMENT] = agreement_md(catalog.entries, all_results)
@@ -87,7 +102,9 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
     families_of: dict[str, list[str]] = {}
     for node in taxonomy.nodes():
         for notebook in node.notebooks:
-            families_of.setdefault(notebook, []).append(md.link(md.text(node.name), relative(notebook_page(notebook), node_page(node))))
+            families_of.setdefault(notebook, []).append(
+                md.link(md.text(node.name), relative(notebook_page(notebook), node_page(node)))
+            )
     titles: dict[str, str] = {}
     for notebook in notebooks:
         body, current = render_notebook(root, notebook, execute=execute_notebooks)
@@ -98,25 +115,39 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
         for image in images.rglob("*") if images.is_dir() else ():
             if image.is_file() and image.name != "index.md":
                 files[str(Path(notebook_page(notebook)).parent / image.relative_to(images))] = image.read_bytes()
-    index_families = {notebook: [link.replace("../", "", 1) for link in links] for notebook, links in families_of.items()}
+    index_families = {
+        notebook: [link.replace("../", "", 1) for link in links] for notebook, links in families_of.items()
+    }
     files["notebooks/index.md"] = notebooks_index_md(notebooks, index_families, titles)
 
     by_stage = Counter((site.stage_of(entry), entry.data["year"]) for entry in site.entries)
-    stages = list(dict.fromkeys(site.stage_of(entry) for entry in sorted(site.entries, key=lambda e: e.data["placement"][0])))
+    stages = list(
+        dict.fromkeys(site.stage_of(entry) for entry in sorted(site.entries, key=lambda e: e.data["placement"][0]))
+    )
     chart = "assets/generated/papers-by-year.svg"
     assets[chart] = stage_year_chart(by_stage, sorted(stages))
     counts = {
         "papers": len(catalog.entries),
         "method families": sum(1 for node in taxonomy.nodes() if node.is_leaf_method),
-        "with a reference implementation": sum(1 for node in taxonomy.nodes() if node.is_leaf_method and node.implementations),
+        "with a reference implementation": sum(
+            1 for node in taxonomy.nodes() if node.is_leaf_method and node.implementations
+        ),
         "implementation modules": len(modules),
         "notebooks": len(notebooks),
     }
     files["index.md"] = home_md(site, counts, chart)
     files["tags.md"] = md.front_matter(title="Tags") + "# Tags\n\n<!-- material/tags -->\n"
     files["references.bib"] = entries_to_bibtex(entry.data for entry in catalog.entries)
-    files["papers.json"] = json.dumps([entry.data for entry in sorted(catalog.entries, key=lambda e: e.key)],
-                                      indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    files["papers.json"] = (
+        json.dumps(
+            [entry.data for entry in sorted(catalog.entries, key=lambda e: e.key)],
+            indent=1,
+            ensure_ascii=False,
+            default=str,
+            allow_nan=False,
+        )
+        + "\n"
+    )
     files["schemas/paper.schema.json"] = schema_text(taxonomy)
     files["schemas/results.schema.json"] = json.dumps(results_schema(), indent=2, ensure_ascii=False) + "\n"
     files["schemas/taxonomy.schema.json"] = (root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8")
@@ -155,8 +186,9 @@ def _write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes]) ->
     return changed
 
 
-def generate_pages(root: Path, *, execute_notebooks: bool = True, docs_dir: Path | None = None,
-                   incremental: bool = False) -> int:
+def generate_pages(
+    root: Path, *, execute_notebooks: bool = True, docs_dir: Path | None = None, incremental: bool = False
+) -> int:
     """Validate, then write every generated page into ``docs/``; on any error write nothing.
 
     By default each generated part of ``docs/`` is swapped whole; ``incremental`` (for ``serve``)
@@ -213,7 +245,9 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
 
 
-def build_site(root: Path, *, run_mkdocs: bool = True, execute_notebooks: bool = True, site_dir: Path | None = None) -> int:
+def build_site(
+    root: Path, *, run_mkdocs: bool = True, execute_notebooks: bool = True, site_dir: Path | None = None
+) -> int:
     status = generate_pages(root, execute_notebooks=execute_notebooks)
     if status or not run_mkdocs:
         return status
@@ -226,16 +260,22 @@ def build_site(root: Path, *, run_mkdocs: bool = True, execute_notebooks: bool =
 
 def _snapshot(root: Path) -> dict[str, float]:
     watched = {}
-    for folder, pattern in (("papers", "*.yaml"), ("taxonomy", "*"), ("notebooks", "*.py"), ("notebooks/_rendered", "*"),
-                            ("reference_impls/results", "*.json")):
+    for folder, pattern in (
+        ("papers", "*.yaml"),
+        ("taxonomy", "*"),
+        ("notebooks", "*.py"),
+        ("notebooks/_rendered", "*"),
+        ("reference_impls/results", "*.json"),
+    ):
         for path in (root / folder).rglob(pattern):
             if path.is_file():
                 watched[str(path)] = path.stat().st_mtime
     return watched
 
 
-def serve_site(root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks: bool = True,
-               poll_s: float = 0.2) -> int:
+def serve_site(
+    root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks: bool = True, poll_s: float = 0.2
+) -> int:
     """Generate, then let ``mkdocs serve --dirty`` build and serve with live reload; when
     papers, taxonomy, notebooks, their renders or results change, regenerate the pages and rewrite
     only the files that changed, which mkdocs then rebuilds alone (a dirty rebuild: the search
@@ -245,8 +285,9 @@ def serve_site(root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks
         return status
     # Not strict (mkdocs.yml says strict): mkdocs warns about every dirty rebuild, and strict would stop there;
     # ``build`` (and CI) stays strict.
-    server = subprocess.Popen(_mkdocs(root, "serve", "--dirty", "--no-strict", "-a", address), cwd=root,
-                              env=_environment())
+    server = subprocess.Popen(
+        _mkdocs(root, "serve", "--dirty", "--no-strict", "-a", address), cwd=root, env=_environment()
+    )
     print(f"serving on http://{address}/ (Ctrl+C stops)", flush=True)
     seen = _snapshot(root)
     try:

@@ -17,8 +17,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["stage_year_chart", "results_chart", "series_styles"]
 
 # Colour-blind-safe colours (Okabe-Ito, then Tol's muted) times marker shapes: 10 x 6 distinct styles.
-_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00",
-            "#56B4E9", "#000000", "#882255", "#999933", "#6699CC")
+_COLOURS = (
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#000000",
+    "#882255",
+    "#999933",
+    "#6699CC",
+)
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
@@ -27,8 +37,11 @@ def series_styles(names: list[str]) -> dict[str, tuple[str, str]]:
     in every chart. Names are taken in sorted order, so adding a method moves no other method's
     colour unless it sorts before it."""
     ordered = sorted(set(names))
-    return {name: (_COLOURS[index % len(_COLOURS)], _MARKERS[(index // len(_COLOURS)) % len(_MARKERS)])
-            for index, name in enumerate(ordered)}
+    return {
+        name: (_COLOURS[index % len(_COLOURS)], _MARKERS[(index // len(_COLOURS)) % len(_MARKERS)])
+        for index, name in enumerate(ordered)
+    }
+
 
 # Sized for phones: a 5-inch chart shrinks to ~360 CSS px on a phone (x0.75), so 10 pt text still
 # shows at about 10 px; on wide screens the chart keeps its natural 480 px.
@@ -108,9 +121,18 @@ def stage_year_chart(counts: Counter[tuple[str, int]], stages: list[str]) -> str
 
 
 @_remembered
-def results_chart(rows: list[dict[str, Any]], x: str, y: str, group: str = "", title: str = "", logx: bool = False,
-                  x_label: str = "", y_label: str = "", error: str = "",
-                  styles: dict[str, tuple[str, str]] | None = None) -> str:
+def results_chart(
+    rows: list[dict[str, Any]],
+    x: str,
+    y: str,
+    group: str = "",
+    title: str = "",
+    logx: bool = False,
+    x_label: str = "",
+    y_label: str = "",
+    error: str = "",
+    styles: dict[str, tuple[str, str]] | None = None,
+) -> str:
     """``y`` against ``x``, one series per value of ``group``; ``error`` names a column of half-widths
     (for example a 95% confidence interval over seeds) drawn as error bars. ``styles`` gives each
     series its site-wide colour and marker. A series is joined by a line only when each x occurs

@@ -31,7 +31,11 @@ def discover_modules(root: Path) -> dict[str, str]:
         relative_parts = path.relative_to(root).with_suffix("").parts
         if relative_parts[-1] == "__init__":
             relative_parts = relative_parts[:-1]
-        if any(part.startswith("_") for part in relative_parts) or "results" in relative_parts or "checkpoints" in relative_parts:
+        if (
+            any(part.startswith("_") for part in relative_parts)
+            or "results" in relative_parts
+            or "checkpoints" in relative_parts
+        ):
             continue
         modules[".".join(relative_parts)] = _summary(path, root)
     return modules
@@ -66,7 +70,10 @@ def module_md(module: str, summary: str, families: list, site: SiteData | None =
     edit_url = site.edit_url(module_source(site.catalog.root, module)) if site is not None else ""
     lines = [md.front_matter(title=module, search={"exclude": True}, edit_url=edit_url), f"# `{module}`", ""]
     if families:
-        lines += ["Family: " + ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in families), ""]
+        lines += [
+            "Family: " + ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in families),
+            "",
+        ]
     graph = site.graph if site is not None else None
     if graph is not None:
         entry = graph.entry_of_module(module)
@@ -74,8 +81,13 @@ def module_md(module: str, summary: str, families: list, site: SiteData | None =
             lines += ["Paper: " + md.link(md.text(entry.data["title"]), relative(page, paper_page(entry.key))), ""]
         notebooks = graph.notebooks_of_module(module) if module in graph.families_of_module else []
         if notebooks:
-            lines += ["Notebook: " + ", ".join(md.link(md.code(notebook), relative(page, notebook_page(notebook)))
-                                               for notebook in notebooks), ""]
+            lines += [
+                "Notebook: "
+                + ", ".join(
+                    md.link(md.code(notebook), relative(page, notebook_page(notebook))) for notebook in notebooks
+                ),
+                "",
+            ]
     lines += [f"::: {module}", ""]
     return "\n".join(lines)
 
@@ -91,9 +103,14 @@ def families_by_module(taxonomy: Taxonomy) -> dict[str, list]:
 def implementations_index_md(modules: dict[str, str], taxonomy: Taxonomy) -> str:
     page = "implementations/index.md"
     by_module = families_by_module(taxonomy)
-    lines = [md.front_matter(title="Reference implementations"), "# Reference implementations", "",
-             "One module per method, grouped by stage or topic. Each opens with a paper card: the idea, "
-             "the paper, a runnable example and where we deviate from it.", ""]
+    lines = [
+        md.front_matter(title="Reference implementations"),
+        "# Reference implementations",
+        "",
+        "One module per method, grouped by stage or topic. Each opens with a paper card: the idea, "
+        "the paper, a runnable example and where we deviate from it.",
+        "",
+    ]
     groups: dict[str, list[str]] = {}
     for module in modules:
         groups.setdefault(".".join(module.split(".")[:2]), []).append(module)
@@ -101,8 +118,16 @@ def implementations_index_md(modules: dict[str, str], taxonomy: Taxonomy) -> str
         lines += [f"## `{group}`", ""]
         rows = []
         for module in members:
-            families = ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in by_module.get(module, []))
-            rows.append([md.link(f"`{module.split('.')[-1]}`", relative(page, module_page(module))), md.text(modules[module]), families])
+            families = ", ".join(
+                md.link(md.text(node.name), relative(page, node_page(node))) for node in by_module.get(module, [])
+            )
+            rows.append(
+                [
+                    md.link(f"`{module.split('.')[-1]}`", relative(page, module_page(module))),
+                    md.text(modules[module]),
+                    families,
+                ]
+            )
         lines += [md.table(["Module", "Summary", "Family"], rows), ""]
     if not modules:
         lines.append("*No modules yet.*")
@@ -158,8 +183,12 @@ def package_design_md(root: Path, module: str, page: str) -> list[str]:
     if readme is None:
         return []
     source = readme.relative_to(root).as_posix()
-    lines = [f"## Design of `{module}` {{#{design_anchor(module)} data-search-exclude=\"\"}}", "",
-             f"*The design notes of the package, from `{source}`.*", ""]
+    lines = [
+        f'## Design of `{module}` {{#{design_anchor(module)} data-search-exclude=""}}',
+        "",
+        f"*The design notes of the package, from `{source}`.*",
+        "",
+    ]
     fence, after_title = None, False
     for line in readme.read_text(encoding="utf-8").splitlines():
         if after_title and not line.strip():

@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import yaml
 
-__all__ = ["text", "restricted", "code", "one_line", "cell", "link", "table", "front_matter", "fmt_number",
-           "NOT_INDEXED"]
+__all__ = [
+    "text",
+    "restricted",
+    "code",
+    "one_line",
+    "cell",
+    "link",
+    "table",
+    "front_matter",
+    "fmt_number",
+    "NOT_INDEXED",
+]
 
 # Every line separator Python (and so Markdown or a YAML reader) may split on, and other control characters.
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -69,7 +80,7 @@ _INLINE = re.compile(
 def _inline(source: str) -> str:
     parts, position = [], 0
     for match in _INLINE.finditer(source):
-        parts.append(_escape(source[position:match.start()]))
+        parts.append(_escape(source[position : match.start()]))
         if match.group("fence"):
             parts.append(code(match.group("code")))
         elif match.group("url"):
@@ -96,7 +107,9 @@ def cell(value: Any) -> str:
 
 def link(label: str, target: str) -> str:
     """A Markdown link with an already-safe label; the target must be our own URL or an entry URL."""
-    safe_target = target.replace(" ", "%20").replace(")", "%29").replace("(", "%28").replace("<", "%3C").replace(">", "%3E")
+    safe_target = (
+        target.replace(" ", "%20").replace(")", "%29").replace("(", "%28").replace("<", "%3C").replace(">", "%3E")
+    )
     return f"[{label}]({safe_target})"
 
 

@@ -14,16 +14,24 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..interrupts import deferred_interrupt, interrupt_flag
 from . import markdown as md
 from .data import module_page, notebook_page, paper_page, relative
 
-__all__ = ["NotebookError", "discover_notebooks", "notebook_hash", "rendered_dir", "render_notebook", "notebook_md",
-           "notebooks_index_md"]
+__all__ = [
+    "NotebookError",
+    "discover_notebooks",
+    "notebook_hash",
+    "rendered_dir",
+    "render_notebook",
+    "notebook_md",
+    "notebooks_index_md",
+]
 
 _HASH_PREFIX = "<!-- atlas-notebook-hash: "
 _RENDER_VERSION = "2"
@@ -38,8 +46,11 @@ class NotebookError(ValueError):
 def discover_notebooks(root: Path) -> list[str]:
     """Repository-relative paths of every notebook (files starting with ``_`` are helpers)."""
     base = root / "notebooks"
-    return sorted(str(path.relative_to(root)) for path in base.rglob("*.py")
-                  if not any(part.startswith("_") for part in path.relative_to(base).parts))
+    return sorted(
+        str(path.relative_to(root))
+        for path in base.rglob("*.py")
+        if not any(part.startswith("_") for part in path.relative_to(base).parts)
+    )
 
 
 def _imported_sources(root: Path, source: str) -> list[Path]:
@@ -97,7 +108,11 @@ def _cached(root: Path, notebook: str, expected: str) -> str | None:
 
 
 # Progress bars and the kernel's missing-widgets warning are noise on a docs page.
-_QUIET_KERNEL = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
+_QUIET_KERNEL = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "PYTHONWARNINGS": "ignore:IProgress not found",
+}
 
 
 @contextmanager
@@ -122,7 +137,9 @@ def _execute(root: Path, notebook: str, timeout: int) -> tuple[str, dict[str, by
     notebook_node = jupytext.read(root / notebook)
     python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     with _environment({"PYTHONPATH": python_path, **_QUIET_KERNEL}), interrupt_flag() as interrupted:
-        client = NotebookClient(notebook_node, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}})
+        client = NotebookClient(
+            notebook_node, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+        )
         try:
             client.execute()
         except KeyboardInterrupt:
@@ -230,8 +247,10 @@ def notebook_source_files(root: Path, notebook: str) -> dict[str, bytes]:
     if source not in _IPYNB:
         _IPYNB[source] = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
     ipynb = _IPYNB[source]
-    return {str(page_dir / Path(notebook).name): source.encode("utf-8"),
-            str(page_dir / Path(notebook).with_suffix(".ipynb").name): ipynb.encode("utf-8")}
+    return {
+        str(page_dir / Path(notebook).name): source.encode("utf-8"),
+        str(page_dir / Path(notebook).with_suffix(".ipynb").name): ipynb.encode("utf-8"),
+    }
 
 
 def notebook_md(notebook: str, body: str, current: bool, families: list[str], site: Any = None) -> str:
@@ -260,8 +279,7 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
     related = []
     if graph is not None:
         page = notebook_page(notebook)
-        modules = sorted(module for module in graph.families_of_module
-                         if notebook in graph.notebooks_of_module(module))
+        modules = sorted(module for module in graph.families_of_module if notebook in graph.notebooks_of_module(module))
         for module in modules:
             entry = graph.entry_of_module(module)
             item = md.link(md.code(module), relative(page, module_page(module)))
@@ -274,9 +292,15 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
     if related:
         header += ["Implementations shown here:", "", *related, ""]
     if not body:
-        lines += header + run + ["!!! warning \"Not executed yet\"",
-                                 "    This notebook has no rendered output yet. Run `python -m tools build` to execute "
-                                 "and render it.", ""]
+        lines += (
+            header
+            + run
+            + [
+                '!!! warning "Not executed yet"',
+                "    This notebook has no rendered output yet. Run `python -m tools build` to execute and render it.",
+                "",
+            ]
+        )
     else:
         body = collapse_repeated_output(body)
         first, _, rest = body.lstrip().partition("\n") if body.lstrip().startswith("# ") else ("", "", body)
@@ -284,22 +308,37 @@ def notebook_md(notebook: str, body: str, current: bool, families: list[str], si
             lines += [first, ""]
         lines += header + run
         if not current:
-            lines += ["!!! warning \"Output may be stale\"", "    The notebook or the code it imports changed since this output was rendered; `python -m tools build` re-executes it.", ""]
+            lines += [
+                '!!! warning "Output may be stale"',
+                "    The notebook or the code it imports changed since this output was rendered; `python -m tools build` re-executes it.",
+                "",
+            ]
         lines.append(rest)
     if site is not None:
         lines += ["", f"<small>Notebook source last updated {site.updated(notebook)}</small>"]
     return "\n".join(lines) + "\n"
 
 
-def notebooks_index_md(notebooks: list[str], families_of: dict[str, list[str]],
-                       titles: dict[str, str] | None = None) -> str:
-    lines = [md.front_matter(title="Notebooks"), "# Notebooks", "",
-             "Each notebook runs on CPU in about a minute (set `ATLAS_QUICK=1` for a few seconds) and is rendered here with its outputs.", ""]
+def notebooks_index_md(
+    notebooks: list[str], families_of: dict[str, list[str]], titles: dict[str, str] | None = None
+) -> str:
+    lines = [
+        md.front_matter(title="Notebooks"),
+        "# Notebooks",
+        "",
+        "Each notebook runs on CPU in about a minute (set `ATLAS_QUICK=1` for a few seconds) and is rendered here with its outputs.",
+        "",
+    ]
     rows = []
     for notebook in notebooks:
         page = str(Path(notebook).relative_to("notebooks").with_suffix(".md"))
         label = md.text(titles.get(notebook, Path(notebook).stem)) if titles else md.code(notebook)
-        rows.append([md.link(label, page), md.code(Path(notebook).relative_to("notebooks")),
-                     ", ".join(families_of.get(notebook, []))])
+        rows.append(
+            [
+                md.link(label, page),
+                md.code(Path(notebook).relative_to("notebooks")),
+                ", ".join(families_of.get(notebook, [])),
+            ]
+        )
     lines.append(md.table(["Notebook", "File", "Family"], rows) if rows else "*No notebooks yet.*")
     return "\n".join(lines) + "\n"

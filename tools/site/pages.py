@@ -6,8 +6,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Entry
 from ..bib import entries_to_bibtex
+from ..catalog import Entry
 from ..taxonomy import Node
 from . import markdown as md
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
@@ -45,8 +45,13 @@ def reported_table(entries: list[Entry], page: str, with_paper: bool = False) ->
         for item in entry.data.get("reported") or []:
             row = [md.link(md.text(entry.data["title"]), relative(page, paper_page(entry.key)))] if with_paper else []
             # Reported values are shown exactly as stored, never rounded.
-            row += [md.cell(item["metric"]), md.cell(repr(item["value"])), md.cell(item.get("unit", "")),
-                    md.cell(item.get("setting", "")), md.cell(item["source"])]
+            row += [
+                md.cell(item["metric"]),
+                md.cell(repr(item["value"])),
+                md.cell(item.get("unit", "")),
+                md.cell(item.get("setting", "")),
+                md.cell(item["source"]),
+            ]
             rows.append(row)
     if not rows:
         return ""
@@ -72,7 +77,9 @@ def _aka(aliases: list[str]) -> str:
     return ' <span class="atlas-aka">(' + ", ".join(md.text(alias) for alias in aliases) + ")</span>"
 
 
-def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True, root: Path | None = None) -> list[str]:
+def run_it_box(
+    links: list[MethodLinks], page: str, *, family_links: bool = True, root: Path | None = None
+) -> list[str]:
     """The "Run it" admonition: module, import line, notebook (with its recorded run time when
     ``root`` is given and its render recorded one), benchmark commands, family."""
     if not links:
@@ -82,15 +89,21 @@ def run_it_box(links: list[MethodLinks], page: str, *, family_links: bool = True
         parts = [f"**Implemented here:** {md.link(md.code(item.module), relative(page, module_page(item.module)))}"]
         parts.append(md.code(item.import_line))
         if item.notebooks:
-            parts.append("**Notebook:** " + ", ".join(
-                md.link(md.code(notebook), relative(page, notebook_page(notebook))) + _run_time(root, notebook)
-                for notebook in item.notebooks))
+            parts.append(
+                "**Notebook:** "
+                + ", ".join(
+                    md.link(md.code(notebook), relative(page, notebook_page(notebook))) + _run_time(root, notebook)
+                    for notebook in item.notebooks
+                )
+            )
         commands = list(dict.fromkeys(data["command"] for data in item.results))
         if commands:
             parts.append("**Benchmark:** " + "; ".join(md.code(command) for command in commands))
         if family_links and item.families:
-            parts.append("**Family:** " + ", ".join(
-                md.link(md.text(node.name), relative(page, node_page(node))) for node in item.families))
+            parts.append(
+                "**Family:** "
+                + ", ".join(md.link(md.text(node.name), relative(page, node_page(node))) for node in item.families)
+            )
         lines += ["    " + part + "  " for part in parts] + [""]
     return lines
 
@@ -106,16 +119,21 @@ def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
     for data in item.results:
         rows = [row for row in data["rows"] if row.get("method") == item.method]
         columns = [column for column in data["columns"] if column["key"] not in ("method", "family")]
-        headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else ""))
-                   for column in columns]
+        headers = [
+            md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in columns
+        ]
         body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in columns] for row in rows]
         families = [node for node in item.families if node.id in data.get("families", [])]
         where = families[0] if families else None
         title = md.text(data["title"])
         if where is not None:
             title = md.link(title, relative(page, node_page(where)) + "#reproduced-results")
-        lines += [f"**{title}**, reproduced with {md.code(data['command'])}", "",
-                  md.table(headers, body, sortable=True), ""]
+        lines += [
+            f"**{title}**, reproduced with {md.code(data['command'])}",
+            "",
+            md.table(headers, body, sortable=True),
+            "",
+        ]
     return lines
 
 
@@ -126,10 +144,17 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     links_here = graph.entry_links(entry) if graph is not None else []
     aliases = graph.aliases(entry) if graph is not None else [str(alias) for alias in data.get("aliases") or []]
     # The paper template drops the navigation, which would be most of each page's bytes at 10k entries.
-    lines = [md.front_matter(title=data["title"], template="paper.html", tags=data.get("tags"),
-                             edit_url=site.edit_url(f"papers/{entry.key}.yaml"),
-                             search={"boost": KNOWN_PAPER_BOOST if aliases or links_here else PAPER_BOOST}),
-             f"# {md.text(data['title'])}{_aka(aliases)}", ""]
+    lines = [
+        md.front_matter(
+            title=data["title"],
+            template="paper.html",
+            tags=data.get("tags"),
+            edit_url=site.edit_url(f"papers/{entry.key}.yaml"),
+            search={"boost": KNOWN_PAPER_BOOST if aliases or links_here else PAPER_BOOST},
+        ),
+        f"# {md.text(data['title'])}{_aka(aliases)}",
+        "",
+    ]
     first = site.taxonomy.by_id[data["placement"][0]]
     trail = [md.link(md.text(n.name), relative(page, node_page(n))) for n in first.ancestors + [first]]
     # Breadcrumbs after the title: before it they would open a search section of their own.
@@ -158,11 +183,22 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     reported = reported_table([entry], page)
     reproduced = [line for item in links_here for line in reproduced_rows_md(item, page)]
     if reported:
-        lines += ["", "## Reported numbers", "",
-                  "Numbers as the paper (or the source named in each row) reports them; not reproduced by us.", "", reported]
+        lines += [
+            "",
+            "## Reported numbers",
+            "",
+            "Numbers as the paper (or the source named in each row) reports them; not reproduced by us.",
+            "",
+            reported,
+        ]
     if reproduced:
-        lines += ["", "## Reproduced by our code", "",
-                  "Numbers our reference implementation produced on our own benchmarks (not the paper's setting).", ""]
+        lines += [
+            "",
+            "## Reproduced by our code",
+            "",
+            "Numbers our reference implementation produced on our own benchmarks (not the paper's setting).",
+            "",
+        ]
         lines += reproduced
     # Raw <pre><code> instead of a fenced block: no syntax highlighting per page keeps the build
     # linear and fast at 10k entries; Material still adds its copy button to it. It is kept out of
@@ -175,8 +211,10 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     source = f"papers/{entry.key}.yaml"
     footer = [f"Added {md.text(data['added'])}", f"last updated {site.updated(source)}"]
     if site.repo_url:
-        footer += [f"{md.link('Correct this entry', site.edit_url(source))} ({md.text(source)})",
-                   md.link("suggest a paper", site.repo_url + "/issues/new")]
+        footer += [
+            f"{md.link('Correct this entry', site.edit_url(source))} ({md.text(source)})",
+            md.link("suggest a paper", site.repo_url + "/issues/new"),
+        ]
     lines += ["", "<small>" + " · ".join(footer) + "</small>"]
     return "\n".join(lines) + "\n"
 
@@ -187,9 +225,14 @@ def related_md(entry: Entry, site: SiteData, page: str) -> list[str]:
     lines = []
     for label, entries in (("Same family", related.family), ("Similar titles elsewhere", related.elsewhere)):
         if entries:
-            lines += [f"**{label}:**", ""] + [
-                f"- {md.link(md.text(other.data['title']), relative(page, paper_page(other.key)))} ({other.data['year']})"
-                for other in entries] + [""]
+            lines += (
+                [f"**{label}:**", ""]
+                + [
+                    f"- {md.link(md.text(other.data['title']), relative(page, paper_page(other.key)))} ({other.data['year']})"
+                    for other in entries
+                ]
+                + [""]
+            )
     return [f"## Related papers {NOT_INDEXED}", "", *lines] if lines else []
 
 
@@ -197,8 +240,10 @@ def implemented_badge(entry: Entry, site: SiteData, page: str) -> str:
     """A link to the implementation of ``entry`` as a badge, or nothing."""
     graph = site.graph
     modules = graph.modules_of_entry.get(entry.key, []) if graph is not None else []
-    return " ".join(md.link('<span class="atlas-badge">implemented here</span>', relative(page, module_page(module)))
-                    for module in modules[:1])
+    return " ".join(
+        md.link('<span class="atlas-badge">implemented here</span>', relative(page, module_page(module)))
+        for module in modules[:1]
+    )
 
 
 def papers_table(entries: list[Entry], page: str, site: SiteData) -> str:
@@ -207,15 +252,24 @@ def papers_table(entries: list[Entry], page: str, site: SiteData) -> str:
         data = entry.data
         code = md.link("code", data["code"]) if data.get("code") else ""
         arxiv = md.link(md.text(data["arxiv"]), f"https://arxiv.org/abs/{data['arxiv']}") if data.get("arxiv") else ""
-        rows.append([str(data["year"]), md.link(md.text(data["title"]), relative(page, paper_page(entry.key))),
-                     md.cell(data.get("venue", "")), arxiv, code, implemented_badge(entry, site, page)])
+        rows.append(
+            [
+                str(data["year"]),
+                md.link(md.text(data["title"]), relative(page, paper_page(entry.key))),
+                md.cell(data.get("venue", "")),
+                arxiv,
+                code,
+                implemented_badge(entry, site, page),
+            ]
+        )
     return md.table(["Year", "Title", "Venue", "arXiv", "Code", "Here"], rows, sortable=True)
 
 
-def _implementation_block(node: Node, page: str, module_summaries: dict[str, str],
-                          designed: tuple[str, ...] = ()) -> list[str]:
+def _implementation_block(
+    node: Node, page: str, module_summaries: dict[str, str], designed: tuple[str, ...] = ()
+) -> list[str]:
     if node.kind == "resource":
-        return ["!!! note \"Not a method family\"", f"    {md.text(node.exempt_reason)}", ""]
+        return ['!!! note "Not a method family"', f"    {md.text(node.exempt_reason)}", ""]
     if node.children:
         return []
     lines = ["## Reference implementation", ""]
@@ -239,9 +293,13 @@ def _implementation_block(node: Node, page: str, module_summaries: dict[str, str
 def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], results_md: str = "") -> str:
     page = node_page(node)
     origin = site.source(node.file)
-    lines = [md.front_matter(title=node.name, search={"boost": NODE_BOOST}, edit_url=site.edit_url(origin)),
-             f"# {md.text(node.name)}{_aka(node.aliases)}", "",
-             md.text(node.summary), ""]
+    lines = [
+        md.front_matter(title=node.name, search={"boost": NODE_BOOST}, edit_url=site.edit_url(origin)),
+        f"# {md.text(node.name)}{_aka(node.aliases)}",
+        "",
+        md.text(node.summary),
+        "",
+    ]
     context = []
     if node.stage is not None and node.stage is not node:
         context.append(f"Stage: {md.link(md.text(node.stage.name), relative(page, node_page(node.stage)))}")
@@ -256,25 +314,45 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     if node.level == "topic":
         source = site.catalog.by_key().get(node.source)
         if source is not None:
-            lines += [f"The tree follows {md.link(md.text(source.data['title']), relative(page, paper_page(source.key)))}.", ""]
+            lines += [
+                f"The tree follows {md.link(md.text(source.data['title']), relative(page, paper_page(source.key)))}.",
+                "",
+            ]
         axes = _axes(site, node)
         if axes:
             lines += ["## Axes", ""] + [f"- **{md.text(a['name'])}**: {md.text(a['summary'])}" for a in axes] + [""]
     if node.children:
-        heading = {"topic": "Stages" if node.children[0].level == "stage" else "Families", "stage": "Families", "family": "Sub-families"}[node.level]
+        heading = {
+            "topic": "Stages" if node.children[0].level == "stage" else "Families",
+            "stage": "Families",
+            "family": "Sub-families",
+        }[node.level]
         rows = []
         for child in node.children:
             status = _status(child)
-            rows.append([md.link(md.text(child.name), relative(page, node_page(child))), md.text(child.summary),
-                         str(len(site.papers_under(child))), status])
+            rows.append(
+                [
+                    md.link(md.text(child.name), relative(page, node_page(child))),
+                    md.text(child.summary),
+                    str(len(site.papers_under(child))),
+                    status,
+                ]
+            )
         lines += [f"## {heading}", "", md.table(["Name", "Summary", "Papers", "Implementation"], rows), ""]
     # Method packages with a README.md show it below (their full design).
-    designed = () if node.children or node.kind == "resource" else tuple(
-        module for module in node.implementations if package_readme(site.catalog.root, module))
+    designed = (
+        ()
+        if node.children or node.kind == "resource"
+        else tuple(module for module in node.implementations if package_readme(site.catalog.root, module))
+    )
     lines += _implementation_block(node, page, module_summaries, designed)
     if site.graph is not None and not node.children and node.kind != "resource":
-        lines += run_it_box([site.graph.links(module) for module in node.implementations], page, family_links=False,
-                            root=site.catalog.root)
+        lines += run_it_box(
+            [site.graph.links(module) for module in node.implementations],
+            page,
+            family_links=False,
+            root=site.catalog.root,
+        )
     if results_md:
         lines += [f"## Reproduced results {NOT_INDEXED}", "", results_md, ""]
     if node.findings:
@@ -283,8 +361,14 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
     under = site.papers_under(node)
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:
-        lines += [f"## Reported by papers {NOT_INDEXED}", "",
-                  "Numbers the papers report, kept apart from what our code reproduced.", "", reported, ""]
+        lines += [
+            f"## Reported by papers {NOT_INDEXED}",
+            "",
+            "Numbers the papers report, kept apart from what our code reproduced.",
+            "",
+            reported,
+            "",
+        ]
     for module in designed:
         lines += package_design_md(site.catalog.root, module, page)
     lines += [f"## Papers ({len(under)}) {NOT_INDEXED}", ""]
@@ -297,11 +381,18 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         # sub-family); the rest are on the child pages and in the filterable list.
         here = site.papers_at(node)
         filtered = relative(page, "all-papers.md") + f"?family={node.id}"
-        lines += [f"{len(under)} papers are placed here or below: browse them all in "
-                  f"{md.link('All papers, filtered to this node', filtered)}, or open a child above.", ""]
+        lines += [
+            f"{len(under)} papers are placed here or below: browse them all in "
+            f"{md.link('All papers, filtered to this node', filtered)}, or open a child above.",
+            "",
+        ]
         if here:
-            lines += [f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}", "",
-                      papers_table(here, page, site), ""]
+            lines += [
+                f"### Placed here, not in a child ({len(here)}) {NOT_INDEXED}",
+                "",
+                papers_table(here, page, site),
+                "",
+            ]
     sources = [origin] if origin else []
     sources += [f"papers/{entry.key}.yaml" for entry in under]
     lines += [f"<small>Last updated {site.updated(*sources)} (taxonomy file and papers placed here)</small>", ""]
@@ -325,11 +416,21 @@ def _axes(site: SiteData, topic: Node) -> list[dict[str, Any]]:
 
 def taxonomy_index_md(site: SiteData) -> str:
     page = "taxonomy/index.md"
-    lines = [md.front_matter(title="Taxonomy"), "# Taxonomy", "",
-             "Three topic trees. The first follows the seed survey stage by stage; every method family "
-             "names its reference implementation and notebook.", ""]
+    lines = [
+        md.front_matter(title="Taxonomy"),
+        "# Taxonomy",
+        "",
+        "Three topic trees. The first follows the seed survey stage by stage; every method family "
+        "names its reference implementation and notebook.",
+        "",
+    ]
     for topic in site.taxonomy.topics:
-        lines += [f"## {md.link(md.text(topic.name), relative(page, node_page(topic)))}", "", md.text(topic.summary), ""]
+        lines += [
+            f"## {md.link(md.text(topic.name), relative(page, node_page(topic)))}",
+            "",
+            md.text(topic.summary),
+            "",
+        ]
         for node in topic.descendants()[1:]:
             indent = "    " * (len(node.ancestors) - 1)
             count = len(site.papers_under(node))
@@ -353,9 +454,19 @@ def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
     ]
     for label, value in counts.items():
         lines.append(f"<div><strong>{value}</strong>{label}</div>")
-    lines += ["", "</div>", "",
-              f"Browse {md.link('all papers', 'all-papers.md')} with filters, or search (press `/`).", "",
-              "## Papers by year and stage", "", f"![Papers per year, by stage]({chart_path})", "", "## Topics", ""]
+    lines += [
+        "",
+        "</div>",
+        "",
+        f"Browse {md.link('all papers', 'all-papers.md')} with filters, or search (press `/`).",
+        "",
+        "## Papers by year and stage",
+        "",
+        f"![Papers per year, by stage]({chart_path})",
+        "",
+        "## Topics",
+        "",
+    ]
     for topic in site.taxonomy.topics:
         lines.append(f"- {md.link(md.text(topic.name), node_page(topic))}: {len(site.papers_under(topic))} papers")
     lines += [
@@ -370,8 +481,12 @@ def home_md(site: SiteData, counts: dict[str, int], chart_path: str) -> str:
         f"See {md.link('About', 'about.md')} for the conventions and {md.link('Contributing', 'contributing.md')} to add a paper.",
         "",
         "*Papers per stage* (as on the taxonomy pages: a paper placed in two stages counts in each): "
-        + ", ".join(f"{md.link(md.text(stage.name), node_page(stage))} {len(site.papers_under(stage))}"
-                    for topic in site.taxonomy.topics for stage in topic.children if stage.level == "stage"),
+        + ", ".join(
+            f"{md.link(md.text(stage.name), node_page(stage))} {len(site.papers_under(stage))}"
+            for topic in site.taxonomy.topics
+            for stage in topic.children
+            if stage.level == "stage"
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -17,31 +17,61 @@ def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
     return [row for row in data["rows"] if row.get("family") in (family, "", None)]
 
 
-def results_md(data: dict[str, Any], page: str, assets: dict[str, str], family: str | None = None, heading: str = "###",
-               indexed: bool = True, styles: dict[str, tuple[str, str]] | None = None) -> str:
+def results_md(
+    data: dict[str, Any],
+    page: str,
+    assets: dict[str, str],
+    family: str | None = None,
+    heading: str = "###",
+    indexed: bool = True,
+    styles: dict[str, tuple[str, str]] | None = None,
+) -> str:
     """One results file as Markdown (table, plots, command); plots are added to ``assets``."""
     rows = _rows_for(data, family)
-    headers = [md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in data["columns"]]
+    headers = [
+        md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in data["columns"]
+    ]
     body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in data["columns"]] for row in rows]
     title = f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED)
     lines = [title, "", md.table(headers, body, sortable=True), ""]
     for index, plot in enumerate(data.get("plots") or []):
         name = f"assets/generated/results/{data['id']}-{family or 'all'}-{index}.svg"
         # Axis labels carry the column's unit.
-        labels = {column["key"]: column["label"] + (f" ({column['unit']})" if column.get("unit") else "")
-                  for column in data["columns"]}
-        assets[name] = results_chart(rows, plot["x"], plot["y"], plot.get("group", ""), plot.get("title", ""),
-                                     plot.get("logx", False), labels.get(plot["x"], ""), labels.get(plot["y"], ""),
-                                     plot.get("error", ""), styles)
+        labels = {
+            column["key"]: column["label"] + (f" ({column['unit']})" if column.get("unit") else "")
+            for column in data["columns"]
+        }
+        assets[name] = results_chart(
+            rows,
+            plot["x"],
+            plot["y"],
+            plot.get("group", ""),
+            plot.get("title", ""),
+            plot.get("logx", False),
+            labels.get(plot["x"], ""),
+            labels.get(plot["y"], ""),
+            plot.get("error", ""),
+            styles,
+        )
         lines += [f"![{md.text(plot.get('title') or data['title'])}]({relative(page, name)})", ""]
     environment = data.get("environment") or {}
-    machine = ", ".join(f"{key} {value}" for key, value in environment.items() if key in ("torch", "transformers", "cpu_count", "device"))
+    machine = ", ".join(
+        f"{key} {value}"
+        for key, value in environment.items()
+        if key in ("torch", "transformers", "cpu_count", "device")
+    )
     produced = f" on {md.text(data['produced'])}" if data.get("produced") else ""
-    lines += [f"Reproduced with {md.code(data['command'])}{produced}" + (f" ({md.text(machine)})." if machine else "."), ""]
+    lines += [
+        f"Reproduced with {md.code(data['command'])}{produced}" + (f" ({md.text(machine)})." if machine else "."),
+        "",
+    ]
     seeds = data.get("seeds") or {}
     if seeds:
-        lines += [f"Seeds reported: {md.text(_seed_list(seeds.get('reported', [])))}; seeds used for tuning or "
-                  f"calibration: {md.text(_seed_list(seeds.get('tuning', [])) or 'none')}.", ""]
+        lines += [
+            f"Seeds reported: {md.text(_seed_list(seeds.get('reported', [])))}; seeds used for tuning or "
+            f"calibration: {md.text(_seed_list(seeds.get('tuning', [])) or 'none')}.",
+            "",
+        ]
     if data.get("notes"):
         lines += [md.restricted(data["notes"]), ""]
     return "\n".join(lines)
@@ -60,17 +90,30 @@ def _seed_list(seeds: list[int]) -> str:
 
 def chart_styles(all_results: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Every series name any plot uses, each with its site-wide colour and marker."""
-    names = [str(row.get(plot["group"], "")) for data in all_results
-             for plot in data.get("plots") or [] if plot.get("group") for row in data["rows"]]
+    names = [
+        str(row.get(plot["group"], ""))
+        for data in all_results
+        for plot in data.get("plots") or []
+        if plot.get("group")
+        for row in data["rows"]
+    ]
     return series_styles(names)
 
 
 def results_index_md(all_results: list[dict[str, Any]], assets: dict[str, str]) -> str:
     page = "results/index.md"
     # No table of contents column: the widest results tables need the room (the left navigation stays).
-    lines = [md.front_matter(title="Reproduced results", hide=["toc"]), "# Reproduced results", "",
-             "Numbers our code produced, each with the command that produced it. Numbers papers report are on the paper and family pages, labelled as reported.", "",
-             "How they compare with what the papers state: " + md.link("What papers report vs what our bench shows", "agreement.md") + ".", ""]
+    lines = [
+        md.front_matter(title="Reproduced results", hide=["toc"]),
+        "# Reproduced results",
+        "",
+        "Numbers our code produced, each with the command that produced it. Numbers papers report are on the paper and family pages, labelled as reported.",
+        "",
+        "How they compare with what the papers state: "
+        + md.link("What papers report vs what our bench shows", "agreement.md")
+        + ".",
+        "",
+    ]
     if not all_results:
         lines.append("*No benchmark has written results yet.*")
     for data in all_results:
@@ -84,10 +127,19 @@ def results_links_md(node: Any, shown: list[dict[str, Any]], page: str) -> str:
     lines = []
     for data in shown:
         families = [below[family] for family in data["families"] if family in below]
-        targets = ", ".join(md.link(md.text(family.name), relative(page, node_page(family)) + "#reproduced-results")
-                            for family in families)
+        targets = ", ".join(
+            md.link(md.text(family.name), relative(page, node_page(family)) + "#reproduced-results")
+            for family in families
+        )
         lines.append(f"- {md.text(data['title'])}: on {targets}" if targets else f"- {md.text(data['title'])}")
     if not lines:
         return ""
-    return "\n".join(["Each family page shows its own tables and plots; the full set is on "
-                      f"{md.link('Reproduced results', relative(page, 'results/index.md'))}.", "", *lines, ""])
+    return "\n".join(
+        [
+            "Each family page shows its own tables and plots; the full set is on "
+            f"{md.link('Reproduced results', relative(page, 'results/index.md'))}.",
+            "",
+            *lines,
+            "",
+        ]
+    )
