@@ -20,6 +20,7 @@ from typing import Any
 import fastjsonschema
 
 from .checks import Problem, StrictValidator, schema_problems
+from .expectations import check_expectations
 from .nav import check_nav
 from .results import RESULTS_DIR, check_results
 from .schema import DATE_PATTERN, paper_schema, schema_text
@@ -312,6 +313,9 @@ def load_catalog(
             problems += schema_problems(validator, loaded, entry.relpath, fast_check)
             problems += _entry_problems(entry, root, taxonomy)
     problems += _cross_entry_problems(entries, selected)
+    # Expectations name rows of the results files; their own problems are reported by _check_reproduced.
+    checked = [entry for entry in entries if selected is None or entry.loaded.path in selected]
+    problems += check_expectations(checked, check_results(root)[0])
 
     known_keys = {entry.key for entry in entries}
     for topic in taxonomy.topics:

@@ -31,6 +31,7 @@ FIELD_ORDER = (
     "models",
     "benchmarks",
     "reported",
+    "expectations",
     "implementation",
     "sources",
     "added",

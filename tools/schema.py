@@ -21,6 +21,8 @@ __all__ = [
     "KEY_PATTERN",
     "MAX_KEY_LENGTH",
     "results_schema",
+    "expectation_schema",
+    "RELATIONS",
 ]
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
@@ -144,6 +146,12 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
                 "description": "Benchmarks the paper evaluates on.",
             },
             "reported": {"type": "array", "items": reported},
+            "expectations": {
+                "type": "array",
+                "description": "What the paper states that our benchmarks can check, each with a machine-checkable "
+                "comparison against a reproduced-results file (see tools/expectations.py).",
+                "items": expectation_schema(),
+            },
             "implementation": _string(
                 "Module path of our reference implementation.",
                 pattern=r"^reference_impls(\.[a-z_][a-z0-9_]*)+$",
@@ -162,13 +170,85 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
 
 
 RESULTS_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RELATIONS = (">", ">=", "<", "<=")
+AREAS = ("tokens", "kv-cache", "speculative", "hallucination", "continual-ad")
+
+
+def _selector(description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"pattern": IDENTIFIER_PATTERN},
+        "additionalProperties": {"type": ["string", "number", "boolean"]},
+        "description": description,
+    }
+
+
+def expectation_schema() -> dict[str, Any]:
+    """One expectation a paper states: its words and source, and the comparison that checks it on our results."""
+    compare = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["results", "column", "left", "relation"],
+        "oneOf": [{"required": ["right"]}, {"required": ["value"]}],
+        "description": "left.column RELATION factor * right.column + offset (or: RELATION value).",
+        "properties": {
+            "results": _string(
+                "Id of the results file (reference_impls/results/<id>.json).", pattern=RESULTS_ID_PATTERN
+            ),
+            "column": _string("Column compared (a key of the file's columns).", pattern=IDENTIFIER_PATTERN),
+            "left": _selector("Field values that select exactly one row, e.g. {method: snapkv, budget: 0.2}."),
+            "relation": {"enum": list(RELATIONS), "description": "How left compares with the right-hand side."},
+            "right": _selector("Field values that select the row compared against."),
+            "value": {"type": "number", "description": "A constant right-hand side (instead of a row)."},
+            "factor": {"type": "number", "description": "Multiplies the right-hand row's value (default 1)."},
+            "offset": {"type": "number", "description": "Added to the right-hand side (default 0), e.g. -5 points."},
+            "test": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["results", "row"],
+                "description": "A paired-test row (metric, method, versus, mean_difference, sign_p) for this comparison.",
+                "properties": {
+                    "results": _string("Id of the paired-tests results file.", pattern=RESULTS_ID_PATTERN),
+                    "row": _selector("Field values that select the test row."),
+                },
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["area", "claim", "source"],
+        "properties": {
+            "area": {"enum": list(AREAS), "description": "Which benchmarks the expectation belongs to."},
+            "claim": _string("What the paper states, quoted or precisely paraphrased; never more than it says."),
+            "source": _string("Where the paper says it.", examples=["abstract (arXiv 2404.14469)", "Table 1"]),
+            "compare": compare,
+            "cause": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["text"],
+                "description": "For a disagreement: its measured or documented cause; left out when not measured.",
+                "properties": {
+                    "text": _string("The cause and where it is measured or documented (findings, notes, results)."),
+                    "when": _selector(
+                        "Fields the compared (left) row must have for the cause to apply, e.g. {layout: "
+                        "question-first}: after a re-run on another setup the cause is no longer claimed."
+                    ),
+                },
+            },
+        },
+    }
+
+
 COMMAND_PATTERN = r"^python -m reference_impls(\.[a-z_][a-z0-9_]*)+( [^\r\n]*)?$"
 
 
 def results_schema() -> dict[str, Any]:
     """A reproduced-results file ``reference_impls/results/<id>.json``, as
     ``reference_impls.common.results`` writes it."""
-    identifier = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+    identifier = {"type": "string", "pattern": IDENTIFIER_PATTERN}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://lvlm-atlas.github.io/schemas/results.schema.json",

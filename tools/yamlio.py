@@ -21,7 +21,14 @@ import yaml
 __all__ = ["LoadedYaml", "YamlLoadError", "load_yaml", "line_map", "dump_yaml", "write_text_atomic"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Never writes anchors: load_yaml refuses them, so a value used twice is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
 
 Path_ = tuple[str | int, ...]
 

@@ -37,7 +37,8 @@ def words(tokens):
 
 # %% [markdown]
 # ## 1. Strict verification is lossless
-# The draft is the target itself seeing a quarter of the visual tokens (uniformly spaced).
+# The draft is the target itself seeing a quarter of the visual tokens (chosen by SpecVLM's
+# verifier-guided rule, the default).
 
 # %%
 for inputs in toy.inputs[:2]:

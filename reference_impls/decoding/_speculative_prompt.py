@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from reference_impls.common.architectures import adapter_for
 from reference_impls.common.random_pruning import random_keep
@@ -31,7 +33,13 @@ from reference_impls.common.visual_tokens import (
     reduce_inputs,
 )
 
-PRUNE_RULES = ("uniform", "norm", "random")
+PRUNE_RULES = ("specvlm", "uniform", "norm", "random")
+"""Draft pruning rules; ``"specvlm"`` (upstream's) reads the verifier prefill's attention."""
+POSITION_MODES = ("original", "renumbered")
+SPECVLM_MASS = 0.4
+"""Stage I keeps the most-attended tokens until they hold this share of the attention
+(upstream inference.py: ``percentage=0.4``)."""
+ATTENTION_NAME = "atlas_specvlm"
 
 
 @dataclass
@@ -79,6 +87,36 @@ def encode_prompt(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Prompt:
     )
 
 
+def specvlm_keep(scores: torch.Tensor, keep: float, mass: float = SPECVLM_MASS) -> torch.Tensor:
+    """SpecVLM's two-stage choice of the draft's visual tokens, over all of them at once.
+
+    Pure function. The budget is ``int(n * keep)``. Stage I takes the most-attended tokens, as
+    few as reach ``mass`` of the total score (at most the budget); stage II fills the rest of
+    the budget evenly from the remaining tokens in sequence order (``linspace`` truncated).
+
+    Args:
+        scores: ``(n,)`` verifier attention received by each visual token
+            (:func:`prefill_with_attention`).
+        keep: fraction in ``(0, 1]``.
+        mass: stage I's share of the total score.
+
+    Returns:
+        ``(K,)`` ascending indices into the visual tokens.
+    """
+    n = scores.shape[0]
+    budget = int(n * keep)
+    order = scores.argsort(descending=True, stable=True)  # ties: lower index first
+    reached = scores[order].cumsum(0) >= mass * scores.sum()  # (n,)
+    stage_one = min(int(reached.long().argmax()) + 1 if bool(reached.any()) else n, budget)
+    chosen = order[:stage_one]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[chosen] = False
+    remaining = rest.nonzero().squeeze(-1)  # ascending
+    # torch's integer linspace (upstream's call): not always floor of the exact fraction
+    fill = remaining[torch.linspace(0, len(remaining) - 1, budget - stage_one, dtype=torch.long)]
+    return torch.cat([chosen, fill]).sort().values
+
+
 def keep_visual(
     items: list[tuple[int, int, int, int]],
     features: torch.Tensor,
@@ -102,8 +140,8 @@ def keep_visual(
     Returns:
         ``(K,)`` ascending indices into the visual tokens.
     """
-    if rule not in PRUNE_RULES:
-        raise ValueError(f"unknown prune rule {rule!r}; expected one of {PRUNE_RULES}")
+    if rule not in PRUNE_RULES[1:]:
+        raise ValueError(f"unknown per-image prune rule {rule!r}; expected one of {PRUNE_RULES[1:]}")
     chosen = []
     for start, t, h, w in items:
         n = t * h * w
@@ -118,28 +156,47 @@ def keep_visual(
     return torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
 
 
-def prune_prompt(prompt: Prompt, keep: float | VisualTokenMethod, rule: str = "uniform", seed: int = 0) -> Prompt:
-    """The prompt with only some of its visual tokens; kept tokens keep their positions.
+def prune_prompt(
+    prompt: Prompt,
+    keep: float | VisualTokenMethod,
+    rule: str = "uniform",
+    seed: int = 0,
+    attention: torch.Tensor | None = None,
+    positions: str = "original",
+) -> Prompt:
+    """The prompt with only some of its visual tokens.
 
-    ``keep`` is a fraction per image (chosen by ``rule``) or any ``kind="visual-token"`` method,
-    whose ``select`` (and own budget) then decides.
+    ``keep`` is a fraction (of all visual tokens for ``"specvlm"``, which needs the verifier's
+    ``attention`` scores ``(n_visual,)``; per image for the other rules) or any
+    ``kind="visual-token"`` method, whose ``select`` (and own budget) then decides.
+    ``positions``: ``"original"`` keeps every kept token's 3-D position (generated tokens
+    continue after the full prompt); ``"renumbered"`` numbers the shorter sequence ``0..S-1``
+    on all three rows (generated tokens continue at ``S``).
     """
+    if positions not in POSITION_MODES:
+        raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
     if isinstance(keep, (int, float)) and keep >= 1:
         return prompt
     if prompt.visual_kept < prompt.visual_in:
         raise ValueError("prune the encoded prompt, not an already pruned one")
     context = prompt.context
-    if isinstance(keep, (int, float)):
+    if isinstance(keep, (int, float)) and rule == "specvlm":
+        if attention is None or attention.shape != (prompt.visual_in,):
+            raise ValueError("prune rule 'specvlm' needs the verifier's attention per visual token (prefill)")
+        selection = Selection(keep=[specvlm_keep(attention, keep)])
+    elif isinstance(keep, (int, float)):
         generator = torch.Generator().manual_seed(seed)
         selection = Selection(keep=[keep_visual(context.items[0], context.features(0), keep, rule, generator)])
     else:
         selection = keep.select(context)
         selection = selection if isinstance(selection, Selection) else Selection(keep=list(selection))
     reduced, kept_index = reduce_inputs(context, selection)
+    length = reduced["inputs_embeds"].shape[1]
+    renumber = positions == "renumbered"
     return Prompt(
         embeds=reduced["inputs_embeds"],
-        positions=reduced["position_ids"],
-        next_position=prompt.next_position,
+        positions=text_positions(0, length) if renumber else reduced["position_ids"],
+        next_position=length if renumber else prompt.next_position,
         visual=context.visual_mask[0, kept_index[0]],
         context=context,
     )
@@ -204,6 +261,51 @@ def prefill(model: nn.Module, prompt: Prompt, layers: int | None = None) -> tupl
     cache = DynamicCache(config=model.config.get_text_config())
     logits = forward(model, cache, prompt.positions, embeds=prompt.embeds, layers=layers)
     return cache, logits[-1]
+
+
+def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """sdpa, plus (on a recording layer) the attention the rows after the last visual token pay."""
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    record = getattr(module, "_atlas_specvlm", None)
+    if record is not None:
+        rows = torch.arange(record["first_row"], query.shape[-2])  # (r,) query = key index in a prefill
+        keys = repeat_kv(key, module.num_key_value_groups)  # (1, H, N, D)
+        scores = (query[:, :, rows] @ keys.transpose(-1, -2)).float() * scaling  # (1, H, r, N)
+        scores = scores.masked_fill(torch.arange(keys.shape[-2]) > rows[:, None], float("-inf"))  # causal
+        record["layers"].append(torch.softmax(scores, dim=-1).mean(dim=(0, 1, 2)))  # (N,) mean of heads, rows
+    return out
+
+
+AttentionInterface.register(ATTENTION_NAME, _recording_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def prefill_with_attention(model: nn.Module, prompt: Prompt) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """:func:`prefill`, plus the ``(n_visual,)`` score SpecVLM prunes the draft by.
+
+    The score of a visual token is the attention it receives from the text rows after the last
+    visual token, averaged over those rows, the heads and the layers. The layers still run
+    sdpa (cache and logits are those of :func:`prefill`); the score costs one ``rows x N``
+    product per layer.
+    """
+    cache = DynamicCache(config=model.config.get_text_config())
+    visual_index = prompt.visual.nonzero().squeeze(-1)  # (n,)
+    if len(visual_index) == 0 or int(visual_index[-1]) == prompt.length - 1:
+        raise ValueError("SpecVLM's attention score needs text after the last visual token")
+    text_config, modules = model.config.get_text_config(), adapter_for(model).attention_modules(model)
+    record = {"first_row": int(visual_index[-1]) + 1, "layers": []}
+    previous = text_config._attn_implementation
+    text_config._attn_implementation = ATTENTION_NAME
+    for module in modules:
+        module._atlas_specvlm = record
+    try:
+        logits = forward(model, cache, prompt.positions, embeds=prompt.embeds)
+    finally:
+        text_config._attn_implementation = previous
+        for module in modules:
+            del module._atlas_specvlm
+    scores = torch.stack(record["layers"]).mean(0)  # (N,)
+    return cache, logits[-1], scores[visual_index]
 
 
 def decode(

@@ -106,8 +106,8 @@ class ConfidenceGatedAnswering:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
         if self.escalation not in ESCALATIONS:
             raise ValueError(f"escalation must be one of {ESCALATIONS}")
-        if isinstance(self.prune, str) and self.prune not in PRUNE_RULES:
-            raise ValueError(f"prune must be one of {PRUNE_RULES}")
+        if isinstance(self.prune, str) and self.prune not in PRUNE_RULES[1:]:  # "specvlm" needs a verifier
+            raise ValueError(f"prune must be one of {PRUNE_RULES[1:]}")
         self.stats: dict = {}
 
     @torch.no_grad()

@@ -17,13 +17,21 @@ for a caller-given set of token ids (e.g. function words that carry no visual co
 
 Paper: arXiv 2508.16201
 
-Upstream: zju-jiyicheng/SpecVLM ``decoding/tree_decoding_qwen2_5.py`` (``evaluate_posterior``)
-and ``utils/utils.py`` (``drop_visual_tokens_specvlm``, ``drop_visual_tokens_uniform``) @
+Upstream: zju-jiyicheng/SpecVLM ``decoding/tree_decoding_qwen2_5.py`` (``evaluate_posterior``,
+``initialize_tree_with_pruning``), ``utils/utils.py`` (``convert_attention_to_score``,
+``drop_visual_tokens_specvlm``, ``get_attention_token_from_percentage``) and ``inference.py``
+/ ``run_qwenvl.sh`` (``percentage=0.4``, ``drop_rate`` 0.9) @
 632ef27aa65a07d574d21c0e13ccf336c1d14e08. Verification is the same rule: a draft token is
 accepted while it equals the target's argmax at its position (``cumprod`` of the matches), and
 the target's argmax after the accepted prefix is emitted (:func:`verify_step`, parity test
 against that rule and against the standard greedy case of Leviathan et al. 2023 / Chen et al.
-2023). The draft pruning is ours (see Deviations).
+2023). The default draft pruning (``prune="specvlm"``, ``draft_visual_keep=0.1``) is
+upstream's verifier-guided rule: the target's prefill also scores every visual token by the
+attention it receives from the text rows after the last visual token (mean over those rows,
+the heads and the layers); the draft keeps ``int(n * keep)`` of them, first the most-attended
+ones until they hold 40% of the total score (stage I), then evenly spaced ones from the rest
+(stage II, torch's integer ``linspace``). Parity test:
+``tests/decoding/test_parity_speculative.py``.
 
 Examples:
     >>> from reference_impls.common.tiny import tiny_qwen25vl, tiny_inputs
@@ -34,15 +42,24 @@ Examples:
     True
 
 Deviations:
-    - SpecVLM prunes the draft's video tokens in two stages: stage I keeps the tokens the
-      verifier's prefill attends to most (text rows after the video, mean over layers, heads
-      and rows), stage II fills the rest of the budget evenly from the remaining ones
-      (``linspace(0, n - 1, k)`` truncated to integers, ``k = int(n * keep)``, over all video
-      tokens at once). Our built-in rules are attention-free and per image: ``"uniform"``
-      (evenly spaced, ``linspace`` *rounded*, ``k = round(n * keep)``), ``"norm"`` (largest
-      embedding norm) or ``"random"``; any registered ``visual-token`` method can be plugged in
-      instead. Kept tokens keep their original 3-D M-RoPE positions (upstream feeds the draft
-      the shorter sequence). The draft's pruning only changes speed, never the output.
+    - Draft pruning: upstream scores video tokens only; ``"specvlm"`` here scores every visual
+      token (images and videos, one budget over all of them). Upstream computes the scores
+      from ``output_attentions`` of its second prefill stage; ours records them inside the
+      sdpa prefill (same rows, same reduction, checked against eager attention maps), and
+      breaks score ties by position (upstream's unstable ``torch.sort`` leaves them to the
+      kernel). As upstream, a budget ``int(n * keep)`` of 0 leaves the draft no visual token.
+      Our earlier rules stay as options, attention-free and per image: ``prune="uniform"``
+      (evenly spaced, ``linspace`` *rounded*, ``k = round(n * keep)``, at least 1), ``"norm"``
+      (largest embedding norm) or ``"random"``; any registered ``visual-token`` method can be
+      plugged in instead. The draft's pruning only changes speed, never the output.
+    - Draft positions: upstream feeds the draft the shorter sequence (``input_ids`` without
+      the dropped tokens, ``selected_indices`` handed to its modified Qwen2.5-VL modelling file,
+      generated tokens numbered from the draft's own length); we did not verify how that file
+      numbers the kept video tokens. The default keeps every kept token's original 3-D M-RoPE
+      position (``draft_positions="original"``): the draft then sees the image geometry the
+      target sees and its generated tokens share the target's positions, which cannot hurt
+      acceptance. ``draft_positions="renumbered"`` numbers the shorter sequence ``0..S-1`` on
+      all three rows (our reading of "the shorter sequence"; a guess, not upstream's code).
     - SpecVLM drafts an EAGLE-style token tree (top-10 per node, 48 draft tokens, depth 5) and
       verifies every path in one forward; we draft and verify one chain (the tree's single
       path case). There is no sampling path: the draft decodes greedily and verification
@@ -68,6 +85,7 @@ from torch import nn
 from reference_impls.common.architectures import adapter_for
 from reference_impls.common.visual_tokens import VisualTokenMethod
 from reference_impls.decoding._speculative_prompt import (
+    POSITION_MODES,
     PRUNE_RULES,
     DecodeResult,
     crop,
@@ -76,6 +94,7 @@ from reference_impls.decoding._speculative_prompt import (
     eos_ids,
     forward,
     prefill,
+    prefill_with_attention,
     prune_prompt,
     text_positions,
 )
@@ -195,12 +214,16 @@ class SpeculativeDecoding:
     draft_model: nn.Module | None = None
     """A smaller model sharing the vocabulary, or a twig grown on the target
     (:mod:`reference_impls.decoding.twig_draft`); ``None`` drafts with the target itself."""
-    draft_visual_keep: float = 0.25
-    """Fraction of each image's visual tokens the draft sees (1.0: all)."""
-    prune: str | VisualTokenMethod = "uniform"
-    """How the draft's visual tokens are chosen per image: ``"uniform"``, ``"norm"``,
-    ``"random"``, or any ``kind="visual-token"`` method (its own ``select`` and budget decide,
-    ``draft_visual_keep`` is then ignored)."""
+    draft_visual_keep: float = 0.1
+    """Fraction of the visual tokens the draft sees (1.0: all); upstream's ``drop_rate`` 0.9."""
+    prune: str | VisualTokenMethod = "specvlm"
+    """How the draft's visual tokens are chosen: ``"specvlm"`` (upstream's two stages, from the
+    target prefill's attention, over all visual tokens), per image ``"uniform"``, ``"norm"``,
+    ``"random"`` (not upstream), or any ``kind="visual-token"`` method (its own ``select`` and
+    budget decide, ``draft_visual_keep`` is then ignored)."""
+    draft_positions: str = "original"
+    """The pruned draft prompt's positions: ``"original"`` 3-D M-RoPE positions of the kept
+    tokens, or ``"renumbered"`` ``0..S-1`` over the shorter sequence (see Deviations)."""
     draft_layers: int | None = None
     """Run only the draft's first ``draft_layers`` decoder layers (``None``: all)."""
     num_draft: int = 4
@@ -218,6 +241,8 @@ class SpeculativeDecoding:
     def __post_init__(self):
         if isinstance(self.prune, str) and self.prune not in PRUNE_RULES:
             raise ValueError(f"prune must be one of {PRUNE_RULES}, got {self.prune!r}")
+        if self.draft_positions not in POSITION_MODES:
+            raise ValueError(f"draft_positions must be one of {POSITION_MODES}, got {self.draft_positions!r}")
         if self.num_draft < 1:
             raise ValueError("num_draft must be >= 1")
         self.stats: dict = {}
@@ -227,8 +252,11 @@ class SpeculativeDecoding:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         prompt = encode_prompt(model, inputs)
-        draft_model, draft_prompt = self._draft_prompt(model, inputs, prompt)
-        cache, logits = prefill(model, prompt)
+        if self._needs_attention():  # the verifier's prefill also scores the visual tokens
+            cache, logits, attention = prefill_with_attention(model, prompt)
+        else:
+            (cache, logits), attention = prefill(model, prompt), None
+        draft_model, draft_prompt = self._draft_prompt(model, inputs, prompt, attention)
         draft = _Draft(draft_model, draft_prompt, self.draft_layers)
         prefilled = time.perf_counter()
         generated, stop = [int(logits.argmax())], eos_ids(model)
@@ -284,15 +312,23 @@ class SpeculativeDecoding:
         """The draft for this target (a subclass may build one, e.g. a trained twig)."""
         return self.draft_model if self.draft_model is not None else model
 
-    def _draft_prompt(self, model: nn.Module, inputs: dict[str, torch.Tensor], prompt=None):
+    def _needs_attention(self) -> bool:
+        return self.prune == "specvlm" and self.draft_visual_keep < 1
+
+    def _draft_prompt(self, model: nn.Module, inputs: dict[str, torch.Tensor], prompt=None, attention=None):
         """The draft model and its pruned prompt (reusing the target's encoding when they share
-        the vision tower and token embeddings, as the target itself or a twig grown on it)."""
+        the vision tower and token embeddings, as the target itself or a twig grown on it).
+        ``attention``: the target prefill's visual-token scores (``"specvlm"``)."""
         draft_model = self._draft_model(model)
+        if attention is None and self._needs_attention():
+            prompt = encode_prompt(model, inputs)
+            attention = prefill_with_attention(model, prompt)[2]
         if prompt is None or not _same_encoder(draft_model, model):
             prompt = encode_prompt(draft_model, inputs)
         if isinstance(self.prune, str):
-            return draft_model, prune_prompt(prompt, self.draft_visual_keep, self.prune, self.seed)
-        return draft_model, prune_prompt(prompt, self.prune)
+            keep, rule = self.draft_visual_keep, self.prune
+            return draft_model, prune_prompt(prompt, keep, rule, self.seed, attention, self.draft_positions)
+        return draft_model, prune_prompt(prompt, self.prune, positions=self.draft_positions)
 
     @torch.no_grad()
     def draft_first_token(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:

@@ -19,8 +19,10 @@ Seeds 0-2 were used while developing the settings and seed 99 for the calibratio
 reported seeds (10-19 by default) never overlap them. ``--quick`` is a smoke run.
 
 Deviations / guesses: only the language model is trained (the vision tower is frozen, as LoRA
-variants of EFUF/SARE train the LLM); EFUF's CLIP scores are simulated as N(18, 3) per
-hallucinated span (below its 23 threshold); each SAM method's rho is calibrated along its own
+variants of EFUF/SARE train the LLM); EFUF's CLIP scores are simulated (no CLIP here): N(18, 3)
+per hallucinated span, N(36, 3) per grounded span and N(30, 1.5) per clean sentence, each on the
+side of EFUF's thresholds (23, 32, 27.5) where its data filter would put it, the spreads our
+guess; each SAM method's rho is calibrated along its own
 unlearning run from the base captioner, on the calibration split (package README section 5).
 """
 
@@ -62,6 +64,14 @@ TUNING_SEEDS = (0, 1, 2)
 CALIBRATION_SEED = 99
 """Seed of the held-out probe and rho-calibration split (``build_splits(seed=99)``,
 ``make_data(seed=99)``); never reported."""
+
+
+HALLUCINATED_SCORE = (18.0, 3.0)
+"""Mean and sd of the simulated CLIP score of a hallucinated span (EFUF's threshold: below 23)."""
+GROUNDED_SCORE = (36.0, 3.0)
+"""The same for a grounded span (EFUF keeps spans scoring above 32)."""
+SENTENCE_SCORE = (30.0, 1.5)
+"""The same for a whole clean sentence (EFUF keeps sentences with a mean above 27.5)."""
 
 
 @dataclass
@@ -132,7 +142,7 @@ def make_data(model, vocab, world, config: BenchConfig, seed: int):
         rng = np.random.default_rng([seed, step])
         index = rng.choice(n, size=min(config.batch, n), replace=False).tolist()
         forget = split_batch(splits, index, vocab, model.config, "forget")
-        forget["scores"] = torch.from_numpy(rng.normal(18.0, 3.0, len(index))).float()
+        forget["scores"] = torch.from_numpy(rng.normal(*HALLUCINATED_SCORE, len(index))).float()
         grounded = split_batch(splits, index, vocab, model.config, "grounded")
         retain = retain_batch(
             world,
@@ -141,6 +151,9 @@ def make_data(model, vocab, world, config: BenchConfig, seed: int):
             model.config,
             rng,
         )
+        # Drawn last so that every other method sees the same batches as before EFUF read them.
+        grounded["scores"] = torch.from_numpy(rng.normal(*GROUNDED_SCORE, len(index))).float()
+        retain["scores"] = torch.from_numpy(rng.normal(*SENTENCE_SCORE, config.batch)).float()
         return {"forget": forget, "grounded": grounded, "retain": retain}
 
     def attack(step: int) -> dict[str, dict]:

@@ -68,6 +68,8 @@ from torch import nn
 from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 from reference_impls.registry import register
 
+from .streams import cache_key, new_cache, patched
+
 __all__ = ["VisualContrastiveDecoding", "contrast_logits", "plausibility_mask", "distort_pixels", "noise_levels"]
 
 
@@ -137,9 +139,6 @@ def distort_pixels(
     raise ValueError(f"unknown distortion {mode!r}")
 
 
-_CACHE_KEYS = ("cache", "past_key_values")
-
-
 @register("vcd", family="contrastive-decoding", kind="hallucination")
 @dataclass
 class VisualContrastiveDecoding:
@@ -161,7 +160,6 @@ class VisualContrastiveDecoding:
             # mask drops rows of Qwen's (patches, C*T*P*P) pixel layout; other processors give whole images
             raise UnsupportedFeature("VCD mode='mask' needs Qwen's per-patch pixel rows; use mode='noise' here")
         base = adapter.inner(model)
-        saved = {"forward": model.__dict__.get("forward"), "features": base.__dict__.get("get_image_features")}
         original, encode = model.forward, base.get_image_features
         state: dict = {"recording": True}
 
@@ -183,16 +181,16 @@ class VisualContrastiveDecoding:
         def forward(*args, **kwargs):
             out = original(*args, **kwargs)
             extra = dict(kwargs)
-            cache_key = next((k for k in _CACHE_KEYS if kwargs.get(k) is not None), None)
+            key = cache_key(kwargs)
             if kwargs.get("pixel_values") is not None or kwargs.get("mm_encoder_outputs"):  # prefill
                 extra.pop("mm_encoder_outputs", None)
                 extra["pixel_values"] = distort_pixels(
                     state["pixels"], self.mode, self.noise_step, self.mask_ratio, self.seed, self.schedule
                 )
                 extra.update(state["vision_kwargs"])  # e.g. image_grid_thw, image_sizes, pixel_attention_mask
-                state["cache"] = type(kwargs[cache_key])(config=model.config) if cache_key else None
-            if cache_key is not None:
-                extra[cache_key] = state["cache"]
+                state["cache"] = new_cache(kwargs, model.config)
+            if key is not None:
+                extra[key] = state["cache"]
             state["recording"] = False
             try:
                 distorted = original(*args, **extra)
@@ -201,15 +199,5 @@ class VisualContrastiveDecoding:
             out.logits = contrast_logits(out.logits, distorted.logits, self.alpha, self.beta)
             return out
 
-        model.forward, base.get_image_features = forward, get_image_features
-        try:
+        with patched((model, "forward", forward), (base, "get_image_features", get_image_features)):
             yield model
-        finally:
-            for obj, name, value in (
-                (model, "forward", saved["forward"]),
-                (base, "get_image_features", saved["features"]),
-            ):
-                if value is None:
-                    del obj.__dict__[name]
-                else:
-                    setattr(obj, name, value)

@@ -9,8 +9,8 @@ to :meth:`~UnlearningTrainer.logits` and the frozen reference's
 
 A batch is a dict of model inputs (``input_ids``, ``attention_mask``, ``mm_token_type_ids``,
 ``pixel_values``, ``image_grid_thw``) plus ``labels`` (B, T) and ``mask`` (B, T) (see
-:mod:`~reference_impls.hallucination.unlearning_losses` for the alignment) and, for EFUF,
-``scores`` (B,).
+:mod:`~reference_impls.hallucination.unlearning_losses` for the alignment) and, for EFUF's
+score-weighted terms, ``scores`` (B,): each sample's CLIP-like image-text score.
 
 Examples:
     >>> terms = [npo_term(beta=0.5), nll_term("grounded"), nll_term("retain")]
@@ -35,12 +35,23 @@ from .unlearning_losses import (
     sequence_logprob,
     token_logprobs,
     weighted_ga_loss,
+    weighted_nll,
 )
 
 if TYPE_CHECKING:
     from .trainer import UnlearningTrainer
 
-__all__ = ["Term", "LossFn", "nll_term", "ga_term", "npo_term", "efuf_term", "kl_term", "target_probability"]
+__all__ = [
+    "Term",
+    "LossFn",
+    "nll_term",
+    "scored_nll_term",
+    "ga_term",
+    "npo_term",
+    "efuf_term",
+    "kl_term",
+    "target_probability",
+]
 
 LossFn = Callable[["UnlearningTrainer", dict], "tuple[torch.Tensor, dict[str, float]]"]
 Weight = float | Callable[[int], float]
@@ -108,17 +119,39 @@ def npo_term(beta: float = 0.5, batch: str = "forget", weight: Weight = 1.0, adv
     return Term("forget_npo", batch, loss, weight, adversarial, needs_reference=True)
 
 
-def efuf_term(
-    batch: str = "forget", weight: Weight = 1.0, adversarial: bool = True, t_hal: float = 23.0, t_norm: float = 32.0
-) -> Term:
-    """EFUF's score-weighted GA; uniform weights when the batch carries no ``scores``."""
+def _scores(data: dict, term: str) -> torch.Tensor:
+    if "scores" not in data:
+        raise ValueError(f"{term} weights each sample by its image-text score: the batch needs a 'scores' entry (B,)")
+    return data["scores"]
+
+
+def scored_nll_term(batch: str = "grounded", weight: Weight = 1.0) -> Term:
+    """NLL with each sample weighted by its score, ``mean_i score_i nll_i`` (EFUF's positive terms)."""
 
     def loss(trainer: UnlearningTrainer, data: dict):
+        scores = _scores(data, f"{batch}_nll")
+        return weighted_nll(trainer.logits(data), data["labels"], data["mask"], scores), {}
+
+    return Term(f"{batch}_nll", batch, loss, weight)
+
+
+def efuf_term(
+    batch: str = "forget",
+    weight: Weight = 1.0,
+    adversarial: bool = True,
+    t_hal: float = 23.0,
+    t_norm: float = 32.0,
+    normalise: bool = False,
+) -> Term:
+    """EFUF's score-weighted GA, ``-mean_i (t_hal + t_norm - score_i) nll_i``.
+
+    ``normalise=True`` divides the weights by their batch mean (see
+    :func:`~reference_impls.hallucination.unlearning_losses.efuf_weights`).
+    """
+
+    def loss(trainer: UnlearningTrainer, data: dict):
+        weights = efuf_weights(_scores(data, "forget_efuf"), t_hal, t_norm, normalise)
         logits = trainer.logits(data)
-        scores = data.get("scores")
-        if scores is None:
-            scores = torch.zeros(logits.shape[0])
-        weights = efuf_weights(scores, t_hal, t_norm)
         return weighted_ga_loss(logits, data["labels"], data["mask"], weights), {
             "p_target": target_probability(logits, data)
         }

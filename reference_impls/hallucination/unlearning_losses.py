@@ -12,7 +12,8 @@ never read, so padding or ``-100`` there cannot leak into a loss or a gradient.
   model. Its gradient is GA's with a per-sample weight ``2 sigmoid(beta r_i)`` in (0, 2) that
   decays as the sample is forgotten; at the reference point ``L = (2/beta) log 2``.
 - ``efuf``: per-sample GA weighted by ``(t_hal + t_norm - score)`` (EFUF, arXiv 2402.09801:
-  the lower a span's CLIP-like score, the more it is pushed down).
+  the lower a span's CLIP-like score, the more it is pushed down); its positive terms weight each
+  sample's NLL by the score itself (:func:`weighted_nll`).
 - retain terms: :func:`mean_nll` and :func:`kl_to_reference` (padding masked, unlike the
   open-unlearning helper, which averages over padded positions too).
 
@@ -31,8 +32,8 @@ sequence-summed NLL ratio); the EFUF weight follows starreeze/efuf finetune/loss
 
 Deviations / guesses: the EFUF thresholds 23 and 32 are the public code's defaults for CLIP
 scores on a x100 scale; our synthetic scenes have no CLIP, so callers pass their own scores.
-:func:`efuf_weights` normalises the weights to mean 1 and clips negatives at 0; upstream uses
-the raw ``t_hal + t_norm - score`` (see :mod:`.efuf`). :func:`kl_to_reference` averages over
+:func:`efuf_weights` returns upstream's raw ``t_hal + t_norm - score``; ``normalise=True`` is the
+pre-parity variant (clipped at 0, divided by the batch mean; see :mod:`.efuf`). :func:`kl_to_reference` averages over
 masked positions only; upstream's ``KL`` variant uses ``kl_div(..., reduction="batchmean")`` over
 every position of the flattened batch.
 """
@@ -49,6 +50,8 @@ __all__ = [
     "ga_loss",
     "npo_loss",
     "efuf_weights",
+    "per_sample_nll",
+    "weighted_nll",
     "weighted_ga_loss",
     "kl_to_reference",
 ]
@@ -104,20 +107,39 @@ def npo_loss(seq_logprob: torch.Tensor, ref_seq_logprob: torch.Tensor, beta: flo
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
 
 
-def efuf_weights(scores: torch.Tensor, t_hal: float = 23.0, t_norm: float = 32.0) -> torch.Tensor:
-    """EFUF's per-sample forget weight ``t_hal + t_norm - score``, normalised to mean 1. Shape (B,)."""
-    weights = (t_hal + t_norm - scores.float()).clamp(min=0.0)
+def efuf_weights(
+    scores: torch.Tensor, t_hal: float = 23.0, t_norm: float = 32.0, normalise: bool = False
+) -> torch.Tensor:
+    """EFUF's per-sample forget weight ``t_hal + t_norm - score``. Shape (B,).
+
+    ``normalise=True`` clips the weights at 0 and divides them by their batch mean (mean 1), the
+    variant this module used before it followed upstream's raw weight.
+    """
+    weights = t_hal + t_norm - scores.float()
+    if not normalise:
+        return weights
+    weights = weights.clamp(min=0.0)
     return weights / weights.mean().clamp(min=1e-12)
+
+
+def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean NLL of each sample over its masked positions (0 for a sample with none). Shape (B,)."""
+    logp = token_logprobs(logits, labels, mask)  # (B, T-1)
+    count = mask[:, 1:].bool().sum(-1).clamp(min=1)  # (B,)
+    return -logp.sum(-1) / count
+
+
+def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_i w_i nll_i`` with ``nll_i`` the token-mean NLL of sample i (EFUF's per-sample weighting)."""
+    nll = per_sample_nll(logits, labels, mask)  # (B,)
+    return (weights.to(nll) * nll).mean()
 
 
 def weighted_ga_loss(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """GA with a per-sample weight: ``-mean_i w_i nll_i`` with ``nll_i`` the token-mean NLL of sample i."""
-    logp = token_logprobs(logits, labels, mask)  # (B, T-1)
-    count = mask[:, 1:].bool().sum(-1).clamp(min=1)  # (B,)
-    nll = -logp.sum(-1) / count  # (B,)
-    return -(weights.to(nll) * nll).mean()
+    """GA with a per-sample weight: ``-mean_i w_i nll_i`` (minus :func:`weighted_nll`)."""
+    return -weighted_nll(logits, labels, mask, weights)
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,9 @@ def test_greedy_baseline_matches_generate(target, inputs, reference):
 
 
 DRAFTS = {
-    "self-uniform": dict(draft_visual_keep=0.25),
+    "self-specvlm": dict(),
+    "self-specvlm-renumbered": dict(draft_visual_keep=0.25, draft_positions="renumbered"),
+    "self-uniform": dict(draft_visual_keep=0.25, prune="uniform"),
     "self-norm": dict(draft_visual_keep=0.1, prune="norm"),
     "self-random": dict(draft_visual_keep=0.5, prune="random"),
     "self-early-exit": dict(draft_visual_keep=0.25, draft_layers=1),
@@ -116,17 +118,24 @@ def test_cache_holds_exactly_the_accepted_prefix(target, other_draft, inputs, mo
     """
     prompt_length, checks = {}, []
     real_prefill, real_forward = speculative.prefill, speculative.forward
+    real_scored_prefill = speculative.prefill_with_attention
 
     def recorded_prefill(model, prompt, layers=None):
         cache, logits = real_prefill(model, prompt, layers)
         prompt_length[id(cache)] = prompt.length
         return cache, logits
 
+    def recorded_scored_prefill(model, prompt):  # the target's prefill under the default "specvlm" pruning
+        cache, logits, attention = real_scored_prefill(model, prompt)
+        prompt_length[id(cache)] = prompt.length
+        return cache, logits, attention
+
     def checked_forward(model, cache, positions, **kwargs):
         checks.append((cache.get_seq_length(), prompt_length[id(cache)], int(positions[0, 0, 0])))
         return real_forward(model, cache, positions, **kwargs)
 
     monkeypatch.setattr(speculative, "prefill", recorded_prefill)
+    monkeypatch.setattr(speculative, "prefill_with_attention", recorded_scored_prefill)
     monkeypatch.setattr(speculative, "forward", checked_forward)
     next_position = encode_prompt(target, inputs).next_position
     for draft_model in (None, other_draft):
@@ -200,7 +209,7 @@ def test_relaxation_respects_top_k():
 def test_pruned_prompt_keeps_positions_and_budget(target, inputs):
     full = encode_prompt(target, inputs)
     items = full.context.items[0]
-    for rule in PRUNE_RULES:
+    for rule in PRUNE_RULES[1:]:  # the per-image rules
         chosen = keep_visual(items, full.context.features(0), 0.25, rule, torch.Generator().manual_seed(0))
         for start, t, h, w in items:  # every image keeps its own share
             n = t * h * w

@@ -10,10 +10,13 @@ from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
 torch.set_num_threads(1)
 
 
-def make_batch(model, *, seed: int, batch_size: int = 2, span: tuple[int, int] = (-3, -1), pad: int = 0) -> dict:
+def make_batch(
+    model, *, seed: int, batch_size: int = 2, span: tuple[int, int] = (-3, -1), pad: int = 0, score: float = 30.0
+) -> dict:
     """Image + text batch; labels are the inputs, ``mask`` covers positions ``span`` of each row.
 
-    The last ``pad`` positions of the second row are padding (attention off, mask off).
+    The last ``pad`` positions of the second row are padding (attention off, mask off). Every row
+    carries the CLIP-like ``score`` that EFUF's terms read.
     """
     rows = [
         tiny_inputs(model, grids=((4, 4),), prompt_before=3, prompt_after=6, seed=seed + i) for i in range(batch_size)
@@ -27,6 +30,7 @@ def make_batch(model, *, seed: int, batch_size: int = 2, span: tuple[int, int] =
         batch["attention_mask"][-1, -pad:] = 0
         mask[-1, -pad:] = 0
     batch["mask"] = mask
+    batch["scores"] = torch.full((batch_size,), score)
     return batch
 
 
@@ -38,7 +42,7 @@ def model():
 @pytest.fixture
 def batches(model):
     return {
-        "forget": make_batch(model, seed=10, span=(-2, -1)),
-        "grounded": make_batch(model, seed=20, span=(-4, -2)),
+        "forget": make_batch(model, seed=10, span=(-2, -1), score=18.0),
+        "grounded": make_batch(model, seed=20, span=(-4, -2), score=36.0),
         "retain": make_batch(model, seed=30, span=(-6, 0)),
     }

@@ -13,7 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_impls.hallucination.attention_intervention import VisualAttentionAmplification, amplified_attention
+from reference_impls.hallucination.attention_intervention import (
+    VisualAttentionAmplification,
+    amplified_attention,
+    guided_logits,
+)
 from reference_impls.hallucination.contrastive_decoding import (
     VisualContrastiveDecoding,
     contrast_logits,
@@ -145,6 +149,27 @@ def test_pai_rule_matches_upstream():
 def test_pai_defaults_match_upstream():
     method = VisualAttentionAmplification()
     assert (method.alpha, method.start_layer, method.end_layer, method.layers) == (0.2, 2, None, None)
+    assert method.guidance is None and not method.amplify_first_token  # chair_eval.py: --use-cfg off by default
+
+
+# LALBJ/PAI CFG.py @ 4a085d1e39dae0d95d2fafe6ba24f0f9b8d49023 (CFGLogits.__call__): s = log_softmax(scores);
+# gamma == 1 returns s; u = log_softmax of the text-only stream's last logits; out = gamma (s - u) + u,
+# -inf where s < log(0.1) + max s. README.md runs --gamma 1.1; chair_eval.py's default is 2.
+
+
+def test_pai_guidance_matches_upstream_cfg_logits():
+    generator = torch.Generator().manual_seed(5)
+    for gamma in (1.1, 2.0, 1.0):
+        for _ in range(10):
+            scores, uncond = torch.randn(3, 40, generator=generator) * 3, torch.randn(3, 40, generator=generator) * 3
+            s, u = F.log_softmax(scores, dim=-1), F.log_softmax(uncond, dim=-1)
+            cutoff = torch.log(torch.tensor(0.1)) + s.max(dim=-1, keepdim=True).values
+            expected = (gamma * (s - u) + u).masked_fill(s < cutoff, float("-inf"))
+            ours = guided_logits(scores, uncond, gamma)
+            assert torch.equal(torch.isinf(ours), torch.isinf(expected))
+            assert torch.allclose(ours[~torch.isinf(ours)], expected[~torch.isinf(expected)], atol=1e-5)
+            if gamma == 1.0:  # upstream returns s itself; inside the plausible set that is ours too
+                assert torch.allclose(ours[~torch.isinf(ours)], s[~torch.isinf(ours)], atol=1e-5)
 
 
 def test_pai_default_layer_range_is_from_the_third_layer():
@@ -213,19 +238,68 @@ def test_npo_loss_and_default_beta_match_upstream():
 
 
 # -- EFUF -------------------------------------------------------------------------------------
-# starreeze/efuf finetune/loss.py @ 06cd1ad31302841a32a9c8624c4f58d15fce2003 (get_loss): the
-# hallucinated ("neg") sample i is weighted by (hal_clip_thres + norm_clip_thres - score_i), i.e.
-# 23 + 32 - score; the negative weight follows WeightScheduler. Our weights are that rule divided by
-# its batch mean (documented deviation), so the ratios between samples are upstream's.
+# starreeze/efuf finetune/loss.py @ 06cd1ad31302841a32a9c8624c4f58d15fce2003 (get_loss,
+# WeightScheduler) with the defaults of common/args.py @ 00d19fe80a28fd546e08d6235cb4251900913696:
+# per-sample losses (reduction "none"); pos weighted by its score, sent by its score, neg by
+# (23 + 32 - score); pos_w 1 -> 0.5 linearly over training, neg_w 0.4 until 40% then -> 0, sent_w
+# 0.2, gold_w 0; the sum (pos + sent - neg) is divided by (pos_w + gold_w + sent_w - neg_w).
 
 
-def test_efuf_weights_are_upstream_up_to_the_batch_normalisation():
-    scores = torch.rand(10, generator=torch.Generator().manual_seed(8)) * 40
-    upstream = 23.0 + 32.0 - scores
-    ours = efuf_weights(scores)
-    assert torch.allclose(ours / ours[0], upstream / upstream[0], atol=1e-5)
-    method = EFUF()
-    assert (method.t_hal, method.t_norm) == (23.0, 32.0)
+def _upstream_schedule(start: float, end: float, total: int, begin: float, step: int) -> float:
+    first, last = total * begin, total * 1.0
+    if step < first:
+        return start
+    if step > last:
+        return end
+    return start + (end - start) * (step - first) / (last - first)
+
+
+def _upstream_efuf_loss(nll: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], step: int, total: int):
+    pos_w = _upstream_schedule(1.0, 0.5, total, 0.0, step)
+    neg_w = _upstream_schedule(0.4, 0.0, total, 0.4, step)
+    gold_w, sent_w, max_score = 0.0, 0.2, 23.0 + 32.0
+    pos = (nll["grounded"] * scores["grounded"]).mean() * pos_w
+    sent = (nll["retain"] * scores["retain"]).mean() * sent_w
+    neg = (nll["forget"] * (max_score - scores["forget"])).mean() * neg_w
+    return (pos + sent - neg) / (pos_w + gold_w + sent_w - neg_w)
+
+
+class _LogitsOnly:
+    """Stands in for the trainer: a batch carries its own logits."""
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return batch["logits"]
+
+
+def test_efuf_objective_matches_upstream_get_loss():
+    generator = torch.Generator().manual_seed(8)
+    batches, nll, scores = {}, {}, {}
+    for name, centre in (("forget", 18.0), ("grounded", 36.0), ("retain", 30.0)):
+        logits, labels, mask, hf_labels = _labelled(generator)
+        scores[name] = centre + 3 * torch.randn(4, generator=generator)
+        batches[name] = {"logits": logits, "labels": labels, "mask": mask, "scores": scores[name]}
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), hf_labels[:, 1:], ignore_index=-100, reduction="none")
+        nll[name] = ce.sum(-1) / (hf_labels[:, 1:] != -100).sum(-1)  # per-sample token mean
+    total = 50
+    method = EFUF(steps=total)
+    assert (method.t_hal, method.t_norm, method.weighting) == (23.0, 32.0, "upstream")
+    for step in (0, 10, 20, 30, 45, 50):
+        ours = sum(t.weight_at(step) * t.loss(_LogitsOnly(), batches[t.batch])[0] for t in method.terms())
+        assert torch.allclose(ours, _upstream_efuf_loss(nll, scores, step, total), atol=1e-5), step
+
+
+def test_efuf_forget_weights_are_upstream_raw_weights():
+    scores = torch.rand(10, generator=torch.Generator().manual_seed(8)) * 60
+    assert torch.allclose(efuf_weights(scores), 23.0 + 32.0 - scores)
+    mean_one = efuf_weights(scores, normalise=True)  # the documented opt-in variant
+    assert torch.allclose(mean_one.mean(), torch.tensor(1.0)) and (mean_one >= 0).all()
+
+
+def test_efuf_refuses_a_batch_without_scores():
+    logits, labels, mask, _ = _labelled(torch.Generator().manual_seed(3))
+    for term in EFUF().terms():
+        with pytest.raises(ValueError, match="scores"):
+            term.loss(_LogitsOnly(), {"logits": logits, "labels": labels, "mask": mask})
 
 
 # -- Methods without reference code: their equations ------------------------------------------

@@ -17,6 +17,7 @@ from ..interrupts import deferred_interrupt
 from ..schema import results_schema, schema_text
 from . import markdown as md
 from .charts import stage_year_chart
+from .agreement import PAGE as AGREEMENT, agreement_md
 from .allpapers import INDEX, PAGE as ALL_PAPERS, all_papers_md, papers_index_json
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
@@ -66,6 +67,7 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
                                      for data in shown)
         files[page] = node_md(node, site, modules, results_text)
     files["results/index.md"] = results_index_md(all_results, assets)
+    files[AGREEMENT] = agreement_md(catalog.entries, all_results)
     files["taxonomy/index.md"] = taxonomy_index_md(site)
 
     families_of: dict[str, list[str]] = {}

@@ -69,7 +69,8 @@ def results_index_md(all_results: list[dict[str, Any]], assets: dict[str, str]) 
     page = "results/index.md"
     # No table of contents column: the widest results tables need the room (the left navigation stays).
     lines = [md.front_matter(title="Reproduced results", hide=["toc"]), "# Reproduced results", "",
-             "Numbers our code produced, each with the command that produced it. Numbers papers report are on the paper and family pages, labelled as reported.", ""]
+             "Numbers our code produced, each with the command that produced it. Numbers papers report are on the paper and family pages, labelled as reported.", "",
+             "How they compare with what the papers state: " + md.link("What papers report vs what our bench shows", "agreement.md") + ".", ""]
     if not all_results:
         lines.append("*No benchmark has written results yet.*")
     for data in all_results:

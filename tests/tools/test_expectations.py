@@ -1,0 +1,223 @@
+"""Expectations of paper entries: validation against the results files, evaluation of a comparison on
+tiny results, and the agreement page (escaped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tools.catalog import Entry
+from tools.expectations import applicable_cause, check_expectations, evaluate
+from tools.site.agreement import agreement_md
+from tools.yamlio import load_yaml
+
+from .conftest import GOOD_ENTRY
+
+
+def _results(**rows_by_id: list[dict]) -> list[dict]:
+    files = []
+    for name, rows in rows_by_id.items():
+        keys = list(dict.fromkeys(key for row in rows for key in row if key != "family"))
+        files.append(
+            {"id": name.replace("_", "-"), "columns": [{"key": key, "label": key} for key in keys], "rows": rows}
+        )
+    return files
+
+
+TINY = _results(
+    tiny=[
+        {"method": "full", "budget": 1.0, "accuracy": 100.0},
+        {"method": "fast", "budget": 0.1, "accuracy": 90.0, "layout": "question-first"},
+        {"method": "slow", "budget": 0.1, "accuracy": 80.0, "layout": "question-first"},
+        {"method": "slow", "budget": 0.2, "accuracy": "", "layout": "question-first"},
+    ],
+    seeds=[
+        {"method": "a", "score": 50.0, "score_ci": 2.0},
+        {"method": "b", "score": 40.0, "score_ci": 3.0},
+        {"method": "c", "score": 48.0, "score_ci": 3.0},
+    ],
+    seeds_tests=[
+        {"metric": "score", "method": "a", "versus": "b", "mean_difference": 10.0, "sign_p": 0.031, "wins": 6},
+        {"metric": "score", "method": "a", "versus": "c", "mean_difference": 2.0, "sign_p": 0.5, "wins": 4},
+    ],
+)
+BY_ID = {data["id"]: data for data in TINY}
+
+
+def _compare(**fields) -> dict:
+    return {
+        "area": "tokens",
+        "claim": "c",
+        "source": "abstract",
+        "compare": {"results": "tiny", "column": "accuracy", **fields},
+    }
+
+
+@pytest.mark.parametrize(
+    "fields, verdict, left, right",
+    [
+        ({"left": {"method": "fast"}, "relation": ">", "right": {"method": "slow", "budget": 0.1}}, "agrees", 90, 80),
+        (
+            {"left": {"method": "slow", "budget": 0.1}, "relation": ">", "right": {"method": "fast"}},
+            "disagrees",
+            80,
+            90,
+        ),
+        ({"left": {"method": "fast"}, "relation": ">=", "right": {"method": "full"}, "offset": -10}, "agrees", 90, 90),
+        (
+            {"left": {"method": "fast"}, "relation": ">=", "right": {"method": "full"}, "offset": -5},
+            "disagrees",
+            90,
+            95,
+        ),
+        (
+            {"left": {"method": "fast"}, "relation": ">=", "right": {"method": "full"}, "factor": 0.93},
+            "disagrees",
+            90,
+            93,
+        ),
+        ({"left": {"method": "slow", "budget": 0.1}, "relation": "<", "value": 85}, "agrees", 80, 85),
+        ({"left": {"method": "fast"}, "relation": ">", "value": 90}, "disagrees", 90, 90),  # strict: a tie is not above
+        ({"left": {"method": "slow", "budget": 0.2}, "relation": "<", "value": 85}, "not measured", None, 85),
+    ],
+)
+def test_a_relation_is_evaluated_on_the_current_rows(fields, verdict, left, right):
+    outcome = evaluate(_compare(**fields), BY_ID)
+    assert (outcome.verdict, outcome.left, outcome.right) == (verdict, left, right)
+    assert outcome.evidence == (
+        "single run, no interval" if verdict != "not measured" else "the results have no number here"
+    )
+
+
+def test_budgets_match_as_numbers_and_an_expectation_without_compare_is_not_measured():
+    outcome = evaluate(_compare(left={"method": "fast", "budget": 0.1 + 1e-12}, relation=">", value=0), BY_ID)
+    assert outcome.verdict == "agrees"
+    assert evaluate({"area": "tokens", "claim": "c", "source": "s"}, BY_ID).verdict == "not measured"
+
+
+def test_a_paired_test_decides_significance_in_either_orientation():
+    item = _compare(left={"method": "a"}, relation=">", right={"method": "b"})
+    item["compare"].update(results="seeds", column="score")
+    outcome = evaluate(item, BY_ID)
+    assert (outcome.verdict, outcome.significant) == ("agrees", True)
+    assert outcome.evidence == "sign test p = 0.031, 6 paired seeds"
+    # b > a is the same test read the other way round: the disagreement is significant.
+    item["compare"].update(left={"method": "b"}, right={"method": "a"})
+    assert (evaluate(item, BY_ID).verdict, evaluate(item, BY_ID).significant) == ("disagrees", True)
+    item["compare"].update(left={"method": "a"}, right={"method": "c"})
+    outcome = evaluate(item, BY_ID)
+    assert (outcome.verdict, outcome.significant, outcome.evidence) == (
+        "agrees",
+        False,
+        "sign test p = 0.5, 4 paired seeds",
+    )
+
+
+def test_without_a_test_the_95_percent_intervals_are_compared():
+    item = _compare(left={"method": "a"}, relation=">", value=44)
+    item["compare"].update(results="seeds", column="score")
+    outcome = evaluate(item, BY_ID)  # 50 +- 2 against the constant 44
+    assert (outcome.verdict, outcome.significant, outcome.evidence) == ("agrees", True, "95% intervals do not overlap")
+    item["compare"]["value"] = 49
+    outcome = evaluate(item, BY_ID)
+    assert (outcome.verdict, outcome.significant, outcome.evidence) == ("agrees", False, "95% intervals overlap")
+
+
+def test_a_cause_applies_only_while_the_compared_row_matches_its_when():
+    item = _compare(left={"method": "slow", "budget": 0.1}, relation=">", right={"method": "fast"})
+    item["cause"] = {"text": "question first", "when": {"layout": "question-first"}}
+    assert applicable_cause(item, BY_ID) == "question first"
+    item["cause"]["when"] = {"layout": "chat"}
+    assert applicable_cause(item, BY_ID) == ""
+
+
+EXPECTING = (
+    GOOD_ENTRY
+    + """\
+expectations:
+- area: tokens
+  claim: Fast is above slow.
+  source: abstract
+  compare:
+    results: {results}
+    column: {column}
+    left:
+      method: {left}
+    relation: '>'
+    right:
+      method: slow
+      budget: 0.1
+"""
+)
+
+
+def _entry(tmp_path: Path, **fields) -> Entry:
+    values = {"results": "tiny", "column": "accuracy", "left": "fast", **fields}
+    path = tmp_path / "good2026entry.yaml"
+    path.write_text(EXPECTING.format(**values), encoding="utf-8")
+    return Entry(loaded=load_yaml(path), relpath="papers/good2026entry.yaml")
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        (
+            {"results": "tinny"},
+            "papers/good2026entry.yaml:18: expectations[0].compare.results: unknown results id "
+            "'tinny': no valid reference_impls/results/tinny.json; did you mean 'tiny'?",
+        ),
+        (
+            {"column": "acuracy"},
+            "papers/good2026entry.yaml:19: expectations[0].compare.column: 'acuracy' is not a "
+            "column of 'tiny'; did you mean 'accuracy'?",
+        ),
+        (
+            {"left": "fastv"},
+            "papers/good2026entry.yaml:20: expectations[0].compare.left.method: 'fastv' is not a "
+            "value of 'method' in 'tiny'; expected one of 'fast', 'full', 'slow'",
+        ),
+        (
+            {"left": "slow"},
+            "papers/good2026entry.yaml:20: expectations[0].compare.left: 2 rows of 'tiny' match "
+            "{'method': 'slow'}; expected exactly one (add a field that tells them apart: accuracy, budget)",
+        ),
+    ],
+)
+def test_bad_expectations_name_file_line_field_and_what_was_expected(tmp_path, fields, expected):
+    assert [str(problem) for problem in check_expectations([_entry(tmp_path, **fields)], TINY)] == [expected]
+
+
+def test_a_good_expectation_has_no_problem(tmp_path):
+    assert check_expectations([_entry(tmp_path)], TINY) == []
+
+
+def test_validate_refuses_an_expectation_on_a_missing_row(repo, run_tools):
+    text = EXPECTING.format(results="tokens-toyvlm", column="accuracy", left="fastv").replace(
+        "method: slow", "method: x"
+    )
+    (repo / "papers" / "good2026entry.yaml").write_text(text, encoding="utf-8")
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/good2026entry.yaml:23: expectations[0].compare.right.method: 'x' is not a value of 'method'" in err
+
+
+def test_the_page_escapes_every_string_and_shows_the_cause_only_for_a_disagreement(tmp_path):
+    hostile = "<script>alert(1)</script> | *x*"
+    agree = _entry(tmp_path)
+    agree.data["expectations"][0].update(claim=hostile, source=hostile)
+    (tmp_path / "b").mkdir()
+    disagree = _entry(tmp_path / "b", left="full")
+    disagree.data["key"] = "other2026entry"
+    disagree.data["expectations"][0]["compare"].update(relation="<")
+    disagree.data["expectations"][0]["cause"] = {"text": hostile}
+    page = agreement_md([agree, disagree], TINY)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "\\| \\*x\\*" in page  # no new table cell, no emphasis
+    assert "2 expectations: 1 agree, 1 disagree, 0 not measured" in page
+    rows = [line for line in page.splitlines() if line.startswith("| tokens")]
+    assert len(rows) == 2 and rows[0].count(" | ") == rows[1].count(" | ") == 7
+    agreeing = next(row for row in rows if "**agrees**" in row)
+    disagreeing = next(row for row in rows if "**disagrees**" in row)
+    assert agreeing.endswith("|  |") and "&lt;script&gt;" in disagreeing.rsplit(" | ", 1)[1]
+    assert "(../papers/good2026entry.md)" in agreeing

@@ -1,0 +1,286 @@
+"""What papers report against what our benchmarks show: the ``expectations`` of paper entries.
+
+An expectation is data on the paper entry that states it (``papers/<key>.yaml``)::
+
+    expectations:
+    - area: kv-cache
+      claim: "PyramidKV surpasses other KV cache compression techniques ... (abstract)"
+      source: abstract (arXiv 2406.02069)
+      compare:
+        results: kv-quality-toyvlm          # reference_impls/results/<id>.json
+        column: accuracy
+        left: {method: pyramidkv, budget: 0.1}
+        relation: ">="                      # left RELATION factor * right + offset
+        right: {method: snapkv, budget: 0.1}  # or value: <number>
+      cause: "..."                          # only a measured or documented cause
+
+Every selector must match exactly one row of the named results file; :func:`check_expectations`
+reports anything else with file, line and field. :func:`evaluate` computes the verdict from the
+current results, so re-running a benchmark updates the comparison without any hand edit.
+
+Significance: a comparison names a paired-test row (``compare.test``) or, when the rows differ
+only in ``method`` and ``<results>-tests`` has the row ``metric == column`` for that pair, uses it;
+the sign test decides at p < 0.05. Without a test, rows with ``<column>_ci`` (95% half-widths) are
+compared by interval; otherwise the outcome is from a single run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .checks import Problem
+
+__all__ = [
+    "Outcome",
+    "applicable_cause",
+    "check_expectations",
+    "evaluate",
+    "relation_text",
+    "select",
+    "AGREES",
+    "DISAGREES",
+    "NOT_MEASURED",
+]
+
+AGREES, DISAGREES, NOT_MEASURED = "agrees", "disagrees", "not measured"
+ALPHA = 0.05
+_HOLDS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+def _matches(row: dict[str, Any], selector: dict[str, Any]) -> bool:
+    for key, wanted in selector.items():
+        found = row.get(key)
+        if isinstance(wanted, bool) or isinstance(found, bool):
+            if found is not wanted:
+                return False
+        elif isinstance(wanted, (int, float)) and isinstance(found, (int, float)):
+            # Budgets are written by code (0.1 may come back as 0.1000000001): compare as numbers.
+            if not math.isclose(wanted, found, rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif found != wanted:
+            return False
+    return True
+
+
+def select(data: dict[str, Any], selector: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a results file whose fields equal every value of ``selector``."""
+    return [row for row in data["rows"] if _matches(row, selector)]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict of one expectation on the current results (no configuration, only what was computed)."""
+
+    verdict: str
+    left: float | None = None
+    right: float | None = None  # the threshold: factor * right row + offset, or the constant
+    evidence: str = ""  # "single run", "95% intervals ...", "sign test p = ..."
+    significant: bool | None = None
+
+
+def relation_text(compare: dict[str, Any]) -> str:
+    """``accuracy[method=pyramidkv, budget=0.1] >= accuracy[method=snapkv, budget=0.1]`` for the page."""
+
+    def side(selector: dict[str, Any]) -> str:
+        return f"{compare['column']}[" + ", ".join(f"{key}={value}" for key, value in selector.items()) + "]"
+
+    if "right" in compare:
+        right = side(compare["right"])
+        factor, offset = compare.get("factor", 1), compare.get("offset", 0)
+        if factor != 1:
+            right = f"{factor:g} × {right}"
+        if offset:
+            right += f" {'+' if offset > 0 else '−'} {abs(offset):g}"
+    else:
+        right = f"{compare['value']:g}"
+    return f"{side(compare['left'])} {compare['relation']} {right}"
+
+
+def _test_row(compare: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool] | None:
+    """(paired-test row, whether it is oriented left minus right) for this comparison, if there is one."""
+    if "test" in compare:
+        tests = by_id.get(compare["test"]["results"])
+        rows = select(tests, compare["test"]["row"]) if tests else []
+        if len(rows) != 1:
+            return None
+        row = rows[0]
+        return row, row.get("method") == compare["left"].get("method")
+    tests = by_id.get(f"{compare['results']}-tests")
+    left, right = compare["left"], compare.get("right")
+    if tests is None or right is None or compare.get("factor", 1) != 1 or compare.get("offset", 0) != 0:
+        return None
+    if {key: value for key, value in left.items() if key != "method"} != {
+        key: value for key, value in right.items() if key != "method"
+    }:
+        return None  # the rows differ in more than the method: no paired test covers them
+    for row in tests["rows"]:
+        if row.get("metric") == compare["column"]:
+            if (row.get("method"), row.get("versus")) == (left.get("method"), right.get("method")):
+                return row, True
+            if (row.get("method"), row.get("versus")) == (right.get("method"), left.get("method")):
+                return row, False
+    return None
+
+
+def _evidence(
+    compare: dict[str, Any],
+    rows: tuple[dict[str, Any], dict[str, Any] | None],
+    values: tuple[float, float],
+    by_id: dict[str, dict[str, Any]],
+    holds: bool,
+) -> tuple[str, bool | None]:
+    """How sure the outcome is: a paired test if there is one, else 95% intervals, else a single run."""
+    found = _test_row(compare, by_id)
+    if found is not None:
+        row, oriented = found
+        p, difference = _number(row.get("sign_p")), _number(row.get("mean_difference"))
+        if p is not None and difference is not None:
+            difference = difference if oriented else -difference
+            significant = p < ALPHA and _HOLDS[compare["relation"]](difference, 0.0) == holds
+            n = sum(int(row.get(key) or 0) for key in ("wins", "losses", "ties"))
+            return f"sign test p = {p:.2g}" + (f", {n} paired seeds" if n else ""), significant
+    column = compare["column"]
+    left_row, right_row = rows
+    left_ci = _number(left_row.get(f"{column}_ci"))
+    right_ci = _number(right_row.get(f"{column}_ci")) if right_row is not None else 0.0
+    if left_ci is None or right_ci is None:
+        return "single run, no interval", None
+    right_ci *= abs(compare.get("factor", 1))
+    left, right = values
+    apart = left - left_ci > right + right_ci or left + left_ci < right - right_ci
+    return "95% intervals " + ("do not overlap" if apart else "overlap"), apart and holds
+
+
+def evaluate(expectation: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> Outcome:
+    """The verdict of a checked expectation (see :func:`check_expectations`) on the results ``by_id``."""
+    compare = expectation.get("compare")
+    if not compare or compare["results"] not in by_id:
+        return Outcome(NOT_MEASURED, evidence="no benchmark of ours measures this")
+    data = by_id[compare["results"]]
+    column = compare["column"]
+    left_rows = select(data, compare["left"])
+    right_rows = select(data, compare["right"]) if "right" in compare else [None]
+    if len(left_rows) != 1 or len(right_rows) != 1:
+        return Outcome(NOT_MEASURED, evidence="the selected rows are not in the results")
+    left_row, right_row = left_rows[0], right_rows[0]
+    left = _number(left_row.get(column))
+    base = _number(right_row.get(column)) if right_row is not None else float(compare["value"])
+    if left is None or base is None:
+        return Outcome(NOT_MEASURED, left, base, "the results have no number here")
+    right = compare.get("factor", 1) * base + compare.get("offset", 0) if right_row is not None else base
+    holds = _HOLDS[compare["relation"]](left, right)
+    evidence, significant = _evidence(compare, (left_row, right_row), (left, right), by_id, holds)
+    return Outcome(AGREES if holds else DISAGREES, left, right, evidence, significant)
+
+
+def _selector_problems(data: dict[str, Any], selector: Any, where: tuple[str, int, str]) -> list[Problem]:
+    relpath, line, field = where
+    if not isinstance(selector, dict) or not selector:
+        return []  # the schema reports it
+    rows = select(data, selector)
+    if len(rows) == 1:
+        return []
+    if rows:
+        keys = sorted({key for row in rows for key in row} - set(selector))
+        differing = [key for key in keys if len({repr(row.get(key)) for row in rows}) > 1]
+        return [
+            Problem(
+                relpath,
+                line,
+                field,
+                f"{len(rows)} rows of '{data['id']}' match {selector}; expected "
+                f"exactly one (add a field that tells them apart: {', '.join(differing[:4]) or 'none'})",
+            )
+        ]
+    for key, wanted in selector.items():
+        values = {row.get(key) for row in data["rows"] if key in row}
+        if not values:
+            known = sorted({name for row in data["rows"] for name in row})
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; rows have {', '.join(known[:8])}"
+            return [Problem(relpath, line, f"{field}.{key}", f"no row of '{data['id']}' has the field '{key}'{hint}")]
+        if not any(_matches({key: value}, {key: wanted}) for value in values):
+            shown = ", ".join(sorted(repr(value) for value in values)[:12])
+            return [
+                Problem(
+                    relpath,
+                    line,
+                    f"{field}.{key}",
+                    f"{wanted!r} is not a value of '{key}' in '{data['id']}'; expected one of {shown}",
+                )
+            ]
+    return [
+        Problem(
+            relpath, line, field, f"no row of '{data['id']}' matches {selector} (each value exists, but not together)"
+        )
+    ]
+
+
+def check_expectations(entries: Iterable[Any], results: list[dict[str, Any]]) -> list[Problem]:
+    """Problems of every entry's expectations against the results (unknown id, column, row, or an ambiguous row)."""
+    by_id = {data["id"]: data for data in results}
+    problems: list[Problem] = []
+    for entry in entries:
+        items = entry.data.get("expectations")
+        if not isinstance(items, list):
+            continue
+        for index, item in enumerate(items):
+            compare = item.get("compare") if isinstance(item, dict) else None
+            if not isinstance(compare, dict):
+                continue
+            base = ("expectations", index, "compare")
+
+            def at(*path: Any) -> tuple[str, int, str]:
+                location = base + path
+                name = f"expectations[{index}].compare" + "".join(f".{part}" for part in path)
+                return entry.relpath, entry.loaded.line_of(location), name
+
+            for key in ("results",) + (("test",) if isinstance(compare.get("test"), dict) else ()):
+                target = compare[key] if key == "results" else compare["test"].get("results")
+                if isinstance(target, str) and target not in by_id:
+                    close = difflib.get_close_matches(target, list(by_id), n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    path = ("results",) if key == "results" else ("test", "results")
+                    problems.append(
+                        Problem(
+                            *at(*path),
+                            f"unknown results id '{target}': no valid reference_impls/results/{target}.json{hint}",
+                        )
+                    )
+            data = by_id.get(compare.get("results"))
+            if data is None:
+                continue
+            column = compare.get("column")
+            columns = [spec["key"] for spec in data["columns"]]
+            if isinstance(column, str) and column not in columns:
+                close = difflib.get_close_matches(column, columns, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"expected one of {', '.join(columns)}"
+                problems.append(Problem(*at("column"), f"'{column}' is not a column of '{data['id']}'; {hint}"))
+            for side in ("left", "right"):
+                if side in compare:
+                    problems += _selector_problems(data, compare[side], at(side))
+            test = compare.get("test")
+            if isinstance(test, dict) and test.get("results") in by_id:
+                problems += _selector_problems(by_id[test["results"]], test.get("row"), at("test", "row"))
+    return problems
+
+
+def applicable_cause(expectation: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str:
+    """The recorded cause of a disagreement, if it still applies to the compared row (its ``when`` fields)."""
+    cause, compare = expectation.get("cause"), expectation.get("compare")
+    if not cause or not compare or compare["results"] not in by_id:
+        return ""
+    rows = select(by_id[compare["results"]], compare["left"])
+    if len(rows) != 1 or not _matches(rows[0], cause.get("when") or {}):
+        return ""
+    return cause["text"]
