@@ -16,6 +16,7 @@ FIELD_ORDER = (
     "key",
     "title",
     "aliases",
+    "summary",
     "authors",
     "authors_truncated",
     "year",

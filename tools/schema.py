@@ -92,6 +92,11 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
                 "description": "Method nicknames people search for (FastV, ToMe, H2O), from the title or a cited list.",
                 "items": _string("One nickname, as the title or list spells it."),
             },
+            "summary": _string(
+                "One paragraph quoted from the paper's abstract or its code README (never paraphrased); "
+                "a trimmed quote ends with an ellipsis. The page it was quoted from goes in `sources`.",
+                min_length=20,
+            ),
             "authors": {
                 "type": "array",
                 "description": "Authors as 'First Last', in paper order. Empty when no source lists them.",

@@ -32,6 +32,9 @@ added: '2026-11-26'
 """
 
 
+# A quoted summary is data too: it must not open a block, a snippet or raw HTML on the paper page.
+HOSTILE_SUMMARY = 'We quote.\r\r??? note\r    hidden\n\n--8<-- "mkdocs.yml"\n<script>alert(4)</script> > end'
+
 # A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
 CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
 CR_EVIL = (
@@ -41,6 +44,7 @@ CR_EVIL = (
         "title: A Perfectly Good Entry About Visual Token Pruning",
         'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"',
     )
+    .replace("authors:", f"summary: {json.dumps(HOSTILE_SUMMARY)}\nauthors:")
 )
 HOSTILE_PROSE = 'Found *this*.\r\r::: tools.sandbox\n\n--8<-- "mkdocs.yml"\n\n<script>alert(2)</script>'
 HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"

@@ -122,6 +122,8 @@ def test_block_syntax_snippets_and_html_in_data_stay_text(built):
         assert "<details" not in page, name
         assert "site_name: LVLM Atlas" not in page, name  # mkdocs.yml not included by a snippet
         assert "<script>alert(" not in page, name
+    summary = pages["cr paper"].read_text()
+    assert "<blockquote>" in summary and "&lt;script&gt;alert(4)&lt;/script&gt; &gt; end" in summary
     family = family.read_text()
     assert (
         '<p>Found <em>this</em>.</p>\n<p>&#58;&#58;&#58; tools.sandbox</p>\n<p>--8&lt;-- "mkdocs.yml"</p>\n'

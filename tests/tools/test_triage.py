@@ -111,7 +111,7 @@ def test_evaluate_prints_top1_and_top3(repo, run_tools):
     status, out, err = run_tools(repo, "triage", "--evaluate", "--folds", "2")
     assert status == 0, err
     assert re.fullmatch(
-        r"triage classifier, 2-fold \(seed 0\) over 5 entries \(\d+ placement ids, titles only\): "
+        r"triage classifier, 2-fold \(seed 0\) over 5 entries \(\d+ placement ids, titles (only|and \d+ summaries)\): "
         r"top-1 \d+\.\d%, top-3 \d+\.\d%\n",
         out,
     ), out

@@ -175,6 +175,9 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     for field, label in (("models", "Models"), ("benchmarks", "Benchmarks")):
         if data.get(field):
             lines.append(f"**{label}:** " + ", ".join(md.text(value) for value in data[field]) + "  ")
+    if data.get("summary"):
+        # Quoted from the source named under "Metadata from"; escaped like every other field.
+        lines += ["", f"> {md.text(data['summary'])}", ""]
     if data.get("implementation") and not links_here:
         module = data["implementation"]
         lines.append(f"**Reference implementation:** {md.link(f'`{module}`', relative(page, module_page(module)))}  ")
