@@ -156,3 +156,47 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(f"reference_impls.common.{name}")
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_index_targets_count_images_and_temporal_tokens(toy):
+    from reference_impls.common.train_toyvlm_v2 import index_targets
+
+    samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=7) + make_chat_samples(
+        VIDEO, VIDEO_LONG_KINDS, 1, seed=7
+    )
+    batch = toy.collate(samples, with_answer=True)
+    config = toy.model.config
+    target = index_targets(samples, batch, config)
+    for b, sample in enumerate(samples):
+        ids = batch["input_ids"][b]
+        visual = (ids == config.image_token_id) | (ids == config.video_token_id)
+        assert (target[b][~visual] == -100).all()
+        # the image of a visual token = the number of <vision_start> before it, minus one
+        starts = torch.cumsum((ids == config.vision_start_token_id).long(), 0) - 1
+        if sample.scene.video:  # one video item: the index is the temporal token (32 tokens each here)
+            assert target[b][visual].tolist() == [t // 32 for t in range(sample.scene.n_visual_tokens)]
+            assert target[b][visual].max() == len(sample.scene.images) // 2 - 1
+        else:
+            assert torch.equal(target[b][visual], starts[visual])
+            assert target[b][visual].max() == len(sample.scene.images) - 1
+
+
+def test_vision_stage_trains_the_tower_alone():
+    from reference_impls.common.train_toyvlm_v2 import train_v2
+
+    torch.manual_seed(0)
+    tiny = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, vision_hidden=32)
+    kwargs = dict(phases=[], config_kwargs=dict(tiny, vision_depth=1), attention_layer=None, log=lambda *_: None)
+    bundle, history = train_v2(vision_steps=12, vision_lr=1e-2, **kwargs)
+    losses = [loss for _, loss in history["vision_loss"]]
+    assert len(losses) == 12 and history["steps"] == 0
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    # the language model is untouched by the vision-only stage
+    torch.manual_seed(0)
+    fresh, _ = train_v2(**kwargs)
+    torch.testing.assert_close(
+        bundle.model.model.language_model.state_dict(), fresh.model.model.language_model.state_dict()
+    )
+    assert not torch.equal(
+        bundle.model.model.visual.merger.mlp[0].weight, fresh.model.model.visual.merger.mlp[0].weight
+    )
