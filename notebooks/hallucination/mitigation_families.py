@@ -92,10 +92,11 @@ plt.title("Lower and to the right is better")
 plt.show()
 
 # %% [markdown]
-# What the full benchmark (`reference_impls/results/hallucination-mitigation.json`) found on
-# this toy: contrasting against a blank image, DPO and grounded tuning remove the targeted
-# hallucination without hurting clean captions, while VCD's own noise level (which keeps most of
-# the image) changes nothing; PAI and the steering vector trade
-# caption quality for it at larger strengths; self-check correction does nothing, because the
-# captioner's yes/no answers carry the same annotation bias as its captions. The short quick
-# run above can differ (fewer training steps, fewer scenes).
+# What the full benchmark (`reference_impls/results/hallucination-mitigation.json`, 6 reported
+# seeds, each with its own evaluation scenes, and sign tests against the base captioner in
+# `hallucination-mitigation-tests.json`) found on this toy: contrasting against a blank image, DPO
+# and grounded tuning remove the targeted hallucination on every seed without hurting clean
+# captions, while VCD's own noise level (which keeps most of the image) changes nothing; PAI and
+# the steering vector trade caption quality for it at larger strengths; self-check correction
+# does nothing, because the captioner's yes/no answers carry the same annotation bias as its
+# captions. The short quick run above can differ (fewer training steps, fewer scenes).
