@@ -34,17 +34,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
+from reference_impls.common import seeded
 from reference_impls.common.harness import evaluate
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
-from reference_impls.common.seeded import (
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from reference_impls.common.tiny import tiny_qwen25vl
 from reference_impls.decoding.attention_reuse import AttentionReuse, attention_flops
 
@@ -342,27 +334,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 samples on two seeds, three patterns, nothing written")
     parser.add_argument("--n", type=int, default=30, help="held-out samples drawn per seed")
-    seed_arguments(parser)
     parser.add_argument("--length", type=int, default=4096, help="tokens of the wall-time prefill")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    seeds = seeds_from_args(args, TUNING_SEEDS)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     start = time.perf_counter()
     toy = load_toyvlm()
     n = 6 if args.quick else args.n
     patterns = {k: PATTERNS[k] for k in ("none", "0->1", "0->1,2,3")} if args.quick else PATTERNS
-    per_seed, seconds = run_seeds(
+    per_seed, seconds = seeded.run_seeds(
         lambda seed: toyvlm_rows(toy, n, seed, patterns), seeds.reported, log=lambda *a: print(*a, flush=True)
     )
-    accuracy = summarise(per_seed, ("variant",), METRICS)
+    accuracy = seeded.summarise(per_seed, ("variant",), METRICS)
     for row in accuracy:
         print(f"{row['variant']:28s} acc {row['accuracy']:5.1f} (+-{row['accuracy_ci'] or 0:4.1f})  kl {row['kl']:.3f}")
-    tests = paired_tests(per_seed, "accuracy", "none", by="variant")
-    tests += paired_tests(per_seed, "decode_accuracy", "none", by="variant")
+    tests = seeded.paired_tests(per_seed, "accuracy", "none", by="variant")
+    tests += seeded.paired_tests(per_seed, "decode_accuracy", "none", by="variant")
     accuracy_s = time.perf_counter() - start
     length, rounds = (512, 1) if args.quick else (args.length, args.rounds)
     cost = cost_rows(length, args.layers, args.hidden, 8, 2, rounds)
@@ -376,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Cross-layer attention reuse on ToyVLM: accuracy, KL and attention FLOPs per sharing pattern",
         command=command,
         families=["attention-reuse"],
-        columns=interval_columns(
+        columns=seeded.interval_columns(
             [
                 Column("pattern", "Pattern (anchor->sharers)"),
                 Column("columns", "Columns borrowed"),
@@ -423,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
             f"way and must match. Run time {accuracy_s:.0f} s."
         ),
     )
-    for path in save_seeded(results, tests, seeds, "the unmodified model", args.out):
+    for path in seeded.save_seeded(results, tests, seeds, "the unmodified model", args.out):
         print("wrote", path)
     save_results(
         Results(

@@ -37,20 +37,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..common import seeded
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
-from ..common.seeded import (
-    REPORTED,
-    Seeds,
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from ..common.toyvlm import load_toyvlm
 from ..common.visual_tokens import keep_count
 from ..encoding.keyframes import KeyframeSelection, item_thumbnails, select_keyframes
@@ -144,7 +134,7 @@ METRICS = (
 )
 REFERENCES = ("keyframes-learned", "keyframes-maxmin")
 TUNING_SEEDS = (1, 2)
-"""Seeds the scorer was checked on (2) and the earlier single-seed runs developed on (1); never reported.
+"""seeded.Seeds the scorer was checked on (2) and the earlier single-seed runs developed on (1); never reported.
 The scorer's training clips (seed 0) are ToyVLM's training seed."""
 
 
@@ -181,18 +171,18 @@ def evaluate_seed(bundle, scorer, n: int, budgets, chunk: int, seed: int, log=pr
 
 
 def run(
-    n: int = 40, budgets=BUDGETS, seeds: Seeds | None = None, chunk: int = 50, log=print
+    n: int = 40, budgets=BUDGETS, seeds: seeded.Seeds | None = None, chunk: int = 50, log=print
 ) -> tuple[Results, list[dict]]:
     """Evaluate every setting on each seed's held-out samples; returns the :class:`Results` (unsaved, means
     and 95% intervals over seeds) and the paired tests of the learned and max-min selectors."""
-    seeds = seeds or Seeds(REPORTED, TUNING_SEEDS)
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm()
     scorer = load_frame_scorer()
-    per_seed, seconds = run_seeds(
+    per_seed, seconds = seeded.run_seeds(
         lambda seed: evaluate_seed(bundle, scorer, n, budgets, chunk, seed, log), seeds.reported, log=log
     )
-    rows = summarise(per_seed, ("method", "budget"), METRICS)
-    tests = [t for ref in REFERENCES for t in paired_tests(per_seed, "accuracy", ref, within=("budget",))]
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
+    tests = [t for ref in REFERENCES for t in seeded.paired_tests(per_seed, "accuracy", ref, within=("budget",))]
     log(f"{'method':18s} budget frames  acc   colour shape presence count  encode_ms saved_ms select_ms")
     for row in rows:
         log(
@@ -205,7 +195,7 @@ def run(
         f"ToyVLM ({bundle.manifest.get('parameters', '?')} parameters). Each of {len(seeds.reported)} reported seeds "
         f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every setting; mean "
         f"over seeds with the half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s per seed). "
-        f"Seeds {', '.join(map(str, seeds.tuning))} (scorer check, earlier development) are not reported. The "
+        f"seeded.Seeds {', '.join(map(str, seeds.tuning))} (scorer check, earlier development) are not reported. The "
         "learned and max-min selectors are compared with every other setting at the same budget, paired by seed "
         "(keyframe-selection-toyvlm-tests). Four 224 px images "
         f"per prompt treated as the frames of one clip (64 visual tokens each); budgets keep 3, 2, 1 frames. The learned scorer "
@@ -240,7 +230,7 @@ def run(
         title="ToyVLM: keyframe selection, learned scorer vs max-min vs random",
         command="",
         families=[TRAINING_AWARE, TRAINING_FREE],
-        columns=interval_columns(columns, ("accuracy",)),
+        columns=seeded.interval_columns(columns, ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -293,15 +283,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, for a smoke run")
-    seed_arguments(parser)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(args.threads)
     n = 10 if args.quick else args.n
-    seeds = seeds_from_args(args, TUNING_SEEDS)
     results, tests = run(n=n, seeds=seeds, chunk=min(args.chunk, n), log=lambda *a: print(*a, flush=True))
     results.command = command_line("reference_impls.bench.keyframes", argv)
-    for path in save_seeded(results, tests, seeds, " and ".join(REFERENCES), args.out):
+    for path in seeded.save_seeded(results, tests, seeds, " and ".join(REFERENCES), args.out):
         print(f"wrote {path}")
 
 

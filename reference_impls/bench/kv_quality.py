@@ -36,16 +36,8 @@ import logging
 import torch
 from transformers import DynamicCache
 
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line
-from reference_impls.common.seeded import (
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from reference_impls.decoding.cache import CompressedCache
 from reference_impls.registry import all_methods, get_method
 
@@ -164,7 +156,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 samples on two seeds, one budget")
     parser.add_argument("--n", type=int, default=12, help="held-out samples drawn per seed")
-    seed_arguments(parser)
     parser.add_argument("--window", type=int, default=8, help="observation/recent window (ToyVLM prompts are short)")
     parser.add_argument(
         "--layouts",
@@ -172,9 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         default=["question-first"],
         help="question-first (ToyVLM's training layout) and/or images-first (query-agnostic)",
     )
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    seeds = seeds_from_args(args, TUNING_SEEDS)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     logging.getLogger("reference_impls.decoding.hybridkv.plan").setLevel(logging.ERROR)  # short-window notices
     toy = load_toyvlm()
@@ -189,12 +178,12 @@ def main(argv: list[str] | None = None) -> None:
         ("snapkv-gqa-mean", get_method("snapkv"), {"gqa": "mean"}),
         ("pyramidkv-gqa-mean", get_method("pyramidkv"), {"gqa": "mean"}),
     ]
-    per_seed, seconds = run_seeds(
+    per_seed, seconds = seeded.run_seeds(
         lambda seed: evaluate_seed(toy, variants, args.layouts, budgets, n, args.window, seed),
         seeds.reported,
         log=lambda *a: print(*a, flush=True),
     )
-    rows = summarise(per_seed, ("method", "layout", "budget"), METRICS)
+    rows = seeded.summarise(per_seed, ("method", "layout", "budget"), METRICS)
     for row in rows:
         print(
             f"{row['layout']:14s} {row['method']:20s} {row['budget']:.2f}  acc {row['accuracy']:5.1f} "
@@ -204,14 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     tests = [
         test
         for reference in REFERENCES
-        for test in paired_tests(per_seed, "accuracy", reference, within=("layout", "budget"))
+        for test in seeded.paired_tests(per_seed, "accuracy", reference, within=("layout", "budget"))
     ]
     results = Results(
         id="kv-quality-toyvlm",
         title="ToyVLM accuracy of KV-cache methods at 10/20/40% budgets",
         command=command_line("reference_impls.bench.kv_quality", argv),
         families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
-        columns=interval_columns(
+        columns=seeded.interval_columns(
             [
                 Column("method", "Method"),
                 Column("layout", "Prompt layout"),
@@ -237,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             "and the decoded tokens."
         ),
     )
-    for path in save_seeded(results, tests, seeds, " and ".join(REFERENCES), args.out):
+    for path in seeded.save_seeded(results, tests, seeds, " and ".join(REFERENCES), args.out):
         print("wrote", path)
 
 

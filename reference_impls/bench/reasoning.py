@@ -26,16 +26,8 @@ import time
 import torch
 
 from reference_impls.bench.speculative import load_setting
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line
-from reference_impls.common.seeded import (
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
 from reference_impls.decoding.speculative import greedy_decode
 
@@ -172,10 +164,7 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--quick", action="store_true", help="few questions on two seeds, no results file")
     parser.add_argument("-n", type=int, default=16, help="questions drawn per seed")
     parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
-    seed_arguments(parser)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    seeds = seeds_from_args(args, TUNING_SEEDS)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     n = 3 if args.quick else args.n
     log = lambda *a: print(*a, flush=True)  # noqa: E731
@@ -185,16 +174,16 @@ def main(argv: list[str] | None = None) -> Results:
         rows, facts["setting"] = evaluate_seed(n, seed, args.toyvlm)
         return rows
 
-    tuning_rows, _ = run_seeds(one_seed, seeds.tuning, log=log)
-    chosen = choose_thresholds(summarise(tuning_rows, ("method", "threshold"), METRICS))
+    tuning_rows, _ = seeded.run_seeds(one_seed, seeds.tuning, log=log)
+    chosen = choose_thresholds(seeded.summarise(tuning_rows, ("method", "threshold"), METRICS))
     log(f"thresholds chosen on seeds {list(seeds.tuning)}: {chosen}")
-    per_seed, seconds = run_seeds(one_seed, seeds.reported, log=log)
-    rows = summarise(per_seed, ("method", "threshold"), METRICS)
+    per_seed, seconds = seeded.run_seeds(one_seed, seeds.reported, log=log)
+    rows = seeded.summarise(per_seed, ("method", "threshold"), METRICS)
     for row in rows:
         row["chosen"] = "yes" if chosen.get(row["method"]) == row["threshold"] else ""
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
     at_chosen = [r for r in per_seed if r["method"] == BASELINE or chosen.get(r["method"]) == r["threshold"]]
-    tests = paired_tests(at_chosen, "accuracy", BASELINE) + paired_tests(at_chosen, "lm_tokens", BASELINE)
+    tests = seeded.paired_tests(at_chosen, "accuracy", BASELINE) + seeded.paired_tests(at_chosen, "lm_tokens", BASELINE)
     setting = facts["setting"]
     scored = (
         "accuracy against the ground truth"
@@ -206,7 +195,7 @@ def main(argv: list[str] | None = None) -> Results:
         title="Confidence-gated answering on ToyVLM: accuracy against compute",
         command=command_line("reference_impls.bench.reasoning", argv),
         families=["efficient-reasoning"],
-        columns=interval_columns([*COLUMNS, Column("chosen", "Chosen on tuning seeds")], ("accuracy",)),
+        columns=seeded.interval_columns([*COLUMNS, Column("chosen", "Chosen on tuning seeds")], ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -232,7 +221,7 @@ def main(argv: list[str] | None = None) -> Results:
         ),
     )
     if not args.quick:
-        for path in save_seeded(results, tests, seeds, "the greedy all-tokens baseline", args.out):
+        for path in seeded.save_seeded(results, tests, seeds, "the greedy all-tokens baseline", args.out):
             print("wrote", path)
     return results
 

@@ -31,16 +31,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line
-from reference_impls.common.seeded import (
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 
 __all__ = ["Setting", "load_setting", "random_setting", "ignoring_eos", "main"]
@@ -247,10 +239,7 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
     parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
     parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
-    seed_arguments(parser)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    seeds = seeds_from_args(args, TUNING_SEEDS)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     n = 4 if args.quick else args.n
     facts: dict = {}
@@ -259,19 +248,19 @@ def main(argv: list[str] | None = None) -> Results:
         rows, facts["model"], facts["long"] = evaluate_seed(n, seed, args.toyvlm)
         return rows
 
-    per_seed, seconds = run_seeds(one_seed, seeds.reported, log=lambda *a: print(*a, flush=True))
-    rows = summarise(per_seed, ("setting", "method"), METRICS)
+    per_seed, seconds = seeded.run_seeds(one_seed, seeds.reported, log=lambda *a: print(*a, flush=True))
+    rows = seeded.summarise(per_seed, ("setting", "method"), METRICS)
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
-    tests = paired_tests(per_seed, "speedup", "greedy", within=("setting",))
-    tests += paired_tests(per_seed, "decode_speedup", "greedy", within=("setting",))
-    tests += paired_tests(per_seed, "draft_first_token", "self 25% visual", within=("setting",))
+    tests = seeded.paired_tests(per_seed, "speedup", "greedy", within=("setting",))
+    tests += seeded.paired_tests(per_seed, "decode_speedup", "greedy", within=("setting",))
+    tests += seeded.paired_tests(per_seed, "draft_first_token", "self 25% visual", within=("setting",))
     results = Results(
         id="speculative-toyvlm",
         title="Speculative decoding with a visually pruned draft on ToyVLM",
         command=command_line("reference_impls.bench.speculative", argv),
         families=["speculative-training-free"],
-        columns=interval_columns(COLUMNS, ("speedup", "decode_speedup", "draft_first_token", "accuracy")),
+        columns=seeded.interval_columns(COLUMNS, ("speedup", "decode_speedup", "draft_first_token", "accuracy")),
         rows=rows,
         plots=[Plot(x="mean_accepted_length", y="speedup", group="setting", title="Speedup vs mean accepted length")],
         notes=(
@@ -297,7 +286,7 @@ def main(argv: list[str] | None = None) -> Results:
         ),
     )
     if not args.quick:
-        for path in save_seeded(results, tests, seeds, "greedy (speed-ups) and the 25% self-draft", args.out):
+        for path in seeded.save_seeded(results, tests, seeds, "greedy (speed-ups) and the 25% self-draft", args.out):
             print("wrote", path)
     return results
 

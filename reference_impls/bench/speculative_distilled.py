@@ -32,16 +32,8 @@ from dataclasses import replace
 
 import torch
 
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line
-from reference_impls.common.seeded import (
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 from reference_impls.decoding.train_twig import CHECKPOINTS, SETTINGS, load_prompts
@@ -255,22 +247,21 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
     parser.add_argument("--captions", type=int, default=20, help="held-out captioner scenes drawn per seed")
     parser.add_argument("--vqa", type=int, default=20, help="held-out ToyVLM questions drawn per seed")
-    seed_arguments(parser)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    seeds = seeds_from_args(args, TUNING_SEEDS)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     n_captions, n_vqa = (3, 4) if args.quick else (args.captions, args.vqa)
-    per_seed, seconds = run_seeds(
+    per_seed, seconds = seeded.run_seeds(
         lambda seed: run_captions(n_captions, seed) + run_vqa(n_vqa, seed),
         seeds.reported,
         log=lambda *a: print(*a, flush=True),
     )
-    rows = summarise(per_seed, ("setting", "method"), METRICS)
+    rows = seeded.summarise(per_seed, ("setting", "method"), METRICS)
     captions = [r for r in per_seed if r["setting"] == "captions"]
     vqa = [r for r in per_seed if r["setting"] == "vqa"]
-    tests = paired_tests(captions, "mean_accepted_length", "twig") + paired_tests(captions, "decode_speedup", "twig")
-    tests += [t for ref in VQA_REFERENCES for t in paired_tests(vqa, "draft_first_token", ref)]
+    tests = seeded.paired_tests(captions, "mean_accepted_length", "twig") + seeded.paired_tests(
+        captions, "decode_speedup", "twig"
+    )
+    tests += [t for ref in VQA_REFERENCES for t in seeded.paired_tests(vqa, "draft_first_token", ref)]
     model, prompts, _ = load_prompts("captioner", 1, seeds.reported[0])
     costs = forward_ms(model, prompts[0])
     print("captioner ms per one-token forward by depth:", costs)
@@ -282,7 +273,7 @@ def main(argv: list[str] | None = None) -> Results:
         title="Distilled twig draft vs training-free drafts (captioner and ToyVLM)",
         command=command_line("reference_impls.bench.speculative_distilled", argv),
         families=[AWARE, FREE],
-        columns=interval_columns(COLUMNS, ("mean_accepted_length", "decode_speedup", "draft_first_token")),
+        columns=seeded.interval_columns(COLUMNS, ("mean_accepted_length", "decode_speedup", "draft_first_token")),
         rows=rows,
         plots=[
             Plot(
@@ -295,7 +286,7 @@ def main(argv: list[str] | None = None) -> Results:
         notes=(
             f"Each of {len(seeds.reported)} reported seeds ({reported}) draws its own held-out scenes and questions; "
             f"mean over seeds with the half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s "
-            f"per seed). Seeds {', '.join(map(str, seeds.tuning))} (held-out checks while developing the twigs) are "
+            f"per seed). seeded.Seeds {', '.join(map(str, seeds.tuning))} (held-out checks while developing the twigs) are "
             "not reported. The twig is compared with every other draft (captions: mean accepted length and decode "
             "speed-up; vqa: first-token agreement), paired by seed (speculative-distilled-toyvlm-tests). "
             f"captions: the hallucination benchmark's captioner (3 layers, hidden 96, 9 visual tokens), {n_captions} "
@@ -316,7 +307,7 @@ def main(argv: list[str] | None = None) -> Results:
         ),
     )
     if not args.quick:
-        for path in save_seeded(results, tests, seeds, "the twig draft", args.out):
+        for path in seeded.save_seeded(results, tests, seeds, "the twig draft", args.out):
             print("wrote", path)
     return results
 

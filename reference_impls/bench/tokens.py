@@ -24,20 +24,10 @@ import argparse
 
 import torch
 
+from ..common import seeded
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
-from ..common.seeded import (
-    REPORTED,
-    Seeds,
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from ..common.toyvlm import load_toyvlm
 from ..registry import all_methods
 
@@ -69,24 +59,24 @@ def run(
     n: int = 20,
     budgets=BUDGETS,
     checkpoint: str | None = None,
-    seeds: Seeds | None = None,
+    seeds: seeded.Seeds | None = None,
     log=print,
 ) -> tuple[Results, list[dict]]:
     """Evaluate the methods at each budget on every seed's samples; returns the :class:`Results` (not yet
     saved, means and 95% intervals over seeds) and the paired tests against random pruning."""
-    seeds = seeds or Seeds(REPORTED, TUNING_SEEDS)
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm(checkpoint)
     specs = {spec.name: spec for spec in all_methods(kind="visual-token")}
     specs.setdefault(BASELINE, next(s for s in all_methods() if s.target is RandomPruning))
     names = sorted(specs) if not methods else methods
-    per_seed, seconds = run_seeds(
+    per_seed, seconds = seeded.run_seeds(
         lambda seed: evaluate_seed(bundle, specs, names, n, budgets, seed), seeds.reported, log=log
     )
-    rows = summarise(per_seed, ("method", "budget"), METRICS)
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
     log(f"{'method':24s} budget  acc    tokens  prefill_ms  llm_ms  kv_KiB  decode_ms")
     for row in rows:
         log(_line(row))
-    tests = paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
+    tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     families = sorted({specs[name].family for name in names})
     manifest = bundle.manifest
     notes = (
@@ -117,7 +107,7 @@ def run(
         title="ToyVLM: accuracy and cost vs visual tokens kept",
         command="",
         families=families,
-        columns=interval_columns(columns, ("accuracy",)),
+        columns=seeded.interval_columns(columns, ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -166,18 +156,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, for a smoke run")
-    seed_arguments(parser)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(args.threads)
     n = 10 if args.quick else args.n
     methods = [m for m in args.methods.split(",") if m] or None
     budgets = tuple(float(b) for b in args.budgets.split(","))
-    seeds = seeds_from_args(args, TUNING_SEEDS)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     results, tests = run(methods, n=n, budgets=budgets, checkpoint=args.checkpoint, seeds=seeds, log=log)
     results.command = command_line("reference_impls.bench.tokens", argv)
-    for path in save_seeded(results, tests, seeds, BASELINE, args.out):
+    for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
         print(f"wrote {path}")
 
 

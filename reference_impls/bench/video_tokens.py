@@ -36,21 +36,11 @@ from typing import Any
 
 import torch
 
+from ..common import seeded
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
 from ..common.scenes import Sample, repeat_images
-from ..common.seeded import (
-    REPORTED,
-    Seeds,
-    interval_columns,
-    paired_tests,
-    run_seeds,
-    save_seeded,
-    seed_arguments,
-    seeds_from_args,
-    summarise,
-)
 from ..common.toyvlm import ToyVLM, load_toyvlm
 from ..encoding.keyframes import KeyframeSelection
 from ..encoding.temporal_merging import TemporalMerging
@@ -88,7 +78,7 @@ SETTINGS = ("clip", "native")
 METRICS = ("clip_accuracy", "clip_tokens", "native_accuracy", "native_tokens")
 BASELINE = "random-pruning"
 TUNING_SEEDS = (1, 3)
-"""Seeds never reported: 3 chose the clip setting (question kinds, repeats), 1 the earlier single-seed runs."""
+"""seeded.Seeds never reported: 3 chose the clip setting (question kinds, repeats), 1 the earlier single-seed runs."""
 
 
 def _runs(names: list[str], budgets) -> list[tuple[str, str, float, Any]]:
@@ -113,7 +103,7 @@ def evaluate_seed(bundle: ToyVLM, runs: list, n: int, seed: int) -> list[dict[st
 
 def run(
     n: int = 20,
-    seeds: Seeds | None = None,
+    seeds: seeded.Seeds | None = None,
     budgets=BUDGETS,
     methods: list[str] | None = None,
     timing_n: int = 20,
@@ -128,15 +118,15 @@ def run(
     its first ``timing_n`` samples, median of the per-sweep means, so that a load change on the shared
     machine hits every row alike.
     """
-    seeds = seeds or Seeds(REPORTED, TUNING_SEEDS)
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm()
     runs = _runs(methods or list(METHODS), budgets)
-    per_seed, seconds = run_seeds(lambda seed: evaluate_seed(bundle, runs, n, seed), seeds.reported, log=log)
-    rows = summarise(per_seed, ("method", "budget"), METRICS)
+    per_seed, seconds = seeded.run_seeds(lambda seed: evaluate_seed(bundle, runs, n, seed), seeds.reported, log=log)
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
     tests = [
         t
         for metric in ("clip_accuracy", "native_accuracy")
-        for t in paired_tests(per_seed, metric, BASELINE, within=("budget",))
+        for t in seeded.paired_tests(per_seed, metric, BASELINE, within=("budget",))
     ]
     first = seeds.reported[0]
     samples = {"clip": clip_samples(bundle, timing_n, first), "native": bundle.samples(timing_n, first)}
@@ -189,7 +179,7 @@ def run(
         title="ToyVLM clips: temporal pooling/merging vs frame selection and random pruning",
         command="",
         families=["vision-encoders-video"],
-        columns=interval_columns(columns, ("clip_accuracy", "native_accuracy")),
+        columns=seeded.interval_columns(columns, ("clip_accuracy", "native_accuracy")),
         rows=rows,
         plots=[
             Plot(
@@ -230,21 +220,18 @@ def _line(row: dict, timed: bool = False) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ToyVLM clips: temporal token reduction vs budget")
     parser.add_argument("--n", type=int, default=20, help="held-out samples per setting drawn per seed")
-    seed_arguments(parser)
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, one short timing sweep")
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     if args.seeds and 0 in args.seeds:
         parser.error("seed 0 is ToyVLM's training data; use held-out seeds")
-    seeds = seeds_from_args(args, TUNING_SEEDS)
     torch.set_num_threads(args.threads)
     budgets = tuple(float(b) for b in args.budgets.split(","))
     quick = dict(n=10, timing_n=5, rounds=1) if args.quick else dict(n=args.n)
     results, tests = run(seeds=seeds, budgets=budgets, log=lambda *a: print(*a, flush=True), **quick)
     results.command = command_line("reference_impls.bench.video_tokens", argv)
-    for path in save_seeded(results, tests, seeds, BASELINE, args.out):
+    for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
         print(f"wrote {path}")
 
 

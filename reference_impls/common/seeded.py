@@ -53,6 +53,7 @@ __all__ = [
     "paired_tests",
     "interval_columns",
     "save_seeded",
+    "parse_seeded",
 ]
 
 REPORTED = tuple(range(10, 20))
@@ -208,3 +209,16 @@ def save_seeded(
         )
         paths.append(save_results(table, directory))
     return paths
+
+
+def parse_seeded(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    tuning: Sequence[int] = (),
+    reported: Sequence[int] = REPORTED,
+) -> tuple[argparse.Namespace, Seeds]:
+    """Add ``--seeds`` and ``--out`` to a benchmark's parser, parse ``argv`` and build its :class:`Seeds`."""
+    seed_arguments(parser, reported)
+    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
+    args = parser.parse_args(argv)
+    return args, seeds_from_args(args, tuning, reported)

@@ -297,24 +297,13 @@ TUNING_SEEDS = (1,)
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from reference_impls.common import seeded
     from reference_impls.common.results import Column, Plot, Results, command_line, save_results
-    from reference_impls.common.seeded import (
-        interval_columns,
-        paired_tests,
-        run_seeds,
-        save_seeded,
-        seed_arguments,
-        seeds_from_args,
-        summarise,
-    )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=32, help="held-out samples drawn per seed")
     parser.add_argument("--quick", action="store_true", help="8 samples on two seeds, no results files")
-    seed_arguments(parser)
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    seeds = seeds_from_args(args, TUNING_SEEDS)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     n = 8 if args.quick else args.n
     torch.set_num_threads(1)
     budgets = (1.0, 0.5, 0.25, 0.1)
@@ -325,17 +314,17 @@ def main(argv: list[str] | None = None) -> None:
         facts["source"], facts["n"] = data.source, sum(a.numel() for _, a in data.batches)
         return sweep(data, budgets)
 
-    per_seed, seconds = run_seeds(one_seed, seeds.reported, log=lambda *a: print(*a, flush=True))
-    rows = summarise(per_seed, ("method", "budget"), METRICS)
+    per_seed, seconds = seeded.run_seeds(one_seed, seeds.reported, log=lambda *a: print(*a, flush=True))
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
     print_sweep(rows)
-    tests = paired_tests(per_seed, "accuracy", BASELINE, within=("budget",))
+    tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",))
     command = command_line("reference_impls.prefilling.bench", argv)
     results = Results(
         id="prefilling-toyvlm",
         title=f"Prefilling-stage visual token pruning on {facts['source']}: accuracy and prefill time vs budget",
         command=command,
         families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],
-        columns=interval_columns(
+        columns=seeded.interval_columns(
             [
                 Column("method", "Method"),
                 Column("budget", "Budget", digits=2),
@@ -374,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.quick:  # a smoke run writes nothing
         return
-    for path in save_seeded(results, tests, seeds, BASELINE, args.out):
+    for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
         print("wrote", path)
     cost = sparse_cost()
     for row in cost:

@@ -69,7 +69,7 @@ def _seeded_modules() -> set[str]:
     """Benchmark modules that evaluate over seeds (they parse ``--seeds``)."""
     modules = set()
     for path in (ROOT / "reference_impls").rglob("*.py"):
-        if "seeds_from_args(" in path.read_text(encoding="utf-8") and path.name != "seeded.py":
+        if "seeded.parse_seeded(" in path.read_text(encoding="utf-8") and path.name != "seeded.py":
             modules.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
     return modules
 
