@@ -80,12 +80,8 @@ COST_ONLY = {"block-sparse-cost", "attention-reuse-cost"}
 STALE = {
     "attention-reuse-toyvlm",
     "keyframe-selection-toyvlm",
-    "kv-quality-toyvlm",
     "prefilling-toyvlm",
-    "reasoning-toyvlm",
     "speculative-distilled-toyvlm",
-    "speculative-toyvlm",
-    "tokens-toyvlm",
     "video-encoders-toyvlm",
 }
 """Results of seeded benchmarks not yet regenerated under the seed protocol (strict xfail: remove on rerun)."""
