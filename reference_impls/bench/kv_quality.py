@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 samples on two seeds, one budget")
-    parser.add_argument("--n", type=int, default=12, help="held-out samples drawn per seed")
+    parser.add_argument("--n", type=int, default=40, help="held-out samples drawn per seed")
     parser.add_argument("--window", type=int, default=8, help="observation/recent window (ToyVLM prompts are short)")
     parser.add_argument(
         "--layouts",
