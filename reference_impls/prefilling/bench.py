@@ -290,6 +290,8 @@ def print_sweep(rows: list[dict[str, Any]]) -> None:
 
 METRICS = ("accuracy", "visual_kept", "visual_kept_layer_mean", "prefill_ms")
 BASELINE = "random@0"
+ABLATIONS = {"pyramiddrop": ("pyramiddrop+renumber",), "sparsevlm": ("sparsevlm+renumber", "sparsevlm-norecycle")}
+"""Defaults tested against their variants (renumbered positions, no recycling), besides random pruning."""
 TUNING_SEEDS = (1,)
 """Seed of the single-seed runs the methods' settings were developed on; never reported."""
 
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
     print_sweep(rows)
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",))
+    for reference, variants in ABLATIONS.items():  # each default against its own variants
+        tests += seeded.paired_tests(per_seed, "accuracy", reference, within=("budget",), versus=variants)
     command = command_line("reference_impls.prefilling.bench", argv)
     results = Results(
         id="prefilling-toyvlm",
@@ -352,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
             "method; mean over seeds with the half-width of a Student-t 95% interval "
             f"({sum(seconds) / len(seconds):.0f} s per seed); the settings were developed on seed "
             f"{', '.join(map(str, seeds.tuning))}, not reported. Every method's accuracy is compared with random "
-            "pruning before the LLM (random@0) at the same budget, paired by seed (prefilling-toyvlm-tests). "
+            "pruning before the LLM (random@0) at the same budget, and PyramidDrop and SparseVLM with their variants, "
+            "paired by seed (prefilling-toyvlm-tests). "
             "Batch 16 (left-padded), 1 thread, "
             "shared CPU (timings noisy); prefill = language model only (vision features precomputed). Budget = fraction of visual tokens left after the last pruning stage; for block-sparse it is the "
             "fraction of causal key blocks a visual query block reads (no token is dropped). "
@@ -363,7 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.quick:  # a smoke run writes nothing
         return
-    for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
+    for path in seeded.save_seeded(
+        results, tests, seeds, f"{BASELINE} (and the PyramidDrop, SparseVLM defaults)", args.out
+    ):
         print("wrote", path)
     cost = sparse_cost()
     for row in cost:

@@ -79,8 +79,6 @@ COST_ONLY = {"block-sparse-cost", "attention-reuse-cost"}
 """Files a seeded command also writes that time synthetic inputs and draw no evaluation samples."""
 STALE = {
     "attention-reuse-toyvlm",
-    "keyframe-selection-toyvlm",
-    "prefilling-toyvlm",
     "speculative-distilled-toyvlm",
     "video-encoders-toyvlm",
 }
