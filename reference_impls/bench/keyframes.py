@@ -134,7 +134,7 @@ METRICS = (
 )
 REFERENCES = ("keyframes-learned", "keyframes-maxmin")
 TUNING_SEEDS = (1, 2)
-"""seeded.Seeds the scorer was checked on (2) and the earlier single-seed runs developed on (1); never reported.
+"""Seeds the scorer was checked on (2) and the earlier single-seed runs developed on (1); never reported.
 The scorer's training clips (seed 0) are ToyVLM's training seed."""
 
 
@@ -195,7 +195,7 @@ def run(
         f"ToyVLM ({bundle.manifest.get('parameters', '?')} parameters). Each of {len(seeds.reported)} reported seeds "
         f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every setting; mean "
         f"over seeds with the half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s per seed). "
-        f"seeded.Seeds {', '.join(map(str, seeds.tuning))} (scorer check, earlier development) are not reported. The "
+        f"Seeds {', '.join(map(str, seeds.tuning))} (scorer check, earlier development) are not reported. The "
         "learned and max-min selectors are compared with every other setting at the same budget, paired by seed "
         "(keyframe-selection-toyvlm-tests). Four 224 px images "
         f"per prompt treated as the frames of one clip (64 visual tokens each); budgets keep 3, 2, 1 frames. The learned scorer "

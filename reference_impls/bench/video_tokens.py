@@ -78,7 +78,7 @@ SETTINGS = ("clip", "native")
 METRICS = ("clip_accuracy", "clip_tokens", "native_accuracy", "native_tokens")
 BASELINE = "random-pruning"
 TUNING_SEEDS = (1, 3)
-"""seeded.Seeds never reported: 3 chose the clip setting (question kinds, repeats), 1 the earlier single-seed runs."""
+"""Seeds never reported: 3 chose the clip setting (question kinds, repeats), 1 the earlier single-seed runs."""
 
 
 def _runs(names: list[str], budgets) -> list[tuple[str, str, float, Any]]:
