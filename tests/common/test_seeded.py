@@ -80,7 +80,6 @@ COST_ONLY = {"block-sparse-cost", "attention-reuse-cost"}
 STALE = {
     "attention-reuse-toyvlm",
     "speculative-distilled-toyvlm",
-    "video-encoders-toyvlm",
 }
 """Results of seeded benchmarks not yet regenerated under the seed protocol (strict xfail: remove on rerun)."""
 
