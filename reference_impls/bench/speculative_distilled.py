@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> Results:
         notes=(
             f"Each of {len(seeds.reported)} reported seeds ({reported}) draws its own held-out scenes and questions; "
             f"mean over seeds with the half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s "
-            f"per seed). seeded.Seeds {', '.join(map(str, seeds.tuning))} (held-out checks while developing the twigs) are "
+            f"per seed). Seeds {', '.join(map(str, seeds.tuning))} (held-out checks while developing the twigs) are "
             "not reported. The twig is compared with every other draft (captions: mean accepted length and decode "
             "speed-up; vqa: first-token agreement), paired by seed (speculative-distilled-toyvlm-tests). "
             f"captions: the hallucination benchmark's captioner (3 layers, hidden 96, 9 visual tokens), {n_captions} "
