@@ -79,7 +79,6 @@ COST_ONLY = {"block-sparse-cost", "attention-reuse-cost"}
 """Files a seeded command also writes that time synthetic inputs and draw no evaluation samples."""
 STALE = {
     "attention-reuse-toyvlm",
-    "speculative-distilled-toyvlm",
 }
 """Results of seeded benchmarks not yet regenerated under the seed protocol (strict xfail: remove on rerun)."""
 
