@@ -2,7 +2,9 @@
 
 Two result files:
 
-- ``attention-reuse-toyvlm``: for every sharing pattern of ToyVLM's 4 language-model layers
+- ``attention-reuse-toyvlm``: on the samples each reported seed draws (10-19 by default, ``--seeds``;
+  means over seeds with 95% intervals, every pattern tested against the unmodified model by paired
+  tests over seeds in ``attention-reuse-toyvlm-tests``), for every sharing pattern of ToyVLM's 4 language-model layers
   (``a->b`` means layer ``b`` applies layer ``a``'s attention probabilities to its own values),
   with all columns or only the visual-token columns borrowed: answer accuracy with reuse in the
   prefill (``common.harness.evaluate``, question first), the KL divergence of the answer-step
@@ -32,12 +34,29 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
+from reference_impls.common import seeded
 from reference_impls.common.harness import evaluate
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.tiny import tiny_qwen25vl
 from reference_impls.decoding.attention_reuse import AttentionReuse, attention_flops
 
 __all__ = ["PATTERNS", "layer_flops", "kl_and_accuracy"]
+
+METRICS = (
+    "accuracy",
+    "kl",
+    "accuracy_check",
+    "worst_kind_accuracy",
+    "decode_accuracy",
+    "decode_kl",
+    "attn_mflops",
+    "attn_saved",
+    "counted_mflops",
+    "analytic_matmul_mflops",
+    "peak_prob_kib",
+)
+TUNING_SEEDS = (1234,)
+"""Seed of the single-seed runs the patterns were explored on; never reported."""
 
 PATTERNS: dict[str, dict[int, int]] = {
     "none": {},
@@ -190,13 +209,13 @@ def toyvlm_rows(toy, n: int, seed: int, patterns: dict[str, dict[int, int]]) -> 
             eager_layers = set(range(text_config.num_hidden_layers)) - set(sources) - set(sources.values())
             rows.append(
                 {
+                    "variant": name if columns == "all" else f"{name}, visual columns",
                     "pattern": name,
                     "columns": columns,
                     "reused_layers": len(sources),
                     "accuracy": round(100 * result["accuracy"], 2),
                     "kl": round(kl_prefill, 5),
                     "accuracy_check": round(acc_prefill, 2),
-                    "worst_kind": min(result["accuracy_by_kind"].items(), key=lambda kv: kv[1])[0] if sources else "",
                     "worst_kind_accuracy": round(100 * min(result["accuracy_by_kind"].values()), 1),
                     "decode_accuracy": round(acc_decode, 2),
                     "decode_kl": round(kl_decode, 5),
@@ -220,7 +239,6 @@ def toyvlm_rows(toy, n: int, seed: int, patterns: dict[str, dict[int, int]]) -> 
                     "peak_prob_kib": round(method.stats.get("peak_prob_bytes", 0) / 1024, 1),
                 }
             )
-            print(rows[-1], flush=True)
     return rows
 
 
@@ -314,20 +332,26 @@ def main(argv: list[str] | None = None) -> None:
     from reference_impls.common.toyvlm import load_toyvlm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--n", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--quick", action="store_true", help="6 samples on two seeds, three patterns, nothing written")
+    parser.add_argument("--n", type=int, default=30, help="held-out samples drawn per seed")
     parser.add_argument("--length", type=int, default=4096, help="tokens of the wall-time prefill")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     start = time.perf_counter()
     toy = load_toyvlm()
-    n = 12 if args.quick else args.n
+    n = 6 if args.quick else args.n
     patterns = {k: PATTERNS[k] for k in ("none", "0->1", "0->1,2,3")} if args.quick else PATTERNS
-    accuracy = toyvlm_rows(toy, n, args.seed, patterns)
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: toyvlm_rows(toy, n, seed, patterns), seeds.reported, log=lambda *a: print(*a, flush=True)
+    )
+    accuracy = seeded.summarise(per_seed, ("variant",), METRICS)
+    for row in accuracy:
+        print(f"{row['variant']:28s} acc {row['accuracy']:5.1f} (+-{row['accuracy_ci'] or 0:4.1f})  kl {row['kl']:.3f}")
+    tests = seeded.paired_tests(per_seed, "accuracy", "none", by="variant")
+    tests += seeded.paired_tests(per_seed, "decode_accuracy", "none", by="variant")
     accuracy_s = time.perf_counter() - start
     length, rounds = (512, 1) if args.quick else (args.length, args.rounds)
     cost = cost_rows(length, args.layers, args.hidden, 8, 2, rounds)
@@ -336,20 +360,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     command = command_line("reference_impls.bench.attention_reuse", argv)
     full = accuracy[0]
-    save_results(
-        Results(
-            id="attention-reuse-toyvlm",
-            title="Cross-layer attention reuse on ToyVLM: accuracy, KL and attention FLOPs per sharing pattern",
-            command=command,
-            families=["attention-reuse"],
-            columns=[
+    results = Results(
+        id="attention-reuse-toyvlm",
+        title="Cross-layer attention reuse on ToyVLM: accuracy, KL and attention FLOPs per sharing pattern",
+        command=command,
+        families=["attention-reuse"],
+        columns=seeded.interval_columns(
+            [
                 Column("pattern", "Pattern (anchor->sharers)"),
                 Column("columns", "Columns borrowed"),
                 Column("reused_layers", "Layers reusing"),
                 Column("accuracy", "Accuracy, reuse in prefill", "%", 1),
                 Column("kl", "KL to full, prefill", "nats", 4),
-                Column("worst_kind", "Worst question kind"),
-                Column("worst_kind_accuracy", "Its accuracy", "%", 1),
+                Column("worst_kind_accuracy", "Worst question kind's accuracy", "%", 1),
                 Column("decode_accuracy", "Accuracy, reuse in decode only", "%", 1),
                 Column("decode_kl", "KL to full, decode", "nats", 4),
                 Column("attn_mflops", "Attention MFLOPs (prefill, analytic)", "", 2),
@@ -358,30 +381,39 @@ def main(argv: list[str] | None = None) -> None:
                 Column("analytic_matmul_mflops", "Analytic matmul MFLOPs (same sample)", "", 3),
                 Column("peak_prob_kib", "Stored maps, peak", "KiB", 1),
             ],
-            rows=[{k: v for k, v in row.items() if k != "accuracy_check"} for row in accuracy],
-            plots=[
-                Plot(
-                    x="attn_saved",
-                    y="accuracy",
-                    group="columns",
-                    title="Accuracy vs attention FLOPs saved (prefill reuse)",
-                )
-            ],
-            notes=(
-                f"{n} held-out ToyVLM samples (seed {args.seed}), question first, batch 1, CPU, one thread. Unmodified "
-                f"model: {full['accuracy']:.1f}%. Accuracy with reuse in the prefill is `common.harness.evaluate` "
-                "(full-vocabulary argmax of the answer step); KL is KL(full || reuse) of the answer-step distribution "
-                "in nats, mean over samples. 'Decode only': the prompt without its last token is prefilled unmodified "
-                "and the last token ('answer') is decoded through the cache with reuse. `a->b` = layer b applies "
-                "layer a's probabilities to its own values. Columns 'visual': only the visual-token columns (256 of "
-                "~271) are borrowed, text columns keep the layer's own softmax. Attention FLOPs: Q/K/V/O projections, "
-                "scores, softmax (5/score) and PV of the 4 layers at the mean prompt length, causal blocks of 512 rows "
-                "(ToyVLM prompts fit in one block, so all pairs count). Counted: torch.utils.flop_counter on one sample, "
-                "layers outside the pattern under eager attention; the analytic column counts the same layers the same "
-                f"way and must match. Run time {accuracy_s:.0f} s."
-            ),
-        )
+            ("accuracy", "decode_accuracy"),
+        ),
+        rows=[{k: v for k, v in row.items() if not k.startswith("accuracy_check")} for row in accuracy],
+        plots=[
+            Plot(
+                x="attn_saved",
+                y="accuracy",
+                group="columns",
+                title="Accuracy vs attention FLOPs saved (prefill reuse)",
+                error="accuracy_ci",
+            )
+        ],
+        notes=(
+            f"Each of {len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) draws its own {n} "
+            "held-out ToyVLM samples, shared by every pattern; mean over seeds with the half-width of a Student-t 95% "
+            f"interval ({sum(seconds) / len(seconds):.0f} s per seed); seed {', '.join(map(str, seeds.tuning))}, on "
+            "which the patterns were explored, is not reported. Every pattern's accuracy (prefill and decode reuse) is "
+            "compared with the unmodified model, paired by seed (attention-reuse-toyvlm-tests). Question first, batch "
+            f"1, CPU, one thread. Unmodified model: {full['accuracy']:.1f}%. Accuracy with reuse in the prefill is "
+            "`common.harness.evaluate` "
+            "(full-vocabulary argmax of the answer step); KL is KL(full || reuse) of the answer-step distribution "
+            "in nats, mean over samples. 'Decode only': the prompt without its last token is prefilled unmodified "
+            "and the last token ('answer') is decoded through the cache with reuse. `a->b` = layer b applies "
+            "layer a's probabilities to its own values. Columns 'visual': only the visual-token columns (256 of "
+            "~271) are borrowed, text columns keep the layer's own softmax. Attention FLOPs: Q/K/V/O projections, "
+            "scores, softmax (5/score) and PV of the 4 layers at the mean prompt length, causal blocks of 512 rows "
+            "(ToyVLM prompts fit in one block, so all pairs count). Counted: torch.utils.flop_counter on one sample, "
+            "layers outside the pattern under eager attention; the analytic column counts the same layers the same "
+            f"way and must match. Run time {accuracy_s:.0f} s."
+        ),
     )
+    for path in seeded.save_seeded(results, tests, seeds, "the unmodified model", args.out):
+        print("wrote", path)
     save_results(
         Results(
             id="attention-reuse-cost",
@@ -415,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
                 "attention-reuse-toyvlm (projections included, MLP excluded); FLOPs saved are against the same "
                 f"block counting for the unmodified model. Run time {cost_s:.0f} s."
             ),
-        )
+        ),
+        args.out,
     )
 
 

@@ -11,13 +11,16 @@ clip and keeps 3, 2 or 1 of them (budgets 75/50/25%) with
   ground truth (most named objects first, ties to the earlier frame), a reference point the
   model never sees at inference;
 
-plus the full model, on the same held-out samples (seed 1; the scorer trained on seed 0 and
-was checked on seed 2). Settings run interleaved in chunks of samples so that load on the
+plus the full model, on the same held-out samples per seed: each reported seed (10-19 by
+default, ``--seeds``) draws its own samples (the scorer trained on seed 0 and was checked on seed
+2; seeds 1 and 2 are never reported). Rows are means over seeds with 95% intervals; the learned and
+max-min selectors are compared with every other setting by paired tests over seeds
+(``keyframe-selection-toyvlm-tests.json``). Settings run interleaved in chunks of samples so that load on the
 shared CPU hits them alike. Also measured: the ranking step's cost per clip (thumbnails,
 question embedding, scorer) next to the vision-tower time it saves. Results go to
 ``reference_impls/results/keyframe-selection-toyvlm.json``.
 
-Options: ``--n`` (default 300), ``--chunk``, ``--quick`` (n=20), ``--out``.
+Options: ``--n`` per seed (default 40), ``--seeds``, ``--chunk``, ``--quick`` (n=10 on two seeds), ``--out``.
 
 Deviations / guesses:
     Times are CPU wall-clock on a 2-core machine shared with other jobs (compare rows of one
@@ -34,9 +37,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..common import seeded
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line, save_results
+from ..common.results import Column, Plot, Results, command_line
 from ..common.toyvlm import load_toyvlm
 from ..common.visual_tokens import keep_count
 from ..encoding.keyframes import KeyframeSelection, item_thumbnails, select_keyframes
@@ -116,18 +120,34 @@ def _selection_cost(bundle, samples, scorer) -> dict[str, float]:
     return {k: 1000 * v / len(samples) for k, v in totals.items()}
 
 
-def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print) -> Results:
-    """Evaluate every setting on ``n`` held-out samples; returns the :class:`Results` (unsaved)."""
-    bundle = load_toyvlm()
+METRICS = (
+    "accuracy",
+    "acc_colour",
+    "acc_shape",
+    "acc_presence",
+    "acc_count",
+    "visual_tokens",
+    "encode_ms",
+    "encode_saved_ms",
+    "select_ms",
+    "prefill_ms",
+)
+REFERENCES = ("keyframes-learned", "keyframes-maxmin")
+TUNING_SEEDS = (1, 2)
+"""Seeds the scorer was checked on (2) and the earlier single-seed runs developed on (1); never reported.
+The scorer's training clips (seed 0) are ToyVLM's training seed."""
+
+
+def evaluate_seed(bundle, scorer, n: int, budgets, chunk: int, seed: int, log=print) -> list[dict]:
+    """Every setting on ``n`` held-out samples drawn from ``seed``, interleaved in chunks; one row per setting."""
     samples = bundle.samples(n, seed)
-    scorer = load_frame_scorer()
     settings: list[tuple[str, str, float, object]] = [("full model", "", 1.0, None)]
     for budget in budgets:
         settings += [
             ("keyframes-learned", TRAINING_AWARE, budget, LearnedKeyframeSelection(budget=budget, scorer=scorer)),
             ("keyframes-maxmin", TRAINING_FREE, budget, KeyframeSelection(budget=budget)),
-            ("random-frames", "", budget, _RandomFrames(budget=budget)),
-            ("random-pruning", "", budget, RandomPruning(budget=budget)),
+            ("random-frames", "", budget, _RandomFrames(budget=budget, seed=seed)),
+            ("random-pruning", "", budget, RandomPruning(budget=budget, seed=seed)),
             ("oracle-frames", "", budget, _OracleFrames(budget=budget)),
         ]
     parts: list[list[dict]] = [[] for _ in settings]
@@ -141,20 +161,28 @@ def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print
             parts[index].append(result)
         log(f"  {min(n, first + chunk)}/{n} samples")
     cost = _selection_cost(bundle, samples, scorer)
-    rows = [
-        _row(name, family, budget, results, len(bundle.samples(1, seed)[0].scene.images))
-        for (name, family, budget, _), results in zip(settings, parts)
-    ]
+    frames = len(samples[0].scene.images)
+    rows = [_row(name, family, budget, results, frames) for (name, family, budget, _), results in zip(settings, parts)]
     full_encode = rows[0]["encode_ms"]
     for row in rows:
         row["encode_saved_ms"] = round(full_encode - row["encode_ms"], 3)
-        row["select_ms"] = (
-            round(cost["learned"], 3)
-            if row["method"] == "keyframes-learned"
-            else round(cost["maxmin"], 3)
-            if row["method"] == "keyframes-maxmin"
-            else 0.0
-        )
+        row["select_ms"] = round(cost.get(row["method"].removeprefix("keyframes-"), 0.0), 3)
+    return rows
+
+
+def run(
+    n: int = 40, budgets=BUDGETS, seeds: seeded.Seeds | None = None, chunk: int = 50, log=print
+) -> tuple[Results, list[dict]]:
+    """Evaluate every setting on each seed's held-out samples; returns the :class:`Results` (unsaved, means
+    and 95% intervals over seeds) and the paired tests of the learned and max-min selectors."""
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
+    bundle = load_toyvlm()
+    scorer = load_frame_scorer()
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: evaluate_seed(bundle, scorer, n, budgets, chunk, seed, log), seeds.reported, log=log
+    )
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
+    tests = [t for ref in REFERENCES for t in seeded.paired_tests(per_seed, "accuracy", ref, within=("budget",))]
     log(f"{'method':18s} budget frames  acc   colour shape presence count  encode_ms saved_ms select_ms")
     for row in rows:
         log(
@@ -162,39 +190,47 @@ def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print
             f"{row['acc_presence']:8.1f} {row['acc_count']:5.1f} {row['encode_ms']:9.1f} {row['encode_saved_ms']:8.1f} {row['select_ms']:9.2f}"
         )
     params = sum(p.numel() for p in scorer.parameters())
+    select = {r["method"]: r["select_ms"] for r in rows}
     notes = (
-        f"ToyVLM ({bundle.manifest.get('parameters', '?')} parameters), {n} held-out samples (seed {seed}), four 224 px images "
+        f"ToyVLM ({bundle.manifest.get('parameters', '?')} parameters). Each of {len(seeds.reported)} reported seeds "
+        f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every setting; mean "
+        f"over seeds with the half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s per seed). "
+        f"Seeds {', '.join(map(str, seeds.tuning))} (scorer check, earlier development) are not reported. The "
+        "learned and max-min selectors are compared with every other setting at the same budget, paired by seed "
+        "(keyframe-selection-toyvlm-tests). Four 224 px images "
         f"per prompt treated as the frames of one clip (64 visual tokens each); budgets keep 3, 2, 1 frames. The learned scorer "
         f"({params} parameters, trained by `python -m reference_impls.encoding.train_frame_scorer` on ToyVLM's own answer "
         f"log-probabilities for seed-0 clips; manifest: held-out ranking {_scorer_manifest_summary()}) and max-min choose frames "
         "from raw-pixel thumbnails before the vision tower, which then encodes only the kept frames (`encode_ms`, saved: "
         "`encode_saved_ms` vs the full model). `select_ms`: ranking cost per clip (thumbnails, question embedding, scorer), "
-        f"measured separately on the same clips: learned {cost['learned']:.2f} ms, max-min {cost['maxmin']:.2f} ms. Random "
+        f"measured separately on the same clips: learned {select['keyframes-learned']:.2f} ms, max-min "
+        f"{select['keyframes-maxmin']:.2f} ms. Random "
         "pruning keeps the same number of tokens, spread over all frames, and encodes every frame. The oracle uses the scene's "
         "ground truth (frames holding the named objects) and is a reference point, not a strict upper bound. Times are CPU "
         "wall-clock on a 2-core machine shared with other jobs, settings interleaved in chunks of samples: compare rows of this "
         "run only."
     )
-    return Results(
+    columns = [
+        Column("method", "Method"),
+        Column("budget", "Budget (fraction kept)", digits=2),
+        Column("frames", "Frames kept"),
+        Column("accuracy", "Accuracy", "%", digits=1),
+        Column("acc_colour", "Colour q.", "%", digits=1),
+        Column("acc_shape", "Shape q.", "%", digits=1),
+        Column("acc_presence", "Presence q.", "%", digits=1),
+        Column("acc_count", "Count q.", "%", digits=1),
+        Column("visual_tokens", "Visual tokens", digits=1),
+        Column("encode_ms", "Vision tower", "ms", digits=1),
+        Column("encode_saved_ms", "Tower time saved", "ms", digits=1),
+        Column("select_ms", "Frame ranking", "ms/clip", digits=2),
+        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
+    ]
+    results = Results(
         id="keyframe-selection-toyvlm",
         title="ToyVLM: keyframe selection, learned scorer vs max-min vs random",
         command="",
         families=[TRAINING_AWARE, TRAINING_FREE],
-        columns=[
-            Column("method", "Method"),
-            Column("budget", "Budget (fraction kept)", digits=2),
-            Column("frames", "Frames kept"),
-            Column("accuracy", "Accuracy", "%", digits=1),
-            Column("acc_colour", "Colour q.", "%", digits=1),
-            Column("acc_shape", "Shape q.", "%", digits=1),
-            Column("acc_presence", "Presence q.", "%", digits=1),
-            Column("acc_count", "Count q.", "%", digits=1),
-            Column("visual_tokens", "Visual tokens", digits=1),
-            Column("encode_ms", "Vision tower", "ms", digits=1),
-            Column("encode_saved_ms", "Tower time saved", "ms", digits=1),
-            Column("select_ms", "Frame ranking", "ms/clip", digits=2),
-            Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
-        ],
+        columns=seeded.interval_columns(columns, ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -202,10 +238,13 @@ def run(n: int = 300, budgets=BUDGETS, seed: int = 1, chunk: int = 50, log=print
                 y="accuracy",
                 group="method",
                 title="Accuracy vs visual tokens kept (frames of a clip)",
+                error="accuracy_ci",
             )
         ],
         notes=notes,
+        seeds=seeds.record(),
     )
+    return results, tests
 
 
 def _scorer_manifest_summary() -> str:
@@ -240,18 +279,17 @@ def _row(name: str, family: str, budget: float, parts: list[dict], frames: int) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="keyframe selection on ToyVLM: learned vs max-min vs random")
-    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--n", type=int, default=40, help="held-out samples drawn per seed")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="n=20, for a smoke run")
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, for a smoke run")
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(args.threads)
-    n = 20 if args.quick else args.n
-    results = run(n=n, chunk=min(args.chunk, n), log=lambda *a: print(*a, flush=True))
+    n = 10 if args.quick else args.n
+    results, tests = run(n=n, seeds=seeds, chunk=min(args.chunk, n), log=lambda *a: print(*a, flush=True))
     results.command = command_line("reference_impls.bench.keyframes", argv)
-    path = save_results(results, args.out)
-    print(f"wrote {path}")
+    for path in seeded.save_seeded(results, tests, seeds, " and ".join(REFERENCES), args.out):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 Command: ``python -m reference_impls.bench.reasoning`` (``--quick`` for a smoke run).
 
+Each gated method's threshold is chosen on the tuning seed (1) and never on a reported seed (10-19
+by default, ``--seeds``); each reported seed draws its own questions, rows are means over seeds with
+95% intervals, and at the chosen threshold accuracy and compute are compared with the all-tokens
+baseline by paired tests over seeds (``reasoning-toyvlm-tests.json``).
+
 The cheap pass answers from a uniformly pruned quarter of the visual tokens; when the first
 answer token's probability is below the threshold, the question is re-asked with all visual
 tokens (``full-visual``) or answered by a majority vote over sampled answers from the full
@@ -21,11 +26,12 @@ import time
 import torch
 
 from reference_impls.bench.speculative import load_setting
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common import seeded
+from reference_impls.common.results import Column, Plot, Results, command_line
 from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
 from reference_impls.decoding.speculative import greedy_decode
 
-__all__ = ["THRESHOLDS", "collect", "route", "main"]
+__all__ = ["THRESHOLDS", "collect", "route", "choose_thresholds", "main"]
 
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.998, 0.999, 1.01)
 FIRST_KEEP = 0.25
@@ -125,21 +131,60 @@ COLUMNS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> Results:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few samples, no results file")
-    parser.add_argument("-n", type=int, default=128, help="questions")
-    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    n = 6 if args.quick else args.n
-    setting = load_setting(n, path=args.toyvlm)
+BASELINE = "greedy, all visual tokens (baseline)"
+METRICS = ("accuracy", "escalated", "decoded_tokens", "lm_tokens", "ms_per_question")
+TUNING_SEEDS = (1,)
+"""Seed whose questions choose each gated method's threshold; never reported."""
+
+
+def evaluate_seed(n: int, seed: int, path: str | None = None) -> tuple[list[dict], object]:
+    """Every (method, threshold) row on ``n`` questions drawn from ``seed``, and the setting."""
+    setting = load_setting(n, seed=seed, path=path)
     rows = route(collect(setting))
     half = collect(setting, escalations=("full-visual",), first_keep=0.5)
     del half["full-only"]  # the baseline row is already there
-    rows += route(half, first_keep=0.5)
+    return rows + route(half, first_keep=0.5), setting
+
+
+def choose_thresholds(rows: list[dict]) -> dict[str, float]:
+    """Per gated method, the threshold with the best accuracy among those that process fewer LM tokens
+    than the baseline (ties: the lower threshold); ``rows`` are tuning-seed rows (means over seeds)."""
+    budget = next(r["lm_tokens"] for r in rows if r["method"] == BASELINE)
+    chosen: dict[str, float] = {}
+    for row in sorted((r for r in rows if r["method"] != BASELINE), key=lambda r: r["threshold"]):
+        best = chosen.get(row["method"])
+        current = next((r for r in rows if r["method"] == row["method"] and r["threshold"] == best), None)
+        if row["lm_tokens"] < budget and (current is None or row["accuracy"] > current["accuracy"]):
+            chosen[row["method"]] = row["threshold"]
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few questions on two seeds, no results file")
+    parser.add_argument("-n", type=int, default=16, help="questions drawn per seed")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    torch.set_num_threads(1)
+    n = 3 if args.quick else args.n
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    facts: dict = {}
+
+    def one_seed(seed: int) -> list[dict]:
+        rows, facts["setting"] = evaluate_seed(n, seed, args.toyvlm)
+        return rows
+
+    tuning_rows, _ = seeded.run_seeds(one_seed, seeds.tuning, log=log)
+    chosen = choose_thresholds(seeded.summarise(tuning_rows, ("method", "threshold"), METRICS))
+    log(f"thresholds chosen on seeds {list(seeds.tuning)}: {chosen}")
+    per_seed, seconds = seeded.run_seeds(one_seed, seeds.reported, log=log)
+    rows = seeded.summarise(per_seed, ("method", "threshold"), METRICS)
     for row in rows:
+        row["chosen"] = "yes" if chosen.get(row["method"]) == row["threshold"] else ""
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
+    at_chosen = [r for r in per_seed if r["method"] == BASELINE or chosen.get(r["method"]) == r["threshold"]]
+    tests = seeded.paired_tests(at_chosen, "accuracy", BASELINE) + seeded.paired_tests(at_chosen, "lm_tokens", BASELINE)
+    setting = facts["setting"]
     scored = (
         "accuracy against the ground truth"
         if setting.answers is not None
@@ -150,21 +195,34 @@ def main(argv: list[str] | None = None) -> Results:
         title="Confidence-gated answering on ToyVLM: accuracy against compute",
         command=command_line("reference_impls.bench.reasoning", argv),
         families=["efficient-reasoning"],
-        columns=COLUMNS,
+        columns=seeded.interval_columns([*COLUMNS, Column("chosen", "Chosen on tuning seeds")], ("accuracy",)),
         rows=rows,
         plots=[
-            Plot(x="lm_tokens", y="accuracy", group="method", title="Accuracy vs LM tokens per question (thresholds)")
+            Plot(
+                x="lm_tokens",
+                y="accuracy",
+                group="method",
+                title="Accuracy vs LM tokens per question (thresholds)",
+                error="accuracy_ci",
+            )
         ],
         notes=(
-            f"Model: {setting.name}; {n} held-out questions, batch 1, CPU with 1 thread (shared machine: "
-            f"wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% (or 50%) of each image's visual tokens "
-            "(uniform). Escalation: re-ask with all visual tokens, or a majority vote over 5 answers "
-            f"sampled at temperature 1 from the full prompt. Accuracy is {scored}. Threshold 0 = always "
+            f"Model: {setting.name}. Each of {len(seeds.reported)} reported seeds "
+            f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out questions; mean over seeds with the "
+            f"half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s per seed). Each gated "
+            f"method's threshold was chosen on tuning seed(s) {', '.join(map(str, seeds.tuning))} (never reported): "
+            "the best accuracy among thresholds that process fewer LM tokens than the baseline "
+            f"({', '.join(f'{k}: {v}' for k, v in chosen.items())}; rows marked 'chosen'); at that threshold accuracy "
+            "and LM tokens are compared with the baseline, paired by seed (reasoning-toyvlm-tests). Batch 1, CPU with "
+            f"1 thread (shared machine: wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% (or 50%) of "
+            "each image's visual tokens (uniform). Escalation: re-ask with all visual tokens, or a majority vote over "
+            f"5 answers sampled at temperature 1 from the full prompt. Accuracy is {scored}. Threshold 0 = always "
             "the cheap answer; 1.01 = always escalate (both passes counted)."
         ),
     )
     if not args.quick:
-        print("wrote", save_results(results))
+        for path in seeded.save_seeded(results, tests, seeds, "the greedy all-tokens baseline", args.out):
+            print("wrote", path)
     return results
 
 

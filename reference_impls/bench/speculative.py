@@ -1,6 +1,9 @@
 """Benchmark: speculative decoding with a visually pruned draft, on ToyVLM.
 
-Command: ``python -m reference_impls.bench.speculative`` (``--quick`` for a smoke run).
+Command: ``python -m reference_impls.bench.speculative`` (``--quick`` for a smoke run). Each
+reported seed (10-19 by default, ``--seeds``) draws its own samples; rows are means over seeds with
+95% intervals and speed-ups are tested against greedy by paired tests over seeds
+(``speculative-toyvlm-tests.json``).
 
 Every method decodes the same samples as plain greedy decoding (the same explicit-position
 loop, one token per forward), interleaved sample by sample so that load from other processes
@@ -28,7 +31,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common import seeded
+from reference_impls.common.results import Column, Plot, Results, command_line
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 
 __all__ = ["Setting", "load_setting", "random_setting", "ignoring_eos", "main"]
@@ -203,34 +207,70 @@ COLUMNS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> Results:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few samples, no results file")
-    parser.add_argument("-n", type=int, default=64, help="samples per setting")
-    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    n = 4 if args.quick else args.n
-    setting = load_setting(n, path=args.toyvlm)
+METRICS = (
+    "mean_accepted_length",
+    "speedup",
+    "decode_speedup",
+    "ms_per_token",
+    "draft_first_token",
+    "token_agreement",
+    "identical",
+    "accuracy",
+)
+TUNING_SEEDS = (1,)
+"""Seed of the single-seed runs the draft settings (keep ratios, draft length, relaxation) were set on."""
+
+
+def evaluate_seed(n: int, seed: int, path: str | None = None) -> tuple[list[dict], str, int]:
+    """Every setting on samples drawn from ``seed``: rows, the model's name and the random-model count."""
+    setting = load_setting(n, seed=seed, path=path)
     rows = []
     if setting.answers is not None:
         rows += run(setting, max_new_tokens=LONG, label="answer")
         with ignoring_eos(setting.model):
             rows += run(setting, max_new_tokens=LONG, label="after-eos")
-    long = random_setting(max(2, n // 4), seed=1)
+    long = random_setting(max(2, n // 4), seed=seed)
     rows += run(long, max_new_tokens=LONG, label="random-model")
+    return rows, setting.name, len(long.inputs)
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
+    parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    torch.set_num_threads(1)
+    n = 4 if args.quick else args.n
+    facts: dict = {}
+
+    def one_seed(seed: int) -> list[dict]:
+        rows, facts["model"], facts["long"] = evaluate_seed(n, seed, args.toyvlm)
+        return rows
+
+    per_seed, seconds = seeded.run_seeds(one_seed, seeds.reported, log=lambda *a: print(*a, flush=True))
+    rows = seeded.summarise(per_seed, ("setting", "method"), METRICS)
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
+    tests = seeded.paired_tests(per_seed, "speedup", "greedy", within=("setting",))
+    tests += seeded.paired_tests(per_seed, "decode_speedup", "greedy", within=("setting",))
+    tests += seeded.paired_tests(per_seed, "draft_first_token", "self 25% visual", within=("setting",))
     results = Results(
         id="speculative-toyvlm",
         title="Speculative decoding with a visually pruned draft on ToyVLM",
         command=command_line("reference_impls.bench.speculative", argv),
         families=["speculative-training-free"],
-        columns=COLUMNS,
+        columns=seeded.interval_columns(COLUMNS, ("speedup", "decode_speedup", "draft_first_token", "accuracy")),
         rows=rows,
         plots=[Plot(x="mean_accepted_length", y="speedup", group="setting", title="Speedup vs mean accepted length")],
         notes=(
-            f"Model: {setting.name}; {n} held-out samples ({len(long.inputs)} for random-model), batch 1, CPU with 1 thread, wall times "
+            f"Model: {facts['model']}. Each of {len(seeds.reported)} reported seeds "
+            f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples ({facts['long']} for "
+            "random-model), shared by every method; mean over seeds with the half-width of a Student-t 95% interval "
+            f"({sum(seconds) / len(seconds):.0f} s per seed). The draft settings were fixed on seed "
+            f"{', '.join(map(str, seeds.tuning))}, which is not reported. Speed-ups are compared with greedy (1.0 by "
+            "definition) and the draft's first-token agreement with the 25% self-draft's, paired by seed "
+            "(speculative-toyvlm-tests). Batch 1, CPU with 1 thread, wall times "
             "interleaved per sample (the machine is shared, so speedups are noisy). End to end includes the vision tower and the prefills (the draft's own prefill included); the decode phase starts after them. Greedy is our "
             "explicit-position loop, one token per forward. 'answer': decode until <eos> (ToyVLM "
             "answers are one word + <eos>; the first token comes from the target's prefill, so "
@@ -246,7 +286,8 @@ def main(argv: list[str] | None = None) -> Results:
         ),
     )
     if not args.quick:
-        print("wrote", save_results(results))
+        for path in seeded.save_seeded(results, tests, seeds, "greedy (speed-ups) and the 25% self-draft", args.out):
+            print("wrote", path)
     return results
 
 

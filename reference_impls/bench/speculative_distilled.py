@@ -15,6 +15,10 @@ ToyVLM answers one word, so speculation has nothing to accelerate there (see the
   (never used in decoding, where the first token comes from the target's prefill) equals the
   target's answer, and is the right answer: the quality of a draft under visual pruning.
 
+Each reported seed (10-19 by default, ``--seeds``) draws its own scenes and questions; rows are
+means over seeds with 95% intervals and the twig is compared with every other draft by paired tests
+over seeds (``speculative-distilled-toyvlm-tests.json``).
+
 The twig drafts are the committed checkpoints of ``python -m reference_impls.decoding.train_twig``
 (``--target captioner`` / ``--target toyvlm``).
 """
@@ -28,7 +32,8 @@ from dataclasses import replace
 
 import torch
 
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common import seeded
+from reference_impls.common.results import Column, Plot, Results, command_line
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 from reference_impls.decoding.train_twig import CHECKPOINTS, SETTINGS, load_prompts
@@ -105,14 +110,14 @@ def vqa_drafts() -> dict[str, tuple[str, str, SpeculativeDecoding]]:
     return drafts
 
 
-def run_captions(n: int) -> list[dict]:
-    """Greedy and every caption method on ``n`` held-out scenes, interleaved; one row per method."""
+def run_captions(n: int, seed: int = SETTINGS["captioner"][3]) -> list[dict]:
+    """Greedy and every caption method on ``n`` held-out scenes drawn from ``seed``, interleaved; one row per method."""
     from reference_impls.hallucination.captioner import CaptionWorld
     from reference_impls.hallucination.hallucination_metrics import chair, extract_objects, object_f1
 
-    model, prompts, words = load_prompts("captioner", n, SETTINGS["captioner"][3])
+    model, prompts, words = load_prompts("captioner", n, seed)
     world = CaptionWorld()
-    truths = [scene.truth for scene in world.scenes(n, SETTINGS["captioner"][3])]
+    truths = [scene.truth for scene in world.scenes(n, seed)]
     named = caption_methods()
     names = ["greedy"] + list(named)
     seconds = {name: [0.0, 0.0] for name in names}  # (end to end, decode phase)
@@ -182,12 +187,12 @@ def forward_ms(model, inputs, repeats: int = 30) -> dict[int, float]:
     return {d: round(1000 * t / repeats, 2) for d, t in spent.items()}
 
 
-def run_vqa(n: int) -> list[dict]:
-    """First-token agreement of each draft with ToyVLM's answer on ``n`` held-out questions."""
+def run_vqa(n: int, seed: int = SETTINGS["toyvlm"][3]) -> list[dict]:
+    """First-token agreement of each draft with ToyVLM's answer on ``n`` held-out questions drawn from ``seed``."""
     from reference_impls.common.toyvlm import load_toyvlm
 
     toy = load_toyvlm()
-    samples = toy.samples(n, seed=SETTINGS["toyvlm"][3])
+    samples = toy.samples(n, seed=seed)
     prompts, answers = [toy.collate([s]) for s in samples], [toy.vocab.id(s.qa.answer) for s in samples]
     target = [greedy_decode(toy.model, x, 1).tokens[0] for x in prompts]
     rows = [_vqa_row("target (greedy)", "", "-", target, target, answers)]
@@ -230,26 +235,45 @@ COLUMNS = [
 ]
 
 
+METRICS = tuple(c.key for c in COLUMNS[4:])
+TUNING_SEEDS = (SETTINGS["captioner"][3], SETTINGS["toyvlm"][3])
+"""Held-out seeds the twigs and drafts were checked on while they were developed; never reported (the twigs'
+distillation seeds, like the models' training seeds, are training data)."""
+VQA_REFERENCES = ("twig, 100% visual", "twig, 25% visual")
+
+
 def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few samples, no results file")
-    parser.add_argument("--captions", type=int, default=200, help="held-out captioner scenes")
-    parser.add_argument("--vqa", type=int, default=200, help="held-out ToyVLM questions")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
+    parser.add_argument("--captions", type=int, default=20, help="held-out captioner scenes drawn per seed")
+    parser.add_argument("--vqa", type=int, default=20, help="held-out ToyVLM questions drawn per seed")
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
-    n_captions, n_vqa = (6, 8) if args.quick else (args.captions, args.vqa)
-    rows = run_captions(n_captions) + run_vqa(n_vqa)
-    model, prompts, _ = load_prompts("captioner", 1, SETTINGS["captioner"][3])
+    n_captions, n_vqa = (3, 4) if args.quick else (args.captions, args.vqa)
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: run_captions(n_captions, seed) + run_vqa(n_vqa, seed),
+        seeds.reported,
+        log=lambda *a: print(*a, flush=True),
+    )
+    rows = seeded.summarise(per_seed, ("setting", "method"), METRICS)
+    captions = [r for r in per_seed if r["setting"] == "captions"]
+    vqa = [r for r in per_seed if r["setting"] == "vqa"]
+    tests = seeded.paired_tests(captions, "mean_accepted_length", "twig") + seeded.paired_tests(
+        captions, "decode_speedup", "twig"
+    )
+    tests += [t for ref in VQA_REFERENCES for t in seeded.paired_tests(vqa, "draft_first_token", ref)]
+    model, prompts, _ = load_prompts("captioner", 1, seeds.reported[0])
     costs = forward_ms(model, prompts[0])
     print("captioner ms per one-token forward by depth:", costs)
     for row in rows:
         print(" | ".join(f"{row[c.key]}" for c in COLUMNS))
+    reported = ", ".join(map(str, seeds.reported))
     results = Results(
         id="speculative-distilled-toyvlm",
         title="Distilled twig draft vs training-free drafts (captioner and ToyVLM)",
         command=command_line("reference_impls.bench.speculative_distilled", argv),
         families=[AWARE, FREE],
-        columns=COLUMNS,
+        columns=seeded.interval_columns(COLUMNS, ("mean_accepted_length", "decode_speedup", "draft_first_token")),
         rows=rows,
         plots=[
             Plot(
@@ -260,8 +284,13 @@ def main(argv: list[str] | None = None) -> Results:
             )
         ],
         notes=(
-            f"captions: the hallucination benchmark's captioner (3 layers, hidden 96, 9 visual tokens), {n_captions} held-out "
-            f"scenes (seed {SETTINGS['captioner'][3]}; the twig was distilled on seed {SETTINGS['captioner'][2]}), up to {MAX_NEW} tokens, "
+            f"Each of {len(seeds.reported)} reported seeds ({reported}) draws its own held-out scenes and questions; "
+            f"mean over seeds with the half-width of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s "
+            f"per seed). Seeds {', '.join(map(str, seeds.tuning))} (held-out checks while developing the twigs) are "
+            "not reported. The twig is compared with every other draft (captions: mean accepted length and decode "
+            "speed-up; vqa: first-token agreement), paired by seed (speculative-distilled-toyvlm-tests). "
+            f"captions: the hallucination benchmark's captioner (3 layers, hidden 96, 9 visual tokens), {n_captions} "
+            f"scenes per seed (the twig was distilled on seed {SETTINGS['captioner'][2]}), up to {MAX_NEW} tokens, "
             "4 draft tokens per verification, batch 1, CPU with 1 thread on a machine shared with other jobs: wall times are "
             "interleaved per scene (rotating order) but still noisy; compare rows within this file only. End to end includes "
             "the vision tower and both prefills; the decode phase starts after them. Greedy is our explicit-position loop "
@@ -272,13 +301,14 @@ def main(argv: list[str] | None = None) -> Results:
             f"{costs[2] / costs[3]:.0%} of a target forward. F1 and CHAIR_i: "
             "objects named in the caption against the scene's ground truth (the captioner is trained to hallucinate a "
             "square next to circles, so greedy's CHAIR_i is not 0). Strict verification reproduces greedy by construction. "
-            f"vqa: ToyVLM (4 layers), {n_vqa} held-out questions (seed {SETTINGS['toyvlm'][3]}; twig distilled on seed "
+            f"vqa: ToyVLM (4 layers), {n_vqa} questions per seed (twig distilled on seed "
             f"{SETTINGS['toyvlm'][2]} with the draft seeing 100% and 25% of the visual tokens); the draft's own greedy first "
             "token against the target's answer (100% for the target) and the ground truth; visual tokens pruned uniformly per image."
         ),
     )
     if not args.quick:
-        print("wrote", save_results(results))
+        for path in seeded.save_seeded(results, tests, seeds, "the twig draft", args.out):
+            print("wrote", path)
     return results
 
 

@@ -2,13 +2,16 @@
 
 ``python -m reference_impls.bench.tokens`` runs every registered ``kind="visual-token"`` method
 (``registry.all_methods(kind="visual-token")``) plus the random-pruning baseline at budgets
-100/50/25/10% on the committed ToyVLM (256 visual tokens per sample: four 224 px images), on
-the same held-out samples, and records accuracy, visual tokens kept, prefill time, KV bytes
-and decode ms/token. Results go to ``reference_impls/results/tokens-toyvlm.json`` (families =
-the methods' families; rows carry their method's family, the baseline rows none).
+100/50/25/10% on the committed ToyVLM (256 visual tokens per sample: four 224 px images), and
+records accuracy, visual tokens kept, prefill time, KV bytes and decode ms/token. Each reported
+seed (10-19 by default) draws its own held-out samples, shared by every method on that seed;
+rows are means over seeds with 95% intervals, and each method's accuracy is compared with random
+pruning at the same budget by paired tests over seeds. Results go to
+``reference_impls/results/tokens-toyvlm.json`` (families = the methods' families; rows carry their
+method's family, the baseline rows none) and the tests to ``tokens-toyvlm-tests.json``.
 
-Options: ``--methods a,b`` (default: all), ``--n`` samples per setting, ``--budgets``,
-``--checkpoint`` (any local ToyVLM bundle), ``--quick`` (n=20, for smoke runs).
+Options: ``--methods a,b`` (default: all), ``--n`` samples per seed, ``--seeds``, ``--budgets``,
+``--checkpoint`` (any local ToyVLM bundle), ``--quick`` (n=10 on two seeds, for smoke runs).
 
 Deviations / guesses:
     Times are CPU wall-clock on a shared machine: compare rows of one run only. Each method is
@@ -18,13 +21,13 @@ Deviations / guesses:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from ..common import seeded
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line, save_results
+from ..common.results import Column, Plot, Results, command_line
 from ..common.toyvlm import load_toyvlm
 from ..registry import all_methods
 
@@ -33,66 +36,93 @@ __all__ = ["run", "main"]
 BUDGETS = (1.0, 0.5, 0.25, 0.1)
 
 
-def run(
-    methods: list[str] | None = None,
-    n: int = 200,
-    budgets=BUDGETS,
-    checkpoint: str | None = None,
-    seed: int = 1,
-    log=print,
-) -> Results:
-    """Evaluate the methods at each budget; returns the :class:`Results` (not yet saved)."""
-    bundle = load_toyvlm(checkpoint)
-    specs = {spec.name: spec for spec in all_methods(kind="visual-token")}
-    specs.setdefault("random-pruning", next(s for s in all_methods() if s.target is RandomPruning))
-    names = sorted(specs) if not methods else methods
+METRICS = ("accuracy", "visual_tokens", "prefill_ms", "llm_prefill_ms", "kv_kib", "decode_ms")
+BASELINE = "random-pruning"
+TUNING_SEEDS = (1,)
+"""Seed of the single-seed runs the methods' settings were developed on; never reported."""
+
+
+def evaluate_seed(bundle, specs: dict, names: list[str], n: int, budgets, seed: int) -> list[dict]:
+    """Every method at every budget on ``n`` held-out samples drawn from ``seed``; one row per setting."""
     samples = bundle.samples(n, seed)
-    rows = []
-    baseline = evaluate(bundle, None, samples=samples)
-    rows.append(_row("none (all tokens)", "", 1.0, baseline))
-    log(f"{'method':24s} budget  acc    tokens  prefill_ms  llm_ms  kv_KiB  decode_ms")
-    log(_line(rows[-1]))
+    rows = [_row("none (all tokens)", "", 1.0, evaluate(bundle, None, samples=samples))]
     for name in names:
         spec = specs[name]
         for budget in budgets:
-            method = spec.target(budget=budget)
-            start = time.perf_counter()
-            result = evaluate(bundle, method, samples=samples)
             family = "" if spec.target is RandomPruning else spec.family
-            rows.append(_row(name, family, budget, result))
-            log(_line(rows[-1]) + f"   ({time.perf_counter() - start:.0f}s)")
+            rows.append(_row(name, family, budget, evaluate(bundle, spec.target(budget=budget), samples=samples)))
+    return rows
+
+
+def run(
+    methods: list[str] | None = None,
+    n: int = 20,
+    budgets=BUDGETS,
+    checkpoint: str | None = None,
+    seeds: seeded.Seeds | None = None,
+    log=print,
+) -> tuple[Results, list[dict]]:
+    """Evaluate the methods at each budget on every seed's samples; returns the :class:`Results` (not yet
+    saved, means and 95% intervals over seeds) and the paired tests against random pruning."""
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
+    bundle = load_toyvlm(checkpoint)
+    specs = {spec.name: spec for spec in all_methods(kind="visual-token")}
+    specs.setdefault(BASELINE, next(s for s in all_methods() if s.target is RandomPruning))
+    names = sorted(specs) if not methods else methods
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: evaluate_seed(bundle, specs, names, n, budgets, seed), seeds.reported, log=log
+    )
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
+    log(f"{'method':24s} budget  acc    tokens  prefill_ms  llm_ms  kv_KiB  decode_ms")
+    for row in rows:
+        log(_line(row))
+    tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     families = sorted({specs[name].family for name in names})
     manifest = bundle.manifest
     notes = (
         f"ToyVLM ({manifest.get('parameters', '?')} parameters, held-out accuracy "
-        f"{manifest.get('held_out_accuracy', {}).get('all', '?')} at training time), {n} held-out samples "
-        f"(seed {seed}), {rows[0]['visual_tokens_full']:.0f} visual tokens per sample (four 224 px images). "
-        "Random pruning is the baseline (family left empty so that it shows on every page). Prefill includes "
+        f"{manifest.get('held_out_accuracy', {}).get('all', '?')} at training time). Each of {len(seeds.reported)} "
+        f"reported seeds ({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every "
+        f"method; mean over seeds with the half-width of a Student-t 95% interval (one seed took "
+        f"{sum(seconds) / len(seconds):.0f} s). Methods run with their defaults and the budget set; seed "
+        f"{', '.join(map(str, seeds.tuning))}, on which they were developed, is not reported. "
+        f"{rows[0]['visual_tokens_full']:.0f} visual tokens per sample (four 224 px images). "
+        "Random pruning is the baseline (family left empty so that it shows on every page); every method's accuracy "
+        "is compared with it at the same budget, paired by seed (tokens-toyvlm-tests). Prefill includes "
         "the vision tower, which still encodes every patch; 'LLM prefill' excludes it. Times are "
         "CPU wall-clock on a 2-core machine shared with other jobs: compare rows of this run only."
     )
-    return Results(
+    columns = [
+        Column("method", "Method"),
+        Column("budget", "Budget (fraction kept)", digits=2),
+        Column("accuracy", "Accuracy", "%", digits=1),
+        Column("visual_tokens", "Visual tokens", digits=1),
+        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
+        Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
+        Column("kv_kib", "KV cache", "KiB", digits=1),
+        Column("decode_ms", "Decode", "ms/token", digits=2),
+    ]
+    results = Results(
         id="tokens-toyvlm",
         title="ToyVLM: accuracy and cost vs visual tokens kept",
         command="",
         families=families,
-        columns=[
-            Column("method", "Method"),
-            Column("budget", "Budget (fraction kept)", digits=2),
-            Column("accuracy", "Accuracy", "%", digits=1),
-            Column("visual_tokens", "Visual tokens", digits=1),
-            Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
-            Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
-            Column("kv_kib", "KV cache", "KiB", digits=1),
-            Column("decode_ms", "Decode", "ms/token", digits=2),
-        ],
+        columns=seeded.interval_columns(columns, ("accuracy",)),
         rows=rows,
         plots=[
-            Plot(x="visual_tokens", y="accuracy", group="method", title="Accuracy vs visual tokens kept"),
+            Plot(
+                x="visual_tokens",
+                y="accuracy",
+                group="method",
+                title="Accuracy vs visual tokens kept",
+                error="accuracy_ci",
+            ),
             Plot(x="visual_tokens", y="llm_prefill_ms", group="method", title="LLM prefill time vs visual tokens kept"),
         ],
         notes=notes,
+        seeds=seeds.record(),
     )
+    return results, tests
 
 
 def _row(method: str, family: str, budget: float, result: dict) -> dict:
@@ -107,7 +137,6 @@ def _row(method: str, family: str, budget: float, result: dict) -> dict:
         "llm_prefill_ms": round(1000 * (result["prefill_s"] - result["encode_s"]), 3),
         "kv_kib": round(result["kv_bytes"] / 1024, 2),
         "decode_ms": round(result["decode_ms_per_token"], 3),
-        "accuracy_by_kind": {k: round(100 * v, 1) for k, v in result["accuracy_by_kind"].items()},
     }
 
 
@@ -122,21 +151,21 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated registered names (default: all visual-token methods + random-pruning)",
     )
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=int, default=20, help="held-out samples drawn per seed")
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="n=20, for a smoke run")
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, for a smoke run")
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(args.threads)
-    n = 20 if args.quick else args.n
+    n = 10 if args.quick else args.n
     methods = [m for m in args.methods.split(",") if m] or None
     budgets = tuple(float(b) for b in args.budgets.split(","))
-    results = run(methods, n=n, budgets=budgets, checkpoint=args.checkpoint, log=lambda *a: print(*a, flush=True))
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    results, tests = run(methods, n=n, budgets=budgets, checkpoint=args.checkpoint, seeds=seeds, log=log)
     results.command = command_line("reference_impls.bench.tokens", argv)
-    path = save_results(results, args.out)
-    print(f"wrote {path}")
+    for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

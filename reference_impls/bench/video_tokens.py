@@ -14,8 +14,12 @@ held-out samples for every method:
 - ``native``: ToyVLM's own four-image scenes (256 tokens), all four question kinds.
 
 The images of a prompt are the frames of one clip for every method that can use that
-(``images_as_frames``). Results: ``reference_impls/results/video-encoders-toyvlm.json``.
-Options: ``--n`` samples per setting, ``--seed``, ``--quick`` (n=20, one short timing sweep).
+(``images_as_frames``). Each reported seed (10-19 by default) draws its own samples; rows are means
+over seeds with 95% intervals, and accuracy is compared with random pruning at the same budget by
+paired tests over seeds. Results: ``reference_impls/results/video-encoders-toyvlm.json`` and
+``video-encoders-toyvlm-tests.json``.
+Options: ``--n`` samples per setting and seed, ``--seeds``, ``--quick`` (n=10 on two seeds, one short
+timing sweep).
 
 Deviations / guesses:
     Times are CPU wall-clock on a shared machine: compare rows of one run only. "LLM prefill"
@@ -27,15 +31,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..common import seeded
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line, save_results
+from ..common.results import Column, Plot, Results, command_line
 from ..common.scenes import Sample, repeat_images
 from ..common.toyvlm import ToyVLM, load_toyvlm
 from ..encoding.keyframes import KeyframeSelection
@@ -71,54 +75,68 @@ def clip_samples(
 SETTINGS = ("clip", "native")
 
 
+METRICS = ("clip_accuracy", "clip_tokens", "native_accuracy", "native_tokens")
+BASELINE = "random-pruning"
+TUNING_SEEDS = (1, 3)
+"""Seeds never reported: 3 chose the clip setting (question kinds, repeats), 1 the earlier single-seed runs."""
+
+
+def _runs(names: list[str], budgets) -> list[tuple[str, str, float, Any]]:
+    return [("none (all tokens)", "", 1.0, None)] + [
+        (name, METHODS[name][0], b, METHODS[name][1]) for name in names for b in budgets
+    ]
+
+
+def evaluate_seed(bundle: ToyVLM, runs: list, n: int, seed: int) -> list[dict[str, Any]]:
+    """Accuracy and tokens kept of every (method, budget) on both settings' samples drawn from ``seed``."""
+    samples = {"clip": clip_samples(bundle, n, seed), "native": bundle.samples(n, seed)}
+    rows = []
+    for name, family, budget, make in runs:
+        row: dict[str, Any] = {"method": name, "family": family, "budget": budget}
+        for setting in SETTINGS:
+            result = evaluate(bundle, make(budget) if make else None, samples=samples[setting], decode_tokens=0)
+            row[f"{setting}_accuracy"] = 100 * result["accuracy"]
+            row[f"{setting}_tokens"] = result["visual_tokens"]
+        rows.append(row)
+    return rows
+
+
 def run(
-    n: int = 200,
-    seed: int = 1,
+    n: int = 20,
+    seeds: seeded.Seeds | None = None,
     budgets=BUDGETS,
     methods: list[str] | None = None,
     timing_n: int = 20,
     rounds: int = 3,
     log=print,
-) -> Results:
-    """Evaluate every method at every budget on both settings; the :class:`Results` (not saved).
+) -> tuple[Results, list[dict]]:
+    """Evaluate every method at every budget on both settings and every seed; the :class:`Results` (not
+    saved, means and 95% intervals over seeds) and the paired tests against random pruning.
 
-    Accuracy comes from one pass over the ``n`` samples. Times come from a separate pass:
-    ``rounds`` round-robin sweeps over every (method, budget, setting) on the first
-    ``timing_n`` samples, median of the per-sweep means, so that a load change on the shared
+    Accuracy comes from one pass over each seed's ``n`` samples. Times come from a separate pass on the
+    first reported seed's samples: ``rounds`` round-robin sweeps over every (method, budget, setting) on
+    its first ``timing_n`` samples, median of the per-sweep means, so that a load change on the shared
     machine hits every row alike.
     """
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm()
-    samples = {"clip": clip_samples(bundle, n, seed), "native": bundle.samples(n, seed)}
-    names = methods or list(METHODS)
-    runs = [("none (all tokens)", "", 1.0, None)] + [
-        (name, METHODS[name][0], b, METHODS[name][1]) for name in names for b in budgets
+    runs = _runs(methods or list(METHODS), budgets)
+    per_seed, seconds = seeded.run_seeds(lambda seed: evaluate_seed(bundle, runs, n, seed), seeds.reported, log=log)
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
+    tests = [
+        t
+        for metric in ("clip_accuracy", "native_accuracy")
+        for t in seeded.paired_tests(per_seed, metric, BASELINE, within=("budget",))
     ]
-    rows = []
-    log(f"{'method':22s} budget | clip: acc tokens | native: acc tokens   (times follow after the timing pass)")
-    for name, family, budget, make in runs:
-        row: dict[str, Any] = {"method": name, "family": family, "budget": budget}
-        start = time.perf_counter()
-        for setting in SETTINGS:
-            result = evaluate(bundle, make(budget) if make else None, samples=samples[setting], decode_tokens=0)
-            row.update(
-                {
-                    f"{setting}_accuracy": round(100 * result["accuracy"], 2),
-                    f"{setting}_tokens": result["visual_tokens"],
-                    f"{setting}_accuracy_by_kind": {
-                        k: round(100 * v, 1) for k, v in result["accuracy_by_kind"].items()
-                    },
-                }
-            )
-        rows.append(row)
-        log(_line(row) + f"   ({time.perf_counter() - start:.0f}s)")
+    first = seeds.reported[0]
+    samples = {"clip": clip_samples(bundle, timing_n, first), "native": bundle.samples(timing_n, first)}
     times: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for _ in range(rounds):
         for index, (_, _, budget, make) in enumerate(runs):
             for setting in SETTINGS:
-                result = evaluate(
-                    bundle, make(budget) if make else None, samples=samples[setting][:timing_n], decode_tokens=0
-                )
+                result = evaluate(bundle, make(budget) if make else None, samples=samples[setting], decode_tokens=0)
                 times.setdefault((index, setting), []).append((result["prefill_s"], result["language_s"]))
+    log(f"{'method':22s} budget | clip: acc tokens prefill llm | native: acc tokens prefill llm")
     for index, row in enumerate(rows):
         for setting in SETTINGS:
             prefill, language = (statistics.median(values) for values in zip(*times[(index, setting)]))
@@ -127,10 +145,14 @@ def run(
         log(_line(row, timed=True))
     full = rows[0]
     notes = (
-        f"ToyVLM, {n} held-out samples per setting (seed {seed}), the same samples for every method. "
+        f"ToyVLM. Each of {len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) draws its own "
+        f"{n} held-out samples per setting, the same for every method; mean over seeds with the half-width of a "
+        f"Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s per seed); seeds "
+        f"{', '.join(map(str, seeds.tuning))} (setting choice, earlier runs) are not reported. Accuracy is compared "
+        "with random pruning at the same budget, paired by seed (video-encoders-toyvlm-tests). "
         f"'Clip': each of the four images of a scene shown twice in a row with fresh Gaussian noise (std 4) "
         f"on every copy, {full['clip_tokens']:.0f} visual tokens, colour and shape questions only. Measured before "
-        "choosing it (200 samples, seed 3, all tokens): on such clips ToyVLM answers colour and shape 100% "
+        "choosing it (200 samples, tuning seed 3, all tokens): on such clips ToyVLM answers colour and shape 100% "
         "correctly, but presence only 40% (it answers with count words) and count 42% (the objects are "
         "shown twice), so those kinds are left out; with three copies presence recovers (94%). "
         f"'Native': ToyVLM's four-image scenes, {full['native_tokens']:.0f} tokens, all four question kinds. "
@@ -141,10 +163,10 @@ def run(
         "(1/8 of the clip, 1/4 of the native scenes), so their 12.5% rows on 'native' keep 25%: "
         "compare by the visual-token columns. 'LLM prefill' is the language model's forward alone; "
         "'prefill' adds the vision tower (every frame is encoded for every method) and the selection. "
-        f"Times: median over {rounds} round-robin sweeps of every row on the first {timing_n} samples "
+        f"Times: median over {rounds} round-robin sweeps of every row on {timing_n} samples of seed {first} "
         "(CPU wall-clock, one thread, on a 2-core machine shared with other jobs): compare rows of this run only."
     )
-    columns = [Column("method", "Method"), Column("budget", "Budget (fraction kept)", digits=3)]
+    columns: list[Column] = [Column("method", "Method"), Column("budget", "Budget (fraction kept)", digits=3)]
     for setting, label in (("clip", "Clip x2"), ("native", "Native")):
         columns += [
             Column(f"{setting}_accuracy", f"{label} accuracy", "%", digits=1),
@@ -152,12 +174,12 @@ def run(
             Column(f"{setting}_prefill_ms", f"{label} prefill (encode + select + LLM)", "ms", digits=1),
             Column(f"{setting}_llm_ms", f"{label} LLM prefill", "ms", digits=1),
         ]
-    return Results(
+    results = Results(
         id="video-encoders-toyvlm",
         title="ToyVLM clips: temporal pooling/merging vs frame selection and random pruning",
         command="",
         families=["vision-encoders-video"],
-        columns=columns,
+        columns=seeded.interval_columns(columns, ("clip_accuracy", "native_accuracy")),
         rows=rows,
         plots=[
             Plot(
@@ -165,12 +187,14 @@ def run(
                 y="clip_accuracy",
                 group="method",
                 title="Redundant clip (8 frames, 512 tokens): accuracy vs tokens kept",
+                error="clip_accuracy_ci",
             ),
             Plot(
                 x="native_tokens",
                 y="native_accuracy",
                 group="method",
                 title="Native 4-image scenes (256 tokens): accuracy vs tokens kept",
+                error="native_accuracy_ci",
             ),
             Plot(
                 x="clip_tokens",
@@ -180,7 +204,9 @@ def run(
             ),
         ],
         notes=notes,
+        seeds=seeds.record(),
     )
+    return results, tests
 
 
 def _line(row: dict, timed: bool = False) -> str:
@@ -193,22 +219,20 @@ def _line(row: dict, timed: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ToyVLM clips: temporal token reduction vs budget")
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--n", type=int, default=20, help="held-out samples per setting drawn per seed")
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="n=20, for a smoke run")
-    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
-    args = parser.parse_args(argv)
-    if args.seed == 0:
-        parser.error("seed 0 is ToyVLM's training data; use a held-out seed")
+    parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, one short timing sweep")
+    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    if args.seeds and 0 in args.seeds:
+        parser.error("seed 0 is ToyVLM's training data; use held-out seeds")
     torch.set_num_threads(args.threads)
     budgets = tuple(float(b) for b in args.budgets.split(","))
-    quick = dict(n=20, timing_n=5, rounds=1) if args.quick else dict(n=args.n)
-    results = run(seed=args.seed, budgets=budgets, log=lambda *a: print(*a, flush=True), **quick)
+    quick = dict(n=10, timing_n=5, rounds=1) if args.quick else dict(n=args.n)
+    results, tests = run(seeds=seeds, budgets=budgets, log=lambda *a: print(*a, flush=True), **quick)
     results.command = command_line("reference_impls.bench.video_tokens", argv)
-    path = save_results(results, args.out)
-    print(f"wrote {path}")
+    for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

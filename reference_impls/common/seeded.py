@@ -1,0 +1,224 @@
+"""Seeded evaluation: one per-seed evaluation run over the reported seeds, summarised with 95% intervals.
+
+The ToyVLM benchmarks share one checkpoint but draw their evaluation samples per seed: each reported
+seed draws its own held-out scenes, so a mean over seeds and its interval say how much a number
+depends on the samples drawn. A benchmark writes a function ``evaluate(seed) -> rows`` (one row per
+setting, the samples drawn from ``seed``), and this module
+
+- runs it over the reported seeds (:func:`run_seeds`, which tags every row with its seed and times
+  each seed),
+- summarises the per-seed rows into one row per setting with a mean, a 95% half-width and a count
+  per metric (:func:`summarise`, built on :func:`~reference_impls.common.seed_stats.interval_fields`),
+- pairs settings seed by seed (:func:`paired_tests`: the sign test and bootstrap of
+  :func:`~reference_impls.common.seed_stats.paired_rows`), and
+- records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported.
+
+Anything tuned (a threshold, a budget picked, a draft setting) is chosen on :attr:`Seeds.tuning`,
+never on a reported seed.
+
+Examples:
+    >>> seeds = Seeds(reported=(10, 11, 12), tuning=(2,))
+    >>> rows, _ = run_seeds(lambda s: [{"method": "a", "acc": s}, {"method": "b", "acc": 0}], seeds.reported, log=None)
+    >>> [(r["method"], r["acc"], r["acc_n"]) for r in summarise(rows, ("method",), ("acc",))]
+    [('a', 11.0, 3), ('b', 0.0, 3)]
+    >>> paired_tests(rows, "acc", "b")[0]["wins"]  # b vs a: a is higher on every seed
+    0
+    >>> Seeds(reported=(1, 2), tuning=(2,))
+    Traceback (most recent call last):
+    ...
+    ValueError: seeds [2] are used both for tuning and for reported results; keep them disjoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .results import Column, Results, paired_tests_results, save_results
+from .seed_stats import disjoint_seeds, interval_fields, paired_rows
+
+__all__ = [
+    "REPORTED",
+    "QUICK",
+    "Seeds",
+    "seed_arguments",
+    "seeds_from_args",
+    "run_seeds",
+    "summarise",
+    "paired_tests",
+    "interval_columns",
+    "save_seeded",
+    "parse_seeded",
+]
+
+REPORTED = tuple(range(10, 20))
+"""Default reported evaluation seeds of the ToyVLM benchmarks (10 seeds)."""
+QUICK = (10, 11)
+"""Seeds of a ``--quick`` smoke run (two, so that intervals and tests are computed)."""
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Evaluation seeds: ``reported`` (numbers shown) and ``tuning`` (anything chosen), disjoint."""
+
+    reported: tuple[int, ...]
+    tuning: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.reported:
+            raise ValueError("at least one reported seed is needed")
+        if len(set(self.reported)) != len(self.reported):
+            raise ValueError(f"reported seeds repeat: {list(self.reported)}")
+        disjoint_seeds(self.tuning, self.reported)
+
+    def record(self) -> dict[str, list[int]]:
+        """The ``seeds`` field of a results file."""
+        return {"tuning": list(self.tuning), "reported": list(self.reported)}
+
+
+def seed_arguments(parser: argparse.ArgumentParser, reported: Sequence[int] = REPORTED) -> None:
+    """Add ``--seeds`` (the reported evaluation seeds) to a benchmark's command line."""
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"reported evaluation seeds, each drawing its own samples (default {list(reported)}; --quick: {list(QUICK)})",
+    )
+
+
+def seeds_from_args(args: argparse.Namespace, tuning: Sequence[int] = (), reported: Sequence[int] = REPORTED) -> Seeds:
+    """The :class:`Seeds` of a parsed command line (``--seeds``, else the quick or full default)."""
+    chosen = args.seeds if args.seeds else (QUICK if getattr(args, "quick", False) else reported)
+    return Seeds(reported=tuple(chosen), tuning=tuple(tuning))
+
+
+def run_seeds(
+    evaluate: Callable[[int], list[dict[str, Any]]], seeds: Sequence[int], log: Callable[..., Any] | None = print
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Run ``evaluate(seed)`` for every seed; returns its rows tagged with ``seed`` and the seconds per seed."""
+    rows: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    for seed in seeds:
+        start = time.perf_counter()
+        rows += [{**row, "seed": seed} for row in evaluate(seed)]
+        seconds.append(time.perf_counter() - start)
+        if log is not None:
+            log(f"seed {seed}: {seconds[-1]:.0f} s")
+    return rows, seconds
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def _groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    return groups
+
+
+def summarise(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per setting (rows sharing ``keys``), in first-seen order.
+
+    Each metric becomes its mean over seeds, ``<metric>_ci`` (95% half-width) and ``<metric>_n``
+    (seeds where it is defined: a non-numeric value such as "" counts as undefined). Other fields are
+    taken from the setting's first row; ``seeds`` counts its rows.
+    """
+    out = []
+    for members in _groups(rows, keys).values():
+        row = {k: v for k, v in members[0].items() if k not in metrics and k != "seed"}
+        for metric in metrics:
+            row.update(interval_fields(metric, [_number(m.get(metric)) for m in members]))
+        row["seeds"] = len(members)
+        out.append(row)
+    return out
+
+
+def paired_tests(
+    rows: Sequence[dict[str, Any]],
+    metric: str,
+    reference: str,
+    within: Sequence[str] = (),
+    by: str = "method",
+    versus: Sequence[str] | None = None,
+    higher: str = "higher",
+) -> list[dict[str, Any]]:
+    """``reference`` against every other ``by`` value (or those in ``versus``), paired by seed.
+
+    Rows are compared only within groups that share the ``within`` fields (for example the same
+    budget); each test row carries those fields, the metric label names them, and its ``family`` is the
+    compared method's (the reference's when that is empty).
+    """
+    out = []
+    for key, members in _groups(rows, within).items():
+        seeds = sorted({r["seed"] for r in members})
+        table = {(r[by], r["seed"]): _number(r.get(metric)) for r in members}
+        family = {r[by]: r.get("family", "") for r in members}
+        names = [n for n in dict.fromkeys(r[by] for r in members) if versus is None or n == reference or n in versus]
+        per_seed = {n: [table.get((n, s)) for s in seeds] for n in names}
+        per_seed = {n: v for n, v in per_seed.items() if all(x is not None for x in v)}
+        if reference not in per_seed or len(seeds) < 2:
+            continue
+        label = metric + "".join(f", {k} {v}" for k, v in zip(within, key))
+        for test in paired_rows(label, per_seed, reference, higher=higher):
+            test["family"] = family[test["versus"]] or family[reference]
+            out.append({**dict(zip(within, key)), **test})
+    return out
+
+
+def interval_columns(columns: Sequence[Column], metrics: Sequence[str]) -> list[Column]:
+    """``columns`` with a "± 95% CI" column after each metric's, and a final ``seeds`` column."""
+    out: list[Column] = []
+    for column in columns:
+        out.append(column)
+        if column.key in metrics:
+            out.append(Column(f"{column.key}_ci", "± 95% CI", column.unit, column.digits))
+    return [*out, Column("seeds", "Seeds")]
+
+
+def save_seeded(
+    results: Results,
+    tests: list[dict[str, Any]],
+    seeds: Seeds,
+    reference: str,
+    directory: Path | str | None = None,
+    notes: str = "",
+) -> list[Path]:
+    """Save ``results`` with its seed lists, and its paired tests as ``<id>-tests`` (when there are any)."""
+    results.seeds = seeds.record()
+    paths = [save_results(results, directory)]
+    if tests:
+        table = paired_tests_results(
+            f"{results.id}-tests",
+            f"{results.title}: paired tests over seeds",
+            results.command,
+            results.families,
+            tests,
+            seeds.record(),
+            reference,
+            notes,
+        )
+        paths.append(save_results(table, directory))
+    return paths
+
+
+def parse_seeded(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    tuning: Sequence[int] = (),
+    reported: Sequence[int] = REPORTED,
+) -> tuple[argparse.Namespace, Seeds]:
+    """Add ``--seeds`` and ``--out`` to a benchmark's parser, parse ``argv`` and build its :class:`Seeds`."""
+    seed_arguments(parser, reported)
+    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
+    args = parser.parse_args(argv)
+    return args, seeds_from_args(args, tuning, reported)

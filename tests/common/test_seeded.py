@@ -1,0 +1,108 @@
+"""Seeded evaluation: seed lists are disjoint and recorded, summaries and paired tests are over seeds."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from reference_impls.common.results import RESULTS_DIR, Column, Results, load_results
+from reference_impls.common.seeded import Seeds, paired_tests, run_seeds, save_seeded, summarise
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _evaluate(seed: int) -> list[dict]:
+    # method "a" is better than "b" by seed/10 on every seed; "c" has no accuracy ("" = undefined)
+    return [
+        {"method": "a", "family": "fa", "budget": 0.5, "acc": 50.0 + seed / 10},
+        {"method": "b", "family": "", "budget": 0.5, "acc": 50.0},
+        {"method": "c", "family": "fc", "budget": 0.5, "acc": ""},
+    ]
+
+
+def test_tuning_seeds_that_are_also_reported_are_refused():
+    Seeds(reported=(10, 11), tuning=(1,))
+    with pytest.raises(ValueError, match=r"\[11\]"):
+        Seeds(reported=(10, 11), tuning=(1, 11))
+    with pytest.raises(ValueError):
+        Seeds(reported=())
+    with pytest.raises(ValueError, match="repeat"):
+        Seeds(reported=(10, 10))
+
+
+def test_rows_are_tagged_and_summarised_over_seeds():
+    rows, seconds = run_seeds(_evaluate, range(10, 16), log=None)
+    assert len(seconds) == 6 and sorted({r["seed"] for r in rows}) == list(range(10, 16))
+    summary = {r["method"]: r for r in summarise(rows, ("method", "budget"), ("acc",))}
+    assert summary["a"]["acc"] == pytest.approx(51.25) and summary["a"]["acc_n"] == 6
+    assert summary["a"]["acc_ci"] > 0 and summary["b"]["acc_ci"] == 0
+    assert summary["c"]["acc"] is None and summary["c"]["acc_n"] == 0  # "" is undefined, not zero
+    assert summary["a"]["seeds"] == 6 and "seed" not in summary["a"]
+
+
+def test_paired_tests_pair_by_seed_within_groups_and_take_the_compared_family():
+    rows, _ = run_seeds(_evaluate, range(10, 16), log=None)
+    rows += [{**r, "budget": 0.25, "acc": 50.0} for r in rows if r["method"] != "c"]  # a tie at 0.25
+    tests = {(t["budget"], t["versus"]): t for t in paired_tests(rows, "acc", "b", within=("budget",))}
+    assert set(tests) == {(0.5, "a"), (0.25, "a")}  # "c" has no value to pair
+    win = tests[(0.5, "a")]
+    assert (win["wins"], win["losses"], win["sign_p"]) == (0, 6, pytest.approx(0.03125))
+    assert win["family"] == "fa" and win["metric"] == "acc, budget 0.5"
+    assert "a higher than b" in win["verdict"]
+    assert tests[(0.25, "a")]["verdict"].startswith("no significant difference")
+
+
+def test_saved_files_record_both_seed_lists(tmp_path):
+    seeds = Seeds(reported=(10, 11, 12, 13, 14, 15), tuning=(1,))
+    rows, _ = run_seeds(_evaluate, seeds.reported, log=None)
+    results = Results("x", "X", "python -m x", [], [Column("method", "Method")], summarise(rows, ("method",), ("acc",)))
+    paths = save_seeded(results, paired_tests(rows, "acc", "b"), seeds, "b", tmp_path)
+    assert [p.name for p in paths] == ["x.json", "x-tests.json"]
+    for path in paths:
+        assert json.loads(path.read_text())["seeds"] == {"tuning": [1], "reported": [10, 11, 12, 13, 14, 15]}
+
+
+def _seeded_modules() -> set[str]:
+    """Benchmark modules that evaluate over seeds (they parse ``--seeds``)."""
+    modules = set()
+    for path in (ROOT / "reference_impls").rglob("*.py"):
+        if "seeded.parse_seeded(" in path.read_text(encoding="utf-8") and path.name != "seeded.py":
+            modules.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    return modules
+
+
+SEEDED = _seeded_modules()
+COST_ONLY = {"block-sparse-cost", "attention-reuse-cost"}
+"""Files a seeded command also writes that time synthetic inputs and draw no evaluation samples."""
+STALE = {
+    "attention-reuse-toyvlm",
+}
+"""Results of seeded benchmarks not yet regenerated under the seed protocol (strict xfail: remove on rerun)."""
+
+
+def _seeded_results() -> list:
+    files = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        command = re.match(r"python -m (\S+)", json.loads(path.read_text(encoding="utf-8"))["command"])
+        if command is not None and command.group(1) in SEEDED and path.stem not in COST_ONLY:
+            marks = [pytest.mark.xfail(strict=True, reason="not regenerated over seeds yet")] * (path.stem in STALE)
+            files.append(pytest.param(path, id=path.stem, marks=marks))
+    return files
+
+
+def test_the_toyvlm_benchmarks_are_seeded():
+    assert {"reference_impls.bench.tokens", "reference_impls.bench.kv_quality"} <= SEEDED
+
+
+@pytest.mark.parametrize("path", _seeded_results())
+def test_committed_results_of_seeded_benchmarks_record_disjoint_seeds(path):
+    results = load_results(path)
+    assert results.seeds.get("reported"), f"{path.name}: no reported seeds recorded"
+    assert "tuning" in results.seeds, f"{path.name}: tuning seeds not recorded"
+    assert not set(results.seeds["tuning"]) & set(results.seeds["reported"]), path.name
+    if not path.stem.endswith("-tests"):
+        counts = {row.get("seeds") for row in results.rows}
+        assert counts == {len(results.seeds["reported"])}, f"{path.name}: rows are not over the reported seeds"
