@@ -37,6 +37,6 @@ plt.show()
 
 # %% [markdown]
 # With few samples the accuracies move by several points between runs; the shared benchmark
-# `python -m reference_impls.bench.tokens` evaluates 200 samples per point. The papers train
+# `python -m reference_impls.bench.tokens` evaluates 10 seeds of 20 held-out samples per point. The papers train
 # their projector with pooling in place; pooling a model trained without it blends each
 # one-cell object with its background neighbours, which ToyVLM never saw.

@@ -102,16 +102,16 @@ plot_sweep(rows, "ToyVLM redundant clips (8 frames, 512 tokens)")
 plt.show()
 
 # %% [markdown]
-# The benchmark (`python -m reference_impls.bench.video_tokens`, 200 held-out samples per
-# setting) has the reproduced figures. On the redundant clip (all tokens: 99.5%), merging keeps
-# 99.0% at 50% and at 25% of the tokens, where keyframe selection has 77.5%, random pruning
-# 51% and per-image ToMe 28.5%; pooling is at 100% at 50% (window 2 averages exactly the
-# repeated pairs) but 10% at 25%.
+# The benchmark (`python -m reference_impls.bench.video_tokens`, 10 seeds of 20 held-out samples
+# per setting, 95% intervals and sign tests in `video-encoders-toyvlm-tests.json`) has the
+# reproduced figures. On the redundant clip (all tokens: 100%), merging keeps 100% at 50% and at
+# 25% of the tokens, where keyframe selection has 77.5%, random pruning 51% and per-image ToMe
+# 38%; pooling is at 100% at 50% (window 2 averages exactly the repeated pairs) but 10% at 25%.
 #
 # **What did not work.** At 12.5% of the clip every cell is forced into a single token and
-# merging fails too (10% with the mean, 33% when the first frame's token is kept instead;
-# random pruning 34%). On ToyVLM's native four-image scenes, where consecutive "frames" are
-# different images, merging still keeps 100% at 50% (random 61.5%), but 25% is already the
-# one-token-per-cell floor (28% mean, 48% drop, random 41.5%), and pooling falls to 26.5% at
+# merging fails too (13.5% with the mean, 39.5% when the first frame's token is kept instead;
+# random pruning 36%). On ToyVLM's native four-image scenes, where consecutive "frames" are
+# different images, merging still keeps 100% at 50% (random 55.5%), but 25% is already the
+# one-token-per-cell floor (29.5% mean, 45% drop, random 42%), and pooling falls to 28% at
 # 50%. The vision tower encodes every frame for all these methods; only the language model's
 # input shrinks.
