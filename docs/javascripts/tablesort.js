@@ -1,12 +1,14 @@
 // Sortable tables (inside `div.sortable`, or `table.sortable`): each header holds a button; press it
 // (mouse, Enter or Space) to sort by that column, again to reverse. The header's aria-sort says the
 // state ("none", "ascending", "descending") and the stylesheet draws it. Numbers sort as numbers,
-// thousands separators included (thin, narrow no-break and no-break spaces, commas). Every table
+// thousands separators included (thin, narrow no-break and no-break spaces, commas), and a value
+// with its interval ("12.3 ± 1.2") sorts by the value. Every table
 // cell also gets a data-label (its column's header), which the phone layout shows beside the value.
 // Works with Material's instant navigation.
 (function () {
   var SEPARATORS = /[,\s\u00a0\u2009\u202f]/g;
-  var NUMBER = /^[-+\u2212]?[\d.,\s\u00a0\u2009\u202f]*\d[\d.,\s\u00a0\u2009\u202f]*\s*(%|x|\u00d7)?$/;
+  // A number, optionally followed by "± interval" (sorted by the number) and a unit sign.
+  var NUMBER = /^[-+\u2212]?[\d.,\s\u00a0\u2009\u202f]*\d[\d.,\s\u00a0\u2009\u202f]*(\u00b1[\d.,\s\u00a0\u2009\u202f]*\d[\d.,\s\u00a0\u2009\u202f]*)?\s*(%|x|\u00d7)?$/;
 
   function cellValue(row, index) {
     var cell = row.cells[index];

@@ -41,3 +41,22 @@ def test_seed_lists_are_compact_and_shown_under_the_table():
     assert "Seeds reported: 10-19; seeds used for tuning or calibration: 0-2." in shown
     (svg,) = assets.values()
     assert _error_bar_heights(svg) == 1
+
+
+def test_an_interval_column_is_shown_in_its_metrics_cell():
+    data = {
+        "id": "x",
+        "title": "T",
+        "command": "python -m x",
+        "families": [],
+        "rows": ROWS,
+        "columns": [
+            {"key": "budget", "label": "Budget"},
+            {"key": "acc", "label": "Accuracy", "unit": "%", "digits": 1},
+            {"key": "acc_ci", "label": "± 95% CI", "unit": "%", "digits": 1},
+        ],
+    }
+    page = results_md(data, "families/x.md", {}).replace("\\", "")
+    header = next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
+    assert header.count("|") == 3 and "Accuracy (%) ± 95% CI" in header  # two columns, not three
+    assert "80.0 ± 4.0" in page and "90.0 ± 1.5" in page

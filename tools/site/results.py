@@ -28,10 +28,19 @@ def results_md(
 ) -> str:
     """One results file as Markdown (table, plots, command); plots are added to ``assets``."""
     rows = _rows_for(data, family)
+    keys = {column["key"] for column in data["columns"]}
+    # A metric's "± 95% CI" column is shown inside the metric's own cell ("12.3 ± 1.2"), which keeps
+    # tables with an interval per metric narrow enough for a desktop screen.
+    shown = [c for c in data["columns"] if not (c["key"].endswith("_ci") and c["key"][:-3] in keys)]
     headers = [
-        md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in data["columns"]
+        md.text(
+            column["label"]
+            + (f" ({column['unit']})" if column.get("unit") else "")
+            + (" ± 95% CI" if f"{column['key']}_ci" in keys else "")
+        )
+        for column in shown
     ]
-    body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in data["columns"]] for row in rows]
+    body = [[_cell(row, column, keys) for column in shown] for row in rows]
     title = f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED)
     lines = [title, "", md.table(headers, body, sortable=True), ""]
     for index, plot in enumerate(data.get("plots") or []):
@@ -75,6 +84,14 @@ def results_md(
     if data.get("notes"):
         lines += [md.restricted(data["notes"]), ""]
     return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], column: dict[str, Any], keys: set[str]) -> str:
+    value = md.fmt_number(row.get(column["key"]), column.get("digits"))
+    interval = row.get(f"{column['key']}_ci") if f"{column['key']}_ci" in keys else None
+    if value and interval is not None:
+        return f"{value} ± {md.fmt_number(interval, column.get('digits'))}"
+    return value
 
 
 def _seed_list(seeds: list[int]) -> str:
