@@ -99,6 +99,8 @@ class CompareConfig:
     relearn_lr: float = 5e-4
     vcd: tuple[dict, ...] = ({"alpha": 1.0, "mode": "noise"}, {"alpha": 1.0, "mode": "mask", "mask_ratio": 1.0})
     pai_alpha: tuple[float, ...] = (0.5, 1.0)
+    pai_guidance: float | None = 1.1
+    """PAI's logits refinement (upstream's README value), added to the first ``pai_alpha`` (None: no row)."""
     steer_layer: int = 1
     steer_strengths: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     rhos: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
@@ -160,6 +162,11 @@ def run(config: CompareConfig, log=print) -> tuple[list[dict], dict]:
         for alpha in config.pai_alpha:
             with VisualAttentionAmplification(alpha=alpha, start_layer=0)(base):
                 timed("pai", "attention-intervention", f"alpha={alpha}, all layers", lambda: evaluate(base), seed)
+        if config.pai_guidance is not None:
+            alpha, gamma = config.pai_alpha[0], config.pai_guidance
+            with VisualAttentionAmplification(alpha=alpha, start_layer=0, guidance=gamma)(base):
+                setting = f"alpha={alpha}, all layers, guidance {gamma}"
+                timed("pai", "attention-intervention", setting, lambda: evaluate(base), seed)
         timed(
             "self-check-correction",
             "post-hoc-correction",
