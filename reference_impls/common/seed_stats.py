@@ -38,6 +38,8 @@ __all__ = [
     "sign_test",
     "paired_bootstrap",
     "compare",
+    "verdict",
+    "row_verdict",
     "disjoint_seeds",
     "sign_test_can_reject",
     "interval_fields",
@@ -148,17 +150,31 @@ def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], hi
             the caller passes negated values; by default the verdict just says "higher").
     """
     sign, boot = sign_test(a, b), paired_bootstrap(a, b)
-    stat = f"sign test p = {sign.p_value:.2g}, n = {len(a)}"
+    return Comparison(sign, boot, verdict(name_a, name_b, sign, higher))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def verdict(name_a: str, name_b: str, sign: PairedTest, higher: str = "higher") -> str:
+    """The sentence of :func:`compare` for a sign test of ``name_a`` against ``name_b``.
+
+    Examples:
+        >>> verdict("a", "b", PairedTest("sign test", 1.0, 0.1, 1, 0, 5))
+        'no significant difference between a and b (sign test p = 1, n = 6, 5 ties); with 1 untied seed the sign test cannot reach p < 0.05'
+    """
+    untied = sign.wins + sign.losses
+    stat = f"sign test p = {sign.p_value:.2g}, n = {untied + sign.ties}"
     if sign.ties:
-        stat += f", {sign.ties} ties"
+        stat += f", {_count(sign.ties, 'tie')}"
     if sign.significant:
         first, second = (name_a, name_b) if sign.mean_difference > 0 else (name_b, name_a)
-        verdict = f"{first} {higher} than {second} by {abs(sign.mean_difference):.2g} on average ({stat})"
-    else:
-        verdict = f"no significant difference between {name_a} and {name_b} ({stat})"
-        if sign.wins + sign.losses and not sign_test_can_reject(sign.wins + sign.losses):
-            verdict += f"; with {sign.wins + sign.losses} untied seeds the sign test cannot reach p < {ALPHA}"
-    return Comparison(sign, boot, verdict)
+        return f"{first} {higher} than {second} by {abs(sign.mean_difference):.2g} on average ({stat})"
+    sentence = f"no significant difference between {name_a} and {name_b} ({stat})"
+    if untied and not sign_test_can_reject(untied):
+        sentence += f"; with {_count(untied, 'untied seed')} the sign test cannot reach p < {ALPHA}"
+    return sentence
 
 
 def sign_test_can_reject(n: int, alpha: float = ALPHA) -> bool:
@@ -223,3 +239,30 @@ def paired_rows(
             }
         )
     return rows
+
+
+def row_verdict(row: dict) -> str:
+    """The verdict of a stored :func:`paired_rows` row, phrased anew from its stored sign-test fields.
+
+    A verdict depends only on the sign test (p-value, mean difference, wins, losses, ties), all kept in
+    the row, so a tests file written under older wording is rephrased without its per-seed values or a
+    re-run. The comparison word (``higher`` of :func:`compare`) is read back from the stored verdict of
+    a significant row.
+
+    Examples:
+        >>> row = {"method": "a", "versus": "b", "mean_difference": -2.0, "wins": 0, "losses": 6, "ties": 0}
+        >>> row_verdict({**row, "sign_p": 0.03125, "verdict": "b forgets more than a by 2 on average (...)"})
+        'b forgets more than a by 2 on average (sign test p = 0.031, n = 6)'
+    """
+    sign = PairedTest("sign test", row["sign_p"], row["mean_difference"], row["wins"], row["losses"], row["ties"])
+    higher = "higher"
+    if sign.significant:
+        first, second = (row["method"], row["versus"]) if sign.mean_difference > 0 else (row["versus"], row["method"])
+        head, found, _ = str(row.get("verdict", "")).partition(f" than {second} by ")
+        if not found or not head.startswith(f"{first} "):
+            raise ValueError(
+                f"tests row {row['method']!r} vs {row['versus']!r}: verdict {row.get('verdict')!r} does not read "
+                f"'{first} <comparison> than {second} by ...', so its comparison word cannot be kept"
+            )
+        higher = head[len(first) + 1 :]
+    return verdict(row["method"], row["versus"], sign, higher)

@@ -13,6 +13,10 @@ setting, the samples drawn from ``seed``), and this module
   :func:`~reference_impls.common.seed_stats.paired_rows`), and
 - records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported.
 
+``python -m reference_impls.common.seeded [FILE ...]`` rephrases the verdicts of committed tests files
+(default: every ``*-tests.json`` in ``reference_impls/results``) in the current wording of
+:func:`~reference_impls.common.seed_stats.compare`, from their stored sign-test fields (:func:`reword_tests`).
+
 Anything tuned (a threshold, a budget picked, a draft setting) is chosen on :attr:`Seeds.tuning`,
 never on a reported seed.
 
@@ -39,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .results import Column, Results, paired_tests_results, save_results
-from .seed_stats import disjoint_seeds, interval_fields, paired_rows
+from .results import RESULTS_DIR, Column, Results, load_results, paired_tests_results, save_results
+from .seed_stats import disjoint_seeds, interval_fields, paired_rows, row_verdict
 
 __all__ = [
     "REPORTED",
@@ -54,6 +58,7 @@ __all__ = [
     "interval_columns",
     "save_seeded",
     "parse_seeded",
+    "reword_tests",
 ]
 
 REPORTED = tuple(range(10, 20))
@@ -222,3 +227,33 @@ def parse_seeded(
     parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
     args = parser.parse_args(argv)
     return args, seeds_from_args(args, tuning, reported)
+
+
+def reword_tests(path: Path | str) -> bool:
+    """Rephrase every verdict of the tests file ``path`` from its stored fields; True when the file changed.
+
+    Numbers, date and environment are kept (the benchmark is not re-run); the file is rewritten only
+    when a verdict's wording changed.
+    """
+    path = Path(path)
+    results = load_results(path)
+    if results.id != path.stem:
+        raise ValueError(f"{path}: id {results.id!r} does not match the file name")
+    rows = [{**row, "verdict": row_verdict(row)} for row in results.rows]
+    if rows == results.rows:
+        return False
+    results.rows = rows
+    save_results(results, path.parent)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Rephrase the verdicts of paired-tests results files.")
+    parser.add_argument("files", nargs="*", type=Path, help="tests files (default: every *-tests.json in results)")
+    args = parser.parse_args(argv)
+    for path in args.files or sorted(RESULTS_DIR.glob("*-tests.json")):
+        print(("reworded " if reword_tests(path) else "unchanged ") + str(path))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from reference_impls.common.seed_stats import (
     mean_interval,
     paired_bootstrap,
     paired_rows,
+    row_verdict,
     sign_test,
 )
 
@@ -84,3 +85,34 @@ def test_paired_rows_compare_the_reference_with_every_complete_method():
     assert [r["versus"] for r in rows] == ["naive"]
     assert rows[0]["wins"] == 8 and rows[0]["sign_p"] == pytest.approx(2 / 2**8)
     assert rows[0]["verdict"].startswith("hf-olb higher than naive")
+
+
+def test_verdicts_count_one_tie_and_one_untied_seed_in_the_singular():
+    one = compare("a", [1, 2, 2, 2, 2, 2], "b", [2, 2, 2, 2, 2, 2]).verdict  # 1 loss, 5 ties
+    assert "n = 6, 5 ties); with 1 untied seed the sign test" in one
+    few = compare("a", [1, 2, 1, 2, 2, 2], "b", [2, 1, 2, 2, 2, 2]).verdict  # 1 win, 2 losses, 3 ties
+    assert "with 3 untied seeds the sign test" in few
+    tie = compare("a", [5, 5, 5, 5, 5, 5, 5, 5, 3], "b", [1, 1, 1, 1, 1, 1, 1, 1, 3]).verdict
+    assert tie == "a higher than b by 3.6 on average (sign test p = 0.0078, n = 9, 1 tie)"
+
+
+@pytest.mark.parametrize(
+    "a, b, higher",
+    [
+        ([5.0] * 7 + [3.0], [1.0] * 7 + [3.0], "forgets more"),  # significant, a first
+        ([1.0] * 7 + [3.0], [5.0] * 7 + [3.0], "hallucinates more"),  # significant, b first
+        ([1.0, 2.0, 2.0, 2.0, 2.0, 2.0], [2.0] * 6, "higher"),  # not significant, 1 untied seed
+        ([1.0, 2.0, 1.0, 2.0, 1.0, 2.0], [2.0, 1.0, 2.0, 1.0, 2.0, 1.0], "higher"),
+    ],
+)
+def test_a_stored_row_gives_back_the_verdict_it_was_written_with(a, b, higher):
+    row = paired_rows("m", {"x": a, "y": b}, "x", higher=higher)[0]
+    assert row_verdict(row) == row["verdict"]
+    old = {**row, "verdict": row["verdict"].replace(" tie)", " ties)").split(";")[0]}  # an older wording
+    assert row_verdict(old) == row["verdict"]
+
+
+def test_a_significant_row_whose_verdict_cannot_be_read_is_refused():
+    row = paired_rows("m", {"x": [5.0] * 8, "y": [1.0] * 8}, "x")[0]
+    with pytest.raises(ValueError, match="'x' vs 'y'"):
+        row_verdict({**row, "verdict": "x beats y"})

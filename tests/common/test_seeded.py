@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reference_impls.common.results import RESULTS_DIR, Column, Results, load_results
-from reference_impls.common.seeded import Seeds, paired_tests, run_seeds, save_seeded, summarise
+from reference_impls.common.seeded import Seeds, paired_tests, reword_tests, run_seeds, save_seeded, summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +106,21 @@ def test_committed_results_of_seeded_benchmarks_record_disjoint_seeds(path):
     if not path.stem.endswith("-tests"):
         counts = {row.get("seeds") for row in results.rows}
         assert counts == {len(results.seeds["reported"])}, f"{path.name}: rows are not over the reported seeds"
+
+
+def test_old_verdict_wording_in_a_tests_file_is_rephrased_and_nothing_else_changes(tmp_path):
+    seeds = Seeds(reported=(10, 11, 12, 13, 14, 15), tuning=(1,))
+    rows, _ = run_seeds(_evaluate, seeds.reported, log=None)
+    rows = [{**r, "acc": 51.0 if (r["method"], r["seed"]) == ("a", 10) else 50.0} for r in rows if r["method"] != "c"]
+    results = Results("x", "X", "python -m x", [], [Column("method", "Method")], summarise(rows, ("method",), ("acc",)))
+    path = save_seeded(results, paired_tests(rows, "acc", "b"), seeds, "b", tmp_path)[1]
+    current = path.read_text()
+    assert "with 1 untied seed the sign test" in current
+    assert not reword_tests(path) and path.read_text() == current  # already current: not rewritten
+    data = json.loads(current)
+    data["rows"][0]["verdict"] = data["rows"][0]["verdict"].replace("5 ties); with 1 untied seed", "5 ties")
+    data["produced"] = "2026-01-01"
+    path.write_text(json.dumps(data))
+    assert reword_tests(path)
+    again = json.loads(path.read_text())
+    assert again["rows"] == json.loads(current)["rows"] and again["produced"] == "2026-01-01"
