@@ -77,10 +77,6 @@ def _seeded_modules() -> set[str]:
 SEEDED = _seeded_modules()
 COST_ONLY = {"block-sparse-cost", "attention-reuse-cost"}
 """Files a seeded command also writes that time synthetic inputs and draw no evaluation samples."""
-STALE = {
-    "attention-reuse-toyvlm",
-}
-"""Results of seeded benchmarks not yet regenerated under the seed protocol (strict xfail: remove on rerun)."""
 
 
 def _seeded_results() -> list:
@@ -88,8 +84,7 @@ def _seeded_results() -> list:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         command = re.match(r"python -m (\S+)", json.loads(path.read_text(encoding="utf-8"))["command"])
         if command is not None and command.group(1) in SEEDED and path.stem not in COST_ONLY:
-            marks = [pytest.mark.xfail(strict=True, reason="not regenerated over seeds yet")] * (path.stem in STALE)
-            files.append(pytest.param(path, id=path.stem, marks=marks))
+            files.append(pytest.param(path, id=path.stem))
     return files
 
 
