@@ -239,7 +239,14 @@ def reword_tests(path: Path | str) -> bool:
     results = load_results(path)
     if results.id != path.stem:
         raise ValueError(f"{path}: id {results.id!r} does not match the file name")
-    rows = [{**row, "verdict": row_verdict(row)} for row in results.rows]
+    rows = []
+    for index, row in enumerate(results.rows):
+        try:
+            rows.append({**row, "verdict": row_verdict(row)})
+        except KeyError as missing:
+            raise ValueError(f"{path}: row {index} lacks the field {missing}, which a tests row needs") from None
+        except ValueError as error:
+            raise ValueError(f"{path}: row {index}: {error}") from None
     if rows == results.rows:
         return False
     results.rows = rows
@@ -252,7 +259,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("files", nargs="*", type=Path, help="tests files (default: every *-tests.json in results)")
     args = parser.parse_args(argv)
     for path in args.files or sorted(RESULTS_DIR.glob("*-tests.json")):
-        print(("reworded " if reword_tests(path) else "unchanged ") + str(path))
+        try:
+            changed = reword_tests(path)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
+        print(("reworded " if changed else "unchanged ") + str(path))
 
 
 if __name__ == "__main__":

@@ -119,3 +119,12 @@ def test_old_verdict_wording_in_a_tests_file_is_rephrased_and_nothing_else_chang
     assert reword_tests(path)
     again = json.loads(path.read_text())
     assert again["rows"] == json.loads(current)["rows"] and again["produced"] == "2026-01-01"
+
+
+def test_a_tests_row_without_its_sign_test_fields_is_refused_with_file_and_row(tmp_path):
+    path = tmp_path / "x-tests.json"
+    path.write_text(json.dumps({"id": "x-tests", "title": "X", "command": "python -m x", "families": [], "rows": [{}]}))
+    before = path.read_text()
+    with pytest.raises(ValueError, match=r"x-tests.json: row 0 lacks the field 'sign_p'"):
+        reword_tests(path)
+    assert path.read_text() == before
