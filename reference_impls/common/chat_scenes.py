@@ -64,6 +64,7 @@ __all__ = [
     "MIN_PIXELS",
     "SMALL_PX",
     "SUITES",
+    "TEXTURES",
     "TRAIN_SEED",
     "VIDEO_LONG_KINDS",
     "VIDEO_SHORT_KINDS",
@@ -80,6 +81,7 @@ __all__ = [
     "make_chat_samples",
     "make_chat_scene",
     "suite_samples",
+    "texture",
 ]
 
 SMALL_PX = (14, 18)
@@ -87,6 +89,10 @@ LARGE_PX = (24, 28)
 """Object sides in pixels: at most 28, so an unaligned object covers 1 to 4 merged tokens."""
 MIN_PIXELS = 4
 """Painted pixels of an object that make a merged token show it."""
+TEXTURES = {"circle": "solid", "square": "rows", "triangle": "columns", "cross": "checks", "diamond": "diagonals"}
+"""The surface pattern of each shape (see :func:`texture`): a fragment of an object identifies it."""
+DARK = 0.45
+"""Brightness of a pattern's dark pixels, relative to the object's colour."""
 MAX_NUMBER = 40
 """Numbers (image and frame indices, counts) are the words ``0`` .. ``MAX_NUMBER``."""
 IMAGE_SHORT_KINDS = ("colour", "shape", "presence", "size", "image", "count")
@@ -153,6 +159,8 @@ class ChatScene:
     """Per object: indices of the merged visual tokens (in prompt order) that show it."""
     token_labels: np.ndarray
     """Per visual token: the index of the object with the most pixels in it, or -1."""
+    token_pixels: np.ndarray
+    """Per visual token: how many pixels of that object it holds (0 when the label is -1)."""
     video: bool = False
     moving: tuple[int, str] | None = None
     """Video: (object index, direction) of the moving object."""
@@ -195,6 +203,26 @@ def evidence_tokens(sample: ChatSample) -> set[int]:
     return {t for i in sample.qa.relevant for t in sample.scene.object_tokens[i]}
 
 
+def texture(shape: str, size: int, y: int = 0, x: int = 0) -> np.ndarray:
+    """``(size, size)`` brightness (1 or :data:`DARK`) of ``shape``'s surface pattern for an object
+    whose top-left pixel is ``(y, x)``: 1 px rows, columns or checks, 7 px diagonals, or solid.
+
+    An unaligned object of 14-28 px leaves only a part of itself in each 28 px merged token, often
+    too little of the outline to tell a circle from a square (a linear probe on the vision tower's
+    tokens read shape at 0.21-0.26, chance 0.20); real object classes are also told apart by their
+    surface, so each shape gets its own pattern. Patterns are anchored to the image's pixel grid,
+    with periods that divide the 14 px patch, so every patch sees a pattern in the same phase."""
+    rows, cols = np.mgrid[y : y + size, x : x + size]
+    bright = {
+        "solid": np.ones((size, size), dtype=bool),
+        "rows": rows % 2 == 0,
+        "columns": cols % 2 == 0,
+        "checks": (rows + cols) % 2 == 0,
+        "diagonals": (rows + cols) % 7 < 3,
+    }[TEXTURES[shape]]
+    return np.where(bright, 1.0, DARK).astype(np.float32)
+
+
 class _Canvas:
     """Images plus per-token pixel counts, filled object by object."""
 
@@ -216,7 +244,8 @@ class _Canvas:
         x: int,
     ) -> None:
         mask = render_shape(shape, size)
-        image[y : y + size, x : x + size][mask] = colour
+        surface = texture(shape, size, y, x)[..., None] * np.asarray(colour, dtype=np.float32)  # (size, size, 3)
+        image[y : y + size, x : x + size][mask] = surface[mask]
         if index < 0:
             return
         base = (frame // self.per_item) * self.rows * self.cols
@@ -227,7 +256,7 @@ class _Canvas:
                 token = base + r * self.cols + c
                 pixels[token] = pixels.get(token, 0) + int(part.sum())
 
-    def finish(self, n_objects: int) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    def finish(self, n_objects: int) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
         shown = []
         for index in range(n_objects):
             pixels = self.tokens.get(index, {})
@@ -235,7 +264,7 @@ class _Canvas:
             for token, n in pixels.items():
                 if n >= MIN_PIXELS and n > self.best[token]:
                     self.best[token], self.labels[token] = n, index
-        return shown, self.labels
+        return shown, self.labels, self.best
 
 
 def _background(spec: ChatSceneSpec, rng: np.random.Generator, height: int, width: int, canvas: _Canvas) -> np.ndarray:
@@ -303,8 +332,8 @@ def _images_scene(spec: ChatSceneSpec, rng: np.random.Generator) -> ChatScene:
             canvas.paint(image, image_index, len(objects), COLOURS[obj.colour], obj.shape, obj.size, obj.y, obj.x)
             objects.append(obj)
         images.append(np.clip(image, 0, 255).astype(np.uint8))
-    shown, labels = canvas.finish(len(objects))
-    return ChatScene(images, objects, shown, labels)
+    shown, labels, pixels = canvas.finish(len(objects))
+    return ChatScene(images, objects, shown, labels, pixels)
 
 
 def _video_scene(spec: ChatSceneSpec, rng: np.random.Generator) -> ChatScene:
@@ -360,9 +389,9 @@ def _video_scene(spec: ChatSceneSpec, rng: np.random.Generator) -> ChatScene:
                 continue
             canvas.paint(frame, t, index, COLOURS[obj.colour], obj.shape, obj.size, y, x)
         images.append(np.clip(frame, 0, 255).astype(np.uint8))
-    shown, labels = canvas.finish(len(objects))
+    shown, labels, pixels = canvas.finish(len(objects))
     flash = (len(objects) - 1, flash_first) if flash_pos is not None else None
-    return ChatScene(images, objects, shown, labels, video=True, moving=(0, direction), flash=flash)
+    return ChatScene(images, objects, shown, labels, pixels, video=True, moving=(0, direction), flash=flash)
 
 
 def make_chat_scene(spec: ChatSceneSpec, rng: np.random.Generator) -> ChatScene:

@@ -88,7 +88,7 @@ def toyvlm_v2_config(
     num_kv_heads: int = 2,
     intermediate_size: int = 512,
     vision_depth: int = 2,
-    vision_hidden: int = 64,
+    vision_hidden: int = 96,
     vision_heads: int = 4,
     attn_implementation: str = "sdpa",
 ) -> Qwen2_5_VLConfig:

@@ -150,6 +150,9 @@ EVAL_SUITES = ("short", "long", "multi_image", "video")
 """Suites evaluated during training; ``stress`` (4,096 tokens) only at the end."""
 GOALS = {"short": 0.95, "long": 0.90}
 """Held-out exact match the v2 checkpoint is meant to reach (short and long answers)."""
+LABEL_PIXELS = 40
+"""A merged token holding fewer pixels (but some) of its object is left out of the per-token losses:
+a 4-39 px sliver does not show enough of the object to name it."""
 PHASE_EVAL_SEED = 2000
 """Held-out samples drawn like the current phase's training samples (a cheap learning curve)."""
 
@@ -167,11 +170,25 @@ class PhaseV2:
 
 
 PHASES: dict[str, PhaseV2] = {
+    "one": PhaseV2(
+        "one",
+        ChatSceneSpec(n_images=(1, 1), cells=(4, 4)),
+        ChatSceneSpec(video_frames=(4, 4), cells=(4, 4), still_objects=(1, 2)),
+        16,
+        image_kinds=("colour", "shape", "presence", "size"),
+        video_kinds=("colour", "shape", "presence"),
+    ),
     "a": PhaseV2(
         "a",
         ChatSceneSpec(n_images=(2, 3), cells=(4, 4)),
         ChatSceneSpec(video_frames=(4, 8), cells=(4, 8), still_objects=(1, 3)),
         16,
+    ),
+    "m": PhaseV2(
+        "m",
+        ChatSceneSpec(n_images=(4, 16), cells=(4, 4)),
+        ChatSceneSpec(video_frames=(8, 16), cells=(4, 8), still_objects=(2, 4)),
+        8,
     ),
     "b": PhaseV2(
         "b",
@@ -202,18 +219,28 @@ def cell_targets_v2(
     samples: list[ChatSample], spec_colours: tuple[str, ...], spec_shapes: tuple[str, ...]
 ) -> tuple[torch.Tensor, ...]:
     """Per merged visual token, in the order the vision tower emits them (all images of the batch,
-    then all videos): colour, shape and size class (0: empty) of the object covering most of it."""
+    then all videos): colour, shape and size class (0: empty) of the object covering most of it;
+    -100 (ignored) on tokens with fewer than :data:`LABEL_PIXELS` of its pixels."""
     colour, shape, size = [], [], []
     for videos in (False, True):
         for sample in samples:
             if sample.scene.video != videos:
                 continue
             objects = sample.scene.objects
-            for label in sample.scene.token_labels.tolist():
+            for label, pixels in zip(sample.scene.token_labels.tolist(), sample.scene.token_pixels.tolist()):
                 obj = objects[label] if label >= 0 else None
-                colour.append(0 if obj is None else 1 + spec_colours.index(obj.colour))
-                shape.append(0 if obj is None else 1 + spec_shapes.index(obj.shape))
-                size.append(0 if obj is None else 1 + (obj.size_word == "large"))
+                if obj is None:
+                    values = (0, 0, 0)
+                elif pixels < LABEL_PIXELS:
+                    values = (-100, -100, -100)
+                else:
+                    values = (
+                        1 + spec_colours.index(obj.colour),
+                        1 + spec_shapes.index(obj.shape),
+                        1 + (obj.size_word == "large"),
+                    )
+                for target, value in zip((colour, shape, size), values):
+                    target.append(value)
     return torch.tensor(colour), torch.tensor(shape), torch.tensor(size)
 
 
@@ -261,6 +288,21 @@ def index_targets(samples: list[ChatSample], batch: dict[str, torch.Tensor], con
     return target
 
 
+def question_targets(samples: list[ChatSample], colours: tuple[str, ...], shapes: tuple[str, ...]) -> torch.Tensor:
+    """``(B, 3)``: the colour, the shape (1-based; 0: not named) and the image number (0: none)
+    that each question names. Predicted from the reply positions' hidden state at the supervised
+    attention layer, this teaches the first hop of the lookup (gather the question into the
+    position that then looks at the images) directly."""
+    rows = []
+    for sample in samples:
+        words = sample.qa.question.split()
+        colour = next((1 + colours.index(w) for w in words if w in colours), 0)
+        shape = next((1 + shapes.index(w) for w in words if w in shapes), 0)
+        image = next((int(b) for a, b in zip(words, words[1:]) if a == "image" and b.isdigit()), 0)
+        rows.append((colour, shape, image))
+    return torch.tensor(rows)
+
+
 class _AuxHeads(nn.Module):
     def __init__(self, width: int, n_colours: int, n_shapes: int, text_width: int):
         super().__init__()
@@ -268,6 +310,7 @@ class _AuxHeads(nn.Module):
         self.shape = nn.Linear(width, n_shapes + 1)
         self.size = nn.Linear(width, 3)
         self.index = nn.Linear(text_width, MAX_NUMBER + 1)
+        self.question = nn.ModuleList([nn.Linear(text_width, n) for n in (n_colours + 1, n_shapes + 1, MAX_NUMBER + 1)])
 
 
 def evaluate_suites(
@@ -290,6 +333,8 @@ def train_v2(
     vision_phase: str = "a",
     attention_layer: int | None = 2,
     attention_heads: int = 2,
+    attention_phases: tuple[str, ...] | None = None,
+    question_weight: float = 0.0,
     video_every: int = 4,
     seed: int = TRAIN_SEED,
     max_minutes: float = 1e9,
@@ -300,8 +345,10 @@ def train_v2(
     log=print,
     fixed_batch: list[ChatSample] | None = None,
 ) -> tuple[ToyVLMv2, dict]:
-    """Train from scratch; ``phases`` is a list of ``(phase, steps, batch_size)``. Returns the
-    bundle and a history (losses, evaluations, steps, wall seconds)."""
+    """Train from scratch; ``phases`` is a list of ``(phase, steps, batch_size)``. Attention is
+    supervised in the phases named in ``attention_phases`` (all when None); the others run with
+    sdpa attention (no attention map is materialised: a phase-``c`` step is several times cheaper).
+    Returns the bundle and a history (losses, evaluations, steps, wall seconds)."""
     if seed in {suite.seed for suite in SUITES.values()} | {PHASE_EVAL_SEED}:
         raise ValueError(f"training seed {seed} is a held-out suite seed")
     torch.manual_seed(seed)
@@ -367,6 +414,8 @@ def train_v2(
                 )
     stop = False
     for phase, steps, batch_size in phases:
+        supervise = attention_layer is not None and (attention_phases is None or phase.name in attention_phases)
+        model.config.text_config._attn_implementation = "eager" if supervise else "sdpa"
         for _ in range(steps):
             if fixed_batch is not None:
                 samples = fixed_batch
@@ -376,9 +425,7 @@ def train_v2(
                 counter += batch_size
             batch = bundle.collate(samples, with_answer=True)
             captured.clear()
-            out = model(
-                **batch, output_attentions=attention_layer is not None, output_hidden_states=index_layer is not None
-            )
+            out = model(**batch, output_attentions=supervise, output_hidden_states=index_layer is not None)
             cells = torch.cat(captured)  # (N_visual, D): images of the batch, then videos
             vision = _vision_loss(heads, cells, samples, colours, shapes)
             if index_layer is not None:
@@ -386,12 +433,19 @@ def train_v2(
                 keep = index >= 0
                 vision = vision + F.cross_entropy(heads.index(out.hidden_states[index_layer][keep]), index[keep])
             attend = torch.zeros(())
-            if attention_layer is not None:
+            if supervise:
                 rows, target = attention_targets(samples, batch, config)
                 if rows.any():
                     weights = out.attentions[attention_layer][:, :attention_heads]  # (B, h, S, S)
                     mass = torch.einsum("bhqk,bk->bqh", weights, target)[rows]  # (rows, h)
                     attend = -torch.log(mass + 1e-6).mean()
+                    if question_weight > 0:
+                        asked = question_targets(samples, colours, shapes)  # (B, 3)
+                        hidden = out.hidden_states[attention_layer][rows]  # (rows, D)
+                        per_row = asked[rows.nonzero()[:, 0]]  # (rows, 3)
+                        attend = attend + question_weight * sum(
+                            F.cross_entropy(head(hidden), per_row[:, k]) for k, head in enumerate(heads.question)
+                        )
             loss = out.loss + aux_weight * vision + attention_weight * attend
             _update(loss, optimizer, schedule, [*model.parameters(), *heads.parameters()])
             step += 1
@@ -420,7 +474,7 @@ def train_v2(
                         f"  suites at step {step} ({elapsed:.0f}s): "
                         + ", ".join(f"{k} {v['all']:.2f}" for k, v in accuracy.items())
                     )
-                if attention_layer is not None:
+                if supervise:
                     model.config.text_config._attn_implementation = "eager"
                 seconds_in_eval += time.perf_counter() - tick
             if elapsed > max_minutes * 60:
@@ -500,6 +554,15 @@ def main(argv: list[str] | None = None) -> None:
         "--attention-layer", type=int, default=2, help="layer whose reply-token attention is supervised (-1: none)"
     )
     parser.add_argument("--attention-heads", type=int, default=2)
+    parser.add_argument(
+        "--question-weight",
+        type=float,
+        default=1.0,
+        help="weight of the reply positions' prediction of the question's colour, shape and image (0: off)",
+    )
+    parser.add_argument(
+        "--attention-phases", default="", help="phases whose attention is supervised, e.g. 'a,b' (default: all)"
+    )
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument(
         "--vision-steps", type=int, default=300, help="steps of the vision-only stage on the per-token losses"
@@ -515,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--intermediate", type=int, default=512)
-    parser.add_argument("--vision-hidden", type=int, default=64)
+    parser.add_argument("--vision-hidden", type=int, default=96)
     parser.add_argument("--vision-depth", type=int, default=2)
     parser.add_argument("--video-every", type=int, default=4)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
@@ -553,6 +616,8 @@ def main(argv: list[str] | None = None) -> None:
         aux_weight=args.aux_weight,
         attention_layer=None if args.attention_layer < 0 else args.attention_layer,
         attention_heads=args.attention_heads,
+        attention_phases=tuple(args.attention_phases.split(",")) if args.attention_phases else None,
+        question_weight=args.question_weight,
         attention_weight=args.attention_weight,
         vision_steps=args.vision_steps,
         vision_phase=args.vision_phase,
@@ -592,6 +657,8 @@ def main(argv: list[str] | None = None) -> None:
             aux_weight=args.aux_weight,
             attention_layer=args.attention_layer,
             attention_heads=args.attention_heads,
+            attention_phases=args.attention_phases or "all",
+            question_weight=args.question_weight,
             attention_weight=args.attention_weight,
             vision_steps=args.vision_steps,
             vision_phase=args.vision_phase,

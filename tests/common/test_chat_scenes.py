@@ -17,7 +17,9 @@ from reference_impls.common.chat_scenes import (
     make_chat_sample,
     make_chat_samples,
     suite_samples,
+    texture,
 )
+from reference_impls.common.scenes import SHAPES, render_shape
 
 SMALL = ChatSceneSpec(n_images=(3, 3), cells=(4, 4), objects_per_image=(1, 3))
 
@@ -67,7 +69,10 @@ def test_objects_cover_one_to_four_tokens_and_are_painted():
             assert 1 <= len(tokens) <= 4
             image = scene.images[obj.image]
             box = image[obj.y : obj.y + obj.size, obj.x : obj.x + obj.size]
-            assert (box == COLOURS[obj.colour]).all(-1).sum() >= 0.25 * obj.size**2
+            mask = render_shape(obj.shape, obj.size)
+            colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
+            surface = (texture(obj.shape, obj.size, obj.y, obj.x)[..., None] * colour).astype(np.uint8)
+            assert (box[mask] == surface[mask]).all()
         labelled = set(np.flatnonzero(scene.token_labels >= 0).tolist())
         assert labelled <= {t for tokens in scene.object_tokens for t in tokens}
     sizes = {len(t) for s in make_chat_samples(SMALL, IMAGE_SHORT_KINDS, 30, seed=3) for t in s.scene.object_tokens}
@@ -129,3 +134,15 @@ def test_video_flash_and_motion():
 def test_every_video_kind_is_supported():
     for kind in VIDEO_SHORT_KINDS + VIDEO_LONG_KINDS:
         assert make_chat_sample(SUITES["video"].spec, (kind,), 1, 0).qa.kind == kind
+
+
+def test_each_shape_has_its_own_pattern_in_the_same_phase_in_every_patch():
+    """A fragment of an object must name its shape: patterns differ between shapes and, anchored to
+    the pixel grid with periods dividing the 14 px patch, look the same in every patch."""
+    templates = {}
+    for shape in SHAPES:
+        surface = texture(shape, 60, 5, 9)  # pixels (5..64, 9..68) of the image
+        patches = [surface[r - 5 : r + 9, c - 9 : c + 5] for r in (14, 28, 42) for c in (14, 28, 42)]
+        assert all(np.array_equal(patches[0], p) for p in patches[1:]), shape
+        templates[shape] = patches[0].tobytes()
+    assert len(set(templates.values())) == len(SHAPES)

@@ -103,7 +103,7 @@ def test_save_load_round_trip(toy, tmp_path):
 
 
 def test_training_targets(toy):
-    from reference_impls.common.train_toyvlm_v2 import attention_targets, cell_targets_v2
+    from reference_impls.common.train_toyvlm_v2 import LABEL_PIXELS, attention_targets, cell_targets_v2
 
     samples = make_chat_samples(IMAGES, IMAGE_LONG_KINDS, 2, seed=6) + make_chat_samples(
         VIDEO, VIDEO_LONG_KINDS, 1, seed=6
@@ -113,13 +113,31 @@ def test_training_targets(toy):
     colour, shape, size = cell_targets_v2(samples, IMAGES.colours, IMAGES.shapes)
     visual = sum(s.scene.n_visual_tokens for s in samples)
     assert colour.shape == shape.shape == size.shape == (visual,)
-    first_image_tokens = samples[1].scene.token_labels
-    assert torch.equal(colour[: len(first_image_tokens)] > 0, torch.from_numpy(first_image_tokens >= 0))
+    first = samples[1].scene
+    n = len(first.token_labels)
+    assert torch.equal(colour[:n] != 0, torch.from_numpy(first.token_labels >= 0))
+    # a sliver of an object does not name it: left out of the per-token losses
+    sliver = torch.from_numpy((first.token_labels >= 0) & (first.token_pixels < LABEL_PIXELS))
+    assert sliver.any() and torch.equal(colour[:n] == -100, sliver) and torch.equal(shape[:n] == -100, sliver)
     rows, target = attention_targets(samples, batch, toy.model.config)
     for b, sample in enumerate(samples):
         assert target[b].sum() == len(evidence_tokens(sample))
         assert rows[b].sum() == len(answer_words(sample))  # the "answer" marker and every reply word but <eos>
         assert batch["input_ids"][b, rows[b].nonzero()[0, 0]] == toy.vocab.id("answer")
+
+
+def test_question_targets_name_the_asked_colour_shape_and_image():
+    from reference_impls.common.train_toyvlm_v2 import question_targets
+
+    kinds = ("colour", "shape", "presence", "image", "list", "count")
+    samples = [make_chat_samples(IMAGES, (kind,), 1, seed=8)[0] for kind in kinds]
+    targets = question_targets(samples, IMAGES.colours, IMAGES.shapes).tolist()
+    for sample, (colour, shape, image) in zip(samples, targets):
+        words = sample.qa.question.split()
+        assert (IMAGES.colours[colour - 1] in words) if colour else not set(IMAGES.colours) & set(words)
+        assert (IMAGES.shapes[shape - 1] in words) if shape else not set(IMAGES.shapes) & set(words)
+        assert (f"image {image}" in sample.qa.question) if image else not any(w.isdigit() for w in words)
+    assert [t[2] > 0 for t in targets] == [True, True, False, False, True, False]
 
 
 def test_training_seed_must_not_be_held_out():
