@@ -43,7 +43,9 @@ from typing import Any
 import torch
 
 from . import random_pruning as _random_pruning  # noqa: F401  (registers the baseline)
+from .chat_scenes import answer_words
 from .toyvlm import ToyVLM
+from .toyvlm_v2 import ToyVLMv2
 
 __all__ = ["cache_bytes", "prefill", "decode_steps", "evaluate"]
 
@@ -104,14 +106,17 @@ def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, 
 
 @torch.no_grad()
 def decode_steps(
-    model, first_token: torch.Tensor, cache, next_position: torch.Tensor, steps: int
+    model, first_token: torch.Tensor, cache, next_position: torch.Tensor, steps: int, stop: int | None = None
 ) -> tuple[list[int], list[float]]:
-    """Greedy decoding of ``steps`` tokens (batch 1, eos ignored) with explicit positions.
+    """Greedy decoding of up to ``steps`` tokens (batch 1) with explicit positions, ending early
+    after the token ``stop`` (e.g. ``<eos>``) when given.
 
     Returns the tokens and the seconds of each step.
     """
     token, tokens, times = first_token.view(1, 1), [], []
     for step in range(steps):
+        if stop is not None and int(token) == stop:
+            break
         position = (next_position.view(1, 1, 1) + step).expand(3, 1, 1)
         start = time.perf_counter()
         output = model(input_ids=token, cache=cache, position_ids=position, use_cache=True)
@@ -123,7 +128,7 @@ def decode_steps(
 
 
 def evaluate(
-    bundle: ToyVLM,
+    bundle: ToyVLM | ToyVLMv2,
     method=None,
     *,
     n: int = 200,
@@ -132,18 +137,30 @@ def evaluate(
     decode_tokens: int = 8,
     question_first: bool | None = None,
     samples=None,
+    max_reply_tokens: int = 24,
 ) -> dict[str, Any]:
     """Accuracy and costs of ``method`` (a registered method instance, or None) on ``n``
     held-out samples (``bundle.samples(n, seed)`` unless ``samples`` is given).
 
+    A ToyVLM v2 bundle needs ``samples`` (chat samples, e.g. ``chat_scenes.suite_samples``); its
+    reply is decoded greedily through the method's cache until ``<eos>`` (at most
+    ``max_reply_tokens``) and is right when it equals the answer followed by ``<eos>`` (exact
+    match). Its decode time is measured on those reply steps of every sample.
+
     Returns:
         dict with ``accuracy``, ``accuracy_by_kind``, ``visual_tokens``, ``visual_tokens_full``,
-        ``prefill_s``, ``encode_s``, ``language_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``.
+        ``prefill_s``, ``encode_s``, ``language_s``, ``kv_bytes``, ``kv_offloaded_bytes``, ``decode_ms_per_token``, ``n``
+        (and, for v2, ``accuracy_by_scope``: needle / aggregation questions, and ``reply_tokens``).
     """
     model = bundle.model.eval()
+    chat = isinstance(bundle, ToyVLMv2)
+    if chat and samples is None:
+        raise ValueError("a ToyVLM v2 bundle is evaluated on given chat samples (samples=suite_samples(...))")
     samples = samples if samples is not None else bundle.samples(n, seed)
     config = model.config
     hits: dict[str, list[bool]] = {}
+    scopes: dict[str, list[bool]] = {}
+    reply_lengths: list[int] = []
     kept, full, prefill_times, kv, offloaded, decode_times = [], [], [], [], [], []
     context = method(model) if method is not None else nullcontext()
     timer, encode_times = _EncodeTimer(model), []
@@ -151,7 +168,7 @@ def evaluate(
     try:
         with context:
             for index, sample in enumerate(samples):
-                inputs = bundle.collate([sample], question_first=question_first)
+                inputs = bundle.collate([sample]) if chat else bundle.collate([sample], question_first=question_first)
                 visual_full = int(
                     (
                         (inputs["input_ids"] == config.image_token_id) | (inputs["input_ids"] == config.video_token_id)
@@ -170,6 +187,18 @@ def evaluate(
                 resident, off = cache_bytes(cache)
                 kv.append(resident)
                 offloaded.append(off)
+                if chat:
+                    first = logits.argmax(-1)
+                    rest, times = decode_steps(
+                        model, first, cache, next_position, max_reply_tokens - 1, stop=bundle.vocab.eos
+                    )
+                    decode_times += times
+                    reply = [bundle.vocab.words[i] for i in [int(first), *rest]]
+                    reply_lengths.append(len(reply))
+                    hit = reply == answer_words(sample)
+                    hits.setdefault(sample.qa.kind, []).append(hit)
+                    scopes.setdefault(sample.qa.scope, []).append(hit)
+                    continue
                 answer = bundle.vocab.words[int(logits.argmax(-1))]
                 hits.setdefault(sample.qa.kind, []).append(answer == sample.qa.answer)
                 if index < decode_samples and decode_tokens > 0:
@@ -179,7 +208,7 @@ def evaluate(
         timer.remove()
         language_timer.remove()
     mean = lambda values: sum(values) / max(1, len(values))  # noqa: E731
-    return {
+    result = {
         "accuracy": mean([h for v in hits.values() for h in v]),
         "accuracy_by_kind": {kind: mean(v) for kind, v in sorted(hits.items())},
         "visual_tokens": mean(kept),
@@ -192,3 +221,7 @@ def evaluate(
         "decode_ms_per_token": 1000 * mean(decode_times),
         "n": len(samples),
     }
+    if chat:
+        result["accuracy_by_scope"] = {scope: mean(v) for scope, v in sorted(scopes.items())}
+        result["reply_tokens"] = mean(reply_lengths)
+    return result

@@ -67,3 +67,49 @@ def test_cache_bytes_protocol():
 
     assert cache_bytes(Reporting()) == (123, 7)
     assert cache_bytes(None) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def chat_bundle():
+    from reference_impls.common.toyvlm_v2 import ToyVLMv2, build_vocab_v2, toyvlm_v2_config
+
+    vocab = build_vocab_v2()
+    torch.manual_seed(0)
+    config = toyvlm_v2_config(
+        vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1
+    )
+    return ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
+
+
+def _chat_samples(n):
+    from reference_impls.common.chat_scenes import IMAGE_LONG_KINDS, IMAGE_SHORT_KINDS, ChatSceneSpec, make_chat_samples
+
+    return make_chat_samples(ChatSceneSpec(n_images=(2, 3), cells=(4, 4)), IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS, n, 4)
+
+
+def test_chat_reply_decoding_matches_generate_and_stops_after_the_stop_token(chat_bundle):
+    from reference_impls.common.harness import decode_steps, prefill
+
+    model, sample = chat_bundle.model, _chat_samples(1)[0]
+    inputs = chat_bundle.collate([sample])
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        expected = expected[0, inputs["input_ids"].shape[1] :].tolist()
+        logits, cache, position, _ = prefill(model, inputs)
+        rest, _ = decode_steps(model, logits.argmax(-1), cache, position, 5)
+    assert [int(logits.argmax(-1)), *rest] == expected
+    with torch.no_grad():
+        logits, cache, position, _ = prefill(model, inputs)
+        stopped, _ = decode_steps(model, logits.argmax(-1), cache, position, 5, stop=expected[2])
+    assert stopped == expected[1 : expected.index(expected[2]) + 1]
+
+
+def test_evaluate_chat_bundle_decodes_replies(chat_bundle):
+    samples = _chat_samples(4)
+    result = evaluate(chat_bundle, None, samples=samples, max_reply_tokens=5)
+    assert result["n"] == 4 and 1 <= result["reply_tokens"] <= 5
+    assert set(result["accuracy_by_scope"]) <= {"needle", "aggregation"} and result["decode_ms_per_token"] > 0
+    pruned = evaluate(chat_bundle, RandomPruning(budget=0.25), samples=samples, max_reply_tokens=5)
+    assert pruned["visual_tokens"] < result["visual_tokens"]
+    with pytest.raises(ValueError, match="chat samples"):
+        evaluate(chat_bundle, None, n=2)
