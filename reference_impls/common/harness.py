@@ -142,7 +142,7 @@ def evaluate(
     """Accuracy and costs of ``method`` (a registered method instance, or None) on ``n``
     held-out samples (``bundle.samples(n, seed)`` unless ``samples`` is given).
 
-    A ToyVLM v2 bundle needs ``samples`` (chat samples, e.g. ``chat_scenes.suite_samples``); its
+    For a ToyVLM v2 bundle the default samples are its ``short`` suite's (``bundle.samples``); the
     reply is decoded greedily through the method's cache until ``<eos>`` (at most
     ``max_reply_tokens``) and is right when it equals the answer followed by ``<eos>`` (exact
     match). Its decode time is measured on those reply steps of every sample.
@@ -154,8 +154,6 @@ def evaluate(
     """
     model = bundle.model.eval()
     chat = isinstance(bundle, ToyVLMv2)
-    if chat and samples is None:
-        raise ValueError("a ToyVLM v2 bundle is evaluated on given chat samples (samples=suite_samples(...))")
     samples = samples if samples is not None else bundle.samples(n, seed)
     config = model.config
     hits: dict[str, list[bool]] = {}

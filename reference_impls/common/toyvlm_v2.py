@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from .chat_scenes import MAX_NUMBER, ChatSample, answer_words
+from .chat_scenes import MAX_NUMBER, ChatSample, answer_words, suite_samples
 from .scenes import COLOURS, SHAPES
 from .toyvlm import SPECIALS, Vocab, patchify_image, patchify_video, toyvlm_config
 
@@ -174,6 +174,14 @@ class ToyVLMv2:
     model: Qwen2_5_VLForConditionalGeneration
     vocab: Vocab
     manifest: dict[str, Any] = field(default_factory=dict)
+
+    def samples(self, n: int, seed: int, suite: str = "short") -> list[ChatSample]:
+        """``n`` held-out samples of ``suite`` for evaluation seed ``seed``: the suite's random
+        streams ``seed * 1000 .. seed * 1000 + n - 1`` (training-time evaluations use streams below
+        1,000, so benchmark seeds >= 1 never reuse them; distinct seeds never share a sample)."""
+        if not 0 < n <= 1000 or seed < 1:
+            raise ValueError(f"need 0 < n <= 1000 and seed >= 1, got n={n}, seed={seed}")
+        return suite_samples(suite, n, start=seed * 1000)
 
     def collate(self, samples: Sequence[ChatSample], *, with_answer: bool = False) -> dict[str, torch.Tensor]:
         return collate_chat(samples, self.vocab, self.model.config, with_answer=with_answer)

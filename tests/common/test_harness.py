@@ -111,5 +111,13 @@ def test_evaluate_chat_bundle_decodes_replies(chat_bundle):
     assert set(result["accuracy_by_scope"]) <= {"needle", "aggregation"} and result["decode_ms_per_token"] > 0
     pruned = evaluate(chat_bundle, RandomPruning(budget=0.25), samples=samples, max_reply_tokens=5)
     assert pruned["visual_tokens"] < result["visual_tokens"]
-    with pytest.raises(ValueError, match="chat samples"):
-        evaluate(chat_bundle, None, n=2)
+    default = evaluate(chat_bundle, None, n=2, seed=3, max_reply_tokens=2)  # the short suite, seed 3's streams
+    assert default["n"] == 2 and default["visual_tokens_full"] == 1024
+
+
+def test_chat_bundle_samples_are_disjoint_across_seeds(chat_bundle):
+    first, second = chat_bundle.samples(3, seed=1), chat_bundle.samples(3, seed=2)
+    assert not any((a.scene.images[0] == b.scene.images[0]).all() for a in first for b in second)
+    assert [s.qa for s in chat_bundle.samples(3, seed=1)] == [s.qa for s in first]
+    with pytest.raises(ValueError, match="seed >= 1"):
+        chat_bundle.samples(3, seed=0)
