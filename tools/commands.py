@@ -248,7 +248,9 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         print(
             f"triage classifier, {result['method']} over {result['entries']} entries "
             f"({result['classes']} placement ids, {text}): "
-            f"top-1 {100 * result['top1']:.1f}%, top-3 {100 * result['top3']:.1f}%"
+            f"top-1 {100 * result['top1']:.1f}%, top-3 {100 * result['top3']:.1f}%; "
+            f"counting a leaf under a parent-only placement as right: "
+            f"top-1 {100 * result['top1_within']:.1f}%, top-3 {100 * result['top3_within']:.1f}%"
         )
         return 0
     if args.feed is None:

@@ -3,8 +3,9 @@
 A feed is an arXiv Atom file (the arXiv API's answer), a BibTeX file or a CSV export (columns
 ``title`` and any of ``arxiv``, ``doi``, ``summary``/``abstract``, ``authors``, ``year``, ``url``).
 A feed item is already known when its arXiv id (version stripped), DOI or normalised title matches
-an entry. The placement classifier is TF-IDF on the title (plus the summary where there is one)
-and a linear SVM, trained on the current placements; it suggests, a person decides.
+an entry. The placement classifier is TF-IDF on the title (weighted up) plus the summary where
+there is one, and a linear SVM, trained on the current placements and the families' own
+descriptions; it suggests, a person decides.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 from .bib import bibtex_to_entries, entry_identities
 from .catalog import Catalog
 from .entries import FIELD_ORDER
+from .taxonomy import Taxonomy
 from .yamlio import dump_yaml, load_yaml, write_text_atomic
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "candidate_text",
     "document",
     "evaluate",
+    "family_documents",
     "feed_url",
     "read_feed",
     "unknown_items",
@@ -201,9 +204,32 @@ def candidate_key(item: dict[str, Any], taken: set[str]) -> str:
 # ---------------------------------------------------------------- the placement classifier
 
 
+TITLE_WEIGHT = 6
+"""How many times the title counts against the summary. Our summaries are mostly an abstract's
+opening sentences (generic context before the method), so the title carries most of the signal; in
+10-fold cross-validation on the catalog (seed 0) top-3 rose from 74% at 1 to 77% at 6, flat to 12."""
+
+FAMILY_COPIES = 3
+"""Each taxonomy family's own text (name, aliases, summary) joins the training set this many times."""
+
+
 def document(data: dict[str, Any]) -> str:
-    """What the classifier reads: the title, and the summary when there is one."""
-    return " ".join(part for part in (data.get("title", ""), data.get("summary", "")) if part)
+    """What the classifier reads: the title (``TITLE_WEIGHT`` times), and the summary when there is one."""
+    title = " ".join(str(data.get("title", "")).split())
+    parts = [title] * TITLE_WEIGHT if title else []
+    if data.get("summary"):
+        parts.append(str(data["summary"]))
+    return " ".join(parts)
+
+
+def family_documents(taxonomy: Taxonomy) -> tuple[list[str], list[list[str]]]:
+    """The families' own descriptions as training documents, so a family with few papers still has
+    words of its own. They come from the taxonomy, never from a held-out entry."""
+    families = [node for node in taxonomy.by_id.values() if node.level == "family"]
+    documents = [
+        document({"title": " ".join([node.name, *node.aliases]), "summary": node.summary}) for node in families
+    ]
+    return documents * FAMILY_COPIES, [[node.id] for node in families] * FAMILY_COPIES
 
 
 @dataclass
@@ -234,7 +260,11 @@ class Classifier:
     @classmethod
     def from_catalog(cls, catalog: Catalog) -> Classifier:
         entries = [entry.data for entry in catalog.entries]
-        return cls.fit([document(data) for data in entries], [list(data["placement"]) for data in entries])
+        extra_documents, extra_placements = family_documents(catalog.taxonomy)
+        return cls.fit(
+            [document(data) for data in entries] + extra_documents,
+            [list(data["placement"]) for data in entries] + extra_placements,
+        )
 
     def rank(self, documents: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
         """The k best placement ids for each document, with their SVM scores (higher is more likely)."""
@@ -254,7 +284,10 @@ class Classifier:
 def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
     """Top-1 and top-3 accuracy on held-out entries: leave-one-out (folds=0) or k-fold.
 
-    A prediction counts as right when it is any of the held-out entry's placements.
+    ``top1``/``top3``: a suggestion counts when it is one of the held-out entry's placements.
+    ``top1_within``/``top3_within`` also count a suggestion that lies under a placement: an entry
+    filed only on a parent node (no leaf fitted when it was placed) is not contradicted by a leaf
+    of that parent. The families' own descriptions are training data in every fold.
     """
     import numpy as np
     from sklearn.model_selection import KFold, LeaveOneOut
@@ -262,22 +295,31 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
     entries = [entry.data for entry in catalog.entries]
     documents = [document(data) for data in entries]
     placements = [list(data["placement"]) for data in entries]
+    extra_documents, extra_placements = family_documents(catalog.taxonomy)
+    by_id = catalog.taxonomy.by_id
+    within = [
+        {node.id for node_id in ids if node_id in by_id for node in by_id[node_id].descendants()} | set(ids)
+        for ids in placements
+    ]
     splitter = LeaveOneOut() if folds == 0 else KFold(n_splits=folds, shuffle=True, random_state=seed)
-    hits1 = hits3 = 0
+    hits = dict.fromkeys(("top1", "top3", "top1_within", "top3_within"), 0)
     for train, test in splitter.split(np.arange(len(entries))):
-        model = Classifier.fit([documents[i] for i in train], [placements[i] for i in train])
+        model = Classifier.fit(
+            [documents[i] for i in train] + extra_documents, [placements[i] for i in train] + extra_placements
+        )
         for index, ranked in zip(test, model.rank([documents[i] for i in test], k=3)):
             ids = [node_id for node_id, _ in ranked]
-            hits1 += ids[0] in placements[index]
-            hits3 += any(node_id in placements[index] for node_id in ids)
+            hits["top1"] += ids[0] in placements[index]
+            hits["top3"] += any(node_id in placements[index] for node_id in ids)
+            hits["top1_within"] += ids[0] in within[index]
+            hits["top3_within"] += any(node_id in within[index] for node_id in ids)
     n = len(entries)
     return {
         "method": "leave-one-out" if folds == 0 else f"{folds}-fold (seed {seed})",
         "entries": n,
         "classes": len({node_id for ids in placements for node_id in ids}),
         "summaries": sum(bool(data.get("summary")) for data in entries),
-        "top1": hits1 / n,
-        "top3": hits3 / n,
+        **{name: count / n for name, count in hits.items()},
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from tools.catalog import load_catalog
-from tools.triage import Classifier, candidate_key, feed_url, read_feed
+from tools.triage import Classifier, candidate_key, evaluate, feed_url, read_feed
 
 from .conftest import ROOT
 
@@ -107,11 +107,26 @@ def test_classifier_ranks_the_obvious_family_first():
     assert suggestions[0][0] in {"kv-token-level", "kv-cache-compression"}, suggestions
 
 
+def test_a_family_without_papers_can_be_suggested_from_its_own_description():
+    catalog = load_catalog(ROOT)
+    assert not [entry for entry in catalog.entries if "attention-reuse" in entry.data["placement"]]
+    model = Classifier.from_catalog(catalog)
+    suggestions = model.suggest({"title": "Reuse attention patterns across layers instead of recomputing them"})
+    assert "attention-reuse" in [node_id for node_id, _ in suggestions], suggestions
+
+
+def test_evaluate_counts_a_leaf_under_a_parent_only_placement_only_in_the_within_figures():
+    catalog = load_catalog(ROOT)
+    result = evaluate(catalog, folds=2)
+    assert result["top1"] < result["top1_within"] and result["top3"] < result["top3_within"], result
+
+
 def test_evaluate_prints_top1_and_top3(repo, run_tools):
     status, out, err = run_tools(repo, "triage", "--evaluate", "--folds", "2")
     assert status == 0, err
     assert re.fullmatch(
         r"triage classifier, 2-fold \(seed 0\) over 5 entries \(\d+ placement ids, titles (only|and \d+ summaries)\): "
+        r"top-1 \d+\.\d%, top-3 \d+\.\d%; counting a leaf under a parent-only placement as right: "
         r"top-1 \d+\.\d%, top-3 \d+\.\d%\n",
         out,
     ), out
