@@ -13,6 +13,12 @@ method's family, the baseline rows none) and the tests to ``tokens-toyvlm-tests.
 Options: ``--methods a,b`` (default: all), ``--n`` samples per seed, ``--seeds``, ``--budgets``,
 ``--checkpoint`` (any local ToyVLM bundle), ``--quick`` (n=10 on two seeds, for smoke runs).
 
+``--model v2 --suite short`` runs the same comparison on ToyVLM v2 in the chat layout (images
+first, question last, replies decoded until ``<eos>`` and scored by exact match) on one of its
+held-out suites (:data:`reference_impls.common.chat_scenes.SUITES`, 1,024 or more visual tokens),
+with accuracy on needle and aggregation questions too; results go to
+``tokens-toyvlm-v2-<suite>.json``.
+
 Deviations / guesses:
     Times are CPU wall-clock on a shared machine: compare rows of one run only. Each method is
     instantiated with its dataclass defaults and ``budget`` set.
@@ -25,10 +31,12 @@ import argparse
 import torch
 
 from ..common import seeded
+from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
 from ..common.toyvlm import load_toyvlm
+from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..registry import all_methods
 
 __all__ = ["run", "main"]
@@ -37,14 +45,19 @@ BUDGETS = (1.0, 0.5, 0.25, 0.1)
 
 
 METRICS = ("accuracy", "visual_tokens", "prefill_ms", "llm_prefill_ms", "kv_kib", "decode_ms")
+CHAT_METRICS = ("needle_accuracy", "aggregation_accuracy", "reply_tokens")
+"""Extra metrics of ToyVLM v2 runs."""
 BASELINE = "random-pruning"
 TUNING_SEEDS = (1,)
 """Seed of the single-seed runs the methods' settings were developed on; never reported."""
 
 
-def evaluate_seed(bundle, specs: dict, names: list[str], n: int, budgets, seed: int) -> list[dict]:
-    """Every method at every budget on ``n`` held-out samples drawn from ``seed``; one row per setting."""
-    samples = bundle.samples(n, seed)
+def evaluate_seed(
+    bundle, specs: dict, names: list[str], n: int, budgets, seed: int, suite: str | None = None
+) -> list[dict]:
+    """Every method at every budget on ``n`` held-out samples drawn from ``seed`` (of ToyVLM v2's
+    ``suite`` when given); one row per setting."""
+    samples = bundle.samples(n, seed) if suite is None else bundle.samples(n, seed, suite)
     rows = [_row("none (all tokens)", "", 1.0, evaluate(bundle, None, samples=samples))]
     for name in names:
         spec = specs[name]
@@ -61,41 +74,68 @@ def run(
     checkpoint: str | None = None,
     seeds: seeded.Seeds | None = None,
     log=print,
+    suite: str | None = None,
 ) -> tuple[Results, list[dict]]:
-    """Evaluate the methods at each budget on every seed's samples; returns the :class:`Results` (not yet
-    saved, means and 95% intervals over seeds) and the paired tests against random pruning."""
+    """Evaluate the methods at each budget on every seed's samples (ToyVLM v2's ``suite`` when
+    given, else ToyVLM v1); returns the :class:`Results` (not yet saved, means and 95% intervals
+    over seeds) and the paired tests against random pruning."""
     seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
-    bundle = load_toyvlm(checkpoint)
+    bundle = load_toyvlm(checkpoint) if suite is None else load_toyvlm_v2(checkpoint)
     specs = {spec.name: spec for spec in all_methods(kind="visual-token")}
     specs.setdefault(BASELINE, next(s for s in all_methods() if s.target is RandomPruning))
     names = sorted(specs) if not methods else methods
     per_seed, seconds = seeded.run_seeds(
-        lambda seed: evaluate_seed(bundle, specs, names, n, budgets, seed), seeds.reported, log=log
+        lambda seed: evaluate_seed(bundle, specs, names, n, budgets, seed, suite), seeds.reported, log=log
     )
-    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS + (CHAT_METRICS if suite else ()))
     log(f"{'method':24s} budget  acc    tokens  prefill_ms  llm_ms  kv_KiB  decode_ms")
     for row in rows:
         log(_line(row))
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     families = sorted({specs[name].family for name in names})
     manifest = bundle.manifest
+    result_id = "tokens-toyvlm" if suite is None else f"tokens-toyvlm-v2-{suite}"
+    if suite is None:
+        model_line = (
+            f"ToyVLM ({manifest.get('parameters', '?')} parameters, held-out accuracy "
+            f"{manifest.get('held_out_accuracy', {}).get('all', '?')} at training time). "
+        )
+        layout = f"{rows[0]['visual_tokens_full']:.0f} visual tokens per sample (four 224 px images). "
+    else:
+        trained = manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
+        model_line = (
+            f"ToyVLM v2 ({manifest.get('parameters', '?')} parameters, held-out exact match {trained} on the "
+            f"{suite} suite at training time), chat layout: images first, question last, the reply decoded "
+            "greedily through the method's cache until <eos> and right only when every word and the <eos> match. "
+        )
+        layout = (
+            f"Suite {suite}: {SUITES[suite].description}; {rows[0]['visual_tokens_full']:.0f} visual tokens per "
+            f"sample on average, replies of {rows[0]['reply_tokens']:.1f} tokens (unpruned model). "
+        )
     notes = (
-        f"ToyVLM ({manifest.get('parameters', '?')} parameters, held-out accuracy "
-        f"{manifest.get('held_out_accuracy', {}).get('all', '?')} at training time). Each of {len(seeds.reported)} "
+        model_line + f"Each of {len(seeds.reported)} "
         f"reported seeds ({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every "
         f"method; mean over seeds with the half-width of a Student-t 95% interval (one seed took "
         f"{sum(seconds) / len(seconds):.0f} s). Methods run with their defaults and the budget set; seed "
         f"{', '.join(map(str, seeds.tuning))}, on which they were developed, is not reported. "
-        f"{rows[0]['visual_tokens_full']:.0f} visual tokens per sample (four 224 px images). "
-        "Random pruning is the baseline (family left empty so that it shows on every page); every method's accuracy "
-        "is compared with it at the same budget, paired by seed (tokens-toyvlm-tests). Prefill includes "
+        + layout
+        + "Random pruning is the baseline (family left empty so that it shows on every page); every method's accuracy "
+        f"is compared with it at the same budget, paired by seed ({result_id}-tests). Prefill includes "
         "the vision tower, which still encodes every patch; 'LLM prefill' excludes it. Times are "
         "CPU wall-clock on a 2-core machine shared with other jobs: compare rows of this run only."
     )
     columns = [
         Column("method", "Method"),
         Column("budget", "Budget (fraction kept)", digits=2),
-        Column("accuracy", "Accuracy", "%", digits=1),
+        Column("accuracy", "Accuracy" if suite is None else "Exact match", "%", digits=1),
+        *(
+            [
+                Column("needle_accuracy", "Needle", "%", digits=1),
+                Column("aggregation_accuracy", "Aggregation", "%", digits=1),
+            ]
+            if suite
+            else []
+        ),
         Column("visual_tokens", "Visual tokens", digits=1),
         Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
         Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
@@ -103,8 +143,10 @@ def run(
         Column("decode_ms", "Decode", "ms/token", digits=2),
     ]
     results = Results(
-        id="tokens-toyvlm",
-        title="ToyVLM: accuracy and cost vs visual tokens kept",
+        id=result_id,
+        title="ToyVLM: accuracy and cost vs visual tokens kept"
+        if suite is None
+        else f"ToyVLM v2 ({suite} suite): exact match and cost vs visual tokens kept",
         command="",
         families=families,
         columns=seeded.interval_columns(columns, ("accuracy",)),
@@ -137,6 +179,15 @@ def _row(method: str, family: str, budget: float, result: dict) -> dict:
         "llm_prefill_ms": round(1000 * (result["prefill_s"] - result["encode_s"]), 3),
         "kv_kib": round(result["kv_bytes"] / 1024, 2),
         "decode_ms": round(result["decode_ms_per_token"], 3),
+        **(
+            {
+                f"{scope}_accuracy": round(100 * result["accuracy_by_scope"].get(scope, float("nan")), 2)
+                for scope in ("needle", "aggregation")
+            }
+            | {"reply_tokens": result["reply_tokens"]}
+            if "accuracy_by_scope" in result
+            else {}
+        ),
     }
 
 
@@ -154,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=20, help="held-out samples drawn per seed")
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, for a smoke run")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
@@ -162,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if m] or None
     budgets = tuple(float(b) for b in args.budgets.split(","))
     log = lambda *a: print(*a, flush=True)  # noqa: E731
-    results, tests = run(methods, n=n, budgets=budgets, checkpoint=args.checkpoint, seeds=seeds, log=log)
+    results, tests = run(
+        methods, n=n, budgets=budgets, checkpoint=args.checkpoint, seeds=seeds, log=log, suite=args.suite
+    )
     results.command = command_line("reference_impls.bench.tokens", argv)
     for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
         print(f"wrote {path}")
