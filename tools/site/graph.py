@@ -195,6 +195,17 @@ class Graph:
                 return entries.get(key)
         return None
 
+    def paper_label(self, module: str) -> str:
+        """How a module's API page names its paper, from the module's own paper card (method name and
+        arXiv id), else the entry's key: never the entry's title, so editing an entry does not make
+        the API pages (the slowest to build) stale."""
+        card = self._cards.get(module, "")
+        arxiv = card_paper(card)
+        if arxiv:
+            return f"{card_alias(card) or module.rsplit('.', 1)[-1]}, arXiv {arxiv}"
+        entry = self.entry_of_module(module)
+        return entry.key if entry is not None else ""
+
     def aliases(self, entry: Entry) -> list[str]:
         """What people call the method of ``entry``: its ``aliases`` field, then its modules' card names."""
         names = [str(alias) for alias in entry.data.get("aliases") or []]

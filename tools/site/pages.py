@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..bib import entries_to_bibtex
+from ..bib import entry_bibtex_text
 from ..catalog import Entry
 from ..taxonomy import Node
 from . import markdown as md
@@ -206,7 +206,7 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     # Raw <pre><code> instead of a fenced block: no syntax highlighting per page keeps the build
     # linear and fast at 10k entries; Material still adds its copy button to it. It is kept out of
     # the search index (it repeats the title and authors).
-    bibtex = html.escape(entries_to_bibtex([data]).strip(), quote=False)
+    bibtex = html.escape(entry_bibtex_text(data).strip(), quote=False)
     lines += ["", "## BibTeX", "", f'<pre class="bibtex" data-search-exclude><code>{bibtex}</code></pre>', ""]
     lines += related_md(entry, site, page)
     if data.get("sources"):

@@ -67,10 +67,12 @@ class RelatedIndex:
         # (score, -rank, index): the largest are the nearest titles, newest first among equals.
         family = heapq.nlargest(
             family_limit,
-            [(sum(idf[word] for word in words & self.words[index]), -rank[index], index) for index in members],
+            [(sum(idf[word] for word in sorted(words & self.words[index])), -rank[index], index) for index in members],
         )
         scores: dict[int, float] = defaultdict(float)
-        for word in words:
+        # Words in a fixed order: float sums depend on the order, and set order changes between
+        # processes (string hashing), which would reorder ties from one build to the next.
+        for word in sorted(words):
             for index in self.postings.get(word, ()):
                 if index != me and index not in members:
                     scores[index] += idf[word]
