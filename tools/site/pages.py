@@ -97,8 +97,9 @@ def run_it_box(
                 )
             )
         commands = list(dict.fromkeys(data["command"] for data in item.results))
-        if commands:
-            parts.append("**Benchmark:** " + "; ".join(md.code(command) for command in commands))
+        if commands:  # one command a line: a phone breaks long ones, never two into each other
+            parts.append("**Benchmark:** " + md.code(commands[0]))
+            parts += [md.code(command) for command in commands[1:]]
         if family_links and item.families:
             parts.append(
                 "**Family:** "

@@ -50,7 +50,10 @@ class RelatedIndex:
         self.words = [_words(entry) for entry in entries]
         df = Counter(word for words in self.words for word in words)
         total = max(len(entries), 1)
-        self.idf = {word: math.log((1 + total) / (1 + count)) + 1.0 for word, count in df.items()}
+        # Integer weights (micro-units of idf): sums of integers do not depend on the order of the
+        # words (set order changes between processes), so equal scores stay equal and ties keep
+        # their order from one build to the next.
+        self.idf = {word: round((math.log((1 + total) / (1 + count)) + 1.0) * 1e6) for word, count in df.items()}
         self.postings: dict[str, list[int]] = defaultdict(list)
         self.placed: dict[str, list[int]] = defaultdict(list)
         for index, entry in enumerate(entries):
@@ -67,12 +70,10 @@ class RelatedIndex:
         # (score, -rank, index): the largest are the nearest titles, newest first among equals.
         family = heapq.nlargest(
             family_limit,
-            [(sum(idf[word] for word in sorted(words & self.words[index])), -rank[index], index) for index in members],
+            [(sum(idf[word] for word in words & self.words[index]), -rank[index], index) for index in members],
         )
-        scores: dict[int, float] = defaultdict(float)
-        # Words in a fixed order: float sums depend on the order, and set order changes between
-        # processes (string hashing), which would reorder ties from one build to the next.
-        for word in sorted(words):
+        scores: dict[int, int] = defaultdict(int)
+        for word in words:
             for index in self.postings.get(word, ()):
                 if index != me and index not in members:
                     scores[index] += idf[word]
