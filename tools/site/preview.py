@@ -138,7 +138,9 @@ class Preview:
         self.catalog: Catalog | None = None
 
     def full(self) -> Files | None:
-        """Validate and generate everything; None (with the problems printed) on any error."""
+        """Validate and generate everything; None (with the problems printed) on any error, and
+        then the next :meth:`update` asks for everything again too."""
+        self.catalog = None
         catalog = load_catalog(self.root)
         if catalog.errors:
             _report(catalog)
