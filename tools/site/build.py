@@ -44,7 +44,7 @@ from .notebooks import (
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
 from .results import chart_styles, results_index_md, results_links_md, results_md
 
-__all__ = ["GENERATED", "generate_pages", "build_site", "write_changed", "mkdocs_environment"]
+__all__ = ["GENERATED", "generate_pages", "build_site", "mkdocs_build", "write_changed", "mkdocs_environment"]
 
 # Everything under docs/ that the build owns (git-ignored); the rest of docs/ is hand-written.
 GENERATED = (
@@ -338,14 +338,19 @@ def mkdocs_environment() -> dict[str, str]:
     return {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
 
 
+def mkdocs_build(root: Path, site_dir: Path | None = None) -> int:
+    """``mkdocs build --strict`` of the pages already generated in ``docs/``."""
+    site_dir = site_dir or root / "site"
+    result = subprocess.run(_mkdocs(root, "build", "--strict", "-d", str(site_dir)), cwd=root, env=mkdocs_environment())
+    if result.returncode:
+        print("build: mkdocs build --strict failed (see above)", file=sys.stderr)
+    return result.returncode
+
+
 def build_site(
     root: Path, *, run_mkdocs: bool = True, execute_notebooks: bool = True, site_dir: Path | None = None
 ) -> int:
     status = generate_pages(root, execute_notebooks=execute_notebooks)
     if status or not run_mkdocs:
         return status
-    site_dir = site_dir or root / "site"
-    result = subprocess.run(_mkdocs(root, "build", "--strict", "-d", str(site_dir)), cwd=root, env=mkdocs_environment())
-    if result.returncode:
-        print("build: mkdocs build --strict failed (see above)", file=sys.stderr)
-    return result.returncode
+    return mkdocs_build(root, site_dir)
