@@ -81,6 +81,17 @@ def test_added_deleted_and_changed_entries_give_the_same_files_as_a_full_regener
     year = _edit(preview, "papers/good2026entry.yaml", "year: 2026", "year: 2024")
     assert preview.update({year}) is not None
     _same_as_full(preview)
+    # The entry names another module: the HybridKV module loses its paper, so its API page, badges
+    # and "Run it" boxes change.
+    unlinked = _edit(
+        preview,
+        f"papers/{HYBRIDKV}.yaml",
+        "implementation: reference_impls.decoding.hybridkv",
+        "implementation: reference_impls.decoding.adakv",
+    )
+    files, _ = preview.update({unlinked})
+    assert "implementations/reference_impls.decoding.hybridkv.md" in files
+    _same_as_full(preview)
     deleted = preview.root / "papers" / f"{SEED_KEYS[-1]}.yaml"
     deleted.unlink()
     files, removed = preview.update({deleted})
