@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -202,6 +203,11 @@ def serve_site(
     # mkdocs warns about every dirty build; that is what this preview does on purpose.
     logging.getLogger("mkdocs.commands.build").setLevel(logging.ERROR)
     root = Path(root).resolve()
+
+    def stop_on_terminate(*_: Any) -> None:
+        raise KeyboardInterrupt  # a terminate signal stops like Ctrl+C: the temporary site is removed
+
+    signal.signal(signal.SIGTERM, stop_on_terminate)
     preview = Preview(root, execute_notebooks=execute_notebooks)
     files = preview.full()
     if files is None:
