@@ -131,3 +131,8 @@ def test_findings_and_renders_regenerate_their_own_pages_other_edits_everything(
     renamed = _edit(preview, "taxonomy/efficiency.yaml", "name: KV cache compression", "name: KV caches")
     assert preview.update({renamed}) is None
     assert preview.update({preview.root / "notebooks" / "decoding" / "hybridkv.py"}) is None
+
+
+def test_api_pages_name_their_paper_from_the_code_not_the_entry(preview):
+    page = preview.files["implementations/reference_impls.decoding.hybridkv.md"]
+    assert "Paper: [HybridKV, arXiv 2604\\.05887](../papers/zeng2026hybridkv.md)" in page

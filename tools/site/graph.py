@@ -208,7 +208,8 @@ class Graph:
         card = self._cards.get(module, "")
         arxiv = card_paper(card)
         if arxiv:
-            return f"{card_alias(card) or module.rsplit('.', 1)[-1]}, arXiv {arxiv}"
+            alias = card_alias(card)
+            return f"{alias}, arXiv {arxiv}" if alias else f"arXiv {arxiv}"
         entry = self.entry_of_module(module)
         return entry.key if entry is not None else ""
 
