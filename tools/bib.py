@@ -174,6 +174,25 @@ def entries_to_bibtex(entries: Iterable[dict[str, Any]]) -> str:
     return bibtexparser.write_string(library, unparse_stack=unparse_stack, bibtex_format=bibtex_format)
 
 
+# One entry's BibTeX per entry object (the object is kept so its id is not reused): the site shows
+# every entry twice (its page and references.bib), and ``serve`` regenerates the file per edit.
+_TEXTS: dict[int, tuple[dict[str, Any], str]] = {}
+
+
+def entry_bibtex_text(data: dict[str, Any]) -> str:
+    """``entries_to_bibtex([data])``, remembered for this (unchanging) entry object."""
+    remembered = _TEXTS.get(id(data))
+    if remembered is None or remembered[0] is not data:
+        remembered = _TEXTS[id(data)] = (data, entries_to_bibtex([data]))
+    return remembered[1]
+
+
+def library_bibtex(entries: Iterable[dict[str, Any]]) -> str:
+    """``entries_to_bibtex(entries)`` from the remembered texts (bibtexparser separates entries by
+    one blank line)."""
+    return "\n\n".join(entry_bibtex_text(data) for data in sorted(entries, key=lambda item: item["key"]))
+
+
 def _name_first_last(parts) -> str:
     words = [" ".join(parts.first), " ".join(parts.von), " ".join(parts.last)]
     name = " ".join(word for word in words if word)

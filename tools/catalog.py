@@ -27,7 +27,7 @@ from .schema import DATE_PATTERN, paper_schema, schema_text
 from .taxonomy import PLANNED, Taxonomy, load_taxonomy
 from .yamlio import LoadedYaml, YamlLoadError, load_yaml
 
-__all__ = ["Problem", "Entry", "Catalog", "load_catalog", "normalise_title", "SCHEMA_HINT", "ROOT"]
+__all__ = ["Problem", "Entry", "Catalog", "load_catalog", "reload_entries", "normalise_title", "SCHEMA_HINT", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_HINT = "# yaml-language-server: $schema=paper.schema.json"
@@ -295,34 +295,17 @@ def load_catalog(
     new_files = {_canonical(path): text for path, text in (new_files or {}).items()}
     selected = {_canonical(path) for path in paper_paths} if paper_paths is not None else None
     all_paths = _paper_files(root, selected, new_files, problems)
-    schema = paper_schema(None)
-    validator = StrictValidator(schema)
-    # The paper schema uses only draft-07 keywords, so a compiled draft-07 validator can clear
-    # valid files ~20x faster; jsonschema still produces every message for the invalid ones.
-    fast_check = fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
     entries: list[Entry] = []
     for path in all_paths:
         reported = selected is None or path in selected
-        sink: list[Problem] = problems if reported else []
-        loaded = _load_file(path, root, sink, new_files.get(path))
-        if loaded is None:
-            continue
-        entry = Entry(loaded=loaded, relpath=_relative(path, root))
-        entries.append(entry)
-        if reported:
-            problems += schema_problems(validator, loaded, entry.relpath, fast_check)
-            problems += _entry_problems(entry, root, taxonomy)
+        entry = _read_entry(path, root, taxonomy, problems if reported else None, new_files.get(path))
+        if entry is not None:
+            entries.append(entry)
     problems += _cross_entry_problems(entries, selected)
     # Expectations name rows of the results files; their own problems are reported by _check_reproduced.
     checked = [entry for entry in entries if selected is None or entry.loaded.path in selected]
     problems += check_expectations(checked, check_results(root)[0])
-
-    known_keys = {entry.key for entry in entries}
-    for topic in taxonomy.topics:
-        if topic.source and topic.source not in known_keys:
-            problems.append(
-                Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'")
-            )
+    problems += _topic_source_problems(root, taxonomy, entries)
     if (root / "mkdocs.yml").is_file():
         problems += [Problem("mkdocs.yml", 1, "nav", message) for message in check_nav(root, taxonomy)]
     if check_schema_file:
@@ -332,6 +315,70 @@ def load_catalog(
                 Problem("papers/paper.schema.json", 1, "", "out of date with taxonomy/ (run: python -m tools schema)")
             )
     return Catalog(root=root, taxonomy=taxonomy, entries=entries, problems=problems)
+
+
+_VALIDATORS: list[tuple[StrictValidator, Any]] = []
+
+
+def _paper_validators() -> tuple[StrictValidator, Any]:
+    """The paper schema's validators, made once per process (``serve`` checks one entry per edit)."""
+    if not _VALIDATORS:
+        schema = paper_schema(None)
+        # The paper schema uses only draft-07 keywords, so a compiled draft-07 validator can clear
+        # valid files ~20x faster; jsonschema still produces every message for the invalid ones.
+        fast_check = fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
+        _VALIDATORS.append((StrictValidator(schema), fast_check))
+    return _VALIDATORS[0]
+
+
+def _read_entry(
+    path: Path, root: Path, taxonomy: Taxonomy, problems: list[Problem] | None, text: str | None = None
+) -> Entry | None:
+    """Load one entry; with a ``problems`` list, check it on its own (schema, key, placement...) too."""
+    loaded = _load_file(path, root, problems if problems is not None else [], text)
+    if loaded is None:
+        return None
+    entry = Entry(loaded=loaded, relpath=_relative(path, root))
+    if problems is not None:
+        validator, fast_check = _paper_validators()
+        problems += schema_problems(validator, loaded, entry.relpath, fast_check)
+        problems += _entry_problems(entry, root, taxonomy)
+    return entry
+
+
+def _topic_source_problems(root: Path, taxonomy: Taxonomy, entries: list[Entry]) -> list[Problem]:
+    known_keys = {entry.key for entry in entries}
+    return [
+        Problem(_relative(topic.file, root), topic.line, "source", f"no paper entry with key '{topic.source}'")
+        for topic in taxonomy.topics
+        if topic.source and topic.source not in known_keys
+    ]
+
+
+def reload_entries(catalog: Catalog, paths: Iterable[Path], results: list[dict[str, Any]]) -> Catalog | None:
+    """``catalog`` with the entries at ``paths`` read again (changed, added or deleted), checked the
+    way :func:`load_catalog` checks them (cross-entry checks against every entry); the problems are
+    those of ``paths`` only. The taxonomy and the other entries are reused as they are: this is how
+    ``serve`` takes in one edited entry without reading the whole repository again. ``results`` are
+    the reproduced results the expectations are checked against. None when a path is not a plain
+    ``papers/<key>.yaml`` file (the caller reloads everything, which reports it)."""
+    root = catalog.root
+    papers = root / "papers"
+    selected = {_canonical(path) for path in paths}
+    if any(path.parent != papers or path.suffix != ".yaml" or path.is_symlink() for path in selected):
+        return None
+    problems: list[Problem] = []
+    kept = [entry for entry in catalog.entries if entry.loaded.path not in selected]
+    fresh = [
+        entry
+        for path in sorted(selected)
+        if path.exists() and (entry := _read_entry(path, root, catalog.taxonomy, problems)) is not None
+    ]
+    entries = sorted(kept + fresh, key=lambda entry: entry.loaded.path)
+    problems += _cross_entry_problems(entries, selected)
+    problems += check_expectations(fresh, results)
+    problems += _topic_source_problems(root, catalog.taxonomy, entries)
+    return Catalog(root=root, taxonomy=catalog.taxonomy, entries=entries, problems=problems)
 
 
 def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Problem]:

@@ -288,7 +288,7 @@ def cmd_build(args: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, root: Path) -> int:
-    from .site.build import serve_site
+    from .site.serve import serve_site
 
     return serve_site(root, address=args.address, execute_notebooks=not args.no_execute)
 

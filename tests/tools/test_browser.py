@@ -270,6 +270,26 @@ def test_phone_menu_lists_the_sections(phone, name):
     assert phone.errors == []
 
 
+# Elements that stick out past the screen's right edge, or past the box ("Run it", tips) holding
+# them, except inside the containers that scroll on purpose (code blocks, the breadcrumbs). Material
+# hides the page's horizontal overflow, so the page's scroll width alone would not show them.
+STICKING_OUT = """() => {
+  const screen = document.documentElement.clientWidth, found = [];
+  for (const element of document.querySelectorAll('.md-content *')) {
+    let parent = element.parentElement, scrolls = false;
+    for (; parent; parent = parent.parentElement) {
+      if (['auto', 'scroll'].includes(getComputedStyle(parent).overflowX)) { scrolls = true; break; }
+    }
+    const box = element.getBoundingClientRect();
+    if (scrolls || !box.width) continue;
+    const holder = element.closest('.admonition');
+    const limit = holder && holder !== element ? Math.min(screen, holder.getBoundingClientRect().right) : screen;
+    if (box.right > limit + 1) found.push(`${element.tagName}: ${element.textContent.trim().slice(0, 60)}`);
+  }
+  return found.slice(0, 5);
+}"""
+
+
 def test_pages_have_no_errors_and_no_sideways_scroll_on_a_phone(phone):
     overflowing = {}
     for name, path in PAGES.items():
@@ -279,8 +299,22 @@ def test_pages_have_no_errors_and_no_sideways_scroll_on_a_phone(phone):
         width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
         if width[0] > width[1]:
             overflowing[name] = width
+        sticking = page.evaluate(STICKING_OUT)
+        if sticking:
+            overflowing[name] = sticking
     assert overflowing == {}
     assert phone.errors == []
+
+
+def test_home_counts_sit_in_two_even_columns_on_a_phone(phone):
+    page = phone.open(PAGES["home"])
+    boxes = page.eval_on_selector_all(
+        ".atlas-counts > div",
+        "cells => cells.map(cell => { const box = cell.getBoundingClientRect(); return [box.left, box.width]; })",
+    )
+    assert len(boxes) == 5
+    assert len({round(left) for left, _ in boxes}) == 2, boxes  # not rows of one, two or three
+    assert len({round(width) for _, width in boxes}) == 1, boxes
 
 
 def test_tables_are_not_clipped_on_a_desktop(desktop):

@@ -7,15 +7,19 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from ..bib import entries_to_bibtex
-from ..catalog import Catalog, load_catalog
+from ..bib import library_bibtex
+from ..catalog import Catalog, Entry, load_catalog
 from ..interrupts import deferred_interrupt
 from ..results import load_all_results
 from ..schema import results_schema, schema_text
+from ..taxonomy import Node
 from . import markdown as md
 from .agreement import PAGE as AGREEMENT
 from .agreement import agreement_md
@@ -26,7 +30,7 @@ from .changes import PAGE as CHANGES
 from .charts import stage_year_chart
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .graph import Graph
-from .history import load_history
+from .history import History, load_history
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
 from .notebooks import (
     discover_notebooks,
@@ -40,7 +44,7 @@ from .notebooks import (
 from .pages import home_md, node_md, paper_md, taxonomy_index_md
 from .results import chart_styles, results_index_md, results_links_md, results_md
 
-__all__ = ["GENERATED", "generate_pages", "build_site", "serve_site"]
+__all__ = ["GENERATED", "generate_pages", "build_site", "mkdocs_build", "write_changed", "mkdocs_environment"]
 
 # Everything under docs/ that the build owns (git-ignored); the rest of docs/ is hand-written.
 GENERATED = (
@@ -61,83 +65,137 @@ GENERATED = (
 )
 
 
-def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, str | bytes]:
-    taxonomy = catalog.taxonomy
-    modules = discover_modules(root)
-    notebooks = discover_notebooks(root)
-    all_results = load_all_results(root)
-    site = SiteData(catalog, Graph(catalog, modules, notebooks, all_results), load_history(root))
+@dataclass
+class Sources:
+    """What the pages are made of besides the catalog: read once per full generation, and kept by
+    ``serve`` between edits of papers, findings and notebook renders (which do not change them)."""
+
+    root: Path
+    execute_notebooks: bool
+    modules: dict[str, str] = field(init=False)
+    notebooks: list[str] = field(init=False)
+    results: list[dict[str, Any]] = field(init=False)
+    history: History = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.modules = discover_modules(self.root)
+        self.notebooks = discover_notebooks(self.root)
+        self.results = load_all_results(self.root)
+        self.history = load_history(self.root)
+
+    @cached_property
+    def styles(self) -> dict[str, tuple[str, str]]:
+        return chart_styles(self.results)
+
+    def site(self, catalog: Catalog) -> SiteData:
+        return SiteData(catalog, Graph(catalog, self.modules, self.notebooks, self.results), self.history)
+
+
+def paper_files(site: SiteData, entries: Iterable[Entry]) -> dict[str, str | bytes]:
+    return {paper_page(entry.key): paper_md(entry, site) for entry in entries}
+
+
+def node_files(site: SiteData, sources: Sources, nodes: Iterable[Node]) -> dict[str, str | bytes]:
+    """Taxonomy node pages, with the charts of the results they show."""
     files: dict[str, str | bytes] = {}
     assets: dict[str, str] = {}
-
-    for entry in catalog.entries:
-        files[paper_page(entry.key)] = paper_md(entry, site)
-    files[ALL_PAPERS] = all_papers_md(site)
-    files[CHANGES] = changes_md(site)
-    files[FEED] = atom_feed(site, site.site_url)
-    files[INDEX] = papers_index_json(site)
-
-    module_families = families_by_module(taxonomy)
-    for module, summary in modules.items():
-        files[module_page(module)] = module_md(module, summary, module_families.get(module, []), site)
-    files["implementations/index.md"] = implementations_index_md(modules, taxonomy)
-
-    styles = chart_styles(all_results)
-    for node in taxonomy.nodes():
+    for node in nodes:
         page = node_page(node)
         ids = {n.id for n in node.descendants()}
-        shown = [data for data in all_results if ids & set(data["families"])]
+        shown = [data for data in sources.results if ids & set(data["families"])]
         if node.children:
             # A topic or stage links to its families' results instead of repeating every table.
             results_text = results_links_md(node, shown, page)
         else:
             results_text = "\n".join(
-                results_md(data, page, assets, family=node.id, indexed=False, styles=styles) for data in shown
+                results_md(data, page, assets, family=node.id, indexed=False, styles=sources.styles) for data in shown
             )
-        files[page] = node_md(node, site, modules, results_text)
-    files["results/index.md"] = results_index_md(all_results, assets)
-    files[AGREEMENT] = agreement_md(catalog.entries, all_results)
-    files["taxonomy/index.md"] = taxonomy_index_md(site)
+        files[page] = node_md(node, site, sources.modules, results_text)
+    return files | assets
 
+
+def module_files(site: SiteData, sources: Sources, modules: Iterable[str]) -> dict[str, str | bytes]:
+    module_families = families_by_module(site.taxonomy)
+    return {
+        module_page(module): module_md(module, sources.modules[module], module_families.get(module, []), site)
+        for module in modules
+    }
+
+
+def _notebook_families(site: SiteData) -> dict[str, list[str]]:
+    """Notebook -> links (from its page) to the families that show it."""
     families_of: dict[str, list[str]] = {}
-    for node in taxonomy.nodes():
+    for node in site.taxonomy.nodes():
         for notebook in node.notebooks:
             families_of.setdefault(notebook, []).append(
                 md.link(md.text(node.name), relative(notebook_page(notebook), node_page(node)))
             )
-    titles: dict[str, str] = {}
+    return families_of
+
+
+def notebook_files(
+    site: SiteData,
+    sources: Sources,
+    notebooks: Iterable[str],
+    titles: dict[str, str],
+    owned: dict[str, set[str]] | None = None,
+) -> dict[str, str | bytes]:
+    """Each notebook's page, its ``.py`` and ``.ipynb`` downloads and its rendered images; records
+    each notebook's title in ``titles`` and (with ``owned``) the names of its files."""
+    root, files = sources.root, {}
+    families_of = _notebook_families(site)
     for notebook in notebooks:
-        body, current = render_notebook(root, notebook, execute=execute_notebooks)
-        files[notebook_page(notebook)] = notebook_md(notebook, body, current, families_of.get(notebook, []), site)
-        files.update(notebook_source_files(root, notebook))
+        body, current = render_notebook(root, notebook, execute=sources.execute_notebooks)
+        mine: dict[str, str | bytes] = {
+            notebook_page(notebook): notebook_md(notebook, body, current, families_of.get(notebook, []), site)
+        }
+        mine.update(notebook_source_files(root, notebook))
         titles[notebook] = notebook_title(notebook, body)
         images = rendered_dir(root, notebook)
         for image in images.rglob("*") if images.is_dir() else ():
             if image.is_file() and image.name != "index.md":
-                files[str(Path(notebook_page(notebook)).parent / image.relative_to(images))] = image.read_bytes()
-    index_families = {
-        notebook: [link.replace("../", "", 1) for link in links] for notebook, links in families_of.items()
-    }
-    files["notebooks/index.md"] = notebooks_index_md(notebooks, index_families, titles)
+                mine[str(Path(notebook_page(notebook)).parent / image.relative_to(images))] = image.read_bytes()
+        if owned is not None:
+            owned[notebook] = set(mine)
+        files |= mine
+    return files
 
+
+def notebooks_index_files(site: SiteData, sources: Sources, titles: dict[str, str]) -> dict[str, str | bytes]:
+    index_families = {
+        notebook: [link.replace("../", "", 1) for link in links] for notebook, links in _notebook_families(site).items()
+    }
+    return {"notebooks/index.md": notebooks_index_md(sources.notebooks, index_families, titles)}
+
+
+def listing_files(site: SiteData, sources: Sources) -> dict[str, str | bytes]:
+    """The pages and downloads that list or count every entry (regenerated on any entry change)."""
+    catalog, taxonomy = site.catalog, site.taxonomy
+    files: dict[str, str | bytes] = {
+        ALL_PAPERS: all_papers_md(site),
+        CHANGES: changes_md(site),
+        FEED: atom_feed(site, site.site_url),
+        INDEX: papers_index_json(site),
+        AGREEMENT: agreement_md(catalog.entries, sources.results),
+        "taxonomy/index.md": taxonomy_index_md(site),
+    }
     by_stage = Counter((site.stage_of(entry), entry.data["year"]) for entry in site.entries)
     stages = list(
         dict.fromkeys(site.stage_of(entry) for entry in sorted(site.entries, key=lambda e: e.data["placement"][0]))
     )
     chart = "assets/generated/papers-by-year.svg"
-    assets[chart] = stage_year_chart(by_stage, sorted(stages))
+    files[chart] = stage_year_chart(by_stage, sorted(stages))
     counts = {
         "papers": len(catalog.entries),
         "method families": sum(1 for node in taxonomy.nodes() if node.is_leaf_method),
         "with a reference implementation": sum(
             1 for node in taxonomy.nodes() if node.is_leaf_method and node.implementations
         ),
-        "implementation modules": len(modules),
-        "notebooks": len(notebooks),
+        "implementation modules": len(sources.modules),
+        "notebooks": len(sources.notebooks),
     }
     files["index.md"] = home_md(site, counts, chart)
-    files["tags.md"] = md.front_matter(title="Tags") + "# Tags\n\n<!-- material/tags -->\n"
-    files["references.bib"] = entries_to_bibtex(entry.data for entry in catalog.entries)
+    files["references.bib"] = library_bibtex(entry.data for entry in catalog.entries)
     files["papers.json"] = (
         json.dumps(
             [entry.data for entry in sorted(catalog.entries, key=lambda e: e.key)],
@@ -148,25 +206,54 @@ def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, s
         )
         + "\n"
     )
-    files["schemas/paper.schema.json"] = schema_text(taxonomy)
-    files["schemas/results.schema.json"] = json.dumps(results_schema(), indent=2, ensure_ascii=False) + "\n"
-    files["schemas/taxonomy.schema.json"] = (root / "taxonomy" / "taxonomy.schema.json").read_text(encoding="utf-8")
-    files.update(assets)
     return files
 
 
-def _write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes]) -> int:
-    """Write only the files whose bytes changed (each by one rename) and delete generated files no
-    longer produced; returns how many files changed. Unchanged files keep their modification time,
-    which is how ``mkdocs serve --dirty`` knows what to rebuild."""
+def _fixed_files(site: SiteData, sources: Sources) -> dict[str, str | bytes]:
+    """Pages that do not depend on the entries."""
+    assets: dict[str, str] = {}
+    files: dict[str, str | bytes] = {
+        "implementations/index.md": implementations_index_md(sources.modules, site.taxonomy),
+        "results/index.md": results_index_md(sources.results, assets),
+        "tags.md": md.front_matter(title="Tags") + "# Tags\n\n<!-- material/tags -->\n",
+        "schemas/paper.schema.json": schema_text(site.taxonomy),
+        "schemas/results.schema.json": json.dumps(results_schema(), indent=2, ensure_ascii=False) + "\n",
+        "schemas/taxonomy.schema.json": (sources.root / "taxonomy" / "taxonomy.schema.json").read_text(
+            encoding="utf-8"
+        ),
+    }
+    return files | assets
+
+
+def all_files(
+    site: SiteData, sources: Sources, titles: dict[str, str], owned: dict[str, set[str]] | None = None
+) -> dict[str, str | bytes]:
+    """Every generated file; records each notebook's title and files (see :func:`notebook_files`)."""
+    files = paper_files(site, site.catalog.entries)
+    files |= module_files(site, sources, sources.modules)
+    files |= node_files(site, sources, site.taxonomy.nodes())
+    files |= notebook_files(site, sources, sources.notebooks, titles, owned)
+    files |= notebooks_index_files(site, sources, titles)
+    files |= listing_files(site, sources)
+    return files | _fixed_files(site, sources)
+
+
+def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, str | bytes]:
+    sources = Sources(root, execute_notebooks)
+    return all_files(sources.site(catalog), sources, {})
+
+
+def write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes], removed: set[str] | None = None) -> int:
+    """Write only the files whose bytes changed (each by one rename) and delete ``removed`` (by
+    default: every generated file no longer produced); returns how many files changed. Unchanged
+    files keep their modification time, which is how mkdocs' dirty build knows what to rebuild."""
     scratch = root / ".cache" / "docs-incremental"
     scratch.mkdir(parents=True, exist_ok=True)
-    wanted, changed = set(), 0
+    changed = 0
     with deferred_interrupt():  # Ctrl-C waits for the last rename
         for name, content in files.items():
             data = content if isinstance(content, bytes) else content.encode("utf-8")
             path = docs_dir / name
-            wanted.add(path)
             try:
                 if path.read_bytes() == data:
                     continue
@@ -177,12 +264,18 @@ def _write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes]) ->
             temporary.write_bytes(data)
             os.replace(temporary, path)
             changed += 1
-        for name in GENERATED:
-            target = docs_dir / name
-            for path in [target] if target.is_file() else sorted(target.rglob("*")) if target.is_dir() else []:
-                if path.is_file() and path not in wanted:
-                    path.unlink()
-                    changed += 1
+        if removed is None:
+            wanted = {docs_dir / name for name in files}
+            stale = []
+            for name in GENERATED:
+                target = docs_dir / name
+                stale += [target] if target.is_file() else sorted(target.rglob("*")) if target.is_dir() else []
+            doomed = [path for path in stale if path.is_file() and path not in wanted]
+        else:
+            doomed = [docs_dir / name for name in sorted(removed) if (docs_dir / name).is_file()]
+        for path in doomed:
+            path.unlink()
+            changed += 1
     return changed
 
 
@@ -206,7 +299,7 @@ def generate_pages(
         print(f"build: {error}; nothing was written", file=sys.stderr)
         return 1
     if incremental:
-        changed = _write_changed(root, docs_dir, files)
+        changed = write_changed(root, docs_dir, files)
         print(f"build: {changed} of {len(files)} generated files changed", flush=True)
         return 0
     staging, previous = root / ".cache" / "docs-staging", root / ".cache" / "docs-previous"
@@ -241,8 +334,17 @@ def _mkdocs(root: Path, *arguments: str) -> list[str]:
     return [sys.executable, "-m", "mkdocs", *arguments, "-f", str(root / "mkdocs.yml")]
 
 
-def _environment() -> dict[str, str]:
+def mkdocs_environment() -> dict[str, str]:
     return {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+
+
+def mkdocs_build(root: Path, site_dir: Path | None = None) -> int:
+    """``mkdocs build --strict`` of the pages already generated in ``docs/``."""
+    site_dir = site_dir or root / "site"
+    result = subprocess.run(_mkdocs(root, "build", "--strict", "-d", str(site_dir)), cwd=root, env=mkdocs_environment())
+    if result.returncode:
+        print("build: mkdocs build --strict failed (see above)", file=sys.stderr)
+    return result.returncode
 
 
 def build_site(
@@ -251,57 +353,4 @@ def build_site(
     status = generate_pages(root, execute_notebooks=execute_notebooks)
     if status or not run_mkdocs:
         return status
-    site_dir = site_dir or root / "site"
-    result = subprocess.run(_mkdocs(root, "build", "--strict", "-d", str(site_dir)), cwd=root, env=_environment())
-    if result.returncode:
-        print("build: mkdocs build --strict failed (see above)", file=sys.stderr)
-    return result.returncode
-
-
-def _snapshot(root: Path) -> dict[str, float]:
-    watched = {}
-    for folder, pattern in (
-        ("papers", "*.yaml"),
-        ("taxonomy", "*"),
-        ("notebooks", "*.py"),
-        ("notebooks/_rendered", "*"),
-        ("reference_impls/results", "*.json"),
-    ):
-        for path in (root / folder).rglob(pattern):
-            if path.is_file():
-                watched[str(path)] = path.stat().st_mtime
-    return watched
-
-
-def serve_site(
-    root: Path, *, address: str = "127.0.0.1:8000", execute_notebooks: bool = True, poll_s: float = 0.2
-) -> int:
-    """Generate, then let ``mkdocs serve --dirty`` build and serve with live reload; when
-    papers, taxonomy, notebooks, their renders or results change, regenerate the pages and rewrite
-    only the files that changed, which mkdocs then rebuilds alone (a dirty rebuild: the search
-    index and the navigation are refreshed by the next full build)."""
-    status = generate_pages(root, execute_notebooks=execute_notebooks, incremental=True)
-    if status:
-        return status
-    # Not strict (mkdocs.yml says strict): mkdocs warns about every dirty rebuild, and strict would stop there;
-    # ``build`` (and CI) stays strict.
-    server = subprocess.Popen(
-        _mkdocs(root, "serve", "--dirty", "--no-strict", "-a", address), cwd=root, env=_environment()
-    )
-    print(f"serving on http://{address}/ (Ctrl+C stops)", flush=True)
-    seen = _snapshot(root)
-    try:
-        while server.poll() is None:
-            time.sleep(poll_s)
-            now = _snapshot(root)
-            if now != seen:
-                seen = now
-                started = time.perf_counter()
-                generate_pages(root, execute_notebooks=execute_notebooks, incremental=True)
-                print(f"build: regenerated in {time.perf_counter() - started:.1f} s", flush=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    return 0
+    return mkdocs_build(root, site_dir)

@@ -40,15 +40,22 @@ def relative(from_page: str, to_page: str) -> str:
     return "../" * up + to_page if up else to_page
 
 
+_CONFIGS: dict[tuple[str, int], dict] = {}
+
+
 def _config_url(root: Path, key: str) -> str:
     """An https URL of ``mkdocs.yml`` (``repo_url``, ``site_url``) without its trailing slash, or ""."""
     import yaml
 
+    path = root / "mkdocs.yml"
     try:
-        config = yaml.safe_load((root / "mkdocs.yml").read_text(encoding="utf-8")) or {}
+        version = (str(path), path.stat().st_mtime_ns)
+        if version not in _CONFIGS:  # read once per version: ``serve`` makes a SiteData per edit
+            _CONFIGS[version] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config = _CONFIGS[version]
     except (OSError, yaml.YAMLError):
         return ""
-    url = str(config.get(key) or "").rstrip("/")
+    url = str(config.get(key) or "").rstrip("/") if isinstance(config, dict) else ""
     return url if url.startswith("https://") else ""
 
 

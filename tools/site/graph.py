@@ -188,12 +188,30 @@ class Graph:
             )
         return found
 
-    def entry_of_module(self, module: str) -> Entry | None:
+    @cached_property
+    def _entry_of_module(self) -> dict[str, Entry]:
         entries = self.catalog.by_key()
+        found: dict[str, Entry] = {}
         for key, modules in self.modules_of_entry.items():
-            if module in modules:
-                return entries.get(key)
-        return None
+            for module in modules:
+                if key in entries:
+                    found.setdefault(module, entries[key])
+        return found
+
+    def entry_of_module(self, module: str) -> Entry | None:
+        return self._entry_of_module.get(module)
+
+    def paper_label(self, module: str) -> str:
+        """How a module's API page names its paper, from the module's own paper card (method name and
+        arXiv id), else the entry's key: never the entry's title, so editing an entry does not make
+        the API pages (the slowest to build) stale."""
+        card = self._cards.get(module, "")
+        arxiv = card_paper(card)
+        if arxiv:
+            alias = card_alias(card)
+            return f"{alias}, arXiv {arxiv}" if alias else f"arXiv {arxiv}"
+        entry = self.entry_of_module(module)
+        return entry.key if entry is not None else ""
 
     def aliases(self, entry: Entry) -> list[str]:
         """What people call the method of ``entry``: its ``aliases`` field, then its modules' card names."""

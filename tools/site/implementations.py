@@ -78,7 +78,8 @@ def module_md(module: str, summary: str, families: list, site: SiteData | None =
     if graph is not None:
         entry = graph.entry_of_module(module)
         if entry is not None:
-            lines += ["Paper: " + md.link(md.text(entry.data["title"]), relative(page, paper_page(entry.key))), ""]
+            label = md.text(graph.paper_label(module))
+            lines += ["Paper: " + md.link(label, relative(page, paper_page(entry.key))), ""]
         notebooks = graph.notebooks_of_module(module) if module in graph.families_of_module else []
         if notebooks:
             lines += [

@@ -245,7 +245,10 @@ def notebook_source_files(root: Path, notebook: str) -> dict[str, bytes]:
     page_dir = Path(notebook).parent
     source = (root / notebook).read_text(encoding="utf-8")
     if source not in _IPYNB:
-        _IPYNB[source] = jupytext.writes(jupytext.reads(source, fmt="py:percent"), fmt="ipynb")
+        notebook_data = jupytext.reads(source, fmt="py:percent")
+        for index, cell in enumerate(notebook_data.cells):
+            cell.id = f"cell-{index}"  # jupytext draws random ids: the same source gave a new file each build
+        _IPYNB[source] = jupytext.writes(notebook_data, fmt="ipynb")
     ipynb = _IPYNB[source]
     return {
         str(page_dir / Path(notebook).name): source.encode("utf-8"),

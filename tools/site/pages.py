@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..bib import entries_to_bibtex
+from ..bib import entry_bibtex_text
 from ..catalog import Entry
 from ..taxonomy import Node
 from . import markdown as md
@@ -97,8 +97,9 @@ def run_it_box(
                 )
             )
         commands = list(dict.fromkeys(data["command"] for data in item.results))
-        if commands:
-            parts.append("**Benchmark:** " + "; ".join(md.code(command) for command in commands))
+        if commands:  # one command a line: a phone breaks long ones, never two into each other
+            parts.append("**Benchmark:** " + md.code(commands[0]))
+            parts += [md.code(command) for command in commands[1:]]
         if family_links and item.families:
             parts.append(
                 "**Family:** "
@@ -206,7 +207,7 @@ def paper_md(entry: Entry, site: SiteData) -> str:
     # Raw <pre><code> instead of a fenced block: no syntax highlighting per page keeps the build
     # linear and fast at 10k entries; Material still adds its copy button to it. It is kept out of
     # the search index (it repeats the title and authors).
-    bibtex = html.escape(entries_to_bibtex([data]).strip(), quote=False)
+    bibtex = html.escape(entry_bibtex_text(data).strip(), quote=False)
     lines += ["", "## BibTeX", "", f'<pre class="bibtex" data-search-exclude><code>{bibtex}</code></pre>', ""]
     lines += related_md(entry, site, page)
     if data.get("sources"):

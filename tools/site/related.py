@@ -50,7 +50,10 @@ class RelatedIndex:
         self.words = [_words(entry) for entry in entries]
         df = Counter(word for words in self.words for word in words)
         total = max(len(entries), 1)
-        self.idf = {word: math.log((1 + total) / (1 + count)) + 1.0 for word, count in df.items()}
+        # Integer weights (micro-units of idf): sums of integers do not depend on the order of the
+        # words (set order changes between processes), so equal scores stay equal and ties keep
+        # their order from one build to the next.
+        self.idf = {word: round((math.log((1 + total) / (1 + count)) + 1.0) * 1e6) for word, count in df.items()}
         self.postings: dict[str, list[int]] = defaultdict(list)
         self.placed: dict[str, list[int]] = defaultdict(list)
         for index, entry in enumerate(entries):
@@ -69,7 +72,7 @@ class RelatedIndex:
             family_limit,
             [(sum(idf[word] for word in words & self.words[index]), -rank[index], index) for index in members],
         )
-        scores: dict[int, float] = defaultdict(float)
+        scores: dict[int, int] = defaultdict(int)
         for word in words:
             for index in self.postings.get(word, ()):
                 if index != me and index not in members:
