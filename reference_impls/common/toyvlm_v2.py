@@ -58,6 +58,7 @@ __all__ = [
     "collate_chat",
     "load_toyvlm_v2",
     "save_toyvlm_v2",
+    "tiny_toyvlm_v2",
     "toyvlm_v2_config",
 ]
 
@@ -218,6 +219,17 @@ class ToyVLMv2:
             for key in ("all", sample.qa.kind, sample.qa.scope):
                 hits.setdefault(key, []).append(hit)
         return {key: round(sum(h) / len(h), 4) for key, h in sorted(hits.items())}
+
+
+def tiny_toyvlm_v2(seed: int = 0) -> ToyVLMv2:
+    """A random-init micro ToyVLM v2 (language model 32 wide, 2 layers; vision tower 32 wide, 1
+    block) in eval mode, for tests and examples: same vocabulary, layout and code paths as v2."""
+    vocab = build_vocab_v2()
+    torch.manual_seed(seed)
+    config = toyvlm_v2_config(
+        vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1
+    )
+    return ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
 
 
 def save_toyvlm_v2(bundle: ToyVLMv2, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> Path:

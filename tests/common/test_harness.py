@@ -71,14 +71,9 @@ def test_cache_bytes_protocol():
 
 @pytest.fixture(scope="module")
 def chat_bundle():
-    from reference_impls.common.toyvlm_v2 import ToyVLMv2, build_vocab_v2, toyvlm_v2_config
+    from reference_impls.common.toyvlm_v2 import tiny_toyvlm_v2
 
-    vocab = build_vocab_v2()
-    torch.manual_seed(0)
-    config = toyvlm_v2_config(
-        vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1
-    )
-    return ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
+    return tiny_toyvlm_v2()
 
 
 def _chat_samples(n):

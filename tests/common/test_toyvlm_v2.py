@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import Qwen2_5_VLForConditionalGeneration
 
 from reference_impls.common.chat_scenes import (
     IMAGE_LONG_KINDS,
@@ -16,7 +15,12 @@ from reference_impls.common.chat_scenes import (
     suite_samples,
 )
 from reference_impls.common.toyvlm import build_vocab
-from reference_impls.common.toyvlm_v2 import ToyVLMv2, build_vocab_v2, load_toyvlm_v2, save_toyvlm_v2, toyvlm_v2_config
+from reference_impls.common.toyvlm_v2 import (
+    build_vocab_v2,
+    load_toyvlm_v2,
+    save_toyvlm_v2,
+    tiny_toyvlm_v2,
+)
 
 torch.set_num_threads(1)
 IMAGES = ChatSceneSpec(n_images=(2, 3), cells=(4, 4))
@@ -25,12 +29,7 @@ VIDEO = ChatSceneSpec(video_frames=(4, 6), cells=(4, 8), still_objects=(1, 3))
 
 @pytest.fixture(scope="module")
 def toy():
-    vocab = build_vocab_v2()
-    torch.manual_seed(0)
-    config = toyvlm_v2_config(
-        vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vision_hidden=32, vision_depth=1
-    )
-    return ToyVLMv2(Qwen2_5_VLForConditionalGeneration(config).eval(), vocab)
+    return tiny_toyvlm_v2()
 
 
 def test_vocabulary_covers_every_suite_and_keeps_v1_special_ids():
