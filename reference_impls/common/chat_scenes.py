@@ -180,6 +180,9 @@ class ChatQA:
     answer: str
     kind: str
     relevant: tuple[int, ...] = ()
+    evidence: tuple[tuple[int, ...], ...] = ()
+    """Per answer word (when set): the objects that word is about (the second item of a list is
+    about the second object; a separator is about the item it introduces)."""
 
     @property
     def scope(self) -> str:
@@ -399,9 +402,26 @@ def make_chat_scene(spec: ChatSceneSpec, rng: np.random.Generator) -> ChatScene:
     return _video_scene(spec, rng) if spec.video_frames[1] else _images_scene(spec, rng)
 
 
-def _listing(items: list[str]) -> str:
-    """``a``, ``a and b``, ``a , b and c``."""
-    return items[0] if len(items) == 1 else " , ".join(items[:-1]) + " and " + items[-1]
+_Words = list[tuple[str, tuple[int, ...]]]
+"""Answer words, each with the objects it is about."""
+
+
+def _words(text: str, about: tuple[int, ...]) -> _Words:
+    return [(word, about) for word in text.split()]
+
+
+def _listing(items: list[tuple[str, tuple[int, ...]]]) -> _Words:
+    """``a``, ``a and b``, ``a , b and c``; a separator is about the item that follows it."""
+    words: _Words = []
+    for k, (text, about) in enumerate(items):
+        if k:
+            words.append(("and" if k == len(items) - 1 else ",", about))
+        words += _words(text, about)
+    return words
+
+
+def _qa(question: str, words: _Words, kind: str, relevant: tuple[int, ...]) -> ChatQA:
+    return ChatQA(question, " ".join(w for w, _ in words), kind, relevant, tuple(about for _, about in words))
 
 
 def _unique(scene: ChatScene, key) -> list[int]:
@@ -409,9 +429,10 @@ def _unique(scene: ChatScene, key) -> list[int]:
     return [i for i, v in enumerate(values) if values.count(v) == 1]
 
 
-def _tally(objects: list[tuple[int, ChatObject]], colours: tuple[str, ...]) -> str:
-    counts = [(sum(o.colour == c for _, o in objects), c) for c in colours]
-    return _listing([f"{n} {c}" for n, c in counts if n])
+def _tally(objects: list[tuple[int, ChatObject]], colours: tuple[str, ...]) -> _Words:
+    """``2 red , 1 blue``: each count and colour is about the objects of that colour."""
+    groups = [(c, tuple(i for i, o in objects if o.colour == c)) for c in colours]
+    return _listing([(f"{len(group)} {c}", group) for c, group in groups if group])
 
 
 def _quadrant(obj: ChatObject, height: int, width: int) -> str:
@@ -478,11 +499,13 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
         relevant = tuple(i for i, _ in group)
         height, width = scene.images[k].shape[:2]
         if kind == "list":
-            return ChatQA(f"what objects are in image {k + 1} ?", _listing([o.name for _, o in group]), kind, relevant)
+            return _qa(
+                f"what objects are in image {k + 1} ?", _listing([(o.name, (i,)) for i, o in group]), kind, relevant
+            )
         if kind == "describe":
-            parts = [f"{o.size_word} {o.name} {_quadrant(o, height, width)}" for _, o in group]
-            return ChatQA(f"describe image {k + 1} ?", _listing(parts), kind, relevant)
-        return ChatQA(
+            parts = [(f"{o.size_word} {o.name} {_quadrant(o, height, width)}", (i,)) for i, o in group]
+            return _qa(f"describe image {k + 1} ?", _listing(parts), kind, relevant)
+        return _qa(
             f"how many objects of each colour are in image {k + 1} ?", _tally(group, spec.colours), kind, relevant
         )
     if kind == "where":
@@ -492,12 +515,12 @@ def ask_chat(scene: ChatScene, kind: str, rng: np.random.Generator, spec: ChatSc
             return None
         q = pick(cands)
         relevant = tuple(i for i, o in enumerate(objs) if q in (o.name, f"{o.colour} object", o.shape))
-        answer = "images " + _listing([str(m + 1) for m in matches[q]])
-        return ChatQA(f"which images show a {q} ?", answer, kind, relevant)
+        per_image = [(str(m + 1), tuple(i for i in relevant if objs[i].image == m)) for m in matches[q]]
+        return _qa(f"which images show a {q} ?", _words("images", relevant) + _listing(per_image), kind, relevant)
     if kind == "tally_all":
         if len({o.colour for o in objs}) < 2:
             return None
-        return ChatQA(
+        return _qa(
             "how many objects of each colour ?",
             _tally(list(enumerate(objs)), spec.colours),
             kind,
@@ -515,7 +538,7 @@ def _ask_video(scene: ChatScene, kind: str, rng: np.random.Generator) -> ChatQA 
     if kind == "still":
         if len(still) < 2:
             return None
-        return ChatQA("which objects stay still ?", _listing([objs[i].name for i in still]), kind, tuple(still))
+        return _qa("which objects stay still ?", _listing([(objs[i].name, (i,)) for i in still]), kind, tuple(still))
     if scene.flash is None:
         return None
     flash, first = scene.flash
@@ -523,8 +546,9 @@ def _ask_video(scene: ChatScene, kind: str, rng: np.random.Generator) -> ChatQA 
     if kind == "flash":
         return ChatQA(f"when does the {objs[flash].name} appear ?", frames, kind, (flash,))
     if kind == "events":
-        answer = f"{objs[mover].name} moves {direction} and {objs[flash].name} appears in {frames}"
-        return ChatQA("what happens ?", answer, kind, (mover, flash))
+        words = _words(f"{objs[mover].name} moves {direction}", (mover,))
+        words += _words(f"and {objs[flash].name} appears in {frames}", (flash,))
+        return _qa("what happens ?", words, kind, (mover, flash))
     return None
 
 

@@ -125,7 +125,6 @@ from .chat_scenes import (
     VIDEO_SHORT_KINDS,
     ChatSample,
     ChatSceneSpec,
-    evidence_tokens,
     make_chat_sample,
     suite_samples,
 )
@@ -247,19 +246,24 @@ def cell_targets_v2(
 def attention_targets(
     samples: list[ChatSample], batch: dict[str, torch.Tensor], config
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows (B, S)``: positions that predict a reply token and have evidence; ``target (B, S)``:
-    1 on the visual tokens that show the question's objects."""
+    """``rows (B, S)``: positions that predict a reply token and have evidence; ``target (B, S, S)``:
+    for each such position, 1 on the visual tokens that show what the predicted word is about (the
+    word's own objects, :attr:`ChatQA.evidence`, so that a list is read item by item; the question's
+    objects for one-word answers and ``<eos>``)."""
     ids, labels = batch["input_ids"], batch["labels"]
     visual = (ids == config.image_token_id) | (ids == config.video_token_id)
-    target = torch.zeros(ids.shape, dtype=torch.float)
+    target = torch.zeros((*ids.shape, ids.shape[1]), dtype=torch.float)
+    rows = torch.zeros(ids.shape, dtype=torch.bool)
     for b, sample in enumerate(samples):
         positions = visual[b].nonzero().squeeze(-1)
-        evidence = sorted(evidence_tokens(sample))
-        if evidence:
-            target[b, positions[evidence]] = 1.0
-    rows = torch.zeros(ids.shape, dtype=torch.bool)
-    rows[:, :-1] = labels[:, 1:] != -100
-    rows &= target.sum(-1, keepdim=True) > 0
+        tokens = sample.scene.object_tokens
+        predicting = (labels[b, 1:] != -100).nonzero().squeeze(-1)  # positions predicting word 0, 1, ...
+        for k, row in enumerate(predicting.tolist()):
+            about = sample.qa.evidence[k] if k < len(sample.qa.evidence) else sample.qa.relevant
+            evidence = sorted({t for i in about for t in tokens[i]})
+            if evidence:
+                target[b, row, positions[evidence]] = 1.0
+                rows[b, row] = True
     return rows, target
 
 
@@ -437,7 +441,7 @@ def train_v2(
                 rows, target = attention_targets(samples, batch, config)
                 if rows.any():
                     weights = out.attentions[attention_layer][:, :attention_heads]  # (B, h, S, S)
-                    mass = torch.einsum("bhqk,bk->bqh", weights, target)[rows]  # (rows, h)
+                    mass = torch.einsum("bhqk,bqk->bqh", weights, target)[rows]  # (rows, h)
                     attend = -torch.log(mass + 1e-6).mean()
                     if question_weight > 0:
                         asked = question_targets(samples, colours, shapes)  # (B, 3)

@@ -146,3 +146,22 @@ def test_each_shape_has_its_own_pattern_in_the_same_phase_in_every_patch():
         assert all(np.array_equal(patches[0], p) for p in patches[1:]), shape
         templates[shape] = patches[0].tobytes()
     assert len(set(templates.values())) == len(SHAPES)
+
+
+def test_each_answer_word_names_the_objects_it_is_about():
+    kinds = ("list", "describe", "tally", "where", "tally_all")
+    for sample in make_chat_samples(SUITES["long"].spec, kinds, 20, seed=9):
+        qa, objects = sample.qa, sample.scene.objects
+        words = qa.answer.split()
+        assert len(qa.evidence) == len(words) and all(set(about) <= set(qa.relevant) for about in qa.evidence)
+        for j, (word, about) in enumerate(zip(words, qa.evidence)):
+            if word in (",", "and"):  # a separator is about the item it introduces
+                assert about == qa.evidence[j + 1]
+            elif word in COLOURS:
+                assert about and all(objects[i].colour == word for i in about)
+            elif word in SHAPES:
+                assert about == (next(i for i in about if objects[i].shape == word),)
+            elif word.isdigit() and qa.kind in ("tally", "tally_all"):
+                assert int(word) == len(about)
+            elif word.isdigit():  # "images 3 , 7": the objects in that image
+                assert {objects[i].image + 1 for i in about} == {int(word)}

@@ -119,10 +119,20 @@ def test_training_targets(toy):
     sliver = torch.from_numpy((first.token_labels >= 0) & (first.token_pixels < LABEL_PIXELS))
     assert sliver.any() and torch.equal(colour[:n] == -100, sliver) and torch.equal(shape[:n] == -100, sliver)
     rows, target = attention_targets(samples, batch, toy.model.config)
+    config, distinct = toy.model.config, []
     for b, sample in enumerate(samples):
-        assert target[b].sum() == len(evidence_tokens(sample))
         assert rows[b].sum() == len(answer_words(sample))  # the "answer" marker and every reply word but <eos>
+        ids = batch["input_ids"][b]
+        positions = ((ids == config.image_token_id) | (ids == config.video_token_id)).nonzero().squeeze(-1)
+        predicting = rows[b].nonzero().squeeze(-1).tolist()
+        looked_at = [{j for j, p in enumerate(positions.tolist()) if target[b, row, p]} for row in predicting]
+        assert looked_at[-1] == evidence_tokens(sample)  # <eos>: everything the question is about
+        for k, seen in enumerate(looked_at[:-1]):  # each word: the objects it names
+            about = sample.qa.evidence[k] if sample.qa.evidence else sample.qa.relevant
+            assert seen == {t for i in about for t in sample.scene.object_tokens[i]}
+        distinct.append(len({frozenset(seen) for seen in looked_at}))
         assert batch["input_ids"][b, rows[b].nonzero()[0, 0]] == toy.vocab.id("answer")
+    assert max(distinct) > 1  # lists are read item by item
 
 
 def test_question_targets_name_the_asked_colour_shape_and_image():
