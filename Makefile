@@ -62,15 +62,14 @@ toyvlm: $(STAMP)
 	$(PY) -m reference_impls.common.train_toyvlm --threads 1 --init $(TOYVLM_STAGE1) --phases 4:224:400 --lr 1e-3 --max-minutes 20
 
 ## make toyvlm-v2: train ToyVLM v2 (chat layout: images or video first, question last, multi-token
-## answers) from scratch in one command: a vision-only stage (300 steps), then phases a -> b, capped
-## at 52 min of training, then the final held-out evaluation. One thread: on the shared 2-core machine
-## two threads ran a training step 8-13x slower than one. Does NOT meet the v2 goals yet: the best run
-## (38.8 min of training, load 6.5-11) reached held-out exact match short 0.22, long 0.00 (see the v2
-## trainer's docstring); no v2 checkpoint is committed and `make toyvlm` stays v1.
+## answers) from scratch in one command: a vision-only stage (300 steps), then phases one -> a -> m -> b
+## -> c, capped at 52 min of training, then the final held-out evaluation. One thread: on the shared
+## 2-core machine two threads ran a training step 8-13x slower than one. Does NOT meet the v2 goals
+## yet: the best run (41 min of training, load 2-4) reached held-out exact match short 0.27, long 0.02
+## (see the v2 trainer's docstring); no v2 checkpoint is committed and `make toyvlm` stays v1.
 toyvlm-v2: $(STAMP)
-	$(PY) -m reference_impls.common.train_toyvlm_v2 --threads 1 --vision-steps 300 --phases a:1150,b:100 \
-		--max-minutes 52 --eval-every 0 --phase-eval-every 300 --phase-eval-n 32 --final-n 32 --stress-n 8 \
-		--log-json .cache/toyvlm-v2-log.json
+	$(PY) -m reference_impls.common.train_toyvlm_v2 --threads 1 --max-minutes 52 --eval-every 0 \
+		--phase-eval-every 500 --phase-eval-n 32 --final-n 64 --stress-n 16 --log-json .cache/toyvlm-v2-log.json
 
 ## make captioner: retrain the co-occurrence-biased captioner of the hallucination bench (about 10 min)
 captioner: $(STAMP)

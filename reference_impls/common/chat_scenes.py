@@ -9,7 +9,8 @@ This module draws such samples; :mod:`reference_impls.common.toyvlm_v2` turns th
 
 A *scene* is a list of images (each ``rows x cols`` merged tokens of 28 px) or the frames of one
 video (two frames per temporal token, like Qwen2.5-VL). Objects are coloured shapes of side 14-18 px
-("small") or 24-28 px ("large") at any pixel offset, so each covers 1 to 4 merged tokens; grey
+("small") or 24-28 px ("large") at any pixel offset, so each covers 1 to 4 merged tokens, each
+shape with its own surface pattern (:func:`texture`: stripes, checks or solid); grey
 shapes and specks are distractors that no question names. For every object we record the merged
 tokens that show it (:attr:`ChatScene.object_tokens`), so the evidence of each question is known.
 
@@ -43,7 +44,9 @@ Deviations / guesses:
     right (objects of one image have distinct centre columns) because that order is visible at
     the 28 px token resolution; "small" and "large" are separated by a 6 px gap for the same
     reason. A merged token "shows" an object when at least :data:`MIN_PIXELS` of its pixels
-    are painted with it. A flash lasts two frames (one temporal token), since one frame would be
+    are painted with it. Shapes carry a surface pattern anchored to the pixel grid (real object
+    classes differ in texture too; without it a token's fragment of an outline did not tell the
+    shape). A flash lasts two frames (one temporal token), since one frame would be
     averaged with its neighbour by the temporal patch.
 """
 

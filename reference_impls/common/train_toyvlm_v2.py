@@ -1,29 +1,36 @@
 """Train ToyVLM v2 from scratch on CPU: ``python -m reference_impls.common.train_toyvlm_v2``.
 
-A Qwen2.5-VL with a 192-wide, 6-layer language model (2.7M parameters) learns the chat-layout
+A Qwen2.5-VL with a 192-wide, 6-layer language model and a 96-wide vision tower (2.9M parameters) learns the chat-layout
 scenes of :mod:`reference_impls.common.chat_scenes`: images or a video first, the question last,
 one-word and 5-20 token answers ending in ``<eos>``. The recipe carries over what trained v1
 (:mod:`reference_impls.common.train_toyvlm`):
 
 0. A vision-only stage (``--vision-steps``, 300 by default): the vision tower alone (no language
-   model: ~0.5 s per batch of 16 phase-``a`` samples) trains on the dense per-token losses of 2.,
+   model: ~0.2 s per batch of 16 phase-``a`` samples) trains on the dense per-token losses of 2.,
    so the language model sees informative visual tokens from its first step.
-1. A curriculum of :data:`PHASES`: ``a`` (2-3 images of 16 tokens, 2-4 temporal tokens of 32 for
-   videos; batch 16), ``b`` (2-6 images of 64 tokens, 8-16 frames; batch 8), ``c`` (the benchmark
-   setting: 16 images of 64 tokens, 16-32 frames of 128 tokens per frame pair; batch 4). Every
-   ``--video-every``-th batch holds videos, the others images. The long prompts of ``c`` must be trained on: v1 showed
-   that a model perfect on short prompts can fail on long ones.
+1. A curriculum of :data:`PHASES`: ``one`` (one image of 16 tokens, one-word colour / shape /
+   presence / size questions; batch 16: the question-dependent lookup is learnt here, cheaply),
+   ``a`` (2-3 images of 16 tokens, every kind; 2-4 temporal tokens of 32 for videos; batch 16),
+   ``m`` (4-16 images of 16 tokens: image numbers up to 16 at a low cost; batch 8), ``b`` (2-6
+   images of 64 tokens, 8-16 frames; batch 8), ``c`` (the benchmark setting: 16 images of 64
+   tokens, 16-32 frames of 128 tokens per frame pair; batch 4). Every ``--video-every``-th batch
+   holds videos, the others images. The long prompts of ``c`` must be trained on: v1 showed that a
+   model perfect on short prompts can fail on long ones.
 2. Dense auxiliary losses on the vision tower's merged tokens: linear heads predict, per token,
-   the colour, shape and size class of the object that covers most of it (or "empty"). A further
-   dense loss (``--index-layer``, hidden state 2 by default) makes the language model's visual
-   tokens predict the index of their image (or temporal token): questions name images ("in image
-   3") but the prompt has no image labels, so the model must count ``<vision_start>`` tokens, and
-   the end-to-end signal alone teaches that slowly.
+   the colour, shape and size class of the object that covers most of it (or "empty"); a token
+   holding fewer than :data:`LABEL_PIXELS` of its object's pixels is left out. A further dense
+   loss (``--index-layer``, hidden state 2 by default) makes the language model's visual tokens
+   predict the index of their image (or temporal token): questions name images ("in image 3") but
+   the prompt has no image labels, so the model must count ``<vision_start>`` tokens.
 3. Attention supervision: at layer ``--attention-layer``, the first ``--attention-heads`` heads of
-   every position that predicts a reply token (the ``answer`` marker and the reply words) should
-   put their attention on the visual tokens that show the objects the question is about
-   (``-log`` of that mass, weight ``--attention-weight``). With the question last, visual tokens
-   cannot see the question (causal attention), so this is the place where the lookup is learnt.
+   every position that predicts a reply token should put their attention on the visual tokens
+   that show what that word is about (:attr:`~reference_impls.common.chat_scenes.ChatQA.evidence`:
+   a list is read item by item; the question's objects for one-word answers and ``<eos>``;
+   ``-log`` of that mass, weight ``--attention-weight``), in the phases of
+   ``--attention-phases`` (the others run with sdpa: no attention map is materialised). With the
+   question last, visual tokens cannot see the question (causal attention), so this is where the
+   lookup is learnt. Its first hop is taught directly (``--question-weight``): the same positions'
+   hidden state at that layer predicts the colour, shape and image number the question names.
 4. Loss on the reply tokens and ``<eos>`` only; a higher learning rate for the vision tower; the
    training-only matmul patch embedding of v1. One thread (``--threads 1``): on the shared 2-core
    machine a forward and backward pass of a phase-``a`` batch took 1.1 s with one thread and 9-14 s
@@ -36,63 +43,42 @@ manifest records both, the exact command, the steps and wall time, and the held-
 per suite.
 
 Status: the recipe does NOT reach the goals (>= 95% / >= 90% held-out exact match on short / long
-answers), so no v2 checkpoint is committed yet. The best run so far (``make toyvlm-v2``'s command,
-``--log-json`` aside; its checkpoint was kept out of the repository): 300 vision-only steps, 1,150 steps
-of phase ``a`` and 100 of ``b`` in 38.8 min wall (one thread, load average 6.5-11 on the 2 cores,
-the training process at nice -5/-10), then 2.6 min of final evaluation. Held-out exact match
-(suites, 32 samples each, stress 8): short 0.22, long 0.00, multi_image 0.19, video 0.22, stress
-0.12. By kind, content is near chance (presence 0.50, size 0.67, colour 0.33, image 0.00) and no
-long answer is right; replies end in ``<eos>`` and mostly have the answer's form (lists of
-names, counts with colours) with slips ("top-left top-left"), but their content does not follow
-the images (12 replies read by hand).
-Measured along the way (phase ``a``-like held-out, seed 2000, 32 samples): 0.28, 0.19, 0.22 at
-steps 300, 600, 900, 0.28 after phase ``b``; reply loss 0.92 (step 210), 0.78 (870), 0.76
-(1,130). The new devices help what they target and no more: the vision-only stage takes the
-per-token loss from 3.7 to 0.85-1.0 in 300 steps (2.5 min), the per-token plus index loss is
-back at that level by step ~110, the supervised heads put ~0.45 of their mass on the evidence
-by step 30 (loss 0.8), and then that loss stays at 0.8-1.0 for 1,200 steps: the
-question-dependent lookup is not learnt, as in the earlier pilot (``--threads 1 --phases
-a:500,b:40``, without the new stage and index loss: ~25% held-out at step 400). v1 needed
-~1,600-1,900 steps to leave such a plateau.
+answers), so no v2 checkpoint is committed and the benchmarks still run on v1.
 
-Diagnosis on the easiest case (one image of 4 x 4 tokens, 1-3 objects, one-word presence /
-colour / shape / size questions; 150 vision-only steps then 400 steps of batch 16, ~3 min,
-held-out 48 samples of seed 2000): exact match 0.40 (colour 0.18, presence 0.43, shape 0.30,
-size 0.62), i.e. near chance even there. At the reply positions the two supervised heads of
-layer 2 put 0.99 of their attention on object tokens but only 0.59 on the asked object's,
-which is exactly that object's share (0.60) of the object tokens: they attend to every object,
-whatever the question. Two variants (not kept in the code) changed nothing: also supervising
-layer 1's heads to attend to the question's colour / shape / number words (they did: 0.0 on
-objects; layer 2 stayed at 0.60 of 1.00; exact match 0.33), and adding a contrastive term
-``-log(mass on the asked object / mass on all objects)`` (layer 2: 0.57 of 0.97; exact match
-0.35). So the question-dependent match of query and visual keys is not learnt, even with 16
-visual tokens; more language-model steps alone are unlikely to be the answer.
+What changed the picture (2026-12-06, third session): shape was not readable from a merged token.
+An unaligned 14-28 px object leaves only part of its outline in each 28 px token, and a linear
+head on the vision tower's tokens read shape at 0.18-0.26 (chance 0.20) however long the tower
+trained; every question names an object by colour *and* shape, so nothing could be looked up
+(earlier runs: the supervised heads put 0.99 of their mass on object tokens but only the asked
+object's share of it, whatever the question). With each shape's surface pattern anchored to the
+pixel grid (:func:`~reference_impls.common.chat_scenes.texture`) and slivers left out of the
+per-token labels, the same probe reads shape at 0.89 (tower 64 wide) / 0.98 (96 wide) and colour
+at 1.00 on tokens holding >= 40 px of their object, after 800 vision-only steps of batch 16
+(held-out phase-``a`` scenes of seed 2000, 433 object tokens; 0.41 / 0.60 with object-anchored
+2 px stripes). The lookup is then learnt: in phase ``one`` alone (300 vision steps, 500 steps,
+~3 min) held-out exact match rose 0.40 -> 0.69 (colour 0.93, shape 0.55), attention loss 0.97 ->
+0.14.
 
-Linear probes on object tokens point at the vision side. After the one-image run (probes fit on
-200 one-image scenes, tested on 100 of seed 2000), colour is decodable from the language model's
-visual tokens (0.97-0.98 at hidden states 0, 2 and 4) but shape is not (0.21-0.24; chance 0.20).
-From the vision tower's merged tokens after the 300-step vision-only stage (fit on 150 phase-``a``
-scenes, tested on 80): colour 0.98, size 0.76, shape 0.23; with a 4x wider and 2x deeper tower
-(``--vision-hidden 128 --vision-depth 4``) shape is 0.26. A merged token shows only part of an
-unaligned 14-28 px object (v1's objects filled exactly one token), and a token with as few as
-:data:`~reference_impls.common.chat_scenes.MIN_PIXELS` painted pixels is labelled with the object's shape, so the per-token shape target is often
-unanswerable; without shape, the model cannot find "the circle" or "a red circle".
+The best full run (``--vision-steps 300 --phases one:1500,a:1000,m:400,b:200,c:100
+--attention-phases one,a,m,b``, earlier per-question attention targets; 41.2 min of training,
+one thread, load average 2-4, then 3.0 min of final evaluation): phase held-out exact match 0.88
+after ``one`` (presence 1.0, colour 0.88, shape 0.75), 0.44 after ``a`` (colour 1.0, shape 1.0,
+count 0.67, where 0.67, every list-like kind 0.0), 0.38 after ``b``, 0.13 after 100 steps of
+``c``. Final held-out exact match (64 per suite, stress 16): short 0.27, long 0.02, multi_image
+0.22, video 0.34 (colour, shape and presence 1.0; motion, flash, events 0.0), stress 0.00. A
+pilot with per-word attention targets (``one:1000,a:1000``) reached 0.48 on phase ``a``
+(tally 0.33 instead of 0.0; list and describe still 0.0) after 1,000 ``a`` steps.
 
-What we believe is missing (untested): (0) per-token shape: label only tokens holding most of the
-object (or score the shape per object, pooled over its tokens), train the tower much longer (the
-vision-only stage costs ~0.5 s per step), or give it the receptive field to see whole objects;
-then re-check the lookup, which this diagnosis cannot separate from the missing shape; (1) steps:
-at ~1.5 s per phase-``a`` step under this load, 52 min buy ~1,300 steps, below v1's escape
-point; (2) the benchmark setting itself: a phase-``c`` step (1,024-2,048 tokens, batch 4) costs ~30 s because eager attention materialises every layer's
-attention map to supervise one layer, so ``c`` was left out; computing only the supervised
-layer's weights would make it affordable (making that one layer eager and the others sdpa gave
-different logits: the shared mask is built for sdpa); (3) image indices: questions name images
-but the layout has no image labels; Qwen2.5-VL's optional "Picture k:" vision ids would make this
-trivial but change the layout. The needle goal (evidence in 1-3% of the visual tokens) is not
-met by the image suites and cannot be with single-object needles: an object spans <= 4 merged
-tokens, 0.39% of 1,024 (measured on 40 samples per suite: 0.1-0.4% single-object, 0.2-0.9%
-one-image lists; videos: colour 0.8-3.1%, motion 1.2-1.4%, events 1.6-3.1%, shape 0.2-3.1%,
-still-object lists 2.3-10%, flashes 0.1-0.3%).
+What is still missing, from these runs: (1) long answers: lists, descriptions and tallies need
+many more steps than 52 min buy (phase ``a`` costs ~1 s per step here, most of it eager
+attention materialising every layer's map to supervise one layer; computing the supervised
+heads' weights alone under sdpa would make ``a``-``b`` steps cheaper); (2) the benchmark setting:
+each switch to larger images (16 -> 64 tokens) sets the per-token and image-index losses back
+(vision loss 0.12 -> 6.3 for ~20 steps), and ``which image`` questions over 16 images of 64
+tokens stay near chance (0.08), so ``c`` needs far more than 100 steps; (3) the needle goal
+(evidence in 1-3% of the visual tokens) cannot be met with single-object needles: an object spans
+<= 4 merged tokens, 0.39% of 1,024 (measured on 40 samples per suite: 0.1-0.4% single-object,
+0.2-0.9% one-image lists; videos: colour 0.8-3.1%, motion 1.2-1.4%, events 1.6-3.1%).
 
 Deviations / guesses:
     The auxiliary heads and the attention supervision are our training devices (not a paper's)
@@ -549,7 +535,9 @@ def _parse_phases(text: str, batch_override: int | None = None) -> list[tuple[Ph
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--phases", default="a:1500,b:600,c:300", help="curriculum name:steps[:batch],... (names in PHASES)"
+        "--phases",
+        default="one:1500,a:1000,m:400,b:200,c:100",
+        help="curriculum name:steps[:batch],... (names in PHASES)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=3e-3)
@@ -565,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         help="weight of the reply positions' prediction of the question's colour, shape and image (0: off)",
     )
     parser.add_argument(
-        "--attention-phases", default="", help="phases whose attention is supervised, e.g. 'a,b' (default: all)"
+        "--attention-phases", default="one,a,m,b", help="phases whose attention is supervised ('': all)"
     )
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument(
