@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-preview", action="store_true", help="skip the preview latency")
     bench.add_argument("--out", type=Path, default=None, help="JSON file (default: .cache/bench-site.json)")
     bench.add_argument("--keep", action="store_true", help="keep the temporary directories")
+
+    compare = sub.add_parser(
+        "compare-sites", help="pages, titles, article text, edit links and broken internal links of two built sites"
+    )
+    compare.add_argument("a", type=Path, help="a built site folder (say mkdocs')")
+    compare.add_argument("b", type=Path, help="another build of the same pages (say Zensical's)")
     return parser
 
 

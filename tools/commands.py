@@ -299,6 +299,12 @@ def cmd_bench_site(args: argparse.Namespace, root: Path) -> int:
     return bench_site(root, n=args.n, keep=args.keep, preview=not args.no_preview, out=args.out)
 
 
+def cmd_compare_sites(args: argparse.Namespace, root: Path) -> int:
+    from .site.compare import compare_command
+
+    return compare_command(args.a, args.b)
+
+
 _COMMANDS = {
     "validate": cmd_validate,
     "schema": cmd_schema,
@@ -310,6 +316,7 @@ _COMMANDS = {
     "build": cmd_build,
     "serve": cmd_serve,
     "bench-site": cmd_bench_site,
+    "compare-sites": cmd_compare_sites,
 }
 
 
