@@ -65,8 +65,9 @@ toyvlm: $(STAMP)
 ## answers) from scratch in one command: a vision-only stage (300 steps), then phases one -> a -> m -> b
 ## -> c, capped at 52 min of training, then the final held-out evaluation. One thread: on the shared
 ## 2-core machine two threads ran a training step 8-13x slower than one. Does NOT meet the v2 goals
-## yet: the best run (41 min of training, load 2-4) reached held-out exact match short 0.27, long 0.02
-## (see the v2 trainer's docstring); no v2 checkpoint is committed and `make toyvlm` stays v1.
+## yet: this command (all 3,200 steps in 33.7 min of training at load 1-3, then 2 min of evaluation)
+## reached held-out exact match short 0.34, long 0.00 (see the v2 trainer's docstring); no v2
+## checkpoint is committed and `make toyvlm` stays v1.
 toyvlm-v2: $(STAMP)
 	$(PY) -m reference_impls.common.train_toyvlm_v2 --threads 1 --max-minutes 52 --eval-every 0 \
 		--phase-eval-every 500 --phase-eval-n 32 --final-n 64 --stress-n 16 --log-json .cache/toyvlm-v2-log.json

@@ -67,7 +67,11 @@ count 0.67, where 0.67, every list-like kind 0.0), 0.38 after ``b``, 0.13 after 
 ``c``. Final held-out exact match (64 per suite, stress 16): short 0.27, long 0.02, multi_image
 0.22, video 0.34 (colour, shape and presence 1.0; motion, flash, events 0.0), stress 0.00. A
 pilot with per-word attention targets (``one:1000,a:1000``) reached 0.48 on phase ``a``
-(tally 0.33 instead of 0.0; list and describe still 0.0) after 1,000 ``a`` steps.
+(tally 0.33 instead of 0.0; list and describe still 0.0) after 1,000 ``a`` steps. The same
+curriculum with per-word targets (``make toyvlm-v2``'s command, capped at 40 min; all 3,200 steps
+in 33.7 min, load 1.1-3.0, then 2.0 min of evaluation; its phase-``one`` evaluations repeat the
+first run's exactly): 0.47 after ``a``, 0.41 after ``b``, 0.28 after ``c``; final short 0.34,
+long 0.00, multi_image 0.11, video 0.36, stress 0.06.
 
 What is still missing, from these runs: (1) long answers: lists, descriptions and tallies need
 many more steps than 52 min buy (phase ``a`` costs ~1 s per step here, most of it eager
