@@ -71,7 +71,11 @@ pilot with per-word attention targets (``one:1000,a:1000``) reached 0.48 on phas
 curriculum with per-word targets (``make toyvlm-v2``'s command, capped at 40 min; all 3,200 steps
 in 33.7 min, load 1.1-3.0, then 2.0 min of evaluation; its phase-``one`` evaluations repeat the
 first run's exactly): 0.47 after ``a``, 0.41 after ``b``, 0.28 after ``c``; final short 0.34,
-long 0.00, multi_image 0.11, video 0.36, stress 0.06.
+long 0.00, multi_image 0.11, video 0.36, stress 0.06. Long answers do come with more steps of
+``a``: a pilot of ``one:600,a:2400`` (per-word targets, 24 min at load ~1) scored 0.25, 0.52, 0.63
+and 0.71 on phase-``a`` held-out samples (48) after 600, 1,200, 1,800 and 2,400 ``a`` steps
+(list 0.0 -> 0.4, tally 0.0 -> 0.67, still 0.0 -> 1.0; describe and tally_all still 0.0), still
+rising.
 
 What is still missing, from these runs: (1) long answers: lists, descriptions and tallies need
 many more steps than 52 min buy (phase ``a`` costs ~1 s per step here, most of it eager
