@@ -37,8 +37,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
-from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
+from reference_impls.common.seed_stats import interval_fields, paired_rows
 
 from .captioner import (
     CAPTION_PROMPT,
@@ -289,19 +290,14 @@ def paired_tests(rows: list[dict], reference: str = "sare") -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination-unlearning benchmark on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short runs (smoke test, no results file)")
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=list(BenchConfig.seeds),
-        help="reported seeds (disjoint from the tuning seeds 0-2 and the calibration seed 99)",
-    )
+    seeded.seed_arguments(parser, BenchConfig.seeds)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captioner", default=None, help="captioner checkpoint (default: the committed one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    disjoint_seeds([*TUNING_SEEDS, CALIBRATION_SEED], args.seeds)
-    config = BenchConfig(seeds=tuple(args.seeds))
+    # Seeds refuses reported seeds that were used for tuning or calibration
+    seeds = seeded.seeds_from_args(args, (*TUNING_SEEDS, CALIBRATION_SEED), BenchConfig.seeds)
+    config = BenchConfig(seeds=seeds.reported)
     if args.quick:
         config = replace(
             config,
@@ -357,7 +353,6 @@ def main(argv: list[str] | None = None) -> None:
         f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
         "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one."
     )
-    seeds = {"tuning": [*TUNING_SEEDS, CALIBRATION_SEED], "reported": list(config.seeds)}
     command = command_line("reference_impls.hallucination.bench", argv)
     results = Results(
         id="hallucination-unlearning",
@@ -366,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         families=["hallucination-unlearning"],
         columns=columns,
         rows=table,
-        seeds=seeds,
+        seeds=seeds.record(),
         plots=[
             Plot(
                 x="relearn_steps",
@@ -385,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         command,
         ["hallucination-unlearning"],
         tests,
-        seeds,
+        seeds.record(),
         "SARE",
         "Pairs share the data order. " + notes,
     )

@@ -43,8 +43,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
-from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
+from reference_impls.common.seed_stats import interval_fields, paired_rows
 
 from .attention_intervention import VisualAttentionAmplification
 from .bench import CALIBRATION_SEED, BenchConfig, make_data
@@ -298,18 +299,13 @@ def paired_tests(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination mitigation families on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short training (smoke test, no results file)")
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=list(CompareConfig.seeds),
-        help="reported seeds (disjoint from the tuning seeds 0-1 and the calibration seed 99)",
-    )
+    seeded.seed_arguments(parser, CompareConfig.seeds)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    disjoint_seeds([*TUNING_SEEDS, CALIBRATION_SEED], args.seeds)
-    config = CompareConfig(seeds=tuple(args.seeds))
+    # Seeds refuses reported seeds that were used for tuning or calibration
+    seeds = seeded.seeds_from_args(args, (*TUNING_SEEDS, CALIBRATION_SEED), CompareConfig.seeds)
+    config = CompareConfig(seeds=seeds.reported)
     if args.quick:
         config = replace(
             config,
@@ -365,7 +361,6 @@ def main(argv: list[str] | None = None) -> None:
         f"Seconds: training time for trained rows, evaluation time otherwise; 2 shared CPU cores, noisy. "
         f"Wall time {wall:.0f}s."
     )
-    seeds = {"tuning": [*TUNING_SEEDS, CALIBRATION_SEED], "reported": list(config.seeds)}
     command = command_line("reference_impls.hallucination.compare", argv)
     results = Results(
         id="hallucination-mitigation",
@@ -374,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         families=FAMILIES,
         columns=columns,
         rows=table,
-        seeds=seeds,
+        seeds=seeds.record(),
         plots=[
             Plot(
                 x="clean_f1",
@@ -393,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         command,
         FAMILIES,
         tests,
-        seeds,
+        seeds.record(),
         "the base captioner",
         "Pairs share the evaluation set and data order of their seed. " + notes,
     )
