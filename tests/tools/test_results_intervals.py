@@ -13,6 +13,19 @@ ROWS = [
 ]
 
 
+def _results(columns: list[dict], **extra) -> dict:
+    """A minimal results file over :data:`ROWS`."""
+    return {
+        "id": "x",
+        "title": "T",
+        "command": "python -m x",
+        "families": [],
+        "rows": ROWS,
+        "columns": columns,
+        **extra,
+    }
+
+
 def _error_bar_heights(svg: str) -> int:
     return len(re.findall(r'id="LineCollection_\d+"', svg))
 
@@ -25,16 +38,11 @@ def test_error_column_is_drawn_as_error_bars():
 
 def test_seed_lists_are_compact_and_shown_under_the_table():
     assert _seed_list([12, 10, 11, 14, 20, 21]) == "10-12, 14, 20-21"
-    data = {
-        "id": "x",
-        "title": "T",
-        "command": "python -m x",
-        "families": [],
-        "rows": ROWS,
-        "columns": [{"key": "budget", "label": "Budget"}, {"key": "acc", "label": "Accuracy"}],
-        "plots": [{"x": "budget", "y": "acc", "group": "method", "error": "acc_ci"}],
-        "seeds": {"tuning": [0, 1, 2], "reported": list(range(10, 20))},
-    }
+    data = _results(
+        [{"key": "budget", "label": "Budget"}, {"key": "acc", "label": "Accuracy"}],
+        plots=[{"x": "budget", "y": "acc", "group": "method", "error": "acc_ci"}],
+        seeds={"tuning": [0, 1, 2], "reported": list(range(10, 20))},
+    )
     assets: dict[str, str] = {}
     page = results_md(data, "families/x.md", assets)
     shown = page.replace("\\", "")  # Markdown escapes (10\-19) render as the plain characters
@@ -44,18 +52,13 @@ def test_seed_lists_are_compact_and_shown_under_the_table():
 
 
 def test_an_interval_column_is_shown_in_its_metrics_cell():
-    data = {
-        "id": "x",
-        "title": "T",
-        "command": "python -m x",
-        "families": [],
-        "rows": ROWS,
-        "columns": [
+    data = _results(
+        [
             {"key": "budget", "label": "Budget"},
             {"key": "acc", "label": "Accuracy", "unit": "%", "digits": 1},
             {"key": "acc_ci", "label": "± 95% CI", "unit": "%", "digits": 1},
-        ],
-    }
+        ]
+    )
     page = results_md(data, "families/x.md", {}).replace("\\", "")
     header = next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
     assert header.count("|") == 3 and "Accuracy (%) ± 95% CI" in header  # two columns, not three
