@@ -5,9 +5,10 @@ v1 (:mod:`reference_impls.common.toyvlm`) puts the question before four images a
 word. v2 is shaped like real VLM use: the images (or one video) come first, the question last, and
 the answer is decoded with ``model.generate`` until ``<eos>``::
 
-    <bos> (<vision_start> <image|video>... <vision_end>)+ question ? answer  reply words <eos>
+    <bos> (image k <vision_start> <image|video>... <vision_end>)+ question ? answer  reply words <eos>
 
-(``answer`` plays the role of the assistant turn marker of a chat template.) The data are the
+(``answer`` plays the role of the assistant turn marker of a chat template; ``image k`` labels
+each image like Qwen2-VL's template with ``add_vision_id``, a video has no label.) The data are the
 scenes of :mod:`reference_impls.common.chat_scenes`: 16 images or 16-32 frames, >= 1,024 visual
 tokens, one-word and 5-20 token answers. Pixels are patchified exactly like the Qwen2.5-VL
 processors (:func:`~reference_impls.common.toyvlm.patchify_image`, ``patchify_video``); a video
@@ -113,8 +114,11 @@ def collate_chat(
 ) -> dict[str, torch.Tensor]:
     """Model inputs for a batch, left-padded, in the chat layout (images first, question last).
 
-    With ``with_answer`` the answer words and ``<eos>`` are appended and ``labels`` (aligned with
-    ``input_ids``; -100 outside the answer) is returned too. Image pixels of the whole batch come
+    Each image is preceded by its label (``image 3``), as Qwen2-VL's chat template writes
+    ``Picture 3:`` with ``add_vision_id``: questions name images by number. With ``with_answer``
+    the answer words and ``<eos>`` are appended (then each follow-up turn: question, ``answer``,
+    reply, ``<eos>``) and ``labels`` (aligned with ``input_ids``; -100 outside the replies) is
+    returned too. Image pixels of the whole batch come
     first in ``pixel_values`` (sample by sample), video pixels in ``pixel_values_videos``.
     """
     vision = config.vision_config
@@ -132,21 +136,27 @@ def collate_chat(
                 + [config.vision_end_token_id]
             )
         else:
-            for image in sample.scene.images:
+            for number, image in enumerate(sample.scene.images, start=1):
                 pixels, grid = patchify_image(image, patch, merge, temporal)
                 images.append(pixels)
                 image_grids.append(grid)
                 ids += (
-                    [config.vision_start_token_id]
+                    vocab.encode(f"image {number}")  # like Qwen2-VL's chat template with add_vision_id
+                    + [config.vision_start_token_id]
                     + [config.image_token_id] * (pixels.shape[0] // merge**2)
                     + [config.vision_end_token_id]
                 )
         ids += vocab.encode(sample.qa.question) + [vocab.id("answer")]
         label = [-100] * len(ids)
         if with_answer:
-            reply = [vocab.id(word) for word in answer_words(sample)]
-            ids += reply
-            label += reply
+            for turn, qa in enumerate((sample.qa, *sample.follow_ups)):
+                if turn:
+                    question = vocab.encode(qa.question) + [vocab.id("answer")]
+                    ids += question
+                    label += [-100] * len(question)
+                reply = [vocab.id(word) for word in answer_words(qa)]
+                ids += reply
+                label += reply
         rows.append(ids)
         labels.append(label)
     length = max(len(r) for r in rows)

@@ -15,22 +15,30 @@ one-word and 5-20 token answers ending in ``<eos>``. The recipe carries over wha
    images of 64 tokens, 8-16 frames; batch 8), ``c`` (the benchmark setting: 16 images of 64
    tokens, 16-32 frames of 128 tokens per frame pair; batch 4). Every ``--video-every``-th batch
    holds videos, the others images. The long prompts of ``c`` must be trained on: v1 showed that a
-   model perfect on short prompts can fail on long ones.
+   model perfect on short prompts can fail on long ones. Each training prompt is a multi-turn
+   chat about one scene (:attr:`PhaseV2.turns`: 4-8 questions, each after the previous reply):
+   the visual tokens, most of a step's cost, serve several questions. Held-out prompts hold one
+   question.
 2. Dense auxiliary losses on the vision tower's merged tokens: linear heads predict, per token,
    the colour, shape and size class of the object that covers most of it (or "empty"); a token
    holding fewer than :data:`LABEL_PIXELS` of its object's pixels is left out. A further dense
    loss (``--index-layer``, hidden state 2 by default) makes the language model's visual tokens
-   predict the index of their image (or temporal token): questions name images ("in image 3") but
-   the prompt has no image labels, so the model must count ``<vision_start>`` tokens.
+   predict the index of their image (or temporal token): questions name images ("in image 3"),
+   and each image is preceded by its label (``image 3``, as Qwen2-VL's template writes
+   ``Picture 3:``), which the visual tokens must pick up; a video's temporal tokens have no label.
 3. Attention supervision: at layer ``--attention-layer``, the first ``--attention-heads`` heads of
    every position that predicts a reply token should put their attention on the visual tokens
    that show what that word is about (:attr:`~reference_impls.common.chat_scenes.ChatQA.evidence`:
    a list is read item by item; the question's objects for one-word answers and ``<eos>``;
    ``-log`` of that mass, weight ``--attention-weight``), in the phases of
-   ``--attention-phases`` (the others run with sdpa: no attention map is materialised). With the
-   question last, visual tokens cannot see the question (causal attention), so this is where the
+   ``--attention-phases``. The model runs with sdpa, which returns no weights: the supervised
+   heads' weights are recomputed from that layer's input for the reply rows only
+   (:func:`supervised_attention`, equal to eager attention's; materialising every layer's map in
+   eager mode made a phase-``a`` step about twice as slow). With the question last, visual tokens cannot see the question (causal attention), so this is where the
    lookup is learnt. Its first hop is taught directly (``--question-weight``): the same positions'
    hidden state at that layer predicts the colour, shape and image number the question names.
+   Optionally (``--exit-layer``) a later hidden state is also trained to name the reply word
+   through the model's own norm and head (deep supervision; off by default).
 4. Loss on the reply tokens and ``<eos>`` only; a higher learning rate for the vision tower; the
    training-only matmul patch embedding of v1. One thread (``--threads 1``): on the shared 2-core
    machine a forward and backward pass of a phase-``a`` batch took 1.1 s with one thread and 9-14 s
@@ -88,6 +96,19 @@ tokens stay near chance (0.08), so ``c`` needs far more than 100 steps; (3) the 
 <= 4 merged tokens, 0.39% of 1,024 (measured on 40 samples per suite: 0.1-0.4% single-object,
 0.2-0.9% one-image lists; videos: colour 0.8-3.1%, motion 1.2-1.4%, events 1.6-3.1%).
 
+Changes of 2026-12-07, measured only in short pilots on a machine shared with four other jobs
+(load 5-7; this process got about a quarter of the CPU, so wall times are not comparable):
+image labels, lists in the vocabulary's order, multi-turn prompts, sdpa with recomputed
+supervised weights. Pilot ``--vision-steps 300 --phases one:300,a:900`` (one thread): phase
+held-out exact match 0.27 / 0.42 after 150 / 300 ``one`` steps, 0.31 / 0.33 / 0.42 after 150 /
+300 / 450 ``a`` steps (the earlier pilot: 0.25 after 600 ``a`` steps), list and describe still
+0.0 (tally 0.67, where 0.67). Per step, learning is faster; per second it could not be judged
+here. In phase ``one`` shape stays near chance (0.07-0.33 after 300-400 steps while colour
+reaches 0.56-0.69): the shape features of 300 vision steps are too weak (the probe above needed
+800). A learning rate of 3e-3 was worse (0.33 after 400 ``one`` steps); deep supervision at
+hidden state 4 (``--exit-layer 4``) about the same as without (0.44). Next: a vision stage of 800
+steps, then the full curriculum on an otherwise idle machine.
+
 Deviations / guesses:
     The auxiliary heads and the attention supervision are our training devices (not a paper's)
     and are not saved: the checkpoint is a plain ``Qwen2_5_VLForConditionalGeneration``.
@@ -108,6 +129,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from .chat_scenes import (
     IMAGE_LONG_KINDS,
@@ -117,8 +139,10 @@ from .chat_scenes import (
     TRAIN_SEED,
     VIDEO_LONG_KINDS,
     VIDEO_SHORT_KINDS,
+    ChatQA,
     ChatSample,
     ChatSceneSpec,
+    answer_words,
     make_chat_sample,
     suite_samples,
 )
@@ -160,6 +184,9 @@ class PhaseV2:
     batch_size: int
     image_kinds: tuple[str, ...] = IMAGE_KINDS
     video_kinds: tuple[str, ...] = VIDEO_KINDS
+    turns: int = 1
+    """Questions per training prompt (a multi-turn chat about one scene): the visual tokens, most of
+    a step's cost, then serve several questions."""
 
 
 PHASES: dict[str, PhaseV2] = {
@@ -170,41 +197,49 @@ PHASES: dict[str, PhaseV2] = {
         16,
         image_kinds=("colour", "shape", "presence", "size"),
         video_kinds=("colour", "shape", "presence"),
+        turns=4,
     ),
     "a": PhaseV2(
         "a",
         ChatSceneSpec(n_images=(2, 3), cells=(4, 4)),
         ChatSceneSpec(video_frames=(4, 8), cells=(4, 8), still_objects=(1, 3)),
         16,
+        turns=6,
     ),
     "m": PhaseV2(
         "m",
         ChatSceneSpec(n_images=(4, 16), cells=(4, 4)),
         ChatSceneSpec(video_frames=(8, 16), cells=(4, 8), still_objects=(2, 4)),
         8,
+        turns=6,
     ),
     "b": PhaseV2(
         "b",
         ChatSceneSpec(n_images=(2, 6), cells=(8, 8)),
         ChatSceneSpec(video_frames=(8, 16), cells=(8, 8), still_objects=(2, 4)),
         8,
+        turns=8,
     ),
-    "c": PhaseV2("c", SUITES["short"].spec, SUITES["video"].spec, 4),
+    "c": PhaseV2("c", SUITES["short"].spec, SUITES["video"].spec, 4, turns=8),
 }
 
 
-def training_samples(phase: PhaseV2, seed: int, start: int, n: int, video: bool) -> list[ChatSample]:
-    """Samples ``start .. start + n - 1`` of ``seed``: all videos or all images (a batch of one kind
-    is not padded to the longest of two very different prompt lengths)."""
+def training_samples(
+    phase: PhaseV2, seed: int, start: int, n: int, video: bool, turns: int | None = None
+) -> list[ChatSample]:
+    """Samples ``start .. start + n - 1`` of ``seed`` with the phase's turns (or ``turns``): all videos
+    or all images (a batch of one kind is not padded to the longest of two very different prompt lengths)."""
     spec, kinds = (phase.video, phase.video_kinds) if video else (phase.images, phase.image_kinds)
-    return [make_chat_sample(spec, kinds, seed, i) for i in range(start, start + n)]
+    turns = phase.turns if turns is None else turns
+    return [make_chat_sample(spec, kinds, seed, i, turns) for i in range(start, start + n)]
 
 
 def phase_held_out(phase: PhaseV2, n: int, video_every: int) -> list[ChatSample]:
-    """``n`` held-out samples drawn like the phase's training samples (seed :data:`PHASE_EVAL_SEED`)."""
+    """``n`` held-out one-question samples drawn like the phase's training samples (seed
+    :data:`PHASE_EVAL_SEED`)."""
     videos = n // video_every if video_every > 0 else 0
-    return training_samples(phase, PHASE_EVAL_SEED, 0, n - videos, False) + training_samples(
-        phase, PHASE_EVAL_SEED, n, videos, True
+    return training_samples(phase, PHASE_EVAL_SEED, 0, n - videos, False, 1) + training_samples(
+        phase, PHASE_EVAL_SEED, n, videos, True, 1
     )
 
 
@@ -238,27 +273,60 @@ def cell_targets_v2(
 
 
 def attention_targets(
-    samples: list[ChatSample], batch: dict[str, torch.Tensor], config
-) -> tuple[torch.Tensor, torch.Tensor]:
+    samples: list[ChatSample], batch: dict[str, torch.Tensor], config, colours: tuple[str, ...], shapes: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``rows (B, S)``: positions that predict a reply token and have evidence; ``target (B, S, S)``:
     for each such position, 1 on the visual tokens that show what the predicted word is about (the
     word's own objects, :attr:`ChatQA.evidence`, so that a list is read item by item; the question's
-    objects for one-word answers and ``<eos>``)."""
+    objects for one-word answers and ``<eos>``); ``asked (B, S, 3)``: the colour, shape and image
+    number its turn's question names (:func:`question_targets`)."""
     ids, labels = batch["input_ids"], batch["labels"]
     visual = (ids == config.image_token_id) | (ids == config.video_token_id)
     target = torch.zeros((*ids.shape, ids.shape[1]), dtype=torch.float)
     rows = torch.zeros(ids.shape, dtype=torch.bool)
+    asked = torch.zeros((*ids.shape, 3), dtype=torch.long)
     for b, sample in enumerate(samples):
         positions = visual[b].nonzero().squeeze(-1)
         tokens = sample.scene.object_tokens
-        predicting = (labels[b, 1:] != -100).nonzero().squeeze(-1)  # positions predicting word 0, 1, ...
-        for k, row in enumerate(predicting.tolist()):
-            about = sample.qa.evidence[k] if k < len(sample.qa.evidence) else sample.qa.relevant
+        predicting = (labels[b, 1:] != -100).nonzero().squeeze(-1).tolist()  # positions predicting reply words
+        words = [
+            (qa, qa.evidence[k] if k < len(qa.evidence) else qa.relevant)
+            for qa in (sample.qa, *sample.follow_ups)
+            for k in range(len(answer_words(qa)))
+        ]
+        for row, (qa, about) in zip(predicting, words, strict=True):
             evidence = sorted({t for i in about for t in tokens[i]})
             if evidence:
                 target[b, row, positions[evidence]] = 1.0
                 rows[b, row] = True
-    return rows, target
+                asked[b, row] = torch.tensor(question_targets(qa, colours, shapes))
+    return rows, target, asked
+
+
+def supervised_attention(
+    attention: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    key_mask: torch.Tensor,
+    first_row: int,
+    heads: int,
+) -> torch.Tensor:
+    """Attention weights ``(B, heads, S - first_row, S)`` of the first ``heads`` heads of a Qwen2.5-VL
+    text attention layer for the queries from ``first_row`` on, recomputed from the layer's input
+    ``hidden (B, S, D)`` (M-RoPE cos/sin as the layer got them; ``key_mask (B, S)``: 1 on real
+    tokens). The model itself runs with sdpa, which returns no weights; recomputing a few heads'
+    rows is far cheaper than materialising every layer's map in eager attention."""
+    batch, length, _ = hidden.shape
+    dim = attention.head_dim
+    groups = attention.num_key_value_groups
+    query = attention.q_proj(hidden).view(batch, length, -1, dim).transpose(1, 2)[:, :heads]  # (B, h, S, d)
+    key = attention.k_proj(hidden).view(batch, length, -1, dim).transpose(1, 2)  # (B, h_kv, S, d)
+    key = key[:, [h // groups for h in range(heads)]]  # (B, h, S, d)
+    query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+    scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, first_row:], key) * attention.scaling  # (B, h, Q, S)
+    causal = torch.arange(length)[None, :] <= torch.arange(first_row, length)[:, None]  # (Q, S)
+    allowed = causal[None, None] & key_mask.bool()[:, None, None, :]
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
 
 
 def _vision_loss(
@@ -286,19 +354,16 @@ def index_targets(samples: list[ChatSample], batch: dict[str, torch.Tensor], con
     return target
 
 
-def question_targets(samples: list[ChatSample], colours: tuple[str, ...], shapes: tuple[str, ...]) -> torch.Tensor:
-    """``(B, 3)``: the colour, the shape (1-based; 0: not named) and the image number (0: none)
-    that each question names. Predicted from the reply positions' hidden state at the supervised
-    attention layer, this teaches the first hop of the lookup (gather the question into the
-    position that then looks at the images) directly."""
-    rows = []
-    for sample in samples:
-        words = sample.qa.question.split()
-        colour = next((1 + colours.index(w) for w in words if w in colours), 0)
-        shape = next((1 + shapes.index(w) for w in words if w in shapes), 0)
-        image = next((int(b) for a, b in zip(words, words[1:]) if a == "image" and b.isdigit()), 0)
-        rows.append((colour, shape, image))
-    return torch.tensor(rows)
+def question_targets(qa: ChatQA, colours: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[int, int, int]:
+    """The colour, the shape (1-based; 0: not named) and the image number (0: none) that a question
+    names. Predicted from the reply positions' hidden state at the supervised attention layer, this
+    teaches the first hop of the lookup (gather the question into the position that then looks at
+    the images) directly."""
+    words = qa.question.split()
+    colour = next((1 + colours.index(w) for w in words if w in colours), 0)
+    shape = next((1 + shapes.index(w) for w in words if w in shapes), 0)
+    image = next((int(b) for a, b in zip(words, words[1:]) if a == "image" and b.isdigit()), 0)
+    return colour, shape, image
 
 
 class _AuxHeads(nn.Module):
@@ -333,6 +398,8 @@ def train_v2(
     attention_heads: int = 2,
     attention_phases: tuple[str, ...] | None = None,
     question_weight: float = 0.0,
+    exit_layer: int | None = None,
+    exit_weight: float = 0.0,
     video_every: int = 4,
     seed: int = TRAIN_SEED,
     max_minutes: float = 1e9,
@@ -363,10 +430,21 @@ def train_v2(
     colours, shapes = PHASES["a"].images.colours, PHASES["a"].images.shapes
     heads = _AuxHeads(config.vision_config.out_hidden_size, len(colours), len(shapes), config.text_config.hidden_size)
     _fast_patch_embed(model)
-    if attention_layer is not None:  # attention weights are only returned by eager attention
-        model.config.text_config._attn_implementation = "eager"
     captured: list[torch.Tensor] = []
     hook = model.model.visual.register_forward_hook(lambda m, a, out: captured.append(out.pooler_output))
+    attention_inputs: dict = {}
+    hooks = [hook]
+    if attention_layer is not None:  # the supervised layer's input, to recompute its weights
+        supervised = model.model.language_model.layers[attention_layer].self_attn
+        hooks.append(
+            supervised.register_forward_pre_hook(
+                lambda m, args, kwargs: attention_inputs.update(
+                    hidden=kwargs.get("hidden_states", args[0] if args else None),
+                    position_embeddings=kwargs["position_embeddings"],
+                ),
+                with_kwargs=True,
+            )
+        )
     groups = [
         {"params": list(model.model.visual.parameters()) + list(heads.parameters()), "lr": vision_lr},
         {"params": list(model.model.language_model.parameters()) + list(model.lm_head.parameters()), "lr": lr},
@@ -413,7 +491,6 @@ def train_v2(
     stop = False
     for phase, steps, batch_size in phases:
         supervise = attention_layer is not None and (attention_phases is None or phase.name in attention_phases)
-        model.config.text_config._attn_implementation = "eager" if supervise else "sdpa"
         for _ in range(steps):
             if fixed_batch is not None:
                 samples = fixed_batch
@@ -423,7 +500,7 @@ def train_v2(
                 counter += batch_size
             batch = bundle.collate(samples, with_answer=True)
             captured.clear()
-            out = model(**batch, output_attentions=supervise, output_hidden_states=index_layer is not None)
+            out = model(**batch, output_hidden_states=index_layer is not None or question_weight > 0 or exit_weight > 0)
             cells = torch.cat(captured)  # (N_visual, D): images of the batch, then videos
             vision = _vision_loss(heads, cells, samples, colours, shapes)
             if index_layer is not None:
@@ -432,19 +509,31 @@ def train_v2(
                 vision = vision + F.cross_entropy(heads.index(out.hidden_states[index_layer][keep]), index[keep])
             attend = torch.zeros(())
             if supervise:
-                rows, target = attention_targets(samples, batch, config)
+                rows, target, asked = attention_targets(samples, batch, config, colours, shapes)
                 if rows.any():
-                    weights = out.attentions[attention_layer][:, :attention_heads]  # (B, h, S, S)
-                    mass = torch.einsum("bhqk,bqk->bqh", weights, target)[rows]  # (rows, h)
+                    first = int(rows.any(0).nonzero()[0])  # (left padding: replies sit at the end)
+                    weights = supervised_attention(
+                        supervised,
+                        attention_inputs["hidden"],
+                        attention_inputs["position_embeddings"],
+                        batch["attention_mask"],
+                        first,
+                        attention_heads,
+                    )  # (B, h, S - first, S)
+                    mass = torch.einsum("bhqk,bqk->bqh", weights, target[:, first:])[rows[:, first:]]  # (rows, h)
                     attend = -torch.log(mass + 1e-6).mean()
                     if question_weight > 0:
-                        asked = question_targets(samples, colours, shapes)  # (B, 3)
                         hidden = out.hidden_states[attention_layer][rows]  # (rows, D)
-                        per_row = asked[rows.nonzero()[:, 0]]  # (rows, 3)
                         attend = attend + question_weight * sum(
-                            F.cross_entropy(head(hidden), per_row[:, k]) for k, head in enumerate(heads.question)
+                            F.cross_entropy(head(hidden), asked[rows][:, k]) for k, head in enumerate(heads.question)
                         )
             loss = out.loss + aux_weight * vision + attention_weight * attend
+            if exit_weight > 0 and exit_layer is not None:
+                # deep supervision: the hidden state right after the lookup already names the reply word
+                hidden = model.model.language_model.norm(out.hidden_states[exit_layer][:, :-1])
+                loss = loss + exit_weight * F.cross_entropy(
+                    model.lm_head(hidden).flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100
+                )
             _update(loss, optimizer, schedule, [*model.parameters(), *heads.parameters()])
             step += 1
             history["loss"].append((step, round(out.loss.item(), 4), round(vision.item(), 4), round(attend.item(), 4)))
@@ -459,7 +548,6 @@ def train_v2(
             phase_due = phase_eval_every and (step % phase_eval_every == 0 or step == total)
             if fixed_batch is None and (suites_due or phase_due):
                 tick = time.perf_counter()
-                model.config.text_config._attn_implementation = "sdpa"
                 if phase_due:
                     held = phase_held_out(phase, phase_eval_n, video_every)
                     accuracy = bundle.exact_match(held, max_new_tokens=22, batch_size=8)
@@ -472,8 +560,6 @@ def train_v2(
                         f"  suites at step {step} ({elapsed:.0f}s): "
                         + ", ".join(f"{k} {v['all']:.2f}" for k, v in accuracy.items())
                     )
-                if supervise:
-                    model.config.text_config._attn_implementation = "eager"
                 seconds_in_eval += time.perf_counter() - tick
             if elapsed > max_minutes * 60:
                 log(f"stopping at step {step}: time limit of {max_minutes} min reached")
@@ -488,9 +574,9 @@ def train_v2(
         eval_seconds=round(seconds_in_eval, 1),
     )
     model.eval()
-    model.config.text_config._attn_implementation = "sdpa"
     del model.model.visual.patch_embed.forward  # back to the real Conv3d for inference
-    hook.remove()
+    for handle in hooks:
+        handle.remove()
     return bundle, history
 
 
@@ -565,6 +651,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument(
+        "--exit-layer", type=int, default=-1, help="hidden state whose early-exit logits are also trained (-1: none)"
+    )
+    parser.add_argument("--exit-weight", type=float, default=0.5)
+    parser.add_argument(
         "--vision-steps", type=int, default=300, help="steps of the vision-only stage on the per-token losses"
     )
     parser.add_argument("--vision-phase", default="a", help="phase whose scenes the vision-only stage uses")
@@ -619,6 +709,8 @@ def main(argv: list[str] | None = None) -> None:
         attention_phases=tuple(args.attention_phases.split(",")) if args.attention_phases else None,
         question_weight=args.question_weight,
         attention_weight=args.attention_weight,
+        exit_layer=None if args.exit_layer < 0 else args.exit_layer,
+        exit_weight=args.exit_weight,
         vision_steps=args.vision_steps,
         vision_phase=args.vision_phase,
         index_layer=None if args.index_layer < 0 else args.index_layer,

@@ -11,6 +11,7 @@ from reference_impls.common.chat_scenes import (
     ChatSceneSpec,
     answer_words,
     evidence_tokens,
+    make_chat_sample,
     make_chat_samples,
     suite_samples,
 )
@@ -48,12 +49,13 @@ def test_chat_layout_images_first_question_last(toy):
         ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
         assert ids[0] == vocab.bos
         n_images, position = 0, 1
-        while ids[position] == config.vision_start_token_id:  # (<vision_start> <image>*16 <vision_end>)+
+        while ids[position + 2] == config.vision_start_token_id:  # (image k <vision_start> <image>*16 <vision_end>)+
+            assert ids[position : position + 2] == vocab.encode(f"image {n_images + 1}")
             assert (
-                ids[position + 1 : position + 17] == [config.image_token_id] * 16
-                and ids[position + 17] == config.vision_end_token_id
+                ids[position + 3 : position + 19] == [config.image_token_id] * 16
+                and ids[position + 19] == config.vision_end_token_id
             )
-            n_images, position = n_images + 1, position + 18
+            n_images, position = n_images + 1, position + 20
         assert n_images == len(sample.scene.images)
         question = vocab.encode(sample.qa.question)
         reply = answer_words(sample)
@@ -61,6 +63,46 @@ def test_chat_layout_images_first_question_last(toy):
         assert [vocab.words[i] for i in labels if i != -100] == reply and reply[-1] == "<eos>"
         assert all(i == -100 for i in labels[: -len(reply)])
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * sum(len(s.scene.images) for s in samples)
+
+
+def test_follow_up_turns_come_after_each_reply_and_are_labelled(toy):
+    single, dialogue = (make_chat_sample(IMAGES, IMAGE_LONG_KINDS, 1, 0, turns=t) for t in (1, 3))
+    assert dialogue.qa == single.qa and len(dialogue.follow_ups) == 2 and not single.follow_ups
+    batch = toy.collate([dialogue], with_answer=True)
+    vocab = toy.vocab
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    tail = []
+    for qa in (dialogue.qa, *dialogue.follow_ups):
+        tail += vocab.encode(qa.question) + [vocab.id("answer")] + [vocab.id(w) for w in answer_words(qa)]
+    assert ids[-len(tail) :] == tail
+    replies = [w for qa in (dialogue.qa, *dialogue.follow_ups) for w in answer_words(qa)]
+    assert [vocab.words[i] for i in labels if i != -100] == replies
+    # evaluation prompts hold the first question only
+    assert torch.equal(toy.collate([dialogue])["input_ids"], toy.collate([single])["input_ids"])
+
+
+def test_supervised_heads_weights_equal_eager_attention(toy):
+    from reference_impls.common.train_toyvlm_v2 import supervised_attention
+
+    samples = [make_chat_sample(IMAGES, IMAGE_LONG_KINDS, 1, i, turns=2) for i in range(3)]
+    batch = toy.collate(samples, with_answer=True)  # left-padded: the mask matters
+    layer = toy.model.model.language_model.layers[1].self_attn
+    seen = {}
+    handle = layer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(hidden=kwargs["hidden_states"], cos_sin=kwargs["position_embeddings"]),
+        with_kwargs=True,
+    )
+    toy.model.config.text_config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            eager = toy.model(**batch, output_attentions=True).attentions[1][:, :2]  # (B, 2, S, S)
+    finally:
+        toy.model.config.text_config._attn_implementation = "sdpa"
+        handle.remove()
+    first = batch["input_ids"].shape[1] - 30
+    weights = supervised_attention(layer, seen["hidden"], seen["cos_sin"], batch["attention_mask"], first, 2)
+    real = batch["attention_mask"].bool()[:, None, first:, None].expand_as(weights)
+    torch.testing.assert_close(weights[real], eager[:, :, first:][real])
 
 
 def test_video_is_one_qwen_video_item(toy):
@@ -118,7 +160,7 @@ def test_training_targets(toy):
     # a sliver of an object does not name it: left out of the per-token losses
     sliver = torch.from_numpy((first.token_labels >= 0) & (first.token_pixels < LABEL_PIXELS))
     assert sliver.any() and torch.equal(colour[:n] == -100, sliver) and torch.equal(shape[:n] == -100, sliver)
-    rows, target = attention_targets(samples, batch, toy.model.config)
+    rows, target, asked = attention_targets(samples, batch, toy.model.config, IMAGES.colours, IMAGES.shapes)
     config, distinct = toy.model.config, []
     for b, sample in enumerate(samples):
         assert rows[b].sum() == len(answer_words(sample))  # the "answer" marker and every reply word but <eos>
@@ -140,7 +182,7 @@ def test_question_targets_name_the_asked_colour_shape_and_image():
 
     kinds = ("colour", "shape", "presence", "image", "list", "count")
     samples = [make_chat_samples(IMAGES, (kind,), 1, seed=8)[0] for kind in kinds]
-    targets = question_targets(samples, IMAGES.colours, IMAGES.shapes).tolist()
+    targets = [question_targets(sample.qa, IMAGES.colours, IMAGES.shapes) for sample in samples]
     for sample, (colour, shape, image) in zip(samples, targets):
         words = sample.qa.question.split()
         assert (IMAGES.colours[colour - 1] in words) if colour else not set(IMAGES.colours) & set(words)
