@@ -21,10 +21,27 @@ Each reported seed (10-19 by default, ``--seeds``) draws its own held-out sample
 over seeds with 95% intervals, and every method is compared with H2O and with HybridKV at the same
 budget by paired tests over seeds (``kv-quality-toyvlm-tests.json``).
 
+ToyVLM v2 (``--suite short|long|multi_image|video|stress``, ``--checkpoint``): the prompt is already
+in the chat layout (images first, question last; built by ``bundle.collate``), so nothing is cut
+for the answer: the cache is compressed after the prefill of the whole prompt (cut
+``after-question``, the default; query-aware) and/or of the images only (``--cuts
+before-question``: the question is then fed one token per step through the compressed cache, as
+the images-first layout above; query-agnostic). The reply is then decoded greedily through the
+compressed cache until ``<eos>`` (:func:`chat_reply`, on
+:func:`~reference_impls.common.harness.prefill` and
+:func:`~reference_impls.common.harness.decode_steps`) and scored by exact match of every word and
+the ``<eos>``, overall, per scope (needle / aggregation) and per question kind, with the mean
+reply length, the resident KV against a full cache at the end of the reply, decode ms/token and
+its speed-up against the full cache and ratio to SnapKV at the same budget, both measured within
+each seed's run. Every ``kind="kv-cache"`` method runs with its defaults (``--window`` overrides
+the windows) and is compared with the full cache, H2O and HybridKV at each budget and cut, paired
+by seed. Results go to ``kv-quality-toyvlm-v2-<suite>.json``.
+
 Run from the repository root::
 
     python -m reference_impls.bench.kv_quality            # full run
     python -m reference_impls.bench.kv_quality --quick    # smoke run
+    python -m reference_impls.bench.kv_quality --suite long --cuts after-question before-question
 """
 
 from __future__ import annotations
