@@ -19,6 +19,14 @@ ever answers one word and ``<eos>``, so three settings bracket what speculation 
   ``LONG`` tokens: a draft that often disagrees. Only acceptance and speed mean anything here.
 
 Without a ToyVLM checkpoint only the random-model setting runs (stated in the notes).
+
+``--suite long`` (any of :data:`reference_impls.common.chat_scenes.SUITES`, ``--checkpoint``) runs
+the same methods on ToyVLM v2 instead, whose chat-layout replies run to 5-20 tokens: every
+method decodes until ``<eos>`` (at most ``--max-new-tokens``), answer accuracy is the exact match
+of the whole reply, strict modes must stay identical to greedy, and each method's row carries
+its draft's forward cost relative to the target's (:func:`draft_cost`), with one more draft: the
+first quarter of the layers on 10% of the visual tokens. Results go to
+``speculative-toyvlm-v2-<suite>.json``.
 """
 
 from __future__ import annotations
