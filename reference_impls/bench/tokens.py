@@ -39,7 +39,7 @@ from ..common.toyvlm import load_toyvlm
 from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..registry import all_methods
 
-__all__ = ["run", "main"]
+__all__ = ["run", "main", "columns", "evaluate_seed"]
 
 BUDGETS = (1.0, 0.5, 0.25, 0.1)
 
@@ -124,24 +124,6 @@ def run(
         "the vision tower, which still encodes every patch; 'LLM prefill' excludes it. Times are "
         "CPU wall-clock on a 2-core machine shared with other jobs: compare rows of this run only."
     )
-    columns = [
-        Column("method", "Method"),
-        Column("budget", "Budget (fraction kept)", digits=2),
-        Column("accuracy", "Accuracy" if suite is None else "Exact match", "%", digits=1),
-        *(
-            [
-                Column("needle_accuracy", "Needle", "%", digits=1),
-                Column("aggregation_accuracy", "Aggregation", "%", digits=1),
-            ]
-            if suite
-            else []
-        ),
-        Column("visual_tokens", "Visual tokens", digits=1),
-        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
-        Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
-        Column("kv_kib", "KV cache", "KiB", digits=1),
-        Column("decode_ms", "Decode", "ms/token", digits=2),
-    ]
     results = Results(
         id=result_id,
         title="ToyVLM: accuracy and cost vs visual tokens kept"
@@ -149,7 +131,7 @@ def run(
         else f"ToyVLM v2 ({suite} suite): exact match and cost vs visual tokens kept",
         command="",
         families=families,
-        columns=seeded.interval_columns(columns, ("accuracy",)),
+        columns=seeded.interval_columns(columns(chat=suite is not None), ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -165,6 +147,29 @@ def run(
         seeds=seeds.record(),
     )
     return results, tests
+
+
+def columns(chat: bool = False) -> list[Column]:
+    """The columns of :func:`_row`'s rows (``chat``: ToyVLM v2, with exact match per scope)."""
+    return [
+        Column("method", "Method"),
+        Column("budget", "Budget (fraction kept)", digits=2),
+        Column("accuracy", "Exact match" if chat else "Accuracy", "%", digits=1),
+        *(
+            [
+                Column("needle_accuracy", "Needle", "%", digits=1),
+                Column("aggregation_accuracy", "Aggregation", "%", digits=1),
+                Column("reply_tokens", "Reply tokens", digits=1),
+            ]
+            if chat
+            else []
+        ),
+        Column("visual_tokens", "Visual tokens", digits=1),
+        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
+        Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
+        Column("kv_kib", "KV cache", "KiB", digits=1),
+        Column("decode_ms", "Decode", "ms/token", digits=2),
+    ]
 
 
 def _row(method: str, family: str, budget: float, result: dict) -> dict:
