@@ -43,7 +43,7 @@ from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES, answer_words
 from reference_impls.common.results import Column, Plot, Results, command_line
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
-from reference_impls.decoding._speculative_prompt import Prompt, crop, encode_prompt, forward, prefill, text_positions
+from reference_impls.decoding._speculative_prompt import crop, encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 
 __all__ = ["Setting", "chat_setting", "draft_cost", "load_setting", "random_setting", "ignoring_eos", "main"]
@@ -166,26 +166,25 @@ def methods(setting: Setting) -> dict[str, tuple[str, str, SpeculativeDecoding]]
 
 
 @torch.no_grad()
-def draft_cost(method: SpeculativeDecoding, model: torch.nn.Module, inputs: dict, repeats: int = 5) -> float:
+def draft_cost(method: SpeculativeDecoding, model: torch.nn.Module, inputs: dict, repeats: int = 9) -> float:
     """Seconds of one draft forward over one new token divided by one target forward's, each
-    after its own prefill of ``inputs`` (median of ``repeats``; the token is cropped off again)."""
+    after its own prefill of ``inputs``: medians of ``repeats`` interleaved pairs (so that load
+    from other processes hits both alike; the token is cropped off again after each)."""
     prompt = encode_prompt(model, inputs)
     target_cache, logits = prefill(model, prompt)
     draft_model, draft_prompt = method._draft_prompt(model, inputs)
     draft_cache, _ = prefill(draft_model, draft_prompt, method.draft_layers)
     token = [int(logits.argmax())]
-
-    def median_step(net, cache, at: Prompt, layers) -> float:
-        times = []
-        for _ in range(repeats):
+    runs = ((draft_model, draft_cache, draft_prompt, method.draft_layers), (model, target_cache, prompt, None))
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for spent, (net, cache, at, layers) in zip(times, runs):
             start = time.perf_counter()
             forward(net, cache, text_positions(at.next_position, 1), ids=token, layers=layers)
-            times.append(time.perf_counter() - start)
+            spent.append(time.perf_counter() - start)
             crop(cache, at.length)
-        return sorted(times)[len(times) // 2]
-
-    draft = median_step(draft_model, draft_cache, draft_prompt, method.draft_layers)
-    return draft / median_step(model, target_cache, prompt, None)
+    draft, target = (sorted(spent)[len(spent) // 2] for spent in times)
+    return draft / target
 
 
 def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
