@@ -307,17 +307,6 @@ CHAT_BUDGETS = (0.5, 0.25, 0.1)
 """Budgets of ToyVLM v2 runs (the unpruned model is the budget-1.0 row)."""
 
 
-@dataclass(frozen=True)
-class _Factory:
-    """A :func:`method_factories` entry in the shape the tokens bench reads (``family``, ``target(budget=)``)."""
-
-    family: str
-    make: Callable[[float], Any]
-
-    def target(self, budget: float):
-        return self.make(budget)
-
-
 def run_chat(
     suite: str,
     n: int = 20,
@@ -328,32 +317,25 @@ def run_chat(
     log=print,
 ):
     """Every prefilling method at every budget on ToyVLM v2's ``suite``: the tokens bench's
-    per-sample protocol (:func:`reference_impls.bench.tokens.evaluate_seed`: the reply decoded until
+    per-sample protocol (:func:`reference_impls.bench.tokens.sweep_chat`: the reply decoded until
     ``<eos>`` through the method, exact match, per scope, LLM prefill and decode times, batch 1).
     Returns the :class:`Results` (not yet saved) and the paired tests against random pruning and
     of PyramidDrop and SparseVLM against their variants."""
     from reference_impls.bench import tokens
     from reference_impls.common import seeded
-    from reference_impls.common.chat_scenes import SUITES
     from reference_impls.common.results import Plot, Results
     from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 
     seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm_v2(checkpoint)
-    num_layers = len(adapter_for(bundle.model).language_layers(bundle.model))
-    specs = {name: _Factory(family, make) for name, (family, make) in method_factories(num_layers).items()}
+    factories = method_factories(len(adapter_for(bundle.model).language_layers(bundle.model)))
+    specs = {name: tokens.Factory(family, make) for name, (family, make) in factories.items()}
     names = list(names or specs)
-    per_seed, seconds = seeded.run_seeds(
-        lambda seed: tokens.evaluate_seed(bundle, specs, names, n, budgets, seed, suite), seeds.reported, log=log
-    )
-    rows = seeded.summarise(per_seed, ("method", "budget"), tokens.METRICS + tokens.CHAT_METRICS)
-    for row in rows:
-        log(tokens._line(row))
+    rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, names, n, budgets, seeds, log)
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     for reference, variants in ABLATIONS.items():
         tests += seeded.paired_tests(per_seed, "accuracy", reference, within=("budget",), versus=variants)
     result_id = f"prefilling-toyvlm-v2-{suite}"
-    trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     results = Results(
         id=result_id,
         title=f"Prefilling-stage visual token pruning on ToyVLM v2 ({suite} suite): exact match and cost vs budget",
@@ -365,21 +347,12 @@ def run_chat(
             Plot(x="budget", y="accuracy", group="method", title="Exact match vs visual budget", error="accuracy_ci"),
             Plot(x="budget", y="llm_prefill_ms", group="method", title="LLM prefill time vs visual budget"),
         ],
-        notes=(
-            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters, held-out exact match {trained} on the "
-            f"{suite} suite at training time), chat layout: images first, question last; each reply is decoded "
-            "greedily through the method until <eos> and is right only when every word and the <eos> match. Suite "
-            f"{suite}: {SUITES[suite].description}. Each of {len(seeds.reported)} reported seeds "
-            f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every method; "
-            "mean over seeds with the half-width of a Student-t 95% interval "
-            f"({sum(seconds) / len(seconds):.0f} s per seed); seed {', '.join(map(str, seeds.tuning))} is not "
-            "reported. Every method's exact match is compared with random pruning before the LLM (random@0) at the "
-            f"same budget, and PyramidDrop and SparseVLM with their variants, paired by seed ({result_id}-tests). "
-            "Batch 1, 1 thread, shared CPU (timings noisy): 'LLM prefill' excludes the vision tower. Budget = "
-            "fraction of visual tokens left after the last pruning stage; for block-sparse the fraction of causal "
-            "key blocks a visual query block reads (no token is dropped). '+renumber' rows use upstream's "
-            "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off."
-        ),
+        notes=tokens.chat_notes(bundle, suite, seeds, n, seconds)
+        + "Every method's exact match is compared with random pruning before the LLM (random@0) at the same "
+        f"budget, and PyramidDrop and SparseVLM with their variants, paired by seed ({result_id}-tests). Budget = "
+        "fraction of visual tokens left after the last pruning stage; for block-sparse the fraction of causal "
+        "key blocks a visual query block reads (no token is dropped). '+renumber' rows use upstream's "
+        "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off.",
         seeds=seeds.record(),
     )
     return results, tests
