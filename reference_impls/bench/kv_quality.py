@@ -60,7 +60,7 @@ from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import CompressedCache
 from reference_impls.registry import all_methods, get_method
 
-__all__ = ["answer_accuracy", "chat_quality", "chat_reply", "run_chat"]
+__all__ = ["answer_accuracy", "chat_quality", "chat_reply", "encode_vision", "run_chat"]
 
 BUDGETS = (0.1, 0.2, 0.4)
 METRICS = ("accuracy", "resident_ratio")
@@ -94,7 +94,7 @@ head, at equal memory."""
 _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
-def _encode(model, inputs: dict) -> dict:
+def encode_vision(model, inputs: dict) -> dict:
     """The vision tower's output for ``inputs``, whose pixels it pops (the tower does not depend on
     the KV method: it runs once per sample and its output is reused by every method)."""
     encoded = {}
@@ -126,7 +126,7 @@ def prepare(toy, samples, layout: str = "question-first") -> list[dict]:
         positions, _ = model.model.get_rope_index(
             ids, mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"], **grids
         )
-        encoded = _encode(model, inputs)
+        encoded = encode_vision(model, inputs)
         # question-first: only the final answer word is decoded; images-first: everything after the images
         cut = ids.shape[1] - 1 if layout == "question-first" else _after_images(model, ids)
         prepared.append(
@@ -215,7 +215,9 @@ def prepare_chat(bundle, samples) -> list[dict]:
     for sample in samples:
         inputs = bundle.collate([sample])
         cut = _after_images(bundle.model, inputs["input_ids"])
-        prepared.append({"inputs": inputs, "encoded": _encode(bundle.model, inputs), "cut": cut, "sample": sample})
+        prepared.append(
+            {"inputs": inputs, "encoded": encode_vision(bundle.model, inputs), "cut": cut, "sample": sample}
+        )
     return prepared
 
 
