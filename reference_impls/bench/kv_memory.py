@@ -141,8 +141,6 @@ def prefill(name: str, model, inputs, budget: float) -> dict:
     )
     _set_attention(model, method)
     cache = DynamicCache() if method is None else method.make_cache(model, inputs["input_ids"])
-    if "mm_encoder_outputs" in inputs:  # a fresh copy per prefill: the model reads (and may pop) it
-        inputs = {**inputs, "mm_encoder_outputs": dict(inputs["mm_encoder_outputs"])}
     start = time.perf_counter()
     out = model(**inputs, cache=cache, use_cache=True, position_ids=positions)
     seconds = time.perf_counter() - start
