@@ -283,12 +283,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{text.num_key_value_heads} KV heads"
         )
         model_line = (
-            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters: {shape}), float32, its own weights, on "
-            f"the first held-out sample of seed {args.seed} of the {args.suite} suite ({SUITES[args.suite].description}"
-            f"; {int((inputs['mm_token_type_ids'] > 0).sum())} visual tokens), collated in the chat layout (images "
-            "first, question last); the vision tower runs once before the prefills (its output is passed as "
-            "mm_encoder_outputs), so prefill times are the language model's. EOS off: every method decodes the "
-            f"same {steps} steps; greedy agreement with the full cache is over those steps."
+            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters: {shape}), float32, its own weights "
+            f"(prompt: the first held-out sample of seed {args.seed} of the {args.suite} suite, "
+            f"{SUITES[args.suite].description}, {int((inputs['mm_token_type_ids'] > 0).sum())} visual tokens, collated "
+            "in the chat layout: images first, question last; the vision tower runs once before the prefills, its "
+            "output passed as mm_encoder_outputs, so prefill times are the language model's; EOS off: every method "
+            f"decodes the same {steps} steps and greedy agreement with the full cache is over those steps)"
         )
         result_id, model_title = f"kv-memory-toyvlm-v2-{args.suite}", f"ToyVLM v2, {args.suite} suite sample"
     else:
