@@ -283,27 +283,12 @@ def run(
         "wall-clock on a 2-core machine shared with other jobs, settings interleaved in chunks of samples: compare rows of this "
         "run only."
     )
-    columns = [
-        Column("method", "Method"),
-        Column("budget", "Budget (fraction kept)", digits=2),
-        Column("frames", "Frames kept"),
-        Column("accuracy", "Accuracy", "%", digits=1),
-        Column("acc_colour", "Colour q.", "%", digits=1),
-        Column("acc_shape", "Shape q.", "%", digits=1),
-        Column("acc_presence", "Presence q.", "%", digits=1),
-        Column("acc_count", "Count q.", "%", digits=1),
-        Column("visual_tokens", "Visual tokens", digits=1),
-        Column("encode_ms", "Vision tower", "ms", digits=1),
-        Column("encode_saved_ms", "Tower time saved", "ms", digits=1),
-        Column("select_ms", "Frame ranking", "ms/clip", digits=2),
-        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
-    ]
     results = Results(
         id="keyframe-selection-toyvlm",
         title="ToyVLM: keyframe selection, learned scorer vs max-min vs random",
         command="",
         families=[TRAINING_AWARE, TRAINING_FREE],
-        columns=seeded.interval_columns(columns, ("accuracy",)),
+        columns=seeded.interval_columns(_columns(V1_KINDS), ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -361,33 +346,40 @@ def run_chat(
         "are CPU wall-clock on a 2-core machine shared with other jobs, settings interleaved in chunks of "
         "samples: compare rows of this run only."
     )
-    columns = [
-        Column("method", "Method"),
-        Column("budget", "Budget (fraction kept)", digits=2),
-        Column("frames", "Frames kept", digits=1),
-        Column("accuracy", "Exact match", "%", digits=1),
-        Column("needle_accuracy", "Needle", "%", digits=1),
-        Column("aggregation_accuracy", "Aggregation", "%", digits=1),
-        *(Column(f"acc_{kind}", f"{kind.replace('_', ' ').capitalize()} q.", "%", digits=1) for kind in kinds),
-        Column("reply_tokens", "Reply tokens", digits=1),
-        Column("visual_tokens", "Visual tokens", digits=1),
-        Column("encode_ms", "Vision tower", "ms", digits=1),
-        Column("encode_saved_ms", "Tower time saved", "ms", digits=1),
-        Column("select_ms", "Frame ranking", "ms/clip", digits=2),
-        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
-    ]
     results = Results(
         id=result_id,
         title=f"ToyVLM v2 ({suite} suite): keyframe selection, max-min vs random",
         command="",
         families=[TRAINING_FREE],
-        columns=seeded.interval_columns(columns, ("accuracy",)),
+        columns=seeded.interval_columns(_columns(kinds, chat=True), ("accuracy",)),
         rows=rows,
         plots=[Plot(x="visual_tokens", y="accuracy", group="method", title="Exact match vs visual tokens kept")],
         notes=notes,
         seeds=seeds.record(),
     )
     return results, tests
+
+
+def _columns(kinds, chat: bool = False) -> list[Column]:
+    """The table's columns: exact match per scope and reply length too on ToyVLM v2 (``chat``)."""
+    chat_columns = [
+        Column("needle_accuracy", "Needle", "%", digits=1),
+        Column("aggregation_accuracy", "Aggregation", "%", digits=1),
+    ]
+    return [
+        Column("method", "Method"),
+        Column("budget", "Budget (fraction kept)", digits=2),
+        Column("frames", "Frames kept", digits=1 if chat else None),
+        Column("accuracy", "Exact match" if chat else "Accuracy", "%", digits=1),
+        *(chat_columns if chat else []),
+        *(Column(f"acc_{kind}", f"{kind.replace('_', ' ').capitalize()} q.", "%", digits=1) for kind in kinds),
+        *([Column("reply_tokens", "Reply tokens", digits=1)] if chat else []),
+        Column("visual_tokens", "Visual tokens", digits=1),
+        Column("encode_ms", "Vision tower", "ms", digits=1),
+        Column("encode_saved_ms", "Tower time saved", "ms", digits=1),
+        Column("select_ms", "Frame ranking", "ms/clip", digits=2),
+        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
+    ]
 
 
 def _scorer_manifest_summary() -> str:
