@@ -78,6 +78,7 @@ CHAT_METRICS = (
     "aggregation_accuracy",
     "reply_tokens",
     "resident_ratio",
+    "offloaded_ratio",
     "kv_smaller",
     "decode_ms",
     "decode_speedup",
@@ -231,8 +232,8 @@ def chat_reply(bundle, item: dict, cut: str = "after-question", max_reply_tokens
     through the compressed cache (:func:`~reference_impls.common.harness.decode_steps`, forced).
 
     Returns the reply words, the seconds of each decode step that produced a reply token, and the
-    resident bytes of the cache at the end of the reply with the bytes a full cache of the same
-    tokens would hold.
+    resident and offloaded bytes of the cache at the end of the reply with the bytes a full cache
+    of the same tokens would hold.
     """
     model = bundle.model
     inputs = {**item["inputs"], "mm_encoder_outputs": dict(item["encoded"])}
@@ -248,10 +249,16 @@ def chat_reply(bundle, item: dict, cut: str = "after-question", max_reply_tokens
     else:
         raise ValueError(f"unknown cut {cut!r}; expected one of {CUTS}")
     rest, seconds = harness.decode_steps(model, first, cache, position, steps, stop=bundle.vocab.eos, forced=forced)
-    resident, _ = harness.cache_bytes(cache)
+    resident, offloaded = harness.cache_bytes(cache)
     full = cache.byte_report()["full_bytes"] if isinstance(cache, CompressedCache) else resident
     words = [bundle.vocab.words[i] for i in reply + rest]
-    return {"reply": words, "seconds": seconds, "resident_bytes": resident, "full_bytes": full}
+    return {
+        "reply": words,
+        "seconds": seconds,
+        "resident_bytes": resident,
+        "offloaded_bytes": offloaded,
+        "full_bytes": full,
+    }
 
 
 def chat_quality(prepared: list[dict], replies: list[dict], kinds=()) -> dict:
@@ -270,6 +277,7 @@ def chat_quality(prepared: list[dict], replies: list[dict], kinds=()) -> dict:
         **{f"kind_{kind}": by(lambda qa, kind=kind: qa.kind == kind) for kind in kinds},
         "reply_tokens": mean([len(r["reply"]) for r in replies]),
         "resident_ratio": mean([r / f for r, f in zip(resident, full)]),
+        "offloaded_ratio": mean([r.get("offloaded_bytes", 0) / f for r, f in zip(replies, full)]),
         "kv_smaller": sum(full) / sum(resident),
         "decode_ms": 1000.0 * mean([t for r in replies for t in r["seconds"]]),
     }
@@ -366,8 +374,9 @@ def run_chat(
         "before-question: the question is then fed one token per step through the compressed cache, "
         "query-agnostic); the reply is decoded greedily through it until <eos> (at most "
         f"{max_reply_tokens} tokens) and is right only when every word and the <eos> match. Resident KV / full and "
-        "'smaller' compare the bytes the cache holds at the end of the reply (metadata and decoded tokens "
-        "included) with a full cache of the same tokens. Decode is the mean time of one reply step; the speed-up "
+        "'smaller' compare the bytes the cache keeps resident at the end of the reply (metadata and decoded "
+        "tokens included) with a full cache of the same tokens; offloaded bytes (HybridKV's cold pools) are shown "
+        "apart. Decode is the mean time of one reply step; the speed-up "
         "divides the full cache's (a plain DynamicCache with sdpa) by the method's, and 'vs SnapKV' the method's by "
         "SnapKV's at the same budget, both within each seed's run. SnapKV and PyramidKV keep their budget per query "
         f"head by default (as their reference code, which repeats K/V: G = {groups} copies per KV head on ToyVLM v2); the "
@@ -387,7 +396,8 @@ def run_chat(
         *(Column(f"kind_{kind}", kind.replace("_", " ").capitalize(), "%", 1) for kind in kinds),
         Column("reply_tokens", "Reply tokens", "", 1),
         Column("resident_ratio", "Resident KV / full", "", 3),
-        Column("kv_smaller", "KV smaller", "x", 2),
+        Column("offloaded_ratio", "Offloaded KV / full", "", 3),
+        Column("kv_smaller", "Resident KV smaller", "x", 2),
         Column("decode_ms", "Decode", "ms/token", 2),
         Column("decode_speedup", "Decode speed-up vs full", "x", 2),
         Column("decode_vs_snapkv", "Decode vs SnapKV", "x", 2),

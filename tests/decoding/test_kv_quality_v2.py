@@ -95,6 +95,8 @@ def test_command_line_runs_a_v2_suite(tmp_path):
             assert rows[(cut, "snapkv", budget)]["decode_vs_snapkv"] == 1.0
             assert rows[(cut, "hybridkv", budget)]["resident_ratio"] < 1.0
         assert rows[(cut, "snapkv", 0.1)]["resident_ratio"] < rows[(cut, "snapkv", 0.4)]["resident_ratio"]
+        assert full["offloaded_ratio"] == rows[(cut, "snapkv", 0.4)]["offloaded_ratio"] == 0
+        assert rows[(cut, "hybridkv", 0.4)]["offloaded_ratio"] > 0  # its cold pools, kept apart from resident
     assert {"kind_list", "kind_tally_all", "needle_accuracy"} <= set(full)
     tests = json.loads((out / "kv-quality-toyvlm-v2-long-tests.json").read_text())["rows"]
     versus_full = {(t["cut"], t["budget"], t["versus"]) for t in tests if t["method"] == "full"}
