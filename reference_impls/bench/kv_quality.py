@@ -47,6 +47,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 
@@ -185,15 +186,21 @@ def _configure(spec, budget: float, window: int | None):
     return spec.target(**kwargs)
 
 
-def _sweep(model, variants: list, budgets, window: int | None, score):
-    """``(name, family, budget, score(method))``: the full cache (``score(None)``) first, then every
-    variant at every budget, scored inside ``with method(model)``."""
-    yield "full", "", 1.0, score(None)
+def _settings(variants: list, budgets, window: int | None) -> list[tuple]:
+    """``(name, family, budget, method)``: the full cache (method None) first, then every variant
+    at every budget."""
+    settings: list[tuple] = [("full", "", 1.0, None)]
     for name, spec, overrides in variants:
         for budget in budgets:
-            method = dataclasses.replace(_configure(spec, budget, window), **overrides)
-            with method(model):
-                yield name, spec.family, budget, score(method)
+            settings.append(
+                (name, spec.family, budget, dataclasses.replace(_configure(spec, budget, window), **overrides))
+            )
+    return settings
+
+
+def _active(method, model):
+    """``with method(model)`` for a KV-cache method, nothing for the full cache (None)."""
+    return method(model) if method is not None else contextlib.nullcontext()
 
 
 def evaluate_seed(toy, variants: list, layouts: list[str], budgets, n: int, window: int, seed: int) -> list[dict]:
@@ -202,8 +209,9 @@ def evaluate_seed(toy, variants: list, layouts: list[str], budgets, n: int, wind
     samples = toy.samples(n, seed=seed)
     for layout in layouts:
         prepared = prepare(toy, samples, layout)
-        sweep = _sweep(toy.model, variants, budgets, window, lambda method: answer_accuracy(toy, method, prepared))
-        for name, family, budget, result in sweep:
+        for name, family, budget, method in _settings(variants, budgets, window):
+            with _active(method, toy.model):
+                result = answer_accuracy(toy, method, prepared)
             rows.append({"method": name, "family": family, "layout": layout, "budget": budget, **result})
     return rows
 
@@ -296,19 +304,21 @@ def evaluate_chat_seed(
 ) -> list[dict]:
     """The full cache and every variant at every budget and cut on ``n`` held-out samples of
     ToyVLM v2's ``suite`` drawn from ``seed``, with decode speed-ups measured against the full
-    cache (and SnapKV at the same budget) of this seed's run."""
+    cache (and SnapKV at the same budget) of this seed's run, the settings interleaved sample by sample."""
     rows = []
     prepared = prepare_chat(bundle, bundle.samples(n, seed, suite))
     kinds = SUITES[suite].kinds
-
-    def score(cut):
-        return lambda method: chat_quality(
-            prepared, [chat_reply(bundle, item, cut, max_reply_tokens) for item in prepared], kinds
-        )
-
+    settings = _settings(variants, budgets, window)
     for cut in cuts:
-        for name, family, budget, result in _sweep(bundle.model, variants, budgets, window, score(cut)):
-            rows.append({"method": name, "family": family, "cut": cut, "budget": budget, **result})
+        # sample by sample, every setting in turn: a change of load on the shared CPU hits all alike
+        replies: list[list[dict]] = [[] for _ in settings]
+        for item in prepared:
+            for index, (_, _, _, method) in enumerate(settings):
+                with _active(method, bundle.model):
+                    replies[index].append(chat_reply(bundle, item, cut, max_reply_tokens))
+        for (name, family, budget, _), setting_replies in zip(settings, replies):
+            quality = chat_quality(prepared, setting_replies, kinds)
+            rows.append({"method": name, "family": family, "cut": cut, "budget": budget, **quality})
     for row in rows:
         same = {(r["method"], r["budget"]): r for r in rows if r["cut"] == row["cut"]}
         row["decode_speedup"] = same[("full", 1.0)]["decode_ms"] / row["decode_ms"]
