@@ -17,10 +17,17 @@ Two result files:
   for reuse patterns against the unmodified model (fused sdpa) and against eager attention
   (materialised probabilities, the math our anchors use), interleaved round by round.
 
+``--suite short`` (any ToyVLM v2 suite, ``--checkpoint``) runs the patterns of
+:func:`chat_patterns` on ToyVLM v2 instead (:func:`chat_rows`): exact match of replies decoded
+until ``<eos>``, with reuse in the prefill or in the reply's decode steps only, LLM prefill and
+decode times and analytic attention FLOPs; results ``attention-reuse-toyvlm-v2-<suite>`` and its
+tests (the cost file does not read the model and is not rewritten).
+
 Run from the repository root::
 
     python -m reference_impls.bench.attention_reuse            # full run
     python -m reference_impls.bench.attention_reuse --quick    # smoke run (nothing written)
+    python -m reference_impls.bench.attention_reuse --suite long
 """
 
 from __future__ import annotations
@@ -35,12 +42,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from reference_impls.common import seeded
+from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.harness import evaluate
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.tiny import tiny_qwen25vl
 from reference_impls.decoding.attention_reuse import AttentionReuse, attention_flops
 
-__all__ = ["PATTERNS", "layer_flops", "kl_and_accuracy"]
+__all__ = ["PATTERNS", "chat_patterns", "chat_rows", "layer_flops", "kl_and_accuracy"]
 
 METRICS = (
     "accuracy",
@@ -328,6 +336,151 @@ def cost_rows(
     return rows
 
 
+def chat_patterns(num_layers: int) -> dict[str, dict[int, int]]:
+    """Sharing patterns for ToyVLM v2's ``num_layers`` layers: none, every adjacent pair, all
+    disjoint adjacent pairs at once, and the first layer lending to every other."""
+    patterns: dict[str, dict[int, int]] = {"none": {}}
+    patterns.update({f"{a}->{a + 1}": {a + 1: a} for a in range(num_layers - 1)})
+    pairs = {a + 1: a for a in range(0, num_layers - 1, 2)}
+    patterns[", ".join(f"{a}->{b}" for b, a in pairs.items())] = pairs
+    patterns["0->" + ",".join(map(str, range(1, num_layers)))] = dict.fromkeys(range(1, num_layers), 0)
+    return patterns
+
+
+CHAT_METRICS = (
+    "accuracy",
+    "needle_accuracy",
+    "aggregation_accuracy",
+    "worst_kind_accuracy",
+    "reply_tokens",
+    "decode_accuracy",
+    "llm_prefill_ms",
+    "decode_ms",
+    "attn_mflops",
+    "attn_saved",
+)
+"""Metrics of ToyVLM v2 runs."""
+
+
+def chat_rows(bundle, n: int, seed: int, suite: str, patterns: dict[str, dict[int, int]]) -> list[dict]:
+    """Every pattern (all or visual columns) on ``n`` held-out samples of ToyVLM v2's ``suite``
+    drawn from ``seed``: exact match of the reply decoded until ``<eos>``
+    (:func:`~reference_impls.common.harness.evaluate`) with reuse in the prefill only, and with
+    reuse in the reply's decode steps only; LLM prefill and decode times; analytic attention
+    FLOPs of the prefill at the mean prompt length."""
+    samples = bundle.samples(n, seed, suite)
+    text_config = bundle.model.config.text_config
+    prompts = [bundle.collate([sample])["mm_token_type_ids"] for sample in samples]
+    n_tokens = round(sum(p.shape[1] for p in prompts) / n)
+    n_text = round(sum(int((p == 0).sum()) for p in prompts) / n)
+    block = AttentionReuse().block
+    full_flops = layer_flops(text_config, {}, n_tokens, n_tokens, block=block)
+    rows = []
+    for name, sources in patterns.items():
+        for columns in ("all", "visual") if sources else ("all",):
+            prefill = evaluate(
+                bundle, AttentionReuse(sources=sources, columns=columns, phase="prefill"), samples=samples
+            )
+            decode = (
+                evaluate(bundle, AttentionReuse(sources=sources, columns=columns, phase="decode"), samples=samples)
+                if sources
+                else prefill
+            )
+            own = n_text if columns == "visual" else None
+            flops = layer_flops(text_config, sources, n_tokens, n_tokens, own, block=block)
+            scopes = prefill["accuracy_by_scope"]
+            rows.append(
+                {
+                    "variant": name if columns == "all" else f"{name}, visual columns",
+                    "pattern": name,
+                    "columns": columns,
+                    "reused_layers": len(sources),
+                    "accuracy": round(100 * prefill["accuracy"], 2),
+                    "needle_accuracy": round(100 * scopes.get("needle", float("nan")), 2),
+                    "aggregation_accuracy": round(100 * scopes.get("aggregation", float("nan")), 2),
+                    "worst_kind_accuracy": round(100 * min(prefill["accuracy_by_kind"].values()), 1),
+                    "reply_tokens": prefill["reply_tokens"],
+                    "decode_accuracy": round(100 * decode["accuracy"], 2),
+                    "llm_prefill_ms": round(1000 * (prefill["prefill_s"] - prefill["encode_s"]), 3),
+                    "decode_ms": round(decode["decode_ms_per_token"], 3),
+                    "attn_mflops": round(flops / 1e6, 2),
+                    "attn_saved": round(100 * (1 - flops / full_flops), 2),
+                    "prompt_tokens": n_tokens,
+                }
+            )
+    return rows
+
+
+def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | None) -> None:
+    """The ``--suite`` run on ToyVLM v2 (:func:`chat_rows`), written to ``attention-reuse-toyvlm-v2-<suite>``."""
+    from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+
+    bundle, suite = load_toyvlm_v2(args.checkpoint), args.suite
+    n = 6 if args.quick else args.n
+    patterns = chat_patterns(bundle.model.config.text_config.num_hidden_layers)
+    if args.quick:
+        patterns = dict(list(patterns.items())[:2] + list(patterns.items())[-1:])
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: chat_rows(bundle, n, seed, suite, patterns), seeds.reported, log=lambda *a: print(*a, flush=True)
+    )
+    rows = seeded.summarise(per_seed, ("variant",), CHAT_METRICS)
+    for row in rows:
+        print(
+            f"{row['variant']:32s} exact {row['accuracy']:5.1f} decode-reuse {row['decode_accuracy']:5.1f} "
+            f"saved {row['attn_saved']:5.1f}%  decode {row['decode_ms']:6.2f} ms"
+        )
+    tests = seeded.paired_tests(per_seed, "accuracy", "none", by="variant")
+    tests += seeded.paired_tests(per_seed, "decode_accuracy", "none", by="variant")
+    if args.quick:
+        return
+    result_id = f"attention-reuse-toyvlm-v2-{suite}"
+    trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
+    results = Results(
+        id=result_id,
+        title=f"Cross-layer attention reuse on ToyVLM v2 ({suite} suite): exact match and attention FLOPs per pattern",
+        command=command_line("reference_impls.bench.attention_reuse", argv),
+        families=["attention-reuse"],
+        columns=seeded.interval_columns(
+            [
+                Column("pattern", "Pattern (anchor->sharers)"),
+                Column("columns", "Columns borrowed"),
+                Column("reused_layers", "Layers reusing"),
+                Column("accuracy", "Exact match, reuse in prefill", "%", 1),
+                Column("needle_accuracy", "Needle", "%", 1),
+                Column("aggregation_accuracy", "Aggregation", "%", 1),
+                Column("worst_kind_accuracy", "Worst question kind", "%", 1),
+                Column("reply_tokens", "Reply tokens", "", 1),
+                Column("decode_accuracy", "Exact match, reuse in decode only", "%", 1),
+                Column("llm_prefill_ms", "LLM prefill (reuse in prefill)", "ms", 1),
+                Column("decode_ms", "Decode (reuse in decode)", "ms/token", 2),
+                Column("attn_mflops", "Attention MFLOPs (prefill, analytic)", "", 1),
+                Column("attn_saved", "Attention FLOPs saved", "%", 1),
+            ],
+            ("accuracy", "decode_accuracy"),
+        ),
+        rows=rows,
+        plots=[Plot(x="attn_saved", y="accuracy", group="columns", title="Exact match vs attention FLOPs saved")],
+        notes=(
+            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters, held-out exact match {trained} on the "
+            f"{suite} suite at training time), chat layout: images first, question last; every reply is decoded "
+            "greedily until <eos> (`common.harness.evaluate`) and is right only when every word and the <eos> match. "
+            f"Suite {suite}: {SUITES[suite].description}; {rows[0]['prompt_tokens']:.0f} prompt tokens on average. "
+            f"Each of {len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) draws its own {n} "
+            "held-out samples, shared by every pattern; mean over seeds with the half-width of a Student-t 95% "
+            f"interval ({sum(seconds) / len(seconds):.0f} s per seed); seed {', '.join(map(str, seeds.tuning))} is "
+            "not reported. Every pattern's exact match (reuse in the prefill; reuse in the reply's decode steps only) "
+            f"is compared with the unmodified model, paired by seed ({result_id}-tests). `a->b` = layer b applies "
+            "layer a's probabilities to its own values; columns 'visual': only the visual-token columns are "
+            "borrowed. Attention FLOPs: Q/K/V/O projections, scores, softmax (5/score) and PV of every layer at the "
+            "mean prompt length, causal blocks as the method computes them. Batch 1, CPU, one thread, shared "
+            "machine: compare times within this run only."
+        ),
+        seeds=seeds.record(),
+    )
+    for path in seeded.save_seeded(results, tests, seeds, "the unmodified model", args.out):
+        print("wrote", path)
+
+
 def main(argv: list[str] | None = None) -> None:
     from reference_impls.common.toyvlm import load_toyvlm
 
@@ -338,8 +491,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+    )
+    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
+    if args.suite is not None:
+        main_chat(args, seeds, argv)
+        return
     start = time.perf_counter()
     toy = load_toyvlm()
     n = 6 if args.quick else args.n

@@ -15,10 +15,16 @@ of its post-prefill cache (interleaved, so CPU contention hits all alike); ms/to
 of the round means (min-max given), the speed-up the median over rounds of the within-round
 ratio full / method. Bytes are exact tensor sizes after the prefill and after the last step.
 
+``--suite stress`` (``--checkpoint``, ``--seed``) runs the same protocol on ToyVLM v2's own weights
+and a real prompt instead: the first held-out sample of that suite (stress: 16 images x 256 tokens,
+4,096 visual tokens), collated by ``bundle.collate``, with the vision tower's output precomputed;
+results go to ``kv-memory-toyvlm-v2-<suite>.json``, next to the random-model ``kv-memory-cpu``.
+
 Run from the repository root::
 
     python -m reference_impls.bench.kv_memory            # full run (<= 5 min on one CPU thread)
     python -m reference_impls.bench.kv_memory --quick    # smoke run
+    python -m reference_impls.bench.kv_memory --suite stress
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ import weakref
 import torch
 from transformers import DynamicCache
 
+from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.tiny import IDS, tiny_qwen25vl
+from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import ATTN_NAME, CompressedCache, KVCacheMethod
 from reference_impls.registry import get_method
 
-__all__ = ["build_inputs", "main"]
+__all__ = ["build_inputs", "chat_inputs", "main"]
 
 METHODS = ("hybridkv", "hybridkv-resident", "hybridkv-rank", "snapkv", "pyramidkv", "adakv", "kivi")
 
@@ -68,6 +76,17 @@ def build_inputs(model, n_images: int, grid: int, text_before: int, text_after: 
         "mm_token_type_ids": visual.long(),
         "image_grid_thw": torch.tensor([[1, grid, grid]] * n_images),
     }
+
+
+def chat_inputs(bundle, suite: str, seed: int) -> dict:
+    """The first held-out sample of ToyVLM v2's ``suite`` for ``seed``, collated (``bundle.collate``),
+    with the vision tower's output precomputed (``mm_encoder_outputs``) so that prefills time the
+    language model only."""
+    from reference_impls.bench.kv_quality import encode_vision
+
+    inputs = bundle.collate(bundle.samples(1, seed, suite))
+    encoded = encode_vision(bundle.model, inputs)  # pops the pixels
+    return {**inputs, "mm_encoder_outputs": encoded}
 
 
 def _method(name: str, budget: float) -> KVCacheMethod | None:
@@ -115,7 +134,10 @@ def prefill(name: str, model, inputs, budget: float) -> dict:
     """Prefill once with ``name``'s cache; returns the post-prefill state the decode rounds copy."""
     method = _method(name, budget)
     positions, _ = model.model.get_rope_index(
-        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
     )
     _set_attention(model, method)
     cache = DynamicCache() if method is None else method.make_cache(model, inputs["input_ids"])
@@ -194,16 +216,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="prompt: a sample of ToyVLM v2's suite (e.g. stress)"
+    )
+    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
+    parser.add_argument(
+        "--seed", type=int, default=10, help="with --suite: the held-out seed whose first sample is used"
+    )
+    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.quick:
+    if args.suite is not None:  # ToyVLM v2's own weights and a real prompt of the suite
+        bundle = load_toyvlm_v2(args.checkpoint)
+        model, dims = bundle.model, {}
+        inputs = chat_inputs(bundle, args.suite, args.seed)
+        steps, repeats = (8, 1) if args.quick else (args.steps, args.repeats)
+    elif args.quick:
         dims = dict(num_layers=2, hidden_size=128, num_heads=2, num_kv_heads=2, intermediate_size=256)
         n_images, grid, steps, repeats = 2, 16, 8, 1
     else:
         dims = dict(num_layers=4, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=1024)
         n_images, grid, steps, repeats = 5, 88, args.steps, args.repeats
-    model = tiny_qwen25vl(seed=0, vocab_size=256, **dims)
-    inputs = build_inputs(model, n_images, grid, text_before=40, text_after=60)
+    if args.suite is None:
+        model = tiny_qwen25vl(seed=0, vocab_size=256, **dims)
+        inputs = build_inputs(model, n_images, grid, text_before=40, text_after=60)
     wall, load_start = time.perf_counter(), os.getloadavg()
     states = [prefill(name, model, inputs, args.budget) for name in ["full", *args.methods]]
     print(f"prefills done in {time.perf_counter() - wall:.0f} s", flush=True)
@@ -240,10 +276,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total {elapsed:.0f} s")
     if args.quick:
         return
+    if args.suite is not None:
+        text = model.config.get_text_config()
+        shape = (
+            f"{text.num_hidden_layers} layers, hidden {text.hidden_size}, {text.num_attention_heads} query / "
+            f"{text.num_key_value_heads} KV heads"
+        )
+        model_line = (
+            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters: {shape}), float32, its own weights "
+            f"(prompt: the first held-out sample of seed {args.seed} of the {args.suite} suite, "
+            f"{SUITES[args.suite].description}, {int((inputs['mm_token_type_ids'] > 0).sum())} visual tokens, collated "
+            "in the chat layout: images first, question last; the vision tower runs once before the prefills, its "
+            "output passed as mm_encoder_outputs, so prefill times are the language model's; EOS off: every method "
+            f"decodes the same {steps} steps and greedy agreement with the full cache is over those steps)"
+        )
+        result_id, model_title = f"kv-memory-toyvlm-v2-{args.suite}", f"ToyVLM v2, {args.suite} suite sample"
+    else:
+        model_line = f"Random-init model ({dims}), float32"
+        result_id, model_title = "kv-memory-cpu", "random-init Qwen2.5-VL architecture"
     save_results(
         Results(
-            id="kv-memory-cpu",
-            title=f"KV cache bytes and decode ms/token at {full['prompt_tokens']} tokens (random-init Qwen2.5-VL architecture, CPU)",
+            id=result_id,
+            title=f"KV cache bytes and decode ms/token at {full['prompt_tokens']} tokens ({model_title}, CPU)",
             command=command_line("reference_impls.bench.kv_memory", argv),
             families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
             columns=[
@@ -265,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 Plot(x="memory_reduction", y="speedup", group="method", title="Memory reduction vs decode speed-up")
             ],
             notes=(
-                f"Random-init model ({dims}), float32, one CPU thread on a 2-core machine shared with other jobs "
+                f"{model_line}, one CPU thread on a 2-core machine shared with other jobs "
                 f"(load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end; timings are noisy). "
                 f"All methods in the same run ({elapsed:.0f} s), decoded in interleaved rounds; the speed-up is the "
                 "median over rounds of full/method ms within a round (min-max in speedup_min/max). Vision tower bypassed via inputs_embeds "
@@ -273,9 +327,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"steps 2..{steps}; min/max over {repeats} repeats after one warm-up. Resident bytes are every tensor "
                 "the cache keeps for attention (entries, int32 positions, chunk metadata, quantisation scales); "
                 "offloaded = HybridKV's retrieval pools in the cold store. hybridkv-rank types the 25% lowest-TCA "
-                "heads dynamic (ablation); the default threshold typing makes nearly every head dynamic on a random model."
+                "heads dynamic (ablation)"
+                + (
+                    "; the default threshold typing makes nearly every head dynamic on a random model."
+                    if args.suite is None
+                    else "."
+                )
             ),
-        )
+        ),
+        args.out,
     )
 
 

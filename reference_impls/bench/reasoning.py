@@ -15,6 +15,10 @@ escalate". Compute is counted as tokens the language model processes (prompt tok
 pass plus decode inputs) and as wall time; the vision tower runs once in every case.
 Without a ToyVLM checkpoint the benchmark runs a random-init model and scores agreement with
 the full-visual greedy answer instead of accuracy (stated in the notes).
+
+``--suite long`` (any ToyVLM v2 suite, ``--checkpoint``) runs the same on ToyVLM v2: replies are
+decoded until ``<eos>`` and right when every word and the ``<eos>`` match; the gate still reads
+the first reply token's confidence. Results go to ``reasoning-toyvlm-v2-<suite>.json``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import time
 
 import torch
 
-from reference_impls.bench.speculative import load_setting
+from reference_impls.bench.speculative import REPLY, chat_setting, load_setting
 from reference_impls.common import seeded
+from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
 from reference_impls.decoding.speculative import greedy_decode
 
@@ -38,8 +44,17 @@ FIRST_KEEP = 0.25
 MAX_NEW = 2  # ToyVLM answers are one word and <eos>
 
 
+def _right(tokens: list[int], truth: int | list[int]) -> bool:
+    """ToyVLM: the first token is the answer; ToyVLM v2 (a list): the whole reply, ``<eos>`` included."""
+    return tokens == truth if isinstance(truth, list) else tokens[:1] == [truth]
+
+
 def collect(
-    setting, escalations=("full-visual", "self-consistency"), samples: int = 5, first_keep: float = FIRST_KEEP
+    setting,
+    escalations=("full-visual", "self-consistency"),
+    samples: int = 5,
+    first_keep: float = FIRST_KEEP,
+    max_new: int = MAX_NEW,
 ) -> dict[str, list[tuple]]:
     """Per question, the always-cheap run and one always-escalate run per escalation.
 
@@ -51,20 +66,20 @@ def collect(
     is at least the threshold and the second otherwise (what the method itself does).
     """
     model = setting.model
-    truth = setting.answers
+    truth = setting.replies if setting.replies is not None else setting.answers
     if truth is None:  # no ground truth: score agreement with the full-visual greedy answer
-        truth = [greedy_decode(model, inputs, MAX_NEW).tokens[0] for inputs in setting.inputs]
-    common = dict(first_visual_keep=first_keep, samples=samples, max_new_tokens=MAX_NEW)
+        truth = [greedy_decode(model, inputs, max_new).tokens[0] for inputs in setting.inputs]
+    common = dict(first_visual_keep=first_keep, samples=samples, max_new_tokens=max_new)
     runs = {"cheap": ConfidenceGatedAnswering(threshold=0.0, **common)}
     runs |= {e: ConfidenceGatedAnswering(threshold=2.0, escalation=e, **common) for e in escalations}
     records = {name: [] for name in runs}  # (correct, confidence, decoded, lm tokens, seconds)
     records["full-only"] = []  # baseline: one greedy pass with every visual token
     for inputs, answer in zip(setting.inputs, truth):
         start = time.perf_counter()
-        result = greedy_decode(model, inputs, MAX_NEW)
+        result = greedy_decode(model, inputs, max_new)
         seconds = time.perf_counter() - start
         lm_tokens = inputs["input_ids"].shape[1] + len(result.tokens) - 1
-        records["full-only"].append((result.tokens[:1] == [answer], 1.0, len(result.tokens), lm_tokens, seconds))
+        records["full-only"].append((_right(result.tokens, answer), 1.0, len(result.tokens), lm_tokens, seconds))
         for name, method in runs.items():
             start = time.perf_counter()
             result = method(model, inputs)
@@ -72,7 +87,7 @@ def collect(
             stats = result.stats
             records[name].append(
                 (
-                    result.tokens[:1] == [answer],
+                    _right(result.tokens, answer),
                     stats["confidence"],
                     stats["decoded_tokens"],
                     stats["lm_tokens"],
@@ -137,11 +152,20 @@ TUNING_SEEDS = (1,)
 """Seed whose questions choose each gated method's threshold; never reported."""
 
 
-def evaluate_seed(n: int, seed: int, path: str | None = None) -> tuple[list[dict], object]:
-    """Every (method, threshold) row on ``n`` questions drawn from ``seed``, and the setting."""
-    setting = load_setting(n, seed=seed, path=path)
-    rows = route(collect(setting))
-    half = collect(setting, escalations=("full-visual",), first_keep=0.5)
+def evaluate_seed(n: int, seed: int, path: str | None = None, suite: str | None = None) -> tuple[list[dict], object]:
+    """Every (method, threshold) row on ``n`` questions drawn from ``seed``, and the setting.
+
+    With ``suite``: ToyVLM v2's held-out ``suite`` (``path``: a v2 checkpoint), replies decoded
+    until ``<eos>`` (at most :data:`~reference_impls.bench.speculative.REPLY` tokens) and right
+    when they match the answer and ``<eos>`` exactly."""
+    if suite is None:
+        setting, max_new = load_setting(n, seed=seed, path=path), MAX_NEW
+    else:
+        bundle = load_toyvlm_v2(path)
+        setting = chat_setting(bundle, bundle.samples(n, seed, suite), f"ToyVLM v2 ({suite} suite)")
+        max_new = REPLY
+    rows = route(collect(setting, max_new=max_new))
+    half = collect(setting, escalations=("full-visual",), first_keep=0.5, max_new=max_new)
     del half["full-only"]  # the baseline row is already there
     return rows + route(half, first_keep=0.5), setting
 
@@ -164,14 +188,19 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--quick", action="store_true", help="few questions on two seeds, no results file")
     parser.add_argument("-n", type=int, default=16, help="questions drawn per seed")
     parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+    )
+    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    path = args.toyvlm if args.suite is None else args.checkpoint
     torch.set_num_threads(1)
     n = 3 if args.quick else args.n
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     facts: dict = {}
 
     def one_seed(seed: int) -> list[dict]:
-        rows, facts["setting"] = evaluate_seed(n, seed, args.toyvlm)
+        rows, facts["setting"] = evaluate_seed(n, seed, path, args.suite)
         return rows
 
     tuning_rows, _ = seeded.run_seeds(one_seed, seeds.tuning, log=log)
@@ -185,14 +214,20 @@ def main(argv: list[str] | None = None) -> Results:
     at_chosen = [r for r in per_seed if r["method"] == BASELINE or chosen.get(r["method"]) == r["threshold"]]
     tests = seeded.paired_tests(at_chosen, "accuracy", BASELINE) + seeded.paired_tests(at_chosen, "lm_tokens", BASELINE)
     setting = facts["setting"]
+    results_id = "reasoning-toyvlm" if args.suite is None else f"reasoning-toyvlm-v2-{args.suite}"
     scored = (
-        "accuracy against the ground truth"
+        "the exact match of the whole reply and its <eos> (decoded until <eos>, at most "
+        f"{REPLY} tokens; the confidence is the first reply token's)"
+        if setting.replies is not None
+        else "accuracy against the ground truth"
         if setting.answers is not None
         else "agreement with the full-visual greedy answer"
     )
     results = Results(
-        id="reasoning-toyvlm",
-        title="Confidence-gated answering on ToyVLM: accuracy against compute",
+        id=results_id,
+        title="Confidence-gated answering on ToyVLM: accuracy against compute"
+        if args.suite is None
+        else f"Confidence-gated answering on ToyVLM v2 ({args.suite} suite): exact match against compute",
         command=command_line("reference_impls.bench.reasoning", argv),
         families=["efficient-reasoning"],
         columns=seeded.interval_columns([*COLUMNS, Column("chosen", "Chosen on tuning seeds")], ("accuracy",)),
@@ -213,7 +248,7 @@ def main(argv: list[str] | None = None) -> Results:
             f"method's threshold was chosen on tuning seed(s) {', '.join(map(str, seeds.tuning))} (never reported): "
             "the best accuracy among thresholds that process fewer LM tokens than the baseline "
             f"({', '.join(f'{k}: {v}' for k, v in chosen.items())}; rows marked 'chosen'); at that threshold accuracy "
-            "and LM tokens are compared with the baseline, paired by seed (reasoning-toyvlm-tests). Batch 1, CPU with "
+            f"and LM tokens are compared with the baseline, paired by seed ({results_id}-tests). Batch 1, CPU with "
             f"1 thread (shared machine: wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% (or 50%) of "
             "each image's visual tokens (uniform). Escalation: re-ask with all visual tokens, or a majority vote over "
             f"5 answers sampled at temperature 1 from the full prompt. Accuracy is {scored}. Threshold 0 = always "

@@ -19,6 +19,14 @@ ever answers one word and ``<eos>``, so three settings bracket what speculation 
   ``LONG`` tokens: a draft that often disagrees. Only acceptance and speed mean anything here.
 
 Without a ToyVLM checkpoint only the random-model setting runs (stated in the notes).
+
+``--suite long`` (any of :data:`reference_impls.common.chat_scenes.SUITES`, ``--checkpoint``) runs
+the same methods on ToyVLM v2 instead, whose chat-layout replies run to 5-20 tokens: every
+method decodes until ``<eos>`` (at most ``--max-new-tokens``), answer accuracy is the exact match
+of the whole reply, strict modes must stay identical to greedy, and each method's row carries
+its draft's forward cost relative to the target's (:func:`draft_cost`), with one more draft: the
+first quarter of the layers on 10% of the visual tokens. Results go to
+``speculative-toyvlm-v2-<suite>.json``.
 """
 
 from __future__ import annotations
@@ -32,12 +40,17 @@ from dataclasses import dataclass, replace
 import torch
 
 from reference_impls.common import seeded
+from reference_impls.common.chat_scenes import SUITES, answer_words
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+from reference_impls.decoding._speculative_prompt import crop, encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 
-__all__ = ["Setting", "load_setting", "random_setting", "ignoring_eos", "main"]
+__all__ = ["Setting", "chat_setting", "draft_cost", "load_setting", "random_setting", "ignoring_eos", "main"]
 
 LONG = 16
+REPLY = 24
+"""Most reply tokens decoded on ToyVLM v2 (its answers have at most 20 tokens with ``<eos>``)."""
 FUNCTION_WORDS = ("a", "the", "is", "there", "and", "?", "answer", "what", "how", "many", "which", "object", "objects")
 
 
@@ -51,6 +64,8 @@ class Setting:
     answers: list[int] | None
     function_words: frozenset[int]
     words: tuple[str, ...] | None = None
+    replies: list[list[int]] | None = None
+    """ToyVLM v2: the whole expected reply of each sample (answer words and ``<eos>``)."""
 
 
 def load_setting(n: int, seed: int = 1, path: str | None = None) -> Setting:
@@ -76,6 +91,22 @@ def load_setting(n: int, seed: int = 1, path: str | None = None) -> Setting:
     )
 
 
+def chat_setting(bundle, samples, name: str) -> Setting:
+    """ToyVLM v2 samples in the chat layout (``bundle.collate``), scored by exact match of the whole reply."""
+    if bundle.model.generation_config.eos_token_id is None:
+        bundle.model.generation_config.eos_token_id = bundle.vocab.eos
+    words = set(bundle.vocab.words)
+    return Setting(
+        name=name,
+        model=bundle.model.eval(),
+        inputs=[bundle.collate([sample]) for sample in samples],
+        answers=None,
+        function_words=frozenset(bundle.vocab.id(w) for w in FUNCTION_WORDS if w in words),
+        words=tuple(bundle.vocab.words),
+        replies=[[bundle.vocab.id(w) for w in answer_words(sample)] for sample in samples],
+    )
+
+
 def random_setting(n: int, seed: int = 1) -> Setting:
     """A random-init Qwen2.5-VL (hidden 128, 4 layers) and ``n`` inputs of four 16x16-patch images."""
     from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl
@@ -98,8 +129,16 @@ def ignoring_eos(model: torch.nn.Module):
 
 def methods(setting: Setting) -> dict[str, tuple[str, str, SpeculativeDecoding]]:
     """Name -> (draft description, verification description, method)."""
-    half = max(1, setting.model.config.text_config.num_hidden_layers // 2)
+    layers = setting.model.config.text_config.num_hidden_layers
+    half = max(1, layers // 2)
     self_draft = SpeculativeDecoding(draft_visual_keep=0.25, num_draft=4)
+    quarter = {}
+    if setting.replies is not None:  # ToyVLM v2: a draft costing about a quarter of a target forward
+        quarter["early-exit 1/4 layers 10% visual"] = (
+            f"first {max(1, layers // 4)} layers, 10% visual",
+            "strict",
+            SpeculativeDecoding(draft_visual_keep=0.1, draft_layers=max(1, layers // 4), num_draft=4),
+        )
     return {
         "self 25% visual": ("target, 25% visual tokens", "strict", self_draft),
         "self 10% visual": (
@@ -122,7 +161,30 @@ def methods(setting: Setting) -> dict[str, tuple[str, str, SpeculativeDecoding]]
             "function words, top-2",
             replace(self_draft, relax_rate=1.0, relax_ids=setting.function_words),
         ),
+        **quarter,
     }
+
+
+@torch.no_grad()
+def draft_cost(method: SpeculativeDecoding, model: torch.nn.Module, inputs: dict, repeats: int = 9) -> float:
+    """Seconds of one draft forward over one new token divided by one target forward's, each
+    after its own prefill of ``inputs``: medians of ``repeats`` interleaved pairs (so that load
+    from other processes hits both alike; the token is cropped off again after each)."""
+    prompt = encode_prompt(model, inputs)
+    target_cache, logits = prefill(model, prompt)
+    draft_model, draft_prompt = method._draft_prompt(model, inputs)
+    draft_cache, _ = prefill(draft_model, draft_prompt, method.draft_layers)
+    token = [int(logits.argmax())]
+    runs = ((draft_model, draft_cache, draft_prompt, method.draft_layers), (model, target_cache, prompt, None))
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for spent, (net, cache, at, layers) in zip(times, runs):
+            start = time.perf_counter()
+            forward(net, cache, text_positions(at.next_position, 1), ids=token, layers=layers)
+            spent.append(time.perf_counter() - start)
+            crop(cache, at.length)
+    draft, target = (sorted(spent)[len(spent) // 2] for spent in times)
+    return draft / target
 
 
 def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
@@ -173,7 +235,9 @@ def _row(setting, label, name, draft, verification, outputs, greedy, seconds, gr
     agree = sum(sum(a == b for a, b in zip(out, ref)) for out, ref in zip(outputs, greedy))
     total = sum(max(len(out), len(ref)) for out, ref in zip(outputs, greedy))
     accuracy = ""
-    if setting.answers is not None and label == "answer":
+    if setting.replies is not None:  # ToyVLM v2: every word and the <eos>
+        accuracy = round(100 * sum(out == reply for out, reply in zip(outputs, setting.replies)) / len(outputs), 1)
+    elif setting.answers is not None and label == "answer":
         accuracy = round(100 * sum(out[:1] == [a] for out, a in zip(outputs, setting.answers)) / len(outputs), 1)
     return {
         "setting": label,
@@ -234,13 +298,88 @@ def evaluate_seed(n: int, seed: int, path: str | None = None) -> tuple[list[dict
     return rows, setting.name, len(long.inputs)
 
 
+def evaluate_chat_seed(bundle, n: int, seed: int, suite: str, max_new_tokens: int = REPLY) -> list[dict]:
+    """Greedy and every method on ``n`` held-out samples of ToyVLM v2's ``suite`` drawn from
+    ``seed``, decoding until ``<eos>``; each method's row carries its draft's forward cost
+    relative to the target's (:func:`draft_cost`, on the first sample)."""
+    setting = chat_setting(bundle, bundle.samples(n, seed, suite), f"ToyVLM v2 ({suite} suite)")
+    rows = run(setting, max_new_tokens=max_new_tokens, label=suite)
+    named = methods(setting)
+    for row in rows:
+        method = named.get(row["method"])
+        row["draft_cost"] = 1.0 if method is None else round(draft_cost(method[2], setting.model, setting.inputs[0]), 3)
+    return rows
+
+
+def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | None) -> Results:
+    """The ``--suite`` run: ToyVLM v2, replies decoded until ``<eos>`` (see :func:`evaluate_chat_seed`)."""
+    bundle, suite = load_toyvlm_v2(args.checkpoint), args.suite
+    n = 4 if args.quick else args.n
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: evaluate_chat_seed(bundle, n, seed, suite, args.max_new_tokens),
+        seeds.reported,
+        log=lambda *a: print(*a, flush=True),
+    )
+    rows = seeded.summarise(per_seed, ("setting", "method"), METRICS + ("draft_cost",))
+    columns = [*COLUMNS[:4], Column("draft_cost", "Draft forward / target forward", "x", 2), *COLUMNS[4:]]
+    for row in rows:
+        print(" | ".join(f"{row[c.key]}" for c in columns))
+    tests = [
+        test
+        for metric in ("speedup", "decode_speedup", "mean_accepted_length")
+        for test in seeded.paired_tests(per_seed, metric, "greedy", within=("setting",))
+    ]
+    result_id = f"speculative-toyvlm-v2-{suite}"
+    trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
+    results = Results(
+        id=result_id,
+        title=f"Speculative decoding with pruned and early-exit drafts on ToyVLM v2 ({suite} suite)",
+        command=command_line("reference_impls.bench.speculative", argv),
+        families=["speculative-training-free"],
+        columns=seeded.interval_columns(columns, ("speedup", "decode_speedup", "mean_accepted_length", "accuracy")),
+        rows=rows,
+        plots=[Plot(x="mean_accepted_length", y="speedup", group="method", title="Speed-up vs mean accepted length")],
+        notes=(
+            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters, held-out exact match {trained} on the "
+            f"{suite} suite at training time), chat layout: images first, question last, replies decoded until <eos> "
+            f"(at most {args.max_new_tokens} tokens). Suite {suite}: {SUITES[suite].description}. Each of "
+            f"{len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) draws its own {n} "
+            "held-out samples, shared by every method; mean over seeds with the half-width of a Student-t 95% "
+            f"interval ({sum(seconds) / len(seconds):.0f} s per seed). The draft settings were fixed on seed "
+            f"{', '.join(map(str, seeds.tuning))}, which is not reported. Batch 1, CPU with 1 thread, wall times "
+            "interleaved per sample (the machine is shared, so speed-ups are noisy); end to end includes the vision "
+            "tower and the prefills (the draft's own included), the decode phase starts after them. Greedy is our "
+            "explicit-position loop, one token per forward. Strict verification must give outputs identical to "
+            "greedy (the identical column); answer accuracy is the exact match of the whole reply and <eos>. 'Draft "
+            "forward / target forward': the median time of one draft forward over one new token after its pruned "
+            "prefill divided by the target's (first sample of each seed). Speed-ups and mean accepted lengths are "
+            f"compared with greedy, paired by seed ({result_id}-tests). Function words for the relaxed rule: "
+            + ", ".join(FUNCTION_WORDS)
+            + "."
+        ),
+    )
+    if not args.quick:
+        for path in seeded.save_seeded(results, tests, seeds, "greedy", args.out):
+            print("wrote", path)
+    return results
+
+
 def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
     parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
     parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+    )
+    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=REPLY, help="ToyVLM v2: decoding stops here without <eos>"
+    )
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
+    if args.suite is not None:
+        return main_chat(args, seeds, argv)
     n = 4 if args.quick else args.n
     facts: dict = {}
 

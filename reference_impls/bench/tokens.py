@@ -27,6 +27,9 @@ Deviations / guesses:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,10 +39,10 @@ from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
 from ..common.toyvlm import load_toyvlm
-from ..common.toyvlm_v2 import load_toyvlm_v2
+from ..common.toyvlm_v2 import ToyVLMv2, load_toyvlm_v2
 from ..registry import all_methods
 
-__all__ = ["run", "main"]
+__all__ = ["Factory", "chat_notes", "columns", "evaluate_seed", "main", "run", "sweep_chat"]
 
 BUDGETS = (1.0, 0.5, 0.25, 0.1)
 
@@ -65,6 +68,49 @@ def evaluate_seed(
             family = "" if spec.target is RandomPruning else spec.family
             rows.append(_row(name, family, budget, evaluate(bundle, spec.target(budget=budget), samples=samples)))
     return rows
+
+
+@dataclass(frozen=True)
+class Factory:
+    """A method made from a budget, in the shape :func:`evaluate_seed` reads from a registry spec
+    (``family``, ``target(budget=...)``): benches whose rows are settings of registered methods
+    (ablations, baselines) run them through the same protocol."""
+
+    family: str
+    make: Callable[[float], Any]
+
+    def target(self, budget: float):
+        return self.make(budget)
+
+
+def sweep_chat(
+    bundle: ToyVLMv2, suite: str, specs: dict, names, n: int, budgets, seeds: seeded.Seeds, log=print
+) -> tuple[list[dict], list[dict], list[float]]:
+    """:func:`evaluate_seed` over the reported seeds on ToyVLM v2's ``suite``: the summarised rows
+    (means and 95% intervals), the per-seed rows (for paired tests) and the seconds per seed."""
+    per_seed, seconds = seeded.run_seeds(
+        lambda seed: evaluate_seed(bundle, specs, list(names), n, budgets, seed, suite), seeds.reported, log=log
+    )
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS + CHAT_METRICS)
+    for row in rows:
+        log(_line(row))
+    return rows, per_seed, seconds
+
+
+def chat_notes(bundle: ToyVLMv2, suite: str, seeds: seeded.Seeds, n: int, seconds: list[float]) -> str:
+    """The protocol sentences every ToyVLM v2 run of this bench's shape starts its notes with."""
+    trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
+    return (
+        f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters, held-out exact match {trained} on the "
+        f"{suite} suite at training time), chat layout: images first, question last; each reply is decoded "
+        "greedily through the method until <eos> and is right only when every word and the <eos> match. Suite "
+        f"{suite}: {SUITES[suite].description}. Each of {len(seeds.reported)} reported seeds "
+        f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples, shared by every method; "
+        "mean over seeds with the half-width of a Student-t 95% interval "
+        f"({sum(seconds) / len(seconds):.0f} s per seed); seed {', '.join(map(str, seeds.tuning))} is not "
+        "reported. Batch 1, 1 thread, CPU wall-clock on a shared machine: compare times within one run only; "
+        "'LLM prefill' excludes the vision tower. "
+    )
 
 
 def run(
@@ -124,24 +170,6 @@ def run(
         "the vision tower, which still encodes every patch; 'LLM prefill' excludes it. Times are "
         "CPU wall-clock on a 2-core machine shared with other jobs: compare rows of this run only."
     )
-    columns = [
-        Column("method", "Method"),
-        Column("budget", "Budget (fraction kept)", digits=2),
-        Column("accuracy", "Accuracy" if suite is None else "Exact match", "%", digits=1),
-        *(
-            [
-                Column("needle_accuracy", "Needle", "%", digits=1),
-                Column("aggregation_accuracy", "Aggregation", "%", digits=1),
-            ]
-            if suite
-            else []
-        ),
-        Column("visual_tokens", "Visual tokens", digits=1),
-        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
-        Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
-        Column("kv_kib", "KV cache", "KiB", digits=1),
-        Column("decode_ms", "Decode", "ms/token", digits=2),
-    ]
     results = Results(
         id=result_id,
         title="ToyVLM: accuracy and cost vs visual tokens kept"
@@ -149,7 +177,7 @@ def run(
         else f"ToyVLM v2 ({suite} suite): exact match and cost vs visual tokens kept",
         command="",
         families=families,
-        columns=seeded.interval_columns(columns, ("accuracy",)),
+        columns=seeded.interval_columns(columns(chat=suite is not None), ("accuracy",)),
         rows=rows,
         plots=[
             Plot(
@@ -165,6 +193,29 @@ def run(
         seeds=seeds.record(),
     )
     return results, tests
+
+
+def columns(chat: bool = False) -> list[Column]:
+    """The columns of :func:`_row`'s rows (``chat``: ToyVLM v2, with exact match per scope)."""
+    return [
+        Column("method", "Method"),
+        Column("budget", "Budget (fraction kept)", digits=2),
+        Column("accuracy", "Exact match" if chat else "Accuracy", "%", digits=1),
+        *(
+            [
+                Column("needle_accuracy", "Needle", "%", digits=1),
+                Column("aggregation_accuracy", "Aggregation", "%", digits=1),
+                Column("reply_tokens", "Reply tokens", digits=1),
+            ]
+            if chat
+            else []
+        ),
+        Column("visual_tokens", "Visual tokens", digits=1),
+        Column("prefill_ms", "Prefill (encode + LLM)", "ms", digits=1),
+        Column("llm_prefill_ms", "LLM prefill", "ms", digits=1),
+        Column("kv_kib", "KV cache", "KiB", digits=1),
+        Column("decode_ms", "Decode", "ms/token", digits=2),
+    ]
 
 
 def _row(method: str, family: str, budget: float, result: dict) -> dict:

@@ -21,6 +21,11 @@ paired tests over seeds. Results: ``reference_impls/results/video-encoders-toyvl
 Options: ``--n`` samples per setting and seed, ``--seeds``, ``--quick`` (n=10 on two seeds, one short
 timing sweep).
 
+``--suite video`` (``--checkpoint``) runs the same methods on ToyVLM v2's held-out videos instead
+(:func:`run_chat`; 16-32 frames, one Qwen2.5-VL video item, 1,024-2,048 visual tokens): replies
+decoded until ``<eos>`` and scored by exact match, per scope, with LLM prefill and decode times
+(the tokens bench's protocol). Results: ``video-encoders-toyvlm-v2-<suite>.json`` and its tests.
+
 Deviations / guesses:
     Times are CPU wall-clock on a shared machine: compare rows of one run only. "LLM prefill"
     is the language model's forward alone; "prefill" adds the vision tower (which encodes every
@@ -37,16 +42,19 @@ from typing import Any
 import torch
 
 from ..common import seeded
+from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
 from ..common.scenes import Sample, repeat_images
 from ..common.toyvlm import ToyVLM, load_toyvlm
+from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..encoding.keyframes import KeyframeSelection
 from ..encoding.temporal_merging import TemporalMerging
 from ..encoding.tome import ToMe
+from . import tokens
 
-__all__ = ["METHODS", "clip_samples", "run", "main"]
+__all__ = ["METHODS", "clip_samples", "run", "run_chat", "main"]
 
 BUDGETS = (0.5, 0.25, 0.125)
 CLIP_KINDS = ("colour", "shape")
@@ -209,6 +217,49 @@ def run(
     return results, tests
 
 
+def run_chat(
+    suite: str = "video",
+    n: int = 20,
+    seeds: seeded.Seeds | None = None,
+    budgets=BUDGETS,
+    methods: list[str] | None = None,
+    checkpoint: str | None = None,
+    log=print,
+) -> tuple[Results, list[dict]]:
+    """Every method at every budget on ToyVLM v2's ``suite`` (default: its 16-32 frame videos), with
+    the tokens bench's per-sample protocol (:func:`~reference_impls.bench.tokens.sweep_chat`: replies
+    decoded until ``<eos>``, exact match, per scope, LLM prefill and decode times); the
+    :class:`Results` (not saved) and the paired tests against random pruning."""
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
+    bundle = load_toyvlm_v2(checkpoint)
+    specs = {name: tokens.Factory(*METHODS[name]) for name in methods or METHODS}
+    rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, specs, n, budgets, seeds, log)
+    tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in specs else []
+    result_id = f"video-encoders-toyvlm-v2-{suite}"
+    notes = tokens.chat_notes(bundle, suite, seeds, n, seconds) + (
+        "A video is one Qwen2.5-VL video item: the temporal methods and keyframe selection work on its temporal "
+        "slices (two raw frames each), ToMe merges within each slice, random pruning ignores frames. Exact match "
+        f"is compared with random pruning at the same budget, paired by seed ({result_id}-tests). Keyframe and "
+        "ToMe rows are comparisons (family left empty so that they show on this page, like the random-pruning "
+        "baseline). 'Prefill' includes the vision tower, which encodes every frame for every method here."
+    )
+    results = Results(
+        id=result_id,
+        title=f"ToyVLM v2 ({suite} suite): temporal pooling/merging vs frame selection and random pruning",
+        command="",
+        families=["vision-encoders-video"],
+        columns=seeded.interval_columns(tokens.columns(chat=True), ("accuracy",)),
+        rows=rows,
+        plots=[
+            Plot(x="visual_tokens", y="accuracy", group="method", title="Exact match vs visual tokens kept"),
+            Plot(x="visual_tokens", y="llm_prefill_ms", group="method", title="LLM prefill time vs tokens kept"),
+        ],
+        notes=notes,
+        seeds=seeds.record(),
+    )
+    return results, tests
+
+
 def _line(row: dict, timed: bool = False) -> str:
     parts = [f"{row['method']:22s} {row['budget']:6.3f}"]
     for setting in SETTINGS:
@@ -223,13 +274,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="n=10 on two seeds, one short timing sweep")
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+    )
+    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     if args.seeds and 0 in args.seeds:
         parser.error("seed 0 is ToyVLM's training data; use held-out seeds")
     torch.set_num_threads(args.threads)
     budgets = tuple(float(b) for b in args.budgets.split(","))
-    quick = dict(n=10, timing_n=5, rounds=1) if args.quick else dict(n=args.n)
-    results, tests = run(seeds=seeds, budgets=budgets, log=lambda *a: print(*a, flush=True), **quick)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    if args.suite is not None:
+        n = 10 if args.quick else args.n
+        results, tests = run_chat(args.suite, n, seeds, budgets, checkpoint=args.checkpoint, log=log)
+    else:
+        quick = dict(n=10, timing_n=5, rounds=1) if args.quick else dict(n=args.n)
+        results, tests = run(seeds=seeds, budgets=budgets, log=log, **quick)
     results.command = command_line("reference_impls.bench.video_tokens", argv)
     for path in seeded.save_seeded(results, tests, seeds, BASELINE, args.out):
         print(f"wrote {path}")

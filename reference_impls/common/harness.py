@@ -37,6 +37,7 @@ Deviations / guesses:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -106,14 +107,30 @@ def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, 
 
 @torch.no_grad()
 def decode_steps(
-    model, first_token: torch.Tensor, cache, next_position: torch.Tensor, steps: int, stop: int | None = None
+    model,
+    first_token: torch.Tensor,
+    cache,
+    next_position: torch.Tensor,
+    steps: int,
+    stop: int | None = None,
+    forced: Sequence[int] = (),
 ) -> tuple[list[int], list[float]]:
     """Greedy decoding of up to ``steps`` tokens (batch 1) with explicit positions, ending early
     after the token ``stop`` (e.g. ``<eos>``) when given.
 
+    ``forced`` tokens are fed one per step after ``first_token`` whatever the model predicts
+    (teacher forcing, e.g. the question of a prompt whose cache was compressed before it); greedy
+    decoding starts after the last of them, so the first returned token is the model's next token
+    after ``forced``. Those forced steps are neither timed nor counted in ``steps``.
+
     Returns the tokens and the seconds of each step.
     """
     token, tokens, times = first_token.view(1, 1), [], []
+    for offset, forced_token in enumerate(forced):
+        position = (next_position.view(1, 1, 1) + offset).expand(3, 1, 1)
+        cache = _output_cache(model(input_ids=token, cache=cache, position_ids=position, use_cache=True))
+        token = torch.tensor([[int(forced_token)]])
+    next_position = next_position + len(forced)
     for step in range(steps):
         if stop is not None and int(token) == stop:
             break

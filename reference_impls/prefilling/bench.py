@@ -11,6 +11,12 @@ methods are timed in one interleaved run so their ratios are comparable.
 
 Without a ToyVLM checkpoint the accuracy falls back to *agreement* with the unpruned model's
 answer on a tiny random-init Qwen2.5-VL (``source == "tiny-random"`` in the results).
+
+``--suite short`` (or any ToyVLM v2 suite, ``--checkpoint``) runs the same methods and variants on
+ToyVLM v2 with the tokens bench's per-sample protocol (:func:`run_chat`: replies decoded until
+``<eos>``, exact match, batch 1) at budgets 50/25/10% and writes
+``prefilling-toyvlm-v2-<suite>.json`` and its tests (no block-sparse cost table: that one does not
+read the model).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "sparse_cost",
     "plot_sweep",
     "print_sweep",
+    "run_chat",
     "main",
 ]
 
@@ -296,16 +303,87 @@ TUNING_SEEDS = (1,)
 """Seed of the single-seed runs the methods' settings were developed on; never reported."""
 
 
+CHAT_BUDGETS = (0.5, 0.25, 0.1)
+"""Budgets of ToyVLM v2 runs (the unpruned model is the budget-1.0 row)."""
+
+
+def run_chat(
+    suite: str,
+    n: int = 20,
+    budgets: tuple[float, ...] = CHAT_BUDGETS,
+    checkpoint: str | None = None,
+    seeds=None,
+    names: tuple[str, ...] | None = None,
+    log=print,
+):
+    """Every prefilling method at every budget on ToyVLM v2's ``suite``: the tokens bench's
+    per-sample protocol (:func:`reference_impls.bench.tokens.sweep_chat`: the reply decoded until
+    ``<eos>`` through the method, exact match, per scope, LLM prefill and decode times, batch 1).
+    Returns the :class:`Results` (not yet saved) and the paired tests against random pruning and
+    of PyramidDrop and SparseVLM against their variants."""
+    from reference_impls.bench import tokens
+    from reference_impls.common import seeded
+    from reference_impls.common.results import Plot, Results
+    from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+
+    seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
+    bundle = load_toyvlm_v2(checkpoint)
+    factories = method_factories(len(adapter_for(bundle.model).language_layers(bundle.model)))
+    specs = {name: tokens.Factory(family, make) for name, (family, make) in factories.items()}
+    names = list(names or specs)
+    rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, names, n, budgets, seeds, log)
+    tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
+    for reference, variants in ABLATIONS.items():
+        tests += seeded.paired_tests(per_seed, "accuracy", reference, within=("budget",), versus=variants)
+    result_id = f"prefilling-toyvlm-v2-{suite}"
+    results = Results(
+        id=result_id,
+        title=f"Prefilling-stage visual token pruning on ToyVLM v2 ({suite} suite): exact match and cost vs budget",
+        command="",
+        families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],
+        columns=seeded.interval_columns(tokens.columns(chat=True), ("accuracy",)),
+        rows=rows,
+        plots=[
+            Plot(x="budget", y="accuracy", group="method", title="Exact match vs visual budget", error="accuracy_ci"),
+            Plot(x="budget", y="llm_prefill_ms", group="method", title="LLM prefill time vs visual budget"),
+        ],
+        notes=tokens.chat_notes(bundle, suite, seeds, n, seconds)
+        + "Every method's exact match is compared with random pruning before the LLM (random@0) at the same "
+        f"budget, and PyramidDrop and SparseVLM with their variants, paired by seed ({result_id}-tests). Budget = "
+        "fraction of visual tokens left after the last pruning stage; for block-sparse the fraction of causal "
+        "key blocks a visual query block reads (no token is dropped). '+renumber' rows use upstream's "
+        "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off.",
+        seeds=seeds.record(),
+    )
+    return results, tests
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from reference_impls.common import seeded
+    from reference_impls.common.chat_scenes import SUITES
     from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=32, help="held-out samples drawn per seed")
     parser.add_argument("--quick", action="store_true", help="8 samples on two seeds, no results files")
+    parser.add_argument(
+        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+    )
+    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    if args.suite is not None:
+        torch.set_num_threads(1)
+        results, tests = run_chat(
+            args.suite, n=8 if args.quick else args.n, checkpoint=args.checkpoint, seeds=seeds, log=print
+        )
+        results.command = command_line("reference_impls.prefilling.bench", argv)
+        if not args.quick:
+            reference = f"{BASELINE} (and the PyramidDrop, SparseVLM defaults)"
+            for path in seeded.save_seeded(results, tests, seeds, reference, args.out):
+                print("wrote", path)
+        return
     n = 8 if args.quick else args.n
     torch.set_num_threads(1)
     budgets = (1.0, 0.5, 0.25, 0.1)

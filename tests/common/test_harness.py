@@ -116,3 +116,26 @@ def test_chat_bundle_samples_are_disjoint_across_seeds(chat_bundle):
     assert [s.qa for s in chat_bundle.samples(3, seed=1)] == [s.qa for s in first]
     with pytest.raises(ValueError, match="seed >= 1"):
         chat_bundle.samples(3, seed=0)
+
+
+def test_forced_decode_steps_rebuild_the_prompt_cache(chat_bundle):
+    """Feeding the question one forced token per step after prefilling the images leaves the same
+    keys and values (positions included, through RoPE) as prefilling the whole prompt."""
+    from reference_impls.common.harness import decode_steps, prefill
+
+    model, sample = chat_bundle.model, _chat_samples(1)[0]
+    inputs = chat_bundle.collate([sample])
+    ids = inputs["input_ids"]
+    cut = int((ids[0] == model.config.vision_end_token_id).nonzero().max()) + 1
+    images = {
+        k: v[:, :cut] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in inputs.items()
+    }
+    with torch.no_grad():
+        logits, whole, position, _ = prefill(model, inputs)
+        _, cache, image_position, _ = prefill(model, images)
+        tokens, times = decode_steps(model, ids[0, cut], cache, image_position, 1, forced=ids[0, cut + 1 :].tolist())
+    assert len(times) == 1 and tokens == [int(logits.argmax(-1))]  # the forced steps are not returned or timed
+    assert cache.get_seq_length() == whole.get_seq_length() == ids.shape[1]
+    for mine, reference in zip(cache.layers, whole.layers):
+        torch.testing.assert_close(mine.keys, reference.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(mine.values, reference.values, atol=1e-5, rtol=1e-4)
