@@ -21,7 +21,7 @@ from reference_impls.decoding.streamingllm import StreamingLLM
 @pytest.fixture(scope="module")
 def bundle():
     torch.set_num_threads(1)
-    return tiny_toyvlm_v2(seed=5)  # a seed whose random replies differ from sample to sample
+    return tiny_toyvlm_v2(seed=8)  # a seed whose random replies differ from sample to sample
 
 
 @pytest.fixture(scope="module")
