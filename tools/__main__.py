@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "--evaluate", action="store_true", help="print the classifier's held-out top-1 and top-3 accuracy"
     )
     triage.add_argument("--folds", type=int, default=0, help="with --evaluate: k-fold instead of leave-one-out (0)")
+    triage.add_argument(
+        "--confusions", type=int, default=0, metavar="N", help="with --evaluate: also print the N most frequent misses"
+    )
     triage.add_argument("--feed-url", action="store_true", help="print the arXiv API query for the taxonomy keywords")
 
     bench = sub.add_parser(

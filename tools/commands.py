@@ -252,6 +252,10 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
             f"counting a leaf under a parent-only placement as right: "
             f"top-1 {100 * result['top1_within']:.1f}%, top-3 {100 * result['top3_within']:.1f}%"
         )
+        if args.confusions:
+            print("most frequent misses (placement -> first suggestion, none of the top 3 right):")
+            for (placement, suggested), count in result["confusions"][: args.confusions]:
+                print(f"  {count:4d}  {placement} -> {suggested}")
         return 0
     if args.feed is None:
         print("triage: give a feed file, or --evaluate, or --feed-url", file=sys.stderr)

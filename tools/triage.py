@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,6 +289,8 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
     ``top1_within``/``top3_within`` also count a suggestion that lies under a placement: an entry
     filed only on a parent node (no leaf fitted when it was placed) is not contradicted by a leaf
     of that parent. The families' own descriptions are training data in every fold.
+    ``confusions``: for the entries none of whose placements is in the top 3, how often each
+    (placements, first suggestion) pair occurs, most frequent first: what the classifier mixes up.
     """
     import numpy as np
     from sklearn.model_selection import KFold, LeaveOneOut
@@ -303,6 +306,7 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
     ]
     splitter = LeaveOneOut() if folds == 0 else KFold(n_splits=folds, shuffle=True, random_state=seed)
     hits = dict.fromkeys(("top1", "top3", "top1_within", "top3_within"), 0)
+    confusions: Counter[tuple[str, str]] = Counter()
     for train, test in splitter.split(np.arange(len(entries))):
         model = Classifier.fit(
             [documents[i] for i in train] + extra_documents, [placements[i] for i in train] + extra_placements
@@ -313,6 +317,8 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
             hits["top3"] += any(node_id in placements[index] for node_id in ids)
             hits["top1_within"] += ids[0] in within[index]
             hits["top3_within"] += any(node_id in within[index] for node_id in ids)
+            if not any(node_id in placements[index] for node_id in ids):
+                confusions[(" + ".join(placements[index]), ids[0])] += 1
     n = len(entries)
     return {
         "method": "leave-one-out" if folds == 0 else f"{folds}-fold (seed {seed})",
@@ -320,6 +326,7 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
         "classes": len({node_id for ids in placements for node_id in ids}),
         "summaries": sum(bool(data.get("summary")) for data in entries),
         **{name: count / n for name, count in hits.items()},
+        "confusions": confusions.most_common(),
     }
 
 

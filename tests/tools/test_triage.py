@@ -132,6 +132,17 @@ def test_evaluate_prints_top1_and_top3(repo, run_tools):
     ), out
 
 
+def test_evaluate_confusions_list_exactly_the_top3_misses(repo, run_tools):
+    status, out, err = run_tools(repo, "triage", "--evaluate", "--folds", "2", "--confusions", "10")
+    assert status == 0, err
+    lines = out.splitlines()
+    top3 = float(re.search(r"top-3 (\d+\.\d)%;", lines[0]).group(1))
+    assert lines[1] == "most frequent misses (placement -> first suggestion, none of the top 3 right):"
+    pairs = [re.fullmatch(r"  +(\d+)  (\S+(?: \+ \S+)*) -> (\S+)", line) for line in lines[2:]]
+    assert all(pairs), lines
+    assert sum(int(pair.group(1)) for pair in pairs) == round(5 * (1 - top3 / 100)), out
+
+
 def test_new_without_placement_suggests_and_writes_nothing(repo, run_tools):
     status, out, err = run_tools(
         repo, "new", "fixture2026paper", "--title", "Orthogonal LoRA banks for anomaly detection", "--year", "2026"
