@@ -7,7 +7,9 @@ taxonomy nodes, one in ten with reported numbers. The seed papers the taxonomy n
 The preview runs ``python -m tools serve`` on a copy of the real data (every entry, the taxonomy,
 the notebooks and their renders), then edits one paper's title, one family's findings and one
 notebook render, and times each from the write until the served page shows the new text.
-Figures are printed and written as JSON with the machine's load average before and after.
+Figures are printed and written as JSON with the machine's load average before and after, and
+the build's CPU time (generation, mkdocs): on shared cores the wall time also counts the waits for
+other work, so compare builds by CPU time, or by wall time at the same load.
 """
 
 from __future__ import annotations
