@@ -4,6 +4,9 @@ HTML anchors) never reaches the next, and API pages keep links relative to thems
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +125,17 @@ def test_renders_are_restored_after(project: Path) -> None:
     with pytest.raises(RuntimeError), one_converter():
         raise RuntimeError("stop")
     assert pages.Page.render is render and pages.markdown is module
+
+
+def test_command_line_keeps_mkdocs_exit_status(project: Path) -> None:
+    """``python -m tools.site.converter build`` is mkdocs' command: the copied configuration's
+    navigation names generated pages this project lacks: warnings that fail a strict build only
+    (``mkdocs.yml`` asks for strict; ``--no-strict`` overrides it)."""
+    command = [sys.executable, "-m", "tools.site.converter", "build", "-f", str(project / "mkdocs.yml")]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+    run = {"cwd": project, "env": env, "capture_output": True, "text": True}
+    strict = subprocess.run([*command, "--strict", "-d", str(project / "strict")], **run)
+    assert strict.returncode == 1 and "Aborted with" in strict.stderr + strict.stdout
+    lenient = subprocess.run([*command, "--no-strict", "-d", str(project / "lenient")], **run)
+    assert lenient.returncode == 0, lenient.stderr[-2000:]
+    assert "Only this page" in (project / "lenient" / "deeper" / "second" / "index.html").read_text()

@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     with one_converter():
         try:
             cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="mkdocs", standalone_mode=True)
-        except SystemExit as stop:
-            return stop.code if isinstance(stop.code, int) else 1
+        except SystemExit as stop:  # click ends every run this way (None and 0: success)
+            return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
     return 0
 
 
