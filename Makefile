@@ -82,7 +82,7 @@ continual-ad-pretrain: $(STAMP)
 
 ## make bench-site: build time and KB per entry on 10,000 synthetic entries (goals <= 90 s, <= 40 KB),
 ## then the preview latency of `make site` per edit (paper, finding, notebook render; goal <= 2 s);
-## prints the figures with the load average and writes .cache/bench-site.json
+## prints the figures with the load average and CPU time, and writes .cache/bench-site.json
 bench-site: $(STAMP)
 	$(PY) -m tools bench-site --n 10000
 

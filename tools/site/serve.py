@@ -5,7 +5,8 @@ mkdocs' own ``serve`` would poll ``docs/`` (every 0.5 s, over a thousand files) 
 rebuild by compiling the theme's templates again. Here the watcher that sees an edit also tells the
 live-reload server to rebuild, right after the changed pages are written; the rebuild is mkdocs'
 dirty build (only pages whose source is newer than their output), with the compiled templates and
-the theme's file list kept between builds and the 404 page (the whole navigation) left as built.
+the theme's file list kept between builds and the 404 page (the whole navigation) left as built,
+and one Markdown converter for every page (:mod:`tools.site.converter`).
 A dirty build does not refresh the navigation of unchanged pages, and leaves the search index of the
 last full build as it is; an edit to the code, ``mkdocs.yml`` or the theme's files makes a full
 rebuild, and ``python -m tools build`` stays the reference.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import GENERATED, mkdocs_environment, write_changed
+from .converter import one_converter
 from .preview import Preview
 
 __all__ = ["serve_site", "snapshot"]
@@ -135,7 +137,8 @@ class _Builder:
             for handlers in getattr(config.plugins, "events", {}).values():
                 handlers[:] = [handler for handler in handlers if getattr(handler, "__self__", None) is not search]
         started = time.perf_counter()
-        build(config, serve_url=self.serve_url, dirty=not full)
+        with one_converter():
+            build(config, serve_url=self.serve_url, dirty=not full)
         print(f"serve: {'full' if full else 'dirty'} mkdocs build in {time.perf_counter() - started:.2f} s", flush=True)
 
 
