@@ -11,7 +11,10 @@ setting, the samples drawn from ``seed``), and this module
   per metric (:func:`summarise`, built on :func:`~reference_impls.common.seed_stats.interval_fields`),
 - pairs settings seed by seed (:func:`paired_tests`: the sign test and bootstrap of
   :func:`~reference_impls.common.seed_stats.paired_rows`), and
-- records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported.
+- records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported, and
+- keeps each seed's rows on disk when asked (:class:`SeedCache`), so that a long benchmark can be
+  extended by more seeds, or resumed after an interruption, and its results file still be what one
+  command over all reported seeds writes: a seed already in the cache is read back, not re-run.
 
 ``python -m reference_impls.common.seeded [FILE ...]`` rephrases the verdicts of committed tests files
 (default: every ``*-tests.json`` in ``reference_impls/results``) in the current wording of
@@ -36,6 +39,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +54,7 @@ __all__ = [
     "REPORTED",
     "QUICK",
     "Seeds",
+    "SeedCache",
     "seed_arguments",
     "seeds_from_args",
     "run_seeds",
@@ -86,6 +91,56 @@ class Seeds:
         return {"tuning": list(self.tuning), "reported": list(self.reported)}
 
 
+class SeedCache:
+    """Per-seed results of one benchmark configuration as JSON files under ``directory``.
+
+    ``key`` is everything the rows depend on besides the seed (configuration, checkpoint, threads);
+    every file stores it, and a file written under another key is refused, never silently reused.
+    Code changes are not in the key: clear the directory after changing the benchmark's code.
+
+    Examples:
+        >>> import tempfile
+        >>> cache = SeedCache(tempfile.mkdtemp(), {"steps": 60})
+        >>> cache.get("calibration", lambda: {"rho": 0.03})
+        {'rho': 0.03}
+        >>> cache.get("calibration", lambda: 1 / 0)  # read back, not recomputed
+        {'rho': 0.03}
+        >>> SeedCache(cache.directory, {"steps": 10}).get("calibration", dict)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...calibration.json: field 'key' is {'steps': 60}, expected {'steps': 10}: written for another configuration; clear the directory or use another one
+    """
+
+    def __init__(self, directory: Path | str, key: dict[str, Any]) -> None:
+        self.directory = Path(directory)
+        self.key = json.loads(json.dumps(key))  # as it reads back (tuples become lists)
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def get(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The stored value ``name``, or ``compute()`` stored (atomically) under it."""
+        path = self.path(name)
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+                key, value = stored["key"], stored["value"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}: not a seed-cache file (JSON with 'key' and 'value'): {error}") from None
+            if key != self.key:
+                raise ValueError(
+                    f"{path}: field 'key' is {key}, expected {self.key}: written for another configuration; "
+                    "clear the directory or use another one"
+                )
+            return value
+        value = compute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps({"key": self.key, "value": value}, indent=1) + "\n", encoding="utf-8")
+        temporary.replace(path)
+        return value
+
+
 def seed_arguments(parser: argparse.ArgumentParser, reported: Sequence[int] = REPORTED) -> None:
     """Add ``--seeds`` (the reported evaluation seeds) to a benchmark's command line."""
     parser.add_argument(
@@ -104,15 +159,28 @@ def seeds_from_args(args: argparse.Namespace, tuning: Sequence[int] = (), report
 
 
 def run_seeds(
-    evaluate: Callable[[int], list[dict[str, Any]]], seeds: Sequence[int], log: Callable[..., Any] | None = print
+    evaluate: Callable[[int], list[dict[str, Any]]],
+    seeds: Sequence[int],
+    log: Callable[..., Any] | None = print,
+    cache: SeedCache | None = None,
 ) -> tuple[list[dict[str, Any]], list[float]]:
-    """Run ``evaluate(seed)`` for every seed; returns its rows tagged with ``seed`` and the seconds per seed."""
+    """Run ``evaluate(seed)`` for every seed; returns its rows tagged with ``seed`` and the seconds per seed.
+
+    With a ``cache``, a seed stored there is read back (its seconds are those of the run that stored
+    it) and a seed run here is stored as soon as it finishes.
+    """
     rows: list[dict[str, Any]] = []
     seconds: list[float] = []
     for seed in seeds:
-        start = time.perf_counter()
-        rows += [{**row, "seed": seed} for row in evaluate(seed)]
-        seconds.append(time.perf_counter() - start)
+
+        def once(seed: int = seed) -> dict[str, Any]:
+            start = time.perf_counter()
+            found = evaluate(seed)
+            return {"rows": found, "seconds": time.perf_counter() - start}
+
+        ran = cache.get(f"seed-{seed}", once) if cache is not None else once()
+        rows += [{**row, "seed": seed} for row in ran["rows"]]
+        seconds.append(ran["seconds"])
         if log is not None:
             log(f"seed {seed}: {seconds[-1]:.0f} s")
     return rows, seconds

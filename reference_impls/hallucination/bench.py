@@ -32,7 +32,8 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ SENTENCE_SCORE = (30.0, 1.5)
 
 @dataclass
 class BenchConfig:
-    seeds: tuple[int, ...] = tuple(range(10, 20))
+    seeds: tuple[int, ...] = tuple(range(10, 30))
     steps: int = 60
     batch: int = 16
     n_forget: int = 256
@@ -191,41 +192,65 @@ def _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, con
     return rows
 
 
-def run(config: BenchConfig, log=print, captioner=None) -> tuple[list[dict], dict]:
-    """All seeds; returns the per-seed rows and run facts (rho sweep, timings)."""
+def cache_key(config: BenchConfig, manifest: dict) -> dict:
+    """What a seed's rows depend on besides the seed: the configuration, the captioner, the threads."""
+    settings = {k: v for k, v in asdict(config).items() if k != "seeds"}
+    return {"config": settings, "captioner": manifest, "threads": torch.get_num_threads()}
+
+
+def run(config: BenchConfig, log=print, captioner=None, cache_dir: Path | str | None = None) -> tuple[list[dict], dict]:
+    """All seeds; returns the per-seed rows and run facts (rho sweep, timings).
+
+    With ``cache_dir``, the calibration and every seed's rows are kept there
+    (:class:`~reference_impls.common.seeded.SeedCache`) and read back by a later run of the same
+    configuration, so adding seeds re-runs only the new ones.
+    """
     base, vocab, world, manifest = load_captioner(captioner)
     base.model.visual.requires_grad_(False)  # unlearning trains the language model only
     eval_set = make_eval_set(world, config.n_eval, config.n_eval)
     held_out = build_splits(base, vocab, world, n=64, seed=CALIBRATION_SEED)
     probe_batch = split_batch(held_out, list(range(min(16, len(held_out["scenes"])))), vocab, base.config, "forget")
-    rhos, sweeps = calibrate(base, vocab, world, config, log)
-    rows, timings, saturated = [], {}, {}
-    for seed in config.seeds:
+    cache = None if cache_dir is None else seeded.SeedCache(cache_dir, cache_key(config, manifest))
+
+    def calibration() -> dict:
+        rhos, sweeps = calibrate(base, vocab, world, config, log)
+        return {"rho": rhos, "rho_sweep": sweeps}
+
+    calibrated = calibration() if cache is None else cache.get("calibration", calibration)
+    rhos = calibrated["rho"]
+
+    def one_seed(seed: int) -> list[dict]:
         splits, batches, attack = make_data(base, vocab, world, config, seed)
         log(f"seed {seed}: {len(splits['scenes'])} hallucinating captions of {config.n_forget} trigger scenes")
-        rows += _measure("base", base, base, vocab, world, eval_set, probe_batch, attack, config, seed)
+        rows = _measure("base", base, base, vocab, world, eval_set, probe_batch, attack, config, seed)
         for name, (method, steps) in methods(rhos, config.steps).items():
             torch.manual_seed(seed)
             model = copy.deepcopy(base)
             start = time.time()
             history = method.unlearn(model, batches, steps=steps)
-            timings.setdefault(name, []).append(time.time() - start)
-            saturated.setdefault(name, []).append(saturated_steps(history))
-            rows += _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, config, seed)
-            last = rows[-1 - len(config.relearn_budgets) - len(config.noise)]
+            seconds = time.time() - start
+            measured = _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, config, seed)
+            # the unlearned row (first) carries the run's facts, so that a cached seed keeps them
+            measured[0].update(train_seconds=seconds, saturated_steps=saturated_steps(history))
+            rows += measured
             log(
-                f"  {name:18s} {timings[name][-1]:5.1f}s hal {last['hal_rate']:5.1f} f1 {last['clean_f1']:5.1f} pope {last['pope_f1']:5.1f} | relearn "
-                + " ".join(
-                    f"{r['hal_rate']:5.1f}"
-                    for r in rows
-                    if r["method"] == name and r["seed"] == seed and r["condition"] == "relearned"
-                )
+                f"  {name:18s} {seconds:5.1f}s hal {measured[0]['hal_rate']:5.1f} f1 {measured[0]['clean_f1']:5.1f} "
+                f"pope {measured[0]['pope_f1']:5.1f} | relearn "
+                + " ".join(f"{r['hal_rate']:5.1f}" for r in measured if r["condition"] == "relearned")
             )
+        return rows
+
+    rows, seconds = seeded.run_seeds(one_seed, config.seeds, log=log, cache=cache)
+    unlearned = [r for r in rows if r["condition"] == "unlearned" and r["method"] != "base"]
+    timings, saturated = {}, {}
+    for row in unlearned:
+        timings.setdefault(row["method"], []).append(row["train_seconds"])
+        saturated.setdefault(row["method"], []).append(row["saturated_steps"])
     return rows, {
-        "rho": rhos,
-        "rho_sweep": sweeps,
+        **calibrated,
         "saturated_steps": saturated,
         "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()},
+        "seed_seconds": seconds,
         "captioner": manifest.get("eval", {}),
     }
 
@@ -293,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     seeded.seed_arguments(parser, BenchConfig.seeds)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captioner", default=None, help="captioner checkpoint (default: the committed one)")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="directory keeping the calibration and each seed's rows: a seed found there is read back, not re-run",
+    )
+    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # Seeds refuses reported seeds that were used for tuning or calibration
@@ -310,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             rhos=(0.03, 0.1),
         )
     start = time.time()
-    rows, facts = run(config, captioner=args.captioner)
+    rows, facts = run(config, captioner=args.captioner, cache_dir=args.cache)
     table = aggregate(rows)
     print(
         f"\n{'method':18s} {'condition':10s} {'N':>3s} {'hal %':>13s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'clean F1':>13s} {'POPE F1':>7s} {'p_push':>6s}"
@@ -350,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Steps that saturated in the reported runs, per method and seed: {json.dumps(facts['saturated_steps'])}. "
         f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
         f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
-        f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
+        f"Seconds per seed (all methods, one thread): {json.dumps([round(x) for x in facts['seed_seconds']])}. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
         "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one."
     )
     command = command_line("reference_impls.hallucination.bench", argv)
@@ -373,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
         notes=notes,
     )
-    print(save_results(results))
+    print(save_results(results, args.out))
     tests_file = paired_tests_results(
         "hallucination-unlearning-tests",
         "Hallucination unlearning: SARE against each method, paired over seeds",
@@ -384,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         "SARE",
         "Pairs share the data order. " + notes,
     )
-    print(save_results(tests_file))
+    print(save_results(tests_file, args.out))
 
 
 if __name__ == "__main__":
