@@ -12,6 +12,8 @@ setting, the samples drawn from ``seed``), and this module
 - pairs settings seed by seed (:func:`paired_tests`: the sign test and bootstrap of
   :func:`~reference_impls.common.seed_stats.paired_rows`), and
 - records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported, and
+- checks seeds nobody reported against the published per-seed ranges (:func:`inside_ranges`: the
+  lowest and highest value over the reported seeds, written by :func:`summarise` for its ``ranges``), and
 - keeps each seed's rows on disk when asked (:class:`SeedCache`), so that a long benchmark can be
   extended by more seeds, or resumed after an interruption, and its results file still be what one
   command over all reported seeds writes: a seed already in the cache is read back, not re-run.
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import RESULTS_DIR, Column, Results, load_results, paired_tests_results, save_results
-from .seed_stats import disjoint_seeds, interval_fields, paired_rows, row_verdict
+from .seed_stats import disjoint_seeds, interval_fields, paired_rows, range_coverage, range_fields, row_verdict
 
 __all__ = [
     "REPORTED",
@@ -59,6 +61,8 @@ __all__ = [
     "seeds_from_args",
     "run_seeds",
     "summarise",
+    "inside_ranges",
+    "range_report",
     "paired_tests",
     "interval_columns",
     "save_seeded",
@@ -199,21 +203,88 @@ def _groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, 
     return groups
 
 
-def summarise(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+def summarise(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str], ranges: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """One row per setting (rows sharing ``keys``), in first-seen order.
 
     Each metric becomes its mean over seeds, ``<metric>_ci`` (95% half-width) and ``<metric>_n``
-    (seeds where it is defined: a non-numeric value such as "" counts as undefined). Other fields are
-    taken from the setting's first row; ``seeds`` counts its rows.
+    (seeds where it is defined: a non-numeric value such as "" counts as undefined); each metric in
+    ``ranges`` also gets ``<metric>_low`` and ``<metric>_high``, its range over seeds (what
+    :func:`inside_ranges` checks a new seed against). Other fields are taken from the setting's first
+    row; ``seeds`` counts its rows.
     """
     out = []
     for members in _groups(rows, keys).values():
         row = {k: v for k, v in members[0].items() if k not in metrics and k != "seed"}
         for metric in metrics:
-            row.update(interval_fields(metric, [_number(m.get(metric)) for m in members]))
+            values = [_number(m.get(metric)) for m in members]
+            row.update(interval_fields(metric, values))
+            if metric in ranges:
+                row.update(range_fields(metric, values))
         row["seeds"] = len(members)
         out.append(row)
     return out
+
+
+def inside_ranges(
+    published: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Each value of ``rows`` (new seeds) against the published range of its setting, bounds included.
+
+    ``published`` are summary rows carrying ``<metric>_low`` and ``<metric>_high`` (:func:`summarise`);
+    a row's setting is its ``keys`` fields. Returns one row per defined value: the setting, ``seed``,
+    ``metric``, ``value``, ``low``, ``high`` and ``inside``. A new setting, or a metric without a
+    published range, is an error: the check would otherwise pass by skipping it.
+
+    Examples:
+        >>> published = [{"method": "a", "f1_low": 80.0, "f1_high": 99.0}]
+        >>> [c["inside"] for c in inside_ranges(published, [{"method": "a", "seed": 40, "f1": 99.0},
+        ...                                                  {"method": "a", "seed": 41, "f1": 70.0}], ("method",), ("f1",))]
+        [True, False]
+    """
+    ranges = {tuple(row.get(k) for k in keys): row for row in published}
+    out = []
+    for row in rows:
+        setting = tuple(row.get(k) for k in keys)
+        if setting not in ranges:
+            raise ValueError(f"no published row for {dict(zip(keys, setting))}")
+        for metric in metrics:
+            value = _number(row.get(metric))
+            if value is None:
+                continue
+            low, high = (_number(ranges[setting].get(f"{metric}_{end}")) for end in ("low", "high"))
+            if low is None or high is None:
+                raise ValueError(f"published row {dict(zip(keys, setting))} has no range for {metric!r}")
+            check = {"metric": metric, "value": value, "low": low, "high": high, "inside": low <= value <= high}
+            out.append({**dict(zip(keys, setting)), "seed": row.get("seed"), **check})
+    return out
+
+
+def range_report(checks: Sequence[dict[str, Any]], reported: int) -> list[str]:
+    """Lines saying how many checked values (:func:`inside_ranges`) landed inside, per metric, and the misses.
+
+    ``reported`` is the number of seeds the ranges were taken over; each line states the least
+    probability of landing inside (:func:`~reference_impls.common.seed_stats.range_coverage`).
+    """
+    coverage = range_coverage(reported)
+    lines = []
+    for metric in dict.fromkeys(c["metric"] for c in checks):
+        mine = [c for c in checks if c["metric"] == metric]
+        inside = sum(c["inside"] for c in mine)
+        lines.append(
+            f"{metric}: {inside} of {len(mine)} values inside the range of the {reported} reported seeds "
+            f"(expected at least {coverage:.1%}, about {coverage * len(mine):.0f})"
+        )
+    for c in checks:
+        if not c["inside"]:
+            setting = ", ".join(
+                f"{k} {v}" for k, v in c.items() if k not in ("metric", "value", "low", "high", "inside")
+            )
+            lines.append(
+                f"  outside: {c['metric']} {c['value']:.1f} not in [{c['low']:.1f}, {c['high']:.1f}] ({setting})"
+            )
+    return lines
 
 
 def paired_tests(

@@ -15,8 +15,37 @@ order (paired seeds), then measures each model
 It prints a table of means over seeds with 95% confidence intervals, SARE's paired comparison
 with every other method (sign test and bootstrap over seeds) and writes
 ``reference_impls/results/hallucination-unlearning.json`` and ``hallucination-unlearning-tests.json``.
-Seeds 0-2 were used while developing the settings and seed 99 for the calibration split; the
-reported seeds (10-19 by default) never overlap them. ``--quick`` is a smoke run.
+``--quick`` is a smoke run.
+
+Seeds: 0-2 were used while developing the settings and 99 for the calibration split; the reported
+seeds are 10-29 (20 seeds; until December 2026 10-19). Twenty because the spread over seeds is not
+normal: on a few seeds the NPO family loses 10-20 points of clean F1, a second mode that ten seeds
+may miss entirely. Seeds 7-8 and 21-23 were run once with an earlier configuration (issue 17's
+report, before rho was calibrated along each method's own run; nothing was chosen on them), 30-35
+as unused seeds against the 10-seed table and 40-43 against this one.
+
+Besides the mean and its interval, the table publishes, for the hallucination rate and clean F1,
+the lowest and highest value over the reported seeds. That range is what "a seed nobody used lands
+inside the published numbers" is checked against: with n exchangeable seeds a new one falls inside
+with probability at least (n - 1) / (n + 1), 90.5% for 20 seeds, whatever the distribution
+(:func:`~reference_impls.common.seed_stats.range_coverage`); a normal prediction interval would
+assume a shape the failure mode above breaks. ``--check RESULTS --seeds ...`` runs the given seeds
+and prints how many of their values land inside the ranges of the results file ``RESULTS``.
+
+``--cache DIR`` keeps the rho calibration and every seed's rows under ``DIR``
+(:class:`~reference_impls.common.seeded.SeedCache`): a later run of the same configuration reads
+those seeds back instead of re-running them (about 4 minutes a seed on one thread), so the table
+over 20 seeds is what one command writes whether the seeds ran in one go or in pieces. The
+committed files were written by::
+
+    python -m reference_impls.hallucination.bench --seeds 20 21 ... 29 --cache .cache/hallucination-unlearning --out /tmp/x
+    python -m reference_impls.hallucination.bench --seeds 10 11 ... 19 --cache .cache/hallucination-unlearning --out /tmp/x
+    python -m reference_impls.hallucination.bench --cache .cache/hallucination-unlearning
+
+(the first two only fill the cache) and the check of unused seeds by::
+
+    python -m reference_impls.hallucination.bench --seeds 40 41 42 43 --cache .cache/hallucination-unlearning \
+        --check reference_impls/results/hallucination-unlearning.json
 
 Deviations / guesses: only the language model is trained (the vision tower is frozen, as LoRA
 variants of EFUF/SARE train the LLM); EFUF's CLIP scores are simulated (no CLIP here): N(18, 3)
@@ -39,8 +68,16 @@ import numpy as np
 import torch
 
 from reference_impls.common import seeded
-from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
-from reference_impls.common.seed_stats import interval_fields, paired_rows
+from reference_impls.common.results import (
+    Column,
+    Plot,
+    Results,
+    command_line,
+    load_results,
+    paired_tests_results,
+    save_results,
+)
+from reference_impls.common.seed_stats import interval_fields, paired_rows, range_fields
 
 from .captioner import (
     CAPTION_PROMPT,
@@ -58,7 +95,7 @@ from .robustness import gaussian_noise, relearn, worst_case_probe
 from .sare import SARE, SAMConfig, calibrate_rho, saturated_steps
 from .train_captioner import load_captioner
 
-__all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
+__all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate", "check"]
 
 
 TUNING_SEEDS = (0, 1, 2)
@@ -258,6 +295,12 @@ def run(config: BenchConfig, log=print, captioner=None, cache_dir: Path | str | 
 METRICS = ("hal_rate", "chair_s", "chair_i", "clean_f1", "pope_f1", "pope_b_yes", "p_hal", "p_hal_push")
 
 
+RANGE_METRICS = ("hal_rate", "clean_f1")
+"""Metrics published with their range over the reported seeds, the range a new seed is checked against."""
+SETTING = ("method", "condition", "relearn_steps")
+"""The fields that name one row of the table (one setting)."""
+
+
 def per_seed(rows: list[dict], methods_: tuple[str, ...] = ("sare", "npo", "ga")) -> dict[str, dict[int, list[float]]]:
     """Hallucination rate per seed after each relearning budget (for paired comparisons)."""
     out: dict[str, dict[int, list[float]]] = {}
@@ -268,7 +311,8 @@ def per_seed(rows: list[dict], methods_: tuple[str, ...] = ("sare", "npo", "ga")
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean over seeds with a 95% confidence interval per (method, condition, relearn_steps)."""
+    """Per (method, condition, relearn_steps): mean over seeds with a 95% confidence interval and, for
+    :data:`RANGE_METRICS`, the lowest and highest seed (``<metric>_low``, ``<metric>_high``)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["condition"], row["relearn_steps"]), []).append(row)
@@ -283,6 +327,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         }
         for key in METRICS:
             agg.update(interval_fields(key, [m.get(key) for m in members]))
+            if key in RANGE_METRICS:
+                agg.update(range_fields(key, [m.get(key) for m in members]))
         out.append(agg)
     return out
 
@@ -312,6 +358,26 @@ def paired_tests(rows: list[dict], reference: str = "sare") -> list[dict]:
     return out
 
 
+def check(published: Path | str, rows: list[dict]) -> list[dict]:
+    """Print how many of ``rows``' values of :data:`RANGE_METRICS` land inside the published per-seed ranges.
+
+    ``published`` is a results file of this benchmark; its seeds must not include the checked ones
+    (a seed inside its own range proves nothing).
+    """
+    results = load_results(Path(published))
+    reported = results.seeds.get("reported", [])
+    reused = sorted({r["seed"] for r in rows} & set(reported))
+    if reused:
+        raise SystemExit(f"error: {published}: seeds {reused} are among its reported seeds; check seeds nobody used")
+    try:
+        checks = seeded.inside_ranges(results.rows, rows, SETTING, RANGE_METRICS)
+    except ValueError as error:
+        raise SystemExit(f"error: {published}: {error}") from None
+    for line in seeded.range_report(checks, len(reported)):
+        print(line)
+    return checks
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination-unlearning benchmark on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short runs (smoke test, no results file)")
@@ -324,6 +390,12 @@ def main(argv: list[str] | None = None) -> None:
         help="directory keeping the calibration and each seed's rows: a seed found there is read back, not re-run",
     )
     parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
+    parser.add_argument(
+        "--check",
+        default=None,
+        metavar="RESULTS",
+        help="check the seeds against the per-seed ranges of this published results file instead of writing one",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # Seeds refuses reported seeds that were used for tuning or calibration
@@ -351,6 +423,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{r['method']:18s} {r['condition']:10s} {'-' if r['relearn_steps'] is None else r['relearn_steps']:>3} {r['hal_rate']:6.1f}±{r['hal_rate_ci'] or 0:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f}±{r['clean_f1_ci'] or 0:5.1f} {r['pope_f1']:7.1f} {push}"
         )
+    if args.check:
+        check(args.check, rows)
+        return
     tests = paired_tests(rows)
     for test in tests:
         print(f"{test['metric']}: {test['verdict']}")
@@ -364,10 +439,14 @@ def main(argv: list[str] | None = None) -> None:
         Column("relearn_steps", "Relearn steps", digits=0),
         Column("hal_rate", "Hallucinated-object rate", "%", 1),
         Column("hal_rate_ci", "± 95% CI", "%", 1),
+        Column("hal_rate_low", "Hallucinated-object rate, lowest seed", "%", 1),
+        Column("hal_rate_high", "highest seed", "%", 1),
         Column("chair_s", "CHAIR_s", "%", 1),
         Column("chair_i", "CHAIR_i", "%", 1),
         Column("clean_f1", "Clean-caption object F1", "%", 1),
         Column("clean_f1_ci", "± 95% CI", "%", 1),
+        Column("clean_f1_low", "Clean F1, lowest seed", "%", 1),
+        Column("clean_f1_high", "highest seed", "%", 1),
         Column("pope_f1", "POPE F1", "%", 1),
         Column("pope_b_yes", "'yes' to 'is there a B?' on A-only scenes", "%", 1),
         Column("p_hal", "p(hallucinated word)", "%", 1),
