@@ -79,7 +79,7 @@ from reference_impls.common.results import (
     paired_tests_results,
     save_results,
 )
-from reference_impls.common.seed_stats import interval_fields, paired_rows, range_fields
+from reference_impls.common.seed_stats import interval_fields, paired_rows, range_coverage, range_fields
 
 from .captioner import (
     CAPTION_PROMPT,
@@ -458,7 +458,10 @@ def main(argv: list[str] | None = None) -> None:
     notes = (
         f"Biased ToyVLM-scene captioner (shape A='circle' nearly always with B='square', annotator bias). "
         f"{len(config.seeds)} seeds (paired data order), {config.steps} unlearning steps, batch {config.batch}, language model trained, vision frozen. "
-        f"Mean over seeds with the half-width of a Student-t 95% confidence interval. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
+        f"Mean over seeds with the half-width of a Student-t 95% confidence interval. "
+        f"'Lowest - highest seed': the range over the {len(config.seeds)} reported seeds, which an unused seed is checked "
+        f"against (--check): an exchangeable new seed lands inside with probability at least "
+        f"{range_coverage(len(config.seeds)):.1%} whatever the spread's shape. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
         f"Steps that saturated in the reported runs, per method and seed: {json.dumps(facts['saturated_steps'])}. "
         f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
         f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
