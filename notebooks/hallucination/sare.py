@@ -7,7 +7,7 @@
 # captions, unlearn with NPO and with SARE (NPO plus a targeted sharpness-aware step), and run
 # a short relearning attack on a few hallucinated captions; the never-unlearned captioner,
 # relearned with the same budget, is the reference. The live run is deliberately short (CPU
-# budget), so it shows the mechanics; the last cell plots the 10-seed benchmark with its 95%
+# budget), so it shows the mechanics; the last cell plots the 20-seed benchmark with its 95%
 # intervals (`python -m reference_impls.hallucination.bench`). Set ATLAS_QUICK=1 for a smaller run.
 
 # %%
@@ -78,7 +78,7 @@ for name, method in methods.items():
     )
 
 # %% [markdown]
-# Left: this short live run. Right: the committed benchmark (60 unlearning steps, mean over 10
+# Left: this short live run. Right: the committed benchmark (60 unlearning steps, mean over 20
 # seeds, error bars are 95% confidence intervals); its paired tests over seeds are in
 # `hallucination-unlearning-tests.json` and on the family page.
 

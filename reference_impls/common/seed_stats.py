@@ -6,6 +6,14 @@ a Student-t 95% confidence interval, and a finding that says "A beats B" cites a
 same seeds: the exact two-sided sign test and a paired bootstrap of the mean difference. Below the
 threshold (p < 0.05) a finding says "no significant difference".
 
+Whether a new seed agrees with the published numbers is a different question from where the mean
+lies: the 95% interval of the mean narrows as seeds are added, while a single new seed scatters as
+widely as the reported seeds do. The published range for one more seed is the lowest and highest value
+over the reported seeds (:func:`range_fields`): if the seeds are exchangeable (each a draw of the
+same random process), a new seed lands inside it with probability at least (n - 1) / (n + 1)
+(:func:`range_coverage`: 90.5% for 20 seeds), whatever the distribution -- bimodal, discrete or
+tied -- while a normal prediction interval assumes a shape that a failure mode on a few seeds breaks.
+
 Seeds used to calibrate or tune anything (a threshold, a learning rate, rho) are never among the
 reported seeds; :func:`disjoint_seeds` checks that and results files record both lists.
 
@@ -43,6 +51,8 @@ __all__ = [
     "disjoint_seeds",
     "sign_test_can_reject",
     "interval_fields",
+    "range_fields",
+    "range_coverage",
     "paired_rows",
 ]
 
@@ -207,6 +217,35 @@ def interval_fields(key: str, values: Sequence[float | None]) -> dict[str, float
         return {key: None, f"{key}_ci": None, f"{key}_n": 0}
     iv = mean_interval(kept)
     return {key: iv.mean, f"{key}_ci": iv.half_width if iv.n > 1 else None, f"{key}_n": iv.n}
+
+
+def range_fields(key: str, values: Sequence[float | None]) -> dict[str, float | None]:
+    """Results-row fields ``key_low`` and ``key_high``: the lowest and highest value over seeds.
+
+    Together they are the distribution-free range a new seed's value is checked against
+    (:func:`range_coverage`); undefined values (None or NaN) are left out.
+
+    Examples:
+        >>> range_fields("f1", [97.0, None, 78.5, 99.0])
+        {'f1_low': 78.5, 'f1_high': 99.0}
+    """
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return {f"{key}_low": min(kept, default=None), f"{key}_high": max(kept, default=None)}
+
+
+def range_coverage(n: int) -> float:
+    """Least probability that one more exchangeable seed lands inside the range of ``n`` seeds (bounds included).
+
+    Among ``n + 1`` exchangeable values the new one is the strict minimum with probability at most
+    ``1 / (n + 1)``, and likewise the strict maximum, whatever their distribution.
+
+    Examples:
+        >>> round(range_coverage(10), 3), round(range_coverage(20), 3), range_coverage(39)
+        (0.818, 0.905, 0.95)
+    """
+    if n < 1:
+        raise ValueError(f"range_coverage needs at least one seed, got {n}")
+    return (n - 1) / (n + 1)
 
 
 def paired_rows(

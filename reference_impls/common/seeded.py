@@ -11,7 +11,12 @@ setting, the samples drawn from ``seed``), and this module
   per metric (:func:`summarise`, built on :func:`~reference_impls.common.seed_stats.interval_fields`),
 - pairs settings seed by seed (:func:`paired_tests`: the sign test and bootstrap of
   :func:`~reference_impls.common.seed_stats.paired_rows`), and
-- records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported.
+- records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported, and
+- checks seeds nobody reported against the published per-seed ranges (:func:`inside_ranges`: the
+  lowest and highest value over the reported seeds, written by :func:`summarise` for its ``ranges``), and
+- keeps each seed's rows on disk when asked (:class:`SeedCache`), so that a long benchmark can be
+  extended by more seeds, or resumed after an interruption, and its results file still be what one
+  command over all reported seeds writes: a seed already in the cache is read back, not re-run.
 
 ``python -m reference_impls.common.seeded [FILE ...]`` rephrases the verdicts of committed tests files
 (default: every ``*-tests.json`` in ``reference_impls/results``) in the current wording of
@@ -36,6 +41,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,16 +50,19 @@ from pathlib import Path
 from typing import Any
 
 from .results import RESULTS_DIR, Column, Results, load_results, paired_tests_results, save_results
-from .seed_stats import disjoint_seeds, interval_fields, paired_rows, row_verdict
+from .seed_stats import disjoint_seeds, interval_fields, paired_rows, range_coverage, range_fields, row_verdict
 
 __all__ = [
     "REPORTED",
     "QUICK",
     "Seeds",
+    "SeedCache",
     "seed_arguments",
     "seeds_from_args",
     "run_seeds",
     "summarise",
+    "inside_ranges",
+    "range_report",
     "paired_tests",
     "interval_columns",
     "save_seeded",
@@ -86,6 +95,56 @@ class Seeds:
         return {"tuning": list(self.tuning), "reported": list(self.reported)}
 
 
+class SeedCache:
+    """Per-seed results of one benchmark configuration as JSON files under ``directory``.
+
+    ``key`` is everything the rows depend on besides the seed (configuration, checkpoint, threads);
+    every file stores it, and a file written under another key is refused, never silently reused.
+    Code changes are not in the key: clear the directory after changing the benchmark's code.
+
+    Examples:
+        >>> import tempfile
+        >>> cache = SeedCache(tempfile.mkdtemp(), {"steps": 60})
+        >>> cache.get("calibration", lambda: {"rho": 0.03})
+        {'rho': 0.03}
+        >>> cache.get("calibration", lambda: 1 / 0)  # read back, not recomputed
+        {'rho': 0.03}
+        >>> SeedCache(cache.directory, {"steps": 10}).get("calibration", dict)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...calibration.json: field 'key' is {'steps': 60}, expected {'steps': 10}: written for another configuration; clear the directory or use another one
+    """
+
+    def __init__(self, directory: Path | str, key: dict[str, Any]) -> None:
+        self.directory = Path(directory)
+        self.key = json.loads(json.dumps(key))  # as it reads back (tuples become lists)
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def get(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The stored value ``name``, or ``compute()`` stored (atomically) under it."""
+        path = self.path(name)
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+                key, value = stored["key"], stored["value"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}: not a seed-cache file (JSON with 'key' and 'value'): {error}") from None
+            if key != self.key:
+                raise ValueError(
+                    f"{path}: field 'key' is {key}, expected {self.key}: written for another configuration; "
+                    "clear the directory or use another one"
+                )
+            return value
+        value = compute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps({"key": self.key, "value": value}, indent=1) + "\n", encoding="utf-8")
+        temporary.replace(path)
+        return value
+
+
 def seed_arguments(parser: argparse.ArgumentParser, reported: Sequence[int] = REPORTED) -> None:
     """Add ``--seeds`` (the reported evaluation seeds) to a benchmark's command line."""
     parser.add_argument(
@@ -104,15 +163,28 @@ def seeds_from_args(args: argparse.Namespace, tuning: Sequence[int] = (), report
 
 
 def run_seeds(
-    evaluate: Callable[[int], list[dict[str, Any]]], seeds: Sequence[int], log: Callable[..., Any] | None = print
+    evaluate: Callable[[int], list[dict[str, Any]]],
+    seeds: Sequence[int],
+    log: Callable[..., Any] | None = print,
+    cache: SeedCache | None = None,
 ) -> tuple[list[dict[str, Any]], list[float]]:
-    """Run ``evaluate(seed)`` for every seed; returns its rows tagged with ``seed`` and the seconds per seed."""
+    """Run ``evaluate(seed)`` for every seed; returns its rows tagged with ``seed`` and the seconds per seed.
+
+    With a ``cache``, a seed stored there is read back (its seconds are those of the run that stored
+    it) and a seed run here is stored as soon as it finishes.
+    """
     rows: list[dict[str, Any]] = []
     seconds: list[float] = []
     for seed in seeds:
-        start = time.perf_counter()
-        rows += [{**row, "seed": seed} for row in evaluate(seed)]
-        seconds.append(time.perf_counter() - start)
+
+        def once(seed: int = seed) -> dict[str, Any]:
+            start = time.perf_counter()
+            found = evaluate(seed)
+            return {"rows": found, "seconds": time.perf_counter() - start}
+
+        ran = cache.get(f"seed-{seed}", once) if cache is not None else once()
+        rows += [{**row, "seed": seed} for row in ran["rows"]]
+        seconds.append(ran["seconds"])
         if log is not None:
             log(f"seed {seed}: {seconds[-1]:.0f} s")
     return rows, seconds
@@ -131,21 +203,88 @@ def _groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, 
     return groups
 
 
-def summarise(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+def summarise(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str], ranges: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """One row per setting (rows sharing ``keys``), in first-seen order.
 
     Each metric becomes its mean over seeds, ``<metric>_ci`` (95% half-width) and ``<metric>_n``
-    (seeds where it is defined: a non-numeric value such as "" counts as undefined). Other fields are
-    taken from the setting's first row; ``seeds`` counts its rows.
+    (seeds where it is defined: a non-numeric value such as "" counts as undefined); each metric in
+    ``ranges`` also gets ``<metric>_low`` and ``<metric>_high``, its range over seeds (what
+    :func:`inside_ranges` checks a new seed against). Other fields are taken from the setting's first
+    row; ``seeds`` counts its rows.
     """
     out = []
     for members in _groups(rows, keys).values():
         row = {k: v for k, v in members[0].items() if k not in metrics and k != "seed"}
         for metric in metrics:
-            row.update(interval_fields(metric, [_number(m.get(metric)) for m in members]))
+            values = [_number(m.get(metric)) for m in members]
+            row.update(interval_fields(metric, values))
+            if metric in ranges:
+                row.update(range_fields(metric, values))
         row["seeds"] = len(members)
         out.append(row)
     return out
+
+
+def inside_ranges(
+    published: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Each value of ``rows`` (new seeds) against the published range of its setting, bounds included.
+
+    ``published`` are summary rows carrying ``<metric>_low`` and ``<metric>_high`` (:func:`summarise`);
+    a row's setting is its ``keys`` fields. Returns one row per defined value: the setting, ``seed``,
+    ``metric``, ``value``, ``low``, ``high`` and ``inside``. A new setting, or a metric without a
+    published range, is an error: the check would otherwise pass by skipping it.
+
+    Examples:
+        >>> published = [{"method": "a", "f1_low": 80.0, "f1_high": 99.0}]
+        >>> [c["inside"] for c in inside_ranges(published, [{"method": "a", "seed": 40, "f1": 99.0},
+        ...                                                  {"method": "a", "seed": 41, "f1": 70.0}], ("method",), ("f1",))]
+        [True, False]
+    """
+    ranges = {tuple(row.get(k) for k in keys): row for row in published}
+    out = []
+    for row in rows:
+        setting = tuple(row.get(k) for k in keys)
+        if setting not in ranges:
+            raise ValueError(f"no published row for {dict(zip(keys, setting))}")
+        for metric in metrics:
+            value = _number(row.get(metric))
+            if value is None:
+                continue
+            low, high = (_number(ranges[setting].get(f"{metric}_{end}")) for end in ("low", "high"))
+            if low is None or high is None:
+                raise ValueError(f"published row {dict(zip(keys, setting))} has no range for {metric!r}")
+            check = {"metric": metric, "value": value, "low": low, "high": high, "inside": low <= value <= high}
+            out.append({**dict(zip(keys, setting)), "seed": row.get("seed"), **check})
+    return out
+
+
+def range_report(checks: Sequence[dict[str, Any]], reported: int) -> list[str]:
+    """Lines saying how many checked values (:func:`inside_ranges`) landed inside, per metric, and the misses.
+
+    ``reported`` is the number of seeds the ranges were taken over; each line states the least
+    probability of landing inside (:func:`~reference_impls.common.seed_stats.range_coverage`).
+    """
+    coverage = range_coverage(reported)
+    lines = []
+    for metric in dict.fromkeys(c["metric"] for c in checks):
+        mine = [c for c in checks if c["metric"] == metric]
+        inside = sum(c["inside"] for c in mine)
+        lines.append(
+            f"{metric}: {inside} of {len(mine)} values inside the range of the {reported} reported seeds "
+            f"(expected at least {coverage:.1%}, about {coverage * len(mine):.0f})"
+        )
+    for c in checks:
+        if not c["inside"]:
+            setting = ", ".join(
+                f"{k} {v}" for k, v in c.items() if k not in ("metric", "value", "low", "high", "inside")
+            )
+            lines.append(
+                f"  outside: {c['metric']} {c['value']:.1f} not in [{c['low']:.1f}, {c['high']:.1f}] ({setting})"
+            )
+    return lines
 
 
 def paired_tests(

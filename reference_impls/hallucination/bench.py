@@ -15,8 +15,39 @@ order (paired seeds), then measures each model
 It prints a table of means over seeds with 95% confidence intervals, SARE's paired comparison
 with every other method (sign test and bootstrap over seeds) and writes
 ``reference_impls/results/hallucination-unlearning.json`` and ``hallucination-unlearning-tests.json``.
-Seeds 0-2 were used while developing the settings and seed 99 for the calibration split; the
-reported seeds (10-19 by default) never overlap them. ``--quick`` is a smoke run.
+``--quick`` is a smoke run.
+
+Seeds: 0-2 were used while developing the settings and 99 for the calibration split; the reported
+seeds are 10-29 (20 seeds; until December 2026 10-19). Twenty because the spread over seeds is not
+normal: in 5 of 60 runs an NPO-family method (NPO, untargeted SAM, NPO with SARE's compute) loses
+12-18 points of clean F1, a second mode that ten seeds may miss entirely. Seeds 7-8 and 21-23 were
+run once with an earlier configuration (issue 17's report, before rho was calibrated along each
+method's own run; nothing was chosen on them); 30-35 and 20-29 (before they joined the reported
+seeds) as unused seeds against the 10-seed table, and 40-43 against this one. Seeds 10-19 re-run
+bit-identically to the 10-seed table (one thread).
+
+Besides the mean and its interval, the table publishes, for the hallucination rate and clean F1,
+the lowest and highest value over the reported seeds. That range is what "a seed nobody used lands
+inside the published numbers" is checked against: with n exchangeable seeds a new one falls inside
+with probability at least (n - 1) / (n + 1), 90.5% for 20 seeds, whatever the distribution
+(:func:`~reference_impls.common.seed_stats.range_coverage`); a normal prediction interval would
+assume a shape the failure mode above breaks. ``--check RESULTS --seeds ...`` runs the given seeds
+and prints how many of their values land inside the ranges of the results file ``RESULTS``.
+
+``--cache DIR`` keeps the rho calibration and every seed's rows under ``DIR``
+(:class:`~reference_impls.common.seeded.SeedCache`): a later run of the same configuration reads
+those seeds back instead of re-running them (about 4 minutes a seed on one thread), so the table
+over 20 seeds is what one command writes whether the seeds ran in one go or in pieces. The
+committed files were written by::
+
+    python -m reference_impls.hallucination.bench --seeds 20 ... 29 --cache .cache/hallucination-unlearning --out /tmp/x
+    python -m reference_impls.hallucination.bench --seeds 10 ... 19 --cache .cache/hallucination-unlearning --out /tmp/x
+    python -m reference_impls.hallucination.bench --cache .cache/hallucination-unlearning
+
+(the first two only fill the cache) and the check of unused seeds by::
+
+    python -m reference_impls.hallucination.bench --seeds 40 41 42 43 --cache .cache/hallucination-unlearning \
+        --check reference_impls/results/hallucination-unlearning.json
 
 Deviations / guesses: only the language model is trained (the vision tower is frozen, as LoRA
 variants of EFUF/SARE train the LLM); EFUF's CLIP scores are simulated (no CLIP here): N(18, 3)
@@ -32,14 +63,23 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from reference_impls.common import seeded
-from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
-from reference_impls.common.seed_stats import interval_fields, paired_rows
+from reference_impls.common.results import (
+    Column,
+    Plot,
+    Results,
+    command_line,
+    load_results,
+    paired_tests_results,
+    save_results,
+)
+from reference_impls.common.seed_stats import interval_fields, paired_rows, range_coverage, range_fields
 
 from .captioner import (
     CAPTION_PROMPT,
@@ -57,7 +97,7 @@ from .robustness import gaussian_noise, relearn, worst_case_probe
 from .sare import SARE, SAMConfig, calibrate_rho, saturated_steps
 from .train_captioner import load_captioner
 
-__all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate"]
+__all__ = ["BenchConfig", "methods", "make_data", "run", "aggregate", "check"]
 
 
 TUNING_SEEDS = (0, 1, 2)
@@ -77,7 +117,7 @@ SENTENCE_SCORE = (30.0, 1.5)
 
 @dataclass
 class BenchConfig:
-    seeds: tuple[int, ...] = tuple(range(10, 20))
+    seeds: tuple[int, ...] = tuple(range(10, 30))
     steps: int = 60
     batch: int = 16
     n_forget: int = 256
@@ -191,46 +231,76 @@ def _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, con
     return rows
 
 
-def run(config: BenchConfig, log=print, captioner=None) -> tuple[list[dict], dict]:
-    """All seeds; returns the per-seed rows and run facts (rho sweep, timings)."""
+def cache_key(config: BenchConfig, manifest: dict) -> dict:
+    """What a seed's rows depend on besides the seed: the configuration, the captioner, the threads."""
+    settings = {k: v for k, v in asdict(config).items() if k != "seeds"}
+    return {"config": settings, "captioner": manifest, "threads": torch.get_num_threads()}
+
+
+def run(config: BenchConfig, log=print, captioner=None, cache_dir: Path | str | None = None) -> tuple[list[dict], dict]:
+    """All seeds; returns the per-seed rows and run facts (rho sweep, timings).
+
+    With ``cache_dir``, the calibration and every seed's rows are kept there
+    (:class:`~reference_impls.common.seeded.SeedCache`) and read back by a later run of the same
+    configuration, so adding seeds re-runs only the new ones.
+    """
     base, vocab, world, manifest = load_captioner(captioner)
     base.model.visual.requires_grad_(False)  # unlearning trains the language model only
     eval_set = make_eval_set(world, config.n_eval, config.n_eval)
     held_out = build_splits(base, vocab, world, n=64, seed=CALIBRATION_SEED)
     probe_batch = split_batch(held_out, list(range(min(16, len(held_out["scenes"])))), vocab, base.config, "forget")
-    rhos, sweeps = calibrate(base, vocab, world, config, log)
-    rows, timings, saturated = [], {}, {}
-    for seed in config.seeds:
+    cache = None if cache_dir is None else seeded.SeedCache(cache_dir, cache_key(config, manifest))
+
+    def calibration() -> dict:
+        rhos, sweeps = calibrate(base, vocab, world, config, log)
+        return {"rho": rhos, "rho_sweep": sweeps}
+
+    calibrated = calibration() if cache is None else cache.get("calibration", calibration)
+    rhos = calibrated["rho"]
+
+    def one_seed(seed: int) -> list[dict]:
         splits, batches, attack = make_data(base, vocab, world, config, seed)
         log(f"seed {seed}: {len(splits['scenes'])} hallucinating captions of {config.n_forget} trigger scenes")
-        rows += _measure("base", base, base, vocab, world, eval_set, probe_batch, attack, config, seed)
+        rows = _measure("base", base, base, vocab, world, eval_set, probe_batch, attack, config, seed)
         for name, (method, steps) in methods(rhos, config.steps).items():
             torch.manual_seed(seed)
             model = copy.deepcopy(base)
             start = time.time()
             history = method.unlearn(model, batches, steps=steps)
-            timings.setdefault(name, []).append(time.time() - start)
-            saturated.setdefault(name, []).append(saturated_steps(history))
-            rows += _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, config, seed)
-            last = rows[-1 - len(config.relearn_budgets) - len(config.noise)]
+            seconds = time.time() - start
+            measured = _measure(name, model, base, vocab, world, eval_set, probe_batch, attack, config, seed)
+            # the unlearned row (first) carries the run's facts, so that a cached seed keeps them
+            measured[0].update(train_seconds=seconds, saturated_steps=saturated_steps(history))
+            rows += measured
             log(
-                f"  {name:18s} {timings[name][-1]:5.1f}s hal {last['hal_rate']:5.1f} f1 {last['clean_f1']:5.1f} pope {last['pope_f1']:5.1f} | relearn "
-                + " ".join(
-                    f"{r['hal_rate']:5.1f}"
-                    for r in rows
-                    if r["method"] == name and r["seed"] == seed and r["condition"] == "relearned"
-                )
+                f"  {name:18s} {seconds:5.1f}s hal {measured[0]['hal_rate']:5.1f} f1 {measured[0]['clean_f1']:5.1f} "
+                f"pope {measured[0]['pope_f1']:5.1f} | relearn "
+                + " ".join(f"{r['hal_rate']:5.1f}" for r in measured if r["condition"] == "relearned")
             )
+        return rows
+
+    rows, seconds = seeded.run_seeds(one_seed, config.seeds, log=log, cache=cache)
+    unlearned = [r for r in rows if r["condition"] == "unlearned" and r["method"] != "base"]
+    timings, saturated = {}, {}
+    for row in unlearned:
+        timings.setdefault(row["method"], []).append(row["train_seconds"])
+        saturated.setdefault(row["method"], []).append(row["saturated_steps"])
     return rows, {
-        "rho": rhos,
-        "rho_sweep": sweeps,
+        **calibrated,
         "saturated_steps": saturated,
         "train_seconds": {k: float(np.mean(v)) for k, v in timings.items()},
+        "seed_seconds": seconds,
         "captioner": manifest.get("eval", {}),
     }
 
 
 METRICS = ("hal_rate", "chair_s", "chair_i", "clean_f1", "pope_f1", "pope_b_yes", "p_hal", "p_hal_push")
+
+
+RANGE_METRICS = ("hal_rate", "clean_f1")
+"""Metrics published with their range over the reported seeds, the range a new seed is checked against."""
+SETTING = ("method", "condition", "relearn_steps")
+"""The fields that name one row of the table (one setting)."""
 
 
 def per_seed(rows: list[dict], methods_: tuple[str, ...] = ("sare", "npo", "ga")) -> dict[str, dict[int, list[float]]]:
@@ -243,7 +313,8 @@ def per_seed(rows: list[dict], methods_: tuple[str, ...] = ("sare", "npo", "ga")
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean over seeds with a 95% confidence interval per (method, condition, relearn_steps)."""
+    """Per (method, condition, relearn_steps): mean over seeds with a 95% confidence interval and, for
+    :data:`RANGE_METRICS`, the lowest and highest seed (``<metric>_low``, ``<metric>_high``)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["condition"], row["relearn_steps"]), []).append(row)
@@ -258,6 +329,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         }
         for key in METRICS:
             agg.update(interval_fields(key, [m.get(key) for m in members]))
+            if key in RANGE_METRICS:
+                agg.update(range_fields(key, [m.get(key) for m in members]))
         out.append(agg)
     return out
 
@@ -287,12 +360,44 @@ def paired_tests(rows: list[dict], reference: str = "sare") -> list[dict]:
     return out
 
 
+def check(published: Path | str, rows: list[dict]) -> list[dict]:
+    """Print how many of ``rows``' values of :data:`RANGE_METRICS` land inside the published per-seed ranges.
+
+    ``published`` is a results file of this benchmark; its seeds must not include the checked ones
+    (a seed inside its own range proves nothing).
+    """
+    results = load_results(Path(published))
+    reported = results.seeds.get("reported", [])
+    reused = sorted({r["seed"] for r in rows} & set(reported))
+    if reused:
+        raise SystemExit(f"error: {published}: seeds {reused} are among its reported seeds; check seeds nobody used")
+    try:
+        checks = seeded.inside_ranges(results.rows, rows, SETTING, RANGE_METRICS)
+    except ValueError as error:
+        raise SystemExit(f"error: {published}: {error}") from None
+    for line in seeded.range_report(checks, len(reported)):
+        print(line)
+    return checks
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="hallucination-unlearning benchmark on the biased captioner")
     parser.add_argument("--quick", action="store_true", help="one seed, short runs (smoke test, no results file)")
     seeded.seed_arguments(parser, BenchConfig.seeds)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captioner", default=None, help="captioner checkpoint (default: the committed one)")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="directory keeping the calibration and each seed's rows: a seed found there is read back, not re-run",
+    )
+    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
+    parser.add_argument(
+        "--check",
+        default=None,
+        metavar="RESULTS",
+        help="check the seeds against the per-seed ranges of this published results file instead of writing one",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # Seeds refuses reported seeds that were used for tuning or calibration
@@ -310,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             rhos=(0.03, 0.1),
         )
     start = time.time()
-    rows, facts = run(config, captioner=args.captioner)
+    rows, facts = run(config, captioner=args.captioner, cache_dir=args.cache)
     table = aggregate(rows)
     print(
         f"\n{'method':18s} {'condition':10s} {'N':>3s} {'hal %':>13s} {'CHAIR_s':>7s} {'CHAIR_i':>7s} {'clean F1':>13s} {'POPE F1':>7s} {'p_push':>6s}"
@@ -320,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{r['method']:18s} {r['condition']:10s} {'-' if r['relearn_steps'] is None else r['relearn_steps']:>3} {r['hal_rate']:6.1f}±{r['hal_rate_ci'] or 0:5.1f} {r['chair_s']:7.1f} {r['chair_i']:7.1f} {r['clean_f1']:6.1f}±{r['clean_f1_ci'] or 0:5.1f} {r['pope_f1']:7.1f} {push}"
         )
+    if args.check:
+        check(args.check, rows)
+        return
     tests = paired_tests(rows)
     for test in tests:
         print(f"{test['metric']}: {test['verdict']}")
@@ -333,10 +441,14 @@ def main(argv: list[str] | None = None) -> None:
         Column("relearn_steps", "Relearn steps", digits=0),
         Column("hal_rate", "Hallucinated-object rate", "%", 1),
         Column("hal_rate_ci", "± 95% CI", "%", 1),
+        Column("hal_rate_low", "Hallucinated-object rate, lowest - highest seed", "%", 1),
+        Column("hal_rate_high", "highest seed", "%", 1),
         Column("chair_s", "CHAIR_s", "%", 1),
         Column("chair_i", "CHAIR_i", "%", 1),
         Column("clean_f1", "Clean-caption object F1", "%", 1),
         Column("clean_f1_ci", "± 95% CI", "%", 1),
+        Column("clean_f1_low", "Clean-caption object F1, lowest - highest seed", "%", 1),
+        Column("clean_f1_high", "highest seed", "%", 1),
         Column("pope_f1", "POPE F1", "%", 1),
         Column("pope_b_yes", "'yes' to 'is there a B?' on A-only scenes", "%", 1),
         Column("p_hal", "p(hallucinated word)", "%", 1),
@@ -346,11 +458,14 @@ def main(argv: list[str] | None = None) -> None:
     notes = (
         f"Biased ToyVLM-scene captioner (shape A='circle' nearly always with B='square', annotator bias). "
         f"{len(config.seeds)} seeds (paired data order), {config.steps} unlearning steps, batch {config.batch}, language model trained, vision frozen. "
-        f"Mean over seeds with the half-width of a Student-t 95% confidence interval. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
+        f"Mean over seeds with the half-width of a Student-t 95% confidence interval. "
+        f"'Lowest - highest seed': the range over the {len(config.seeds)} reported seeds, which an unused seed is checked "
+        f"against (--check): an exchangeable new seed lands inside with probability at least "
+        f"{range_coverage(len(config.seeds)):.1%} whatever the spread's shape. rho calibrated per SAM method along its own unlearning run from the base captioner on the calibration split (seed {CALIBRATION_SEED}): the largest value in {list(config.rhos)} with no step where the perturbation lifts the hallucinated word's probability over 0.9 and a positive mean forget-loss increase: {json.dumps(facts['rho'])} (sweep {json.dumps(facts['rho_sweep'])}). "
         f"Steps that saturated in the reported runs, per method and seed: {json.dumps(facts['saturated_steps'])}. "
         f"Relearning: fine-tune on {config.relearn_n} hallucinated captions, batch {config.relearn_batch}, lr {config.relearn_lr}; 'base' is the never-unlearned captioner relearned with the same budget. "
         f"Mean unlearning seconds per run (2 shared CPU cores, noisy): {json.dumps({k: round(v, 1) for k, v in facts['train_seconds'].items()})}. "
-        f"Wall time {time.time() - start:.0f}s. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
+        f"Seconds per seed (all methods, one thread): {json.dumps([round(x) for x in facts['seed_seconds']])}. Hallucination rate per seed by relearning budget (paired): {json.dumps(per_seed(rows))}. "
         "The rate moves in steps of about 30 points because the trigger scenes fall into a few shape combinations and the model's behaviour is nearly constant within one."
     )
     command = command_line("reference_impls.hallucination.bench", argv)
@@ -373,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
         notes=notes,
     )
-    print(save_results(results))
+    print(save_results(results, args.out))
     tests_file = paired_tests_results(
         "hallucination-unlearning-tests",
         "Hallucination unlearning: SARE against each method, paired over seeds",
@@ -384,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
         "SARE",
         "Pairs share the data order. " + notes,
     )
-    print(save_results(tests_file))
+    print(save_results(tests_file, args.out))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from reference_impls.common.seed_stats import (
     mean_interval,
     paired_bootstrap,
     paired_rows,
+    range_coverage,
+    range_fields,
     row_verdict,
     sign_test,
 )
@@ -116,3 +118,24 @@ def test_a_significant_row_whose_verdict_cannot_be_read_is_refused():
     row = paired_rows("m", {"x": [5.0] * 8, "y": [1.0] * 8}, "x")[0]
     with pytest.raises(ValueError, match="'x' vs 'y'"):
         row_verdict({**row, "verdict": "x beats y"})
+
+
+def test_a_new_seed_lands_inside_the_range_of_twenty_at_the_stated_rate_even_when_bimodal():
+    # Clean F1 of the NPO family: most seeds near 97, about one in six near 80 (a second mode).
+    rng = np.random.default_rng(0)
+    trials = 20_000
+    mode = rng.random((trials, 21)) < 1 / 6
+    draws = np.where(mode, rng.normal(80, 3, (trials, 21)), rng.normal(97, 1, (trials, 21)))  # (trials, 21)
+    inside = []
+    for row in draws:
+        fields = range_fields("f1", row[:20].tolist())
+        inside.append(fields["f1_low"] <= row[20] <= fields["f1_high"])
+    assert np.mean(inside) == pytest.approx(range_coverage(20), abs=0.01)
+    assert range_coverage(20) == pytest.approx(19 / 21)
+
+
+def test_the_range_ignores_undefined_seeds_and_needs_a_seed():
+    assert range_fields("x", [None, math.nan, 3.0, 1.0]) == {"x_low": 1.0, "x_high": 3.0}
+    assert range_fields("x", [None]) == {"x_low": None, "x_high": None}
+    with pytest.raises(ValueError, match="at least one seed"):
+        range_coverage(0)

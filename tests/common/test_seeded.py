@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from reference_impls.common.results import RESULTS_DIR, Column, Results, load_results
-from reference_impls.common.seeded import Seeds, paired_tests, reword_tests, run_seeds, save_seeded, summarise
+from reference_impls.common.seeded import (
+    SeedCache,
+    Seeds,
+    inside_ranges,
+    paired_tests,
+    range_report,
+    reword_tests,
+    run_seeds,
+    save_seeded,
+    summarise,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,3 +138,47 @@ def test_a_tests_row_without_its_sign_test_fields_is_refused_with_file_and_row(t
     with pytest.raises(ValueError, match=r"x-tests.json: row 0 lacks the field 'sign_p'"):
         reword_tests(path)
     assert path.read_text() == before
+
+
+def test_a_cached_seed_is_read_back_and_only_new_seeds_run(tmp_path):
+    ran: list[int] = []
+
+    def evaluate(seed: int) -> list[dict]:
+        ran.append(seed)
+        return _evaluate(seed)
+
+    first, _ = run_seeds(evaluate, (10, 11), log=None, cache=SeedCache(tmp_path, {"n": 1}))
+    both, seconds = run_seeds(evaluate, (10, 11, 12), log=None, cache=SeedCache(tmp_path, {"n": 1}))
+    assert ran == [10, 11, 12] and len(seconds) == 3
+    alone, _ = run_seeds(_evaluate, (10, 11, 12), log=None)
+    assert both == alone and both[: len(first)] == first  # read back exactly as computed
+    with pytest.raises(ValueError, match=r"seed-10.json: field 'key' is \{'n': 1\}, expected \{'n': 2\}"):
+        run_seeds(evaluate, (10,), log=None, cache=SeedCache(tmp_path, {"n": 2}))
+    (tmp_path / "seed-13.json").write_text("{")
+    with pytest.raises(ValueError, match="seed-13.json: not a seed-cache file"):
+        run_seeds(evaluate, (13,), log=None, cache=SeedCache(tmp_path, {"n": 1}))
+    assert ran == [10, 11, 12] and not list(tmp_path.glob("*.tmp"))
+
+
+def test_new_seeds_are_checked_against_the_published_range_bounds_included():
+    rows, _ = run_seeds(_evaluate, range(10, 20), log=None)
+    published = summarise(rows, ("method",), ("acc",), ranges=("acc",))
+    a = next(r for r in published if r["method"] == "a")
+    assert (a["acc_low"], a["acc_high"]) == (51.0, pytest.approx(51.9))
+    fresh = [{"method": "a", "seed": 40, "acc": 51.0}, {"method": "a", "seed": 41, "acc": 52.0}]
+    fresh += [{"method": "b", "seed": 40, "acc": 50.0}, {"method": "c", "seed": 40, "acc": ""}]
+    checks = inside_ranges(published, fresh, ("method",), ("acc",))
+    assert [(c["method"], c["seed"], c["inside"]) for c in checks] == [
+        ("a", 40, True),
+        ("a", 41, False),
+        ("b", 40, True),
+    ]
+    report = range_report(checks, 10)
+    assert (
+        report[0] == "acc: 2 of 3 values inside the range of the 10 reported seeds (expected at least 81.8%, about 2)"
+    )
+    assert report[1].startswith("  outside: acc 52.0 not in [51.0, 51.9] (method a, seed 41)")
+    with pytest.raises(ValueError, match="no published row for {'method': 'd'}"):
+        inside_ranges(published, [{"method": "d", "acc": 1.0}], ("method",), ("acc",))
+    with pytest.raises(ValueError, match="has no range for 'acc'"):
+        inside_ranges(summarise(rows, ("method",), ("acc",)), fresh, ("method",), ("acc",))

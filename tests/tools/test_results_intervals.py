@@ -8,8 +8,8 @@ from tools.site.charts import results_chart
 from tools.site.results import _seed_list, results_md
 
 ROWS = [
-    {"budget": 0.1, "acc": 80.0, "acc_ci": 4.0, "method": "a"},
-    {"budget": 0.5, "acc": 90.0, "acc_ci": 1.5, "method": "a"},
+    {"budget": 0.1, "acc": 80.0, "acc_ci": 4.0, "acc_low": 71.0, "acc_high": 86.5, "method": "a"},
+    {"budget": 0.5, "acc": 90.0, "acc_ci": 1.5, "acc_low": 88.0, "acc_high": 92.0, "method": "a"},
 ]
 
 
@@ -63,3 +63,17 @@ def test_an_interval_column_is_shown_in_its_metrics_cell():
     header = next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
     assert header.count("|") == 3 and "Accuracy (%) ± 95% CI" in header  # two columns, not three
     assert "80.0 ± 4.0" in page and "90.0 ± 1.5" in page
+
+
+def test_a_range_over_seeds_is_shown_in_one_cell():
+    data = _results(
+        [
+            {"key": "budget", "label": "Budget"},
+            {"key": "acc_low", "label": "Accuracy, lowest - highest seed", "unit": "%", "digits": 1},
+            {"key": "acc_high", "label": "highest seed", "unit": "%", "digits": 1},
+        ]
+    )
+    page = results_md(data, "families/x.md", {}).replace("\\", "")
+    header = next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
+    assert header.count("|") == 3 and "Accuracy, lowest - highest seed (%)" in header  # two columns, not three
+    assert "71.0 – 86.5" in page and "88.0 – 92.0" in page

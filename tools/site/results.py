@@ -29,9 +29,15 @@ def results_md(
     """One results file as Markdown (table, plots, command); plots are added to ``assets``."""
     rows = _rows_for(data, family)
     keys = {column["key"] for column in data["columns"]}
-    # A metric's "± 95% CI" column is shown inside the metric's own cell ("12.3 ± 1.2"), which keeps
-    # tables with an interval per metric narrow enough for a desktop screen.
-    shown = [c for c in data["columns"] if not (c["key"].endswith("_ci") and c["key"][:-3] in keys)]
+    # A metric's "± 95% CI" column is shown inside the metric's own cell ("12.3 ± 1.2"), and a
+    # "<metric>_low" / "<metric>_high" pair (its range over seeds) as one cell ("80.0 – 99.0"), which
+    # keeps tables with an interval per metric narrow enough for a desktop screen.
+    shown = [
+        c
+        for c in data["columns"]
+        if not (c["key"].endswith("_ci") and c["key"][:-3] in keys)
+        and not (c["key"].endswith("_high") and f"{c['key'][:-5]}_low" in keys)
+    ]
     headers = [
         md.text(
             column["label"]
@@ -88,6 +94,10 @@ def results_md(
 
 def _cell(row: dict[str, Any], column: dict[str, Any], keys: set[str]) -> str:
     value = md.fmt_number(row.get(column["key"]), column.get("digits"))
+    high_key = column["key"][:-4] + "_high" if column["key"].endswith("_low") else None
+    if high_key in keys:
+        high = md.fmt_number(row.get(high_key), column.get("digits"))
+        return f"{value} – {high}" if value and high else value
     interval = row.get(f"{column['key']}_ci") if f"{column['key']}_ci" in keys else None
     if value and interval is not None:
         return f"{value} ± {md.fmt_number(interval, column.get('digits'))}"
