@@ -13,7 +13,8 @@ setting, the samples drawn from ``seed``), and this module
   :func:`~reference_impls.common.seed_stats.paired_rows`), and
 - records the seed lists (:class:`Seeds`), refusing tuning seeds that are also reported, and
 - checks seeds nobody reported against the published per-seed ranges (:func:`inside_ranges`: the
-  lowest and highest value over the reported seeds, written by :func:`summarise` for its ``ranges``), and
+  lowest and highest value over the reported seeds, written by :func:`summarise` for its ``ranges``;
+  :func:`check_published` does it against a results file and prints :func:`range_report`), and
 - keeps each seed's rows on disk when asked (:class:`SeedCache`), so that a long benchmark can be
   extended by more seeds, or resumed after an interruption, and its results file still be what one
   command over all reported seeds writes: a seed already in the cache is read back, not re-run.
@@ -63,6 +64,7 @@ __all__ = [
     "summarise",
     "inside_ranges",
     "range_report",
+    "check_published",
     "paired_tests",
     "interval_columns",
     "save_seeded",
@@ -285,6 +287,29 @@ def range_report(checks: Sequence[dict[str, Any]], reported: int) -> list[str]:
                 f"  outside: {c['metric']} {c['value']:.1f} not in [{c['low']:.1f}, {c['high']:.1f}] ({setting})"
             )
     return lines
+
+
+def check_published(
+    published: Path | str, rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Check new seeds' ``rows`` against the ranges of the results file ``published``; print and return the checks.
+
+    The file's reported seeds must not include the checked ones (a seed inside its own range proves
+    nothing); a reused seed, a setting or metric the file has no range for, is a ``SystemExit`` naming
+    the file. Prints :func:`range_report` over the file's reported seeds; returns :func:`inside_ranges`.
+    """
+    results = load_results(Path(published))
+    reported = results.seeds.get("reported", [])
+    reused = sorted({r.get("seed") for r in rows} & set(reported))
+    if reused:
+        raise SystemExit(f"error: {published}: seeds {reused} are among its reported seeds; check seeds nobody used")
+    try:
+        checks = inside_ranges(results.rows, rows, keys, metrics)
+    except ValueError as error:
+        raise SystemExit(f"error: {published}: {error}") from None
+    for line in range_report(checks, len(reported)):
+        print(line)
+    return checks
 
 
 def paired_tests(

@@ -15,24 +15,65 @@ Results: ``reference_impls/results/continual-ad-procad.json``, ``continual-ad-pr
 (the per-task curve) and ``continual-ad-procad-tests.json`` (HF-OLB against each baseline: paired
 sign test and bootstrap over seeds, per metric). Sized for a shared 2-core machine (short
 training, 4 DDIM steps, one noise draw); the defaults of ``hfolb/README.md`` §9 are larger.
+
+Seed protocol (the unlearning bench's, :mod:`reference_impls.common.seeded`): next to each reported
+metric's mean and 95% CI the table publishes ``<metric>_low`` / ``<metric>_high``, the lowest and
+highest value over the reported seeds (the site shows them as one cell). A fresh seed nobody used is
+checked against exactly that range: with ``n`` exchangeable seeds it lands inside with probability at
+least ``(n - 1) / (n + 1)`` whatever the spread's shape
+(:func:`~reference_impls.common.seed_stats.range_coverage`): 71.4% for 6 seeds, 81.8% for 10, 90.5%
+for 20. ``--check RESULTS --seeds ...`` runs the given seeds and prints, per metric, how many of their
+values (every method and routing variant) land inside the ranges of ``RESULTS``, with that bound; it
+writes no results file and refuses seeds ``RESULTS`` reports. ``--cache DIR`` keeps each seed's rows
+under ``DIR`` (:class:`~reference_impls.common.seeded.SeedCache`, keyed by every setting, the U-Net's
+bytes and the threads; a directory written under other settings is refused): adding seeds, or resuming
+an interrupted run, re-runs only the seeds not stored. Clear ``DIR`` after changing the code.
+
+Seeds already used: 0-2 tuning (``TUNING_SEEDS``); 10-15 reported in the committed results (written
+before the ranges existed, so they carry no ``_low`` / ``_high`` yet and ``--check`` against them
+stops with "has no range"); 30-31 the earlier fresh-seed check (normal prediction intervals, which the
+site does not show); 7 and 21-23 the re-runs of issue 17 (looked at, nothing tuned on them). 16-19 were
+an earlier default that no committed result used. Seeds from 40 up are unused.
+
+Next run (a whole-bench seed costs ~8 min on the idle 2-core machine, one thread; cached seeds cost
+nothing). 20 reported seeds, 10-29, make the range a 90.5% bound, as the unlearning bench's; nothing
+was tuned on any of them. The committed 6 seeds were not cached, so all 20 run: ~160 min of CPU, which
+can be split over sessions (the first commands only fill the cache; ``--out`` keeps them off the
+committed files)::
+
+    nice -n 10 python -m reference_impls.continual_ad.bench --seeds $(seq 10 19) --cache .cache/continual-ad-procad --out /tmp/ad
+    nice -n 10 python -m reference_impls.continual_ad.bench --seeds $(seq 10 29) --cache .cache/continual-ad-procad
+
+(~80 min each; the second reads 10-19 back and writes the committed results files),
+then the check on four seeds nobody used (~32 min; expect at least 90.5% of the values inside)::
+
+    nice -n 10 python -m reference_impls.continual_ad.bench --seeds 40 41 42 43 --cache .cache/continual-ad-procad \\
+        --check reference_impls/results/continual-ad-procad.json
+
+and the findings of ``taxonomy/continual-ad.yaml`` rewritten from the new intervals, tests and check
+(its sentence on seeds 30-31 and prediction intervals goes).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from reference_impls.common import seeded
 from reference_impls.common.results import Column, Plot, Results, command_line, paired_tests_results, save_results
-from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows
+from reference_impls.common.seed_stats import disjoint_seeds, interval_fields, paired_rows, range_coverage, range_fields
 from reference_impls.continual_ad.banks import adapted_layers
 from reference_impls.continual_ad.data import PRESETS, load_setting
-from reference_impls.continual_ad.diffusion import load_pretrained, make_schedule
+from reference_impls.continual_ad.diffusion import CHECKPOINT, load_pretrained, make_schedule
 from reference_impls.continual_ad.gpm_projection import GPMProjection
 from reference_impls.continual_ad.hfolb import HFOLB
 from reference_impls.continual_ad.joint import JointLoRA
@@ -44,11 +85,13 @@ from reference_impls.continual_ad.procad import write_procad
 from reference_impls.continual_ad.replay import Replay
 from reference_impls.continual_ad.scorer import DiffusionScorer
 
-__all__ = ["main", "TUNING_SEEDS", "REPORTED_SEEDS"]
+__all__ = ["main", "check", "TUNING_SEEDS", "REPORTED_SEEDS", "RANGE_METRICS"]
 
 TUNING_SEEDS = (0, 1, 2)
 REPORTED_SEEDS = tuple(range(10, 16))  # a whole-bench seed costs ~8 min: 6 seeds (the fewest a sign test can pass)
 METRICS = ("image_a_auroc", "image_fm", "pixel_a_auroc", "pixel_fm", "aupro", "routing_accuracy")
+RANGE_METRICS = METRICS[:5]
+"""Metrics published with their range over the reported seeds, the range a fresh seed is checked against."""
 
 FAMILY = {
     "naive-lora": "",
@@ -83,14 +126,15 @@ def _methods(args, budget: int, n_tasks: int, ablations: bool) -> dict:
     }
 
 
-def _run(args, seeds, ablations: bool, log) -> dict:
+def _seed_runner(args, ablations: bool, log) -> Callable[[int], list[dict]]:
+    """``one_seed(seed)``: every method's summary on that seed's ProcAD, one JSON-ready row per method."""
     torch.set_num_threads(args.threads)
     setting = PRESETS["procad_1x6"]
     base, schedule = load_pretrained(args.checkpoint), make_schedule()
     budget = sum(8 * (s.d_in + s.d_out) for s in adapted_layers(base).values())
     scorer = DiffusionScorer(ddim_steps=args.ddim_steps, n_seeds=1)
-    out = {}
-    for seed in seeds:
+
+    def one_seed(seed: int) -> list[dict]:
         root = write_procad(
             tempfile.mkdtemp(prefix="procad_"),
             size=args.size,
@@ -100,6 +144,7 @@ def _run(args, seeds, ablations: bool, log) -> dict:
             seed=seed,
         )
         data = load_setting(root, setting)
+        rows = []
         for name, method in _methods(args, budget, len(setting.groups), ablations).items():
             if args.methods and not ablations and name not in args.methods:
                 continue
@@ -119,14 +164,68 @@ def _run(args, seeds, ablations: bool, log) -> dict:
             summary = res.summary()
             summary["variants"] = res.variants
             summary["seconds"] = time.time() - start
-            out.setdefault(name, []).append(summary)
+            # numpy and torch numbers to plain JSON, so that a cached seed reads back what a fresh one holds
+            rows.append(json.loads(json.dumps({"method": name, **summary}, default=lambda x: x.tolist())))
             log(
                 f"seed {seed} {name}: image A-AUROC {summary['image_a_auroc']:.1f} FM {summary['image_fm']:.1f} | "
                 f"pixel A-AUROC {summary['pixel_a_auroc']:.1f} FM {summary['pixel_fm']:.1f} | "
                 f"params {summary['params_per_task']} | routing {summary['routing_accuracy']} | "
                 f"{summary['seconds']:.0f} s"
             )
+        return rows
+
+    return one_seed
+
+
+def cache_key(args, ablations: bool) -> dict:
+    """What a seed's rows depend on besides the seed: every setting, the U-Net's bytes, the threads."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("seeds", "out", "cache", "check", "ablations")}
+    folder = Path(args.checkpoint or CHECKPOINT)
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return {"settings": settings, "ablations": ablations, "checkpoint": digest.hexdigest()[:16]}
+
+
+def _run(args, seeds, ablations: bool, log) -> dict:
+    """``{method: [summary per seed]}`` over ``seeds``; with ``--cache`` a stored seed is read back, not re-run."""
+    cache = None
+    if args.cache:
+        directory = Path(args.cache) / ("ablations" if ablations else "main")
+        cache = seeded.SeedCache(directory, cache_key(args, ablations))
+    runner: Callable[[int], list[dict]] | None = None
+
+    def one_seed(seed: int) -> list[dict]:
+        nonlocal runner  # the U-Net is loaded only when a seed is not in the cache
+        runner = runner or _seed_runner(args, ablations, log)
+        return runner(seed)
+
+    try:
+        rows, _ = seeded.run_seeds(one_seed, seeds, log=log, cache=cache)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row["method"], []).append({k: v for k, v in row.items() if k != "method"})
     return out
+
+
+def _seed_rows(out: dict) -> list[dict]:
+    """One row per method (and HF-OLB routing variant) and seed: what ``--check`` compares with the ranges."""
+    rows = []
+    for name, runs in out.items():
+        for run in runs:
+            rows.append({"method": name, "seed": run["seed"], **{key: run[key] for key in METRICS}})
+            for variant, values in run.get("variants", {}).items():
+                rows.append(
+                    {"method": f"{name} [{variant}]", "seed": run["seed"], **{k: values.get(k) for k in METRICS}}
+                )
+    return rows
+
+
+def check(published: Path | str, out: dict) -> list[dict]:
+    """Print how many fresh-seed values of :data:`RANGE_METRICS` land inside the per-seed ranges of ``published``."""
+    return seeded.check_published(published, _seed_rows(out), ("method",), RANGE_METRICS)
 
 
 def _rows(out: dict) -> list[dict]:
@@ -135,6 +234,8 @@ def _rows(out: dict) -> list[dict]:
         row = {"method": name, "family": FAMILY.get(name, "parameter-isolation"), "seeds": len(runs)}
         for key in METRICS:
             row.update(interval_fields(key, [r[key] for r in runs]))
+            if key in RANGE_METRICS:
+                row.update(range_fields(key, [r[key] for r in runs]))
         row["params_per_task"] = float(np.mean([np.mean(r["params_per_task"]) for r in runs]))
         row["images_stored"] = 48 if name == "replay" else 0  # 8 per past category, 6 categories
         rows.append(row)
@@ -149,6 +250,8 @@ def _rows(out: dict) -> list[dict]:
             for key in METRICS:
                 values = [r["variants"][variant].get(key) for r in runs]  # FM and AUPRO are undefined here
                 v.update(interval_fields(key, values))
+                if key in RANGE_METRICS:
+                    v.update(range_fields(key, values))
             rows.append(v)
     return rows
 
@@ -194,12 +297,29 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", default=None, help="U-Net folder (default: the committed checkpoint)")
     parser.add_argument("--methods", nargs="+", default=None, help="run only these main-comparison methods")
     parser.add_argument("--out", default=None, help="results directory (default reference_impls/results)")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="directory keeping each seed's rows: a seed found there (same settings) is read back, not re-run",
+    )
+    parser.add_argument(
+        "--check",
+        default=None,
+        metavar="RESULTS",
+        help="check the seeds against the per-seed ranges of this published results file instead of writing one",
+    )
     args = parser.parse_args(argv)
-    disjoint_seeds(TUNING_SEEDS, args.seeds)
+    try:
+        disjoint_seeds(TUNING_SEEDS, args.seeds)
+    except ValueError as error:
+        raise SystemExit(f"error: --seeds: {error}") from None
     seeds = {"tuning": list(TUNING_SEEDS), "reported": list(args.seeds)}
     command = command_line("reference_impls.continual_ad.bench", argv)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     out = _run(args, args.seeds, False, log)
+    if args.check:
+        check(args.check, out)
+        return
     if args.ablations:
         out.update(_run(args, args.seeds[:1], True, log))
     rows, tests = _rows(out), _tests(out)
@@ -212,6 +332,7 @@ def main(argv=None) -> None:
         ("aupro", "AUPRO@0.3"),
     ):
         keys += [(key, label, "pt"), (key + "_ci", "± 95% CI", "pt")]
+        keys += [(key + "_low", "lowest - highest seed", "pt"), (key + "_high", "highest seed", "pt")]
     keys += [
         ("routing_accuracy", "Routing acc.", ""),
         ("params_per_task", "Params added / task", ""),
@@ -224,7 +345,10 @@ def main(argv=None) -> None:
         f"category; {args.steps} steps x batch {args.batch} per task (lr {args.lr}, AdamW wd 0; GPM: SGD lr "
         f"{args.gpm_lr}); scorer: t0 = 0.3 T, {args.ddim_steps} DDIM steps, 1 noise draw, image score = max. "
         "Metrics per category, unweighted means; FM over categories of tasks 1-5. Mean over the reported seeds "
-        "with the half-width of a Student-t 95% confidence interval. Rows in brackets are HF-OLB's "
+        "with the half-width of a Student-t 95% confidence interval; 'lowest - highest seed' is the range over the "
+        f"{len(args.seeds)} reported seeds, which an unused seed is checked against (--check): an exchangeable new "
+        f"seed lands inside with probability at least {range_coverage(len(args.seeds)):.1%} whatever the spread's "
+        "shape. Rows in brackets are HF-OLB's "
         "routing variants after the last task (no FM). joint-lora trains once on all categories (no FM). "
         "Timings on a 2-core machine shared with other jobs. Paper numbers (VisA 2x6) are not here: they are "
         "reported numbers and live in papers data."

@@ -75,7 +75,6 @@ from reference_impls.common.results import (
     Plot,
     Results,
     command_line,
-    load_results,
     paired_tests_results,
     save_results,
 )
@@ -364,20 +363,9 @@ def check(published: Path | str, rows: list[dict]) -> list[dict]:
     """Print how many of ``rows``' values of :data:`RANGE_METRICS` land inside the published per-seed ranges.
 
     ``published`` is a results file of this benchmark; its seeds must not include the checked ones
-    (a seed inside its own range proves nothing).
+    (a seed inside its own range proves nothing): :func:`~reference_impls.common.seeded.check_published`.
     """
-    results = load_results(Path(published))
-    reported = results.seeds.get("reported", [])
-    reused = sorted({r["seed"] for r in rows} & set(reported))
-    if reused:
-        raise SystemExit(f"error: {published}: seeds {reused} are among its reported seeds; check seeds nobody used")
-    try:
-        checks = seeded.inside_ranges(results.rows, rows, SETTING, RANGE_METRICS)
-    except ValueError as error:
-        raise SystemExit(f"error: {published}: {error}") from None
-    for line in seeded.range_report(checks, len(reported)):
-        print(line)
-    return checks
+    return seeded.check_published(published, rows, SETTING, RANGE_METRICS)
 
 
 def main(argv: list[str] | None = None) -> None:
