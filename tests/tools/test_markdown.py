@@ -130,3 +130,20 @@ def test_snippets_can_include_only_contributing(tmp_path):
     for name in ("other.txt", "link.md", "../other.txt", str(tmp_path / "other.txt")):
         converter.reset()
         assert "other file" not in converter.convert(f'--8<-- "{name}"'), name
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_linked_text_links_only_http_urls_and_stays_in_its_table_cell(value, render):
+    page = render(md.table(["Source"], [[md.linked_text(value)]]) + "\n")
+    assert tags(page) == [t for t in ["a", "table", "tbody", "td", "th", "thead", "tr"] if t != "a" or "http" in value]
+    assert all(href.startswith("http") for href in re.findall(r'href="([^"]*)"', page))
+    assert "secret content" not in page
+
+
+def test_linked_text_shows_a_long_url_as_its_host():
+    value = "abstract (https://arxiv.org/html/2510.19496v1), README https://github.com/a/b|c, see https://x.org/p."
+    page = md.linked_text(value)
+    assert "[arxiv\\.org](https://arxiv.org/html/2510.19496v1)" in page
+    assert "[github\\.com](https://github.com/a/b)\\|c" in page  # a pipe is not part of a URL
+    assert page.endswith("[x\\.org](https://x.org/p)\\.")  # nor is a sentence's full stop
+    assert md.linked_text("Table 3 of the paper") == md.text("Table 3 of the paper")

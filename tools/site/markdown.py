@@ -19,11 +19,13 @@ import html
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 __all__ = [
     "text",
+    "linked_text",
     "restricted",
     "code",
     "one_line",
@@ -59,6 +61,22 @@ def _escape(value: str) -> str:
 def text(value: Any) -> str:
     """Text shown exactly as written, on one line: ``<script>`` shows as text and ``*`` stays a star."""
     return _escape(one_line(value).strip())
+
+
+_BARE_URL = re.compile(r"https?://[^\s()<>{}\\\"'`|]+")
+
+
+def linked_text(value: Any) -> str:
+    """Like :func:`text`, with every bare http(s) URL shown as a link labelled by its host: a long
+    URL cannot wrap, so written out it would widen a table beyond the page."""
+    source = one_line(value).strip()
+    parts, position = [], 0
+    for match in _BARE_URL.finditer(source):
+        url = match.group().rstrip(".,;:!?")  # a sentence's punctuation after a URL is not part of it
+        parts += [_escape(source[position : match.start()]), link(_escape(urlsplit(url).netloc), url)]
+        position = match.start() + len(url)
+    parts.append(_escape(source[position:]))
+    return "".join(parts)
 
 
 def code(value: Any) -> str:

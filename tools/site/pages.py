@@ -50,7 +50,7 @@ def reported_table(entries: list[Entry], page: str, with_paper: bool = False) ->
                 md.cell(repr(item["value"])),
                 md.cell(item.get("unit", "")),
                 md.cell(item.get("setting", "")),
-                md.cell(item["source"]),
+                md.linked_text(item["source"]),
             ]
             rows.append(row)
     if not rows:
