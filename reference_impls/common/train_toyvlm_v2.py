@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--phases",
-        default="one:500,a:900,m:200,b:120,c:40",
+        default="one:400,a:700,m:500,b:250,c:120",
         help="curriculum name:steps[:batch],... (names in PHASES)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -670,9 +670,7 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="weight of the reply positions' prediction of the question's colour, shape and image (0: off)",
     )
-    parser.add_argument(
-        "--attention-phases", default="one,a,m,b", help="phases whose attention is supervised ('': all)"
-    )
+    parser.add_argument("--attention-phases", default="", help="phases whose attention is supervised ('': all)")
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument(
         "--exit-layer", type=int, default=-1, help="hidden state whose early-exit logits are also trained (-1: none)"
