@@ -367,8 +367,8 @@ def _vision_loss(
 
 def index_targets(samples: list[ChatSample], batch: dict[str, torch.Tensor], config) -> torch.Tensor:
     """``(B, S)``: per visual token, the index of its image (or of its temporal token in a video);
-    -100 elsewhere. The question names images ("in image 3") but the prompt has no image labels,
-    so the language model must count ``<vision_start>`` tokens: this dense target teaches it."""
+    -100 elsewhere. The question names images ("in image 3"); each image's tokens must pick up the
+    label before it (``image 3``; a video's temporal tokens have none): this dense target teaches it."""
     ids = batch["input_ids"]
     visual = (ids == config.image_token_id) | (ids == config.video_token_id)
     target = torch.full(ids.shape, -100, dtype=torch.long)
