@@ -172,7 +172,7 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
 RESULTS_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 RELATIONS = (">", ">=", "<", "<=")
-AREAS = ("tokens", "kv-cache", "speculative", "hallucination", "continual-ad")
+AREAS = ("tokens", "kv-cache", "speculative", "reasoning", "hallucination", "continual-ad")
 
 
 def _selector(description: str) -> dict[str, Any]:
@@ -224,7 +224,14 @@ def expectation_schema() -> dict[str, Any]:
             "area": {"enum": list(AREAS), "description": "Which benchmarks the expectation belongs to."},
             "claim": _string("What the paper states, quoted or precisely paraphrased; never more than it says."),
             "source": _string("Where the paper says it.", examples=["abstract (arXiv 2404.14469)", "Table 1"]),
+            "url": _string(
+                "The page the claim was read on: one of the entry's sources (or its url), linked beside source.",
+                pattern=URL_PATTERN,
+            ),
             "compare": compare,
+            "not_measured": _string(
+                "Without compare: why no benchmark of ours checks this yet (shown instead of a verdict)."
+            ),
             "cause": {
                 "type": "object",
                 "additionalProperties": False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..catalog import Entry
 from ..expectations import AGREES, DISAGREES, Outcome, applicable_cause, evaluate, relation_text
@@ -41,6 +42,12 @@ def _measured(item: dict[str, Any], outcome: Outcome) -> str:
         return md.text(outcome.evidence)
     values = f"{_number(outcome.left)} vs {_number(outcome.right)}" if outcome.left is not None else outcome.evidence
     return f"{md.text(values)} in {md.code(compare['results'])}"
+
+
+def _where(item: dict[str, Any]) -> str:
+    """Where the paper says it, with a link (labelled by its host) to the page the claim was read on."""
+    where, url = md.text(item["source"]), item.get("url")
+    return f"{where} ({md.link(md.text(urlsplit(url).netloc), url)})" if url else where
 
 
 def _rows(entries: Iterable[Entry], by_id: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any], Entry, Outcome]]:
@@ -87,7 +94,7 @@ def agreement_md(entries: Iterable[Entry], all_results: list[dict[str, Any]]) ->
                 md.text(item["area"]),
                 md.link(md.text(label), relative(PAGE, paper_page(entry.key))),
                 md.text(item["claim"]),
-                md.text(item["source"]),
+                _where(item),
                 check,
                 _measured(item, outcome),
                 _verdict(outcome),
