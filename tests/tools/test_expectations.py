@@ -319,3 +319,18 @@ def test_every_expectation_in_the_catalog_checks_and_evaluates_on_the_committed_
         assert entry.data["key"] == entry.loaded.path.stem  # the row's paper is this entry
         for item in entry.data["expectations"]:
             assert evaluate(item, by_id).verdict in ("agrees", "disagrees", "not measured")
+
+
+def test_a_family_page_links_the_claims_of_its_papers_to_the_agreement_page(repo):
+    from tools.catalog import load_catalog
+    from tools.site.data import SiteData
+    from tools.site.pages import node_md
+
+    site = SiteData(load_catalog(repo))
+    node = site.taxonomy.by_id["kv-head-level"]  # HybridKV's family; HybridKV is a seed entry
+    claims = sum(len(entry.data.get("expectations") or []) for entry in site.papers_under(node))
+    assert claims >= 2
+    page = node_md(node, site, {})
+    sentence = f"{claims} claims of the papers placed here are set against our benchmarks on [What papers report"
+    assert sentence in page and "/results/agreement.md)" in page.split(sentence, 1)[1].split("\n", 1)[0]
+    assert "are set against our benchmarks" not in node_md(site.taxonomy.by_id["kv-token-level"], site, {})
