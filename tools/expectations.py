@@ -250,7 +250,7 @@ def _selector_problems(data: dict[str, Any], selector: Any, where: tuple[str, in
 
 def _item_problems(entry: Any, index: int, item: Any) -> list[Problem]:
     """``not_measured`` only without ``compare`` (a verdict and a reason would contradict each other); ``url``
-    must be a page the entry already cites, so that the claim is traceable to its sources."""
+    must be a page the entry already cites (url, code or sources), so that the claim is traceable."""
     if not isinstance(item, dict):
         return []  # the schema reports it
     problems = []
@@ -267,7 +267,8 @@ def _item_problems(entry: Any, index: int, item: Any) -> list[Problem]:
     url = item.get("url")
     if not isinstance(url, str):
         return problems  # absent, or a wrong type the schema reports
-    cited = [value for value in [entry.data.get("url"), *(entry.data.get("sources") or [])] if isinstance(value, str)]
+    pages = [entry.data.get("url"), entry.data.get("code"), *(entry.data.get("sources") or [])]
+    cited = [value for value in pages if isinstance(value, str)]
     if url in cited:
         return problems
     listed = ", ".join(value for value in cited if value.startswith(("http://", "https://"))) or "none"
@@ -276,7 +277,7 @@ def _item_problems(entry: Any, index: int, item: Any) -> list[Problem]:
             entry.relpath,
             entry.loaded.line_of(("expectations", index, "url")),
             f"expectations[{index}].url",
-            f"'{url}' is not among the entry's url and sources; expected one of them ({listed}), "
+            f"'{url}' is not among the entry's url, code and sources; expected one of them ({listed}), "
             "or add the page to sources first",
         )
     ]

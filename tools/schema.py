@@ -225,7 +225,7 @@ def expectation_schema() -> dict[str, Any]:
             "claim": _string("What the paper states, quoted or precisely paraphrased; never more than it says."),
             "source": _string("Where the paper says it.", examples=["abstract (arXiv 2404.14469)", "Table 1"]),
             "url": _string(
-                "The page the claim was read on: one of the entry's sources (or its url), linked beside source.",
+                "The page the claim was read on: the entry's url, code or one of its sources; linked beside source.",
                 pattern=URL_PATTERN,
             ),
             "compare": compare,

@@ -281,7 +281,7 @@ def test_the_url_of_a_claim_must_be_a_page_the_entry_cites(tmp_path):
     uncited = _entry_with(tmp_path, "  url: https://example.org/elsewhere\n")
     assert [str(problem) for problem in check_expectations([uncited], TINY)] == [
         "papers/good2026entry.yaml:17: expectations[0].url: 'https://example.org/elsewhere' is not among the "
-        "entry's url and sources; expected one of them (https://arxiv.org/abs/2611.00001), or add the page to "
+        "entry's url, code and sources; expected one of them (https://arxiv.org/abs/2611.00001), or add the page to "
         "sources first"
     ]
 
