@@ -187,7 +187,10 @@ def evaluate(expectation: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> O
     if not compare:
         return Outcome(NOT_MEASURED, evidence=expectation.get("not_measured") or NO_BENCHMARK)
     if compare["results"] not in by_id:
-        return Outcome(NOT_MEASURED, evidence=f"no results file '{compare['results']}'")
+        awaits = compare.get("awaits")
+        return Outcome(
+            NOT_MEASURED, evidence=f"awaits {awaits}" if awaits else f"no results file '{compare['results']}'"
+        )
     data = by_id[compare["results"]]
     column = compare["column"]
     left_rows = select(data, compare["left"])
@@ -303,9 +306,18 @@ def check_expectations(entries: Iterable[Any], results: list[dict[str, Any]]) ->
                 name = f"expectations[{index}].compare" + "".join(f".{part}" for part in path)
                 return entry.relpath, entry.loaded.line_of(location), name
 
+            awaits = compare.get("awaits")
+            if awaits and compare.get("results") in by_id:
+                problems.append(
+                    Problem(
+                        *at("awaits"),
+                        f"'{compare['results']}' exists now and is compared; expected no awaits (remove it)",
+                        "warning",
+                    )
+                )
             for key in ("results",) + (("test",) if isinstance(compare.get("test"), dict) else ()):
                 target = compare[key] if key == "results" else compare["test"].get("results")
-                if isinstance(target, str) and target not in by_id:
+                if isinstance(target, str) and target not in by_id and not awaits:
                     close = difflib.get_close_matches(target, list(by_id), n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else ""
                     path = ("results",) if key == "results" else ("test", "results")

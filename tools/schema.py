@@ -204,6 +204,11 @@ def expectation_schema() -> dict[str, Any]:
             "value": {"type": "number", "description": "A constant right-hand side (instead of a row)."},
             "factor": {"type": "number", "description": "Multiplies the right-hand row's value (default 1)."},
             "offset": {"type": "number", "description": "Added to the right-hand side (default 0), e.g. -5 points."},
+            "awaits": _string(
+                "What will produce the named results file, while it does not exist (e.g. the ToyVLM v2 re-run): "
+                "validate accepts the unknown id and the row shows 'not measured' with this; once the file exists "
+                "the comparison is checked and evaluated, and validate warns until awaits is removed."
+            ),
             "test": {
                 "type": "object",
                 "additionalProperties": False,

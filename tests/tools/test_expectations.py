@@ -334,3 +334,22 @@ def test_a_family_page_links_the_claims_of_its_papers_to_the_agreement_page(repo
     sentence = f"{claims} claims of the papers placed here are set against our benchmarks on [What papers report"
     assert sentence in page and "/results/agreement.md)" in page.split(sentence, 1)[1].split("\n", 1)[0]
     assert "are set against our benchmarks" not in node_md(site.taxonomy.by_id["kv-token-level"], site, {})
+
+
+def test_a_comparison_awaiting_its_results_is_not_measured_until_they_exist(tmp_path):
+    pending = _entry_with(tmp_path, "", results="kv-quality-toyvlm-v2-long")
+    text = pending.loaded.path.read_text(encoding="utf-8").replace(
+        "    column: accuracy\n", "    column: accuracy\n    awaits: the ToyVLM v2 re-run\n"
+    )
+    pending.loaded.path.write_text(text, encoding="utf-8")
+    pending = Entry(loaded=load_yaml(pending.loaded.path), relpath=pending.relpath)
+    assert check_expectations([pending], TINY) == []  # an unknown id is accepted while awaited
+    outcome = evaluate(pending.data["expectations"][0], BY_ID)
+    assert (outcome.verdict, outcome.evidence) == ("not measured", "awaits the ToyVLM v2 re-run")
+    # Once the file exists the comparison is checked and evaluated; awaits is then a warning to remove it.
+    pending.data["expectations"][0]["compare"]["results"] = "tiny"
+    assert [str(problem) for problem in check_expectations([pending], TINY)] == [
+        "papers/good2026entry.yaml:20: warning: expectations[0].compare.awaits: 'tiny' exists now and is compared; "
+        "expected no awaits (remove it)"
+    ]
+    assert evaluate(pending.data["expectations"][0], BY_ID).verdict == "agrees"
