@@ -345,7 +345,7 @@ def test_a_comparison_awaiting_its_results_is_not_measured_until_they_exist(tmp_
     pending = Entry(loaded=load_yaml(pending.loaded.path), relpath=pending.relpath)
     assert check_expectations([pending], TINY) == []  # an unknown id is accepted while awaited
     outcome = evaluate(pending.data["expectations"][0], BY_ID)
-    assert (outcome.verdict, outcome.evidence) == ("not measured", "awaits the ToyVLM v2 re-run")
+    assert (outcome.verdict, outcome.evidence) == ("not measured", "not written yet, awaits the ToyVLM v2 re-run")
     # Once the file exists the comparison is checked and evaluated; awaits is then a warning to remove it.
     pending.data["expectations"][0]["compare"]["results"] = "tiny"
     assert [str(problem) for problem in check_expectations([pending], TINY)] == [

@@ -40,8 +40,9 @@ def _measured(item: dict[str, Any], outcome: Outcome) -> str:
     compare = item.get("compare")
     if not compare:
         return md.text(outcome.evidence)
-    values = f"{_number(outcome.left)} vs {_number(outcome.right)}" if outcome.left is not None else outcome.evidence
-    return f"{md.text(values)} in {md.code(compare['results'])}"
+    if outcome.left is None:
+        return f"{md.code(compare['results'])}: {md.text(outcome.evidence)}"
+    return f"{md.text(f'{_number(outcome.left)} vs {_number(outcome.right)}')} in {md.code(compare['results'])}"
 
 
 def _where(item: dict[str, Any]) -> str:
