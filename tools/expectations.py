@@ -189,7 +189,8 @@ def evaluate(expectation: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> O
     if compare["results"] not in by_id:
         awaits = compare.get("awaits")
         return Outcome(
-            NOT_MEASURED, evidence=f"not written yet, awaits {awaits}" if awaits else f"no results file '{compare['results']}'"
+            NOT_MEASURED,
+            evidence=f"not written yet, awaits {awaits}" if awaits else f"no results file '{compare['results']}'",
         )
     data = by_id[compare["results"]]
     column = compare["column"]
