@@ -353,3 +353,12 @@ def test_a_comparison_awaiting_its_results_is_not_measured_until_they_exist(tmp_
         "expected no awaits (remove it)"
     ]
     assert evaluate(pending.data["expectations"][0], BY_ID).verdict == "agrees"
+
+
+def test_the_page_names_the_results_file_a_row_awaits_and_escapes_what_it_awaits(tmp_path):
+    entry = _entry(tmp_path)
+    entry.data["expectations"][0]["compare"].update(results="tiny-v2-long", awaits="<b>v2</b> | run")
+    page = agreement_md([entry], TINY)
+    row = next(line for line in page.splitlines() if line.startswith("| tokens"))
+    assert "`tiny-v2-long`: not written yet, awaits &lt;b&gt;v2&lt;/b&gt; \\| run | **not measured** |" in row
+    assert "1 expectation: 0 agree, 0 disagree, 1 not measured" in page

@@ -75,7 +75,7 @@ def agreement_md(entries: Iterable[Entry], all_results: list[dict[str, Any]]) ->
         f"otherwise the row says *{NO_CAUSE}*. Paired tests (sign test, p < 0.05) or 95% intervals are used "
         "where the results have them.",
         "",
-        f"{len(rows)} expectations: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, "
+        f"{len(rows)} expectation{'s' if len(rows) != 1 else ''}: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, "
         f"{len(rows) - counts[AGREES] - counts[DISAGREES]} not measured. The benchmarks and their settings are on "
         f"{md.link('Reproduced results', relative(PAGE, 'results/index.md'))}.",
         "",
