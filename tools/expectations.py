@@ -6,22 +6,29 @@ An expectation is data on the paper entry that states it (``papers/<key>.yaml``)
     - area: kv-cache
       claim: "PyramidKV surpasses other KV cache compression techniques ... (abstract)"
       source: abstract (arXiv 2406.02069)
+      url: https://arxiv.org/abs/2406.02069  # the page it was read on: the entry's url, code or a source
       compare:
         results: kv-quality-toyvlm          # reference_impls/results/<id>.json
+        awaits: "..."                       # only while a benchmark has not written <id>.json yet
         column: accuracy
         left: {method: pyramidkv, budget: 0.1}
         relation: ">="                      # left RELATION factor * right + offset
         right: {method: snapkv, budget: 0.1}  # or value: <number>
       cause: "..."                          # only a measured or documented cause
 
+or, without ``compare``, ``not_measured: <why no benchmark of ours checks it>``.
+
 Every selector must match exactly one row of the named results file; :func:`check_expectations`
 reports anything else with file, line and field. :func:`evaluate` computes the verdict from the
 current results, so re-running a benchmark updates the comparison without any hand edit.
 
 Significance: a comparison names a paired-test row (``compare.test``) or, when the rows differ
-only in ``method`` and ``<results>-tests`` has the row ``metric == column`` for that pair, uses it;
-the sign test decides at p < 0.05. Without a test, rows with ``<column>_ci`` (95% half-widths) are
-compared by interval; otherwise the outcome is from a single run.
+only in ``method`` and ``<results>-tests`` has one row for that pair whose ``metric`` is the column
+(``accuracy``) or the column with its group (``accuracy, budget 0.1``) and whose group fields
+(``budget``, ``layout``, ``cut``, ``setting``) are those of both rows, uses it; the sign test decides
+at p < 0.05. Without a test, rows with ``<column>_ci`` (95% half-widths) are compared by interval
+(intervals apart back the verdict, agreement or disagreement); otherwise the outcome is from a
+single run.
 """
 
 from __future__ import annotations
