@@ -6,22 +6,29 @@ An expectation is data on the paper entry that states it (``papers/<key>.yaml``)
     - area: kv-cache
       claim: "PyramidKV surpasses other KV cache compression techniques ... (abstract)"
       source: abstract (arXiv 2406.02069)
+      url: https://arxiv.org/abs/2406.02069  # the page it was read on: the entry's url, code or a source
       compare:
         results: kv-quality-toyvlm          # reference_impls/results/<id>.json
+        awaits: "..."                       # only while a benchmark has not written <id>.json yet
         column: accuracy
         left: {method: pyramidkv, budget: 0.1}
         relation: ">="                      # left RELATION factor * right + offset
         right: {method: snapkv, budget: 0.1}  # or value: <number>
       cause: "..."                          # only a measured or documented cause
 
+or, without ``compare``, ``not_measured: <why no benchmark of ours checks it>``.
+
 Every selector must match exactly one row of the named results file; :func:`check_expectations`
 reports anything else with file, line and field. :func:`evaluate` computes the verdict from the
 current results, so re-running a benchmark updates the comparison without any hand edit.
 
 Significance: a comparison names a paired-test row (``compare.test``) or, when the rows differ
-only in ``method`` and ``<results>-tests`` has the row ``metric == column`` for that pair, uses it;
-the sign test decides at p < 0.05. Without a test, rows with ``<column>_ci`` (95% half-widths) are
-compared by interval; otherwise the outcome is from a single run.
+only in ``method`` and ``<results>-tests`` has one row for that pair whose ``metric`` is the column
+(``accuracy``) or the column with its group (``accuracy, budget 0.1``) and whose group fields
+(``budget``, ``layout``, ``cut``, ``setting``) are those of both rows, uses it; the sign test decides
+at p < 0.05. Without a test, rows with ``<column>_ci`` (95% half-widths) are compared by interval
+(intervals apart back the verdict, agreement or disagreement); otherwise the outcome is from a
+single run.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ __all__ = [
 
 AGREES, DISAGREES, NOT_MEASURED = "agrees", "disagrees", "not measured"
 ALPHA = 0.05
+NO_BENCHMARK = "no benchmark of ours measures this"
 _HOLDS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
 
 
@@ -106,15 +114,24 @@ def relation_text(compare: dict[str, Any]) -> str:
     return f"{side(compare['left'])} {compare['relation']} {right}"
 
 
-def _test_row(compare: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool] | None:
+# Fields of a paired-tests row that describe the test itself; any other field (budget, layout, setting)
+# names the group of result rows the test was run on.
+_TEST_FIELDS = frozenset(
+    {"metric", "method", "versus", "family", "mean_difference", "wins", "losses", "ties", "sign_p", "bootstrap_p"}
+    | {"verdict"}
+)
+
+
+def _test_row(
+    compare: dict[str, Any], rows: tuple[dict[str, Any], dict[str, Any] | None], by_id: dict[str, dict[str, Any]]
+) -> tuple[dict[str, Any], bool] | None:
     """(paired-test row, whether it is oriented left minus right) for this comparison, if there is one."""
     if "test" in compare:
         tests = by_id.get(compare["test"]["results"])
-        rows = select(tests, compare["test"]["row"]) if tests else []
-        if len(rows) != 1:
+        found = select(tests, compare["test"]["row"]) if tests else []
+        if len(found) != 1:
             return None
-        row = rows[0]
-        return row, row.get("method") == compare["left"].get("method")
+        return found[0], found[0].get("method") == compare["left"].get("method")
     tests = by_id.get(f"{compare['results']}-tests")
     left, right = compare["left"], compare.get("right")
     if tests is None or right is None or compare.get("factor", 1) != 1 or compare.get("offset", 0) != 0:
@@ -123,13 +140,21 @@ def _test_row(compare: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> tupl
         key: value for key, value in right.items() if key != "method"
     }:
         return None  # the rows differ in more than the method: no paired test covers them
+    column, (left_row, right_row) = compare["column"], rows
+    methods = (left_row.get("method"), right_row.get("method") if right_row is not None else None)
+    found = []
     for row in tests["rows"]:
-        if row.get("metric") == compare["column"]:
-            if (row.get("method"), row.get("versus")) == (left.get("method"), right.get("method")):
-                return row, True
-            if (row.get("method"), row.get("versus")) == (right.get("method"), left.get("method")):
-                return row, False
-    return None
+        metric = row.get("metric")
+        # "accuracy" or "accuracy, budget 0.1": the benchmarks name the group after the column.
+        if not isinstance(metric, str) or (metric != column and not metric.startswith(f"{column}, ")):
+            continue
+        pair = (row.get("method"), row.get("versus"))
+        if pair not in (methods, methods[::-1]):
+            continue
+        group = {key: value for key, value in row.items() if key not in _TEST_FIELDS}
+        if all(side is not None and _matches(side, group) for side in rows):
+            found.append((row, pair == methods))
+    return found[0] if len(found) == 1 else None
 
 
 def _evidence(
@@ -140,7 +165,7 @@ def _evidence(
     holds: bool,
 ) -> tuple[str, bool | None]:
     """How sure the outcome is: a paired test if there is one, else 95% intervals, else a single run."""
-    found = _test_row(compare, by_id)
+    found = _test_row(compare, rows, by_id)
     if found is not None:
         row, oriented = found
         p, difference = _number(row.get("sign_p")), _number(row.get("mean_difference"))
@@ -158,14 +183,22 @@ def _evidence(
     right_ci *= abs(compare.get("factor", 1))
     left, right = values
     apart = left - left_ci > right + right_ci or left + left_ci < right - right_ci
-    return "95% intervals " + ("do not overlap" if apart else "overlap"), apart and holds
+    # Apart intervals back the verdict either way (as a significant sign test does): a disagreement is
+    # significant when the interval of the left row lies wholly on the wrong side.
+    return "95% intervals " + ("do not overlap" if apart else "overlap"), apart
 
 
 def evaluate(expectation: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> Outcome:
     """The verdict of a checked expectation (see :func:`check_expectations`) on the results ``by_id``."""
     compare = expectation.get("compare")
-    if not compare or compare["results"] not in by_id:
-        return Outcome(NOT_MEASURED, evidence="no benchmark of ours measures this")
+    if not compare:
+        return Outcome(NOT_MEASURED, evidence=expectation.get("not_measured") or NO_BENCHMARK)
+    if compare["results"] not in by_id:
+        awaits = compare.get("awaits")
+        return Outcome(
+            NOT_MEASURED,
+            evidence=f"not written yet, awaits {awaits}" if awaits else f"no results file '{compare['results']}'",
+        )
     data = by_id[compare["results"]]
     column = compare["column"]
     left_rows = select(data, compare["left"])
@@ -226,6 +259,41 @@ def _selector_problems(data: dict[str, Any], selector: Any, where: tuple[str, in
     ]
 
 
+def _item_problems(entry: Any, index: int, item: Any) -> list[Problem]:
+    """``not_measured`` only without ``compare`` (a verdict and a reason would contradict each other); ``url``
+    must be a page the entry already cites (url, code or sources), so that the claim is traceable."""
+    if not isinstance(item, dict):
+        return []  # the schema reports it
+    problems = []
+    if "compare" in item and "not_measured" in item:
+        problems.append(
+            Problem(
+                entry.relpath,
+                entry.loaded.line_of(("expectations", index, "not_measured")),
+                f"expectations[{index}].not_measured",
+                "given together with compare; expected one of them: compare when a results file checks the "
+                "claim, not_measured (the reason) when none does",
+            )
+        )
+    url = item.get("url")
+    if not isinstance(url, str):
+        return problems  # absent, or a wrong type the schema reports
+    pages = [entry.data.get("url"), entry.data.get("code"), *(entry.data.get("sources") or [])]
+    cited = [value for value in pages if isinstance(value, str)]
+    if url in cited:
+        return problems
+    listed = ", ".join(value for value in cited if value.startswith(("http://", "https://"))) or "none"
+    return problems + [
+        Problem(
+            entry.relpath,
+            entry.loaded.line_of(("expectations", index, "url")),
+            f"expectations[{index}].url",
+            f"'{url}' is not among the entry's url, code and sources; expected one of them ({listed}), "
+            "or add the page to sources first",
+        )
+    ]
+
+
 def check_expectations(entries: Iterable[Any], results: list[dict[str, Any]]) -> list[Problem]:
     """Problems of every entry's expectations against the results (unknown id, column, row, or an ambiguous row)."""
     by_id = {data["id"]: data for data in results}
@@ -235,6 +303,7 @@ def check_expectations(entries: Iterable[Any], results: list[dict[str, Any]]) ->
         if not isinstance(items, list):
             continue
         for index, item in enumerate(items):
+            problems += _item_problems(entry, index, item)
             compare = item.get("compare") if isinstance(item, dict) else None
             if not isinstance(compare, dict):
                 continue
@@ -245,9 +314,18 @@ def check_expectations(entries: Iterable[Any], results: list[dict[str, Any]]) ->
                 name = f"expectations[{index}].compare" + "".join(f".{part}" for part in path)
                 return entry.relpath, entry.loaded.line_of(location), name
 
+            awaits = compare.get("awaits")
+            if awaits and compare.get("results") in by_id:
+                problems.append(
+                    Problem(
+                        *at("awaits"),
+                        f"'{compare['results']}' exists now and is compared; expected no awaits (remove it)",
+                        "warning",
+                    )
+                )
             for key in ("results",) + (("test",) if isinstance(compare.get("test"), dict) else ()):
                 target = compare[key] if key == "results" else compare["test"].get("results")
-                if isinstance(target, str) and target not in by_id:
+                if isinstance(target, str) and target not in by_id and not awaits:
                     close = difflib.get_close_matches(target, list(by_id), n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else ""
                     path = ("results",) if key == "results" else ("test", "results")

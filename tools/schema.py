@@ -172,7 +172,7 @@ def paper_schema(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
 RESULTS_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 RELATIONS = (">", ">=", "<", "<=")
-AREAS = ("tokens", "kv-cache", "speculative", "hallucination", "continual-ad")
+AREAS = ("tokens", "kv-cache", "speculative", "reasoning", "hallucination", "continual-ad")
 
 
 def _selector(description: str) -> dict[str, Any]:
@@ -204,6 +204,11 @@ def expectation_schema() -> dict[str, Any]:
             "value": {"type": "number", "description": "A constant right-hand side (instead of a row)."},
             "factor": {"type": "number", "description": "Multiplies the right-hand row's value (default 1)."},
             "offset": {"type": "number", "description": "Added to the right-hand side (default 0), e.g. -5 points."},
+            "awaits": _string(
+                "What will produce the named results file, while it does not exist (e.g. the ToyVLM v2 re-run): "
+                "validate accepts the unknown id and the row shows 'not measured' with this; once the file exists "
+                "the comparison is checked and evaluated, and validate warns until awaits is removed."
+            ),
             "test": {
                 "type": "object",
                 "additionalProperties": False,
@@ -224,7 +229,14 @@ def expectation_schema() -> dict[str, Any]:
             "area": {"enum": list(AREAS), "description": "Which benchmarks the expectation belongs to."},
             "claim": _string("What the paper states, quoted or precisely paraphrased; never more than it says."),
             "source": _string("Where the paper says it.", examples=["abstract (arXiv 2404.14469)", "Table 1"]),
+            "url": _string(
+                "The page the claim was read on: the entry's url, code or one of its sources; linked beside source.",
+                pattern=URL_PATTERN,
+            ),
             "compare": compare,
+            "not_measured": _string(
+                "Without compare: why no benchmark of ours checks this yet (shown instead of a verdict)."
+            ),
             "cause": {
                 "type": "object",
                 "additionalProperties": False,

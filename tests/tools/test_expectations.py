@@ -9,6 +9,7 @@ import pytest
 
 from tools.catalog import Entry
 from tools.expectations import applicable_cause, check_expectations, evaluate
+from tools.results import load_all_results
 from tools.site.agreement import agreement_md
 from tools.yamlio import load_yaml
 
@@ -221,3 +222,143 @@ def test_the_page_escapes_every_string_and_shows_the_cause_only_for_a_disagreeme
     disagreeing = next(row for row in rows if "**disagrees**" in row)
     assert agreeing.endswith("|  |") and "&lt;script&gt;" in disagreeing.rsplit(" | ", 1)[1]
     assert "(../papers/good2026entry.md)" in agreeing
+
+
+def test_non_overlapping_intervals_make_a_disagreement_significant_too():
+    item = _compare(left={"method": "a"}, relation=">", value=55)
+    item["compare"].update(results="seeds", column="score")
+    outcome = evaluate(item, BY_ID)  # 50 +- 2 lies wholly below 55
+    assert (outcome.verdict, outcome.significant, outcome.evidence) == (
+        "disagrees",
+        True,
+        "95% intervals do not overlap",
+    )
+
+
+GROUPED = _results(
+    grouped=[
+        {"method": "x", "budget": 0.1, "acc": 60.0},
+        {"method": "y", "budget": 0.1, "acc": 50.0},
+        {"method": "x", "budget": 0.2, "acc": 70.0},
+        {"method": "y", "budget": 0.2, "acc": 75.0},
+    ],
+    grouped_tests=[
+        {"metric": "acc, budget 0.1", "budget": 0.1, "method": "y", "versus": "x", "mean_difference": -10.0}
+        | {"sign_p": 0.002, "wins": 0, "losses": 10, "ties": 0, "family": "f", "verdict": "v"},
+        {"metric": "acc, budget 0.2", "budget": 0.2, "method": "y", "versus": "x", "mean_difference": 5.0}
+        | {"sign_p": 0.3, "wins": 6, "losses": 4, "ties": 0, "family": "f", "verdict": "v"},
+        {"metric": "accuracy_other, budget 0.1", "budget": 0.1, "method": "x", "versus": "y", "mean_difference": 9.0}
+        | {"sign_p": 0.9, "wins": 1, "losses": 1, "ties": 8},
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    "budget, verdict, significant, evidence",
+    [
+        (0.1, "agrees", True, "sign test p = 0.002, 10 paired seeds"),
+        (0.2, "disagrees", False, "sign test p = 0.3, 10 paired seeds"),
+    ],
+)
+def test_a_paired_test_named_after_its_group_is_found_by_the_group_fields(budget, verdict, significant, evidence):
+    item = _compare(left={"method": "x", "budget": budget}, relation=">", right={"method": "y", "budget": budget})
+    item["compare"].update(results="grouped", column="acc")
+    outcome = evaluate(item, {data["id"]: data for data in GROUPED})
+    assert (outcome.verdict, outcome.significant, outcome.evidence) == (verdict, significant, evidence)
+
+
+def _entry_with(tmp_path: Path, extra: str, **fields) -> Entry:
+    """An expectation with ``extra`` lines after its source (line 17 onwards)."""
+    entry = _entry(tmp_path, **fields)
+    text = entry.loaded.path.read_text(encoding="utf-8").replace("  source: abstract\n", "  source: abstract\n" + extra)
+    entry.loaded.path.write_text(text, encoding="utf-8")
+    return Entry(loaded=load_yaml(entry.loaded.path), relpath=entry.relpath)
+
+
+def test_the_url_of_a_claim_must_be_a_page_the_entry_cites(tmp_path):
+    cited = _entry_with(tmp_path, "  url: https://arxiv.org/abs/2611.00001\n")
+    assert check_expectations([cited], TINY) == []
+    uncited = _entry_with(tmp_path, "  url: https://example.org/elsewhere\n")
+    assert [str(problem) for problem in check_expectations([uncited], TINY)] == [
+        "papers/good2026entry.yaml:17: expectations[0].url: 'https://example.org/elsewhere' is not among the "
+        "entry's url, code and sources; expected one of them (https://arxiv.org/abs/2611.00001), or add the page to "
+        "sources first"
+    ]
+
+
+def test_a_reason_for_not_measuring_is_shown_and_never_given_with_a_comparison(tmp_path):
+    reason = "no benchmark of ours times LOOK-M"
+    item = {"area": "kv-cache", "claim": "c", "source": "s", "not_measured": reason}
+    assert (evaluate(item, BY_ID).verdict, evaluate(item, BY_ID).evidence) == ("not measured", reason)
+    both = _entry_with(tmp_path, f"  not_measured: {reason}\n")
+    assert [str(problem) for problem in check_expectations([both], TINY)] == [
+        "papers/good2026entry.yaml:17: expectations[0].not_measured: given together with compare; expected one "
+        "of them: compare when a results file checks the claim, not_measured (the reason) when none does"
+    ]
+
+
+def test_the_page_links_where_the_claim_was_read_and_escapes_its_host(tmp_path):
+    entry = _entry(tmp_path)
+    entry.data["expectations"][0]["url"] = "https://arxiv.org/abs/2611.00001"
+    page = agreement_md([entry], TINY)
+    assert "| abstract ([arxiv\\.org](https://arxiv.org/abs/2611.00001)) |" in page
+
+
+def test_every_expectation_in_the_catalog_checks_and_evaluates_on_the_committed_results():
+    root = Path(__file__).resolve().parents[2]
+    results = load_all_results(root)
+    by_id = {data["id"]: data for data in results}
+    entries = [
+        Entry(loaded=load_yaml(path), relpath=f"papers/{path.name}")
+        for path in sorted((root / "papers").glob("*.yaml"))
+        if "\nexpectations:\n" in path.read_text(encoding="utf-8")
+    ]
+    assert len(entries) >= 16
+    assert check_expectations(entries, results) == []
+    for entry in entries:
+        assert entry.data["key"] == entry.loaded.path.stem  # the row's paper is this entry
+        for item in entry.data["expectations"]:
+            assert evaluate(item, by_id).verdict in ("agrees", "disagrees", "not measured")
+
+
+def test_a_family_page_links_the_claims_of_its_papers_to_the_agreement_page(repo):
+    from tools.catalog import load_catalog
+    from tools.site.data import SiteData
+    from tools.site.pages import node_md
+
+    site = SiteData(load_catalog(repo))
+    node = site.taxonomy.by_id["kv-head-level"]  # HybridKV's family; HybridKV is a seed entry
+    claims = sum(len(entry.data.get("expectations") or []) for entry in site.papers_under(node))
+    assert claims >= 2
+    page = node_md(node, site, {})
+    sentence = f"{claims} claims of the papers placed here are set against our benchmarks on [What papers report"
+    assert sentence in page and "/results/agreement.md)" in page.split(sentence, 1)[1].split("\n", 1)[0]
+    assert "are set against our benchmarks" not in node_md(site.taxonomy.by_id["kv-token-level"], site, {})
+
+
+def test_a_comparison_awaiting_its_results_is_not_measured_until_they_exist(tmp_path):
+    pending = _entry_with(tmp_path, "", results="kv-quality-toyvlm-v2-long")
+    text = pending.loaded.path.read_text(encoding="utf-8").replace(
+        "    column: accuracy\n", "    column: accuracy\n    awaits: the ToyVLM v2 re-run\n"
+    )
+    pending.loaded.path.write_text(text, encoding="utf-8")
+    pending = Entry(loaded=load_yaml(pending.loaded.path), relpath=pending.relpath)
+    assert check_expectations([pending], TINY) == []  # an unknown id is accepted while awaited
+    outcome = evaluate(pending.data["expectations"][0], BY_ID)
+    assert (outcome.verdict, outcome.evidence) == ("not measured", "not written yet, awaits the ToyVLM v2 re-run")
+    # Once the file exists the comparison is checked and evaluated; awaits is then a warning to remove it.
+    pending.data["expectations"][0]["compare"]["results"] = "tiny"
+    assert [str(problem) for problem in check_expectations([pending], TINY)] == [
+        "papers/good2026entry.yaml:20: warning: expectations[0].compare.awaits: 'tiny' exists now and is compared; "
+        "expected no awaits (remove it)"
+    ]
+    assert evaluate(pending.data["expectations"][0], BY_ID).verdict == "agrees"
+
+
+def test_the_page_names_the_results_file_a_row_awaits_and_escapes_what_it_awaits(tmp_path):
+    entry = _entry(tmp_path)
+    entry.data["expectations"][0]["compare"].update(results="tiny-v2-long", awaits="<b>v2</b> | run")
+    page = agreement_md([entry], TINY)
+    row = next(line for line in page.splitlines() if line.startswith("| tokens"))
+    assert "`tiny-v2-long`: not written yet, awaits &lt;b&gt;v2&lt;/b&gt; \\| run | **not measured** |" in row
+    assert "1 expectation: 0 agree, 0 disagree, 1 not measured" in page

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..catalog import Entry
 from ..expectations import AGREES, DISAGREES, Outcome, applicable_cause, evaluate, relation_text
@@ -39,8 +40,15 @@ def _measured(item: dict[str, Any], outcome: Outcome) -> str:
     compare = item.get("compare")
     if not compare:
         return md.text(outcome.evidence)
-    values = f"{_number(outcome.left)} vs {_number(outcome.right)}" if outcome.left is not None else outcome.evidence
-    return f"{md.text(values)} in {md.code(compare['results'])}"
+    if outcome.left is None:
+        return f"{md.code(compare['results'])}: {md.text(outcome.evidence)}"
+    return f"{md.text(f'{_number(outcome.left)} vs {_number(outcome.right)}')} in {md.code(compare['results'])}"
+
+
+def _where(item: dict[str, Any]) -> str:
+    """Where the paper says it, with a link (labelled by its host) to the page the claim was read on."""
+    where, url = md.text(item["source"]), item.get("url")
+    return f"{where} ({md.link(md.text(urlsplit(url).netloc), url)})" if url else where
 
 
 def _rows(entries: Iterable[Entry], by_id: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any], Entry, Outcome]]:
@@ -67,7 +75,7 @@ def agreement_md(entries: Iterable[Entry], all_results: list[dict[str, Any]]) ->
         f"otherwise the row says *{NO_CAUSE}*. Paired tests (sign test, p < 0.05) or 95% intervals are used "
         "where the results have them.",
         "",
-        f"{len(rows)} expectations: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, "
+        f"{len(rows)} expectation{'s' if len(rows) != 1 else ''}: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, "
         f"{len(rows) - counts[AGREES] - counts[DISAGREES]} not measured. The benchmarks and their settings are on "
         f"{md.link('Reproduced results', relative(PAGE, 'results/index.md'))}.",
         "",
@@ -87,7 +95,7 @@ def agreement_md(entries: Iterable[Entry], all_results: list[dict[str, Any]]) ->
                 md.text(item["area"]),
                 md.link(md.text(label), relative(PAGE, paper_page(entry.key))),
                 md.text(item["claim"]),
-                md.text(item["source"]),
+                _where(item),
                 check,
                 _measured(item, outcome),
                 _verdict(outcome),

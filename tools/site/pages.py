@@ -10,6 +10,7 @@ from ..bib import entry_bibtex_text
 from ..catalog import Entry
 from ..taxonomy import Node
 from . import markdown as md
+from .agreement import PAGE as AGREEMENT
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
 from .graph import MethodLinks
 from .implementations import design_anchor, package_design_md, package_readme
@@ -359,10 +360,21 @@ def node_md(node: Node, site: SiteData, module_summaries: dict[str, str], result
         )
     if results_md:
         lines += [f"## Reproduced results {NOT_INDEXED}", "", results_md, ""]
+    under = site.papers_under(node)
+    claims = sum(len(entry.data.get("expectations") or []) for entry in under)
+    if node.findings or claims:
+        lines += ["## What we found", ""]
     if node.findings:
         # Our own words about our own runs: restricted Markdown (inline markup only, see markdown.py).
-        lines += ["## What we found", "", md.restricted(node.findings), ""]
-    under = site.papers_under(node)
+        lines += [md.restricted(node.findings), ""]
+    if claims:
+        lines += [
+            f"{claims} claim{'s' if claims != 1 else ''} of the papers placed here "
+            f"{'are' if claims != 1 else 'is'} set against our benchmarks on "
+            + md.link("What papers report vs what our bench shows", relative(page, AGREEMENT))
+            + ", with verdicts computed from the current results.",
+            "",
+        ]
     reported = reported_table([entry for entry in under if entry.data.get("reported")], page, with_paper=True)
     if reported:
         lines += [
