@@ -1,0 +1,107 @@
+"""The page worker (tools/site/page_workers.py) changes how fast a build is, never what it builds:
+the site from two processes, from one, and from two whose worker dies at once is the same, file by
+file; a warning raised by a page the worker took is shown (and counted) by the parent; one core
+means one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tools.bench_site import synthetic_entry
+from tools.catalog import load_catalog
+from tools.entries import write_entries
+from tools.site import page_workers as workers_module
+from tools.site.build import generate_pages
+from tools.site.converter import one_converter
+from tools.site.page_workers import LAST_BUILD, page_workers, worker_count
+
+from .conftest import EVIL, make_repo
+
+# A hand-written page whose links fail: mkdocs warns while rendering it (the missing page) and after
+# every page is rendered (the missing anchor). It is the last page, the first the worker takes.
+BROKEN = "# Broken\n\nSee [nothing](missing.md) and [no anchor](../about.md#no-such-anchor).\n"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated catalogue: the seed papers, 40 synthetic ones, hostile text, a broken page."""
+    repo = make_repo(tmp_path_factory.mktemp("workers") / "repo")
+    (repo / "papers" / "evil2026entry.yaml").write_text(EVIL)
+    node_ids = sorted(load_catalog(repo).taxonomy.by_id)
+    rng = random.Random(1)
+    write_entries(repo / "papers", [synthetic_entry(index, node_ids, rng) for index in range(40)])
+    assert generate_pages(repo, execute_notebooks=False) == 0
+    (repo / "docs" / "zz").mkdir()
+    (repo / "docs" / "zz" / "broken.md").write_text(BROKEN)  # the last folder mkdocs walks
+    return repo
+
+
+def _build(repo: Path, site: Path, workers: int, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """A non-strict build of ``repo`` into ``site`` in this process; the warnings it logged."""
+    from mkdocs.commands import build as build_module
+    from mkdocs.config import load_config
+
+    caplog.clear()
+    config = load_config(config_file=str(repo / "mkdocs.yml"), site_dir=str(site), strict=False)
+    with caplog.at_level(logging.INFO), one_converter(), page_workers(workers):
+        build_module.build(config)
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def _files(site: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(site)): path.read_bytes() for path in sorted(site.rglob("*")) if path.is_file()}
+
+
+def test_two_processes_build_the_serial_site(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # the sitemap's date
+    serial_warnings = _build(repo, tmp_path / "serial", 1, caplog)
+    assert LAST_BUILD["workers"] == 1
+    parallel_warnings = _build(repo, tmp_path / "parallel", 2, caplog)
+    taken = LAST_BUILD["worker_pages"]
+    assert LAST_BUILD["workers"] == 2 and 0 < taken < LAST_BUILD["pages"]  # both processes rendered pages
+
+    def dying(*args: object) -> None:
+        os._exit(3)
+
+    monkeypatch.setattr(workers_module, "_child", dying)
+    dead_warnings = _build(repo, tmp_path / "dead", 2, caplog)
+    assert LAST_BUILD["worker_pages"] == 0  # the parent rendered every page itself
+
+    serial = _files(tmp_path / "serial")
+    assert len(serial) > 100 and any(name.startswith("papers/synthetic") for name in serial)
+    for name in ("parallel", "dead"):
+        built = _files(tmp_path / name)
+        assert built.keys() == serial.keys(), name
+        assert [file for file in serial if built[file] != serial[file]] == [], name
+    # The broken page's warnings are the parent's, once each, whoever rendered the page's neighbours.
+    assert any("missing.md" in message for message in serial_warnings)
+    assert any("no-such-anchor" in message for message in serial_warnings)
+    assert parallel_warnings == serial_warnings and dead_warnings == serial_warnings
+
+
+def test_one_core_or_the_variable_means_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mkdocs.commands import build as build_module
+    from mkdocs.structure.pages import Page
+
+    monkeypatch.delenv("ATLAS_SITE_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert worker_count() == 2
+    monkeypatch.setenv("ATLAS_SITE_WORKERS", "1")
+    assert worker_count() == 1
+    monkeypatch.delenv("ATLAS_SITE_WORKERS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert worker_count() == 1
+    render, build = Page.render, build_module.build
+    with page_workers():
+        assert Page.render is render and build_module.build is build  # mkdocs' own serial build
+    with page_workers(2):
+        assert Page.render is not render
+    assert Page.render is render and build_module.build is build
