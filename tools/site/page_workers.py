@@ -17,7 +17,7 @@ Markdown the worker rendered is not the one the parent's hooks produced (compare
 render logged anything (a warning must be counted by the parent's ``--strict``) or registered an
 anchor for another page, the page has a mkdocstrings block (``:::``: its handler keeps state), or
 the worker stopped. ``serve`` (threads, dirty builds) and one-core machines stay serial, and so does
-``ATLAS_SITE_WORKERS=1``. The built site is byte-identical (tests/tools/test_page_workers.py).
+``ATLAS_SITE_WORKERS=1`` (:mod:`tools.site.forked`). The built site is byte-identical (tests/tools/test_page_workers.py).
 """
 
 from __future__ import annotations
@@ -37,23 +37,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-__all__ = ["LAST_BUILD", "REPORT_VARIABLE", "WORKERS_VARIABLE", "page_workers", "worker_count", "write_report"]
+from .forked import worker_count
 
-WORKERS_VARIABLE = "ATLAS_SITE_WORKERS"
+__all__ = ["LAST_BUILD", "REPORT_VARIABLE", "page_workers", "write_report"]
+
 REPORT_VARIABLE = "ATLAS_SITE_REPORT"  # a JSON file for bench-site: LAST_BUILD and this process's CPU seconds
 _log = logging.getLogger("mkdocs.tools.page_workers")
 # What the last build inside page_workers did: processes, pages, pages the worker rendered, its CPU seconds.
 LAST_BUILD: dict[str, float] = {}
-
-
-def worker_count() -> int:
-    """Processes that render pages: 2 where this process may use two cores or more, else 1
-    (``ATLAS_SITE_WORKERS=1`` asks for 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return 1 if cores < 2 or os.environ.get(WORKERS_VARIABLE, "").strip() == "1" else 2
 
 
 def write_report() -> None:
@@ -264,14 +255,14 @@ def _fork(config: Any, files: Any, render: Any) -> _Worker | None:
 
 @contextmanager
 def page_workers(workers: int | None = None) -> Iterator[None]:
-    """Inside: a clean ``mkdocs build`` renders every second page in a forked worker when
-    ``workers`` (by default :func:`worker_count`) is 2 or more; otherwise mkdocs is unchanged."""
+    """Inside: a clean ``mkdocs build`` shares its pages with a forked worker when ``workers`` (by
+    default :func:`tools.site.forked.worker_count`) is 2 or more; otherwise mkdocs is unchanged."""
     from mkdocs.commands import build as build_module
     from mkdocs.structure.pages import Page
 
     LAST_BUILD.clear()
     LAST_BUILD.update(workers=1)
-    if (workers if workers is not None else worker_count()) < 2 or not hasattr(os, "fork"):
+    if (workers if workers is not None else worker_count()) < 2:
         yield
         return
     build, populate, render = build_module.build, build_module._populate_page, Page.render

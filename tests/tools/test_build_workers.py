@@ -1,7 +1,8 @@
-"""The page worker (tools/site/page_workers.py) changes how fast a build is, never what it builds:
-the site from two processes, from one, and from two whose worker dies at once is the same, file by
-file; a warning raised by a page the worker took is shown (and counted) by the parent; one core
-means one process."""
+"""A second process (tools/site/forked.py) changes how fast a build is, never what it builds: the
+generated pages with the charts drawn by a child, by this process, or by this process after the
+child failed are the same; so is the site mkdocs builds from two processes (tools/site/page_workers.py),
+from one, and from two whose worker dies at once, file by file; a warning raised by a page the
+worker took is shown (and counted) by the parent; one core means one process."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import pytest
 from tools.bench_site import synthetic_entry
 from tools.catalog import load_catalog
 from tools.entries import write_entries
+from tools.site import build as build_module
+from tools.site import charts
 from tools.site import page_workers as workers_module
 from tools.site.build import generate_pages
 from tools.site.converter import one_converter
-from tools.site.page_workers import LAST_BUILD, page_workers, worker_count
+from tools.site.forked import worker_count
+from tools.site.page_workers import LAST_BUILD, page_workers
 
 from .conftest import EVIL, make_repo
 
@@ -39,6 +43,33 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (repo / "docs" / "zz").mkdir()
     (repo / "docs" / "zz" / "broken.md").write_text(BROKEN)  # the last folder mkdocs walks
     return repo
+
+
+def test_charts_drawn_by_a_child_make_the_same_pages(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = []
+    svg = charts._svg
+    monkeypatch.setattr(charts, "_svg", lambda figure: drawn.append(1) or svg(figure))
+
+    def generate(name: str, workers: int) -> dict[str, bytes]:
+        charts._MADE.clear()  # charts are remembered in-process: draw each time
+        drawn.clear()
+        assert generate_pages(repo, execute_notebooks=False, docs_dir=tmp_path / name, workers=workers) == 0
+        return _files(tmp_path / name)
+
+    serial = generate("serial", 1)
+    drawn_here = len(drawn)
+    assert drawn_here > 5 and any(name.endswith(".svg") for name in serial)
+    assert generate("parallel", 2) == serial
+    assert len(drawn) == 1  # only the papers-by-year chart: the child drew the results charts
+
+    def failing(*args: object) -> dict[str, str]:
+        raise RuntimeError("the child fails")
+
+    monkeypatch.setattr(build_module, "_draw_charts", failing)
+    assert generate("failed", 2) == serial
+    assert len(drawn) == drawn_here  # this process drew them after all
 
 
 def _build(repo: Path, site: Path, workers: int, caplog: pytest.LogCaptureFixture) -> list[str]:
