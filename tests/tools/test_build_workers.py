@@ -48,28 +48,31 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_charts_drawn_by_a_child_make_the_same_pages(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drawn = []
-    svg = charts._svg
+    drawn, papers = [], []
+    svg, paper_md = charts._svg, build_module.paper_md
     monkeypatch.setattr(charts, "_svg", lambda figure: drawn.append(1) or svg(figure))
+    monkeypatch.setattr(build_module, "paper_md", lambda entry, site: papers.append(1) or paper_md(entry, site))
 
     def generate(name: str, workers: int) -> dict[str, bytes]:
         charts._MADE.clear()  # charts are remembered in-process: draw each time
         drawn.clear()
+        papers.clear()
         assert generate_pages(repo, execute_notebooks=False, docs_dir=tmp_path / name, workers=workers) == 0
         return _files(tmp_path / name)
 
     serial = generate("serial", 1)
-    drawn_here = len(drawn)
-    assert drawn_here > 5 and any(name.endswith(".svg") for name in serial)
+    drawn_here, papers_here = len(drawn), len(papers)
+    assert drawn_here > 5 and any(name.endswith(".svg") for name in serial) and papers_here > 40
     assert generate("parallel", 2) == serial
-    assert len(drawn) == 1  # only the papers-by-year chart: the child drew the results charts
+    assert len(drawn) == 1  # only the papers-by-year chart: the child drew the results charts ...
+    assert len(papers) == papers_here // 2  # ... and wrote half of the paper pages
 
     def failing(*args: object) -> dict[str, str]:
         raise RuntimeError("the child fails")
 
     monkeypatch.setattr(build_module, "_draw_charts", failing)
     assert generate("failed", 2) == serial
-    assert len(drawn) == drawn_here  # this process drew them after all
+    assert len(drawn) == drawn_here and len(papers) == papers_here  # this process made them after all
 
 
 def _build(repo: Path, site: Path, workers: int, caplog: pytest.LogCaptureFixture) -> list[str]:

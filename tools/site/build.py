@@ -247,19 +247,24 @@ def all_files(
     workers: int = 1,
 ) -> dict[str, str | bytes]:
     """Every generated file; records each notebook's title and files (see :func:`notebook_files`).
-    With ``workers`` 2, a forked child draws the results charts meanwhile (the same files; drawn
-    here after all if the child fails)."""
-    charts = Forked(lambda: _draw_charts(site, sources)) if workers >= 2 else None
-    files = paper_files(site, site.catalog.entries)
-    files |= module_files(site, sources, sources.modules)
+    With ``workers`` 2, a forked child draws the results charts and writes the second half of the
+    paper pages meanwhile (the same files; made here after all if the child fails)."""
+    entries = site.catalog.entries
+    half = len(entries) // 2 if workers >= 2 else len(entries)
+    child = None
+    if half < len(entries):
+        child = Forked(lambda: (_draw_charts(site, sources), paper_files(site, entries[half:])))
+    first = paper_files(site, entries[:half])
+    modules = module_files(site, sources, sources.modules)
     notebooks = notebook_files(site, sources, sources.notebooks, titles, owned)
     notebooks |= notebooks_index_files(site, sources, titles)
     listing = listing_files(site, sources)
-    if charts is not None:
-        remember(charts.result() or {})
-    files |= node_files(site, sources, site.taxonomy.nodes())
-    files |= notebooks
-    files |= listing
+    second: dict[str, str | bytes] = {}
+    if child is not None:
+        charts, papers = child.result() or ({}, None)
+        remember(charts)
+        second = papers if papers is not None else paper_files(site, entries[half:])
+    files = first | second | modules | node_files(site, sources, site.taxonomy.nodes()) | notebooks | listing
     return files | _fixed_files(site, sources)
 
 
