@@ -99,18 +99,19 @@ def test_two_processes_build_the_serial_site(
     serial_warnings = _build(repo, tmp_path / "serial", 1, caplog)
     assert LAST_BUILD["workers"] == 1
     parallel_warnings = _build(repo, tmp_path / "parallel", 2, caplog)
-    taken = LAST_BUILD["worker_pages"]
-    assert LAST_BUILD["workers"] == 2 and 0 < taken < LAST_BUILD["pages"]  # both processes rendered pages
+    pages, rendered, built = LAST_BUILD["pages"], LAST_BUILD["worker_pages"], LAST_BUILD["worker_built"]
+    assert LAST_BUILD["workers"] == 2 and 0 < rendered < pages and 0 < built < pages  # both processes did pages
 
     def dying(*args: object) -> None:
         os._exit(3)
 
     monkeypatch.setattr(workers_module, "_child", dying)
     dead_warnings = _build(repo, tmp_path / "dead", 2, caplog)
-    assert LAST_BUILD["worker_pages"] == 0  # the parent rendered every page itself
+    assert LAST_BUILD["worker_pages"] == LAST_BUILD["worker_built"] == 0  # the parent did every page itself
 
     serial = _files(tmp_path / "serial")
     assert len(serial) > 100 and any(name.startswith("papers/synthetic") for name in serial)
+    assert b"synthetic" in serial["search/search_index.json"]
     for name in ("parallel", "dead"):
         built = _files(tmp_path / name)
         assert built.keys() == serial.keys(), name

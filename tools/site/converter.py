@@ -77,7 +77,7 @@ def one_converter() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """mkdocs' command line (``build``, ``serve``...) with :func:`one_converter`, and a clean
-    ``build`` rendering half of its pages in a second process (:mod:`tools.site.page_workers`)."""
+    ``build`` sharing its pages with a second process (:mod:`tools.site.page_workers`)."""
     from mkdocs.__main__ import cli
 
     from .page_workers import page_workers, write_report

@@ -1,23 +1,31 @@
-"""Half of a ``mkdocs build``'s Markdown rendering in a second process.
+"""A ``mkdocs build``'s two page loops shared with a second process.
 
-mkdocs reads and renders every page in one loop (``_populate_page``), then writes them; rendering
-the Markdown is about a third of a 10,000-entry build and nothing in it needs the pages before.
-Inside :func:`page_workers`, the first page of a clean ``build`` forks one worker that takes the
-pages of that loop from the last one back, while the parent renders from the first one on, until
-they meet (so each does the share its core allows). For each page the worker reads it and runs the
-plugins' ``on_pre_page`` and ``on_page_markdown`` on its own copy of the build (the state the parent
-had at the fork), then renders it and records what ``Page.render`` sets: the HTML, the table of contents, the title, the
-anchors the page holds and the links it makes to other pages' anchors, and the anchors it
-registered with autorefs. The parent still runs its whole loop in order, every plugin hook included;
-when it reaches a worker's page it takes that result instead of rendering, and replays the autorefs
-registrations there, so the plugins see what a serial build shows them.
+mkdocs reads and renders every page in one loop (``_populate_page``), then builds each page's file
+in a second (``_build_page``: the template, the search index entry, the write); at 10,000 entries
+the two loops are most of the build, and no page in them needs the ones before. Inside
+:func:`page_workers`, the first page of each loop of a clean ``build`` forks one worker that takes
+the pages from the last one back while the parent goes on from the first, until they meet (so each
+does the share its core allows). The worker starts from the parent's state at the fork.
 
-The parent renders the page itself (as a serial build does) whenever the worker could differ: the
-Markdown the worker rendered is not the one the parent's hooks produced (compared by digest), the
-render logged anything (a warning must be counted by the parent's ``--strict``) or registered an
-anchor for another page, the page has a mkdocstrings block (``:::``: its handler keeps state), or
-the worker stopped. ``serve`` (threads, dirty builds) and one-core machines stay serial, and so does
-``ATLAS_SITE_WORKERS=1`` (:mod:`tools.site.forked`). The built site is byte-identical (tests/tools/test_page_workers.py).
+Rendering: the worker reads the page and runs the plugins' ``on_pre_page`` and ``on_page_markdown``
+on its own copy, renders it and records what ``Page.render`` sets: the HTML, the table of contents,
+the title, the anchors the page holds and the links it makes to other pages' anchors, and the
+anchors it registered with autorefs. The parent still runs the whole loop in order, every hook
+included; at a worker's page it takes that result instead of rendering and replays the autorefs
+registrations there, so the plugins see what a serial build shows them. It renders the page itself
+(as a serial build does) whenever the worker could differ: the Markdown the worker rendered is not
+the one the parent's hooks produced (compared by digest), the render logged anything (a warning
+must be counted by the parent's ``--strict``) or registered an anchor for another page, the page
+has a mkdocstrings block (``:::``: its handler keeps state), or the worker stopped.
+
+Building: the worker builds its pages' files as ``_build_page`` does and sends back the search
+index entries each added, which the parent inserts where its loop reaches that page. Only where
+the plugins' ``on_page_context`` and ``on_post_page`` are the search plugin's (entries) and the
+tags plugin's (the page's context only); a page that logged anything is built again by the parent.
+
+``serve`` (threads, dirty builds) and one-core machines stay serial, and so does
+``ATLAS_SITE_WORKERS=1`` (:mod:`tools.site.forked`). The built site is byte-identical
+(tests/tools/test_build_workers.py).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
@@ -43,7 +51,7 @@ __all__ = ["LAST_BUILD", "REPORT_VARIABLE", "page_workers", "write_report"]
 
 REPORT_VARIABLE = "ATLAS_SITE_REPORT"  # a JSON file for bench-site: LAST_BUILD and this process's CPU seconds
 _log = logging.getLogger("mkdocs.tools.page_workers")
-# What the last build inside page_workers did: processes, pages, pages the worker rendered, its CPU seconds.
+# What the last build inside page_workers did: processes, pages, pages the worker rendered and built, CPU.
 LAST_BUILD: dict[str, float] = {}
 
 
@@ -78,7 +86,7 @@ class _Worker:
         self.pid, self.results_file, self.index, self.bounds, self.lock = pid, results, index, bounds, lock
         self.results: dict[str, tuple] | None = None  # read once the worker has finished
         self.running = True
-        self.rendered, self.cpu_s = 0, 0.0  # pages the parent took from the worker; the worker's CPU seconds
+        self.done, self.cpu_s = 0, 0.0  # pages the parent took from the worker; the worker's CPU seconds
 
     def claim(self, uri: str) -> bool:
         """True when the parent renders page ``uri``; False when the worker has taken it."""
@@ -199,9 +207,18 @@ def _render_in_child(page: Any, config: Any, files: Any, render: Any, said: list
             page.present_anchor_ids, links, anchors)  # fmt: skip
 
 
-def _child(results: BinaryIO, pages: list[Any], worker: _Worker, config: Any, files: Any, render: Any) -> None:
-    from mkdocs.structure.pages import Page
+def _build_in_child(file: Any, said: list[bool], build_page: Any, arguments: tuple, entries: list) -> tuple:
+    """Build (template, hooks, file) one page as ``_build_page`` does; the message for the parent:
+    the search index entries it added."""
+    config, doc_files, nav, env = arguments
+    before = len(entries)
+    said[0] = False
+    build_page(file.page, config, doc_files, nav, env, False, excluded=file.inclusion.is_excluded())
+    return ("skip", file.src_uri) if said[0] else ("page", file.src_uri, entries[before:])
 
+
+def _child(results: BinaryIO, pages: list[Any], worker: _Worker, work: Callable[[Any, list[bool]], tuple]) -> None:
+    """The worker: ``work`` on pages from the last one back until it meets the parent."""
     said, started = _quiet_child(), time.process_time()
     try:
         while True:
@@ -210,13 +227,10 @@ def _child(results: BinaryIO, pages: list[Any], worker: _Worker, config: Any, fi
                 if at < worker.bounds[0]:
                     break  # the parent has reached this page
                 worker.bounds[1] = at
-            file = pages[at]
-            if file.page is None:
-                Page(None, file, config)  # as the build loop does for pages outside the navigation
             try:
-                message = _render_in_child(file.page, config, files, render, said)
-            except Exception:  # noqa: BLE001 (the parent renders it and reports the error)
-                message = ("skip", file.src_uri)
+                message = work(pages[at], said)
+            except Exception:  # noqa: BLE001 (the parent does it and reports the error)
+                message = ("skip", pages[at].src_uri)
             pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.dump(("stopped", "done", time.process_time() - started), results)
     except BaseException as error:  # noqa: BLE001 (the parent carries on alone)
@@ -233,11 +247,8 @@ def _child(results: BinaryIO, pages: list[Any], worker: _Worker, config: Any, fi
             os._exit(0)
 
 
-def _fork(config: Any, files: Any, render: Any) -> _Worker | None:
-    """Start the worker on the pages of the build loop, from the last one back; None where it cannot start."""
-    from mkdocs.structure.files import InclusionLevel
-
-    pages = list(files.documentation_pages(inclusion=InclusionLevel.is_included))
+def _fork(pages: list[Any], work: Callable[[Any, list[bool]], tuple]) -> _Worker | None:
+    """Start a worker doing ``work`` on ``pages`` from the last one back; None where it cannot start."""
     context = multiprocessing.get_context("fork")
     try:
         results = tempfile.TemporaryFile()
@@ -249,8 +260,29 @@ def _fork(config: Any, files: Any, render: Any) -> _Worker | None:
     except OSError:
         return None
     if worker.pid == 0:
-        _child(results, pages, worker, config, files, render)
+        _child(results, pages, worker, work)
     return worker
+
+
+def _search_entries(config: Any) -> list | None:
+    """The search index's entries, when the plugins' ``on_page_context`` and ``on_post_page`` do
+    nothing the parent cannot replay (the search plugin adds entries; the tags plugin only fills
+    the page's context); else None: those pages are built by the parent alone."""
+    events = getattr(config.plugins, "events", {})
+    owners = {type(getattr(handler, "__self__", None)).__name__ for name in ("page_context", "post_page")
+              for handler in events.get(name, [])}  # fmt: skip
+    search = config.plugins.get("material/search")
+    index = getattr(search, "search_index", None)
+    if not owners <= {"SearchPlugin", "TagsPlugin"} or not isinstance(getattr(index, "entries", None), list):
+        return None
+    return index.entries
+
+
+def _stats(worker: _Worker | None) -> tuple[int, float]:
+    if worker is None:
+        return 0, 0.0
+    worker.close()
+    return worker.done, worker.cpu_s
 
 
 @contextmanager
@@ -265,41 +297,77 @@ def page_workers(workers: int | None = None) -> Iterator[None]:
     if (workers if workers is not None else worker_count()) < 2:
         yield
         return
-    build, populate, render = build_module.build, build_module._populate_page, Page.render
-    state: dict[str, Any] = {"armed": False, "worker": None}
+    build, populate, build_page, render = (
+        build_module.build, build_module._populate_page, build_module._build_page, Page.render
+    )  # fmt: skip
+    state: dict[str, Any] = {"armed": set(), "renderer": None, "builder": None}
 
     def populate_sharing(page: Any, config: Any, files: Any, dirty: bool = False) -> None:
-        if state["armed"]:
-            state["armed"] = False  # one fork per build, at its first page
-            state["worker"] = _fork(config, files, render)
+        if "populate" in state["armed"]:
+            state["armed"].discard("populate")  # one fork per build, at its first page
+            from mkdocs.structure.files import InclusionLevel
+
+            def work(file: Any, said: list[bool]) -> tuple:
+                if file.page is None:
+                    Page(None, file, config)  # as the build loop does for pages outside the navigation
+                return _render_in_child(file.page, config, files, render, said)
+
+            state["renderer"] = _fork(list(files.documentation_pages(inclusion=InclusionLevel.is_included)), work)
         return populate(page, config, files, dirty)
 
     def render_sharing(page: Any, config: Any, files: Any) -> None:
-        worker = state["worker"]
+        worker = state["renderer"]
         uri = page.file.src_uri
         message = worker.result(uri) if worker is not None and not worker.claim(uri) else None
         if message is None or message[0] != "page" or not _apply(message, page, files, _autorefs(config)):
             return render(page, config, files)
-        worker.rendered += 1
+        worker.done += 1
+
+    def build_page_sharing(
+        page: Any, config: Any, doc_files: Any, nav: Any, env: Any, dirty: bool = False, excluded: bool = False
+    ) -> None:
+        entries = _search_entries(config)
+        if "build" in state["armed"] and not dirty and not excluded:
+            state["armed"].discard("build")
+            if state["renderer"] is not None:
+                state["renderer"].close()  # done: every page is rendered
+            if entries is not None:
+                arguments = (config, doc_files, nav, env)
+                state["builder"] = _fork(
+                    list(doc_files), lambda file, said: _build_in_child(file, said, build_page, arguments, entries)
+                )
+        worker = state["builder"]
+        message = (
+            worker.result(page.file.src_uri) if worker is not None and not worker.claim(page.file.src_uri) else None
+        )
+        if message is None or message[0] != "page" or entries is None:
+            return build_page(page, config, doc_files, nav, env, dirty, excluded)
+        entries.extend(message[2])  # the file is written; its search entries go where they belong
+        worker.done += 1
 
     def build_sharing(config: Any, *, serve_url: str | None = None, dirty: bool = False) -> None:
-        state["armed"] = not serve_url and not dirty
+        state["armed"] = {"populate", "build"} if not serve_url and not dirty else set()
         LAST_BUILD.clear()
         LAST_BUILD.update(workers=1)
         try:
             return build(config, serve_url=serve_url, dirty=dirty)
         finally:
-            state["armed"] = False
-            worker, state["worker"] = state["worker"], None
-            if worker is not None:
-                worker.close()
-                LAST_BUILD.update(workers=2, pages=len(worker.index), worker_pages=worker.rendered,
-                                  worker_cpu_s=round(worker.cpu_s, 2))  # fmt: skip
-                _log.info(f"page worker: rendered {worker.rendered} of {len(worker.index)} pages "
-                          f"({worker.cpu_s:.1f} s CPU)")  # fmt: skip
+            state["armed"] = set()
+            renderer, builder = state["renderer"], state["builder"]
+            state["renderer"] = state["builder"] = None
+            if renderer is not None or builder is not None:
+                pages = len((renderer or builder).index)
+                (rendered, render_cpu_s), (built, build_cpu_s) = _stats(renderer), _stats(builder)
+                LAST_BUILD.update(workers=2, pages=pages, worker_pages=rendered, worker_cpu_s=round(render_cpu_s, 2),
+                                  worker_built=built, worker_build_cpu_s=round(build_cpu_s, 2))  # fmt: skip
+                _log.info(f"page worker: rendered {rendered} and built {built} of {pages} pages "
+                          f"({render_cpu_s + build_cpu_s:.1f} s CPU)")  # fmt: skip
 
-    build_module.build, build_module._populate_page, Page.render = build_sharing, populate_sharing, render_sharing
+    patched = (build_sharing, populate_sharing, build_page_sharing, render_sharing)
+    build_module.build, build_module._populate_page, build_module._build_page, Page.render = patched
     try:
         yield
     finally:
-        build_module.build, build_module._populate_page, Page.render = build, populate, render
+        build_module.build, build_module._populate_page, build_module._build_page, Page.render = (
+            build, populate, build_page, render
+        )  # fmt: skip
