@@ -140,3 +140,44 @@ def test_one_core_or_the_variable_means_one_process(monkeypatch: pytest.MonkeyPa
     with page_workers(2):
         assert Page.render is not render
     assert Page.render is render and build_module.build is build
+
+
+def test_pages_are_built_by_the_parent_alone_when_another_plugin_hooks_them() -> None:
+    """The worker's files are only the parent's when every per-page hook's effect is replayed."""
+
+    class SearchPlugin:
+        def __init__(self) -> None:
+            self.search_index = type("Index", (), {"entries": []})()
+
+        def on_page_context(self) -> None: ...
+
+    class OtherPlugin:
+        def on_post_page(self) -> None: ...
+
+    class Plugins(dict):
+        events: dict[str, list] = {}
+
+    search = SearchPlugin()
+    plugins = Plugins({"material/search": search})
+    plugins.events = {"page_context": [search.on_page_context], "post_page": []}
+    config = type("Config", (), {"plugins": plugins})()
+    assert workers_module._search_entries(config) is search.search_index.entries
+    plugins.events["post_page"].append(OtherPlugin().on_post_page)
+    assert workers_module._search_entries(config) is None
+
+
+def test_a_process_running_threads_stays_serial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` runs threads: a child forked from it could start with a lock another thread held."""
+    import threading
+
+    monkeypatch.delenv("ATLAS_SITE_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert worker_count() == 1
+    finally:
+        stop.set()
+        thread.join()
+    assert worker_count() == 2
