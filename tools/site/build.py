@@ -27,8 +27,9 @@ from .allpapers import INDEX, all_papers_md, papers_index_json
 from .allpapers import PAGE as ALL_PAPERS
 from .changes import FEED, atom_feed, changes_md
 from .changes import PAGE as CHANGES
-from .charts import stage_year_chart
+from .charts import remember, remembered, stage_year_chart
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
+from .forked import Forked, worker_count
 from .graph import Graph
 from .history import History, load_history
 from .implementations import discover_modules, families_by_module, implementations_index_md, module_md
@@ -95,23 +96,35 @@ def paper_files(site: SiteData, entries: Iterable[Entry]) -> dict[str, str | byt
     return {paper_page(entry.key): paper_md(entry, site) for entry in entries}
 
 
+def _node_results(node: Node, sources: Sources, assets: dict[str, str]) -> str:
+    """The results a node's page shows (their charts go into ``assets``)."""
+    page = node_page(node)
+    ids = {n.id for n in node.descendants()}
+    shown = [data for data in sources.results if ids & set(data["families"])]
+    if node.children:
+        # A topic or stage links to its families' results instead of repeating every table.
+        return results_links_md(node, shown, page)
+    return "\n".join(
+        results_md(data, page, assets, family=node.id, indexed=False, styles=sources.styles) for data in shown
+    )
+
+
 def node_files(site: SiteData, sources: Sources, nodes: Iterable[Node]) -> dict[str, str | bytes]:
     """Taxonomy node pages, with the charts of the results they show."""
     files: dict[str, str | bytes] = {}
     assets: dict[str, str] = {}
     for node in nodes:
-        page = node_page(node)
-        ids = {n.id for n in node.descendants()}
-        shown = [data for data in sources.results if ids & set(data["families"])]
-        if node.children:
-            # A topic or stage links to its families' results instead of repeating every table.
-            results_text = results_links_md(node, shown, page)
-        else:
-            results_text = "\n".join(
-                results_md(data, page, assets, family=node.id, indexed=False, styles=sources.styles) for data in shown
-            )
-        files[page] = node_md(node, site, sources.modules, results_text)
+        files[node_page(node)] = node_md(node, site, sources.modules, _node_results(node, sources, assets))
     return files | assets
+
+
+def _draw_charts(site: SiteData, sources: Sources) -> dict[str, str]:
+    """Every results chart of the node pages and the results index (:func:`all_files` has a forked
+    child draw them while it writes the other pages); returns them as :func:`remembered` does."""
+    for node in site.taxonomy.nodes():
+        _node_results(node, sources, {})
+    results_index_md(sources.results, {})
+    return remembered()
 
 
 def module_files(site: SiteData, sources: Sources, modules: Iterable[str]) -> dict[str, str | bytes]:
@@ -226,21 +239,38 @@ def _fixed_files(site: SiteData, sources: Sources) -> dict[str, str | bytes]:
 
 
 def all_files(
-    site: SiteData, sources: Sources, titles: dict[str, str], owned: dict[str, set[str]] | None = None
+    site: SiteData,
+    sources: Sources,
+    titles: dict[str, str],
+    owned: dict[str, set[str]] | None = None,
+    *,
+    workers: int = 1,
 ) -> dict[str, str | bytes]:
-    """Every generated file; records each notebook's title and files (see :func:`notebook_files`)."""
-    files = paper_files(site, site.catalog.entries)
-    files |= module_files(site, sources, sources.modules)
-    files |= node_files(site, sources, site.taxonomy.nodes())
-    files |= notebook_files(site, sources, sources.notebooks, titles, owned)
-    files |= notebooks_index_files(site, sources, titles)
-    files |= listing_files(site, sources)
+    """Every generated file; records each notebook's title and files (see :func:`notebook_files`).
+    With ``workers`` 2, a forked child draws the results charts and writes the second half of the
+    paper pages meanwhile (the same files; made here after all if the child fails)."""
+    entries = site.catalog.entries
+    half = len(entries) // 2 if workers >= 2 else len(entries)
+    child = None
+    if half < len(entries):
+        child = Forked(lambda: (_draw_charts(site, sources), paper_files(site, entries[half:])))
+    first = paper_files(site, entries[:half])
+    modules = module_files(site, sources, sources.modules)
+    notebooks = notebook_files(site, sources, sources.notebooks, titles, owned)
+    notebooks |= notebooks_index_files(site, sources, titles)
+    listing = listing_files(site, sources)
+    second: dict[str, str | bytes] = {}
+    if child is not None:
+        charts, papers = child.result() or ({}, None)
+        remember(charts)
+        second = papers if papers is not None else paper_files(site, entries[half:])
+    files = first | second | modules | node_files(site, sources, site.taxonomy.nodes()) | notebooks | listing
     return files | _fixed_files(site, sources)
 
 
-def _pages(catalog: Catalog, root: Path, execute_notebooks: bool) -> dict[str, str | bytes]:
+def _pages(catalog: Catalog, root: Path, execute_notebooks: bool, workers: int) -> dict[str, str | bytes]:
     sources = Sources(root, execute_notebooks)
-    return all_files(sources.site(catalog), sources, {})
+    return all_files(sources.site(catalog), sources, {}, workers=workers)
 
 
 def write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes], removed: set[str] | None = None) -> int:
@@ -280,12 +310,18 @@ def write_changed(root: Path, docs_dir: Path, files: dict[str, str | bytes], rem
 
 
 def generate_pages(
-    root: Path, *, execute_notebooks: bool = True, docs_dir: Path | None = None, incremental: bool = False
+    root: Path,
+    *,
+    execute_notebooks: bool = True,
+    docs_dir: Path | None = None,
+    incremental: bool = False,
+    workers: int | None = None,
 ) -> int:
     """Validate, then write every generated page into ``docs/``; on any error write nothing.
 
     By default each generated part of ``docs/`` is swapped whole; ``incremental`` (for ``serve``)
-    rewrites only the files that changed instead."""
+    rewrites only the files that changed instead. ``workers`` (by default as many as
+    :func:`~tools.site.forked.worker_count` allows) 2: the results charts are drawn in a second process."""
     docs_dir = docs_dir or root / "docs"
     catalog = load_catalog(root)
     if catalog.errors:
@@ -294,7 +330,7 @@ def generate_pages(
         print(f"build: {len(catalog.errors)} error(s); nothing was written", file=sys.stderr)
         return 1
     try:
-        files = _pages(catalog, root, execute_notebooks)
+        files = _pages(catalog, root, execute_notebooks, worker_count() if workers is None else workers)
     except ValueError as error:
         print(f"build: {error}; nothing was written", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["stage_year_chart", "results_chart", "series_styles"]
+__all__ = ["stage_year_chart", "results_chart", "series_styles", "remembered", "remember"]
 
 # Colour-blind-safe colours (Okabe-Ito, then Tol's muted) times marker shapes: 10 x 6 distinct styles.
 _COLOURS = (
@@ -62,6 +62,16 @@ def _remembered(function: Callable[..., str]) -> Callable[..., str]:
         return _MADE[digest]
 
     return wrapper
+
+
+def remembered() -> dict[str, str]:
+    """The charts drawn in this process so far (by a digest of their arguments)."""
+    return dict(_MADE)
+
+
+def remember(charts: dict[str, str]) -> None:
+    """Keep charts drawn by another process (:func:`remembered` there) as if drawn here."""
+    _MADE.update(charts)
 
 
 def _svg(figure) -> str:

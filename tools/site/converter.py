@@ -76,14 +76,19 @@ def one_converter() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """mkdocs' command line (``build``, ``serve``...) with :func:`one_converter`."""
+    """mkdocs' command line (``build``, ``serve``...) with :func:`one_converter`, and a clean
+    ``build`` sharing its pages with a second process (:mod:`tools.site.page_workers`)."""
     from mkdocs.__main__ import cli
 
-    with one_converter():
+    from .page_workers import page_workers, write_report
+
+    with one_converter(), page_workers():
         try:
             cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="mkdocs", standalone_mode=True)
         except SystemExit as stop:  # click ends every run this way (None and 0: success)
             return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+        finally:
+            write_report()
     return 0
 
 
