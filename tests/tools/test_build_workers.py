@@ -123,11 +123,15 @@ def test_two_processes_build_the_serial_site(
 
 
 def test_one_core_or_the_variable_means_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
     from mkdocs.commands import build as build_module
     from mkdocs.structure.pages import Page
 
     monkeypatch.delenv("ATLAS_SITE_WORKERS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    # no other thread (the thread rule has its own test; an earlier test may leave one running)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     assert worker_count() == 2
     monkeypatch.setenv("ATLAS_SITE_WORKERS", "1")
     assert worker_count() == 1
@@ -180,4 +184,5 @@ def test_a_process_running_threads_stays_serial(monkeypatch: pytest.MonkeyPatch)
     finally:
         stop.set()
         thread.join()
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # as if no test had left a thread running
     assert worker_count() == 2
