@@ -51,6 +51,12 @@ def test_seed_lists_are_compact_and_shown_under_the_table():
     assert _error_bar_heights(svg) == 1
 
 
+def _page_and_header(data: dict) -> tuple[str, str]:
+    """The rendered page (Markdown escapes removed) and its table's header row."""
+    page = results_md(data, "families/x.md", {}).replace("\\", "")
+    return page, next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
+
+
 def test_an_interval_column_is_shown_in_its_metrics_cell():
     data = _results(
         [
@@ -59,8 +65,7 @@ def test_an_interval_column_is_shown_in_its_metrics_cell():
             {"key": "acc_ci", "label": "± 95% CI", "unit": "%", "digits": 1},
         ]
     )
-    page = results_md(data, "families/x.md", {}).replace("\\", "")
-    header = next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
+    page, header = _page_and_header(data)
     assert header.count("|") == 3 and "Accuracy (%) ± 95% CI" in header  # two columns, not three
     assert "80.0 ± 4.0" in page and "90.0 ± 1.5" in page
 
@@ -73,7 +78,6 @@ def test_a_range_over_seeds_is_shown_in_one_cell():
             {"key": "acc_high", "label": "highest seed", "unit": "%", "digits": 1},
         ]
     )
-    page = results_md(data, "families/x.md", {}).replace("\\", "")
-    header = next(line for line in page.splitlines() if line.startswith("|") and "Budget" in line)
+    page, header = _page_and_header(data)
     assert header.count("|") == 3 and "Accuracy, lowest - highest seed (%)" in header  # two columns, not three
     assert "71.0 – 86.5" in page and "88.0 – 92.0" in page
