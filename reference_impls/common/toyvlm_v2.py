@@ -257,7 +257,7 @@ def load_toyvlm_v2(path: str | os.PathLike | None = None) -> ToyVLMv2:
     """Load a ToyVLM v2 bundle (default: the committed v2 checkpoint), eval mode, sdpa attention."""
     path = Path(path) if path is not None else CHECKPOINT_DIR_V2
     if not (path / "manifest.json").exists():
-        raise FileNotFoundError(f"no ToyVLM v2 checkpoint at {path} (train one: make toyvlm-v2)")
+        raise FileNotFoundError(f"no ToyVLM v2 checkpoint at {path} (train one: make toyvlm)")
     vocab = Vocab(tuple(json.loads((path / "vocab.json").read_text())))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa").eval()
     model.generation_config.pad_token_id = vocab.pad

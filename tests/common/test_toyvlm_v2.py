@@ -269,3 +269,15 @@ def test_vision_stage_trains_the_tower_alone():
     assert not torch.equal(
         bundle.model.model.visual.merger.mlp[0].weight, fresh.model.model.visual.merger.mlp[0].weight
     )
+
+
+def test_committed_checkpoint_reproduces_its_manifest():
+    """The committed v2 checkpoint is the model its manifest describes: its held-out exact match on
+    the short suite (the manifest's 64 final samples, indices 12..75) is recomputed exactly, and the
+    held-out seeds are not the training seed."""
+    committed = load_toyvlm_v2()
+    manifest = committed.manifest
+    assert manifest["training_seed"] == TRAIN_SEED not in manifest["held_out_seeds"].values()
+    assert manifest["held_out_seeds"] == {name: suite.seed for name, suite in SUITES.items()}
+    n = manifest["held_out_n"]["per_suite"]
+    assert committed.exact_match(suite_samples("short", n, start=12)) == manifest["held_out_exact_match"]["short"]
