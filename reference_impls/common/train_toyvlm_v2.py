@@ -153,7 +153,7 @@ held-out exact match (64 per suite, stress 16): short 0.75, long 0.28, multi_ima
 0.0. So five times the steps of ``c`` raised short from 0.44 to 0.75 (needles over 16 images of 64
 tokens now mostly work), and what stays near zero is aggregation over many images (count,
 ``where``, ``tally_all``) and the video kinds that compare frames (motion, still, events). The
-checkpoint is not committed (goals not met). Resumed from it for 250 more steps of ``c`` (lr 3e-4,
+checkpoint is the committed one (see Status above). Resumed from it for 250 more steps of ``c`` (lr 3e-4,
 vision lr 1e-3, fresh auxiliary heads; a throwaway script, 17 min): phase
 held-out 0.60 -> 0.69, final short 0.77 (0.75), long 0.25 (0.28), count 0.36, describe 0.08,
 ``tally_all`` 0.0. More steps of the same recipe barely move it: what fails (aggregation over many
