@@ -26,7 +26,8 @@ method decodes until ``<eos>`` (at most ``--max-new-tokens``), answer accuracy i
 of the whole reply, strict modes must stay identical to greedy, and each method's row carries
 its draft's forward cost relative to the target's (:func:`draft_cost`), with one more draft: the
 first quarter of the layers on 10% of the visual tokens. Results go to
-``speculative-toyvlm-v2-<suite>.json``.
+``speculative-toyvlm-v2-<suite>.json``. :func:`run_chat` takes another set of drafts
+(``drafts``): :mod:`reference_impls.bench.speculative_distilled` runs its twig drafts through it.
 """
 
 from __future__ import annotations

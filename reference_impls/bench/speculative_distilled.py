@@ -20,7 +20,18 @@ means over seeds with 95% intervals and the twig is compared with every other dr
 over seeds (``speculative-distilled-toyvlm-tests.json``).
 
 The twig drafts are the committed checkpoints of ``python -m reference_impls.decoding.train_twig``
-(``--target captioner`` / ``--target toyvlm``).
+(``--target captioner`` / ``--target toyvlm`` / ``--target toyvlm-v2``).
+
+``--suite long`` (any of :data:`reference_impls.common.chat_scenes.SUITES`; ``--checkpoint``, ``--twig``)
+runs on ToyVLM v2 instead, whose chat-layout replies run to 5-20 tokens, with the protocol of
+``python -m reference_impls.bench.speculative --suite`` (:func:`~reference_impls.bench.speculative.run_chat`,
+the same loop, rows and draft-cost column): greedy, the ToyVLM v2 twig and the training-free early
+exits at its shared depth and at its full depth (the untrained twig), each draft on 100% and 10% of
+the visual tokens, strict verification (outputs must equal greedy). Reported: mean accepted length,
+end-to-end and decode-phase speed-up over greedy, the draft's forward cost relative to the target's,
+exact match of the whole reply; paired tests against greedy and between the twigs and the other
+drafts. Results go to ``speculative-distilled-toyvlm-v2-<suite>.json`` (+ ``-tests.json``). Seeds 1
+and 2 (the twig's held-out check and its training prompts) cannot be reported.
 """
 
 from __future__ import annotations
