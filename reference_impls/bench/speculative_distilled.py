@@ -314,7 +314,7 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
         command=command_line("reference_impls.bench.speculative_distilled", argv),
         families=[AWARE, FREE],
         columns=seeded.interval_columns(
-            speculative.CHAT_COLUMNS, ("speedup", "decode_speedup", "mean_accepted_length", "draft_cost")
+            speculative.CHAT_COLUMNS, ("speedup", "decode_speedup", "mean_accepted_length", "draft_cost", "accuracy")
         ),
         rows=rows,
         plots=[Plot(x="mean_accepted_length", y="speedup", group="method", title="Speed-up vs mean accepted length")],
@@ -339,7 +339,9 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
                 for keep, d in agreement.items()
             )
             + ". Drafts see 100% or 10% of the visual tokens, pruned uniformly per image; strict verification, 4 "
-            "draft tokens per step, so outputs must be identical to greedy. 'Draft forward / target forward': median "
+            "draft tokens per step, so outputs must be identical to greedy (identical column); answer accuracy is the "
+            "exact match of the whole reply and <eos>. Mean accepted length: tokens emitted per target verification "
+            "forward (the first token, from the prefill, not counted). 'Draft forward / target forward': median "
             "time of one draft forward over one new token after its own prefill over the target's (first sample of "
             f"each seed). Seeds {', '.join(map(str, seeds.tuning))} (the twig's held-out check and training data) "
             f"are not reported. Paired tests over seeds ({result_id}-tests): every draft against greedy (speed-ups, "

@@ -124,7 +124,7 @@ def test_save_load_round_trip(target, trained, tmp_path):
         TwigSpeculativeDecoding(draft_layers=1)
 
 
-@pytest.mark.parametrize("name", ["captioner", "toyvlm"])
+@pytest.mark.parametrize("name", ["captioner", "toyvlm", "toyvlm-v2"])
 def test_committed_checkpoint_loads(name):
     path = CHECKPOINTS / f"twig-{name}"
     if not (path / "manifest.json").exists():
@@ -133,6 +133,10 @@ def test_committed_checkpoint_loads(name):
         from reference_impls.hallucination.train_captioner import load_captioner
 
         model = load_captioner()[0]
+    elif name == "toyvlm-v2":
+        from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+
+        model = load_toyvlm_v2().model
     else:
         from reference_impls.common.toyvlm import load_toyvlm
 
