@@ -143,4 +143,5 @@ def test_committed_checkpoint_loads(name):
         model = load_toyvlm().model
     draft = load_twig(model, path)
     assert draft.model.language_model.layers[0] is model.model.language_model.layers[0]
-    assert (path / "twig.safetensors").stat().st_size < 1_000_000
+    limit = 2_000_000 if name == "toyvlm-v2" else 1_000_000  # a v2 layer (hidden 192) in float32: 1.7 MB
+    assert (path / "twig.safetensors").stat().st_size < limit
