@@ -102,6 +102,7 @@ def test_suite_bench_writes_results(trained, tmp_path):
         "greedy",
         *(f"{name}, {keep} visual" for keep in ("100%", "10%") for name in ("twig", "early exit 1 layer")),
         *(f"early exit 2 layers, {keep} visual" for keep in ("100%", "10%")),
+        "twig, 10% visual, 2 draft tokens",
     }
     assert rows["greedy"]["draft_cost"] == 1.0 and rows["greedy"]["setting"] == "long"
     for name, row in rows.items():
