@@ -53,6 +53,7 @@ __all__ = [
     "Setting",
     "chat_setting",
     "draft_cost",
+    "chat_arguments",
     "evaluate_chat_seed",
     "load_setting",
     "method_family",
@@ -411,18 +412,23 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
     return results
 
 
-def main(argv: list[str] | None = None) -> Results:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
-    parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
-    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+def chat_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--suite``, ``--checkpoint`` and ``--max-new-tokens``: the ToyVLM v2 run of a speculative benchmark."""
     parser.add_argument(
-        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+        "--suite", default=None, choices=sorted(SUITES), help=f"run on ToyVLM v2's held-out suite (default: {default})"
     )
     parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     parser.add_argument(
         "--max-new-tokens", type=int, default=REPLY, help="ToyVLM v2: decoding stops here without <eos>"
     )
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
+    parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    chat_arguments(parser, "ToyVLM v1")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     if args.suite is not None:

@@ -364,19 +364,10 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
     parser.add_argument("--captions", type=int, default=20, help="held-out captioner scenes drawn per seed")
     parser.add_argument("--vqa", type=int, default=20, help="held-out ToyVLM questions drawn per seed")
-    parser.add_argument(
-        "--suite",
-        default=None,
-        choices=sorted(SUITES),
-        help="run on ToyVLM v2's held-out suite (default: v1 + captioner)",
-    )
+    speculative.chat_arguments(parser, "ToyVLM v1 and the captioner")
     parser.add_argument("-n", type=int, default=8, help="ToyVLM v2: samples drawn per seed")
-    parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     parser.add_argument(
         "--twig", default=str(CHECKPOINTS / "twig-toyvlm-v2"), help="ToyVLM v2 twig checkpoint folder (with --suite)"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=speculative.REPLY, help="ToyVLM v2: decoding stops here without <eos>"
     )
     seeded.seed_arguments(parser)
     parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
