@@ -22,11 +22,15 @@ v2 itself trained on seed 0 and was evaluated on the suite's streams 0-75. Neith
 accepts seed 1 or 2 as a reported seed (they are their tuning seeds).
 
 Layers of the ToyVLM v2 twig: 1 shared layer + 1 twig layer (a 2-layer draft, 1/3 of the target's
-layers). A one-token decoding forward of ToyVLM v2 truncated to 1, 2, 3 and 6 layers took 0.96, 1.42,
-2.02 and 3.37 ms on this CPU (one thread, 1,101-token prompt): a fixed per-call cost makes a
-2-layer draft cost ~0.42 of the target at full visual tokens, a 3-layer one ~0.6, so 2 + 1 or 3 + 1
-could not pay for itself with 4 draft tokens per verification. The draft also runs on 10% of the
-visual tokens (trained on both, ``visual_keeps`` (1.0, 0.1)) to shorten its prefill and cache.
+layers). Before choosing, a one-token decoding forward of ToyVLM v2 truncated to 1, 2, 3 and 6 layers
+took 0.96, 1.42, 2.02 and 3.37 ms (mean of 30 sequential forwards, one thread, 1,101-token prompt,
+``speculative_distilled.forward_ms``): a fixed per-call cost made a 2-layer draft ~0.42 of the target
+and a 3-layer one ~0.6, so 2 + 1 or 3 + 1 could not pay for itself with 4 draft tokens per
+verification. (The benchmark's own ratio, medians of interleaved pairs, later put the 2-layer drafts
+at 0.19-0.28 of the target: see ``speculative-distilled-toyvlm-v2-long``.) The draft also runs on
+10% of the visual tokens (trained on both, ``visual_keeps`` (1.0, 0.1)) to shorten its prefill and
+cache. The committed twig was trained with ``-n 300 --steps 300 --held-out 64`` (not the defaults
+1,000 / 400 / 200): the collated 16-image prompts take ~20 MB each in memory and the CPU was shared.
 """
 
 from __future__ import annotations
