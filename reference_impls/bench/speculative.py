@@ -26,7 +26,8 @@ method decodes until ``<eos>`` (at most ``--max-new-tokens``), answer accuracy i
 of the whole reply, strict modes must stay identical to greedy, and each method's row carries
 its draft's forward cost relative to the target's (:func:`draft_cost`), with one more draft: the
 first quarter of the layers on 10% of the visual tokens. Results go to
-``speculative-toyvlm-v2-<suite>.json``.
+``speculative-toyvlm-v2-<suite>.json``. :func:`run_chat` takes another set of drafts
+(``drafts``): :mod:`reference_impls.bench.speculative_distilled` runs its twig drafts through it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -45,8 +47,21 @@ from reference_impls.common.results import Column, Plot, Results, command_line
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding._speculative_prompt import crop, encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
+from reference_impls.registry import all_methods
 
-__all__ = ["Setting", "chat_setting", "draft_cost", "load_setting", "random_setting", "ignoring_eos", "main"]
+__all__ = [
+    "Setting",
+    "chat_setting",
+    "draft_cost",
+    "chat_arguments",
+    "evaluate_chat_seed",
+    "load_setting",
+    "method_family",
+    "random_setting",
+    "run_chat",
+    "ignoring_eos",
+    "main",
+]
 
 LONG = 16
 REPLY = 24
@@ -187,9 +202,13 @@ def draft_cost(method: SpeculativeDecoding, model: torch.nn.Module, inputs: dict
     return draft / target
 
 
-def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
-    """Decode every sample with greedy and each method; one row per method."""
-    model, named = setting.model, methods(setting)
+Drafts = dict[str, tuple[str, str, SpeculativeDecoding]]
+"""Method name -> (draft description, verification description, method), as :func:`methods` returns."""
+
+
+def run(setting: Setting, max_new_tokens: int, label: str, named: Drafts | None = None) -> list[dict]:
+    """Decode every sample with greedy and each method (default: :func:`methods`); one row per method."""
+    model, named = setting.model, methods(setting) if named is None else named
     greedy_seconds, greedy_tokens = [0.0, 0.0], []  # (end to end, decode phase)
     seconds = {name: [0.0, 0.0] for name in named}
     outputs = {name: [] for name in named}
@@ -210,14 +229,17 @@ def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
             outputs[name].append(result.tokens)
             lengths[name] += result.stats["accepted_lengths"]
             first[name] += method.draft_first_token(model, inputs) == greedy_tokens[-1][0]
-    rows = [_row(setting, label, "greedy", "-", "-", greedy_tokens, greedy_tokens, greedy_seconds, greedy_seconds, [])]
+    rows = [
+        _row(setting, label, "greedy", "", "-", "-", greedy_tokens, greedy_tokens, greedy_seconds, greedy_seconds, [])
+    ]
     rows[0]["draft_first_token"] = ""
-    for name, (draft, verification, _) in named.items():
+    for name, (draft, verification, method) in named.items():
         rows.append(
             _row(
                 setting,
                 label,
                 name,
+                method_family(method),
                 draft,
                 verification,
                 outputs[name],
@@ -231,7 +253,12 @@ def run(setting: Setting, max_new_tokens: int, label: str) -> list[dict]:
     return rows
 
 
-def _row(setting, label, name, draft, verification, outputs, greedy, seconds, greedy_seconds, lengths) -> dict:
+def method_family(method: SpeculativeDecoding) -> str:
+    """The taxonomy family ``method``'s class is registered under (e.g. a twig: training-aware)."""
+    return next(spec.family for spec in all_methods("decoding") if spec.target is type(method))
+
+
+def _row(setting, label, name, family, draft, verification, outputs, greedy, seconds, greedy_seconds, lengths) -> dict:
     agree = sum(sum(a == b for a, b in zip(out, ref)) for out, ref in zip(outputs, greedy))
     total = sum(max(len(out), len(ref)) for out, ref in zip(outputs, greedy))
     accuracy = ""
@@ -242,7 +269,7 @@ def _row(setting, label, name, draft, verification, outputs, greedy, seconds, gr
     return {
         "setting": label,
         "method": name,
-        "family": "" if name == "greedy" else "speculative-training-free",
+        "family": family,
         "draft": draft,
         "verification": verification,
         "mean_accepted_length": round(sum(lengths) / len(lengths), 2) if lengths else 1.0,
@@ -298,37 +325,56 @@ def evaluate_seed(n: int, seed: int, path: str | None = None) -> tuple[list[dict
     return rows, setting.name, len(long.inputs)
 
 
-def evaluate_chat_seed(bundle, n: int, seed: int, suite: str, max_new_tokens: int = REPLY) -> list[dict]:
-    """Greedy and every method on ``n`` held-out samples of ToyVLM v2's ``suite`` drawn from
-    ``seed``, decoding until ``<eos>``; each method's row carries its draft's forward cost
-    relative to the target's (:func:`draft_cost`, on the first sample)."""
+def evaluate_chat_seed(
+    bundle,
+    n: int,
+    seed: int,
+    suite: str,
+    max_new_tokens: int = REPLY,
+    drafts: Callable[[Setting], Drafts] = methods,
+) -> list[dict]:
+    """Greedy and every method of ``drafts(setting)`` on ``n`` held-out samples of ToyVLM v2's
+    ``suite`` drawn from ``seed``, decoding until ``<eos>``; each method's row carries its draft's
+    forward cost relative to the target's (:func:`draft_cost`, on the first sample)."""
     setting = chat_setting(bundle, bundle.samples(n, seed, suite), f"ToyVLM v2 ({suite} suite)")
-    rows = run(setting, max_new_tokens=max_new_tokens, label=suite)
-    named = methods(setting)
+    named = drafts(setting)
+    rows = run(setting, max_new_tokens=max_new_tokens, label=suite, named=named)
     for row in rows:
         method = named.get(row["method"])
         row["draft_cost"] = 1.0 if method is None else round(draft_cost(method[2], setting.model, setting.inputs[0]), 3)
     return rows
 
 
-def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | None) -> Results:
-    """The ``--suite`` run: ToyVLM v2, replies decoded until ``<eos>`` (see :func:`evaluate_chat_seed`)."""
-    bundle, suite = load_toyvlm_v2(args.checkpoint), args.suite
-    n = 4 if args.quick else args.n
+CHAT_COLUMNS = [*COLUMNS[:4], Column("draft_cost", "Draft forward / target forward", "x", 2), *COLUMNS[4:]]
+"""Columns of a ToyVLM v2 (``--suite``) results file."""
+
+
+def run_chat(
+    bundle, suite: str, n: int, seeds: seeded.Seeds, max_new_tokens: int, drafts: Callable[[Setting], Drafts] = methods
+) -> tuple[list[dict], list[dict], list[dict], list[float]]:
+    """:func:`evaluate_chat_seed` over the reported seeds: ``(per-seed rows, summary rows, paired
+    tests of speed-ups and accepted lengths against greedy, seconds per seed)``; prints the summary."""
     per_seed, seconds = seeded.run_seeds(
-        lambda seed: evaluate_chat_seed(bundle, n, seed, suite, args.max_new_tokens),
+        lambda seed: evaluate_chat_seed(bundle, n, seed, suite, max_new_tokens, drafts),
         seeds.reported,
         log=lambda *a: print(*a, flush=True),
     )
     rows = seeded.summarise(per_seed, ("setting", "method"), METRICS + ("draft_cost",))
-    columns = [*COLUMNS[:4], Column("draft_cost", "Draft forward / target forward", "x", 2), *COLUMNS[4:]]
     for row in rows:
-        print(" | ".join(f"{row[c.key]}" for c in columns))
+        print(" | ".join(f"{row[c.key]}" for c in CHAT_COLUMNS))
     tests = [
         test
         for metric in ("speedup", "decode_speedup", "mean_accepted_length")
         for test in seeded.paired_tests(per_seed, metric, "greedy", within=("setting",))
     ]
+    return per_seed, rows, tests, seconds
+
+
+def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | None) -> Results:
+    """The ``--suite`` run: ToyVLM v2, replies decoded until ``<eos>`` (see :func:`evaluate_chat_seed`)."""
+    bundle, suite = load_toyvlm_v2(args.checkpoint), args.suite
+    n = 4 if args.quick else args.n
+    _, rows, tests, seconds = run_chat(bundle, suite, n, seeds, args.max_new_tokens)
     result_id = f"speculative-toyvlm-v2-{suite}"
     trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     results = Results(
@@ -336,7 +382,9 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
         title=f"Speculative decoding with pruned and early-exit drafts on ToyVLM v2 ({suite} suite)",
         command=command_line("reference_impls.bench.speculative", argv),
         families=["speculative-training-free"],
-        columns=seeded.interval_columns(columns, ("speedup", "decode_speedup", "mean_accepted_length", "accuracy")),
+        columns=seeded.interval_columns(
+            CHAT_COLUMNS, ("speedup", "decode_speedup", "mean_accepted_length", "accuracy")
+        ),
         rows=rows,
         plots=[Plot(x="mean_accepted_length", y="speedup", group="method", title="Speed-up vs mean accepted length")],
         notes=(
@@ -364,18 +412,23 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
     return results
 
 
-def main(argv: list[str] | None = None) -> Results:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
-    parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
-    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+def chat_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--suite``, ``--checkpoint`` and ``--max-new-tokens``: the ToyVLM v2 run of a speculative benchmark."""
     parser.add_argument(
-        "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
+        "--suite", default=None, choices=sorted(SUITES), help=f"run on ToyVLM v2's held-out suite (default: {default})"
     )
     parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
     parser.add_argument(
         "--max-new-tokens", type=int, default=REPLY, help="ToyVLM v2: decoding stops here without <eos>"
     )
+
+
+def main(argv: list[str] | None = None) -> Results:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
+    parser.add_argument("-n", type=int, default=8, help="samples per setting drawn per seed")
+    parser.add_argument("--toyvlm", default=None, help="ToyVLM checkpoint folder (default: the committed one)")
+    chat_arguments(parser, "ToyVLM v1")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(1)
     if args.suite is not None:

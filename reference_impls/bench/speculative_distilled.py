@@ -20,26 +20,43 @@ means over seeds with 95% intervals and the twig is compared with every other dr
 over seeds (``speculative-distilled-toyvlm-tests.json``).
 
 The twig drafts are the committed checkpoints of ``python -m reference_impls.decoding.train_twig``
-(``--target captioner`` / ``--target toyvlm``).
+(``--target captioner`` / ``--target toyvlm`` / ``--target toyvlm-v2``).
+
+``--suite long`` (any of :data:`reference_impls.common.chat_scenes.SUITES`; ``--checkpoint``, ``--twig``)
+runs on ToyVLM v2 instead, whose chat-layout replies run to 5-20 tokens, with the protocol of
+``python -m reference_impls.bench.speculative --suite`` (:func:`~reference_impls.bench.speculative.run_chat`,
+the same loop, rows and draft-cost column): greedy, the ToyVLM v2 twig and the training-free early
+exits at its shared depth and at its full depth (the untrained twig), each draft on 100% and 10% of
+the visual tokens, strict verification (outputs must equal greedy). Reported: mean accepted length,
+end-to-end and decode-phase speed-up over greedy, the draft's forward cost relative to the target's,
+exact match of the whole reply; paired tests against greedy and between the twigs and the other
+drafts. Results go to ``speculative-distilled-toyvlm-v2-<suite>.json`` (+ ``-tests.json``). Seeds 1
+and 2 (the twig's held-out check and its training prompts) cannot be reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from reference_impls.bench import speculative
 from reference_impls.common import seeded
+from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
 from reference_impls.decoding.train_twig import CHECKPOINTS, SETTINGS, load_prompts
 from reference_impls.decoding.twig_draft import TwigSpeculativeDecoding
 
-__all__ = ["caption_methods", "vqa_drafts", "run_captions", "run_vqa", "main"]
+__all__ = ["caption_methods", "chat_drafts", "vqa_drafts", "run_captions", "run_vqa", "main", "main_chat"]
 
 MAX_NEW = 16
 FREE, AWARE = "speculative-training-free", "speculative-training-aware"
@@ -110,7 +127,41 @@ def vqa_drafts() -> dict[str, tuple[str, str, SpeculativeDecoding]]:
     return drafts
 
 
-def run_captions(n: int, seed: int = SETTINGS["captioner"][3]) -> list[dict]:
+def chat_drafts(
+    twig: str | Path = CHECKPOINTS / "twig-toyvlm-v2",
+) -> Callable[[speculative.Setting], speculative.Drafts]:
+    """The drafts of the ToyVLM v2 run: the twig checkpoint ``twig`` and the training-free early exits at its
+    shared depth and at its full depth (= the untrained twig), each on 100% and 10% of the visual tokens
+    (pruned uniformly per image, the rule the twig was distilled with); strict verification, 4 draft tokens, and
+    the 10% twig with 2 draft tokens (the fastest of 1-4 on tuning seed 1, where decode-phase speed-ups were 0.74,
+    0.76, 0.68 and 0.66)."""
+    manifest = json.loads((Path(twig) / "manifest.json").read_text())
+    shared, depth = manifest["shared_layers"], manifest["shared_layers"] + manifest["twig_layers"]
+
+    def named(setting: speculative.Setting) -> speculative.Drafts:
+        drafts: speculative.Drafts = {}
+        for keep in (1.0, 0.1):
+            tag = f"{keep:.0%} visual"
+            for layers, extra in ((shared, ""), (depth, " (= untrained twig)")):
+                count = f"{layers} layer{'s' if layers > 1 else ''}"
+                drafts[f"early exit {count}, {tag}"] = (
+                    f"target's first {count}{extra}, {tag}",
+                    "strict",
+                    SpeculativeDecoding(draft_visual_keep=keep, prune="uniform", draft_layers=layers, num_draft=4),
+                )
+            drafts[f"twig, {tag}"] = (
+                f"{shared} target layer(s) + distilled twig ({depth - shared} layer(s)) and head, {tag}",
+                "strict",
+                TwigSpeculativeDecoding(twig=Path(twig), draft_visual_keep=keep, prune="uniform", num_draft=4),
+            )
+        twig_draft, _, method = drafts["twig, 10% visual"]
+        drafts["twig, 10% visual, 2 draft tokens"] = (twig_draft, "strict", replace(method, num_draft=2))
+        return drafts
+
+    return named
+
+
+def run_captions(n: int, seed: int = SETTINGS["captioner"].held_out_seed) -> list[dict]:
     """Greedy and every caption method on ``n`` held-out scenes drawn from ``seed``, interleaved; one row per method."""
     from reference_impls.hallucination.captioner import CaptionWorld
     from reference_impls.hallucination.hallucination_metrics import chair, extract_objects, object_f1
@@ -187,7 +238,7 @@ def forward_ms(model, inputs, repeats: int = 30) -> dict[int, float]:
     return {d: round(1000 * t / repeats, 2) for d, t in spent.items()}
 
 
-def run_vqa(n: int, seed: int = SETTINGS["toyvlm"][3]) -> list[dict]:
+def run_vqa(n: int, seed: int = SETTINGS["toyvlm"].held_out_seed) -> list[dict]:
     """First-token agreement of each draft with ToyVLM's answer on ``n`` held-out questions drawn from ``seed``."""
     from reference_impls.common.toyvlm import load_toyvlm
 
@@ -236,10 +287,76 @@ COLUMNS = [
 
 
 METRICS = tuple(c.key for c in COLUMNS[4:])
-TUNING_SEEDS = (SETTINGS["captioner"][3], SETTINGS["toyvlm"][3])
+TUNING_SEEDS = (SETTINGS["captioner"].held_out_seed, SETTINGS["toyvlm"].held_out_seed)
 """Held-out seeds the twigs and drafts were checked on while they were developed; never reported (the twigs'
 distillation seeds, like the models' training seeds, are training data)."""
+CHAT_TUNING_SEEDS = tuple(sorted({SETTINGS["toyvlm-v2"].held_out_seed, SETTINGS["toyvlm-v2"].train_seed}))
+"""ToyVLM v2: the twig's held-out check and its training prompts (both drawn by :meth:`ToyVLMv2.samples` with
+these seeds); never reported."""
+CHAT_REFERENCES = ("twig, 100% visual", "twig, 10% visual")
 VQA_REFERENCES = ("twig, 100% visual", "twig, 25% visual")
+
+
+def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | None) -> Results:
+    """The ``--suite`` run: the twig and early-exit drafts on ToyVLM v2, replies decoded until ``<eos>``."""
+    bundle, suite, twig = load_toyvlm_v2(args.checkpoint), args.suite, Path(args.twig)
+    n = 4 if args.quick else args.n
+    per_seed, rows, tests, seconds = speculative.run_chat(
+        bundle, suite, n, seeds, args.max_new_tokens, chat_drafts(twig)
+    )
+    drafts = [name for name in dict.fromkeys(row["method"] for row in per_seed) if name != "greedy"]
+    for reference in CHAT_REFERENCES:
+        for metric in ("mean_accepted_length", "speedup", "decode_speedup"):
+            tests += seeded.paired_tests(per_seed, metric, reference, within=("setting",), versus=drafts)
+    twig_manifest = json.loads((twig / "manifest.json").read_text())
+    agreement = twig_manifest.get("held_out_agreement", {})
+    result_id = f"speculative-distilled-toyvlm-v2-{suite}"
+    trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
+    results = Results(
+        id=result_id,
+        title=f"Distilled twig draft vs early-exit drafts on ToyVLM v2 ({suite} suite)",
+        command=command_line("reference_impls.bench.speculative_distilled", argv),
+        families=[AWARE, FREE],
+        columns=seeded.interval_columns(
+            speculative.CHAT_COLUMNS, ("speedup", "decode_speedup", "mean_accepted_length", "draft_cost", "accuracy")
+        ),
+        rows=rows,
+        plots=[Plot(x="mean_accepted_length", y="speedup", group="method", title="Speed-up vs mean accepted length")],
+        notes=(
+            f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters, {bundle.model.config.text_config.num_hidden_layers} "
+            f"layers, held-out exact match {trained} on the {suite} suite at training time); suite {suite}: "
+            f"{SUITES[suite].description}. Same protocol as speculative-toyvlm-v2-{suite} (benchmark speculative, "
+            "--suite): each reported seed "
+            f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples shared by every method, "
+            f"replies decoded until <eos> (at most {args.max_new_tokens} tokens), mean over seeds with the half-width "
+            f"of a Student-t 95% interval ({sum(seconds) / len(seconds):.0f} s per seed), batch 1, CPU with 1 thread, "
+            "wall times interleaved per sample on a shared machine; end to end includes the vision tower and both "
+            "prefills. The twig: "
+            f"{twig_manifest.get('shared_layers')} shared target layer(s) + {twig_manifest.get('twig_layers')} "
+            "trained layer(s) and head, distilled by train_twig --target toyvlm-v2 on the target's greedy replies to "
+            f"{twig_manifest.get('train_prompts', '?')} prompts of seed {twig_manifest.get('train_data_seed', '?')} "
+            f"({twig_manifest.get('steps', '?')} steps, {twig_manifest.get('train_seconds', '?')} s); its teacher-forced "
+            "top-1 agreement on the later reply tokens of held-out seed "
+            f"{twig_manifest.get('held_out_seed', '?')}: "
+            + "; ".join(
+                f"{keep}: twig {d.get('twig', {}).get('decode', '?')}%, untrained {d.get('untrained twig', {}).get('decode', '?')}%"
+                for keep, d in agreement.items()
+            )
+            + ". Drafts see 100% or 10% of the visual tokens, pruned uniformly per image; strict verification, 4 "
+            "draft tokens per step (2 for the row that says so: the fastest of 1-4 on tuning seed 1), so outputs must "
+            "be identical to greedy (identical column); answer accuracy is the "
+            "exact match of the whole reply and <eos>. Mean accepted length: tokens emitted per target verification "
+            "forward (the first token, from the prefill, not counted). 'Draft forward / target forward': median "
+            "time of one draft forward over one new token after its own prefill over the target's (first sample of "
+            f"each seed). Seeds {', '.join(map(str, seeds.tuning))} (the twig's held-out check and training data) "
+            f"are not reported. Paired tests over seeds ({result_id}-tests): every draft against greedy (speed-ups, "
+            "accepted length) and each twig against the other drafts."
+        ),
+    )
+    if not args.quick:
+        for path in seeded.save_seeded(results, tests, seeds, "greedy and the twig drafts", args.out):
+            print("wrote", path)
+    return results
 
 
 def main(argv: list[str] | None = None) -> Results:
@@ -247,8 +364,18 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--quick", action="store_true", help="few samples on two seeds, no results file")
     parser.add_argument("--captions", type=int, default=20, help="held-out captioner scenes drawn per seed")
     parser.add_argument("--vqa", type=int, default=20, help="held-out ToyVLM questions drawn per seed")
-    args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    speculative.chat_arguments(parser, "ToyVLM v1 and the captioner")
+    parser.add_argument("-n", type=int, default=8, help="ToyVLM v2: samples drawn per seed")
+    parser.add_argument(
+        "--twig", default=str(CHECKPOINTS / "twig-toyvlm-v2"), help="ToyVLM v2 twig checkpoint folder (with --suite)"
+    )
+    seeded.seed_arguments(parser)
+    parser.add_argument("--out", default=None, help="directory for the results JSON (default: reference_impls/results)")
+    args = parser.parse_args(argv)
+    seeds = seeded.seeds_from_args(args, TUNING_SEEDS if args.suite is None else CHAT_TUNING_SEEDS)
     torch.set_num_threads(1)
+    if args.suite is not None:
+        return main_chat(args, seeds, argv)
     n_captions, n_vqa = (3, 4) if args.quick else (args.captions, args.vqa)
     per_seed, seconds = seeded.run_seeds(
         lambda seed: run_captions(n_captions, seed) + run_vqa(n_vqa, seed),
@@ -290,7 +417,7 @@ def main(argv: list[str] | None = None) -> Results:
             "not reported. The twig is compared with every other draft (captions: mean accepted length and decode "
             "speed-up; vqa: first-token agreement), paired by seed (speculative-distilled-toyvlm-tests). "
             f"captions: the hallucination benchmark's captioner (3 layers, hidden 96, 9 visual tokens), {n_captions} "
-            f"scenes per seed (the twig was distilled on seed {SETTINGS['captioner'][2]}), up to {MAX_NEW} tokens, "
+            f"scenes per seed (the twig was distilled on seed {SETTINGS['captioner'].train_seed}), up to {MAX_NEW} tokens, "
             "4 draft tokens per verification, batch 1, CPU with 1 thread on a machine shared with other jobs: wall times are "
             "interleaved per scene (rotating order) but still noisy; compare rows within this file only. End to end includes "
             "the vision tower and both prefills; the decode phase starts after them. Greedy is our explicit-position loop "
@@ -302,7 +429,7 @@ def main(argv: list[str] | None = None) -> Results:
             "objects named in the caption against the scene's ground truth (the captioner is trained to hallucinate a "
             "square next to circles, so greedy's CHAIR_i is not 0). Strict verification reproduces greedy by construction. "
             f"vqa: ToyVLM (4 layers), {n_vqa} questions per seed (twig distilled on seed "
-            f"{SETTINGS['toyvlm'][2]} with the draft seeing 100% and 25% of the visual tokens); the draft's own greedy first "
+            f"{SETTINGS['toyvlm'].train_seed} with the draft seeing 100% and 25% of the visual tokens); the draft's own greedy first "
             "token against the target's answer (100% for the target) and the ground truth; visual tokens pruned uniformly per image."
         ),
     )

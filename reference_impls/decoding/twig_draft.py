@@ -15,6 +15,12 @@ so strict verification still reproduces the target's greedy output exactly. Befo
 the twig is exactly the training-free early-exit draft at ``shared_layers + twig_layers``
 layers, which makes the effect of distillation directly measurable.
 
+Committed twigs (:mod:`reference_impls.decoding.train_twig`): on the captioner, on ToyVLM (one-word
+answers) and on ToyVLM v2 (``twig-toyvlm-v2``: chat layout, 16 images first and the question last,
+replies of 5-20 tokens decoded until ``<eos>``; 1 shared layer of 6 + 1 twig layer, distilled on the
+target's whole greedy replies with the draft seeing 100% and 10% of the visual tokens), benchmarked by
+:mod:`reference_impls.bench.speculative_distilled` (``--suite long`` for ToyVLM v2).
+
 Paper: arXiv 2503.14075
 
 Upstream: MILVLG/twigvlm (official code; README @ 10fb909658a5a814cafcb9f9652e01d637759eb1, training
@@ -48,6 +54,10 @@ Deviations:
       the rules of ``SpeculativeDecoding``), and there is no tree drafting.
     - The head (final norm and LM head) is a trainable copy of the target's; ``twig_layers=0``
       gives a trained early-exit head only. ``shared_layers`` defaults to half the layers.
+    - Guesses for ToyVLM v2 (ours): the twig grows on layer 1 of 6 (TwigVLM grows it on a middle
+      layer of a 32-layer model), because at this size a fixed per-forward cost makes deeper drafts
+      too expensive to pay off (measured costs in :mod:`reference_impls.decoding.train_twig`); the
+      draft's visual tokens are pruned uniformly per image (10%) in training and in the benchmark.
 """
 
 from __future__ import annotations
