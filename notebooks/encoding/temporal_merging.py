@@ -57,8 +57,7 @@ runs[rep] = size
 labels = torch.as_tensor(scene.token_labels)  # (slices * cells,) object shown by each token, or -1
 mover, flash = scene.moving[0], scene.flash[0] if scene.flash else -1
 marks = {"red": [i for i in range(len(scene.objects)) if i not in (mover, flash)], "white": [mover], "magenta": [flash]}
-runs_cmap = plt.get_cmap("viridis").copy()
-runs_cmap.set_bad("black")  # merged into an earlier slice
+runs_cmap = plt.get_cmap("viridis").with_extremes(bad="black")  # black: merged into an earlier slice
 fig, axes = plt.subplots((t + 3) // 4, 4, figsize=(12, 1.7 * ((t + 3) // 4) + 0.6), squeeze=False)
 for f, ax in enumerate(axes.flat):
     ax.set(xticks=[], yticks=[])
@@ -66,7 +65,7 @@ for f, ax in enumerate(axes.flat):
         ax.axis("off")
         continue
     grid = runs[f * cells : (f + 1) * cells].view(h, w)
-    ax.imshow(grid.masked_fill(grid == 0, float("nan")), vmin=1, vmax=t, cmap=runs_cmap)
+    ax.imshow(grid.masked_fill(grid == 0, float("nan")).numpy(), vmin=1, vmax=t, cmap=runs_cmap)
     for colour, objects in marks.items():
         tokens = [k - f * cells for k in range(f * cells, (f + 1) * cells) if int(labels[k]) in objects]
         ax.scatter([k % w for k in tokens], [k // w for k in tokens], marker="s", s=8, color=colour)
