@@ -61,7 +61,7 @@ with torch.no_grad(), method(bundle.model):
 # %% [markdown]
 # Do the kept tokens sit on the objects? Share of the scenes' objects (grey distractors
 # excluded) of which at least one token is kept at budget 0.125 (8 of 64 tokens per image);
-# random pruning finds an object of k tokens with probability 1 - 0.875^k (12.5-42%). For ToMe
+# random pruning finds an object of k tokens with probability about 1 - 0.875^k (12.5-41%). For ToMe
 # the kept positions are the merge destinations, so its number says little.
 
 # %%

@@ -54,7 +54,7 @@ plt.show()
 # %% [markdown]
 # Do the dominant tokens sit on the objects? Share of the scenes' objects (grey distractors
 # excluded) of which at least one token is kept at budget 0.125 (8 of 64 tokens per image),
-# against random pruning (an object of k tokens survives with probability 1 - 0.875^k, 12.5-42%)
+# against random pruning (an object of k tokens survives with probability about 1 - 0.875^k, 12.5-41%)
 # and PruMerge with the same attention score.
 
 # %%

@@ -23,6 +23,7 @@ from reference_impls.common.harness import evaluate
 from reference_impls.common.random_pruning import RandomPruning
 from reference_impls.common.toyvlm import ToyVLM
 from reference_impls.common.toyvlm_v2 import ToyVLMv2
+from reference_impls.common.visual_tokens import Selection
 
 __all__ = ["budget_sweep", "print_sweep", "plot_sweep", "object_recall"]
 
@@ -133,7 +134,8 @@ def object_recall(bundle: ToyVLMv2, method, samples: Sequence[ChatSample]) -> fl
 
     def recording_select(ctx):
         selection = select(ctx)
-        chosen["keep"] = set(selection.keep[0].tolist())
+        keep = selection.keep if isinstance(selection, Selection) else selection  # a bare list is allowed
+        chosen["keep"] = set(keep[0].tolist())
         return selection
 
     method.select = recording_select
