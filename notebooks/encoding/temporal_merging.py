@@ -14,9 +14,10 @@
 # ToyVLM v2's video suite shows one video of 16-32 frames, one Qwen2.5-VL video item, before the
 # question; the temporal patch fuses two raw frames, so a "frame" here is one temporal slice of
 # 8x16 merged tokens (8-16 slices, 1,024-2,048 visual tokens). Each video has a static, noisy
-# background (fresh noise in every frame), 2-4 still objects, one object that moves in a straight
-# line and one that shows in a single slice (a flash). The reply is decoded until `<eos>` and
-# scored by exact match. A merged or pooled token takes the 3-D position of its earliest slice.
+# background (fresh noise in every frame), up to 4 still objects, one object that moves in a
+# straight line and, when there is room, one that shows in a single slice (a flash). The reply is
+# decoded until `<eos>` and scored by exact match. A merged or pooled token takes the 3-D
+# position of its earliest slice.
 
 # %%
 import os
