@@ -50,12 +50,12 @@ plt.show()
 # Exact match per budget on held-out videos, overall and per question kind. The model itself
 # fails most `motion`, `still` and `events` questions with every frame kept (they compare frames;
 # `docs/notes/toyvlm.md` §5), so a method's figure on them says nothing: this sweep leaves those
-# three kinds out and keeps the held-out samples of the other five, in order. The kinds that one
-# slice answers (colour, shape, presence of a still object, count) survive as long as a slice
-# showing the objects does; `flash` ("when does X appear ?") needs the one slice where that
-# object shows. With a few samples per kind the figures move by tens of points between runs;
-# the reproduced ones over all eight kinds (ten seeds, 95% intervals, random frames as well)
-# come from `python -m reference_impls.bench.keyframes --suite video`.
+# three kinds out and keeps the held-out samples of the other five, in order. Colour, shape and
+# presence of a still or moving object need any one slice that shows it; `flash` ("when does X
+# appear ?"), and a count that includes the flashing object, need the one slice where it shows.
+# With a few samples per kind the figures move by tens of points between runs; the reproduced
+# ones over all eight kinds (ten seeds, 95% intervals, random frames as well) come from
+# `python -m reference_impls.bench.keyframes --suite video`.
 
 # %%
 FRAME_COMPARISON = ("motion", "still", "events")
