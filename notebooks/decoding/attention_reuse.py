@@ -84,12 +84,13 @@ plt.show()
 # the visual-token columns (the layer keeps its own softmax over the text tokens, scaled to the
 # mass the anchor left for them). Each pattern runs twice on the same samples
 # (`chat_rows` of the benchmark): reuse in the prefill only, and reuse in the reply's decode
-# steps only (the prompt is prefilled unmodified). Exact match is split into needle questions
+# steps only (the prompt is prefilled unmodified; here that is the `<eos>` step after the one-word
+# answer, see the last section). Exact match is split into needle questions
 # (colour, shape, presence, size, which image: one object) and aggregation (`count` over 16
 # images, which the model gets wrong more often than right even unmodified: `docs/notes/toyvlm.md`
 # §5, so that column says little). "Saved" is the analytic share of the prefill's attention FLOPs
 # saved at this prompt length. With a few samples the figures move by several points between
-# runs; the benchmark's ten seeds with paired tests are read in the last section.
+# runs; the benchmark's ten seeds with paired tests are read in the section after the FLOPs.
 
 # %%
 patterns = chat_patterns(n_layers)
@@ -179,8 +180,13 @@ for result_id in ("attention-reuse-toyvlm-v2-short", "attention-reuse-cost"):
 #
 # - Accuracy: a pattern is harmless when its exact match stays within the benchmark's interval
 #   of the unmodified model's on the needle questions; the distances in the first plot say which
-#   neighbours are close enough to try. Reuse in decode steps only leaves the prompt's cache
-#   untouched and changes only how each reply token reads it.
+#   neighbours are close enough to try.
+# - Reuse in decode steps only leaves the prompt's cache untouched and changes only how each
+#   reply token reads it. On the short suite the reply is one word and `<eos>`: the word comes
+#   from the unmodified prefill and only the `<eos>` step is decoded with reuse, so that column
+#   can only lose a missing `<eos>`. Multi-token replies test it:
+#   `python -m reference_impls.bench.attention_reuse --suite long` (where the unmodified model
+#   itself is right less often: `docs/notes/toyvlm.md` §5).
 # - The FLOP saving is bounded by the sharers' scores and softmax: projections and `PV` stay,
 #   so sharing 3 of 4 layers saves 30% of the attention FLOPs at 4096 tokens
 #   (`attention-reuse-cost`); the "saved" column above gives ToyVLM v2's share at its prompt
