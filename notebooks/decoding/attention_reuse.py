@@ -66,7 +66,7 @@ print(
 )
 fig, axes = plt.subplots(1, 2, figsize=(9, 4))
 for ax, d, title in zip(axes, distance, ("all query rows", "last row ('answer')")):
-    im = ax.imshow(d, vmin=0, vmax=1, cmap="magma")
+    im = ax.imshow(d.numpy(), vmin=0, vmax=1, cmap="magma")
     for a in range(n_layers):
         for b in range(n_layers):
             ax.text(b, a, f"{d[a, b]:.2f}", ha="center", va="center", color="w" if d[a, b] < 0.5 else "k", fontsize=7)
@@ -109,7 +109,7 @@ for row in rows:
 names = [row["pattern"] for row in rows if row["columns"] == "all" and row["reused_layers"]]
 by_variant = {(row["pattern"], row["columns"]): row for row in rows}
 fig, ax = plt.subplots(figsize=(8, 3))
-x = torch.arange(len(names))
+x = torch.arange(len(names)).numpy()
 for offset, columns, label in ((-0.2, "all", "all columns"), (0.2, "visual", "visual columns only")):
     ax.bar(x + offset, [by_variant[name, columns]["accuracy"] for name in names], 0.4, label=label)
 ax.axhline(base["accuracy"], color="k", ls="--", label="unmodified")
@@ -138,10 +138,10 @@ bars = {
 }
 bars["sharer, Q/K proj\nskipped (not done)"] = dict(bars["sharer"], q_proj=0, k_proj=0)
 parts = ["q_proj", "k_proj", "v_proj", "qk", "softmax", "pv", "o_proj"]
-bottom = torch.zeros(len(bars))
+bottom = torch.zeros(len(bars)).numpy()
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for part in parts:
-    values = torch.tensor([float(b[part]) / 1e9 for b in bars.values()])
+    values = torch.tensor([float(b[part]) / 1e9 for b in bars.values()]).numpy()
     ax.bar(list(bars), values, bottom=bottom, label=part)
     bottom += values
 ax.set_ylabel("GFLOPs per layer")
