@@ -17,6 +17,9 @@
 #    no speed-up at these sizes on a CPU;
 # 4. on ToyVLM, how often each draft's first token is the target's answer when the draft sees
 #    fewer visual tokens.
+#
+# The ToyVLM here is v1 (question first, one-word answers), the layout ablation, not v2 as in the
+# other notebooks: the committed ToyVLM twig was distilled from v1, so it only drafts for v1.
 
 # %%
 import os

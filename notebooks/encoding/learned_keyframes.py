@@ -9,6 +9,13 @@
 # committed scorer, shows what it sees and how its ranking compares with the model's own, runs
 # the training loop for a few steps, and compares it with training-free max-min selection and
 # random pruning.
+#
+# This notebook stays on ToyVLM v1 (question first, four images, one-word answers), the layout
+# ablation, while the other notebooks use v2: the committed scorer was trained on v1's clips,
+# question embeddings and answer likelihoods, and its question input is v1's 96-wide word
+# embedding, so it cannot score v2's prompts (v2's keyframe
+# figures, max-min against random frames, come from `python -m reference_impls.bench.keyframes
+# --suite video`).
 
 # %%
 import json
@@ -17,6 +24,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.toyvlm import load_toyvlm
 from reference_impls.encoding.keyframes import KeyframeSelection
 from reference_impls.encoding.learned_keyframes import (
     CHECKPOINT_DIR,
@@ -24,7 +32,7 @@ from reference_impls.encoding.learned_keyframes import (
     LearnedKeyframeSelection,
     load_frame_scorer,
 )
-from reference_impls.encoding.sweep import budget_sweep, load_bundle, plot_sweep, print_sweep
+from reference_impls.encoding.sweep import budget_sweep, plot_sweep, print_sweep
 from reference_impls.encoding.train_frame_scorer import (
     clip_features,
     fit_scorer,
@@ -35,8 +43,7 @@ from reference_impls.encoding.train_frame_scorer import (
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-bundle, trained = load_bundle()
-print("ToyVLM checkpoint loaded" if trained else "no ToyVLM checkpoint: random-init model, accuracies mean nothing")
+bundle = load_toyvlm()
 scorer = load_frame_scorer()
 manifest = json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
 print(

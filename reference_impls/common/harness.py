@@ -17,7 +17,8 @@ One call measures what every efficiency page reports, phase by phase (``docs/not
   tower, no token selection: what the visual tokens it reads cost it).
 
 Batch size 1 throughout, so no padding and no mask is needed at decode; decode steps pass
-explicit 3-D positions (the full sequence's last position + 1 + step, ``docs/notes/transformers5.md`` §2).
+explicit 3-D positions (the full sequence's last position + 1 + step, ``docs/notes/transformers5.md`` §2;
+the last token's position, not the largest one: after a video they differ).
 
 Examples:
     >>> from reference_impls.common.toyvlm import load_toyvlm
@@ -102,7 +103,9 @@ def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, 
     start = time.perf_counter()
     output = model(**inputs, use_cache=True, logits_to_keep=1)
     seconds = time.perf_counter() - start
-    return output.logits[:, -1], _output_cache(output), positions.amax(dim=(0, 2)) + 1, seconds
+    # the reply continues from the prompt's last position, as generate() does and as the model saw in
+    # training; a video's temporal ids may run past it (text after a video restarts at its h/w extent)
+    return output.logits[:, -1], _output_cache(output), positions[:, :, -1].amax(dim=0) + 1, seconds
 
 
 @torch.no_grad()

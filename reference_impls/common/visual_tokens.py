@@ -229,7 +229,8 @@ def apply_visual_token_selection(
 
     Returns ``(kwargs, ctx, selection)``; ``model(**kwargs)`` runs the language model on the
     kept tokens (``kwargs`` holds ``inputs_embeds``, ``position_ids``, ``attention_mask``). For
-    decoding after it, the next position of sequence ``b`` is ``ctx.position_ids[:, b].max() + 1``.
+    decoding after it, the next position of sequence ``b`` is ``ctx.position_ids[:, b, -1].max() + 1``
+    (the last prompt token's, which after a video is not the largest).
     """
     ctx = build_context(model, inputs)
     selection = _as_selection(select_fn(ctx))
@@ -273,7 +274,9 @@ def patch_visual_tokens(
                 full_len=ctx.input_ids.shape[1],
                 reduced_len=kept_index.shape[1],
                 kept_index=kept_index,
-                next_position=ctx.position_ids.amax(dim=(0, 2)) + 1,  # (B,)
+                # (B,) the last prompt token's position + 1, as generate() continues; not the largest
+                # position: a video's temporal ids run past the text that follows it
+                next_position=ctx.position_ids[:, :, -1].amax(dim=0) + 1,
             )
             inner.rope_deltas = ctx.rope_deltas
             for key in (

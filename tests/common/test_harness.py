@@ -76,16 +76,29 @@ def chat_bundle():
     return tiny_toyvlm_v2()
 
 
-def _chat_samples(n):
-    from reference_impls.common.chat_scenes import IMAGE_LONG_KINDS, IMAGE_SHORT_KINDS, ChatSceneSpec, make_chat_samples
+def _chat_samples(n, video: bool = False):
+    from reference_impls.common.chat_scenes import (
+        IMAGE_LONG_KINDS,
+        IMAGE_SHORT_KINDS,
+        VIDEO_LONG_KINDS,
+        VIDEO_SHORT_KINDS,
+        ChatSceneSpec,
+        make_chat_samples,
+    )
 
+    if video:  # 16 frames: 8 temporal slices of 4 x 8 tokens
+        spec = ChatSceneSpec(video_frames=(16, 16), cells=(4, 8))
+        return make_chat_samples(spec, VIDEO_SHORT_KINDS + VIDEO_LONG_KINDS, n, 4)
     return make_chat_samples(ChatSceneSpec(n_images=(2, 3), cells=(4, 4)), IMAGE_SHORT_KINDS + IMAGE_LONG_KINDS, n, 4)
 
 
-def test_chat_reply_decoding_matches_generate_and_stops_after_the_stop_token(chat_bundle):
+@pytest.mark.parametrize("video", [False, True], ids=["images", "video"])
+def test_chat_reply_decoding_matches_generate_and_stops_after_the_stop_token(chat_bundle, video):
+    # a video's temporal M-RoPE ids run past the text after it, so the reply must continue from
+    # the prompt's last position (as generate does), not from its largest one
     from reference_impls.common.harness import decode_steps, prefill
 
-    model, sample = chat_bundle.model, _chat_samples(1)[0]
+    model, sample = chat_bundle.model, _chat_samples(1, video)[0]
     inputs = chat_bundle.collate([sample])
     with torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
@@ -118,12 +131,14 @@ def test_chat_bundle_samples_are_disjoint_across_seeds(chat_bundle):
         chat_bundle.samples(3, seed=0)
 
 
-def test_forced_decode_steps_rebuild_the_prompt_cache(chat_bundle):
-    """Feeding the question one forced token per step after prefilling the images leaves the same
-    keys and values (positions included, through RoPE) as prefilling the whole prompt."""
+@pytest.mark.parametrize("video", [False, True], ids=["images", "video"])
+def test_forced_decode_steps_rebuild_the_prompt_cache(chat_bundle, video):
+    """Feeding the question one forced token per step after prefilling the images (or the video)
+    leaves the same keys and values (positions included, through RoPE) as prefilling the whole
+    prompt."""
     from reference_impls.common.harness import decode_steps, prefill
 
-    model, sample = chat_bundle.model, _chat_samples(1)[0]
+    model, sample = chat_bundle.model, _chat_samples(1, video)[0]
     inputs = chat_bundle.collate([sample])
     ids = inputs["input_ids"]
     cut = int((ids[0] == model.config.vision_end_token_id).nonzero().max()) + 1

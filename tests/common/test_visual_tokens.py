@@ -131,3 +131,28 @@ def test_keep_count():
     assert keep_count(3, 0.01) == 1
     with pytest.raises(ValueError):
         keep_count(10, 0.0)
+
+
+def test_keeping_every_video_token_decodes_like_the_unpatched_model():
+    """Text after a video restarts below the video's temporal M-RoPE ids, so the reply continues
+    from the prompt's last position (as generate does), not from its largest one."""
+    from reference_impls.common.chat_scenes import VIDEO_SHORT_KINDS, ChatSceneSpec, make_chat_samples
+    from reference_impls.common.toyvlm_v2 import tiny_toyvlm_v2
+
+    class KeepAll(VisualTokenMethod):
+        def select(self, ctx):
+            return [torch.arange(n) for n in ctx.visual_counts]
+
+    bundle = tiny_toyvlm_v2()
+    spec = ChatSceneSpec(video_frames=(16, 16), cells=(4, 8))  # 8 temporal slices of 4 x 8 tokens
+    inputs = bundle.collate(make_chat_samples(spec, VIDEO_SHORT_KINDS, 1, seed=4))
+    options = dict(
+        max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    with torch.no_grad():
+        reference = bundle.model.generate(**inputs, **options).logits
+        with KeepAll(budget=0.5)(bundle.model):
+            patched = bundle.model.generate(**inputs, **options).logits
+    # bit-exact: a tiny random model barely reads positions (the old largest-position rule moved
+    # its logits by ~3e-5 only)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(patched, reference))
