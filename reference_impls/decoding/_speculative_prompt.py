@@ -81,7 +81,8 @@ def encode_prompt(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Prompt:
     return Prompt(
         embeds=context.inputs_embeds,
         positions=context.position_ids,
-        next_position=int(context.position_ids.max()) + 1,
+        # the last token's position + 1, as generate() continues: after a video it is not the largest
+        next_position=int(context.position_ids[:, 0, -1].max()) + 1,
         visual=context.visual_mask[0],
         context=context,
     )

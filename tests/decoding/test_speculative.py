@@ -286,3 +286,20 @@ def test_verify_step_matches_upstream_greedy_rule(seed):
     tokens, n = verify_step(proposal, logits, accepted)
     assert tokens == _upstream_greedy_step(proposal, logits)
     assert n == len(tokens) - 1
+
+
+def test_prompt_continues_from_its_last_position_after_a_video():
+    # a video's temporal M-RoPE ids run past the text after it: decoding continues from the
+    # prompt's last position, as generate() and the harness's prefill do, not from its largest one
+    from reference_impls.common.chat_scenes import VIDEO_SHORT_KINDS, ChatSceneSpec, make_chat_samples
+    from reference_impls.common.harness import prefill
+    from reference_impls.common.toyvlm_v2 import tiny_toyvlm_v2
+
+    toy = tiny_toyvlm_v2()
+    sample = make_chat_samples(ChatSceneSpec(video_frames=(16, 16), cells=(4, 8)), VIDEO_SHORT_KINDS, 1, 4)[0]
+    inputs = toy.collate([sample])
+    with torch.no_grad():
+        _, _, position, _ = prefill(toy.model, inputs)
+        prompt = encode_prompt(toy.model, inputs)
+    assert int(prompt.positions.max()) + 1 > int(position)  # the case this test is about
+    assert prompt.next_position == int(position)
