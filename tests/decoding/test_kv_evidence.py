@@ -1,0 +1,132 @@
+"""The KV evidence diagnostic on ToyVLM v2: which visual evidence a compressed cache keeps after the prefill."""
+
+import json
+
+import pytest
+import torch
+
+from reference_impls.bench import kv_evidence
+from reference_impls.bench.kv_quality import prepare_chat
+from reference_impls.common import harness
+from reference_impls.common.chat_scenes import IMAGE_LONG_KINDS, ChatSceneSpec, evidence_tokens, make_chat_samples
+from reference_impls.common.toyvlm_v2 import save_toyvlm_v2, tiny_toyvlm_v2
+from reference_impls.decoding.cache import prompt_layout
+from reference_impls.decoding.streamingllm import StreamingLLM
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.set_num_threads(1)
+    return tiny_toyvlm_v2(seed=8)
+
+
+@pytest.fixture(scope="module")
+def prepared(bundle):
+    samples = make_chat_samples(ChatSceneSpec(n_images=(2, 3), cells=(4, 4)), IMAGE_LONG_KINDS, 4, 4)
+    return prepare_chat(bundle, samples)
+
+
+def _masks(bundle, item, method):
+    inputs = {**item["inputs"], "mm_encoder_outputs": dict(item["encoded"])}
+    with method(bundle.model):
+        _, cache, _, _ = harness.prefill(bundle.model, inputs)
+    return kv_evidence.kept_masks(cache, inputs["input_ids"].shape[1])
+
+
+def _visual(bundle, item):
+    return prompt_layout(bundle.model.config, item["inputs"]["input_ids"]).visual
+
+
+def test_evidence_positions_split_first_and_later_words(bundle, prepared):
+    kinds = set()
+    for item in prepared:
+        sample, visual = item["sample"], _visual(bundle, item)
+        evidence = kv_evidence.evidence_positions(sample, visual.nonzero().view(-1))
+        assert len(evidence["all"]) == len(evidence_tokens(sample)) > 0 and visual[evidence["all"]].all()
+        first = {t for i in sample.qa.evidence[0] for t in sample.scene.object_tokens[i]}
+        assert sorted(visual.nonzero().view(-1)[sorted(first)].tolist()) == evidence["first"].tolist()
+        # every relevant object is named by some reply word: first and later words cover the evidence
+        assert set(evidence["first"].tolist()) | set(evidence["later"].tolist()) == set(evidence["all"].tolist())
+        kinds.add(sample.qa.kind)
+    assert len(kinds) > 1
+
+
+def test_full_cache_keeps_every_evidence_token(bundle, prepared):
+    for item in prepared:
+        visual = _visual(bundle, item)
+        evidence = kv_evidence.evidence_positions(item["sample"], visual.nonzero().view(-1))
+        masks = _masks(bundle, item, kv_evidence.FullCache())
+        metrics = kv_evidence.kept_metrics(masks, visual, evidence, lookup_layer=1)
+        assert metrics["recall"] == metrics["recall_lookup"] == metrics["first_recall"] == 1.0
+        assert metrics["visual_kept"] == 1.0 and metrics["kept_entries"] == metrics["prompt_tokens"] == visual.numel()
+        assert metrics["text_share"] == pytest.approx(metrics["text_tokens"] / metrics["prompt_tokens"])
+        assert metrics["text_tokens"] == int((~visual).sum()) > 0
+
+
+def test_streaming_recall_of_the_last_image_falls_with_budget(bundle, prepared):
+    # constructed case: the evidence is the last image, which StreamingLLM's recent window covers
+    # only when the budget reaches back to it
+    item = prepared[0]
+    visual = _visual(bundle, item)
+    n, last = visual.numel(), visual.nonzero().view(-1)[-16:]  # 4 x 4 tokens per image
+    evidence = {"all": last, "first": last, "later": last[:0]}
+    after = n - int(last[-1]) - 1  # text after the last image
+    recalls = []
+    for budget in (4 + after, 4 + after + 4, 4 + after + 12, n):  # sinks + recent entries
+        masks = _masks(bundle, item, StreamingLLM(budget=budget))
+        metrics = kv_evidence.kept_metrics(masks, visual, evidence, lookup_layer=0)
+        recent = n - (budget - 4)
+        assert metrics["recall"] == pytest.approx(float((last >= recent).float().mean()))
+        recalls.append(metrics["recall"])
+    assert recalls == sorted(recalls) and recalls[0] < recalls[-1] == 1.0
+    assert recalls[1] < recalls[2] < 1.0
+
+
+def test_command_line_writes_the_columns(tmp_path):
+    checkpoint, out = tmp_path / "toy", tmp_path / "out"
+    save_toyvlm_v2(tiny_toyvlm_v2(seed=3), checkpoint, {"parameters": 1, "attention_layer": 1})
+    argv = ["--checkpoint", str(checkpoint), "--methods", "snapkv,streamingllm", "--n", "1", "--seeds", "1", "2"]
+    kv_evidence.main([*argv, "--out", str(out)])
+    assert [p.name for p in out.iterdir()] == ["kv-evidence-toyvlm-v2-long.json"]
+    results = json.loads((out / "kv-evidence-toyvlm-v2-long.json").read_text())
+    keys = [c["key"] for c in results["columns"]]
+    assert {*kv_evidence.METRICS, "recall_ci", "text_share_ci", "method", "budget", "seeds"} <= set(keys)
+    assert "Recall, layer 1" in [c["label"] for c in results["columns"]]
+    assert results["families"] == ["kv-token-level"] and results["seeds"]["reported"] == [1, 2]
+    rows = {(r["method"], r["budget"]): r for r in results["rows"]}
+    assert sorted(rows) == [("full", 1.0)] + [(m, b) for m in ("snapkv", "streamingllm") for b in (0.1, 0.2, 0.4)]
+    full = rows[("full", 1.0)]
+    assert full["recall"] == full["recall_lookup"] == full["visual_kept"] == 1.0 and full["recall_ci"] == 0.0
+    # a mean of per-prompt shares over seeds, against a ratio of means: close, not equal
+    assert full["prompt_tokens"] > 1024
+    assert full["text_share"] == pytest.approx(full["text_tokens"] / full["prompt_tokens"], rel=1e-3)
+    snap = [rows[("snapkv", b)] for b in (0.1, 0.2, 0.4)]
+    assert snap[0]["visual_kept"] < snap[1]["visual_kept"] < snap[2]["visual_kept"] < 1.0
+    assert snap[0]["recall"] <= snap[2]["recall"]  # top-k sets grow with the budget
+    assert "KIVI is left out" in results["notes"] and results["command"].startswith("python -m")
+
+
+def test_non_evicting_or_unknown_methods_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="kivi"):
+        kv_evidence.main(["--methods", "kivi", "--n", "1", "--seeds", "1", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_metrics_average_layers_and_heads_of_constructed_masks():
+    # 8 positions, 5 visual; evidence 2 and 3 (first word), 5 (later words)
+    visual = torch.tensor([False, True, True, True, False, True, True, False])
+    evidence = {"all": torch.tensor([2, 3, 5]), "first": torch.tensor([2, 3]), "later": torch.tensor([5])}
+    every = torch.ones(2, 8, dtype=torch.bool)
+    some = torch.zeros(2, 8, dtype=torch.bool)
+    some[0, [0, 2, 7]] = True  # head 0: one evidence token, one visual token, two text tokens
+    some[1, [5, 6]] = True  # head 1: the later word's token and another visual token, no text
+    metrics = kv_evidence.kept_metrics([every, some], visual, evidence, lookup_layer=1)
+    assert metrics["recall"] == pytest.approx((1 + (1 / 3 + 1 / 3) / 2) / 2)
+    assert metrics["recall_lookup"] == pytest.approx(1 / 3)
+    assert metrics["first_recall_lookup"] == pytest.approx(0.25) and metrics["later_recall_lookup"] == 0.5
+    assert metrics["visual_kept"] == pytest.approx((1 + 1 + 1 / 5 + 2 / 5) / 4)
+    assert metrics["text_share"] == pytest.approx((3 / 8 + 3 / 8 + 2 / 3 + 0) / 4)
+    assert metrics["kept_entries"] == pytest.approx((8 + 8 + 3 + 2) / 4)
+    assert (metrics["text_tokens"], metrics["prompt_tokens"]) == (3, 8)
+    with pytest.raises(ValueError, match="lookup layer 2"):
+        kv_evidence.kept_metrics([every, some], visual, evidence, lookup_layer=2)
