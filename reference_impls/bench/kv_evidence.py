@@ -16,9 +16,11 @@ positions it keeps, and measure:
 - ``first_recall`` / ``later_recall`` (and ``_lookup``): recall of the objects the *first* reply
   word is about against the objects that only *later* words are about
   (:attr:`~reference_impls.common.chat_scenes.ChatQA.evidence`: "2 red , 1 blue" -- the first
-  word is about the red objects, the blue one is needed later). Observation-window methods score
-  with the last prompt queries, which are trained to find the first word's evidence, not the rest;
-  samples whose later words name no new object (``where``) count only in ``first_recall``;
+  word is about the red objects, the blue one is needed later), on the replies whose later words
+  name a new object (not ``where``: its first word is about every relevant object), and
+  ``later_gap`` (``_lookup``), their difference prompt by prompt (first minus later).
+  Observation-window methods score with the last prompt queries, which were trained to find the
+  first word's evidence, not the rest;
 - ``visual_kept``: the share of *all* visual tokens kept (what keeping visual tokens at random
   would recall), so ``recall / visual_kept`` says how much a method favours the evidence;
 - ``text_share``: the share of kept prompt entries that are text (image labels, vision markers,
@@ -74,6 +76,8 @@ METRICS = (
     "later_recall",
     "first_recall_lookup",
     "later_recall_lookup",
+    "later_gap",
+    "later_gap_lookup",
     "visual_kept",
     "text_share",
     "kept_entries",
@@ -137,13 +141,20 @@ def kept_metrics(
     lookup = masks[lookup_layer : lookup_layer + 1]
     kept = torch.cat(masks)  # (all stored heads, N)
     entries = kept.sum(1).float()
+    # first against later words on the same prompts: only replies whose later words name new objects
+    first = evidence["first"] if evidence["later"].numel() else evidence["later"]
+    words = {
+        "first_recall": _recall(masks, first),
+        "later_recall": _recall(masks, evidence["later"]),
+        "first_recall_lookup": _recall(lookup, first),
+        "later_recall_lookup": _recall(lookup, evidence["later"]),
+    }
     return {
         "recall": _recall(masks, evidence["all"]),
         "recall_lookup": _recall(lookup, evidence["all"]),
-        "first_recall": _recall(masks, evidence["first"]),
-        "later_recall": _recall(masks, evidence["later"]),
-        "first_recall_lookup": _recall(lookup, evidence["first"]),
-        "later_recall_lookup": _recall(lookup, evidence["later"]),
+        **words,
+        "later_gap": words["first_recall"] - words["later_recall"],
+        "later_gap_lookup": words["first_recall_lookup"] - words["later_recall_lookup"],
         "visual_kept": float((kept & visual).sum(1).float().mean() / visual.sum()),
         "text_share": float(((kept & ~visual).sum(1).float() / entries).mean()),
         "kept_entries": float(entries.mean()),
@@ -225,8 +236,8 @@ def run(
         "Recall: share of the question's evidence (the visual tokens showing an object the question is about) "
         f"kept, mean over layers and heads; 'layer {lookup_layer}': the same at the layer whose attention ToyVLM v2 "
         "was trained to point at the evidence. First / later word: recall of the objects the first reply word is "
-        "about, and of the objects only later words are about (a sample whose later words name no new object, "
-        "kind 'where', counts in the first only). Visual kept: share of all visual tokens kept (what a random "
+        "about, and of the objects only later words are about, on the replies whose later words name a new object "
+        "(not kind 'where'); the gap is first minus later, prompt by prompt. Visual kept: share of all visual tokens kept (what a random "
         "choice of visual tokens would recall). Text share: share of the kept prompt entries that are text (image "
         "labels, vision markers, question, answer marker); text tokens and prompt tokens per prompt; kept entries "
         "per head. The full cache is read through the same API (a cache that never compresses). Stored heads are "
@@ -248,6 +259,8 @@ def run(
         Column("later_recall", "Later words", "", 3),
         Column("first_recall_lookup", f"First word, layer {lookup_layer}", "", 3),
         Column("later_recall_lookup", f"Later words, layer {lookup_layer}", "", 3),
+        Column("later_gap", "First - later", "", 3),
+        Column("later_gap_lookup", f"First - later, layer {lookup_layer}", "", 3),
         Column("visual_kept", "Visual tokens kept", "", 3),
         Column("text_share", "Text share of kept", "", 3),
         Column("kept_entries", "Kept entries / head", "", 1),
@@ -260,7 +273,7 @@ def run(
         command="",
         families=sorted({specs[name].family for name in (methods or specs)}),
         columns=seeded.interval_columns(
-            columns, ("recall", "recall_lookup", "first_recall", "later_recall", "text_share")
+            columns, ("recall", "recall_lookup", "later_gap", "later_gap_lookup", "text_share")
         ),
         rows=rows,
         plots=[Plot(x="budget", y="recall", group="method", title="Evidence recall vs KV budget", error="recall_ci")],

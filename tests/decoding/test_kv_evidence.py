@@ -1,6 +1,7 @@
 """The KV evidence diagnostic on ToyVLM v2: which visual evidence a compressed cache keeps after the prefill."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -57,7 +58,11 @@ def test_full_cache_keeps_every_evidence_token(bundle, prepared):
         evidence = kv_evidence.evidence_positions(item["sample"], visual.nonzero().view(-1))
         masks = _masks(bundle, item, kv_evidence.FullCache())
         metrics = kv_evidence.kept_metrics(masks, visual, evidence, lookup_layer=1)
-        assert metrics["recall"] == metrics["recall_lookup"] == metrics["first_recall"] == 1.0
+        assert metrics["recall"] == metrics["recall_lookup"] == 1.0
+        if evidence["later"].numel():
+            assert metrics["first_recall"] == metrics["later_recall"] == 1.0 and metrics["later_gap"] == 0.0
+        else:  # no later word names a new object: no first-against-later comparison
+            assert math.isnan(metrics["first_recall"]) and math.isnan(metrics["later_gap"])
         assert metrics["visual_kept"] == 1.0 and metrics["kept_entries"] == metrics["prompt_tokens"] == visual.numel()
         assert metrics["text_share"] == pytest.approx(metrics["text_tokens"] / metrics["prompt_tokens"])
         assert metrics["text_tokens"] == int((~visual).sum()) > 0
@@ -124,6 +129,11 @@ def test_metrics_average_layers_and_heads_of_constructed_masks():
     assert metrics["recall"] == pytest.approx((1 + (1 / 3 + 1 / 3) / 2) / 2)
     assert metrics["recall_lookup"] == pytest.approx(1 / 3)
     assert metrics["first_recall_lookup"] == pytest.approx(0.25) and metrics["later_recall_lookup"] == 0.5
+    assert metrics["later_gap_lookup"] == pytest.approx(-0.25)
+    assert metrics["later_gap"] == pytest.approx((0.5 * 1 + 0.5 * 0.25) - (0.5 * 1 + 0.5 * 0.5))
+    no_later = kv_evidence.kept_metrics([every, some], visual, {**evidence, "later": evidence["later"][:0]}, 1)
+    assert math.isnan(no_later["first_recall"]) and math.isnan(no_later["later_gap_lookup"])
+    assert no_later["recall"] == metrics["recall"]
     assert metrics["visual_kept"] == pytest.approx((1 + 1 + 1 / 5 + 2 / 5) / 4)
     assert metrics["text_share"] == pytest.approx((3 / 8 + 3 / 8 + 2 / 3 + 0) / 4)
     assert metrics["kept_entries"] == pytest.approx((8 + 8 + 3 + 2) / 4)
