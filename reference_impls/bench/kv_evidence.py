@@ -171,8 +171,10 @@ def _mean(values: list[float]) -> float:
 @torch.no_grad()
 def evaluate_seed(bundle, settings: list[tuple], n: int, seed: int, suite: str, lookup_layer: int) -> list[dict]:
     """Every setting ``(name, family, budget, method)`` on ``n`` held-out samples of ``suite`` drawn from
-    ``seed``: one row per setting, each metric the mean over samples (where defined)."""
+    ``seed``: one row per setting, each metric the mean over samples (where defined), with the recalls
+    per question kind of the suite (:func:`kind_metrics`)."""
     model = bundle.model
+    kinds = SUITES[suite].kinds
     per_setting: list[list[dict]] = [[] for _ in settings]
     for item in prepare_chat(bundle, bundle.samples(n, seed, suite)):
         visual = prompt_layout(model.config, item["inputs"]["input_ids"]).visual
@@ -181,12 +183,31 @@ def evaluate_seed(bundle, settings: list[tuple], n: int, seed: int, suite: str, 
         for index, (_, _, _, method) in enumerate(settings):
             with method(model):
                 _, cache, _, _ = harness.prefill(model, inputs)
-            masks = kept_masks(cache, visual.numel())
-            per_setting[index].append(kept_metrics(masks, visual, evidence, lookup_layer))
+            metrics = kept_metrics(kept_masks(cache, visual.numel()), visual, evidence, lookup_layer)
+            per_setting[index].append({**metrics, **kind_metrics(metrics, item["sample"].qa.kind, kinds)})
     return [
-        {"method": name, "family": family, "budget": budget, **{m: _mean([s[m] for s in found]) for m in METRICS}}
+        {
+            "method": name,
+            "family": family,
+            "budget": budget,
+            **{m: _mean([s[m] for s in found]) for m in METRICS + _kind_keys(kinds)},
+        }
         for (name, family, budget, _), found in zip(settings, per_setting)
     ]
+
+
+def _kind_keys(kinds: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"{metric}_{kind}" for kind in kinds for metric in ("recall", "recall_lookup"))
+
+
+def kind_metrics(metrics: dict[str, float], kind: str, kinds: Sequence[str]) -> dict[str, float]:
+    """``recall_<k>`` and ``recall_lookup_<k>`` for every kind ``k`` of ``kinds``: the prompt's recalls
+    under its own ``kind``, NaN (undefined) under the others, so that means over prompts are per kind."""
+    return {
+        key: metrics[key.removesuffix(f"_{k}")] if k == kind else math.nan
+        for k in kinds
+        for key in (f"recall_{k}", f"recall_lookup_{k}")
+    }
 
 
 def run(
@@ -219,7 +240,8 @@ def run(
     per_seed, seconds = seeded.run_seeds(
         lambda seed: evaluate_seed(bundle, settings, n, seed, suite, lookup_layer), seeds.reported, log=log
     )
-    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS)
+    kinds = SUITES[suite].kinds
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS + _kind_keys(kinds))
     for row in rows:
         log(
             f"{row['method']:13s} {row['budget']:.2f}  recall {row['recall']:.3f} (layer {lookup_layer} "
@@ -240,7 +262,7 @@ def run(
         "(not kind 'where'); the gap is first minus later, prompt by prompt. Visual kept: share of all visual tokens kept (what a random "
         "choice of visual tokens would recall). Text share: share of the kept prompt entries that are text (image "
         "labels, vision markers, question, answer marker); text tokens and prompt tokens per prompt; kept entries "
-        "per head. The full cache is read through the same API (a cache that never compresses). Stored heads are "
+        "per head. Recall per question kind: the prompts of that kind only. The full cache is read through the same API (a cache that never compresses). Stored heads are "
         f"KV heads, except SnapKV and PyramidKV, which keep one selection per query head ({groups} per KV head, as "
         "their reference code); every stored head counts once. KIVI is left out (it quantises, evicting nothing). "
         "HybridKV's dynamic heads fetch chunks of an offloaded pool at each decode step: their recall counts the "
@@ -261,6 +283,11 @@ def run(
         Column("later_recall_lookup", f"Later words, layer {lookup_layer}", "", 3),
         Column("later_gap", "First - later", "", 3),
         Column("later_gap_lookup", f"First - later, layer {lookup_layer}", "", 3),
+        *(
+            Column(f"{key}_{kind}", f"{label}, {kind.replace('_', ' ')}", "", 3)
+            for kind in kinds
+            for key, label in (("recall", "Recall"), ("recall_lookup", f"Recall layer {lookup_layer}"))
+        ),
         Column("visual_kept", "Visual tokens kept", "", 3),
         Column("text_share", "Text share of kept", "", 3),
         Column("kept_entries", "Kept entries / head", "", 1),

@@ -97,6 +97,7 @@ def test_command_line_writes_the_columns(tmp_path):
     keys = [c["key"] for c in results["columns"]]
     assert {*kv_evidence.METRICS, "recall_ci", "text_share_ci", "method", "budget", "seeds"} <= set(keys)
     assert "Recall, layer 1" in [c["label"] for c in results["columns"]]
+    assert {"recall_list", "recall_lookup_tally_all"} <= set(keys)
     assert results["families"] == ["kv-token-level"] and results["seeds"]["reported"] == [1, 2]
     rows = {(r["method"], r["budget"]): r for r in results["rows"]}
     assert sorted(rows) == [("full", 1.0)] + [(m, b) for m in ("snapkv", "streamingllm") for b in (0.1, 0.2, 0.4)]
@@ -140,3 +141,10 @@ def test_metrics_average_layers_and_heads_of_constructed_masks():
     assert (metrics["text_tokens"], metrics["prompt_tokens"]) == (3, 8)
     with pytest.raises(ValueError, match="lookup layer 2"):
         kv_evidence.kept_metrics([every, some], visual, evidence, lookup_layer=2)
+
+
+def test_kind_metrics_define_each_recall_under_its_own_kind_only():
+    metrics = {"recall": 0.5, "recall_lookup": 0.25}
+    per_kind = kv_evidence.kind_metrics(metrics, "tally", ("list", "tally"))
+    assert per_kind["recall_tally"] == 0.5 and per_kind["recall_lookup_tally"] == 0.25
+    assert math.isnan(per_kind["recall_list"]) and math.isnan(per_kind["recall_lookup_list"])
