@@ -21,6 +21,12 @@ positions it keeps, and measure:
   ``later_gap`` (``_lookup``), their difference prompt by prompt (first minus later).
   Observation-window methods score with the last prompt queries, which were trained to find the
   first word's evidence, not the rest;
+- ``step_recall`` (``_lookup``): the reference reply is then fed one word per step (teacher-forced)
+  through the compressed cache, and for each step we take what it could read -- the entries held
+  before it (so H2O's and StreamingLLM's evictions during decoding count) plus the chunks it fetched
+  (:meth:`~reference_impls.decoding.cache.CompressedLayer.retrieved_positions`: HybridKV's dynamic
+  heads) -- and measure the recall of the evidence of the word that step produces (words after
+  the first, mean over steps);
 - ``visual_kept``: the share of *all* visual tokens kept (what keeping visual tokens at random
   would recall), so ``recall / visual_kept`` says how much a method favours the evidence;
 - ``text_share``: the share of kept prompt entries that are text (image labels, vision markers,
@@ -31,10 +37,9 @@ The full cache is read through the same layer API (a compressed cache that never
 its recall is 1 by measurement, not by definition. Stored heads are KV heads, except SnapKV and
 PyramidKV, which by default store one selection per *query* head (their reference code repeats
 K/V); each stored head counts once. KIVI is left out: it quantises every entry instead of evicting
-any (nothing to recall). HybridKV's dynamic heads also fetch chunks of an offloaded pool at every
-decode step; their recall here counts the resident entries only (a lower bound of what a step
-can read). LOOK-M merges evicted visual entries into kept ones; recall counts positions kept, not
-content merged.
+any (nothing to recall). HybridKV's dynamic heads fetch chunks of an offloaded pool at every
+decode step: every recall but ``step_recall`` counts their resident entries only. LOOK-M merges
+evicted visual entries into kept ones; recall counts positions kept, not content merged.
 
 Each reported seed (``--seeds``, default :data:`~reference_impls.common.seeded.REPORTED`, as
 ``kv_quality``) draws ``--n`` held-out samples with ``ToyVLMv2.samples(n, seed, suite)``: the first
@@ -78,6 +83,8 @@ METRICS = (
     "later_recall_lookup",
     "later_gap",
     "later_gap_lookup",
+    "step_recall",
+    "step_recall_lookup",
     "visual_kept",
     "text_share",
     "kept_entries",
@@ -163,6 +170,40 @@ def kept_metrics(
     }
 
 
+@torch.no_grad()
+def reply_step_masks(
+    model, cache, next_position: torch.Tensor, reply: Sequence[int], n: int
+) -> list[list[torch.Tensor]]:
+    """What each decode step could read: the reply ``reply`` (token ids) is fed one token per step
+    (teacher-forced) through ``cache`` after its prefill; for the step that produces ``reply[j]``
+    (``j >= 1``), per layer, the ``(heads, n)`` prompt positions held before the step (later evictions
+    included) plus those fetched during it (:meth:`~reference_impls.decoding.cache.CompressedLayer.retrieved_positions`)."""
+    steps = []
+    for j in range(1, len(reply)):
+        readable = kept_masks(cache, n)
+        position = (next_position.view(1, 1, 1) + j - 1).expand(3, 1, 1)
+        model(input_ids=torch.tensor([[reply[j - 1]]]), cache=cache, position_ids=position, use_cache=True)
+        for layer, mask in zip(cache.layers, readable):
+            for head in range(mask.shape[0]):
+                fetched = layer.retrieved_positions(head).long().cpu()
+                mask[head, fetched[fetched < n]] = True
+        steps.append(readable)
+    return steps
+
+
+def step_metrics(steps: list[list[torch.Tensor]], words: list[torch.Tensor], lookup_layer: int) -> dict[str, float]:
+    """``step_recall`` (``_lookup``): recall of the evidence of the word each step produces, from what that
+    step could read (:func:`reply_step_masks`; ``words[j]`` holds the positions of word ``j + 1``'s
+    evidence), mean over the steps whose word has evidence."""
+    pairs = [(masks, positions) for masks, positions in zip(steps, words) if positions.numel()]
+    return {
+        "step_recall": _mean([_recall(masks, positions) for masks, positions in pairs]),
+        "step_recall_lookup": _mean(
+            [_recall(masks[lookup_layer : lookup_layer + 1], positions) for masks, positions in pairs]
+        ),
+    }
+
+
 def _mean(values: list[float]) -> float:
     defined = [v for v in values if not math.isnan(v)]
     return sum(defined) / len(defined) if defined else math.nan
@@ -180,10 +221,16 @@ def evaluate_seed(bundle, settings: list[tuple], n: int, seed: int, suite: str, 
         visual = prompt_layout(model.config, item["inputs"]["input_ids"]).visual
         evidence = evidence_positions(item["sample"], visual.nonzero().view(-1))
         inputs = {**item["inputs"], "mm_encoder_outputs": dict(item["encoded"])}
+        sample = item["sample"]
+        reply = [bundle.vocab.id(word) for word in sample.qa.answer.split()]
+        shown, visual_positions = sample.scene.object_tokens, visual.nonzero().view(-1)
+        words = [visual_positions[sorted({t for i in about for t in shown[i]})] for about in sample.qa.evidence[1:]]
         for index, (_, _, _, method) in enumerate(settings):
             with method(model):
-                _, cache, _, _ = harness.prefill(model, inputs)
-            metrics = kept_metrics(kept_masks(cache, visual.numel()), visual, evidence, lookup_layer)
+                _, cache, position, _ = harness.prefill(model, inputs)
+                metrics = kept_metrics(kept_masks(cache, visual.numel()), visual, evidence, lookup_layer)
+                steps = reply_step_masks(model, cache, position, reply, visual.numel())
+            metrics.update(step_metrics(steps, words, lookup_layer))
             per_setting[index].append({**metrics, **kind_metrics(metrics, item["sample"].qa.kind, kinds)})
     return [
         {
@@ -259,14 +306,17 @@ def run(
         f"kept, mean over layers and heads; 'layer {lookup_layer}': the same at the layer whose attention ToyVLM v2 "
         "was trained to point at the evidence. First / later word: recall of the objects the first reply word is "
         "about, and of the objects only later words are about, on the replies whose later words name a new object "
-        "(not kind 'where'); the gap is first minus later, prompt by prompt. Visual kept: share of all visual tokens kept (what a random "
+        "(not kind 'where'); the gap is first minus later, prompt by prompt. Step recall: the reference reply is fed one "
+        "word per step through the compressed cache; each step's recall of the evidence of the word it produces, "
+        "from the entries held before the step plus the chunks fetched during it (HybridKV's dynamic heads), mean over "
+        "the words after the first. Visual kept: share of all visual tokens kept (what a random "
         "choice of visual tokens would recall). Text share: share of the kept prompt entries that are text (image "
         "labels, vision markers, question, answer marker); text tokens and prompt tokens per prompt; kept entries "
         "per head. Recall per question kind: the prompts of that kind only. The full cache is read through the same API (a cache that never compresses). Stored heads are "
         f"KV heads, except SnapKV and PyramidKV, which keep one selection per query head ({groups} per KV head, as "
         "their reference code); every stored head counts once. KIVI is left out (it quantises, evicting nothing). "
-        "HybridKV's dynamic heads fetch chunks of an offloaded pool at each decode step: their recall counts the "
-        "resident entries only. LOOK-M merges evicted visual entries into kept ones: recall counts positions, not "
+        "HybridKV's dynamic heads fetch chunks of an offloaded pool at each decode step: every recall but the step "
+        "recall counts their resident entries only. LOOK-M merges evicted visual entries into kept ones: recall counts positions, not "
         f"merged content. Each of {len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) "
         f"draws its own {n} held-out samples (the first {n} of the samples kv-quality-toyvlm-v2-{suite} decodes for "
         "that seed), shared by every method; mean over seeds with the half-width of a Student-t 95% interval. "
@@ -283,6 +333,8 @@ def run(
         Column("later_recall_lookup", f"Later words, layer {lookup_layer}", "", 3),
         Column("later_gap", "First - later", "", 3),
         Column("later_gap_lookup", f"First - later, layer {lookup_layer}", "", 3),
+        Column("step_recall", "Step recall", "", 3),
+        Column("step_recall_lookup", f"Step recall, layer {lookup_layer}", "", 3),
         *(
             Column(f"{key}_{kind}", f"{label}, {kind.replace('_', ' ')}", "", 3)
             for kind in kinds
@@ -300,7 +352,16 @@ def run(
         command="",
         families=sorted({specs[name].family for name in (methods or specs)}),
         columns=seeded.interval_columns(
-            columns, ("recall", "recall_lookup", "later_gap", "later_gap_lookup", "text_share")
+            columns,
+            (
+                "recall",
+                "recall_lookup",
+                "later_gap",
+                "later_gap_lookup",
+                "step_recall",
+                "step_recall_lookup",
+                "text_share",
+            ),
         ),
         rows=rows,
         plots=[Plot(x="budget", y="recall", group="method", title="Evidence recall vs KV budget", error="recall_ci")],

@@ -148,3 +148,39 @@ def test_kind_metrics_define_each_recall_under_its_own_kind_only():
     per_kind = kv_evidence.kind_metrics(metrics, "tally", ("list", "tally"))
     assert per_kind["recall_tally"] == 0.5 and per_kind["recall_lookup_tally"] == 0.25
     assert math.isnan(per_kind["recall_list"]) and math.isnan(per_kind["recall_lookup_list"])
+
+
+def _steps(bundle, item, method, words=3):
+    inputs = {**item["inputs"], "mm_encoder_outputs": dict(item["encoded"])}
+    reply = [bundle.vocab.id(w) for w in item["sample"].qa.answer.split()][:words]
+    with method(bundle.model):
+        _, cache, position, _ = harness.prefill(bundle.model, inputs)
+        steps = kv_evidence.reply_step_masks(bundle.model, cache, position, reply, inputs["input_ids"].shape[1])
+    return cache, steps
+
+
+def test_full_cache_steps_read_every_prompt_position(bundle, prepared):
+    item = next(i for i in prepared if len(i["sample"].qa.answer.split()) >= 3)
+    _, steps = _steps(bundle, item, kv_evidence.FullCache())
+    assert len(steps) == 2 and all(mask.all() for masks in steps for mask in masks)
+    words = [torch.tensor([5, 9]), torch.tensor([], dtype=torch.long)]
+    assert kv_evidence.step_metrics(steps, words, 1) == {"step_recall": 1.0, "step_recall_lookup": 1.0}
+
+
+def test_steps_of_a_retrieving_method_read_the_fetched_chunks(bundle, prepared):
+    from reference_impls.decoding.hybridkv import HybridKV
+
+    item = next(i for i in prepared if len(i["sample"].qa.answer.split()) >= 3)
+    cache, steps = _steps(bundle, item, HybridKV(budget=0.3, window=6, chunk_size=4, typing="rank"))
+    dynamic = [(index, h) for index, layer in enumerate(cache.layers) for h in layer.dynamic]
+    assert dynamic  # the check needs heads that retrieve
+    n = item["inputs"]["input_ids"].shape[1]
+    for index, h in dynamic:
+        layer, readable = cache.layers[index], steps[-1][index][h]
+        fetched = layer.retrieved_positions(h).long()
+        assert fetched.numel() > 0 and readable[fetched].all()
+        held = layer.head_positions(h).long()
+        assert int(readable.sum()) == len(set(held[held < n].tolist()) | set(fetched.tolist()))
+    assert all(
+        cache.layers[0].retrieved_positions(h).numel() == 0 for h in range(2) if h not in cache.layers[0].dynamic
+    )
