@@ -70,7 +70,19 @@ from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import CompressedCache, CompressedLayer, KVCacheMethod, prompt_layout
 from reference_impls.registry import all_methods
 
-__all__ = ["FullCache", "METRICS", "NOT_EVICTING", "evidence_positions", "kept_masks", "kept_metrics", "run"]
+__all__ = [
+    "FullCache",
+    "METRICS",
+    "NOT_EVICTING",
+    "evidence_positions",
+    "kept_masks",
+    "kept_metrics",
+    "kind_metrics",
+    "object_positions",
+    "reply_step_masks",
+    "run",
+    "step_metrics",
+]
 
 NOT_EVICTING = ("kivi",)
 """KV-cache methods that keep every entry (quantised): left out, there is nothing to recall."""
@@ -115,19 +127,25 @@ def kept_masks(cache: CompressedCache, n: int) -> list[torch.Tensor]:
     return masks
 
 
+def object_positions(sample: ChatSample, visual_positions: torch.Tensor, objects) -> torch.Tensor:
+    """Sorted prompt positions of the visual tokens that show any of ``objects`` (indices into the scene's
+    objects); ``visual_positions`` (``(V,)``) maps the scene's visual-token indices to prompt positions."""
+    shown = sample.scene.object_tokens
+    return visual_positions[sorted({t for i in objects for t in shown[i]})]
+
+
 def evidence_positions(sample: ChatSample, visual_positions: torch.Tensor) -> dict[str, torch.Tensor]:
     """Prompt positions of the evidence: of every relevant object (``all``), of the objects the first
     reply word is about (``first``) and of those only later words are about (``later``).
 
     ``visual_positions`` (``(V,)``) maps the scene's visual-token indices to prompt positions."""
-    qa, shown = sample.qa, sample.scene.object_tokens
+    qa = sample.qa
     first = set(qa.evidence[0]) if qa.evidence else set(qa.relevant)  # one-word replies: the relevant objects
     later = {i for about in qa.evidence[1:] for i in about} - first
-    tokens = lambda objects: sorted({t for i in objects for t in shown[i]})  # noqa: E731
     return {
         "all": visual_positions[sorted(evidence_tokens(sample))],
-        "first": visual_positions[tokens(first)],
-        "later": visual_positions[tokens(later)],
+        "first": object_positions(sample, visual_positions, first),
+        "later": object_positions(sample, visual_positions, later),
     }
 
 
@@ -223,8 +241,7 @@ def evaluate_seed(bundle, settings: list[tuple], n: int, seed: int, suite: str, 
         inputs = {**item["inputs"], "mm_encoder_outputs": dict(item["encoded"])}
         sample = item["sample"]
         reply = [bundle.vocab.id(word) for word in sample.qa.answer.split()]
-        shown, visual_positions = sample.scene.object_tokens, visual.nonzero().view(-1)
-        words = [visual_positions[sorted({t for i in about for t in shown[i]})] for about in sample.qa.evidence[1:]]
+        words = [object_positions(sample, visual.nonzero().view(-1), about) for about in sample.qa.evidence[1:]]
         for index, (_, _, _, method) in enumerate(settings):
             with method(model):
                 _, cache, position, _ = harness.prefill(model, inputs)
