@@ -325,6 +325,11 @@ class CompressedLayer(DynamicLayer):
         """Logical positions of the entries head ``head`` holds (sorted)."""
         return self.positions[head].sort().values
 
+    def retrieved_positions(self, head: int) -> torch.Tensor:
+        """Logical positions head ``head`` fetched for the last decode step from outside the entries it
+        holds (none here; methods that retrieve from a pool override it)."""
+        return torch.zeros(0, dtype=torch.int32)
+
 
 class RaggedLayer(CompressedLayer):
     """A layer whose KV heads hold different numbers of entries, one tensor per head.

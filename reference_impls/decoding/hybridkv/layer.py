@@ -200,6 +200,10 @@ class HybridKVLayer(RaggedLayer):
             self.last_retrieved[h] = p
         return keys, values, counts
 
+    def retrieved_positions(self, head: int) -> torch.Tensor:
+        """Prompt positions of the chunks head ``head`` fetched from its pool for the last decode step."""
+        return self.last_retrieved.get(head, torch.zeros(0, dtype=torch.int32))
+
     def resident_prompt(self, h: int) -> int:
         """Prompt entries head ``h`` keeps resident (fixed after finalisation, so cached)."""
         if h not in self._n_resident:
