@@ -114,7 +114,7 @@ def built_site(tmp_path_factory) -> Path:
     (repo / "papers" / "cr2026entry.yaml").write_text(CR_EVIL)
     taxonomy = repo / "taxonomy" / "efficiency.yaml"
     text = taxonomy.read_text()
-    start = text.index("            findings: >-\n              With 25%")
+    start = text.index("            findings: >-\n", text.index("- id: prefilling-attention-guided"))
     end = text.index("      - id: sparse-attention")
     taxonomy.write_text(text[:start] + f"            findings: {json.dumps(HOSTILE_PROSE)}\n" + text[end:])
     results = own_results(repo)
