@@ -81,3 +81,25 @@ def test_a_range_over_seeds_is_shown_in_one_cell():
     page, header = _page_and_header(data)
     assert header.count("|") == 3 and "Accuracy, lowest - highest seed (%)" in header  # two columns, not three
     assert "71.0 – 86.5" in page and "88.0 – 92.0" in page
+
+
+def test_a_wide_table_is_split_into_tables_that_each_name_their_rows():
+    from tools.site.results import MAX_COLUMNS
+
+    metrics = [f"m{k}" for k in range(2 * MAX_COLUMNS)]
+    rows = [
+        {"method": name, "cut": "after", "budget": 0.1, **{m: float(k) for k, m in enumerate(metrics)}} for name in "ab"
+    ]
+    columns = [
+        {"key": "method", "label": "Method"},
+        {"key": "cut", "label": "Cut"},
+        {"key": "budget", "label": "Budget"},
+    ]
+    data = _results(columns + [{"key": m, "label": f"Metric {m}"} for m in metrics], rows=rows)
+    page = results_md(data, "families/x.md", {}).replace("\\", "")
+    headers = [line for line in page.splitlines() if line.startswith("| Method")]
+    assert len(headers) >= 3
+    cells = [[cell.strip() for cell in header.strip("|").split("|")] for header in headers]
+    assert all(len(row) <= MAX_COLUMNS and row[:3] == ["Method", "Cut", "Budget"] for row in cells)
+    assert [c for row in cells for c in row[3:]] == [f"Metric {m}" for m in metrics]  # each once, in order
+    assert page.count("| a | after |") == len(headers)

@@ -15,6 +15,7 @@ from .data import SiteData, module_page, node_page, notebook_page, paper_page, r
 from .graph import MethodLinks
 from .implementations import design_anchor, package_design_md, package_readme
 from .notebooks import render_seconds
+from .results import results_tables
 
 __all__ = ["paper_md", "node_md", "home_md", "taxonomy_index_md", "papers_table", "reported_table"]
 
@@ -120,11 +121,6 @@ def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
     lines = []
     for data in item.results:
         rows = [row for row in data["rows"] if row.get("method") == item.method]
-        columns = [column for column in data["columns"] if column["key"] not in ("method", "family")]
-        headers = [
-            md.text(column["label"] + (f" ({column['unit']})" if column.get("unit") else "")) for column in columns
-        ]
-        body = [[md.fmt_number(row.get(column["key"]), column.get("digits")) for column in columns] for row in rows]
         families = [node for node in item.families if node.id in data.get("families", [])]
         where = families[0] if families else None
         title = md.text(data["title"])
@@ -133,8 +129,7 @@ def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
         lines += [
             f"**{title}**, reproduced with {md.code(data['command'])}",
             "",
-            md.table(headers, body, sortable=True),
-            "",
+            *results_tables(data, rows, hidden=("method", "family")),
         ]
     return lines
 

@@ -8,7 +8,7 @@ from . import markdown as md
 from .charts import results_chart, series_styles
 from .data import node_page, relative
 
-__all__ = ["results_md", "results_index_md", "results_links_md", "chart_styles"]
+__all__ = ["results_md", "results_index_md", "results_links_md", "results_tables", "chart_styles"]
 
 
 def _rows_for(data: dict[str, Any], family: str | None) -> list[dict[str, Any]]:
@@ -28,27 +28,8 @@ def results_md(
 ) -> str:
     """One results file as Markdown (table, plots, command); plots are added to ``assets``."""
     rows = _rows_for(data, family)
-    keys = {column["key"] for column in data["columns"]}
-    # A metric's "± 95% CI" column is shown inside the metric's own cell ("12.3 ± 1.2"), and a
-    # "<metric>_low" / "<metric>_high" pair (its range over seeds) as one cell ("80.0 – 99.0"), which
-    # keeps tables with an interval per metric narrow enough for a desktop screen.
-    shown = [
-        c
-        for c in data["columns"]
-        if not (c["key"].endswith("_ci") and c["key"][:-3] in keys)
-        and not (c["key"].endswith("_high") and f"{c['key'][:-5]}_low" in keys)
-    ]
-    headers = [
-        md.text(
-            column["label"]
-            + (f" ({column['unit']})" if column.get("unit") else "")
-            + (" ± 95% CI" if f"{column['key']}_ci" in keys else "")
-        )
-        for column in shown
-    ]
-    body = [[_cell(row, column, keys) for column in shown] for row in rows]
     title = f"{heading} {md.text(data['title'])}" + ("" if indexed else " " + md.NOT_INDEXED)
-    lines = [title, "", md.table(headers, body, sortable=True), ""]
+    lines = [title, "", *results_tables(data, rows)]
     for index, plot in enumerate(data.get("plots") or []):
         name = f"assets/generated/results/{data['id']}-{family or 'all'}-{index}.svg"
         # Axis labels carry the column's unit.
@@ -90,6 +71,62 @@ def results_md(
     if data.get("notes"):
         lines += [md.restricted(data["notes"]), ""]
     return "\n".join(lines)
+
+
+def results_tables(data: dict[str, Any], rows: list[dict[str, Any]], hidden: tuple[str, ...] = ()) -> list[str]:
+    """``rows`` of a results file as Markdown table lines (columns in ``hidden`` left out).
+
+    A metric's "± 95% CI" column is shown inside the metric's own cell ("12.3 ± 1.2"), and a
+    "<metric>_low" / "<metric>_high" pair (its range over seeds) as one cell ("80.0 – 99.0"); a table
+    still wider than :data:`MAX_COLUMNS` is split into several over the same rows. Both keep tables
+    narrow enough for a desktop screen."""
+    keys = {column["key"] for column in data["columns"]}
+    shown = [
+        c
+        for c in data["columns"]
+        if c["key"] not in hidden
+        and not (c["key"].endswith("_ci") and c["key"][:-3] in keys)
+        and not (c["key"].endswith("_high") and f"{c['key'][:-5]}_low" in keys)
+    ]
+    headers = [
+        md.text(
+            column["label"]
+            + (f" ({column['unit']})" if column.get("unit") else "")
+            + (" ± 95% CI" if f"{column['key']}_ci" in keys else "")
+        )
+        for column in shown
+    ]
+    body = [[_cell(row, column, keys) for column in shown] for row in rows]
+    lines: list[str] = []
+    for part, columns in enumerate(_column_groups(shown, rows)):
+        if part:
+            lines += [md.text("Continued (same rows):"), ""]
+        lines += [
+            md.table([headers[i] for i in columns], [[cells[i] for i in columns] for cells in body], sortable=True),
+            "",
+        ]
+    return lines
+
+
+MAX_COLUMNS = 12
+"""Columns of one rendered table: a wider results table is shown as several tables over the same
+rows, each repeating the columns that name a row, so that none is clipped on a desktop screen."""
+_ROW_KEYS = {"budget", "cut", "setting", "threshold", "layout", "suite", "escalation"}
+
+
+def _column_groups(shown: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[list[int]]:
+    """Indices of ``shown`` per table: the columns that name a row (the first one, then any that
+    hold text or a setting such as the budget) lead every table, the others are split in order."""
+    names = 1
+    while names < len(shown) and (
+        shown[names]["key"] in _ROW_KEYS or all(isinstance(row.get(shown[names]["key"]), str) for row in rows)
+    ):
+        names += 1
+    if len(shown) <= MAX_COLUMNS or names >= MAX_COLUMNS - 1:
+        return [list(range(len(shown)))]
+    width = MAX_COLUMNS - names
+    rest = list(range(names, len(shown)))
+    return [list(range(names)) + rest[start : start + width] for start in range(0, len(rest), width)]
 
 
 def _cell(row: dict[str, Any], column: dict[str, Any], keys: set[str]) -> str:
