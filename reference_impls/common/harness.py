@@ -48,6 +48,7 @@ from . import random_pruning as _random_pruning  # noqa: F401  (registers the ba
 from .chat_scenes import answer_words
 from .toyvlm import ToyVLM
 from .toyvlm_v2 import ToyVLMv2
+from .visual_tokens import next_positions
 
 __all__ = ["cache_bytes", "prefill", "decode_steps", "evaluate"]
 
@@ -105,7 +106,7 @@ def prefill(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any, 
     seconds = time.perf_counter() - start
     # the reply continues from the prompt's last position, as generate() does and as the model saw in
     # training; a video's temporal ids may run past it (text after a video restarts at its h/w extent)
-    return output.logits[:, -1], _output_cache(output), positions[:, :, -1].amax(dim=0) + 1, seconds
+    return output.logits[:, -1], _output_cache(output), next_positions(positions), seconds
 
 
 @torch.no_grad()

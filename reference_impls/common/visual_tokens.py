@@ -44,6 +44,7 @@ __all__ = [
     "Selection",
     "SelectFn",
     "keep_count",
+    "next_positions",
     "build_context",
     "reduce_inputs",
     "apply_visual_token_selection",
@@ -92,6 +93,14 @@ class Selection:
 
 
 SelectFn = Callable[[VisualContext], "Selection | Sequence[torch.Tensor]"]
+
+
+def next_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """The 3-D M-RoPE position each sequence's first generated token takes, ``(3, B, N)`` -> ``(B,)``.
+
+    It is the last prompt token's position + 1, as ``generate()`` continues, not the largest
+    position + 1: a video's temporal ids run past the text that follows it."""
+    return position_ids[:, :, -1].amax(dim=0) + 1
 
 
 def keep_count(n: int, budget: float) -> int:
@@ -229,8 +238,7 @@ def apply_visual_token_selection(
 
     Returns ``(kwargs, ctx, selection)``; ``model(**kwargs)`` runs the language model on the
     kept tokens (``kwargs`` holds ``inputs_embeds``, ``position_ids``, ``attention_mask``). For
-    decoding after it, the next position of sequence ``b`` is ``ctx.position_ids[:, b, -1].max() + 1``
-    (the last prompt token's, which after a video is not the largest).
+    decoding after it, the next positions are ``next_positions(ctx.position_ids)``.
     """
     ctx = build_context(model, inputs)
     selection = _as_selection(select_fn(ctx))
@@ -274,9 +282,7 @@ def patch_visual_tokens(
                 full_len=ctx.input_ids.shape[1],
                 reduced_len=kept_index.shape[1],
                 kept_index=kept_index,
-                # (B,) the last prompt token's position + 1, as generate() continues; not the largest
-                # position: a video's temporal ids run past the text that follows it
-                next_position=ctx.position_ids[:, :, -1].amax(dim=0) + 1,
+                next_position=next_positions(ctx.position_ids),
             )
             inner.rope_deltas = ctx.rope_deltas
             for key in (

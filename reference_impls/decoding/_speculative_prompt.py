@@ -30,6 +30,7 @@ from reference_impls.common.visual_tokens import (
     VisualTokenMethod,
     build_context,
     keep_count,
+    next_positions,
     reduce_inputs,
 )
 
@@ -81,8 +82,7 @@ def encode_prompt(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Prompt:
     return Prompt(
         embeds=context.inputs_embeds,
         positions=context.position_ids,
-        # the last token's position + 1, as generate() continues: after a video it is not the largest
-        next_position=int(context.position_ids[:, 0, -1].max()) + 1,
+        next_position=int(next_positions(context.position_ids)[0]),
         visual=context.visual_mask[0],
         context=context,
     )
