@@ -46,6 +46,7 @@ from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.harness import evaluate
 from reference_impls.common.results import Column, Plot, Results, command_line, save_results
 from reference_impls.common.tiny import tiny_qwen25vl
+from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.decoding.attention_reuse import AttentionReuse, attention_flops
 
 __all__ = ["PATTERNS", "chat_patterns", "chat_rows", "layer_flops", "kl_and_accuracy"]
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     full = accuracy[0]
     results = Results(
         id="attention-reuse-toyvlm",
-        title="Cross-layer attention reuse on ToyVLM: accuracy, KL and attention FLOPs per sharing pattern",
+        title=f"Cross-layer attention reuse on {ABLATION_TITLE}: accuracy, KL and attention FLOPs per sharing pattern",
         command=command,
         families=["attention-reuse"],
         columns=seeded.interval_columns(

@@ -48,7 +48,7 @@ from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
-from ..common.toyvlm import load_toyvlm
+from ..common.toyvlm import ABLATION_TITLE, load_toyvlm
 from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..common.visual_tokens import keep_count
 from ..encoding.keyframes import KeyframeSelection, item_thumbnails, select_keyframes
@@ -285,7 +285,7 @@ def run(
     )
     results = Results(
         id="keyframe-selection-toyvlm",
-        title="ToyVLM: keyframe selection, learned scorer vs max-min vs random",
+        title=f"{ABLATION_TITLE}: keyframe selection, learned scorer vs max-min vs random",
         command="",
         families=[TRAINING_AWARE, TRAINING_FREE],
         columns=seeded.interval_columns(_columns(V1_KINDS), ("accuracy",)),

@@ -57,6 +57,7 @@ from transformers import DynamicCache
 from reference_impls.common import harness, seeded
 from reference_impls.common.chat_scenes import SUITES, answer_words
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import CompressedCache
 from reference_impls.registry import all_methods, get_method
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results = Results(
         id="kv-quality-toyvlm",
-        title="ToyVLM accuracy of KV-cache methods at 10/20/40% budgets",
+        title=f"{ABLATION_TITLE}: accuracy of KV-cache methods at 10/20/40% budgets",
         command=command_line("reference_impls.bench.kv_quality", argv),
         families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],
         columns=seeded.interval_columns(

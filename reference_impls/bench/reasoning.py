@@ -33,6 +33,7 @@ from reference_impls.bench.speculative import REPLY, chat_setting, load_setting
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
 from reference_impls.decoding.speculative import greedy_decode
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> Results:
     )
     results = Results(
         id=results_id,
-        title="Confidence-gated answering on ToyVLM: accuracy against compute"
+        title=f"Confidence-gated answering on {ABLATION_TITLE}: accuracy against compute"
         if args.suite is None
         else f"Confidence-gated answering on ToyVLM v2 ({args.suite} suite): exact match against compute",
         command=command_line("reference_impls.bench.reasoning", argv),

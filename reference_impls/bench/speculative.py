@@ -44,6 +44,7 @@ import torch
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES, answer_words
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding._speculative_prompt import crop, encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> Results:
     tests += seeded.paired_tests(per_seed, "draft_first_token", "self 25% visual", within=("setting",))
     results = Results(
         id="speculative-toyvlm",
-        title="Speculative decoding with a visually pruned draft on ToyVLM",
+        title=f"Speculative decoding with a visually pruned draft on {ABLATION_TITLE}",
         command=command_line("reference_impls.bench.speculative", argv),
         families=["speculative-training-free"],
         columns=seeded.interval_columns(COLUMNS, ("speedup", "decode_speedup", "draft_first_token", "accuracy")),

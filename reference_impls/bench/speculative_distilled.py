@@ -50,6 +50,7 @@ from reference_impls.bench import speculative
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
 from reference_impls.decoding.speculative import SpeculativeDecoding, greedy_decode
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> Results:
     reported = ", ".join(map(str, seeds.reported))
     results = Results(
         id="speculative-distilled-toyvlm",
-        title="Distilled twig draft vs training-free drafts (captioner and ToyVLM)",
+        title=f"Distilled twig draft vs training-free drafts (captioner and {ABLATION_TITLE})",
         command=command_line("reference_impls.bench.speculative_distilled", argv),
         families=[AWARE, FREE],
         columns=seeded.interval_columns(COLUMNS, ("mean_accepted_length", "decode_speedup", "draft_first_token")),

@@ -38,7 +38,7 @@ from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
-from ..common.toyvlm import load_toyvlm
+from ..common.toyvlm import ABLATION_TITLE, load_toyvlm
 from ..common.toyvlm_v2 import ToyVLMv2, load_toyvlm_v2
 from ..registry import all_methods
 
@@ -172,7 +172,7 @@ def run(
     )
     results = Results(
         id=result_id,
-        title="ToyVLM: accuracy and cost vs visual tokens kept"
+        title=f"{ABLATION_TITLE}: accuracy and cost vs visual tokens kept"
         if suite is None
         else f"ToyVLM v2 ({suite} suite): exact match and cost vs visual tokens kept",
         command="",

@@ -47,7 +47,7 @@ from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
 from ..common.results import Column, Plot, Results, command_line
 from ..common.scenes import Sample, repeat_images
-from ..common.toyvlm import ToyVLM, load_toyvlm
+from ..common.toyvlm import ABLATION_TITLE, ToyVLM, load_toyvlm
 from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..encoding.keyframes import KeyframeSelection
 from ..encoding.temporal_merging import TemporalMerging
@@ -184,7 +184,7 @@ def run(
         ]
     results = Results(
         id="video-encoders-toyvlm",
-        title="ToyVLM clips: temporal pooling/merging vs frame selection and random pruning",
+        title=f"{ABLATION_TITLE}, clips: temporal pooling/merging vs frame selection and random pruning",
         command="",
         families=["vision-encoders-video"],
         columns=seeded.interval_columns(columns, ("clip_accuracy", "native_accuracy")),

@@ -42,6 +42,7 @@ from .tiny import qwen25vl_config
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "ABLATION_TITLE",
     "Vocab",
     "build_vocab",
     "toyvlm_config",
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "toyvlm"
+ABLATION_TITLE = "ToyVLM v1 (question-first ablation)"
+"""How results titles name this model: the benchmarks' model is ToyVLM v2 (chat layout); v1 puts the
+question first and answers one word, and its results stay only as that ablation."""
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 """The normalisation of the Qwen2-VL image processor (OpenAI CLIP statistics)."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from reference_impls.common.architectures import adapter_for
+from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.visual_tokens import keep_count
 from reference_impls.prefilling._layer_drop import DropContext, DropMethod, keep_top_visual
 
@@ -76,6 +77,11 @@ class Data:
     batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (inputs, answer ids)
     answer_ids: torch.Tensor | None
     source: str
+
+
+def _model_title(source: str) -> str:
+    """How a results title names the data source: the question-first ToyVLM is the v1 ablation."""
+    return ABLATION_TITLE if source == "toyvlm" else source
 
 
 def _encode_once(model, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     command = command_line("reference_impls.prefilling.bench", argv)
     results = Results(
         id="prefilling-toyvlm",
-        title=f"Prefilling-stage visual token pruning on {facts['source']}: accuracy and prefill time vs budget",
+        title=f"Prefilling-stage visual token pruning on {_model_title(facts['source'])}: accuracy and prefill time vs budget",
         command=command,
         families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],
         columns=seeded.interval_columns(
