@@ -63,15 +63,19 @@ SETTING = ("method", "unlearn_lr", "protocol", "relearn_steps")
 @dataclass
 class RelapseConfig:
     seeds: tuple[int, ...] = (10, 11, 12)
+    """Reported seeds (the benchmark's data order and splits for each)."""
     methods: tuple[str, ...] = ("base", "npo", "sare", "efuf", "sare-ga", "npo@1e-4", "sare@1e-4")
     """``base`` (never unlearned), a :func:`.bench.methods` name, or ``name@lr``."""
     protocols: tuple[str, ...] = PROTOCOLS
+    """Relearning protocols, a subset of :data:`PROTOCOLS`."""
     budgets: tuple[int, ...] = (1, 5, 10)
+    """Relearning steps after which each attacked model is measured."""
     rho: float = 0.03
     """Radius of every SAM method: the benchmark's calibrated value (its results' notes)."""
     small_lr: float = 5e-5
     """Learning rate of the ``small-steps`` attack."""
     bench: BenchConfig = field(default_factory=BenchConfig)
+    """The benchmark's settings (unlearning steps, data sizes, the relearning attack)."""
 
 
 def unlearned_model(spec: str, base: nn.Module, batches, config: RelapseConfig, seed: int) -> tuple[nn.Module, float]:
