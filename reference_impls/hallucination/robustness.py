@@ -43,15 +43,20 @@ def relearn(
     checkpoints: Sequence[int] = (5, 10, 30),
     lr: float = 5e-4,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    trainable: Callable[[str], bool] | None = None,
 ) -> list[dict[str, float]]:
     """Relearning attack on a copy of ``model``; ``batches(step)["relearn"]`` is the NLL data.
+
+    ``trainable(name)`` picks the parameters the attack updates (default: every parameter, frozen
+    ones included); the others keep their values.
 
     Returns:
         One row per budget in ``checkpoints``: ``{"steps": n, **evaluate(copy)}`` (the copy is
         evaluated in eval mode after ``n`` cumulative steps).
     """
     attacked = copy.deepcopy(model)
-    attacked.requires_grad_(True)
+    for name, parameter in attacked.named_parameters():
+        parameter.requires_grad_(trainable is None or trainable(name))
     trainer = UnlearningTrainer(attacked, [nll_term("relearn")], TrainerConfig(lr=lr))
     rows = []
     for budget in sorted(checkpoints):

@@ -42,3 +42,21 @@ def test_worst_case_probe_pushes_towards_hallucination(model):
     rows = worst_case_probe(model, batch, rhos=(0.0, 0.05, 0.2))
     assert rows[0]["p_target_pushed"] == rows[0]["p_target"]
     assert rows[0]["p_target"] < rows[1]["p_target_pushed"] < rows[2]["p_target_pushed"]
+
+
+def test_relearn_updates_only_the_trainable_parameters(model):
+    batch = make_batch(model, seed=4, span=(-3, 0))
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    after = {}
+    relearn(
+        model,
+        lambda step: {"relearn": batch},
+        checkpoints=(2,),
+        lr=1e-2,
+        evaluate=lambda m: after.update({k: v.detach().clone() for k, v in m.named_parameters()}) or {},
+        trainable=lambda name: "visual" not in name,
+    )
+    vision = [k for k in before if "visual" in k]
+    language = [k for k in before if "visual" not in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in language)
