@@ -11,7 +11,8 @@ sees cheap inputs only: a colour thumbnail of each raw frame (so frames are chos
 vision tower runs) and the mean of the model's frozen input word embeddings over the prompt's
 text tokens. Each thumbnail cell goes through a small MLP, the question through a linear map,
 and a frame's score is the log-sum-exp over its cells of their dot products (a few thousand
-parameters). Training: ``python -m reference_impls.encoding.train_frame_scorer``.
+parameters). Training: ``python -m reference_impls.encoding.train_frame_scorer`` (ToyVLM) or
+``... --target toyvlm-v2`` (ToyVLM v2: video slices and 16-image prompts, multi-token replies).
 
 Paper: arXiv 2410.03226 (Frame-Voyager). Same family, not reproduced: "SeViLA: Self-chained
 image-language model for video localization" and "M-LLM based video frame selection for
@@ -31,7 +32,8 @@ Examples:
     2
 
     With a model: ``with LearnedKeyframeSelection(budget=0.5)(model): model(**inputs)`` keeps
-    the best-scored half of every prompt's images (the committed scorer is ToyVLM's).
+    the best-scored half of every prompt's images (or video's slices) with the committed scorer
+    that fits the model: ToyVLM's (question size 96) or ToyVLM v2's (192).
 
 Deviations / guesses:
     - Frame-Voyager learns to query frame combinations ranked by the video LLM's own loss; we
@@ -41,27 +43,40 @@ Deviations / guesses:
       Targets: for each combination size, the
       softmax over combinations of the model's log-probability of the correct answer
       (listwise cross-entropy, :func:`combination_loss`); sizes and temperature are ours.
+      ToyVLM's answer is one token; ToyVLM v2's is a whole reply, so its log-probability is the
+      teacher-forced sum over the reply's tokens, ``<eos>`` included.
+    - ToyVLM's four frames allow every 1-, 2- and 3-frame combination; ToyVLM v2's 8-16 video
+      slices or 16 images do not (up to 560 triples), so its labels use every single frame and
+      16 random 2- and 3-frame combinations per clip (:func:`sample_subsets`, seeded), as the
+      paper's combination sampling does in spirit; the count is ours.
+    - ToyVLM v2's scorer (``positions=16``) also adds a learned embedding of the frame's index
+      (dot product with the question's projection; frames past the last index share its
+      embedding): v2's questions name images by number, which a thumbnail does not show.
+      ToyVLM's scorer has none. Ours, not the paper's.
     - The question embedding averages all text tokens of the prompt (vision and padding
       tokens excluded), then normalises it (layer norm without weights); no text encoder.
     - Thumbnails are ``thumb x thumb`` cell means (8 x 8: one value per 28 px ToyVLM cell).
       The plumbing (thumbnails before the tower, images of a prompt as the frames of a clip,
       budget rounding) is :class:`~reference_impls.encoding.keyframes.KeyframeSelection`'s;
       only the ranking differs. Ties go to the earlier frame.
-    - Without a scorer fitting the model (question size = the model's hidden size), the
-      method warns and uses an untrained scorer: it then ranks arbitrarily.
+    - Without a scorer fitting the model (question size = the model's hidden size,
+      :func:`fitting_checkpoint`), the method warns and uses an untrained scorer: it then ranks
+      arbitrarily. One scorer serves a model's videos and multi-image prompts alike (ToyVLM v2's
+      was trained on both).
     - Training on a real Qwen2.5-VL (not run): load it from a local path, feed clips of a local
       video-QA set as videos (frames = temporal slices, ``item_thumbnails`` of
       ``pixel_values_videos``) or as images, compute the labels with
       :func:`~reference_impls.encoding.train_frame_scorer.subset_log_probs` (it only uses the
-      visual-token plumbing, so it works on any Qwen2.5-VL), sample combinations instead of
-      enumerating them for long clips, and build the scorer with ``question_dim`` = the
-      model's hidden size (3584 for 7B). The script's data loader is ToyVLM-only.
+      visual-token plumbing, so it works on any Qwen2.5-VL; pass the reply's token ids and
+      combinations from :func:`sample_subsets`), and build the scorer with ``question_dim`` =
+      the model's hidden size (3584 for 7B). The script's data loader is ToyVLM-only.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -79,20 +94,37 @@ __all__ = [
     "question_embedding",
     "rank_frames",
     "frame_subsets",
+    "sample_subsets",
     "combination_loss",
     "save_frame_scorer",
     "load_frame_scorer",
     "LearnedKeyframeSelection",
     "CHECKPOINT_DIR",
+    "CHECKPOINT_DIR_V2",
+    "COMMITTED",
+    "fitting_checkpoint",
 ]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints" / "frame_scorer"
+"""The scorer trained on ToyVLM (v1, question size 96)."""
+CHECKPOINT_DIR_V2 = Path(__file__).resolve().parent / "checkpoints" / "frame_scorer_v2"
+"""The scorer trained on ToyVLM v2 (question size 192)."""
+COMMITTED = (CHECKPOINT_DIR, CHECKPOINT_DIR_V2)
+"""Committed scorers, searched in this order for one that fits a model."""
 
 
 class FrameScorer(nn.Module):
     """Scores frames for a question: per-cell MLP on the thumbnail, linear query, log-sum-exp."""
 
-    def __init__(self, question_dim: int, channels: int = 3, thumb: int = 8, hidden: int = 32, rank: int = 16):
+    def __init__(
+        self,
+        question_dim: int,
+        channels: int = 3,
+        thumb: int = 8,
+        hidden: int = 32,
+        rank: int = 16,
+        positions: int = 0,
+    ):
         super().__init__()
         self.hparams = {
             "question_dim": question_dim,
@@ -100,10 +132,13 @@ class FrameScorer(nn.Module):
             "thumb": thumb,
             "hidden": hidden,
             "rank": rank,
-        }
+        } | ({"positions": positions} if positions else {})
         self.question_dim, self.channels, self.thumb = question_dim, channels, thumb
         self.cell = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, rank))
         self.query = nn.Linear(question_dim, rank)
+        # ToyVLM v2's questions name images by number ("the circle in image 3"): a frame's index
+        # is evidence its thumbnail does not show
+        self.position = nn.Embedding(positions, rank) if positions else None
 
     def forward(self, frames: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         """``frames (..., T, C*thumb*thumb)``, ``question (..., D)`` -> scores ``(..., T)``."""
@@ -111,7 +146,11 @@ class FrameScorer(nn.Module):
         keys = self.cell(cells)  # (..., T, N, R)
         query = self.query(question.float())  # (..., R)
         logits = (keys @ query[..., None, :, None]).squeeze(-1)  # (..., T, N)
-        return torch.logsumexp(logits, dim=-1)
+        scores = torch.logsumexp(logits, dim=-1)  # (..., T)
+        if self.position is not None:  # frames past the last learned index share its embedding
+            index = torch.arange(frames.shape[-2], device=frames.device).clamp(max=self.position.num_embeddings - 1)
+            scores = scores + (self.position(index) @ query[..., :, None]).squeeze(-1)  # (..., T)
+        return scores
 
 
 def question_embedding(
@@ -145,22 +184,50 @@ def frame_subsets(frames: int, size: int) -> torch.Tensor:
     return member
 
 
+def sample_subsets(frames: int, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Membership matrix of ``count`` distinct random ``size``-frame combinations (all of them,
+    in :func:`frame_subsets` order, when there are at most ``count``). ``(n_subsets, frames)``."""
+    if math.comb(frames, size) <= count:
+        return frame_subsets(frames, size)
+    combos: dict[tuple[int, ...], None] = {}
+    while len(combos) < count:
+        combos[tuple(sorted(torch.randperm(frames, generator=generator)[:size].tolist()))] = None
+    member = torch.zeros(count, frames)
+    for row, combo in enumerate(combos):
+        member[row, list(combo)] = 1.0
+    return member
+
+
 def combination_loss(
-    scores: torch.Tensor, log_probs: dict[int, torch.Tensor], temperature: float = 1.0
+    scores: torch.Tensor,
+    log_probs: dict[int, torch.Tensor],
+    temperature: float = 1.0,
+    members: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Listwise loss over frame combinations, averaged over sizes.
 
     Args:
         scores: ``(B, T)`` frame scores; a combination scores the sum of its frames' scores.
         log_probs: ``{size: (B, n_subsets)}`` the model's log-probability of the correct answer
-            from each combination (order of :func:`frame_subsets`).
+            from each combination (order of :func:`frame_subsets`, or of ``members``).
         temperature: target = ``softmax(log_probs / temperature)`` over combinations.
+        members: ``{size: (B, n_subsets, T)}`` 0/1 membership of each clip's combinations
+            (sampled ones, clips of different lengths padded); an all-zero row is padding and
+            takes no part. None: every combination of the ``T`` frames.
     """
     total = scores.new_zeros(())
     for size, target in log_probs.items():
-        predicted = scores @ frame_subsets(scores.shape[-1], size).to(scores).T  # (B, n_subsets)
-        weights = torch.softmax(target.to(scores) / temperature, dim=-1)
-        total = total - (weights * torch.log_softmax(predicted, dim=-1)).sum(-1).mean()
+        if members is None:
+            predicted = scores @ frame_subsets(scores.shape[-1], size).to(scores).T  # (B, n_subsets)
+            weights = torch.softmax(target.to(scores) / temperature, dim=-1)
+            total = total - (weights * torch.log_softmax(predicted, dim=-1)).sum(-1).mean()
+            continue
+        member = members[size].to(scores)  # (B, n_subsets, T)
+        valid = member.any(-1)  # (B, n_subsets)
+        predicted = (member @ scores[..., None]).squeeze(-1).masked_fill(~valid, -torch.inf)
+        weights = torch.softmax(target.to(scores).masked_fill(~valid, -torch.inf) / temperature, dim=-1)
+        cross = torch.where(valid, weights * torch.log_softmax(predicted, dim=-1), 0.0)
+        total = total - cross.sum(-1).mean()
     return total / max(1, len(log_probs))
 
 
@@ -175,8 +242,20 @@ def save_frame_scorer(scorer: FrameScorer, path: str | Path, manifest: dict | No
     return path
 
 
+def fitting_checkpoint(question_dim: int, channels: int = 3, thumb: int = 8) -> Path | None:
+    """The first committed scorer (:data:`COMMITTED`) made for this question size (the model's
+    hidden size), channel count and thumbnail side, or None."""
+    for path in COMMITTED:
+        if not (path / "manifest.json").exists():
+            continue
+        sizes = json.loads((path / "manifest.json").read_text())["scorer"]
+        if (sizes["question_dim"], sizes["channels"], sizes["thumb"]) == (question_dim, channels, thumb):
+            return path
+    return None
+
+
 def load_frame_scorer(path: str | Path | None = None) -> FrameScorer:
-    """Load a scorer saved by :func:`save_frame_scorer` (default: the committed ToyVLM one)."""
+    """Load a scorer saved by :func:`save_frame_scorer` (default: the committed ToyVLM v1 one)."""
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else CHECKPOINT_DIR
@@ -195,8 +274,9 @@ class LearnedKeyframeSelection(KeyframeSelection):
     """Keep the frames (images of a prompt, or slices of a video) a learned scorer ranks best.
 
     Attributes:
-        scorer: a :class:`FrameScorer` for this model; None: the committed checkpoint (or
-            ``checkpoint``) when it fits the model, else an untrained one (with a warning).
+        scorer: a :class:`FrameScorer` for this model; None: ``checkpoint``, or else the
+            committed scorer that fits the model (question size = its hidden size:
+            :func:`fitting_checkpoint`, ToyVLM's or ToyVLM v2's), else an untrained one (with a warning).
         checkpoint: directory of a saved scorer, used when ``scorer`` is None.
         thumb: thumbnail side; must equal the scorer's.
     """
@@ -213,8 +293,9 @@ class LearnedKeyframeSelection(KeyframeSelection):
         config, hidden = model.config, model.get_input_embeddings().embedding_dim
         scorer = self.scorer
         if scorer is None:
+            path = self.checkpoint or fitting_checkpoint(hidden, config.vision_config.in_channels, self.thumb)
             try:
-                scorer = load_frame_scorer(self.checkpoint)
+                scorer = load_frame_scorer(path) if path is not None else None
             except FileNotFoundError:
                 scorer = None
             if scorer is None or scorer.question_dim != hidden or scorer.channels != config.vision_config.in_channels:
