@@ -22,11 +22,13 @@ question embedding, scorer) next to the vision-tower time it saves. Results go t
 
 Options: ``--n`` per seed (default 40), ``--seeds``, ``--chunk``, ``--quick`` (n=10 on two seeds), ``--out``.
 
-``--suite video`` (or any ToyVLM v2 suite, ``--checkpoint``) runs max-min, random frames and random
-pruning (and the oracle on image suites) on ToyVLM v2 instead (:func:`run_chat`): a frame is one
-temporal slice of the video, or one image of a multi-image prompt; replies are decoded until
-``<eos>`` and scored by exact match, per scope and per kind. The learned scorer is left out (it
-was trained on ToyVLM's question embeddings). Results go to ``keyframe-selection-toyvlm-v2-<suite>.json``.
+``--suite video`` (or any ToyVLM v2 suite, ``--checkpoint``) runs the learned scorer, max-min, random
+frames and random pruning (and the oracle on image suites) on ToyVLM v2 instead (:func:`run_chat`): a
+frame is one temporal slice of the video, or one image of a multi-image prompt; replies are decoded
+until ``<eos>`` and scored by exact match, per scope and per kind. The learned scorer is the committed
+one that fits the model (ToyVLM v2's: ``python -m reference_impls.encoding.train_frame_scorer --target
+toyvlm-v2``, trained on the v2 training streams of the video and short suites); a model no committed
+scorer fits runs without it. Results go to ``keyframe-selection-toyvlm-v2-<suite>.json``.
 
 Deviations / guesses:
     Times are CPU wall-clock on a 2-core machine shared with other jobs (compare rows of one
@@ -54,7 +56,9 @@ from ..common.visual_tokens import keep_count
 from ..encoding.keyframes import KeyframeSelection, item_thumbnails, select_keyframes
 from ..encoding.learned_keyframes import (
     CHECKPOINT_DIR,
+    FrameScorer,
     LearnedKeyframeSelection,
+    fitting_checkpoint,
     load_frame_scorer,
     question_embedding,
     rank_frames,
@@ -241,13 +245,14 @@ def run(
     log=print,
     suite: str | None = None,
     checkpoint: str | None = None,
+    scorer: FrameScorer | None = None,
 ) -> tuple[Results, list[dict]]:
     """Evaluate every setting on each seed's held-out samples; returns the :class:`Results` (unsaved, means
     and 95% intervals over seeds) and the paired tests of the learned and max-min selectors.
 
-    With ``suite``, on ToyVLM v2's held-out suite (:func:`run_chat`)."""
+    With ``suite``, on ToyVLM v2's held-out suite (:func:`run_chat`, ``scorer`` is passed on)."""
     if suite is not None:
-        return run_chat(suite, n, budgets, seeds, chunk, log, checkpoint)
+        return run_chat(suite, n, budgets, seeds, chunk, log, checkpoint, scorer)
     seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm()
     scorer = load_frame_scorer()
@@ -306,20 +311,36 @@ def run(
 
 
 def run_chat(
-    suite: str, n: int = 20, budgets=BUDGETS, seeds=None, chunk: int = 50, log=print, checkpoint: str | None = None
+    suite: str,
+    n: int = 20,
+    budgets=BUDGETS,
+    seeds=None,
+    chunk: int = 50,
+    log=print,
+    checkpoint: str | None = None,
+    scorer: FrameScorer | None = None,
 ) -> tuple[Results, list[dict]]:
-    """Max-min, random frames, random pruning (and, on image suites, the oracle) against the full
-    model on ToyVLM v2's ``suite``: replies decoded until ``<eos>`` and scored by exact match (the
-    learned scorer is trained on ToyVLM's embeddings and is left out)."""
+    """The learned scorer, max-min, random frames, random pruning (and, on image suites, the oracle)
+    against the full model on ToyVLM v2's ``suite``: replies decoded until ``<eos>`` and scored by
+    exact match. ``scorer`` None: the committed scorer that fits the model, if any (else the
+    learned selector is left out)."""
     seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
     bundle = load_toyvlm_v2(checkpoint)
+    scorer_path = None
+    if scorer is None:
+        config = bundle.model.config
+        scorer_path = fitting_checkpoint(
+            bundle.model.get_input_embeddings().embedding_dim, config.vision_config.in_channels
+        )
+        scorer = load_frame_scorer(scorer_path) if scorer_path is not None else None
     per_seed, seconds = seeded.run_seeds(
-        lambda seed: evaluate_seed(bundle, None, n, budgets, chunk, seed, log, suite), seeds.reported, log=log
+        lambda seed: evaluate_seed(bundle, scorer, n, budgets, chunk, seed, log, suite), seeds.reported, log=log
     )
     kinds = SUITES[suite].kinds
     metrics = CHAT_METRICS + tuple(f"acc_{kind}" for kind in kinds)
     rows = seeded.summarise(per_seed, ("method", "budget"), metrics)
-    tests = seeded.paired_tests(per_seed, "accuracy", "keyframes-maxmin", within=("budget",))
+    references = REFERENCES if scorer is not None else REFERENCES[1:]
+    tests = [t for ref in references for t in seeded.paired_tests(per_seed, "accuracy", ref, within=("budget",))]
     for row in rows:
         log(
             f"{row['method']:18s} {row['budget']:5.2f} {row['frames']:6.1f} exact {row['accuracy']:6.1f} "
@@ -337,20 +358,31 @@ def run_chat(
         f"at least one. Each of {len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) draws "
         f"its own {n} held-out samples, shared by every setting; mean over seeds with the half-width of a Student-t "
         f"95% interval ({sum(seconds) / len(seconds):.0f} s per seed); seeds {', '.join(map(str, seeds.tuning))} "
-        "are not reported. Max-min is compared with every other setting at the same budget, paired by seed "
-        f"({result_id}-tests). Max-min chooses frames from raw-pixel thumbnails before the vision tower, which "
-        f"then encodes only the kept frames; its ranking costs {select.get('keyframes-maxmin', 0):.2f} ms per "
-        "clip (measured separately on the same clips). The learned scorer is not run: it was trained on ToyVLM's "
-        "(v1) question embeddings. Random pruning keeps the same number of tokens spread over all frames and "
+        "are not reported. "
+        + (
+            "The learned and max-min selectors are compared with every other setting at the same budget, paired by "
+            f"seed ({result_id}-tests). The learned scorer ({sum(p.numel() for p in scorer.parameters())} parameters, "
+            f"{_scorer_source(scorer_path)}; manifest: held-out ranking {_scorer_manifest_summary(scorer_path)}) "
+            "and max-min choose frames from raw-pixel thumbnails before the vision tower, which then encodes only "
+            f"the kept frames; ranking costs per clip (measured separately on the same clips): learned "
+            f"{select.get('keyframes-learned', 0):.2f} ms, max-min {select.get('keyframes-maxmin', 0):.2f} ms. "
+            if scorer is not None
+            else f"Max-min is compared with every other setting at the same budget, paired by seed ({result_id}-tests). "
+            "Max-min chooses frames from raw-pixel thumbnails before the vision tower, which then encodes only the "
+            f"kept frames; its ranking costs {select.get('keyframes-maxmin', 0):.2f} ms per clip (measured "
+            "separately on the same clips). No committed frame scorer fits this model: the learned selector is not run. "
+        )
+        + "Random pruning keeps the same number of tokens spread over all frames and "
         "encodes every frame; the oracle (image suites only) keeps the images holding the named objects. Times "
         "are CPU wall-clock on a 2-core machine shared with other jobs, settings interleaved in chunks of "
         "samples: compare rows of this run only."
     )
+    compared = "learned scorer vs max-min vs random" if scorer is not None else "max-min vs random"
     results = Results(
         id=result_id,
-        title=f"ToyVLM v2 ({suite} suite): keyframe selection, max-min vs random",
+        title=f"ToyVLM v2 ({suite} suite): keyframe selection, {compared}",
         command="",
-        families=[TRAINING_FREE],
+        families=[TRAINING_AWARE, TRAINING_FREE] if scorer is not None else [TRAINING_FREE],
         columns=seeded.interval_columns(_columns(kinds, chat=True), ("accuracy",)),
         rows=rows,
         plots=[Plot(x="visual_tokens", y="accuracy", group="method", title="Exact match vs visual tokens kept")],
@@ -382,9 +414,21 @@ def _columns(kinds, chat: bool = False) -> list[Column]:
     ]
 
 
-def _scorer_manifest_summary() -> str:
-    ranking = json.loads((CHECKPOINT_DIR / "manifest.json").read_text()).get("heldout_ranking", {})
-    return ", ".join(f"{k} {v}" for k, v in ranking.items())
+def _scorer_manifest_summary(path=None) -> str:
+    """The held-out ranking figures of a scorer's manifest (default: ToyVLM's), trained vs untrained."""
+    manifest = json.loads(((path or CHECKPOINT_DIR) / "manifest.json").read_text())
+    trained, untrained = manifest.get("heldout_ranking", {}), manifest.get("heldout_ranking_untrained", {})
+    return ", ".join(
+        f"{k} {v}" + (f" (untrained {untrained[k]})" if k in untrained else "") for k, v in trained.items()
+    )
+
+
+def _scorer_source(path) -> str:
+    """How the scorer a run used was made (the given object when ``path`` is None)."""
+    if path is None:
+        return "given by the caller"
+    manifest = json.loads((path / "manifest.json").read_text())
+    return f"trained by `{manifest.get('command', '?')}` on the model's own reply log-probabilities for seed-{manifest.get('seed', '?')} clips"
 
 
 def _row(name: str, family: str, budget: float, parts: list[dict], frames: int, kinds=V1_KINDS) -> dict:
@@ -427,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         n=n, seeds=seeds, chunk=min(args.chunk, n), log=log, suite=args.suite, checkpoint=args.checkpoint
     )
     results.command = command_line("reference_impls.bench.keyframes", argv)
-    reference = " and ".join(REFERENCES) if args.suite is None else "keyframes-maxmin"
+    reference = " and ".join(dict.fromkeys(t["method"] for t in tests))
     for path in seeded.save_seeded(results, tests, seeds, reference, args.out):
         print(f"wrote {path}")
 

@@ -37,9 +37,10 @@ Examples:
 
 Deviations / guesses:
     - Frame-Voyager learns to query frame combinations ranked by the video LLM's own loss; we
-      do not reproduce its architecture: ours is a separate 2.2k-parameter scorer on pixel
-      thumbnails and mean word embeddings, and a combination's score is the *sum* of its
-      frames' scores, so the best combination of ``k`` frames is simply the top-``k`` frames.
+      do not reproduce its architecture: ours is a separate 2.2k-parameter scorer (4.0k for
+      ToyVLM v2, with frame-index embeddings) on pixel thumbnails and mean word embeddings, and
+      a combination's score is the *sum* of its frames' scores, so the best combination of
+      ``k`` frames is simply the top-``k`` frames.
       Targets: for each combination size, the
       softmax over combinations of the model's log-probability of the correct answer
       (listwise cross-entropy, :func:`combination_loss`); sizes and temperature are ours.
