@@ -35,6 +35,7 @@ file, to refit without labelling again). For a real Qwen2.5-VL see the paper car
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -319,6 +320,21 @@ TARGETS = {
 }
 
 
+def _without_cache(argv: list[str] | None) -> list[str]:
+    """The arguments minus ``--data PATH``: a label cache changes no result (the command without it
+    labels the same clips afresh), and its path is local to the machine that ran it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--data":
+            skip = True
+        elif not arg.startswith("--data="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="train a frame scorer from the model's own answer log-probs")
     parser.add_argument("--target", choices=sorted(TARGETS), default="toyvlm")
@@ -379,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start + (labelled if cached else 0.0)  # with cached labels: their time too
     log(f"loss {losses[0]:.3f} -> {sum(losses[-50:]) / 50:.3f}; held-out untrained {before}; trained {metrics}")
     manifest = {
-        "command": command_line("reference_impls.encoding.train_frame_scorer", argv),
+        "command": command_line("reference_impls.encoding.train_frame_scorer", _without_cache(argv)),
         "seed": args.seed,
         "training_clips": clips * len(spec.suites or ("",)),
         "heldout_clips": heldout_clips * len(spec.suites or ("",)),

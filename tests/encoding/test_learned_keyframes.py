@@ -354,3 +354,10 @@ def test_committed_v2_checkpoint_ranks_better_than_untrained():
     assert sum(p.numel() for p in scorer.parameters()) == manifest["parameters"] and scorer.question_dim == 192
     trained, untrained = manifest["heldout_ranking"], manifest["heldout_ranking_untrained"]
     assert trained["top1_agreement"] > untrained["top1_agreement"]
+
+
+def test_recorded_training_command_leaves_out_the_label_cache():
+    from reference_impls.encoding.train_frame_scorer import _without_cache
+
+    argv = ["--target", "toyvlm-v2", "--data", "/tmp/x/labels.pt", "--threads", "1", "--data=/tmp/y.pt"]
+    assert _without_cache(argv) == ["--target", "toyvlm-v2", "--threads", "1"]
