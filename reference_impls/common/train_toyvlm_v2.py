@@ -42,7 +42,10 @@ one-word and 5-20 token answers ending in ``<eos>``. The recipe carries over wha
 4. Loss on the reply tokens and ``<eos>`` only; a higher learning rate for the vision tower; the
    training-only matmul patch embedding of v1. One thread (``--threads 1``): on the shared 2-core
    machine a forward and backward pass of a phase-``a`` batch took 1.1 s with one thread and 9-14 s
-   with two (load average 6-8; two threads stall whenever the other core is taken).
+   with two (load average 6-8; two threads stall whenever the other core is taken). On an idle
+   2-core machine two threads are 1.69x faster (a 150-step probe of every phase: 119 against 202 s)
+   and ran ``make toyvlm``'s recipe in 40.4 min of training (2026-12-07), but that model scored
+   short 0.58 / long 0.23 against the committed one-thread run's 0.75 / 0.28.
 
 Training samples use seed ``--seed`` (default :data:`~reference_impls.common.chat_scenes.TRAIN_SEED`,
 0), sample ``i`` the random stream ``(seed, i)``; the held-out suites use their own seeds
