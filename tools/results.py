@@ -81,8 +81,10 @@ def check_results(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
 
 
 def load_all_results(root: Path) -> list[dict[str, Any]]:
-    """Every results file; raises ``ValueError`` naming the first problem (validate lists them all)."""
+    """Every results file, the main results first and ablations (``"ablation": true``) after them, each
+    group by id, the order every page lists them in; raises ``ValueError`` naming the first problem
+    (validate lists them all)."""
     found, problems = check_results(root)
     if problems:
         raise ValueError(str(problems[0]))
-    return found
+    return sorted(found, key=lambda data: (bool(data.get("ablation", False)), data["id"]))

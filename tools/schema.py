@@ -345,6 +345,11 @@ def results_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "Restricted Markdown: paragraphs with *emphasis*, **strong**, `code` and https links.",
             },
+            "ablation": {
+                "type": "boolean",
+                "description": "True for results of a setting kept only for comparison (ToyVLM v1's question-first "
+                "layout); pages list them after the main results.",
+            },
         },
     }
 

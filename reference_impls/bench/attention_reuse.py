@@ -523,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     full = accuracy[0]
     results = Results(
         id="attention-reuse-toyvlm",
+        ablation=True,
         title=f"Cross-layer attention reuse on {ABLATION_TITLE}: accuracy, KL and attention FLOPs per sharing pattern",
         command=command,
         families=["attention-reuse"],

@@ -290,6 +290,7 @@ def run(
     )
     results = Results(
         id="keyframe-selection-toyvlm",
+        ablation=True,
         title=f"{ABLATION_TITLE}: keyframe selection, learned scorer vs max-min vs random",
         command="",
         families=[TRAINING_AWARE, TRAINING_FREE],

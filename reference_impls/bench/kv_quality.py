@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results = Results(
         id="kv-quality-toyvlm",
+        ablation=True,
         title=f"{ABLATION_TITLE}: accuracy of KV-cache methods at 10/20/40% budgets",
         command=command_line("reference_impls.bench.kv_quality", argv),
         families=["kv-token-level", "kv-layer-level", "kv-head-level", "kv-bit-level"],

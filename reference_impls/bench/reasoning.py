@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> Results:
     )
     results = Results(
         id=results_id,
+        ablation=args.suite is None,
         title=f"Confidence-gated answering on {ABLATION_TITLE}: accuracy against compute"
         if args.suite is None
         else f"Confidence-gated answering on ToyVLM v2 ({args.suite} suite): exact match against compute",

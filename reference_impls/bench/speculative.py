@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> Results:
     tests += seeded.paired_tests(per_seed, "draft_first_token", "self 25% visual", within=("setting",))
     results = Results(
         id="speculative-toyvlm",
+        ablation=True,
         title=f"Speculative decoding with a visually pruned draft on {ABLATION_TITLE}",
         command=command_line("reference_impls.bench.speculative", argv),
         families=["speculative-training-free"],

@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> Results:
     reported = ", ".join(map(str, seeds.reported))
     results = Results(
         id="speculative-distilled-toyvlm",
+        ablation=True,
         title=f"Distilled twig draft vs training-free drafts (captioner and {ABLATION_TITLE})",
         command=command_line("reference_impls.bench.speculative_distilled", argv),
         families=[AWARE, FREE],

@@ -172,6 +172,7 @@ def run(
     )
     results = Results(
         id=result_id,
+        ablation=suite is None,
         title=f"{ABLATION_TITLE}: accuracy and cost vs visual tokens kept"
         if suite is None
         else f"ToyVLM v2 ({suite} suite): exact match and cost vs visual tokens kept",

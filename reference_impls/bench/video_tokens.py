@@ -184,6 +184,7 @@ def run(
         ]
     results = Results(
         id="video-encoders-toyvlm",
+        ablation=True,
         title=f"{ABLATION_TITLE}, clips: temporal pooling/merging vs frame selection and random pruning",
         command="",
         families=["vision-encoders-video"],

@@ -17,7 +17,8 @@ A results file is ``reference_impls/results/<id>.json``::
       "rows": [{"method": "fastv", "family": "prefilling-attention-guided", "accuracy": 93.1}],
       "plots": [{"x": "budget", "y": "accuracy", "group": "method", "title": "..."}],
       "notes": "free text (Markdown)",
-      "seeds": {"tuning": [0, 1, 2], "reported": [10, 11, ...]}
+      "seeds": {"tuning": [0, 1, 2], "reported": [10, 11, ...]},
+      "ablation": true
     }
 
 ``seeds`` is required of every benchmark that trains or samples: the seeds used to calibrate or
@@ -26,6 +27,9 @@ tune anything are disjoint from the seeds whose numbers are reported, and both l
 The site shows a file on every family page listed in ``families``; when rows carry a
 ``family`` key, a family page shows only its own rows (plus rows whose ``family`` is empty,
 such as baselines).
+
+``ablation`` (written only when true) marks results of a setting kept for comparison, not the
+main evidence: ToyVLM v1's question-first layout. Pages list those after the main results.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ class Results:
     environment: dict[str, str] = field(default_factory=dict)
     seeds: dict[str, list[int]] = field(default_factory=dict)
     """``{"tuning": [...], "reported": [...]}`` for benchmarks that train or sample (see the module doc)."""
+    ablation: bool = False
+    """Results of a setting kept only for comparison (ToyVLM v1's question-first layout): listed last."""
 
 
 def environment() -> dict[str, str]:
@@ -139,6 +145,8 @@ def save_results(results: Results, directory: Path | None = None) -> Path:
     data = _finite(asdict(results))  # strict JSON: an undefined number (NaN, inf) is written as null
     if not data["seeds"]:
         del data["seeds"]  # benchmarks without randomness
+    if not data["ablation"]:
+        del data["ablation"]
     temporary.write_text(json.dumps(data, indent=1, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path
@@ -153,6 +161,7 @@ def paired_tests_results(
     seeds: dict[str, list[int]],
     reference: str,
     notes: str = "",
+    ablation: bool = False,
 ) -> Results:
     """A results file of paired comparisons (rows from :func:`~reference_impls.common.seed_stats.paired_rows`)."""
     columns = [
@@ -181,6 +190,7 @@ def paired_tests_results(
         rows=rows,
         seeds=seeds,
         notes=protocol + notes,
+        ablation=ablation,
     )
 
 

@@ -375,6 +375,7 @@ def save_seeded(
             seeds.record(),
             reference,
             notes,
+            ablation=results.ablation,
         )
         paths.append(save_results(table, directory))
     return paths

@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     command = command_line("reference_impls.prefilling.bench", argv)
     results = Results(
         id="prefilling-toyvlm",
+        ablation=facts["source"] == "toyvlm",
         title=f"Prefilling-stage visual token pruning on {_model_title(facts['source'])}: accuracy and prefill time vs budget",
         command=command,
         families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],

@@ -182,3 +182,20 @@ def test_new_seeds_are_checked_against_the_published_range_bounds_included():
         inside_ranges(published, [{"method": "d", "acc": 1.0}], ("method",), ("acc",))
     with pytest.raises(ValueError, match="has no range for 'acc'"):
         inside_ranges(summarise(rows, ("method",), ("acc",)), fresh, ("method",), ("acc",))
+
+
+def test_an_ablation_marks_its_tests_file_and_a_main_result_writes_no_flag(tmp_path):
+    seeds = Seeds(reported=(10, 11, 12, 13, 14, 15))
+    rows, _ = run_seeds(_evaluate, seeds.reported, log=None)
+    for ablation in (True, False):
+        results = Results(
+            f"x{int(ablation)}",
+            "X",
+            "python -m x",
+            [],
+            [Column("method", "Method")],
+            summarise(rows, ("method",), ("acc",)),
+        )
+        results.ablation = ablation
+        for path in save_seeded(results, paired_tests(rows, "acc", "b"), seeds, "b", tmp_path):
+            assert json.loads(path.read_text()).get("ablation", "absent") == (True if ablation else "absent")

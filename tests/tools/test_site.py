@@ -250,3 +250,32 @@ def test_every_page_announces_the_feed_and_the_changelog_links_new_entries(built
     # The copy the tests build from is not a git checkout: the page says so rather than guess a date.
     assert "last updated not known (no git history in this copy)" in paper
     assert "Related papers" in paper and "Same family" in paper
+
+
+def test_family_pages_list_the_main_results_before_the_ablations(built):
+    """ToyVLM v1's question-first results are kept for comparison only: every page shows them after
+    the results on the model the findings describe, whatever their ids sort as."""
+    from tools.results import load_all_results
+    from tools.site import markdown as md
+
+    results = load_all_results(built)
+    is_ablation = {md.text(data["title"]): bool(data.get("ablation")) for data in results}
+    mixed = 0
+    for page in (built / "docs").rglob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        if "## Reproduced results" not in text:
+            continue
+        section = text.split("## Reproduced results", 1)[1]
+        headings = [line[4:].removesuffix(" " + md.NOT_INDEXED) for line in section.splitlines() if line[:4] == "### "]
+        flags = [is_ablation[heading] for heading in headings if heading in is_ablation]
+        assert flags == sorted(flags), f"{page.relative_to(built)}: {headings}"
+        mixed += True in flags and False in flags
+    assert mixed >= 5  # pages that show both kinds, so the order was tested
+
+
+def test_results_on_the_question_first_model_are_marked_as_ablations():
+    from reference_impls.common.toyvlm import ABLATION_TITLE
+    from tools.results import load_all_results
+
+    for data in load_all_results(Path(__file__).resolve().parents[2]):
+        assert bool(data.get("ablation")) == (ABLATION_TITLE in data["title"]), data["id"]
