@@ -24,11 +24,15 @@ from typing import Any
 from ..catalog import Catalog, Entry
 from ..taxonomy import Node
 
-__all__ = ["Graph", "MethodLinks", "card_paper", "card_alias", "public_names"]
+__all__ = ["Graph", "MethodLinks", "card_paper", "card_alias", "card_upstream", "github_repo", "public_names"]
 
 _CARD_PAPER = re.compile(r"^Paper:\s*arXiv\s+(\d{4}\.\d{4,5})", re.MULTILINE)
 # "FastV: ...", "Ada-KV: ...", "LLaVA-PruMerge: ..." (one word before the colon)
 _CARD_ALIAS = re.compile(r"^\**([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):\s")
+# "Upstream: FFY0/AdaKV adaptive_snapkv/...": the first word, when it has the owner/repo shape
+# ("Upstream: none public", "Upstream: GA and NPO follow ..." name no repository there).
+_CARD_UPSTREAM = re.compile(r"^Upstream:\s*([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)", re.MULTILINE)
+_GITHUB_REPO = re.compile(r"^https?://(?:www\.)?github\.com/([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)")
 
 
 _DOCSTRINGS: dict[tuple[str, int, int], str] = {}
@@ -50,6 +54,18 @@ def card_paper(docstring: str) -> str | None:
     """The arXiv id a paper card names on its ``Paper:`` line (the first one), if any."""
     match = _CARD_PAPER.search(docstring)
     return match.group(1) if match else None
+
+
+def card_upstream(docstring: str) -> str | None:
+    """The GitHub ``owner/repo`` a paper card's ``Upstream:`` line starts with, if it names one."""
+    match = _CARD_UPSTREAM.search(docstring)
+    return match.group(1).rstrip(".") if match else None
+
+
+def github_repo(url: str) -> str | None:
+    """``owner/repo`` of a GitHub link (``https://github.com/FFY0/AdaKV`` -> ``FFY0/AdaKV``), else None."""
+    match = _GITHUB_REPO.match(url.strip())
+    return match.group(1).removesuffix(".git") if match else None
 
 
 def card_alias(docstring: str) -> str | None:
