@@ -7,8 +7,8 @@ and layers, which pushes the new down-projection's rows away from the old ones, 
 space: the outputs on old inputs carry no guarantee, which is the contrast with HF-OLB's hard,
 activation-aware constraint.
 
-Paper: O-LoRA (Wang et al., EMNLP Findings 2023; no arXiv id recorded in our paper data);
-compared in arXiv 2606.02042's setting.
+Paper: arXiv 2310.14152 (O-LoRA, Wang et al., EMNLP Findings 2023); compared in arXiv 2606.02042's
+setting.
 Upstream: cmnfriend/O-LoRA src/uie_trainer_lora.py (``UIETrainer.training_step``) @
 2a2e620c4ed97aa07c5591b1da4640b2cbc6a846: ``orthogonal_loss`` sums ``|lora_A @ loranew_Aᵀ|``
 over adapted modules (``lora_A`` holds the earlier tasks' A rows stacked, so this equals our sum
