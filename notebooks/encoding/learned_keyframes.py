@@ -62,8 +62,8 @@ print("held-out ranking, trained:  ", manifest["heldout_ranking"])
 print("held-out ranking, untrained:", manifest["heldout_ranking_untrained"])
 
 # %% [markdown]
-# One held-out video whose question is about a flashing object (it shows in one or two raw
-# frames): for each slice, the model's log-probability of the whole correct reply when it sees
+# One held-out video whose question is about a flashing object (it shows in two consecutive raw
+# frames, one temporal slice): for each slice, the model's log-probability of the whole correct reply when it sees
 # that slice only (the training label, summed over the reply's tokens), next to the scorer's
 # score. Each panel shows a slice's two raw frames side by side.
 
@@ -86,7 +86,7 @@ for k, ax in enumerate(axes.flat):
 fig.suptitle(f"{sample.qa.question}  (reply: {' '.join(answer_words(sample))})", fontsize=10)
 plt.show()
 keep = max(1, round(0.25 * slices))
-print(f"{slices} slices; keeping {keep} (25%)")
+print(f"{slices} slices; keeping {keep} (25%); the flashing object is in slice {sample.scene.flash[1] // 2}")
 print("the model's best slices alone:", sorted(labels.topk(keep).indices.tolist()))
 print("the scorer's top slices:      ", sorted(scores.topk(keep).indices.tolist()))
 
@@ -107,10 +107,16 @@ heldout = make_dataset(bundle, 4 if QUICK else 15, seed=2, suites=suites, combos
 print(f"{len(train['kinds'])} training clips, {len(heldout['kinds'])} held-out clips")
 torch.manual_seed(0)
 small = FrameScorer(question_dim=scorer.question_dim, positions=manifest["scorer"].get("positions", 0))
-print("untrained:", ranking_metrics(small, heldout))
+
+
+def ranking(model):
+    return {key: round(value, 3) for key, value in ranking_metrics(model, heldout).items()}
+
+
+print("untrained:", ranking(small))
 losses = fit_scorer(small, train, steps=60 if QUICK else 300, lr=manifest["lr"])
-print(f"after {len(losses)} steps (loss {losses[0]:.2f} -> {losses[-1]:.2f}):", ranking_metrics(small, heldout))
-print("committed scorer on the same clips:", ranking_metrics(scorer, heldout))
+print(f"after {len(losses)} steps (loss {losses[0]:.2f} -> {losses[-1]:.2f}):", ranking(small))
+print("committed scorer on the same clips:", ranking(scorer))
 
 # %% [markdown]
 # Exact match when keeping 75%, 50% or 25% of the slices of held-out videos: the learned scorer,
