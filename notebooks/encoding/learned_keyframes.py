@@ -20,7 +20,6 @@ import json
 import os
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from reference_impls.bench.keyframes import _RandomFrames as RandomFrames
@@ -65,7 +64,7 @@ print("held-out ranking, untrained:", manifest["heldout_ranking_untrained"])
 # One held-out video whose question is about a flashing object (it shows in two consecutive raw
 # frames, one temporal slice): for each slice, the model's log-probability of the whole correct reply when it sees
 # that slice only (the training label, summed over the reply's tokens), next to the scorer's
-# score. Each panel shows a slice's two raw frames side by side.
+# score. Each panel shows the first of a slice's two raw frames (a flash lasts both).
 
 # %%
 sample = next(s for s in bundle.samples(20, seed=5, suite="video") if s.qa.kind == "flash")
@@ -77,11 +76,11 @@ with torch.no_grad():
     scores = scorer(thumbs, question)  # (T,)
 slices = len(labels)
 cols = (slices + 1) // 2
-fig, axes = plt.subplots(2, cols, figsize=(2.1 * cols, 3.2))
+fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 3.4))
 for k, ax in enumerate(axes.flat):
     ax.axis("off")
     if k < slices:
-        ax.imshow(np.concatenate(sample.scene.images[2 * k : 2 * k + 2], axis=1))
+        ax.imshow(sample.scene.images[2 * k])
         ax.set_title(f"slice {k}\nlog p {labels[k]:.1f} | score {scores[k]:.1f}", fontsize=8)
 fig.suptitle(f"{sample.qa.question}  (reply: {' '.join(answer_words(sample))})", fontsize=10)
 plt.show()
