@@ -22,7 +22,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.bench.keyframes import _RandomFrames as RandomFrames
+from reference_impls.bench.keyframes import RandomFrames
 from reference_impls.common.chat_scenes import answer_words
 from reference_impls.common.results import RESULTS_DIR
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2

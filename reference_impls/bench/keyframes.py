@@ -64,14 +64,14 @@ from ..encoding.learned_keyframes import (
     rank_frames,
 )
 
-__all__ = ["run", "run_chat", "main"]
+__all__ = ["RandomFrames", "run", "run_chat", "main"]
 
 BUDGETS = (0.75, 0.5, 0.25)
 TRAINING_AWARE, TRAINING_FREE = "keyframe-selection-training-aware", "keyframe-selection-training-free"
 
 
 @dataclass
-class _RandomFrames(KeyframeSelection):
+class RandomFrames(KeyframeSelection):
     """Baseline: uniformly random frames (seeded), through the keyframe plumbing."""
 
     seed: int = 0
@@ -191,7 +191,7 @@ def evaluate_seed(
             )
         settings += [
             ("keyframes-maxmin", TRAINING_FREE, budget, KeyframeSelection(budget=budget)),
-            ("random-frames", "", budget, _RandomFrames(budget=budget, seed=seed)),
+            ("random-frames", "", budget, RandomFrames(budget=budget, seed=seed)),
             ("random-pruning", "", budget, RandomPruning(budget=budget, seed=seed)),
         ] + ([] if video else [("oracle-frames", "", budget, _OracleFrames(budget=budget))])
     parts: list[list[dict]] = [[] for _ in settings]

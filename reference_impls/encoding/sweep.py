@@ -4,8 +4,8 @@ Every method is evaluated with :func:`reference_impls.common.harness.evaluate` a
 budgets, next to the random-pruning baseline, on the same held-out samples of one ToyVLM v2 suite
 (:data:`reference_impls.common.chat_scenes.SUITES`): each reply is decoded greedily until
 ``<eos>`` and counts only when it equals the answer (exact match), overall and per question kind.
-A ToyVLM v1 bundle (question first, one-word answers: the layout ablation) is accepted too, for
-the notebooks whose trained parts were made on v1. The reproduced numbers, with more samples,
+A ToyVLM v1 bundle (question first, one-word answers: the layout ablation) is accepted too, so the
+ablation can be swept the same way. The reproduced numbers, with more samples,
 seeds and all costs, come from the shared benchmark ``python -m reference_impls.bench.tokens
 --suite short`` (videos: ``python -m reference_impls.bench.video_tokens --suite video``).
 """
