@@ -148,4 +148,28 @@ plt.legend(fontsize=7)
 plt.show()
 
 # %% [markdown]
-# **What this shows.** TODO
+# **What this shows.** On ToyVLM v2's long suite the cheap pass is much worse than the full one and
+# its confidence does not say when. On these 32 questions the pass on 25% of the visual tokens gets
+# 6.2% of the replies exactly right, the full pass 37.5%. Its right answers are confident (mean
+# 0.986), its wrong ones less so on average (0.791), but 17 of its 30 wrong answers have a confidence
+# of at least 0.9, and so do 9 of the 10 questions that escalation would fix (mean 0.945): the gate
+# reads the first reply token, and a reply of 5-20 tokens can go wrong after a confident first token.
+#
+# So a higher threshold buys accuracy only with compute, and no threshold matches the plain answer
+# at fewer LM tokens: escalating from the 25% pass reaches the baseline's 37.5% only at threshold
+# 0.999 (90.6% of the questions escalated, 1336.6 LM tokens per question against the baseline's
+# 1104.3), and at 1061.0 tokens it is at 21.9%. The 50% pass alone gets 15.6% at 592.2 tokens. Self-consistency always
+# escalated gets 40.6% here, above the baseline, at 1469.5 tokens; in the benchmark it stays below
+# (26.2% ± 5.9 against 31.3% ± 9.7).
+#
+# The benchmark (10 seeds of 16 questions) agrees. The baseline gets 31.3% ± 9.7 with 1105.7 LM
+# tokens per question; always answering cheaply gets 4.3% (25% pass, 336.4 tokens) or 13.1% (50%
+# pass, 593.1 tokens). The thresholds chosen on seed 1 (0.6, 0.6 and 0) give 7.5%, 7.5% and 13.1%
+# with fewer LM tokens than the baseline, and the baseline is more accurate than each by 18 to 24
+# points (sign test p = 0.002). Matching the baseline's accuracy takes thresholds of 0.998 and above
+# (30.0% at 1304.1 tokens from the 25% pass, 31.9% at 1512.6 from the 50% pass), which costs more than
+# the baseline. Gating would need a cheap pass whose confidence covers the whole reply.
+#
+# *ToyVLM v1.* This notebook used to run on ToyVLM v1 (question first, one-word answers, where the
+# first token is the whole answer); that benchmark (`reasoning-toyvlm.json`) is kept as a labelled
+# ablation.
