@@ -2,7 +2,7 @@
 # # Confidence-gated answering (CAR-style routing)
 #
 # Answer cheaply and spend more only when unsure. The cheap pass answers from a quarter of the
-# visual tokens; if its first reply token's probability is below a threshold, the question is
+# visual tokens (evenly spaced in each image); if its first reply token's probability is below a threshold, the question is
 # re-asked with all visual tokens (or answered by self-consistency: a majority vote over answers
 # sampled from the full prompt). The model is ToyVLM v2 (chat layout: 16 images of 64 visual
 # tokens first, the question last) on its `long` suite, whose replies run to 5-20 tokens and are

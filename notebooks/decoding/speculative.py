@@ -49,9 +49,11 @@ def words(tokens):
     return " ".join(setting.words[t] for t in tokens)
 
 
-def strict(keep, **options):
-    """A strict draft for ``run``: (draft description, verification, method)."""
-    return ("", "strict", SpeculativeDecoding(draft_visual_keep=keep, **options))
+def draft(keep, **options):
+    """One of ``run``'s drafts: (draft description, verification description, method)."""
+    method = SpeculativeDecoding(draft_visual_keep=keep, **options)
+    verification = "strict" if method.relax_rate == 0 else f"r={method.relax_rate}, top-{method.relax_top_k}"
+    return (f"{keep:.0%} visual tokens", verification, method)
 
 
 # %% [markdown]
@@ -85,10 +87,10 @@ drafts = {}
 for keep in keeps:
     for rule, options in rules.items():
         name = "all visual tokens" if keep == 1.0 else f"{rule} {keep:.0%}"
-        drafts[name] = strict(keep, **options)
+        drafts[name] = draft(keep, **options)
         curves[rule][keep] = name
     curves[f"first {half} layers"][keep] = f"first {half} layers, {keep:.0%}"
-    drafts[f"first {half} layers, {keep:.0%}"] = strict(keep, draft_layers=half)
+    drafts[f"first {half} layers, {keep:.0%}"] = draft(keep, draft_layers=half)
 rows = {row["method"]: row for row in run(setting, REPLY, SUITE, named=drafts)}
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
 for label, names in curves.items():
@@ -118,7 +120,7 @@ plt.show()
 draft_lengths = (1, 4) if QUICK else (1, 2, 4, 6)
 families = {"self, 25% visual": {}, f"first {half} layers, 25% visual": {"draft_layers": half}}
 drafts = {
-    f"{label}, k={k}": strict(0.25, num_draft=k, **extra) for label, extra in families.items() for k in draft_lengths
+    f"{label}, k={k}": draft(0.25, num_draft=k, **extra) for label, extra in families.items() for k in draft_lengths
 }
 rows = {row["method"]: row for row in run(setting, REPLY, SUITE, named=drafts)}
 for label in families:
@@ -138,7 +140,7 @@ plt.show()
 
 # %%
 rates = (0.0, 1.0) if QUICK else (0.0, 0.25, 0.5, 1.0)
-drafts = {f"r={rate}": strict(0.25, relax_rate=rate, relax_top_k=2) for rate in rates}
+drafts = {f"r={rate}": draft(0.25, relax_rate=rate, relax_top_k=2) for rate in rates}
 relaxed = [row for row in run(setting, REPLY, SUITE, named=drafts) if row["method"] != "greedy"]
 for row in relaxed:
     print(
