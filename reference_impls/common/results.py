@@ -123,9 +123,28 @@ def environment() -> dict[str, str]:
     return facts
 
 
+def _without_output_directory(command: str) -> str:
+    """``command`` less its ``--out DIR``: that option only says where the file goes, and the command
+    recorded in a committed file must write it in place, whatever scratch folder the run used."""
+    import shlex
+
+    words, kept = shlex.split(command), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--out":
+            skip = True
+        elif not word.startswith("--out="):
+            kept.append(word)
+    return " ".join(shlex.quote(word) for word in kept)
+
+
 def save_results(results: Results, directory: Path | None = None) -> Path:
-    """Write ``results`` as ``<directory>/<id>.json`` (atomically), filling date and environment."""
+    """Write ``results`` as ``<directory>/<id>.json`` (atomically), filling date and environment; the
+    recorded command loses its ``--out`` (the file is the same wherever it was first written)."""
     directory = Path(directory) if directory is not None else RESULTS_DIR
+    results.command = _without_output_directory(results.command)
     directory.mkdir(parents=True, exist_ok=True)
     if not results.produced:
         results.produced = _dt.date.today().isoformat()

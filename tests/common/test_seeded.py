@@ -199,3 +199,15 @@ def test_an_ablation_marks_its_tests_file_and_a_main_result_writes_no_flag(tmp_p
         results.ablation = ablation
         for path in save_seeded(results, paired_tests(rows, "acc", "b"), seeds, "b", tmp_path):
             assert json.loads(path.read_text()).get("ablation", "absent") == (True if ablation else "absent")
+
+
+def test_the_recorded_command_drops_the_scratch_output_folder(tmp_path):
+    seeds = Seeds(reported=(10, 11, 12, 13, 14, 15))
+    rows, _ = run_seeds(_evaluate, seeds.reported, log=None)
+    for command in (
+        f"python -m x --suite long --out {tmp_path} --n 3",
+        f"python -m x --suite long --out={tmp_path} --n 3",
+    ):
+        results = Results("x", "X", command, [], [Column("method", "Method")], summarise(rows, ("method",), ("acc",)))
+        for path in save_seeded(results, paired_tests(rows, "acc", "b"), seeds, "b", tmp_path):
+            assert json.loads(path.read_text())["command"] == "python -m x --suite long --n 3"
