@@ -44,7 +44,7 @@ from transformers import DynamicCache
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES
 from reference_impls.common.harness import evaluate
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id, save_results
 from reference_impls.common.tiny import tiny_qwen25vl
 from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.decoding.attention_reuse import AttentionReuse, attention_flops
@@ -434,7 +434,7 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
     tests += seeded.paired_tests(per_seed, "decode_accuracy", "none", by="variant")
     if args.quick:
         return
-    result_id = f"attention-reuse-toyvlm-v2-{suite}"
+    result_id = results_id("attention-reuse-toyvlm-v2", suite)
     trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     results = Results(
         id=result_id,

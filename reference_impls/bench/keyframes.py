@@ -49,7 +49,7 @@ from ..common import seeded
 from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line
+from ..common.results import Column, Plot, Results, command_line, results_id
 from ..common.toyvlm import ABLATION_TITLE, load_toyvlm
 from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..common.visual_tokens import keep_count
@@ -347,7 +347,7 @@ def run_chat(
             f"{row['method']:18s} {row['budget']:5.2f} {row['frames']:6.1f} exact {row['accuracy']:6.1f} "
             f"encode {row['encode_ms']:8.1f} ms  prefill {row['prefill_ms']:8.1f} ms"
         )
-    result_id = f"keyframe-selection-toyvlm-v2-{suite}"
+    result_id = results_id("keyframe-selection-toyvlm-v2", suite)
     trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     select = {r["method"]: r["select_ms"] for r in rows}
     notes = (

@@ -65,7 +65,7 @@ import torch
 from reference_impls.bench.kv_quality import BUDGETS, TUNING_SEEDS, _settings, prepare_chat
 from reference_impls.common import harness, seeded
 from reference_impls.common.chat_scenes import SUITES, ChatSample, evidence_tokens
-from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import CompressedCache, CompressedLayer, KVCacheMethod, prompt_layout
 from reference_impls.registry import all_methods
@@ -335,7 +335,7 @@ def run(
         "HybridKV's dynamic heads fetch chunks of an offloaded pool at each decode step: every recall but the step "
         "recall counts their resident entries only. LOOK-M merges evicted visual entries into kept ones: recall counts positions, not "
         f"merged content. Each of {len(seeds.reported)} reported seeds ({', '.join(map(str, seeds.reported))}) "
-        f"draws its own {n} held-out samples (the first {n} of the samples kv-quality-toyvlm-v2-{suite} decodes for "
+        f"draws its own {n} held-out samples (the first {n} of the samples {results_id('kv-quality-toyvlm-v2', suite)} decodes for "
         "that seed), shared by every method; mean over seeds with the half-width of a Student-t 95% interval. "
         f"Batch 1, CPU, one thread, {sum(seconds) / len(seconds):.0f} s per seed."
     )
@@ -364,7 +364,7 @@ def run(
         Column("prompt_tokens", "Prompt tokens", "", 1),
     ]
     return Results(
-        id=f"kv-evidence-toyvlm-v2-{suite}",
+        id=results_id("kv-evidence-toyvlm-v2", suite),
         title=f"ToyVLM v2 ({suite} suite): visual evidence kept by KV-cache methods after the prefill at 10/20/40%",
         command="",
         families=sorted({specs[name].family for name in (methods or specs)}),

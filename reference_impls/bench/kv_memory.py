@@ -40,7 +40,7 @@ import torch
 from transformers import DynamicCache
 
 from reference_impls.common.chat_scenes import SUITES
-from reference_impls.common.results import Column, Plot, Results, command_line, save_results
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id, save_results
 from reference_impls.common.tiny import IDS, tiny_qwen25vl
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import ATTN_NAME, CompressedCache, KVCacheMethod
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             "output passed as mm_encoder_outputs, so prefill times are the language model's; EOS off: every method "
             f"decodes the same {steps} steps and greedy agreement with the full cache is over those steps)"
         )
-        result_id, model_title = f"kv-memory-toyvlm-v2-{args.suite}", f"ToyVLM v2, {args.suite} suite sample"
+        result_id, model_title = results_id("kv-memory-toyvlm-v2", args.suite), f"ToyVLM v2, {args.suite} suite sample"
     else:
         model_line = f"Random-init model ({dims}), float32"
         result_id, model_title = "kv-memory-cpu", "random-init Qwen2.5-VL architecture"

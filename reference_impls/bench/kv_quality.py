@@ -56,7 +56,7 @@ from transformers import DynamicCache
 
 from reference_impls.common import harness, seeded
 from reference_impls.common.chat_scenes import SUITES, answer_words
-from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id
 from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.cache import CompressedCache
@@ -370,7 +370,7 @@ def run_chat(
         for test in seeded.paired_tests(paired, "accuracy", reference, within=("cut", "budget"))
         if test["budget"] != 1.0
     ]
-    result_id = f"kv-quality-toyvlm-v2-{suite}"
+    result_id = results_id("kv-quality-toyvlm-v2", suite)
     manifest = bundle.manifest
     trained = manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     text_config = bundle.model.config.get_text_config()

@@ -32,7 +32,7 @@ import torch
 from reference_impls.bench.speculative import REPLY, chat_setting, load_setting
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES
-from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id
 from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding.reasoning import ConfidenceGatedAnswering
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> Results:
     at_chosen = [r for r in per_seed if r["method"] == BASELINE or chosen.get(r["method"]) == r["threshold"]]
     tests = seeded.paired_tests(at_chosen, "accuracy", BASELINE) + seeded.paired_tests(at_chosen, "lm_tokens", BASELINE)
     setting = facts["setting"]
-    results_id = "reasoning-toyvlm" if args.suite is None else f"reasoning-toyvlm-v2-{args.suite}"
+    result_id = "reasoning-toyvlm" if args.suite is None else results_id("reasoning-toyvlm-v2", args.suite)
     scored = (
         "the exact match of the whole reply and its <eos> (decoded until <eos>, at most "
         f"{REPLY} tokens; the confidence is the first reply token's)"
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> Results:
         else "agreement with the full-visual greedy answer"
     )
     results = Results(
-        id=results_id,
+        id=result_id,
         ablation=args.suite is None,
         title=f"Confidence-gated answering on {ABLATION_TITLE}: accuracy against compute"
         if args.suite is None
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> Results:
             f"method's threshold was chosen on tuning seed(s) {', '.join(map(str, seeds.tuning))} (never reported): "
             "the best accuracy among thresholds that process fewer LM tokens than the baseline "
             f"({', '.join(f'{k}: {v}' for k, v in chosen.items())}; rows marked 'chosen'); at that threshold accuracy "
-            f"and LM tokens are compared with the baseline, paired by seed ({results_id}-tests). Batch 1, CPU with "
+            f"and LM tokens are compared with the baseline, paired by seed ({result_id}-tests). Batch 1, CPU with "
             f"1 thread (shared machine: wall times are noisy). Cheap pass: {int(FIRST_KEEP * 100)}% (or 50%) of "
             "each image's visual tokens (uniform). Escalation: re-ask with all visual tokens, or a majority vote over "
             f"5 answers sampled at temperature 1 from the full prompt. Accuracy is {scored}. Threshold 0 = always "

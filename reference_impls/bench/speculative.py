@@ -43,7 +43,7 @@ import torch
 
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES, answer_words
-from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id
 from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding._speculative_prompt import crop, encode_prompt, forward, prefill, text_positions
@@ -376,7 +376,7 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
     bundle, suite = load_toyvlm_v2(args.checkpoint), args.suite
     n = 4 if args.quick else args.n
     _, rows, tests, seconds = run_chat(bundle, suite, n, seeds, args.max_new_tokens)
-    result_id = f"speculative-toyvlm-v2-{suite}"
+    result_id = results_id("speculative-toyvlm-v2", suite)
     trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     results = Results(
         id=result_id,

@@ -49,7 +49,7 @@ import torch
 from reference_impls.bench import speculative
 from reference_impls.common import seeded
 from reference_impls.common.chat_scenes import SUITES
-from reference_impls.common.results import Column, Plot, Results, command_line
+from reference_impls.common.results import Column, Plot, Results, command_line, results_id
 from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.decoding._speculative_prompt import encode_prompt, forward, prefill, text_positions
@@ -311,7 +311,7 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
             tests += seeded.paired_tests(per_seed, metric, reference, within=("setting",), versus=drafts)
     twig_manifest = json.loads((twig / "manifest.json").read_text())
     agreement = twig_manifest.get("held_out_agreement", {})
-    result_id = f"speculative-distilled-toyvlm-v2-{suite}"
+    result_id = results_id("speculative-distilled-toyvlm-v2", suite)
     trained = bundle.manifest.get("held_out_exact_match", {}).get(suite, {}).get("all", "?")
     results = Results(
         id=result_id,
@@ -326,7 +326,7 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
         notes=(
             f"ToyVLM v2 ({bundle.manifest.get('parameters', '?')} parameters, {bundle.model.config.text_config.num_hidden_layers} "
             f"layers, held-out exact match {trained} on the {suite} suite at training time); suite {suite}: "
-            f"{SUITES[suite].description}. Same protocol as speculative-toyvlm-v2-{suite} (benchmark speculative, "
+            f"{SUITES[suite].description}. Same protocol as {results_id('speculative-toyvlm-v2', suite)} (benchmark speculative, "
             "--suite): each reported seed "
             f"({', '.join(map(str, seeds.reported))}) draws its own {n} held-out samples shared by every method, "
             f"replies decoded until <eos> (at most {args.max_new_tokens} tokens), mean over seeds with the half-width "

@@ -37,7 +37,7 @@ from ..common import seeded
 from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line
+from ..common.results import Column, Plot, Results, command_line, results_id
 from ..common.toyvlm import ABLATION_TITLE, load_toyvlm
 from ..common.toyvlm_v2 import ToyVLMv2, load_toyvlm_v2
 from ..registry import all_methods
@@ -140,7 +140,7 @@ def run(
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     families = sorted({specs[name].family for name in names})
     manifest = bundle.manifest
-    result_id = "tokens-toyvlm" if suite is None else f"tokens-toyvlm-v2-{suite}"
+    result_id = "tokens-toyvlm" if suite is None else results_id("tokens-toyvlm-v2", suite)
     if suite is None:
         model_line = (
             f"ToyVLM ({manifest.get('parameters', '?')} parameters, held-out accuracy "

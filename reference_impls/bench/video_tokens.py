@@ -45,7 +45,7 @@ from ..common import seeded
 from ..common.chat_scenes import SUITES
 from ..common.harness import evaluate
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line
+from ..common.results import Column, Plot, Results, command_line, results_id
 from ..common.scenes import Sample, repeat_images
 from ..common.toyvlm import ABLATION_TITLE, ToyVLM, load_toyvlm
 from ..common.toyvlm_v2 import load_toyvlm_v2
@@ -236,7 +236,7 @@ def run_chat(
     specs = {name: tokens.Factory(*METHODS[name]) for name in methods or METHODS}
     rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, specs, n, budgets, seeds, log)
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in specs else []
-    result_id = f"video-encoders-toyvlm-v2-{suite}"
+    result_id = results_id("video-encoders-toyvlm-v2", suite)
     notes = tokens.chat_notes(bundle, suite, seeds, n, seconds) + (
         "A video is one Qwen2.5-VL video item: the temporal methods and keyframe selection work on its temporal "
         "slices (two raw frames each), ToMe merges within each slice, random pruning ignores frames. Exact match "

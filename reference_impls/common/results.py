@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,10 +54,20 @@ __all__ = [
     "environment",
     "load_results",
     "paired_tests_results",
+    "results_id",
     "save_results",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+RESULTS_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+"""What a results id (and file name) must look like: the site's schema checks the same pattern."""
+
+
+def results_id(*parts: str) -> str:
+    """A results id from its parts, joined by ``-``, with ``_`` read as ``-`` (suite names such as
+    ``multi_image`` are Python identifiers, ids are not): ``results_id("tokens-toyvlm-v2",
+    "multi_image") == "tokens-toyvlm-v2-multi-image"``."""
+    return "-".join(parts).replace("_", "-")
 
 
 def command_line(module: str, argv: list[str] | None = None) -> str:
@@ -144,6 +155,8 @@ def save_results(results: Results, directory: Path | None = None) -> Path:
     """Write ``results`` as ``<directory>/<id>.json`` (atomically), filling date and environment; the
     recorded command loses its ``--out`` (the file is the same wherever it was first written)."""
     directory = Path(directory) if directory is not None else RESULTS_DIR
+    if not re.match(RESULTS_ID_PATTERN, results.id):
+        raise ValueError(f"results id {results.id!r} must match {RESULTS_ID_PATTERN} (build it with results_id)")
     results.command = _without_output_directory(results.command)
     directory.mkdir(parents=True, exist_ok=True)
     if not results.produced:

@@ -329,7 +329,7 @@ def run_chat(
     of PyramidDrop and SparseVLM against their variants."""
     from reference_impls.bench import tokens
     from reference_impls.common import seeded
-    from reference_impls.common.results import Plot, Results
+    from reference_impls.common.results import Plot, Results, results_id
     from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 
     seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
@@ -341,7 +341,7 @@ def run_chat(
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     for reference, variants in ABLATIONS.items():
         tests += seeded.paired_tests(per_seed, "accuracy", reference, within=("budget",), versus=variants)
-    result_id = f"prefilling-toyvlm-v2-{suite}"
+    result_id = results_id("prefilling-toyvlm-v2", suite)
     results = Results(
         id=result_id,
         title=f"Prefilling-stage visual token pruning on ToyVLM v2 ({suite} suite): exact match and cost vs budget",

@@ -211,3 +211,16 @@ def test_the_recorded_command_drops_the_scratch_output_folder(tmp_path):
         results = Results("x", "X", command, [], [Column("method", "Method")], summarise(rows, ("method",), ("acc",)))
         for path in save_seeded(results, paired_tests(rows, "acc", "b"), seeds, "b", tmp_path):
             assert json.loads(path.read_text())["command"] == "python -m x --suite long --n 3"
+
+
+def test_a_suite_name_becomes_a_valid_results_id_and_an_invalid_id_is_refused_before_writing(tmp_path):
+    from reference_impls.common import results
+    from reference_impls.common.results import results_id, save_results
+    from tools.schema import RESULTS_ID_PATTERN
+
+    assert results_id("tokens-toyvlm-v2", "multi_image") == "tokens-toyvlm-v2-multi-image"
+    assert RESULTS_ID_PATTERN == results.RESULTS_ID_PATTERN  # the writer checks what the site's schema checks
+    bad = Results("tokens-toyvlm-v2-multi_image", "X", "python -m x", [], [Column("method", "Method")], [])
+    with pytest.raises(ValueError, match="multi_image"):
+        save_results(bad, tmp_path)
+    assert list(tmp_path.iterdir()) == []
