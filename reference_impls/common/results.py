@@ -56,6 +56,7 @@ __all__ = [
     "paired_tests_results",
     "results_id",
     "save_results",
+    "without_option",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -134,21 +135,27 @@ def environment() -> dict[str, str]:
     return facts
 
 
+def without_option(args: list[str], option: str) -> list[str]:
+    """``args`` less every ``option VALUE`` and ``option=VALUE``: for options that change where a run
+    reads or writes its files, never what it computes, so the command a results file or manifest
+    records stays free of one machine's paths."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 def _without_output_directory(command: str) -> str:
     """``command`` less its ``--out DIR``: that option only says where the file goes, and the command
     recorded in a committed file must write it in place, whatever scratch folder the run used."""
     import shlex
 
-    words, kept = shlex.split(command), []
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-        elif word == "--out":
-            skip = True
-        elif not word.startswith("--out="):
-            kept.append(word)
-    return " ".join(shlex.quote(word) for word in kept)
+    return " ".join(shlex.quote(word) for word in without_option(shlex.split(command), "--out"))
 
 
 def save_results(results: Results, directory: Path | None = None) -> Path:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from reference_impls.common.chat_scenes import SUITES, answer_words, make_chat_samples
-from reference_impls.common.results import command_line
+from reference_impls.common.results import command_line, without_option
 from reference_impls.common.toyvlm import load_toyvlm
 from reference_impls.common.visual_tokens import Selection, build_context, next_positions, reduce_inputs
 from reference_impls.encoding.keyframes import _frame_tokens, item_thumbnails
@@ -323,16 +323,7 @@ TARGETS = {
 def _without_cache(argv: list[str] | None) -> list[str]:
     """The arguments minus ``--data PATH``: a label cache changes no result (the command without it
     labels the same clips afresh), and its path is local to the machine that ran it."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--data":
-            skip = True
-        elif not arg.startswith("--data="):
-            kept.append(arg)
-    return kept
+    return without_option(list(sys.argv[1:] if argv is None else argv), "--data")
 
 
 def main(argv: list[str] | None = None) -> None:
