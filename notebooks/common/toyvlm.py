@@ -73,7 +73,7 @@ print("reply:", " ".join(toy.generate([sample])[0]))
 # A few held-out samples of each suite (seed 12): the question, the expected reply and the model's.
 
 # %%
-per_suite = 6 if QUICK else 12
+per_suite = 2 if QUICK else 12
 for suite in ("short", "long", "video"):
     samples = toy.samples(per_suite, seed=12, suite=suite)
     replies = toy.generate(samples)
@@ -88,7 +88,7 @@ for suite in ("short", "long", "video"):
 # each object covers 1-4 of the 1,024 tokens.
 
 # %%
-n = 8 if QUICK else 48
+n = 3 if QUICK else 48
 samples = toy.samples(n, seed=5, suite="short")
 budgets = [1.0, 0.5, 0.25, 0.1]
 results = [evaluate(toy, RandomPruning(budget=b), samples=samples) for b in budgets]

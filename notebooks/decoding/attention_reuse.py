@@ -96,7 +96,7 @@ plt.show()
 patterns = chat_patterns(n_layers)
 if QUICK:
     patterns = {k: patterns[k] for k in ("none", "0->1", "0->" + ",".join(map(str, range(1, n_layers))))}
-n = 6 if QUICK else 16
+n = 2 if QUICK else 16
 rows = chat_rows(toy, n, 4321, "short", patterns)
 base = rows[0]
 print(f"unmodified: {base['accuracy']:.1f}% exact match on {n} samples ({base['prompt_tokens']} prompt tokens)")

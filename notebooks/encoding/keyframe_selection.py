@@ -59,7 +59,7 @@ plt.show()
 
 # %%
 FRAME_COMPARISON = ("motion", "still", "events")
-n = 8 if QUICK else 32
+n = 3 if QUICK else 32
 videos = [s for s in bundle.samples(4 * n, seed=1, suite="video") if s.qa.kind not in FRAME_COMPARISON][:n]
 budgets = [0.5] if QUICK else [0.75, 0.5, 0.25]
 methods = {"keyframes-maxmin": lambda b: KeyframeSelection(budget=b)}

@@ -101,8 +101,8 @@ print("the scorer's top slices:      ", sorted(scores.topk(keep).indices.tolist(
 # %%
 suites = ("video", "short")
 combos = 4 if QUICK else 16
-train = make_dataset(bundle, 6 if QUICK else 30, seed=0, suites=suites, combos=combos)
-heldout = make_dataset(bundle, 4 if QUICK else 15, seed=2, suites=suites, combos=combos)
+train = make_dataset(bundle, 3 if QUICK else 30, seed=0, suites=suites, combos=combos)
+heldout = make_dataset(bundle, 2 if QUICK else 15, seed=2, suites=suites, combos=combos)
 print(f"{len(train['kinds'])} training clips, {len(heldout['kinds'])} held-out clips")
 torch.manual_seed(0)
 small = FrameScorer(question_dim=scorer.question_dim, positions=manifest["scorer"].get("positions", 0))
@@ -113,7 +113,7 @@ def ranking(model):
 
 
 print("untrained:", ranking(small))
-losses = fit_scorer(small, train, steps=60 if QUICK else 300, lr=manifest["lr"])
+losses = fit_scorer(small, train, steps=20 if QUICK else 300, lr=manifest["lr"])
 print(f"after {len(losses)} steps (loss {losses[0]:.2f} -> {losses[-1]:.2f}):", ranking(small))
 print("committed scorer on the same clips:", ranking(scorer))
 
@@ -126,7 +126,7 @@ print("committed scorer on the same clips:", ranking(scorer))
 # figures move by tens of points between runs.
 
 # %%
-n = 8 if QUICK else 24
+n = 3 if QUICK else 24
 videos = [s for s in bundle.samples(4 * n, seed=1, suite="video") if s.qa.kind not in ("motion", "still", "events")]
 budgets = [0.25] if QUICK else [0.75, 0.5, 0.25]
 methods = {

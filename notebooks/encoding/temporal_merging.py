@@ -113,7 +113,7 @@ for name, objects in (("still", marks["red"]), ("moving", [mover]), ("flash", [f
 
 # %%
 FRAME_COMPARISON = ("motion", "still", "events")
-n = 8 if QUICK else 24
+n = 3 if QUICK else 24
 videos = [s for s in bundle.samples(4 * n, seed=2, suite="video") if s.qa.kind not in FRAME_COMPARISON][:n]
 budgets = [0.25] if QUICK else [0.5, 0.25, 0.125]
 methods = {

@@ -38,7 +38,7 @@ bundle = load_toyvlm_v2()
 # %%
 methods = {"tome": lambda b: ToMe(budget=b), "prumerge": lambda b: PruMerge(budget=b)}
 budgets = [0.25] if QUICK else [0.5, 0.25, 0.125]
-rows = budget_sweep(bundle, methods, budgets, n=8 if QUICK else 30)
+rows = budget_sweep(bundle, methods, budgets, n=3 if QUICK else 30)
 print_sweep(rows)
 plot_sweep(rows, "ToMe / PruMerge vs random pruning (ToyVLM v2, short suite)")
 plt.show()
@@ -65,7 +65,7 @@ with torch.no_grad(), method(bundle.model):
 # the kept positions are the merge destinations, so its number says little.
 
 # %%
-probe = bundle.samples(3 if QUICK else 20, seed=7, suite="short")
+probe = bundle.samples(2 if QUICK else 20, seed=7, suite="short")
 for name, method in {
     "random-pruning": RandomPruning(budget=0.125),
     "prumerge": PruMerge(budget=0.125),

@@ -28,7 +28,9 @@ from reference_impls.hallucination.train_captioner import load_captioner
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(2)
-STEPS, BATCH, N_EVAL, BUDGETS = (3, 8, 12, (3,)) if QUICK else (12, 8, 32, (5, 10))
+STEPS, BATCH, N_EVAL, BUDGETS = (2, 4, 6, (2,)) if QUICK else (12, 8, 32, (5, 10))
+# The quick setting (tests) tries only the radius the benchmark calibrated; the full run sweeps them all.
+RHOS = (0.03,) if QUICK else (0.3, 0.1, 0.03, 0.01)
 
 base, vocab, world, manifest = load_captioner()
 base.model.visual.requires_grad_(False)
@@ -49,7 +51,7 @@ print(
 # %%
 _, calibration_batches, _ = make_data(base, vocab, world, config, seed=CALIBRATION_SEED)
 torch.manual_seed(CALIBRATION_SEED)
-RHO, sweep = calibrate_rho(SARE(beta=0.5, lr=5e-4), base, calibration_batches, STEPS)
+RHO, sweep = calibrate_rho(SARE(beta=0.5, lr=5e-4), base, calibration_batches, STEPS, rhos=RHOS)
 for row in sweep:
     print(
         f"rho {row['rho']:<5}: {row['saturated_steps']} of {row['steps']} steps saturated, max p(target) at theta+eps {row['max_p_target_adv']:.3f}"

@@ -115,7 +115,10 @@ def built_site(tmp_path_factory) -> Path:
     taxonomy = repo / "taxonomy" / "efficiency.yaml"
     text = taxonomy.read_text()
     start = text.index("            findings: >-\n", text.index("- id: prefilling-attention-guided"))
-    end = text.index("      - id: sparse-attention")
+    # The folded block ends at the first line indented less than its text (the next field or node).
+    end = start + len("            findings: >-\n")
+    while text[end:].startswith(" " * 14) or text[end:].startswith("\n"):
+        end = text.index("\n", end) + 1
     taxonomy.write_text(text[:start] + f"            findings: {json.dumps(HOSTILE_PROSE)}\n" + text[end:])
     results = own_results(repo)
     data = json.loads((results / "tokens-toyvlm.json").read_text())
