@@ -36,7 +36,9 @@ Deviations:
       embeddings entering the LLM (merger outputs) and the question is the mean of its tokens'
       input embeddings in the same space, i.e. the prompt text after the last visual token (the
       question, and in a real chat template its closing role markers). Upstream uses one pooled
-      CLIP text embedding and CLIP-projected patches.
+      CLIP text embedding and CLIP-projected patches. A prompt with the question before the images
+      (the ToyVLM v1 ablation) leaves only the text after them (there: the ``answer`` marker); a
+      prompt with no text after the images is refused.
     - Sign: ``negate=True`` (default) keeps upstream's negation, which is tied to CLIP's patch
       geometry (patch tokens of CLIP align inversely with the text, as the LiteLVLM paper also
       exploits); ``negate=False`` keeps the tokens *most* similar to the question, the reading of
