@@ -173,6 +173,7 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
     from reference_impls.prefilling.fastv import FastV
     from reference_impls.prefilling.pyramiddrop import PyramidDrop
     from reference_impls.prefilling.sparsevlm import SparseVLM
+    from reference_impls.prefilling.trim import TRIM
 
     k = max(1, num_layers // 4)
     return {
@@ -183,6 +184,8 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
         "sparsevlm-norecycle": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b, recycle=False)),
         "sparsevlm+renumber": ("prefilling-attention-guided", lambda b: SparseVLM(budget=b, positions="renumber")),
         "divprune": ("prefilling-diversity-guided", lambda b: DivPrune(budget=b)),
+        "trim": ("prefilling-question-guided", lambda b: TRIM(budget=b)),
+        "trim+similar": ("prefilling-question-guided", lambda b: TRIM(budget=b, negate=False)),
         "block-sparse": ("sparse-attention", lambda b: BlockSparseAttention(budget=b, block_size=16)),
         "random@0": ("", lambda b: RandomPruning(budget=b)),
         f"random@{k}": ("", lambda b: RandomDrop(budget=b, layer=k)),
@@ -303,8 +306,15 @@ def print_sweep(rows: list[dict[str, Any]]) -> None:
 
 METRICS = ("accuracy", "visual_kept", "visual_kept_layer_mean", "prefill_ms")
 BASELINE = "random@0"
-ABLATIONS = {"pyramiddrop": ("pyramiddrop+renumber",), "sparsevlm": ("sparsevlm+renumber", "sparsevlm-norecycle")}
-"""Defaults tested against their variants (renumbered positions, no recycling), besides random pruning."""
+ABLATIONS = {
+    "pyramiddrop": ("pyramiddrop+renumber",),
+    "sparsevlm": ("sparsevlm+renumber", "sparsevlm-norecycle"),
+    "trim": ("trim+similar",),
+}
+"""Defaults tested against their variants (renumbered positions, no recycling, TRIM's sign), besides random pruning."""
+COMPARATORS = ("random@0",)
+"""Rows a ``--methods`` run adds to the methods it names, so that it carries its own comparators (the
+unpruned model is always the first row)."""
 TUNING_SEEDS = (1,)
 """Seed of the single-seed runs the methods' settings were developed on; never reported."""
 
@@ -321,12 +331,14 @@ def run_chat(
     seeds=None,
     names: tuple[str, ...] | None = None,
     log=print,
+    tag: str = "",
 ):
     """Every prefilling method at every budget on ToyVLM v2's ``suite``: the tokens bench's
     per-sample protocol (:func:`reference_impls.bench.tokens.sweep_chat`: the reply decoded until
     ``<eos>`` through the method, exact match, per scope, LLM prefill and decode times, batch 1).
     Returns the :class:`Results` (not yet saved) and the paired tests against random pruning and
-    of PyramidDrop and SparseVLM against their variants."""
+    of PyramidDrop, SparseVLM and TRIM against their variants. ``tag`` (a ``--methods`` run) is
+    appended to the results id, so that a run of a few methods never overwrites the full table."""
     from reference_impls.bench import tokens
     from reference_impls.common import seeded
     from reference_impls.common.results import Plot, Results, results_id
@@ -340,13 +352,15 @@ def run_chat(
     rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, names, n, budgets, seeds, log)
     tests = seeded.paired_tests(per_seed, "accuracy", BASELINE, within=("budget",)) if BASELINE in names else []
     for reference, variants in ABLATIONS.items():
-        tests += seeded.paired_tests(per_seed, "accuracy", reference, within=("budget",), versus=variants)
-    result_id = results_id("prefilling-toyvlm-v2", suite)
+        if reference in names and set(variants) <= set(names):
+            tests += seeded.paired_tests(per_seed, "accuracy", reference, within=("budget",), versus=variants)
+    result_id = results_id("prefilling-toyvlm-v2", suite, *([tag] if tag else []))
+    families = sorted({specs[name].family for name in names if specs[name].family})
     results = Results(
         id=result_id,
         title=f"Prefilling-stage visual token pruning on ToyVLM v2 ({suite} suite): exact match and cost vs budget",
         command="",
-        families=["prefilling-attention-guided", "prefilling-diversity-guided", "sparse-attention"],
+        families=families,
         columns=seeded.interval_columns(tokens.columns(chat=True), ("accuracy",)),
         rows=rows,
         plots=[
@@ -355,10 +369,12 @@ def run_chat(
         ],
         notes=tokens.chat_notes(bundle, suite, seeds, n, seconds)
         + "Every method's exact match is compared with random pruning before the LLM (random@0) at the same "
-        f"budget, and PyramidDrop and SparseVLM with their variants, paired by seed ({result_id}-tests). Budget = "
+        f"budget, and PyramidDrop, SparseVLM and TRIM (when run) with their variants, paired by seed ({result_id}-tests). "
+        "Budget = "
         "fraction of visual tokens left after the last pruning stage; for block-sparse the fraction of causal "
         "key blocks a visual query block reads (no token is dropped). '+renumber' rows use upstream's "
-        "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off.",
+        "renumbered positions, 'sparsevlm-norecycle' turns SparseVLM's token recycling off, 'trim+similar' keeps the "
+        "visual tokens most similar to the question (TRIM's code negates the similarity).",
         seeds=seeds.record(),
     )
     return results, tests
@@ -378,11 +394,35 @@ def main(argv: list[str] | None = None) -> None:
         "--suite", default=None, choices=sorted(SUITES), help="run on ToyVLM v2's held-out suite (default: ToyVLM v1)"
     )
     parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder (with --suite)")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method names (with --suite), plus the random@0 comparator and the unpruned model; "
+        "the results id gets the suffix --tag",
+    )
+    parser.add_argument("--tag", default=None, help="results id suffix of a --methods run (default: the first method)")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
+    if args.methods is not None and args.suite is None:
+        parser.error("--methods needs --suite")
     if args.suite is not None:
         torch.set_num_threads(1)
+        names, tag = None, ""
+        if args.methods is not None:
+            chosen = [name.strip() for name in args.methods.split(",") if name.strip()]
+            known = method_factories(4)
+            unknown = [name for name in chosen if name not in known]
+            if not chosen or unknown:
+                parser.error(f"--methods: unknown {unknown or 'empty list'}; known: {', '.join(known)}")
+            names = tuple(dict.fromkeys([*chosen, *COMPARATORS]))
+            tag = args.tag or chosen[0]
         results, tests = run_chat(
-            args.suite, n=8 if args.quick else args.n, checkpoint=args.checkpoint, seeds=seeds, log=print
+            args.suite,
+            n=8 if args.quick else args.n,
+            checkpoint=args.checkpoint,
+            seeds=seeds,
+            names=names,
+            log=print,
+            tag=tag,
         )
         results.command = command_line("reference_impls.prefilling.bench", argv)
         if not args.quick:

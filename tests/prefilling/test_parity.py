@@ -7,6 +7,7 @@ follows its repository's forward: where it ranks, what it keeps, which positions
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
@@ -17,6 +18,7 @@ from reference_impls.prefilling.divprune import DivPrune, max_min_select
 from reference_impls.prefilling.fastv import FastV
 from reference_impls.prefilling.pyramiddrop import PyramidDrop, stage_keep_count, stage_layers
 from reference_impls.prefilling.sparsevlm import SparseVLM, dpc_knn_merge, sparse_layers
+from reference_impls.prefilling.trim import TRIM, iqr_keep_fraction, question_relevance
 
 torch.set_num_threads(1)
 NUM_LAYERS = 4
@@ -292,6 +294,63 @@ def test_sparsevlm_default_matches_upstream(model, inputs):
     keeps = [keep_count(15, 0.25 ** (s / len(layers))) for s in range(1, len(layers) + 1)]
     expected = reference_sparsevlm(model, inputs, layers, keeps, renumber=False, recycle=True)
     torch.testing.assert_close(_ours(model, inputs, SparseVLM(budget=0.25)), expected, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# TRIM. FreedomIntelligence/TRIM llava/model/multimodal_encoder/clip_encoder.py
+# @ 988896531d65ca18a54347d37566b6e750d85276 (CLIPVisionTower.token_reduction, TextSim): similarity =
+# projected patches @ the text embedding, negated, softmaxed over the patches; k == -1 takes the
+# share of scores above Q3 + 1.5 IQR (numpy.percentile); int(N * k) tokens by topk. Here the
+# "projected patches" are the LLM inputs and the text embedding the mean of the question's inputs.
+
+
+def reference_trim_scores(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    similarity = torch.einsum("bnd,bd->bn", patches, text)
+    return torch.nn.functional.softmax(-similarity, dim=-1)
+
+
+def reference_iqr_ratio(scores: torch.Tensor) -> float:
+    values = scores.double().numpy().ravel()
+    q1, q3 = np.percentile(values, 25), np.percentile(values, 75)
+    return len(np.where(values > q3 + 1.5 * (q3 - q1))[0]) / len(values)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_trim_scores_and_adaptive_count_match_upstream(seed):
+    generator = torch.Generator().manual_seed(seed)
+    patches = torch.randn(1, 60, 16, generator=generator, dtype=torch.float64) * (1 + seed)
+    patches[0, :5] += 3.0  # a few outliers, so that the IQR rule keeps something
+    text = torch.randn(1, 16, generator=generator, dtype=torch.float64)
+    expected = reference_trim_scores(patches, text)[0]
+    ours = question_relevance(patches[0], text[0])
+    torch.testing.assert_close(ours.double(), expected, atol=1e-6, rtol=1e-5)
+    assert iqr_keep_fraction(ours) == reference_iqr_ratio(expected)
+    flipped = question_relevance(patches[0], text[0], negate=False)
+    assert flipped.argmax() == expected.argmin()
+
+
+def reference_trim(model, inputs, ratio: float, negate: bool = True):
+    hidden, positions, visual = _llm_inputs(model, inputs)
+    ids = inputs["input_ids"][0]
+    image = visual.nonzero()[:, 0]
+    after = torch.arange(len(ids)) > image.max()
+    markers = (ids == model.config.vision_start_token_id) | (ids == model.config.vision_end_token_id)
+    text = hidden[0, after & ~markers].mean(0)
+    scores = reference_trim_scores(hidden[:, image], text[None] if negate else -text[None])[0]
+    top = image[scores.topk(keep_count(len(image), ratio)).indices]  # upstream floors, we round: 15 * 0.3 -> 4 both
+    keep = torch.cat([(~visual).nonzero()[:, 0], top]).sort().values
+    hidden, positions = hidden[:, keep], positions[..., keep]
+    with torch.no_grad():
+        for index in range(NUM_LAYERS):
+            hidden = _layer(model, index, hidden, positions)
+    return _logits(model, hidden)
+
+
+@pytest.mark.parametrize("negate", [True, False])
+def test_trim_matches_upstream(model, inputs, negate):
+    expected = reference_trim(model, inputs, 0.3, negate)
+    ours = _ours(model, inputs, TRIM(budget=0.3, negate=negate))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------

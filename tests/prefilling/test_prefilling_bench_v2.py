@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from reference_impls.common import seeded
@@ -49,3 +50,26 @@ def test_command_line_writes_v2_results(tmp_path, monkeypatch):
     data = json.loads((out / "prefilling-toyvlm-v2-long.json").read_text())
     assert data["command"].startswith("python -m reference_impls.prefilling.bench --suite long")
     assert {row["budget"] for row in data["rows"]} == {1.0, *bench.CHAT_BUDGETS}
+
+
+def test_methods_option_writes_its_own_results_with_the_comparators(tmp_path):
+    checkpoint, out = tmp_path / "toy", tmp_path / "out"
+    save_toyvlm_v2(tiny_toyvlm_v2(), checkpoint, {"parameters": 1})
+    argv = ["--suite", "short", "--checkpoint", str(checkpoint), "--n", "1", "--seeds", "2", "3", "--out", str(out)]
+    bench.main([*argv, "--methods", "trim,trim+similar", "--tag", "question-guided"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "prefilling-toyvlm-v2-short-question-guided-tests.json",
+        "prefilling-toyvlm-v2-short-question-guided.json",
+    ]
+    data = json.loads((out / "prefilling-toyvlm-v2-short-question-guided.json").read_text())
+    assert {row["method"] for row in data["rows"]} == {"none (all tokens)", "trim", "trim+similar", "random@0"}
+    assert data["families"] == ["prefilling-question-guided"]
+    assert "--methods trim,trim+similar --tag question-guided" in data["command"]
+    tests = json.loads((out / "prefilling-toyvlm-v2-short-question-guided-tests.json").read_text())
+    versus = {(row["method"], row["versus"]) for row in tests["rows"]}
+    assert ("random@0", "trim") in versus and ("trim", "trim+similar") in versus
+
+
+def test_methods_option_refuses_unknown_names():
+    with pytest.raises(SystemExit):
+        bench.main(["--suite", "short", "--methods", "trim,nope"])

@@ -14,6 +14,7 @@ from reference_impls.prefilling.divprune import DivPrune, max_min_select
 from reference_impls.prefilling.fastv import FastV
 from reference_impls.prefilling.pyramiddrop import PyramidDrop, stage_layers
 from reference_impls.prefilling.sparsevlm import SparseVLM, rater_scores, sparse_layers, text_raters
+from reference_impls.prefilling.trim import TRIM, question_relevance, question_tokens
 from reference_impls.registry import all_methods
 
 torch.set_num_threads(1)
@@ -30,6 +31,8 @@ CONFIGS = {
     "pyramiddrop-renumber": lambda b: PyramidDrop(budget=b, positions="renumber"),
     "divprune": lambda b: DivPrune(budget=b),
     "divprune-layer2": lambda b: DivPrune(budget=b, layer=2),
+    "trim": lambda b: TRIM(budget=b),
+    "trim-similar-layer2": lambda b: TRIM(budget=b, negate=False, layer=2),
 }
 
 
@@ -44,7 +47,7 @@ def two_images(model):
 
 
 def test_every_prefilling_method_is_covered():
-    assert {spec.name for spec in TOKEN_DROPPING} == {"fastv", "pyramiddrop", "sparsevlm", "divprune"}
+    assert {spec.name for spec in TOKEN_DROPPING} == {"fastv", "pyramiddrop", "sparsevlm", "divprune", "trim"}
     assert {spec.name for spec in PREFILL_METHODS} - {spec.name for spec in TOKEN_DROPPING} == {"block-sparse"}
     for spec in PREFILL_METHODS:
         method = spec.target()
@@ -356,6 +359,45 @@ def test_divprune_keeps_the_max_min_subset_of_llm_inputs(model, two_images):
     expected = set(visual.nonzero()[:, 0][max_min_select(embeds[visual], k)].tolist())
     kept = _kept_positions(model, two_images, DivPrune(budget=0.2), 0)
     assert set(kept[visual[kept]].tolist()) == expected
+
+
+def test_trim_keeps_the_visual_tokens_nearest_the_question(model, two_images):
+    ids = two_images["input_ids"][0]
+    visual = visual_mask(ids, model.config)
+    with torch.no_grad():
+        embeds = model.model(**two_images, output_hidden_states=True).hidden_states[0][0]  # entering layer 0
+    # The question is the 5 text tokens after the second image (the vision-end marker is not text).
+    question = torch.zeros_like(visual)
+    question[-5:] = True
+    text = ~visual & (ids != model.config.vision_start_token_id) & (ids != model.config.vision_end_token_id)
+    assert question_tokens(text[None], visual[None])[0].tolist() == question.tolist()
+    similarity = embeds[visual] @ embeds[question].mean(0)
+    k = keep_count(int(visual.sum()), 0.2)
+    for negate, largest in ((False, True), (True, False)):
+        expected = set(visual.nonzero()[:, 0][similarity.topk(k, largest=largest).indices].tolist())
+        kept = _kept_positions(model, two_images, TRIM(budget=0.2, negate=negate), 0)
+        assert set(kept[visual[kept]].tolist()) == expected
+    scores = question_relevance(embeds[visual], embeds[question])
+    assert torch.isclose(scores.sum(), torch.tensor(1.0)) and int(scores.argmax()) == int(similarity.argmin())
+
+
+def test_trim_adaptive_keeps_the_iqr_outliers(model, two_images):
+    method = TRIM(adaptive=True)
+    with method(model), torch.no_grad():
+        model(**two_images)
+    ids = two_images["input_ids"][0]
+    visual = visual_mask(ids, model.config)
+    with torch.no_grad():
+        embeds = model.model(**two_images, output_hidden_states=True).hidden_states[0][0]
+    scores = question_relevance(embeds[visual], embeds[-5:])
+    upper = scores.quantile(0.75) + 1.5 * (scores.quantile(0.75) - scores.quantile(0.25))
+    assert method.stats["visual_kept"] == max(1, int((scores > upper).sum()))
+
+
+def test_trim_without_a_question_raises(model):
+    inputs = tiny_inputs(model, grids=((8, 8),), prompt_before=6, prompt_after=0, seed=2)
+    with pytest.raises(ValueError, match="question text"), TRIM(budget=0.5)(model), torch.no_grad():
+        model(**inputs)
 
 
 def test_invalid_configs_raise(model, two_images):

@@ -1,0 +1,120 @@
+# %% [markdown]
+# # Question-guided visual token selection: TRIM
+#
+# TRIM ranks the visual tokens by their similarity to the question before the LLM sees them and
+# keeps the top share; no attention weights are read. Upstream measures the similarity in CLIP's
+# space (one text embedding of the question, CLIP-projected patches) and, in its code, negates
+# it before the softmax. ToyVLM v2 has no CLIP text tower, so our implementation scores the
+# visual embeddings entering the LLM against the mean input embedding of the question's tokens,
+# with upstream's sign by default (`trim`) and the opposite sign as a variant (`trim+similar`).
+#
+# First the scoring on a few held-out samples of ToyVLM v2's short suite (16 images of 64
+# tokens, the question last): how many of the tokens that show the object the question is about
+# each rule keeps at 10% of the visual tokens. Then the committed benchmark results are read back.
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import torch
+
+from reference_impls.common.results import RESULTS_DIR, load_results
+from reference_impls.common.tiny import visual_mask
+from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling.trim import question_relevance, question_tokens
+
+QUICK = os.environ.get("ATLAS_QUICK") == "1"
+torch.set_num_threads(1)
+bundle = load_toyvlm_v2()
+model, config = bundle.model, bundle.model.config
+samples = bundle.samples(4 if QUICK else 32, seed=1, suite="short")  # seed 1: the tuning seed, never reported
+print(samples[0].qa.question, "->", samples[0].qa.answer)
+
+# %% [markdown]
+# For each sample: the LLM inputs (hidden states entering layer 0), the question tokens (the
+# prompt text after the last image) and TRIM's scores. "Evidence kept" is the share of the
+# tokens showing the question's objects that a rule keeps at 10% of the visual tokens.
+
+# %%
+recall = {"trim": [], "trim+similar": [], "random": []}
+generator = torch.Generator().manual_seed(0)
+example = None
+for sample in samples:
+    inputs = bundle.collate([sample])
+    with torch.no_grad():
+        embeds = model.model(**inputs, output_hidden_states=True).hidden_states[0][0]  # (N, D)
+    ids = inputs["input_ids"][0]
+    visual = visual_mask(ids, config)
+    markers = (ids == config.vision_start_token_id) | (ids == config.vision_end_token_id)
+    text = inputs["attention_mask"][0].bool() & ~visual & ~markers
+    question = question_tokens(text[None], visual[None])[0]
+    relevant = {t for obj in sample.qa.relevant for t in sample.scene.object_tokens[obj]}
+    if not relevant:
+        continue
+    k = keep_count(int(visual.sum()), 0.1)
+    rankings = {
+        "trim": question_relevance(embeds[visual], embeds[question]),
+        "trim+similar": question_relevance(embeds[visual], embeds[question], negate=False),
+        "random": torch.rand(int(visual.sum()), generator=generator),
+    }
+    for name, scores in rankings.items():
+        kept = set(scores.topk(k).indices.tolist())
+        recall[name].append(len(kept & relevant) / len(relevant))
+    if example is None:
+        example = (sample, rankings["trim+similar"], relevant)
+for name, values in recall.items():
+    print(f"{name:>13}: evidence kept at 10% {100 * sum(values) / len(values):5.1f}% over {len(values)} samples")
+
+# %% [markdown]
+# The scores of one sample, token by token (16 images of 64 tokens in prompt order), with the
+# tokens showing the object the question is about marked.
+
+# %%
+sample, scores, relevant = example
+plt.figure(figsize=(9, 2.5))
+plt.plot(scores.numpy(), lw=0.6, label="score (trim+similar)")
+marked = sorted(relevant)
+plt.scatter(marked, scores[marked].numpy(), c="C3", s=12, label="relevant object's tokens")
+plt.xlabel("visual token")
+plt.title(sample.qa.question, fontsize=9)
+plt.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## Benchmark results (committed)
+#
+# `python -m reference_impls.prefilling.bench --suite short --methods trim,trim+similar --tag
+# question-guided`: exact match of the replies decoded through each rule, against random
+# pruning before the LLM at the same budget, paired by seed.
+
+# %%
+results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-question-guided.json")
+print(results.command)
+for row in results.rows:
+    print(
+        f"{row['method']:>18} budget {row['budget']:.2f}  exact match {row['accuracy']:5.1f} +- {row['accuracy_ci']:.1f}%"
+    )
+tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-question-guided-tests.json")
+for row in tests.rows:
+    print(row["verdict"])
+
+# %%
+full = next(row for row in results.rows if row["budget"] == 1.0)
+for method in ("trim", "trim+similar", "random@0"):
+    rows = sorted((row for row in results.rows if row["method"] == method), key=lambda row: row["budget"])
+    plt.errorbar(
+        [row["budget"] for row in rows],
+        [row["accuracy"] for row in rows],
+        yerr=[row["accuracy_ci"] for row in rows],
+        marker="o",
+        capsize=3,
+        label=method,
+        ls=":" if method.startswith("random") else "-",
+    )
+plt.axhline(full["accuracy"], color="gray", ls="--", label="all tokens")
+plt.xscale("log")
+plt.xlabel("visual budget (fraction kept)")
+plt.ylabel("exact match (%)")
+plt.legend(fontsize=8)
+plt.show()
