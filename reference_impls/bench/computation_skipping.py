@@ -23,6 +23,7 @@ and its ``-tests`` file. ``--quick``: 4 samples on two seeds, nothing written.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from ..common import seeded
 from ..common.architectures import adapter_for
 from ..common.chat_scenes import SUITES
 from ..common.random_pruning import RandomPruning
-from ..common.results import Column, Plot, Results, command_line, results_id
+from ..common.results import Column, Plot, Results, command_line, results_id, without_option
 from ..common.toyvlm_v2 import load_toyvlm_v2
 from ..prefilling.bench import RandomDrop
 from ..prefilling.op_skip import OperationSkip, skipped_layers, visual_flop_fraction
@@ -73,7 +74,13 @@ def factories(config) -> dict[str, tokens.Factory]:
 
 
 def run(
-    suite: str, n: int, budgets=BUDGETS, checkpoint: str | None = None, seeds=None, log=print
+    suite: str,
+    n: int,
+    budgets=BUDGETS,
+    checkpoint: str | None = None,
+    seeds=None,
+    log=print,
+    cache_dir: str | None = None,
 ) -> tuple[Results, list[dict[str, Any]]]:
     """Every setting at every budget on ToyVLM v2's ``suite``; the results (not saved) and paired tests."""
     seeds = seeds or seeded.Seeds(seeded.REPORTED, TUNING_SEEDS)
@@ -81,7 +88,9 @@ def run(
     config = adapter_for(bundle.model).text_model(bundle.model).config
     specs = factories(config)
     names = list(specs)
-    rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, names, n, budgets, seeds, log)
+    key = {"suite": suite, "n": n, "budgets": list(budgets), "names": names, "checkpoint": checkpoint}
+    cache = None if cache_dir is None else seeded.SeedCache(cache_dir, key)
+    rows, per_seed, seconds = tokens.sweep_chat(bundle, suite, specs, names, n, budgets, seeds, log, cache)
     for row in rows:
         row["visual_flops"] = round(flops(config, row["method"], row["budget"]), 4)
     tests = seeded.paired_tests(per_seed, "accuracy", REFERENCE, within=("budget",))
@@ -133,13 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="4 samples on two seeds, nothing written")
+    parser.add_argument("--cache", default=None, help="folder keeping each finished seed (a rerun reads them back)")
     args, seeds = seeded.parse_seeded(parser, argv, TUNING_SEEDS)
     torch.set_num_threads(args.threads)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     if args.quick:
         seeds = seeded.Seeds(seeds.reported[:2], seeds.tuning)
-    results, tests = run(args.suite, n=4 if args.quick else args.n, checkpoint=args.checkpoint, seeds=seeds, log=log)
-    results.command = command_line("reference_impls.bench.computation_skipping", argv)
+    n = 4 if args.quick else args.n
+    results, tests = run(args.suite, n, checkpoint=args.checkpoint, seeds=seeds, log=log, cache_dir=args.cache)
+    argv = sys.argv[1:] if argv is None else argv
+    results.command = command_line("reference_impls.bench.computation_skipping", without_option(argv, "--cache"))
     for row in results.rows:
         log(f"{row['method']:24s} {row['budget']:.2f} flops {row['visual_flops']:.3f} acc {row['accuracy']:5.1f}")
     if args.quick:
