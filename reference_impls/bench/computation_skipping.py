@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", default="short", choices=sorted(SUITES))
     parser.add_argument("--n", type=int, default=20, help="held-out samples drawn per seed")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated layer shares")
     parser.add_argument("--checkpoint", default=None, help="ToyVLM v2 checkpoint folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="4 samples on two seeds, nothing written")
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         seeds = seeded.Seeds(seeds.reported[:2], seeds.tuning)
     n = 4 if args.quick else args.n
-    results, tests = run(args.suite, n, checkpoint=args.checkpoint, seeds=seeds, log=log, cache_dir=args.cache)
+    budgets = tuple(float(b) for b in args.budgets.split(","))
+    results, tests = run(args.suite, n, budgets, args.checkpoint, seeds, log, args.cache)
     argv = sys.argv[1:] if argv is None else argv
     results.command = command_line("reference_impls.bench.computation_skipping", without_option(argv, "--cache"))
     for row in results.rows:
