@@ -47,6 +47,9 @@ Deviations:
       layers caches of different lengths; ``ops`` takes ``"query"`` and ``"mlp"``.
     - Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with a boolean
       mask (upstream: eager softmax with an additive mask): equal up to float rounding.
+    - Qwen2.5-VL only (the atlas's ToyVLM architecture): :func:`skip_layer` rebuilds a
+      LLaMA/Qwen2-shaped decoder layer (no per-head q/k norms, no extra layer norms), so other
+      architectures are refused with ``UnsupportedFeature``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
-from reference_impls.common.architectures import adapter_for
+from reference_impls.common.architectures import UnsupportedFeature, adapter_for
 from reference_impls.registry import register
 
 __all__ = ["OPS", "OperationSkip", "operation_indices", "skip_layer", "skipped_layers", "visual_flop_fraction"]
@@ -200,6 +203,8 @@ class OperationSkip:
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must lie in (0, 1], got {self.budget}")
         adapter = adapter_for(model)
+        if adapter.name != "qwen2.5-vl":
+            raise UnsupportedFeature(f"operation skipping is written for Qwen2.5-VL decoder layers, not {adapter.name}")
         inner = adapter.inner(model)
         layers = adapter.language_layers(model)
         text_config = adapter.text_model(model).config

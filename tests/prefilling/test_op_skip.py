@@ -192,3 +192,13 @@ def test_flop_fraction_and_policy(model):
     with pytest.raises(ValueError, match="budget"):
         with OperationSkip(budget=0.0)(model):
             pass
+
+
+def test_other_architectures_are_refused():
+    from reference_impls.common.architectures import UnsupportedFeature
+    from reference_impls.common.architectures.zoo import tiny_vlm
+
+    model, _ = tiny_vlm("llava")
+    with pytest.raises(UnsupportedFeature, match="Qwen2.5-VL"):
+        with OperationSkip()(model):
+            pass
