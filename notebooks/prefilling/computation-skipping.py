@@ -125,8 +125,8 @@ for ops in (("mlp",), ("query",), ("query", "mlp")):
 # The committed benchmark: exact match on the short suite (16 images of 64 tokens, the question
 # last) against the share of the visual tokens' linear-layer FLOPs still computed, with random
 # pruning before the LLM at equal FLOPs and the visual tokens withdrawn at the first skipping layer.
-# Run with `python -m reference_impls.bench.computation_skipping --suite short` (about 40 minutes on
-# one CPU thread).
+# Run with `python -m reference_impls.bench.computation_skipping --suite short` (10 seeds, about
+# 200 s each on one thread of a shared CPU).
 
 # %%
 path = RESULTS_DIR / "computation-skipping-toyvlm-v2-short.json"
@@ -158,6 +158,6 @@ if path.exists():
     tests = RESULTS_DIR / "computation-skipping-toyvlm-v2-short-tests.json"
     if tests.exists():
         for row in load_results(tests).rows:
-            print({k: row[k] for k in row if k in ("metric", "method", "difference", "p_value", "verdict")})
+            print({k: row[k] for k in row if k in ("metric", "verdict")})
 else:
     print("no committed results yet:", path.name)

@@ -43,6 +43,7 @@ __all__ = ["BUDGETS", "REFERENCE", "factories", "flops", "main", "run"]
 BUDGETS = (0.67, 0.5, 0.33)
 """Fractions of leading layers that compute every visual operation (6 layers: 4, 3 and 2)."""
 REFERENCE = "op-skip"
+FULL = "none (all tokens)"
 TUNING_SEEDS = (1,)
 """Seed of the single-seed smoke runs; never reported."""
 VARIANTS = {"op-skip": ("query", "mlp"), "op-skip-mlp": ("mlp",), "op-skip-query": ("query",)}
@@ -94,6 +95,10 @@ def run(
     for row in rows:
         row["visual_flops"] = round(flops(config, row["method"], row["budget"]), 4)
     tests = seeded.paired_tests(per_seed, "accuracy", REFERENCE, within=("budget",))
+    # The full model (budget 1.0) against each skipping setting: its rows repeated at every budget.
+    full = [row for row in per_seed if row["method"] == FULL]
+    repeated = per_seed + [{**row, "budget": budget} for row in full for budget in budgets]
+    tests += seeded.paired_tests(repeated, "accuracy", FULL, within=("budget",), versus=list(VARIANTS))
     result_id = results_id("computation-skipping-toyvlm-v2", suite)
     columns = tokens.columns(chat=True)
     at = next(i for i, c in enumerate(columns) if c.key == "visual_tokens") + 1
@@ -128,7 +133,8 @@ def run(
         "FLOPs computed' counts the visual tokens' q/k/v/o projections and FFN (upstream's count, attention scores "
         "left out). 'random@0 (equal FLOPs)' prunes visual tokens at random before the LLM down to op-skip's FLOP "
         "fraction; 'withdraw@K' prunes them at random to one at the first skipping layer K. op-skip is compared "
-        f"with every other setting at the same budget, paired by seed ({result_id}-tests). Training-free on "
+        "with every other setting at the same budget, and the full model with each op-skip setting, paired by seed "
+        f"({result_id}-tests). Training-free on "
         "ToyVLM v2 (GSOP is tuning-free; Skip-Vision trains with its skipping, which this run does not).",
         seeds=seeds.record(),
     )
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{row['method']:24s} {row['budget']:.2f} flops {row['visual_flops']:.3f} acc {row['accuracy']:5.1f}")
     if args.quick:
         return
-    for path in seeded.save_seeded(results, tests, seeds, REFERENCE, args.out):
+    reference = f"{REFERENCE} (and the full model against each op-skip setting)"
+    for path in seeded.save_seeded(results, tests, seeds, reference, args.out):
         print(f"wrote {path}")
 
 

@@ -30,7 +30,9 @@ def test_settings_rows_flops_cache_and_command(tmp_path, monkeypatch):
     assert rows["random@0 (equal FLOPs)"]["visual_tokens"] == round(1024 * skip_last)
     assert rows["withdraw@K"]["visual_tokens"] == 1  # one visual token left from layer 1
     tests = json.loads((out / "computation-skipping-toyvlm-v2-short-tests.json").read_text())
-    assert {row["method"] for row in tests["rows"]} == {"op-skip"}
+    pairs = {(row["method"], row["versus"]) for row in tests["rows"]}
+    others = set(rows) - {"op-skip", "none (all tokens)"}
+    assert pairs == {("op-skip", name) for name in others} | {("none (all tokens)", name) for name in bench.VARIANTS}
     # A rerun reads the finished seeds back from the cache instead of evaluating them again.
     monkeypatch.setattr(tokens, "evaluate_seed", lambda *a, **k: pytest.fail("seed evaluated again"))
     bench.main([*argv, "--out", str(tmp_path / "again"), "--cache", str(cache)])
