@@ -84,12 +84,24 @@ class Factory:
 
 
 def sweep_chat(
-    bundle: ToyVLMv2, suite: str, specs: dict, names, n: int, budgets, seeds: seeded.Seeds, log=print
+    bundle: ToyVLMv2,
+    suite: str,
+    specs: dict,
+    names,
+    n: int,
+    budgets,
+    seeds: seeded.Seeds,
+    log=print,
+    cache: seeded.SeedCache | None = None,
 ) -> tuple[list[dict], list[dict], list[float]]:
     """:func:`evaluate_seed` over the reported seeds on ToyVLM v2's ``suite``: the summarised rows
-    (means and 95% intervals), the per-seed rows (for paired tests) and the seconds per seed."""
+    (means and 95% intervals), the per-seed rows (for paired tests) and the seconds per seed (each
+    seed stored in ``cache`` as soon as it finishes, when one is given)."""
     per_seed, seconds = seeded.run_seeds(
-        lambda seed: evaluate_seed(bundle, specs, list(names), n, budgets, seed, suite), seeds.reported, log=log
+        lambda seed: evaluate_seed(bundle, specs, list(names), n, budgets, seed, suite),
+        seeds.reported,
+        log=log,
+        cache=cache,
     )
     rows = seeded.summarise(per_seed, ("method", "budget"), METRICS + CHAT_METRICS)
     for row in rows:

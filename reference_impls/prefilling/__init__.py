@@ -1,2 +1,3 @@
 """Prefilling-stage methods: visual tokens pruned inside the LLM layer loop (attention- and
-diversity-guided) and block-sparse attention for long visual contexts."""
+diversity-guided), block-sparse attention for long visual contexts, and operation skipping (every
+visual token kept, some of its operations skipped in some layers)."""
