@@ -232,14 +232,16 @@ plt.show()
 # same exact match as greedy (23.8%); relaxing function words only, 3.47 with 93.8% identical and an
 # exact match of 21.2%.
 #
-# None of it is faster than greedy on this CPU. The benchmark's drafts run at 0.86x to 0.89x of
-# greedy's speed end to end and 0.59x to 0.88x in the decode phase; greedy is significantly faster
-# end to end than the four self-drafts (sign test p <= 0.021) and not significantly different from
-# the two early exits (p = 0.11). A self-draft forward over one new token costs 0.79 of a target
-# forward on 25% of the visual tokens and 0.85 on 10%: at these sizes its cost hardly depends on how
-# many visual tokens sit in the cache, so even 3.39 accepted tokens per verification do not pay for 4
-# draft forwards and the verification. The one-layer draft on 10% costs 0.20 of a target forward but
-# accepts only 1.36.
+# None of it is faster than greedy on this CPU. The benchmark's drafts run at 0.81x to 0.88x of
+# greedy's speed end to end and 0.61x to 0.79x in the decode phase; greedy is significantly faster
+# end to end than every draft (sign test p = 0.002 for each). A self-draft forward over one new token
+# costs 0.86 of a target forward on 25% of the visual tokens and 0.96 on 10%: at these sizes its cost
+# hardly depends on how many visual tokens sit in the cache, so even 3.39 accepted tokens per
+# verification do not pay for 4 draft forwards and the verification (a block of up to 5 tokens,
+# dearer than a one-token forward on a CPU). The one-layer draft on 10% costs 0.25 of a target
+# forward but accepts only 1.36. And decoding is the small part: the vision tower and the prefills
+# take 83.4% of greedy's end-to-end time, so even a free decode phase would be at most 1.2x faster
+# end to end.
 #
 # *ToyVLM v1.* This notebook used to run on ToyVLM v1 (question first, one-word answers), where a
 # reply is a single token from the prefill and speculation has nothing to save; that benchmark

@@ -275,9 +275,11 @@ for test in tests["rows"]:
 # to 1.92 tokens per target forward (1.94 when it sees 10% of the visual tokens), against 1.36 and
 # 1.29 for early exit at one and two layers (the twigs are above each early exit, sign test
 # p <= 0.004). Its teacher-forced agreement on the later reply tokens is 60.6% (manifest; untrained
-# twig 25.2%, early exit 35.8%). It is still slower than greedy: 0.82x end to end and 0.64x in the
-# decode phase with all visual tokens, 0.92x / 0.74x with 10%, and 0.95x / 0.83x with 2 draft tokens
-# instead of 4, although the 10% twig's forward costs only 0.19 of the target's. At these sizes a
-# forward has a large fixed cost and each verification step adds its own: with four draft tokens
-# at 0.28 of a target forward each (the twig on all visual tokens), drafting alone costs about as
-# much as an accepted length of 1.92 saves.
+# twig 25.2%, early exit 35.8%). It is still slower than greedy: 0.83x end to end and 0.78x in the
+# decode phase with all visual tokens, 0.93x / 0.81x with 10%, and 0.90x / 0.85x with 2 draft tokens
+# instead of 4; the 10% twig's forward costs 0.37 of the target's in this run (noisy: ± 0.19 over
+# seeds). At these sizes a forward has a large fixed cost and a verification block of up to 5 tokens
+# costs more than a one-token forward on a CPU, so an accepted length of 1.94 does not pay for the
+# draft forwards and the block. And decoding is the small part of the work: the vision tower and
+# the prefills take 83.3% of greedy's end-to-end time, so even a free decode phase would be at most
+# 1.2x faster end to end.

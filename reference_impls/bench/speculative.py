@@ -277,6 +277,7 @@ def _row(setting, label, name, family, draft, verification, outputs, greedy, sec
         "speedup": round(greedy_seconds[0] / seconds[0], 2),
         "decode_speedup": round(greedy_seconds[1] / seconds[1], 2),
         "ms_per_token": round(1000 * seconds[0] / sum(len(o) for o in outputs), 2),
+        "prefill_share": round(100 * (1 - seconds[1] / seconds[0]), 1),  # vision tower and prefills, before decoding
         "token_agreement": round(100 * agree / total, 1),
         "identical": round(100 * sum(o == g for o, g in zip(outputs, greedy)) / len(outputs), 1),
         "accuracy": accuracy,
@@ -292,6 +293,7 @@ COLUMNS = [
     Column("speedup", "Speedup vs greedy (end to end)", "x", 2),
     Column("decode_speedup", "Speedup vs greedy (decode phase)", "x", 2),
     Column("ms_per_token", "Wall time per token", "ms", 2),
+    Column("prefill_share", "Wall time before decoding (vision, prefills)", "%", 1),
     Column("draft_first_token", "Draft's first token = target's", "%", 1),
     Column("token_agreement", "Token agreement with greedy", "%", 1),
     Column("identical", "Outputs identical to greedy", "%", 1),
@@ -304,6 +306,7 @@ METRICS = (
     "speedup",
     "decode_speedup",
     "ms_per_token",
+    "prefill_share",
     "draft_first_token",
     "token_agreement",
     "identical",
@@ -401,7 +404,9 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
             "explicit-position loop, one token per forward. Strict verification must give outputs identical to "
             "greedy (the identical column); answer accuracy is the exact match of the whole reply and <eos>. 'Draft "
             "forward / target forward': the median time of one draft forward over one new token after its pruned "
-            "prefill divided by the target's (first sample of each seed). Speed-ups and mean accepted lengths are "
+            "prefill divided by the target's (first sample of each seed). 'Wall time before decoding': the share of "
+            "a method's end-to-end time spent in the vision tower and the prefills, which speculation cannot "
+            "shorten. Speed-ups and mean accepted lengths are "
             f"compared with greedy, paired by seed ({result_id}-tests). Function words for the relaxed rule: "
             + ", ".join(FUNCTION_WORDS)
             + "."

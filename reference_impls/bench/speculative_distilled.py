@@ -349,7 +349,9 @@ def main_chat(args: argparse.Namespace, seeds: seeded.Seeds, argv: list[str] | N
             "exact match of the whole reply and <eos>. Mean accepted length: tokens emitted per target verification "
             "forward (the first token, from the prefill, not counted). 'Draft forward / target forward': median "
             "time of one draft forward over one new token after its own prefill over the target's (first sample of "
-            f"each seed). Seeds {', '.join(map(str, seeds.tuning))} (the twig's held-out check and training data) "
+            "each seed). 'Wall time before decoding': the share of a method's end-to-end time spent in the vision "
+            "tower and the prefills, which speculation cannot shorten. "
+            f"Seeds {', '.join(map(str, seeds.tuning))} (the twig's held-out check and training data) "
             f"are not reported. Paired tests over seeds ({result_id}-tests): every draft against greedy (speed-ups, "
             "accepted length) and each twig against the other drafts."
         ),

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
@@ -41,6 +42,7 @@ SPECVLM_MASS = 0.4
 """Stage I keeps the most-attended tokens until they hold this share of the attention
 (upstream inference.py: ``percentage=0.4``)."""
 ATTENTION_NAME = "atlas_specvlm"
+GQA_BLOCK_NAME = "atlas_gqa_block"
 
 
 @dataclass
@@ -233,11 +235,39 @@ def forward(
     embeds: torch.Tensor | None = None,
     layers: int | None = None,
 ) -> torch.Tensor:
-    """One language-model forward over new tokens (ids or embeddings); returns ``(n, V)`` logits."""
-    input_ids = torch.tensor([ids]) if ids is not None else None
-    with truncated(model, layers):
-        out = model(input_ids=input_ids, inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True)
-    return out.logits[0].float()
+    """One language-model forward over new tokens (ids or embeddings); returns ``(n, V)`` logits.
+
+    Same logits as the plain model call, with less per-call work (a ToyVLM v2 forward is mostly
+    fixed costs): the vision-language wrapper is skipped (with the prompt embedded and explicit
+    positions it only forwards its arguments); one new token runs the decoder layers in a plain
+    loop (:func:`_one_token`); a block of new tokens over a filled cache (speculative
+    verification) attends through :func:`gqa_block_attention` (no copies of the cache).
+    """
+    text = adapter_for(model).text_model(model)
+    if embeds is None:
+        embeds = text.embed_tokens(torch.tensor([ids]))  # (1, n, D)
+    if embeds.shape[1] == 1 and cache.get_seq_length() > 0 and not getattr(text, "has_sliding_layers", False):
+        hidden = _one_token(text, embeds, positions, cache, layers)
+    else:
+        block = embeds.shape[1] > 1 and cache.get_seq_length() > 0
+        with truncated(model, layers), _attention(model, GQA_BLOCK_NAME, only_from="sdpa", enabled=block):
+            hidden = text(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+    return model.get_output_embeddings()(hidden)[0].float()
+
+
+def _one_token(
+    text: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, layers: int | None
+) -> torch.Tensor:
+    """The text model's own loop for one new token over a filled cache: rotary embedding, the
+    (first ``layers``) decoder layers, final norm; ``(1, 1, D)``. One query may attend to every
+    cached key, so there is no mask (transformers' sdpa mask is ``None`` there too; models with
+    sliding-window layers, whose mask is not, take the text model's own forward)."""
+    if layers is not None and not 0 < layers <= len(text.layers):
+        raise ValueError(f"layers must be in 1..{len(text.layers)}, got {layers}")
+    hidden, rotary = embeds, text.rotary_emb(embeds, positions)
+    for layer in text.layers[:layers]:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rotary, cache=cache, use_cache=True)
+    return text.norm(hidden)
 
 
 def crop(cache: DynamicCache, length: int) -> None:
@@ -279,6 +309,47 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
 
 AttentionInterface.register(ATTENTION_NAME, _recording_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def gqa_block_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """sdpa for a block of queries under a boolean mask, attending on the key/value heads (CPU).
+
+    transformers' sdpa repeats every cached key and value ``num_key_value_groups`` times
+    (``repeat_kv``, two copies of the cache per layer) whenever there is a mask, which a block of
+    new tokens over a cache always has; torch's sdpa reads the grouped heads itself
+    (``enable_gqa``), with the same result. Any other case goes to transformers' sdpa.
+    """
+    plain = attention_mask is None or attention_mask.dtype != torch.bool or query.shape[-2] == 1
+    if plain or dropout or query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None  # (1, n, H, D) as transformers' sdpa returns
+
+
+AttentionInterface.register(GQA_BLOCK_NAME, gqa_block_attention)
+AttentionMaskInterface.register(GQA_BLOCK_NAME, sdpa_mask)
+
+
+@contextmanager
+def _attention(model: nn.Module, name: str, only_from: str | None = None, enabled: bool = True) -> Iterator[None]:
+    """Run ``model``'s language layers with attention implementation ``name`` for the duration.
+
+    Every attention module's own config is switched (a twig's copied layers hold copies of the
+    target's config), and the text config's, which picks the mask. ``only_from``: switch only
+    configs currently set to that implementation (e.g. leave a recording prefill alone).
+    """
+    text = adapter_for(model).text_model(model)
+    configs = {id(c): c for c in [text.config, *(layer.self_attn.config for layer in text.layers)]}.values()
+    switched = [(c, c._attn_implementation) for c in configs if enabled and only_from in (None, c._attn_implementation)]
+    for config, _ in switched:
+        config._attn_implementation = name
+    try:
+        yield
+    finally:
+        for config, previous in switched:
+            config._attn_implementation = previous
 
 
 def prefill_with_attention(model: nn.Module, prompt: Prompt) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:

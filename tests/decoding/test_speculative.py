@@ -303,3 +303,39 @@ def test_prompt_continues_from_its_last_position_after_a_video():
         prompt = encode_prompt(toy.model, inputs)
     assert int(prompt.positions.max()) + 1 > int(position)  # the case this test is about
     assert prompt.next_position == int(position)
+
+
+@pytest.mark.parametrize("draft", ["target", "early-exit", "twig"])
+def test_fast_forward_matches_the_plain_model_call(target, inputs, draft, monkeypatch):
+    """``forward`` (text model and head called directly; a block of new tokens over a cache attends
+    through GQA sdpa under the mask) gives the logits of the plain model call with transformers'
+    sdpa, for one token and for a verification block, and restores every attention config."""
+    from transformers import AttentionInterface
+
+    from reference_impls.decoding import _speculative_prompt as plumbing
+    from reference_impls.decoding.twig_draft import grow_twig
+
+    net = grow_twig(target, 1, 1) if draft == "twig" else target
+    layers = 2 if draft == "early-exit" else None
+    blocks = []
+
+    def spy(module, query, *args, **kwargs):
+        blocks.append(query.shape[-2])
+        return plumbing.gqa_block_attention(module, query, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, plumbing.GQA_BLOCK_NAME, spy)
+    prompt = prune_prompt(encode_prompt(net, inputs), 0.5, "uniform")
+    cache, _ = plumbing.prefill(net, prompt, layers)
+    text = net.model.language_model
+    for ids in ([5], [5, 9, 3, 7]):
+        positions = plumbing.text_positions(prompt.next_position, len(ids))
+        fast = plumbing.forward(net, cache, positions, ids=ids, layers=layers)
+        plumbing.crop(cache, prompt.length)
+        with torch.no_grad(), plumbing.truncated(net, layers):
+            plain = net(input_ids=torch.tensor([ids]), position_ids=positions, cache=cache, use_cache=True).logits[0]
+        plumbing.crop(cache, prompt.length)
+        torch.testing.assert_close(fast, plain.float(), rtol=1e-5, atol=1e-5)
+    n_layers = layers or len(text.layers)
+    assert blocks == [4] * n_layers  # the verification block took the fast path in every layer, one token did not
+    assert {layer.self_attn.config._attn_implementation for layer in text.layers} == {"sdpa"}
+    assert text.config._attn_implementation == "sdpa"
