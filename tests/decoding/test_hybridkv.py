@@ -233,7 +233,7 @@ _DECODE = HybridKVLayer.decode_attention
 
 
 def _decode_trace(model, inputs, reference: bool, monkeypatch, steps: int, **kwargs):
-    """Tokens, every decode-step attention output, the last retrieval and the byte report of one run."""
+    """Tokens, every decode-step attention output, the last retrieval, the byte report and every head's positions."""
     outputs = []
     decode = _DECODE
 
@@ -246,7 +246,8 @@ def _decode_trace(model, inputs, reference: bool, monkeypatch, steps: int, **kwa
     monkeypatch.setattr(HybridKVLayer, "decode_attention", spy)
     cache, out = _run(model, inputs, steps=steps, **kwargs)
     retrieved = {(l, h): p.tolist() for l, layer in enumerate(cache.layers) for h, p in layer.last_retrieved.items()}
-    return out.sequences, outputs, retrieved, cache.byte_report(), [layer.head_lengths() for layer in cache.layers]
+    positions = [[layer.head_positions(h).tolist() for h in range(len(layer.head_lengths()))] for layer in cache.layers]
+    return out.sequences, outputs, retrieved, cache.byte_report(), positions
 
 
 @pytest.mark.parametrize(

@@ -306,7 +306,6 @@ class HybridKVLayer(RaggedLayer):
             "cap": cap,
             "lengths": lengths,
             "heads": heads,
-            "next_row": r_cap + heads * cap + torch.tensor(lengths, device=device),  # (H,) where each head writes
         }
         self._views()
 
@@ -325,17 +324,20 @@ class HybridKVLayer(RaggedLayer):
         if self._buf is None or max(self._buf["lengths"]) + q > self._buf["cap"]:
             self._pack(extra=q)
         b = self._buf
-        n_heads = len(b["lengths"])
-        if q == 1:
-            at, heads = b["next_row"], b["heads"]  # (H,)
+        r_cap, cap = b["r_cap"], b["cap"]
+        if q == 1:  # one row per head, written in place (fewer operations than one indexed copy)
+            k_new, v_new, p_new = k[0, :, 0], v[0, :, 0], pos[0]  # (H, D), (H, D), ()
+            for h, n in enumerate(b["lengths"]):
+                row = r_cap + h * cap + n
+                b["keys"][row], b["values"][row], b["owner"][row], b["positions"][h, n] = k_new[h], v_new[h], h, p_new
         else:
-            at = (b["next_row"][:, None] + torch.arange(q, device=pos.device)).view(-1)  # (H q,)
-            heads = b["heads"].repeat_interleave(q)
-        b["keys"].index_copy_(0, at, k[0].reshape(n_heads * q, -1))  # k (1, H, q, D), head after head
-        b["values"].index_copy_(0, at, v[0].reshape(n_heads * q, -1))
-        b["owner"].index_copy_(0, at, heads)
-        b["positions"].view(-1).index_copy_(0, at - b["r_cap"], pos.repeat(n_heads))  # (H, cap) rows
-        b["next_row"] += q
+            n_heads = len(b["lengths"])
+            first = [r_cap + h * cap + n for h, n in enumerate(b["lengths"])]
+            at = (torch.tensor(first, device=pos.device)[:, None] + torch.arange(q, device=pos.device)).view(-1)
+            b["keys"].index_copy_(0, at, k[0].reshape(n_heads * q, -1))  # k (1, H, q, D), head after head
+            b["values"].index_copy_(0, at, v[0].reshape(n_heads * q, -1))
+            b["owner"].index_copy_(0, at, b["heads"].repeat_interleave(q))
+            b["positions"].view(-1).index_copy_(0, at - r_cap, pos.repeat(n_heads))  # (H, cap) rows
         b["lengths"] = [n + q for n in b["lengths"]]
         self._views()
         return None, None
