@@ -182,13 +182,15 @@ def test_chunk_bounds_and_greedy_selection(seed):
                 left -= int(lengths[c])
         assert select_chunks(bounds, lengths, room).tolist() == chosen
         padded = torch.cat([lengths, torch.zeros(3, dtype=torch.int32)])
-        rows, ids = select_chunks_batched(
-            torch.stack([torch.cat([bounds, torch.full((3,), float("-inf"))])] * 2),
-            torch.stack([padded, padded]),
-            torch.tensor([room, room // 2]),
-        )
-        assert sorted(ids[rows == 0].tolist()) == sorted(chosen)
-        assert sorted(ids[rows == 1].tolist()) == sorted(select_chunks(bounds, lengths, room // 2).tolist())
+        for walk in (False, True):  # the vectorised fill and the plain walk
+            rows, ids = select_chunks_batched(
+                torch.stack([torch.cat([bounds, torch.full((3,), float("-inf"))])] * 2),
+                torch.stack([padded, padded]),
+                torch.tensor([room, room // 2]),
+                walk=walk,
+            )
+            assert ids[rows == 0].tolist() == chosen  # in selection order
+            assert ids[rows == 1].tolist() == select_chunks(bounds, lengths, room // 2).tolist()
 
 
 def test_retrieval_picks_the_needle_chunk():
@@ -225,6 +227,57 @@ def test_dynamic_heads_retrieve_within_budget(model, inputs):
             assert retrieved.numel() <= layer.budgets[h] - layer.resident_prompt(h)
             assert set(retrieved.tolist()) <= set(pool["positions"].tolist())
             assert not set(retrieved.tolist()) & set(layer.head_pos[h].tolist())  # pool and resident disjoint
+
+
+_DECODE = HybridKVLayer.decode_attention
+
+
+def _decode_trace(model, inputs, reference: bool, monkeypatch, steps: int, **kwargs):
+    """Tokens, every decode-step attention output, the last retrieval, the byte report and every head's positions."""
+    outputs = []
+    decode = _DECODE
+
+    def spy(self, module, query, key, value, scaling):
+        out = decode(self, module, query, key, value, scaling)
+        outputs.append((self.layer_idx, out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(HybridKVLayer, "_reference_path", reference)
+    monkeypatch.setattr(HybridKVLayer, "decode_attention", spy)
+    cache, out = _run(model, inputs, steps=steps, **kwargs)
+    retrieved = {(l, h): p.tolist() for l, layer in enumerate(cache.layers) for h, p in layer.last_retrieved.items()}
+    positions = [[layer.head_positions(h).tolist() for h in range(len(layer.head_lengths()))] for layer in cache.layers]
+    return out.sequences, outputs, retrieved, cache.byte_report(), positions
+
+
+@pytest.mark.parametrize(
+    "kwargs,walk_max",
+    [
+        (dict(budget=0.3, typing="all_dynamic"), 4096),
+        (dict(budget=0.3, typing="all_dynamic"), 0),  # selection and gather plan as tensor operations
+        (dict(budget=0.2), 4096),
+        (dict(budget=0.3, static_max_generated=2), 4096),
+    ],
+    ids=["dynamic", "dynamic-tensor-ops", "threshold", "trimmed"],
+)
+def test_packed_decode_equals_the_reference_path(model, inputs, monkeypatch, kwargs, walk_max):
+    """The one-token packed path (preallocated buffers, re-packed when full) computes what the
+    straightforward path computes: same tokens, attention outputs, retrievals and bytes."""
+    import reference_impls.decoding.hybridkv.layer as layer_module
+    import reference_impls.decoding.hybridkv.plan as plan_module
+
+    monkeypatch.setattr(layer_module, "_GROW", 2)  # several re-packs within the run
+    monkeypatch.setattr(plan_module, "WALK_MAX", walk_max)
+    fast = _decode_trace(model, inputs, False, monkeypatch, 9, **kwargs)
+    ref = _decode_trace(model, inputs, True, monkeypatch, 9, **kwargs)
+    assert torch.equal(fast[0], ref[0])
+    n_layers = len(model.model.language_model.layers)
+    assert [l for l, _ in fast[1]] == [l for l, _ in ref[1]] and len(fast[1]) == 8 * n_layers
+    for (_, a), (_, b) in zip(fast[1], ref[1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert fast[2] == ref[2] and fast[3] == ref[3] and fast[4] == ref[4]
+    if kwargs.get("typing") == "all_dynamic":
+        assert any(fast[2].values())  # the retrieval path really ran
 
 
 # --- budgets, reserved entries, GQA, bytes --------------------------------------------------------

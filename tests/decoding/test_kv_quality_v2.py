@@ -101,3 +101,19 @@ def test_command_line_runs_a_v2_suite(tmp_path):
     tests = json.loads((out / "kv-quality-toyvlm-v2-long-tests.json").read_text())["rows"]
     versus_full = {(t["cut"], t["budget"], t["versus"]) for t in tests if t["method"] == "full"}
     assert ("before-question", 0.1, "hybridkv") in versus_full and ("after-question", 0.4, "snapkv") in versus_full
+
+
+def test_decode_profile_times_the_parts_and_restores_them(bundle, samples):
+    """The decode profiler times a step and its parts only inside its run, and puts every timed function back."""
+    from reference_impls.bench import kv_decode_profile
+    from reference_impls.decoding.hybridkv import HybridKV, HybridKVLayer
+
+    prepared = kv_quality.prepare_chat(bundle, samples[:2])
+    decode = HybridKVLayer.decode_attention
+    step, parts = kv_decode_profile.profile(bundle, prepared, None, steps=3)
+    assert step > 0 and parts["full-cache attention (sdpa)"] > 0 and "decode attention (all of it)" not in parts
+    method = HybridKV(budget=0.5, window=4, n_sink=2, chunk_size=4, window_min=2, typing="all_dynamic")
+    step, parts = kv_decode_profile.profile(bundle, prepared, method, steps=3)
+    assert parts["decode attention (all of it)"] > parts["  chunk selection (bounds, sort, greedy fill)"] > 0
+    assert parts.get("full-cache attention (sdpa)", 0.0) == 0  # the prefill's attention is not a decode step's
+    assert HybridKVLayer.decode_attention is decode

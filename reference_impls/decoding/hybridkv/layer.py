@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from reference_impls.decoding.cache import CompressedCache, RaggedLayer, attend, flat_attention
+from reference_impls.decoding.hybridkv import plan
 from reference_impls.decoding.hybridkv.plan import (
     chunk_upper_bounds,
     dynamic_split,
@@ -68,8 +69,18 @@ def attend_two(
     return out.to(query.dtype).transpose(0, 1)[None]
 
 
+_GROW = 16  # spare rows per head in the packed decode buffers (re-packed when a head fills them)
+
+
 class HybridKVLayer(RaggedLayer):
-    """Ragged per-head storage plus, for dynamic heads, a chunked retrieval pool."""
+    """Ragged per-head storage plus, for dynamic heads, a chunked retrieval pool.
+
+    One-token decode steps run on packed, preallocated buffers (:meth:`_pack`); the straightforward
+    path (:meth:`_decode_reference`, per-head tensors concatenated every step) runs for multi-token
+    steps and whenever ``_reference_path`` is set, and the tests compare the two.
+    """
+
+    _reference_path = False
 
     def __init__(self, layer_idx: int, method: HybridKV):
         super().__init__(layer_idx, method)
@@ -80,7 +91,10 @@ class HybridKVLayer(RaggedLayer):
         self.pool: dict[int, dict[str, torch.Tensor]] = {}  # dynamic head -> pool tensors
         self.selection: tuple[torch.Tensor, torch.Tensor] | None = None  # (row, chunk id) of the last refresh
         self.steps = 0
-        self.last_retrieved: dict[int, torch.Tensor] = {}  # dynamic head -> retrieved prompt positions
+        self._last_retrieved: dict[int, torch.Tensor] = {}  # dynamic head -> retrieved prompt positions
+        self._pending: tuple[torch.Tensor, list[int]] | None = None  # (pool rows, entries per head), lazy
+        self._chunk_lists: tuple[list, list] | None = None  # chunk starts and lengths as Python lists
+        self._buf: dict | None = None  # preallocated decode buffers of the one-token path (see _pack)
         self._n_resident: dict[int, int] = {}
         self._chunks: list = []  # per dynamic head, until stacked
         self.dynamic: list[int] = []  # dynamic heads, in the row order of the chunk tensors
@@ -121,6 +135,7 @@ class HybridKVLayer(RaggedLayer):
         self.keep_per_head(index)
         self._stack_chunks()
         self.scores = None  # only the counts and storage survive the prefill
+        self._buf = None
 
     def _build_pool(self, h: int, keys: torch.Tensor, values: torch.Tensor, pool: torch.Tensor, budget: int) -> None:
         m, pos = self.method, self.cache.positions
@@ -156,6 +171,9 @@ class HybridKVLayer(RaggedLayer):
             self.chunk_kmin[i, : len(s)], self.chunk_kmax[i, : len(s)] = lo, hi
         self._chunks = []
         self._rooms = torch.tensor([self.budgets[h] - self.resident_prompt(h) for h in heads])
+        # Fixed per request, so built once rather than every step.
+        self._dynamic_index = torch.tensor(heads, device=device)
+        self._padding_chunks = self.chunk_len == 0
         # One flat cold store per layer, so each step gathers every head's chunks in one indexing op;
         # pool[h] keeps views of its rows and chunk starts become offsets into the flat store.
         sizes = [self.pool[h]["positions"].numel() for h in heads]
@@ -176,9 +194,9 @@ class HybridKVLayer(RaggedLayer):
     def _select(self, query: torch.Tensor) -> None:
         """Chunk choice of every dynamic head for this step (§4.5 step 5), batched over heads."""
         n_heads = len(self.head_keys)
-        q = query[0].reshape(n_heads, -1, query.shape[2], query.shape[3])[self.dynamic]  # (Hd, G, q, D)
+        q = query[0].reshape(n_heads, -1, query.shape[2], query.shape[3]).index_select(0, self._dynamic_index)
         u = chunk_upper_bounds(q, self.chunk_kmin, self.chunk_kmax, self.method.group_agg)  # (Hd, C_max)
-        u = u.masked_fill(self.chunk_len == 0, float("-inf"))  # padding chunks are never chosen
+        u = u.masked_fill(self._padding_chunks, float("-inf"))  # padding chunks are never chosen
         self.selection = select_chunks_batched(u, self.chunk_len, self._rooms)
 
     def _retrieve_all(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -196,9 +214,49 @@ class HybridKVLayer(RaggedLayer):
         counts = torch.zeros(len(self.dynamic), dtype=torch.long).index_add_(0, rows.cpu(), lengths.cpu()).tolist()
         device = self.head_keys[0].device
         keys, values = self.pool_keys.index_select(0, idx).to(device), self.pool_values.index_select(0, idx).to(device)
-        for h, p in zip(self.dynamic, self.pool_positions.index_select(0, idx).split(counts)):
-            self.last_retrieved[h] = p
+        self._last_retrieved = dict(zip(self.dynamic, self.pool_positions.index_select(0, idx).split(counts)))
+        self._pending = None
         return keys, values, counts
+
+    def _retrieval_rows(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Where the chosen chunks lie in the cold store, in the reference path's order (chunk by chunk,
+        head after head).
+
+        Returns ``(store rows (R,) on the store's device, KV head of each row (R,), entries per
+        dynamic head)``. Small selections on the CPU are expanded in plain Python (fewer tensor
+        operations), larger ones with tensor operations; both give the same rows.
+        """
+        rows, cols = self.selection
+        device = self.head_keys[0].device
+        if self.chunk_len.device.type == "cpu" and self.chunk_len.numel() <= plan.WALK_MAX:
+            if self._chunk_lists is None:
+                self._chunk_lists = (self.chunk_start.tolist(), self.chunk_len.tolist())
+            starts, lens = self._chunk_lists
+            idx, owner, counts = [], [], [0] * len(self.dynamic)
+            for r, c in zip(rows.tolist(), cols.tolist()):
+                start, n = starts[r][c], lens[r][c]
+                idx.extend(range(start, start + n))
+                owner.extend([self.dynamic[r]] * n)
+                counts[r] += n
+            return torch.tensor(idx, dtype=torch.long), torch.tensor(owner, dtype=torch.long, device=device), counts
+        starts, lengths = self.chunk_start[rows, cols].long(), self.chunk_len[rows, cols].long()
+        total = int(lengths.sum())
+        first = torch.cumsum(lengths, 0) - lengths  # where each chunk starts in the working buffer
+        idx = torch.repeat_interleave(starts - first, lengths, output_size=total) + torch.arange(
+            total, device=lengths.device
+        )
+        owner = torch.repeat_interleave(self._dynamic_index[rows], lengths, output_size=total)
+        counts = torch.zeros(len(self.dynamic), dtype=torch.long).index_add_(0, rows.cpu(), lengths.cpu()).tolist()
+        return idx.to(self.pool_keys.device), owner.to(device), counts
+
+    @property
+    def last_retrieved(self) -> dict[int, torch.Tensor]:
+        """Dynamic head -> prompt positions it retrieved for the last decode step (built when read)."""
+        if self._pending is not None:
+            idx, counts = self._pending
+            positions = self.pool_positions.index_select(0, idx).split(counts)
+            self._last_retrieved, self._pending = dict(zip(self.dynamic, positions)), None
+        return self._last_retrieved
 
     def retrieved_positions(self, head: int) -> torch.Tensor:
         """Prompt positions of the chunks head ``head`` fetched from its pool for the last decode step."""
@@ -210,7 +268,120 @@ class HybridKVLayer(RaggedLayer):
             self._n_resident[h] = int((self.head_pos[h] < self.prompt_length).sum())
         return self._n_resident[h]
 
+    # --- decode: the packed one-token path -----------------------------------------------------
+    def _pack(self, extra: int = 0) -> None:
+        """Copy the per-head storage into preallocated decode buffers; ``head_keys`` etc. become views.
+
+        One working buffer ``(R_cap + H * cap, D)`` for keys (and one for values): rows ``[0, R_cap)``
+        receive the retrieved chunks of each step (``R_cap`` = the dynamic heads' rooms together),
+        rows ``R_cap + h * cap + [0, n_h)`` hold head ``h``'s entries, and ``owner`` gives each row's
+        KV head (-1: unused, masked). Generated tokens are written in place; a head that reaches
+        ``cap`` entries triggers a re-pack with ``_GROW`` more rows. The attention over this buffer
+        is :func:`~reference_impls.decoding.cache.flat_attention`'s rule (the same entries, unused
+        rows masked), without concatenating the storage every step.
+        """
+        lengths = self.head_lengths()
+        n_heads, (d, device) = len(lengths), (self.head_keys[0].shape[-1], self.head_keys[0].device)
+        cap = max(lengths) + max(extra, 1) + _GROW
+        r_cap = int(self._rooms.clamp(min=0).sum()) if self.pool else 0
+        keys = self.head_keys[0].new_zeros(r_cap + n_heads * cap, d)
+        values = self.head_values[0].new_zeros(r_cap + n_heads * cap, d)
+        positions = self.head_pos[0].new_zeros(n_heads, cap)
+        owner = torch.full((r_cap + n_heads * cap,), -1, dtype=torch.long, device=device)
+        for h, n in enumerate(lengths):
+            rows = slice(r_cap + h * cap, r_cap + h * cap + n)
+            keys[rows], values[rows], positions[h, :n], owner[rows] = (
+                self.head_keys[h],
+                self.head_values[h],
+                self.head_pos[h],
+                h,
+            )
+        heads = torch.arange(n_heads, device=device)
+        self._buf = {
+            "keys": keys,
+            "values": values,
+            "positions": positions,
+            "owner": owner,
+            "r_cap": r_cap,
+            "cap": cap,
+            "lengths": lengths,
+            "heads": heads,
+        }
+        self._views()
+
+    def _views(self) -> None:
+        b = self._buf
+        r_cap, cap = b["r_cap"], b["cap"]
+        starts = [r_cap + h * cap for h in range(len(b["lengths"]))]
+        self.head_keys = [b["keys"][s : s + n] for s, n in zip(starts, b["lengths"])]
+        self.head_values = [b["values"][s : s + n] for s, n in zip(starts, b["lengths"])]
+        self.head_pos = [b["positions"][h, :n] for h, n in enumerate(b["lengths"])]
+
+    def _append(self, k, v, pos):
+        if not self.ragged or self._reference_path:
+            return super()._append(k, v, pos)
+        q = k.shape[2]
+        if self._buf is None or max(self._buf["lengths"]) + q > self._buf["cap"]:
+            self._pack(extra=q)
+        b = self._buf
+        r_cap, cap = b["r_cap"], b["cap"]
+        if q == 1:  # one row per head, written in place (fewer operations than one indexed copy)
+            k_new, v_new, p_new = k[0, :, 0], v[0, :, 0], pos[0]  # (H, D), (H, D), ()
+            for h, n in enumerate(b["lengths"]):
+                row = r_cap + h * cap + n
+                b["keys"][row], b["values"][row], b["owner"][row], b["positions"][h, n] = k_new[h], v_new[h], h, p_new
+        else:
+            n_heads = len(b["lengths"])
+            first = [r_cap + h * cap + n for h, n in enumerate(b["lengths"])]
+            at = (torch.tensor(first, device=pos.device)[:, None] + torch.arange(q, device=pos.device)).view(-1)
+            b["keys"].index_copy_(0, at, k[0].reshape(n_heads * q, -1))  # k (1, H, q, D), head after head
+            b["values"].index_copy_(0, at, v[0].reshape(n_heads * q, -1))
+            b["owner"].index_copy_(0, at, b["heads"].repeat_interleave(q))
+            b["positions"].view(-1).index_copy_(0, at - r_cap, pos.repeat(n_heads))  # (H, cap) rows
+        b["lengths"] = [n + q for n in b["lengths"]]
+        self._views()
+        return None, None
+
+    def _decode_packed(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """One token, every head at once: retrieved chunks copied into the buffer's front rows, one masked matmul."""
+        b = self._buf
+        n_r = 0
+        if self.pool:
+            if self.steps % self.method.refresh_every == 0 or self.selection is None:
+                self._select(query)
+            idx, owner, counts = self._retrieval_rows()
+            n_r = idx.numel()
+            if self.pool_keys.device == b["keys"].device:
+                torch.index_select(self.pool_keys, 0, idx, out=b["keys"][:n_r])
+                torch.index_select(self.pool_values, 0, idx, out=b["values"][:n_r])
+            else:  # offload on an accelerator: host gather, then one copy each
+                b["keys"][:n_r].copy_(self.pool_keys.index_select(0, idx))
+                b["values"][:n_r].copy_(self.pool_values.index_select(0, idx))
+            b["owner"][:n_r] = owner
+            b["owner"][n_r : b["r_cap"]] = -1
+            self._pending = (idx, counts)
+        n_q = query.shape[1]
+        if "query_head" not in b:
+            b["query_head"] = torch.arange(n_q, device=query.device) // (n_q // len(b["lengths"]))
+        q = query[0, :, 0].float()  # (Hq, D)
+        logits = q @ b["keys"].float().T * scaling  # (Hq, R_cap + H cap)
+        probs = logits.masked_fill(b["owner"][None, :] != b["query_head"][:, None], float("-inf")).softmax(-1)
+        out = (probs @ b["values"].float()).to(query.dtype)[None, None]  # (1, 1, Hq, D)
+        self.steps += 1
+        # The entries attended (retrieved plus resident), as the reference path's concatenated buffer.
+        transient = 2 * b["keys"].element_size() * b["keys"].shape[-1] * (n_r + sum(b["lengths"]))
+        self.cache.transient_bytes = max(self.cache.transient_bytes, transient)
+        return out
+
     def decode_attention(self, module, query, key, value, scaling):
+        if self.ragged and query.shape[2] == 1 and not self._reference_path:
+            if self._buf is None:
+                self._pack()
+            return self._decode_packed(query, scaling)
+        return self._decode_reference(module, query, key, value, scaling)
+
+    def _decode_reference(self, module, query, key, value, scaling):
+        """The straightforward step (concatenates the storage each step); the packed path must equal it."""
         if not self.ragged:
             return super().decode_attention(module, query, key, value, scaling)
         n_heads = len(self.head_keys)
@@ -257,6 +428,11 @@ class HybridKVLayer(RaggedLayer):
                 keep[drop] = False
                 self.head_keys[h], self.head_values[h] = self.head_keys[h][keep], self.head_values[h][keep]
                 self.head_pos[h] = self.head_pos[h][keep]
+                self._buf = None  # the packed buffers are rebuilt from the trimmed storage
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        self._buf = None
 
     # --- bytes ---------------------------------------------------------------------------------
     def _pool_tensors(self, resident: bool):

@@ -312,31 +312,54 @@ def select_chunks(bounds: torch.Tensor, lengths: torch.Tensor, room: int) -> tor
     return torch.tensor(chosen, dtype=torch.long)
 
 
+WALK_MAX = 4096  # chunks (all rows together) up to which the CPU selection walks in plain Python
+
+
 def select_chunks_batched(
-    bounds: torch.Tensor, lengths: torch.Tensor, rooms: torch.Tensor
+    bounds: torch.Tensor, lengths: torch.Tensor, rooms: torch.Tensor, *, walk: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`select_chunks` for several heads at once (rows of ``(Hd, C)``; padded chunks have length 0).
 
     The leading run of fitting chunks is found for all rows together; only rows where a later,
-    shorter chunk could still fit walk the rest one by one.
+    shorter chunk could still fit walk the rest one by one. With ``walk`` (default: on the CPU
+    with at most :data:`WALK_MAX` chunks, where a dozen tensor operations cost more than the loop),
+    the whole greedy fill is one plain Python walk over the sorted chunks instead: the same choice.
 
     Returns:
         ``(rows, chunk ids)``: flat long tensors, row-major, each row in selection order.
     """
     order = torch.sort(bounds, dim=-1, descending=True, stable=True).indices  # (Hd, C)
     sorted_len = lengths.gather(1, order).long()
+    if walk is None:
+        walk = bounds.device.type == "cpu" and bounds.numel() <= WALK_MAX
+    if walk:
+        rows_w, ids_w = [], []
+        for row, (ids, lens, room) in enumerate(zip(order.tolist(), sorted_len.tolist(), rooms.tolist())):
+            for c, length in zip(ids, lens):
+                if 0 < length <= room:
+                    rows_w.append(row)
+                    ids_w.append(c)
+                    room -= length
+                    if room == 0:  # lengths are >= 1: nothing else fits
+                        break
+        return torch.tensor(rows_w, dtype=torch.long), torch.tensor(ids_w, dtype=torch.long)
     csum = torch.cumsum(sorted_len, 1)
     take = (csum <= rooms[:, None]) & (sorted_len > 0)  # csum is monotone: a prefix per row
     left = rooms - torch.where(take, sorted_len, 0).sum(1)
     # Chunks after the prefix that could still fit (a short chunk after a long one that did not).
     candidates = (sorted_len > 0) & (sorted_len <= left[:, None]) & (csum > rooms[:, None])
-    if bool(candidates.any()):
-        rows_c, cols_c = candidates.nonzero(as_tuple=True)
+    rows_c, cols_c = candidates.nonzero(as_tuple=True)
+    if rows_c.numel():
+        # The sequential walk in plain Python, then one write: a tensor write per chunk costs more.
         room = dict(enumerate(left.tolist()))
+        extra_rows, extra_cols = [], []
         for row, j, length in zip(rows_c.tolist(), cols_c.tolist(), sorted_len[rows_c, cols_c].tolist()):
             if length <= room[row]:
-                take[row, j] = True
+                extra_rows.append(row)
+                extra_cols.append(j)
                 room[row] -= length
+        if extra_rows:
+            take[torch.tensor(extra_rows), torch.tensor(extra_cols)] = True
     rows, cols = take.nonzero(as_tuple=True)
     return rows, order[rows, cols]
 
