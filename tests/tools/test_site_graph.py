@@ -123,3 +123,25 @@ def test_chart_series_keep_one_style_and_unrelated_points_are_not_joined():
     assert styles["h2o"][0].lower() in svg.lower() and styles["full"][0].lower() in svg.lower()
     both = results_chart(rows, "b", "a", "m", styles={"h2o": ("#0072B2", "o"), "full": ("#0072B2", "o")})
     assert "#d55e00" in both.lower()  # a clash inside one chart is resolved
+
+
+def test_every_module_gets_the_results_that_name_its_registered_method(site):
+    # Results rows use the registry's name (``block-sparse``, ``op-skip``), the module is ``block_sparse``:
+    # a module's page and "Run it" box must still find every file of its family that names it.
+    from reference_impls.registry import all_methods
+
+    graph = site.graph
+    checked = 0
+    for spec in all_methods():
+        if spec.module.rsplit(".", 1)[-1] != spec.name.replace("-", "_"):
+            continue  # a variant registered in another method's module (its rows are that module's variants)
+        families = {node.id for node in graph.families_of_module.get(spec.module, [])}
+        naming = {
+            data["id"]
+            for data in graph.results
+            if families & set(data.get("families", [])) and any(row.get("method") == spec.name for row in data["rows"])
+        }
+        found = {data["id"] for data in graph.results_of_module(spec.module)}
+        assert naming <= found, f"{spec.module}: results naming {spec.name!r} not linked: {sorted(naming - found)}"
+        checked += bool(naming) and "-" in spec.name
+    assert checked >= 2  # block-sparse and op-skip at least

@@ -142,8 +142,14 @@ class MethodLinks:
 
     @property
     def method(self) -> str:
-        """The name results rows use for this method: the module's last part."""
-        return self.module.rsplit(".", 1)[-1]
+        """The name results rows use for this method: the module's last part (``block_sparse`` ->
+        ``block-sparse``, as the registry spells it)."""
+        return method_name(self.module.rsplit(".", 1)[-1])
+
+
+def method_name(name: str) -> str:
+    """A method's name as results rows and the registry spell it: hyphens, not underscores."""
+    return name.replace("_", "-")
 
 
 class Graph:
@@ -251,12 +257,13 @@ class Graph:
 
     def results_of_module(self, module: str) -> list[dict[str, Any]]:
         """Results files with a row for this module's method."""
-        method = module.rsplit(".", 1)[-1]
+        method = method_name(module.rsplit(".", 1)[-1])
         families = {node.id for node in self.families_of_module.get(module, [])}
         return [
             data
             for data in self.results
-            if families & set(data.get("families", [])) and any(row.get("method") == method for row in data["rows"])
+            if families & set(data.get("families", []))
+            and any(method_name(str(row.get("method", ""))) == method for row in data["rows"])
         ]
 
     def links(self, module: str) -> MethodLinks:

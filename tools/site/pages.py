@@ -12,7 +12,7 @@ from ..taxonomy import Node
 from . import markdown as md
 from .agreement import PAGE as AGREEMENT
 from .data import SiteData, module_page, node_page, notebook_page, paper_page, relative
-from .graph import MethodLinks
+from .graph import MethodLinks, method_name
 from .implementations import design_anchor, package_design_md, package_readme
 from .notebooks import render_seconds
 from .results import results_tables
@@ -120,7 +120,7 @@ def reproduced_rows_md(item: MethodLinks, page: str) -> list[str]:
     """The rows of every results file that name this method, with the command that made them."""
     lines = []
     for data in item.results:
-        rows = [row for row in data["rows"] if row.get("method") == item.method]
+        rows = [row for row in data["rows"] if method_name(str(row.get("method", ""))) == item.method]
         families = [node for node in item.families if node.id in data.get("families", [])]
         where = families[0] if families else None
         title = md.text(data["title"])
