@@ -144,12 +144,17 @@ class MethodLinks:
     def method(self) -> str:
         """The name results rows use for this method: the module's last part (``block_sparse`` ->
         ``block-sparse``, as the registry spells it)."""
-        return method_name(self.module.rsplit(".", 1)[-1])
+        return module_method(self.module)
 
 
 def method_name(name: str) -> str:
     """A method's name as results rows and the registry spell it: hyphens, not underscores."""
     return name.replace("_", "-")
+
+
+def module_method(module: str) -> str:
+    """The method name of a module: its last part, spelt as results rows spell it."""
+    return method_name(module.rsplit(".", 1)[-1])
 
 
 class Graph:
@@ -257,7 +262,7 @@ class Graph:
 
     def results_of_module(self, module: str) -> list[dict[str, Any]]:
         """Results files with a row for this module's method."""
-        method = method_name(module.rsplit(".", 1)[-1])
+        method = module_method(module)
         families = {node.id for node in self.families_of_module.get(module, [])}
         return [
             data
