@@ -18,7 +18,14 @@ from reference_impls.common.architectures import (
     UnsupportedFeature,
     adapter_for,
 )
-from reference_impls.common.architectures.coverage import coverage_rows, run_cell
+from reference_impls.common.architectures.coverage import (
+    _KIND_NOT_IN_MATRIX,
+    MATRIX_METHODS,
+    NOT_IN_MATRIX,
+    coverage_rows,
+    left_out_note,
+    run_cell,
+)
 from reference_impls.common.architectures.mllama import MLLAMA_REASON
 from reference_impls.common.architectures.zoo import (
     ARCHITECTURES,
@@ -26,6 +33,7 @@ from reference_impls.common.architectures.zoo import (
     tiny_vlm,
 )
 from reference_impls.common.results import RESULTS_DIR
+from reference_impls.registry import all_methods
 
 ENCODER = (
     "encoding-stage token selection rebuilds the language-model inputs after the vision tower, "
@@ -47,11 +55,30 @@ def _cell(matrix, method, arch) -> dict:
     return next(c for c in matrix if c["method"] == method and c["architecture"] == arch)
 
 
-def test_no_cell_fails(matrix):
-    failed = [
-        (c["method"], c["architecture"], c["reason"]) for c in matrix if c["status"] not in ("supported", "refused")
-    ]
+@pytest.mark.parametrize("spec", all_methods(), ids=lambda spec: spec.name)
+def test_every_registered_method_is_a_row_unless_left_out_with_a_reason(spec):
+    """The rows come from the registry: a new method is a row (and must run or refuse) unless left out."""
+    committed = json.loads((RESULTS_DIR / f"{RESULTS_ID}.json").read_text(encoding="utf-8"))
+    rows = {row["method"] for row in committed["rows"]}
+    left_out = NOT_IN_MATRIX.get(spec.name) or _KIND_NOT_IN_MATRIX.get(spec.kind)
+    if left_out is None:
+        assert spec.name in MATRIX_METHODS and spec.name in rows
+    else:
+        assert spec.name not in MATRIX_METHODS and spec.name not in rows
+        assert left_out_note() in committed["notes"] and spec.name in left_out_note() and left_out in left_out_note()
+
+
+def test_left_out_names_are_registered():
+    assert set(NOT_IN_MATRIX) <= {spec.name for spec in all_methods()}
+
+
+@pytest.mark.parametrize("method", MATRIX_METHODS)
+def test_no_cell_fails(matrix, method):
+    cells = [c for c in matrix if c["method"] == method]
+    assert [c["architecture"] for c in cells] == list(ARCHITECTURES)
+    failed = [(c["architecture"], c["reason"]) for c in cells if c["status"] not in ("supported", "refused")]
     assert not failed
+    assert all(c["reason"] for c in cells if c["status"] == "refused")
 
 
 def test_supported_cells_reproduce_the_unmodified_model(matrix):
@@ -74,6 +101,7 @@ def test_kv_layer_drop_and_hallucination_methods_run_everywhere(matrix, arch):
         "fastv",
         "sparsevlm",
         "pyramiddrop",
+        "op-skip",
         "vcd",
         "pai",
     ):
@@ -94,6 +122,9 @@ def test_refusals_name_the_missing_feature(matrix):
     )
     sliding = "visual-token pruning at a sliding-window layer (layer 0) is not supported"
     assert _cell(matrix, "divprune", "gemma3")["reason"] == sliding
+    # TRIM selects before the LLM (layer 0) as DivPrune does: the same two refusals, supported elsewhere.
+    for arch in ARCHITECTURES:
+        assert _cell(matrix, "trim", arch)["reason"] == _cell(matrix, "divprune", arch)["reason"], arch
     assert {c["reason"] for c in matrix if c["architecture"] == "mllama"} == {MLLAMA_REASON}
     for method in ("random-pruning", "tome", "prumerge", "projector-pooling", "visionzip", "speculative"):
         assert _cell(matrix, method, "qwen2.5-vl")["status"] == "supported"
@@ -124,13 +155,15 @@ def test_gemma3_kv_methods_refuse_past_the_sliding_window():
     )
 
 
-@pytest.mark.parametrize("method", ["fastv", "sparsevlm", "pyramiddrop", "block-sparse", "vcd", "pai"])
-def test_gemma3_methods_past_the_sliding_window_reproduce_or_refuse(method):
+@pytest.mark.parametrize("method", MATRIX_METHODS)
+def test_gemma3_methods_past_the_sliding_window_reproduce_or_refuse(matrix, method):
+    """With a window shorter than the prompt: supported, refused for the window, or refused as with the default."""
     model, inputs = tiny_vlm("gemma3", sliding_window=8)
+    torch.manual_seed(0)
     cell = run_cell(method, "gemma3", model, inputs)
     assert cell["status"] in ("supported", "refused"), cell
     if cell["status"] == "refused":
-        assert "sliding-window" in cell["reason"]
+        assert "sliding-window" in cell["reason"] or cell["reason"] == _cell(matrix, method, "gemma3")["reason"]
 
 
 def test_qwen3vl_pruning_inside_the_deepstack_layers_is_refused():
@@ -193,3 +226,59 @@ def test_vcd_patch_masking_is_refused_without_qwen_patch_rows():
     refusal = "VCD mode='mask' needs Qwen's per-patch pixel rows"
     with pytest.raises(UnsupportedFeature, match=refusal), VisualContrastiveDecoding(mode="mask")(model):
         pass
+
+
+def _layer_calls(model, inputs) -> list[tuple[dict, torch.Tensor]]:
+    """(keyword inputs, output) of every language layer during one prefill of the unpatched model."""
+    layers = adapter_for(model).language_layers(model)
+    calls: list = [None] * len(layers)
+    hooks = [
+        layer.register_forward_hook(
+            lambda m, args, kwargs, out, i=i: calls.__setitem__(
+                i, (dict(kwargs, hidden_states=args[0] if args else kwargs["hidden_states"]), out)
+            ),
+            with_kwargs=True,
+        )
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [(a, {}) for a in ARCHITECTURES if a != "mllama"] + [("gemma3", {"sliding_window": 8})],
+    ids=[a for a in ARCHITECTURES if a != "mllama"] + ["gemma3-window8"],
+)
+def test_op_skip_layer_rebuilds_every_architectures_layer(arch, overrides):
+    """Operation skipping's layer (the function its patch calls) with nothing skipped equals each
+    family's own decoder layer, given the model's mask (causal, sliding window, bidirectional image
+    blocks) and norms; with the visual queries and FFN skipped, the visual tokens leave the layer
+    unchanged and the text tokens' output is the layer's own."""
+    from reference_impls.prefilling.op_skip import operation_indices, skip_layer
+
+    model, inputs = tiny_vlm(arch, **overrides)
+    adapter = adapter_for(model)
+    visual = adapter.visual_mask(inputs["input_ids"], model.config)[0]
+    layers = adapter.language_layers(model)
+    for index, (kwargs, out) in enumerate(_layer_calls(model, inputs)):
+        hidden, mask = kwargs["hidden_states"], kwargs.get("attention_mask")
+        groups = [visual.nonzero()[:, 0]]
+        with torch.no_grad():
+            _, query, mlp = operation_indices(hidden.shape[1], groups, [])
+            full = skip_layer(
+                layers[index], hidden, kwargs["position_embeddings"], query, mlp, mask, norms=adapter.decoder_norms
+            )
+            _, query, mlp = operation_indices(hidden.shape[1], groups, [(0, "query"), (0, "mlp")])
+            skipped = skip_layer(
+                layers[index], hidden, kwargs["position_embeddings"], query, mlp, mask, norms=adapter.decoder_norms
+            )
+        torch.testing.assert_close(full, out, rtol=1e-5, atol=1e-6)
+        assert torch.equal(skipped[:, visual], hidden[:, visual])
+        # Within the layer the text tokens still read every visual key/value: their output is unchanged.
+        torch.testing.assert_close(skipped[:, ~visual], out[:, ~visual], rtol=1e-5, atol=1e-6)

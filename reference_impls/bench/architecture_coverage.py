@@ -7,7 +7,8 @@ setting equal to the unmodified model, reduced setting acts; see that module) an
 architecture, ``yes`` or ``refused (Rn)`` with the reasons listed in the notes.
 ``tests/test_architectures.py`` reruns the matrix and checks the committed file still matches it.
 
-Run from the repository root (about 35 s on one idle CPU thread)::
+Run from the repository root (about 25 s of CPU time on one thread, 60 s wall on a
+busy machine)::
 
     python -m reference_impls.bench.architecture_coverage
 """
@@ -18,7 +19,7 @@ import argparse
 
 import torch
 
-from reference_impls.common.architectures.coverage import coverage_rows
+from reference_impls.common.architectures.coverage import coverage_rows, left_out_note
 from reference_impls.common.architectures.zoo import ARCHITECTURES
 from reference_impls.common.results import Column, Results, command_line, save_results
 from reference_impls.registry import get_method
@@ -61,7 +62,8 @@ def coverage_results(cells: list[dict], command: str) -> Results:
         "tiny model's layer 0 does, as five of every six layers of the released models). Qwen3-VL: pruning is "
         "refused up to the last DeepStack layer (layer 0 here, layers 0-2 in the released models). "
         "To apply a method to your own checkpoint: python -m reference_impls run --model LOCAL_DIR --method "
-        'NAME --budget 0.2 --image a.png --question "..." (README, section Apply a method to your checkpoint).'
+        'NAME --budget 0.2 --image a.png --question "..." (README, section Apply a method to your checkpoint). '
+        f"Rows are every registered method except: {left_out_note()}."
     )
     families = sorted({row["family"] for row in rows.values()})
     columns = [Column("method", "Method")] + [Column(column_key(arch), arch) for arch in ARCHITECTURES]

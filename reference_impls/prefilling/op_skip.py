@@ -46,10 +46,15 @@ Deviations:
     - The key/value operation (upstream's operation 0) is not offered: skipping it would give the
       layers caches of different lengths; ``ops`` takes ``"query"`` and ``"mlp"``.
     - Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with a boolean
-      mask (upstream: eager softmax with an additive mask): equal up to float rounding.
-    - Qwen2.5-VL only (the atlas's ToyVLM architecture): :func:`skip_layer` rebuilds a
-      LLaMA/Qwen2-shaped decoder layer (no per-head q/k norms, no extra layer norms), so other
-      architectures are refused with ``UnsupportedFeature``.
+      mask (upstream: eager softmax with an additive mask): equal up to float rounding. The query
+      rows of the mask the model built for the layer are used as given (causal, a sliding window,
+      or Gemma 3 / PaliGemma's bidirectional image blocks); without one, causal by index.
+    - Architectures (upstream: LLaMA in LLaVA-1.5): every family of
+      :mod:`reference_impls.common.architectures` with self-attention layers. :func:`skip_layer`
+      rebuilds the layer from its parts: per-head q/k norms when the attention has them (Qwen3-VL,
+      Gemma 3), and the adapter's ``decoder_norms`` ("sandwich" for Gemma 3's extra norms).
+      Attention-logit soft-capping (Gemma 2) is refused; Mllama (cross-attention) is refused by
+      its adapter.
 """
 
 from __future__ import annotations
@@ -99,44 +104,64 @@ def skip_layer(
     mlp: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     cache=None,
+    norms: str = "pre",
 ) -> torch.Tensor:
     """One decoder layer in which only the ``query`` tokens get an attention update and only the
     ``mlp`` tokens an FFN update; every token serves as key/value (and is written to ``cache``).
 
     Args:
-        layer: a ``Qwen2_5_VLDecoderLayer`` (or a layer of the same shape).
+        layer: a transformers decoder layer with ``input_layernorm``, ``self_attn`` (``q/k/v/o_proj``,
+            optional per-head ``q_norm``/``k_norm`` before RoPE), ``post_attention_layernorm`` and
+            ``mlp`` (LLaMA, Qwen2/2.5/3-VL, Gemma; Gemma 3 with ``norms="sandwich"``).
         hidden: (B, N, D) hidden states entering the layer.
         position_embeddings: rotary ``(cos, sin)``, each (B, N, hd).
         query: (nq,) sorted indices of the tokens that compute attention.
         mlp: (nm,) sorted indices of the tokens that run the FFN.
-        attention_mask: optional (B|1, 1, N, N) mask (bool True = attend, or additive float);
+        attention_mask: optional (B|1, 1, N, N) mask the model built for this layer (bool True =
+            attend, or additive float; causal, sliding-window or with bidirectional image blocks);
             None means causal.
         cache: optional transformers cache, empty (a prefill); the layer's keys/values are stored.
+        norms: ``"pre"`` (norm before attention and before the FFN) or ``"sandwich"`` (Gemma 2/3: also
+            ``post_attention_layernorm`` on the attention output and ``pre/post_feedforward_layernorm``
+            around the FFN); see :attr:`~reference_impls.common.architectures.Adapter.decoder_norms`.
 
     Returns:
         (B, N, D) hidden states leaving the layer.
     """
+    if norms not in ("pre", "sandwich"):
+        raise ValueError(f"norms must be 'pre' or 'sandwich', got {norms!r}")
     attn = layer.self_attn
+    if getattr(attn, "attn_logit_softcapping", None) is not None:
+        raise UnsupportedFeature("operation skipping with attention-logit soft-capping (Gemma 2) is not supported")
     batch, n, _ = hidden.shape
     normed = layer.input_layernorm(hidden)
     cos, sin = position_embeddings
-    q = attn.q_proj(normed[:, query]).view(batch, query.numel(), -1, attn.head_dim).transpose(1, 2)  # (B, Hq, nq, hd)
-    k = attn.k_proj(normed).view(batch, n, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, N, hd)
+    q = attn.q_proj(normed[:, query]).view(batch, query.numel(), -1, attn.head_dim)  # (B, nq, Hq, hd)
+    k = attn.k_proj(normed).view(batch, n, -1, attn.head_dim)  # (B, N, Hkv, hd)
     v = attn.v_proj(normed).view(batch, n, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, N, hd)
+    if hasattr(attn, "q_norm"):  # per-head query/key norms (Qwen3-VL, Gemma 3) come before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, Hq, nq, hd), (B, Hkv, N, hd)
     q, _ = apply_rotary_pos_emb(q, q, cos[:, query], sin[:, query])  # original positions
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     if cache is not None:
         k, v = cache.update(k, v, attn.layer_idx)
-    # Prefill only (the patch never calls this with cached tokens): causal by index.
-    allowed = torch.arange(n, device=hidden.device)[None, :] <= query[:, None]  # (nq, N)
-    allowed = allowed[None, None]
-    if attention_mask is not None:
+    # Prefill only (the patch never calls this with cached tokens). The model's own mask rows of the
+    # queries; without one, causal by index.
+    if attention_mask is None:
+        allowed = (torch.arange(n, device=hidden.device)[None, :] <= query[:, None])[None, None]  # (1, 1, nq, N)
+    else:
         given = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-        allowed = allowed & given[:, :, query]
+        allowed = given[:, :, query]  # (B|1, 1, nq, N)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling, enable_gqa=True)
     out = attn.o_proj(out.transpose(1, 2).reshape(batch, query.numel(), -1))  # (B, nq, D)
+    if norms == "sandwich":
+        out = layer.post_attention_layernorm(out)
     hidden = hidden.index_add(1, query, out)
-    update = layer.mlp(layer.post_attention_layernorm(hidden[:, mlp]))  # (B, nm, D)
+    if norms == "sandwich":
+        update = layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden[:, mlp])))
+    else:
+        update = layer.mlp(layer.post_attention_layernorm(hidden[:, mlp]))  # (B, nm, D)
     return hidden.index_add(1, mlp, update)
 
 
@@ -149,7 +174,8 @@ def visual_flop_fraction(config, skipped: dict[int, tuple[str, ...]]) -> float:
     """Fraction of the visual tokens' linear-layer FLOPs (projections and FFN; attention scores
     left out) still computed when layer ``i`` skips the operations ``skipped[i]`` (upstream's count:
     keys/values = k, v projections; queries = q, o projections; FFN = gate, up, down)."""
-    d, hd = config.hidden_size, config.hidden_size // config.num_attention_heads
+    d = config.hidden_size
+    hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
     cost = {
         "kv": 2 * d * config.num_key_value_heads * hd,
         "query": 2 * d * config.num_attention_heads * hd,
@@ -203,8 +229,6 @@ class OperationSkip:
         if not 0 < self.budget <= 1:
             raise ValueError(f"budget must lie in (0, 1], got {self.budget}")
         adapter = adapter_for(model)
-        if adapter.name != "qwen2.5-vl":
-            raise UnsupportedFeature(f"operation skipping is written for Qwen2.5-VL decoder layers, not {adapter.name}")
         inner = adapter.inner(model)
         layers = adapter.language_layers(model)
         text_config = adapter.text_model(model).config
@@ -243,7 +267,16 @@ class OperationSkip:
                 _, query, mlp = operation_indices(
                     hidden_states.shape[1], groups, [(0, op) for op in state.skipped[index]], hidden_states.device
                 )
-                return skip_layer(layers[index], hidden_states, position_embeddings, query, mlp, attention_mask, cache)
+                return skip_layer(
+                    layers[index],
+                    hidden_states,
+                    position_embeddings,
+                    query,
+                    mlp,
+                    attention_mask,
+                    cache,
+                    adapter.decoder_norms,
+                )
 
             return forward
 

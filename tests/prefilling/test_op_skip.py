@@ -194,11 +194,19 @@ def test_flop_fraction_and_policy(model):
             pass
 
 
-def test_other_architectures_are_refused():
+def test_attention_softcapping_is_refused(model, inputs):
+    """Gemma 2's attention-logit soft-capping is not rebuilt: refused by name (every other family runs;
+    tests/test_architectures.py checks the layer on each)."""
     from reference_impls.common.architectures import UnsupportedFeature
-    from reference_impls.common.architectures.zoo import tiny_vlm
 
-    model, _ = tiny_vlm("llava")
-    with pytest.raises(UnsupportedFeature, match="Qwen2.5-VL"):
-        with OperationSkip()(model):
-            pass
+    hidden, cos, sin, visual = _layer_inputs(model, inputs, 0)
+    layer = model.model.language_model.layers[0]
+    _, query, mlp = operation_indices(hidden.shape[1], [visual.nonzero()[:, 0]], [(0, "mlp")])
+    layer.self_attn.attn_logit_softcapping = 50.0
+    try:
+        with pytest.raises(UnsupportedFeature, match="soft-capping"):
+            skip_layer(layer, hidden, (cos, sin), query, mlp)
+    finally:
+        del layer.self_attn.attn_logit_softcapping
+    with pytest.raises(ValueError, match="norms"):
+        skip_layer(layer, hidden, (cos, sin), query, mlp, norms="post")

@@ -37,6 +37,11 @@ class Adapter:
     inputs rebuild) cannot run here; ``None`` when it can."""
     attention_recorder: bool = False
     """Whether the vision tower has the CLS-free attention recorder VisionZip needs."""
+    decoder_norms: str = "pre"
+    """Where a language layer normalises: ``"pre"`` (``input_layernorm`` before attention,
+    ``post_attention_layernorm`` before the FFN: LLaMA, Qwen, Gemma) or ``"sandwich"`` (Gemma 2/3:
+    also after attention, and ``pre/post_feedforward_layernorm`` around the FFN). Methods that
+    recompute a layer from its parts read it (operation skipping)."""
 
     # --- modules -----------------------------------------------------------------------------
     @staticmethod

@@ -33,9 +33,18 @@ from reference_impls.common.architectures.zoo import (
     tiny_config,
     tiny_vlm,
 )
-from reference_impls.registry import get_method
+from reference_impls.registry import all_methods, get_method
 
-__all__ = ["MATRIX_METHODS", "NOOP_ATOL", "coverage_rows", "run_cell"]
+__all__ = [
+    "MATRIX_METHODS",
+    "NOOP_ATOL",
+    "NOT_IN_MATRIX",
+    "coverage_rows",
+    "left_out_note",
+    "matrix_methods",
+    "not_in_matrix",
+    "run_cell",
+]
 
 NEW_TOKENS = 6
 NOOP_ATOL = 1e-5
@@ -44,17 +53,66 @@ ACT_MIN_GAP = 1e-5
 """Smallest logit change that counts as acting, for methods that keep every token (VCD, PAI): the
 no-op tolerance (their no-op gap is exactly 0; on the random tiny models their effect is 1e-4 to 0.4)."""
 
-KV = ("snapkv", "h2o", "streamingllm", "kivi", "hybridkv", "pyramidkv", "adakv", "lookm")
-LAYER_DROP = ("fastv", "sparsevlm", "pyramiddrop", "divprune", "block-sparse")
-ENCODING = ("random-pruning", "tome", "prumerge", "projector-pooling", "visionzip")
-MATRIX_METHODS: tuple[str, ...] = KV + LAYER_DROP + ENCODING + ("speculative", "vcd", "pai")
-"""Matrix rows. Methods left out need a trained draft, video, or are not inference-time methods."""
+_KIND_NOT_IN_MATRIX = {
+    "unlearning": "fine-tuning methods that change weights, not inference-time model patches",
+    "continual-ad": "continual training for anomaly detection, not inference-time VLM patches",
+    "analysis": "measures a model, does not change it",
+}
+NOT_IN_MATRIX: dict[str, str] = {
+    "adaptive-resolution": "re-encodes each image at a grid chosen from its edge density; the matrix's "
+    "random-pixel images are all edges, so no reduced setting acts",
+    "keyframes-maxmin": "selects video frames; the matrix prompt holds one image",
+    "keyframes-learned": "selects video frames with a trained scorer; the matrix prompt holds one image",
+    "temporal-merging": "merges tokens across video frames; the matrix prompt holds one image",
+    "twig-speculative": "needs a trained draft head",
+    "confidence-gated": "routes between runs of other methods, a pruned first pass then an escalation; "
+    "no matrix setting written",
+    "attention-reuse-layers": "no matrix setting written for its anchor/sharer layer plan",
+    "dpo": "fine-tuning methods that change weights, not inference-time model patches",
+    "grounded-tuning": "fine-tuning methods that change weights, not inference-time model patches",
+    "steering": "needs a steering vector computed from paired grounded/hallucinated captions",
+    "self-check-correction": "corrects the generated text after decoding, a pipeline around generate",
+}
+"""Registered methods left out of the matrix by name, with why (methods of the kinds in
+``_KIND_NOT_IN_MATRIX`` are left out by kind). Every other registered method is a row."""
+_KIND_ORDER = ("kv-cache", "visual-token", "decoding", "hallucination")
+
+
+def not_in_matrix(spec) -> str | None:
+    """Why a registered method is not a matrix row, or None when it is one."""
+    return NOT_IN_MATRIX.get(spec.name) or _KIND_NOT_IN_MATRIX.get(spec.kind)
+
+
+def left_out_note() -> str:
+    """The registered methods that are not rows, grouped by why (for the results notes)."""
+    groups: dict[str, list[str]] = {}
+    for spec in all_methods():
+        why = not_in_matrix(spec)
+        if why is not None:
+            groups.setdefault(why, []).append(spec.name)
+    return "; ".join(f"{', '.join(names)} ({why})" for why, names in groups.items())
+
+
+def matrix_methods() -> tuple[str, ...]:
+    """Matrix rows: every registered method not left out (:func:`not_in_matrix`), by kind, family, name."""
+    specs = [spec for spec in all_methods() if not_in_matrix(spec) is None]
+    rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
+    specs.sort(key=lambda spec: (rank.get(spec.kind, len(rank)), spec.family, spec.name))
+    return tuple(spec.name for spec in specs)
+
+
+MATRIX_METHODS: tuple[str, ...] = matrix_methods()
+"""Matrix rows, from the registry (a newly registered method is picked up; see :data:`NOT_IN_MATRIX`)."""
 _REDUCED = {"kivi": 0.125}
 _EXTRA = {  # sizes for the 2-layer models and their 13-90 token prompts (same at the no-op and the reduced setting)
     "fastv": {"layer": 1},  # the default layer 2 is past the last layer
     "block-sparse": {"block_size": 2},  # the default 64-token blocks exceed the prompts (4-88 visual tokens)
     "kivi": {"group_size": 4, "residual_length": 4},  # the defaults (32, 32) keep short prompts in full precision
     "hybridkv": {"n_sink": 2, "window": 4, "window_min": 2},  # the default window (32) exceeds the budget
+}
+_ACTED = {  # visual-token methods that keep every token: the stat below 1.0 that says they acted
+    "block-sparse": "density",  # fraction of causal query-key blocks computed
+    "op-skip": "visual_flops",  # fraction of the visual tokens' linear-layer FLOPs computed
 }
 
 
@@ -81,8 +139,8 @@ def _setting(name: str, noop: bool):
         method = spec.target(budget=budget, **_EXTRA.get(name, {}))
         if spec.kind == "kv-cache":
             return _with(method), lambda: method.stats["resident_bytes"] < method.stats["full_bytes"]
-        if name == "block-sparse":  # keeps every token, attends to fewer blocks
-            return _with(method), lambda: method.stats["density"] < 1.0
+        if name in _ACTED:
+            return _with(method), lambda: method.stats[_ACTED[name]] < 1.0
         return _with(method), lambda: method.stats["visual_kept"] < method.stats["visual_in"]
     if name == "vcd":
         return _with(spec.target(alpha=0.0 if noop else 1.0)), None
@@ -96,7 +154,7 @@ def _setting(name: str, noop: bool):
             return torch.tensor(result.tokens), None
 
         return run, lambda: method.stats["visual_kept"] < method.stats["visual_in"]
-    raise ValueError(f"{name!r} is not a matrix method")
+    raise ValueError(f"no matrix setting for {name!r} (kind {spec.kind}): add one here, or a reason to NOT_IN_MATRIX")
 
 
 def run_cell(name: str, arch: str, model=None, inputs=None, reference=None) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from reference_impls.common.architectures.base import Adapter, UnsupportedFeatur
 
 @dataclass(frozen=True)
 class Gemma3Adapter(Adapter):
+    decoder_norms: str = "sandwich"
+
     def marker_token_ids(self, config) -> tuple[int, ...]:
         return (config.boi_token_id, config.eoi_token_id)
 
