@@ -1,5 +1,6 @@
 """Drop visual hidden states inside the LLM layer loop of Qwen2.5-VL (shared by FastV, PyramidDrop,
-SparseVLM and DivPrune-at-layer-K). Private: methods call :func:`attach` with a *plan*.
+SparseVLM, DivPrune and TRIM; :class:`SingleLayerDrop` gives the plan of the methods that drop once,
+at ``layer``). Private: methods call :func:`attach` with a *plan*.
 
 How it works (``docs/notes/transformers5.md`` §2, §6):
 
@@ -419,3 +420,18 @@ class DropMethod:
             yield self
         finally:
             handle.remove()
+
+
+class SingleLayerDrop(DropMethod):
+    """Mixin for methods that drop visual tokens once, entering layer ``self.layer`` (0: the LLM
+    inputs), with nothing stashed (DivPrune, TRIM, the random baseline of the prefilling bench)."""
+
+    layer: int
+
+    def boundaries(self, num_layers: int) -> list[int]:
+        if not 0 <= self.layer < num_layers:
+            raise ValueError(f"{type(self).__name__} layer must lie in [0, {num_layers - 1}], got {self.layer}")
+        return [self.layer]
+
+    def stash(self, num_layers: int) -> set[int]:
+        return set()

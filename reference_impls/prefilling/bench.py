@@ -31,7 +31,7 @@ import torch
 from reference_impls.common.architectures import adapter_for
 from reference_impls.common.toyvlm import ABLATION_TITLE
 from reference_impls.common.visual_tokens import keep_count
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, keep_top_visual
+from reference_impls.prefilling._layer_drop import DropContext, SingleLayerDrop, keep_top_visual
 
 __all__ = [
     "RandomDrop",
@@ -48,7 +48,7 @@ __all__ = [
 
 
 @dataclass
-class RandomDrop(DropMethod):
+class RandomDrop(SingleLayerDrop):
     """Baseline: keep a uniformly random subset of the visual tokens at layer ``layer`` (> 0).
 
     Before the LLM the shared ``random-pruning`` baseline (reference_impls.common) is used.
@@ -58,12 +58,6 @@ class RandomDrop(DropMethod):
     layer: int = 0
     seed: int = 0
     stats: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def boundaries(self, num_layers: int) -> list[int]:
-        return [self.layer]
-
-    def stash(self, num_layers: int) -> set[int]:
-        return set()
 
     def select(self, ctx: DropContext) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.common.visual_tokens import keep_count
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, Positions
+from reference_impls.prefilling._layer_drop import DropContext, Positions, SingleLayerDrop
 from reference_impls.registry import register
 
 __all__ = ["DivPrune", "max_min_select"]
@@ -83,7 +83,7 @@ def max_min_select(features: torch.Tensor, k: int) -> torch.Tensor:
 
 @register("divprune", family="prefilling-diversity-guided", kind="visual-token")
 @dataclass
-class DivPrune(DropMethod):
+class DivPrune(SingleLayerDrop):
     """DivPrune configuration.
 
     Args:
@@ -96,14 +96,6 @@ class DivPrune(DropMethod):
     layer: int = 0
     positions: Positions = "keep"
     stats: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def boundaries(self, num_layers: int) -> list[int]:
-        if not 0 <= self.layer < num_layers:
-            raise ValueError(f"DivPrune layer must lie in [0, {num_layers - 1}], got {self.layer}")
-        return [self.layer]
-
-    def stash(self, num_layers: int) -> set[int]:
-        return set()
 
     def select(self, ctx: DropContext) -> torch.Tensor:
         k = keep_count(ctx.n_visual_in, self.budget)

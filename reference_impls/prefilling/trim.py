@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference_impls.common.visual_tokens import keep_count
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, Positions, keep_top_visual
+from reference_impls.prefilling._layer_drop import DropContext, Positions, SingleLayerDrop, keep_top_visual
 from reference_impls.registry import register
 
 __all__ = ["TRIM", "question_relevance", "iqr_keep_fraction", "question_tokens"]
@@ -98,7 +98,7 @@ def question_tokens(text: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
 
 @register("trim", family="prefilling-question-guided", kind="visual-token")
 @dataclass
-class TRIM(DropMethod):
+class TRIM(SingleLayerDrop):
     """TRIM configuration.
 
     Args:
@@ -116,14 +116,6 @@ class TRIM(DropMethod):
     layer: int = 0
     positions: Positions = "keep"
     stats: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def boundaries(self, num_layers: int) -> list[int]:
-        if not 0 <= self.layer < num_layers:
-            raise ValueError(f"TRIM layer must lie in [0, {num_layers - 1}], got {self.layer}")
-        return [self.layer]
-
-    def stash(self, num_layers: int) -> set[int]:
-        return set()
 
     def select(self, ctx: DropContext) -> torch.Tensor:
         question = question_tokens(ctx.text, ctx.visual)  # (B, n)

@@ -9,7 +9,7 @@ import torch
 
 from reference_impls.common.tiny import tiny_inputs, tiny_qwen25vl, visual_mask
 from reference_impls.common.visual_tokens import keep_count
-from reference_impls.prefilling._layer_drop import DropMethod, _LogicalLayer, keep_top_visual
+from reference_impls.prefilling._layer_drop import DropMethod, SingleLayerDrop, _LogicalLayer, keep_top_visual
 from reference_impls.prefilling.divprune import DivPrune, max_min_select
 from reference_impls.prefilling.fastv import FastV
 from reference_impls.prefilling.pyramiddrop import PyramidDrop, stage_layers
@@ -402,6 +402,27 @@ def test_trim_without_a_question_raises(model):
     inputs = tiny_inputs(model, grids=((8, 8),), prompt_before=6, prompt_after=0, seed=2)
     with pytest.raises(ValueError, match="question text"), TRIM(budget=0.5)(model), torch.no_grad():
         model(**inputs)
+
+
+SINGLE_LAYER = [spec for spec in PREFILL_METHODS if issubclass(spec.target, SingleLayerDrop)]
+
+
+def test_single_layer_methods_share_one_plan():
+    """DivPrune and TRIM drop once, at ``layer``: one piece of code (SingleLayerDrop) gives both plans."""
+    assert {spec.name for spec in SINGLE_LAYER} == {"divprune", "trim"}
+    for spec in SINGLE_LAYER:
+        assert not {"boundaries", "stash"} & set(vars(spec.target))
+
+
+@pytest.mark.parametrize("spec", SINGLE_LAYER, ids=lambda spec: spec.name)
+def test_single_layer_plan(model, spec):
+    method = spec.target(layer=2)
+    assert method.boundaries(NUM_LAYERS) == [2] and method.stash(NUM_LAYERS) == set()
+    assert spec.target().boundaries(NUM_LAYERS) == [0]  # default: the LLM inputs
+    for layer in (-1, NUM_LAYERS):
+        refusal = rf"{spec.target.__name__} layer must lie in \[0, {NUM_LAYERS - 1}\], got {layer}"
+        with pytest.raises(ValueError, match=refusal), spec.target(layer=layer)(model):
+            pass
 
 
 def test_invalid_configs_raise(model, two_images):
