@@ -1,8 +1,9 @@
 """The method x architecture matrix (tiny random models of 12 VLM families, built in code).
 
-One run of the whole matrix (~35 s on one idle thread) checks, per cell: the no-op setting gives the
-unmodified model's tokens (logits within 1e-5), the reduced setting acts, or the method refuses
-with an :class:`UnsupportedFeature` message; and the committed coverage table still matches.
+One run of the whole matrix (~25 s of CPU on one thread; rows from the registry) checks, per cell:
+the no-op setting gives the unmodified model's tokens (logits within 1e-5), the reduced setting
+acts, or the method refuses with an :class:`UnsupportedFeature` message; and the committed
+coverage table still matches.
 """
 
 from __future__ import annotations
