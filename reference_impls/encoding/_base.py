@@ -86,6 +86,10 @@ class EncodingMethod(VisualTokenMethod):
 
     @contextmanager
     def __call__(self, model) -> Iterator[None]:
+        from reference_impls.common.architectures import adapter_for
+
+        # Refuse before install() patches the vision tower: its hooks read Qwen-only config fields.
+        adapter_for(model).require_encoder_context("encoding-stage token selection")
         self._model = model
         with ExitStack() as stack:
             self.install(model, stack)
