@@ -180,6 +180,9 @@ def test_training_step_moves_only_the_scorer():
         for p in scorer.parameters():
             p.normal_(0, 0.3)
     ce, bce = masked_loss(bundle, samples, scorer, 0.25, soft=True)
+    # The answer's loss alone reaches the scorer, through the soft mask on the visual embeddings.
+    through_mask = torch.autograd.grad(ce, list(scorer.parameters()), retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in through_mask)
     (ce + curriculum_weight(0, 10) * bce).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in scorer.parameters())
     assert all(p.grad is None for p in bundle.model.parameters())
