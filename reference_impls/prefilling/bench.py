@@ -168,6 +168,7 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
     from reference_impls.prefilling.pyramiddrop import PyramidDrop
     from reference_impls.prefilling.sparsevlm import SparseVLM
     from reference_impls.prefilling.trim import TRIM
+    from reference_impls.prefilling.vision_selector import VisionSelector
 
     k = max(1, num_layers // 4)
     return {
@@ -180,6 +181,7 @@ def method_factories(num_layers: int) -> dict[str, tuple[str, Callable[[float], 
         "divprune": ("prefilling-diversity-guided", lambda b: DivPrune(budget=b)),
         "trim": ("prefilling-question-guided", lambda b: TRIM(budget=b)),
         "trim+similar": ("prefilling-question-guided", lambda b: TRIM(budget=b, negate=False)),
+        "vision-selector": ("prefilling-learned", lambda b: VisionSelector(budget=b)),
         "block-sparse": ("sparse-attention", lambda b: BlockSparseAttention(budget=b, block_size=16)),
         "random@0": ("", lambda b: RandomPruning(budget=b)),
         f"random@{k}": ("", lambda b: RandomDrop(budget=b, layer=k)),

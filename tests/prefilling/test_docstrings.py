@@ -9,7 +9,7 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
-MODULES = ["fastv", "pyramiddrop", "sparsevlm", "divprune", "trim", "block_sparse", "op_skip"]
+MODULES = ["fastv", "pyramiddrop", "sparsevlm", "divprune", "trim", "vision_selector", "block_sparse", "op_skip"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -15,6 +15,7 @@ from reference_impls.prefilling.fastv import FastV
 from reference_impls.prefilling.pyramiddrop import PyramidDrop, stage_layers
 from reference_impls.prefilling.sparsevlm import SparseVLM, rater_scores, sparse_layers, text_raters
 from reference_impls.prefilling.trim import TRIM, question_relevance, question_tokens
+from reference_impls.prefilling.vision_selector import VisionSelector
 from reference_impls.registry import all_methods
 
 torch.set_num_threads(1)
@@ -34,6 +35,7 @@ CONFIGS = {
     "divprune-layer2": lambda b: DivPrune(budget=b, layer=2),
     "trim": lambda b: TRIM(budget=b),
     "trim-similar-layer2": lambda b: TRIM(budget=b, negate=False, layer=2),
+    "vision-selector": lambda b: VisionSelector(budget=b, checkpoint=None),
 }
 
 
@@ -48,7 +50,14 @@ def two_images(model):
 
 
 def test_every_prefilling_method_is_covered():
-    assert {spec.name for spec in TOKEN_DROPPING} == {"fastv", "pyramiddrop", "sparsevlm", "divprune", "trim"}
+    assert {spec.name for spec in TOKEN_DROPPING} == {
+        "fastv",
+        "pyramiddrop",
+        "sparsevlm",
+        "divprune",
+        "trim",
+        "vision-selector",
+    }
     assert {spec.name for spec in PREFILL_METHODS} - {spec.name for spec in TOKEN_DROPPING} == {
         "block-sparse",
         "op-skip",

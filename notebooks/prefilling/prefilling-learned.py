@@ -1,0 +1,161 @@
+# %% [markdown]
+# # Learned compressors: VisionSelector
+#
+# A learned compressor decides which visual tokens the LLM keeps with parameters trained for that
+# decision. VisionSelector puts a small scorer after the vision tower's merger (a query and a key
+# projection; a token's score is its mean scaled query-key product over all visual tokens) and
+# keeps the top-scored fraction before the first LLM layer. Only the scorer is trained, with the
+# model frozen: a differentiable top-k turns the scores into a soft mask that scales the visual
+# embeddings, and the loss is the answer's cross-entropy plus a binary cross-entropy between the
+# soft mask and the hard top-k, whose weight grows during training (the curriculum).
+#
+# Here: the differentiable top-k on a toy vector, the committed scorer (trained on ToyVLM v2 by
+# `python -m reference_impls.prefilling.train_vision_selector --threads 1`), what it keeps on
+# held-out samples of the short suite (16 images of 64 tokens), and the committed benchmark.
+
+# %%
+import json
+import os
+
+import matplotlib.pyplot as plt
+import torch
+
+from reference_impls.common.results import RESULTS_DIR, load_results
+from reference_impls.common.tiny import visual_mask
+from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+from reference_impls.common.visual_tokens import keep_count
+from reference_impls.prefilling.vision_selector import CHECKPOINT_DIR, SelectorScorer, load_selector, soft_topk_mask
+
+QUICK = os.environ.get("ATLAS_QUICK") == "1"
+torch.set_num_threads(1)
+
+# %% [markdown]
+# ## The differentiable top-k
+#
+# `sigmoid(score + t)`, with `t` found by bisection so that the mask sums to k: a soft version of
+# "keep the k largest". The gradient flows to every score; scaling the scores up (what training
+# does as the hard-mask penalty grows) turns the soft mask into the hard one.
+
+# %%
+scores = torch.randn(1, 40, generator=torch.Generator().manual_seed(0))
+for scale in (0.5, 2.0, 8.0):
+    mask = soft_topk_mask(scores * scale, 8)
+    print(
+        f"scale {scale:>4}: mask sum {mask.sum():.2f}, mask of the 8 best {mask[0, scores[0].topk(8).indices].mean():.2f}"
+    )
+
+# %% [markdown]
+# ## The committed scorer
+#
+# Its manifest: the command, steps, wall time, the training streams and the held-out check (the
+# reply cross-entropy with the hard selection at the training budget, on training-seed samples
+# past every training index, for the trained scorer, the untrained one, random scores and all
+# tokens).
+
+# %%
+manifest = json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
+for key in ("command", "steps_done", "batch", "budget", "wall_seconds", "scenes", "parameters"):
+    print(f"{key:>14}: {manifest[key]}")
+print("held-out CE:", manifest["heldout_hard_selection_ce"])
+scorer = load_selector()
+
+# %% [markdown]
+# ## What it keeps
+#
+# On samples of the tuning seed (never reported) of ToyVLM v2's short suite: the share of the
+# tokens showing the object the question is about that each rule keeps at 25% and 10% of the
+# visual tokens, and the share of all tokens showing any object, for the trained scorer, the
+# untrained one (upstream's near-zero init) and random scores. The scorer never sees the question.
+
+# %%
+bundle = load_toyvlm_v2()
+model, config = bundle.model, bundle.model.config
+samples = bundle.samples(4 if QUICK else 32, seed=1, suite="short")
+torch.manual_seed(0)
+untrained = SelectorScorer(config.text_config.hidden_size)
+generator = torch.Generator().manual_seed(0)
+recall = {(name, budget): [] for name in ("trained", "untrained", "random") for budget in (0.25, 0.1)}
+objects_kept = {key: [] for key in recall}  # share of the tokens showing any object
+example = None
+for sample in samples:
+    relevant = {t for obj in sample.qa.relevant for t in sample.scene.object_tokens[obj]}
+    showing = {t for tokens in sample.scene.object_tokens for t in tokens}
+    if not relevant:
+        continue
+    inputs = bundle.collate([sample])
+    with torch.no_grad():
+        embeds = model.model(**inputs, output_hidden_states=True).hidden_states[0][0]  # (N, D) entering layer 0
+        visual = visual_mask(inputs["input_ids"][0], config)
+        rankings = {
+            "trained": scorer(embeds[visual]),
+            "untrained": untrained(embeds[visual]),
+            "random": torch.rand(int(visual.sum()), generator=generator),
+        }
+    for (name, budget), values in recall.items():
+        kept = set(rankings[name].topk(keep_count(int(visual.sum()), budget)).indices.tolist())
+        values.append(len(kept & relevant) / len(relevant))
+        objects_kept[(name, budget)].append(len(kept & showing) / len(showing))
+    if example is None:
+        example = (sample, rankings["trained"], relevant)
+for (name, budget), values in recall.items():
+    objects = objects_kept[(name, budget)]
+    print(
+        f"{name:>9} at {budget:.0%}: evidence kept {100 * sum(values) / len(values):5.1f}%, "
+        f"object tokens kept {100 * sum(objects) / len(objects):5.1f}% ({len(values)} samples)"
+    )
+
+# %%
+sample, token_scores, relevant = example
+plt.figure(figsize=(9, 2.5))
+plt.plot(token_scores.numpy(), lw=0.6, label="trained scorer")
+marked = sorted(relevant)
+plt.scatter(marked, token_scores[marked].numpy(), c="C3", s=12, label="relevant object's tokens")
+plt.xlabel("visual token (16 images of 64, prompt order)")
+plt.title(sample.qa.question, fontsize=9)
+plt.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## Benchmark results (committed)
+#
+# `python -m reference_impls.prefilling.bench --suite short --methods vision-selector --tag learned`:
+# exact match of the replies decoded through each rule, against random pruning before the LLM
+# at the same budget, paired by seed; DivPrune, PyramidDrop and TRIM of the same suite and
+# protocol come from their own committed files.
+
+# %%
+results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-learned.json")
+print(results.command)
+rows = list(results.rows)
+for name in ("prefilling-toyvlm-v2-short.json", "prefilling-toyvlm-v2-short-question-guided.json"):
+    rows += [
+        row
+        for row in load_results(RESULTS_DIR / name).rows
+        if row["method"] in ("divprune", "pyramiddrop", "trim+similar")
+    ]
+for row in rows:
+    print(
+        f"{row['method']:>18} budget {row['budget']:.2f}  exact match {row['accuracy']:5.1f} +- {row['accuracy_ci']:.1f}%"
+    )
+for row in load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-learned-tests.json").rows:
+    print(row["verdict"])
+
+# %%
+full = next(row for row in results.rows if row["budget"] == 1.0)
+for method in ("vision-selector", "random@0", "divprune", "pyramiddrop", "trim+similar"):
+    series = sorted((row for row in rows if row["method"] == method), key=lambda row: row["budget"])
+    plt.errorbar(
+        [row["budget"] for row in series],
+        [row["accuracy"] for row in series],
+        yerr=[row["accuracy_ci"] for row in series],
+        marker="o",
+        capsize=3,
+        label=method,
+        ls=":" if method.startswith("random") else "-",
+    )
+plt.axhline(full["accuracy"], color="gray", ls="--", label="all tokens")
+plt.xscale("log")
+plt.xlabel("visual budget (fraction kept)")
+plt.ylabel("exact match (%)")
+plt.legend(fontsize=8)
+plt.show()
