@@ -123,9 +123,10 @@ def test_refusals_name_the_missing_feature(matrix):
     )
     sliding = "visual-token pruning at a sliding-window layer (layer 0) is not supported"
     assert _cell(matrix, "divprune", "gemma3")["reason"] == sliding
-    # TRIM selects before the LLM (layer 0) as DivPrune does: the same two refusals, supported elsewhere.
+    # TRIM and VisionSelector select before the LLM (layer 0) as DivPrune does: the same refusals, supported elsewhere.
     for arch in ARCHITECTURES:
-        assert _cell(matrix, "trim", arch)["reason"] == _cell(matrix, "divprune", arch)["reason"], arch
+        for method in ("trim", "vision-selector"):
+            assert _cell(matrix, method, arch)["reason"] == _cell(matrix, "divprune", arch)["reason"], (method, arch)
     assert {c["reason"] for c in matrix if c["architecture"] == "mllama"} == {MLLAMA_REASON}
     for method in ("random-pruning", "tome", "prumerge", "projector-pooling", "visionzip", "speculative"):
         assert _cell(matrix, method, "qwen2.5-vl")["status"] == "supported"
