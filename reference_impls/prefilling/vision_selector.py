@@ -48,7 +48,7 @@ Deviations:
     - Several images (and rows of a batch): each row's visual tokens are scored and ranked jointly,
       as upstream's batch-1 evaluation does with all images of a prompt.
     - ``checkpoint="auto"`` (default) loads the committed scorer trained on ToyVLM v2 when the model's
-      hidden size matches it, and otherwise (any other model) uses an untrained scorer (``load(width)``
+      hidden size matches it, and otherwise (any other model) warns and uses an untrained scorer (``load(width)``
       says which); ``None`` always starts untrained (seeded by ``seed``), a path loads that file.
     - ``layer=K`` (off by default) scores the hidden states entering layer K; ``positions="renumber"``
       renumbers the kept tokens (upstream keeps their positions, our default).
@@ -59,6 +59,7 @@ Deviations:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,7 @@ import torch
 from torch import nn
 
 from reference_impls.common.visual_tokens import keep_count
-from reference_impls.prefilling._layer_drop import DropContext, DropMethod, Positions, keep_top_visual
+from reference_impls.prefilling._layer_drop import DropContext, Positions, SingleLayerDrop, keep_top_visual
 from reference_impls.registry import register
 
 __all__ = [
@@ -181,7 +182,7 @@ def load_selector(path: str | Path | None = None) -> SelectorScorer:
 
 @register("vision-selector", family="prefilling-learned", kind="visual-token")
 @dataclass
-class VisionSelector(DropMethod):
+class VisionSelector(SingleLayerDrop):
     """VisionSelector configuration.
 
     Args:
@@ -202,14 +203,6 @@ class VisionSelector(DropMethod):
     _loaded: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     """Scorers built so far, by token width: ``(scorer, "trained" | "untrained")``."""
 
-    def boundaries(self, num_layers: int) -> list[int]:
-        if not 0 <= self.layer < num_layers:
-            raise ValueError(f"VisionSelector layer must lie in [0, {num_layers - 1}], got {self.layer}")
-        return [self.layer]
-
-    def stash(self, num_layers: int) -> set[int]:
-        return set()
-
     def load(self, width: int) -> tuple[SelectorScorer, str]:
         """The scorer for ``width``-wide tokens and whether it is trained (see ``checkpoint``)."""
         if width not in self._loaded:
@@ -226,6 +219,12 @@ class VisionSelector(DropMethod):
             if scorer is not None:
                 self._loaded[width] = (scorer, "trained")
             else:
+                if self.checkpoint == "auto":
+                    warnings.warn(
+                        f"no trained VisionSelector scorer fits {width}-wide tokens: using an untrained one "
+                        "(near-zero scores, an arbitrary ranking)",
+                        stacklevel=2,
+                    )
                 state = torch.random.get_rng_state()
                 torch.manual_seed(self.seed)
                 self._loaded[width] = (SelectorScorer(width).eval(), "untrained")

@@ -417,8 +417,8 @@ SINGLE_LAYER = [spec for spec in PREFILL_METHODS if issubclass(spec.target, Sing
 
 
 def test_single_layer_methods_share_one_plan():
-    """DivPrune and TRIM drop once, at ``layer``: one piece of code (SingleLayerDrop) gives both plans."""
-    assert {spec.name for spec in SINGLE_LAYER} == {"divprune", "trim"}
+    """DivPrune, TRIM and VisionSelector drop once, at ``layer``: one piece of code (SingleLayerDrop) gives their plans."""
+    assert {spec.name for spec in SINGLE_LAYER} == {"divprune", "trim", "vision-selector"}
     for spec in SINGLE_LAYER:
         assert not {"boundaries", "stash"} & set(vars(spec.target))
 
