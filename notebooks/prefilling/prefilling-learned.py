@@ -20,6 +20,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.chat_scenes import evidence_tokens
 from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.common.tiny import visual_mask
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
@@ -78,7 +79,7 @@ recall = {(name, budget): [] for name in ("trained", "untrained", "random") for 
 objects_kept = {key: [] for key in recall}  # share of the tokens showing any object
 example = None
 for sample in samples:
-    relevant = {t for obj in sample.qa.relevant for t in sample.scene.object_tokens[obj]}
+    relevant = evidence_tokens(sample)  # visual-token indices showing what the question asks about
     showing = {t for tokens in sample.scene.object_tokens for t in tokens}
     if not relevant:
         continue

@@ -18,6 +18,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.chat_scenes import evidence_tokens
 from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.common.tiny import visual_mask
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
@@ -49,7 +50,7 @@ for sample in samples:
     markers = (ids == config.vision_start_token_id) | (ids == config.vision_end_token_id)
     text = inputs["attention_mask"][0].bool() & ~visual & ~markers
     question = question_tokens(text[None], visual[None])[0]
-    relevant = {t for obj in sample.qa.relevant for t in sample.scene.object_tokens[obj]}
+    relevant = evidence_tokens(sample)  # visual-token indices showing what the question asks about
     if not relevant:
         continue
     k = keep_count(int(visual.sum()), 0.1)
