@@ -206,15 +206,26 @@ def _groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, 
 
 
 def summarise(
-    rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str], ranges: Sequence[str] = ()
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    metrics: Sequence[str],
+    ranges: Sequence[str] = (),
+    by_seed: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per setting (rows sharing ``keys``), in first-seen order.
 
     Each metric becomes its mean over seeds, ``<metric>_ci`` (95% half-width) and ``<metric>_n``
     (seeds where it is defined: a non-numeric value such as "" counts as undefined); each metric in
     ``ranges`` also gets ``<metric>_low`` and ``<metric>_high``, its range over seeds (what
-    :func:`inside_ranges` checks a new seed against). Other fields are taken from the setting's first
-    row; ``seeds`` counts its rows.
+    :func:`inside_ranges` checks a new seed against); each metric in ``by_seed`` also gets
+    ``<metric>_by_seed``, its value per seed (``{"10": 71.9, ...}``), so that any two settings of the
+    file can later be paired seed by seed (the literature-agreement page does, for the pairs papers
+    name). Other fields are taken from the setting's first row; ``seeds`` counts its rows.
+
+    Examples:
+        >>> rows = [{"m": "a", "seed": 10, "acc": 50.0}, {"m": "a", "seed": 11, "acc": 60.0}]
+        >>> summarise(rows, ("m",), ("acc",), by_seed=("acc",))[0]["acc_by_seed"]
+        {'10': 50.0, '11': 60.0}
     """
     out = []
     for members in _groups(rows, keys).values():
@@ -224,6 +235,10 @@ def summarise(
             row.update(interval_fields(metric, values))
             if metric in ranges:
                 row.update(range_fields(metric, values))
+            if metric in by_seed:
+                row[f"{metric}_by_seed"] = {
+                    str(m["seed"]): value for m, value in zip(members, values) if value is not None
+                }
         row["seeds"] = len(members)
         out.append(row)
     return out
