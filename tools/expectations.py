@@ -26,7 +26,8 @@ Significance: a comparison names a paired-test row (``compare.test``) or, when t
 only in ``method`` and ``<results>-tests`` has one row for that pair whose ``metric`` is the column
 (``accuracy``) or the column with its group (``accuracy, budget 0.1``) and whose group fields
 (``budget``, ``layout``, ``cut``, ``setting``) are those of both rows, uses it; the sign test decides
-at p < 0.05. Without a test, rows with ``<column>_ci`` (95% half-widths) are compared by interval
+at p < 0.05. Without such a row, rows that keep ``<column>_by_seed`` (their value per seed) over the
+same seeds are paired seed by seed and sign-tested here, offset and factor included. Otherwise, rows with ``<column>_ci`` (95% half-widths) are compared by interval
 (intervals apart back the verdict, agreement or disagreement); otherwise the outcome is from a
 single run.
 """
@@ -157,6 +158,39 @@ def _test_row(
     return found[0] if len(found) == 1 else None
 
 
+def _by_seed_test(
+    compare: dict[str, Any], rows: tuple[dict[str, Any], dict[str, Any] | None], holds: bool
+) -> tuple[str, bool] | None:
+    """A sign test over the seeds both rows were measured on, when the results keep ``<column>_by_seed``.
+
+    Each seed gives one pair: the left row's value against the threshold that seed sets (``factor``
+    times the right row's value plus ``offset``, or the constant ``value``), so offsets and factors are
+    paired too. ``None`` when either row lacks per-seed values or they cover different seeds."""
+    key = f"{compare['column']}_by_seed"
+    left_row, right_row = rows
+    left = left_row.get(key)
+    right = right_row.get(key) if right_row is not None else None
+    if not isinstance(left, dict) or len(left) < 2 or (right_row is not None and not isinstance(right, dict)):
+        return None
+    seeds = sorted(left)
+    if right is not None and sorted(right) != seeds:
+        return None
+    factor, offset = compare.get("factor", 1), compare.get("offset", 0)
+    values = [_number(left[seed]) for seed in seeds]
+    if right is None:
+        thresholds = [float(compare["value"])] * len(seeds)
+    else:
+        bases = [_number(right[seed]) for seed in seeds]
+        thresholds = [None if base is None else factor * base + offset for base in bases]
+    if any(value is None for value in values + thresholds):
+        return None
+    from reference_impls.common.seed_stats import sign_test  # the benchmarks' own test, one implementation
+
+    test = sign_test(values, thresholds)
+    significant = test.significant and _HOLDS[compare["relation"]](test.mean_difference, 0.0) == holds
+    return f"sign test p = {test.p_value:.2g}, {len(seeds)} paired seeds", significant
+
+
 def _evidence(
     compare: dict[str, Any],
     rows: tuple[dict[str, Any], dict[str, Any] | None],
@@ -174,6 +208,9 @@ def _evidence(
             significant = p < ALPHA and _HOLDS[compare["relation"]](difference, 0.0) == holds
             n = sum(int(row.get(key) or 0) for key in ("wins", "losses", "ties"))
             return f"sign test p = {p:.2g}" + (f", {n} paired seeds" if n else ""), significant
+    paired = _by_seed_test(compare, rows, holds)
+    if paired is not None:
+        return paired
     column = compare["column"]
     left_row, right_row = rows
     left_ci = _number(left_row.get(f"{column}_ci"))

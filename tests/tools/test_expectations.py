@@ -125,6 +125,61 @@ def test_without_a_test_the_95_percent_intervals_are_compared():
     assert (outcome.verdict, outcome.significant, outcome.evidence) == ("agrees", False, "95% intervals overlap")
 
 
+SEEDS = [str(seed) for seed in range(10, 20)]
+PER_SEED = {
+    data["id"]: data
+    for data in _results(
+        paired=[
+            # "low" is 2 points under "high" on every seed; their intervals overlap widely.
+            {
+                "method": "high",
+                "accuracy": 72.0,
+                "accuracy_ci": 5.0,
+                "accuracy_by_seed": {s: 70.0 + i % 5 for i, s in enumerate(SEEDS)},
+            },
+            {
+                "method": "low",
+                "accuracy": 70.0,
+                "accuracy_ci": 5.0,
+                "accuracy_by_seed": {s: 68.0 + i % 5 for i, s in enumerate(SEEDS)},
+            },
+            {
+                "method": "other-seeds",
+                "accuracy": 70.0,
+                "accuracy_ci": 5.0,
+                "accuracy_by_seed": {s: 68.0 for s in SEEDS[:5]},
+            },
+        ]
+    )
+}
+
+
+@pytest.mark.parametrize(
+    "fields, verdict, significant, evidence",
+    [
+        ({"right": {"method": "low"}, "relation": ">"}, "agrees", True, "sign test p = 0.002, 10 paired seeds"),
+        ({"right": {"method": "low"}, "relation": "<"}, "disagrees", True, "sign test p = 0.002, 10 paired seeds"),
+        # the offset is applied seed by seed: high >= low + 3 fails on every seed
+        (
+            {"right": {"method": "low"}, "relation": ">=", "offset": 3},
+            "disagrees",
+            True,
+            "sign test p = 0.002, 10 paired seeds",
+        ),
+        # a constant is a threshold every seed is tested against
+        ({"value": 69.5, "relation": ">"}, "agrees", True, "sign test p = 0.002, 10 paired seeds"),
+        ({"value": 72.0, "relation": ">"}, "disagrees", False, "sign test p = 1, 10 paired seeds"),
+        # different seeds cannot be paired: the intervals decide
+        ({"right": {"method": "other-seeds"}, "relation": ">"}, "agrees", False, "95% intervals overlap"),
+    ],
+)
+def test_rows_that_keep_per_seed_values_are_paired_seed_by_seed(fields, verdict, significant, evidence):
+    item = _compare(left={"method": "high"}, **fields)
+    item["compare"]["results"] = "paired"
+    outcome = evaluate(item, PER_SEED)
+    assert (outcome.verdict, outcome.significant, outcome.evidence) == (verdict, significant, evidence)
+
+
 def test_a_cause_applies_only_while_the_compared_row_matches_its_when():
     item = _compare(left={"method": "slow", "budget": 0.1}, relation=">", right={"method": "fast"})
     item["cause"] = {"text": "question first", "when": {"layout": "question-first"}}

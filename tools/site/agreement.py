@@ -72,8 +72,9 @@ def agreement_md(entries: Iterable[Entry], all_results: list[dict[str, Any]]) ->
         "computed from the results files at every build. Our benchmarks run small models trained on synthetic "
         "scenes (ToyVLM) on a CPU: a disagreement says that the effect does not carry over to this setting, "
         "not that the paper is wrong. A cause is given only where it was measured or is documented; "
-        f"otherwise the row says *{NO_CAUSE}*. Paired tests (sign test, p < 0.05) or 95% intervals are used "
-        "where the results have them.",
+        f"otherwise the row says *{NO_CAUSE}*. Where the results keep each seed's value, the two sides are "
+        "paired seed by seed (sign test, p < 0.05); otherwise their 95% intervals are compared, and a file "
+        "with one run says so.",
         "",
         f"{len(rows)} expectation{'s' if len(rows) != 1 else ''}: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, "
         f"{len(rows) - counts[AGREES] - counts[DISAGREES]} not measured. The benchmarks and their settings are on "
