@@ -26,7 +26,7 @@ from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.writer import BibtexFormat
 from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSpec, get_default_latex_context_db
 
-from .catalog import Catalog, normalise_title
+from .catalog import Catalog, normalise_title, tidy_title
 from .schema import KEY_PATTERN
 
 __all__ = [
@@ -253,7 +253,11 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
         venue = _unprotect_title(str(venue_field.value)) if venue_field else ""
         if not venue or venue.lower().startswith("arxiv"):
             venue = "arXiv" if arxiv or entry.entry_type.lower() == "misc" else venue
-        data: dict[str, Any] = {"key": entry.key, "title": _unprotect_title(str(title.value)), "authors": authors}
+        data: dict[str, Any] = {
+            "key": entry.key,
+            "title": tidy_title(_unprotect_title(str(title.value))),
+            "authors": authors,
+        }
         if truncated:
             data["authors_truncated"] = True
         data["year"] = int(str(year.value).strip())

@@ -27,7 +27,17 @@ from .schema import DATE_PATTERN, paper_schema, schema_text
 from .taxonomy import PLANNED, Taxonomy, load_taxonomy
 from .yamlio import LoadedYaml, YamlLoadError, load_yaml
 
-__all__ = ["Problem", "Entry", "Catalog", "load_catalog", "reload_entries", "normalise_title", "SCHEMA_HINT", "ROOT"]
+__all__ = [
+    "Problem",
+    "Entry",
+    "Catalog",
+    "load_catalog",
+    "reload_entries",
+    "normalise_title",
+    "tidy_title",
+    "SCHEMA_HINT",
+    "ROOT",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_HINT = "# yaml-language-server: $schema=paper.schema.json"
@@ -381,6 +391,21 @@ def reload_entries(catalog: Catalog, paths: Iterable[Path], results: list[dict[s
     return Catalog(root=root, taxonomy=catalog.taxonomy, entries=entries, problems=problems)
 
 
+def tidy_title(title: str) -> str:
+    """``title`` without the stray spacing some arXiv listings carry ("MobileVLM : A Fast",
+    "Fact :Teaching", "DocPrune:Efficient"): no space before ``: ; , ? !``, one space after a colon
+    that runs into a capitalised word, single spaces. The words stay the paper's own.
+
+    Examples:
+        >>> tidy_title("Fact :Teaching MLLMs")
+        'Fact: Teaching MLLMs'
+        >>> tidy_title("What if...?: Counterfactual  Inception")
+        'What if...?: Counterfactual Inception'
+    """
+    title = re.sub(r"\s+([:;,?!])", r"\1", " ".join(title.split()))
+    return re.sub(r":(?=[A-Z])", ": ", title)
+
+
 def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Problem]:
     problems = []
     data, loaded, relpath = entry.data, entry.loaded, entry.relpath
@@ -408,6 +433,17 @@ def _entry_problems(entry: Entry, root: Path, taxonomy: Taxonomy) -> list[Proble
                     f"unknown taxonomy id '{node_id}'{hint}",
                 )
             )
+    title = data.get("title")
+    if isinstance(title, str) and tidy_title(title) != title:
+        problems.append(
+            Problem(
+                relpath,
+                loaded.line_of(("title",)),
+                "title",
+                f"stray spacing around punctuation; expected '{tidy_title(title)}' (the paper's words, "
+                "with the spacing a reference list prints)",
+            )
+        )
     added = data.get("added")
     if isinstance(added, str) and re.fullmatch(DATE_PATTERN, added):
         try:

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .catalog import ROOT, Catalog, load_catalog
+from .catalog import ROOT, Catalog, load_catalog, tidy_title
 
 __all__ = ["run"]
 
@@ -160,7 +160,7 @@ def cmd_new(args: argparse.Namespace, root: Path) -> int:
         return 1
     data = {
         "key": args.key,
-        "title": args.title,
+        "title": tidy_title(args.title),
         "authors": args.author,
         "year": args.year,
         "venue": args.venue,

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .bib import bibtex_to_entries, entry_identities
-from .catalog import Catalog
+from .catalog import Catalog, tidy_title
 from .entries import FIELD_ORDER
 from .taxonomy import Taxonomy
 from .yamlio import dump_yaml, load_yaml, write_text_atomic
@@ -373,7 +373,11 @@ def evaluate(catalog: Catalog, folds: int = 0, seed: int = 0) -> dict[str, Any]:
 def candidate_data(item: dict[str, Any], key: str, suggestions: list[tuple[str, float]]) -> dict[str, Any]:
     data = {name: item[name] for name in FIELD_ORDER if item.get(name) not in (None, "", [])}
     data.update(
-        key=key, authors=item.get("authors", []), placement=[suggestions[0][0]], added=dt.date.today().isoformat()
+        key=key,
+        title=tidy_title(item["title"]),
+        authors=item.get("authors", []),
+        placement=[suggestions[0][0]],
+        added=dt.date.today().isoformat(),
     )
     data.setdefault("venue", "arXiv" if item.get("arxiv") else "")
     if item.get("arxiv"):

@@ -77,6 +77,11 @@ def test_import_reads_common_bibtex_shapes():
     assert entries["gamma2026journal"]["venue"] == "Transactions on Machine Learning Research"
 
 
+def test_import_tidies_the_stray_spacing_of_arxiv_titles():
+    text = "@misc{chu2023, title={{MobileVLM} :A Fast,  Strong Assistant}, year={2023}}"
+    assert bibtex_to_entries(text)[0]["title"] == "MobileVLM: A Fast, Strong Assistant"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

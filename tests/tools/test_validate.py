@@ -127,6 +127,11 @@ BAD_ENTRIES = {
         GOOD_ENTRY.replace("url: https://arxiv.org/abs/2611.00001", "url: arxiv.org/abs/2611.00001"),
         "papers/good2026entry.yaml:9: url: 'arxiv.org/abs/2611.00001' does not match the expected format",
     ),
+    "title-with-stray-spacing": (
+        "good2026entry.yaml",
+        GOOD_ENTRY.replace("title: A Perfectly Good", "title: Good :A Perfectly Good"),
+        "papers/good2026entry.yaml:3: title: stray spacing around punctuation; expected 'Good: A Perfectly Good",
+    ),
     "empty-file": ("good2026entry.yaml", "", "papers/good2026entry.yaml:1: the file is empty"),
     "list-at-top-level": (
         "good2026entry.yaml",
@@ -362,7 +367,7 @@ def test_new_scaffolds_a_valid_entry_and_refuses_bad_ones(repo, run_tools):
         "new",
         "doe2026new",
         "--title",
-        "A New Method",
+        "NewKV :A  New Method",
         "--year",
         "2026",
         "--arxiv",
@@ -378,6 +383,7 @@ def test_new_scaffolds_a_valid_entry_and_refuses_bad_ones(repo, run_tools):
         .read_text()
         .startswith("# yaml-language-server: $schema=paper.schema.json\n")
     )
+    assert "title: 'NewKV: A New Method'" in (repo / "papers" / "doe2026new.yaml").read_text()
     assert run_tools(repo, "validate")[0] == 0
     status, out, err = run_tools(
         repo, "new", "doe2026bad", "--title", "Bad", "--year", "2026", "--placement", "no-such-family"
