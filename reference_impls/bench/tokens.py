@@ -103,7 +103,7 @@ def sweep_chat(
         log=log,
         cache=cache,
     )
-    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS + CHAT_METRICS, by_seed=("accuracy",))
+    rows = seeded.summarise(per_seed, ("method", "budget"), METRICS + CHAT_METRICS)
     for row in rows:
         log(_line(row))
     return rows, per_seed, seconds

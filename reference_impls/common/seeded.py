@@ -210,23 +210,25 @@ def summarise(
     keys: Sequence[str],
     metrics: Sequence[str],
     ranges: Sequence[str] = (),
-    by_seed: Sequence[str] = (),
+    by_seed: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per setting (rows sharing ``keys``), in first-seen order.
 
     Each metric becomes its mean over seeds, ``<metric>_ci`` (95% half-width) and ``<metric>_n``
     (seeds where it is defined: a non-numeric value such as "" counts as undefined); each metric in
     ``ranges`` also gets ``<metric>_low`` and ``<metric>_high``, its range over seeds (what
-    :func:`inside_ranges` checks a new seed against); each metric in ``by_seed`` also gets
-    ``<metric>_by_seed``, its value per seed (``{"10": 71.9, ...}``), so that any two settings of the
-    file can later be paired seed by seed (the literature-agreement page does, for the pairs papers
-    name). Other fields are taken from the setting's first row; ``seeds`` counts its rows.
+    :func:`inside_ranges` checks a new seed against); each metric in ``by_seed`` (default: every
+    metric) also gets ``<metric>_by_seed``, its value per seed (``{"10": 71.9, ...}``), so that any two
+    settings of the file can later be paired seed by seed (the literature-agreement page does, for the
+    pairs papers name, offsets included). Other fields are taken from the setting's first row;
+    ``seeds`` counts its rows.
 
     Examples:
         >>> rows = [{"m": "a", "seed": 10, "acc": 50.0}, {"m": "a", "seed": 11, "acc": 60.0}]
-        >>> summarise(rows, ("m",), ("acc",), by_seed=("acc",))[0]["acc_by_seed"]
+        >>> summarise(rows, ("m",), ("acc",))[0]["acc_by_seed"]
         {'10': 50.0, '11': 60.0}
     """
+    by_seed = metrics if by_seed is None else by_seed
     out = []
     for members in _groups(rows, keys).values():
         row = {k: v for k, v in members[0].items() if k not in metrics and k != "seed"}
