@@ -5,10 +5,11 @@
 # concentrated needs (and gets) few entries and a diffuse head many; a floor guarantees each head
 # a minimum. The notebook shows the per-head lengths the cache really stores (one tensor per KV
 # head, no padding, no masking), checks that each layer's total is `H * b` up to the rounding of
-# the authors' floor rule (`round(0.8 c_h + int(0.2 (b - w)))`, at most half an entry per head), compares
-# the bytes with those a masking implementation would keep (the full cache), and the drift from
-# the full cache against uniform SnapKV. The model is ToyVLM when its checkpoint is present,
-# otherwise a random-init tiny Qwen2.5-VL.
+# the authors' floor rule (`round(0.8 c_h + int(0.2 (b - w)))`, at most half an entry per head),
+# compares the bytes with those a masking implementation would keep (the full cache), and the
+# drift from the full cache against uniform SnapKV. The model is ToyVLM v2 on one held-out sample
+# of its long suite (16 images first, the question last, a multi-token reply), as the KV benchmark
+# runs it; a random-init tiny Qwen2.5-VL stands in only when the checkpoint is missing.
 
 # %%
 import os
@@ -23,7 +24,7 @@ from reference_impls.decoding.snapkv import SnapKV
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-model, inputs, name = demo_model_and_prompt(n_images=1 if QUICK else 2)
+model, inputs, name = demo_model_and_prompt()
 n = inputs["input_ids"].shape[1]
 print(f"model: {name}; prompt {n} tokens")
 

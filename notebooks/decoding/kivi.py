@@ -5,8 +5,9 @@
 # quantised per token, with a full-precision window of recent tokens. The notebook shows why the
 # two axes differ (key outliers sit in a few channels), the reconstruction error of both choices,
 # an exact byte breakdown of the cache (packed codes, scales, zero points, residual) and the
-# next-token drift from the full cache at 2 and 4 bits. The model is ToyVLM when its checkpoint
-# is present, otherwise a random-init tiny Qwen2.5-VL.
+# next-token drift from the full cache at 2 and 4 bits. The model is ToyVLM v2 on one held-out
+# sample of its long suite (16 images first, the question last, a multi-token reply), as the KV
+# benchmark runs it; a random-init tiny Qwen2.5-VL stands in only when the checkpoint is missing.
 
 # %%
 import os
@@ -21,7 +22,7 @@ from reference_impls.decoding.kv_demo import demo_model_and_prompt
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-model, inputs, name = demo_model_and_prompt(n_images=1 if QUICK else 2)
+model, inputs, name = demo_model_and_prompt()
 n = inputs["input_ids"].shape[1]
 print(f"model: {name}; prompt {n} tokens")
 

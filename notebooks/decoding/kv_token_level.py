@@ -1,15 +1,16 @@
 # %% [markdown]
 # # Token-level KV-cache compression: StreamingLLM, H2O, SnapKV and LOOK-M
 #
-# Four ways to decide which prompt entries a head keeps, all at the same budget and all with
-# real storage (every head keeps `budget` entries, the rest is freed; LOOK-M also keeps all text,
-# and SnapKV, as its reference code, selects per query head and stores a copy per query head):
-# StreamingLLM keeps sinks plus the most recent entries, H2O the entries with the most
-# accumulated attention, SnapKV those the question's window attends to, LOOK-M text first and
-# the best visual entries after (merging the evicted ones). The plots show where each method's
-# kept entries lie in the prompt (image spans shaded), and how far its next-token predictions
-# drift from the full cache as the budget shrinks. The model is ToyVLM when its checkpoint is
-# present, otherwise a random-init tiny Qwen2.5-VL.
+# Four ways to decide which prompt entries a head keeps, all at the same budget and all with real
+# storage (every head keeps `budget` entries, the rest is freed; LOOK-M also keeps all text, and
+# SnapKV, as its reference code, selects per query head and stores a copy per query head):
+# StreamingLLM keeps sinks plus the most recent entries, H2O the entries with the most accumulated
+# attention, SnapKV those the question's window attends to, LOOK-M text first and the best visual
+# entries after (merging the evicted ones). The plots show where each method's kept entries lie in
+# the prompt (image spans shaded), and how far its next-token predictions drift from the full
+# cache as the budget shrinks. The model is ToyVLM v2 on one held-out sample of its long suite (16
+# images first, the question last, a multi-token reply), as the KV benchmark runs it; a
+# random-init tiny Qwen2.5-VL stands in only when the checkpoint is missing.
 
 # %%
 import os
@@ -25,7 +26,7 @@ from reference_impls.decoding.streamingllm import StreamingLLM
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-model, inputs, name = demo_model_and_prompt(n_images=1 if QUICK else 2)
+model, inputs, name = demo_model_and_prompt()
 visual = inputs["mm_token_type_ids"][0].bool()
 n = visual.numel()
 print(f"model: {name}; prompt: {n} tokens, {int(visual.sum())} visual")

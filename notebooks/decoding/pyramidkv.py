@@ -1,13 +1,14 @@
 # %% [markdown]
 # # PyramidKV: per-layer budgets that shrink with depth
 #
-# PyramidKV keeps SnapKV's choice of entries inside a layer but gives lower layers more of
-# them: the budget falls linearly with depth and the total is about that of a uniform budget.
-# The notebook plots the schedule for several steepness values (`beta`), with KVCache-Factory's
+# PyramidKV keeps SnapKV's choice of entries inside a layer but gives lower layers more of them:
+# the budget falls linearly with depth and the total is about that of a uniform budget. The
+# notebook plots the schedule for several steepness values (`beta`), with KVCache-Factory's
 # integer rule (the floor division makes the total slightly exceed `L * b`; prompts shorter than
 # `2 (b - w)` get the uniform budget), and compares the next-token drift from the full cache of
-# PyramidKV and uniform SnapKV at equal total memory. The model is ToyVLM when its checkpoint
-# is present, otherwise a random-init tiny Qwen2.5-VL.
+# PyramidKV and uniform SnapKV at equal total memory. The model is ToyVLM v2 on one held-out
+# sample of its long suite (16 images first, the question last, a multi-token reply), as the KV
+# benchmark runs it; a random-init tiny Qwen2.5-VL stands in only when the checkpoint is missing.
 
 # %%
 import os
@@ -22,7 +23,7 @@ from reference_impls.decoding.snapkv import SnapKV
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-model, inputs, name = demo_model_and_prompt(n_images=1 if QUICK else 2)
+model, inputs, name = demo_model_and_prompt()
 n = inputs["input_ids"].shape[1]
 n_layers = model.config.text_config.num_hidden_layers
 print(f"model: {name}; prompt {n} tokens, {n_layers} layers")

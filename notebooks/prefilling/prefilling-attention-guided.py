@@ -7,12 +7,14 @@
 # authors' code and run through one mechanism that index-selects the hidden states, rotary
 # inputs and mask from layer K on, keeps the original M-RoPE positions and stores a shorter KV
 # cache with a logical length for decoding. The authors' LLaVA code renumbers the positions
-# after a drop instead; the full run shows that variant as "+renumber".
+# after a drop instead; the benchmark shows that variant as "+renumber".
 #
-# We measure accuracy and prefill time against the visual budget on ToyVLM (question before
-# the images, 4 images x 64 tokens), against random pruning at the same layers. Budget = the
-# fraction of visual tokens left after the last pruning stage; "layer mean" is the average
-# count over all LLM layers, which is what compute follows. Timings come from a shared CPU.
+# The model is ToyVLM v2 in the chat layout, as real VLM prompts are: 16 labelled images of 64
+# tokens first, the question last, the reply decoded until `<eos>` and right only when every word
+# matches. Since the question comes last, the last prompt token that FastV reads sits after it.
+# First a small live sweep on the tuning seed (never reported), then the committed benchmark.
+# Budget = the fraction of visual tokens left after the last pruning stage. Timings come from a
+# shared CPU.
 
 # %%
 import os
@@ -20,39 +22,37 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.prefilling import bench
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
 torch.set_num_threads(1)
-torch.manual_seed(0)
-data = bench.load_data(n=16 if QUICK else 64, batch_size=16)
-num_layers = len(data.model.model.language_model.layers)
-k = max(1, num_layers // 4)
-print(f"data: {data.source}; {num_layers} LLM layers; FastV and random pruning at layer {k}")
+methods = ("fastv", "pyramiddrop", "sparsevlm", "random@0")
+budgets = (0.25,) if QUICK else (0.5, 0.25, 0.1)
+rows = bench.chat_sweep(methods[:1] + methods[-1:] if QUICK else methods, budgets, n=2 if QUICK else 12)
+bench.print_chat(rows)
 
 # %%
-# Budget 1.0 is the unpruned model exactly (tested), shown as the dashed line.
-budgets = (0.25,) if QUICK else (0.5, 0.25, 0.1)
-names = (
-    ("fastv", "pyramiddrop", "sparsevlm", "random@0")
-    if QUICK
-    else (
-        "fastv",
-        "pyramiddrop",
-        "pyramiddrop+renumber",
-        "sparsevlm",
-        "sparsevlm-norecycle",
-        "sparsevlm+renumber",
-        "random@0",
-        f"random@{k}",
-    )
-)
-rows = bench.sweep(data, budgets, names)
-bench.print_sweep(rows)
+bench.plot_chat(rows, methods, "Attention-guided pruning on ToyVLM v2 (short suite, 12 samples of the tuning seed)")
+plt.show()
 
 # %% [markdown]
-# Left: accuracy; right: prefill time per sample. Dotted lines are random pruning.
+# ## Benchmark results (committed)
+#
+# `python -m reference_impls.prefilling.bench --suite short`: 10 reported seeds of 32 held-out
+# samples each, means with 95% intervals; every method against random pruning before the LLM at
+# the same budget, and the defaults against their variants, paired by seed.
 
 # %%
-bench.plot_sweep(rows, f"Attention-guided pruning on {data.source}")
+results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
+print(results.command)
+shown = ("fastv", "pyramiddrop", "pyramiddrop+renumber", "sparsevlm", "sparsevlm-norecycle", "sparsevlm+renumber")
+bench.print_chat(results.rows, (*shown, "random@0"))
+tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-tests.json")
+for row in tests.rows:
+    if row["versus"] in shown:
+        print(row["verdict"])
+
+# %%
+bench.plot_chat(results.rows, (*shown, "random@0"), "Attention-guided pruning on ToyVLM v2 (committed, 10 seeds)")
 plt.show()

@@ -4,8 +4,8 @@
 # DivPrune keeps the visual tokens that are most different from each other: a greedy
 # max-min (farthest-point) selection in cosine distance over the visual embeddings entering the
 # LLM. It needs no attention, so it also works with fused attention kernels. We first show the
-# selection on a small 2-D example, then accuracy and prefill time against the visual budget
-# on ToyVLM, compared with random pruning at the same place (before the LLM) and with FastV.
+# selection on a small 2-D example, then exact match and prefill time against the visual budget
+# on ToyVLM v2, compared with random pruning at the same place (before the LLM) and with FastV.
 
 # %%
 import os
@@ -13,6 +13,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
+from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.prefilling import bench
 from reference_impls.prefilling.divprune import max_min_select
 
@@ -35,12 +36,36 @@ plt.legend(fontsize=8)
 plt.axis("equal")
 plt.show()
 
-# %%
-data = bench.load_data(n=16 if QUICK else 64, batch_size=16)
-budgets = (0.1,) if QUICK else (0.5, 0.25, 0.1, 0.05)
-rows = bench.sweep(data, budgets, ("divprune", "random@0") if QUICK else ("divprune", "fastv", "random@0"))
-bench.print_sweep(rows)
+# %% [markdown]
+# DivPrune on ToyVLM v2 in the chat layout (16 labelled images of 64 tokens first, the question
+# last, the reply decoded until `<eos>`), against random pruning before the LLM and FastV: a
+# small live sweep on the tuning seed (never reported), then the committed benchmark.
 
 # %%
-bench.plot_sweep(rows, f"DivPrune before the LLM on {data.source}")
+methods = ("divprune", "fastv", "random@0")
+budgets = (0.1,) if QUICK else (0.5, 0.25, 0.1)
+rows = bench.chat_sweep(("divprune", "random@0") if QUICK else methods, budgets, n=2 if QUICK else 12)
+bench.print_chat(rows)
+
+# %%
+bench.plot_chat(rows, methods, "DivPrune before the LLM on ToyVLM v2 (short suite, 12 samples of the tuning seed)")
+plt.show()
+
+# %% [markdown]
+# ## Benchmark results (committed)
+#
+# `python -m reference_impls.prefilling.bench --suite short`: 10 reported seeds of 32 held-out
+# samples each, means with 95% intervals, every method against random pruning paired by seed.
+
+# %%
+results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
+print(results.command)
+bench.print_chat(results.rows, methods)
+tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-tests.json")
+for row in tests.rows:
+    if row["versus"] == "divprune":
+        print(row["verdict"])
+
+# %%
+bench.plot_chat(results.rows, methods, "DivPrune on ToyVLM v2 (committed, 10 seeds)")
 plt.show()

@@ -42,6 +42,9 @@ __all__ = [
     "sparse_cost",
     "plot_sweep",
     "print_sweep",
+    "chat_sweep",
+    "plot_chat",
+    "print_chat",
     "run_chat",
     "main",
 ]
@@ -297,6 +300,65 @@ def print_sweep(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['method']:>18} budget {row['budget']:.2f}  acc {row['accuracy']:5.1f}%  kept {row['visual_kept']:>4}/{row['visual_in']}"
             f"  layer-mean {row['visual_kept_layer_mean']:7.1f}  LLM prefill {row['prefill_ms']:6.1f} ms/sample"
+        )
+
+
+UNPRUNED = "none (all tokens)"
+"""The method name of the unpruned row in ToyVLM v2 rows (live or committed)."""
+
+
+def chat_sweep(
+    names: tuple[str, ...], budgets: tuple[float, ...], n: int = 16, seed: int = 1, suite: str = "short"
+) -> list[dict[str, Any]]:
+    """The named methods at each budget on ``n`` held-out samples of ToyVLM v2's ``suite`` drawn from
+    one ``seed`` (default the tuning seed, never reported), with :func:`run_chat`'s per-sample
+    protocol: rows shaped like a committed results file's, without intervals. For notebooks."""
+    from reference_impls.bench import tokens
+    from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
+
+    bundle = load_toyvlm_v2()
+    factories = method_factories(len(adapter_for(bundle.model).language_layers(bundle.model)))
+    specs = {name: tokens.Factory(*factories[name]) for name in names}
+    return tokens.evaluate_seed(bundle, specs, list(names), n, budgets, seed, suite)
+
+
+def plot_chat(rows: list[dict[str, Any]], methods: tuple[str, ...], title: str = ""):
+    """Exact match (with its 95% interval when the rows have one) and LLM prefill time vs budget for
+    ``methods``, the unpruned model dashed: the same plot for a live :func:`chat_sweep` and for the
+    rows of a committed ``prefilling-toyvlm-v2-*`` results file."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in methods:
+        points = sorted((r for r in rows if r["method"] == name), key=lambda r: r["budget"])
+        budgets = [r["budget"] for r in points]
+        style = ":" if name.startswith("random") else "-"
+        errors = [r.get("accuracy_ci") or 0.0 for r in points]
+        axes[0].errorbar(
+            budgets, [r["accuracy"] for r in points], yerr=errors, ls=style, marker="o", capsize=3, label=name
+        )
+        axes[1].plot(budgets, [r["llm_prefill_ms"] for r in points], style, marker="o", label=name)
+    for row in rows:
+        if row["method"] == UNPRUNED:
+            axes[0].axhline(row["accuracy"], color="k", ls="--", lw=0.8, label="all tokens")
+            axes[1].axhline(row["llm_prefill_ms"], color="k", ls="--", lw=0.8, label="all tokens")
+    axes[0].set(xlabel="budget (fraction of visual tokens kept)", ylabel="exact match (%)", xscale="log")
+    axes[1].set(xlabel="budget", ylabel="LLM prefill ms / sample", xscale="log")
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def print_chat(rows: list[dict[str, Any]], methods: tuple[str, ...] | None = None) -> None:
+    """ToyVLM v2 rows (live or committed) as a fixed-width table, the unpruned row first."""
+    for row in rows:
+        if methods is not None and row["method"] not in (UNPRUNED, *methods):
+            continue
+        interval = f" +- {row['accuracy_ci']:4.1f}" if row.get("accuracy_ci") is not None else ""
+        print(
+            f"{row['method']:>20} budget {row['budget']:.2f}  exact match {row['accuracy']:5.1f}%{interval}"
+            f"  visual tokens {row['visual_tokens']:6.1f}  LLM prefill {row['llm_prefill_ms']:6.1f} ms"
         )
 
 
