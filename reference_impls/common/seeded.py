@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import RESULTS_DIR, Column, Results, load_results, paired_tests_results, save_results
-from .seed_stats import disjoint_seeds, interval_fields, paired_rows, range_coverage, range_fields, row_verdict
+from .seed_stats import compare, disjoint_seeds, interval_fields, paired_rows, range_coverage, range_fields, row_verdict
 
 __all__ = [
     "REPORTED",
@@ -66,6 +66,7 @@ __all__ = [
     "range_report",
     "check_published",
     "paired_tests",
+    "compare_rows",
     "interval_columns",
     "save_seeded",
     "parse_seeded",
@@ -359,6 +360,25 @@ def paired_tests(
             test["family"] = family[test["versus"]] or family[reference]
             out.append({**dict(zip(within, key)), **test})
     return out
+
+
+def compare_rows(a: dict[str, Any], b: dict[str, Any], metric: str = "accuracy", names: tuple[str, str] | None = None):
+    """Two summary rows of one results file compared seed by seed from their ``<metric>_by_seed``
+    (:func:`summarise`): the :func:`~reference_impls.common.seed_stats.compare` of ``a`` against ``b``.
+    Any two settings can be paired this way, not only those the benchmark's tests file names.
+
+    Examples:
+        >>> a = {"method": "x", "acc_by_seed": {"10": 60.0, "11": 62.0, "12": 61.0, "13": 64.0, "14": 60.0, "15": 66.0}}
+        >>> b = {"method": "y", "acc_by_seed": {"10": 50.0, "11": 52.0, "12": 55.0, "13": 50.0, "14": 51.0, "15": 49.0}}
+        >>> compare_rows(a, b, "acc").verdict
+        'x higher than y by 11 on average (sign test p = 0.031, n = 6)'
+    """
+    left, right = a.get(f"{metric}_by_seed"), b.get(f"{metric}_by_seed")
+    if not isinstance(left, dict) or not isinstance(right, dict) or sorted(left) != sorted(right):
+        raise ValueError(f"both rows need {metric}_by_seed over the same seeds")
+    seeds = sorted(left)
+    first, second = names or (str(a.get("method")), str(b.get("method")))
+    return compare(first, [left[s] for s in seeds], second, [right[s] for s in seeds])
 
 
 def interval_columns(columns: Sequence[Column], metrics: Sequence[str]) -> list[Column]:
