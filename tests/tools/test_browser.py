@@ -253,7 +253,7 @@ def test_bibtex_copy_puts_the_entry_on_the_clipboard(browser, base_url):
         page.hover("pre.bibtex")
         page.click("pre.bibtex button[data-md-type=copy]")
         copied = page.evaluate("() => navigator.clipboard.readText()")
-        assert copied.strip() == shown.strip() and copied.startswith("@misc{zeng2026hybridkv,")
+        assert copied.strip() == shown.strip() and copied.startswith("@inproceedings{zeng2026hybridkv,")
         assert session.errors == []
     finally:
         session.close()

@@ -61,7 +61,7 @@ def test_pages_exist_for_every_entry_and_node(built):
 def test_paper_page_shows_metadata_reported_numbers_and_bibtex(built):
     page = (built / "site" / "papers" / "zeng2026hybridkv" / "index.html").read_text()
     text = re.sub(r"<[^>]+>", "", page)
-    assert "Bowen Zeng" in text and "@misc{zeng2026hybridkv," in text
+    assert "Bowen Zeng" in text and "@inproceedings{zeng2026hybridkv," in text
     assert "58.94" in page and "Table 8 of the seed survey" in page  # reported values are not rounded
     # The paper template replaces the site navigation by a short drawer of the top-level sections.
     assert "atlas-short-nav" in page and page.count('class="md-nav__link"') < 20
