@@ -60,7 +60,7 @@ ref = model.generate(
 )
 ref_tokens, ref_logp = ref.sequences[:, n:], torch.stack(ref.logits)[:, 0].log_softmax(-1)
 for bits in (2, 4):
-    method = KIVI(bits=bits, group_size=8, residual_length=16)  # value groups of 8 channels divide head dim 24
+    method = KIVI(bits=bits, group_size=8, residual_length=16)  # value groups of 8 channels divide head dim 32
     with method(model):
         _, logits = greedy_decode(
             model, inputs, method.make_cache(model, inputs["input_ids"]), steps, forced=ref_tokens
