@@ -276,8 +276,9 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
         try:
             write_candidates(candidates, out, root)
-        except FeedError as error:
-            print(f"triage: {error}", file=sys.stderr)
+        except (OSError, FeedError) as error:
+            for line in str(error).splitlines():
+                print(f"triage: {line}", file=sys.stderr)
             return 1
     print(f"triage: {len(candidates)} new candidate(s), {len(skipped)} already in the catalog", file=sys.stderr)
     return 0

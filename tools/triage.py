@@ -395,20 +395,24 @@ def candidate_text(data: dict[str, Any]) -> str:
 
 
 def write_candidates(candidates: list[dict[str, Any]], out: Path, root: Path) -> list[Path]:
-    """One YAML file per candidate under ``out``; refuses papers/ and existing files."""
+    """One YAML file per candidate under ``out``, or none: refuses papers/, existing files, and keys that
+    are not plain file names (a feed's BibTeX key is data: ``../x`` or ``/abs/x`` must not leave ``out``)."""
+    from .entries import planned_writes
+    from .paths import UnsafePathError
+
     out = Path(out).resolve()
     papers = (Path(root) / "papers").resolve()
     if out == papers or papers in out.parents:
         raise FeedError(f"refused: --out {out} is inside papers/; candidates need review first")
-    clashes = [out / f"{data['key']}.yaml" for data in candidates if (out / f"{data['key']}.yaml").exists()]
-    if clashes:
-        raise FeedError(f"refused: {clashes[0]} already exists (move or delete the earlier candidates)")
-    written = []
-    for data in candidates:
-        path = out / f"{data['key']}.yaml"
-        write_text_atomic(path, candidate_text(data))
-        written.append(path)
-    return written
+    try:
+        planned = planned_writes(
+            out, candidates, text=candidate_text, if_exists="move or delete the earlier candidates"
+        )
+    except UnsafePathError as error:
+        raise FeedError(f"{error}\nnothing was written") from None
+    for path, text in planned.items():
+        write_text_atomic(path, text)
+    return list(planned)
 
 
 def feed_url(root: Path, max_results: int = 200) -> str:

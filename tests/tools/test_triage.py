@@ -11,6 +11,7 @@ from tools.catalog import load_catalog
 from tools.triage import Classifier, candidate_key, evaluate, feed_url, read_feed
 
 from .conftest import ROOT
+from .test_writes import snapshot
 
 FEED = Path(__file__).parent / "data" / "triage_feed.xml"
 
@@ -62,6 +63,27 @@ def test_triage_refuses_xml_with_entities(repo, run_tools, tmp_path):
     status, _, err = run_tools(repo, "triage", str(feed))
     assert status == 1
     assert f"triage: {feed}: refused: the XML declares a DOCTYPE or entities" in err
+
+
+BIB_ITEM = "@misc{{{key},\n  title = {{{title}}},\n  year = {{2026}},\n}}\n"
+
+
+def test_a_feed_key_that_is_not_a_plain_file_name_writes_nothing_anywhere(repo, run_tools, tmp_path):
+    """A BibTeX feed's keys are data: ``../x``, an absolute path or an over-long name must not become a
+    file outside ``--out`` (or an OSError half-way), and a good item beside them is not written either."""
+    keys = {"good2026feed": "A Good Token Pruning Paper", "../../escaped2026": "Escaping Tokens"}
+    keys[str(tmp_path / "absolute2026")] = "Absolute Tokens"
+    keys["k" * 300] = "Long Tokens"
+    feed = tmp_path / "hostile.bib"
+    feed.write_text("".join(BIB_ITEM.format(key=key, title=title) for key, title in keys.items()), encoding="utf-8")
+    before = snapshot(tmp_path)
+    status, _, err = run_tools(repo, "triage", str(feed), "--out", "candidates")
+    assert status == 1
+    assert "triage: refusing key '../../escaped2026': the key must not contain a path separator" in err, err
+    assert f"triage: refusing key '{tmp_path / 'absolute2026'}': the key must not contain a path separator" in err
+    assert "the key is 300 characters long; at most 100 are allowed" in err
+    assert err.rstrip().endswith("triage: nothing was written"), err
+    assert snapshot(tmp_path) == before and not (repo / "candidates").exists()
 
 
 def test_csv_and_bibtex_feeds(tmp_path):
