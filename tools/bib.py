@@ -74,6 +74,9 @@ _LATEX_SPECIALS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
 }
+# Control characters have no BibTeX spelling and break the programs that read the file (a NUL ends
+# a C string, an escape sequence reaches the terminal): export drops them from every field.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ARXIV_IN_TEXT = re.compile(r"(?:arXiv:|arxiv\.org/(?:abs|pdf)/)(\d{4}\.\d{4,5})", re.IGNORECASE)
 
 
@@ -156,6 +159,7 @@ def entry_to_bibtex(data: dict[str, Any]) -> model.Entry:
         fields.append(model.Field("url", data["url"]))
     if not re.fullmatch(KEY_PATTERN, str(data["key"])):
         raise ValueError(f"refusing to export key {data['key']!r}: it does not match {KEY_PATTERN}")
+    fields = [model.Field(field.key, _CONTROL.sub("", field.value)) for field in fields]
     for field in fields:
         _check_balanced(data["key"], field.key, field.value)
     return model.Entry(entry_type, data["key"], fields)

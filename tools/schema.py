@@ -27,11 +27,13 @@ __all__ = [
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
-DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\]+$"
+# No spaces, braces, backslashes or control characters: the value is written as it is into BibTeX,
+# links and the feed.
+DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\\x00-\x1f\x7f-\x9f]+$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_KEY_LENGTH = 100
-URL_PATTERN = r"^https?://[^\s{}\\]+$"
+URL_PATTERN = r"^https?://[^\s{}\\\x00-\x1f\x7f-\x9f]+$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
 

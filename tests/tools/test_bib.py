@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import bibtexparser
 import pytest
 
@@ -152,6 +154,21 @@ def test_hostile_titles_export_to_exactly_one_entry_each_and_come_back_unchanged
         assert entry.fields_dict["url"].value == "https://example.org/x"
     assert "\\immediate" not in text.replace("\\textbackslash{}immediate", "")
     assert [kept_fields(data) for data in bibtex_to_entries(text)] == [kept_fields(data) for data in entries]
+
+
+def test_export_drops_control_characters_from_every_field():
+    controls = "".join(chr(code) for code in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0)])
+    data = {
+        "key": "ctl2026",
+        "title": f"Token{controls} Pruning",
+        "authors": [f"Ann{controls} Bee"],
+        "year": 2026,
+        "venue": f"Conf{controls}",
+    }
+    text = entries_to_bibtex([data])
+    assert not re.search("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]", text), repr(text)
+    [back] = bibtex_to_entries(text)
+    assert (back["title"], back["authors"], back["venue"]) == ("Token Pruning", ["Ann Bee"], "Conf")
 
 
 def test_export_refuses_a_value_with_unbalanced_braces():

@@ -72,6 +72,22 @@ def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
     assert "papers/date2026entry.yaml:12: a value YAML cannot read: day is out of range for month; quote it" in err
 
 
+def test_links_and_dois_with_control_characters_are_refused(repo, run_tools):
+    """A URL or DOI is written as it is into BibTeX, hrefs and the feed: no control character may hide in it."""
+    write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("2611.00001\n", '2611.00001\ndoi: "10.1234/x\\e[31m"\n', 1))
+    url = other("ctl2026entry", "2611.00007").replace("https://arxiv.org/abs/2611.00007", '"https://e.org/\\0x\\x7f"')
+    write(repo, "ctl2026entry.yaml", url + 'code: "https://e.org/\\x85"\n')
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    for line, field, value in (
+        (10, "doi", "10.1234/x\\x1b[31m"),
+        (9, "url", "https://e.org/\\x00x\\x7f"),
+        (13, "code", "https://e.org/\\x85"),
+    ):
+        assert f"{line}: {field}: '{value}' does not match the expected format" in err, err
+    assert "3 error(s)" in err
+
+
 def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_tools, tmp_path):
     yml = write(repo, "x2026.yml", other("x2026", "2611.00003"))
     nested = write(repo, "sub/nested2026.yaml", other("nested2026", "2611.00004"))

@@ -39,7 +39,7 @@ __all__ = [
 
 # Every line separator Python (and so Markdown or a YAML reader) may split on, and other control characters.
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")  # C0 and C1, less the breaks above
 # Python-Markdown's backslash escapes (plus "|" of the tables extension) ...
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|>])")
 # ... and characters it has no escape for, which start blocks of our extensions (":::" mkdocstrings,
