@@ -26,8 +26,9 @@ from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.writer import BibtexFormat
 from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSpec, get_default_latex_context_db
 
-from .catalog import Catalog, normalise_title, tidy_title
+from .catalog import CONTROL_CHARACTERS, Catalog, normalise_title, tidy_title
 from .schema import KEY_PATTERN
+from .yamlio import read_text_input
 
 __all__ = [
     "JOURNAL_VENUES",
@@ -74,9 +75,6 @@ _LATEX_SPECIALS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
 }
-# Control characters have no BibTeX spelling and break the programs that read the file (a NUL ends
-# a C string, an escape sequence reaches the terminal): export drops them from every field.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ARXIV_IN_TEXT = re.compile(r"(?:arXiv:|arxiv\.org/(?:abs|pdf)/)(\d{4}\.\d{4,5})", re.IGNORECASE)
 
 
@@ -159,7 +157,8 @@ def entry_to_bibtex(data: dict[str, Any]) -> model.Entry:
         fields.append(model.Field("url", data["url"]))
     if not re.fullmatch(KEY_PATTERN, str(data["key"])):
         raise ValueError(f"refusing to export key {data['key']!r}: it does not match {KEY_PATTERN}")
-    fields = [model.Field(field.key, _CONTROL.sub("", field.value)) for field in fields]
+    # Control characters have no BibTeX spelling: export drops them from every field.
+    fields = [model.Field(field.key, CONTROL_CHARACTERS.sub("", field.value)) for field in fields]
     for field in fields:
         _check_balanced(data["key"], field.key, field.value)
     return model.Entry(entry_type, data["key"], fields)
@@ -287,7 +286,7 @@ def new_entries_from_bibtex(
     A BibTeX entry is a duplicate when its key, arXiv id, DOI or normalised title matches an
     existing entry (or an earlier entry of the same file).
     """
-    imported = bibtex_to_entries(Path(path).read_text(encoding="utf-8"), source=str(path))
+    imported = bibtex_to_entries(read_text_input(path), source=str(path))
     seen: dict[tuple[str, str], str] = {}
     for entry in catalog.entries:
         for identity in entry_identities(entry.data):

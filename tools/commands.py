@@ -116,7 +116,7 @@ def _check_then_write(
 
 def cmd_bib(args: argparse.Namespace, root: Path) -> int:
     from .bib import BibImportError, entries_to_bibtex, new_entries_from_bibtex
-    from .yamlio import write_text_atomic
+    from .yamlio import InputTextError, write_text_atomic
 
     catalog = _validated(root)
     if catalog is None:
@@ -135,7 +135,7 @@ def cmd_bib(args: argparse.Namespace, root: Path) -> int:
         return 1
     try:
         fresh, skipped = new_entries_from_bibtex(args.file, catalog, args.placement)
-    except (OSError, BibImportError) as error:
+    except (OSError, BibImportError, InputTextError) as error:
         print(f"bib import: {error}", file=sys.stderr)
         return 1
     for message in skipped:
@@ -229,6 +229,7 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         candidate_key,
         candidate_text,
         document,
+        drop_bad_links,
         evaluate,
         feed_url,
         read_feed,
@@ -261,10 +262,13 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         print("triage: give a feed file, or --evaluate, or --feed-url", file=sys.stderr)
         return 1
     try:
-        items, skipped = unknown_items(read_feed(args.feed), catalog)
+        items = read_feed(args.feed)
     except (OSError, FeedError, BibImportError) as error:
         print(f"triage: {error}", file=sys.stderr)
         return 1
+    for message in drop_bad_links(items, str(args.feed)):
+        print(f"triage: warning: {message}", file=sys.stderr)
+    items, skipped = unknown_items(items, catalog)
     for message in skipped:
         print(message, file=sys.stderr)
     rankings = Classifier.from_catalog(catalog).rank([document(item) for item in items]) if items else []

@@ -18,7 +18,17 @@ from typing import Any
 
 import yaml
 
-__all__ = ["LoadedYaml", "YamlLoadError", "load_yaml", "line_map", "dump_yaml", "write_text_atomic"]
+__all__ = [
+    "InputTextError",
+    "LoadedYaml",
+    "MAX_INPUT_BYTES",
+    "YamlLoadError",
+    "dump_yaml",
+    "line_map",
+    "load_yaml",
+    "read_text_input",
+    "write_text_atomic",
+]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -167,6 +177,33 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
         loader.dispose()
     first_line = text.split("\n", 1)[0]
     return LoadedYaml(path=path, data=data, lines=lines, first_line=first_line, text=text)
+
+
+MAX_INPUT_BYTES = 20_000_000
+"""The most a feed or BibTeX file given on the command line may hold: an arXiv API answer of 2 000
+items is about 5 MB, and a larger file only costs memory and time (or never ends: /dev/zero)."""
+
+
+class InputTextError(ValueError):
+    """A file given on the command line that is not UTF-8 text, or larger than the tools read."""
+
+
+def read_text_input(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """The text of a user-given file; raises :class:`InputTextError` naming the file, and the line and
+    column of the first byte that is not UTF-8, or the size limit. Reads at most ``max_bytes + 1``
+    bytes, so a device or pipe without end is refused too."""
+    with open(path, "rb") as stream:
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputTextError(f"{path}: the file holds more than {max_bytes:,} bytes; split it into smaller files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InputTextError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None
 
 
 def dump_yaml(data: Any, header: str = "") -> str:
