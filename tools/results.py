@@ -14,7 +14,7 @@ from typing import Any
 
 from .checks import Problem, StrictValidator, schema_problems
 from .schema import results_schema
-from .yamlio import LoadedYaml, line_map
+from .yamlio import MAX_DATA_BYTES, InputTextError, LoadedYaml, line_map, read_text_input
 
 __all__ = ["RESULTS_DIR", "check_results", "load_all_results"]
 
@@ -31,8 +31,10 @@ def _refuse_constant(name: str) -> Any:
 
 def _check_file(path: Path, where: str, validator) -> tuple[dict[str, Any] | None, list[Problem]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_input(path, MAX_DATA_BYTES)
         data = json.loads(text, parse_constant=_refuse_constant)
+    except InputTextError as error:
+        return None, [Problem(where, error.line, "", error.message)]
     except json.JSONDecodeError as error:
         return None, [Problem(where, error.lineno, "", f"invalid JSON: {error.msg}")]
     except _NotFinite as error:

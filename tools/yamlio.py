@@ -21,6 +21,7 @@ import yaml
 __all__ = [
     "InputTextError",
     "LoadedYaml",
+    "MAX_DATA_BYTES",
     "MAX_INPUT_BYTES",
     "YamlLoadError",
     "dump_yaml",
@@ -146,7 +147,10 @@ def load_yaml(path: Path, text: str | None = None) -> LoadedYaml:
     """Load one YAML document safely, recording the line of every mapping key and list item."""
     path = Path(path)
     if text is None:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = read_text_input(path, MAX_DATA_BYTES)
+        except InputTextError as error:
+            raise YamlLoadError(path, error.line, error.message) from None
     loader = _Loader(text)
     try:
         _refuse_aliases(path, text)
@@ -183,27 +187,36 @@ MAX_INPUT_BYTES = 20_000_000
 """The most a feed or BibTeX file given on the command line may hold: an arXiv API answer of 2 000
 items is about 5 MB, and a larger file only costs memory and time (or never ends: /dev/zero)."""
 
+MAX_DATA_BYTES = 1_000_000
+"""The most one committed data file (a paper entry, a taxonomy file, a results file) may hold: the
+largest are a 63 kB taxonomy and a 72 kB results file. Validation and pages cost time in proportion
+(a results file of 100 000 rows took 31 s and 450 MB to validate), and a field's text is repeated on
+several pages."""
+
 
 class InputTextError(ValueError):
-    """A file given on the command line that is not UTF-8 text, or larger than the tools read."""
+    """A file that is not UTF-8 text, or larger than the tools read; ``line`` is 1 for the size."""
+
+    def __init__(self, path: Path, line: int, message: str):
+        super().__init__(f"{path}:{line}: {message}")
+        self.path, self.line, self.message = path, line, message
 
 
 def read_text_input(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> str:
-    """The text of a user-given file; raises :class:`InputTextError` naming the file, and the line and
-    column of the first byte that is not UTF-8, or the size limit. Reads at most ``max_bytes + 1``
-    bytes, so a device or pipe without end is refused too."""
+    """The text of a file; raises :class:`InputTextError` naming the file, and the line and column of
+    the first byte that is not UTF-8, or the size limit. Reads at most ``max_bytes + 1`` bytes, so a
+    device or pipe without end is refused too."""
     with open(path, "rb") as stream:
         data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise InputTextError(f"{path}: the file holds more than {max_bytes:,} bytes; split it into smaller files")
+        raise InputTextError(path, 1, f"the file holds more than {max_bytes:,} bytes; split it into smaller files")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise InputTextError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); save the file as UTF-8"
-        ) from None
+        message = f"not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); save the file as UTF-8"
+        raise InputTextError(path, line, message) from None
 
 
 def dump_yaml(data: Any, header: str = "") -> str:

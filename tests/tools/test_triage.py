@@ -99,7 +99,7 @@ def test_files_that_are_not_utf8_text_or_never_end_are_refused_with_file_and_lin
     status, _, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
     assert status == 1
     assert f"bib import: {bib}:2: not UTF-8 text (byte 0xe9 at column 15); save the file as UTF-8" in err, err
-    with pytest.raises(FeedError, match="/dev/zero: the file holds more than 20,000,000 bytes; split it"):
+    with pytest.raises(FeedError, match="/dev/zero:1: the file holds more than 20,000,000 bytes; split it"):
         read_feed(Path("/dev/zero"))
     rows = tmp_path / "rows.csv"
     rows.write_text("title\n" + "".join(f"Paper {index}\n" for index in range(MAX_FEED_ITEMS + 1)), encoding="utf-8")
