@@ -26,7 +26,8 @@ from bibtexparser.middlewares import SeparateCoAuthors, SplitNameParts
 from bibtexparser.writer import BibtexFormat
 from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSpec, get_default_latex_context_db
 
-from .catalog import CONTROL_CHARACTERS, Catalog, normalise_title, tidy_title
+from .catalog import Catalog, normalise_title, tidy_title
+from .checks import CONTROL_CHARACTERS
 from .schema import KEY_PATTERN
 from .yamlio import read_text_input
 

@@ -35,7 +35,6 @@ __all__ = [
     "reload_entries",
     "normalise_title",
     "tidy_title",
-    "CONTROL_CHARACTERS",
     "SCHEMA_HINT",
     "ROOT",
 ]
@@ -390,12 +389,6 @@ def reload_entries(catalog: Catalog, paths: Iterable[Path], results: list[dict[s
     problems += check_expectations(fresh, results)
     problems += _topic_source_problems(root, catalog.taxonomy, entries)
     return Catalog(root=root, taxonomy=catalog.taxonomy, entries=entries, problems=problems)
-
-
-# C0 and C1 control characters but tab, line feed and carriage return: no text field needs them, and
-# the programs that read our outputs act on some (a NUL ends a C string, an escape sequence drives a
-# terminal).
-CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def tidy_title(title: str) -> str:

@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .bib import bibtex_to_entries, entry_identities
-from .catalog import CONTROL_CHARACTERS, Catalog, tidy_title
+from .catalog import Catalog, tidy_title
+from .checks import CONTROL_CHARACTERS
 from .entries import FIELD_ORDER
 from .schema import ARXIV_PATTERN, DOI_PATTERN, URL_PATTERN
 from .taxonomy import Taxonomy

@@ -72,20 +72,42 @@ def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
     assert "papers/date2026entry.yaml:12: a value YAML cannot read: day is out of range for month; quote it" in err
 
 
-def test_links_and_dois_with_control_characters_are_refused(repo, run_tools):
-    """A URL or DOI is written as it is into BibTeX, hrefs and the feed: no control character may hide in it."""
+def test_control_characters_are_refused_in_every_field_of_every_data_file(repo, run_tools):
+    """No text field needs a control character, and programs reading the outputs act on some (NUL in
+    BibTeX, escape sequences in a terminal). A URL or DOI is also refused by its format: it is written
+    as it is into BibTeX, hrefs and the feed."""
     write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("2611.00001\n", '2611.00001\ndoi: "10.1234/x\\e[31m"\n', 1))
     url = other("ctl2026entry", "2611.00007").replace("https://arxiv.org/abs/2611.00007", '"https://e.org/\\0x\\x7f"')
-    write(repo, "ctl2026entry.yaml", url + 'code: "https://e.org/\\x85"\n')
+    write(
+        repo, "ctl2026entry.yaml", url.replace("- Ada Lovelace", '- "Ada\\aLovelace"') + 'code: "https://e.org/\\x85"\n'
+    )
+    title = other("ttl2026entry", "2611.00009").replace(
+        "title: The ttl2026entry Entry About Visual Token Pruning", 'title: "The \\x1b]0;pwned\\x07 Entry"'
+    )
+    write(repo, "ttl2026entry.yaml", title)
+    results = own_results(repo)
+    good = json.loads((results / "tokens-toyvlm.json").read_text())
+    good["columns"][0]["label"] = "Method\x1b[2J"
+    (results / "tokens-toyvlm.json").write_text(json.dumps(good, indent=1))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
+    control = "holds the control character {} (character {}); expected plain text: remove it"
+    for where, code, position in (
+        ("papers/good2026entry.yaml:10: doi", "U+001B", 10),
+        ("papers/ctl2026entry.yaml:9: url", "U+0000", 15),
+        ("papers/ctl2026entry.yaml:13: code", "U+0085", 15),
+        ("papers/ctl2026entry.yaml:5: authors[0]", "U+0007", 4),
+        ("papers/ttl2026entry.yaml:3: title", "U+001B", 5),
+        ("reference_impls/results/tokens-toyvlm.json:20: columns[0].label", "U+001B", 7),
+    ):
+        assert f"{where}: {control.format(code, position)}" in err, err
     for line, field, value in (
         (10, "doi", "10.1234/x\\x1b[31m"),
         (9, "url", "https://e.org/\\x00x\\x7f"),
         (13, "code", "https://e.org/\\x85"),
     ):
         assert f"{line}: {field}: '{value}' does not match the expected format" in err, err
-    assert "3 error(s)" in err
+    assert "9 error(s)" in err
 
 
 def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_tools, tmp_path):
