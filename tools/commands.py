@@ -29,13 +29,16 @@ def _validated(root: Path, quiet: bool = True) -> Catalog | None:
 
 def _print_suggestions(catalog: Catalog, items: list[dict], command: str) -> None:
     """Top-3 placements for each item, and how to pass one (the caller then exits 1 without writing)."""
+    from .checks import CONTROL_CHARACTERS
     from .triage import Classifier
 
     model = Classifier.from_catalog(catalog)
     for item in items:
         ranked = model.suggest(item)
+        # The title is not validated yet: its control characters are shown, not sent to the terminal.
+        title = CONTROL_CHARACTERS.sub(lambda found: ascii(found.group())[1:-1], str(item["title"]))
         print(
-            f"{command}: suggested placements for '{item['title']}': "
+            f"{command}: suggested placements for '{title}': "
             + ", ".join(f"{node_id} ({score:.2f})" for node_id, score in ranked)
         )
     print(f"{command}: no --placement given, nothing was written; rerun with --placement ID [ID ...]", file=sys.stderr)

@@ -236,6 +236,21 @@ def test_bib_import_without_placement_suggests_and_writes_nothing(repo, run_tool
     assert not (repo / "papers" / "fix2026.yaml").exists()
 
 
+def test_suggestions_show_the_control_characters_of_an_unvalidated_title_instead_of_sending_them(
+    repo, run_tools, tmp_path
+):
+    bib = tmp_path / "new.bib"
+    bib.write_text(
+        "@misc{fix2026,\n  title = {Token \x1b]0;pwned\x07 Pruning},\n  year = {2026}\n}\n", encoding="utf-8"
+    )
+    status, out, err = run_tools(repo, "bib", "import", str(bib))
+    assert status == 1
+    assert out.startswith("bib import: suggested placements for 'Token \\x1b]0;pwned\\x07 Pruning': "), out
+    status, out, err = run_tools(repo, "new", "x2026", "--title", "A \x9b2J title", "--year", "2026")
+    assert status == 1
+    assert out.startswith("new: suggested placements for 'A \\x9b2J title': "), out
+
+
 def test_feed_query_has_keywords_for_every_topic():
     keywords = yaml.safe_load((ROOT / "tools" / "triage_keywords.yaml").read_text(encoding="utf-8"))
     topics = {topic.id for topic in load_catalog(ROOT).taxonomy.topics}
