@@ -244,6 +244,19 @@ def test_bad_expectations_name_file_line_field_and_what_was_expected(tmp_path, f
     assert [str(problem) for problem in check_expectations([_entry(tmp_path, **fields)], TINY)] == [expected]
 
 
+def test_a_cause_whose_when_names_a_field_no_row_has_is_an_error(tmp_path):
+    """``when: {layuot: ...}`` would never match, so the recorded cause would silently never show; a
+    value that no longer matches is allowed (a re-run benchmark retires the cause)."""
+    path = tmp_path / "good2026entry.yaml"
+    text = EXPECTING.format(results="tiny", column="accuracy", left="fast")
+    path.write_text(text + "  cause:\n    when:\n      layuot: question-first\n      method: gone\n    text: x\n")
+    entry = Entry(loaded=load_yaml(path), relpath="papers/good2026entry.yaml")
+    assert [str(problem) for problem in check_expectations([entry], TINY)] == [
+        "papers/good2026entry.yaml:28: expectations[0].cause.when.layuot: no row of 'tiny' has the field 'layuot'; "
+        "did you mean 'layout'?"
+    ]
+
+
 def test_a_good_expectation_has_no_problem(tmp_path):
     assert check_expectations([_entry(tmp_path)], TINY) == []
 
