@@ -250,6 +250,28 @@ def test_oversized_or_non_utf8_data_files_are_refused_before_they_are_parsed(rep
     assert "3 error(s)" in err
 
 
+def test_deeply_nested_files_are_reported_not_a_recursion_error(repo, run_tools):
+    """Loading and checking recurse per level of nesting: 600 levels in an entry, or 100 000 in a
+    results file, stopped validate with a RecursionError; now each is one problem among the others."""
+    write(repo, "deep2026entry.yaml", other("deep2026entry", "2611.00010") + "models: " + "[" * 600 + "]" * 600 + "\n")
+    write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("year: 2026", "year: 2026.0"))
+    results = own_results(repo)
+    good = json.dumps(json.loads((results / "tokens-toyvlm.json").read_text()))
+    for name, nested in (
+        ("zz-deep", "[" * 100_000 + "]" * 100_000),
+        ("zz-row", '{"x": ' + "[" * 900 + "]" * 900 + "}"),
+    ):
+        text = good.replace('"tokens-toyvlm"', f'"{name}"', 1).replace('"rows": [', f'"rows": [{nested}, ', 1)
+        (results / f"{name}.json").write_text(text)
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/deep2026entry.yaml:13: values nested 601 levels deep; at most 32 are read" in err, err
+    assert "reference_impls/results/zz-deep.json:1: values nested too deeply to read; at most 32 levels are read" in err
+    assert "reference_impls/results/zz-row.json:1: values nested 903 levels deep; at most 32 are read" in err
+    assert "papers/good2026entry.yaml:6: year: expected a whole number" in err
+    assert "4 error(s)" in err
+
+
 def test_validate_imports_neither_the_site_code_nor_matplotlib():
     script = (
         "import sys\nfrom tools.__main__ import main\nstatus = main(['validate', '--quiet'])\n"
