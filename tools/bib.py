@@ -29,7 +29,7 @@ from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSp
 from .catalog import Catalog, normalise_title, tidy_title
 from .checks import CONTROL_CHARACTERS
 from .schema import KEY_PATTERN
-from .yamlio import read_text_input
+from .yamlio import MAX_DEPTH, read_text_input
 
 __all__ = [
     "JOURNAL_VENUES",
@@ -112,6 +112,14 @@ _DECODER = _latex_decoder()
 def _unescape(text: str) -> str:
     """LaTeX (accents, escapes, protective braces) to plain Unicode text."""
     return re.sub(r"\s+", " ", _DECODER.latex_to_text(text)).strip()
+
+
+def _brace_depth(value: str) -> int:
+    depth = deepest = 0
+    for char in value:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _check_balanced(key: str, name: str, value: str) -> None:
@@ -233,6 +241,14 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
     for entry in library.entries:
         fields = {name.lower(): value for name, value in entry.fields_dict.items()}
         line = f"{source}:{entry.start_line + 1}: {entry.key}"
+        deep = [
+            (name, depth) for name, field in fields.items() if (depth := _brace_depth(str(field.value))) > MAX_DEPTH
+        ]
+        if deep:  # the LaTeX decoder recurses per brace: 2 000 of them stopped the import with a RecursionError
+            problems += [
+                f"{line}: {name}: braces nested {depth} deep; at most {MAX_DEPTH} are read" for name, depth in deep
+            ]
+            continue
         title = fields.get("title")
         year = fields.get("year")
         if title is None or year is None or not str(year.value).strip().isdigit():

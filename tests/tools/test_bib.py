@@ -91,6 +91,15 @@ def test_import_tidies_the_stray_spacing_of_arxiv_titles():
         ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}", "Duplicate"),
         ("@misc{a, title={x}, title={z}, year={2020}}", "Duplicate field"),
         ("@misc{a, title={No year}}", "<string>:1: a: an entry needs a title and a numeric year"),
+        # The LaTeX decoder recurses per brace level: this was a RecursionError traceback.
+        (
+            "@misc{ok, title={Fine}, year={2020}}\n@misc{deep,\n title={"
+            + "{" * 3000
+            + "x"
+            + "}" * 3000
+            + "},\n year={2020}}",
+            "<string>:2: deep: title: braces nested 3000 deep; at most 32 are read",
+        ),
     ],
 )
 def test_bad_bibtex_is_refused_with_its_line(text, message):
