@@ -33,7 +33,8 @@ DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\\x00-\x1f\x7f-\x9f]+$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_KEY_LENGTH = 100
-URL_PATTERN = r"^https?://[^\s{}\\\x00-\x1f\x7f-\x9f]+$"
+# The host part holds no brackets (an IPv6 literal is no paper link, and "https://[x" cannot be parsed).
+URL_PATTERN = r"^https?://[^\s/?#{}\\\[\]\x00-\x1f\x7f-\x9f]+([/?#][^\s{}\\\x00-\x1f\x7f-\x9f]*)?$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
 

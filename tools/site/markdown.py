@@ -26,6 +26,7 @@ import yaml
 __all__ = [
     "text",
     "linked_text",
+    "host",
     "restricted",
     "code",
     "one_line",
@@ -66,6 +67,15 @@ def text(value: Any) -> str:
 _BARE_URL = re.compile(r"https?://[^\s()<>{}\\\"'`|]+")
 
 
+def host(url: str) -> str:
+    """The host a link points to, as its label; never raises (``urlsplit`` refuses ``https://[x``, which
+    free text may hold, and an exception here would stop the build)."""
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
+        return url.split("//", 1)[-1].split("/", 1)[0]
+
+
 def linked_text(value: Any) -> str:
     """Like :func:`text`, with every bare http(s) URL shown as a link labelled by its host: a long
     URL cannot wrap, so written out it would widen a table beyond the page."""
@@ -73,7 +83,7 @@ def linked_text(value: Any) -> str:
     parts, position = [], 0
     for match in _BARE_URL.finditer(source):
         url = match.group().rstrip(".,;:!?")  # a sentence's punctuation after a URL is not part of it
-        parts += [_escape(source[position : match.start()]), link(_escape(urlsplit(url).netloc), url)]
+        parts += [_escape(source[position : match.start()]), link(_escape(host(url)), url)]
         position = match.start() + len(url)
     parts.append(_escape(source[position:]))
     return "".join(parts)
