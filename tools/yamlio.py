@@ -145,6 +145,11 @@ def _record_lines(node: yaml.Node, location: Path_, lines: dict[Path_, int]) -> 
             if not isinstance(key_node, yaml.ScalarNode):
                 kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
                 raise _KeyError(key_node.start_mark.line + 1, f"a mapping key must be a plain value, not a {kind}")
+            if key_node.tag != "tag:yaml.org,2002:str":
+                # "1:", "true:", "null:" are keys YAML reads as a number, boolean or nothing: no field name.
+                kind = key_node.tag.rsplit(":", 1)[-1]
+                message = f"a mapping key must be text; YAML reads {key_node.value!r} as {kind}: quote it"
+                raise _KeyError(key_node.start_mark.line + 1, message)
             key = key_node.value
             if key in seen and repeated is None:
                 repeated = (key, key_node.start_mark.line + 1)

@@ -36,6 +36,8 @@ def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other
     write(repo, "keys2026.yaml", GOOD_ENTRY + "? [a, b]\n: 1\n")
     write(repo, "tagkey2026.yaml", GOOD_ENTRY + "? !!python/object/apply:os.system [true]\n: 1\n")
     write(repo, "merge2026.yaml", "base: &base {year: 2026}\nentry:\n  <<: *base\n")
+    write(repo, "scalarkeys2026.yaml", GOOD_ENTRY + "1: one\n")  # was a TypeError traceback (difflib on an int)
+    write(repo, "nullkey2026.yaml", GOOD_ENTRY.replace("venue: arXiv", "venue: arXiv\n? null\n: x"))
     write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("year: 2026", "year: 2026.0"))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
@@ -44,8 +46,10 @@ def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other
     assert "papers/keys2026.yaml:13: a mapping key must be a plain value, not a list" in err
     assert "papers/tagkey2026.yaml:13: a mapping key must be a plain value, not a list" in err
     assert "papers/merge2026.yaml:1: aliases are not allowed" in err
+    assert "papers/scalarkeys2026.yaml:13: a mapping key must be text; YAML reads '1' as int: quote it" in err
+    assert "papers/nullkey2026.yaml:8: a mapping key must be text; YAML reads 'null' as null: quote it" in err
     assert "papers/good2026entry.yaml:6: year: expected a whole number, found 2026.0; write 2026" in err
-    assert "6 error(s)" in err
+    assert "8 error(s)" in err
 
 
 def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
