@@ -27,7 +27,9 @@ from bibtexparser.writer import BibtexFormat
 from pylatexenc.latex2text import LatexNodes2Text, MacroTextSpec, SpecialsTextSpec, get_default_latex_context_db
 
 from .catalog import Catalog, normalise_title, tidy_title
+from .checks import CONTROL_CHARACTERS
 from .schema import KEY_PATTERN
+from .yamlio import MAX_DEPTH, read_text_input
 
 __all__ = [
     "JOURNAL_VENUES",
@@ -112,6 +114,14 @@ def _unescape(text: str) -> str:
     return re.sub(r"\s+", " ", _DECODER.latex_to_text(text)).strip()
 
 
+def _brace_depth(value: str) -> int:
+    depth = deepest = 0
+    for char in value:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _check_balanced(key: str, name: str, value: str) -> None:
     depth = 0
     for char in value:
@@ -156,6 +166,8 @@ def entry_to_bibtex(data: dict[str, Any]) -> model.Entry:
         fields.append(model.Field("url", data["url"]))
     if not re.fullmatch(KEY_PATTERN, str(data["key"])):
         raise ValueError(f"refusing to export key {data['key']!r}: it does not match {KEY_PATTERN}")
+    # Control characters have no BibTeX spelling: export drops them from every field.
+    fields = [model.Field(field.key, CONTROL_CHARACTERS.sub("", field.value)) for field in fields]
     for field in fields:
         _check_balanced(data["key"], field.key, field.value)
     return model.Entry(entry_type, data["key"], fields)
@@ -229,6 +241,14 @@ def bibtex_to_entries(text: str, source: str = "<string>") -> list[dict[str, Any
     for entry in library.entries:
         fields = {name.lower(): value for name, value in entry.fields_dict.items()}
         line = f"{source}:{entry.start_line + 1}: {entry.key}"
+        deep = [
+            (name, depth) for name, field in fields.items() if (depth := _brace_depth(str(field.value))) > MAX_DEPTH
+        ]
+        if deep:  # the LaTeX decoder recurses per brace: 2 000 of them stopped the import with a RecursionError
+            problems += [
+                f"{line}: {name}: braces nested {depth} deep; at most {MAX_DEPTH} are read" for name, depth in deep
+            ]
+            continue
         title = fields.get("title")
         year = fields.get("year")
         if title is None or year is None or not str(year.value).strip().isdigit():
@@ -283,7 +303,7 @@ def new_entries_from_bibtex(
     A BibTeX entry is a duplicate when its key, arXiv id, DOI or normalised title matches an
     existing entry (or an earlier entry of the same file).
     """
-    imported = bibtex_to_entries(Path(path).read_text(encoding="utf-8"), source=str(path))
+    imported = bibtex_to_entries(read_text_input(path), source=str(path))
     seen: dict[tuple[str, str], str] = {}
     for entry in catalog.entries:
         for identity in entry_identities(entry.data):

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator, validators
 
 from .yamlio import LoadedYaml
 
-__all__ = ["Problem", "StrictValidator", "schema_problems", "field_name"]
+__all__ = ["CONTROL_CHARACTERS", "Problem", "StrictValidator", "schema_problems", "field_name", "control_problems"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,41 @@ class Problem:
         where = f"{self.field}: " if self.field else ""
         prefix = "warning: " if self.severity == "warning" else ""
         return f"{self.path}:{self.line}: {prefix}{where}{self.message}"
+
+
+# C0 and C1 control characters but tab, line feed and carriage return: no text field needs them, and
+# the programs that read our outputs act on some (a NUL ends a C string in BibTeX tools, an escape
+# sequence drives the terminal that prints a message).
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def control_problems(loaded: LoadedYaml, relpath: str) -> list[Problem]:
+    """One problem per string (value or key) of a data file that holds a control character."""
+    problems = []
+
+    def walk(value: Any, location: tuple[Any, ...]) -> None:
+        if isinstance(value, str):
+            found = CONTROL_CHARACTERS.search(value)
+            if found:
+                problems.append(
+                    Problem(
+                        relpath,
+                        loaded.line_of(location),
+                        field_name(location),
+                        f"holds the control character U+{ord(found.group()):04X} (character {found.start() + 1}); "
+                        "expected plain text: remove it",
+                    )
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key, location)
+                walk(item, location + (key,))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, location + (index,))
+
+    walk(loaded.data, ())
+    return problems
 
 
 def _is_integer(checker, instance: Any) -> bool:
@@ -77,7 +112,11 @@ def schema_problems(
     validator: Draft202012Validator, loaded: LoadedYaml, relpath: str, fast_check=None
 ) -> list[Problem]:
     """Every schema error of one loaded file as a :class:`Problem` with its line; ``fast_check`` (a
-    compiled validator) skips valid files quickly."""
+    compiled validator) skips valid files quickly. Control characters are reported too (:func:`control_problems`)."""
+    return control_problems(loaded, relpath) + _schema_only(validator, loaded, relpath, fast_check)
+
+
+def _schema_only(validator: Draft202012Validator, loaded: LoadedYaml, relpath: str, fast_check=None) -> list[Problem]:
     if fast_check is not None and not _has_float(loaded.data):  # the compiled check takes 2026.0 and .nan
         try:
             fast_check(loaded.data)

@@ -29,13 +29,16 @@ def _validated(root: Path, quiet: bool = True) -> Catalog | None:
 
 def _print_suggestions(catalog: Catalog, items: list[dict], command: str) -> None:
     """Top-3 placements for each item, and how to pass one (the caller then exits 1 without writing)."""
+    from .checks import CONTROL_CHARACTERS
     from .triage import Classifier
 
     model = Classifier.from_catalog(catalog)
     for item in items:
         ranked = model.suggest(item)
+        # The title is not validated yet: its control characters are shown, not sent to the terminal.
+        title = CONTROL_CHARACTERS.sub(lambda found: ascii(found.group())[1:-1], str(item["title"]))
         print(
-            f"{command}: suggested placements for '{item['title']}': "
+            f"{command}: suggested placements for '{title}': "
             + ", ".join(f"{node_id} ({score:.2f})" for node_id, score in ranked)
         )
     print(f"{command}: no --placement given, nothing was written; rerun with --placement ID [ID ...]", file=sys.stderr)
@@ -116,7 +119,7 @@ def _check_then_write(
 
 def cmd_bib(args: argparse.Namespace, root: Path) -> int:
     from .bib import BibImportError, entries_to_bibtex, new_entries_from_bibtex
-    from .yamlio import write_text_atomic
+    from .yamlio import InputTextError, write_text_atomic
 
     catalog = _validated(root)
     if catalog is None:
@@ -135,7 +138,7 @@ def cmd_bib(args: argparse.Namespace, root: Path) -> int:
         return 1
     try:
         fresh, skipped = new_entries_from_bibtex(args.file, catalog, args.placement)
-    except (OSError, BibImportError) as error:
+    except (OSError, BibImportError, InputTextError) as error:
         print(f"bib import: {error}", file=sys.stderr)
         return 1
     for message in skipped:
@@ -229,6 +232,7 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         candidate_key,
         candidate_text,
         document,
+        drop_bad_links,
         evaluate,
         feed_url,
         read_feed,
@@ -261,10 +265,13 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         print("triage: give a feed file, or --evaluate, or --feed-url", file=sys.stderr)
         return 1
     try:
-        items, skipped = unknown_items(read_feed(args.feed), catalog)
+        items = read_feed(args.feed)
     except (OSError, FeedError, BibImportError) as error:
         print(f"triage: {error}", file=sys.stderr)
         return 1
+    for message in drop_bad_links(items, str(args.feed)):
+        print(f"triage: warning: {message}", file=sys.stderr)
+    items, skipped = unknown_items(items, catalog)
     for message in skipped:
         print(message, file=sys.stderr)
     rankings = Classifier.from_catalog(catalog).rank([document(item) for item in items]) if items else []
@@ -276,8 +283,9 @@ def cmd_triage(args: argparse.Namespace, root: Path) -> int:
         out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
         try:
             write_candidates(candidates, out, root)
-        except FeedError as error:
-            print(f"triage: {error}", file=sys.stderr)
+        except (OSError, FeedError) as error:
+            for line in str(error).splitlines():
+                print(f"triage: {line}", file=sys.stderr)
             return 1
     print(f"triage: {len(candidates)} new candidate(s), {len(skipped)} already in the catalog", file=sys.stderr)
     return 0

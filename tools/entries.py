@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,15 @@ def write_entry(papers_dir: Path, data: dict[str, Any], *, overwrite: bool = Fal
     return write_entries(papers_dir, [data], overwrite=overwrite)[0]
 
 
-def planned_writes(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overwrite: bool = False) -> dict[Path, str]:
-    """Path -> text for every entry, after checking every path (:func:`~tools.paths.entry_path`).
+def planned_writes(
+    papers_dir: Path,
+    entries: Iterable[dict[str, Any]],
+    *,
+    overwrite: bool = False,
+    text: Callable[[dict[str, Any]], str] = entry_text,
+    if_exists: str = "pass --force to overwrite it",
+) -> dict[Path, str]:
+    """Path -> ``text(entry)`` for every entry, after checking every path (:func:`~tools.paths.entry_path`).
 
     Raises:
         UnsafePathError: naming every refused key (one per line), or two entries of the list that
@@ -72,7 +79,7 @@ def planned_writes(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overw
     problems = []
     for data in entries:
         try:
-            path = entry_path(papers_dir, data.get("key"), overwrite=overwrite, names=names)
+            path = entry_path(papers_dir, data.get("key"), overwrite=overwrite, names=names, if_exists=if_exists)
         except UnsafePathError as error:
             problems.append(str(error))
             continue
@@ -80,7 +87,7 @@ def planned_writes(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overw
             key = data.get("key")
             problems.append(f"refusing key {key!r}: another new entry maps to the same file (ignoring case)")
             continue
-        planned[path] = entry_text(data)
+        planned[path] = text(data)
         planned_names.add(path.name.casefold())
     if problems:
         raise UnsafePathError("\n".join(problems))

@@ -253,6 +253,21 @@ def evaluate(expectation: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> O
     return Outcome(AGREES if holds else DISAGREES, left, right, evidence, significant)
 
 
+def _unknown_fields(data: dict[str, Any], selector: dict[str, Any], where: tuple[str, int, str]) -> list[Problem]:
+    """A problem for each key of ``selector`` that no row of the results file has (a typo matches nothing)."""
+    relpath, line, field = where
+    known = sorted({name for row in data["rows"] for name in row})
+    problems = []
+    for key in selector:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; rows have {', '.join(known[:8])}"
+            problems.append(
+                Problem(relpath, line, f"{field}.{key}", f"no row of '{data['id']}' has the field '{key}'{hint}")
+            )
+    return problems
+
+
 def _selector_problems(data: dict[str, Any], selector: Any, where: tuple[str, int, str]) -> list[Problem]:
     relpath, line, field = where
     if not isinstance(selector, dict) or not selector:
@@ -275,10 +290,7 @@ def _selector_problems(data: dict[str, Any], selector: Any, where: tuple[str, in
     for key, wanted in selector.items():
         values = {row.get(key) for row in data["rows"] if key in row}
         if not values:
-            known = sorted({name for row in data["rows"] for name in row})
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; rows have {', '.join(known[:8])}"
-            return [Problem(relpath, line, f"{field}.{key}", f"no row of '{data['id']}' has the field '{key}'{hint}")]
+            return _unknown_fields(data, {key: wanted}, where)
         if not any(_matches({key: value}, {key: wanted}) for value in values):
             shown = ", ".join(sorted(repr(value) for value in values)[:12])
             return [
@@ -384,6 +396,15 @@ def check_expectations(entries: Iterable[Any], results: list[dict[str, Any]]) ->
             for side in ("left", "right"):
                 if side in compare:
                     problems += _selector_problems(data, compare[side], at(side))
+            cause = item.get("cause")
+            when = cause.get("when") if isinstance(cause, dict) else None
+            if isinstance(when, dict):
+                # A value may stop matching when a benchmark is re-run (the cause then no longer applies),
+                # but a field no row has never matches: the recorded cause would silently never show.
+                for key in when:
+                    line = entry.loaded.line_of(("expectations", index, "cause", "when", key))
+                    name = f"expectations[{index}].cause.when"
+                    problems += _unknown_fields(data, {key: when[key]}, (entry.relpath, line, name))
             test = compare.get("test")
             if isinstance(test, dict) and test.get("results") in by_id:
                 problems += _selector_problems(by_id[test["results"]], test.get("row"), at("test", "row"))

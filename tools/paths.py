@@ -51,26 +51,36 @@ def case_twin(directory: Path, name: str, names: dict[str, str] | None = None) -
     return Path(directory) / existing if existing is not None and existing != name else None
 
 
-def entry_path(papers_dir: Path, key: object, *, overwrite: bool = False, names: dict[str, str] | None = None) -> Path:
-    """``papers_dir/<key>.yaml``, after checking that writing it is safe.
+def entry_path(
+    papers_dir: Path,
+    key: object,
+    *,
+    overwrite: bool = False,
+    names: dict[str, str] | None = None,
+    if_exists: str = "pass --force to overwrite it",
+) -> Path:
+    """``papers_dir/<key>.yaml``, after checking that writing it is safe. The same rules hold for any
+    folder of entry-shaped files (``triage`` candidates): messages name the folder by its own name.
 
     Raises:
         UnsafePathError: the key is not a plain file name, the path would leave ``papers_dir``,
-            another file differs from it only in case, or the file exists and ``overwrite`` is False.
+            another file differs from it only in case, or the file exists and ``overwrite`` is False
+            (the message ends with ``if_exists``, what to do about it).
             ``names`` (from :func:`folded_names`) saves listing the folder again for each key.
     """
     problem = key_problem(key)
     if problem:
         raise UnsafePathError(f"refusing key {key!r}: {problem}")
     papers_dir = Path(papers_dir)
+    folder = papers_dir.name
     path = papers_dir / f"{key}.yaml"
     if path.is_symlink():
-        raise UnsafePathError(f"refusing key {key!r}: papers/{key}.yaml is a symbolic link")
+        raise UnsafePathError(f"refusing key {key!r}: {folder}/{key}.yaml is a symbolic link")
     if path.resolve().parent != papers_dir.resolve():
-        raise UnsafePathError(f"refusing key {key!r}: papers/{key}.yaml would resolve outside papers/")
+        raise UnsafePathError(f"refusing key {key!r}: {folder}/{key}.yaml would resolve outside {folder}/")
     twin = case_twin(papers_dir, path.name, names)
     if twin is not None:
-        raise UnsafePathError(f"refusing key {key!r}: papers/{twin.name} differs only in letter case")
+        raise UnsafePathError(f"refusing key {key!r}: {folder}/{twin.name} differs only in letter case")
     if path.exists() and not overwrite:
-        raise UnsafePathError(f"refusing key {key!r}: papers/{path.name} already exists (pass --force to overwrite it)")
+        raise UnsafePathError(f"refusing key {key!r}: {folder}/{path.name} already exists ({if_exists})")
     return path

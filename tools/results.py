@@ -14,7 +14,15 @@ from typing import Any
 
 from .checks import Problem, StrictValidator, schema_problems
 from .schema import results_schema
-from .yamlio import LoadedYaml, line_map
+from .yamlio import (
+    MAX_DATA_BYTES,
+    MAX_DEPTH,
+    InputTextError,
+    LoadedYaml,
+    line_map,
+    nesting_depth,
+    read_text_input,
+)
 
 __all__ = ["RESULTS_DIR", "check_results", "load_all_results"]
 
@@ -31,10 +39,14 @@ def _refuse_constant(name: str) -> Any:
 
 def _check_file(path: Path, where: str, validator) -> tuple[dict[str, Any] | None, list[Problem]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_input(path, MAX_DATA_BYTES)
         data = json.loads(text, parse_constant=_refuse_constant)
+    except InputTextError as error:
+        return None, [Problem(where, error.line, "", error.message)]
     except json.JSONDecodeError as error:
         return None, [Problem(where, error.lineno, "", f"invalid JSON: {error.msg}")]
+    except RecursionError:  # the decoder recurses per nesting level
+        return None, [Problem(where, 1, "", f"values nested too deeply to read; at most {MAX_DEPTH} levels are read")]
     except _NotFinite as error:
         line = text[: text.find(str(error))].count("\n") + 1
         return None, [
@@ -44,6 +56,9 @@ def _check_file(path: Path, where: str, validator) -> tuple[dict[str, Any] | Non
         ]
     except (OSError, UnicodeDecodeError) as error:
         return None, [Problem(where, 1, "", f"cannot read the file: {error}")]
+    depth = nesting_depth(data)[0]
+    if depth > MAX_DEPTH:  # the line map and the checks recurse too: refuse before them
+        return None, [Problem(where, 1, "", f"values nested {depth} levels deep; at most {MAX_DEPTH} are read")]
     problems = schema_problems(validator, LoadedYaml(path=path, data=data, lines=line_map(text), text=text), where)
     if not problems and data["id"] != path.stem:
         problems.append(

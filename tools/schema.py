@@ -27,11 +27,14 @@ __all__ = [
 
 SCHEMA_ID = "https://lvlm-atlas.github.io/schemas/paper.schema.json"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}(v\d+)?$"
-DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\]+$"
+# No spaces, braces, backslashes or control characters: the value is written as it is into BibTeX,
+# links and the feed.
+DOI_PATTERN = r"^10\.\d{4,9}/[^\s{}\\\x00-\x1f\x7f-\x9f]+$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 MAX_KEY_LENGTH = 100
-URL_PATTERN = r"^https?://[^\s{}\\]+$"
+# The host part holds no brackets (an IPv6 literal is no paper link, and "https://[x" cannot be parsed).
+URL_PATTERN = r"^https?://[^\s/?#{}\\\[\]\x00-\x1f\x7f-\x9f]+([/?#][^\s{}\\\x00-\x1f\x7f-\x9f]*)?$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9+.-]*(/[a-z0-9][a-z0-9+.-]*)*$"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -24,9 +25,11 @@ from urllib.parse import urlencode
 
 from .bib import bibtex_to_entries, entry_identities
 from .catalog import Catalog, tidy_title
+from .checks import CONTROL_CHARACTERS
 from .entries import FIELD_ORDER
+from .schema import ARXIV_PATTERN, DOI_PATTERN, URL_PATTERN
 from .taxonomy import Taxonomy
-from .yamlio import dump_yaml, load_yaml, write_text_atomic
+from .yamlio import InputTextError, dump_yaml, load_yaml, read_text_input, write_text_atomic
 
 __all__ = [
     "Classifier",
@@ -35,6 +38,7 @@ __all__ = [
     "candidate_key",
     "candidate_text",
     "document",
+    "drop_bad_links",
     "evaluate",
     "family_documents",
     "feed_url",
@@ -149,10 +153,21 @@ def _read_csv(text: str, source: str) -> list[dict[str, Any]]:
     return items
 
 
-def read_feed(path: Path) -> list[dict[str, Any]]:
-    """The feed's items as partial entry data (title always; arxiv, doi, year, authors, summary when given)."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+MAX_FEED_ITEMS = 5000
+"""Items one feed may hold: the arXiv API answers at most 2 000 per request, and each item costs a
+classifier ranking and a file."""
+
+
+def _clean(value: Any) -> Any:
+    """Feed text as one line without control characters (they would reach the terminal and the candidate)."""
+    if isinstance(value, str):
+        return " ".join(CONTROL_CHARACTERS.sub(" ", value).split())
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def _read_items(text: str, path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix in (".xml", ".atom") or text.lstrip().startswith("<"):
         return _read_atom(text, str(path))
@@ -165,6 +180,43 @@ def read_feed(path: Path) -> list[dict[str, Any]]:
     if suffix == ".csv":
         return _read_csv(text, str(path))
     raise FeedError(f"{path}: unknown feed format (expected .xml/.atom, .bib or .csv)")
+
+
+def read_feed(path: Path) -> list[dict[str, Any]]:
+    """The feed's items as partial entry data (title always; arxiv, doi, year, authors, summary when given).
+
+    Raises:
+        FeedError: not UTF-8 text, larger than :data:`~tools.yamlio.MAX_INPUT_BYTES`, more than
+            :data:`MAX_FEED_ITEMS` items, refused XML, or an unknown format.
+    """
+    path = Path(path)
+    try:
+        text = read_text_input(path)
+    except InputTextError as error:
+        raise FeedError(str(error)) from None
+    items = [{name: _clean(value) for name, value in item.items()} for item in _read_items(text, path)]
+    if len(items) > MAX_FEED_ITEMS:
+        raise FeedError(f"{path}: {len(items)} items; at most {MAX_FEED_ITEMS} are triaged at once: split the feed")
+    return [item for item in items if item.get("title")]
+
+
+_LINK_PATTERNS = {"arxiv": ARXIV_PATTERN, "doi": DOI_PATTERN, "url": URL_PATTERN}
+
+
+def drop_bad_links(items: list[dict[str, Any]], source: str) -> list[str]:
+    """Leave out of each item the arXiv id, DOI and URL that an entry could not hold (a ``javascript:``
+    URL, a DOI with spaces): they are data from elsewhere, bound for a file a person reads and may
+    copy. Returns one warning per value left out."""
+    warnings = []
+    for item in items:
+        for name, pattern in _LINK_PATTERNS.items():
+            value = item.get(name)
+            if value is not None and not re.search(pattern, str(value)):
+                del item[name]
+                warnings.append(
+                    f"{source}: '{item['title']}': {name} {value!r} left out; expected the format {pattern}"
+                )
+    return warnings
 
 
 def unknown_items(items: Iterable[dict[str, Any]], catalog: Catalog) -> tuple[list[dict[str, Any]], list[str]]:
@@ -195,9 +247,10 @@ def candidate_key(item: dict[str, Any], taken: set[str]) -> str:
     title = item["title"].lower().replace("'", "")
     words = [word for word in re.findall(r"[a-z0-9]+", title) if word not in _STOPWORDS]
     base = "-".join(words[:4] + [str(item.get("year", dt.date.today().year))])
-    key, suffix = base, "b"
-    while key in taken:
-        key, suffix = f"{base}{suffix}", chr(ord(suffix) + 1)
+    # The catalog's "b", "c", ... for the same words and year, then numbers: never a character that
+    # cannot be in a key (after "z" came "{", "|", control characters).
+    suffixes = itertools.chain([""], "bcdefghijklmnopqrstuvwxyz", (f"-{number}" for number in itertools.count(27)))
+    key = next(f"{base}{suffix}" for suffix in suffixes if f"{base}{suffix}" not in taken)
     taken.add(key)
     return key
 
@@ -395,20 +448,24 @@ def candidate_text(data: dict[str, Any]) -> str:
 
 
 def write_candidates(candidates: list[dict[str, Any]], out: Path, root: Path) -> list[Path]:
-    """One YAML file per candidate under ``out``; refuses papers/ and existing files."""
+    """One YAML file per candidate under ``out``, or none: refuses papers/, existing files, and keys that
+    are not plain file names (a feed's BibTeX key is data: ``../x`` or ``/abs/x`` must not leave ``out``)."""
+    from .entries import planned_writes
+    from .paths import UnsafePathError
+
     out = Path(out).resolve()
     papers = (Path(root) / "papers").resolve()
     if out == papers or papers in out.parents:
         raise FeedError(f"refused: --out {out} is inside papers/; candidates need review first")
-    clashes = [out / f"{data['key']}.yaml" for data in candidates if (out / f"{data['key']}.yaml").exists()]
-    if clashes:
-        raise FeedError(f"refused: {clashes[0]} already exists (move or delete the earlier candidates)")
-    written = []
-    for data in candidates:
-        path = out / f"{data['key']}.yaml"
-        write_text_atomic(path, candidate_text(data))
-        written.append(path)
-    return written
+    try:
+        planned = planned_writes(
+            out, candidates, text=candidate_text, if_exists="move or delete the earlier candidates"
+        )
+    except UnsafePathError as error:
+        raise FeedError(f"{error}\nnothing was written") from None
+    for path, text in planned.items():
+        write_text_atomic(path, text)
+    return list(planned)
 
 
 def feed_url(root: Path, max_results: int = 200) -> str:

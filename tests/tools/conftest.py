@@ -35,16 +35,15 @@ added: '2026-11-26'
 # A quoted summary is data too: it must not open a block, a snippet or raw HTML on the paper page.
 HOSTILE_SUMMARY = 'We quote.\r\r??? note\r    hidden\n\n--8<-- "mkdocs.yml"\n<script>alert(4)</script> > end'
 
-# A carriage return used to start a Markdown block (here: the API and source of tools.sandbox).
+# A carriage return used to start a Markdown block (here: the API and source of tools.sandbox). A title
+# holding one is refused by validate (its spacing is not the tidied form), so the venue and an alias carry it.
 CR_TITLE = "X\r\r::: tools.sandbox\r\r??? note\r    hidden"
 CR_EVIL = (
     GOOD_ENTRY.replace("good2026entry", "cr2026entry")
     .replace("2611.00001", "2611.00067")
-    .replace(
-        "title: A Perfectly Good Entry About Visual Token Pruning",
-        'title: "X\\r\\r::: tools.sandbox\\r\\r??? note\\r    hidden"',
-    )
-    .replace("authors:", f"summary: {json.dumps(HOSTILE_SUMMARY)}\nauthors:")
+    .replace("A Perfectly Good Entry", "A Carriage Return Entry")
+    .replace("venue: arXiv", f"venue: {json.dumps(CR_TITLE)}")
+    .replace("authors:", f"summary: {json.dumps(HOSTILE_SUMMARY)}\naliases:\n- {json.dumps(CR_TITLE)}\nauthors:")
 )
 HOSTILE_PROSE = 'Found *this*.\r\r::: tools.sandbox\n\n--8<-- "mkdocs.yml"\n\n<script>alert(2)</script>'
 HOSTILE_COMMAND = "python -m reference_impls.bench.tokens --tag '`--8<-- \"mkdocs.yml\"`' <script>alert(3)</script>"

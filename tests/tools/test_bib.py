@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import bibtexparser
 import pytest
 
@@ -89,6 +91,15 @@ def test_import_tidies_the_stray_spacing_of_arxiv_titles():
         ("@misc{a, title={x}, year={2020}}\n@misc{a, title={y}, year={2021}}", "Duplicate"),
         ("@misc{a, title={x}, title={z}, year={2020}}", "Duplicate field"),
         ("@misc{a, title={No year}}", "<string>:1: a: an entry needs a title and a numeric year"),
+        # The LaTeX decoder recurses per brace level: this was a RecursionError traceback.
+        (
+            "@misc{ok, title={Fine}, year={2020}}\n@misc{deep,\n title={"
+            + "{" * 3000
+            + "x"
+            + "}" * 3000
+            + "},\n year={2020}}",
+            "<string>:2: deep: title: braces nested 3000 deep; at most 32 are read",
+        ),
     ],
 )
 def test_bad_bibtex_is_refused_with_its_line(text, message):
@@ -152,6 +163,21 @@ def test_hostile_titles_export_to_exactly_one_entry_each_and_come_back_unchanged
         assert entry.fields_dict["url"].value == "https://example.org/x"
     assert "\\immediate" not in text.replace("\\textbackslash{}immediate", "")
     assert [kept_fields(data) for data in bibtex_to_entries(text)] == [kept_fields(data) for data in entries]
+
+
+def test_export_drops_control_characters_from_every_field():
+    controls = "".join(chr(code) for code in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, *range(0x80, 0xA0)])
+    data = {
+        "key": "ctl2026",
+        "title": f"Token{controls} Pruning",
+        "authors": [f"Ann{controls} Bee"],
+        "year": 2026,
+        "venue": f"Conf{controls}",
+    }
+    text = entries_to_bibtex([data])
+    assert not re.search("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]", text), repr(text)
+    [back] = bibtex_to_entries(text)
+    assert (back["title"], back["authors"], back["venue"]) == ("Token Pruning", ["Ann Bee"], "Conf")
 
 
 def test_export_refuses_a_value_with_unbalanced_braces():

@@ -34,3 +34,12 @@ def test_results_chart_with_many_series_is_legible_on_a_phone():
         for budget in (1, 2, 4)
     ]
     assert _smallest_text_px_on_a_phone(results_chart(rows, "b", "a", "m", title="Accuracy vs budget")) >= 9
+
+
+def test_labels_and_series_names_are_text_not_mathtext():
+    """A results file's labels and method names are data: "$" is a dollar sign, and a bad formula
+    (which matplotlib's mathtext refuses with a ValueError) cannot stop the build."""
+    rows = [{"m": name, "b": budget, "a": budget} for name in ("a$\\foo{$b", "$x$") for budget in (1, 2)]
+    svg = results_chart(rows, "b", "a", "m", title="t $\\frac{$", x_label="cost $5", y_label="$^{99}$")
+    for text in ("a$\\foo{$b", "$x$", "t $\\frac{$", "cost $5", "$^{99}$"):
+        assert f">{text}<" in svg, text

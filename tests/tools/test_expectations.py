@@ -10,6 +10,7 @@ import pytest
 from tools.catalog import Entry
 from tools.expectations import applicable_cause, check_expectations, evaluate
 from tools.results import load_all_results
+from tools.site import markdown as md
 from tools.site.agreement import agreement_md
 from tools.yamlio import load_yaml
 
@@ -244,6 +245,19 @@ def test_bad_expectations_name_file_line_field_and_what_was_expected(tmp_path, f
     assert [str(problem) for problem in check_expectations([_entry(tmp_path, **fields)], TINY)] == [expected]
 
 
+def test_a_cause_whose_when_names_a_field_no_row_has_is_an_error(tmp_path):
+    """``when: {layuot: ...}`` would never match, so the recorded cause would silently never show; a
+    value that no longer matches is allowed (a re-run benchmark retires the cause)."""
+    path = tmp_path / "good2026entry.yaml"
+    text = EXPECTING.format(results="tiny", column="accuracy", left="fast")
+    path.write_text(text + "  cause:\n    when:\n      layuot: question-first\n      method: gone\n    text: x\n")
+    entry = Entry(loaded=load_yaml(path), relpath="papers/good2026entry.yaml")
+    assert [str(problem) for problem in check_expectations([entry], TINY)] == [
+        "papers/good2026entry.yaml:28: expectations[0].cause.when.layuot: no row of 'tiny' has the field 'layuot'; "
+        "did you mean 'layout'?"
+    ]
+
+
 def test_a_good_expectation_has_no_problem(tmp_path):
     assert check_expectations([_entry(tmp_path)], TINY) == []
 
@@ -357,6 +371,19 @@ def test_the_page_links_where_the_claim_was_read_and_escapes_its_host(tmp_path):
     entry.data["expectations"][0]["url"] = "https://arxiv.org/abs/2611.00001"
     page = agreement_md([entry], TINY)
     assert "| abstract ([arxiv\\.org](https://arxiv.org/abs/2611.00001)) |" in page
+
+
+def test_a_url_python_cannot_parse_is_refused_and_never_stops_the_page(tmp_path, repo, run_tools):
+    """urlsplit refuses "https://[x" (ValueError: Invalid IPv6 URL): validate names it, and the page
+    (built from whatever it is given) and free text with such a URL still render."""
+    entry = _entry(tmp_path)
+    entry.data["expectations"][0]["url"] = "https://[x/y"
+    assert "| abstract ([\\[x](https://[x/y)) |" in agreement_md([entry], TINY)
+    assert md.linked_text("see https://[x/y") == "see [\\[x](https://[x/y)"
+    text = GOOD_ENTRY.replace("url: https://arxiv.org/abs/2611.00001", "url: https://[x/y")
+    (repo / "papers" / "good2026entry.yaml").write_text(text, encoding="utf-8")
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1 and "papers/good2026entry.yaml:9: url: 'https://[x/y' does not match the expected format" in err
 
 
 def test_every_expectation_in_the_catalog_checks_and_evaluates_on_the_committed_results():

@@ -36,6 +36,8 @@ def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other
     write(repo, "keys2026.yaml", GOOD_ENTRY + "? [a, b]\n: 1\n")
     write(repo, "tagkey2026.yaml", GOOD_ENTRY + "? !!python/object/apply:os.system [true]\n: 1\n")
     write(repo, "merge2026.yaml", "base: &base {year: 2026}\nentry:\n  <<: *base\n")
+    write(repo, "scalarkeys2026.yaml", GOOD_ENTRY + "1: one\n")  # was a TypeError traceback (difflib on an int)
+    write(repo, "nullkey2026.yaml", GOOD_ENTRY.replace("venue: arXiv", "venue: arXiv\n? null\n: x"))
     write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("year: 2026", "year: 2026.0"))
     status, out, err = run_tools(repo, "validate")
     assert status == 1
@@ -44,8 +46,10 @@ def test_yaml_aliases_bombs_recursion_and_odd_keys_are_reported_with_every_other
     assert "papers/keys2026.yaml:13: a mapping key must be a plain value, not a list" in err
     assert "papers/tagkey2026.yaml:13: a mapping key must be a plain value, not a list" in err
     assert "papers/merge2026.yaml:1: aliases are not allowed" in err
+    assert "papers/scalarkeys2026.yaml:13: a mapping key must be text; YAML reads '1' as int: quote it" in err
+    assert "papers/nullkey2026.yaml:8: a mapping key must be text; YAML reads 'null' as null: quote it" in err
     assert "papers/good2026entry.yaml:6: year: expected a whole number, found 2026.0; write 2026" in err
-    assert "6 error(s)" in err
+    assert "8 error(s)" in err
 
 
 def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
@@ -70,6 +74,44 @@ def test_non_finite_numbers_and_impossible_dates_are_refused(repo, run_tools):
     ) in err
     assert "papers/good2026entry.yaml:18: reported[1].value: expected a finite number, found '-.Inf'" in err
     assert "papers/date2026entry.yaml:12: a value YAML cannot read: day is out of range for month; quote it" in err
+
+
+def test_control_characters_are_refused_in_every_field_of_every_data_file(repo, run_tools):
+    """No text field needs a control character, and programs reading the outputs act on some (NUL in
+    BibTeX, escape sequences in a terminal). A URL or DOI is also refused by its format: it is written
+    as it is into BibTeX, hrefs and the feed."""
+    write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("2611.00001\n", '2611.00001\ndoi: "10.1234/x\\e[31m"\n', 1))
+    url = other("ctl2026entry", "2611.00007").replace("https://arxiv.org/abs/2611.00007", '"https://e.org/\\0x\\x7f"')
+    write(
+        repo, "ctl2026entry.yaml", url.replace("- Ada Lovelace", '- "Ada\\aLovelace"') + 'code: "https://e.org/\\x85"\n'
+    )
+    title = other("ttl2026entry", "2611.00009").replace(
+        "title: The ttl2026entry Entry About Visual Token Pruning", 'title: "The \\x1b]0;pwned\\x07 Entry"'
+    )
+    write(repo, "ttl2026entry.yaml", title)
+    results = own_results(repo)
+    good = json.loads((results / "tokens-toyvlm.json").read_text())
+    good["columns"][0]["label"] = "Method\x1b[2J"
+    (results / "tokens-toyvlm.json").write_text(json.dumps(good, indent=1))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    control = "holds the control character {} (character {}); expected plain text: remove it"
+    for where, code, position in (
+        ("papers/good2026entry.yaml:10: doi", "U+001B", 10),
+        ("papers/ctl2026entry.yaml:9: url", "U+0000", 15),
+        ("papers/ctl2026entry.yaml:13: code", "U+0085", 15),
+        ("papers/ctl2026entry.yaml:5: authors[0]", "U+0007", 4),
+        ("papers/ttl2026entry.yaml:3: title", "U+001B", 5),
+        ("reference_impls/results/tokens-toyvlm.json:20: columns[0].label", "U+001B", 7),
+    ):
+        assert f"{where}: {control.format(code, position)}" in err, err
+    for line, field, value in (
+        (10, "doi", "10.1234/x\\x1b[31m"),
+        (9, "url", "https://e.org/\\x00x\\x7f"),
+        (13, "code", "https://e.org/\\x85"),
+    ):
+        assert f"{line}: {field}: '{value}' does not match the expected format" in err, err
+    assert "9 error(s)" in err
 
 
 def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_tools, tmp_path):
@@ -191,6 +233,46 @@ def test_results_files_follow_their_schema(repo, run_tools):
     assert (
         "reference_impls/results/zz-name.json:2: id: 'tokens-toyvlm' differs from the file name 'zz-name.json'" in err
     )
+    assert "4 error(s)" in err
+
+
+def test_oversized_or_non_utf8_data_files_are_refused_before_they_are_parsed(repo, run_tools):
+    """A data file's size bounds the time and memory of validate and the build (a results file of
+    100 000 rows took 31 s and 450 MB); bytes that are not UTF-8 are named by line and column."""
+    results = own_results(repo)
+    good = json.loads((results / "tokens-toyvlm.json").read_text())
+    rows = [{"method": f"m{index}", "accuracy": 1.0} for index in range(30000)]
+    (results / "zz-huge.json").write_text(json.dumps({**good, "id": "zz-huge", "rows": rows, "plots": []}))
+    write(repo, "huge2026entry.yaml", other("huge2026entry", "2611.00008").replace("Pruning", "P" * 1_000_000))
+    write(repo, "good2026entry.yaml", GOOD_ENTRY).write_bytes(GOOD_ENTRY.replace("Ada", "Andr\u00e9").encode("latin-1"))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    too_big = "1: the file holds more than 1,000,000 bytes; split it into smaller files"
+    assert f"reference_impls/results/zz-huge.json:{too_big}" in err, err
+    assert f"papers/huge2026entry.yaml:{too_big}" in err
+    assert "papers/good2026entry.yaml:5: not UTF-8 text (byte 0xe9 at column 7); save the file as UTF-8" in err
+    assert "3 error(s)" in err
+
+
+def test_deeply_nested_files_are_reported_not_a_recursion_error(repo, run_tools):
+    """Loading and checking recurse per level of nesting: 600 levels in an entry, or 100 000 in a
+    results file, stopped validate with a RecursionError; now each is one problem among the others."""
+    write(repo, "deep2026entry.yaml", other("deep2026entry", "2611.00010") + "models: " + "[" * 600 + "]" * 600 + "\n")
+    write(repo, "good2026entry.yaml", GOOD_ENTRY.replace("year: 2026", "year: 2026.0"))
+    results = own_results(repo)
+    good = json.dumps(json.loads((results / "tokens-toyvlm.json").read_text()))
+    for name, nested in (
+        ("zz-deep", "[" * 100_000 + "]" * 100_000),
+        ("zz-row", '{"x": ' + "[" * 900 + "]" * 900 + "}"),
+    ):
+        text = good.replace('"tokens-toyvlm"', f'"{name}"', 1).replace('"rows": [', f'"rows": [{nested}, ', 1)
+        (results / f"{name}.json").write_text(text)
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    assert "papers/deep2026entry.yaml:13: values nested 601 levels deep; at most 32 are read" in err, err
+    assert "reference_impls/results/zz-deep.json:1: values nested too deeply to read; at most 32 levels are read" in err
+    assert "reference_impls/results/zz-row.json:1: values nested 903 levels deep; at most 32 are read" in err
+    assert "papers/good2026entry.yaml:6: year: expected a whole number" in err
     assert "4 error(s)" in err
 
 

@@ -147,3 +147,23 @@ def test_linked_text_shows_a_long_url_as_its_host():
     assert "[github\\.com](https://github.com/a/b)\\|c" in page  # a pipe is not part of a URL
     assert page.endswith("[x\\.org](https://x.org/p)\\.")  # nor is a sentence's full stop
     assert md.linked_text("Table 3 of the paper") == md.text("Table 3 of the paper")
+
+
+# Every C0 and C1 control character (tab aside): HTML has no use for them, and some terminals and
+# parsers act on them (an escape sequence, a NUL).
+CONTROLS = "".join(chr(code) for code in [*range(0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0)])
+
+
+@pytest.mark.parametrize("helper", [md.text, md.one_line, md.restricted, md.code, md.linked_text, md.cell])
+def test_no_control_character_reaches_a_page(helper):
+    shown = helper(f"a{CONTROLS}b https://example.org/x{CONTROLS}")
+    assert not re.search("[\x00-\x08\x0a-\x1f\x7f-\x9f]", shown), repr(shown)
+
+
+def test_strong_text_closes_at_the_nearest_pair_of_stars():
+    """Strong text never spans a "**" (as in CommonMark, the closer pairs with the nearest opener). This
+    is also what keeps restricted() linear: an unclosed "**" looks only as far as the next one, where it
+    used to look to the end of the paragraph for each "**" (quadratic: minutes for a long notes field)."""
+    assert md.restricted("**a **b c**") == "\\*\\*a **b c**"
+    assert md.restricted("x **bold *em* text** y") == "x **bold *em* text** y"
+    assert md.restricted("**a " * 3) == "\\*\\*a \\*\\*a \\*\\*a"

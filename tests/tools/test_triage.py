@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tools.catalog import load_catalog
-from tools.triage import Classifier, candidate_key, evaluate, feed_url, read_feed
+from tools.paths import key_problem
+from tools.triage import MAX_FEED_ITEMS, Classifier, FeedError, candidate_key, evaluate, feed_url, read_feed
 
 from .conftest import ROOT
+from .test_writes import snapshot
 
 FEED = Path(__file__).parent / "data" / "triage_feed.xml"
 
@@ -64,6 +67,63 @@ def test_triage_refuses_xml_with_entities(repo, run_tools, tmp_path):
     assert f"triage: {feed}: refused: the XML declares a DOCTYPE or entities" in err
 
 
+BIB_ITEM = "@misc{{{key},\n  title = {{{title}}},\n  year = {{2026}},\n}}\n"
+
+
+def test_a_feed_key_that_is_not_a_plain_file_name_writes_nothing_anywhere(repo, run_tools, tmp_path):
+    """A BibTeX feed's keys are data: ``../x``, an absolute path or an over-long name must not become a
+    file outside ``--out`` (or an OSError half-way), and a good item beside them is not written either."""
+    keys = {"good2026feed": "A Good Token Pruning Paper", "../../escaped2026": "Escaping Tokens"}
+    keys[str(tmp_path / "absolute2026")] = "Absolute Tokens"
+    keys["k" * 300] = "Long Tokens"
+    feed = tmp_path / "hostile.bib"
+    feed.write_text("".join(BIB_ITEM.format(key=key, title=title) for key, title in keys.items()), encoding="utf-8")
+    before = snapshot(tmp_path)
+    status, _, err = run_tools(repo, "triage", str(feed), "--out", "candidates")
+    assert status == 1
+    assert "triage: refusing key '../../escaped2026': the key must not contain a path separator" in err, err
+    assert f"triage: refusing key '{tmp_path / 'absolute2026'}': the key must not contain a path separator" in err
+    assert "the key is 300 characters long; at most 100 are allowed" in err
+    assert err.rstrip().endswith("triage: nothing was written"), err
+    assert snapshot(tmp_path) == before and not (repo / "candidates").exists()
+
+
+def test_files_that_are_not_utf8_text_or_never_end_are_refused_with_file_and_line(repo, run_tools, tmp_path):
+    feed = tmp_path / "latin1.csv"
+    feed.write_bytes("title,arxiv\nA caf\u00e9 pruning paper,2611.00009\n".encode("latin-1"))
+    status, _, err = run_tools(repo, "triage", str(feed), "--out", "-")
+    assert status == 1
+    assert f"triage: {feed}:2: not UTF-8 text (byte 0xe9 at column 6); save the file as UTF-8" in err, err
+    bib = tmp_path / "latin1.bib"
+    bib.write_bytes(BIB_ITEM.format(key="latin2026", title="Caf\u00e9 Tokens").encode("latin-1"))
+    status, _, err = run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
+    assert status == 1
+    assert f"bib import: {bib}:2: not UTF-8 text (byte 0xe9 at column 15); save the file as UTF-8" in err, err
+    with pytest.raises(FeedError, match="/dev/zero:1: the file holds more than 20,000,000 bytes; split it"):
+        read_feed(Path("/dev/zero"))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("title\n" + "".join(f"Paper {index}\n" for index in range(MAX_FEED_ITEMS + 1)), encoding="utf-8")
+    with pytest.raises(FeedError, match=f"{MAX_FEED_ITEMS + 1} items; at most {MAX_FEED_ITEMS} are triaged at once"):
+        read_feed(rows)
+
+
+def test_feed_text_loses_control_characters_and_links_an_entry_could_not_hold(repo, run_tools, tmp_path):
+    feed = tmp_path / "hostile.csv"
+    feed.write_text(
+        'title,url,doi,authors\n"Token\x1b[2J pruning\x00 for\x85 VLMs",javascript:alert(1),10.1234/a b,"Ann\x07 Bee"\n',
+        encoding="utf-8",
+    )
+    status, out, err = run_tools(repo, "triage", str(feed), "--out", "candidates")
+    assert status == 0, err
+    assert f"triage: warning: {feed}: 'Token [2J pruning for VLMs': url 'javascript:alert(1)' left out" in err
+    assert f"triage: warning: {feed}: 'Token [2J pruning for VLMs': doi '10.1234/a b' left out" in err
+    assert not re.search("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]", out + err), repr(err)
+    [candidate] = (repo / "candidates").glob("*.yaml")
+    data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+    assert (data["title"], data["authors"]) == ("Token [2J pruning for VLMs", ["Ann Bee"])
+    assert "url" not in data and "doi" not in data
+
+
 def test_csv_and_bibtex_feeds(tmp_path):
     csv_feed = tmp_path / "export.csv"
     csv_feed.write_text(
@@ -97,6 +157,18 @@ def test_candidate_keys_follow_the_catalog_style():
         candidate_key({"title": "Don't Prune the Tokens of an Image", "year": 2025}, taken)
         == "dont-prune-tokens-image-2025"
     )
+
+
+def test_many_items_with_the_same_words_and_year_get_valid_distinct_keys():
+    taken: set[str] = set()
+    keys = [candidate_key({"title": "Token Pruning Study Models", "year": 2026}, taken) for _ in range(40)]
+    assert len(set(keys)) == 40 and all(key_problem(key) is None for key in keys), keys
+    assert keys[:3] == [
+        "token-pruning-study-models-2026",
+        "token-pruning-study-models-2026b",
+        "token-pruning-study-models-2026c",
+    ]
+    assert keys[26:28] == ["token-pruning-study-models-2026-27", "token-pruning-study-models-2026-28"]
 
 
 def test_classifier_ranks_the_obvious_family_first():
@@ -162,6 +234,21 @@ def test_bib_import_without_placement_suggests_and_writes_nothing(repo, run_tool
     assert out.startswith("bib import: suggested placements for 'Fixture Token Pruning': ")
     assert "bib import: no --placement given, nothing was written" in err
     assert not (repo / "papers" / "fix2026.yaml").exists()
+
+
+def test_suggestions_show_the_control_characters_of_an_unvalidated_title_instead_of_sending_them(
+    repo, run_tools, tmp_path
+):
+    bib = tmp_path / "new.bib"
+    bib.write_text(
+        "@misc{fix2026,\n  title = {Token \x1b]0;pwned\x07 Pruning},\n  year = {2026}\n}\n", encoding="utf-8"
+    )
+    status, out, err = run_tools(repo, "bib", "import", str(bib))
+    assert status == 1
+    assert out.startswith("bib import: suggested placements for 'Token \\x1b]0;pwned\\x07 Pruning': "), out
+    status, out, err = run_tools(repo, "new", "x2026", "--title", "A \x9b2J title", "--year", "2026")
+    assert status == 1
+    assert out.startswith("new: suggested placements for 'A \\x9b2J title': "), out
 
 
 def test_feed_query_has_keywords_for_every_topic():

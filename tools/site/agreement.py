@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..catalog import Entry
 from ..expectations import AGREES, DISAGREES, Outcome, applicable_cause, evaluate, relation_text
@@ -48,7 +47,7 @@ def _measured(item: dict[str, Any], outcome: Outcome) -> str:
 def _where(item: dict[str, Any]) -> str:
     """Where the paper says it, with a link (labelled by its host) to the page the claim was read on."""
     where, url = md.text(item["source"]), item.get("url")
-    return f"{where} ({md.link(md.text(urlsplit(url).netloc), url)})" if url else where
+    return f"{where} ({md.link(md.text(md.host(url)), url)})" if url else where
 
 
 def _rows(entries: Iterable[Entry], by_id: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any], Entry, Outcome]]:

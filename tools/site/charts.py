@@ -47,7 +47,9 @@ def series_styles(names: list[str]) -> dict[str, tuple[str, str]]:
 # shows at about 10 px; on wide screens the chart keeps its natural 480 px.
 _SIZE = (5.0, 3.3)
 _FONT = 10
-_STYLE = {"svg.hashsalt": "lvlm-atlas", "svg.fonttype": "none", "font.size": _FONT}
+# Labels, titles and series names are data (a results file's column labels and method names): with
+# ``text.parse_math`` off, a "$" is a dollar sign, never mathtext (a bad "$\\frac{$" would stop the build).
+_STYLE = {"svg.hashsalt": "lvlm-atlas", "svg.fonttype": "none", "font.size": _FONT, "text.parse_math": False}
 # SVGs made in this process by their arguments: ``serve`` regenerates the pages on every change,
 # and drawing the ~100 charts is most of the time that takes. Charts are deterministic.
 _MADE: dict[str, str] = {}
