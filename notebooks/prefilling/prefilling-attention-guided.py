@@ -22,7 +22,6 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.prefilling import bench
 
 QUICK = os.environ.get("ATLAS_QUICK") == "1"
@@ -44,15 +43,6 @@ plt.show()
 # the same budget, and the defaults against their variants, paired by seed.
 
 # %%
-results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
-print(results.command)
 shown = ("fastv", "pyramiddrop", "pyramiddrop+renumber", "sparsevlm", "sparsevlm-norecycle", "sparsevlm+renumber")
-bench.print_chat(results.rows, (*shown, "random@0"))
-tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-tests.json")
-for row in tests.rows:
-    if row["versus"] in shown:
-        print(row["verdict"])
-
-# %%
-bench.plot_chat(results.rows, (*shown, "random@0"), "Attention-guided pruning on ToyVLM v2 (committed, 10 seeds)")
+bench.show_committed((*shown, "random@0"), "Attention-guided pruning on ToyVLM v2 (committed, 10 seeds)")
 plt.show()

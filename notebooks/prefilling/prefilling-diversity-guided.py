@@ -13,7 +13,6 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.prefilling import bench
 from reference_impls.prefilling.divprune import max_min_select
 
@@ -58,14 +57,5 @@ plt.show()
 # samples each, means with 95% intervals, every method against random pruning paired by seed.
 
 # %%
-results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
-print(results.command)
-bench.print_chat(results.rows, methods)
-tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-tests.json")
-for row in tests.rows:
-    if row["versus"] == "divprune":
-        print(row["verdict"])
-
-# %%
-bench.plot_chat(results.rows, methods, "DivPrune on ToyVLM v2 (committed, 10 seeds)")
+bench.show_committed(methods, "DivPrune on ToyVLM v2 (committed, 10 seeds)", pairs=(("divprune", "fastv"),))
 plt.show()

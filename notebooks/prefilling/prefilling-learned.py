@@ -21,8 +21,6 @@ import matplotlib.pyplot as plt
 import torch
 
 from reference_impls.common.chat_scenes import evidence_tokens
-from reference_impls.common.results import RESULTS_DIR, load_results
-from reference_impls.common.seeded import compare_rows
 from reference_impls.common.tiny import visual_mask
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.common.visual_tokens import keep_count
@@ -127,17 +125,10 @@ plt.show()
 # samples, so they pair too (from the per-seed values the file keeps).
 
 # %%
-results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
-print(results.command)
-methods = ("vision-selector", "divprune", "pyramiddrop", "trim+similar", "random@0")
-bench.print_chat(results.rows, methods)
-by_setting = {(row["method"], row["budget"]): row for row in results.rows}
-for other in ("random@0", "divprune", "pyramiddrop", "fastv", "trim+similar"):
-    for budget in (0.5, 0.25, 0.1):
-        print(
-            f"budget {budget}: {compare_rows(by_setting['vision-selector', budget], by_setting[other, budget]).verdict}"
-        )
-
-# %%
-bench.plot_chat(results.rows, methods, "Learned selection on ToyVLM v2 (committed, 10 seeds)")
+others = ("random@0", "divprune", "pyramiddrop", "fastv", "trim+similar")
+bench.show_committed(
+    ("vision-selector", "divprune", "pyramiddrop", "trim+similar", "random@0"),
+    "Learned selection on ToyVLM v2 (committed, 10 seeds)",
+    pairs=tuple(("vision-selector", other) for other in others),
+)
 plt.show()

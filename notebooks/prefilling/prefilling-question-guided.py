@@ -19,8 +19,6 @@ import matplotlib.pyplot as plt
 import torch
 
 from reference_impls.common.chat_scenes import evidence_tokens
-from reference_impls.common.results import RESULTS_DIR, load_results
-from reference_impls.common.seeded import compare_rows
 from reference_impls.common.tiny import visual_mask
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.common.visual_tokens import keep_count
@@ -94,20 +92,9 @@ plt.show()
 # file keeps).
 
 # %%
-results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
-print(results.command)
-methods = ("trim", "trim+similar", "divprune", "pyramiddrop", "random@0")
-bench.print_chat(results.rows, methods)
-tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-tests.json")
-for row in tests.rows:
-    if {row["method"], row["versus"]} & {"trim", "trim+similar"}:
-        print(row["verdict"])
-by_setting = {(row["method"], row["budget"]): row for row in results.rows}
-for other in ("divprune", "pyramiddrop"):
-    for budget in (0.5, 0.25, 0.1):
-        comparison = compare_rows(by_setting["trim+similar", budget], by_setting[other, budget])
-        print(f"budget {budget}: {comparison.verdict}")
-
-# %%
-bench.plot_chat(results.rows, methods, "Question-guided pruning on ToyVLM v2 (committed, 10 seeds)")
+bench.show_committed(
+    ("trim", "trim+similar", "divprune", "pyramiddrop", "random@0"),
+    "Question-guided pruning on ToyVLM v2 (committed, 10 seeds)",
+    pairs=(("trim+similar", "divprune"), ("trim+similar", "pyramiddrop")),
+)
 plt.show()

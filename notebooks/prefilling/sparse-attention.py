@@ -15,7 +15,6 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from reference_impls.common.results import RESULTS_DIR, load_results
 from reference_impls.common.toyvlm_v2 import load_toyvlm_v2
 from reference_impls.prefilling import bench
 from reference_impls.prefilling.block_sparse import BlockSparseAttention, block_pattern, pattern_to_mask
@@ -101,10 +100,5 @@ bench.plot_chat(rows, methods, "Block-sparse attention on ToyVLM v2 (short suite
 plt.show()
 
 # %%
-results = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short.json")
-print(results.command)
-bench.print_chat(results.rows, methods)
-tests = load_results(RESULTS_DIR / "prefilling-toyvlm-v2-short-tests.json")
-for row in tests.rows:
-    if row["versus"] == "block-sparse":
-        print(row["verdict"])
+bench.show_committed(methods, "Block-sparse attention on ToyVLM v2 (committed, 10 seeds)")
+plt.show()

@@ -40,11 +40,11 @@ __all__ = [
     "evaluate",
     "sweep",
     "sparse_cost",
-    "plot_sweep",
     "print_sweep",
     "chat_sweep",
     "plot_chat",
     "print_chat",
+    "show_committed",
     "run_chat",
     "main",
 ]
@@ -271,29 +271,6 @@ def sparse_cost(
     return rows
 
 
-def plot_sweep(rows: list[dict[str, Any]], title: str = ""):
-    """Accuracy and prefill time vs budget, one line per method (the unpruned model dashed)."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    methods = [m for m in dict.fromkeys(row["method"] for row in rows) if m != "none"]
-    for name in methods:
-        points = sorted((r["budget"], r["accuracy"], r["prefill_ms"]) for r in rows if r["method"] == name)
-        style = ":" if name.startswith("random") else "-"
-        axes[0].plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
-        axes[1].plot([p[0] for p in points], [p[2] for p in points], style, marker="o", label=name)
-    for row in rows:
-        if row["method"] == "none":
-            axes[0].axhline(row["accuracy"], color="k", ls="--", lw=0.8, label="unpruned")
-            axes[1].axhline(row["prefill_ms"], color="k", ls="--", lw=0.8, label="unpruned")
-    axes[0].set(xlabel="budget (fraction of visual tokens kept)", ylabel="accuracy (%)", xscale="log")
-    axes[1].set(xlabel="budget", ylabel="LLM prefill ms / sample", xscale="log")
-    axes[0].legend(fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
-
-
 def print_sweep(rows: list[dict[str, Any]]) -> None:
     """The sweep as a fixed-width table."""
     for row in rows:
@@ -360,6 +337,31 @@ def print_chat(rows: list[dict[str, Any]], methods: tuple[str, ...] | None = Non
             f"{row['method']:>20} budget {row['budget']:.2f}  exact match {row['accuracy']:5.1f}%{interval}"
             f"  visual tokens {row['visual_tokens']:6.1f}  LLM prefill {row['llm_prefill_ms']:6.1f} ms"
         )
+
+
+COMMITTED = "prefilling-toyvlm-v2-short"
+"""The committed ToyVLM v2 results of ``python -m reference_impls.prefilling.bench --suite short``."""
+
+
+def show_committed(methods: tuple[str, ...], title: str, pairs: tuple[tuple[str, str], ...] = ()):
+    """For a notebook: the committed short-suite results of ``methods`` (the command, the table, the
+    file's paired tests that name one of them, and :func:`plot_chat`), plus seed-by-seed comparisons
+    of each ``(method, other)`` in ``pairs`` at every budget, from the per-seed values the file keeps
+    (:func:`~reference_impls.common.seeded.compare_rows`). Returns the figure."""
+    from reference_impls.common.results import RESULTS_DIR, load_results
+    from reference_impls.common.seeded import compare_rows
+
+    results = load_results(RESULTS_DIR / f"{COMMITTED}.json")
+    print(results.command)
+    print_chat(results.rows, methods)
+    for row in load_results(RESULTS_DIR / f"{COMMITTED}-tests.json").rows:
+        if row["versus"] in methods and (row["method"] in methods or row["method"] == BASELINE):
+            print(row["verdict"])
+    by_setting = {(row["method"], row["budget"]): row for row in results.rows}
+    for method, other in pairs:
+        for budget in CHAT_BUDGETS:
+            print(f"budget {budget}: {compare_rows(by_setting[method, budget], by_setting[other, budget]).verdict}")
+    return plot_chat(results.rows, methods, title)
 
 
 METRICS = ("accuracy", "visual_kept", "visual_kept_layer_mean", "prefill_ms")
