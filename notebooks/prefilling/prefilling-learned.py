@@ -107,13 +107,7 @@ for (name, budget), values in recall.items():
 
 # %%
 sample, token_scores, relevant = example
-plt.figure(figsize=(9, 2.5))
-plt.plot(token_scores.numpy(), lw=0.6, label="trained scorer")
-marked = sorted(relevant)
-plt.scatter(marked, token_scores[marked].numpy(), c="C3", s=12, label="relevant object's tokens")
-plt.xlabel("visual token (16 images of 64, prompt order)")
-plt.title(sample.qa.question, fontsize=9)
-plt.legend(fontsize=8)
+bench.plot_token_scores(token_scores, relevant, sample.qa.question, "trained scorer")
 plt.show()
 
 # %% [markdown]

@@ -73,13 +73,7 @@ for name, values in recall.items():
 
 # %%
 sample, scores, relevant = example
-plt.figure(figsize=(9, 2.5))
-plt.plot(scores.numpy(), lw=0.6, label="score (trim+similar)")
-marked = sorted(relevant)
-plt.scatter(marked, scores[marked].numpy(), c="C3", s=12, label="relevant object's tokens")
-plt.xlabel("visual token")
-plt.title(sample.qa.question, fontsize=9)
-plt.legend(fontsize=8)
+bench.plot_token_scores(scores, relevant, sample.qa.question, "score (trim+similar)")
 plt.show()
 
 # %% [markdown]

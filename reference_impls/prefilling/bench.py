@@ -45,6 +45,7 @@ __all__ = [
     "plot_chat",
     "print_chat",
     "show_committed",
+    "plot_token_scores",
     "run_chat",
     "main",
 ]
@@ -337,6 +338,21 @@ def print_chat(rows: list[dict[str, Any]], methods: tuple[str, ...] | None = Non
             f"{row['method']:>20} budget {row['budget']:.2f}  exact match {row['accuracy']:5.1f}%{interval}"
             f"  visual tokens {row['visual_tokens']:6.1f}  LLM prefill {row['llm_prefill_ms']:6.1f} ms"
         )
+
+
+def plot_token_scores(scores: torch.Tensor, relevant: set[int], question: str, label: str):
+    """For a notebook: one sample's per-visual-token scores in prompt order, with the tokens that
+    show what the question asks about marked (:func:`~reference_impls.common.chat_scenes.evidence_tokens`)."""
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(9, 2.5))
+    plt.plot(scores.numpy(), lw=0.6, label=label)
+    marked = sorted(relevant)
+    plt.scatter(marked, scores[marked].numpy(), c="C3", s=12, label="relevant object's tokens")
+    plt.xlabel("visual token (16 images of 64, prompt order)")
+    plt.title(question, fontsize=9)
+    plt.legend(fontsize=8)
+    return figure
 
 
 COMMITTED = "prefilling-toyvlm-v2-short"
