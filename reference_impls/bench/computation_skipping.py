@@ -43,7 +43,7 @@ __all__ = ["BUDGETS", "REFERENCE", "factories", "flops", "main", "run"]
 BUDGETS = (0.67, 0.5, 0.33)
 """Fractions of leading layers that compute every visual operation (6 layers: 4, 3 and 2)."""
 REFERENCE = "op-skip"
-FULL = "none (all tokens)"
+FULL = tokens.UNPRUNED
 TUNING_SEEDS = (1,)
 """Seed of the single-seed smoke runs; never reported."""
 VARIANTS = {"op-skip": ("query", "mlp"), "op-skip-mlp": ("mlp",), "op-skip-query": ("query",)}

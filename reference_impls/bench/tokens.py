@@ -47,6 +47,8 @@ __all__ = ["Factory", "chat_notes", "columns", "evaluate_seed", "main", "run", "
 BUDGETS = (1.0, 0.5, 0.25, 0.1)
 
 
+UNPRUNED = "none (all tokens)"
+"""The method name of the unpruned row every ToyVLM v2 sweep of this protocol writes."""
 METRICS = ("accuracy", "visual_tokens", "prefill_ms", "llm_prefill_ms", "kv_kib", "decode_ms")
 CHAT_METRICS = ("needle_accuracy", "aggregation_accuracy", "reply_tokens")
 """Extra metrics of ToyVLM v2 runs."""
@@ -61,7 +63,7 @@ def evaluate_seed(
     """Every method at every budget on ``n`` held-out samples drawn from ``seed`` (of ToyVLM v2's
     ``suite`` when given); one row per setting."""
     samples = bundle.samples(n, seed) if suite is None else bundle.samples(n, seed, suite)
-    rows = [_row("none (all tokens)", "", 1.0, evaluate(bundle, None, samples=samples))]
+    rows = [_row(UNPRUNED, "", 1.0, evaluate(bundle, None, samples=samples))]
     for name in names:
         spec = specs[name]
         for budget in budgets:

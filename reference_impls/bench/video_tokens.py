@@ -90,7 +90,7 @@ TUNING_SEEDS = (1, 3)
 
 
 def _runs(names: list[str], budgets) -> list[tuple[str, str, float, Any]]:
-    return [("none (all tokens)", "", 1.0, None)] + [
+    return [(tokens.UNPRUNED, "", 1.0, None)] + [
         (name, METHODS[name][0], b, METHODS[name][1]) for name in names for b in budgets
     ]
 

@@ -281,10 +281,6 @@ def print_sweep(rows: list[dict[str, Any]]) -> None:
         )
 
 
-UNPRUNED = "none (all tokens)"
-"""The method name of the unpruned row in ToyVLM v2 rows (live or committed)."""
-
-
 def chat_sweep(
     names: tuple[str, ...], budgets: tuple[float, ...], n: int = 16, seed: int = 1, suite: str = "short"
 ) -> list[dict[str, Any]]:
@@ -305,6 +301,8 @@ def plot_chat(rows: list[dict[str, Any]], methods: tuple[str, ...], title: str =
     ``methods``, the unpruned model dashed: the same plot for a live :func:`chat_sweep` and for the
     rows of a committed ``prefilling-toyvlm-v2-*`` results file."""
     import matplotlib.pyplot as plt
+
+    from reference_impls.bench.tokens import UNPRUNED
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in methods:
@@ -330,6 +328,8 @@ def plot_chat(rows: list[dict[str, Any]], methods: tuple[str, ...], title: str =
 
 def print_chat(rows: list[dict[str, Any]], methods: tuple[str, ...] | None = None) -> None:
     """ToyVLM v2 rows (live or committed) as a fixed-width table, the unpruned row first."""
+    from reference_impls.bench.tokens import UNPRUNED
+
     for row in rows:
         if methods is not None and row["method"] not in (UNPRUNED, *methods):
             continue
