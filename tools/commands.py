@@ -82,38 +82,37 @@ def cmd_import_tsv(args: argparse.Namespace, root: Path) -> int:
     try:
         written, messages = import_tsv(args.tsv, root=root, overwrite=args.overwrite)
     except (OSError, ValueError) as error:
-        print(f"import-tsv: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"import-tsv: {line}", file=sys.stderr)
         return 1
     for message in messages:
         print(message)
-    print(f"import-tsv: wrote {len(written)} entries, kept {len(messages)} existing")
+    kept = sum(message.startswith("kept existing ") for message in messages)
+    print(f"import-tsv: wrote {len(written)} entries, kept {kept} existing")
     return 0
 
 
 def _check_then_write(
     root: Path, entries: list[dict], command: str, *, overwrite: bool = False, dry_run: bool = False
 ) -> int:
-    """Write the entries only when every path is safe and every entry validates; name each file."""
-    from .entries import planned_writes
+    """:func:`~tools.entries.check_then_write` for the command line: each file named, each refusal printed."""
+    from .entries import EntryCheckError, check_then_write
     from .paths import UnsafePathError
-    from .yamlio import write_text_atomic
 
     try:
-        planned = planned_writes(root / "papers", entries, overwrite=overwrite)
+        written = check_then_write(root, entries, overwrite=overwrite, dry_run=dry_run)
+    except EntryCheckError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(f"{command}: {len(error.problems)} error(s); nothing was written", file=sys.stderr)
+        return 1
     except (UnsafePathError, ValueError) as error:
         for line in str(error).splitlines():
             print(f"{command}: {line}", file=sys.stderr)
         print(f"{command}: nothing was written", file=sys.stderr)
         return 1
-    catalog = load_catalog(root, list(planned), new_files=planned)
-    if catalog.errors:
-        _print_problems(catalog, quiet=True)
-        print(f"{command}: {len(catalog.errors)} error(s); nothing was written", file=sys.stderr)
-        return 1
-    for path, text in planned.items():
-        if not dry_run:
-            write_text_atomic(path, text)
-        print(f"{'would write' if dry_run else 'wrote'} {path.relative_to(root)}")
+    for path in written:
+        print(f"{'would write' if dry_run else 'wrote'} {path.relative_to(Path(root).resolve())}")
     return 0
 
 

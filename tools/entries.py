@@ -10,7 +10,15 @@ from .catalog import SCHEMA_HINT
 from .paths import UnsafePathError, entry_path, folded_names
 from .yamlio import dump_yaml, write_text_atomic
 
-__all__ = ["FIELD_ORDER", "entry_text", "write_entry", "write_entries", "planned_writes"]
+__all__ = [
+    "FIELD_ORDER",
+    "EntryCheckError",
+    "entry_text",
+    "write_entry",
+    "write_entries",
+    "planned_writes",
+    "check_then_write",
+]
 
 FIELD_ORDER = (
     "key",
@@ -99,4 +107,43 @@ def write_entries(papers_dir: Path, entries: Iterable[dict[str, Any]], *, overwr
     planned = planned_writes(papers_dir, entries, overwrite=overwrite)
     for path, text in planned.items():
         write_text_atomic(path, text)
+    return list(planned)
+
+
+class EntryCheckError(ValueError):
+    """New entries that ``validate`` would refuse; nothing was written.
+
+    ``problems`` holds one :class:`~tools.checks.Problem` per refusal (file, line, field, message).
+    """
+
+    def __init__(self, problems: list[Any]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+def check_then_write(
+    root: Path, entries: Iterable[dict[str, Any]], *, overwrite: bool = False, dry_run: bool = False
+) -> list[Path]:
+    """Write the entries only when every path is safe and every new file validates; returns the paths.
+
+    Every command that creates entries (``new``, ``bib import``, ``import-tsv``) goes through here, so
+    what they write is what ``validate`` accepts. Problems elsewhere in the repository (another
+    entry, the taxonomy) are ``validate``'s to report and do not block the write.
+
+    Raises:
+        UnsafePathError: a key that cannot be a file name (see :func:`planned_writes`).
+        EntryCheckError: the problems of the new files; nothing has been written.
+    """
+    from .catalog import load_catalog
+
+    root = Path(root).resolve()
+    planned = planned_writes(root / "papers", entries, overwrite=overwrite)
+    catalog = load_catalog(root, list(planned), new_files=planned)
+    new_files = {path.resolve().relative_to(root).as_posix() for path in planned}
+    problems = [problem for problem in catalog.errors if Path(problem.path).as_posix() in new_files]
+    if problems:
+        raise EntryCheckError(problems)
+    if not dry_run:
+        for path, text in planned.items():
+            write_text_atomic(path, text)
     return list(planned)

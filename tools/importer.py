@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .catalog import ROOT
-from .entries import write_entries
+from .catalog import ROOT, tidy_title
+from .entries import EntryCheckError, check_then_write
 from .yamlio import load_yaml
 
-__all__ = ["row_to_entry", "import_tsv"]
+__all__ = ["row_to_entry", "tsv_entries", "import_tsv"]
 
 _DOI_URL = re.compile(r"^https?://(?:dx\.)?doi\.org/(10\..+)$")
 _TRUNCATION = " and others"
@@ -52,7 +52,7 @@ def row_to_entry(row: dict[str, str], placement: list[str], added: str) -> dict[
     tags = _tags(row)
     entry: dict[str, Any] = {
         "key": row["key"].strip(),
-        "title": row["title"].strip(),
+        "title": tidy_title(row["title"]),
         "authors": authors,
         "authors_truncated": truncated or None,
         "year": int(row["year"]) if row.get("year", "").strip() else None,
@@ -80,13 +80,13 @@ def _merge(kept: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def import_tsv(
-    tsv_path: Path, *, root: Path = ROOT, added: str | None = None, overwrite: bool = False
-) -> tuple[list[Path], list[str]]:
-    """Write one entry per row into ``root/papers``; returns (written paths, messages).
+def tsv_entries(
+    tsv_path: Path, *, root: Path = ROOT, added: str | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, int], list[str]]:
+    """The table's rows as entry data, nothing written; returns (key -> entry, key -> TSV line, messages).
 
-    Raises ``ValueError`` (before writing anything) when a row's label has no mapping, a row is
-    malformed (naming the TSV line) or a key cannot be a file name (:class:`~tools.paths.UnsafePathError`).
+    Raises ``ValueError`` naming the TSV line when a row is malformed, repeats a key or has a label
+    that ``tools/import_map.yaml`` does not map.
     """
     added = added or dt.date.today().isoformat()
     mapping = load_yaml(root / "tools" / "import_map.yaml").data
@@ -95,6 +95,7 @@ def import_tsv(
     with open(tsv_path, encoding="utf-8", newline="") as stream:
         rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
     entries: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if not row.get("key") or not row.get("title") or None in row.values():
             raise ValueError(f"{tsv_path}:{line}: malformed row (missing key/title or wrong number of columns)")
@@ -110,10 +111,24 @@ def import_tsv(
         if key in entries:
             raise ValueError(f"{tsv_path}:{line}: duplicate key '{key}'")
         entries[key] = row_to_entry(row, list(placement), added)
+        lines[key] = line
     for dropped_key, kept_key in merges.items():
         if dropped_key in entries and kept_key in entries:
             entries[kept_key] = _merge(entries[kept_key], entries.pop(dropped_key))
-    messages = [f"excluded {key}: {reason}" for key, reason in excluded.items()]
+    return entries, lines, [f"excluded {key}: {reason}" for key, reason in excluded.items()]
+
+
+def import_tsv(
+    tsv_path: Path, *, root: Path = ROOT, added: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
+    """Write one entry per row into ``root/papers``; returns (written paths, messages).
+
+    Entries that already exist are kept (unless ``overwrite``). Nothing is written when any row
+    fails: ``ValueError`` names the TSV line, for a malformed row, an unmapped label or a row
+    whose entry ``validate`` would refuse (field and reason); a key that cannot be a file name
+    raises :class:`~tools.paths.UnsafePathError`.
+    """
+    entries, lines, messages = tsv_entries(tsv_path, root=root, added=added)
     papers_dir = root / "papers"
     fresh = []
     for key, entry in entries.items():
@@ -121,4 +136,12 @@ def import_tsv(
             messages.append(f"kept existing papers/{key}.yaml")
             continue
         fresh.append(entry)
-    return write_entries(papers_dir, fresh, overwrite=overwrite), messages
+    try:
+        return check_then_write(root, fresh, overwrite=overwrite), messages
+    except EntryCheckError as error:
+        refusals = [
+            f"{tsv_path}:{lines.get(Path(problem.path).stem, '?')}: {Path(problem.path).stem}: "
+            f"{problem.field}: {problem.message}"
+            for problem in error.problems
+        ]
+        raise ValueError("\n".join(refusals + ["nothing was written"])) from None

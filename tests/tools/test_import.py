@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from tools.catalog import load_catalog
+from tools.catalog import load_catalog, tidy_title
 from tools.importer import ROOT, import_tsv
 from tools.yamlio import load_yaml
 
@@ -38,7 +38,7 @@ def test_import_creates_one_valid_entry_per_row(tmp_path):
             assert row["key"] not in by_key
             continue
         data = by_key[row["key"]].data
-        assert data["title"] == row["title"]
+        assert data["title"] == tidy_title(row["title"])
         assert data.get("arxiv", "") == row["arxiv"]
         assert data.get("code", "") == row["code"]
         assert data.get("venue", "") == row["venue"]

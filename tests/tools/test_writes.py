@@ -168,3 +168,45 @@ def test_bib_import_refuses_a_case_variant_of_an_existing_key(repo, run_tools, t
         "bib import: refusing key 'ZENG2026HYBRIDKV': papers/zeng2026hybridkv.yaml differs only in letter case" in err
     )
     assert snapshot(repo) == before
+
+
+TSV_HEADER = "key\ttitle\tauthors\tyear\tvenue\tarxiv\turl\tcode\tstage\tfamily\tsource\n"
+
+
+def write_with(writer: str, repo: Path, tmp_path: Path, run_tools, key: str, title: str, year: str = "2026"):
+    """Create one entry through ``writer`` (a command that writes papers/); returns (status, out, err)."""
+    if writer == "new":
+        return run_tools(repo, "new", key, "--title", title, "--year", year, "--placement", "kv-token-level")
+    if writer == "bib import":
+        bib = tmp_path / "in.bib"
+        bib.write_text(f"@misc{{{key}, title={{{title}}}, year={{{year}}}}}\n", encoding="utf-8")
+        return run_tools(repo, "bib", "import", str(bib), "--placement", "kv-token-level")
+    tsv = tmp_path / "in.tsv"
+    row = [key, title, "", year, "arXiv", "", "", "", "decoding", "kv-cache-eviction", "a table"]
+    tsv.write_text(TSV_HEADER + "\t".join(row) + "\n", encoding="utf-8")
+    return run_tools(repo, "import-tsv", str(tsv))
+
+
+WRITERS = ["new", "bib import", "import-tsv"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_writer_tidies_a_titles_stray_spacing(writer, repo, run_tools, tmp_path):
+    # Reference lists print "MobileVLM : A Fast" or "Fact :Teaching"; validate refuses that spacing,
+    # so a writer that copied it would leave the repository failing its own check (CI did, once).
+    status, out, err = write_with(writer, repo, tmp_path, run_tools, "doe2026tidy", "Tidy :Spacing , Please")
+    assert status == 0, err
+    assert "title: 'Tidy: Spacing, Please'" in (repo / "papers" / "doe2026tidy.yaml").read_text()
+    assert run_tools(repo, "validate")[0] == 0
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_writer_refuses_what_validate_refuses_and_writes_nothing(writer, repo, run_tools, tmp_path):
+    before = snapshot(repo)
+    status, out, err = write_with(writer, repo, tmp_path, run_tools, "doe2026bad", "A Fine Title", year="99999")
+    assert status == 1
+    assert "year: 99999 is greater than the maximum of 2100" in err, err
+    assert "nothing was written" in err
+    if writer == "import-tsv":
+        assert f"{tmp_path / 'in.tsv'}:2: doe2026bad: year:" in err  # the table's line, the file is not written
+    assert snapshot(repo) == before
