@@ -34,8 +34,12 @@ class Problem:
 
 # C0 and C1 control characters but tab, line feed and carriage return: no text field needs them, and
 # the programs that read our outputs act on some (a NUL ends a C string in BibTeX tools, an escape
-# sequence drives the terminal that prints a message).
-CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# sequence drives the terminal that prints a message). The bidirectional embeddings, overrides and
+# isolates are refused too: they make text display in another order than it reads, so a title or a
+# URL on the site, in a diff or in references.bib can show one thing and be another ("Trojan Source").
+_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
+CONTROL_CHARACTERS = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI_CONTROLS}]")
+_BIDI_CONTROL = re.compile(f"[{_BIDI_CONTROLS}]")
 
 
 def control_problems(loaded: LoadedYaml, relpath: str) -> list[Problem]:
@@ -46,12 +50,13 @@ def control_problems(loaded: LoadedYaml, relpath: str) -> list[Problem]:
         if isinstance(value, str):
             found = CONTROL_CHARACTERS.search(value)
             if found:
+                kind = "bidirectional control" if _BIDI_CONTROL.match(found.group()) else "control"
                 problems.append(
                     Problem(
                         relpath,
                         loaded.line_of(location),
                         field_name(location),
-                        f"holds the control character U+{ord(found.group()):04X} (character {found.start() + 1}); "
+                        f"holds the {kind} character U+{ord(found.group()):04X} (character {found.start() + 1}); "
                         "expected plain text: remove it",
                     )
                 )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from pathlib import Path
 from typing import Any
 
 from .catalog import ROOT, tidy_title
 from .entries import EntryCheckError, check_then_write
-from .yamlio import load_yaml
+from .yamlio import load_yaml, read_text_input
 
 __all__ = ["row_to_entry", "tsv_entries", "import_tsv"]
 
@@ -92,8 +93,10 @@ def tsv_entries(
     mapping = load_yaml(root / "tools" / "import_map.yaml").data
     defaults, overrides, merges = mapping["defaults"], mapping.get("overrides") or {}, mapping.get("merge") or {}
     excluded = mapping.get("exclude") or {}
-    with open(tsv_path, encoding="utf-8", newline="") as stream:
-        rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
+    # Read through the tools' one input reader: its size cap and its line and column for bytes
+    # that are not UTF-8 (open() gave a bare UnicodeDecodeError and read /dev/zero without end).
+    text = read_text_input(tsv_path)
+    rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     entries: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):

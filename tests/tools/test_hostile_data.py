@@ -114,6 +114,26 @@ def test_control_characters_are_refused_in_every_field_of_every_data_file(repo, 
     assert "9 error(s)" in err
 
 
+def test_bidirectional_controls_are_refused_and_never_exported(repo, run_tools):
+    """U+202E and its kin reorder how text is shown: "Safe \u202eKV" reads as one title and shows as
+    another on the site and in references.bib (Trojan Source). validate refuses them; the BibTeX
+    export drops any that reach it."""
+    from tools.bib import entry_bibtex_text
+
+    title = other("bidi2026entry", "2611.00011").replace(
+        "title: The bidi2026entry Entry About Visual Token Pruning",
+        'title: "The bidi2026entry \\u202eEntry\\u2069 About Visual Token Pruning"',
+    )
+    write(repo, "bidi2026entry.yaml", title.replace("- Ada Lovelace", '- "Ada \\u2066Lovelace"'))
+    status, out, err = run_tools(repo, "validate")
+    assert status == 1
+    bidi = "holds the bidirectional control character {} (character {}); expected plain text: remove it"
+    assert f"papers/bidi2026entry.yaml:3: title: {bidi.format('U+202E', 19)}" in err, err
+    assert f"papers/bidi2026entry.yaml:5: authors[0]: {bidi.format('U+2066', 5)}" in err, err
+    exported = entry_bibtex_text({"key": "x2026y", "title": "A \u202eB\u2069 C", "authors": [], "year": 2026})
+    assert "\u202e" not in exported and "\u2069" not in exported and "A B C" in exported
+
+
 def test_yml_files_nested_files_and_symlinks_under_papers_are_errors(repo, run_tools, tmp_path):
     yml = write(repo, "x2026.yml", other("x2026", "2611.00003"))
     nested = write(repo, "sub/nested2026.yaml", other("nested2026", "2611.00004"))

@@ -210,3 +210,16 @@ def test_every_writer_refuses_what_validate_refuses_and_writes_nothing(writer, r
     if writer == "import-tsv":
         assert f"{tmp_path / 'in.tsv'}:2: doe2026bad: year:" in err  # the table's line, the file is not written
     assert snapshot(repo) == before
+
+
+def test_import_tsv_names_the_line_of_bytes_that_are_not_utf8_and_refuses_endless_input(repo, run_tools, tmp_path):
+    tsv = tmp_path / "latin1.tsv"
+    row = ["doe2026latin", "Caf\u00e9 Tokens", "", "2026", "arXiv", "", "", "", "decoding", "kv-cache-eviction", "t"]
+    tsv.write_bytes((TSV_HEADER + "\t".join(row) + "\n").encode("latin-1"))
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, "import-tsv", str(tsv))
+    assert status == 1
+    assert f"import-tsv: {tsv}:2: not UTF-8 text (byte 0xe9 at column 17)" in err, err
+    status, out, err = run_tools(repo, "import-tsv", "/dev/zero")
+    assert status == 1 and "the file holds more than 20,000,000 bytes" in err, err
+    assert snapshot(repo) == before
