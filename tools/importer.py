@@ -18,7 +18,7 @@ from .catalog import ROOT, tidy_title
 from .entries import EntryCheckError, check_then_write
 from .yamlio import load_yaml, read_text_input
 
-__all__ = ["row_to_entry", "tsv_entries", "import_tsv"]
+__all__ = ["row_to_entry", "import_tsv"]
 
 _DOI_URL = re.compile(r"^https?://(?:dx\.)?doi\.org/(10\..+)$")
 _TRUNCATION = " and others"
@@ -81,7 +81,7 @@ def _merge(kept: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def tsv_entries(
+def _tsv_entries(
     tsv_path: Path, *, root: Path = ROOT, added: str | None = None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int], list[str]]:
     """The table's rows as entry data, nothing written; returns (key -> entry, key -> TSV line, messages).
@@ -131,7 +131,7 @@ def import_tsv(
     whose entry ``validate`` would refuse (field and reason); a key that cannot be a file name
     raises :class:`~tools.paths.UnsafePathError`.
     """
-    entries, lines, messages = tsv_entries(tsv_path, root=root, added=added)
+    entries, lines, messages = _tsv_entries(tsv_path, root=root, added=added)
     papers_dir = root / "papers"
     fresh = []
     for key, entry in entries.items():
