@@ -16,6 +16,7 @@ from typing import Any
 
 from .catalog import ROOT, tidy_title
 from .entries import EntryCheckError, check_then_write
+from .paths import key_problem
 from .yamlio import load_yaml, read_text_input
 
 __all__ = ["row_to_entry", "import_tsv"]
@@ -56,7 +57,8 @@ def row_to_entry(row: dict[str, str], placement: list[str], added: str) -> dict[
         "title": tidy_title(row["title"]),
         "authors": authors,
         "authors_truncated": truncated or None,
-        "year": int(row["year"]) if row.get("year", "").strip() else None,
+        # A year that is not a number stays text, so validate names it (and its line) instead of int() failing.
+        "year": int(year) if (year := row.get("year", "").strip()).isdigit() else year or None,
         "venue": row.get("venue", "").strip(),
         "arxiv": row.get("arxiv", "").strip(),
         "doi": doi_match.group(1) if doi_match else "",
@@ -86,8 +88,8 @@ def _tsv_entries(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int], list[str]]:
     """The table's rows as entry data, nothing written; returns (key -> entry, key -> TSV line, messages).
 
-    Raises ``ValueError`` naming the TSV line when a row is malformed, repeats a key or has a label
-    that ``tools/import_map.yaml`` does not map.
+    Raises ``ValueError`` naming the TSV line of every row that is malformed, has a key that cannot
+    be a file name, repeats a key or has a label that ``tools/import_map.yaml`` does not map.
     """
     added = added or dt.date.today().isoformat()
     mapping = load_yaml(root / "tools" / "import_map.yaml").data
@@ -99,22 +101,29 @@ def _tsv_entries(
     rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     entries: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
+    problems = []  # every bad row is named at once, as validate names every bad entry
     for line, row in enumerate(rows, start=2):
         if not row.get("key") or not row.get("title") or None in row.values():
-            raise ValueError(f"{tsv_path}:{line}: malformed row (missing key/title or wrong number of columns)")
+            problems.append(f"{tsv_path}:{line}: malformed row (missing key/title or wrong number of columns)")
+            continue
         key = row["key"].strip()
         if key in excluded:
             continue
         label = f"{row.get('stage', '').strip()}/{row.get('family', '').strip()}"
         placement = overrides.get(key) or defaults.get(label)
-        if not placement:
-            raise ValueError(
+        if (unsafe := key_problem(key)) is not None:
+            problems.append(f"{tsv_path}:{line}: refusing key {key!r}: {unsafe}")
+        elif not placement:
+            problems.append(
                 f"{tsv_path}:{line}: {key}: no placement for label '{label}' (add it to tools/import_map.yaml)"
             )
-        if key in entries:
-            raise ValueError(f"{tsv_path}:{line}: duplicate key '{key}'")
-        entries[key] = row_to_entry(row, list(placement), added)
-        lines[key] = line
+        elif key in entries:
+            problems.append(f"{tsv_path}:{line}: duplicate key '{key}' (first on line {lines[key]})")
+        else:
+            entries[key] = row_to_entry(row, list(placement), added)
+            lines[key] = line
+    if problems:
+        raise ValueError("\n".join(problems))
     for dropped_key, kept_key in merges.items():
         if dropped_key in entries and kept_key in entries:
             entries[kept_key] = _merge(entries[kept_key], entries.pop(dropped_key))
@@ -127,9 +136,8 @@ def import_tsv(
     """Write one entry per row into ``root/papers``; returns (written paths, messages).
 
     Entries that already exist are kept (unless ``overwrite``). Nothing is written when any row
-    fails: ``ValueError`` names the TSV line, for a malformed row, an unmapped label or a row
-    whose entry ``validate`` would refuse (field and reason); a key that cannot be a file name
-    raises :class:`~tools.paths.UnsafePathError`.
+    fails: ``ValueError`` names the TSV line of each, for a malformed row, a key that cannot be a
+    file name, an unmapped label or a row whose entry ``validate`` would refuse (field and reason).
     """
     entries, lines, messages = _tsv_entries(tsv_path, root=root, added=added)
     papers_dir = root / "papers"

@@ -223,3 +223,29 @@ def test_import_tsv_names_the_line_of_bytes_that_are_not_utf8_and_refuses_endles
     status, out, err = run_tools(repo, "import-tsv", "/dev/zero")
     assert status == 1 and "the file holds more than 20,000,000 bytes" in err, err
     assert snapshot(repo) == before
+
+
+def test_import_tsv_names_every_bad_row_by_its_line_and_writes_nothing(repo, run_tools, tmp_path):
+    def row(key: str, title: str = "A Fine Title", year: str = "2026") -> str:
+        return "\t".join([key, title, "", year, "arXiv", "", "", "", "decoding", "kv-cache-eviction", "t"])
+
+    tsv = tmp_path / "bad.tsv"
+    lines = [row("../../evil"), row("doe2026year", year="abc"), row("doe2026twice"), row("doe2026twice"), "short\t"]
+    tsv.write_text(TSV_HEADER + "\n".join(lines) + "\n", encoding="utf-8")
+    readable = tmp_path / "readable.tsv"
+    readable.write_text(TSV_HEADER + row("doe2026year", year="abc") + "\n", encoding="utf-8")
+    before = snapshot(repo.parent)
+    status, out, err = run_tools(repo, "import-tsv", str(tsv))
+    assert status == 1
+    for expected in (
+        f"import-tsv: {tsv}:2: refusing key '../../evil': the key must not contain a path separator",
+        f"import-tsv: {tsv}:5: duplicate key 'doe2026twice' (first on line 4)",
+        f"import-tsv: {tsv}:6: malformed row (missing key/title or wrong number of columns)",
+    ):
+        assert expected in err, err
+    assert snapshot(repo.parent) == before
+    # Once every row can be read, an entry that validate refuses is named by its line too.
+    status, out, err = run_tools(repo, "import-tsv", str(readable))
+    assert status == 1
+    assert f"import-tsv: {readable}:2: doe2026year: year: 'abc' is not of type 'integer'" in err, err
+    assert snapshot(repo.parent) == before
