@@ -17,7 +17,7 @@ from typing import Any
 from .catalog import ROOT, tidy_title
 from .entries import EntryCheckError, check_then_write
 from .paths import key_problem
-from .yamlio import load_yaml, read_text_input
+from .yamlio import YamlLoadError, load_yaml, read_text_input
 
 __all__ = ["row_to_entry", "import_tsv"]
 
@@ -83,6 +83,43 @@ def _merge(kept: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _is_id_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, str) for item in value)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+# Each section of tools/import_map.yaml: what its values are, and the check they pass.
+_MAP_SECTIONS = {
+    "defaults": ("a list of taxonomy ids", _is_id_list),
+    "overrides": ("a list of taxonomy ids", _is_id_list),
+    "merge": ("the key it merges into", _is_text),
+    "exclude": ("the reason", _is_text),
+}
+
+
+def _import_map(path: Path) -> list[dict[str, Any]]:
+    """The import map's sections in :data:`_MAP_SECTIONS` order, each checked for its shape (a
+    hand-edited map fails here with file, line and what was expected, not with a traceback)."""
+    try:
+        loaded = load_yaml(path)
+    except YamlLoadError as error:
+        raise ValueError(str(error)) from None
+    mapping = loaded.data if isinstance(loaded.data, dict) else {}
+    sections = []
+    for name, (expected, fits) in _MAP_SECTIONS.items():
+        section = mapping.get(name) or {}
+        if not isinstance(section, dict) or (name == "defaults" and not section):
+            raise ValueError(f"{path}:{loaded.line_of((name,))}: {name}: expected a mapping of labels or keys")
+        for key, value in section.items():
+            if not isinstance(key, str) or not fits(value):
+                raise ValueError(f"{path}:{loaded.line_of((name, key))}: {name}.{key}: expected {expected}")
+        sections.append(section)
+    return sections
+
+
 def _tsv_entries(
     tsv_path: Path, *, root: Path = ROOT, added: str | None = None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int], list[str]]:
@@ -92,9 +129,7 @@ def _tsv_entries(
     be a file name, repeats a key or has a label that ``tools/import_map.yaml`` does not map.
     """
     added = added or dt.date.today().isoformat()
-    mapping = load_yaml(root / "tools" / "import_map.yaml").data
-    defaults, overrides, merges = mapping["defaults"], mapping.get("overrides") or {}, mapping.get("merge") or {}
-    excluded = mapping.get("exclude") or {}
+    defaults, overrides, merges, excluded = _import_map(root / "tools" / "import_map.yaml")
     # Read through the tools' one input reader: its size cap and its line and column for bytes
     # that are not UTF-8 (open() gave a bare UnicodeDecodeError and read /dev/zero without end).
     text = read_text_input(tsv_path)

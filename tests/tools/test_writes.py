@@ -249,3 +249,35 @@ def test_import_tsv_names_every_bad_row_by_its_line_and_writes_nothing(repo, run
     assert status == 1
     assert f"import-tsv: {readable}:2: doe2026year: year: 'abc' is not of type 'integer'" in err, err
     assert snapshot(repo.parent) == before
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            lambda text: text.replace("\nexclude:\n", "\nexclude: [a list]\nexclude_was:\n"),
+            "{map}:{line}: exclude: expected a mapping of labels or keys",
+        ),
+        (
+            lambda text: text.replace("  encoding/token-transformation: [modality-adapters]", "  x/y: modality"),
+            "{map}:8: defaults.x/y: expected a list of taxonomy ids",
+        ),
+        (
+            lambda text: text.replace("defaults:", "defaults: [", 1),
+            "{map}:8: invalid YAML: did not find expected ',' or ']'",
+        ),
+    ],
+)
+def test_a_broken_import_map_is_named_by_file_and_line(edit, expected, repo, run_tools, tmp_path):
+    import_map = repo / "tools" / "import_map.yaml"
+    text = import_map.read_text(encoding="utf-8")
+    import_map.write_text(edit(text), encoding="utf-8")
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text(TSV_HEADER, encoding="utf-8")
+    before = snapshot(repo)
+    status, out, err = run_tools(repo, "import-tsv", str(tsv))
+    assert status == 1
+    exclude_line = text[: text.index("\nexclude:")].count("\n") + 2
+    assert expected.format(map=import_map, line=exclude_line) in err, err
+    assert "Traceback" not in err
+    assert snapshot(repo) == before
