@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .catalog import SCHEMA_HINT
+from .catalog import SCHEMA_HINT, load_catalog
 from .paths import UnsafePathError, entry_path, folded_names
 from .yamlio import dump_yaml, write_text_atomic
 
@@ -134,8 +134,6 @@ def check_then_write(
         UnsafePathError: a key that cannot be a file name (see :func:`planned_writes`).
         EntryCheckError: the problems of the new files; nothing has been written.
     """
-    from .catalog import load_catalog
-
     root = Path(root).resolve()
     planned = planned_writes(root / "papers", entries, overwrite=overwrite)
     catalog = load_catalog(root, list(planned), new_files=planned)
